@@ -1,0 +1,417 @@
+//! Agent events: their types, typed payloads, and the envelope a client receives.
+//!
+//! Known payload fields are typed; any other field inside `data` is kept in `extra` and
+//! written back out unchanged, so publishers can attach what they need without a protocol
+//! change.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::ids::{EventId, RunId, Seq, ThreadId, Timestamp};
+
+/// The five events a user must see for every agent run, by their exact wire names, in the
+/// order a run produces them.
+pub const CRITICAL_EVENTS: [&str; 5] = [
+    "agent_started",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "agent_completed",
+];
+
+/// Extra fields of a payload, kept as they came.
+pub type Extra = Map<String, Value>;
+
+/// The type of an agent event, as written in the `type` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// An agent run began.
+    AgentStarted,
+    /// The agent reports a step of its reasoning.
+    AgentThinking,
+    /// A tool call began.
+    ToolExecuting,
+    /// A tool call ended (successfully or not).
+    ToolCompleted,
+    /// The run finished with a result.
+    AgentCompleted,
+    /// The run failed. Like `agent_completed`, it ends the run.
+    AgentError,
+    /// An application-defined event outside the run lifecycle.
+    Custom,
+}
+
+impl EventType {
+    /// Every event type, critical events first.
+    pub const ALL: [EventType; 7] = [
+        EventType::AgentStarted,
+        EventType::AgentThinking,
+        EventType::ToolExecuting,
+        EventType::ToolCompleted,
+        EventType::AgentCompleted,
+        EventType::AgentError,
+        EventType::Custom,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::AgentStarted => "agent_started",
+            EventType::AgentThinking => "agent_thinking",
+            EventType::ToolExecuting => "tool_executing",
+            EventType::ToolCompleted => "tool_completed",
+            EventType::AgentCompleted => "agent_completed",
+            EventType::AgentError => "agent_error",
+            EventType::Custom => "custom",
+        }
+    }
+
+    /// Whether this is one of [`CRITICAL_EVENTS`].
+    pub fn is_critical(self) -> bool {
+        CRITICAL_EVENTS.contains(&self.as_str())
+    }
+
+    /// Whether this event belongs to a run's lifecycle (and so needs a `run_id`).
+    pub fn is_run_event(self) -> bool {
+        self != EventType::Custom
+    }
+
+    /// Whether this event ends its run.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventType::AgentCompleted | EventType::AgentError)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that names no event type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event type `{0}`")]
+pub struct UnknownEventType(pub String);
+
+impl FromStr for EventType {
+    type Err = UnknownEventType;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownEventType(s.to_owned()))
+    }
+}
+
+/// `data` of `agent_started`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AgentStarted {
+    /// Which agent runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `data` of `agent_thinking`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AgentThinking {
+    /// The reasoning step, as the user should read it.
+    pub thought: String,
+    /// Step number within the run, when the agent counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `data` of `tool_executing`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ToolExecuting {
+    /// Identifies this call within its run; `tool_completed` names it again.
+    pub tool_call_id: String,
+    /// The tool's name.
+    pub tool_name: String,
+    /// The arguments the tool was called with.
+    #[serde(default)]
+    pub arguments: Value,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `data` of `tool_completed`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ToolCompleted {
+    /// The call this completes; it must be open in its run.
+    pub tool_call_id: String,
+    /// The tool's name.
+    pub tool_name: String,
+    /// What the tool returned (or its error, when `is_error`).
+    #[serde(default)]
+    pub result: Value,
+    /// Whether the tool failed.
+    #[serde(default)]
+    pub is_error: bool,
+    /// How long the call took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `data` of `agent_completed`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AgentCompleted {
+    /// The run's result.
+    #[serde(default)]
+    pub result: Value,
+    /// How long the run took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `data` of `agent_error`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AgentError {
+    /// What went wrong, for the user.
+    pub message: String,
+    /// A machine-readable code, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Whether running again may succeed.
+    #[serde(default)]
+    pub retryable: bool,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `data` of `custom`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Custom {
+    /// The application's name for the event.
+    pub name: String,
+    /// Its value.
+    #[serde(default)]
+    pub value: Value,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// An event's typed `data`; the variant is the event's `type`.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // each variant is documented by its payload type
+pub enum EventData {
+    AgentStarted(AgentStarted),
+    AgentThinking(AgentThinking),
+    ToolExecuting(ToolExecuting),
+    ToolCompleted(ToolCompleted),
+    AgentCompleted(AgentCompleted),
+    AgentError(AgentError),
+    Custom(Custom),
+}
+
+impl EventData {
+    /// The event type this payload belongs to.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventData::AgentStarted(_) => EventType::AgentStarted,
+            EventData::AgentThinking(_) => EventType::AgentThinking,
+            EventData::ToolExecuting(_) => EventType::ToolExecuting,
+            EventData::ToolCompleted(_) => EventType::ToolCompleted,
+            EventData::AgentCompleted(_) => EventType::AgentCompleted,
+            EventData::AgentError(_) => EventType::AgentError,
+            EventData::Custom(_) => EventType::Custom,
+        }
+    }
+
+    /// Decodes `data` for an event of type `ty`.
+    ///
+    /// # Errors
+    /// A [`crate::DecodeError::Invalid`] whose field starts with `data`.
+    pub fn from_value(ty: EventType, data: Value) -> Result<Self, crate::DecodeError> {
+        use crate::codec::from_value_at;
+        Ok(match ty {
+            EventType::AgentStarted => EventData::AgentStarted(from_value_at("data", data)?),
+            EventType::AgentThinking => EventData::AgentThinking(from_value_at("data", data)?),
+            EventType::ToolExecuting => EventData::ToolExecuting(from_value_at("data", data)?),
+            EventType::ToolCompleted => EventData::ToolCompleted(from_value_at("data", data)?),
+            EventType::AgentCompleted => EventData::AgentCompleted(from_value_at("data", data)?),
+            EventType::AgentError => EventData::AgentError(from_value_at("data", data)?),
+            EventType::Custom => EventData::Custom(from_value_at("data", data)?),
+        })
+    }
+}
+
+impl Serialize for EventData {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EventData::AgentStarted(d) => d.serialize(s),
+            EventData::AgentThinking(d) => d.serialize(s),
+            EventData::ToolExecuting(d) => d.serialize(s),
+            EventData::ToolCompleted(d) => d.serialize(s),
+            EventData::AgentCompleted(d) => d.serialize(s),
+            EventData::AgentError(d) => d.serialize(s),
+            EventData::Custom(d) => d.serialize(s),
+        }
+    }
+}
+
+macro_rules! from_payload {
+    ($($v:ident),*) => {$(
+        impl From<$v> for EventData {
+            fn from(d: $v) -> Self {
+                EventData::$v(d)
+            }
+        }
+    )*};
+}
+from_payload!(
+    AgentStarted,
+    AgentThinking,
+    ToolExecuting,
+    ToolCompleted,
+    AgentCompleted,
+    AgentError,
+    Custom
+);
+
+/// An event as an agent emits it: before the broker has given it a place in a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The conversation thread, when the event belongs to one.
+    pub thread_id: Option<ThreadId>,
+    /// The run; required for every event type but `custom`.
+    pub run_id: Option<RunId>,
+    /// Type and payload.
+    pub data: EventData,
+}
+
+impl Event {
+    /// An event of a run.
+    pub fn new(
+        thread_id: Option<ThreadId>,
+        run_id: Option<RunId>,
+        data: impl Into<EventData>,
+    ) -> Self {
+        Event {
+            thread_id,
+            run_id,
+            data: data.into(),
+        }
+    }
+
+    /// The event's type.
+    pub fn event_type(&self) -> EventType {
+        self.data.event_type()
+    }
+
+    /// Checks what the types cannot: a run event names its run.
+    ///
+    /// # Errors
+    /// [`crate::DecodeError::Invalid`] naming `run_id`.
+    pub fn validate(&self) -> Result<(), crate::DecodeError> {
+        if self.event_type().is_run_event() && self.run_id.is_none() {
+            return Err(crate::DecodeError::Invalid {
+                field: "run_id".into(),
+                reason: format!("is required for `{}` events", self.event_type()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `thread_id`, `run_id` and `data` into a map being serialized; the caller
+    /// writes `type` and whatever else belongs before them.
+    pub(crate) fn serialize_body<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        if let Some(t) = &self.thread_id {
+            map.serialize_entry("thread_id", t)?;
+        }
+        if let Some(r) = &self.run_id {
+            map.serialize_entry("run_id", r)?;
+        }
+        map.serialize_entry("data", &self.data)
+    }
+
+    /// Reads `type`, `thread_id`, `run_id` and `data` out of a decoded object.
+    pub(crate) fn take_fields(obj: &mut Map<String, Value>) -> Result<Self, crate::DecodeError> {
+        use crate::codec::{from_value_at, take_type};
+        let type_name = take_type(obj)?;
+        let ty = EventType::from_str(&type_name)
+            .map_err(|_| crate::DecodeError::UnknownType { type_name })?;
+        let thread_id = match obj.remove("thread_id") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(from_value_at("thread_id", v)?),
+        };
+        let run_id = match obj.remove("run_id") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(from_value_at("run_id", v)?),
+        };
+        let data = obj
+            .remove("data")
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        let data = EventData::from_value(ty, data)?;
+        let event = Event {
+            thread_id,
+            run_id,
+            data,
+        };
+        event.validate()?;
+        Ok(event)
+    }
+}
+
+/// An accepted event as delivered to a client: the event plus its place in the user's
+/// stream. On the wire its fields sit side by side:
+/// `{"type","seq","event_id","ts","thread_id","run_id","data"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventEnvelope {
+    /// Position in the user's stream.
+    pub seq: Seq,
+    /// The event's identity.
+    pub event_id: EventId,
+    /// When the broker accepted it.
+    pub ts: Timestamp,
+    /// The event.
+    pub event: Event,
+}
+
+impl Serialize for EventEnvelope {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("type", self.event.event_type().as_str())?;
+        map.serialize_entry("seq", &self.seq)?;
+        map.serialize_entry("event_id", &self.event_id)?;
+        map.serialize_entry("ts", &self.ts)?;
+        self.event.serialize_body(&mut map)?;
+        map.end()
+    }
+}
+
+impl EventEnvelope {
+    pub(crate) fn take_fields(obj: &mut Map<String, Value>) -> Result<Self, crate::DecodeError> {
+        use crate::codec::{from_value_at, require};
+        let seq = from_value_at("seq", require(obj, "seq")?)?;
+        let event_id = from_value_at("event_id", require(obj, "event_id")?)?;
+        let ts = from_value_at("ts", require(obj, "ts")?)?;
+        let event = Event::take_fields(obj)?;
+        Ok(EventEnvelope {
+            seq,
+            event_id,
+            ts,
+            event,
+        })
+    }
+}

@@ -1,0 +1,306 @@
+//! Identifier newtypes, validated where they enter the process.
+//!
+//! User, thread and run ids (and publisher-supplied event ids, epochs and connection ids)
+//! share one rule: a UTF-8 string of 1–[`MAX_ID_BYTES`] bytes with no control characters.
+//! JWT subjects such as `auth0|123` and e-mail addresses pass. The string is kept in an
+//! `Arc<str>`, so cloning an id — which the registry and every event do — never copies it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Longest identifier accepted, in bytes of UTF-8.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// The string is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// The string is longer than [`MAX_ID_BYTES`].
+    #[error("is {len} bytes long; the limit is {MAX_ID_BYTES}")]
+    TooLong {
+        /// Length of the rejected string in bytes.
+        len: usize,
+    },
+    /// The string contains a control character.
+    #[error("contains a control character at byte {at}")]
+    ControlCharacter {
+        /// Byte offset of the first control character.
+        at: usize,
+    },
+}
+
+/// Checks the identifier rule shared by every string id.
+///
+/// # Errors
+/// [`IdError`] naming the first rule the string breaks.
+pub fn validate_id(s: &str) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if s.len() > MAX_ID_BYTES {
+        return Err(IdError::TooLong { len: s.len() });
+    }
+    if let Some((at, _)) = s.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(IdError::ControlCharacter { at });
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates `s` and wraps it.
+            ///
+            /// # Errors
+            /// [`IdError`] when `s` breaks the identifier rule.
+            pub fn new(s: impl AsRef<str>) -> Result<Self, IdError> {
+                let s = s.as_ref();
+                validate_id(s)?;
+                Ok(Self(Arc::from(s)))
+            }
+
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = IdError;
+            fn try_from(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<$name, E> {
+                        $name::new(s).map_err(|e| E::custom(format_args!("{} {}", $what, e)))
+                    }
+                }
+                deserializer.deserialize_str(V)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// The user an event belongs to. On a connection it comes only from authentication
+    /// (the JWT `sub`), never from anything the client sends afterwards.
+    UserId,
+    "a user id"
+);
+string_id!(
+    /// A conversation thread.
+    ThreadId,
+    "a thread id"
+);
+string_id!(
+    /// One agent run: the unit the run lifecycle ([`crate::RunState`]) is checked on.
+    RunId,
+    "a run id"
+);
+string_id!(
+    /// An event's identity. The broker assigns a UUIDv7 unless the publisher supplied one;
+    /// publishing the same id twice is answered with the first acceptance.
+    EventId,
+    "an event id"
+);
+string_id!(
+    /// One live connection, assigned by the server (`c_` followed by a UUIDv7).
+    ConnectionId,
+    "a connection id"
+);
+string_id!(
+    /// Names one incarnation of a user's stream. It changes whenever the stream's `seq`
+    /// space restarts (a restarted in-memory node, expired history), so a client resuming
+    /// with an old epoch learns that its `last_seq` means nothing here.
+    Epoch,
+    "an epoch"
+);
+
+fn uuid_v7_simple() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+impl EventId {
+    /// A fresh UUIDv7 event id (time-ordered, hyphenated).
+    pub fn generate() -> Self {
+        Self(Arc::from(uuid::Uuid::now_v7().to_string()))
+    }
+}
+
+impl ConnectionId {
+    /// A fresh connection id: `c_` and a UUIDv7 in simple form.
+    pub fn generate() -> Self {
+        Self(Arc::from(format!("c_{}", uuid_v7_simple())))
+    }
+}
+
+impl Epoch {
+    /// A fresh epoch: `e_` and a UUIDv7 in simple form.
+    pub fn generate() -> Self {
+        Self(Arc::from(format!("e_{}", uuid_v7_simple())))
+    }
+}
+
+/// Position of an event in its user's stream: per user, strictly increasing by one from 1,
+/// assigned by the broker. `Seq(0)` means "before the first event".
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    /// The position before the first event.
+    pub const ZERO: Seq = Seq(0);
+
+    /// The next position.
+    #[must_use]
+    pub fn next(self) -> Seq {
+        Seq(self.0.saturating_add(1))
+    }
+
+    /// The number inside.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Milliseconds since the Unix epoch, set by the broker when it accepts an event.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_subjects_and_emails_are_valid_user_ids() {
+        for s in ["auth0|123", "alice@example.com", "u1", "用户", "a b"] {
+            assert!(UserId::new(s).is_ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn empty_long_and_control_ids_are_rejected() {
+        assert_eq!(UserId::new(""), Err(IdError::Empty));
+        assert_eq!(
+            UserId::new("x".repeat(MAX_ID_BYTES + 1)),
+            Err(IdError::TooLong {
+                len: MAX_ID_BYTES + 1
+            })
+        );
+        assert!(UserId::new("x".repeat(MAX_ID_BYTES)).is_ok());
+        assert_eq!(
+            UserId::new("ab\ncd"),
+            Err(IdError::ControlCharacter { at: 2 })
+        );
+        assert_eq!(
+            ThreadId::new("\u{7f}"),
+            Err(IdError::ControlCharacter { at: 0 })
+        );
+    }
+
+    #[test]
+    fn deserialize_validates() {
+        let err = serde_json::from_str::<UserId>("\"\"").unwrap_err();
+        assert!(
+            err.to_string().contains("a user id must not be empty"),
+            "{err}"
+        );
+        let ok: UserId = serde_json::from_str("\"auth0|1\"").unwrap();
+        assert_eq!(ok.as_str(), "auth0|1");
+    }
+
+    #[test]
+    fn generated_ids_are_valid_and_distinct() {
+        let a = ConnectionId::generate();
+        let b = ConnectionId::generate();
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("c_"));
+        assert!(Epoch::generate().as_str().starts_with("e_"));
+        assert!(validate_id(EventId::generate().as_str()).is_ok());
+    }
+}
