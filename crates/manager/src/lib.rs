@@ -1,11 +1,58 @@
 //! `agentwire-manager`: the connection registry, the per-user event streams and the broker
 //! seam of agentwire.
 //!
-//! What it is: `UnifiedWebSocketManager`, which knows who is connected and routes every
-//! event to its user's connections, and the `Broker` trait that owns each user's ordered,
-//! resumable stream.
+//! What it is: [`UnifiedWebSocketManager`], which knows who is connected and routes every
+//! event to its user's connections, and the [`Broker`] trait that owns each user's ordered,
+//! resumable stream, with [`InMemoryBroker`] as the embedded default.
 //!
-//! What it is not: it holds bounded queues, never sockets, and knows nothing of HTTP.
+//! What it is not: it holds bounded queues, never sockets, and knows nothing of HTTP. The
+//! server drains each [`Connection`]'s queue into its socket.
 //!
 //! Key decision: events reach connections only through the broker subscription, never
-//! straight from `emit`, so one node and many nodes deliver the same way.
+//! straight from `emit`, so one node and many nodes deliver the same way; each connection
+//! tracks the newest `seq` it was given, which makes the switch from replay to live free of
+//! gaps and duplicates.
+//!
+//! ```
+//! use agentwire_manager::{ConnectOptions, Outbound, UnifiedWebSocketManager};
+//! use agentwire_protocol::{AgentStarted, Event, ServerFrame};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let manager = UnifiedWebSocketManager::in_memory();
+//! let alice = "alice".parse().unwrap();
+//! let conn = manager.connect_user(alice, ConnectOptions::default()).await.unwrap();
+//!
+//! let event = Event::new(None, Some("r1".parse().unwrap()), AgentStarted::default());
+//! let accepted = manager.emit_critical_event(conn.user_id(), event).await.unwrap();
+//! assert_eq!(accepted.seq.get(), 1);
+//!
+//! let mut frames = Vec::new();
+//! while frames.len() < 2 {
+//!     assert_eq!(conn.next_frames(&mut frames, 64).await, Outbound::Frames);
+//! }
+//! assert!(matches!(ServerFrame::decode(&frames[0]), Ok(ServerFrame::ConnectionEstablished(_))));
+//! assert!(matches!(ServerFrame::decode(&frames[1]), Ok(ServerFrame::Event(e)) if e.seq.get() == 1));
+//! # }
+//! ```
+
+mod broker;
+mod config;
+mod connection;
+mod manager;
+mod memory;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use broker::{
+    Accepted, Broker, BrokerError, BrokerStats, History, NewEvent, StoredEvent, Subscriber,
+    compose_frame,
+};
+pub use config::{HeartbeatPolicy, LimitPolicy, ManagerConfig, QueueLimits};
+pub use connection::{Connection, Outbound};
+pub use manager::{
+    ConnectError, ConnectOptions, ConnectionInfo, EmitError, ManagerStats, PreparedEvent, Resume,
+    UnifiedWebSocketManager,
+};
+pub use memory::{HistoryConfig, InMemoryBroker};

@@ -333,6 +333,21 @@ impl Event {
         Ok(())
     }
 
+    /// The event's fields other than `type` — `thread_id`, `run_id`, `data` — as a JSON
+    /// object. This is what a broker stores: it adds `type` and the stream fields in front
+    /// when it builds the frame a client receives.
+    pub fn body_json(&self) -> Vec<u8> {
+        struct Body<'a>(&'a Event);
+        impl Serialize for Body<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(None)?;
+                self.0.serialize_body(&mut map)?;
+                map.end()
+            }
+        }
+        crate::to_json(&Body(self)).into_bytes()
+    }
+
     /// Writes `thread_id`, `run_id` and `data` into a map being serialized; the caller
     /// writes `type` and whatever else belongs before them.
     pub(crate) fn serialize_body<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {

@@ -1,0 +1,104 @@
+//! The manager's bounds and intervals, each with its default.
+
+use std::time::Duration;
+
+/// What happens when a user opens one connection more than `max_connections_per_user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitPolicy {
+    /// Close the user's oldest connection with 4003 and accept the new one (default).
+    #[default]
+    EvictOldest,
+    /// Refuse the new connection with 4004.
+    Reject,
+}
+
+/// Bounds of one connection's outbound queue. Frames are shared (`Bytes`), so the byte
+/// bound limits what a connection can hold back, not a copy per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most frames waiting for the writer (default 1,024).
+    pub max_frames: usize,
+    /// Most bytes of frames waiting for the writer (default 4 MiB).
+    pub max_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_frames: 1_024,
+            max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// How connections prove they are alive.
+///
+/// The server pings every `interval`; a connection from which nothing (a frame, a pong)
+/// arrived for `interval + timeout` is dead. The manager's sweeper closes such connections
+/// even when their I/O task is stuck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatPolicy {
+    /// Time between pings (default 30 s).
+    pub interval: Duration,
+    /// How long after a missed ping a connection is given (default 10 s).
+    pub timeout: Duration,
+}
+
+impl HeartbeatPolicy {
+    /// How long a connection may stay silent before it is considered dead.
+    pub fn deadline(&self) -> Duration {
+        self.interval + self.timeout
+    }
+
+    /// Whether a connection silent for `silent_for` is dead.
+    pub fn is_expired(&self, silent_for: Duration) -> bool {
+        silent_for > self.deadline()
+    }
+}
+
+impl Default for HeartbeatPolicy {
+    fn default() -> Self {
+        HeartbeatPolicy {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Configuration of a [`crate::UnifiedWebSocketManager`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// Most connections one user may hold on this node (default 3).
+    pub max_connections_per_user: usize,
+    /// What a connection over `max_connections_per_user` does (default evict the oldest).
+    pub limit_policy: LimitPolicy,
+    /// Most connections on this node (default 10,000); more are refused with 1013.
+    pub max_connections: usize,
+    /// Bounds of each connection's outbound queue; a connection that exceeds them is a
+    /// slow consumer and is closed with 1013. Live events that arrive while a connection
+    /// replays history wait under the same bounds.
+    pub queue: QueueLimits,
+    /// Heartbeat interval and timeout.
+    pub heartbeat: HeartbeatPolicy,
+    /// Largest event accepted, in bytes of JSON (default 256 KiB).
+    pub max_event_bytes: usize,
+    /// Events read from history per broker call while replaying (default 256).
+    pub replay_page: usize,
+    /// How often the sweeper looks for dead connections and trims history (default 5 s).
+    pub sweep_interval: Duration,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            max_connections_per_user: 3,
+            limit_policy: LimitPolicy::EvictOldest,
+            max_connections: 10_000,
+            queue: QueueLimits::default(),
+            heartbeat: HeartbeatPolicy::default(),
+            max_event_bytes: agentwire_protocol::DEFAULT_MAX_EVENT_BYTES,
+            replay_page: 256,
+            sweep_interval: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,836 @@
+//! `UnifiedWebSocketManager`: the registry of live connections and the single point every
+//! event passes.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use agentwire_protocol::{
+    CloseCode, ConnectionEstablished, ConnectionId, DecodeError, Epoch, Event, EventId, EventType,
+    Seq, ServerFrame, UserId,
+};
+use bytes::Bytes;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use crate::broker::{Accepted, Broker, BrokerError, NewEvent, StoredEvent, Subscriber};
+use crate::config::{LimitPolicy, ManagerConfig};
+use crate::connection::{ConnShared, Connection, Pushed};
+use crate::memory::InMemoryBroker;
+
+const REGISTRY_SHARDS: usize = 64;
+
+/// Where a new connection's stream starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Resume {
+    /// Everything history still holds, then live events (default: events published while
+    /// the user had no connection arrive on connect).
+    #[default]
+    FromHistoryStart,
+    /// Events after `last_seq` of `epoch`, then live events; a `replay_gap` first when
+    /// history cannot serve that.
+    After {
+        /// The newest `seq` the client has.
+        last_seq: Seq,
+        /// The epoch that `last_seq` belongs to.
+        epoch: Epoch,
+    },
+    /// Only events accepted from now on.
+    LiveOnly,
+}
+
+/// Options of [`UnifiedWebSocketManager::connect_user`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConnectOptions {
+    /// Where the stream starts.
+    pub resume: Resume,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The node holds `max_connections` connections.
+    #[error("node connection limit of {limit} reached")]
+    NodeFull {
+        /// The limit.
+        limit: usize,
+    },
+    /// The user holds `max_connections_per_user` connections and the policy is `reject`.
+    #[error("user connection limit of {limit} reached")]
+    UserLimit {
+        /// The limit.
+        limit: usize,
+    },
+    /// The broker could not subscribe or read history.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl ConnectError {
+    /// The close code that tells the client what happened.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            ConnectError::NodeFull { .. } => CloseCode::TryAgainLater,
+            ConnectError::UserLimit { .. } => CloseCode::Rejected,
+            ConnectError::Broker(_) => CloseCode::InternalError,
+        }
+    }
+}
+
+/// Why an event was not emitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmitError {
+    /// The event is invalid (e.g. a run event without `run_id`).
+    #[error("invalid event: {0}")]
+    Invalid(#[from] DecodeError),
+    /// The serialized event is larger than `max_event_bytes`.
+    #[error("event is {size} bytes; the limit is {limit}")]
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The broker did not accept it.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl EmitError {
+    /// Whether retrying the same event may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, EmitError::Broker(e) if e.is_transient())
+    }
+}
+
+/// An event validated and serialized once, with its `event_id` fixed, ready to publish —
+/// and to publish again after a transient failure without risk of a duplicate.
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    user: UserId,
+    event_type: EventType,
+    event_id: EventId,
+    body: Bytes,
+}
+
+impl PreparedEvent {
+    /// Whose stream it goes to.
+    pub fn user_id(&self) -> &UserId {
+        &self.user
+    }
+
+    /// Its type.
+    pub fn event_type(&self) -> EventType {
+        self.event_type
+    }
+
+    /// Its id; every publish attempt uses it.
+    pub fn event_id(&self) -> &EventId {
+        &self.event_id
+    }
+}
+
+/// A snapshot of the manager's counters and sizes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ManagerStats {
+    /// Live connections on this node.
+    pub connections: usize,
+    /// Users with at least one live connection.
+    pub users: usize,
+    /// The most connections any one user holds.
+    pub max_connections_of_a_user: usize,
+    /// Connections accepted since start.
+    pub connections_opened: u64,
+    /// Connections removed since start.
+    pub connections_closed: u64,
+    /// Events accepted by the broker through this manager (duplicates excluded).
+    pub events_emitted: u64,
+    /// Events emitted, by type, in [`EventType::ALL`] order.
+    pub events_emitted_by_type: [u64; 7],
+    /// Live events queued to connections (one per connection reached).
+    pub events_delivered: u64,
+    /// History events queued to resuming connections.
+    pub events_replayed: u64,
+    /// `replay_gap` frames sent.
+    pub replay_gaps: u64,
+    /// Emits answered as duplicates of an earlier `event_id`.
+    pub events_deduplicated: u64,
+    /// Emits that failed.
+    pub emit_failures: u64,
+    /// Connections closed with 4003 to make room for a newer one of the same user.
+    pub evictions: u64,
+    /// Connections refused with 4004 (user limit, policy `reject`).
+    pub rejections_user_limit: u64,
+    /// Connections refused with 1013 (node limit).
+    pub rejections_node_full: u64,
+    /// Connections closed with 1013 because their queue overflowed.
+    pub slow_consumer_closes: u64,
+    /// Connections closed because their peer went silent.
+    pub heartbeat_timeouts: u64,
+    /// Events held in the broker's history.
+    pub history_events: u64,
+    /// Bytes held in the broker's history.
+    pub history_bytes: u64,
+    /// Users whose stream the broker holds.
+    pub history_users: u64,
+    /// Events trimmed from history by its bounds.
+    pub history_trimmed: u64,
+}
+
+/// What one live connection looks like from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Its id.
+    pub connection_id: ConnectionId,
+    /// How long it has been connected.
+    pub connected_for: std::time::Duration,
+    /// The newest `seq` the client acknowledged.
+    pub acked_seq: Seq,
+    /// Frames waiting for the writer.
+    pub queued_frames: usize,
+    /// Bytes waiting for the writer.
+    pub queued_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) opened: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) emitted: AtomicU64,
+    pub(crate) emitted_by_type: [AtomicU64; 7],
+    pub(crate) delivered: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) replay_gaps: AtomicU64,
+    pub(crate) deduplicated: AtomicU64,
+    pub(crate) emit_failures: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) rejections_user_limit: AtomicU64,
+    pub(crate) rejections_node_full: AtomicU64,
+    pub(crate) slow_consumer_closes: AtomicU64,
+    pub(crate) heartbeat_timeouts: AtomicU64,
+}
+
+#[derive(Debug)]
+struct UserEntry {
+    /// Oldest first.
+    conns: Vec<Arc<ConnShared>>,
+    subscription: Arc<OnceCell<()>>,
+}
+
+pub(crate) struct Inner {
+    config: ManagerConfig,
+    broker: Arc<dyn Broker>,
+    shards: Box<[Mutex<HashMap<UserId, UserEntry>>]>,
+    hasher: RandomState,
+    total: AtomicUsize,
+    pub(crate) counters: Counters,
+    router: OnceLock<Arc<dyn Subscriber>>,
+    sweeper_started: AtomicBool,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnifiedWebSocketManager")
+            .field("connections", &self.total.load(Ordering::Relaxed))
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Routes the broker's deliveries to this node's connections.
+struct Router {
+    inner: Weak<Inner>,
+}
+
+impl Subscriber for Router {
+    fn deliver(&self, user: &UserId, event: &StoredEvent) {
+        if let Some(inner) = self.inner.upgrade() {
+            UnifiedWebSocketManager { inner }.fan_out(user, event);
+        }
+    }
+}
+
+/// The one manager of a node: who is connected, and the single point every event passes.
+///
+/// A cheap handle (`Clone` shares it). Create one per server with [`Self::new`], or reach
+/// the process-wide instance with [`Self::global`].
+#[derive(Debug, Clone)]
+pub struct UnifiedWebSocketManager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+static GLOBAL: OnceLock<UnifiedWebSocketManager> = OnceLock::new();
+
+/// The event body a broker stores: the event's JSON without `type` and stream fields.
+pub(crate) fn serialize_body(event: &Event) -> Bytes {
+    Bytes::from(event.body_json())
+}
+
+impl UnifiedWebSocketManager {
+    /// A manager over `broker`.
+    pub fn new(config: ManagerConfig, broker: Arc<dyn Broker>) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            broker,
+            shards: (0..REGISTRY_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            hasher: RandomState::new(),
+            total: AtomicUsize::new(0),
+            counters: Counters::default(),
+            router: OnceLock::new(),
+            sweeper_started: AtomicBool::new(false),
+        });
+        let router: Arc<dyn Subscriber> = Arc::new(Router {
+            inner: Arc::downgrade(&inner),
+        });
+        let _ = inner.router.set(router);
+        UnifiedWebSocketManager { inner }
+    }
+
+    /// A manager with the default configuration over a fresh in-memory broker.
+    pub fn in_memory() -> Self {
+        Self::new(
+            ManagerConfig::default(),
+            Arc::new(InMemoryBroker::default()),
+        )
+    }
+
+    /// The process-wide manager: the one a server installed with
+    /// [`Self::install_global`], or else an in-memory one created on first use.
+    /// Initialisation is thread-safe and needs no runtime.
+    pub fn global() -> Self {
+        GLOBAL.get_or_init(Self::in_memory).clone()
+    }
+
+    /// Makes `manager` the process-wide instance, so code written against the singleton
+    /// reaches the server's connections.
+    ///
+    /// # Errors
+    /// Hands `manager` back when a global instance already exists.
+    pub fn install_global(manager: Self) -> Result<(), Self> {
+        let mut candidate = Some(manager);
+        let installed = GLOBAL.get_or_init(|| candidate.take().unwrap_or_else(Self::in_memory));
+        match candidate {
+            None => Ok(()),
+            Some(m) if Arc::ptr_eq(&m.inner, &installed.inner) => Ok(()),
+            Some(m) => Err(m),
+        }
+    }
+
+    /// Whether two handles are the same manager.
+    pub fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.inner.config
+    }
+
+    /// The broker beneath.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    fn shard(&self, user: &UserId) -> MutexGuard<'_, HashMap<UserId, UserEntry>> {
+        let i = (self.inner.hasher.hash_one(user) as usize) % REGISTRY_SHARDS;
+        // Registry mutations complete before anything that can panic.
+        self.inner.shards[i]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn router(&self) -> Arc<dyn Subscriber> {
+        match self.inner.router.get() {
+            Some(r) => r.clone(),
+            None => Arc::new(Router {
+                inner: Arc::downgrade(&self.inner),
+            }),
+        }
+    }
+
+    /// Connects `user`: registers a connection under the limits, subscribes the node to
+    /// the user's stream, queues `connection_established` and starts the stream at the
+    /// requested point. History is replayed in the background, paced by the writer.
+    ///
+    /// # Errors
+    /// [`ConnectError`]; its [`ConnectError::close_code`] is what to tell the client.
+    ///
+    /// # Cancel safety
+    /// Cancelling drops the half-made connection, which removes it.
+    pub async fn connect_user(
+        &self,
+        user: UserId,
+        options: ConnectOptions,
+    ) -> Result<Connection, ConnectError> {
+        self.start_sweeper();
+        let config = &self.inner.config;
+        let counters = &self.inner.counters;
+        if self.inner.total.fetch_add(1, Ordering::AcqRel) >= config.max_connections {
+            self.inner.total.fetch_sub(1, Ordering::AcqRel);
+            counters
+                .rejections_node_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ConnectError::NodeFull {
+                limit: config.max_connections,
+            });
+        }
+        let shared = Arc::new(ConnShared::new(user.clone(), config.queue));
+        shared.touch();
+        let (subscription, evicted) = {
+            let mut shard = self.shard(&user);
+            let entry = shard.entry(user.clone()).or_insert_with(|| UserEntry {
+                conns: Vec::new(),
+                subscription: Arc::new(OnceCell::new()),
+            });
+            let mut evicted = None;
+            if entry.conns.len() >= config.max_connections_per_user {
+                match config.limit_policy {
+                    LimitPolicy::Reject => {
+                        if entry.conns.is_empty() {
+                            shard.remove(&user);
+                        }
+                        drop(shard);
+                        self.inner.total.fetch_sub(1, Ordering::AcqRel);
+                        counters
+                            .rejections_user_limit
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(ConnectError::UserLimit {
+                            limit: config.max_connections_per_user,
+                        });
+                    }
+                    LimitPolicy::EvictOldest => {
+                        let oldest = entry.conns.remove(0);
+                        oldest.registered.store(false, Ordering::Release);
+                        evicted = Some(oldest);
+                    }
+                }
+            }
+            entry.conns.push(shared.clone());
+            (entry.subscription.clone(), evicted)
+        };
+        if let Some(old) = evicted {
+            self.inner.total.fetch_sub(1, Ordering::AcqRel);
+            counters.closed.fetch_add(1, Ordering::Relaxed);
+            counters.evictions.fetch_add(1, Ordering::Relaxed);
+            old.close(CloseCode::Replaced);
+        }
+        counters.opened.fetch_add(1, Ordering::Relaxed);
+        let connection = Connection {
+            shared: shared.clone(),
+            manager: self.clone(),
+        };
+
+        let broker = &self.inner.broker;
+        subscription
+            .get_or_try_init(|| async { broker.subscribe(&user, self.router()).await })
+            .await?;
+
+        let page = config.replay_page.max(1);
+        let first = match &options.resume {
+            Resume::FromHistoryStart => broker.history(&user, Seq::ZERO, page).await?,
+            Resume::LiveOnly => broker.history(&user, Seq(u64::MAX), 0).await?,
+            Resume::After { last_seq, epoch } => {
+                let h = broker.history(&user, *last_seq, page).await?;
+                if h.epoch == *epoch {
+                    h
+                } else {
+                    broker.history(&user, Seq::ZERO, page).await?
+                }
+            }
+        };
+        // Where the stream starts for this connection, and the gap it must be told of.
+        let skip_trimmed = first.gap.map_or(Seq::ZERO, |(_, to)| to);
+        let (start, gap, resumed) = match &options.resume {
+            Resume::FromHistoryStart => (skip_trimmed, None, false),
+            Resume::LiveOnly => (first.last_seq, None, false),
+            Resume::After { last_seq, epoch } if first.epoch != *epoch => (
+                skip_trimmed,
+                (last_seq.get() > 0).then_some((Seq(1), *last_seq)),
+                false,
+            ),
+            Resume::After { last_seq, .. } if *last_seq > first.last_seq => (
+                first.last_seq,
+                Some((first.last_seq.next(), *last_seq)),
+                false,
+            ),
+            Resume::After { last_seq, .. } => match first.gap {
+                Some(g) => (g.1, Some(g), false),
+                None => (*last_seq, None, true),
+            },
+        };
+        let hello = ServerFrame::ConnectionEstablished(ConnectionEstablished {
+            connection_id: shared.id.clone(),
+            user_id: user.clone(),
+            epoch: first.epoch.clone(),
+            heartbeat_interval_ms: u64::try_from(config.heartbeat.interval.as_millis())
+                .unwrap_or(u64::MAX),
+            last_seq: first.last_seq,
+            resumed,
+        });
+        shared.push_control(Bytes::from(hello.to_json()), counters);
+        if let Some((from, to)) = gap {
+            shared.push_gap(from, to, counters);
+        }
+        shared.begin(first.epoch.clone(), start);
+        let first = (start < first.last_seq).then_some(first);
+        self.spawn_catch_up(shared, first);
+        Ok(connection)
+    }
+
+    fn spawn_catch_up(&self, shared: Arc<ConnShared>, first: Option<crate::broker::History>) {
+        let manager = self.clone();
+        let task = async move { manager.catch_up(shared, first).await };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(task);
+            }
+            Err(_) => tracing::error!(
+                "agentwire manager used outside a tokio runtime; stream not started"
+            ),
+        }
+    }
+
+    /// Replays history after what the connection has, then goes live. Runs at connect
+    /// and whenever a live event arrives past a gap.
+    async fn catch_up(&self, shared: Arc<ConnShared>, mut page: Option<crate::broker::History>) {
+        let counters = &self.inner.counters;
+        let limit = self.inner.config.replay_page.max(1);
+        let mut idle_rounds = 0;
+        loop {
+            if shared.closing().is_some() {
+                return;
+            }
+            let before = shared.last_sent();
+            let history = match page.take() {
+                Some(h) => h,
+                None => match self.inner.broker.history(&shared.user, before, limit).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(connection = %shared.id, error = %e, "history read failed");
+                        shared.close(CloseCode::InternalError);
+                        return;
+                    }
+                },
+            };
+            if shared.epoch().is_some_and(|e| e != history.epoch) {
+                shared.close(CloseCode::TryAgainLater);
+                return;
+            }
+            if let Some((from, to)) = history.gap
+                && to > shared.last_sent()
+            {
+                shared.push_gap(from.max(shared.last_sent().next()), to, counters);
+                shared.skip_to(to);
+            }
+            for event in &history.events {
+                if !shared.push_replayed(event, counters).await {
+                    return;
+                }
+            }
+            if shared.try_go_live(counters) {
+                return;
+            }
+            // Pending live events start past what history returned: read again. History
+            // holds every delivered event, so progress is certain unless the broker breaks
+            // that contract; then give up rather than spin.
+            if shared.last_sent() == before {
+                idle_rounds += 1;
+                if idle_rounds > 3 {
+                    tracing::error!(connection = %shared.id, "history does not reach delivered events");
+                    shared.close(CloseCode::InternalError);
+                    return;
+                }
+                tokio::task::yield_now().await;
+            } else {
+                idle_rounds = 0;
+            }
+        }
+    }
+
+    /// Queues an event the broker delivered to every local connection of its user.
+    fn fan_out(&self, user: &UserId, event: &StoredEvent) {
+        let conns: Vec<Arc<ConnShared>> = match self.shard(user).get(user) {
+            Some(entry) => entry.conns.clone(),
+            None => return,
+        };
+        for conn in conns {
+            if conn.deliver_live(event, &self.inner.counters) == Pushed::NeedsCatchUp {
+                self.spawn_catch_up(conn, None);
+            }
+        }
+    }
+
+    /// Removes a connection. Idempotent.
+    pub(crate) fn remove(&self, shared: &Arc<ConnShared>) {
+        if !shared.registered.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        shared.close(CloseCode::Normal);
+        let unsubscribe = {
+            let mut shard = self.shard(&shared.user);
+            match shard.get_mut(&shared.user) {
+                Some(entry) => {
+                    entry.conns.retain(|c| !Arc::ptr_eq(c, shared));
+                    entry.conns.is_empty()
+                        && shard
+                            .remove(&shared.user)
+                            .is_some_and(|e| e.subscription.initialized())
+                }
+                None => false,
+            }
+        };
+        self.inner.total.fetch_sub(1, Ordering::AcqRel);
+        self.inner.counters.closed.fetch_add(1, Ordering::Relaxed);
+        if unsubscribe {
+            let broker = self.inner.broker.clone();
+            let user = shared.user.clone();
+            let router = self.router();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) = broker.unsubscribe(&user, &router).await {
+                        tracing::warn!(%user, error = %e, "unsubscribe failed");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Validates `event` and serializes it once, fixing its `event_id` (a fresh UUIDv7
+    /// when `event_id` is `None`).
+    ///
+    /// # Errors
+    /// [`EmitError::Invalid`] or [`EmitError::TooLarge`].
+    pub fn prepare_event(
+        &self,
+        user: &UserId,
+        event: &Event,
+        event_id: Option<EventId>,
+    ) -> Result<PreparedEvent, EmitError> {
+        event.validate()?;
+        let body = serialize_body(event);
+        let limit = self.inner.config.max_event_bytes;
+        if body.len() > limit {
+            return Err(EmitError::TooLarge {
+                size: body.len(),
+                limit,
+            });
+        }
+        Ok(PreparedEvent {
+            user: user.clone(),
+            event_type: event.event_type(),
+            event_id: event_id.unwrap_or_else(EventId::generate),
+            body,
+        })
+    }
+
+    /// The single point every event passes: validates `event`, serializes it once and
+    /// publishes it to the broker, whose subscription then fans it out to the user's
+    /// connections on every node. A user with no connection is not an error: the event
+    /// waits in history.
+    ///
+    /// # Errors
+    /// [`EmitError`]; [`EmitError::is_transient`] says whether a retry can help.
+    pub async fn emit_critical_event(
+        &self,
+        user: &UserId,
+        event: Event,
+    ) -> Result<Accepted, EmitError> {
+        let prepared = self.prepare_event(user, &event, None)?;
+        self.emit_prepared(&prepared).await
+    }
+
+    /// Publishes a prepared event. Publishing it again (a retry) cannot duplicate it: the
+    /// broker answers the first acceptance.
+    ///
+    /// # Errors
+    /// [`EmitError::Broker`].
+    pub async fn emit_prepared(&self, event: &PreparedEvent) -> Result<Accepted, EmitError> {
+        let counters = &self.inner.counters;
+        let result = self
+            .inner
+            .broker
+            .publish(
+                &event.user,
+                NewEvent {
+                    event_type: event.event_type,
+                    event_id: Some(event.event_id.clone()),
+                    body: event.body.clone(),
+                },
+            )
+            .await;
+        match &result {
+            Ok(a) if a.duplicate => {
+                counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {
+                counters.emitted.fetch_add(1, Ordering::Relaxed);
+                let i = EventType::ALL
+                    .iter()
+                    .position(|t| *t == event.event_type)
+                    .unwrap_or(0);
+                counters.emitted_by_type[i].fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                counters.emit_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(result?)
+    }
+
+    /// Closes every connection of `user` with `code` (e.g. 1001 so they resume). Returns
+    /// how many were closed.
+    pub fn disconnect_user(&self, user: &UserId, code: CloseCode) -> usize {
+        let conns = self
+            .shard(user)
+            .get(user)
+            .map(|e| e.conns.clone())
+            .unwrap_or_default();
+        conns.iter().filter(|c| c.close(code)).count()
+    }
+
+    /// Closes every connection of this node with `code` (shutdown). Returns how many.
+    pub fn close_all(&self, code: CloseCode) -> usize {
+        let mut closed = 0;
+        for shard in self.inner.shards.iter() {
+            let conns: Vec<Arc<ConnShared>> = shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .flat_map(|e| e.conns.iter().cloned())
+                .collect();
+            closed += conns.iter().filter(|c| c.close(code)).count();
+        }
+        closed
+    }
+
+    /// The live connections of `user`, oldest first.
+    pub fn connections_of(&self, user: &UserId) -> Vec<ConnectionInfo> {
+        let conns = self
+            .shard(user)
+            .get(user)
+            .map(|e| e.conns.clone())
+            .unwrap_or_default();
+        let now = Instant::now();
+        conns
+            .iter()
+            .map(|c| {
+                let (queued_frames, queued_bytes) = c.queued();
+                ConnectionInfo {
+                    connection_id: c.id.clone(),
+                    connected_for: now.saturating_duration_since(c.connected_at),
+                    acked_seq: c.acked(),
+                    queued_frames,
+                    queued_bytes,
+                }
+            })
+            .collect()
+    }
+
+    /// Live connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.inner.total.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of counters and sizes.
+    pub fn get_stats(&self) -> ManagerStats {
+        let c = &self.inner.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut users = 0;
+        let mut max_per_user = 0;
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            users += shard.len();
+            max_per_user = shard
+                .values()
+                .map(|e| e.conns.len())
+                .fold(max_per_user, usize::max);
+        }
+        let b = self.inner.broker.stats();
+        ManagerStats {
+            connections: self.connection_count(),
+            users,
+            max_connections_of_a_user: max_per_user,
+            connections_opened: load(&c.opened),
+            connections_closed: load(&c.closed),
+            events_emitted: load(&c.emitted),
+            events_emitted_by_type: std::array::from_fn(|i| load(&c.emitted_by_type[i])),
+            events_delivered: load(&c.delivered),
+            events_replayed: load(&c.replayed),
+            replay_gaps: load(&c.replay_gaps),
+            events_deduplicated: load(&c.deduplicated),
+            emit_failures: load(&c.emit_failures),
+            evictions: load(&c.evictions),
+            rejections_user_limit: load(&c.rejections_user_limit),
+            rejections_node_full: load(&c.rejections_node_full),
+            slow_consumer_closes: load(&c.slow_consumer_closes),
+            heartbeat_timeouts: load(&c.heartbeat_timeouts),
+            history_events: b.history_events,
+            history_bytes: b.history_bytes,
+            history_users: b.users,
+            history_trimmed: b.history_trimmed,
+        }
+    }
+
+    /// One pass of the sweeper: closes connections whose peer has been silent past the
+    /// heartbeat deadline, and lets the broker trim history. Returns how many connections
+    /// it closed. The sweeper task calls it every `sweep_interval`.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let policy = self.inner.config.heartbeat;
+        let mut closed = 0;
+        for shard in self.inner.shards.iter() {
+            let silent: Vec<Arc<ConnShared>> = shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .flat_map(|e| e.conns.iter())
+                .filter(|c| policy.is_expired(c.silent_for(now)))
+                .cloned()
+                .collect();
+            for conn in silent {
+                if conn.close(CloseCode::GoingAway) {
+                    self.inner
+                        .counters
+                        .heartbeat_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    closed += 1;
+                }
+            }
+        }
+        self.inner.broker.sweep();
+        closed
+    }
+
+    /// Starts the sweeper once, on the first connect inside a runtime. It holds only a
+    /// weak reference and ends when the manager is dropped.
+    fn start_sweeper(&self) {
+        if self.inner.sweeper_started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.sweeper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.config.sweep_interval;
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                UnifiedWebSocketManager { inner }.sweep();
+            }
+        });
+    }
+}
