@@ -1,0 +1,200 @@
+//! Criterion micro-benchmarks of agentwire's hot paths: envelope encode/decode, the
+//! registry under contention, fan-out of one event to N local queues, and history append
+//! and range reads. Run with `cargo bench -p agentwire-bench --bench micro`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentwire_bench::{sample_event, sample_frame_json};
+use agentwire_manager::{
+    Broker, ConnectOptions, InMemoryBroker, ManagerConfig, NewEvent, QueueLimits, Resume,
+    UnifiedWebSocketManager,
+};
+use agentwire_protocol::{ClientFrame, Limits, PublishBody, Seq, ServerFrame, UserId};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn user(i: usize) -> UserId {
+    UserId::new(format!("user-{i}")).expect("valid id")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn protocol(c: &mut Criterion) {
+    let mut g = c.benchmark_group("protocol");
+    let frame = sample_frame_json(200);
+    let envelope = ServerFrame::decode(frame.as_bytes()).expect("sample decodes");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_envelope", |b| {
+        b.iter(|| black_box(&envelope).to_json())
+    });
+    g.bench_function("decode_envelope", |b| {
+        b.iter(|| ServerFrame::decode(black_box(frame.as_bytes())))
+    });
+    g.bench_function("decode_client_ack", |b| {
+        b.iter(|| ClientFrame::decode(black_box(br#"{"type":"ack","seq":12345}"#)))
+    });
+    let batch: Vec<serde_json::Value> = (0..50)
+        .map(|i| {
+            serde_json::json!({"user_id": format!("user-{i}"), "type": "agent_thinking",
+                "thread_id": "t1", "run_id": "r1", "data": {"thought": "x".repeat(200), "step": i}})
+        })
+        .collect();
+    let batch = serde_json::to_vec(&batch).expect("json");
+    g.throughput(Throughput::Elements(50));
+    g.bench_function("decode_publish_batch_50", |b| {
+        b.iter(|| PublishBody::decode(black_box(&batch), Limits::EVENT, 100))
+    });
+    let event = sample_event(200);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("serialize_event_body", |b| {
+        b.iter(|| black_box(&event).body_json())
+    });
+    g.finish();
+}
+
+fn registry(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("registry");
+    for tasks in [1usize, 4] {
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(
+            BenchmarkId::new("connect_disconnect", tasks),
+            &tasks,
+            |b, &tasks| {
+                let manager = UnifiedWebSocketManager::new(
+                    ManagerConfig {
+                        max_connections: 1_000_000,
+                        ..ManagerConfig::default()
+                    },
+                    Arc::new(InMemoryBroker::default()),
+                );
+                b.iter_custom(|iters| {
+                    let per_task = iters.div_ceil(tasks as u64);
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        let handles: Vec<_> = (0..tasks)
+                            .map(|t| {
+                                let m = manager.clone();
+                                tokio::spawn(async move {
+                                    for i in 0..per_task {
+                                        let u = user(t * 1_000_000 + (i % 1000) as usize);
+                                        let opts = ConnectOptions {
+                                            resume: Resume::LiveOnly,
+                                        };
+                                        let conn = m.connect_user(u, opts).await.expect("connects");
+                                        black_box(m.connections_of(conn.user_id()).len());
+                                        drop(conn);
+                                    }
+                                })
+                            })
+                            .collect();
+                        for h in handles {
+                            h.await.expect("task");
+                        }
+                        start.elapsed()
+                    })
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn fan_out(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("fan_out");
+    for n in [1usize, 3, 16, 64] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            let manager = UnifiedWebSocketManager::new(
+                ManagerConfig {
+                    max_connections_per_user: n,
+                    queue: QueueLimits {
+                        max_frames: 1 << 20,
+                        max_bytes: 1 << 30,
+                    },
+                    ..ManagerConfig::default()
+                },
+                Arc::new(InMemoryBroker::default()),
+            );
+            let u = user(0);
+            let conns: Vec<_> = rt.block_on(async {
+                let mut v = Vec::new();
+                for _ in 0..n {
+                    let opts = ConnectOptions {
+                        resume: Resume::LiveOnly,
+                    };
+                    v.push(
+                        manager
+                            .connect_user(u.clone(), opts)
+                            .await
+                            .expect("connects"),
+                    );
+                }
+                v
+            });
+            let event = sample_event(200);
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut spent = Duration::ZERO;
+                    let mut left = iters;
+                    let mut sink = Vec::new();
+                    while left > 0 {
+                        let chunk = left.min(512);
+                        let start = Instant::now();
+                        for _ in 0..chunk {
+                            let p = manager.prepare_event(&u, &event, None).expect("valid");
+                            manager.emit_prepared(&p).await.expect("accepted");
+                        }
+                        spent += start.elapsed();
+                        for conn in &conns {
+                            sink.clear();
+                            while sink.len() < chunk as usize {
+                                conn.next_frames(&mut sink, 4096).await;
+                            }
+                        }
+                        left -= chunk;
+                    }
+                    spent
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn history(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("history");
+    let broker = InMemoryBroker::default();
+    let u = user(0);
+    let body = bytes::Bytes::from(sample_event(200).body_json());
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("append", |b| {
+        b.iter(|| {
+            rt.block_on(broker.publish(
+                &u,
+                NewEvent {
+                    event_type: agentwire_protocol::EventType::AgentThinking,
+                    event_id: None,
+                    body: body.clone(),
+                },
+            ))
+        })
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("range_read_100", |b| {
+        b.iter(|| rt.block_on(broker.history(&u, Seq(500), 100)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, protocol, registry, fan_out, history);
+criterion_main!(benches);
