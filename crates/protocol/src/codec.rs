@@ -145,6 +145,9 @@ impl DecodeError {
 fn join_path(prefix: &str, field: &str) -> String {
     if prefix.is_empty() {
         field.to_owned()
+    } else if field.is_empty() {
+        // An error about the item itself (a batch entry that is not an object) names it.
+        prefix.to_owned()
     } else if field.starts_with('[') {
         format!("{prefix}{field}")
     } else {
