@@ -319,7 +319,8 @@ impl Event {
         self.data.event_type()
     }
 
-    /// Checks what the types cannot: a run event names its run.
+    /// Checks what the types cannot: a run event names its run, and a tool call id keeps
+    /// the identifier rule (1–256 bytes, no control characters).
     ///
     /// # Errors
     /// [`crate::DecodeError::Invalid`] naming `run_id`.
@@ -329,6 +330,18 @@ impl Event {
                 field: "run_id".into(),
                 reason: format!("is required for `{}` events", self.event_type()),
             });
+        }
+        // A run remembers its open tool calls, so their ids are bounded like every id.
+        let tool_call_id = match &self.data {
+            EventData::ToolExecuting(t) => Some(&t.tool_call_id),
+            EventData::ToolCompleted(t) => Some(&t.tool_call_id),
+            _ => None,
+        };
+        if let Some(id) = tool_call_id {
+            crate::ids::validate_id(id).map_err(|e| crate::DecodeError::Invalid {
+                field: "data.tool_call_id".into(),
+                reason: e.to_string(),
+            })?;
         }
         Ok(())
     }

@@ -375,3 +375,22 @@ proptest! {
         prop_assert_eq!(err.field(), Some(want.as_str()), "{}", err);
     }
 }
+
+#[test]
+fn tool_call_ids_follow_the_identifier_rule() {
+    for (id, ok) in [("tc1", true), ("", false), ("a\u{0}b", false)] {
+        let body = serde_json::json!({"user_id": "u1", "type": "tool_executing", "run_id": "r1",
+            "data": {"tool_call_id": id, "tool_name": "search"}});
+        let result = PublishBody::decode(body.to_string().as_bytes(), Limits::EVENT, 10);
+        match (ok, result) {
+            (true, Ok(_)) => {}
+            (false, Err(e)) => assert_eq!(e.field(), Some("data.tool_call_id"), "{e}"),
+            (ok, other) => panic!("id {id:?} expected ok={ok}, got {other:?}"),
+        }
+    }
+    let long = "x".repeat(agentwire_protocol::MAX_ID_BYTES + 1);
+    let body = serde_json::json!({"user_id": "u1", "type": "tool_completed", "run_id": "r1",
+        "data": {"tool_call_id": long, "tool_name": "search"}});
+    let err = PublishBody::decode(body.to_string().as_bytes(), Limits::EVENT, 10).unwrap_err();
+    assert_eq!(err.field(), Some("data.tool_call_id"));
+}

@@ -179,7 +179,7 @@ pub(crate) fn agent_thinking() -> impl Strategy<Value = AgentThinking> {
 /// `data` of `tool_executing`.
 pub(crate) fn tool_executing() -> impl Strategy<Value = ToolExecuting> {
     (
-        any::<String>(),
+        id_string(),
         any::<String>(),
         json_value(),
         extra_for(EventType::ToolExecuting),
@@ -197,7 +197,7 @@ pub(crate) fn tool_executing() -> impl Strategy<Value = ToolExecuting> {
 /// `data` of `tool_completed`.
 pub(crate) fn tool_completed() -> impl Strategy<Value = ToolCompleted> {
     (
-        any::<String>(),
+        id_string(),
         any::<String>(),
         json_value(),
         any::<bool>(),
