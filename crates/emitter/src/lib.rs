@@ -1,11 +1,60 @@
-//! `agentwire-emitter`: the API agents call to emit events for one run.
+//! `agentwire-emitter`: the API agents call to emit the events of one run.
 //!
-//! What it is: `UnifiedWebSocketEmitter` (the five critical event methods plus errors and
-//! custom events, bound to a user/thread/run context), retry with exponential backoff, and
-//! the emitter factory and pool.
+//! What it is: [`UnifiedWebSocketEmitter`], bound to a [`RunContext`] (user, thread, run,
+//! optional request id), with one method per event — the five critical events
+//! `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed` and
+//! `agent_completed`, plus `agent_error` and `custom`; retry with exponential backoff and
+//! jitter ([`RetryPolicy`]); per-emitter and aggregate [`EmitterMetrics`]; the
+//! [`WebSocketEmitterFactory`] and the [`WebSocketEmitterPool`].
 //!
-//! What it is not: a transport. Every event goes through the manager's
-//! `emit_critical_event`; there is no second path to the wire.
+//! What it is not: a transport. Every event goes through the manager's `prepare_event`
+//! and `emit_prepared`, the two halves of `emit_critical_event`; there is no second path
+//! to the wire.
 //!
-//! Key decision: a retry reuses the event's `event_id`, so the broker's dedupe makes retries
-//! safe after a success the emitter never saw.
+//! Key decisions:
+//! - An event is checked against its run's [`agentwire_protocol::RunState`] before it is
+//!   published, and the state advances only once the broker accepted it, so a refused or
+//!   failed event leaves the run as it was.
+//! - A retry reuses the event's `event_id` (the event is prepared once, published per
+//!   attempt), so the broker's dedupe makes a retry safe after a success the emitter
+//!   never saw.
+//! - The retry loop is [`backon`]'s rather than our own: it is small, maintained, has the
+//!   exponential backoff with jitter we need, takes tokio's sleep (so tests run on the
+//!   paused clock), and its `when`/`notify` hooks are exactly "retry only transient
+//!   errors" and "count every retry".
+//!
+//! ```
+//! use agentwire_emitter::{PoolConfig, RunContext, WebSocketEmitterFactory, WebSocketEmitterPool};
+//! use agentwire_manager::UnifiedWebSocketManager;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = WebSocketEmitterPool::new(
+//!     WebSocketEmitterFactory::new(UnifiedWebSocketManager::in_memory()),
+//!     PoolConfig::default(),
+//! );
+//! let run = RunContext::new("alice".parse()?, "t1".parse()?, "r1".parse()?);
+//! pool.get_emitter(&run).emit_agent_started("triage").await?;
+//! // Another part of the runtime reporting on the same run shares its emitter and state.
+//! pool.get_emitter(&run)
+//!     .emit_tool_executing("tc1", "search", serde_json::json!({"q": "rust"}))
+//!     .await?;
+//! assert_eq!(pool.stats().reused, 1);
+//! assert_eq!(pool.factory().metrics().events_total(), 2);
+//! # Ok(())
+//! # }
+//! ```
+
+mod context;
+mod emitter;
+mod factory;
+mod metrics;
+mod pool;
+mod retry;
+
+pub use context::{RunContext, RunKey};
+pub use emitter::{EmitterError, UnifiedWebSocketEmitter};
+pub use factory::WebSocketEmitterFactory;
+pub use metrics::EmitterMetrics;
+pub use pool::{PoolConfig, PoolStats, WebSocketEmitterPool};
+pub use retry::RetryPolicy;

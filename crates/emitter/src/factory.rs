@@ -1,0 +1,76 @@
+//! `WebSocketEmitterFactory`: makes emitters that share a manager, a retry policy and the
+//! aggregate metrics.
+//!
+//! What it is not: a cache. Every call makes a new emitter with a fresh run state; the
+//! pool is what reuses them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use agentwire_manager::UnifiedWebSocketManager;
+
+use crate::context::RunContext;
+use crate::emitter::UnifiedWebSocketEmitter;
+use crate::metrics::{Counters, EmitterMetrics};
+use crate::retry::RetryPolicy;
+
+/// Creates [`UnifiedWebSocketEmitter`]s over one manager, and sums their metrics.
+///
+/// A cheap handle: clones share the aggregate metrics.
+#[derive(Debug, Clone)]
+pub struct WebSocketEmitterFactory {
+    manager: UnifiedWebSocketManager,
+    retry: RetryPolicy,
+    aggregate: Arc<Counters>,
+    created: Arc<AtomicU64>,
+}
+
+impl WebSocketEmitterFactory {
+    /// A factory over `manager` with the default [`RetryPolicy`].
+    pub fn new(manager: UnifiedWebSocketManager) -> Self {
+        WebSocketEmitterFactory {
+            manager,
+            retry: RetryPolicy::default(),
+            aggregate: Arc::default(),
+            created: Arc::default(),
+        }
+    }
+
+    /// The same factory making emitters with `retry`.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// A new emitter for the run `context`, starting in `RunState::NotStarted`.
+    pub fn create_emitter(&self, context: RunContext) -> UnifiedWebSocketEmitter {
+        self.created.fetch_add(1, Ordering::Relaxed);
+        UnifiedWebSocketEmitter::new(
+            self.manager.clone(),
+            context,
+            self.retry,
+            self.aggregate.clone(),
+        )
+    }
+
+    /// The manager emitters publish through.
+    pub fn manager(&self) -> &UnifiedWebSocketManager {
+        &self.manager
+    }
+
+    /// The retry policy of new emitters.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// The counters of every emitter this factory made, summed.
+    pub fn metrics(&self) -> EmitterMetrics {
+        self.aggregate.snapshot()
+    }
+
+    /// How many emitters this factory made.
+    pub fn emitters_created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
+    }
+}
