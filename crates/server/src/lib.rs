@@ -1,9 +1,61 @@
 //! `agentwire-server`: the axum application that puts the manager on the network —
-//! WebSocket I/O, authentication, the publish HTTP API, health, metrics, configuration and
-//! graceful shutdown.
+//! WebSocket I/O, authentication, health, metrics, configuration and graceful shutdown —
+//! and the `agentwire-server` binary built on it.
 //!
 //! What it is not: the owner of routing or ordering; those belong to the manager and its
 //! broker. It is the only crate that knows axum or sockets.
 //!
-//! Key decision: one reader and one batching writer per connection; the fan-out path never
-//! awaits a socket.
+//! Key decision: one reader and one batching writer per connection; the writer drains the
+//! manager's queue, feeds every frame and flushes once, under a write timeout, and the
+//! fan-out path never awaits a socket.
+//!
+//! ```no_run
+//! use agentwire_manager::UnifiedWebSocketManager;
+//!
+//! # async fn demo() {
+//! // Mount agentwire in another axum application.
+//! let manager = UnifiedWebSocketManager::in_memory();
+//! let app = axum::Router::new().merge(agentwire_server::router(manager));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+//!
+//! Why each dependency:
+//! - `axum` (with its tokio-tungstenite WebSocket): the HTTP and WebSocket server; its
+//!   upgrade exposes tungstenite's buffer and size limits, which idle connections need.
+//! - `tokio-tungstenite`: only to read tungstenite's error kinds (1009 vs 1007 vs 1002);
+//!   the same version as axum's (the lock file pins axum 0.8.8, which uses 0.28).
+//! - `jsonwebtoken` with `rust_crypto`: JWT verification in pure Rust (no C toolchain); with
+//!   exactly that backend enabled it selects its crypto provider by itself.
+//! - `subtle`: constant-time comparison of API keys.
+//! - `prometheus-client`: one registry per server instance (no global recorder), so several
+//!   servers in one process report exact values; a collector reads `get_stats()` at
+//!   scrape time.
+//! - `clap` (derive, env): every flag with its environment variable and default in `--help`.
+//! - `toml`: the optional `--config` file.
+//! - `rlimit`: a safe API to raise `RLIMIT_NOFILE` (`unsafe` is forbidden here).
+//! - `rand`: the development secret and API key.
+//! - `tracing-subscriber`: text or JSON logs.
+
+mod auth;
+mod config;
+mod http;
+mod metrics;
+mod server;
+mod shutdown;
+mod ws;
+
+pub use auth::{
+    Auth, AuthConfigError, AuthError, DevCredentials, Verified, default_dev_credentials_path,
+    mint_hs256, mint_token,
+};
+pub use config::{
+    BrokerKind, Cli, Command, ConfigError, LogFormat, PerUserPolicy, ServerConfig, TokenArgs,
+    parse_duration,
+};
+pub use server::{
+    FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, init_tracing,
+    raise_nofile_limit, router, router_with, run,
+};
+pub use shutdown::signal as shutdown_signal;

@@ -1,8 +1,54 @@
-//! The `agentwire-server` binary: runs the WebSocket event-delivery server.
+//! The `agentwire-server` binary: serves agentwire, or (`token`) mints a client token.
 //!
-//! It is not a library; everything it does is in the `agentwire_server` crate, which other
-//! axum applications can mount instead.
+//! It is thin: parsing, printing and exit codes. Everything else is in the
+//! `agentwire_server` library, which other axum applications can mount instead.
 
-fn main() -> anyhow::Result<()> {
+use agentwire_server::{Cli, Command, ConfigError, Server};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = match Cli::load(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ConfigError::Cli(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
+    match &cli.command {
+        Some(Command::Token(args)) => {
+            let token = agentwire_server::mint_token(args)?;
+            say(&token);
+            Ok(())
+        }
+        Some(_) => anyhow::bail!("unknown command"),
+        None => serve(cli).await,
+    }
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    agentwire_server::init_tracing(cli.config.log_format);
+    let server = Server::bind(cli.config).await?;
+    let addr = server.local_addr();
+    say(&format!(
+        "agentwire-server listening on {addr} (ws://{addr}/ws)"
+    ));
+    if let Some(path) = server.dev_credentials_path() {
+        say(&format!(
+            "development credentials: {} (mint a token: agentwire-server token --user alice)",
+            path.display()
+        ));
+    }
+    server.serve(agentwire_server::shutdown_signal()).await?;
     Ok(())
+}
+
+/// One line on stdout: the bound address and the credentials path are for people and
+/// scripts (tests parse them), not log lines.
+#[allow(
+    clippy::print_stdout,
+    reason = "the binary's output for people and scripts"
+)]
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }

@@ -1,0 +1,360 @@
+//! Assembly: the shared state of one server, the router, binding the listener (backlog,
+//! open-file limit) and serving until shutdown.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use agentwire_manager::{InMemoryBroker, UnifiedWebSocketManager};
+use axum::Router;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::time::Instant;
+
+use crate::auth::{Auth, AuthConfigError, default_dev_credentials_path};
+use crate::config::{BrokerKind, ConfigError, LogFormat, ServerConfig};
+use crate::metrics::Metrics;
+use crate::ws::WsSettings;
+
+/// File descriptors kept free for what is not a connection (listener, logs, files, the
+/// handshakes in flight).
+pub const FD_RESERVE: u64 = 64;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Keys or credentials could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    /// A token could not be minted.
+    #[error(transparent)]
+    Token(#[from] crate::auth::AuthError),
+    /// The user id given is not valid.
+    #[error("invalid user id: {0}")]
+    UserId(#[from] agentwire_protocol::IdError),
+    /// A setting asks for something this build does not have.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The listener could not be bound, or serving failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+/// The state every handler shares.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) manager: UnifiedWebSocketManager,
+    pub(crate) auth: Auth,
+    pub(crate) metrics: Metrics,
+    pub(crate) ws: WsSettings,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    fn new(manager: UnifiedWebSocketManager, auth: Auth, config: &ServerConfig) -> Self {
+        AppState {
+            metrics: Metrics::new(manager.clone()),
+            manager,
+            auth,
+            ws: WsSettings::from_config(config),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+}
+
+fn routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ws", get(crate::ws::ws_handler))
+        .route("/healthz", get(crate::http::healthz))
+        .route("/readyz", get(crate::http::readyz))
+        .route("/metrics", get(crate::http::metrics))
+        .route(
+            "/v1/users/{id}/connections",
+            get(crate::http::user_connections),
+        )
+        .route(
+            "/v1/users/{id}/disconnect",
+            post(crate::http::disconnect_user),
+        )
+        .with_state(state)
+}
+
+/// The agentwire routes (`/ws`, `/healthz`, `/readyz`, `/metrics`, the admin API) over
+/// `manager`, with the defaults of every setting: development credentials from the
+/// default file (created on first use). When that file cannot be used, a random secret
+/// for this process only is used instead, and an error is logged.
+///
+/// Mount it in another axum app with `Router::merge` or `nest`. Limits and heartbeat are
+/// the manager's own: the router reads them from `manager.config()`.
+pub fn router(manager: UnifiedWebSocketManager) -> Router {
+    let config = ServerConfig::default();
+    match router_with(manager.clone(), &config) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "development credentials unavailable; tokens are signed with a random secret for this process only");
+            let secret: [u8; 32] = rand::random();
+            let auth = match Auth::hs256(&secret) {
+                Ok(a) => a,
+                Err(_) => return Router::new(),
+            };
+            routes(Arc::new(AppState::new(manager, auth, &config)))
+        }
+    }
+}
+
+/// The agentwire routes over `manager`, configured by `config` (authentication, Origin
+/// allow-list, socket settings). Manager settings in `config` are not applied here: the
+/// manager was built already (see [`build_manager`]).
+///
+/// # Errors
+/// [`ServerError::Auth`] when keys or development credentials cannot be loaded.
+pub fn router_with(
+    manager: UnifiedWebSocketManager,
+    config: &ServerConfig,
+) -> Result<Router, ServerError> {
+    let auth = Auth::from_config(config)?;
+    Ok(routes(Arc::new(AppState::new(manager, auth, config))))
+}
+
+/// A manager with the configured bounds over the configured broker.
+///
+/// # Errors
+/// [`ServerError::Unsupported`] for `--broker redis`, which is not in this build yet.
+pub fn build_manager(config: &ServerConfig) -> Result<UnifiedWebSocketManager, ServerError> {
+    match config.broker {
+        BrokerKind::Memory => Ok(UnifiedWebSocketManager::new(
+            config.manager_config(),
+            Arc::new(InMemoryBroker::new(config.history_config())),
+        )),
+        BrokerKind::Redis => Err(ServerError::Unsupported(
+            "--broker redis is not in this build yet; use --broker memory".into(),
+        )),
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft limit now in
+/// force, or `None` when it cannot be read.
+pub fn raise_nofile_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            None
+        }
+    }
+}
+
+/// The most connections `nofile` open files allow, keeping [`FD_RESERVE`] free: `requested`
+/// or less, and at least 1.
+pub fn clamp_max_connections(requested: usize, nofile: u64) -> usize {
+    let allowed = usize::try_from(nofile.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    requested.min(allowed).max(1)
+}
+
+/// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`), lines go to
+/// stderr as text or JSON. Does nothing when a subscriber is already installed.
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
+}
+
+/// A bound server, not yet serving: the listener, the manager and the routes' state.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), agentwire_server::ServerError> {
+/// use agentwire_server::{Server, ServerConfig};
+/// let server = Server::bind(ServerConfig::default()).await?;
+/// println!("listening on {}", server.local_addr());
+/// server.serve(agentwire_server::shutdown_signal()).await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown_timeout: std::time::Duration,
+    dev_credentials: Option<PathBuf>,
+}
+
+impl Server {
+    /// Raises the open-file limit, clamps `max_connections` to it (with a warning), builds
+    /// the manager (installed as the process-wide one unless another is), loads the
+    /// credentials and binds the listener.
+    ///
+    /// # Errors
+    /// [`ServerError`] for an unsupported broker, unreadable keys, or a failed bind.
+    pub async fn bind(mut config: ServerConfig) -> Result<Server, ServerError> {
+        if let Some(nofile) = raise_nofile_limit() {
+            let clamped = clamp_max_connections(config.max_connections, nofile);
+            if clamped < config.max_connections {
+                tracing::warn!(
+                    requested = config.max_connections,
+                    allowed = clamped,
+                    open_file_limit = nofile,
+                    "max_connections clamped to what the open-file limit allows"
+                );
+                config.max_connections = clamped;
+            }
+        }
+        let manager = build_manager(&config)?;
+        if UnifiedWebSocketManager::install_global(manager.clone()).is_err() {
+            tracing::debug!("a process-wide manager was installed already; keeping it");
+        }
+        let auth = Auth::from_config(&config)?;
+        let dev_credentials = config.is_dev_mode().then(|| {
+            config
+                .dev_credentials_file
+                .clone()
+                .unwrap_or_else(default_dev_credentials_path)
+        });
+        let listener =
+            listen(config.listen, config.listen_backlog).map_err(|source| ServerError::Io {
+                what: format!("cannot listen on {}", config.listen),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Io {
+            what: "cannot read the bound address".into(),
+            source,
+        })?;
+        Ok(Server {
+            listener,
+            addr,
+            state: Arc::new(AppState::new(manager, auth, &config)),
+            shutdown_timeout: config.shutdown_timeout,
+            dev_credentials,
+        })
+    }
+
+    /// The address the listener is bound to (the real port when `--listen` gave 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's manager: emit events through it.
+    pub fn manager(&self) -> &UnifiedWebSocketManager {
+        &self.state.manager
+    }
+
+    /// The development credentials file in use, when no secret was configured.
+    pub fn dev_credentials_path(&self) -> Option<&std::path::Path> {
+        self.dev_credentials.as_deref()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting,
+    /// answers `/readyz` with 503, closes every connection with 1001 after flushing its
+    /// queue, and returns once none is left or the shutdown timeout has passed.
+    ///
+    /// # Errors
+    /// [`ServerError::Io`] when the accept loop fails before `shutdown`.
+    pub async fn serve<F>(self, shutdown: F) -> Result<(), ServerError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let state = self.state.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = self.listener.tap_io(|tcp| {
+            // Batches are flushed explicitly; Nagle would only add latency.
+            let _ = tcp.set_nodelay(true);
+        });
+        let serving = axum::serve(listener, routes(state.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future();
+        let mut serving = tokio::spawn(serving);
+        tokio::select! {
+            () = shutdown => {}
+            ended = &mut serving => {
+                return match ended {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(source)) => Err(ServerError::Io { what: "serving failed".into(), source }),
+                    Err(e) => Err(ServerError::Io { what: "serving failed".into(), source: std::io::Error::other(e.to_string()) }),
+                };
+            }
+        }
+        let deadline = Instant::now() + self.shutdown_timeout;
+        let _ = stop_tx.send(());
+        crate::shutdown::drain(&state, deadline).await;
+        if tokio::time::timeout_at(deadline, &mut serving)
+            .await
+            .is_err()
+        {
+            serving.abort();
+        }
+        tracing::info!("shut down");
+        Ok(())
+    }
+}
+
+/// Binds with `config` and serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+/// The bound address is logged.
+///
+/// # Errors
+/// [`ServerError`] from [`Server::bind`] or [`Server::serve`].
+pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let server = Server::bind(config).await?;
+    tracing::info!(addr = %server.local_addr(), "listening");
+    server.serve(crate::shutdown::signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_connections_is_clamped_to_the_file_limit() {
+        assert_eq!(clamp_max_connections(10_000, 1_024), 960);
+        assert_eq!(clamp_max_connections(100, 1_024), 100);
+        assert_eq!(clamp_max_connections(100, 10), 1);
+        assert_eq!(clamp_max_connections(5, u64::MAX), 5);
+    }
+
+    #[test]
+    fn the_redis_broker_says_it_is_not_built_in() {
+        let c = ServerConfig {
+            broker: BrokerKind::Redis,
+            ..ServerConfig::default()
+        };
+        let e = build_manager(&c).expect_err("redis is not in this build");
+        assert!(e.to_string().contains("not in this build yet"), "{e}");
+    }
+}

@@ -1,0 +1,690 @@
+//! `GET /ws`: the handshake (token, Origin, resume point) and, per connection, one reader
+//! task and one batching writer.
+//!
+//! The writer is the only code that writes to the socket: it drains the connection's
+//! queue in batches (`feed` each frame, then one `flush`), sends protocol pings, and ends
+//! the connection with the close code the manager decided — all under a write timeout, so
+//! a peer that stopped reading is dropped even when no close frame can reach it. The
+//! reader answers client frames by queueing control frames through the manager, never by
+//! writing itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_manager::{ConnectOptions, Connection, Outbound, Resume};
+use agentwire_protocol::{
+    AUTH_SUBPROTOCOL_PREFIX, ClientFrame, CloseCode, DecodeError, Epoch, ErrorCode, ErrorFrame,
+    SUBPROTOCOL, Seq, ServerFrame, Timestamp,
+};
+use axum::extract::ws::{
+    CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
+    rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+
+use crate::auth::{AuthError, Verified};
+use crate::http::json_error;
+use crate::metrics::Rejection;
+use crate::server::AppState;
+
+/// Per-connection settings of the WebSocket endpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct WsSettings {
+    pub(crate) write_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) write_batch_frames: usize,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) write_buffer_size: usize,
+    pub(crate) max_write_buffer_size: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_frame_size: usize,
+    pub(crate) max_bad_frames: u32,
+    pub(crate) resume_wait: Duration,
+    pub(crate) allowed_origins: Vec<String>,
+}
+
+impl WsSettings {
+    pub(crate) fn from_config(c: &crate::ServerConfig) -> Self {
+        let write_buffer_size = c.write_buffer_size;
+        WsSettings {
+            write_timeout: c.write_timeout.max(Duration::from_millis(1)),
+            close_timeout: c.close_timeout,
+            write_batch_frames: c.write_batch_frames.max(1),
+            read_buffer_size: c.read_buffer_size.max(256),
+            write_buffer_size,
+            // Room for one full batch threshold plus the largest frame the manager can
+            // queue (an event at the size limit, with its envelope).
+            max_write_buffer_size: write_buffer_size
+                .saturating_add(c.max_event_bytes)
+                .saturating_add(64 * 1024),
+            max_message_size: c.max_message_size.max(64),
+            max_frame_size: c.max_frame_size.max(64),
+            max_bad_frames: c.max_bad_frames,
+            resume_wait: c.resume_wait,
+            allowed_origins: c
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        }
+    }
+
+    fn origin_allowed(&self, origin: &HeaderValue) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        self.allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// The query string of `/ws`: `token`, `last_seq`, `epoch`. Other parameters are ignored.
+#[derive(Default)]
+struct WsQuery {
+    token: Option<String>,
+    last_seq: Option<String>,
+    epoch: Option<String>,
+}
+
+fn parse_query(raw: Option<&str>) -> WsQuery {
+    let mut q = WsQuery::default();
+    for (k, v) in form_pairs(raw.unwrap_or("")) {
+        match k.as_str() {
+            "token" => q.token = Some(v),
+            "last_seq" => q.last_seq = Some(v),
+            "epoch" => q.epoch = Some(v),
+            _ => {}
+        }
+    }
+    q
+}
+
+/// Splits `a=1&b=x%20y` into decoded pairs (`+` is a space).
+fn form_pairs(raw: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    raw.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where the token came from.
+fn find_token(headers: &HeaderMap, query: &WsQuery) -> Result<String, AuthError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+        let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        return Ok(token.trim().to_owned());
+    }
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else { continue };
+        if let Some(token) = value
+            .split(',')
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix(AUTH_SUBPROTOCOL_PREFIX))
+        {
+            return Ok(token.to_owned());
+        }
+    }
+    query.token.clone().ok_or(AuthError::Missing)
+}
+
+fn resume_from_query(q: &WsQuery) -> Result<Option<Resume>, (&'static str, String)> {
+    match (&q.last_seq, &q.epoch) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(("epoch", "is required with `last_seq`".into())),
+        (None, Some(_)) => Err(("last_seq", "is required with `epoch`".into())),
+        (Some(seq), Some(epoch)) => {
+            let last_seq = seq
+                .parse::<u64>()
+                .map_err(|_| ("last_seq", "must be a non-negative integer".to_owned()))?;
+            let epoch = Epoch::new(epoch).map_err(|e| ("epoch", format!("an epoch {e}")))?;
+            Ok(Some(Resume::After {
+                last_seq: Seq(last_seq),
+                epoch,
+            }))
+        }
+    }
+}
+
+/// `GET /ws`.
+pub(crate) async fn ws_handler(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !app.ws.origin_allowed(origin)
+    {
+        app.metrics.rejected(Rejection::ForbiddenOrigin);
+        return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+    }
+    if app.is_shutting_down() {
+        app.metrics.rejected(Rejection::ShuttingDown);
+        let mut r = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; connect again",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    let query = parse_query(raw.as_deref());
+    let verified = match find_token(&headers, &query).and_then(|t| app.auth.verify(&t)) {
+        Ok(v) => v,
+        Err(e) => {
+            app.metrics.rejected(Rejection::Unauthorized);
+            tracing::debug!(reason = %e, "ws handshake unauthorized");
+            let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
+    let resume = match resume_from_query(&query) {
+        Ok(r) => r,
+        Err((field, reason)) => {
+            app.metrics.rejected(Rejection::BadRequest);
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("field `{field}`: {reason}"),
+            );
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            app.metrics.rejected(Rejection::BadRequest);
+            return rejection.into_response();
+        }
+    };
+    let s = &app.ws;
+    upgrade
+        .read_buffer_size(s.read_buffer_size)
+        .write_buffer_size(s.write_buffer_size)
+        .max_write_buffer_size(s.max_write_buffer_size)
+        .max_message_size(s.max_message_size)
+        .max_frame_size(s.max_frame_size)
+        .protocols([SUBPROTOCOL])
+        .on_upgrade(move |socket| serve_socket(app, socket, verified, resume))
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// How the reader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReaderEnd {
+    /// The peer closed, or the connection broke: nothing more can be sent.
+    PeerGone,
+    /// The reader asked the manager to close the connection with a code (1009, 1007,
+    /// 1002); the writer sends it.
+    Failed,
+}
+
+async fn serve_socket(
+    app: Arc<AppState>,
+    socket: WebSocket,
+    verified: Verified,
+    query_resume: Option<Resume>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let mut first = None;
+    let resume = match query_resume {
+        Some(r) => r,
+        None if !app.ws.resume_wait.is_zero() => {
+            match timeout(app.ws.resume_wait, stream.next()).await {
+                Err(_) => Resume::FromHistoryStart,
+                Ok(None) => return,
+                Ok(Some(Err(e))) => {
+                    if let Some(code) = read_error_code(e) {
+                        close_unconnected(&app, &mut sink, stream, code).await;
+                    }
+                    return;
+                }
+                Ok(Some(Ok(Message::Text(text)))) => match ClientFrame::decode(text.as_bytes()) {
+                    Ok(ClientFrame::Resume { last_seq, epoch }) => {
+                        Resume::After { last_seq, epoch }
+                    }
+                    _ => {
+                        first = Some(Message::Text(text));
+                        Resume::FromHistoryStart
+                    }
+                },
+                Ok(Some(Ok(other))) => {
+                    first = Some(other);
+                    Resume::FromHistoryStart
+                }
+            }
+        }
+        None => Resume::FromHistoryStart,
+    };
+    if app.is_shutting_down() {
+        close_unconnected(&app, &mut sink, stream, CloseCode::GoingAway).await;
+        return;
+    }
+    let conn = match app
+        .manager
+        .connect_user(verified.user.clone(), ConnectOptions { resume })
+        .await
+    {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::debug!(user = %verified.user, error = %e, "connection refused");
+            close_unconnected(&app, &mut sink, stream, e.close_code()).await;
+            return;
+        }
+    };
+    tracing::debug!(user = %verified.user, connection = %conn.id(), "connected");
+    let (expiry_tx, expiry_rx) = watch::channel(verified.expires_at);
+    let reader = tokio::spawn(read_loop(
+        app.clone(),
+        conn.clone(),
+        stream,
+        first,
+        expiry_tx,
+    ));
+    write_loop(&app, &conn, &mut sink, expiry_rx, reader).await;
+    conn.disconnect();
+    tracing::debug!(connection = %conn.id(), "disconnected");
+}
+
+/// Refuses a connection the manager never registered: a close frame, then a short wait
+/// for the peer's.
+async fn close_unconnected(app: &AppState, sink: &mut Sink, mut stream: Stream, code: CloseCode) {
+    app.metrics.closed(code);
+    let frame = close_message(code);
+    if timeout(app.ws.write_timeout, sink.send(frame))
+        .await
+        .is_err()
+    {
+        app.metrics.write_timeout();
+        return;
+    }
+    let _ = timeout(app.ws.close_timeout, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+fn close_message(code: CloseCode) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.code(),
+        reason: Utf8Bytes::from_static(code.reason()),
+    }))
+}
+
+/// Seconds since the Unix epoch → the `Instant` it falls on.
+fn instant_at_unix(secs: u64) -> Instant {
+    let now_ms = Timestamp::now().as_millis();
+    let at_ms = secs.saturating_mul(1_000);
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms))
+}
+
+#[derive(Debug)]
+enum WriteFailed {
+    TimedOut,
+    Socket,
+}
+
+async fn write_loop(
+    app: &AppState,
+    conn: &Connection,
+    sink: &mut Sink,
+    mut expiry: watch::Receiver<u64>,
+    mut reader: JoinHandle<ReaderEnd>,
+) {
+    let settings = &app.ws;
+    let heartbeat = app.manager.config().heartbeat;
+    let leeway = app.auth.leeway().as_secs();
+    let mut batch: Vec<Bytes> = Vec::new();
+    let interval = heartbeat.interval.max(Duration::from_millis(10));
+    let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let expires_at = |exp: u64| instant_at_unix(exp.saturating_add(leeway));
+    let token_deadline = tokio::time::sleep_until(expires_at(*expiry.borrow()));
+    tokio::pin!(token_deadline);
+    let mut expired = false;
+    let mut expiry_open = true;
+    let mut reader_done = false;
+
+    loop {
+        tokio::select! {
+            biased;
+            end = &mut reader, if !reader_done => {
+                reader_done = true;
+                match end {
+                    Ok(ReaderEnd::Failed) => {}
+                    Ok(ReaderEnd::PeerGone) | Err(_) => {
+                        // Completes the close handshake the peer started, if it did.
+                        let _ = timeout(settings.close_timeout, sink.close()).await;
+                        return;
+                    }
+                }
+            }
+            out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
+                Outbound::Frames => {
+                    if let Err(e) = write_batch(app, sink, &mut batch).await {
+                        if matches!(e, WriteFailed::TimedOut) {
+                            app.metrics.write_timeout();
+                            tracing::debug!(connection = %conn.id(), "write timed out; dropping");
+                        }
+                        return;
+                    }
+                    if batch.capacity() > 64 {
+                        batch = Vec::new();
+                    }
+                }
+                Outbound::Close(code) => {
+                    app.metrics.closed(code);
+                    match timeout(settings.write_timeout, sink.send(close_message(code))).await {
+                        Err(_) => app.metrics.write_timeout(),
+                        Ok(Err(_)) => {}
+                        Ok(Ok(())) => {
+                            if !reader_done {
+                                let _ = timeout(settings.close_timeout, &mut reader).await;
+                            }
+                        }
+                    }
+                    reader.abort();
+                    return;
+                }
+            },
+            _ = ping.tick() => {
+                if heartbeat.is_expired(conn.silent_for()) {
+                    conn.heartbeat_timed_out();
+                } else {
+                    match timeout(settings.write_timeout, sink.send(Message::Ping(Bytes::new()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            reader.abort();
+                            return;
+                        }
+                        Err(_) => {
+                            app.metrics.write_timeout();
+                            reader.abort();
+                            return;
+                        }
+                    }
+                }
+            }
+            () = &mut token_deadline, if !expired => {
+                let exp = *expiry.borrow();
+                if Timestamp::now().as_millis() >= exp.saturating_add(leeway).saturating_mul(1_000) {
+                    expired = true;
+                    tracing::debug!(connection = %conn.id(), "token expired");
+                    conn.close(CloseCode::TokenExpired);
+                } else {
+                    token_deadline.as_mut().reset(expires_at(exp));
+                }
+            }
+            changed = expiry.changed(), if expiry_open => {
+                if changed.is_err() {
+                    expiry_open = false;
+                } else if !expired {
+                    let exp = *expiry.borrow_and_update();
+                    token_deadline.as_mut().reset(expires_at(exp));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a batch: every frame fed into the socket's buffer, then one flush, all within
+/// the write timeout.
+async fn write_batch(
+    app: &AppState,
+    sink: &mut Sink,
+    batch: &mut Vec<Bytes>,
+) -> Result<(), WriteFailed> {
+    let work = async {
+        let now = Timestamp::now();
+        for frame in batch.drain(..) {
+            app.metrics.frame_written(&frame, now);
+            match Utf8Bytes::try_from(frame) {
+                Ok(text) => sink
+                    .feed(Message::Text(text))
+                    .await
+                    .map_err(|_| WriteFailed::Socket)?,
+                Err(_) => tracing::error!("manager queued a frame that is not UTF-8; skipped"),
+            }
+        }
+        sink.flush().await.map_err(|_| WriteFailed::Socket)
+    };
+    match timeout(app.ws.write_timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(WriteFailed::TimedOut),
+    }
+}
+
+/// The close code a read error calls for; `None` when the peer is gone and nothing can be
+/// sent.
+fn read_error_code(e: axum::Error) -> Option<CloseCode> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    let Some(ws) = inner.downcast_ref::<WsError>() else {
+        return Some(CloseCode::ProtocolError);
+    };
+    match ws {
+        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => None,
+        WsError::Capacity(_) | WsError::WriteBufferFull(_) => Some(CloseCode::MessageTooBig),
+        WsError::Utf8(_) => Some(CloseCode::InvalidPayload),
+        _ => Some(CloseCode::ProtocolError),
+    }
+}
+
+struct Reader {
+    app: Arc<AppState>,
+    conn: Arc<Connection>,
+    expiry: watch::Sender<u64>,
+    bad_frames: u32,
+}
+
+async fn read_loop(
+    app: Arc<AppState>,
+    conn: Arc<Connection>,
+    mut stream: Stream,
+    first: Option<Message>,
+    expiry: watch::Sender<u64>,
+) -> ReaderEnd {
+    let mut reader = Reader {
+        app,
+        conn,
+        expiry,
+        bad_frames: 0,
+    };
+    if let Some(msg) = first
+        && reader.on_message(msg)
+    {
+        return ReaderEnd::PeerGone;
+    }
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(msg) => {
+                reader.conn.touch();
+                if reader.on_message(msg) {
+                    // Keep reading until the peer's close completes the stream.
+                    continue;
+                }
+            }
+            Err(e) => {
+                return match read_error_code(e) {
+                    Some(code) => {
+                        tracing::debug!(connection = %reader.conn.id(), %code, "read error");
+                        reader.conn.close(code);
+                        ReaderEnd::Failed
+                    }
+                    None => ReaderEnd::PeerGone,
+                };
+            }
+        }
+    }
+    ReaderEnd::PeerGone
+}
+
+impl Reader {
+    /// Handles one message. Returns `true` for a close frame from the peer.
+    fn on_message(&mut self, msg: Message) -> bool {
+        if self.conn.closing().is_some() {
+            return matches!(msg, Message::Close(_));
+        }
+        match msg {
+            Message::Text(text) => self.on_text(text.as_bytes()),
+            Message::Binary(_) => self.bad(
+                ErrorCode::BadRequest,
+                "binary frames are not accepted; send JSON text frames".into(),
+            ),
+            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(_) => return true,
+        }
+        false
+    }
+
+    fn on_text(&mut self, bytes: &[u8]) {
+        match ClientFrame::decode(bytes) {
+            Ok(ClientFrame::Ping) => {
+                self.conn.send_control(&ServerFrame::Pong);
+            }
+            Ok(ClientFrame::Ack { seq }) => self.conn.ack(seq),
+            Ok(ClientFrame::Resume { .. }) => self.bad(
+                ErrorCode::ResumeNotFirst,
+                "`resume` is accepted only as the first frame, right after connecting; \
+                 or resume with `?last_seq=N&epoch=E`"
+                    .into(),
+            ),
+            Ok(ClientFrame::RefreshToken { token }) => match self.app.auth.verify(&token) {
+                Ok(v) if v.user == *self.conn.user_id() => {
+                    self.expiry.send_replace(v.expires_at);
+                    self.app.metrics.token_refreshed();
+                }
+                Ok(_) => self.bad(
+                    ErrorCode::InvalidToken,
+                    "field `token`: the token is for another user".into(),
+                ),
+                Err(e) => self.bad(ErrorCode::InvalidToken, format!("field `token`: {e}")),
+            },
+            Err(e) => {
+                let code = match &e {
+                    DecodeError::UnknownType { .. } => ErrorCode::UnknownType,
+                    DecodeError::TooLarge { .. } => ErrorCode::TooLarge,
+                    _ => ErrorCode::BadRequest,
+                };
+                self.bad(code, e.to_string());
+            }
+        }
+    }
+
+    /// Answers a bad frame with an `error` frame; past the limit, closes with 1008.
+    fn bad(&mut self, code: ErrorCode, message: String) {
+        self.app.metrics.bad_frame();
+        self.bad_frames = self.bad_frames.saturating_add(1);
+        if self.bad_frames > self.app.ws.max_bad_frames {
+            tracing::debug!(connection = %self.conn.id(), "too many bad frames");
+            self.conn.close(CloseCode::PolicyViolation);
+            return;
+        }
+        self.conn
+            .send_control(&ServerFrame::Error(ErrorFrame { code, message }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_pairs_are_decoded() {
+        let q = parse_query(Some("token=a%2Eb.c&last_seq=5&epoch=e_1&x=y+z"));
+        assert_eq!(q.token.as_deref(), Some("a.b.c"));
+        assert_eq!(q.last_seq.as_deref(), Some("5"));
+        assert_eq!(q.epoch.as_deref(), Some("e_1"));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("a%20b"), "a b");
+    }
+
+    #[test]
+    fn resume_needs_both_fields_and_a_number() {
+        let q = |s| parse_query(Some(s));
+        assert_eq!(resume_from_query(&q("")), Ok(None));
+        assert!(matches!(
+            resume_from_query(&q("last_seq=4&epoch=e_1")),
+            Ok(Some(Resume::After {
+                last_seq: Seq(4),
+                ..
+            }))
+        ));
+        assert_eq!(
+            resume_from_query(&q("last_seq=4")).map_err(|e| e.0),
+            Err("epoch")
+        );
+        assert_eq!(
+            resume_from_query(&q("epoch=e")).map_err(|e| e.0),
+            Err("last_seq")
+        );
+        assert_eq!(
+            resume_from_query(&q("last_seq=-1&epoch=e")).map_err(|e| e.0),
+            Err("last_seq")
+        );
+    }
+
+    #[test]
+    fn tokens_come_from_header_subprotocol_or_query() {
+        let mut h = HeaderMap::new();
+        let q = parse_query(Some("token=q"));
+        assert_eq!(find_token(&h, &q), Ok("q".into()));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("agentwire.v1, agentwire.auth.s"),
+        );
+        assert_eq!(find_token(&h, &q), Ok("s".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(find_token(&h, &q), Ok("b".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic b"));
+        assert_eq!(find_token(&h, &q), Err(AuthError::Malformed));
+        assert_eq!(
+            find_token(&HeaderMap::new(), &WsQuery::default()),
+            Err(AuthError::Missing)
+        );
+    }
+}
