@@ -1,7 +1,35 @@
-//! `agentwire-bridge`: `AgentWebSocketBridge`, the integration point between an agent
-//! runtime (registry, execution engine, tool dispatcher) and the emitter.
+//! `agentwire-bridge`: [`AgentWebSocketBridge`], the integration point between an agent
+//! runtime (agent registry, execution engine, tool dispatcher) and the users watching it.
 //!
-//! What it is not: an agent runtime. It only reports what a runtime does.
+//! What it is: [`AgentBridgeExt::create_agent_bridge`] on the manager; the
+//! [`AgentHooks`] interface the runtime reports through (run started, thinking, tool
+//! start/end, run finished/failed), which the bridge turns into `agent_started`,
+//! `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed` and
+//! `agent_error`; the tool wrapper [`AgentWebSocketBridge::run_tool`]; and the
+//! [`AgentRun`] handle.
 //!
-//! Key decision: every run is checked against the protocol's `RunState`, and a run that is
-//! dropped unfinished still ends, with `agent_error`.
+//! What it is not: an agent runtime. It only reports what a runtime does, through the
+//! emitter pool beneath it.
+//!
+//! Key decisions:
+//! - Every call is checked against the run's `RunState` (through the pooled emitter the
+//!   run shares with every caller), so a call out of order is a typed
+//!   [`EmitterError::Violation`], never a malformed stream.
+//! - A run still ends when its handle is dropped or cancelled unfinished: the drop guard
+//!   hands `agent_error` to a task on the runtime captured at start, never blocking in
+//!   `Drop` and never panicking when the runtime is shutting down.
+//! - A tool that panics is caught ([`futures_util::FutureExt::catch_unwind`]), reported as
+//!   a failed call, and handed back as [`ToolError::Panicked`] with its payload rather
+//!   than re-raised: one broken tool should not tear down the run, and a caller who wants
+//!   the panic re-raises it with `std::panic::resume_unwind`.
+
+mod bridge;
+mod hooks;
+mod run;
+mod tool;
+
+pub use agentwire_emitter::{EmitterError, RunContext};
+pub use bridge::{AgentBridgeExt, AgentWebSocketBridge, BridgeConfig};
+pub use hooks::{AgentHooks, RunFailure, ToolCall, ToolOutcome};
+pub use run::{AgentRun, RUN_DROPPED, RUN_PANICKED};
+pub use tool::ToolError;

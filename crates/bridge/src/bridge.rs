@@ -1,0 +1,250 @@
+//! `AgentWebSocketBridge`, the [`AgentBridgeExt`] trait that creates it from a manager,
+//! and the bridge's implementation of [`AgentHooks`].
+//!
+//! What it is not: an owner of runs. It looks each run's emitter up in its pool, so
+//! whichever part of the runtime reports on a run shares that run's state.
+
+use std::future::Future;
+use std::time::Duration;
+
+use agentwire_emitter::{
+    EmitterError, EmitterMetrics, PoolConfig, PoolStats, RetryPolicy, RunContext,
+    UnifiedWebSocketEmitter, WebSocketEmitterFactory, WebSocketEmitterPool,
+};
+use agentwire_manager::UnifiedWebSocketManager;
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::hooks::{AgentHooks, RunFailure, ToolCall, ToolOutcome};
+use crate::run::AgentRun;
+use crate::tool::ToolError;
+
+/// Configuration of a bridge: its emitter pool and the retry policy of its emitters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BridgeConfig {
+    /// Bounds of the emitter pool (default 100 emitters, 300 s idle TTL).
+    pub pool: PoolConfig,
+    /// Retries of each emitter (default 5 attempts, 100 ms to 2 s, with jitter).
+    pub retry: RetryPolicy,
+}
+
+/// Creates bridges from a manager: `manager.create_agent_bridge()`.
+pub trait AgentBridgeExt {
+    /// A bridge over this manager with the default [`BridgeConfig`].
+    fn create_agent_bridge(&self) -> AgentWebSocketBridge {
+        self.create_agent_bridge_with(BridgeConfig::default())
+    }
+
+    /// A bridge over this manager with `config`.
+    fn create_agent_bridge_with(&self, config: BridgeConfig) -> AgentWebSocketBridge;
+}
+
+impl AgentBridgeExt for UnifiedWebSocketManager {
+    fn create_agent_bridge_with(&self, config: BridgeConfig) -> AgentWebSocketBridge {
+        let factory = WebSocketEmitterFactory::new(self.clone()).with_retry(config.retry);
+        AgentWebSocketBridge {
+            pool: WebSocketEmitterPool::new(factory, config.pool),
+        }
+    }
+}
+
+/// The integration point between an agent runtime and the users watching it.
+///
+/// Two ways in, over the same pooled emitters and run states:
+/// - [`AgentHooks`], for a runtime whose registry, engine and dispatcher pass run
+///   contexts around;
+/// - [`Self::start_run`], which returns an [`AgentRun`] handle that ends its run with
+///   `agent_error` if it is dropped unfinished.
+///
+/// [`Self::run_tool`] wraps a tool call in `tool_executing`/`tool_completed`.
+///
+/// A cheap handle: clones share the pool.
+///
+/// # Examples
+/// ```
+/// use agentwire_bridge::{AgentBridgeExt, RunContext};
+/// use agentwire_manager::UnifiedWebSocketManager;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bridge = UnifiedWebSocketManager::in_memory().create_agent_bridge();
+/// let run = bridge
+///     .start_run(RunContext::new("alice".parse()?, "t1".parse()?, "r1".parse()?), "triage")
+///     .await?;
+/// run.thinking("Looking the order up", Some(1)).await?;
+/// let order = run
+///     .run_tool("lookup_order", serde_json::json!({"id": 7}), async {
+///         Ok::<_, std::io::Error>(serde_json::json!({"status": "shipped"}))
+///     })
+///     .await?;
+/// run.complete(order).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AgentWebSocketBridge {
+    pool: WebSocketEmitterPool,
+}
+
+impl AgentWebSocketBridge {
+    /// The emitter of `run` (shared with every other caller reporting on it).
+    pub fn emitter(&self, run: &RunContext) -> UnifiedWebSocketEmitter {
+        self.pool.get_emitter(run)
+    }
+
+    /// The emitter pool.
+    pub fn pool(&self) -> &WebSocketEmitterPool {
+        &self.pool
+    }
+
+    /// The manager events go through.
+    pub fn manager(&self) -> &UnifiedWebSocketManager {
+        self.pool.factory().manager()
+    }
+
+    /// The summed counters of every emitter of this bridge.
+    pub fn emitter_metrics(&self) -> EmitterMetrics {
+        self.pool.factory().metrics()
+    }
+
+    /// The pool's size and evictions.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Starts `run`: emits `agent_started` and returns the run's handle.
+    ///
+    /// # Errors
+    /// [`EmitterError`] when the run already started or the event could not be emitted;
+    /// then no handle exists and nothing more is emitted.
+    pub async fn start_run(
+        &self,
+        run: RunContext,
+        agent_name: impl Into<String>,
+    ) -> Result<AgentRun, EmitterError> {
+        let emitter = self.pool.get_emitter(&run);
+        emitter.emit_agent_started(agent_name).await?;
+        Ok(AgentRun::new(emitter))
+    }
+
+    /// Runs `tool` as a call of `name` with `arguments` in `run`: emits `tool_executing`
+    /// under a fresh `tool_call_id`, awaits the tool, and emits `tool_completed` with the
+    /// measured duration and the tool's value — or its error, with `is_error`, when it
+    /// returns an error or panics.
+    ///
+    /// # Errors
+    /// [`ToolError`]: not run (the run is not running), failed, panicked (the payload is
+    /// handed back, not re-raised), or finished without its report.
+    ///
+    /// # Cancel safety
+    /// Cancelled while the tool runs, the call stays open and no `tool_completed` is
+    /// emitted; the run's terminal event still closes it for the user.
+    pub async fn run_tool<T, E, F>(
+        &self,
+        run: &RunContext,
+        name: impl Into<String>,
+        arguments: Value,
+        tool: F,
+    ) -> Result<T, ToolError<T, E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        T: Serialize,
+        E: std::fmt::Display,
+    {
+        crate::tool::run_tool(&self.pool.get_emitter(run), name.into(), arguments, tool).await
+    }
+}
+
+pub(crate) async fn report_tool_started(
+    emitter: &UnifiedWebSocketEmitter,
+    call: &ToolCall,
+) -> Result<(), EmitterError> {
+    emitter
+        .emit_tool_executing(
+            call.tool_call_id.clone(),
+            call.tool_name.clone(),
+            call.arguments.clone(),
+        )
+        .await
+        .map(drop)
+}
+
+pub(crate) async fn report_tool_finished(
+    emitter: &UnifiedWebSocketEmitter,
+    call: &ToolCall,
+    outcome: &ToolOutcome,
+) -> Result<(), EmitterError> {
+    emitter
+        .emit_tool_completed(
+            call.tool_call_id.clone(),
+            call.tool_name.clone(),
+            outcome.result.clone(),
+            outcome.is_error,
+            Some(outcome.duration),
+        )
+        .await
+        .map(drop)
+}
+
+#[async_trait]
+impl AgentHooks for AgentWebSocketBridge {
+    async fn on_run_started(&self, run: &RunContext, agent_name: &str) -> Result<(), EmitterError> {
+        self.emitter(run)
+            .emit_agent_started(agent_name)
+            .await
+            .map(drop)
+    }
+
+    async fn on_thinking(
+        &self,
+        run: &RunContext,
+        thought: &str,
+        step: Option<u64>,
+    ) -> Result<(), EmitterError> {
+        self.emitter(run)
+            .emit_agent_thinking(thought, step)
+            .await
+            .map(drop)
+    }
+
+    async fn on_tool_started(&self, run: &RunContext, call: &ToolCall) -> Result<(), EmitterError> {
+        report_tool_started(&self.emitter(run), call).await
+    }
+
+    async fn on_tool_finished(
+        &self,
+        run: &RunContext,
+        call: &ToolCall,
+        outcome: &ToolOutcome,
+    ) -> Result<(), EmitterError> {
+        report_tool_finished(&self.emitter(run), call, outcome).await
+    }
+
+    async fn on_run_finished(
+        &self,
+        run: &RunContext,
+        result: &Value,
+        duration: Option<Duration>,
+    ) -> Result<(), EmitterError> {
+        self.emitter(run)
+            .emit_agent_completed(result.clone(), duration)
+            .await
+            .map(drop)
+    }
+
+    async fn on_run_failed(
+        &self,
+        run: &RunContext,
+        failure: &RunFailure,
+    ) -> Result<(), EmitterError> {
+        self.emitter(run)
+            .emit_agent_error(
+                failure.message.clone(),
+                failure.code.clone(),
+                failure.retryable,
+            )
+            .await
+            .map(drop)
+    }
+}
