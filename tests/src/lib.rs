@@ -1,5 +1,503 @@
 //! `agentwire-e2e`: end-to-end tests of agentwire — a real server on `127.0.0.1:0` and real
 //! WebSocket clients. The library part holds the shared test support; the tests live in
-//! `tests/tests/`.
+//! `tests/tests/`, one file per area.
 //!
 //! What it is not: a unit-test home; each crate tests its own internals.
+//!
+//! Every wait here is bounded ([`WAIT`] unless said otherwise) and fails the test with a
+//! message when it runs out; time is real (sockets are involved), bounds are generous, and
+//! nothing asserts on timing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentwire::manager::{Accepted, UnifiedWebSocketManager};
+use agentwire::protocol::{
+    AgentStarted, ClientFrame, ConnectionEstablished, Custom, Event, EventEnvelope, ServerFrame,
+    UserId,
+};
+use agentwire::server::{Server, ServerConfig, ServerError};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The HS256 secret of test servers.
+pub const SECRET: &str = "agentwire-e2e-secret";
+/// The admin API key of test servers.
+pub const API_KEY: &str = "agentwire-e2e-api-key";
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The configuration tests start from: loopback on a free port, a fixed secret and API
+/// key, no clock-skew leeway and no wait for a `resume` first frame (tests that need one
+/// turn it on).
+pub fn test_config() -> ServerConfig {
+    let mut c = ServerConfig::default();
+    c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.jwt_secret = Some(SECRET.into());
+    c.api_keys = vec![API_KEY.into()];
+    c.jwt_leeway = Duration::ZERO;
+    c.resume_wait = Duration::ZERO;
+    c.shutdown_timeout = Duration::from_secs(5);
+    c
+}
+
+/// A user id from a test literal.
+pub fn user(s: &str) -> UserId {
+    UserId::new(s).expect("test user ids are valid")
+}
+
+/// A `custom` event carrying `n` (custom events need no run).
+pub fn custom(n: u64) -> Event {
+    Event::new(
+        None,
+        None,
+        Custom {
+            name: "n".into(),
+            value: serde_json::json!(n),
+            extra: Default::default(),
+        },
+    )
+}
+
+/// An `agent_started` event of run `run`.
+pub fn agent_started(run: &str) -> Event {
+    Event::new(
+        Some("t1".parse().expect("thread id")),
+        Some(run.parse().expect("run id")),
+        AgentStarted {
+            agent_name: Some("e2e".into()),
+            extra: Default::default(),
+        },
+    )
+}
+
+/// The number a [`custom`] event carries.
+pub fn custom_value(e: &EventEnvelope) -> Option<u64> {
+    match &e.event.data {
+        agentwire::protocol::EventData::Custom(c) => c.value.as_u64(),
+        _ => None,
+    }
+}
+
+/// A server started in this process, serving on `127.0.0.1:<free port>`.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    manager: UnifiedWebSocketManager,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl TestServer {
+    /// Starts a server with [`test_config`].
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// Starts a server with [`test_config`] changed by `change`.
+    pub async fn start_with(change: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let mut config = test_config();
+        change(&mut config);
+        let server = Server::bind(config).await.expect("test server binds");
+        let addr = server.local_addr();
+        let manager = server.manager().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            manager,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The server's manager: emit through it, inspect its registry.
+    pub fn manager(&self) -> &UnifiedWebSocketManager {
+        &self.manager
+    }
+
+    /// A token for `user`, valid for an hour.
+    pub fn token(&self, user: &str) -> String {
+        self.token_ttl(user, 3600)
+    }
+
+    /// A token for `user`, valid for `ttl_secs`.
+    pub fn token_ttl(&self, user: &str, ttl_secs: u64) -> String {
+        agentwire::server::mint_hs256(
+            SECRET.as_bytes(),
+            &crate::user(user),
+            Duration::from_secs(ttl_secs),
+            None,
+            None,
+        )
+        .expect("mint")
+    }
+
+    /// `ws://<addr>/ws` followed by `query` (with its `?`, or empty).
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    /// A handshake request for `/ws{query}` carrying `Authorization: Bearer <token>`.
+    pub fn request(&self, token: &str, query: &str) -> Request {
+        let mut req = self.ws_url(query).into_client_request().expect("valid url");
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        );
+        req
+    }
+
+    /// Connects `user` with a bearer token and reads `connection_established`.
+    pub async fn connect(&self, user: &str) -> Client {
+        self.connect_query(user, "").await
+    }
+
+    /// Connects `user` with a bearer token and `query` (e.g. `?last_seq=3&epoch=e_…`) and
+    /// reads `connection_established`.
+    pub async fn connect_query(&self, user: &str, query: &str) -> Client {
+        let req = self.request(&self.token(user), query);
+        let mut client = self
+            .try_connect(req)
+            .await
+            .unwrap_or_else(|e| panic!("{user} connects: {e}"));
+        client.read_established().await;
+        client
+    }
+
+    /// Performs a handshake; the caller reads what follows.
+    ///
+    /// # Errors
+    /// The handshake's error (an HTTP status is `tungstenite::Error::Http`).
+    pub async fn try_connect(&self, req: Request) -> Result<Client, tungstenite::Error> {
+        let (ws, response) = timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .map_err(|_| tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Client {
+            ws,
+            established: None,
+            protocol,
+        })
+    }
+
+    /// The HTTP status and body of a handshake that was refused (panics if it succeeds).
+    pub async fn refused(&self, req: Request) -> (u16, String) {
+        match self.try_connect(req).await {
+            Ok(_) => panic!("the handshake was expected to be refused"),
+            Err(tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                (resp.status().as_u16(), body)
+            }
+            Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        }
+    }
+
+    /// Emits `event` for `user` through the manager.
+    pub async fn emit(&self, user: &str, event: Event) -> Accepted {
+        self.manager
+            .emit_critical_event(&crate::user(user), event)
+            .await
+            .expect("emit")
+    }
+
+    /// A plain HTTP request (`Connection: close`), with an optional bearer credential.
+    pub async fn http(&self, method: &str, path: &str, bearer: Option<&str>) -> HttpResponse {
+        http_request(self.addr, method, path, bearer).await
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self.http("GET", "/metrics", None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    }
+
+    /// Waits until `check` holds, polling; fails the test with `what` after `within`.
+    pub async fn wait_until(&self, what: &str, within: Duration, check: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Shuts the server down gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = timeout(WAIT, task).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// What a client read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// A server frame.
+    Frame(ServerFrame),
+    /// A close frame, with its code.
+    Close(Option<u16>),
+    /// The connection ended without a close frame (or with an error).
+    Ended(String),
+}
+
+/// A WebSocket client of a test server.
+#[derive(Debug)]
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The `connection_established` frame, once read.
+    pub established: Option<ConnectionEstablished>,
+    /// The subprotocol the server answered.
+    pub protocol: Option<String>,
+}
+
+impl Client {
+    /// The next frame, close or end, waiting at most `within`; `None` when nothing came.
+    pub async fn recv_within(&mut self, within: Duration) -> Option<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = match timeout(left, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(m) => m,
+            };
+            return Some(match msg {
+                None => Received::Ended("stream ended".into()),
+                Some(Err(e)) => Received::Ended(e.to_string()),
+                Some(Ok(Message::Text(t))) => match ServerFrame::decode(t.as_bytes()) {
+                    Ok(f) => Received::Frame(f),
+                    Err(e) => panic!("server sent an undecodable frame ({e}): {t}"),
+                },
+                Some(Ok(Message::Close(c))) => Received::Close(c.map(|c| u16::from(c.code))),
+                Some(Ok(Message::Binary(_))) => panic!("server sent a binary frame"),
+                Some(Ok(_)) => continue,
+            });
+        }
+    }
+
+    /// The next frame, close or end, within [`WAIT`].
+    pub async fn recv(&mut self) -> Received {
+        self.recv_within(WAIT)
+            .await
+            .expect("a frame within the wait bound")
+    }
+
+    /// The next server frame; fails on a close or end.
+    pub async fn frame(&mut self) -> ServerFrame {
+        match self.recv().await {
+            Received::Frame(f) => f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Reads `connection_established` (the first frame).
+    pub async fn read_established(&mut self) -> ConnectionEstablished {
+        match self.frame().await {
+            ServerFrame::ConnectionEstablished(c) => {
+                self.established = Some(c.clone());
+                c
+            }
+            other => panic!("expected connection_established, got {other:?}"),
+        }
+    }
+
+    /// The next event frame; fails on anything else.
+    pub async fn event(&mut self) -> EventEnvelope {
+        match self.frame().await {
+            ServerFrame::Event(e) => e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    /// Reads until a close frame or the end, skipping frames; returns the close code
+    /// (`None` when the connection ended without one).
+    pub async fn closed(&mut self) -> Option<u16> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv_within(left).await {
+                None => panic!("no close within the wait bound"),
+                Some(Received::Close(code)) => return code,
+                Some(Received::Ended(_)) => return None,
+                Some(Received::Frame(_)) => {}
+            }
+        }
+    }
+
+    /// Sends a client frame.
+    pub async fn send(&mut self, frame: &ClientFrame) {
+        self.send_text(&frame.to_json()).await;
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: &str) {
+        timeout(WAIT, self.ws.send(Message::text(text)))
+            .await
+            .expect("send within the wait bound")
+            .expect("send");
+    }
+
+    /// Sends a raw WebSocket message.
+    pub async fn send_message(&mut self, msg: Message) {
+        timeout(WAIT, self.ws.send(msg))
+            .await
+            .expect("send within the wait bound")
+            .expect("send");
+    }
+
+    /// Closes with 1000 and waits (bounded) for the server's close.
+    pub async fn close(mut self) {
+        let frame = CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        };
+        let _ = timeout(WAIT, self.ws.close(Some(frame))).await;
+        let _ = timeout(WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+/// An HTTP response: status and body.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header lines, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// The body as text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the response is read to its end.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> HttpResponse {
+    let work = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let auth = bearer
+            .map(|b| format!("Authorization: Bearer {b}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read");
+        raw
+    };
+    let raw = timeout(WAIT, work)
+        .await
+        .expect("HTTP response within the wait bound");
+    parse_http(&raw)
+}
+
+fn parse_http(raw: &[u8]) -> HttpResponse {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete HTTP head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&raw[..line_end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = line_end + 2;
+        let end = (start + size).min(raw.len());
+        out.extend_from_slice(&raw[start..end]);
+        raw = raw.get(end + 2..).unwrap_or(&[]);
+    }
+    out
+}
+
+/// The value of the metric line that starts with `name_and_labels ` (e.g.
+/// `agentwire_events_emitted_total`, or with `{type="custom"}`).
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+}
