@@ -349,7 +349,14 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv_within(left).await {
                 None => panic!("no close within the wait bound"),
-                Some(Received::Close(code)) => return code,
+                Some(Received::Close(code)) => {
+                    // Reading on sends the close reply and sees the server end the stream.
+                    let _ = timeout(WAIT, async {
+                        while let Some(Ok(_)) = self.ws.next().await {}
+                    })
+                    .await;
+                    return code;
+                }
                 Some(Received::Ended(_)) => return None,
                 Some(Received::Frame(_)) => {}
             }
