@@ -1,0 +1,349 @@
+//! The `agentwire-server` binary as an operator runs it: `--help` lists every flag with
+//! its environment variable, environment variables configure it, `token` mints a token
+//! the server accepts, and SIGTERM closes every client with 1001 before the process exits.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use agentwire_server::{Auth, Cli, ServerConfig};
+use clap::CommandFactory;
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentwire-server");
+const WAIT: Duration = Duration::from_secs(15);
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("agentwire-bin-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The binary with a clean environment (no inherited `AGENTWIRE_*`).
+fn bin() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear().env("RUST_LOG", "warn");
+    c
+}
+
+/// A running server process; killed on drop if still running.
+struct ServerProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    fn spawn(mut cmd: Command) -> Result<ServerProcess, String> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest
+                            .split_whitespace()
+                            .next()
+                            .and_then(|a| a.parse().ok())
+                            .expect("an address after `listening on`");
+                        return Ok(ServerProcess { child, lines, addr });
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().expect("output");
+                    return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+            }
+        }
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn mint_with_binary(creds: &std::path::Path, user: &str) -> String {
+    let out = bin()
+        .args(["token", "--user", user, "--dev-credentials-file"])
+        .arg(creds)
+        .output()
+        .expect("run token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn help_lists_every_flag_with_its_environment_variable_and_default() {
+    let out = bin().arg("--help").output().expect("run --help");
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).expect("utf-8");
+    let cmd = Cli::command();
+    let mut flags = 0;
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" || long == "version" {
+            continue;
+        }
+        flags += 1;
+        assert!(
+            help.contains(&format!("--{long}")),
+            "--{long} missing from --help"
+        );
+        let env = arg
+            .get_env()
+            .unwrap_or_else(|| panic!("--{long} has no environment variable"));
+        let env = env.to_str().expect("utf-8");
+        assert!(env.starts_with("AGENTWIRE_"), "{env}");
+        assert!(help.contains(env), "{env} missing from --help");
+        for default in arg.get_default_values() {
+            let default = default.to_str().expect("utf-8");
+            assert!(
+                help.contains(&format!("[default: {default}]")),
+                "--{long}: default {default} missing from --help"
+            );
+        }
+    }
+    assert!(flags >= 35, "only {flags} flags");
+    for name in [
+        "--listen",
+        "--jwt-secret",
+        "--jwt-public-key",
+        "--jwt-issuer",
+        "--jwt-audience",
+        "--api-keys",
+        "--broker",
+        "--redis-url",
+        "--max-connections",
+        "--max-connections-per-user",
+        "--per-user-policy",
+        "--queue-max-frames",
+        "--queue-max-bytes",
+        "--heartbeat-interval",
+        "--heartbeat-timeout",
+        "--write-timeout",
+        "--max-message-size",
+        "--max-frame-size",
+        "--max-event-bytes",
+        "--history-max-events",
+        "--history-max-age",
+        "--history-max-bytes",
+        "--shutdown-timeout",
+        "--allowed-origins",
+        "--log-format",
+        "--config",
+        "--dev-credentials-file",
+    ] {
+        assert!(help.contains(name), "{name}");
+    }
+    // Secrets given by environment are never shown.
+    let out = bin()
+        .arg("--help")
+        .env("AGENTWIRE_JWT_SECRET", "do-not-print-me")
+        .output()
+        .expect("run --help");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("do-not-print-me"));
+}
+
+#[test]
+fn the_token_subcommand_mints_a_token_the_server_verifies() {
+    let dir = temp_dir("token");
+    let creds = dir.join("dev-credentials.json");
+    let token = mint_with_binary(&creds, "alice");
+    let mut config = ServerConfig::default();
+    config.dev_credentials_file = Some(creds.clone());
+    let auth = Auth::from_config(&config).expect("auth from the same file");
+    let verified = auth.verify(&token).expect("verifies");
+    assert_eq!(verified.user.as_str(), "alice");
+
+    // With an explicit secret instead.
+    let out = bin()
+        .args(["token", "--user", "bob", "--ttl-secs", "60"])
+        .env("AGENTWIRE_JWT_SECRET", "explicit")
+        .output()
+        .expect("run token");
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).expect("utf-8");
+    let auth = Auth::hs256(b"explicit").expect("auth");
+    assert_eq!(
+        auth.verify(token.trim()).expect("verifies").user.as_str(),
+        "bob"
+    );
+
+    let bad = bin()
+        .args(["token", "--user", ""])
+        .env("AGENTWIRE_JWT_SECRET", "explicit")
+        .output()
+        .expect("run token");
+    assert!(!bad.status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn environment_variables_and_the_config_file_configure_the_binary() {
+    let dir = temp_dir("env");
+    let file = dir.join("agentwire.toml");
+    std::fs::write(&file, "broker = \"redis\"\nlisten = \"127.0.0.1:0\"\n").expect("write");
+
+    // The file alone asks for Redis, which this build refuses clearly.
+    let out = bin()
+        .args(["--dev-credentials-file"])
+        .arg(dir.join("c.json"))
+        .env("AGENTWIRE_CONFIG", &file)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not in this build yet"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An environment variable beats the file.
+    let mut cmd = bin();
+    cmd.args(["--dev-credentials-file"])
+        .arg(dir.join("c.json"))
+        .env("AGENTWIRE_CONFIG", &file)
+        .env("AGENTWIRE_BROKER", "memory");
+    let mut server = ServerProcess::spawn(cmd).expect("serves with the memory broker");
+    assert!(server.addr.ip().is_loopback());
+    server.sigterm();
+    assert!(server.wait_exit(WAIT).is_some_and(|s| s.success()));
+
+    // A bad value in the environment is an error naming the flag.
+    let out = bin()
+        .env("AGENTWIRE_MAX_CONNECTIONS", "lots")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_client_with_1001_and_the_process_exits_in_time() {
+    let dir = temp_dir("sigterm");
+    let creds = dir.join("dev-credentials.json");
+    let mut cmd = bin();
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--shutdown-timeout",
+        "5s",
+        "--log-format",
+        "json",
+        "--dev-credentials-file",
+    ])
+    .arg(&creds);
+    let mut server = ServerProcess::spawn(cmd).expect("starts");
+    // The credentials path is announced for people.
+    let announced = server.lines.recv_timeout(WAIT).expect("a second line");
+    assert!(announced.contains("dev-credentials.json"), "{announced}");
+
+    let mut clients = Vec::new();
+    for user in ["alice", "alice", "bob", "carol"] {
+        let token = mint_with_binary(&creds, user);
+        let mut req = format!("ws://{}/ws", server.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        );
+        let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect in time")
+            .expect("connects");
+        let hello = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("hello in time");
+        assert!(
+            matches!(&hello, Some(Ok(Message::Text(t))) if t.contains("connection_established")),
+            "{hello:?}"
+        );
+        clients.push(ws);
+    }
+
+    let started = Instant::now();
+    server.sigterm();
+    for ws in &mut clients {
+        let code = tokio::time::timeout(WAIT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        // Reading on sends the close reply.
+                        let _ = ws.next().await;
+                        return frame.map(|f| u16::from(f.code));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        })
+        .await
+        .expect("a close in time");
+        assert_eq!(code, Some(1001));
+    }
+    let status = tokio::task::spawn_blocking(move || server.wait_exit(WAIT))
+        .await
+        .expect("join");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the process did not exit cleanly in time: {status:?}"
+    );
+    assert!(started.elapsed() < WAIT);
+    let _ = std::fs::remove_dir_all(dir);
+}
