@@ -355,11 +355,21 @@ fn close_message(code: CloseCode) -> Message {
     }))
 }
 
-/// Seconds since the Unix epoch → the `Instant` it falls on.
+/// The longest single timer armed; a later deadline is re-armed when this one fires, so
+/// a far-future `exp` or a huge interval cannot overflow an `Instant`.
+const MAX_TIMER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `d` from now, capped at [`MAX_TIMER`].
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d.min(MAX_TIMER)).unwrap_or(now)
+}
+
+/// Seconds since the Unix epoch → the `Instant` it falls on (capped at [`MAX_TIMER`]).
 fn instant_at_unix(secs: u64) -> Instant {
     let now_ms = Timestamp::now().as_millis();
     let at_ms = secs.saturating_mul(1_000);
-    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms))
+    after(Duration::from_millis(at_ms.saturating_sub(now_ms)))
 }
 
 #[derive(Debug)]
@@ -379,8 +389,10 @@ async fn write_loop(
     let heartbeat = app.manager.config().heartbeat;
     let leeway = app.auth.leeway().as_secs();
     let mut batch: Vec<Bytes> = Vec::new();
-    let interval = heartbeat.interval.max(Duration::from_millis(10));
-    let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+    let interval = heartbeat
+        .interval
+        .clamp(Duration::from_millis(10), MAX_TIMER);
+    let mut ping = tokio::time::interval_at(after(interval), interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let expires_at = |exp: u64| instant_at_unix(exp.saturating_add(leeway));
     let token_deadline = tokio::time::sleep_until(expires_at(*expiry.borrow()));
@@ -534,19 +546,15 @@ async fn read_loop(
         expiry,
         bad_frames: 0,
     };
-    if let Some(msg) = first
-        && reader.on_message(msg)
-    {
-        return ReaderEnd::PeerGone;
+    if let Some(msg) = first {
+        reader.on_message(msg);
     }
+    // After the peer's close frame, reading on flushes the reply and ends the stream.
     while let Some(item) = stream.next().await {
         match item {
             Ok(msg) => {
                 reader.conn.touch();
-                if reader.on_message(msg) {
-                    // Keep reading until the peer's close completes the stream.
-                    continue;
-                }
+                reader.on_message(msg);
             }
             Err(e) => {
                 return match read_error_code(e) {
@@ -564,10 +572,11 @@ async fn read_loop(
 }
 
 impl Reader {
-    /// Handles one message. Returns `true` for a close frame from the peer.
-    fn on_message(&mut self, msg: Message) -> bool {
+    /// Handles one message. Pings are answered by tungstenite itself; a close frame
+    /// needs nothing here.
+    fn on_message(&mut self, msg: Message) {
         if self.conn.closing().is_some() {
-            return matches!(msg, Message::Close(_));
+            return;
         }
         match msg {
             Message::Text(text) => self.on_text(text.as_bytes()),
@@ -575,10 +584,8 @@ impl Reader {
                 ErrorCode::BadRequest,
                 "binary frames are not accepted; send JSON text frames".into(),
             ),
-            Message::Ping(_) | Message::Pong(_) => {}
-            Message::Close(_) => return true,
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
         }
-        false
     }
 
     fn on_text(&mut self, bytes: &[u8]) {
