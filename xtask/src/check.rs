@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{tidy, workspace};
+use crate::{legacy, tidy, workspace};
 
 /// One `cargo` invocation and what to do when it fails.
 #[derive(Debug)]
@@ -63,6 +63,9 @@ impl Cargo {
 enum Action {
     /// Runs cargo commands one after another.
     Cargo(Vec<Cargo>),
+    /// Builds the legacy fixture: it compiles, fails once per alias under `-D deprecated`,
+    /// and compiles cleanly once migrated.
+    LegacyFixture,
     /// Runs the tidy rules in this process.
     Tidy,
 }
@@ -136,6 +139,11 @@ fn steps(root: &Path) -> Result<Vec<Step>> {
             action: Action::Cargo(alone),
         },
         Step {
+            title: "legacy names: fixture compiles, every alias deprecated, migration clean"
+                .to_owned(),
+            action: Action::LegacyFixture,
+        },
+        Step {
             title: format!("tidy ({} rules)", tidy::RULES.len()),
             action: Action::Tidy,
         },
@@ -157,6 +165,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
                     command.run(root)?;
                 }
             }
+            Action::LegacyFixture => legacy::fixture::run(root)?,
             Action::Tidy => tidy::run(root)?,
         }
     }
@@ -179,6 +188,7 @@ mod tests {
             .iter()
             .map(|step| match &step.action {
                 Action::Cargo(commands) => commands.iter().map(Cargo::display).collect(),
+                Action::LegacyFixture => vec!["legacy fixture".to_owned()],
                 Action::Tidy => vec!["tidy".to_owned()],
             })
             .collect();
@@ -190,6 +200,7 @@ mod tests {
                 vec!["cargo test --workspace"],
                 vec!["RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps"],
                 vec!["cargo check -p pkg-a", "cargo check -p pkg-b"],
+                vec!["legacy fixture"],
                 vec!["tidy"],
             ]
         );

@@ -1,6 +1,7 @@
 //! `xtask`: agentwire's project automation, run as `cargo xtask <task>` through the alias
 //! in `.cargo/config.toml`. `cargo xtask check` runs everything CI checks; `cargo xtask
-//! tidy` runs only the repository rules in `tidy/`.
+//! tidy` runs only the repository rules in `tidy/`; `cargo xtask migrate <path> [--fix]`
+//! reports (and rewrites) the legacy names of the system agentwire replaces.
 //!
 //! What it is not: part of the product. It is a workspace member with few dependencies
 //! (std and `anyhow`) so it builds fast and on any machine that has cargo.
@@ -11,6 +12,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod check;
+mod legacy;
 mod manifest;
 #[cfg(test)]
 mod test_support;
@@ -48,6 +50,19 @@ const TASKS: &[Task] = &[
             no_args("tidy", args)?;
             tidy::run(root)
         },
+    },
+    Task {
+        name: "legacy",
+        summary: "only check's legacy fixture step: compiles, every alias deprecated, migrates",
+        run: |root, args| {
+            no_args("legacy", args)?;
+            legacy::fixture::run(root)
+        },
+    },
+    Task {
+        name: "migrate",
+        summary: "<path> [--fix]: report legacy names and paths under <path>; --fix rewrites them",
+        run: |_, args| legacy::migrate::run(args),
     },
     Task {
         name: "help",

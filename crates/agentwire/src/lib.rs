@@ -6,9 +6,9 @@
 //!
 //! Key decision: one dependency gives a user the whole stack, and the layered crates stay
 //! usable on their own. The legacy names live only in one private module re-exported at
-//! the crate root (`websocket_core`, `websocket::manager`, `services::…`), each a
-//! `#[deprecated]` alias whose note names its replacement; `docs/migration.md` tables them
-//! and `cargo xtask migrate` rewrites them.
+//! the crate root under the old module paths, each a `#[deprecated]` alias whose note
+//! names its replacement; `docs/migration.md` tables them and `cargo xtask migrate`
+//! rewrites them.
 //!
 //! ```
 //! use agentwire::{AgentBridgeExt, RunContext, UnifiedWebSocketManager};

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
+mod critical_events;
+mod migration_doc;
 mod module_docs;
+mod no_legacy_names;
 mod no_placeholders;
 mod protocol_no_io;
 
@@ -46,6 +49,21 @@ pub(crate) const RULES: &[Rule] = &[
         name: protocol_no_io::NAME,
         summary: "crates/protocol depends on no I/O or async-runtime crate",
         check: protocol_no_io::protocol_no_io,
+    },
+    Rule {
+        name: no_legacy_names::NAME,
+        summary: "no legacy name or old module path outside the legacy module, table and docs",
+        check: no_legacy_names::no_legacy_names,
+    },
+    Rule {
+        name: critical_events::NAME,
+        summary: "the five critical event names appear exactly in protocol, emitter, bridge, docs",
+        check: critical_events::critical_events,
+    },
+    Rule {
+        name: migration_doc::NAME,
+        summary: "docs/migration.md has a row for every legacy item with its replacement",
+        check: migration_doc::migration_doc,
     },
 ];
 
