@@ -25,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     agentwire_server::init_tracing(cli.config.log_format);
+    // Installed before the address is announced: a SIGTERM right after it must be handled.
+    let stop = agentwire_server::shutdown_signal();
     let server = Server::bind(cli.config).await?;
     let addr = server.local_addr();
     say(&format!(
@@ -36,7 +38,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             path.display()
         ));
     }
-    server.serve(agentwire_server::shutdown_signal()).await?;
+    server.serve(stop).await?;
     Ok(())
 }
 

@@ -331,9 +331,10 @@ impl Server {
 /// # Errors
 /// [`ServerError`] from [`Server::bind`] or [`Server::serve`].
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let stop = crate::shutdown::signal();
     let server = Server::bind(config).await?;
     tracing::info!(addr = %server.local_addr(), "listening");
-    server.serve(crate::shutdown::signal()).await
+    server.serve(stop).await
 }
 
 #[cfg(test)]

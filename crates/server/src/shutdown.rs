@@ -1,6 +1,7 @@
 //! Graceful shutdown: the signals that start it, and the drain that ends every connection
 //! with 1001 after its queue is flushed.
 
+use std::future::Future;
 use std::time::Duration;
 
 use agentwire_protocol::CloseCode;
@@ -8,32 +9,53 @@ use tokio::time::Instant;
 
 use crate::server::AppState;
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT). If a handler cannot be installed, that signal
-/// is simply not awaited; the future never resolves by itself.
+/// A future that resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when
+/// this function is called, not when the future is first polled, so a signal that arrives
+/// in between is not lost (nor does it kill the process). A handler that cannot be
+/// installed is logged, and that signal is not awaited.
+///
+/// Call it inside a tokio runtime.
 ///
 /// # Cancel safety
-/// Cancel safe.
-pub async fn signal() {
-    let ctrl_c = async {
+/// The returned future is cancel safe.
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(signal = name, error = %e, "cannot install a signal handler");
+                None
+            }
+        };
+        let mut term = install(SignalKind::terminate(), "SIGTERM");
+        let mut int = install(SignalKind::interrupt(), "SIGINT");
+        async move {
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term => tracing::info!("SIGTERM received"),
+                _ = int => tracing::info!("Ctrl-C received"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received"),
-        () = term => tracing::info!("SIGTERM received"),
+        tracing::info!("Ctrl-C received");
     }
 }
 
