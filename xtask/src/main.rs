@@ -37,7 +37,7 @@ struct Task {
 const TASKS: &[Task] = &[
     Task {
         name: "check",
-        summary: "fmt, clippy, test, doc, each crate alone, tidy: stop at the first failure",
+        summary: "fmt, clippy, test, doc, each crate alone, legacy fixture, tidy: stop at first failure",
         run: |root, args| {
             no_args("check", args)?;
             check::run(root)
