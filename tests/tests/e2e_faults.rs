@@ -22,11 +22,40 @@ fn big(n: u64, bytes: usize) -> Event {
     )
 }
 
+/// How a stalled reader was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Its queue overflowed: closed with 1013.
+    SlowConsumer,
+    /// A write did not finish in time: dropped.
+    WriteTimeout,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_is_cut_while_others_keep_receiving() {
+async fn a_client_that_stops_reading_is_closed_1013_while_others_keep_receiving() {
+    stalled_reader(Cut::SlowConsumer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_by_the_write_timeout() {
+    stalled_reader(Cut::WriteTimeout).await;
+}
+
+async fn stalled_reader(cut: Cut) {
     let server = TestServer::start_with(|c| {
-        c.queue_max_bytes = 512 * 1024;
         c.write_timeout = Duration::from_secs(1);
+        match cut {
+            Cut::SlowConsumer => {
+                c.queue_max_bytes = 512 * 1024;
+                // Long enough that the queue overflows first.
+                c.write_timeout = Duration::from_secs(2);
+            }
+            Cut::WriteTimeout => {
+                // Room for everything: only the write timeout can cut it.
+                c.queue_max_bytes = 64 * 1024 * 1024;
+                c.queue_max_frames = 100_000;
+            }
+        }
     })
     .await;
     let stalled = server.connect("stalled").await; // never read again
@@ -76,14 +105,21 @@ async fn a_client_that_stops_reading_is_cut_while_others_keep_receiving() {
     let metrics = server.metrics().await;
     let write_timeouts =
         agentwire_e2e::metric(&metrics, "agentwire_write_timeouts_total").unwrap_or(0.0);
-    assert!(
-        stats.slow_consumer_closes >= 1 || write_timeouts >= 1.0,
-        "cut neither as a slow consumer nor by the write timeout: {stats:?}"
-    );
+    match cut {
+        Cut::SlowConsumer => assert_eq!(stats.slow_consumer_closes, 1, "{stats:?}"),
+        Cut::WriteTimeout => {
+            assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
+            assert!(write_timeouts >= 1.0, "{metrics}");
+        }
+    }
     // The healthy user is still connected and served.
     healthy.send(&ClientFrame::Ping).await;
     assert_eq!(healthy.frame().await, ServerFrame::Pong);
-    drop(stalled);
+    // The server let go of the socket too: reading what was buffered ends in a close
+    // (1013) or the end of the stream, never in a wait.
+    let mut stalled = stalled;
+    let code = stalled.closed().await;
+    assert!(matches!(code, None | Some(1013)), "{code:?}");
     healthy.close().await;
     server.stop().await;
 }

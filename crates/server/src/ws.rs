@@ -318,14 +318,16 @@ async fn serve_socket(
     };
     tracing::debug!(user = %verified.user, connection = %conn.id(), "connected");
     let (expiry_tx, expiry_rx) = watch::channel(verified.expires_at);
-    let reader = tokio::spawn(read_loop(
+    let mut reader = tokio::spawn(read_loop(
         app.clone(),
         conn.clone(),
         stream,
         first,
         expiry_tx,
     ));
-    write_loop(&app, &conn, &mut sink, expiry_rx, reader).await;
+    write_loop(&app, &conn, &mut sink, expiry_rx, &mut reader).await;
+    // However the writer ended, the reader must not keep the socket open.
+    reader.abort();
     conn.disconnect();
     tracing::debug!(connection = %conn.id(), "disconnected");
 }
@@ -383,7 +385,7 @@ async fn write_loop(
     conn: &Connection,
     sink: &mut Sink,
     mut expiry: watch::Receiver<u64>,
-    mut reader: JoinHandle<ReaderEnd>,
+    reader: &mut JoinHandle<ReaderEnd>,
 ) {
     let settings = &app.ws;
     let heartbeat = app.manager.config().heartbeat;
@@ -404,7 +406,7 @@ async fn write_loop(
     loop {
         tokio::select! {
             biased;
-            end = &mut reader, if !reader_done => {
+            end = &mut *reader, if !reader_done => {
                 reader_done = true;
                 match end {
                     Ok(ReaderEnd::Failed) => {}
@@ -435,11 +437,10 @@ async fn write_loop(
                         Ok(Err(_)) => {}
                         Ok(Ok(())) => {
                             if !reader_done {
-                                let _ = timeout(settings.close_timeout, &mut reader).await;
+                                let _ = timeout(settings.close_timeout, &mut *reader).await;
                             }
                         }
                     }
-                    reader.abort();
                     return;
                 }
             },
@@ -449,13 +450,9 @@ async fn write_loop(
                 } else {
                     match timeout(settings.write_timeout, sink.send(Message::Ping(Bytes::new()))).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(_)) => {
-                            reader.abort();
-                            return;
-                        }
+                        Ok(Err(_)) => return,
                         Err(_) => {
                             app.metrics.write_timeout();
-                            reader.abort();
                             return;
                         }
                     }
