@@ -1,0 +1,586 @@
+// agentwire browser client — one ES module, no build step, no dependencies.
+//
+// Served by agentwire-server at /client.js (types at /client.d.ts). The wire protocol it
+// speaks is docs/protocol.md; how to use it is docs/client.md.
+//
+//   import { AgentwireClient } from "/client.js";
+//   const client = new AgentwireClient({ getToken: () => fetchMyToken() });
+//   client.on("tool_executing", (e) => show(e.data.tool_name, e.data.arguments));
+//   client.onReplayGap((gap) => refetchThread());
+//   client.connect();
+//
+// What it guarantees: every event of the user, once, in `seq` order, across reconnects —
+// or a `replay_gap` naming what the server could no longer deliver.
+
+/** The subprotocol every connection offers; the server answers with it. */
+export const SUBPROTOCOL = "agentwire.v1";
+/** Prefix of the subprotocol that carries the token (the server never echoes it). */
+export const AUTH_SUBPROTOCOL_PREFIX = "agentwire.auth.";
+
+/** The event types of protocol v1, in the order a run produces them (custom last). */
+export const EVENT_TYPES = Object.freeze([
+  "agent_started",
+  "agent_thinking",
+  "tool_executing",
+  "tool_completed",
+  "agent_completed",
+  "agent_error",
+  "custom",
+]);
+
+/** Close codes of protocol v1 (§9). */
+export const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
+  ABNORMAL: 1006,
+  INVALID_PAYLOAD: 1007,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  TRY_AGAIN_LATER: 1013,
+  TOKEN_INVALID: 4001,
+  TOKEN_EXPIRED: 4002,
+  REPLACED: 4003,
+  REJECTED: 4004,
+});
+
+const DEFAULTS = Object.freeze({
+  maxHandshakeFailures: 3,
+  backoff: Object.freeze({ initialMs: 1000, maxMs: 30000, factor: 2, jitter: 0.5 }),
+  goingAwayDelayMs: 250,
+  stableAfterMs: 10000,
+  pongTimeoutMs: 10000,
+  ack: true,
+  ackDelayMs: 250,
+  refreshBeforeExpiryMs: 60000,
+});
+
+const EVENT_TYPE_SET = new Set(EVENT_TYPES);
+
+/**
+ * What the client does after a close, by code (docs/protocol.md §9).
+ * "stop": final, report; "halt": final until the application calls connect() again;
+ * "now": reconnect at once; "backoff": reconnect with exponential backoff;
+ * "token": reconnect with a freshly fetched token.
+ */
+function closePolicy(code) {
+  switch (code) {
+    case CloseCode.NORMAL:
+    case CloseCode.PROTOCOL_ERROR:
+    case CloseCode.INVALID_PAYLOAD:
+    case CloseCode.MESSAGE_TOO_BIG:
+      return "stop";
+    case CloseCode.REPLACED:
+    case CloseCode.REJECTED:
+      return "halt";
+    case CloseCode.GOING_AWAY:
+      return "now";
+    case CloseCode.TOKEN_INVALID:
+    case CloseCode.TOKEN_EXPIRED:
+      return "token";
+    default:
+      // 1006 (dropped), 1008, 1011, 1013 and codes this version does not know.
+      return "backoff";
+  }
+}
+
+/** The `exp` claim of a JWT, in ms since the epoch, or null. Never verifies anything. */
+function tokenExpiryMs(token) {
+  try {
+    const part = token.split(".")[1];
+    if (!part) return null;
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const padded = b64 + "===".slice((b64.length + 3) % 4);
+    const claims = JSON.parse(atob(padded));
+    return typeof claims.exp === "number" ? claims.exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
+function defaultUrl() {
+  if (typeof location === "undefined") {
+    throw new Error("agentwire: pass `url` outside a browser page");
+  }
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws`;
+}
+
+/**
+ * A connection to one user's event stream that survives reconnects.
+ *
+ * States: "idle" (not started), "connecting" (handshake in flight), "open"
+ * (connection_established received), "reconnecting" (waiting to retry), "closed" (stopped;
+ * `connect()` starts again).
+ */
+export class AgentwireClient {
+  /** @param {import("./client").ClientOptions} options */
+  constructor(options) {
+    if (!options || typeof options.getToken !== "function") {
+      throw new TypeError("agentwire: `getToken` (a function returning a token) is required");
+    }
+    this._opts = {
+      ...DEFAULTS,
+      ...options,
+      backoff: { ...DEFAULTS.backoff, ...(options.backoff || {}) },
+    };
+    this._url = options.url || defaultUrl();
+    this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    this._handlers = new Map();
+    this._state = "idle";
+    this._ws = null;
+    this._generation = 0;
+    this._lastSeq = options.resume ? Number(options.resume.lastSeq) || 0 : 0;
+    this._epoch = options.resume ? options.resume.epoch || null : null;
+    this._connectionId = null;
+    this._userId = null;
+    this._reconnects = 0;
+    this._attempt = 0;
+    this._handshakeFailures = 0;
+    this._tokenRefetched = false;
+    this._needFreshToken = false;
+    this._duplicates = 0;
+    this._gaps = 0;
+    this._lastClose = null;
+    this._timers = new Set();
+    this._heartbeatMs = 30000;
+    this._lastReceived = 0;
+    this._ackedSeq = this._lastSeq;
+    for (const [name, key] of [
+      ["*", "onEvent"],
+      ["replay_gap", "onReplayGap"],
+      ["state", "onStateChange"],
+      ["error", "onError"],
+    ]) {
+      if (typeof options[key] === "function") this._add(name, options[key]);
+    }
+  }
+
+  // ---- public API -------------------------------------------------------------------
+
+  /**
+   * Calls `handler(event)` for every event of `type` ("agent_started", …, "custom"), or of
+   * every type with "*". Returns a function that removes the handler.
+   */
+  on(type, handler) {
+    if (type !== "*" && !EVENT_TYPE_SET.has(type)) {
+      throw new TypeError(`agentwire: unknown event type ${JSON.stringify(type)}`);
+    }
+    return this._add(type, handler);
+  }
+
+  /** Calls `handler({from_seq, to_seq})` when the server cannot deliver those events. */
+  onReplayGap(handler) {
+    return this._add("replay_gap", handler);
+  }
+
+  /** Calls `handler(snapshot)` whenever the state, last seq or reconnect count changes. */
+  onStateChange(handler) {
+    return this._add("state", handler);
+  }
+
+  /** Calls `handler(error)` for `error` frames, bad frames and failures worth reporting. */
+  onError(handler) {
+    return this._add("error", handler);
+  }
+
+  /** Starts (or, after "closed", restarts) connecting. Does nothing while active. */
+  connect() {
+    if (this._state === "connecting" || this._state === "open" || this._state === "reconnecting") {
+      return;
+    }
+    this._attempt = 0;
+    this._handshakeFailures = 0;
+    this._tokenRefetched = false;
+    this._lastClose = null;
+    this._open(this._needFreshToken ? "token_invalid" : "initial");
+  }
+
+  /** Closes with 1000 and stops reconnecting. Events already received stay processed. */
+  close() {
+    this._generation++;
+    this._clearTimers();
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      try {
+        ws.close(CloseCode.NORMAL, "client closed");
+      } catch {
+        // Already closing.
+      }
+    }
+    this._lastClose = { code: CloseCode.NORMAL, reason: "client closed", final: true };
+    this._setState("closed");
+  }
+
+  /** The current state. */
+  get state() {
+    return this._state;
+  }
+  /** The `seq` of the newest event processed (0: none). */
+  get lastSeq() {
+    return this._lastSeq;
+  }
+  /** The epoch of the stream `lastSeq` belongs to, once known. */
+  get epoch() {
+    return this._epoch;
+  }
+  /** How many times the client reconnected after a connection had opened. */
+  get reconnects() {
+    return this._reconnects;
+  }
+  /** The snapshot handed to state handlers. */
+  get snapshot() {
+    return {
+      state: this._state,
+      lastSeq: this._lastSeq,
+      epoch: this._epoch,
+      reconnects: this._reconnects,
+      connectionId: this._connectionId,
+      userId: this._userId,
+      handshakeFailures: this._handshakeFailures,
+      duplicatesDropped: this._duplicates,
+      replayGaps: this._gaps,
+      lastClose: this._lastClose,
+    };
+  }
+
+  // ---- connecting -------------------------------------------------------------------
+
+  async _open(reason) {
+    const generation = ++this._generation;
+    this._clearTimers();
+    this._setState("connecting");
+    const forceRefresh = reason !== "initial" && reason !== "reconnect";
+    let token;
+    try {
+      token = await this._opts.getToken({ reason, forceRefresh });
+    } catch (err) {
+      if (generation !== this._generation) return;
+      this._emit("error", { kind: "token", message: `getToken failed: ${describe(err)}`, cause: err });
+      this._handshakeFailed(generation);
+      return;
+    }
+    if (generation !== this._generation) return;
+    if (typeof token !== "string" || token.length === 0) {
+      this._emit("error", { kind: "token", message: "getToken returned no token" });
+      this._handshakeFailed(generation);
+      return;
+    }
+    this._needFreshToken = false;
+    const url = new URL(this._url, typeof location === "undefined" ? undefined : location.href);
+    url.searchParams.delete("last_seq");
+    url.searchParams.delete("epoch");
+    if (this._epoch) {
+      url.searchParams.set("last_seq", String(this._lastSeq));
+      url.searchParams.set("epoch", this._epoch);
+    }
+    let ws;
+    try {
+      ws = new this._WebSocket(url.toString(), [SUBPROTOCOL, AUTH_SUBPROTOCOL_PREFIX + token]);
+    } catch (err) {
+      this._emit("error", { kind: "socket", message: `cannot open a WebSocket: ${describe(err)}`, cause: err });
+      this._handshakeFailed(generation);
+      return;
+    }
+    this._ws = ws;
+    let established = false;
+    ws.onmessage = (msg) => {
+      if (generation !== this._generation) return;
+      this._lastReceived = Date.now();
+      const frame = parseFrame(msg.data);
+      if (!frame) {
+        this._emit("error", { kind: "frame", message: "the server sent a frame that is not a JSON object" });
+        return;
+      }
+      if (frame.type === "connection_established") {
+        established = true;
+        this._established(frame, token, generation);
+      } else if (established) {
+        this._frame(frame);
+      }
+    };
+    ws.onclose = (ev) => {
+      if (generation !== this._generation) return;
+      this._ws = null;
+      this._closed(ev.code, ev.reason, established, generation);
+    };
+    ws.onerror = () => {
+      // Always followed by close, which decides what happens next.
+    };
+  }
+
+  _established(frame, token, generation) {
+    const wasReconnect = this._connectionId !== null;
+    if (frame.epoch !== this._epoch) {
+      // A new stream: its seqs start over (a replay_gap tells the app what was void).
+      this._lastSeq = 0;
+      this._ackedSeq = 0;
+    } else if (this._lastSeq > frame.last_seq) {
+      this._lastSeq = frame.last_seq;
+      this._ackedSeq = Math.min(this._ackedSeq, this._lastSeq);
+    }
+    this._epoch = frame.epoch;
+    this._connectionId = frame.connection_id;
+    this._userId = frame.user_id;
+    this._heartbeatMs = Number(frame.heartbeat_interval_ms) > 0 ? Number(frame.heartbeat_interval_ms) : 30000;
+    this._handshakeFailures = 0;
+    this._tokenRefetched = false;
+    this._lastClose = null;
+    if (wasReconnect) this._reconnects++;
+    this._setState("open");
+    this._later(this._opts.stableAfterMs, () => {
+      this._attempt = 0;
+    }, generation);
+    this._startHeartbeat(generation);
+    this._scheduleRefresh(token, generation);
+  }
+
+  _frame(frame) {
+    if (EVENT_TYPE_SET.has(frame.type) && typeof frame.seq === "number") {
+      if (frame.seq <= this._lastSeq) {
+        this._duplicates++;
+        return;
+      }
+      this._lastSeq = frame.seq;
+      this._dispatch(frame.type, frame);
+      this._dispatch("*", frame);
+      this._notify();
+      this._scheduleAck();
+      return;
+    }
+    switch (frame.type) {
+      case "replay_gap":
+        this._gaps++;
+        this._dispatch("replay_gap", { from_seq: frame.from_seq, to_seq: frame.to_seq });
+        this._notify();
+        return;
+      case "error":
+        this._emit("error", { kind: "server", code: frame.code, message: frame.message });
+        return;
+      case "pong":
+        return;
+      default:
+        // A newer server's frame: ignored (§4).
+        return;
+    }
+  }
+
+  _closed(code, reason, established, generation) {
+    this._clearTimers();
+    // A browser reports a refused handshake (401, 403) as 1006, like a dropped network;
+    // any other code came from the server, which may close before connection_established
+    // (4004, 1013), and is followed as the table says.
+    const policy = established || code !== CloseCode.ABNORMAL ? closePolicy(code) : "handshake";
+    this._lastClose = { code, reason: reason || "", final: false };
+    switch (policy) {
+      case "stop":
+        this._lastClose.final = true;
+        if (code !== CloseCode.NORMAL) {
+          this._emit("error", { kind: "closed", code, message: `closed with ${code}: ${reason || "no reason"}` });
+        }
+        this._setState("closed");
+        return;
+      case "halt":
+        this._lastClose.final = true;
+        this._setState("closed");
+        return;
+      case "now":
+        this._retry(jittered(this._opts.goingAwayDelayMs, 1), "reconnect", generation);
+        return;
+      case "token":
+        this._needFreshToken = true;
+        this._retry(
+          code === CloseCode.TOKEN_EXPIRED ? jittered(this._opts.goingAwayDelayMs, 1) : this._nextBackoff(),
+          code === CloseCode.TOKEN_EXPIRED ? "token_expired" : "token_invalid",
+          generation,
+        );
+        return;
+      case "backoff":
+        this._retry(this._nextBackoff(), "reconnect", generation);
+        return;
+      default:
+        this._handshakeFailed(generation);
+    }
+  }
+
+  /** A connection attempt ended before connection_established: maybe a 401 we can't see. */
+  _handshakeFailed(generation) {
+    this._handshakeFailures++;
+    const max = this._opts.maxHandshakeFailures;
+    if (this._handshakeFailures >= max) {
+      if (this._tokenRefetched) {
+        this._lastClose = {
+          ...(this._lastClose || { code: CloseCode.ABNORMAL, reason: "" }),
+          final: true,
+        };
+        this._emit("error", {
+          kind: "handshake",
+          message: `gave up after ${2 * max} failed handshakes, the last ${max} with a fresh token`,
+        });
+        this._setState("closed");
+        return;
+      }
+      // Maybe a 401: the same number of tries again, with a token fetched anew.
+      this._tokenRefetched = true;
+      this._needFreshToken = true;
+      this._handshakeFailures = 0;
+    }
+    this._retry(this._nextBackoff(), this._needFreshToken ? "handshake_failed" : "reconnect", generation);
+  }
+
+  _retry(delayMs, reason, generation) {
+    if (generation !== this._generation) return;
+    this._setState("reconnecting");
+    this._later(delayMs, () => this._open(reason), generation);
+  }
+
+  _nextBackoff() {
+    const { initialMs, maxMs, factor, jitter } = this._opts.backoff;
+    const base = Math.min(maxMs, initialMs * Math.pow(factor, this._attempt));
+    this._attempt++;
+    return jittered(base, jitter);
+  }
+
+  // ---- keeping the connection useful ------------------------------------------------
+
+  _startHeartbeat(generation) {
+    // The server's pings are control frames a page never sees, so a quiet link is checked
+    // with a `ping` frame; a missing `pong` is handled like a close without a code.
+    const check = () => {
+      const ws = this._ws;
+      if (!ws || generation !== this._generation) return;
+      const quiet = Date.now() - this._lastReceived;
+      if (quiet < this._heartbeatMs) {
+        this._later(this._heartbeatMs - quiet, check, generation);
+        return;
+      }
+      this._send({ type: "ping" });
+      const pinged = Date.now();
+      this._later(this._opts.pongTimeoutMs, () => {
+        if (this._lastReceived >= pinged || this._ws !== ws) return;
+        this._generation++;
+        this._ws = null;
+        try {
+          ws.close();
+        } catch {
+          // Already closing.
+        }
+        this._closed(CloseCode.ABNORMAL, "no pong", true, this._generation);
+      }, generation);
+      this._later(this._heartbeatMs, check, generation);
+    };
+    this._later(this._heartbeatMs, check, generation);
+  }
+
+  _scheduleAck() {
+    if (!this._opts.ack || this._ackPending) return;
+    this._ackPending = true;
+    const generation = this._generation;
+    this._later(this._opts.ackDelayMs, () => {
+      this._ackPending = false;
+      if (this._lastSeq > this._ackedSeq && this._send({ type: "ack", seq: this._lastSeq })) {
+        this._ackedSeq = this._lastSeq;
+      }
+    }, generation);
+  }
+
+  _scheduleRefresh(token, generation) {
+    const exp = tokenExpiryMs(token);
+    if (exp === null || !(this._opts.refreshBeforeExpiryMs > 0)) return;
+    const delay = Math.max(1000, exp - this._opts.refreshBeforeExpiryMs - Date.now());
+    this._later(delay, async () => {
+      let fresh;
+      try {
+        fresh = await this._opts.getToken({ reason: "refresh", forceRefresh: true });
+      } catch (err) {
+        this._emit("error", { kind: "token", message: `token refresh failed: ${describe(err)}`, cause: err });
+        return;
+      }
+      if (generation !== this._generation || typeof fresh !== "string" || !fresh) return;
+      if (this._send({ type: "refresh_token", token: fresh })) this._scheduleRefresh(fresh, generation);
+    }, generation);
+  }
+
+  _send(frame) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== 1) return false;
+    try {
+      ws.send(JSON.stringify(frame));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  // ---- plumbing ---------------------------------------------------------------------
+
+  _later(ms, fn, generation) {
+    const id = setTimeout(() => {
+      this._timers.delete(id);
+      if (generation === this._generation) fn();
+    }, ms);
+    this._timers.add(id);
+  }
+
+  _clearTimers() {
+    for (const id of this._timers) clearTimeout(id);
+    this._timers.clear();
+    this._ackPending = false;
+  }
+
+  _add(name, handler) {
+    if (typeof handler !== "function") throw new TypeError("agentwire: a handler must be a function");
+    let set = this._handlers.get(name);
+    if (!set) this._handlers.set(name, (set = new Set()));
+    set.add(handler);
+    return () => set.delete(handler);
+  }
+
+  _dispatch(name, value) {
+    const set = this._handlers.get(name);
+    if (!set) return;
+    for (const handler of [...set]) {
+      try {
+        handler(value);
+      } catch (err) {
+        // One broken handler must not stop delivery to the others.
+        if (name !== "error") this._emit("error", { kind: "handler", message: `a ${name} handler threw: ${describe(err)}`, cause: err });
+        else setTimeout(() => { throw err; });
+      }
+    }
+  }
+
+  _emit(name, value) {
+    this._dispatch(name, value);
+  }
+
+  _setState(state) {
+    this._state = state;
+    this._notify();
+  }
+
+  _notify() {
+    this._dispatch("state", this.snapshot);
+  }
+}
+
+function jittered(ms, jitter) {
+  const j = Math.min(1, Math.max(0, jitter));
+  return Math.round(ms * (1 - j * Math.random()));
+}
+
+function parseFrame(data) {
+  if (typeof data !== "string") return null;
+  try {
+    const v = JSON.parse(data);
+    return v && typeof v === "object" && !Array.isArray(v) && typeof v.type === "string" ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+function describe(err) {
+  return err instanceof Error ? err.message : String(err);
+}
