@@ -9,8 +9,14 @@ let client = null;
 let user = null;
 let token = null;
 let statsTimer = null;
-/** tool_call_id → the tool_executing entry, to mark it done when tool_completed arrives. */
+/** run_id → tool_call_id → the tool_executing entry, to mark it when the call ends. */
 const openTools = new Map();
+
+function toolsOf(runId) {
+  let tools = openTools.get(runId);
+  if (!tools) openTools.set(runId, (tools = new Map()));
+  return tools;
+}
 const seenRuns = new Set();
 /** Runs whose terminal event arrived (it may come before the start request's answer). */
 const endedRuns = new Set();
@@ -186,7 +192,7 @@ function render(e) {
     seenRuns.add(e.run_id);
     const d = el("li", "run-divider");
     d.append("Run ", el("span", "mono", e.run_id));
-    timeline.append(d);
+    append(d);
   }
   let node;
   switch (e.type) {
@@ -204,7 +210,7 @@ function render(e) {
       node = entry(e, toolTitle("Calling", e.data.tool_name));
       node.bubble.append(el("div", "label", "Arguments"), el("pre", "", pretty(e.data.arguments)));
       node.bubble.querySelector(".meta").append(el("span", "status", "running…"));
-      openTools.set(`${e.run_id}/${e.data.tool_call_id}`, node.li);
+      toolsOf(e.run_id).set(e.data.tool_call_id, node.li);
       break;
     }
     case "tool_completed": {
@@ -213,13 +219,12 @@ function render(e) {
       const took = typeof e.data.duration_ms === "number" ? ` · ${e.data.duration_ms} ms` : "";
       node.bubble.querySelector(".meta").insertBefore(el("span", "", took.slice(3)), node.bubble.querySelector(".seq"));
       node.bubble.append(el("div", "label", e.data.is_error ? "Error" : "Result"), el("pre", "", pretty(e.data.result)));
-      const key = `${e.run_id}/${e.data.tool_call_id}`;
-      const started = openTools.get(key);
+      const started = toolsOf(e.run_id).get(e.data.tool_call_id);
       if (started) {
         started.classList.add(e.data.is_error ? "failed" : "done");
         const status = started.querySelector(".status");
         if (status) status.textContent = e.data.is_error ? "failed" : `done${took}`;
-        openTools.delete(key);
+        toolsOf(e.run_id).delete(e.data.tool_call_id);
       }
       break;
     }
@@ -248,17 +253,31 @@ function render(e) {
       node.bubble.append(el("pre", "", pretty(e.data.value)));
     }
   }
-  timeline.append(node.li);
+  append(node.li);
   if (e.type === "agent_completed" || e.type === "agent_error") {
+    // Tool calls still open end with the run (protocol §7).
+    for (const li of toolsOf(e.run_id).values()) {
+      li.classList.add("failed");
+      const status = li.querySelector(".status");
+      if (status) status.textContent = "ended with the run";
+    }
+    openTools.delete(e.run_id);
     endedRuns.add(e.run_id);
     runEnded(e.run_id);
   }
-  node.li.scrollIntoView({ block: "nearest", behavior: "smooth" });
+}
+
+/** Appends to the timeline, following the newest entry unless the reader scrolled up. */
+function append(li) {
+  const scroller = $("scroller");
+  const following = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
+  timeline.append(li);
+  if (following) scroller.scrollTop = scroller.scrollHeight;
 }
 
 function notice(text) {
   $("empty").hidden = true;
-  timeline.append(el("li", "notice", text));
+  append(el("li", "notice", text));
 }
 
 // ---- starting and stopping runs ------------------------------------------------------
