@@ -136,14 +136,7 @@ impl TestServer {
 
     /// A token for `user`, valid for `ttl_secs`.
     pub fn token_ttl(&self, user: &str, ttl_secs: u64) -> String {
-        agentwire::server::mint_hs256(
-            SECRET.as_bytes(),
-            &crate::user(user),
-            Duration::from_secs(ttl_secs),
-            None,
-            None,
-        )
-        .expect("mint")
+        token_ttl(user, ttl_secs)
     }
 
     /// `ws://<addr>/ws` followed by `query` (with its `?`, or empty).
@@ -153,12 +146,7 @@ impl TestServer {
 
     /// A handshake request for `/ws{query}` carrying `Authorization: Bearer <token>`.
     pub fn request(&self, token: &str, query: &str) -> Request {
-        let mut req = self.ws_url(query).into_client_request().expect("valid url");
-        req.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
-        );
-        req
+        ws_request(self.addr, token, query)
     }
 
     /// Connects `user` with a bearer token and reads `connection_established`.
@@ -169,13 +157,7 @@ impl TestServer {
     /// Connects `user` with a bearer token and `query` (e.g. `?last_seq=3&epoch=e_…`) and
     /// reads `connection_established`.
     pub async fn connect_query(&self, user: &str, query: &str) -> Client {
-        let req = self.request(&self.token(user), query);
-        let mut client = self
-            .try_connect(req)
-            .await
-            .unwrap_or_else(|e| panic!("{user} connects: {e}"));
-        client.read_established().await;
-        client
+        connect_to(self.addr, user, query).await
     }
 
     /// Performs a handshake; the caller reads what follows.
@@ -183,19 +165,7 @@ impl TestServer {
     /// # Errors
     /// The handshake's error (an HTTP status is `tungstenite::Error::Http`).
     pub async fn try_connect(&self, req: Request) -> Result<Client, tungstenite::Error> {
-        let (ws, response) = timeout(WAIT, tokio_tungstenite::connect_async(req))
-            .await
-            .map_err(|_| tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
-        let protocol = response
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Ok(Client {
-            ws,
-            established: None,
-            protocol,
-        })
+        try_connect(req).await
     }
 
     /// The HTTP status and body of a handshake that was refused (panics if it succeeds).
@@ -260,6 +230,63 @@ impl Drop for TestServer {
             task.abort();
         }
     }
+}
+
+/// A token for `user` signed with [`SECRET`], valid for `ttl_secs`: what a server with
+/// [`test_config`] (or any router configured with `SECRET`) accepts.
+pub fn token_ttl(user: &str, ttl_secs: u64) -> String {
+    agentwire::server::mint_hs256(
+        SECRET.as_bytes(),
+        &crate::user(user),
+        Duration::from_secs(ttl_secs),
+        None,
+        None,
+    )
+    .expect("mint")
+}
+
+/// A handshake request for `ws://{addr}/ws{query}` carrying `Authorization: Bearer <token>`:
+/// for agentwire served by [`TestServer`] or mounted in another app.
+pub fn ws_request(addr: SocketAddr, token: &str, query: &str) -> Request {
+    let mut req = format!("ws://{addr}/ws{query}")
+        .into_client_request()
+        .expect("valid url");
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    req
+}
+
+/// Connects `user` to `ws://{addr}/ws{query}` with a [`SECRET`]-signed token valid for an
+/// hour, and reads `connection_established`.
+pub async fn connect_to(addr: SocketAddr, user: &str, query: &str) -> Client {
+    let req = ws_request(addr, &token_ttl(user, 3600), query);
+    let mut client = try_connect(req)
+        .await
+        .unwrap_or_else(|e| panic!("{user} connects: {e}"));
+    client.read_established().await;
+    client
+}
+
+/// Performs a handshake; the caller reads what follows.
+///
+/// # Errors
+/// The handshake's error (an HTTP status is `tungstenite::Error::Http`).
+pub async fn try_connect(req: Request) -> Result<Client, tungstenite::Error> {
+    let (ws, response) = timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .map_err(|_| tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+    let protocol = response
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok(Client {
+        ws,
+        established: None,
+        protocol,
+    })
 }
 
 /// What a client read.

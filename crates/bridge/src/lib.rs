@@ -5,8 +5,8 @@
 //! [`AgentHooks`] interface the runtime reports through (run started, thinking, tool
 //! start/end, run finished/failed), which the bridge turns into `agent_started`,
 //! `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed` and
-//! `agent_error`; the tool wrapper [`AgentWebSocketBridge::run_tool`]; and the
-//! [`AgentRun`] handle.
+//! `agent_error`; the tool wrapper [`AgentWebSocketBridge::run_tool`]; the [`AgentRun`]
+//! handle; and [`simulated_run`], a canned run for demos and examples.
 //!
 //! What it is not: an agent runtime. It only reports what a runtime does, through the
 //! emitter pool beneath it.
@@ -24,12 +24,17 @@
 //!   the panic re-raises it with `std::panic::resume_unwind`.
 
 mod bridge;
+mod demo;
 mod hooks;
 mod run;
 mod tool;
 
 pub use agentwire_emitter::{EmitterError, RunContext};
 pub use bridge::{AgentBridgeExt, AgentWebSocketBridge, BridgeConfig};
+pub use demo::{
+    DEFAULT_DEMO_PACE, DEMO_AGENT_NAME, DEMO_THREAD_ID, SIMULATED_RUN_EVENTS, demo_run_context,
+    simulated_run,
+};
 pub use hooks::{AgentHooks, RunFailure, ToolCall, ToolOutcome};
 pub use run::{AgentRun, RUN_DROPPED, RUN_PANICKED};
 pub use tool::ToolError;

@@ -1,0 +1,191 @@
+//! End to end: the embedding example, `crates/agentwire/examples/embedded_agent_service.rs`,
+//! compiled here as a module and served on `127.0.0.1:0`. A user's WebSocket client sees,
+//! in order, the simulated run that user started through the service's own `POST /runs`;
+//! another user's client sees none of it; the service's page and agentwire's routes are
+//! served side by side; `POST /runs` wants a valid token.
+
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the example's `main` and address settings serve `cargo run --example`; this test serves its `app`"
+)]
+#[path = "../../crates/agentwire/examples/embedded_agent_service.rs"]
+mod example;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentwire::bridge::{DEMO_THREAD_ID, SIMULATED_RUN_EVENTS};
+use agentwire::protocol::{EventEnvelope, EventType, RunId};
+use agentwire::server::{Auth, router_with};
+use agentwire::{AgentBridgeExt, UnifiedWebSocketManager};
+use agentwire_e2e::{
+    Client, HttpResponse, SECRET, WAIT, connect_to, http_request, test_config, token_ttl,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Fast enough for a test, slow enough that the run's events are spread over time.
+const PACE: Duration = Duration::from_millis(5);
+
+/// How long a client must stay silent to count as having received nothing.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// The example's app, serving until dropped.
+struct ExampleService {
+    addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for ExampleService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ExampleService {
+    /// Builds what the example's `main` builds and serves it. The one difference: `main`
+    /// mounts `router(manager)`, whose tokens are signed with the development secret from
+    /// a file in the user's home; here agentwire is mounted with `router_with` and the e2e
+    /// secret, so the test touches no file and mints its tokens itself.
+    async fn start() -> ExampleService {
+        let manager = UnifiedWebSocketManager::in_memory();
+        let bridge = manager.create_agent_bridge();
+        let auth = Auth::hs256(SECRET.as_bytes()).expect("the e2e secret is not empty");
+        let agentwire = router_with(manager, &test_config()).expect("agentwire routes");
+        let app = example::app(
+            example::AgentService::new(bridge, auth).with_pace(PACE),
+            agentwire,
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound address");
+        let task = tokio::spawn(async move { axum::serve(listener, app).await });
+        ExampleService { addr, task }
+    }
+
+    async fn http(&self, method: &str, path: &str, bearer: Option<&str>) -> HttpResponse {
+        http_request(self.addr, method, path, bearer).await
+    }
+
+    /// Starts a run for `user` through the example's `POST /runs`; returns its run id.
+    async fn start_run(&self, user: &str) -> RunId {
+        let r = self
+            .http("POST", "/runs", Some(&token_ttl(user, 3600)))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let body = r.json();
+        assert_eq!(body["user_id"], user);
+        assert_eq!(body["thread_id"], DEMO_THREAD_ID);
+        body["run_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("a run id in {body}"))
+    }
+}
+
+/// Reads the events of one whole simulated run and checks they are exactly the
+/// documented sequence, in order, of run `run`.
+async fn read_run(client: &mut Client, run: &RunId) -> Vec<EventEnvelope> {
+    let mut events = Vec::new();
+    for _ in 0..SIMULATED_RUN_EVENTS.len() {
+        events.push(client.event().await);
+    }
+    let types: Vec<EventType> = events.iter().map(|e| e.event.event_type()).collect();
+    assert_eq!(
+        types,
+        [
+            EventType::AgentStarted,
+            EventType::AgentThinking,
+            EventType::ToolExecuting,
+            EventType::ToolCompleted,
+            EventType::ToolExecuting,
+            EventType::ToolCompleted,
+            EventType::AgentThinking,
+            EventType::AgentCompleted,
+        ]
+    );
+    for e in &events {
+        assert_eq!(e.event.run_id.as_ref(), Some(run), "{e:?}");
+    }
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seq increases along the run"
+    );
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sees_the_run_its_user_started_and_no_one_else_does() {
+    let service = ExampleService::start().await;
+    let mut alice = connect_to(service.addr, "alice", "").await;
+    let mut bob = connect_to(service.addr, "bob", "").await;
+
+    let alices_run = service.start_run("alice").await;
+    read_run(&mut alice, &alices_run).await;
+    assert_eq!(
+        bob.recv_within(QUIET).await,
+        None,
+        "bob's client receives nothing of alice's run"
+    );
+
+    let bobs_run = service.start_run("bob").await;
+    assert_ne!(alices_run, bobs_run, "every run gets a run of its own");
+    read_run(&mut bob, &bobs_run).await;
+    assert_eq!(
+        alice.recv_within(QUIET).await,
+        None,
+        "alice's client receives nothing of bob's run"
+    );
+
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_agentwire_routes_are_served_side_by_side() {
+    let service = ExampleService::start().await;
+
+    let page = service.http("GET", "/", None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{:?}",
+        page.headers
+    );
+    assert!(page.body.contains("/ws?token="), "the page connects to /ws");
+    assert!(page.body.contains("\"/runs\""), "the page starts runs");
+
+    let health = service.http("GET", "/healthz", None).await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json()["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_a_run_wants_a_valid_token() {
+    let service = ExampleService::start().await;
+    let mut alice = connect_to(service.addr, "alice", "").await;
+
+    let missing = service.http("POST", "/runs", None).await;
+    assert_eq!(missing.status, 401, "{}", missing.body);
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(missing.json()["error"], "unauthorized");
+
+    let forged = agentwire::server::mint_hs256(
+        b"not the secret",
+        &agentwire_e2e::user("alice"),
+        WAIT,
+        None,
+        None,
+    )
+    .expect("mint");
+    let refused = service.http("POST", "/runs", Some(&forged)).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+
+    assert_eq!(
+        alice.recv_within(QUIET).await,
+        None,
+        "a refused request starts no run"
+    );
+    alice.close().await;
+}
