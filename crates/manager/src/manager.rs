@@ -363,7 +363,9 @@ impl UnifiedWebSocketManager {
     /// [`ConnectError`]; its [`ConnectError::close_code`] is what to tell the client.
     ///
     /// # Cancel safety
-    /// Cancelling drops the half-made connection, which removes it.
+    /// Cancelling drops the half-made connection, which removes it. A broker subscribe
+    /// already under way completes in its own task and is undone once the user has no
+    /// connection left, so nothing stays subscribed.
     pub async fn connect_user(
         &self,
         user: UserId,
@@ -407,8 +409,12 @@ impl UnifiedWebSocketManager {
                     }
                     LimitPolicy::EvictOldest => {
                         let oldest = entry.conns.remove(0);
-                        oldest.registered.store(false, Ordering::Release);
-                        evicted = Some(oldest);
+                        // A `remove` of that connection may be under way (it unregisters
+                        // before it takes this lock): then it frees the slot and counts the
+                        // close, and this is no eviction.
+                        if oldest.registered.swap(false, Ordering::AcqRel) {
+                            evicted = Some(oldest);
+                        }
                     }
                 }
             }
@@ -427,10 +433,16 @@ impl UnifiedWebSocketManager {
             manager: self.clone(),
         };
 
+        if !subscription.initialized() {
+            match self.subscribe_entry(&user, subscription).await {
+                Ok(result) => result?,
+                Err(e) if e.is_cancelled() => return Err(BrokerError::Closed.into()),
+                Err(e) => {
+                    return Err(BrokerError::Unavailable(format!("subscribe failed: {e}")).into());
+                }
+            }
+        }
         let broker = &self.inner.broker;
-        subscription
-            .get_or_try_init(|| async { broker.subscribe(&user, self.router()).await })
-            .await?;
 
         let page = config.replay_page.max(1);
         let first = match &options.resume {
@@ -534,12 +546,14 @@ impl UnifiedWebSocketManager {
                     return;
                 }
             }
-            if shared.try_go_live(counters) {
+            // Go live only once history is read to its end: a replay longer than one page
+            // must not wait for the next live event to fetch the rest.
+            if shared.last_sent() >= history.last_seq && shared.try_go_live(counters) {
                 return;
             }
-            // Pending live events start past what history returned: read again. History
-            // holds every delivered event, so progress is certain unless the broker breaks
-            // that contract; then give up rather than spin.
+            // History has more pages, or pending live events start past what history
+            // returned: read again. History holds every delivered event, so progress is
+            // certain unless the broker breaks that contract; then give up rather than spin.
             if shared.last_sent() == before {
                 idle_rounds += 1;
                 if idle_rounds > 3 {
@@ -573,33 +587,67 @@ impl UnifiedWebSocketManager {
             return;
         }
         shared.close(CloseCode::Normal);
-        let unsubscribe = {
+        let released = {
             let mut shard = self.shard(&shared.user);
             match shard.get_mut(&shared.user) {
                 Some(entry) => {
                     entry.conns.retain(|c| !Arc::ptr_eq(c, shared));
-                    entry.conns.is_empty()
-                        && shard
-                            .remove(&shared.user)
-                            .is_some_and(|e| e.subscription.initialized())
+                    if entry.conns.is_empty() {
+                        shard.remove(&shared.user).map(|e| e.subscription)
+                    } else {
+                        None
+                    }
                 }
-                None => false,
+                None => None,
             }
         };
         self.inner.total.fetch_sub(1, Ordering::AcqRel);
         self.inner.counters.closed.fetch_add(1, Ordering::Relaxed);
-        if unsubscribe {
-            let broker = self.inner.broker.clone();
-            let user = shared.user.clone();
-            let router = self.router();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    if let Err(e) = broker.unsubscribe(&user, &router).await {
-                        tracing::warn!(%user, error = %e, "unsubscribe failed");
-                    }
-                });
-            }
+        if let Some(subscription) = released {
+            self.release_entry(shared.user.clone(), subscription);
         }
+    }
+
+    /// Subscribes the node to `user`'s stream for one registry entry, once. The broker
+    /// call runs in a task of its own and records its outcome in the entry's cell, so a
+    /// connect cancelled mid-call cannot leave a subscription the entry does not know of,
+    /// and a second connect waiting on the cell does not subscribe again.
+    fn subscribe_entry(
+        &self,
+        user: &UserId,
+        subscription: Arc<OnceCell<()>>,
+    ) -> tokio::task::JoinHandle<Result<(), BrokerError>> {
+        let broker = self.inner.broker.clone();
+        let router = self.router();
+        let user = user.clone();
+        tokio::spawn(async move {
+            subscription
+                .get_or_try_init(|| broker.subscribe(&user, router))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// Undoes the subscription of a registry entry that lost its last connection. Its
+    /// subscribe may still be in flight (the connect that started it was cancelled):
+    /// waiting for it on the cell — or making it, when it never started — means exactly
+    /// one unsubscribe answers exactly one subscribe.
+    fn release_entry(&self, user: UserId, subscription: Arc<OnceCell<()>>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(%user, "connection dropped outside a tokio runtime; broker subscription kept");
+            return;
+        };
+        let broker = self.inner.broker.clone();
+        let router = self.router();
+        handle.spawn(async move {
+            let subscribed = subscription
+                .get_or_try_init(|| broker.subscribe(&user, router.clone()))
+                .await
+                .is_ok();
+            if subscribed && let Err(e) = broker.unsubscribe(&user, &router).await {
+                tracing::warn!(%user, error = %e, "unsubscribe failed");
+            }
+        });
     }
 
     /// Validates `event` and serializes it once, fixing its `event_id` (a fresh UUIDv7

@@ -47,6 +47,9 @@ impl Default for HistoryConfig {
 const SHARDS: usize = 32;
 
 /// The in-memory [`Broker`]: the embedded default for one node.
+///
+/// A repeated `event_id` is recognised while its event is held in history: the dedupe
+/// window is the history window, so a retry must come before its event is trimmed.
 #[derive(Debug)]
 pub struct InMemoryBroker {
     shards: Box<[Mutex<Shard>]>,
@@ -132,10 +135,7 @@ impl Shard {
 
     fn trim_user(&mut self, user: &UserId, config: &HistoryConfig, now: Instant) -> u64 {
         let mut trimmed = 0;
-        loop {
-            let Some(stream) = self.streams.get(user) else {
-                break;
-            };
+        while let Some(stream) = self.streams.get(user) {
             let Some(front) = stream.events.front() else {
                 break;
             };
