@@ -12,7 +12,7 @@ use agentwire_protocol::{IdError, UserId};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::config::ServerConfig;
 
@@ -107,7 +107,24 @@ struct MintClaims<'a> {
     aud: Option<&'a str>,
 }
 
-/// Verifies client tokens and admin API keys.
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyScope {
+    /// Everything: publish, read history, the admin endpoints (`--api-keys`).
+    Full,
+    /// Only `POST /v1/events` (`--publish-api-keys`).
+    Publish,
+}
+
+/// A known API key: its scope, and which key it is (an index, so the key itself need not
+/// be kept anywhere else, e.g. to rate-limit per key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ApiKey {
+    pub(crate) scope: KeyScope,
+    pub(crate) id: usize,
+}
+
+/// Verifies client tokens and API keys.
 pub struct Auth {
     hs: Option<(DecodingKey, EncodingKey)>,
     rs: Option<DecodingKey>,
@@ -115,6 +132,7 @@ pub struct Auth {
     audience: Option<String>,
     leeway: Duration,
     api_keys: Vec<Vec<u8>>,
+    publish_keys: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for Auth {
@@ -126,6 +144,7 @@ impl fmt::Debug for Auth {
             .field("audience", &self.audience)
             .field("leeway", &self.leeway)
             .field("api_keys", &self.api_keys.len())
+            .field("publish_api_keys", &self.publish_keys.len())
             .finish()
     }
 }
@@ -176,6 +195,12 @@ impl Auth {
         auth.audience = config.jwt_audience.clone();
         auth.leeway = config.jwt_leeway;
         auth.api_keys = api_keys.into_iter().map(String::into_bytes).collect();
+        auth.publish_keys = config
+            .publish_api_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| k.clone().into_bytes())
+            .collect();
         Ok(auth)
     }
 
@@ -187,6 +212,7 @@ impl Auth {
             audience: None,
             leeway: Duration::ZERO,
             api_keys: Vec::new(),
+            publish_keys: Vec::new(),
         }
     }
 
@@ -268,18 +294,39 @@ impl Auth {
         )
     }
 
-    /// Whether any admin API key is configured.
+    /// Whether any API key (full or publish-only) is configured.
     pub fn has_api_keys(&self) -> bool {
-        !self.api_keys.is_empty()
+        !self.api_keys.is_empty() || !self.publish_keys.is_empty()
     }
 
-    /// Whether `key` is one of the API keys, compared in constant time.
+    /// Whether `key` is one of the full-access API keys (`--api-keys`, and the development
+    /// key), compared in constant time.
     pub fn check_api_key(&self, key: &str) -> bool {
+        self.api_key(key).is_some_and(|k| k.scope == KeyScope::Full)
+    }
+
+    /// Which API key `key` is, if any. Every configured key is compared, each in constant
+    /// time, whichever matches: the time taken does not tell which key matched, nor how
+    /// much of one.
+    pub(crate) fn api_key(&self, key: &str) -> Option<ApiKey> {
         let key = key.as_bytes();
-        self.api_keys
-            .iter()
-            .fold(subtle::Choice::from(0), |found, k| found | k.ct_eq(key))
-            .into()
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u64;
+        for (i, k) in self.api_keys.iter().chain(&self.publish_keys).enumerate() {
+            let hit = k.ct_eq(key);
+            index = u64::conditional_select(&index, &(i as u64), hit);
+            found |= hit;
+        }
+        if !bool::from(found) {
+            return None;
+        }
+        let id = usize::try_from(index).ok()?;
+        let scope = if id < self.api_keys.len() {
+            KeyScope::Full
+        } else {
+            KeyScope::Publish
+        };
+        Some(ApiKey { scope, id })
     }
 }
 
@@ -571,6 +618,26 @@ mod tests {
         assert!(!auth.check_api_key("k"));
         assert!(!auth.check_api_key("k22"));
         assert!(!auth.check_api_key(""));
+    }
+
+    #[test]
+    fn api_keys_have_a_scope_and_an_identity() {
+        let mut auth = Auth::hs256(b"s").expect("auth");
+        auth.api_keys = vec![b"full1".to_vec(), b"full2".to_vec()];
+        auth.publish_keys = vec![b"pub1".to_vec()];
+        let full2 = auth.api_key("full2").expect("known");
+        assert_eq!(full2.scope, KeyScope::Full);
+        let pub1 = auth.api_key("pub1").expect("known");
+        assert_eq!(pub1.scope, KeyScope::Publish);
+        let full1 = auth.api_key("full1").expect("known");
+        assert!(full1.id != full2.id && full1.id != pub1.id && full2.id != pub1.id);
+        assert_eq!(auth.api_key("pub"), None);
+        assert!(auth.check_api_key("full1"));
+        assert!(
+            !auth.check_api_key("pub1"),
+            "a publish-only key is not an admin key"
+        );
+        assert!(auth.has_api_keys());
     }
 
     #[test]

@@ -32,6 +32,15 @@ pub enum PerUserPolicy {
     Reject,
 }
 
+/// Whether the publish API checks each run's lifecycle (docs/protocol.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunLifecycle {
+    /// Refuse an event that breaks its run's order with 409.
+    Enforce,
+    /// Accept events in any order (the publisher is trusted to keep it).
+    Off,
+}
+
 /// How log lines are written (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -92,6 +101,16 @@ pub struct ServerConfig {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+
+    /// API keys that may only publish (POST /v1/events), comma-separated: they get 403
+    /// on history reads and the admin endpoints.
+    #[arg(
+        long,
+        env = "AGENTWIRE_PUBLISH_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub publish_api_keys: Vec<String>,
 
     /// Where the development secret and API key are kept [default:
     /// $XDG_STATE_HOME/agentwire/dev-credentials.json, else
@@ -178,6 +197,46 @@ pub struct ServerConfig {
     /// Largest event, in bytes of JSON.
     #[arg(long, env = "AGENTWIRE_MAX_EVENT_BYTES", default_value_t = agentwire_protocol::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
+
+    /// Most events in one publish body (a JSON array); more are refused with 413.
+    #[arg(long, env = "AGENTWIRE_MAX_BATCH", default_value_t = 100)]
+    pub max_batch: usize,
+
+    /// Largest publish request body, in bytes; larger ones are refused with 413.
+    #[arg(long, env = "AGENTWIRE_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Events per second each API key may publish (a token bucket); beyond it the
+    /// publish API answers 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, env = "AGENTWIRE_PUBLISH_RATE", default_value_t = 1_000)]
+    pub publish_rate: u32,
+
+    /// Events an API key may publish at once before --publish-rate applies (the bucket's
+    /// size).
+    #[arg(long, env = "AGENTWIRE_PUBLISH_BURST", default_value_t = 2_000)]
+    pub publish_burst: u32,
+
+    /// Whether the publish API checks each run's lifecycle.
+    #[arg(
+        long,
+        env = "AGENTWIRE_RUN_LIFECYCLE",
+        value_enum,
+        default_value = "enforce"
+    )]
+    pub run_lifecycle: RunLifecycle,
+
+    /// Most runs whose lifecycle state the publish API remembers; at the bound the least
+    /// recently used run is forgotten.
+    #[arg(long, env = "AGENTWIRE_MAX_RUNS", default_value_t = 100_000)]
+    pub max_runs: usize,
+
+    /// How long a run's state is remembered after its last event (finished or not).
+    #[arg(long, env = "AGENTWIRE_RUN_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub run_ttl: Duration,
+
+    /// Most events one history read (GET /v1/users/{user_id}/events) returns.
+    #[arg(long, env = "AGENTWIRE_HISTORY_READ_MAX", default_value_t = 1_000)]
+    pub history_read_max: usize,
 
     /// Bad client frames (each answered with an `error` frame) tolerated per connection;
     /// one more closes it with 1008.

@@ -1,5 +1,5 @@
 //! Plain HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, and the admin API behind an
-//! API key (`GET /v1/users/{id}/connections`, `POST /v1/users/{id}/disconnect`).
+//! API key (`GET /v1/users/{user_id}/connections`, `POST /v1/users/{user_id}/disconnect`).
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::auth::KeyScope;
 use crate::server::AppState;
 
 /// A JSON error body: `{"error": kind, "message": …}`.
@@ -18,11 +19,16 @@ pub(crate) fn json_error(status: StatusCode, kind: &str, message: &str) -> Respo
 }
 
 /// `GET /healthz`: the process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = crate::openapi::StatusDoc)))]
 pub(crate) async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
 /// `GET /readyz`: 200 while the broker answers and the server is not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready: the broker answers", body = crate::openapi::StatusDoc),
+    (status = 503, description = "The broker is unavailable, or the server is shutting down", body = crate::openapi::StatusDoc)))]
 pub(crate) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     if app.is_shutting_down() {
         return (
@@ -42,6 +48,9 @@ pub(crate) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Every metric (docs/operations.md), OpenMetrics text",
+        content_type = "application/openmetrics-text")))]
 pub(crate) async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let body = app.metrics.render();
     (
@@ -81,21 +90,31 @@ fn unauthorized(message: &str) -> ApiError {
     }
 }
 
-/// Checks `Authorization: Bearer <api key>`.
-fn admin_auth(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if !app.auth.has_api_keys() {
-        return Err(unauthorized("no API key is configured (--api-keys)"));
-    }
-    let key = headers
+/// The credential of `Authorization: Bearer <credential>`, when the header has that form.
+pub(crate) fn bearer_key(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim());
-    match key {
+        .map(|(_, key)| key.trim())
+}
+
+/// Checks `Authorization: Bearer <api key>`: a full-access key passes, a publish-only one
+/// is forbidden.
+fn admin_auth(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if !app.auth.has_api_keys() {
+        return Err(unauthorized("no API key is configured (--api-keys)"));
+    }
+    match bearer_key(headers).map(|k| app.auth.api_key(k)) {
         None => Err(unauthorized("send `Authorization: Bearer <api key>`")),
-        Some(k) if app.auth.check_api_key(k) => Ok(()),
-        Some(_) => Err(unauthorized("unknown API key")),
+        Some(Some(k)) if k.scope == KeyScope::Full => Ok(()),
+        Some(Some(_)) => Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            kind: "forbidden",
+            message: "this API key may only publish (--publish-api-keys)".to_owned(),
+        }),
+        Some(None) => Err(unauthorized("unknown API key")),
     }
 }
 
@@ -107,7 +126,15 @@ fn user_from_path(id: &str) -> Result<UserId, ApiError> {
     })
 }
 
-/// `GET /v1/users/{id}/connections`: the user's live connections on this node.
+/// `GET /v1/users/{user_id}/connections`: the user's live connections on this node.
+#[utoipa::path(get, path = "/v1/users/{user_id}/connections", tag = "admin",
+    security(("api_key" = [])),
+    params(("user_id" = String, Path, description = "The user")),
+    responses(
+        (status = 200, description = "The user's live connections on this node", body = crate::openapi::ConnectionsDoc),
+        (status = 400, description = "Not a valid user id", body = crate::openapi::AdminErrorDoc),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::AdminErrorDoc),
+        (status = 403, description = "A publish-only API key", body = crate::openapi::AdminErrorDoc)))]
 pub(crate) async fn user_connections(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -132,8 +159,16 @@ pub(crate) async fn user_connections(
     Ok(Json(json!({ "user_id": user, "connections": connections })).into_response())
 }
 
-/// `POST /v1/users/{id}/disconnect`: closes the user's connections with 1001 so their
+/// `POST /v1/users/{user_id}/disconnect`: closes the user's connections with 1001 so their
 /// clients reconnect and resume.
+#[utoipa::path(post, path = "/v1/users/{user_id}/disconnect", tag = "admin",
+    security(("api_key" = [])),
+    params(("user_id" = String, Path, description = "The user")),
+    responses(
+        (status = 200, description = "How many connections were closed with 1001", body = crate::openapi::DisconnectedDoc),
+        (status = 400, description = "Not a valid user id", body = crate::openapi::AdminErrorDoc),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::AdminErrorDoc),
+        (status = 403, description = "A publish-only API key", body = crate::openapi::AdminErrorDoc)))]
 pub(crate) async fn disconnect_user(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -36,12 +36,20 @@
 //! - `toml`: the optional `--config` file.
 //! - `rlimit`: a safe API to raise `RLIMIT_NOFILE` (`unsafe` is forbidden here).
 //! - `rand`: the development secret and API key.
+//! - `utoipa`: the OpenAPI document at `/openapi.json`, generated from the handlers'
+//!   attributes, so the document and the routes cannot drift apart unnoticed.
 //! - `tracing-subscriber`: text or JSON logs.
 
 mod auth;
 mod config;
+mod history_api;
 mod http;
 mod metrics;
+mod openapi;
+mod publish;
+mod ratelimit;
+mod routes;
+mod runs;
 mod server;
 mod shutdown;
 mod ws;
@@ -51,8 +59,8 @@ pub use auth::{
     mint_hs256, mint_token,
 };
 pub use config::{
-    BrokerKind, Cli, Command, ConfigError, LogFormat, PerUserPolicy, ServerConfig, TokenArgs,
-    parse_duration,
+    BrokerKind, Cli, Command, ConfigError, LogFormat, PerUserPolicy, RunLifecycle, ServerConfig,
+    TokenArgs, parse_duration,
 };
 pub use server::{
     FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, init_tracing,

@@ -50,6 +50,8 @@ pub(crate) struct Metrics {
     token_refreshes: Counter,
     handshake_rejections: Family<Labels, Counter>,
     closes: Family<Labels, Counter>,
+    /// The publish API's and the history read's.
+    pub(crate) publish: crate::publish::PublishMetrics,
     /// Frames whose `ts` could not be read; counted, never expected.
     unparsed_ts: AtomicU64,
 }
@@ -105,6 +107,7 @@ impl Metrics {
             "Close frames sent by the server, by close code",
             closes.clone(),
         );
+        let publish = crate::publish::PublishMetrics::register(&mut registry);
         registry.register_collector(Box::new(ManagerCollector { manager }));
         Metrics {
             registry,
@@ -115,6 +118,7 @@ impl Metrics {
             token_refreshes,
             handshake_rejections,
             closes,
+            publish,
             unparsed_ts: AtomicU64::new(0),
         }
     }

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentwire_manager::{InMemoryBroker, UnifiedWebSocketManager};
 use axum::Router;
-use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
@@ -59,13 +58,16 @@ pub(crate) struct AppState {
     pub(crate) auth: Auth,
     pub(crate) metrics: Metrics,
     pub(crate) ws: WsSettings,
+    pub(crate) publish: crate::publish::PublishApi,
     shutting_down: AtomicBool,
 }
 
 impl AppState {
     fn new(manager: UnifiedWebSocketManager, auth: Auth, config: &ServerConfig) -> Self {
+        let metrics = Metrics::new(manager.clone());
         AppState {
-            metrics: Metrics::new(manager.clone()),
+            publish: crate::publish::PublishApi::from_config(config, metrics.publish.clone()),
+            metrics,
             manager,
             auth,
             ws: WsSettings::from_config(config),
@@ -83,20 +85,8 @@ impl AppState {
 }
 
 fn routes(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/ws", get(crate::ws::ws_handler))
-        .route("/healthz", get(crate::http::healthz))
-        .route("/readyz", get(crate::http::readyz))
-        .route("/metrics", get(crate::http::metrics))
-        .route(
-            "/v1/users/{id}/connections",
-            get(crate::http::user_connections),
-        )
-        .route(
-            "/v1/users/{id}/disconnect",
-            post(crate::http::disconnect_user),
-        )
-        .with_state(state)
+    // The documented API: every route of `crate::routes::table`.
+    crate::routes::api().with_state(state)
 }
 
 /// The agentwire routes (`/ws`, `/healthz`, `/readyz`, `/metrics`, the admin API) over
@@ -222,7 +212,13 @@ impl Server {
     ///
     /// # Errors
     /// [`ServerError`] for an unsupported broker, unreadable keys, or a failed bind.
-    pub async fn bind(mut config: ServerConfig) -> Result<Server, ServerError> {
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        let config = Self::clamp_to_nofile(config);
+        let manager = build_manager(&config)?;
+        Self::bind_with(config, manager).await
+    }
+
+    fn clamp_to_nofile(mut config: ServerConfig) -> ServerConfig {
         if let Some(nofile) = raise_nofile_limit() {
             let clamped = clamp_max_connections(config.max_connections, nofile);
             if clamped < config.max_connections {
@@ -235,7 +231,19 @@ impl Server {
                 config.max_connections = clamped;
             }
         }
-        let manager = build_manager(&config)?;
+        config
+    }
+
+    /// As [`Server::bind`], over a manager built elsewhere (e.g. over a broker of your own):
+    /// the manager settings of `config` are not applied, the manager's own are, and the
+    /// open-file limit is left as it is.
+    ///
+    /// # Errors
+    /// [`ServerError`] for unreadable keys or a failed bind.
+    pub async fn bind_with(
+        config: ServerConfig,
+        manager: UnifiedWebSocketManager,
+    ) -> Result<Server, ServerError> {
         if UnifiedWebSocketManager::install_global(manager.clone()).is_err() {
             tracing::debug!("a process-wide manager was installed already; keeping it");
         }

@@ -186,6 +186,20 @@ fn resume_from_query(q: &WsQuery) -> Result<Option<Resume>, (&'static str, Strin
 }
 
 /// `GET /ws`.
+#[utoipa::path(get, path = "/ws", tag = "connect",
+    security(("jwt" = [])),
+    params(
+        ("token" = Option<String>, Query, description = "The client token, when no header or subprotocol carries it"),
+        ("last_seq" = Option<u64>, Query, description = "Resume after this seq (with `epoch`)"),
+        ("epoch" = Option<String>, Query, description = "The epoch of the stream being resumed"),
+    ),
+    responses(
+        (status = 101, description = "Upgraded to WebSocket (subprotocol agentwire.v1); frames as in docs/protocol.md"),
+        (status = 400, description = "Not a WebSocket handshake, or a bad resume point", body = crate::openapi::AdminErrorDoc),
+        (status = 401, description = "No token, or an invalid or expired one", body = crate::openapi::AdminErrorDoc),
+        (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = crate::openapi::AdminErrorDoc),
+        (status = 503, description = "The server is shutting down", body = crate::openapi::AdminErrorDoc),
+    ))]
 pub(crate) async fn ws_handler(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -1,0 +1,615 @@
+//! `POST /v1/events`: the publish API for agents in other processes and languages
+//! (docs/protocol.md §8), and what it shares with the history read: API-key checks, the
+//! `{"field","reason"}` error body, the settings and the metrics.
+//!
+//! A request goes through, in this order: the API key (401/403), the content type (415),
+//! the body size (413), decoding (400/413/422), each event's validation and size (422/413),
+//! the key's rate (429), the run lifecycle (409), and only then the broker (503 on a
+//! failure). Every check before the broker looks at the whole body, so a refused body
+//! publishes nothing; only a broker failure can stop a batch half-way.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use agentwire_manager::{BrokerError, EmitError, PreparedEvent};
+use agentwire_protocol::{
+    DecodeError, EventId, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishRequest,
+    PublishResponse, RunState, RunViolation, Seq, UserId,
+};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::auth::{ApiKey, KeyScope};
+use crate::config::{RunLifecycle, ServerConfig};
+use crate::ratelimit::RateLimiter;
+use crate::runs::{RunKey, RunMetrics, RunTable};
+use crate::server::AppState;
+
+/// How many of a user's newest events are searched for a retried `event_id` when an event
+/// seems to break its run (it may be a retry of one already accepted).
+pub(crate) const REPLAY_LOOKUP_EVENTS: usize = 1_000;
+
+/// `Retry-After` of a 503, in seconds.
+const BROKER_RETRY_AFTER_SECS: u64 = 1;
+
+type StatusLabel = [(&'static str, &'static str); 1];
+
+/// The metrics of the publish API and the history read.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PublishMetrics {
+    requests: Family<StatusLabel, Counter>,
+    history_reads: Family<StatusLabel, Counter>,
+    pub(crate) runs: RunMetrics,
+}
+
+impl PublishMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let m = PublishMetrics::default();
+        registry.register(
+            "agentwire_publish_requests",
+            "POST /v1/events requests, by HTTP status (429: refused by the per-key rate limit)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "agentwire_history_reads",
+            "GET /v1/users/{user_id}/events requests, by HTTP status",
+            m.history_reads.clone(),
+        );
+        registry.register(
+            "agentwire_run_states",
+            "Runs whose lifecycle state the publish API remembers (at most --max-runs)",
+            m.runs.runs.clone(),
+        );
+        registry.register(
+            "agentwire_run_state_evictions",
+            "Runs forgotten because --max-runs was reached (least recently used first)",
+            m.runs.evictions.clone(),
+        );
+        registry.register(
+            "agentwire_run_states_expired",
+            "Runs forgotten --run-ttl after their last event",
+            m.runs.expired.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn history_read(&self, status: StatusCode) {
+        self.history_reads
+            .get_or_create(&[("status", status_label(status))])
+            .inc();
+    }
+}
+
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+/// The settings and state of the publish API.
+#[derive(Debug)]
+pub(crate) struct PublishApi {
+    pub(crate) max_batch: usize,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) history_read_max: usize,
+    publish_rate: u32,
+    limiter: Option<RateLimiter>,
+    runs: Option<RunTable>,
+    pub(crate) metrics: PublishMetrics,
+}
+
+impl PublishApi {
+    pub(crate) fn from_config(c: &ServerConfig, metrics: PublishMetrics) -> Self {
+        PublishApi {
+            max_batch: c.max_batch.max(1),
+            max_request_bytes: c.max_request_bytes,
+            history_read_max: c.history_read_max.max(1),
+            publish_rate: c.publish_rate,
+            limiter: RateLimiter::new(c.publish_rate, c.publish_burst),
+            runs: match c.run_lifecycle {
+                RunLifecycle::Enforce => {
+                    Some(RunTable::new(c.max_runs, c.run_ttl, metrics.runs.clone()))
+                }
+                RunLifecycle::Off => None,
+            },
+            metrics,
+        }
+    }
+}
+
+/// A refused request: the status, and the body `{"field": …, "reason": …}`.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    pub(crate) status: StatusCode,
+    pub(crate) field: Option<String>,
+    pub(crate) reason: String,
+    pub(crate) retry_after: Option<u64>,
+}
+
+/// The body of every refusal of the publish API and the history read.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    /// The field the error is about: a path such as `data.tool_call_id` or, inside a
+    /// batch, `[1].data.tool_call_id`; `null` when it is not about one field.
+    #[schema(required)]
+    field: Option<String>,
+    /// What is wrong.
+    reason: String,
+}
+
+impl Problem {
+    pub(crate) fn new(
+        status: StatusCode,
+        field: Option<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Problem {
+            status,
+            field,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            field: self.field,
+            reason: self.reason,
+        };
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
+    }
+}
+
+/// Checks `Authorization: Bearer <api key>` with the server's API-key check, and that the
+/// key's scope allows `need`.
+pub(crate) fn authorize(
+    app: &AppState,
+    headers: &HeaderMap,
+    need: KeyScope,
+) -> Result<ApiKey, Problem> {
+    let unauthorized = |reason: &str| Problem::new(StatusCode::UNAUTHORIZED, None, reason);
+    if !app.auth.has_api_keys() {
+        return Err(unauthorized(
+            "no API key is configured (--api-keys, --publish-api-keys)",
+        ));
+    }
+    let Some(presented) = crate::http::bearer_key(headers) else {
+        return Err(unauthorized("send `Authorization: Bearer <api key>`"));
+    };
+    let Some(key) = app.auth.api_key(presented) else {
+        return Err(unauthorized("unknown API key"));
+    };
+    match (need, key.scope) {
+        (KeyScope::Publish, _) | (KeyScope::Full, KeyScope::Full) => Ok(key),
+        (KeyScope::Full, KeyScope::Publish) => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            None,
+            "this API key may only publish (--publish-api-keys)",
+        )),
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            "send `Content-Type: application/json`",
+        ))
+    }
+}
+
+fn request_too_large(limit: usize) -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        None,
+        format!("the request body is larger than {limit} bytes (--max-request-bytes)"),
+    )
+}
+
+/// Reads the body, refusing more than `limit` bytes as soon as it is known: from
+/// `Content-Length` before reading anything, else while reading.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Problem> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(request_too_large(limit));
+    }
+    let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("cannot read the body: {e}"),
+            )
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(request_too_large(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The status and body for a body that did not decode.
+fn decode_problem(e: &DecodeError, body_len: usize, api: &PublishApi) -> Problem {
+    match e {
+        DecodeError::TooLarge { .. } if body_len > api.max_request_bytes => {
+            request_too_large(api.max_request_bytes)
+        }
+        DecodeError::TooLarge { size, limit } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            format!("the batch holds {size} events; the limit is {limit} (--max-batch)"),
+        ),
+        DecodeError::MissingType
+        | DecodeError::UnknownType { .. }
+        | DecodeError::Invalid { .. } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.field().map(str::to_owned),
+            reason_of(e),
+        ),
+        _ => Problem::new(StatusCode::BAD_REQUEST, None, e.to_string()),
+    }
+}
+
+/// The reason of a field error, without the "field `x`:" its `Display` starts with (the
+/// body names the field on its own).
+fn reason_of(e: &DecodeError) -> String {
+    match e {
+        DecodeError::Invalid { reason, .. } => reason.clone(),
+        DecodeError::MissingType => "missing or not a string".into(),
+        DecodeError::UnknownType { type_name } => format!("unknown type `{type_name}`"),
+        other => other.to_string(),
+    }
+}
+
+/// The path prefix of item `i`: `[i]` in a batch, nothing for a single event.
+fn item(batch: bool, i: usize) -> String {
+    if batch {
+        format!("[{i}]")
+    } else {
+        String::new()
+    }
+}
+
+fn prepare_problem(e: EmitError, batch: bool, i: usize) -> Problem {
+    match e {
+        EmitError::Invalid(d) => {
+            let d = d.within(&item(batch, i));
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                d.field().map(str::to_owned),
+                reason_of(&d),
+            )
+        }
+        EmitError::TooLarge { size, limit } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            batch.then(|| item(batch, i)),
+            format!("the event is {size} bytes of JSON; the limit is {limit} (--max-event-bytes)"),
+        ),
+        other => broker_problem(&other, batch, i),
+    }
+}
+
+fn broker_problem(e: &EmitError, batch: bool, i: usize) -> Problem {
+    let transient = e.is_transient() || matches!(e, EmitError::Broker(BrokerError::Closed));
+    let mut reason = e.to_string();
+    if batch && i > 0 {
+        reason.push_str(&format!(
+            "; the events before [{i}] were accepted: retry the body with the same event_ids"
+        ));
+    } else {
+        reason.push_str("; nothing was published");
+    }
+    if transient {
+        Problem {
+            retry_after: Some(BROKER_RETRY_AFTER_SECS),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                batch.then(|| item(batch, i)),
+                reason,
+            )
+        }
+    } else {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            batch.then(|| item(batch, i)),
+            reason,
+        )
+    }
+}
+
+/// The run an event belongs to, when it is a run event (`custom` events are outside the
+/// lifecycle).
+fn run_key(r: &PublishRequest) -> Option<RunKey> {
+    if !r.event.event_type().is_run_event() {
+        return None;
+    }
+    r.event
+        .run_id
+        .as_ref()
+        .map(|run| (r.user_id.clone(), run.clone()))
+}
+
+/// The name of a violation, as docs/protocol.md §7 lists them.
+fn violation_name(v: &RunViolation) -> &'static str {
+    match v {
+        RunViolation::NotStarted { .. } => "NotStarted",
+        RunViolation::AlreadyStarted => "AlreadyStarted",
+        RunViolation::DuplicateToolCall { .. } => "DuplicateToolCall",
+        RunViolation::UnknownToolCall { .. } => "UnknownToolCall",
+        RunViolation::TooManyOpenToolCalls => "TooManyOpenToolCalls",
+        RunViolation::AfterTerminal { .. } => "AfterTerminal",
+        _ => "RunViolation",
+    }
+}
+
+fn violation_problem(v: &RunViolation, batch: bool, i: usize) -> Problem {
+    let field = match v {
+        RunViolation::DuplicateToolCall { .. }
+        | RunViolation::UnknownToolCall { .. }
+        | RunViolation::TooManyOpenToolCalls => "data.tool_call_id",
+        _ => "type",
+    };
+    let prefix = item(batch, i);
+    let field = if prefix.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{prefix}.{field}")
+    };
+    Problem::new(
+        StatusCode::CONFLICT,
+        Some(field),
+        format!("{}: {v}", violation_name(v)),
+    )
+}
+
+/// Whether `event_id` is among `user`'s newest [`REPLAY_LOOKUP_EVENTS`] events: then an
+/// event carrying it is a retry of one the broker accepted, not a new one.
+async fn accepted_before(
+    app: &AppState,
+    user: &UserId,
+    event_id: &EventId,
+) -> Result<bool, BrokerError> {
+    let broker = app.manager.broker();
+    let newest = broker.history(user, Seq::ZERO, 0).await?.last_seq;
+    let after = Seq(newest.get().saturating_sub(REPLAY_LOOKUP_EVENTS as u64));
+    let held = broker.history(user, after, REPLAY_LOOKUP_EVENTS).await?;
+    Ok(held.events.iter().any(|e| &e.event_id == event_id))
+}
+
+/// Checks every run event of the body against copies of its run's state, in order. An
+/// event that breaks its run is refused — unless it carries an `event_id` the user's
+/// stream already holds: then it is a retry, the broker will answer its first
+/// acceptance, and the run's state stays as it is.
+async fn check_runs(
+    app: &AppState,
+    requests: &[PublishRequest],
+    states: HashMap<RunKey, RunState>,
+    batch: bool,
+) -> Result<(), Problem> {
+    let mut states = states;
+    for (i, r) in requests.iter().enumerate() {
+        let Some(key) = run_key(r) else { continue };
+        let state = states.entry(key).or_default();
+        let Err(violation) = state.apply(&r.event.data) else {
+            continue;
+        };
+        let retry = match &r.event_id {
+            Some(id) => accepted_before(app, &r.user_id, id)
+                .await
+                .map_err(|e| broker_problem(&EmitError::Broker(e), false, 0))?,
+            None => false,
+        };
+        if !retry {
+            return Err(violation_problem(&violation, batch, i));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/events`: publishes one event or a batch, all or nothing (docs/protocol.md
+/// §8).
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "publish",
+    security(("api_key" = [])),
+    request_body(
+        content = crate::openapi::PublishBodyDoc,
+        content_type = "application/json",
+        description = "One event, or an array of 1 to --max-batch events (default 100), \
+            for one or more users. Checked as a whole before anything is published."
+    ),
+    responses(
+        (status = 200, description = "Every event accepted; one result per event, in request order. \
+            An event_id accepted before is answered with its first acceptance.",
+            body = crate::openapi::PublishResponseDoc),
+        (status = 400, description = "Not UTF-8, not JSON, neither an object nor a non-empty array, or nested too deep", body = ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
+        (status = 409, description = "An event breaks its run's lifecycle; `reason` names the violation", body = ErrorBody),
+        (status = 413, description = "An event larger than --max-event-bytes, a body larger than --max-request-bytes, or more than --max-batch events", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 422, description = "A missing, unknown or ill-typed field, or an identifier breaking the rule", body = ErrorBody),
+        (status = 429, description = "The API key exceeds --publish-rate; nothing was published", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the events fit the rate"))),
+        (status = 500, description = "The broker refused the event for good", body = ErrorBody),
+        (status = 503, description = "The broker is unavailable; the events before `field` were accepted. \
+            Retrying with the same event_ids is safe", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
+pub(crate) async fn publish_events(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = match publish(&app, &headers, body).await {
+        Ok(r) => Json(r).into_response(),
+        Err(p) => p.into_response(),
+    };
+    app.publish
+        .metrics
+        .requests
+        .get_or_create(&[("status", status_label(response.status()))])
+        .inc();
+    response
+}
+
+async fn publish(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<PublishResponse, Problem> {
+    let api = &app.publish;
+    let key = authorize(app, headers, KeyScope::Publish)?;
+    check_content_type(headers)?;
+    let bytes = read_body(headers, body, api.max_request_bytes).await?;
+    let limits = Limits {
+        max_bytes: api.max_request_bytes,
+        max_depth: MAX_EVENT_DEPTH,
+    };
+    let decoded = PublishBody::decode(&bytes, limits, api.max_batch)
+        .map_err(|e| decode_problem(&e, bytes.len(), api))?;
+    drop(bytes);
+    let batch = matches!(decoded, PublishBody::Batch(_));
+    let requests = decoded.into_requests();
+    let prepared = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            app.manager
+                .prepare_event(&r.user_id, &r.event, r.event_id.clone())
+                .map_err(|e| prepare_problem(e, batch, i))
+        })
+        .collect::<Result<Vec<PreparedEvent>, Problem>>()?;
+    if let Some(limiter) = &api.limiter
+        && let Err(wait) = limiter.take(key.id, requests.len(), Instant::now())
+    {
+        return Err(Problem {
+            retry_after: Some(wait.as_secs().max(1)),
+            ..Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                format!(
+                    "this API key may publish {} events per second (--publish-rate); nothing was published",
+                    api.publish_rate
+                ),
+            )
+        });
+    }
+    let mut locked = match &api.runs {
+        Some(runs) => {
+            let keys: BTreeSet<RunKey> = requests.iter().filter_map(run_key).collect();
+            let locked = runs.lock(keys).await;
+            check_runs(app, &requests, locked.snapshot(), batch).await?;
+            Some(locked)
+        }
+        None => None,
+    };
+    let mut results = Vec::with_capacity(prepared.len());
+    for (i, (event, request)) in prepared.iter().zip(&requests).enumerate() {
+        let accepted = app
+            .manager
+            .emit_prepared(event)
+            .await
+            .map_err(|e| broker_problem(&e, batch, i))?;
+        if let (Some(locked), Some(key)) = (locked.as_mut(), run_key(request))
+            && let Some(state) = locked.state_mut(&key)
+        {
+            // A retry the check let through (see `check_runs`) does not apply again; an
+            // event whose first publish failed after the broker took it does.
+            let _ = state.apply(&request.event.data);
+        }
+        results.push(PublishAccepted {
+            seq: accepted.seq,
+            event_id: accepted.event_id,
+            ts: accepted.ts,
+        });
+    }
+    Ok(PublishResponse { results })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentwire_protocol::EventData;
+
+    #[test]
+    fn violations_name_their_kind_and_field() {
+        let v = RunViolation::UnknownToolCall {
+            tool_call_id: "tc9".into(),
+        };
+        let p = violation_problem(&v, true, 2);
+        assert_eq!(p.status, StatusCode::CONFLICT);
+        assert_eq!(p.field.as_deref(), Some("[2].data.tool_call_id"));
+        assert!(p.reason.starts_with("UnknownToolCall: "), "{}", p.reason);
+        let p = violation_problem(&RunViolation::AlreadyStarted, false, 0);
+        assert_eq!(p.field.as_deref(), Some("type"));
+    }
+
+    #[test]
+    fn every_violation_has_its_documented_name() {
+        let mut state = RunState::default();
+        let thinking = EventData::AgentThinking(agentwire_protocol::AgentThinking::default());
+        let v = state.apply(&thinking).expect_err("not started");
+        assert_eq!(violation_name(&v), "NotStarted");
+    }
+
+    #[test]
+    fn content_type_must_be_json_with_any_parameters() {
+        let mut h = HeaderMap::new();
+        assert!(check_content_type(&h).is_err());
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(check_content_type(&h).is_err());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert!(check_content_type(&h).is_ok());
+    }
+}
