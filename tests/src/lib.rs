@@ -109,7 +109,24 @@ impl TestServer {
     pub async fn start_with(change: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let mut config = test_config();
         change(&mut config);
-        let server = Server::bind(config).await.expect("test server binds");
+        TestServer::serving(Server::bind(config).await.expect("test server binds"))
+    }
+
+    /// Starts a server with [`test_config`] changed by `change`, over `manager` (e.g. one
+    /// over a broker of the test's own).
+    pub async fn start_over(
+        manager: UnifiedWebSocketManager,
+        change: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let mut config = test_config();
+        change(&mut config);
+        let server = Server::bind_with(config, manager)
+            .await
+            .expect("test server binds");
+        TestServer::serving(server)
+    }
+
+    fn serving(server: Server) -> TestServer {
         let addr = server.local_addr();
         let manager = server.manager().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -534,4 +551,71 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
         .and_then(|v| v.split(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+impl TestServer {
+    /// `POST /v1/events` with `body` as JSON, [`API_KEY`] and
+    /// `Content-Type: application/json`.
+    pub async fn publish(&self, body: &serde_json::Value) -> HttpResponse {
+        self.publish_as(API_KEY, body).await
+    }
+
+    /// `POST /v1/events` with `body` as JSON, sent with the API key `key`.
+    pub async fn publish_as(&self, key: &str, body: &serde_json::Value) -> HttpResponse {
+        let auth = format!("Bearer {key}");
+        http_send(
+            self.addr,
+            "POST",
+            "/v1/events",
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .await
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`, the given headers and body (its
+/// `Content-Length` is added). The response is read to its end; a connection reset after a
+/// complete response head (a server that refused the body before reading all of it) ends
+/// the read without failing.
+pub async fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let work = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        // A server may answer and close before reading a refused body; the answer counts.
+        let _ = s.write_all(&request).await;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(_) if raw.windows(4).any(|w| w == b"\r\n\r\n") => break,
+                Err(e) => panic!("reading the response: {e}"),
+            }
+        }
+        raw
+    };
+    let raw = timeout(WAIT, work)
+        .await
+        .expect("HTTP response within the wait bound");
+    parse_http(&raw)
 }
