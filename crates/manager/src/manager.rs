@@ -374,15 +374,6 @@ impl UnifiedWebSocketManager {
         self.start_sweeper();
         let config = &self.inner.config;
         let counters = &self.inner.counters;
-        if self.inner.total.fetch_add(1, Ordering::AcqRel) >= config.max_connections {
-            self.inner.total.fetch_sub(1, Ordering::AcqRel);
-            counters
-                .rejections_node_full
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(ConnectError::NodeFull {
-                limit: config.max_connections,
-            });
-        }
         let shared = Arc::new(ConnShared::new(user.clone(), config.queue));
         shared.touch();
         let (subscription, evicted) = {
@@ -399,7 +390,6 @@ impl UnifiedWebSocketManager {
                             shard.remove(&user);
                         }
                         drop(shard);
-                        self.inner.total.fetch_sub(1, Ordering::AcqRel);
                         counters
                             .rejections_user_limit
                             .fetch_add(1, Ordering::Relaxed);
@@ -418,11 +408,27 @@ impl UnifiedWebSocketManager {
                     }
                 }
             }
+            // An eviction hands its slot to the new connection, so only a connection that
+            // adds to the node's count is checked against the node cap.
+            if evicted.is_none()
+                && self.inner.total.fetch_add(1, Ordering::AcqRel) >= config.max_connections
+            {
+                self.inner.total.fetch_sub(1, Ordering::AcqRel);
+                if entry.conns.is_empty() {
+                    shard.remove(&user);
+                }
+                drop(shard);
+                counters
+                    .rejections_node_full
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ConnectError::NodeFull {
+                    limit: config.max_connections,
+                });
+            }
             entry.conns.push(shared.clone());
             (entry.subscription.clone(), evicted)
         };
         if let Some(old) = evicted {
-            self.inner.total.fetch_sub(1, Ordering::AcqRel);
             counters.closed.fetch_add(1, Ordering::Relaxed);
             counters.evictions.fetch_add(1, Ordering::Relaxed);
             old.close(CloseCode::Replaced);

@@ -213,3 +213,32 @@ async fn slow_consumer_is_closed_and_resumes_without_gap_or_duplicate() {
     back.assert_only_events_of(&u);
     assert_eq!(m.get_stats().slow_consumer_closes, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replacing_connection_is_accepted_on_a_full_node() {
+    // Two users fill a node of 4 (3 + 1). Alice's 4th connection evicts her oldest, so the
+    // node's count does not grow: it is accepted, not refused with 1013.
+    let m = manager(ManagerConfig {
+        max_connections: 4,
+        ..ManagerConfig::default()
+    });
+    let alice = user("alice");
+    let mut oldest = connect(&m, &alice, ConnectOptions::default()).await;
+    let _second = connect(&m, &alice, ConnectOptions::default()).await;
+    let _third = connect(&m, &alice, ConnectOptions::default()).await;
+    let _bob = connect(&m, &user("bob"), ConnectOptions::default()).await;
+    let _fourth = connect(&m, &alice, ConnectOptions::default()).await;
+    assert_eq!(oldest.until_closed().await, CloseCode::Replaced);
+    let stats = m.get_stats();
+    assert_eq!(stats.connections, 4);
+    assert_eq!(stats.evictions, 1);
+    assert_eq!(stats.rejections_node_full, 0);
+
+    // A new user still finds the node full.
+    let err = m
+        .connect_user(user("carol"), ConnectOptions::default())
+        .await
+        .expect_err("node is full");
+    assert_eq!(err.close_code(), CloseCode::TryAgainLater);
+    assert_eq!(m.get_stats().rejections_node_full, 1);
+}
