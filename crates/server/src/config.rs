@@ -272,6 +272,12 @@ pub struct ServerConfig {
     /// Log line format.
     #[arg(long, env = "AGENTWIRE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// The live demo page at / (with /demo/* endpoints that mint development tokens and
+    /// start simulated runs): auto = on only in development mode (no --jwt-secret, no
+    /// --jwt-public-key), on, or off. /client.js is served in every mode.
+    #[arg(long, env = "AGENTWIRE_DEMO", value_enum, default_value = "auto")]
+    pub demo: crate::demo::DemoMode,
 }
 
 impl Default for ServerConfig {

@@ -42,6 +42,7 @@
 
 mod auth;
 mod config;
+mod demo;
 mod history_api;
 mod http;
 mod metrics;
@@ -62,6 +63,7 @@ pub use config::{
     BrokerKind, Cli, Command, ConfigError, LogFormat, PerUserPolicy, RunLifecycle, ServerConfig,
     TokenArgs, parse_duration,
 };
+pub use demo::{DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL, DemoMode};
 pub use server::{
     FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, init_tracing,
     raise_nofile_limit, router, router_with, run,

@@ -38,6 +38,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             path.display()
         ));
     }
+    // Last: scripts read the address and the credentials path from the lines before.
+    if server.demo_enabled() {
+        say(&format!("demo page: http://{addr}/"));
+    }
     server.serve(stop).await?;
     Ok(())
 }

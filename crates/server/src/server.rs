@@ -59,6 +59,7 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     pub(crate) ws: WsSettings,
     pub(crate) publish: crate::publish::PublishApi,
+    pub(crate) demo: crate::demo::Demo,
     shutting_down: AtomicBool,
 }
 
@@ -68,6 +69,7 @@ impl AppState {
         AppState {
             publish: crate::publish::PublishApi::from_config(config, metrics.publish.clone()),
             metrics,
+            demo: crate::demo::Demo::new(&manager, config),
             manager,
             auth,
             ws: WsSettings::from_config(config),
@@ -85,19 +87,26 @@ impl AppState {
 }
 
 fn routes(state: Arc<AppState>) -> Router {
-    // The documented API: every route of `crate::routes::table`.
-    crate::routes::api().with_state(state)
+    crate::demo::routes(state.demo.is_enabled())
+        // The documented API: every route of `crate::routes::table`.
+        .merge(crate::routes::api())
+        .with_state(state)
 }
 
-/// The agentwire routes (`/ws`, `/healthz`, `/readyz`, `/metrics`, the admin API) over
-/// `manager`, with the defaults of every setting: development credentials from the
+/// The agentwire routes (`/ws`, `/healthz`, `/readyz`, `/metrics`, the admin API, the
+/// browser client `/client.js`; never the demo page) over `manager`, with the defaults of
+/// every other setting: development credentials from the
 /// default file (created on first use). When that file cannot be used, a random secret
 /// for this process only is used instead, and an error is logged.
 ///
 /// Mount it in another axum app with `Router::merge` or `nest`. Limits and heartbeat are
 /// the manager's own: the router reads them from `manager.config()`.
 pub fn router(manager: UnifiedWebSocketManager) -> Router {
-    let config = ServerConfig::default();
+    // No demo page: `/` belongs to the application this is mounted in.
+    let config = ServerConfig {
+        demo: crate::demo::DemoMode::Off,
+        ..ServerConfig::default()
+    };
     match router_with(manager.clone(), &config) {
         Ok(r) => r,
         Err(e) => {
@@ -280,6 +289,11 @@ impl Server {
     /// The server's manager: emit events through it.
     pub fn manager(&self) -> &UnifiedWebSocketManager {
         &self.state.manager
+    }
+
+    /// Whether the demo page is served at `/` (see `--demo`).
+    pub fn demo_enabled(&self) -> bool {
+        self.state.demo.is_enabled()
     }
 
     /// The development credentials file in use, when no secret was configured.
