@@ -1,0 +1,294 @@
+//! The demo's HTTP surface and `/client.js` without a browser (issue 7): which mode serves
+//! what, development tokens, simulated runs through the bridge for the token's user only,
+//! cancelling a run, the stats endpoint. The browser side is `e2e_browser.rs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentwire::protocol::{EventData, EventType};
+use agentwire::server::{DemoMode, ServerConfig};
+use agentwire_e2e::{Client, HttpResponse, Received, TestServer, http_send};
+
+fn temp_credentials() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    std::env::temp_dir()
+        .join(format!("agentwire-e2e-demo-{}-{nanos}", std::process::id()))
+        .join("dev-credentials.json")
+}
+
+/// A server in development mode: no secret, development credentials in a temporary file.
+async fn dev_server(demo: DemoMode) -> (TestServer, PathBuf) {
+    let credentials = temp_credentials();
+    let path = credentials.clone();
+    let server = TestServer::start_with(move |c: &mut ServerConfig| {
+        c.jwt_secret = None;
+        c.dev_credentials_file = Some(path);
+        c.demo = demo;
+    })
+    .await;
+    (server, credentials)
+}
+
+async fn post(server: &TestServer, path: &str, bearer: Option<&str>, body: &str) -> HttpResponse {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    http_send(server.addr, "POST", path, &headers, body.as_bytes()).await
+}
+
+async fn dev_token(server: &TestServer, user: &str) -> String {
+    let r = post(
+        server,
+        "/demo/token",
+        None,
+        &serde_json::json!({ "user_id": user }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["user_id"], user);
+    body["token"].as_str().expect("a token").to_owned()
+}
+
+/// Connects with `token` (a development token: the server's own test tokens are signed
+/// with a secret a development-mode server does not know).
+async fn connect_with(server: &TestServer, token: &str) -> Client {
+    let mut client = server
+        .try_connect(server.request(token, ""))
+        .await
+        .expect("connects with a development token");
+    client.read_established().await;
+    client
+}
+
+async fn start_run(server: &TestServer, token: &str, pace_ms: u64) -> String {
+    let r = post(
+        server,
+        "/demo/runs",
+        Some(token),
+        &format!(r#"{{"pace_ms":{pace_ms}}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    r.json()["run_id"].as_str().expect("a run id").to_owned()
+}
+
+fn cleanup(credentials: &std::path::Path) {
+    if let Some(dir) = credentials.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[tokio::test]
+async fn development_mode_serves_the_page_client_and_assets() {
+    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    let page = server.http("GET", "/", None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .is_some_and(|v| v.starts_with("text/html"))
+    );
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|v| v.contains("default-src 'none'")),
+        "the page loads nothing from elsewhere"
+    );
+    assert!(page.body.contains("/demo.js"));
+    for (path, kind, needle) in [
+        (
+            "/client.js",
+            "text/javascript",
+            "export class AgentwireClient",
+        ),
+        (
+            "/client.d.ts",
+            "application/typescript",
+            "export declare class AgentwireClient",
+        ),
+        ("/demo.js", "text/javascript", "from \"/client.js\""),
+        ("/demo.css", "text/css", ".timeline"),
+    ] {
+        let r = server.http("GET", path, None).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            r.header("content-type")
+                .is_some_and(|v| v.starts_with(kind)),
+            "{path}"
+        );
+        assert!(r.body.contains(needle), "{path}");
+    }
+    let stats = server.http("GET", "/demo/stats", None).await;
+    assert_eq!(stats.status, 200);
+    assert_eq!(stats.json()["demo_runs_active"], 0);
+    server.stop().await;
+    cleanup(&credentials);
+}
+
+#[tokio::test]
+async fn a_configured_secret_turns_the_demo_off_but_not_the_client() {
+    let server = TestServer::start().await;
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/demo.js"),
+        ("GET", "/demo/stats"),
+        ("POST", "/demo/token"),
+        ("POST", "/demo/runs"),
+    ] {
+        let r = server.http(method, path, None).await;
+        assert_eq!(r.status, 404, "{method} {path} is not served in production");
+    }
+    assert_eq!(server.http("GET", "/client.js", None).await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn demo_on_with_a_configured_secret_never_mints_tokens() {
+    let server = TestServer::start_with(|c| c.demo = DemoMode::On).await;
+    assert_eq!(server.http("GET", "/", None).await.status, 200);
+    let r = post(&server, "/demo/token", None, r#"{"user_id":"alice"}"#).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "forbidden");
+    // Runs still work for a user with a token of the configured secret.
+    let run = start_run(&server, &server.token("alice"), 0).await;
+    assert!(run.starts_with("run_"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn demo_off_in_development_mode_serves_no_demo() {
+    let (server, credentials) = dev_server(DemoMode::Off).await;
+    assert_eq!(server.http("GET", "/", None).await.status, 404);
+    let r = post(&server, "/demo/token", None, r#"{"user_id":"alice"}"#).await;
+    assert_eq!(r.status, 404);
+    server.stop().await;
+    cleanup(&credentials);
+}
+
+#[tokio::test]
+async fn a_run_reaches_the_token_user_only_in_run_order() {
+    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    let alice_token = dev_token(&server, "alice").await;
+    let mut alice = connect_with(&server, &alice_token).await;
+    let mut bob = connect_with(&server, &dev_token(&server, "bob").await).await;
+    assert_eq!(
+        alice.established.as_ref().map(|c| c.user_id.as_str()),
+        Some("alice"),
+        "a development token authenticates its user"
+    );
+
+    let unauthorized = post(&server, "/demo/runs", None, "{}").await;
+    assert_eq!(unauthorized.status, 401, "{}", unauthorized.body);
+    let forged = post(&server, "/demo/runs", Some("not-a-token"), "{}").await;
+    assert_eq!(forged.status, 401, "{}", forged.body);
+
+    let run = start_run(&server, &alice_token, 0).await;
+    let mut types = Vec::new();
+    loop {
+        let e = alice.event().await;
+        assert_eq!(
+            e.event.run_id.as_ref().map(|r| r.as_str()),
+            Some(run.as_str())
+        );
+        let t = e.event.data.event_type();
+        types.push(t);
+        if t == EventType::AgentCompleted {
+            break;
+        }
+    }
+    assert_eq!(types, agentwire::bridge::SIMULATED_RUN_EVENTS.to_vec());
+    assert_eq!(
+        bob.recv_within(Duration::from_millis(300)).await,
+        None,
+        "bob receives nothing of alice's run"
+    );
+    let stats = server.http("GET", "/demo/stats", None).await.json();
+    assert_eq!(stats["demo_runs_started"], 1);
+    assert_eq!(stats["events_emitted"], types.len());
+    server.stop().await;
+    cleanup(&credentials);
+}
+
+#[tokio::test]
+async fn cancelling_a_run_ends_it_with_agent_error_for_its_user_only() {
+    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    let alice_token = dev_token(&server, "alice").await;
+    let bob_token = dev_token(&server, "bob").await;
+    let mut alice = connect_with(&server, &alice_token).await;
+    let run = start_run(&server, &alice_token, 5_000).await;
+    let started = alice.event().await;
+    assert_eq!(started.event.data.event_type(), EventType::AgentStarted);
+
+    let path = format!("/demo/runs/{run}/cancel");
+    let not_bobs = post(&server, &path, Some(&bob_token), "").await;
+    assert_eq!(not_bobs.status, 404, "bob cannot cancel alice's run");
+    let cancelled = post(&server, &path, Some(&alice_token), "").await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    match alice.recv().await {
+        Received::Frame(agentwire::protocol::ServerFrame::Event(e)) => match e.event.data {
+            EventData::AgentError(err) => {
+                assert_eq!(err.code.as_deref(), Some(agentwire::bridge::RUN_DROPPED));
+            }
+            other => panic!("expected agent_error, got {other:?}"),
+        },
+        other => panic!("expected agent_error, got {other:?}"),
+    }
+    let again = post(&server, &path, Some(&alice_token), "").await;
+    assert_eq!(again.status, 404, "cancelling twice is a defined no-op");
+    let stats = server.http("GET", "/demo/stats", None).await.json();
+    assert_eq!(stats["demo_runs_active"], 0);
+    server.stop().await;
+    cleanup(&credentials);
+}
+
+#[tokio::test]
+async fn bad_demo_requests_get_clear_errors() {
+    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    for body in [
+        "",
+        "[]",
+        "not json",
+        r#"{"user_id":""}"#,
+        r#"{"user_id":7}"#,
+    ] {
+        let r = post(&server, "/demo/token", None, body).await;
+        assert_eq!(r.status, 400, "{body:?}: {}", r.body);
+        assert_eq!(r.json()["error"], "bad_request");
+    }
+    let token = dev_token(&server, "alice").await;
+    for body in [
+        r#"{"pace_ms":-1}"#,
+        r#"{"pace_ms":60000}"#,
+        r#"{"pace_ms":"x"}"#,
+    ] {
+        let r = post(&server, "/demo/runs", Some(&token), body).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(
+            r.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("pace_ms"))
+        );
+    }
+    server.stop().await;
+    cleanup(&credentials);
+}
+
+#[tokio::test]
+async fn a_user_gets_at_most_three_runs_at_once() {
+    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    let token = dev_token(&server, "alice").await;
+    for _ in 0..agentwire::server::DEMO_MAX_RUNS_PER_USER {
+        start_run(&server, &token, 5_000).await;
+    }
+    let r = post(&server, "/demo/runs", Some(&token), "{}").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("5"));
+    let other = dev_token(&server, "bob").await;
+    start_run(&server, &other, 0).await;
+    server.stop().await;
+    cleanup(&credentials);
+}
