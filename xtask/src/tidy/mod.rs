@@ -20,6 +20,7 @@ mod migration_doc;
 mod module_docs;
 mod no_legacy_names;
 mod no_placeholders;
+mod operations_doc;
 mod protocol_no_io;
 
 /// A tidy rule: its name and the function that checks a directory against it.
@@ -64,6 +65,11 @@ pub(crate) const RULES: &[Rule] = &[
         name: migration_doc::NAME,
         summary: "docs/migration.md has a row for every legacy item with its replacement",
         check: migration_doc::migration_doc,
+    },
+    Rule {
+        name: operations_doc::NAME,
+        summary: "docs/operations.md names every long option of agentwire-server --help",
+        check: operations_doc::operations_doc,
     },
 ];
 
