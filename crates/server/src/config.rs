@@ -92,8 +92,8 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
 
-    /// API keys for the admin endpoints (comma-separated). In development mode the
-    /// generated key is accepted too.
+    /// API keys with full access: publish, history reads and the admin endpoints
+    /// (comma-separated). In development mode the generated key is accepted too.
     #[arg(
         long,
         env = "AGENTWIRE_API_KEYS",
