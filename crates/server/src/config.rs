@@ -264,7 +264,7 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// Origins allowed to open /ws (comma-separated, e.g. https://app.example.com); empty
+    /// Origins allowed to open /ws (comma-separated, e.g. `https://app.example.com`); empty
     /// allows any. Requests without an Origin header (non-browsers) are always allowed.
     #[arg(long, env = "AGENTWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
