@@ -1,0 +1,732 @@
+//! The WebSocket clients: opening many connections from spread source addresses, reading
+//! every frame, and checking each event — latency from the publisher's scheduled send
+//! time, and loss, duplicates, reordering and misrouting by `seq` and the per-user marker.
+//!
+//! A [`Pool`] is the clients of this process ([`LocalPool`]) or of worker processes (the
+//! same code, spawned with `--worker`, driven by JSON lines on stdin/stdout), so the
+//! scenarios read the same [`Snapshot`] whichever it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpSocket;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::events::user_id;
+
+/// Most missing `seq`s remembered per connection (to tell a late event from a duplicate);
+/// a larger gap is counted as lost at once.
+const MAX_TRACKED_GAP: u64 = 4_096;
+
+/// Microseconds since the Unix epoch (the clock publisher and clients share).
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// An empty latency histogram: 1 µs to 100 s, 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
+}
+
+/// Which connections to open. Sent to worker processes as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ClientSpec {
+    pub(crate) server: SocketAddr,
+    pub(crate) secret: String,
+    pub(crate) prefix: String,
+    /// The first user index and how many users this pool serves.
+    pub(crate) first_user: u32,
+    pub(crate) users: u32,
+    pub(crate) conns_per_user: u32,
+    /// Source addresses 127.0.0.2 …; connection `i` uses `2 + (ip_offset + i) % source_ips`.
+    pub(crate) source_ips: u32,
+    pub(crate) ip_offset: u32,
+    /// Every `slow_every`-th connection stops reading after its handshake (0: none).
+    pub(crate) slow_every: u32,
+    pub(crate) connect_concurrency: usize,
+    pub(crate) token_ttl_s: u64,
+}
+
+impl ClientSpec {
+    pub(crate) fn connections(&self) -> u64 {
+        u64::from(self.users) * u64::from(self.conns_per_user)
+    }
+
+    fn is_slow(&self, i: u32) -> bool {
+        self.slow_every > 0 && i % self.slow_every == self.slow_every - 1
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    iat: u64,
+}
+
+/// An HS256 token with the claims the server checks (`sub`, `exp`).
+pub(crate) fn mint(secret: &str, user: &str, ttl_s: u64) -> anyhow::Result<String> {
+    let now = now_us() / 1_000_000;
+    let claims = Claims {
+        sub: user,
+        exp: now + ttl_s,
+        iat: now,
+    };
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+/// What one connection has seen.
+#[derive(Debug, Default)]
+struct ConnState {
+    /// Index of the user within the pool.
+    user: u32,
+    slow: bool,
+    established: bool,
+    open: bool,
+    close: Option<String>,
+    last_seq: u64,
+    missing: BTreeSet<u64>,
+    lost_untracked: u64,
+    duplicates: u64,
+    reordered: u64,
+    misrouted: u64,
+    received: u64,
+}
+
+/// What all connections of a pool share: the latency histogram since the last snapshot.
+#[derive(Debug)]
+struct Shared {
+    hist: Histogram<u64>,
+    received: u64,
+    received_slow: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A snapshot of a pool, taken after the publisher stopped and deliveries drained.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    pub(crate) connections: u64,
+    pub(crate) established: u64,
+    pub(crate) open: u64,
+    pub(crate) slow: u64,
+    /// Healthy (reading) connections that closed or broke.
+    pub(crate) closed_unexpected: u64,
+    /// Close codes (or errors) seen, by connection.
+    pub(crate) closes: BTreeMap<String, u64>,
+    /// Event frames received since the last snapshot, by healthy / slow connections.
+    pub(crate) received: u64,
+    pub(crate) received_slow: u64,
+    /// Cumulative over healthy open connections: events published for their user and not
+    /// received (checked against `expected`).
+    pub(crate) lost: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) reordered: u64,
+    pub(crate) misrouted: u64,
+    /// Whether every healthy open connection had caught up with `expected` in time.
+    pub(crate) drained: bool,
+    /// Latency (µs) since the last snapshot, as (value, count) pairs.
+    pub(crate) latency: Vec<(u64, u64)>,
+}
+
+impl Snapshot {
+    pub(crate) fn merge(&mut self, o: Snapshot) {
+        self.connections += o.connections;
+        self.established += o.established;
+        self.open += o.open;
+        self.slow += o.slow;
+        self.closed_unexpected += o.closed_unexpected;
+        for (k, v) in o.closes {
+            *self.closes.entry(k).or_default() += v;
+        }
+        self.received += o.received;
+        self.received_slow += o.received_slow;
+        self.lost += o.lost;
+        self.duplicates += o.duplicates;
+        self.reordered += o.reordered;
+        self.misrouted += o.misrouted;
+        self.drained &= o.drained;
+        self.latency.extend(o.latency);
+    }
+
+    pub(crate) fn histogram(&self) -> Histogram<u64> {
+        let mut h = histogram();
+        for &(v, n) in &self.latency {
+            h.saturating_record_n(v, n);
+        }
+        h
+    }
+}
+
+/// How opening the connections went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Ready {
+    pub(crate) connected: u64,
+    pub(crate) failed: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) seconds: f64,
+}
+
+/// The connections of this process.
+#[derive(Debug)]
+pub(crate) struct LocalPool {
+    spec: ClientSpec,
+    conns: Vec<Arc<Mutex<ConnState>>>,
+    shared: Arc<Mutex<Shared>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Event frames received so far (for progress lines).
+    pub(crate) live_received: Arc<AtomicU64>,
+}
+
+/// A frame as the client reads it; everything else in it is skipped.
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default, borrow)]
+    user_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    data: Option<Marks>,
+}
+
+#[derive(Deserialize)]
+struct Marks {
+    #[serde(default)]
+    sent_at_us: Option<u64>,
+    #[serde(default)]
+    u: Option<u32>,
+}
+
+impl LocalPool {
+    /// Opens every connection of `spec` and waits for each one's `connection_established`.
+    pub(crate) async fn connect(spec: ClientSpec) -> anyhow::Result<(LocalPool, Ready)> {
+        let started = Instant::now();
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Mutex::new(Shared {
+            hist: histogram(),
+            received: 0,
+            received_slow: 0,
+        }));
+        let live = Arc::new(AtomicU64::new(0));
+        let limit = Arc::new(Semaphore::new(spec.connect_concurrency.max(1)));
+        let n = u32::try_from(spec.connections()).context("too many connections")?;
+        let mut conns = Vec::with_capacity(n as usize);
+        let mut tasks = Vec::with_capacity(n as usize);
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tokens: Vec<Option<Arc<str>>> = vec![None; spec.users as usize];
+        for i in 0..n {
+            let user = i / spec.conns_per_user;
+            let uid = user_id(&spec.prefix, spec.first_user + user);
+            let token = match &tokens[user as usize] {
+                Some(t) => t.clone(),
+                None => {
+                    let t: Arc<str> = mint(&spec.secret, &uid, spec.token_ttl_s)?.into();
+                    tokens[user as usize] = Some(t.clone());
+                    t
+                }
+            };
+            let state = Arc::new(Mutex::new(ConnState {
+                user,
+                slow: spec.is_slow(i),
+                ..ConnState::default()
+            }));
+            conns.push(state.clone());
+            let ip = Ipv4Addr::new(
+                127,
+                0,
+                0,
+                2 + ((spec.ip_offset + i) % spec.source_ips) as u8,
+            );
+            let task = run_conn(ConnTask {
+                server: spec.server,
+                source: ip,
+                uid,
+                token,
+                global_user: spec.first_user + user,
+                state,
+                shared: shared.clone(),
+                live: live.clone(),
+                stop: stop_rx.clone(),
+                limit: limit.clone(),
+                ready: ready_tx.clone(),
+            });
+            tasks.push(tokio::spawn(task));
+        }
+        drop(ready_tx);
+        let mut ready = Ready::default();
+        let mut last_print = Instant::now();
+        while ready.connected + ready.failed < u64::from(n) {
+            let Some(r) = ready_rx.recv().await else {
+                break;
+            };
+            match r {
+                Ok(()) => ready.connected += 1,
+                Err(e) => {
+                    ready.failed += 1;
+                    ready.first_error.get_or_insert(e);
+                }
+            }
+            if last_print.elapsed() > Duration::from_secs(2) {
+                last_print = Instant::now();
+                eprintln!(
+                    "  connecting: {} open, {} failed of {n}",
+                    ready.connected, ready.failed
+                );
+            }
+        }
+        ready.seconds = started.elapsed().as_secs_f64();
+        Ok((
+            LocalPool {
+                spec,
+                conns,
+                shared,
+                stop,
+                tasks,
+                live_received: live,
+            },
+            ready,
+        ))
+    }
+
+    /// Waits (up to `drain`) until every healthy open connection has received its user's
+    /// events up to `expected[user]` (indexed from this pool's first user), then reads and
+    /// resets the counters of the period.
+    pub(crate) async fn snapshot(&self, expected: Option<&[u64]>, drain: Duration) -> Snapshot {
+        let deadline = Instant::now() + drain;
+        let mut drained = true;
+        if let Some(expected) = expected {
+            loop {
+                let behind = self.conns.iter().any(|c| {
+                    let c = lock(c);
+                    c.open
+                        && !c.slow
+                        && c.last_seq < expected.get(c.user as usize).copied().unwrap_or(0)
+                });
+                if !behind {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    drained = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let mut s = Snapshot {
+            connections: self.conns.len() as u64,
+            drained,
+            ..Snapshot::default()
+        };
+        for c in &self.conns {
+            let c = lock(c);
+            s.established += u64::from(c.established);
+            s.open += u64::from(c.open);
+            s.slow += u64::from(c.slow);
+            if let Some(code) = &c.close {
+                *s.closes.entry(code.clone()).or_default() += 1;
+                if !c.slow {
+                    s.closed_unexpected += 1;
+                }
+            }
+            if c.slow || !c.open {
+                continue;
+            }
+            s.duplicates += c.duplicates;
+            s.reordered += c.reordered;
+            s.misrouted += c.misrouted;
+            if let Some(expected) = expected {
+                let want = expected.get(c.user as usize).copied().unwrap_or(0);
+                s.lost +=
+                    want.saturating_sub(c.last_seq) + c.missing.len() as u64 + c.lost_untracked;
+            }
+        }
+        let mut sh = lock(&self.shared);
+        s.received = std::mem::take(&mut sh.received);
+        s.received_slow = std::mem::take(&mut sh.received_slow);
+        s.latency = sh
+            .hist
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        sh.hist.reset();
+        s
+    }
+
+    /// Closes every connection (a close frame, then the socket) and waits for the tasks.
+    pub(crate) async fn close(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        drop(self.spec);
+    }
+}
+
+struct ConnTask {
+    server: SocketAddr,
+    source: Ipv4Addr,
+    uid: String,
+    token: Arc<str>,
+    global_user: u32,
+    state: Arc<Mutex<ConnState>>,
+    shared: Arc<Mutex<Shared>>,
+    live: Arc<AtomicU64>,
+    stop: watch::Receiver<bool>,
+    limit: Arc<Semaphore>,
+    ready: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+}
+
+async fn open(
+    t: &ConnTask,
+    slow: bool,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(t.source.into(), 0))
+        .with_context(|| format!("bind {}", t.source))?;
+    if slow {
+        // A small receive window, so a client that stops reading backs up into the
+        // server's queue within a short run.
+        sock.set_recv_buffer_size(4 * 1024)?;
+    }
+    let stream = sock.connect(t.server).await?;
+    stream.set_nodelay(true)?;
+    let mut req = format!("ws://{}/ws", t.server).into_client_request()?;
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {}", t.token))?,
+    );
+    // Small buffers: thousands of mostly idle connections live in this process.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+    let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        .await
+        .context("no connection_established within 30 s")?;
+    match first {
+        Some(Ok(Message::Text(text))) => {
+            let f: Frame<'_> = serde_json::from_str(text.as_str())?;
+            if f.ty != "connection_established" {
+                bail!("first frame is {}", f.ty);
+            }
+            if f.user_id.as_deref() != Some(t.uid.as_str()) {
+                bail!("connection_established names another user");
+            }
+        }
+        Some(Ok(other)) => bail!("first message is not text: {other:?}"),
+        Some(Err(e)) => return Err(e.into()),
+        None => bail!("closed before connection_established"),
+    }
+    Ok(ws)
+}
+
+async fn run_conn(t: ConnTask) {
+    let slow = lock(&t.state).slow;
+    let permit = t.limit.clone().acquire_owned().await;
+    let ws = match open(&t, slow).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            lock(&t.state).close = Some("connect_failed".into());
+            let _ = t.ready.send(Err(format!("{e:#}")));
+            return;
+        }
+    };
+    drop(permit);
+    {
+        let mut st = lock(&t.state);
+        st.established = true;
+        st.open = true;
+    }
+    let _ = t.ready.send(Ok(()));
+    let mut stop = t.stop.clone();
+    let (mut sink, mut stream) = ws.split();
+    if slow {
+        // Stops reading: the server's queue and write timeout must deal with it.
+        stopped(&mut stop).await;
+        lock(&t.state).open = false;
+        return;
+    }
+    let end = loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(text))) => on_text(&t, text.as_bytes()),
+                Some(Ok(Message::Close(frame))) => {
+                    break Some(frame.map_or_else(|| "close".to_owned(), |f| u16::from(f.code).to_string()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Some(format!("error: {e}")),
+                None => break Some("eof".into()),
+            },
+            () = stopped(&mut stop) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
+                break None;
+            }
+        }
+    };
+    let mut st = lock(&t.state);
+    st.open = false;
+    if let Some(code) = end {
+        st.close = Some(code);
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn on_text(t: &ConnTask, bytes: &[u8]) {
+    let now = now_us();
+    let Ok(f) = serde_json::from_slice::<Frame<'_>>(bytes) else {
+        return;
+    };
+    let Some(seq) = f.seq else {
+        return;
+    };
+    let marks = f.data.unwrap_or(Marks {
+        sent_at_us: None,
+        u: None,
+    });
+    {
+        let mut st = lock(&t.state);
+        st.received += 1;
+        if marks.u != Some(t.global_user) {
+            st.misrouted += 1;
+        }
+        if seq == st.last_seq + 1 {
+            st.last_seq = seq;
+        } else if seq > st.last_seq {
+            let from = st.last_seq + 1;
+            if seq - from > MAX_TRACKED_GAP {
+                st.lost_untracked += seq - from;
+            } else {
+                st.missing.extend(from..seq);
+            }
+            st.last_seq = seq;
+        } else if st.missing.remove(&seq) {
+            st.reordered += 1;
+        } else {
+            st.duplicates += 1;
+        }
+    }
+    let mut sh = lock(&t.shared);
+    sh.received += 1;
+    if let Some(sent) = marks.sent_at_us {
+        sh.hist.saturating_record(now.saturating_sub(sent).max(1));
+    }
+    drop(sh);
+    t.live.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A command to a worker process.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub(crate) enum Command {
+    Snapshot {
+        expected: Option<Vec<u64>>,
+        drain_ms: u64,
+    },
+    Close,
+}
+
+/// The clients of one invocation: here, or in worker processes.
+#[derive(Debug)]
+pub(crate) enum Pool {
+    Local(LocalPool),
+    Workers(Vec<Worker>),
+}
+
+/// A worker process and the users it serves.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    first_user: u32,
+    users: u32,
+}
+
+impl Worker {
+    async fn send(&mut self, cmd: &Command) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(cmd)?;
+        line.push(b'\n');
+        self.stdin.write_all(&line).await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
+    async fn reply<T: for<'de> Deserialize<'de>>(&mut self) -> anyhow::Result<T> {
+        let line = self
+            .lines
+            .next_line()
+            .await?
+            .context("worker exited without answering")?;
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+impl Pool {
+    /// Opens `spec`'s connections, in `workers` processes of this binary when `workers > 1`.
+    pub(crate) async fn connect(spec: ClientSpec, workers: u32) -> anyhow::Result<(Pool, Ready)> {
+        if workers <= 1 {
+            let (p, r) = LocalPool::connect(spec).await?;
+            return Ok((Pool::Local(p), r));
+        }
+        let exe = std::env::current_exe()?;
+        let per = spec.users.div_ceil(workers);
+        let mut ws = Vec::new();
+        let mut first = 0;
+        let mut ip_offset = 0;
+        while first < spec.users {
+            let users = per.min(spec.users - first);
+            let sub = ClientSpec {
+                first_user: spec.first_user + first,
+                users,
+                ip_offset,
+                ..spec.clone()
+            };
+            ip_offset += users * spec.conns_per_user;
+            let mut child = tokio::process::Command::new(&exe)
+                .arg("worker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawn worker")?;
+            let stdin = child.stdin.take().context("worker stdin")?;
+            let stdout = child.stdout.take().context("worker stdout")?;
+            let mut w = Worker {
+                child,
+                stdin,
+                lines: BufReader::new(stdout).lines(),
+                first_user: first,
+                users,
+            };
+            let mut line = serde_json::to_vec(&sub)?;
+            line.push(b'\n');
+            w.stdin.write_all(&line).await?;
+            w.stdin.flush().await?;
+            ws.push(w);
+            first += users;
+        }
+        let mut ready = Ready::default();
+        for w in &mut ws {
+            let r: Ready = w.reply().await?;
+            ready.connected += r.connected;
+            ready.failed += r.failed;
+            if ready.first_error.is_none() {
+                ready.first_error = r.first_error;
+            }
+            ready.seconds = ready.seconds.max(r.seconds);
+        }
+        Ok((Pool::Workers(ws), ready))
+    }
+
+    pub(crate) fn live_received(&self) -> Option<u64> {
+        match self {
+            Pool::Local(p) => Some(p.live_received.load(Ordering::Relaxed)),
+            Pool::Workers(_) => None,
+        }
+    }
+
+    /// See [`LocalPool::snapshot`]; `expected` is indexed by the spec's user index.
+    pub(crate) async fn snapshot(
+        &mut self,
+        expected: Option<&[u64]>,
+        drain: Duration,
+    ) -> anyhow::Result<Snapshot> {
+        match self {
+            Pool::Local(p) => Ok(p.snapshot(expected, drain).await),
+            Pool::Workers(ws) => {
+                for w in ws.iter_mut() {
+                    let slice = expected.map(|e| {
+                        e[w.first_user as usize..(w.first_user + w.users) as usize].to_vec()
+                    });
+                    w.send(&Command::Snapshot {
+                        expected: slice,
+                        drain_ms: drain.as_millis() as u64,
+                    })
+                    .await?;
+                }
+                let mut total = Snapshot {
+                    drained: true,
+                    ..Snapshot::default()
+                };
+                for w in ws.iter_mut() {
+                    total.merge(w.reply().await?);
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    pub(crate) async fn close(self) -> anyhow::Result<()> {
+        match self {
+            Pool::Local(p) => p.close().await,
+            Pool::Workers(ws) => {
+                for mut w in ws {
+                    w.send(&Command::Close).await?;
+                    let _ = tokio::time::timeout(Duration::from_secs(20), w.child.wait()).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The worker process: reads its [`ClientSpec`], opens the connections, answers
+/// [`Command`]s with JSON lines on stdout until `close`.
+pub(crate) async fn worker_main() -> anyhow::Result<()> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let spec: ClientSpec =
+        serde_json::from_str(&lines.next_line().await?.context("no spec on stdin")?)?;
+    let (pool, ready) = LocalPool::connect(spec).await?;
+    let mut out = tokio::io::stdout();
+    let write = |v: Vec<u8>| {
+        let mut v = v;
+        v.push(b'\n');
+        v
+    };
+    out.write_all(&write(serde_json::to_vec(&ready)?)).await?;
+    out.flush().await?;
+    while let Some(line) = lines.next_line().await? {
+        match serde_json::from_str::<Command>(&line)? {
+            Command::Snapshot { expected, drain_ms } => {
+                let s = pool
+                    .snapshot(expected.as_deref(), Duration::from_millis(drain_ms))
+                    .await;
+                out.write_all(&write(serde_json::to_vec(&s)?)).await?;
+                out.flush().await?;
+            }
+            Command::Close => break,
+        }
+    }
+    pool.close().await;
+    Ok(())
+}

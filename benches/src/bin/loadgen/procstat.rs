@@ -1,0 +1,106 @@
+//! What `/proc` tells about a process: resident memory and CPU time, for the server (by
+//! pid, or the in-process server's threads) and for the load generator itself.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// Clock ticks per second of `/proc/*/stat` times (`getconf CLK_TCK`; 100 on Linux x86).
+fn clk_tck() -> f64 {
+    static TCK: OnceLock<f64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// utime + stime, in seconds, of a `stat` file (a process's or a thread's).
+fn cpu_of_stat(path: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces; fields are counted after its ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clk_tck())
+}
+
+/// Which process (or which threads of this one) a sample describes.
+#[derive(Debug, Clone)]
+pub(crate) enum Probe {
+    /// A whole process.
+    Pid(u32),
+    /// The threads of this process whose name starts with the prefix (the in-process
+    /// server's runtime); memory is the whole process's.
+    OwnThreads(&'static str),
+}
+
+/// One reading.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sample {
+    /// CPU seconds used so far (user + system).
+    pub(crate) cpu_s: f64,
+    /// Resident set size, in KiB.
+    pub(crate) rss_kib: u64,
+    /// Peak resident set size, in KiB.
+    pub(crate) hwm_kib: u64,
+}
+
+fn status_kib(pid: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+}
+
+impl Probe {
+    /// Reads the probe now; `None` when the process is gone.
+    pub(crate) fn sample(&self) -> Option<Sample> {
+        match self {
+            Probe::Pid(pid) => {
+                let pid = pid.to_string();
+                Some(Sample {
+                    cpu_s: cpu_of_stat(Path::new(&format!("/proc/{pid}/stat")))?,
+                    rss_kib: status_kib(&pid, "VmRSS:")?,
+                    hwm_kib: status_kib(&pid, "VmHWM:").unwrap_or(0),
+                })
+            }
+            Probe::OwnThreads(prefix) => {
+                let mut cpu = 0.0;
+                for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+                    let dir = entry.path();
+                    let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+                    if name.trim_end().starts_with(prefix) {
+                        cpu += cpu_of_stat(&dir.join("stat")).unwrap_or(0.0);
+                    }
+                }
+                Some(Sample {
+                    cpu_s: cpu,
+                    rss_kib: status_kib("self", "VmRSS:")?,
+                    hwm_kib: status_kib("self", "VmHWM:").unwrap_or(0),
+                })
+            }
+        }
+    }
+}
+
+/// This process's CPU seconds, excluding the threads named with `exclude` (the in-process
+/// server's), so the generator's own load is reported on its own.
+pub(crate) fn own_cpu_s(exclude: Option<&'static str>) -> f64 {
+    let total = cpu_of_stat(Path::new("/proc/self/stat")).unwrap_or(0.0);
+    match exclude {
+        None => total,
+        Some(prefix) => {
+            let server = Probe::OwnThreads(prefix).sample().map_or(0.0, |s| s.cpu_s);
+            (total - server).max(0.0)
+        }
+    }
+}
