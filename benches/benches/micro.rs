@@ -1,6 +1,8 @@
 //! Criterion micro-benchmarks of agentwire's hot paths: envelope encode/decode, the
-//! registry under contention, fan-out of one event to N local queues, and history append
-//! and range reads. Run with `cargo bench -p agentwire-bench --bench micro`.
+//! registry under contention (connect/disconnect, and lookups while other tasks churn),
+//! fan-out of one event to N local queues, history append and range reads, and the
+//! server's work for one publish request short of HTTP (decode a batch of 50, prepare,
+//! emit, fan out). Run with `cargo bench -p agentwire-bench --bench micro`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -107,6 +109,142 @@ fn registry(c: &mut Criterion) {
     g.finish();
 }
 
+/// Lookups of a user's connections while `churners` other tasks connect and disconnect
+/// users of the same registry.
+fn registry_lookup(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("registry");
+    for churners in [0usize, 2] {
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(
+            BenchmarkId::new("lookup_while_churning", churners),
+            &churners,
+            |b, &churners| {
+                let manager = UnifiedWebSocketManager::new(
+                    ManagerConfig {
+                        max_connections: 1_000_000,
+                        ..ManagerConfig::default()
+                    },
+                    Arc::new(InMemoryBroker::default()),
+                );
+                // 1,000 users with 2 connections each stay connected throughout.
+                let held: Vec<_> = rt.block_on(async {
+                    let mut v = Vec::new();
+                    for i in 0..1_000 {
+                        for _ in 0..2 {
+                            let opts = ConnectOptions {
+                                resume: Resume::LiveOnly,
+                            };
+                            v.push(manager.connect_user(user(i), opts).await.expect("connects"));
+                        }
+                    }
+                    v
+                });
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let churn: Vec<_> = (0..churners)
+                    .map(|t| {
+                        let m = manager.clone();
+                        let stop = stop.clone();
+                        rt.spawn(async move {
+                            let mut i = 0usize;
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                let u = user(10_000 + t * 100_000 + i % 1000);
+                                let opts = ConnectOptions {
+                                    resume: Resume::LiveOnly,
+                                };
+                                drop(m.connect_user(u, opts).await.expect("connects"));
+                                i += 1;
+                                if i.is_multiple_of(64) {
+                                    tokio::task::yield_now().await;
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                let users: Vec<UserId> = (0..1_000).map(user).collect();
+                let mut i = 0usize;
+                b.iter(|| {
+                    i = (i + 1) % users.len();
+                    black_box(manager.connections_of(&users[i]).len())
+                });
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                for h in churn {
+                    rt.block_on(h).expect("churn task");
+                }
+                drop(held);
+            },
+        );
+    }
+    g.finish();
+}
+
+/// What `POST /v1/events` does per request short of HTTP and the run table: decode a body
+/// of 50 events for 50 users, prepare each (validate, serialize once), emit it (broker
+/// accept, history, fan-out to the user's 2 queues). The queues are drained outside the
+/// timing.
+fn publish_path(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("publish_path");
+    let manager = UnifiedWebSocketManager::new(
+        ManagerConfig {
+            queue: QueueLimits {
+                max_frames: 1 << 20,
+                max_bytes: 1 << 30,
+            },
+            ..ManagerConfig::default()
+        },
+        Arc::new(InMemoryBroker::default()),
+    );
+    let conns: Vec<_> = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 0..50 {
+            for _ in 0..2 {
+                let opts = ConnectOptions {
+                    resume: Resume::LiveOnly,
+                };
+                v.push(manager.connect_user(user(i), opts).await.expect("connects"));
+            }
+        }
+        v
+    });
+    let body: Vec<serde_json::Value> = (0..50)
+        .map(|i| {
+            serde_json::json!({"user_id": format!("user-{i}"), "type": "agent_thinking",
+                "thread_id": "t1", "run_id": "r1",
+                "data": {"thought": "x".repeat(120), "step": 3, "sent_at_us": 1_764_104_400_123_456u64, "u": i, "k": 7}})
+        })
+        .collect();
+    let body = serde_json::to_vec(&body).expect("json");
+    g.throughput(Throughput::Elements(50));
+    g.bench_function("decode_prepare_emit_batch_50", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut spent = Duration::ZERO;
+                let mut sink = Vec::new();
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let requests = PublishBody::decode(black_box(&body), Limits::EVENT, 100)
+                        .expect("decodes")
+                        .into_requests();
+                    for r in &requests {
+                        let p = manager
+                            .prepare_event(&r.user_id, &r.event, r.event_id.clone())
+                            .expect("valid");
+                        manager.emit_prepared(&p).await.expect("accepted");
+                    }
+                    spent += start.elapsed();
+                    for conn in &conns {
+                        sink.clear();
+                        conn.next_frames(&mut sink, 4096).await;
+                    }
+                }
+                spent
+            })
+        })
+    });
+    g.finish();
+}
+
 fn fan_out(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("fan_out");
@@ -196,5 +334,13 @@ fn history(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, protocol, registry, fan_out, history);
+criterion_group!(
+    benches,
+    protocol,
+    registry,
+    registry_lookup,
+    fan_out,
+    history,
+    publish_path
+);
 criterion_main!(benches);

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs one loadgen scenario against a freshly started release server, the server pinned to
+# core 0 and the load generator to core 1 (docs/performance.md, "Method").
+#
+#   benches/scripts/run.sh SCENARIO [LOADGEN ARGS...]
+#   SERVER_ARGS="--history-max-age 5s" benches/scripts/run.sh churn --cycles 10
+#
+# The server gets a fixed secret and API key, no publish rate limit (the load generator is
+# the only publisher), and room for 19,000 connections; SERVER_ARGS adds or overrides
+# flags. The result line is appended to benches/results/SCENARIO.jsonl (RESULTS=FILE
+# overrides). The run refuses to start when the 1-minute load average is above
+# MAX_LOAD (default 0.8), since another process on the cores would skew every figure;
+# FORCE=1 runs anyway.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+scenario=${1:?usage: run.sh SCENARIO [LOADGEN ARGS...]}
+shift
+
+load=$(cut -d' ' -f1 /proc/loadavg)
+if [[ "${FORCE:-0}" != 1 ]] && awk -v l="$load" -v m="${MAX_LOAD:-0.8}" 'BEGIN { exit !(l > m) }'; then
+    echo "load average $load > ${MAX_LOAD:-0.8}: not measuring (FORCE=1 to override)" >&2
+    exit 3
+fi
+
+cargo build --release -q -p agentwire-server -p agentwire-bench
+port=${PORT:-18080}
+secret=loadgen-secret
+key=loadgen-key
+results=${RESULTS:-benches/results/$scenario.jsonl}
+mkdir -p "$(dirname "$results")"
+
+# shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
+taskset -c 0 target/release/agentwire-server \
+    --listen "127.0.0.1:$port" --jwt-secret "$secret" --api-keys "$key" \
+    --publish-rate 0 --max-connections 19000 --demo off ${SERVER_ARGS:-} \
+    >"${SERVER_LOG:-/tmp/agentwire-bench-server.log}" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    sleep 0.1
+done
+
+taskset -c 1 target/release/loadgen "$scenario" \
+    --server "127.0.0.1:$port" --server-pid "$server" \
+    --jwt-secret "$secret" --api-key "$key" --out "$results" "$@"
