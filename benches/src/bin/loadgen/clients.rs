@@ -648,6 +648,19 @@ impl Pool {
         Ok((Pool::Workers(ws), ready))
     }
 
+    /// CPU seconds used by the worker processes so far (0 for a local pool).
+    pub(crate) fn workers_cpu_s(&self) -> f64 {
+        match self {
+            Pool::Local(_) => 0.0,
+            Pool::Workers(ws) => ws
+                .iter()
+                .filter_map(|w| w.child.id())
+                .filter_map(|pid| crate::procstat::Probe::Pid(pid).sample())
+                .map(|s| s.cpu_s)
+                .sum(),
+        }
+    }
+
     pub(crate) fn live_received(&self) -> Option<u64> {
         match self {
             Pool::Local(p) => Some(p.live_received.load(Ordering::Relaxed)),

@@ -366,7 +366,7 @@ async fn period(
     };
     let before_metrics = env.gauges().await;
     let s0 = env.sample();
-    let own0 = env.own_cpu();
+    let own0 = env.own_cpu() + clients.pool.workers_cpu_s();
     let t0 = Instant::now();
     let progress = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -428,7 +428,7 @@ async fn period(
     let snap = clients.pool.snapshot(Some(&expected), c.drain).await?;
     let wall = t0.elapsed().as_secs_f64();
     let s1 = env.sample();
-    let own1 = env.own_cpu();
+    let own1 = env.own_cpu() + clients.pool.workers_cpu_s();
     let _ = stop_tx.send(true);
     let max_rss = sampler.await.unwrap_or(0).max(s1.rss_kib);
     let after_metrics = env.gauges().await;
