@@ -104,3 +104,32 @@ pub(crate) fn own_cpu_s(exclude: Option<&'static str>) -> f64 {
         }
     }
 }
+
+/// CPU seconds the whole machine has been busy (every core, every process: `/proc/stat`),
+/// so a period can tell how much of the machine went to processes other than the server
+/// and the generator.
+pub(crate) fn machine_busy_s() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = text.lines().next() else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle) / clk_tck()
+}
+
+/// The 1-minute load average.
+pub(crate) fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -15,7 +15,7 @@ use crate::Common;
 use crate::clients::{ClientSpec, Pool, Ready, Snapshot};
 use crate::events::{EventMaker, RunShape};
 use crate::http::{HttpConn, metric};
-use crate::procstat::{Probe, Sample, own_cpu_s};
+use crate::procstat::{Probe, Sample, loadavg, machine_busy_s, own_cpu_s};
 use crate::publish::{self, Plan, Sink, Streams};
 
 /// Name prefix of the in-process server's threads.
@@ -367,6 +367,8 @@ async fn period(
     let before_metrics = env.gauges().await;
     let s0 = env.sample();
     let own0 = env.own_cpu() + clients.pool.workers_cpu_s();
+    let machine0 = machine_busy_s();
+    let load0 = loadavg();
     let t0 = Instant::now();
     let progress = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -429,6 +431,7 @@ async fn period(
     let wall = t0.elapsed().as_secs_f64();
     let s1 = env.sample();
     let own1 = env.own_cpu() + clients.pool.workers_cpu_s();
+    let machine1 = machine_busy_s();
     let _ = stop_tx.send(true);
     let max_rss = sampler.await.unwrap_or(0).max(s1.rss_kib);
     let after_metrics = env.gauges().await;
@@ -507,12 +510,20 @@ async fn period(
             "cpu_s_per_million_deliveries": per_million(own_cpu),
             "saturated": own_cpu / wall > 0.9,
         },
+        "machine": {
+            "loadavg_1m_start": load0,
+            "loadavg_1m_end": loadavg(),
+            "busy_cpu_s": machine1 - machine0,
+            // What neither the server nor the generator used: other processes, and the
+            // kernel's work not charged to either (e.g. softirqs run on idle cores).
+            "other_cpu_s": (machine1 - machine0) - own_cpu - server_cpu,
+        },
         "pass": pass,
     });
     eprintln!(
         "  [{name}] {:.0} deliveries/s offered → {:.0}/s received; p50 {:.2} ms p99 {:.2} ms max {:.1} ms; \
          lost {lost} dup {duplicates} reord {reordered} misrouted {misrouted} closed {closed} errors {}; \
-         server {:.1} CPU-s/M ({:.0}% busy), loadgen {:.0}% busy → {}",
+         server {:.1} CPU-s/M ({:.0}% busy), loadgen {:.0}% busy, others {:.0}% → {}",
         offered_deliveries_per_s,
         deliveries as f64 / publish_s,
         pct(&hist, 0.5),
@@ -526,6 +537,7 @@ async fn period(
         },
         server_cpu / wall * 100.0,
         own_cpu / wall * 100.0,
+        ((machine1 - machine0) - own_cpu - server_cpu) / wall * 100.0,
         if pass { "PASS" } else { "FAIL" },
     );
     Ok(result)
