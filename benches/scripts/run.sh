@@ -10,7 +10,8 @@
 # flags. The result line is appended to benches/results/SCENARIO.jsonl (RESULTS=FILE
 # overrides). The run refuses to start when the 1-minute load average is above
 # MAX_LOAD (default 0.8), since another process on the cores would skew every figure;
-# FORCE=1 runs anyway.
+# FORCE=1 runs anyway. BIN=DIR takes both binaries from DIR instead of building them (to
+# compare a build from before a change with one from after).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -23,7 +24,10 @@ if [[ "${FORCE:-0}" != 1 ]] && awk -v l="$load" -v m="${MAX_LOAD:-0.8}" 'BEGIN {
     exit 3
 fi
 
-cargo build --release -q -p agentwire-server -p agentwire-bench
+bin=${BIN:-target/release}
+if [[ -z "${BIN:-}" ]]; then
+    cargo build --release -q -p agentwire-server -p agentwire-bench
+fi
 port=${PORT:-18080}
 secret=loadgen-secret
 key=loadgen-key
@@ -31,7 +35,7 @@ results=${RESULTS:-benches/results/$scenario.jsonl}
 mkdir -p "$(dirname "$results")"
 
 # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
-taskset -c 0 target/release/agentwire-server \
+taskset -c 0 "$bin/agentwire-server" \
     --listen "127.0.0.1:$port" --jwt-secret "$secret" --api-keys "$key" \
     --publish-rate 0 --max-connections 19000 --demo off ${SERVER_ARGS:-} \
     >"${SERVER_LOG:-/tmp/agentwire-bench-server.log}" 2>&1 &
@@ -42,6 +46,6 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-taskset -c 1 target/release/loadgen "$scenario" \
+taskset -c 1 "$bin/loadgen" "$scenario" \
     --server "127.0.0.1:$port" --server-pid "$server" \
     --jwt-secret "$secret" --api-key "$key" --out "$results" "$@"

@@ -213,17 +213,16 @@ pub fn compose_frame(
     ts: Timestamp,
     body: &[u8],
 ) -> Bytes {
-    let id_json = agentwire_protocol::to_json(event_id);
+    use std::io::Write as _;
     let rest = body.strip_prefix(b"{").unwrap_or(body);
-    let mut out = Vec::with_capacity(64 + id_json.len() + rest.len());
+    // Written straight into the frame (no intermediate strings): this runs once per
+    // accepted event. Writing into a `Vec` cannot fail.
+    let mut out = Vec::with_capacity(96 + event_id.as_str().len() + rest.len());
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(event_type.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"seq\":");
-    out.extend_from_slice(seq.get().to_string().as_bytes());
-    out.extend_from_slice(b",\"event_id\":");
-    out.extend_from_slice(id_json.as_bytes());
-    out.extend_from_slice(b",\"ts\":");
-    out.extend_from_slice(ts.as_millis().to_string().as_bytes());
+    let _ = write!(out, "\",\"seq\":{},\"event_id\":", seq.get());
+    let _ = serde_json::to_writer(&mut out, event_id);
+    let _ = write!(out, ",\"ts\":{}", ts.as_millis());
     if rest.first().is_some_and(|&b| b != b'}') {
         out.push(b',');
     }

@@ -16,6 +16,9 @@ use crate::broker::StoredEvent;
 use crate::config::QueueLimits;
 use crate::manager::{Counters, UnifiedWebSocketManager};
 
+/// Slots a drained queue keeps; beyond it, the capacity a burst grew is given back.
+const QUEUE_KEEP_CAPACITY: usize = 16;
+
 /// What the connection's stream is doing.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Phase {
@@ -390,6 +393,10 @@ impl Connection {
                         out.push(frame);
                     }
                     st.queued_bytes -= bytes;
+                    if st.queue.is_empty() && st.queue.capacity() > QUEUE_KEEP_CAPACITY {
+                        // A burst grew the queue; an idle connection should not keep that.
+                        st.queue.shrink_to(QUEUE_KEEP_CAPACITY);
+                    }
                     drop(st);
                     self.shared.writable.notify_waiters();
                     return Outbound::Frames;

@@ -575,14 +575,18 @@ impl UnifiedWebSocketManager {
     }
 
     /// Queues an event the broker delivered to every local connection of its user.
+    ///
+    /// Pushes under the registry shard's lock rather than cloning the user's connection
+    /// list for every event: a push only takes the connection's own short lock (never the
+    /// other way round) and never waits, so the shard is held for a few pushes.
     fn fan_out(&self, user: &UserId, event: &StoredEvent) {
-        let conns: Vec<Arc<ConnShared>> = match self.shard(user).get(user) {
-            Some(entry) => entry.conns.clone(),
-            None => return,
+        let shard = self.shard(user);
+        let Some(entry) = shard.get(user) else {
+            return;
         };
-        for conn in conns {
+        for conn in &entry.conns {
             if conn.deliver_live(event, &self.inner.counters) == Pushed::NeedsCatchUp {
-                self.spawn_catch_up(conn, None);
+                self.spawn_catch_up(conn.clone(), None);
             }
         }
     }

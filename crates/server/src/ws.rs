@@ -8,7 +8,9 @@
 //! reader answers client frames by queueing control frames through the manager, never by
 //! writing itself.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use agentwire_manager::{ConnectOptions, Connection, Outbound, Resume};
@@ -515,6 +517,13 @@ async fn write_batch(
         }
         sink.flush().await.map_err(|_| WriteFailed::Socket)
     };
+    // Almost every batch fits the socket's send buffer and completes on its first poll:
+    // arm the write timeout's timer only when it does not, rather than inserting and
+    // cancelling a timer for every batch.
+    let mut work = std::pin::pin!(work);
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+        return r;
+    }
     match timeout(app.ws.write_timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(WriteFailed::TimedOut),
