@@ -420,6 +420,14 @@ impl Client {
             .expect("send");
     }
 
+    /// The next raw WebSocket message (pings and pongs included), within [`WAIT`];
+    /// `None` when the stream ended.
+    pub async fn next_message(&mut self) -> Option<Result<Message, tungstenite::Error>> {
+        timeout(WAIT, self.ws.next())
+            .await
+            .expect("a message within the wait bound")
+    }
+
     /// Sends a raw WebSocket message.
     pub async fn send_message(&mut self, msg: Message) {
         timeout(WAIT, self.ws.send(msg))

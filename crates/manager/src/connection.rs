@@ -5,10 +5,12 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use agentwire_protocol::{CloseCode, ConnectionId, Epoch, Seq, ServerFrame, UserId};
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -39,6 +41,8 @@ struct State {
     epoch: Option<Epoch>,
     phase: Phase,
     closing: Option<CloseCode>,
+    /// A catch-up is waiting for room in the queue.
+    replay_waiting: bool,
 }
 
 /// Why a push did not queue a frame.
@@ -59,7 +63,10 @@ pub(crate) struct ConnShared {
     pub(crate) connected_at: Instant,
     limits: QueueLimits,
     state: Mutex<State>,
-    readable: Notify,
+    /// Wakes the connection's writer (the one task that drains the queue): cheaper than a
+    /// `Notify` on the path every delivery takes.
+    readable: AtomicWaker,
+    /// Wakes a catch-up waiting for room in the queue.
     writable: Notify,
     /// Milliseconds after `connected_at` when the peer was last heard from.
     last_seen_ms: AtomicU64,
@@ -83,8 +90,9 @@ impl ConnShared {
                 epoch: None,
                 phase: Phase::CatchingUp,
                 closing: None,
+                replay_waiting: false,
             }),
-            readable: Notify::new(),
+            readable: AtomicWaker::new(),
             writable: Notify::new(),
             last_seen_ms: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -120,7 +128,7 @@ impl ConnShared {
             st.queued_bytes = 0;
         }
         drop(st);
-        self.readable.notify_one();
+        self.readable.wake();
         self.writable.notify_waiters();
         true
     }
@@ -144,7 +152,7 @@ impl ConnShared {
         st.queued_bytes += frame.len();
         st.queue.push_back(frame);
         drop(st);
-        self.readable.notify_one();
+        self.readable.wake();
         true
     }
 
@@ -221,7 +229,7 @@ impl ConnShared {
                 st.queue.push_back(event.frame.clone());
                 drop(st);
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
-                self.readable.notify_one();
+                self.readable.wake();
                 Pushed::Queued
             }
         }
@@ -248,9 +256,10 @@ impl ConnShared {
                     st.queue.push_back(event.frame.clone());
                     drop(st);
                     counters.replayed.fetch_add(1, Ordering::Relaxed);
-                    self.readable.notify_one();
+                    self.readable.wake();
                     return true;
                 }
+                st.replay_waiting = true;
             }
             room.await;
         }
@@ -312,7 +321,7 @@ impl ConnShared {
         drop(st);
         if queued > 0 {
             counters.delivered.fetch_add(queued, Ordering::Relaxed);
-            self.readable.notify_one();
+            self.readable.wake();
         }
         live
     }
@@ -376,37 +385,42 @@ impl Connection {
     /// `max_frames` queued frames into `out`. Frames left queued when a close is requested
     /// come out first (except for a slow consumer, whose queue is dropped).
     ///
+    /// One task drains a connection (its writer): a second task waiting at the same time
+    /// may not be woken.
+    ///
     /// # Cancel safety
     /// Cancel safe: frames are moved into `out` only when the call returns.
     pub async fn next_frames(&self, out: &mut Vec<Bytes>, max_frames: usize) -> Outbound {
-        loop {
-            let ready = self.shared.readable.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            {
-                let mut st = self.shared.state();
-                if !st.queue.is_empty() {
-                    let n = st.queue.len().min(max_frames.max(1));
-                    let mut bytes = 0;
-                    for frame in st.queue.drain(..n) {
-                        bytes += frame.len();
-                        out.push(frame);
-                    }
-                    st.queued_bytes -= bytes;
-                    if st.queue.is_empty() && st.queue.capacity() > QUEUE_KEEP_CAPACITY {
-                        // A burst grew the queue; an idle connection should not keep that.
-                        st.queue.shrink_to(QUEUE_KEEP_CAPACITY);
-                    }
-                    drop(st);
+        std::future::poll_fn(|cx| {
+            // Registered before the queue is looked at, so a frame pushed after the look
+            // wakes this task.
+            self.shared.readable.register(cx.waker());
+            let mut st = self.shared.state();
+            if !st.queue.is_empty() {
+                let n = st.queue.len().min(max_frames.max(1));
+                let mut bytes = 0;
+                for frame in st.queue.drain(..n) {
+                    bytes += frame.len();
+                    out.push(frame);
+                }
+                st.queued_bytes -= bytes;
+                if st.queue.is_empty() && st.queue.capacity() > QUEUE_KEEP_CAPACITY {
+                    // A burst grew the queue; an idle connection should not keep that.
+                    st.queue.shrink_to(QUEUE_KEEP_CAPACITY);
+                }
+                let room_wanted = std::mem::take(&mut st.replay_waiting);
+                drop(st);
+                if room_wanted {
                     self.shared.writable.notify_waiters();
-                    return Outbound::Frames;
                 }
-                if let Some(code) = st.closing {
-                    return Outbound::Close(code);
-                }
+                return Poll::Ready(Outbound::Frames);
             }
-            ready.await;
-        }
+            if let Some(code) = st.closing {
+                return Poll::Ready(Outbound::Close(code));
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Queues a control frame (`pong`, `error`). Returns `false` when the connection is

@@ -1,8 +1,8 @@
 //! `UnifiedWebSocketManager`: the registry of live connections and the single point every
 //! event passes.
 
-use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
+use foldhash::HashMap;
+use foldhash::fast::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -278,9 +278,9 @@ impl UnifiedWebSocketManager {
             config,
             broker,
             shards: (0..REGISTRY_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             total: AtomicUsize::new(0),
             counters: Counters::default(),
             router: OnceLock::new(),

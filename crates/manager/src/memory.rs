@@ -6,8 +6,10 @@
 //! first). A stream with no events and no subscribers is dropped at once, so memory stays
 //! bounded however many distinct users appear; its next event starts a new epoch.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::HashMap;
+use foldhash::fast::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -101,8 +103,22 @@ impl Stream {
             epoch: Epoch::generate(),
             last_seq: Seq::ZERO,
             events: VecDeque::new(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             subscribers: Vec::new(),
+        }
+    }
+
+    /// After trimming: a stream whose history shrank to a fraction of what its buffers
+    /// hold gives the memory back, so a user who was busy once does not keep a burst's
+    /// worth of capacity while connected and quiet.
+    fn give_back_capacity(&mut self) {
+        let len = self.events.len();
+        if len == 0 {
+            self.events = VecDeque::new();
+            self.ids = HashMap::default();
+        } else if self.events.capacity() > 64 && len * 4 < self.events.capacity() {
+            self.events.shrink_to(len * 2);
+            self.ids.shrink_to(len * 2);
         }
     }
 
@@ -125,6 +141,7 @@ impl Shard {
         if let Some(next) = stream.events.front() {
             self.oldest.insert((next.accept_no, user.clone()));
         }
+        stream.give_back_capacity();
         self.bytes -= held.event.frame.len();
         self.events -= 1;
         if stream.is_idle() {
@@ -185,7 +202,7 @@ impl InMemoryBroker {
     pub fn new(config: HistoryConfig) -> Self {
         InMemoryBroker {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             shard_budget: (config.max_total_bytes / SHARDS).max(1),
             config,
             trimmed: AtomicU64::new(0),

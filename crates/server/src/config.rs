@@ -178,13 +178,10 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_WRITE_BATCH_FRAMES", default_value_t = 256)]
     pub write_batch_frames: usize,
 
-    /// Per-connection read buffer, in bytes (client frames are tiny).
-    #[arg(long, env = "AGENTWIRE_READ_BUFFER_SIZE", default_value_t = 4 * 1024)]
+    /// Per-connection read buffer, in bytes (at least 256). Client frames are tiny; a
+    /// larger message grows it, up to --max-message-size.
+    #[arg(long, env = "AGENTWIRE_READ_BUFFER_SIZE", default_value_t = 256)]
     pub read_buffer_size: usize,
-
-    /// Per-connection write buffer, in bytes; a batch is written once it holds this much.
-    #[arg(long, env = "AGENTWIRE_WRITE_BUFFER_SIZE", default_value_t = 8 * 1024)]
-    pub write_buffer_size: usize,
 
     /// Largest client message, in bytes; larger ones close the connection with 1009.
     #[arg(long, env = "AGENTWIRE_MAX_MESSAGE_SIZE", default_value_t = agentwire_protocol::MAX_CLIENT_FRAME_BYTES)]

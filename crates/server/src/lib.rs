@@ -53,6 +53,7 @@ mod routes;
 mod runs;
 mod server;
 mod shutdown;
+mod wire;
 mod ws;
 
 pub use auth::{

@@ -2,8 +2,17 @@
 //!
 //! It is thin: parsing, printing and exit codes. Everything else is in the
 //! `agentwire_server` library, which other axum applications can mount instead.
+//!
+//! The binary allocates with mimalloc: every event allocates and frees frames, queue slots
+//! and parse buffers, and under load glibc's malloc spent a tenth of the server's CPU
+//! time in its own bookkeeping and kept freed memory mapped after a burst
+//! (docs/performance.md). An application that embeds the library chooses its own
+//! allocator.
 
 use agentwire_server::{Cli, Command, ConfigError, Server};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -46,7 +46,7 @@ struct Slot {
 
 #[derive(Debug, Default)]
 struct Runs {
-    map: HashMap<RunKey, Slot>,
+    map: foldhash::HashMap<RunKey, Slot>,
     /// Every key by when it was last touched, oldest first; ticks grow with time, so the
     /// front is both the least recently used run and the first to expire.
     order: BTreeMap<u64, RunKey>,

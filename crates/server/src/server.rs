@@ -1,7 +1,7 @@
 //! Assembly: the shared state of one server, the router, binding the listener (backlog,
 //! open-file limit) and serving until shutdown.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentwire_manager::{InMemoryBroker, UnifiedWebSocketManager};
 use axum::Router;
-use axum::serve::ListenerExt;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::auth::{Auth, AuthConfigError, default_dev_credentials_path};
@@ -312,17 +314,8 @@ impl Server {
         F: Future<Output = ()> + Send + 'static,
     {
         let state = self.state.clone();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let listener = self.listener.tap_io(|tcp| {
-            // Batches are flushed explicitly; Nagle would only add latency.
-            let _ = tcp.set_nodelay(true);
-        });
-        let serving = axum::serve(listener, routes(state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .into_future();
-        let mut serving = tokio::spawn(serving);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut serving = tokio::spawn(accept_loop(self.listener, routes(state.clone()), stop_rx));
         tokio::select! {
             () = shutdown => {}
             ended = &mut serving => {
@@ -334,7 +327,7 @@ impl Server {
             }
         }
         let deadline = Instant::now() + self.shutdown_timeout;
-        let _ = stop_tx.send(());
+        let _ = stop_tx.send(true);
         crate::shutdown::drain(&state, deadline).await;
         if tokio::time::timeout_at(deadline, &mut serving)
             .await
@@ -345,6 +338,78 @@ impl Server {
         tracing::info!("shut down");
         Ok(())
     }
+}
+
+/// Accepts connections and serves HTTP/1.1 on each, with upgrades, until `stop` turns
+/// true; then stops accepting, asks every HTTP connection to finish the request in
+/// progress and close, and returns once all have (upgraded WebSocket connections are the
+/// manager's to close).
+///
+/// Connections are served by hyper directly rather than through `axum::serve`, so an
+/// upgraded connection is still the plain `TcpStream` underneath and `/ws` can split it
+/// into two lock-free halves (crate::wire).
+async fn accept_loop(
+    listener: TcpListener,
+    routes: Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    // Every connection task holds a sender; `recv` returns `None` once all are gone.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) if is_per_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors, say: the listener itself is fine, so wait
+                    // for connections to end rather than spin.
+                    tracing::error!(error = %e, "accept failed; retrying in 1 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        // Batches are written explicitly; Nagle would only add latency.
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(routes.clone());
+        let mut stop = stop.clone();
+        let open = open_tx.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_tx);
+    let _ = open_rx.recv().await;
+    Ok(())
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped at once: this future stays `Send`.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Accept errors that concern one connection (it was reset before it was accepted), not
+/// the listener.
+fn is_per_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 /// Binds with `config` and serves until SIGTERM or Ctrl-C, then shuts down gracefully.

@@ -2,11 +2,11 @@
 //! task and one batching writer.
 //!
 //! The writer is the only code that writes to the socket: it drains the connection's
-//! queue in batches (`feed` each frame, then one `flush`), sends protocol pings, and ends
-//! the connection with the close code the manager decided — all under a write timeout, so
-//! a peer that stopped reading is dropped even when no close frame can reach it. The
-//! reader answers client frames by queueing control frames through the manager, never by
-//! writing itself.
+//! queue in batches (each batch one vectored write, see [`crate::wire`]), sends protocol
+//! pings and the pongs the reader asks for, and ends the connection with the close code
+//! the manager decided — all under a write timeout, so a peer that stopped reading is
+//! dropped even when no close frame can reach it. The reader answers client frames by
+//! queueing control frames through the manager, never by writing itself.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,24 +18,20 @@ use agentwire_protocol::{
     AUTH_SUBPROTOCOL_PREFIX, ClientFrame, CloseCode, DecodeError, Epoch, ErrorCode, ErrorFrame,
     SUBPROTOCOL, Seq, ServerFrame, Timestamp,
 };
-use axum::extract::ws::{
-    CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
-    rejection::WebSocketUpgradeRejection,
-};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
 
 use crate::auth::{AuthError, Verified};
 use crate::http::json_error;
 use crate::metrics::Rejection;
 use crate::server::AppState;
+use crate::wire::{FrameWriter, OpCode, UpgradeRejection, WsStream, WsUpgrade};
 
 /// Per-connection settings of the WebSocket endpoint.
 #[derive(Debug, Clone)]
@@ -44,8 +40,6 @@ pub(crate) struct WsSettings {
     pub(crate) close_timeout: Duration,
     pub(crate) write_batch_frames: usize,
     pub(crate) read_buffer_size: usize,
-    pub(crate) write_buffer_size: usize,
-    pub(crate) max_write_buffer_size: usize,
     pub(crate) max_message_size: usize,
     pub(crate) max_frame_size: usize,
     pub(crate) max_bad_frames: u32,
@@ -55,18 +49,11 @@ pub(crate) struct WsSettings {
 
 impl WsSettings {
     pub(crate) fn from_config(c: &crate::ServerConfig) -> Self {
-        let write_buffer_size = c.write_buffer_size;
         WsSettings {
             write_timeout: c.write_timeout.max(Duration::from_millis(1)),
             close_timeout: c.close_timeout,
             write_batch_frames: c.write_batch_frames.max(1),
             read_buffer_size: c.read_buffer_size.max(256),
-            write_buffer_size,
-            // Room for one full batch threshold plus the largest frame the manager can
-            // queue (an event at the size limit, with its envelope).
-            max_write_buffer_size: write_buffer_size
-                .saturating_add(c.max_event_bytes)
-                .saturating_add(64 * 1024),
             max_message_size: c.max_message_size.max(64),
             max_frame_size: c.max_frame_size.max(64),
             max_bad_frames: c.max_bad_frames,
@@ -206,7 +193,7 @@ pub(crate) async fn ws_handler(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, UpgradeRejection>,
 ) -> Response {
     if let Some(origin) = headers.get(header::ORIGIN)
         && !app.ws.origin_allowed(origin)
@@ -256,23 +243,25 @@ pub(crate) async fn ws_handler(
         }
     };
     let s = &app.ws;
-    upgrade
+    // Reading only: the server writes its frames itself (crate::wire).
+    let config = WebSocketConfig::default()
         .read_buffer_size(s.read_buffer_size)
-        .write_buffer_size(s.write_buffer_size)
-        .max_write_buffer_size(s.max_write_buffer_size)
-        .max_message_size(s.max_message_size)
-        .max_frame_size(s.max_frame_size)
-        .protocols([SUBPROTOCOL])
-        .on_upgrade(move |socket| serve_socket(app, socket, verified, resume))
+        .max_message_size(Some(s.max_message_size))
+        .max_frame_size(Some(s.max_frame_size));
+    upgrade.accept(SUBPROTOCOL, config, move |stream, sink| {
+        serve_socket(app, stream, sink, verified, resume)
+    })
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-type Stream = SplitStream<WebSocket>;
+type Sink = FrameWriter;
+type Stream = WsStream;
 
 /// How the reader ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReaderEnd {
-    /// The peer closed, or the connection broke: nothing more can be sent.
+    /// The peer sent a close frame (with this code, if any): the writer answers it.
+    PeerClosed(Option<u16>),
+    /// The connection broke: nothing more can be sent.
     PeerGone,
     /// The reader asked the manager to close the connection with a code (1009, 1007,
     /// 1002); the writer sends it.
@@ -281,11 +270,11 @@ enum ReaderEnd {
 
 async fn serve_socket(
     app: Arc<AppState>,
-    socket: WebSocket,
+    mut stream: Stream,
+    mut sink: Sink,
     verified: Verified,
     query_resume: Option<Resume>,
 ) {
-    let (mut sink, mut stream) = socket.split();
     let mut first = None;
     let resume = match query_resume {
         Some(r) => r,
@@ -294,7 +283,7 @@ async fn serve_socket(
                 Err(_) => Resume::FromHistoryStart,
                 Ok(None) => return,
                 Ok(Some(Err(e))) => {
-                    if let Some(code) = read_error_code(e) {
+                    if let Some(code) = read_error_code(&e) {
                         close_unconnected(&app, &mut sink, stream, code).await;
                     }
                     return;
@@ -333,27 +322,39 @@ async fn serve_socket(
         }
     };
     tracing::debug!(user = %verified.user, connection = %conn.id(), "connected");
-    let (expiry_tx, expiry_rx) = watch::channel(verified.expires_at);
-    let mut reader = tokio::spawn(read_loop(
-        app.clone(),
-        conn.clone(),
-        stream,
-        first,
-        expiry_tx,
-    ));
-    write_loop(&app, &conn, &mut sink, expiry_rx, &mut reader).await;
+    let (news_tx, news_rx) = watch::channel(PeerNews {
+        expires_at: verified.expires_at,
+        ping: None,
+        end: None,
+    });
+    let reader = tokio::spawn(read_loop(app.clone(), conn.clone(), stream, first, news_tx));
+    write_loop(&app, &conn, &mut sink, news_rx).await;
     // However the writer ended, the reader must not keep the socket open.
     reader.abort();
     conn.disconnect();
     tracing::debug!(connection = %conn.id(), "disconnected");
 }
 
+/// What the reader tells the writer: the token's expiry (moved by `refresh_token`), the
+/// newest protocol ping to answer, and how reading ended. A ping not yet answered when a
+/// newer one arrives is answered only by the newer one's pong (RFC 6455 §5.5.3 allows
+/// it). The writer watches this one channel, so a wake-up for a batch of frames polls no
+/// more than it must.
+#[derive(Debug, Clone)]
+struct PeerNews {
+    expires_at: u64,
+    /// The payload of the newest ping, and a count that tells one ping from the next.
+    ping: Option<(u64, Bytes)>,
+    /// Set when the reader is done (its sender being dropped means the same as
+    /// `PeerGone`).
+    end: Option<ReaderEnd>,
+}
+
 /// Refuses a connection the manager never registered: a close frame, then a short wait
 /// for the peer's.
 async fn close_unconnected(app: &AppState, sink: &mut Sink, mut stream: Stream, code: CloseCode) {
     app.metrics.closed(code);
-    let frame = close_message(code);
-    if timeout(app.ws.write_timeout, sink.send(frame))
+    if timeout(app.ws.write_timeout, send_close(sink, code))
         .await
         .is_err()
     {
@@ -366,11 +367,8 @@ async fn close_unconnected(app: &AppState, sink: &mut Sink, mut stream: Stream, 
     .await;
 }
 
-fn close_message(code: CloseCode) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: code.code(),
-        reason: Utf8Bytes::from_static(code.reason()),
-    }))
+async fn send_close(sink: &mut Sink, code: CloseCode) -> std::io::Result<()> {
+    sink.write_close(code.code(), code.reason()).await
 }
 
 /// The longest single timer armed; a later deadline is re-armed when this one fires, so
@@ -390,6 +388,18 @@ fn instant_at_unix(secs: u64) -> Instant {
     after(Duration::from_millis(at_ms.saturating_sub(now_ms)))
 }
 
+/// When a connection's first heartbeat ping is due: somewhere in the interval's second
+/// half, so connections that arrived together (a restart, a load test) do not ping all
+/// at once, interval after interval.
+fn first_ping(interval: Duration) -> Instant {
+    let spread = interval / 2;
+    let jitter = spread.mul_f64(rand::random::<f64>());
+    after(spread + jitter)
+}
+
+/// Slots of the write batch a connection keeps between batches.
+const BATCH_KEEP_CAPACITY: usize = 8;
+
 #[derive(Debug)]
 enum WriteFailed {
     TimedOut,
@@ -400,8 +410,7 @@ async fn write_loop(
     app: &AppState,
     conn: &Connection,
     sink: &mut Sink,
-    mut expiry: watch::Receiver<u64>,
-    reader: &mut JoinHandle<ReaderEnd>,
+    mut news: watch::Receiver<PeerNews>,
 ) {
     let settings = &app.ws;
     let heartbeat = app.manager.config().heartbeat;
@@ -410,29 +419,20 @@ async fn write_loop(
     let interval = heartbeat
         .interval
         .clamp(Duration::from_millis(10), MAX_TIMER);
-    let mut ping = tokio::time::interval_at(after(interval), interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let expires_at = |exp: u64| instant_at_unix(exp.saturating_add(leeway));
-    let token_deadline = tokio::time::sleep_until(expires_at(*expiry.borrow()));
-    tokio::pin!(token_deadline);
-    let mut expired = false;
-    let mut expiry_open = true;
-    let mut reader_done = false;
+    // One timer for both deadlines: the next heartbeat ping and the token's expiry.
+    let mut next_ping = first_ping(interval);
+    let mut token_at = Some(expires_at(news.borrow().expires_at));
+    let next_deadline = |ping: Instant, token: Option<Instant>| token.map_or(ping, |t| t.min(ping));
+    let timer = tokio::time::sleep_until(next_deadline(next_ping, token_at));
+    tokio::pin!(timer);
+    let mut news_open = true;
+    let mut reader_end = None;
+    let mut pinged = 0u64;
 
     loop {
         tokio::select! {
             biased;
-            end = &mut *reader, if !reader_done => {
-                reader_done = true;
-                match end {
-                    Ok(ReaderEnd::Failed) => {}
-                    Ok(ReaderEnd::PeerGone) | Err(_) => {
-                        // Completes the close handshake the peer started, if it did.
-                        let _ = timeout(settings.close_timeout, sink.close()).await;
-                        return;
-                    }
-                }
-            }
             out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
                 Outbound::Frames => {
                     if let Err(e) = write_batch(app, sink, &mut batch).await {
@@ -442,103 +442,130 @@ async fn write_loop(
                         }
                         return;
                     }
-                    if batch.capacity() > 64 {
-                        batch = Vec::new();
-                    }
+                    // A burst grew the batch; an idle connection keeps only a few slots.
+                    batch.shrink_to(BATCH_KEEP_CAPACITY);
                 }
                 Outbound::Close(code) => {
                     app.metrics.closed(code);
-                    match timeout(settings.write_timeout, sink.send(close_message(code))).await {
+                    match timeout(settings.write_timeout, send_close(sink, code)).await {
                         Err(_) => app.metrics.write_timeout(),
                         Ok(Err(_)) => {}
                         Ok(Ok(())) => {
-                            if !reader_done {
-                                let _ = timeout(settings.close_timeout, &mut *reader).await;
+                            if reader_end.is_none() && news_open {
+                                // The peer's close frame ends the reader.
+                                let _ = timeout(
+                                    settings.close_timeout,
+                                    news.wait_for(|n| n.end.is_some()),
+                                )
+                                .await;
                             }
                         }
                     }
                     return;
                 }
             },
-            _ = ping.tick() => {
-                if heartbeat.is_expired(conn.silent_for()) {
-                    conn.heartbeat_timed_out();
-                } else {
-                    match timeout(settings.write_timeout, sink.send(Message::Ping(Bytes::new()))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return,
-                        Err(_) => {
-                            app.metrics.write_timeout();
-                            return;
-                        }
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= next_ping {
+                    next_ping = after(interval);
+                    if heartbeat.is_expired(conn.silent_for()) {
+                        conn.heartbeat_timed_out();
+                    } else if !write_control(app, sink, OpCode::Ping, &[]).await {
+                        return;
                     }
                 }
-            }
-            () = &mut token_deadline, if !expired => {
-                let exp = *expiry.borrow();
-                if Timestamp::now().as_millis() >= exp.saturating_add(leeway).saturating_mul(1_000) {
-                    expired = true;
-                    tracing::debug!(connection = %conn.id(), "token expired");
-                    conn.close(CloseCode::TokenExpired);
-                } else {
-                    token_deadline.as_mut().reset(expires_at(exp));
+                if token_at.is_some_and(|t| now >= t) {
+                    let exp = news.borrow().expires_at;
+                    if Timestamp::now().as_millis() >= exp.saturating_add(leeway).saturating_mul(1_000) {
+                        token_at = None;
+                        tracing::debug!(connection = %conn.id(), "token expired");
+                        conn.close(CloseCode::TokenExpired);
+                    } else {
+                        token_at = Some(expires_at(exp));
+                    }
                 }
+                timer.as_mut().reset(next_deadline(next_ping, token_at));
             }
-            changed = expiry.changed(), if expiry_open => {
-                if changed.is_err() {
-                    expiry_open = false;
-                } else if !expired {
-                    let exp = *expiry.borrow_and_update();
-                    token_deadline.as_mut().reset(expires_at(exp));
+            changed = news.changed(), if news_open && reader_end.is_none() => {
+                let current = if changed.is_ok() {
+                    news.borrow_and_update().clone()
+                } else {
+                    news_open = false;
+                    PeerNews { end: Some(ReaderEnd::PeerGone), ..news.borrow().clone() }
+                };
+                if token_at.is_some() {
+                    token_at = Some(expires_at(current.expires_at));
+                    timer.as_mut().reset(next_deadline(next_ping, token_at));
+                }
+                if let Some((n, payload)) = current.ping
+                    && n != pinged
+                {
+                    pinged = n;
+                    if !write_control(app, sink, OpCode::Pong, &payload).await {
+                        return;
+                    }
+                }
+                match current.end {
+                    None | Some(ReaderEnd::Failed) => reader_end = current.end,
+                    Some(ReaderEnd::PeerClosed(code)) => {
+                        // Completes the close handshake the peer started.
+                        let code = code.unwrap_or(1000);
+                        let _ = timeout(settings.close_timeout, sink.write_close(code, "")).await;
+                        return;
+                    }
+                    Some(ReaderEnd::PeerGone) => return,
                 }
             }
         }
     }
 }
 
-/// Writes a batch: every frame fed into the socket's buffer, then one flush, all within
-/// the write timeout.
+/// Writes a ping or pong under the write timeout; `false` when the connection is done.
+async fn write_control(app: &AppState, sink: &mut Sink, opcode: OpCode, payload: &[u8]) -> bool {
+    match timeout(app.ws.write_timeout, sink.write_control(opcode, payload)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            app.metrics.write_timeout();
+            false
+        }
+    }
+}
+
+/// Writes a batch: every frame in one vectored write where the socket takes it all, all
+/// within the write timeout.
 async fn write_batch(
     app: &AppState,
     sink: &mut Sink,
     batch: &mut Vec<Bytes>,
 ) -> Result<(), WriteFailed> {
-    let work = async {
-        let now = Timestamp::now();
-        for frame in batch.drain(..) {
-            app.metrics.frame_written(&frame, now);
-            match Utf8Bytes::try_from(frame) {
-                Ok(text) => sink
-                    .feed(Message::Text(text))
-                    .await
-                    .map_err(|_| WriteFailed::Socket)?,
-                Err(_) => tracing::error!("manager queued a frame that is not UTF-8; skipped"),
-            }
+    let now = Timestamp::now();
+    for frame in batch.iter() {
+        app.metrics.frame_written(frame, now);
+    }
+    let result = {
+        let work = sink.write_text(batch);
+        // Almost every batch fits the socket's send buffer and completes on its first
+        // poll: arm the write timeout's timer only when it does not, rather than
+        // inserting and cancelling a timer for every batch.
+        let mut work = std::pin::pin!(work);
+        match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+            Poll::Ready(r) => r.map_err(|_| WriteFailed::Socket),
+            Poll::Pending => match timeout(app.ws.write_timeout, work).await {
+                Ok(r) => r.map_err(|_| WriteFailed::Socket),
+                Err(_) => Err(WriteFailed::TimedOut),
+            },
         }
-        sink.flush().await.map_err(|_| WriteFailed::Socket)
     };
-    // Almost every batch fits the socket's send buffer and completes on its first poll:
-    // arm the write timeout's timer only when it does not, rather than inserting and
-    // cancelling a timer for every batch.
-    let mut work = std::pin::pin!(work);
-    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-        return r;
-    }
-    match timeout(app.ws.write_timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(WriteFailed::TimedOut),
-    }
+    batch.clear();
+    result
 }
 
 /// The close code a read error calls for; `None` when the peer is gone and nothing can be
 /// sent.
-fn read_error_code(e: axum::Error) -> Option<CloseCode> {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = e.into_inner();
-    let Some(ws) = inner.downcast_ref::<WsError>() else {
-        return Some(CloseCode::ProtocolError);
-    };
-    match ws {
+fn read_error_code(e: &tungstenite::Error) -> Option<CloseCode> {
+    use tungstenite::Error as WsError;
+    match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => None,
         WsError::Capacity(_) | WsError::WriteBufferFull(_) => Some(CloseCode::MessageTooBig),
         WsError::Utf8(_) => Some(CloseCode::InvalidPayload),
@@ -549,54 +576,74 @@ fn read_error_code(e: axum::Error) -> Option<CloseCode> {
 struct Reader {
     app: Arc<AppState>,
     conn: Arc<Connection>,
-    expiry: watch::Sender<u64>,
+    news: watch::Sender<PeerNews>,
+    pings: u64,
     bad_frames: u32,
 }
 
+/// Reads until the connection ends, then tells the writer how.
 async fn read_loop(
     app: Arc<AppState>,
     conn: Arc<Connection>,
-    mut stream: Stream,
+    stream: Stream,
     first: Option<Message>,
-    expiry: watch::Sender<u64>,
-) -> ReaderEnd {
+    news: watch::Sender<PeerNews>,
+) {
     let mut reader = Reader {
         app,
         conn,
-        expiry,
+        news,
+        pings: 0,
         bad_frames: 0,
     };
-    if let Some(msg) = first {
-        reader.on_message(msg);
-    }
-    // After the peer's close frame, reading on flushes the reply and ends the stream.
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(msg) => {
-                reader.conn.touch();
-                reader.on_message(msg);
-            }
-            Err(e) => {
-                return match read_error_code(e) {
-                    Some(code) => {
-                        tracing::debug!(connection = %reader.conn.id(), %code, "read error");
-                        reader.conn.close(code);
-                        ReaderEnd::Failed
-                    }
-                    None => ReaderEnd::PeerGone,
-                };
-            }
-        }
-    }
-    ReaderEnd::PeerGone
+    let end = reader.read(stream, first).await;
+    reader.news.send_modify(|n| n.end = Some(end));
 }
 
 impl Reader {
-    /// Handles one message. Pings are answered by tungstenite itself; a close frame
-    /// needs nothing here.
-    fn on_message(&mut self, msg: Message) {
+    async fn read(&mut self, mut stream: Stream, first: Option<Message>) -> ReaderEnd {
+        let reader = self;
+        if let Some(msg) = first
+            && let Some(end) = reader.on_message(msg)
+        {
+            return end;
+        }
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(msg) => {
+                    reader.conn.touch();
+                    if let Some(end) = reader.on_message(msg) {
+                        return end;
+                    }
+                }
+                Err(e) => {
+                    return match read_error_code(&e) {
+                        Some(code) => {
+                            tracing::debug!(connection = %reader.conn.id(), %code, "read error");
+                            reader.conn.close(code);
+                            ReaderEnd::Failed
+                        }
+                        None => ReaderEnd::PeerGone,
+                    };
+                }
+            }
+        }
+        ReaderEnd::PeerGone
+    }
+
+    /// Handles one message; `Some` when it ends the connection (the peer's close frame).
+    fn on_message(&mut self, msg: Message) -> Option<ReaderEnd> {
+        if let Message::Close(frame) = msg {
+            return Some(ReaderEnd::PeerClosed(frame.map(|f| u16::from(f.code))));
+        }
+        if let Message::Ping(payload) = msg {
+            self.pings += 1;
+            let n = self.pings;
+            self.news.send_modify(|news| news.ping = Some((n, payload)));
+            return None;
+        }
         if self.conn.closing().is_some() {
-            return;
+            return None;
         }
         match msg {
             Message::Text(text) => self.on_text(text.as_bytes()),
@@ -604,8 +651,9 @@ impl Reader {
                 ErrorCode::BadRequest,
                 "binary frames are not accepted; send JSON text frames".into(),
             ),
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
         }
+        None
     }
 
     fn on_text(&mut self, bytes: &[u8]) {
@@ -622,7 +670,7 @@ impl Reader {
             ),
             Ok(ClientFrame::RefreshToken { token }) => match self.app.auth.verify(&token) {
                 Ok(v) if v.user == *self.conn.user_id() => {
-                    self.expiry.send_replace(v.expires_at);
+                    self.news.send_modify(|news| news.expires_at = v.expires_at);
                     self.app.metrics.token_refreshed();
                 }
                 Ok(_) => self.bad(
