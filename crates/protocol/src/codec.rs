@@ -192,25 +192,28 @@ pub fn parse_object(bytes: &[u8], limits: Limits) -> Result<Map<String, Value>, 
 }
 
 /// Rejects input whose arrays and objects nest deeper than `limit`, by one scan over the
-/// bytes that skips string contents. Brackets need not balance here: the parser reports
-/// that afterwards.
+/// bytes that jumps over string contents (most of an event's bytes) with `memchr`.
+/// Brackets need not balance here, nor strings end: the parser reports that afterwards.
 fn check_depth(bytes: &[u8], limit: usize) -> Result<(), DecodeError> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                // Past the closing quote; an escape skips the byte after the backslash.
+                loop {
+                    let Some(j) = bytes.get(i..).and_then(|s| memchr::memchr2(b'"', b'\\', s))
+                    else {
+                        return Ok(());
+                    };
+                    if bytes[i + j] == b'"' {
+                        i += j + 1;
+                        break;
+                    }
+                    i += j + 2;
+                }
+            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
@@ -274,6 +277,53 @@ pub(crate) fn from_object<T: DeserializeOwned>(obj: Map<String, Value>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The depth check written the plain way, byte by byte: the reference the fast one
+    /// must agree with.
+    fn depth_check_reference(bytes: &[u8], limit: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &b in bytes {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > limit {
+                        return false;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        true
+    }
+
+    proptest! {
+        #[test]
+        fn the_depth_check_agrees_with_a_byte_by_byte_scan(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'"'), Just(b'\\'), Just(b'['), Just(b']'), Just(b'{'), Just(b'}'),
+                    Just(b'a'), Just(b','),
+                ],
+                0..64,
+            ),
+            limit in 0usize..6,
+        ) {
+            prop_assert_eq!(check_depth(&bytes, limit).is_ok(), depth_check_reference(&bytes, limit));
+        }
+    }
 
     const SMALL: Limits = Limits {
         max_bytes: 64,

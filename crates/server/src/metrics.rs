@@ -206,7 +206,7 @@ pub(crate) fn event_ts(frame: &[u8]) -> Option<u64> {
     let rest = frame.strip_prefix(b"{\"type\":\"")?;
     let name_end = rest.iter().take(64).position(|&b| b == b'"')?;
     let rest = rest[name_end..].strip_prefix(SEQ)?;
-    let at = (0..rest.len()).find(|&i| rest[i] == b',' && rest[i..].starts_with(TS))? + TS.len();
+    let at = memchr::memmem::find(rest, TS)? + TS.len();
     let digits = &rest[at..];
     let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
     if n == 0 || n > 19 {

@@ -370,16 +370,20 @@ async fn send_all(tcp: &TcpStream, slices: &mut [IoSlice<'_>]) -> io::Result<()>
     let mut rest: &mut [IoSlice<'_>] = slices;
     while !rest.is_empty() {
         let n = rest.len().min(MAX_IOV);
-        // Try first: the socket is almost always writable, and `try_io` knows when it is
-        // not without a system call.
-        let sent = loop {
-            match tcp.try_io(Interest::WRITABLE, || {
-                socket2::SockRef::from(tcp).send_vectored(&rest[..n])
-            }) {
-                Ok(sent) => break sent,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
-                Err(e) => return Err(e),
-            }
+        let send = || socket2::SockRef::from(tcp).send_vectored(&rest[..n]);
+        // The socket is almost always writable: send at once. Only when it is full does
+        // the send go through tokio's readiness (`try_io`, which clears the readiness it
+        // saw before the attempt, so no wake-up is lost), and wait.
+        let sent = match send() {
+            Ok(sent) => sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => loop {
+                match tcp.try_io(Interest::WRITABLE, send) {
+                    Ok(sent) => break sent,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+                    Err(e) => return Err(e),
+                }
+            },
+            Err(e) => return Err(e),
         };
         if sent == 0 {
             return Err(io::ErrorKind::WriteZero.into());

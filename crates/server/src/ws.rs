@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::watch;
+use futures_util::task::AtomicWaker;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
 
@@ -322,13 +323,15 @@ async fn serve_socket(
         }
     };
     tracing::debug!(user = %verified.user, connection = %conn.id(), "connected");
-    let (news_tx, news_rx) = watch::channel(PeerNews {
-        expires_at: verified.expires_at,
-        ping: None,
-        end: None,
-    });
-    let reader = tokio::spawn(read_loop(app.clone(), conn.clone(), stream, first, news_tx));
-    write_loop(&app, &conn, &mut sink, news_rx).await;
+    let news = Arc::new(NewsCell::new(verified.expires_at));
+    let reader = tokio::spawn(read_loop(
+        app.clone(),
+        conn.clone(),
+        stream,
+        first,
+        news.clone(),
+    ));
+    write_loop(&app, &conn, &mut sink, &news).await;
     // However the writer ended, the reader must not keep the socket open.
     reader.abort();
     conn.disconnect();
@@ -338,16 +341,76 @@ async fn serve_socket(
 /// What the reader tells the writer: the token's expiry (moved by `refresh_token`), the
 /// newest protocol ping to answer, and how reading ended. A ping not yet answered when a
 /// newer one arrives is answered only by the newer one's pong (RFC 6455 §5.5.3 allows
-/// it). The writer watches this one channel, so a wake-up for a batch of frames polls no
-/// more than it must.
+/// it).
 #[derive(Debug, Clone)]
 struct PeerNews {
     expires_at: u64,
     /// The payload of the newest ping, and a count that tells one ping from the next.
     ping: Option<(u64, Bytes)>,
-    /// Set when the reader is done (its sender being dropped means the same as
-    /// `PeerGone`).
+    /// Set once the reader is done.
     end: Option<ReaderEnd>,
+}
+
+/// The reader's [`PeerNews`], shared with the writer. The writer looks at it on every
+/// wake-up, so looking costs two atomic operations: a version number and a waker (a
+/// `watch` channel would build and drop a waiter each time).
+#[derive(Debug)]
+struct NewsCell {
+    news: std::sync::Mutex<PeerNews>,
+    version: AtomicU64,
+    waker: AtomicWaker,
+}
+
+impl NewsCell {
+    fn new(expires_at: u64) -> Self {
+        NewsCell {
+            news: std::sync::Mutex::new(PeerNews {
+                expires_at,
+                ping: None,
+                end: None,
+            }),
+            version: AtomicU64::new(0),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeerNews> {
+        // Every update is a plain field assignment: a poisoned lock holds whole data.
+        self.news
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut PeerNews)) {
+        change(&mut self.lock());
+        self.version.fetch_add(1, AtomicOrdering::Release);
+        self.waker.wake();
+    }
+
+    fn get(&self) -> PeerNews {
+        self.lock().clone()
+    }
+
+    /// Resolves with the current version once it differs from `seen`.
+    fn changed(&self, seen: u64) -> impl Future<Output = u64> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.waker.register(cx.waker());
+            let v = self.version.load(AtomicOrdering::Acquire);
+            if v == seen {
+                Poll::Pending
+            } else {
+                Poll::Ready(v)
+            }
+        })
+    }
+
+    /// Resolves once the reader is done.
+    async fn ended(&self) {
+        let mut seen = u64::MAX;
+        while self.lock().end.is_none() {
+            seen = self.changed(seen).await;
+        }
+    }
 }
 
 /// Refuses a connection the manager never registered: a close frame, then a short wait
@@ -406,12 +469,7 @@ enum WriteFailed {
     Socket,
 }
 
-async fn write_loop(
-    app: &AppState,
-    conn: &Connection,
-    sink: &mut Sink,
-    mut news: watch::Receiver<PeerNews>,
-) {
+async fn write_loop(app: &AppState, conn: &Connection, sink: &mut Sink, news: &NewsCell) {
     let settings = &app.ws;
     let heartbeat = app.manager.config().heartbeat;
     let leeway = app.auth.leeway().as_secs();
@@ -422,11 +480,11 @@ async fn write_loop(
     let expires_at = |exp: u64| instant_at_unix(exp.saturating_add(leeway));
     // One timer for both deadlines: the next heartbeat ping and the token's expiry.
     let mut next_ping = first_ping(interval);
-    let mut token_at = Some(expires_at(news.borrow().expires_at));
+    let mut token_at = Some(expires_at(news.get().expires_at));
     let next_deadline = |ping: Instant, token: Option<Instant>| token.map_or(ping, |t| t.min(ping));
     let timer = tokio::time::sleep_until(next_deadline(next_ping, token_at));
     tokio::pin!(timer);
-    let mut news_open = true;
+    let mut seen = 0u64;
     let mut reader_end = None;
     let mut pinged = 0u64;
 
@@ -451,13 +509,9 @@ async fn write_loop(
                         Err(_) => app.metrics.write_timeout(),
                         Ok(Err(_)) => {}
                         Ok(Ok(())) => {
-                            if reader_end.is_none() && news_open {
+                            if reader_end.is_none() {
                                 // The peer's close frame ends the reader.
-                                let _ = timeout(
-                                    settings.close_timeout,
-                                    news.wait_for(|n| n.end.is_some()),
-                                )
-                                .await;
+                                let _ = timeout(settings.close_timeout, news.ended()).await;
                             }
                         }
                     }
@@ -475,7 +529,7 @@ async fn write_loop(
                     }
                 }
                 if token_at.is_some_and(|t| now >= t) {
-                    let exp = news.borrow().expires_at;
+                    let exp = news.get().expires_at;
                     if Timestamp::now().as_millis() >= exp.saturating_add(leeway).saturating_mul(1_000) {
                         token_at = None;
                         tracing::debug!(connection = %conn.id(), "token expired");
@@ -486,13 +540,9 @@ async fn write_loop(
                 }
                 timer.as_mut().reset(next_deadline(next_ping, token_at));
             }
-            changed = news.changed(), if news_open && reader_end.is_none() => {
-                let current = if changed.is_ok() {
-                    news.borrow_and_update().clone()
-                } else {
-                    news_open = false;
-                    PeerNews { end: Some(ReaderEnd::PeerGone), ..news.borrow().clone() }
-                };
+            version = news.changed(seen), if reader_end.is_none() => {
+                seen = version;
+                let current = news.get();
                 if token_at.is_some() {
                     token_at = Some(expires_at(current.expires_at));
                     timer.as_mut().reset(next_deadline(next_ping, token_at));
@@ -576,7 +626,7 @@ fn read_error_code(e: &tungstenite::Error) -> Option<CloseCode> {
 struct Reader {
     app: Arc<AppState>,
     conn: Arc<Connection>,
-    news: watch::Sender<PeerNews>,
+    news: Arc<NewsCell>,
     pings: u64,
     bad_frames: u32,
 }
@@ -587,7 +637,7 @@ async fn read_loop(
     conn: Arc<Connection>,
     stream: Stream,
     first: Option<Message>,
-    news: watch::Sender<PeerNews>,
+    news: Arc<NewsCell>,
 ) {
     let mut reader = Reader {
         app,
@@ -597,7 +647,16 @@ async fn read_loop(
         bad_frames: 0,
     };
     let end = reader.read(stream, first).await;
-    reader.news.send_modify(|n| n.end = Some(end));
+    reader.news.update(|n| n.end = Some(end));
+}
+
+impl Drop for Reader {
+    /// A reader stopped any other way (aborted with its task) still tells the writer.
+    fn drop(&mut self) {
+        if self.news.lock().end.is_none() {
+            self.news.update(|n| n.end = Some(ReaderEnd::PeerGone));
+        }
+    }
 }
 
 impl Reader {
@@ -639,7 +698,7 @@ impl Reader {
         if let Message::Ping(payload) = msg {
             self.pings += 1;
             let n = self.pings;
-            self.news.send_modify(|news| news.ping = Some((n, payload)));
+            self.news.update(|news| news.ping = Some((n, payload)));
             return None;
         }
         if self.conn.closing().is_some() {
@@ -670,7 +729,7 @@ impl Reader {
             ),
             Ok(ClientFrame::RefreshToken { token }) => match self.app.auth.verify(&token) {
                 Ok(v) if v.user == *self.conn.user_id() => {
-                    self.news.send_modify(|news| news.expires_at = v.expires_at);
+                    self.news.update(|news| news.expires_at = v.expires_at);
                     self.app.metrics.token_refreshed();
                 }
                 Ok(_) => self.bad(
