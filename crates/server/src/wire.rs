@@ -34,7 +34,7 @@ const MAX_IOV: usize = 512;
 
 /// Headers of a batch are built here; past this capacity the buffer is given back after
 /// the batch, so a burst leaves no large allocation on an idle connection.
-const HEADER_KEEP_CAPACITY: usize = 128;
+const HEADER_KEEP_CAPACITY: usize = 64;
 
 /// WebSocket opcodes the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ impl WsUpgrade {
         serve: F,
     ) -> Response
     where
-        F: FnOnce(WsStream, FrameWriter) -> Fut + Send + 'static,
+        F: FnOnce(Box<WsStream>, FrameWriter) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let selected = self
@@ -178,7 +178,9 @@ impl WsUpgrade {
                 Some(config),
             )
             .await;
-            serve(stream, FrameWriter::new(write)).await;
+            // Boxed: the stream moves from the connection's task to its reader's, and a
+            // moved-from slot in a future still takes its room.
+            serve(Box::new(stream), FrameWriter::new(write)).await;
         });
         let mut response = (
             StatusCode::SWITCHING_PROTOCOLS,

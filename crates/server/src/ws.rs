@@ -255,7 +255,7 @@ pub(crate) async fn ws_handler(
 }
 
 type Sink = FrameWriter;
-type Stream = WsStream;
+type Stream = Box<WsStream>;
 
 /// How the reader ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,12 +280,12 @@ async fn serve_socket(
     let resume = match query_resume {
         Some(r) => r,
         None if !app.ws.resume_wait.is_zero() => {
-            match timeout(app.ws.resume_wait, stream.next()).await {
+            match Box::pin(timeout(app.ws.resume_wait, stream.next())).await {
                 Err(_) => Resume::FromHistoryStart,
                 Ok(None) => return,
                 Ok(Some(Err(e))) => {
                     if let Some(code) = read_error_code(&e) {
-                        close_unconnected(&app, &mut sink, stream, code).await;
+                        Box::pin(close_unconnected(&app, &mut sink, stream, code)).await;
                     }
                     return;
                 }
@@ -307,18 +307,28 @@ async fn serve_socket(
         None => Resume::FromHistoryStart,
     };
     if app.is_shutting_down() {
-        close_unconnected(&app, &mut sink, stream, CloseCode::GoingAway).await;
+        Box::pin(close_unconnected(
+            &app,
+            &mut sink,
+            stream,
+            CloseCode::GoingAway,
+        ))
+        .await;
         return;
     }
-    let conn = match app
-        .manager
-        .connect_user(verified.user.clone(), ConnectOptions { resume })
-        .await
+    // The futures awaited once, before or after the writer's long life, are boxed: a
+    // task's future is as large as its largest state, and every idle connection holds
+    // this one.
+    let conn = match Box::pin(
+        app.manager
+            .connect_user(verified.user.clone(), ConnectOptions { resume }),
+    )
+    .await
     {
         Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::debug!(user = %verified.user, error = %e, "connection refused");
-            close_unconnected(&app, &mut sink, stream, e.close_code()).await;
+            Box::pin(close_unconnected(&app, &mut sink, stream, e.close_code())).await;
             return;
         }
     };
@@ -461,7 +471,7 @@ fn first_ping(interval: Duration) -> Instant {
 }
 
 /// Slots of the write batch a connection keeps between batches.
-const BATCH_KEEP_CAPACITY: usize = 8;
+const BATCH_KEEP_CAPACITY: usize = 4;
 
 #[derive(Debug)]
 enum WriteFailed {
@@ -505,13 +515,13 @@ async fn write_loop(app: &AppState, conn: &Connection, sink: &mut Sink, news: &N
                 }
                 Outbound::Close(code) => {
                     app.metrics.closed(code);
-                    match timeout(settings.write_timeout, send_close(sink, code)).await {
+                    match Box::pin(timeout(settings.write_timeout, send_close(sink, code))).await {
                         Err(_) => app.metrics.write_timeout(),
                         Ok(Err(_)) => {}
                         Ok(Ok(())) => {
                             if reader_end.is_none() {
                                 // The peer's close frame ends the reader.
-                                let _ = timeout(settings.close_timeout, news.ended()).await;
+                                let _ = Box::pin(timeout(settings.close_timeout, news.ended())).await;
                             }
                         }
                     }
@@ -524,7 +534,7 @@ async fn write_loop(app: &AppState, conn: &Connection, sink: &mut Sink, news: &N
                     next_ping = after(interval);
                     if heartbeat.is_expired(conn.silent_for()) {
                         conn.heartbeat_timed_out();
-                    } else if !write_control(app, sink, OpCode::Ping, &[]).await {
+                    } else if !Box::pin(write_control(app, sink, OpCode::Ping, &[])).await {
                         return;
                     }
                 }
@@ -551,7 +561,7 @@ async fn write_loop(app: &AppState, conn: &Connection, sink: &mut Sink, news: &N
                     && n != pinged
                 {
                     pinged = n;
-                    if !write_control(app, sink, OpCode::Pong, &payload).await {
+                    if !Box::pin(write_control(app, sink, OpCode::Pong, &payload)).await {
                         return;
                     }
                 }
@@ -560,7 +570,7 @@ async fn write_loop(app: &AppState, conn: &Connection, sink: &mut Sink, news: &N
                     Some(ReaderEnd::PeerClosed(code)) => {
                         // Completes the close handshake the peer started.
                         let code = code.unwrap_or(1000);
-                        let _ = timeout(settings.close_timeout, sink.write_close(code, "")).await;
+                        let _ = Box::pin(timeout(settings.close_timeout, sink.write_close(code, ""))).await;
                         return;
                     }
                     Some(ReaderEnd::PeerGone) => return,
@@ -601,7 +611,8 @@ async fn write_batch(
         let mut work = std::pin::pin!(work);
         match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
             Poll::Ready(r) => r.map_err(|_| WriteFailed::Socket),
-            Poll::Pending => match timeout(app.ws.write_timeout, work).await {
+            // Rare (the socket's buffer is full): the timer lives on the heap meanwhile.
+            Poll::Pending => match Box::pin(timeout(app.ws.write_timeout, work)).await {
                 Ok(r) => r.map_err(|_| WriteFailed::Socket),
                 Err(_) => Err(WriteFailed::TimedOut),
             },

@@ -686,48 +686,104 @@ pub(crate) struct SlowArgs {
     /// memory bound.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     queue_max_bytes: u64,
+    /// Rounds of (without, with) periods; the p99s compared are the medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
     let c = &env.common;
-    let mut base = Clients::open(env, "base", c.users, 0, RunShape::thinking(c.run_len)).await?;
-    let base_step = period(env, &mut base, a.rate, 1, "without slow", c.duration).await?;
-    base.pool.close().await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut mixed = Clients::open(
-        env,
-        "slow",
-        c.users,
-        a.slow_every,
-        RunShape::thinking(c.run_len),
-    )
-    .await?;
-    let mixed_step = period(env, &mut mixed, a.rate, 1, "with slow", c.duration).await?;
-    mixed.pool.close().await?;
+    // Periods alternate, without and with slow consumers, so a drift of the machine
+    // weighs on both alike; the ratio compares the medians of the healthy clients' p99.
+    let mut base_steps = Vec::new();
+    let mut mixed_steps = Vec::new();
+    let mut last_ready = None;
+    for round in 0..a.rounds.max(1) {
+        let mut base =
+            Clients::open(env, "base", c.users, 0, RunShape::thinking(c.run_len)).await?;
+        let name = format!("without slow #{}", round + 1);
+        base_steps.push(period(env, &mut base, a.rate, 1, &name, c.duration).await?);
+        base.pool.close().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut mixed = Clients::open(
+            env,
+            "slow",
+            c.users,
+            a.slow_every,
+            RunShape::thinking(c.run_len),
+        )
+        .await?;
+        let name = format!("with slow #{}", round + 1);
+        mixed_steps.push(period(env, &mut mixed, a.rate, 1, &name, c.duration).await?);
+        mixed.pool.close().await?;
+        last_ready = Some(mixed.ready.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let p99 = |s: &Value| s["latency"]["p99_ms"].as_f64().unwrap_or(0.0);
-    let ratio = if p99(&base_step) > 0.0 {
-        p99(&mixed_step) / p99(&base_step)
+    let median = |steps: &[Value]| {
+        let mut v: Vec<f64> = steps.iter().map(p99).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (base_p99, mixed_p99) = (median(&base_steps), median(&mixed_steps));
+    let ratio = if base_p99 > 0.0 {
+        mixed_p99 / base_p99
     } else {
         0.0
     };
     let slow_conns = u64::from(c.users * c.conns_per_user) / u64::from(a.slow_every.max(1));
-    let rss = |s: &Value, k: &str| s["server"][k].as_u64().unwrap_or(0);
-    let growth_kib = rss(&mixed_step, "rss_kib_max").saturating_sub(rss(&base_step, "rss_kib_max"));
+    // Server memory the slow consumers added: the peak RSS of each period with them over
+    // the one before it without, less what the history grew meanwhile (history is
+    // bounded on its own, by --history-max-bytes).
+    let rss = |s: &Value| s["server"]["rss_kib_max"].as_u64().unwrap_or(0);
+    let history = |s: &Value| {
+        s["server"]["metrics_after"]["history_bytes"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let growth_kib = base_steps
+        .iter()
+        .zip(&mixed_steps)
+        .map(|(b, m)| {
+            let rss_growth = rss(m).saturating_sub(rss(b)) as f64;
+            let history_growth = (history(m) - history(b)) / 1024.0;
+            (rss_growth - history_growth).max(0.0) as u64
+        })
+        .max()
+        .unwrap_or(0);
     let bound_kib = slow_conns * a.queue_max_bytes / 1024;
+    let closed_slow: u64 = mixed_steps
+        .iter()
+        .map(|s| {
+            s["server"]["metrics_after"]["slow_consumer_closes"]
+                .as_f64()
+                .unwrap_or(0.0) as u64
+        })
+        .max()
+        .unwrap_or(0);
     eprintln!(
-        "  healthy p99 with slow consumers / without = {ratio:.2}; server RSS max {} → {} KiB \
-         (growth {growth_kib} KiB; bound by queues {bound_kib} KiB for {slow_conns} slow connections)",
-        rss(&base_step, "rss_kib_max"),
-        rss(&mixed_step, "rss_kib_max"),
+        "  healthy p99 (median of {} rounds) with slow consumers {mixed_p99:.2} ms / without \
+         {base_p99:.2} ms = {ratio:.2}; server memory added {growth_kib} KiB (bound by queues: \
+         {bound_kib} KiB for {slow_conns} slow connections); slow-consumer closes {closed_slow}",
+        a.rounds.max(1)
     );
     let mut m = serde_json::Map::new();
     m.insert("slow_every".into(), json!(a.slow_every));
     m.insert("slow_connections".into(), json!(slow_conns));
+    m.insert("healthy_p99_ms_without".into(), json!(base_p99));
+    m.insert("healthy_p99_ms_with".into(), json!(mixed_p99));
     m.insert("p99_ratio".into(), json!(ratio));
-    m.insert("rss_growth_kib".into(), json!(growth_kib));
+    m.insert("rss_growth_less_history_kib".into(), json!(growth_kib));
     m.insert("queue_bound_kib".into(), json!(bound_kib));
-    m.insert("steps".into(), json!([base_step, mixed_step]));
-    Ok(finish(env, "slow", &mixed.ready, m))
+    m.insert("slow_consumer_closes".into(), json!(closed_slow));
+    let steps: Vec<Value> = base_steps
+        .into_iter()
+        .zip(mixed_steps)
+        .flat_map(|(b, m)| [b, m])
+        .collect();
+    m.insert("steps".into(), json!(steps));
+    let ready = last_ready.expect("at least one round ran");
+    Ok(finish(env, "slow", &ready, m))
 }
 
 /// Idle connections.
