@@ -180,6 +180,11 @@ pub struct ManagerStats {
     pub history_users: u64,
     /// Events trimmed from history by its bounds.
     pub history_trimmed: u64,
+    /// Frames waiting in connection queues, over all connections.
+    pub queued_frames: u64,
+    /// Bytes waiting in connection queues, over all connections (each connection's at most
+    /// its queue bound, `QueueLimits::max_bytes`).
+    pub queued_bytes: u64,
 }
 
 /// What one live connection looks like from outside.
@@ -802,13 +807,24 @@ impl UnifiedWebSocketManager {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut users = 0;
         let mut max_per_user = 0;
+        let (mut queued_frames, mut queued_bytes) = (0u64, 0u64);
+        let mut conns = Vec::new();
         for shard in self.inner.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            users += shard.len();
-            max_per_user = shard
-                .values()
-                .map(|e| e.conns.len())
-                .fold(max_per_user, usize::max);
+            {
+                let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                users += shard.len();
+                max_per_user = shard
+                    .values()
+                    .map(|e| e.conns.len())
+                    .fold(max_per_user, usize::max);
+                conns.extend(shard.values().flat_map(|e| e.conns.iter().cloned()));
+            }
+            // Each queue is looked at outside the registry's lock.
+            for c in conns.drain(..) {
+                let (frames, bytes) = c.queued();
+                queued_frames += frames as u64;
+                queued_bytes += bytes as u64;
+            }
         }
         let b = self.inner.broker.stats();
         ManagerStats {
@@ -833,6 +849,8 @@ impl UnifiedWebSocketManager {
             history_bytes: b.history_bytes,
             history_users: b.users,
             history_trimmed: b.history_trimmed,
+            queued_frames,
+            queued_bytes,
         }
     }
 

@@ -110,6 +110,18 @@ async fn counters_after_a_scripted_scenario() {
         .expect("a3 is listed");
     assert_eq!((info.acked_seq, info.queued_frames), (Seq(3), 1));
     assert!(info.queued_bytes > 0);
+    // The node's totals are the sum of what waits in every connection's queue.
+    let waiting = |m: &UnifiedWebSocketManager| {
+        [&alice, &bob, &carol]
+            .into_iter()
+            .flat_map(|u| m.connections_of(u))
+            .fold((0u64, 0u64), |(f, b), i| {
+                (f + i.queued_frames as u64, b + i.queued_bytes as u64)
+            })
+    };
+    let stats = m.get_stats();
+    assert!(stats.queued_frames >= 2, "{stats:?}");
+    assert_eq!((stats.queued_frames, stats.queued_bytes), waiting(&m));
     a3.until_seq(4).await;
     assert_eq!(m.connections_of(&alice)[1].queued_frames, 0);
 
@@ -140,6 +152,7 @@ async fn counters_after_a_scripted_scenario() {
     want.history_events = 6;
     want.history_bytes = stats.history_bytes;
     want.history_users = 3;
+    (want.queued_frames, want.queued_bytes) = waiting(&m);
     assert!(stats.history_bytes > 0);
     assert_eq!(stats, want);
 }

@@ -375,6 +375,18 @@ impl Collector for ManagerCollector {
             "Events trimmed from history by its bounds",
             s.history_trimmed,
         )?;
+        gauge(
+            e,
+            "agentwire_queued_frames",
+            "Frames waiting in connection queues, over all connections",
+            s.queued_frames,
+        )?;
+        gauge(
+            e,
+            "agentwire_queued_bytes",
+            "Bytes waiting in connection queues, over all connections (each at most --queue-max-bytes)",
+            s.queued_bytes,
+        )?;
         Ok(())
     }
 }

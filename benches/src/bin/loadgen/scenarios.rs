@@ -196,6 +196,7 @@ impl Env {
             "history_users": g("agentwire_history_users"),
             "events_delivered": g("agentwire_events_delivered"),
             "slow_consumer_closes": g("agentwire_slow_consumer_closes"),
+            "queued_bytes": g("agentwire_queued_bytes"),
             "write_timeouts": g("agentwire_write_timeouts"),
             "heartbeat_timeouts": g("agentwire_heartbeat_timeouts"),
         })
@@ -699,15 +700,18 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
     let mut mixed_steps = Vec::new();
     let mut last_ready = None;
     for round in 0..a.rounds.max(1) {
+        // Fresh users every period: a user's runs, once finished, stay finished.
+        let prefix = format!("base{round}");
         let mut base =
-            Clients::open(env, "base", c.users, 0, RunShape::thinking(c.run_len)).await?;
+            Clients::open(env, &prefix, c.users, 0, RunShape::thinking(c.run_len)).await?;
         let name = format!("without slow #{}", round + 1);
         base_steps.push(period(env, &mut base, a.rate, 1, &name, c.duration).await?);
         base.pool.close().await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let prefix = format!("slow{round}");
         let mut mixed = Clients::open(
             env,
-            "slow",
+            &prefix,
             c.users,
             a.slow_every,
             RunShape::thinking(c.run_len),
@@ -761,10 +765,22 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
         })
         .max()
         .unwrap_or(0);
+    // What waited in the server's queues when each period with slow consumers ended.
+    let queued_kib = mixed_steps
+        .iter()
+        .map(|s| {
+            s["server"]["metrics_after"]["queued_bytes"]
+                .as_f64()
+                .unwrap_or(0.0) as u64
+                / 1024
+        })
+        .max()
+        .unwrap_or(0);
     eprintln!(
         "  healthy p99 (median of {} rounds) with slow consumers {mixed_p99:.2} ms / without \
-         {base_p99:.2} ms = {ratio:.2}; server memory added {growth_kib} KiB (bound by queues: \
-         {bound_kib} KiB for {slow_conns} slow connections); slow-consumer closes {closed_slow}",
+         {base_p99:.2} ms = {ratio:.2}; queued in the server {queued_kib} KiB, RSS added \
+         {growth_kib} KiB (bound by queues: {bound_kib} KiB for {slow_conns} slow \
+         connections); slow-consumer closes {closed_slow}",
         a.rounds.max(1)
     );
     let mut m = serde_json::Map::new();
@@ -775,6 +791,7 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
     m.insert("p99_ratio".into(), json!(ratio));
     m.insert("rss_growth_less_history_kib".into(), json!(growth_kib));
     m.insert("queue_bound_kib".into(), json!(bound_kib));
+    m.insert("queued_kib_end".into(), json!(queued_kib));
     m.insert("slow_consumer_closes".into(), json!(closed_slow));
     let steps: Vec<Value> = base_steps
         .into_iter()
