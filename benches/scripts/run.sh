@@ -25,26 +25,16 @@ if [[ "${FORCE:-0}" != 1 ]] && awk -v l="$load" -v m="${MAX_LOAD:-0.8}" 'BEGIN {
 fi
 
 bin=${BIN:-target/release}
-if [[ -z "${BIN:-}" ]]; then
-    cargo build --release -q -p agentwire-server -p agentwire-bench
-fi
+# shellcheck source=benches/scripts/lib.sh
+source benches/scripts/lib.sh
+build_unless_bin
 port=${PORT:-18080}
 secret=loadgen-secret
 key=loadgen-key
 results=${RESULTS:-benches/results/$scenario.jsonl}
 mkdir -p "$(dirname "$results")"
 
-# shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
-taskset -c 0 "$bin/agentwire-server" \
-    --listen "127.0.0.1:$port" --jwt-secret "$secret" --api-keys "$key" \
-    --publish-rate 0 --max-connections 19000 --demo off ${SERVER_ARGS:-} \
-    >"${SERVER_LOG:-/tmp/agentwire-bench-server.log}" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-    sleep 0.1
-done
+start_pinned_server "$port" "$secret" "$key" "${SERVER_LOG:-/tmp/agentwire-bench-server.log}"
 
 taskset -c 1 "$bin/loadgen" "$scenario" \
     --server "127.0.0.1:$port" --server-pid "$server" \

@@ -19,7 +19,7 @@ use crate::config::QueueLimits;
 use crate::manager::{Counters, UnifiedWebSocketManager};
 
 /// Slots a drained queue keeps; beyond it, the capacity a burst grew is given back.
-const QUEUE_KEEP_CAPACITY: usize = 4;
+const QUEUE_KEEP_CAPACITY: usize = 1;
 
 /// What the connection's stream is doing.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]

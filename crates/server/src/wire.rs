@@ -34,7 +34,7 @@ const MAX_IOV: usize = 512;
 
 /// Headers of a batch are built here; past this capacity the buffer is given back after
 /// the batch, so a burst leaves no large allocation on an idle connection.
-const HEADER_KEEP_CAPACITY: usize = 64;
+const HEADER_KEEP_CAPACITY: usize = 16;
 
 /// WebSocket opcodes the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,10 +214,11 @@ enum WriteHalf {
     Other(Box<dyn AsyncWrite + Send + Unpin>),
 }
 
-/// Splits the upgraded connection. A plain TCP socket (what `axum::serve` hands hyper)
-/// splits into two owned halves with no lock between them; any other transport (TLS in
-/// an embedding application) is split generically. Bytes the client sent right after
-/// its handshake come back as the third value.
+/// Splits the upgraded connection. A plain TCP socket (what `Server::serve` hands hyper)
+/// splits into two owned halves with no lock between them; any other transport — the
+/// router mounted in an application served by `axum::serve`, which wraps the socket, or
+/// TLS — is split generically, behind a lock. Bytes the client sent right after its
+/// handshake come back as the third value.
 fn split(upgraded: Upgraded) -> (ReadHalf, WriteHalf, Vec<u8>) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {

@@ -471,7 +471,7 @@ fn first_ping(interval: Duration) -> Instant {
 }
 
 /// Slots of the write batch a connection keeps between batches.
-const BATCH_KEEP_CAPACITY: usize = 4;
+const BATCH_KEEP_CAPACITY: usize = 1;
 
 #[derive(Debug)]
 enum WriteFailed {
