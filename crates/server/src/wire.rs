@@ -32,9 +32,9 @@ use crate::http::json_error;
 /// Most slices one vectored write is given (Linux's `IOV_MAX` is 1024).
 const MAX_IOV: usize = 512;
 
-/// Headers of a batch are built here; past this capacity the buffer is given back after
-/// the batch, so a burst leaves no large allocation on an idle connection.
-const HEADER_KEEP_CAPACITY: usize = 16;
+/// Headers of a batch are built here; past this many the buffer is given back after the
+/// batch, so a burst leaves no large allocation on an idle connection.
+const HEADER_KEEP_CAPACITY: usize = 1;
 
 /// WebSocket opcodes the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,19 +45,38 @@ pub(crate) enum OpCode {
     Pong = 0xA,
 }
 
-/// Appends the header of a final, unmasked server frame carrying `len` payload bytes.
-fn push_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
-    out.push(0x80 | opcode as u8);
-    if let Ok(short) = u8::try_from(len)
-        && short < 126
-    {
-        out.push(short);
-    } else if let Ok(medium) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&medium.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+/// The header of a final, unmasked server frame: at most 10 bytes, of which the first
+/// `len` are used.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    bytes: [u8; 10],
+    len: u8,
+}
+
+impl Header {
+    /// The header of a frame carrying `payload_len` bytes, in the shortest length form.
+    fn new(opcode: OpCode, payload_len: usize) -> Header {
+        let mut bytes = [0u8; 10];
+        bytes[0] = 0x80 | opcode as u8;
+        let len = if let Ok(short) = u8::try_from(payload_len)
+            && short < 126
+        {
+            bytes[1] = short;
+            2
+        } else if let Ok(medium) = u16::try_from(payload_len) {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&medium.to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+            10
+        };
+        Header { bytes, len }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -273,7 +292,7 @@ pub(crate) type WsStream = WebSocketStream<ReadOnly<ReadHalf>>;
 /// Writes server frames to the socket (see the module docs).
 pub(crate) struct FrameWriter {
     io: WriteHalf,
-    headers: Vec<u8>,
+    headers: Vec<Header>,
 }
 
 impl std::fmt::Debug for FrameWriter {
@@ -293,11 +312,22 @@ impl FrameWriter {
     /// Writes each payload as a text frame, all in as few system calls as the socket
     /// takes, then flushes.
     pub(crate) async fn write_text(&mut self, frames: &[Bytes]) -> io::Result<()> {
-        self.headers.clear();
-        for f in frames {
-            push_header(&mut self.headers, OpCode::Text, f.len());
+        if let [frame] = frames {
+            // The common batch: header and payload from the stack, no allocation.
+            let header = Header::new(OpCode::Text, frame.len());
+            let mut slices = [IoSlice::new(header.as_slice()), IoSlice::new(frame)];
+            return self.io.write_slices(&mut slices).await;
         }
-        let result = write_frames(&mut self.io, &self.headers, frames).await;
+        self.headers.clear();
+        self.headers
+            .extend(frames.iter().map(|f| Header::new(OpCode::Text, f.len())));
+        let mut slices: Vec<IoSlice<'_>> = self
+            .headers
+            .iter()
+            .zip(frames)
+            .flat_map(|(h, f)| [IoSlice::new(h.as_slice()), IoSlice::new(f)])
+            .collect();
+        let result = self.io.write_slices(&mut slices).await;
         if self.headers.capacity() > HEADER_KEEP_CAPACITY {
             self.headers = Vec::new();
         }
@@ -308,10 +338,8 @@ impl FrameWriter {
     pub(crate) async fn write_control(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
         // Control payloads are at most 125 bytes (RFC 6455 §5.5).
         let payload = &payload[..payload.len().min(125)];
-        let mut frame = Vec::with_capacity(2 + payload.len());
-        push_header(&mut frame, opcode, payload.len());
-        frame.extend_from_slice(payload);
-        let mut slices = [IoSlice::new(&frame)];
+        let header = Header::new(opcode, payload.len());
+        let mut slices = [IoSlice::new(header.as_slice()), IoSlice::new(payload)];
         self.io.write_slices(&mut slices).await
     }
 
@@ -322,22 +350,6 @@ impl FrameWriter {
         payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
         self.write_control(OpCode::Close, &payload).await
     }
-}
-
-/// `headers` holds one header per frame, back to back; each is found again by its
-/// frame's length.
-async fn write_frames(io: &mut WriteHalf, headers: &[u8], frames: &[Bytes]) -> io::Result<()> {
-    let mut slices = Vec::with_capacity(frames.len() * 2);
-    let mut at = 0;
-    for f in frames {
-        let len = header_len(f.len());
-        slices.push(IoSlice::new(&headers[at..at + len]));
-        at += len;
-        if !f.is_empty() {
-            slices.push(IoSlice::new(f));
-        }
-    }
-    io.write_slices(&mut slices).await
 }
 
 impl WriteHalf {
@@ -396,16 +408,6 @@ async fn send_all(tcp: &TcpStream, slices: &mut [IoSlice<'_>]) -> io::Result<()>
     Ok(())
 }
 
-fn header_len(len: usize) -> usize {
-    if len < 126 {
-        2
-    } else if len <= usize::from(u16::MAX) {
-        4
-    } else {
-        10
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,14 +421,13 @@ mod tests {
             (65_535, vec![0x81, 126, 0xff, 0xff]),
             (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
         ] {
-            let mut out = Vec::new();
-            push_header(&mut out, OpCode::Text, len);
-            assert_eq!(out, expect, "length {len}");
-            assert_eq!(header_len(len), out.len(), "length {len}");
+            assert_eq!(
+                Header::new(OpCode::Text, len).as_slice(),
+                expect,
+                "length {len}"
+            );
         }
-        let mut close = Vec::new();
-        push_header(&mut close, OpCode::Close, 2);
-        assert_eq!(close, [0x88, 2]);
+        assert_eq!(Header::new(OpCode::Close, 2).as_slice(), [0x88, 2]);
     }
 
     /// A writer that takes at most `chunk` bytes per call, so every partial-write path
@@ -490,7 +491,7 @@ mod tests {
             .collect();
         let mut expected = Vec::new();
         for f in &frames {
-            push_header(&mut expected, OpCode::Text, f.len());
+            expected.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
             expected.extend_from_slice(f);
         }
         for vectored in [true, false] {

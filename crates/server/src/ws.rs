@@ -352,11 +352,11 @@ async fn serve_socket(
 /// newest protocol ping to answer, and how reading ended. A ping not yet answered when a
 /// newer one arrives is answered only by the newer one's pong (RFC 6455 §5.5.3 allows
 /// it).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct PeerNews {
     expires_at: u64,
-    /// The payload of the newest ping, and a count that tells one ping from the next.
-    ping: Option<(u64, Bytes)>,
+    /// The payload of the newest ping not yet answered (the writer takes it).
+    ping: Option<Bytes>,
     /// Set once the reader is done.
     end: Option<ReaderEnd>,
 }
@@ -397,8 +397,18 @@ impl NewsCell {
         self.waker.wake();
     }
 
-    fn get(&self) -> PeerNews {
-        self.lock().clone()
+    fn expires_at(&self) -> u64 {
+        self.lock().expires_at
+    }
+
+    /// The news, taking the ping to answer so that it is answered once.
+    fn take(&self) -> PeerNews {
+        let mut news = self.lock();
+        PeerNews {
+            expires_at: news.expires_at,
+            ping: news.ping.take(),
+            end: news.end,
+        }
     }
 
     /// Resolves with the current version once it differs from `seen`.
@@ -490,13 +500,12 @@ async fn write_loop(app: &AppState, conn: &Connection, sink: &mut Sink, news: &N
     let expires_at = |exp: u64| instant_at_unix(exp.saturating_add(leeway));
     // One timer for both deadlines: the next heartbeat ping and the token's expiry.
     let mut next_ping = first_ping(interval);
-    let mut token_at = Some(expires_at(news.get().expires_at));
+    let mut token_at = Some(expires_at(news.expires_at()));
     let next_deadline = |ping: Instant, token: Option<Instant>| token.map_or(ping, |t| t.min(ping));
     let timer = tokio::time::sleep_until(next_deadline(next_ping, token_at));
     tokio::pin!(timer);
     let mut seen = 0u64;
     let mut reader_end = None;
-    let mut pinged = 0u64;
 
     loop {
         tokio::select! {
@@ -539,7 +548,7 @@ async fn write_loop(app: &AppState, conn: &Connection, sink: &mut Sink, news: &N
                     }
                 }
                 if token_at.is_some_and(|t| now >= t) {
-                    let exp = news.get().expires_at;
+                    let exp = news.expires_at();
                     if Timestamp::now().as_millis() >= exp.saturating_add(leeway).saturating_mul(1_000) {
                         token_at = None;
                         tracing::debug!(connection = %conn.id(), "token expired");
@@ -552,18 +561,15 @@ async fn write_loop(app: &AppState, conn: &Connection, sink: &mut Sink, news: &N
             }
             version = news.changed(seen), if reader_end.is_none() => {
                 seen = version;
-                let current = news.get();
+                let current = news.take();
                 if token_at.is_some() {
                     token_at = Some(expires_at(current.expires_at));
                     timer.as_mut().reset(next_deadline(next_ping, token_at));
                 }
-                if let Some((n, payload)) = current.ping
-                    && n != pinged
+                if let Some(payload) = current.ping
+                    && !Box::pin(write_control(app, sink, OpCode::Pong, &payload)).await
                 {
-                    pinged = n;
-                    if !Box::pin(write_control(app, sink, OpCode::Pong, &payload)).await {
-                        return;
-                    }
+                    return;
                 }
                 match current.end {
                     None | Some(ReaderEnd::Failed) => reader_end = current.end,
@@ -638,7 +644,6 @@ struct Reader {
     app: Arc<AppState>,
     conn: Arc<Connection>,
     news: Arc<NewsCell>,
-    pings: u64,
     bad_frames: u32,
 }
 
@@ -654,7 +659,6 @@ async fn read_loop(
         app,
         conn,
         news,
-        pings: 0,
         bad_frames: 0,
     };
     let end = reader.read(stream, first).await;
@@ -707,9 +711,7 @@ impl Reader {
             return Some(ReaderEnd::PeerClosed(frame.map(|f| u16::from(f.code))));
         }
         if let Message::Ping(payload) = msg {
-            self.pings += 1;
-            let n = self.pings;
-            self.news.update(|news| news.ping = Some((n, payload)));
+            self.news.update(|news| news.ping = Some(payload));
             return None;
         }
         if self.conn.closing().is_some() {
