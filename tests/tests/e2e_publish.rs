@@ -6,13 +6,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use agentwire::manager::{
-    Accepted, Broker, BrokerError, BrokerStats, History, InMemoryBroker, ManagerConfig, NewEvent,
-    Subscriber, UnifiedWebSocketManager,
-};
-use agentwire::protocol::{EventType, Seq, ServerFrame, UserId};
+use agentwire::manager::{BrokerError, InMemoryBroker, ManagerConfig, UnifiedWebSocketManager};
+use agentwire::protocol::{EventType, Seq, ServerFrame};
 use agentwire::server::RunLifecycle;
 use agentwire_e2e::{API_KEY, HttpResponse, TestServer, custom, http_send, metric};
+use agentwire_manager::conformance::{Fault, FaultyBroker};
 use serde_json::{Value, json};
 
 const PUBLISH_KEY: &str = "agentwire-e2e-publish-only-key";
@@ -502,63 +500,17 @@ async fn history_is_read_in_pages_with_its_epoch_and_gaps() {
     server.stop().await;
 }
 
-/// The in-memory broker, failing every publish once `allowed` of them have passed.
-#[derive(Debug)]
-struct FailingBroker {
-    inner: InMemoryBroker,
-    allowed: AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl Broker for FailingBroker {
-    async fn publish(&self, user: &UserId, event: NewEvent) -> Result<Accepted, BrokerError> {
-        let pass = self
-            .allowed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if pass {
-            self.inner.publish(user, event).await
-        } else {
-            Err(BrokerError::Unavailable("the test broker is down".into()))
-        }
-    }
-
-    async fn subscribe(
-        &self,
-        user: &UserId,
-        subscriber: Arc<dyn Subscriber>,
-    ) -> Result<(), BrokerError> {
-        self.inner.subscribe(user, subscriber).await
-    }
-
-    async fn unsubscribe(
-        &self,
-        user: &UserId,
-        subscriber: &Arc<dyn Subscriber>,
-    ) -> Result<(), BrokerError> {
-        self.inner.unsubscribe(user, subscriber).await
-    }
-
-    async fn history(
-        &self,
-        user: &UserId,
-        after: Seq,
-        limit: usize,
-    ) -> Result<History, BrokerError> {
-        self.inner.history(user, after, limit).await
-    }
-
-    fn stats(&self) -> BrokerStats {
-        self.inner.stats()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_failure_is_503_with_retry_after_and_a_retry_completes_the_batch() {
-    let broker = Arc::new(FailingBroker {
-        inner: InMemoryBroker::default(),
-        allowed: AtomicUsize::new(0),
-    });
+    // Every publish fails once `allowed` of them have passed.
+    let allowed = Arc::new(AtomicUsize::new(0));
+    let gate = allowed.clone();
+    let broker = Arc::new(FaultyBroker::new(InMemoryBroker::default(), move |_| {
+        let pass = gate
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        (!pass).then(|| Fault::Refuse(BrokerError::Unavailable("the test broker is down".into())))
+    }));
     let manager = UnifiedWebSocketManager::new(ManagerConfig::default(), broker.clone());
     let server = TestServer::start_over(manager, |_| {}).await;
     let mut alice = server.connect("alice").await;
@@ -572,7 +524,7 @@ async fn a_broker_failure_is_503_with_retry_after_and_a_retry_completes_the_batc
     assert_eq!(server.http("GET", "/readyz", None).await.status, 200);
 
     // Down after two events: the answer names where the batch stopped.
-    broker.allowed.store(2, Ordering::SeqCst);
+    allowed.store(2, Ordering::SeqCst);
     let r = server.publish(&run).await;
     assert_refused(&r, 503, Some("[2]"), "broker unavailable");
     assert!(
@@ -582,7 +534,7 @@ async fn a_broker_failure_is_503_with_retry_after_and_a_retry_completes_the_batc
     );
 
     // Up again: the same body completes the run; the first two are answered, not repeated.
-    broker.allowed.store(usize::MAX, Ordering::SeqCst);
+    allowed.store(usize::MAX, Ordering::SeqCst);
     assert_eq!(seqs(&server.publish(&run).await), [1, 2, 3, 4, 5]);
     for want in 1..=5 {
         assert_eq!(alice.event().await.seq.get(), want);

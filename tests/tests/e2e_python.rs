@@ -7,15 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::Duration;
 
-use agentwire::manager::{
-    Accepted, Broker, BrokerError, BrokerStats, History, InMemoryBroker, ManagerConfig, NewEvent,
-    Subscriber, UnifiedWebSocketManager,
-};
-use agentwire::protocol::{CRITICAL_EVENTS, EventEnvelope, Seq, UserId};
+use agentwire::manager::{BrokerError, InMemoryBroker, ManagerConfig, UnifiedWebSocketManager};
+use agentwire::protocol::{CRITICAL_EVENTS, EventEnvelope};
 use agentwire_e2e::{API_KEY, Client, TestServer, custom};
+use agentwire_manager::conformance::{Fault, FaultyBroker};
 
 /// Longest a script may run before the test fails (it is killed then).
 const SCRIPT_WAIT: Duration = Duration::from_secs(60);
@@ -169,65 +167,20 @@ async fn publish_run_py_delivers_the_whole_run_in_order() {
     server.stop().await;
 }
 
-/// The in-memory broker, losing every other answer: the event is accepted, but the caller
-/// hears that the broker timed out — as when a response is lost on the way back.
-#[derive(Debug)]
-struct LosingBroker {
-    inner: InMemoryBroker,
-    calls: AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl Broker for LosingBroker {
-    async fn publish(&self, user: &UserId, event: NewEvent) -> Result<Accepted, BrokerError> {
-        let accepted = self.inner.publish(user, event).await?;
-        if self.calls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
-            return Err(BrokerError::Timeout(
-                "the test broker lost the answer".into(),
-            ));
-        }
-        Ok(accepted)
-    }
-
-    async fn subscribe(
-        &self,
-        user: &UserId,
-        subscriber: Arc<dyn Subscriber>,
-    ) -> Result<(), BrokerError> {
-        self.inner.subscribe(user, subscriber).await
-    }
-
-    async fn unsubscribe(
-        &self,
-        user: &UserId,
-        subscriber: &Arc<dyn Subscriber>,
-    ) -> Result<(), BrokerError> {
-        self.inner.unsubscribe(user, subscriber).await
-    }
-
-    async fn history(
-        &self,
-        user: &UserId,
-        after: Seq,
-        limit: usize,
-    ) -> Result<History, BrokerError> {
-        self.inner.history(user, after, limit).await
-    }
-
-    fn stats(&self) -> BrokerStats {
-        self.inner.stats()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_with_retries_py_retries_and_every_event_arrives_once() {
     if !python_available() {
         return;
     }
-    let broker = Arc::new(LosingBroker {
-        inner: InMemoryBroker::default(),
-        calls: AtomicUsize::new(0),
-    });
+    // Every other answer is lost: the event is accepted, but the caller hears that the
+    // broker timed out — as when a response is lost on the way back.
+    let broker = Arc::new(FaultyBroker::new(InMemoryBroker::default(), |attempt| {
+        attempt.is_multiple_of(2).then(|| {
+            Fault::LoseAnswer(BrokerError::Timeout(
+                "the test broker lost the answer".into(),
+            ))
+        })
+    }));
     let manager = UnifiedWebSocketManager::new(ManagerConfig::default(), broker.clone());
     let server = TestServer::start_over(manager, |_| {}).await;
     let user = "py-retries";
@@ -266,6 +219,6 @@ async fn publish_with_retries_py_retries_and_every_event_arrives_once() {
     assert_eq!(types, ["agent_started", "agent_error"], "{}", show(&out));
     assert_eq!(got.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), [1, 2]);
     assert_nothing_more(&server, &mut client, user, 3).await;
-    assert!(broker.calls.load(Ordering::SeqCst) >= 6);
+    assert!(broker.attempts().len() >= 6);
     server.stop().await;
 }

@@ -7,11 +7,12 @@ mod support;
 use std::time::Duration;
 
 use agentwire_emitter::{EmitterError, RetryPolicy, WebSocketEmitterFactory};
+use agentwire_manager::conformance::Fault;
 use agentwire_manager::{
     BrokerError, ConnectOptions, EmitError, ManagerConfig, UnifiedWebSocketManager,
 };
 use agentwire_protocol::{EventType, RunState};
-use support::{Failure, FlakyBroker, assert_no_more_events, ctx, read_events, user};
+use support::{FlakyBroker, assert_no_more_events, ctx, flaky, gaps, read_events, user};
 
 const POLICY: RetryPolicy = RetryPolicy {
     max_attempts: 5,
@@ -33,7 +34,7 @@ fn within_jitter(got: Duration, nominal: Duration) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_with_backoff_and_deliver_once() {
-    let broker = FlakyBroker::new(3, BrokerError::Unavailable("down".into()), Failure::Before);
+    let broker = flaky(3, Fault::Refuse(BrokerError::Unavailable("down".into())));
     let manager = manager_over(broker.clone());
     let conn = manager
         .connect_user(user("alice"), ConnectOptions::default())
@@ -49,7 +50,7 @@ async fn transient_failures_are_retried_with_backoff_and_deliver_once() {
     assert_eq!(accepted.seq.get(), 1);
 
     assert_eq!(broker.attempts().len(), 4);
-    let gaps = broker.gaps();
+    let gaps = gaps(&broker);
     for (gap, nominal) in gaps.iter().zip([100, 200, 300].map(Duration::from_millis)) {
         assert!(within_jitter(*gap, nominal), "{gaps:?}");
     }
@@ -65,11 +66,7 @@ async fn transient_failures_are_retried_with_backoff_and_deliver_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_an_unseen_success_reuses_the_event_id_and_is_not_duplicated() {
-    let broker = FlakyBroker::new(
-        1,
-        BrokerError::Timeout("slow".into()),
-        Failure::AfterAccepting,
-    );
+    let broker = flaky(1, Fault::LoseAnswer(BrokerError::Timeout("slow".into())));
     let manager = manager_over(broker.clone());
     let conn = manager
         .connect_user(user("alice"), ConnectOptions::default())
@@ -99,7 +96,7 @@ async fn a_retry_after_an_unseen_success_reuses_the_event_id_and_is_not_duplicat
 
 #[tokio::test(start_paused = true)]
 async fn a_permanent_error_fails_at_once() {
-    let broker = FlakyBroker::new(1, BrokerError::Rejected("no".into()), Failure::Before);
+    let broker = flaky(1, Fault::Refuse(BrokerError::Rejected("no".into())));
     let emitter = WebSocketEmitterFactory::new(manager_over(broker.clone()))
         .with_retry(POLICY)
         .create_emitter(ctx("alice", "r1"));
@@ -129,11 +126,7 @@ async fn a_permanent_error_fails_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn exhausted_retries_hand_the_event_back_and_leave_the_state_alone() {
-    let broker = FlakyBroker::new(
-        100,
-        BrokerError::Unavailable("down".into()),
-        Failure::Before,
-    );
+    let broker = flaky(100, Fault::Refuse(BrokerError::Unavailable("down".into())));
     let emitter = WebSocketEmitterFactory::new(manager_over(broker.clone()))
         .with_retry(RetryPolicy {
             max_attempts: 3,

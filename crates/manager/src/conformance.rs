@@ -1,6 +1,7 @@
 //! The broker conformance suite: the contract of [`Broker`] as async functions generic over
-//! the implementation, and [`LatencyBroker`], a wrapper that makes any broker behave as if
-//! it sat across a network.
+//! the implementation; [`LatencyBroker`], a wrapper that makes any broker behave as if it
+//! sat across a network; and [`FaultyBroker`], a wrapper that fails publishes on a plan,
+//! for tests of what sits above a broker (retries, 503s, idempotent publishers).
 //!
 //! Every broker crate runs the suite against its broker, one test per property:
 //!
@@ -869,5 +870,111 @@ async fn unsubscribe<B: Broker + ?Sized>(broker: &B, user: &UserId, rec: &Arc<Re
     let sub: Arc<dyn Subscriber> = rec.clone();
     if let Err(e) = broker.unsubscribe(user, &sub).await {
         panic!("unsubscribe from {user} failed: {e}");
+    }
+}
+
+/// What a [`FaultyBroker`] does with one publish.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Refuse it with this error; the inner broker never sees it.
+    Refuse(BrokerError),
+    /// Let the inner broker accept it, then answer with this error: a success whose answer
+    /// was lost on the way back.
+    LoseAnswer(BrokerError),
+}
+
+/// The plan of a [`FaultyBroker`]: given the number of a publish attempt (from 0), the
+/// fault to inject, if any.
+type FaultPlan = Box<dyn Fn(u64) -> Option<Fault> + Send + Sync>;
+
+/// A broker over another that fails publishes as its plan says, and records when each
+/// publish was attempted; everything else goes to the inner broker unchanged.
+pub struct FaultyBroker<B> {
+    inner: B,
+    plan: FaultPlan,
+    attempts: Mutex<Vec<tokio::time::Instant>>,
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for FaultyBroker<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyBroker")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Broker> FaultyBroker<B> {
+    /// Wraps `inner`; `plan` is asked once per publish attempt.
+    pub fn new(inner: B, plan: impl Fn(u64) -> Option<Fault> + Send + Sync + 'static) -> Self {
+        FaultyBroker {
+            inner,
+            plan: Box::new(plan),
+            attempts: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn attempts_lock(&self) -> MutexGuard<'_, Vec<tokio::time::Instant>> {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When each publish was attempted (tokio's clock, so paused tests see their time).
+    pub fn attempts(&self) -> Vec<tokio::time::Instant> {
+        self.attempts_lock().clone()
+    }
+}
+
+#[async_trait]
+impl<B: Broker> Broker for FaultyBroker<B> {
+    async fn publish(&self, user: &UserId, event: NewEvent) -> Result<Accepted, BrokerError> {
+        let attempt = {
+            let mut attempts = self.attempts_lock();
+            attempts.push(tokio::time::Instant::now());
+            attempts.len() as u64 - 1
+        };
+        match (self.plan)(attempt) {
+            None => self.inner.publish(user, event).await,
+            Some(Fault::Refuse(e)) => Err(e),
+            Some(Fault::LoseAnswer(e)) => {
+                self.inner.publish(user, event).await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        user: &UserId,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Result<(), BrokerError> {
+        self.inner.subscribe(user, subscriber).await
+    }
+
+    async fn unsubscribe(
+        &self,
+        user: &UserId,
+        subscriber: &Arc<dyn Subscriber>,
+    ) -> Result<(), BrokerError> {
+        self.inner.unsubscribe(user, subscriber).await
+    }
+
+    async fn history(
+        &self,
+        user: &UserId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        self.inner.history(user, after, limit).await
+    }
+
+    async fn health(&self) -> Result<(), BrokerError> {
+        self.inner.health().await
+    }
+
+    fn stats(&self) -> BrokerStats {
+        self.inner.stats()
+    }
+
+    fn sweep(&self) {
+        self.inner.sweep();
     }
 }
