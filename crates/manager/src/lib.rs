@@ -13,6 +13,10 @@
 //! tracks the newest `seq` it was given, which makes the switch from replay to live free of
 //! gaps and duplicates.
 //!
+//! Dependencies beyond tokio and serde: `foldhash` hashes the user and event ids every
+//! event looks up (several times faster than SipHash on short strings, seeded per process);
+//! `futures-util` for the `AtomicWaker` that wakes a connection's writer.
+//!
 //! ```
 //! use agentwire_manager::{ConnectOptions, Outbound, UnifiedWebSocketManager};
 //! use agentwire_protocol::{AgentStarted, Event, ServerFrame};

@@ -6,8 +6,9 @@
 //! broker. It is the only crate that knows axum or sockets.
 //!
 //! Key decision: one reader and one batching writer per connection; the writer drains the
-//! manager's queue, feeds every frame and flushes once, under a write timeout, and the
-//! fan-out path never awaits a socket.
+//! manager's queue and sends the batch in one vectored write straight from the events'
+//! shared bytes (no per-connection write buffer), under a write timeout, and the fan-out
+//! path never awaits a socket.
 //!
 //! ```no_run
 //! use agentwire_manager::UnifiedWebSocketManager;
@@ -22,10 +23,17 @@
 //! ```
 //!
 //! Why each dependency:
-//! - `axum` (with its tokio-tungstenite WebSocket): the HTTP and WebSocket server; its
-//!   upgrade exposes tungstenite's buffer and size limits, which idle connections need.
-//! - `tokio-tungstenite`: only to read tungstenite's error kinds (1009 vs 1007 vs 1002);
-//!   the same version as axum's (the lock file pins axum 0.8.8, which uses 0.28).
+//! - `axum`: the HTTP routes and extractors.
+//! - `hyper` and `hyper-util`: `Server::serve` runs hyper's HTTP/1 connections itself and
+//!   `/ws` takes hyper's upgrade, so the upgraded connection is still the `TcpStream` and
+//!   splits without a lock (axum's own WebSocket keeps the stream behind tungstenite).
+//! - `tokio-tungstenite`: reads client frames (masking, UTF-8, `--max-message-size`) and
+//!   names the errors (1009 vs 1007 vs 1002); the same version as axum's (the lock file
+//!   pins axum 0.8.8, which uses 0.28). The server writes its own frames (`wire.rs`).
+//! - `socket2`: `sendmsg` with several buffers on the socket tokio owns.
+//! - `memchr`: finds an event frame's `ts` for the latency metric.
+//! - `foldhash`: the run-state table's hasher (string keys on every publish).
+//! - `mimalloc` (the binary only, without transparent huge pages): see `main.rs`.
 //! - `jsonwebtoken` with `rust_crypto`: JWT verification in pure Rust (no C toolchain); with
 //!   exactly that backend enabled it selects its crypto provider by itself.
 //! - `subtle`: constant-time comparison of API keys.
