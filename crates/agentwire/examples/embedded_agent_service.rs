@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     // `router(manager)` runs on the defaults of every setting: tokens signed with the
     // development secret. The service checks its own routes' tokens against the same
     // secret, so `agentwire-server token` mints tokens both accept.
-    let auth = Auth::from_config(&ServerConfig::default())?;
+    let auth = ServerConfig::default().auth()?;
     let app = app(
         AgentService::new(bridge, auth),
         agentwire::server::router(manager.clone()),

@@ -48,33 +48,27 @@
 //!   attributes, so the document and the routes cannot drift apart unnoticed.
 //! - `tracing-subscriber`: text or JSON logs.
 
+// Layers, top to bottom (docs/architecture.md; `cargo xtask tidy` checks that every
+// import points down): `app` → `api`, `ws`, `demo` (side by side, never importing each
+// other) → `auth` → `http`.
+mod api;
+mod app;
 mod auth;
-mod config;
 mod demo;
-mod history_api;
 mod http;
-mod metrics;
-mod openapi;
-mod publish;
-mod ratelimit;
-mod routes;
-mod runs;
-mod server;
-mod shutdown;
-mod wire;
 mod ws;
 
-pub use auth::{
-    Auth, AuthConfigError, AuthError, DevCredentials, Verified, default_dev_credentials_path,
-    mint_hs256, mint_token,
+pub use app::config::{
+    BrokerKind, Cli, Command, ConfigError, DemoMode, LogFormat, PerUserPolicy, RunLifecycle,
+    ServerConfig, TokenArgs, mint_token, parse_duration,
 };
-pub use config::{
-    BrokerKind, Cli, Command, ConfigError, LogFormat, PerUserPolicy, RunLifecycle, ServerConfig,
-    TokenArgs, parse_duration,
-};
-pub use demo::{DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL, DemoMode};
-pub use server::{
+pub use app::server::{
     FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, init_tracing,
     raise_nofile_limit, router, router_with, run,
 };
-pub use shutdown::signal as shutdown_signal;
+pub use app::shutdown::signal as shutdown_signal;
+pub use auth::{
+    Auth, AuthConfigError, AuthError, DevCredentials, Verified, default_dev_credentials_path,
+    mint_hs256,
+};
+pub use demo::{DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL};

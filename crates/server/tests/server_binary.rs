@@ -205,7 +205,7 @@ fn the_token_subcommand_mints_a_token_the_server_verifies() {
     let token = mint_with_binary(&creds, "alice");
     let mut config = ServerConfig::default();
     config.dev_credentials_file = Some(creds.clone());
-    let auth = Auth::from_config(&config).expect("auth from the same file");
+    let auth = config.auth().expect("auth from the same file");
     let verified = auth.verify(&token).expect("verifies");
     assert_eq!(verified.user.as_str(), "alice");
 

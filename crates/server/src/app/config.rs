@@ -11,8 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentwire_manager::{HeartbeatPolicy, HistoryConfig, LimitPolicy, ManagerConfig, QueueLimits};
+use agentwire_protocol::UserId;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::auth::{
+    Auth, AuthConfigError, DevCredentials, default_dev_credentials_path, mint_hs256,
+};
 
 /// Which broker owns the per-user streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,6 +53,30 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Whether the demo page and its endpoints are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DemoMode {
+    /// Only in development mode (no `--jwt-secret`, no `--jwt-public-key`).
+    #[default]
+    Auto,
+    /// Always. Development tokens are still minted only in development mode; with a
+    /// configured secret the page asks for a token of the user's own.
+    On,
+    /// Never.
+    Off,
+}
+
+impl DemoMode {
+    /// Whether the demo is served under `config`.
+    pub fn is_enabled(self, config: &ServerConfig) -> bool {
+        match self {
+            DemoMode::Auto => config.is_dev_mode(),
+            DemoMode::On => true,
+            DemoMode::Off => false,
+        }
+    }
 }
 
 /// Everything the server can be told. Each field is a flag (`--listen`) with an
@@ -274,7 +303,7 @@ pub struct ServerConfig {
     /// start simulated runs): auto = on only in development mode (no --jwt-secret, no
     /// --jwt-public-key), on, or off. /client.js is served in every mode.
     #[arg(long, env = "AGENTWIRE_DEMO", value_enum, default_value = "auto")]
-    pub demo: crate::demo::DemoMode,
+    pub demo: DemoMode,
 }
 
 impl Default for ServerConfig {
@@ -293,6 +322,41 @@ impl ServerConfig {
     /// Whether no secret nor key was configured, so development credentials are used.
     pub fn is_dev_mode(&self) -> bool {
         self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+    }
+
+    /// The verifier this configuration describes. In development mode (no secret, no
+    /// public key) the secret and an API key come from the development credentials file,
+    /// created on first use.
+    ///
+    /// # Errors
+    /// [`AuthConfigError`] when a key or the credentials file cannot be read.
+    pub fn auth(&self) -> Result<Auth, AuthConfigError> {
+        let mut api_keys = self.api_keys.clone();
+        let secret = match (&self.jwt_secret, self.is_dev_mode()) {
+            (Some(s), _) => Some(s.clone()),
+            (None, true) => {
+                let path = self
+                    .dev_credentials_file
+                    .clone()
+                    .unwrap_or_else(default_dev_credentials_path);
+                let creds = DevCredentials::load_or_create(&path)?;
+                api_keys.push(creds.api_key);
+                Some(creds.jwt_secret)
+            }
+            (None, false) => None,
+        };
+        let mut auth = match secret {
+            Some(s) => Auth::hs256(s.as_bytes())?,
+            None => Auth::empty(),
+        };
+        if let Some(path) = &self.jwt_public_key {
+            auth = auth.with_rs256_pem_file(path)?;
+        }
+        Ok(auth
+            .with_issuer(self.jwt_issuer.clone())
+            .with_audience(self.jwt_audience.clone())
+            .with_leeway(self.jwt_leeway)
+            .with_api_keys(&api_keys, &self.publish_api_keys))
     }
 
     /// The manager's configuration.
@@ -355,6 +419,33 @@ pub struct TokenArgs {
     /// Where the development credentials are kept (as for the server).
     #[arg(long, env = "AGENTWIRE_DEV_CREDENTIALS_FILE", value_name = "FILE")]
     pub dev_credentials_file: Option<PathBuf>,
+}
+
+/// Mints a token as `agentwire-server token` does: signed with `--jwt-secret`, or else
+/// with the development secret (the file is created when missing, so a server started
+/// later accepts the token too).
+///
+/// # Errors
+/// [`crate::ServerError`] for an invalid user id or unreadable credentials.
+pub fn mint_token(args: &TokenArgs) -> Result<String, crate::ServerError> {
+    let user = UserId::new(&args.user)?;
+    let secret = match &args.jwt_secret {
+        Some(s) => s.clone(),
+        None => {
+            let path = args
+                .dev_credentials_file
+                .clone()
+                .unwrap_or_else(default_dev_credentials_path);
+            DevCredentials::load_or_create(&path)?.jwt_secret
+        }
+    };
+    Ok(mint_hs256(
+        secret.as_bytes(),
+        &user,
+        Duration::from_secs(args.ttl_secs),
+        args.jwt_issuer.as_deref(),
+        args.jwt_audience.as_deref(),
+    )?)
 }
 
 /// Subcommands of the binary.
@@ -547,6 +638,16 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn auto_is_on_only_in_development_mode() {
+        let mut c = ServerConfig::default();
+        assert!(DemoMode::Auto.is_enabled(&c));
+        assert!(!DemoMode::Off.is_enabled(&c));
+        c.jwt_secret = Some("configured".into());
+        assert!(!DemoMode::Auto.is_enabled(&c));
+        assert!(DemoMode::On.is_enabled(&c));
     }
 
     #[test]

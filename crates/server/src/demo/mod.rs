@@ -22,7 +22,7 @@ use agentwire_bridge::{
 use agentwire_manager::UnifiedWebSocketManager;
 use agentwire_protocol::{RunId, UserId};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,15 +32,13 @@ use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use crate::auth::Auth;
-use crate::config::ServerConfig;
 use crate::http::json_error;
-use crate::server::AppState;
 
-const CLIENT_JS: &str = include_str!("../assets/client.js");
-const CLIENT_DTS: &str = include_str!("../assets/client.d.ts");
-const DEMO_HTML: &str = include_str!("../assets/demo.html");
-const DEMO_CSS: &str = include_str!("../assets/demo.css");
-const DEMO_JS: &str = include_str!("../assets/demo.js");
+const CLIENT_JS: &str = include_str!("../../assets/client.js");
+const CLIENT_DTS: &str = include_str!("../../assets/client.d.ts");
+const DEMO_HTML: &str = include_str!("../../assets/demo.html");
+const DEMO_CSS: &str = include_str!("../../assets/demo.css");
+const DEMO_JS: &str = include_str!("../../assets/demo.js");
 
 /// Lifetime of a development token minted by `POST /demo/token`.
 pub const DEMO_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -54,33 +52,11 @@ pub const DEMO_MAX_RUNS_PER_USER: usize = 3;
 /// The slowest pace a `POST /demo/runs` may ask for (`pace_ms`).
 pub const DEMO_MAX_PACE: Duration = Duration::from_secs(5);
 
-/// Whether the demo page and its endpoints are served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum DemoMode {
-    /// Only in development mode (no `--jwt-secret`, no `--jwt-public-key`).
-    #[default]
-    Auto,
-    /// Always. Development tokens are still minted only in development mode; with a
-    /// configured secret the page asks for a token of the user's own.
-    On,
-    /// Never.
-    Off,
-}
-
-impl DemoMode {
-    /// Whether the demo is served under `config`.
-    pub fn is_enabled(self, config: &ServerConfig) -> bool {
-        match self {
-            DemoMode::Auto => config.is_dev_mode(),
-            DemoMode::On => true,
-            DemoMode::Off => false,
-        }
-    }
-}
-
-/// The demo's share of the server state.
+/// What the demo's handlers need.
 #[derive(Debug)]
-pub(crate) struct Demo {
+pub(crate) struct DemoState {
+    manager: UnifiedWebSocketManager,
+    auth: Arc<Auth>,
     /// The bridge runs go through; `None` when the demo is off.
     bridge: Option<AgentWebSocketBridge>,
     /// Whether `POST /demo/token` may mint (development mode only).
@@ -90,12 +66,20 @@ pub(crate) struct Demo {
     runs_started: AtomicU64,
 }
 
-impl Demo {
-    pub(crate) fn new(manager: &UnifiedWebSocketManager, config: &ServerConfig) -> Demo {
-        let enabled = config.demo.is_enabled(config);
-        Demo {
+impl DemoState {
+    /// The demo over `manager`: served when `enabled`, minting development tokens when
+    /// `mint` too.
+    pub(crate) fn new(
+        manager: UnifiedWebSocketManager,
+        auth: Arc<Auth>,
+        enabled: bool,
+        mint: bool,
+    ) -> DemoState {
+        DemoState {
             bridge: enabled.then(|| manager.create_agent_bridge()),
-            mint: enabled && config.is_dev_mode(),
+            manager,
+            auth,
+            mint: enabled && mint,
             slots: Arc::new(Semaphore::new(DEMO_MAX_RUNS)),
             runs: Mutex::new(HashMap::new()),
             runs_started: AtomicU64::new(0),
@@ -114,7 +98,11 @@ impl Demo {
 }
 
 /// The client routes, and the demo routes when the demo is on.
-pub(crate) fn routes(enabled: bool) -> Router<Arc<AppState>> {
+pub(crate) fn routes<S>(enabled: bool) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<DemoState>: FromRef<S>,
+{
     let router = Router::new()
         .route("/client.js", get(client_js))
         .route("/client.d.ts", get(client_dts));
@@ -232,8 +220,8 @@ fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Refusal> 
 }
 
 /// `POST /demo/token` `{"user_id": "alice"}`: a development token for that user.
-async fn mint_token(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, Refusal> {
-    if !app.demo.mint {
+async fn mint_token(State(app): State<Arc<DemoState>>, body: Bytes) -> Result<Response, Refusal> {
+    if !app.mint {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -276,12 +264,11 @@ fn user_of(auth: &Auth, headers: &HeaderMap) -> Result<UserId, Refusal> {
 /// simulated run for that user through the bridge and answers at once (202); the run's
 /// events arrive on the user's connections.
 async fn start_run(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<DemoState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let bridge = app
-        .demo
         .bridge
         .clone()
         .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "not_found", "the demo is off"))?;
@@ -300,14 +287,14 @@ async fn start_run(
                 ))
             })?,
     };
-    let permit = app.demo.slots.clone().try_acquire_owned().map_err(|_| {
+    let permit = app.slots.clone().try_acquire_owned().map_err(|_| {
         Refusal::too_many("too many demo runs in progress on this server; try again shortly")
     })?;
     let run = demo_run_context(user.clone());
     let run_id = run.run_id().clone();
     let thread_id = run.thread_id().clone();
     {
-        let mut runs = app.demo.runs();
+        let mut runs = app.runs();
         if runs.values().filter(|(u, _)| *u == user).count() >= DEMO_MAX_RUNS_PER_USER {
             return Err(Refusal::too_many(
                 "this user has too many demo runs in progress",
@@ -321,11 +308,11 @@ async fn start_run(
             if let Err(e) = simulated_run(&bridge, run, pace).await {
                 tracing::warn!(error = %e, run = %id, "demo run failed");
             }
-            state.demo.runs().remove(&id);
+            state.runs().remove(&id);
         });
         runs.insert(run_id.clone(), (user.clone(), task.abort_handle()));
     }
-    app.demo.runs_started.fetch_add(1, Ordering::Relaxed);
+    app.runs_started.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%user, run = %run_id, "demo run started");
     let events: Vec<&str> = SIMULATED_RUN_EVENTS.iter().map(|t| t.as_str()).collect();
     Ok((
@@ -344,7 +331,7 @@ async fn start_run(
 /// `POST /demo/runs/{run_id}/cancel` with the token of the run's user: stops the run;
 /// the bridge's drop guard ends it with `agent_error` (`run_dropped`).
 async fn cancel_run(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<DemoState>>,
     headers: HeaderMap,
     Path(run_id): Path<String>,
 ) -> Result<Response, Refusal> {
@@ -357,7 +344,7 @@ async fn cancel_run(
         )
     };
     let run_id = RunId::new(&run_id).map_err(|_| not_found())?;
-    let mut runs = app.demo.runs();
+    let mut runs = app.runs();
     match runs.get(&run_id) {
         Some((owner, handle)) if *owner == user => {
             handle.abort();
@@ -369,9 +356,9 @@ async fn cancel_run(
 }
 
 /// `GET /demo/stats`: the counters the demo page shows.
-async fn stats(State(app): State<Arc<AppState>>) -> Response {
+async fn stats(State(app): State<Arc<DemoState>>) -> Response {
     let s = app.manager.get_stats();
-    let active = app.demo.runs().len();
+    let active = app.runs().len();
     Json(json!({
         "connections": s.connections,
         "users": s.users,
@@ -383,7 +370,7 @@ async fn stats(State(app): State<Arc<AppState>>) -> Response {
         "replay_gaps": s.replay_gaps,
         "evictions": s.evictions,
         "history_events": s.history_events,
-        "demo_runs_started": app.demo.runs_started.load(Ordering::Relaxed),
+        "demo_runs_started": app.runs_started.load(Ordering::Relaxed),
         "demo_runs_active": active,
     }))
     .into_response()
@@ -392,16 +379,6 @@ async fn stats(State(app): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn auto_is_on_only_in_development_mode() {
-        let mut c = ServerConfig::default();
-        assert!(DemoMode::Auto.is_enabled(&c));
-        assert!(!DemoMode::Off.is_enabled(&c));
-        c.jwt_secret = Some("configured".into());
-        assert!(!DemoMode::Auto.is_enabled(&c));
-        assert!(DemoMode::On.is_enabled(&c));
-    }
 
     #[test]
     fn assets_are_embedded() {

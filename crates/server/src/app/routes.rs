@@ -7,9 +7,7 @@
 //! Each entry names a handler and the struct `#[utoipa::path]` generated for it; the
 //! method and path come from that attribute, so they are written once. To add a route:
 //! annotate the handler with `#[utoipa::path]`, add it to [`table`], and list it in
-//! `paths(…)` of `crate::openapi::ApiDoc` (the test fails until both agree).
-
-use std::sync::Arc;
+//! `paths(…)` of `super::openapi::ApiDoc` (the test fails until both agree).
 
 use axum::Router;
 use axum::handler::Handler;
@@ -17,7 +15,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter};
 use utoipa::openapi::path::HttpMethod;
 
-use crate::server::AppState;
+use super::state::AppState;
 
 /// One served operation.
 #[derive(Debug)]
@@ -27,7 +25,7 @@ pub(crate) struct Route {
     pub(crate) method: Method,
     /// The path, in the syntax axum and OpenAPI share (`/v1/users/{user_id}/events`).
     pub(crate) path: String,
-    handler: MethodRouter<Arc<AppState>>,
+    handler: MethodRouter<AppState>,
 }
 
 /// The method of an OpenAPI operation, as axum filters and `http` names it.
@@ -48,7 +46,7 @@ pub(crate) fn method_of(m: &HttpMethod) -> (MethodFilter, Method) {
 fn route<P, H, T>(handler: H) -> Vec<Route>
 where
     P: utoipa::Path,
-    H: Handler<T, Arc<AppState>>,
+    H: Handler<T, AppState>,
     T: 'static,
 {
     let path = P::path();
@@ -67,17 +65,19 @@ where
 
 /// Every route of the server.
 pub(crate) fn table() -> Vec<Route> {
-    use crate::{history_api, http, openapi, publish, ws};
+    use super::{metrics, openapi};
+    use crate::api::{admin, health, history, publish};
+    use crate::ws::handshake;
     [
-        route::<ws::__path_ws_handler, _, _>(ws::ws_handler),
-        route::<http::__path_healthz, _, _>(http::healthz),
-        route::<http::__path_readyz, _, _>(http::readyz),
-        route::<http::__path_metrics, _, _>(http::metrics),
+        route::<handshake::__path_ws_handler, _, _>(handshake::ws_handler),
+        route::<health::__path_healthz, _, _>(health::healthz),
+        route::<health::__path_readyz, _, _>(health::readyz),
+        route::<metrics::__path_metrics, _, _>(metrics::metrics),
         route::<openapi::__path_openapi_json, _, _>(openapi::openapi_json),
         route::<publish::__path_publish_events, _, _>(publish::publish_events),
-        route::<history_api::__path_read_history, _, _>(history_api::read_history),
-        route::<http::__path_user_connections, _, _>(http::user_connections),
-        route::<http::__path_disconnect_user, _, _>(http::disconnect_user),
+        route::<history::__path_read_history, _, _>(history::read_history),
+        route::<admin::__path_user_connections, _, _>(admin::user_connections),
+        route::<admin::__path_disconnect_user, _, _>(admin::disconnect_user),
     ]
     .into_iter()
     .flatten()
@@ -85,7 +85,7 @@ pub(crate) fn table() -> Vec<Route> {
 }
 
 /// The router of [`table`].
-pub(crate) fn api() -> Router<Arc<AppState>> {
+pub(crate) fn api() -> Router<AppState> {
     table().into_iter().fold(Router::new(), |r, route| {
         r.route(&route.path, route.handler)
     })

@@ -14,9 +14,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::ApiState;
+use super::publish::{ErrorBody, Problem, authorize};
 use crate::auth::KeyScope;
-use crate::publish::{ErrorBody, Problem, authorize};
-use crate::server::AppState;
 
 /// Events a history read returns when it gives no `limit`.
 pub(crate) const DEFAULT_HISTORY_READ_LIMIT: usize = 100;
@@ -102,7 +102,7 @@ fn page_json(user: &UserId, h: &History) -> Vec<u8> {
     responses(
         (status = 200, description = "A page of history. Page on by passing the last event's seq as after_seq \
             until `events` is empty. `gap` names events after `after_seq` that history no longer holds.",
-            body = crate::openapi::HistoryPageDoc),
+            body = super::schema::HistoryPageDoc),
         (status = 400, description = "A malformed query string", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "A publish-only API key (--publish-api-keys)", body = ErrorBody),
@@ -112,7 +112,7 @@ fn page_json(user: &UserId, h: &History) -> Vec<u8> {
     )
 )]
 pub(crate) async fn read_history(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(user_id): Path<String>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
@@ -126,7 +126,7 @@ pub(crate) async fn read_history(
 }
 
 async fn read(
-    app: &AppState,
+    app: &ApiState,
     headers: &HeaderMap,
     user_id: &str,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,

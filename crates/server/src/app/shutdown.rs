@@ -7,7 +7,7 @@ use std::time::Duration;
 use agentwire_protocol::CloseCode;
 use tokio::time::Instant;
 
-use crate::server::AppState;
+use super::state::AppState;
 
 /// A future that resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when
 /// this function is called, not when the future is first polled, so a signal that arrives

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentwire_manager::{InMemoryBroker, UnifiedWebSocketManager};
 use axum::Router;
@@ -15,10 +14,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::config::{BrokerKind, ConfigError, LogFormat, ServerConfig};
+use super::state::AppState;
 use crate::auth::{Auth, AuthConfigError, default_dev_credentials_path};
-use crate::config::{BrokerKind, ConfigError, LogFormat, ServerConfig};
-use crate::metrics::Metrics;
-use crate::ws::WsSettings;
 
 /// File descriptors kept free for what is not a connection (listener, logs, files, the
 /// handshakes in flight).
@@ -53,45 +51,10 @@ pub enum ServerError {
     },
 }
 
-/// The state every handler shares.
-#[derive(Debug)]
-pub(crate) struct AppState {
-    pub(crate) manager: UnifiedWebSocketManager,
-    pub(crate) auth: Auth,
-    pub(crate) metrics: Metrics,
-    pub(crate) ws: WsSettings,
-    pub(crate) publish: crate::publish::PublishApi,
-    pub(crate) demo: crate::demo::Demo,
-    shutting_down: AtomicBool,
-}
-
-impl AppState {
-    fn new(manager: UnifiedWebSocketManager, auth: Auth, config: &ServerConfig) -> Self {
-        let metrics = Metrics::new(manager.clone());
-        AppState {
-            publish: crate::publish::PublishApi::from_config(config, metrics.publish.clone()),
-            metrics,
-            demo: crate::demo::Demo::new(&manager, config),
-            manager,
-            auth,
-            ws: WsSettings::from_config(config),
-            shutting_down: AtomicBool::new(false),
-        }
-    }
-
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-    }
-}
-
-fn routes(state: Arc<AppState>) -> Router {
+fn routes(state: AppState) -> Router {
     crate::demo::routes(state.demo.is_enabled())
-        // The documented API: every route of `crate::routes::table`.
-        .merge(crate::routes::api())
+        // The documented API: every route of `super::routes::table`.
+        .merge(super::routes::api())
         .with_state(state)
 }
 
@@ -106,7 +69,7 @@ fn routes(state: Arc<AppState>) -> Router {
 pub fn router(manager: UnifiedWebSocketManager) -> Router {
     // No demo page: `/` belongs to the application this is mounted in.
     let config = ServerConfig {
-        demo: crate::demo::DemoMode::Off,
+        demo: super::config::DemoMode::Off,
         ..ServerConfig::default()
     };
     match router_with(manager.clone(), &config) {
@@ -118,7 +81,7 @@ pub fn router(manager: UnifiedWebSocketManager) -> Router {
                 Ok(a) => a,
                 Err(_) => return Router::new(),
             };
-            routes(Arc::new(AppState::new(manager, auth, &config)))
+            routes(AppState::new(manager, auth, &config))
         }
     }
 }
@@ -133,8 +96,8 @@ pub fn router_with(
     manager: UnifiedWebSocketManager,
     config: &ServerConfig,
 ) -> Result<Router, ServerError> {
-    let auth = Auth::from_config(config)?;
-    Ok(routes(Arc::new(AppState::new(manager, auth, config))))
+    let auth = config.auth()?;
+    Ok(routes(AppState::new(manager, auth, config)))
 }
 
 /// A manager with the configured bounds over the configured broker.
@@ -211,7 +174,7 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
-    state: Arc<AppState>,
+    state: AppState,
     shutdown_timeout: std::time::Duration,
     dev_credentials: Option<PathBuf>,
 }
@@ -258,7 +221,7 @@ impl Server {
         if UnifiedWebSocketManager::install_global(manager.clone()).is_err() {
             tracing::debug!("a process-wide manager was installed already; keeping it");
         }
-        let auth = Auth::from_config(&config)?;
+        let auth = config.auth()?;
         let dev_credentials = config.is_dev_mode().then(|| {
             config
                 .dev_credentials_file
@@ -277,7 +240,7 @@ impl Server {
         Ok(Server {
             listener,
             addr,
-            state: Arc::new(AppState::new(manager, auth, &config)),
+            state: (AppState::new(manager, auth, &config)),
             shutdown_timeout: config.shutdown_timeout,
             dev_credentials,
         })
@@ -328,7 +291,7 @@ impl Server {
         }
         let deadline = Instant::now() + self.shutdown_timeout;
         let _ = stop_tx.send(true);
-        crate::shutdown::drain(&state, deadline).await;
+        super::shutdown::drain(&state, deadline).await;
         if tokio::time::timeout_at(deadline, &mut serving)
             .await
             .is_err()
@@ -347,7 +310,7 @@ impl Server {
 ///
 /// Connections are served by hyper directly rather than through `axum::serve`, so an
 /// upgraded connection is still the plain `TcpStream` underneath and `/ws` can split it
-/// into two lock-free halves (crate::wire).
+/// into two lock-free halves (`crate::ws`'s `wire`).
 async fn accept_loop(
     listener: TcpListener,
     routes: Router,
@@ -418,7 +381,7 @@ fn is_per_connection_error(e: &std::io::Error) -> bool {
 /// # Errors
 /// [`ServerError`] from [`Server::bind`] or [`Server::serve`].
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
-    let stop = crate::shutdown::signal();
+    let stop = super::shutdown::signal();
     let server = Server::bind(config).await?;
     tracing::info!(addr = %server.local_addr(), "listening");
     server.serve(stop).await

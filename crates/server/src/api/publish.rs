@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentwire_manager::{BrokerError, EmitError, PreparedEvent};
 use agentwire_protocol::{
@@ -28,11 +29,10 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::ApiState;
+use super::ratelimit::RateLimiter;
+use super::runs::{RunKey, RunMetrics, RunTable};
 use crate::auth::{ApiKey, KeyScope};
-use crate::config::{RunLifecycle, ServerConfig};
-use crate::ratelimit::RateLimiter;
-use crate::runs::{RunKey, RunMetrics, RunTable};
-use crate::server::AppState;
 
 /// How many of a user's newest events are searched for a retried `event_id` when an event
 /// seems to break its run (it may be a retry of one already accepted).
@@ -120,22 +120,33 @@ pub(crate) struct PublishApi {
 }
 
 impl PublishApi {
-    pub(crate) fn from_config(c: &ServerConfig, metrics: PublishMetrics) -> Self {
+    /// The publish API with these bounds; `runs` (most runs, how long one is remembered)
+    /// turns the run-lifecycle check on.
+    pub(crate) fn new(
+        limits: PublishLimits,
+        runs: Option<(usize, Duration)>,
+        metrics: PublishMetrics,
+    ) -> Self {
         PublishApi {
-            max_batch: c.max_batch.max(1),
-            max_request_bytes: c.max_request_bytes,
-            history_read_max: c.history_read_max.max(1),
-            publish_rate: c.publish_rate,
-            limiter: RateLimiter::new(c.publish_rate, c.publish_burst),
-            runs: match c.run_lifecycle {
-                RunLifecycle::Enforce => {
-                    Some(RunTable::new(c.max_runs, c.run_ttl, metrics.runs.clone()))
-                }
-                RunLifecycle::Off => None,
-            },
+            max_batch: limits.max_batch.max(1),
+            max_request_bytes: limits.max_request_bytes,
+            history_read_max: limits.history_read_max.max(1),
+            publish_rate: limits.publish_rate,
+            limiter: RateLimiter::new(limits.publish_rate, limits.publish_burst),
+            runs: runs.map(|(max, ttl)| RunTable::new(max, ttl, metrics.runs.clone())),
             metrics,
         }
     }
+}
+
+/// The publish API's and the history read's bounds (see the flags of the same names).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PublishLimits {
+    pub(crate) max_batch: usize,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) history_read_max: usize,
+    pub(crate) publish_rate: u32,
+    pub(crate) publish_burst: u32,
 }
 
 /// A refused request: the status, and the body `{"field": …, "reason": …}`.
@@ -195,7 +206,7 @@ impl IntoResponse for Problem {
 /// Checks `Authorization: Bearer <api key>` with the server's API-key check, and that the
 /// key's scope allows `need`.
 pub(crate) fn authorize(
-    app: &AppState,
+    app: &ApiState,
     headers: &HeaderMap,
     need: KeyScope,
 ) -> Result<ApiKey, Problem> {
@@ -411,7 +422,7 @@ fn violation_problem(v: &RunViolation, batch: bool, i: usize) -> Problem {
 /// Whether `event_id` is among `user`'s newest [`REPLAY_LOOKUP_EVENTS`] events: then an
 /// event carrying it is a retry of one the broker accepted, not a new one.
 async fn accepted_before(
-    app: &AppState,
+    app: &ApiState,
     user: &UserId,
     event_id: &EventId,
 ) -> Result<bool, BrokerError> {
@@ -427,7 +438,7 @@ async fn accepted_before(
 /// stream already holds: then it is a retry, the broker will answer its first
 /// acceptance, and the run's state stays as it is.
 async fn check_runs(
-    app: &AppState,
+    app: &ApiState,
     requests: &[PublishRequest],
     states: HashMap<RunKey, RunState>,
     batch: bool,
@@ -460,7 +471,7 @@ async fn check_runs(
     tag = "publish",
     security(("api_key" = [])),
     request_body(
-        content = crate::openapi::PublishBodyDoc,
+        content = super::schema::PublishBodyDoc,
         content_type = "application/json",
         description = "One event, or an array of 1 to --max-batch events (default 100), \
             for one or more users. Checked as a whole before anything is published."
@@ -468,7 +479,7 @@ async fn check_runs(
     responses(
         (status = 200, description = "Every event accepted; one result per event, in request order. \
             An event_id accepted before is answered with its first acceptance.",
-            body = crate::openapi::PublishResponseDoc),
+            body = super::schema::PublishResponseDoc),
         (status = 400, description = "Not UTF-8, not JSON, neither an object nor a non-empty array, or nested too deep", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 409, description = "An event breaks its run's lifecycle; `reason` names the violation", body = ErrorBody),
@@ -484,7 +495,7 @@ async fn check_runs(
     )
 )]
 pub(crate) async fn publish_events(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -501,7 +512,7 @@ pub(crate) async fn publish_events(
 }
 
 async fn publish(
-    app: &AppState,
+    app: &ApiState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<PublishResponse, Problem> {

@@ -1,0 +1,251 @@
+//! The HTTP side of `GET /ws`: Origin, draining, the token (header, subprotocol or query),
+//! the resume point, then the upgrade that hands the socket to [`super::session`].
+
+use std::sync::Arc;
+
+use agentwire_manager::Resume;
+use agentwire_protocol::{AUTH_SUBPROTOCOL_PREFIX, Epoch, SUBPROTOCOL, Seq};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::WsState;
+use super::metrics::Rejection;
+use super::session::serve_socket;
+use super::wire::{UpgradeRejection, WsUpgrade};
+use crate::auth::AuthError;
+use crate::http::json_error;
+
+/// The query string of `/ws`: `token`, `last_seq`, `epoch`. Other parameters are ignored.
+#[derive(Default)]
+struct WsQuery {
+    token: Option<String>,
+    last_seq: Option<String>,
+    epoch: Option<String>,
+}
+
+fn parse_query(raw: Option<&str>) -> WsQuery {
+    let mut q = WsQuery::default();
+    for (k, v) in form_pairs(raw.unwrap_or("")) {
+        match k.as_str() {
+            "token" => q.token = Some(v),
+            "last_seq" => q.last_seq = Some(v),
+            "epoch" => q.epoch = Some(v),
+            _ => {}
+        }
+    }
+    q
+}
+
+/// Splits `a=1&b=x%20y` into decoded pairs (`+` is a space).
+fn form_pairs(raw: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    raw.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where the token came from.
+fn find_token(headers: &HeaderMap, query: &WsQuery) -> Result<String, AuthError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+        let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        return Ok(token.trim().to_owned());
+    }
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else { continue };
+        if let Some(token) = value
+            .split(',')
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix(AUTH_SUBPROTOCOL_PREFIX))
+        {
+            return Ok(token.to_owned());
+        }
+    }
+    query.token.clone().ok_or(AuthError::Missing)
+}
+
+fn resume_from_query(q: &WsQuery) -> Result<Option<Resume>, (&'static str, String)> {
+    match (&q.last_seq, &q.epoch) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(("epoch", "is required with `last_seq`".into())),
+        (None, Some(_)) => Err(("last_seq", "is required with `epoch`".into())),
+        (Some(seq), Some(epoch)) => {
+            let last_seq = seq
+                .parse::<u64>()
+                .map_err(|_| ("last_seq", "must be a non-negative integer".to_owned()))?;
+            let epoch = Epoch::new(epoch).map_err(|e| ("epoch", format!("an epoch {e}")))?;
+            Ok(Some(Resume::After {
+                last_seq: Seq(last_seq),
+                epoch,
+            }))
+        }
+    }
+}
+
+/// `GET /ws`.
+#[utoipa::path(get, path = "/ws", tag = "connect",
+    security(("jwt" = [])),
+    params(
+        ("token" = Option<String>, Query, description = "The client token, when no header or subprotocol carries it"),
+        ("last_seq" = Option<u64>, Query, description = "Resume after this seq (with `epoch`)"),
+        ("epoch" = Option<String>, Query, description = "The epoch of the stream being resumed"),
+    ),
+    responses(
+        (status = 101, description = "Upgraded to WebSocket (subprotocol agentwire.v1); frames as in docs/protocol.md"),
+        (status = 400, description = "Not a WebSocket handshake, or a bad resume point", body = crate::http::AdminErrorDoc),
+        (status = 401, description = "No token, or an invalid or expired one", body = crate::http::AdminErrorDoc),
+        (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = crate::http::AdminErrorDoc),
+        (status = 503, description = "The server is shutting down", body = crate::http::AdminErrorDoc),
+    ))]
+pub(crate) async fn ws_handler(
+    State(app): State<Arc<WsState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    upgrade: Result<WsUpgrade, UpgradeRejection>,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !app.ws.origin_allowed(origin)
+    {
+        app.metrics.rejected(Rejection::ForbiddenOrigin);
+        return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+    }
+    if app.is_shutting_down() {
+        app.metrics.rejected(Rejection::ShuttingDown);
+        let mut r = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; connect again",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    let query = parse_query(raw.as_deref());
+    let verified = match find_token(&headers, &query).and_then(|t| app.auth.verify(&t)) {
+        Ok(v) => v,
+        Err(e) => {
+            app.metrics.rejected(Rejection::Unauthorized);
+            tracing::debug!(reason = %e, "ws handshake unauthorized");
+            let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
+    let resume = match resume_from_query(&query) {
+        Ok(r) => r,
+        Err((field, reason)) => {
+            app.metrics.rejected(Rejection::BadRequest);
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("field `{field}`: {reason}"),
+            );
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            app.metrics.rejected(Rejection::BadRequest);
+            return rejection.into_response();
+        }
+    };
+    let s = &app.ws;
+    // Reading only: the server writes its frames itself (crate::wire).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(s.read_buffer_size)
+        .max_message_size(Some(s.max_message_size))
+        .max_frame_size(Some(s.max_frame_size));
+    upgrade.accept(SUBPROTOCOL, config, move |stream, sink| {
+        serve_socket(app, stream, sink, verified, resume)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_pairs_are_decoded() {
+        let q = parse_query(Some("token=a%2Eb.c&last_seq=5&epoch=e_1&x=y+z"));
+        assert_eq!(q.token.as_deref(), Some("a.b.c"));
+        assert_eq!(q.last_seq.as_deref(), Some("5"));
+        assert_eq!(q.epoch.as_deref(), Some("e_1"));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("a%20b"), "a b");
+    }
+
+    #[test]
+    fn resume_needs_both_fields_and_a_number() {
+        let q = |s| parse_query(Some(s));
+        assert_eq!(resume_from_query(&q("")), Ok(None));
+        assert!(matches!(
+            resume_from_query(&q("last_seq=4&epoch=e_1")),
+            Ok(Some(Resume::After {
+                last_seq: Seq(4),
+                ..
+            }))
+        ));
+        assert_eq!(
+            resume_from_query(&q("last_seq=4")).map_err(|e| e.0),
+            Err("epoch")
+        );
+        assert_eq!(
+            resume_from_query(&q("epoch=e")).map_err(|e| e.0),
+            Err("last_seq")
+        );
+        assert_eq!(
+            resume_from_query(&q("last_seq=-1&epoch=e")).map_err(|e| e.0),
+            Err("last_seq")
+        );
+    }
+
+    #[test]
+    fn tokens_come_from_header_subprotocol_or_query() {
+        let mut h = HeaderMap::new();
+        let q = parse_query(Some("token=q"));
+        assert_eq!(find_token(&h, &q), Ok("q".into()));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("agentwire.v1, agentwire.auth.s"),
+        );
+        assert_eq!(find_token(&h, &q), Ok("s".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(find_token(&h, &q), Ok("b".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic b"));
+        assert_eq!(find_token(&h, &q), Err(AuthError::Malformed));
+        assert_eq!(
+            find_token(&HeaderMap::new(), &WsQuery::default()),
+            Err(AuthError::Missing)
+        );
+    }
+}
