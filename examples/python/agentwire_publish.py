@@ -15,11 +15,12 @@ import uuid
 class PublishError(Exception):
     """The server refused the request; retrying the same body cannot help."""
 
-    def __init__(self, status, field, reason):
-        super().__init__(f"{status}: field {field!r}: {reason}")
+    def __init__(self, status, code, message, field):
+        super().__init__(f"{status} {code}: {message}" + (f" (field {field!r})" if field else ""))
         self.status = status
+        self.code = code
+        self.message = message
         self.field = field
-        self.reason = reason
 
 
 class RetryableError(Exception):
@@ -69,9 +70,10 @@ class Publisher:
                 detail = json.load(e)
             except ValueError:
                 detail = {}
+            # Every error answer is {"error": code, "message": ..., "field": path or null}.
             if e.code in (429, 503):
-                raise RetryableError(f"{e.code}: {detail.get('reason')}", retry_after) from None
-            raise PublishError(e.code, detail.get("field"), detail.get("reason")) from None
+                raise RetryableError(f"{e.code} {detail.get('error')}: {detail.get('message')}", retry_after) from None
+            raise PublishError(e.code, detail.get("error"), detail.get("message"), detail.get("field")) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             raise RetryableError(f"connection failed: {e}") from None
 

@@ -1,6 +1,6 @@
 """Shows agentwire publish error handling: a transient failure (429, 503, a lost
 connection) is retried with the same event_id, so the retry cannot duplicate the event; a
-refused event (4xx) is reported with the field and the reason and not retried. Standard
+refused event (4xx) is reported with its code, field and message and not retried. Standard
 library only.
 
     python3 examples/python/publish_with_retries.py --url http://127.0.0.1:8080 --user alice
@@ -52,7 +52,7 @@ def main():
         print("unexpected: the bad event was accepted")
         return 1
     except PublishError as e:
-        print(f"refused as expected: status={e.status} field={e.field} reason={e.reason}")
+        print(f"refused as expected: status={e.status} error={e.code} field={e.field} message={e.message}")
 
     # 3. The run fails. Transient failures (429, 503, connection refused) are retried with
     #    backoff, always with the same event_id.

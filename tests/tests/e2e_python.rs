@@ -209,7 +209,9 @@ async fn publish_with_retries_py_retries_and_every_event_arrives_once() {
         show(&out)
     );
     assert!(
-        stdout.contains("status=409 field=data.tool_call_id reason=UnknownToolCall"),
+        stdout.contains(
+            "status=409 error=run_violation field=data.tool_call_id message=UnknownToolCall"
+        ),
         "{}",
         show(&out)
     );

@@ -9,45 +9,41 @@ use std::sync::Arc;
 
 use agentwire_manager::History;
 use agentwire_protocol::{Seq, UserId};
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
-use super::publish::{ErrorBody, Problem, authorize};
-use crate::auth::KeyScope;
+use crate::auth::{KeyScope, authorize};
+use crate::http::{ApiError, ErrorBody, ErrorCode};
 
 /// Events a history read returns when it gives no `limit`.
 pub(crate) const DEFAULT_HISTORY_READ_LIMIT: usize = 100;
 
-fn unprocessable(field: &str, reason: impl Into<String>) -> Problem {
-    Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Some(field.to_owned()),
-        reason,
-    )
+fn bad_param(field: &str, reason: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, reason).at(field)
 }
 
 /// `after_seq` and `limit` from the query; any other parameter is an error.
-fn parse_params(query: &BTreeMap<String, String>, max: usize) -> Result<(Seq, usize), Problem> {
+fn parse_params(query: &BTreeMap<String, String>, max: usize) -> Result<(Seq, usize), ApiError> {
     if let Some(other) = query.keys().find(|k| *k != "after_seq" && *k != "limit") {
-        return Err(unprocessable(other, "unknown query parameter"));
+        return Err(bad_param(other, "unknown query parameter"));
     }
     let after = match query.get("after_seq") {
         None => Seq::ZERO,
         Some(v) => Seq(v
             .parse::<u64>()
-            .map_err(|_| unprocessable("after_seq", "must be a non-negative integer"))?),
+            .map_err(|_| bad_param("after_seq", "must be a non-negative integer"))?),
     };
     let limit = match query.get("limit") {
         None => DEFAULT_HISTORY_READ_LIMIT.min(max),
         Some(v) => {
             let n = v
                 .parse::<usize>()
-                .map_err(|_| unprocessable("limit", "must be a non-negative integer"))?;
+                .map_err(|_| bad_param("limit", "must be a non-negative integer"))?;
             if n > max {
-                return Err(unprocessable(
+                return Err(bad_param(
                     "limit",
                     format!("must be at most {max} (--history-read-max)"),
                 ));
@@ -103,10 +99,9 @@ fn page_json(user: &UserId, h: &History) -> Vec<u8> {
         (status = 200, description = "A page of history. Page on by passing the last event's seq as after_seq \
             until `events` is empty. `gap` names events after `after_seq` that history no longer holds.",
             body = super::schema::HistoryPageDoc),
-        (status = 400, description = "A malformed query string", body = ErrorBody),
+        (status = 400, description = "A malformed query string or path; a bad user id, after_seq or limit, or an unknown query parameter (`field` names it)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "A publish-only API key (--publish-api-keys)", body = ErrorBody),
-        (status = 422, description = "A bad user id, after_seq or limit, or an unknown query parameter", body = ErrorBody),
         (status = 503, description = "The broker is unavailable", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
@@ -114,10 +109,10 @@ fn page_json(user: &UserId, h: &History) -> Vec<u8> {
 pub(crate) async fn read_history(
     State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(user_id): Path<String>,
+    user_id: Result<Path<String>, PathRejection>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Response {
-    let response = match read(&app, &headers, &user_id, query).await {
+    let response = match read(&app, &headers, user_id, query).await {
         Ok(r) => r,
         Err(p) => p.into_response(),
     };
@@ -128,24 +123,20 @@ pub(crate) async fn read_history(
 async fn read(
     app: &ApiState,
     headers: &HeaderMap,
-    user_id: &str,
+    user_id: Result<Path<String>, PathRejection>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
-) -> Result<Response, Problem> {
-    authorize(app, headers, KeyScope::Full)?;
-    let user =
-        UserId::new(user_id).map_err(|e| unprocessable("user_id", format!("a user id {e}")))?;
-    let Query(query) =
-        query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, None, e.body_text()))?;
+) -> Result<Response, ApiError> {
+    authorize(&app.auth, headers, KeyScope::Full)?;
+    let Path(user_id) = user_id.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let user = UserId::new(&user_id).map_err(|e| bad_param("user_id", format!("a user id {e}")))?;
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let (after, limit) = parse_params(&query, app.publish.history_read_max)?;
     let history = app
         .manager
         .broker()
         .history(&user, after, limit)
         .await
-        .map_err(|e| Problem {
-            retry_after: Some(1),
-            ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string())
-        })?;
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()).retry_after(1))?;
     let mut r = page_json(&user, &history).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -192,7 +183,7 @@ mod tests {
             (params(&[("since", "1")]), "since"),
         ] {
             let p = parse_params(&bad, 10).expect_err("refused");
-            assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(p.code, ErrorCode::BadRequest);
             assert_eq!(p.field.as_deref(), Some(field));
         }
     }

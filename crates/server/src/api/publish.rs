@@ -1,6 +1,6 @@
 //! `POST /v1/events`: the publish API for agents in other processes and languages
-//! (docs/protocol.md §8), and what it shares with the history read: API-key checks, the
-//! `{"field","reason"}` error body, the settings and the metrics.
+//! (docs/protocol.md §8), and what it shares with the history read: the settings and the
+//! metrics.
 //!
 //! A request goes through, in this order: the API key (401/403), the content type (415),
 //! the body size (413), decoding (400/413/422), each event's validation and size (422/413),
@@ -20,19 +20,19 @@ use agentwire_protocol::{
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use super::ApiState;
 use super::ratelimit::RateLimiter;
 use super::runs::{RunKey, RunMetrics, RunTable};
-use crate::auth::{ApiKey, KeyScope};
+use crate::auth::{KeyScope, authorize};
+use crate::http::{ApiError, ErrorBody, ErrorCode};
 
 /// How many of a user's newest events are searched for a retried `event_id` when an event
 /// seems to break its run (it may be a retry of one already accepted).
@@ -149,90 +149,7 @@ pub(crate) struct PublishLimits {
     pub(crate) publish_burst: u32,
 }
 
-/// A refused request: the status, and the body `{"field": …, "reason": …}`.
-#[derive(Debug)]
-pub(crate) struct Problem {
-    pub(crate) status: StatusCode,
-    pub(crate) field: Option<String>,
-    pub(crate) reason: String,
-    pub(crate) retry_after: Option<u64>,
-}
-
-/// The body of every refusal of the publish API and the history read.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct ErrorBody {
-    /// The field the error is about: a path such as `data.tool_call_id` or, inside a
-    /// batch, `[1].data.tool_call_id`; `null` when it is not about one field.
-    #[schema(required)]
-    field: Option<String>,
-    /// What is wrong.
-    reason: String,
-}
-
-impl Problem {
-    pub(crate) fn new(
-        status: StatusCode,
-        field: Option<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        Problem {
-            status,
-            field,
-            reason: reason.into(),
-            retry_after: None,
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            field: self.field,
-            reason: self.reason,
-        };
-        let mut r = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(secs) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        r
-    }
-}
-
-/// Checks `Authorization: Bearer <api key>` with the server's API-key check, and that the
-/// key's scope allows `need`.
-pub(crate) fn authorize(
-    app: &ApiState,
-    headers: &HeaderMap,
-    need: KeyScope,
-) -> Result<ApiKey, Problem> {
-    let unauthorized = |reason: &str| Problem::new(StatusCode::UNAUTHORIZED, None, reason);
-    if !app.auth.has_api_keys() {
-        return Err(unauthorized(
-            "no API key is configured (--api-keys, --publish-api-keys)",
-        ));
-    }
-    let Some(presented) = crate::http::bearer_key(headers) else {
-        return Err(unauthorized("send `Authorization: Bearer <api key>`"));
-    };
-    let Some(key) = app.auth.api_key(presented) else {
-        return Err(unauthorized("unknown API key"));
-    };
-    match (need, key.scope) {
-        (KeyScope::Publish, _) | (KeyScope::Full, KeyScope::Full) => Ok(key),
-        (KeyScope::Full, KeyScope::Publish) => Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            None,
-            "this API key may only publish (--publish-api-keys)",
-        )),
-    }
-}
-
-fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -241,25 +158,23 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     if is_json {
         Ok(())
     } else {
-        Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            None,
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
             "send `Content-Type: application/json`",
         ))
     }
 }
 
-fn request_too_large(limit: usize) -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        None,
+fn request_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
         format!("the request body is larger than {limit} bytes (--max-request-bytes)"),
     )
 }
 
 /// Reads the body, refusing more than `limit` bytes as soon as it is known: from
 /// `Content-Length` before reading anything, else while reading.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Problem> {
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -271,11 +186,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                None,
-                format!("cannot read the body: {e}"),
-            )
+            ApiError::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
         })?;
         if out.len() + chunk.len() > limit {
             return Err(request_too_large(limit));
@@ -286,24 +197,22 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
 }
 
 /// The status and body for a body that did not decode.
-fn decode_problem(e: &DecodeError, body_len: usize, api: &PublishApi) -> Problem {
+fn decode_problem(e: &DecodeError, body_len: usize, api: &PublishApi) -> ApiError {
     match e {
         DecodeError::TooLarge { .. } if body_len > api.max_request_bytes => {
             request_too_large(api.max_request_bytes)
         }
-        DecodeError::TooLarge { size, limit } => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            None,
+        DecodeError::TooLarge { size, limit } => ApiError::new(
+            ErrorCode::PayloadTooLarge,
             format!("the batch holds {size} events; the limit is {limit} (--max-batch)"),
         ),
         DecodeError::MissingType
         | DecodeError::UnknownType { .. }
-        | DecodeError::Invalid { .. } => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            e.field().map(str::to_owned),
-            reason_of(e),
-        ),
-        _ => Problem::new(StatusCode::BAD_REQUEST, None, e.to_string()),
+        | DecodeError::Invalid { .. } => ApiError {
+            field: e.field().map(str::to_owned),
+            ..ApiError::new(ErrorCode::InvalidEvent, reason_of(e))
+        },
+        _ => ApiError::new(ErrorCode::BadRequest, e.to_string()),
     }
 }
 
@@ -327,26 +236,29 @@ fn item(batch: bool, i: usize) -> String {
     }
 }
 
-fn prepare_problem(e: EmitError, batch: bool, i: usize) -> Problem {
+fn prepare_problem(e: EmitError, batch: bool, i: usize) -> ApiError {
     match e {
         EmitError::Invalid(d) => {
             let d = d.within(&item(batch, i));
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                d.field().map(str::to_owned),
-                reason_of(&d),
-            )
+            ApiError {
+                field: d.field().map(str::to_owned),
+                ..ApiError::new(ErrorCode::InvalidEvent, reason_of(&d))
+            }
         }
-        EmitError::TooLarge { size, limit } => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            batch.then(|| item(batch, i)),
-            format!("the event is {size} bytes of JSON; the limit is {limit} (--max-event-bytes)"),
-        ),
+        EmitError::TooLarge { size, limit } => ApiError {
+            field: batch.then(|| item(batch, i)),
+            ..ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the event is {size} bytes of JSON; the limit is {limit} (--max-event-bytes)"
+                ),
+            )
+        },
         other => broker_problem(&other, batch, i),
     }
 }
 
-fn broker_problem(e: &EmitError, batch: bool, i: usize) -> Problem {
+fn broker_problem(e: &EmitError, batch: bool, i: usize) -> ApiError {
     let transient = e.is_transient() || matches!(e, EmitError::Broker(BrokerError::Closed));
     let mut reason = e.to_string();
     if batch && i > 0 {
@@ -356,21 +268,14 @@ fn broker_problem(e: &EmitError, batch: bool, i: usize) -> Problem {
     } else {
         reason.push_str("; nothing was published");
     }
-    if transient {
-        Problem {
-            retry_after: Some(BROKER_RETRY_AFTER_SECS),
-            ..Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                batch.then(|| item(batch, i)),
-                reason,
-            )
-        }
+    let error = if transient {
+        ApiError::new(ErrorCode::Unavailable, reason).retry_after(BROKER_RETRY_AFTER_SECS)
     } else {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            batch.then(|| item(batch, i)),
-            reason,
-        )
+        ApiError::new(ErrorCode::Internal, reason)
+    };
+    ApiError {
+        field: batch.then(|| item(batch, i)),
+        ..error
     }
 }
 
@@ -399,7 +304,7 @@ fn violation_name(v: &RunViolation) -> &'static str {
     }
 }
 
-fn violation_problem(v: &RunViolation, batch: bool, i: usize) -> Problem {
+fn violation_problem(v: &RunViolation, batch: bool, i: usize) -> ApiError {
     let field = match v {
         RunViolation::DuplicateToolCall { .. }
         | RunViolation::UnknownToolCall { .. }
@@ -412,11 +317,11 @@ fn violation_problem(v: &RunViolation, batch: bool, i: usize) -> Problem {
     } else {
         format!("{prefix}.{field}")
     };
-    Problem::new(
-        StatusCode::CONFLICT,
-        Some(field),
+    ApiError::new(
+        ErrorCode::RunViolation,
         format!("{}: {v}", violation_name(v)),
     )
+    .at(field)
 }
 
 /// Whether `event_id` is among `user`'s newest [`REPLAY_LOOKUP_EVENTS`] events: then an
@@ -442,7 +347,7 @@ async fn check_runs(
     requests: &[PublishRequest],
     states: HashMap<RunKey, RunState>,
     batch: bool,
-) -> Result<(), Problem> {
+) -> Result<(), ApiError> {
     let mut states = states;
     for (i, r) in requests.iter().enumerate() {
         let Some(key) = run_key(r) else { continue };
@@ -482,7 +387,7 @@ async fn check_runs(
             body = super::schema::PublishResponseDoc),
         (status = 400, description = "Not UTF-8, not JSON, neither an object nor a non-empty array, or nested too deep", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
-        (status = 409, description = "An event breaks its run's lifecycle; `reason` names the violation", body = ErrorBody),
+        (status = 409, description = "An event breaks its run's lifecycle (`run_violation`; `message` names the violation)", body = ErrorBody),
         (status = 413, description = "An event larger than --max-event-bytes, a body larger than --max-request-bytes, or more than --max-batch events", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "A missing, unknown or ill-typed field, or an identifier breaking the rule", body = ErrorBody),
@@ -515,9 +420,9 @@ async fn publish(
     app: &ApiState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<PublishResponse, Problem> {
+) -> Result<PublishResponse, ApiError> {
     let api = &app.publish;
-    let key = authorize(app, headers, KeyScope::Publish)?;
+    let key = authorize(&app.auth, headers, KeyScope::Publish)?;
     check_content_type(headers)?;
     let bytes = read_body(headers, body, api.max_request_bytes).await?;
     let limits = Limits {
@@ -537,21 +442,18 @@ async fn publish(
                 .prepare_event(&r.user_id, &r.event, r.event_id.clone())
                 .map_err(|e| prepare_problem(e, batch, i))
         })
-        .collect::<Result<Vec<PreparedEvent>, Problem>>()?;
+        .collect::<Result<Vec<PreparedEvent>, ApiError>>()?;
     if let Some(limiter) = &api.limiter
         && let Err(wait) = limiter.take(key.id, requests.len(), Instant::now())
     {
-        return Err(Problem {
-            retry_after: Some(wait.as_secs().max(1)),
-            ..Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                None,
-                format!(
-                    "this API key may publish {} events per second (--publish-rate); nothing was published",
-                    api.publish_rate
-                ),
-            )
-        });
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this API key may publish {} events per second (--publish-rate); nothing was published",
+                api.publish_rate
+            ),
+        )
+        .retry_after(wait.as_secs().max(1)));
     }
     let mut locked = match &api.runs {
         Some(runs) => {
@@ -587,6 +489,8 @@ async fn publish(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
     use agentwire_protocol::EventData;
 
@@ -596,9 +500,10 @@ mod tests {
             tool_call_id: "tc9".into(),
         };
         let p = violation_problem(&v, true, 2);
-        assert_eq!(p.status, StatusCode::CONFLICT);
+        assert_eq!(p.status(), StatusCode::CONFLICT);
+        assert_eq!(p.code, ErrorCode::RunViolation);
         assert_eq!(p.field.as_deref(), Some("[2].data.tool_call_id"));
-        assert!(p.reason.starts_with("UnknownToolCall: "), "{}", p.reason);
+        assert!(p.message.starts_with("UnknownToolCall: "), "{}", p.message);
         let p = violation_problem(&RunViolation::AlreadyStarted, false, 0);
         assert_eq!(p.field.as_deref(), Some("type"));
     }

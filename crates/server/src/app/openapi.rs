@@ -31,7 +31,7 @@ use utoipa::{Modify, OpenApi};
         crate::api::admin::user_connections,
         crate::api::admin::disconnect_user,
     ),
-    components(schemas(crate::api::publish::ErrorBody)),
+    components(schemas(crate::http::ErrorBody)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "publish", description = "Publishing events and reading history (docs/protocol.md §8)"),

@@ -55,6 +55,7 @@ fn routes(state: AppState) -> Router {
     crate::demo::routes(state.demo.is_enabled())
         // The documented API: every route of `super::routes::table`.
         .merge(super::routes::api())
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
         .with_state(state)
 }
 
@@ -278,7 +279,13 @@ impl Server {
     {
         let state = self.state.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut serving = tokio::spawn(accept_loop(self.listener, routes(state.clone()), stop_rx));
+        let mut serving = tokio::spawn(accept_loop(
+            self.listener,
+            // A path no route serves gets the JSON error too; `router()` leaves the
+            // fallback to the application it is mounted in.
+            routes(state.clone()).fallback(crate::http::not_found),
+            stop_rx,
+        ));
         tokio::select! {
             () = shutdown => {}
             ended = &mut serving => {

@@ -1,9 +1,11 @@
 //! API keys: full-access (`--api-keys`) and publish-only (`--publish-api-keys`), compared
 //! in constant time, each with an identity for per-key rate limits.
 
+use axum::http::HeaderMap;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::Auth;
+use crate::http::{ApiError, ErrorCode, bearer};
 
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,38 @@ impl Auth {
     }
 }
 
+/// Checks `Authorization: Bearer <api key>` against `auth`'s keys, and that the key's
+/// scope allows `need`: the one API-key check of every route that takes one.
+///
+/// # Errors
+/// 401 `unauthorized` without a key (or with none configured) or with an unknown one; 403
+/// `forbidden` for a publish-only key where full access is needed.
+pub(crate) fn authorize(
+    auth: &Auth,
+    headers: &HeaderMap,
+    need: KeyScope,
+) -> Result<ApiKey, ApiError> {
+    let unauthorized = |message: &str| ApiError::new(ErrorCode::Unauthorized, message);
+    if !auth.has_api_keys() {
+        return Err(unauthorized(
+            "no API key is configured (--api-keys, --publish-api-keys)",
+        ));
+    }
+    let Ok(Some(presented)) = bearer(headers) else {
+        return Err(unauthorized("send `Authorization: Bearer <api key>`"));
+    };
+    let Some(key) = auth.api_key(presented) else {
+        return Err(unauthorized("unknown API key"));
+    };
+    match (need, key.scope) {
+        (KeyScope::Publish, _) | (KeyScope::Full, KeyScope::Full) => Ok(key),
+        (KeyScope::Full, KeyScope::Publish) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this API key may only publish (--publish-api-keys)",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +140,48 @@ mod tests {
             "a publish-only key is not an admin key"
         );
         assert!(auth.has_api_keys());
+    }
+
+    #[test]
+    fn authorize_checks_presence_identity_and_scope() {
+        use axum::http::{HeaderValue, header};
+        let auth = Auth::hs256(b"s")
+            .expect("auth")
+            .with_api_keys(&["full".into()], &["pub".into()]);
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            h
+        };
+        let code = |r: Result<ApiKey, ApiError>| r.map(|k| k.scope).map_err(|e| e.code);
+        assert_eq!(
+            code(authorize(&auth, &HeaderMap::new(), KeyScope::Publish)),
+            Err(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Bearer nope"), KeyScope::Publish)),
+            Err(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Basic full"), KeyScope::Full)),
+            Err(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Bearer pub"), KeyScope::Publish)),
+            Ok(KeyScope::Publish)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Bearer pub"), KeyScope::Full)),
+            Err(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Bearer full"), KeyScope::Full)),
+            Ok(KeyScope::Full)
+        );
+        let keyless = Auth::hs256(b"s").expect("auth");
+        assert_eq!(
+            code(authorize(&keyless, &with("Bearer full"), KeyScope::Full)),
+            Err(ErrorCode::Unauthorized)
+        );
     }
 }

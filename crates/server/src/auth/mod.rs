@@ -10,4 +10,4 @@ mod keys;
 
 pub use dev::{DevCredentials, default_dev_credentials_path};
 pub use jwt::{Auth, AuthConfigError, AuthError, Verified, mint_hs256};
-pub(crate) use keys::{ApiKey, KeyScope};
+pub(crate) use keys::{KeyScope, authorize};

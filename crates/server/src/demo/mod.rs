@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use crate::auth::Auth;
-use crate::http::json_error;
+use crate::http::{ApiError, ErrorCode, bearer};
 
 const CLIENT_JS: &str = include_str!("../../assets/client.js");
 const CLIENT_DTS: &str = include_str!("../../assets/client.d.ts");
@@ -165,66 +165,32 @@ async fn demo_js() -> Response {
     asset("text/javascript; charset=utf-8", DEMO_JS)
 }
 
-/// A refused demo request, answered as a JSON error (`{"error": kind, "message": …}`).
-#[derive(Debug)]
-struct Refusal {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
 }
 
-impl Refusal {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-
-    fn bad_request(message: impl Into<String>) -> Refusal {
-        Refusal::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    fn too_many(message: &str) -> Refusal {
-        Refusal::new(StatusCode::TOO_MANY_REQUESTS, "too_many_runs", message)
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let mut r = json_error(self.status, self.kind, &self.message);
-        let extra = match self.status {
-            StatusCode::UNAUTHORIZED => Some((header::WWW_AUTHENTICATE, "Bearer")),
-            StatusCode::TOO_MANY_REQUESTS => Some((header::RETRY_AFTER, "5")),
-            _ => None,
-        };
-        if let Some((name, value)) = extra {
-            r.headers_mut()
-                .insert(name, HeaderValue::from_static(value));
-        }
-        r
-    }
+/// A run refused for want of room; its `Retry-After` is about how long a run takes.
+fn too_many(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::TooManyRuns, message).retry_after(5)
 }
 
 /// The JSON object of a request body; an empty body is `{}`.
-fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Refusal> {
+fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Refusal::bad_request("the body must be a JSON object")),
-        Err(e) => Err(Refusal::bad_request(format!("the body is not JSON: {e}"))),
+        Ok(_) => Err(bad_request("the body must be a JSON object")),
+        Err(e) => Err(bad_request(format!("the body is not JSON: {e}"))),
     }
 }
 
 /// `POST /demo/token` `{"user_id": "alice"}`: a development token for that user.
-async fn mint_token(State(app): State<Arc<DemoState>>, body: Bytes) -> Result<Response, Refusal> {
+async fn mint_token(State(app): State<Arc<DemoState>>, body: Bytes) -> Result<Response, ApiError> {
     if !app.mint {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
             "development tokens are minted only in development mode (no --jwt-secret or \
              --jwt-public-key); sign in with a token of your own",
         ));
@@ -233,28 +199,24 @@ async fn mint_token(State(app): State<Arc<DemoState>>, body: Bytes) -> Result<Re
     let id = body
         .get("user_id")
         .and_then(Value::as_str)
-        .ok_or_else(|| Refusal::bad_request("field `user_id`: a string is required"))?;
-    let user = UserId::new(id)
-        .map_err(|e| Refusal::bad_request(format!("field `user_id`: a user id {e}")))?;
+        .ok_or_else(|| bad_request("a string is required").at("user_id"))?;
+    let user = UserId::new(id).map_err(|e| bad_request(format!("a user id {e}")).at("user_id"))?;
     let token = app
         .auth
         .mint(&user, DEMO_TOKEN_TTL)
-        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     let expires_at = jsonwebtoken::get_current_timestamp() + DEMO_TOKEN_TTL.as_secs();
     Ok(Json(json!({ "token": token, "user_id": user, "expires_at": expires_at })).into_response())
 }
 
 /// The user of `Authorization: Bearer <client token>`.
-fn user_of(auth: &Auth, headers: &HeaderMap) -> Result<UserId, Refusal> {
-    let unauthorized =
-        |message: String| Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-        .ok_or_else(|| unauthorized("send `Authorization: Bearer <the user's token>`".into()))?;
+fn user_of(auth: &Auth, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    let unauthorized = |message: String| ApiError::new(ErrorCode::Unauthorized, message);
+    let Ok(Some(token)) = bearer(headers) else {
+        return Err(unauthorized(
+            "send `Authorization: Bearer <the user's token>`".into(),
+        ));
+    };
     auth.verify(token)
         .map(|v| v.user)
         .map_err(|e| unauthorized(e.to_string()))
@@ -267,11 +229,11 @@ async fn start_run(
     State(app): State<Arc<DemoState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, Refusal> {
+) -> Result<Response, ApiError> {
     let bridge = app
         .bridge
         .clone()
-        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "not_found", "the demo is off"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "the demo is off"))?;
     let user = user_of(&app.auth, &headers)?;
     let body = body_object(&body)?;
     let pace = match body.get("pace_ms") {
@@ -281,14 +243,15 @@ async fn start_run(
             .map(Duration::from_millis)
             .filter(|p| *p <= DEMO_MAX_PACE)
             .ok_or_else(|| {
-                Refusal::bad_request(format!(
-                    "field `pace_ms`: an integer from 0 to {}",
+                bad_request(format!(
+                    "an integer from 0 to {}",
                     DEMO_MAX_PACE.as_millis()
                 ))
+                .at("pace_ms")
             })?,
     };
     let permit = app.slots.clone().try_acquire_owned().map_err(|_| {
-        Refusal::too_many("too many demo runs in progress on this server; try again shortly")
+        too_many("too many demo runs in progress on this server; try again shortly")
     })?;
     let run = demo_run_context(user.clone());
     let run_id = run.run_id().clone();
@@ -296,9 +259,7 @@ async fn start_run(
     {
         let mut runs = app.runs();
         if runs.values().filter(|(u, _)| *u == user).count() >= DEMO_MAX_RUNS_PER_USER {
-            return Err(Refusal::too_many(
-                "this user has too many demo runs in progress",
-            ));
+            return Err(too_many("this user has too many demo runs in progress"));
         }
         let state = app.clone();
         let id = run_id.clone();
@@ -334,12 +295,11 @@ async fn cancel_run(
     State(app): State<Arc<DemoState>>,
     headers: HeaderMap,
     Path(run_id): Path<String>,
-) -> Result<Response, Refusal> {
+) -> Result<Response, ApiError> {
     let user = user_of(&app.auth, &headers)?;
     let not_found = || {
-        Refusal::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+        ApiError::new(
+            ErrorCode::NotFound,
             "no run of this user with that id is in progress",
         )
     };

@@ -1,37 +1,33 @@
-//! What every HTTP handler shares, below all of them: the JSON error answer, the bearer
+//! What every HTTP handler shares, below all of them: the one error answer, the bearer
 //! credential of a request, and the flag that says the server is draining.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Json;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::http::{HeaderMap, header};
 
-/// A JSON error body: `{"error": kind, "message": …}`.
-pub(crate) fn json_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    (status, Json(json!({ "error": kind, "message": message }))).into_response()
-}
+mod error;
 
-/// The error body of `/ws` and the admin endpoints (for the OpenAPI document).
-#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub(crate) struct AdminErrorDoc {
-    /// A machine-readable kind (`unauthorized`, `forbidden`, `bad_request`, …).
-    error: String,
-    /// What is wrong.
-    message: String,
-}
+pub(crate) use error::{ApiError, ErrorBody, ErrorCode, method_not_allowed, not_found};
 
-/// The credential of `Authorization: Bearer <credential>`, when the header has that form.
-pub(crate) fn bearer_key(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim())
+/// An `Authorization` header that is not `Bearer <credential>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotBearer;
+
+/// The credential of `Authorization: Bearer <credential>` (the scheme in any case):
+/// `Ok(None)` without the header, [`NotBearer`] when the header has another form or an
+/// empty credential. The one parser of the header, for API keys and client tokens alike.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, NotBearer> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| NotBearer)?;
+    let (scheme, credential) = value.split_once(' ').ok_or(NotBearer)?;
+    let credential = credential.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
+        return Err(NotBearer);
+    }
+    Ok(Some(credential))
 }
 
 /// Whether the server is shutting down: set once by the drain, read by `/readyz` and the
@@ -46,5 +42,28 @@ impl Draining {
 
     pub(crate) fn set(&self) {
         self.0.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn bearer_credentials_are_read_in_one_way() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), Ok(None));
+        for (value, expected) in [
+            ("Bearer k1", Ok(Some("k1"))),
+            ("bearer  k2 ", Ok(Some("k2"))),
+            ("Basic k1", Err(NotBearer)),
+            ("Bearer ", Err(NotBearer)),
+            ("Bearer", Err(NotBearer)),
+        ] {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer(&h), expected, "{value}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use agentwire_manager::Resume;
 use agentwire_protocol::{AUTH_SUBPROTOCOL_PREFIX, Epoch, SUBPROTOCOL, Seq};
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -15,7 +15,7 @@ use super::metrics::Rejection;
 use super::session::serve_socket;
 use super::wire::{UpgradeRejection, WsUpgrade};
 use crate::auth::AuthError;
-use crate::http::json_error;
+use crate::http::{ApiError, ErrorBody, ErrorCode, bearer};
 
 /// The query string of `/ws`: `token`, `last_seq`, `epoch`. Other parameters are ignored.
 #[derive(Default)]
@@ -72,13 +72,8 @@ fn percent_decode(s: &str) -> String {
 
 /// Where the token came from.
 fn find_token(headers: &HeaderMap, query: &WsQuery) -> Result<String, AuthError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| AuthError::Malformed)?;
-        let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(AuthError::Malformed);
-        }
-        return Ok(token.trim().to_owned());
+    if let Some(token) = bearer(headers).map_err(|_| AuthError::Malformed)? {
+        return Ok(token.to_owned());
     }
     for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let Ok(value) = value.to_str() else { continue };
@@ -121,10 +116,10 @@ fn resume_from_query(q: &WsQuery) -> Result<Option<Resume>, (&'static str, Strin
     ),
     responses(
         (status = 101, description = "Upgraded to WebSocket (subprotocol agentwire.v1); frames as in docs/protocol.md"),
-        (status = 400, description = "Not a WebSocket handshake, or a bad resume point", body = crate::http::AdminErrorDoc),
-        (status = 401, description = "No token, or an invalid or expired one", body = crate::http::AdminErrorDoc),
-        (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = crate::http::AdminErrorDoc),
-        (status = 503, description = "The server is shutting down", body = crate::http::AdminErrorDoc),
+        (status = 400, description = "Not a WebSocket handshake, or a bad resume point", body = ErrorBody),
+        (status = 401, description = "No token, or an invalid or expired one", body = ErrorBody),
+        (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
     ))]
 pub(crate) async fn ws_handler(
     State(app): State<Arc<WsState>>,
@@ -132,52 +127,54 @@ pub(crate) async fn ws_handler(
     RawQuery(raw): RawQuery,
     upgrade: Result<WsUpgrade, UpgradeRejection>,
 ) -> Response {
+    let refuse = |why: Rejection, error: ApiError| {
+        app.metrics.rejected(why);
+        error.into_response()
+    };
     if let Some(origin) = headers.get(header::ORIGIN)
         && !app.ws.origin_allowed(origin)
     {
-        app.metrics.rejected(Rejection::ForbiddenOrigin);
-        return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+        return refuse(
+            Rejection::ForbiddenOrigin,
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "origin not allowed (--allowed-origins)",
+            ),
+        );
     }
     if app.is_shutting_down() {
-        app.metrics.rejected(Rejection::ShuttingDown);
-        let mut r = json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down; connect again",
+        return refuse(
+            Rejection::ShuttingDown,
+            ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; connect again",
+            )
+            .retry_after(1),
         );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
     }
     let query = parse_query(raw.as_deref());
     let verified = match find_token(&headers, &query).and_then(|t| app.auth.verify(&t)) {
         Ok(v) => v,
         Err(e) => {
-            app.metrics.rejected(Rejection::Unauthorized);
             tracing::debug!(reason = %e, "ws handshake unauthorized");
-            let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+            return refuse(
+                Rejection::Unauthorized,
+                ApiError::new(ErrorCode::Unauthorized, e.to_string()),
+            );
         }
     };
     let resume = match resume_from_query(&query) {
         Ok(r) => r,
         Err((field, reason)) => {
-            app.metrics.rejected(Rejection::BadRequest);
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("field `{field}`: {reason}"),
+            return refuse(
+                Rejection::BadRequest,
+                ApiError::new(ErrorCode::BadRequest, reason).at(field),
             );
         }
     };
     let upgrade = match upgrade {
         Ok(u) => u,
-        Err(rejection) => {
-            app.metrics.rejected(Rejection::BadRequest);
-            return rejection.into_response();
-        }
+        Err(rejection) => return refuse(Rejection::BadRequest, rejection.into()),
     };
     let s = &app.ws;
     // Reading only: the server writes its frames itself (crate::wire).
@@ -192,6 +189,8 @@ pub(crate) async fn ws_handler(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     #[test]

@@ -27,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::http::json_error;
+use crate::http::{ApiError, ErrorCode};
 
 /// Most slices one vectored write is given (Linux's `IOV_MAX` is 1024).
 const MAX_IOV: usize = 512;
@@ -116,9 +116,15 @@ impl UpgradeRejection {
     }
 }
 
+impl From<UpgradeRejection> for ApiError {
+    fn from(r: UpgradeRejection) -> ApiError {
+        ApiError::new(ErrorCode::BadRequest, r.reason())
+    }
+}
+
 impl IntoResponse for UpgradeRejection {
     fn into_response(self) -> Response {
-        json_error(StatusCode::BAD_REQUEST, "bad_request", self.reason())
+        ApiError::from(self).into_response()
     }
 }
 
