@@ -1,26 +1,21 @@
-//! Configuration: every flag with its environment variable and its default, an optional
-//! TOML file beneath them, and the translation into the manager's and broker's bounds.
+//! The server's configuration: a plain struct (every field public, with its default) and a
+//! builder, and the translation into the manager's and the broker's bounds.
 //!
-//! Precedence, highest first: command line, environment, `--config` file, default. The
-//! defaults live only in the `#[arg]` attributes, so `--help` and [`ServerConfig::default`]
-//! cannot disagree.
+//! The command line, the environment and the config file are the binary's business
+//! (`src/bin/agentwire-server/cli.rs`): it parses them into a [`ServerConfig`]. Every
+//! setting is named after its flag (`max_connections` is `--max-connections`).
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use agentwire_manager::{HeartbeatPolicy, HistoryConfig, LimitPolicy, ManagerConfig, QueueLimits};
-use agentwire_protocol::UserId;
-use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::auth::{
-    Auth, AuthConfigError, DevCredentials, default_dev_credentials_path, mint_hs256,
-};
+use crate::auth::{Auth, AuthConfigError};
 
 /// Which broker owns the per-user streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum BrokerKind {
     /// In-process history: one node, no other process.
     Memory,
@@ -29,7 +24,8 @@ pub enum BrokerKind {
 }
 
 /// What a connection beyond `--max-connections-per-user` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum PerUserPolicy {
     /// Close the user's oldest connection with 4003 and accept the new one.
     EvictOldest,
@@ -38,7 +34,8 @@ pub enum PerUserPolicy {
 }
 
 /// Whether the publish API checks each run's lifecycle (docs/protocol.md §7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum RunLifecycle {
     /// Refuse an event that breaks its run's order with 409.
     Enforce,
@@ -46,19 +43,11 @@ pub enum RunLifecycle {
     Off,
 }
 
-/// How log lines are written (to stderr).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// Whether the demo page and its endpoints are served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum DemoMode {
-    /// Only in development mode (no `--jwt-secret`, no `--jwt-public-key`).
+    /// Only in development mode ([`ServerConfig::dev_mode`]).
     #[default]
     Auto,
     /// Always. Development tokens are still minted only in development mode; with a
@@ -72,291 +61,539 @@ impl DemoMode {
     /// Whether the demo is served under `config`.
     pub fn is_enabled(self, config: &ServerConfig) -> bool {
         match self {
-            DemoMode::Auto => config.is_dev_mode(),
+            DemoMode::Auto => config.dev_mode,
             DemoMode::On => true,
             DemoMode::Off => false,
         }
     }
 }
 
-/// Everything the server can be told. Each field is a flag (`--listen`) with an
-/// environment variable (`AGENTWIRE_LISTEN`); `--config FILE` may give any of them in TOML
-/// (`listen = "0.0.0.0:8080"`, `heartbeat-interval = "15s"`).
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
+/// Everything the server can be told. Start from [`ServerConfig::default`] (or
+/// [`ServerConfig::builder`]) and change what differs:
+///
+/// ```
+/// use std::time::Duration;
+/// use agentwire_server::ServerConfig;
+///
+/// let config = ServerConfig::builder()
+///     .listen(([127, 0, 0, 1], 9000).into())
+///     .jwt_secret("a secret of at least thirty-two bytes")
+///     .api_keys(["publisher-key"])
+///     .heartbeat_interval(Duration::from_secs(15))
+///     .build();
+/// assert_eq!(config.max_connections, ServerConfig::default().max_connections);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// A TOML file with any of these settings (keys as the long flag names); flags and
-    /// environment variables override it.
-    #[arg(long, env = "AGENTWIRE_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
     /// Address to listen on. Port 0 picks a free port (printed at start).
-    #[arg(long, env = "AGENTWIRE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
     /// Length of the TCP accept queue.
-    #[arg(long, env = "AGENTWIRE_LISTEN_BACKLOG", default_value_t = 4096)]
     pub listen_backlog: u32,
 
-    /// HS256 secret that signs client tokens. Without it (and without
-    /// --jwt-public-key) a development secret is generated and kept in
-    /// --dev-credentials-file.
-    #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
+    /// HS256 secret that signs client tokens (`--jwt-secret`). A server needs this or
+    /// `jwt_public_key`: without either it refuses to start.
     pub jwt_secret: Option<String>,
 
     /// PEM file with an RSA public key: RS256 tokens signed by its private key are
     /// accepted too.
-    #[arg(long, env = "AGENTWIRE_JWT_PUBLIC_KEY", value_name = "PEM_FILE")]
     pub jwt_public_key: Option<PathBuf>,
 
     /// Required `iss` claim, when set.
-    #[arg(long, env = "AGENTWIRE_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
     /// Required `aud` claim, when set.
-    #[arg(long, env = "AGENTWIRE_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
     /// Clock skew tolerated on `exp`, at the handshake and while connected.
-    #[arg(long, env = "AGENTWIRE_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
 
     /// API keys with full access: publish, history reads and the admin endpoints
-    /// (comma-separated). In development mode the generated key is accepted too.
-    #[arg(
-        long,
-        env = "AGENTWIRE_API_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    /// (`--api-keys`).
     pub api_keys: Vec<String>,
 
     /// API keys that may only publish (POST /v1/events), comma-separated: they get 403
     /// on history reads and the admin endpoints.
-    #[arg(
-        long,
-        env = "AGENTWIRE_PUBLISH_API_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
     pub publish_api_keys: Vec<String>,
 
-    /// Where the development secret and API key are kept [default:
-    /// $XDG_STATE_HOME/agentwire/dev-credentials.json, else
-    /// ~/.local/state/agentwire/dev-credentials.json].
-    #[arg(long, env = "AGENTWIRE_DEV_CREDENTIALS_FILE", value_name = "FILE")]
-    pub dev_credentials_file: Option<PathBuf>,
+    /// Development mode (`agentwire-server --dev`, or no secret on a loopback address):
+    /// `--demo auto` serves the demo, and `POST /demo/token` mints tokens for loopback
+    /// peers. The credentials are still `jwt_secret` and `api_keys`; the binary fills them
+    /// from its development credentials file.
+    pub dev_mode: bool,
 
     /// Which broker owns the event streams.
-    #[arg(long, env = "AGENTWIRE_BROKER", value_enum, default_value = "memory")]
     pub broker: BrokerKind,
 
     /// Redis URL for --broker redis.
-    #[arg(long, env = "AGENTWIRE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Most connections on this node; more are refused with 1013. Clamped to what the
     /// open-file limit allows.
-    #[arg(long, env = "AGENTWIRE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
     /// Most connections one user may hold on this node.
-    #[arg(long, env = "AGENTWIRE_MAX_CONNECTIONS_PER_USER", default_value_t = 3)]
     pub max_connections_per_user: usize,
 
     /// What a connection beyond --max-connections-per-user does.
-    #[arg(
-        long,
-        env = "AGENTWIRE_PER_USER_POLICY",
-        value_enum,
-        default_value = "evict-oldest"
-    )]
     pub per_user_policy: PerUserPolicy,
 
     /// Most frames waiting for one connection's writer; beyond it the connection is a
     /// slow consumer and is closed with 1013.
-    #[arg(long, env = "AGENTWIRE_QUEUE_MAX_FRAMES", default_value_t = 1024)]
     pub queue_max_frames: usize,
 
     /// Most bytes waiting for one connection's writer (same policy).
-    #[arg(long, env = "AGENTWIRE_QUEUE_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub queue_max_bytes: usize,
 
     /// Time between WebSocket pings.
-    #[arg(long, env = "AGENTWIRE_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
     /// How long past a ping a silent peer is given before it is closed with 1001.
-    #[arg(long, env = "AGENTWIRE_HEARTBEAT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub heartbeat_timeout: Duration,
 
     /// How often the manager sweeps dead connections and trims history.
-    #[arg(long, env = "AGENTWIRE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
 
     /// Longest a batch write (or a ping, or a close frame) may take; a peer that stopped
     /// reading is dropped after it.
-    #[arg(long, env = "AGENTWIRE_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
     /// How long after sending a close frame the server waits for the peer's.
-    #[arg(long, env = "AGENTWIRE_CLOSE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub close_timeout: Duration,
 
     /// Most frames one write batch takes from a connection's queue before flushing.
-    #[arg(long, env = "AGENTWIRE_WRITE_BATCH_FRAMES", default_value_t = 256)]
     pub write_batch_frames: usize,
 
     /// Per-connection read buffer, in bytes (at least 256). Client frames are tiny; a
     /// larger message grows it, up to --max-message-size.
-    #[arg(long, env = "AGENTWIRE_READ_BUFFER_SIZE", default_value_t = 256)]
     pub read_buffer_size: usize,
 
     /// Largest client message, in bytes; larger ones close the connection with 1009.
-    #[arg(long, env = "AGENTWIRE_MAX_MESSAGE_SIZE", default_value_t = agentwire_protocol::MAX_CLIENT_FRAME_BYTES)]
     pub max_message_size: usize,
 
     /// Largest client WebSocket frame, in bytes (same policy).
-    #[arg(long, env = "AGENTWIRE_MAX_FRAME_SIZE", default_value_t = agentwire_protocol::MAX_CLIENT_FRAME_BYTES)]
     pub max_frame_size: usize,
 
     /// Largest event, in bytes of JSON.
-    #[arg(long, env = "AGENTWIRE_MAX_EVENT_BYTES", default_value_t = agentwire_protocol::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
 
     /// Most events in one publish body (a JSON array); more are refused with 413.
-    #[arg(long, env = "AGENTWIRE_MAX_BATCH", default_value_t = 100)]
     pub max_batch: usize,
 
     /// Largest publish request body, in bytes; larger ones are refused with 413.
-    #[arg(long, env = "AGENTWIRE_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_request_bytes: usize,
 
     /// Events per second each API key may publish (a token bucket); beyond it the
     /// publish API answers 429 with Retry-After. 0 turns the limit off.
-    #[arg(long, env = "AGENTWIRE_PUBLISH_RATE", default_value_t = 1_000)]
     pub publish_rate: u32,
 
     /// Events an API key may publish at once before --publish-rate applies (the bucket's
     /// size).
-    #[arg(long, env = "AGENTWIRE_PUBLISH_BURST", default_value_t = 2_000)]
     pub publish_burst: u32,
 
     /// Whether the publish API checks each run's lifecycle.
-    #[arg(
-        long,
-        env = "AGENTWIRE_RUN_LIFECYCLE",
-        value_enum,
-        default_value = "enforce"
-    )]
     pub run_lifecycle: RunLifecycle,
 
     /// Most runs whose lifecycle state the publish API remembers; at the bound the least
     /// recently used run is forgotten.
-    #[arg(long, env = "AGENTWIRE_MAX_RUNS", default_value_t = 100_000)]
     pub max_runs: usize,
 
     /// How long a run's state is remembered after its last event (finished or not).
-    #[arg(long, env = "AGENTWIRE_RUN_TTL", default_value = "1h", value_parser = parse_duration)]
     pub run_ttl: Duration,
 
     /// Most events one history read (GET /v1/users/{user_id}/events) returns.
-    #[arg(long, env = "AGENTWIRE_HISTORY_READ_MAX", default_value_t = 1_000)]
     pub history_read_max: usize,
 
     /// Bad client frames (each answered with an `error` frame) tolerated per connection;
     /// one more closes it with 1008.
-    #[arg(long, env = "AGENTWIRE_MAX_BAD_FRAMES", default_value_t = 10)]
     pub max_bad_frames: u32,
 
     /// Without a resume in the query string, how long to wait for a `resume` first frame
     /// before streaming from the start of history. 0 turns the first-frame resume off.
-    #[arg(long, env = "AGENTWIRE_RESUME_WAIT", default_value = "50ms", value_parser = parse_duration)]
     pub resume_wait: Duration,
 
     /// Most events of history kept per user.
-    #[arg(long, env = "AGENTWIRE_HISTORY_MAX_EVENTS", default_value_t = 1_000)]
     pub history_max_events: usize,
 
     /// Oldest event of history kept.
-    #[arg(long, env = "AGENTWIRE_HISTORY_MAX_AGE", default_value = "10m", value_parser = parse_duration)]
     pub history_max_age: Duration,
 
     /// Most bytes of history kept for all users together.
-    #[arg(long, env = "AGENTWIRE_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub history_max_bytes: usize,
 
     /// Longest a graceful shutdown may take before the process exits anyway.
-    #[arg(long, env = "AGENTWIRE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
     /// Origins allowed to open /ws (comma-separated, e.g. `https://app.example.com`); empty
     /// allows any. Requests without an Origin header (non-browsers) are always allowed.
-    #[arg(long, env = "AGENTWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// Log line format.
-    #[arg(long, env = "AGENTWIRE_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-
     /// The live demo page at / (with /demo/* endpoints that mint development tokens and
-    /// start simulated runs): auto = on only in development mode (no --jwt-secret, no
-    /// --jwt-public-key), on, or off. /client.js is served in every mode.
-    #[arg(long, env = "AGENTWIRE_DEMO", value_enum, default_value = "auto")]
+    /// start simulated runs): auto = on only in development mode, on, or off. /client.js is
+    /// served in every mode.
     pub demo: DemoMode,
+
+    /// The process's open-file limit, when known: `max_connections` is clamped to it,
+    /// keeping [`FD_RESERVE`](crate::FD_RESERVE) descriptors free. The binary raises the
+    /// limit and sets this; an embedding application may set it too.
+    pub open_file_limit: Option<u64>,
 }
 
 impl Default for ServerConfig {
-    /// The defaults of every flag, ignoring the environment.
+    /// The documented default of every setting (docs/operations.md).
     fn default() -> Self {
-        let cmd = ServerConfig::augment_args(clap::Command::new("agentwire-server"))
-            .mut_args(|a| a.env(None));
-        let matches = cmd
-            .try_get_matches_from(["agentwire-server"])
-            .expect("every flag has a default or is optional");
-        ServerConfig::from_arg_matches(&matches).expect("defaults parse")
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_backlog: 4096,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: Duration::from_secs(30),
+            api_keys: Vec::new(),
+            publish_api_keys: Vec::new(),
+            dev_mode: false,
+            broker: BrokerKind::Memory,
+            redis_url: None,
+            max_connections: 10_000,
+            max_connections_per_user: 3,
+            per_user_policy: PerUserPolicy::EvictOldest,
+            queue_max_frames: 1024,
+            queue_max_bytes: 4 * 1024 * 1024,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            write_batch_frames: 256,
+            read_buffer_size: 256,
+            max_message_size: agentwire_protocol::MAX_CLIENT_FRAME_BYTES,
+            max_frame_size: agentwire_protocol::MAX_CLIENT_FRAME_BYTES,
+            max_event_bytes: agentwire_protocol::DEFAULT_MAX_EVENT_BYTES,
+            max_batch: 100,
+            max_request_bytes: 4 * 1024 * 1024,
+            publish_rate: 1_000,
+            publish_burst: 2_000,
+            run_lifecycle: RunLifecycle::Enforce,
+            max_runs: 100_000,
+            run_ttl: Duration::from_secs(3600),
+            history_read_max: 1_000,
+            max_bad_frames: 10,
+            resume_wait: Duration::from_millis(50),
+            history_max_events: 1_000,
+            history_max_age: Duration::from_secs(600),
+            history_max_bytes: 256 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            demo: DemoMode::Auto,
+            open_file_limit: None,
+        }
+    }
+}
+
+/// Builds a [`ServerConfig`] from the defaults, one setting at a time.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ServerConfigBuilder(ServerConfig);
+
+impl ServerConfigBuilder {
+    /// Sets [`ServerConfig::listen`].
+    pub fn listen(mut self, value: SocketAddr) -> Self {
+        self.0.listen = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::listen_backlog`].
+    pub fn listen_backlog(mut self, value: u32) -> Self {
+        self.0.listen_backlog = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_secret`].
+    pub fn jwt_secret(mut self, value: impl Into<String>) -> Self {
+        self.0.jwt_secret = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_public_key`].
+    pub fn jwt_public_key(mut self, value: impl Into<PathBuf>) -> Self {
+        self.0.jwt_public_key = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_issuer`].
+    pub fn jwt_issuer(mut self, value: impl Into<String>) -> Self {
+        self.0.jwt_issuer = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_audience`].
+    pub fn jwt_audience(mut self, value: impl Into<String>) -> Self {
+        self.0.jwt_audience = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_leeway`].
+    pub fn jwt_leeway(mut self, value: Duration) -> Self {
+        self.0.jwt_leeway = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::api_keys`].
+    pub fn api_keys(mut self, value: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.0.api_keys = value.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`ServerConfig::publish_api_keys`].
+    pub fn publish_api_keys(mut self, value: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.0.publish_api_keys = value.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`ServerConfig::dev_mode`].
+    pub fn dev_mode(mut self, value: bool) -> Self {
+        self.0.dev_mode = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::broker`].
+    pub fn broker(mut self, value: BrokerKind) -> Self {
+        self.0.broker = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::redis_url`].
+    pub fn redis_url(mut self, value: impl Into<String>) -> Self {
+        self.0.redis_url = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::max_connections`].
+    pub fn max_connections(mut self, value: usize) -> Self {
+        self.0.max_connections = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_connections_per_user`].
+    pub fn max_connections_per_user(mut self, value: usize) -> Self {
+        self.0.max_connections_per_user = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::per_user_policy`].
+    pub fn per_user_policy(mut self, value: PerUserPolicy) -> Self {
+        self.0.per_user_policy = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::queue_max_frames`].
+    pub fn queue_max_frames(mut self, value: usize) -> Self {
+        self.0.queue_max_frames = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::queue_max_bytes`].
+    pub fn queue_max_bytes(mut self, value: usize) -> Self {
+        self.0.queue_max_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::heartbeat_interval`].
+    pub fn heartbeat_interval(mut self, value: Duration) -> Self {
+        self.0.heartbeat_interval = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::heartbeat_timeout`].
+    pub fn heartbeat_timeout(mut self, value: Duration) -> Self {
+        self.0.heartbeat_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::sweep_interval`].
+    pub fn sweep_interval(mut self, value: Duration) -> Self {
+        self.0.sweep_interval = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::write_timeout`].
+    pub fn write_timeout(mut self, value: Duration) -> Self {
+        self.0.write_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::close_timeout`].
+    pub fn close_timeout(mut self, value: Duration) -> Self {
+        self.0.close_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::write_batch_frames`].
+    pub fn write_batch_frames(mut self, value: usize) -> Self {
+        self.0.write_batch_frames = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::read_buffer_size`].
+    pub fn read_buffer_size(mut self, value: usize) -> Self {
+        self.0.read_buffer_size = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_message_size`].
+    pub fn max_message_size(mut self, value: usize) -> Self {
+        self.0.max_message_size = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_frame_size`].
+    pub fn max_frame_size(mut self, value: usize) -> Self {
+        self.0.max_frame_size = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_event_bytes`].
+    pub fn max_event_bytes(mut self, value: usize) -> Self {
+        self.0.max_event_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_batch`].
+    pub fn max_batch(mut self, value: usize) -> Self {
+        self.0.max_batch = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_request_bytes`].
+    pub fn max_request_bytes(mut self, value: usize) -> Self {
+        self.0.max_request_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::publish_rate`].
+    pub fn publish_rate(mut self, value: u32) -> Self {
+        self.0.publish_rate = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::publish_burst`].
+    pub fn publish_burst(mut self, value: u32) -> Self {
+        self.0.publish_burst = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::run_lifecycle`].
+    pub fn run_lifecycle(mut self, value: RunLifecycle) -> Self {
+        self.0.run_lifecycle = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_runs`].
+    pub fn max_runs(mut self, value: usize) -> Self {
+        self.0.max_runs = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::run_ttl`].
+    pub fn run_ttl(mut self, value: Duration) -> Self {
+        self.0.run_ttl = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::history_read_max`].
+    pub fn history_read_max(mut self, value: usize) -> Self {
+        self.0.history_read_max = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_bad_frames`].
+    pub fn max_bad_frames(mut self, value: u32) -> Self {
+        self.0.max_bad_frames = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::resume_wait`].
+    pub fn resume_wait(mut self, value: Duration) -> Self {
+        self.0.resume_wait = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::history_max_events`].
+    pub fn history_max_events(mut self, value: usize) -> Self {
+        self.0.history_max_events = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::history_max_age`].
+    pub fn history_max_age(mut self, value: Duration) -> Self {
+        self.0.history_max_age = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::history_max_bytes`].
+    pub fn history_max_bytes(mut self, value: usize) -> Self {
+        self.0.history_max_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::shutdown_timeout`].
+    pub fn shutdown_timeout(mut self, value: Duration) -> Self {
+        self.0.shutdown_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::allowed_origins`].
+    pub fn allowed_origins(mut self, value: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.0.allowed_origins = value.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`ServerConfig::demo`].
+    pub fn demo(mut self, value: DemoMode) -> Self {
+        self.0.demo = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::open_file_limit`].
+    pub fn open_file_limit(mut self, value: impl Into<u64>) -> Self {
+        self.0.open_file_limit = Some(value.into());
+        self
+    }
+
+    /// The configuration.
+    pub fn build(self) -> ServerConfig {
+        self.0
     }
 }
 
 impl ServerConfig {
-    /// Whether no secret nor key was configured, so development credentials are used.
-    pub fn is_dev_mode(&self) -> bool {
-        self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+    /// A builder starting from the defaults.
+    pub fn builder() -> ServerConfigBuilder {
+        ServerConfigBuilder::default()
     }
 
-    /// The verifier this configuration describes. In development mode (no secret, no
-    /// public key) the secret and an API key come from the development credentials file,
-    /// created on first use.
+    /// The verifier of client tokens and API keys this configuration describes.
     ///
     /// # Errors
-    /// [`AuthConfigError`] when a key or the credentials file cannot be read.
+    /// [`AuthConfigError::NoCredentials`] when neither `jwt_secret` nor `jwt_public_key`
+    /// is set; [`AuthConfigError`] when a key cannot be read.
     pub fn auth(&self) -> Result<Auth, AuthConfigError> {
-        let mut api_keys = self.api_keys.clone();
-        let secret = match (&self.jwt_secret, self.is_dev_mode()) {
-            (Some(s), _) => Some(s.clone()),
-            (None, true) => {
-                let path = self
-                    .dev_credentials_file
-                    .clone()
-                    .unwrap_or_else(default_dev_credentials_path);
-                let creds = DevCredentials::load_or_create(&path)?;
-                api_keys.push(creds.api_key);
-                Some(creds.jwt_secret)
-            }
-            (None, false) => None,
+        let auth = match (&self.jwt_secret, &self.jwt_public_key) {
+            (None, None) => return Err(AuthConfigError::NoCredentials),
+            (Some(secret), _) => Auth::hs256(secret.as_bytes())?,
+            (None, Some(_)) => Auth::empty(),
         };
-        let mut auth = match secret {
-            Some(s) => Auth::hs256(s.as_bytes())?,
-            None => Auth::empty(),
+        let auth = match &self.jwt_public_key {
+            Some(path) => auth.with_rs256_pem_file(path)?,
+            None => auth,
         };
-        if let Some(path) = &self.jwt_public_key {
-            auth = auth.with_rs256_pem_file(path)?;
-        }
         Ok(auth
             .with_issuer(self.jwt_issuer.clone())
             .with_audience(self.jwt_audience.clone())
             .with_leeway(self.jwt_leeway)
-            .with_api_keys(&api_keys, &self.publish_api_keys))
+            .with_api_keys(&self.api_keys, &self.publish_api_keys))
     }
 
     /// The manager's configuration.
@@ -392,262 +629,18 @@ impl ServerConfig {
     }
 }
 
-/// Options of `agentwire-server token`.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-#[non_exhaustive]
-pub struct TokenArgs {
-    /// The user the token is for (its `sub`).
-    #[arg(long)]
-    pub user: String,
-
-    /// Lifetime of the token, in seconds.
-    #[arg(long, default_value_t = 3600)]
-    pub ttl_secs: u64,
-
-    /// HS256 secret to sign with; without it the development secret is used.
-    #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-
-    /// `iss` claim to put in the token.
-    #[arg(long, env = "AGENTWIRE_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-
-    /// `aud` claim to put in the token.
-    #[arg(long, env = "AGENTWIRE_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-
-    /// Where the development credentials are kept (as for the server).
-    #[arg(long, env = "AGENTWIRE_DEV_CREDENTIALS_FILE", value_name = "FILE")]
-    pub dev_credentials_file: Option<PathBuf>,
-}
-
-/// Mints a token as `agentwire-server token` does: signed with `--jwt-secret`, or else
-/// with the development secret (the file is created when missing, so a server started
-/// later accepts the token too).
-///
-/// # Errors
-/// [`crate::ServerError`] for an invalid user id or unreadable credentials.
-pub fn mint_token(args: &TokenArgs) -> Result<String, crate::ServerError> {
-    let user = UserId::new(&args.user)?;
-    let secret = match &args.jwt_secret {
-        Some(s) => s.clone(),
-        None => {
-            let path = args
-                .dev_credentials_file
-                .clone()
-                .unwrap_or_else(default_dev_credentials_path);
-            DevCredentials::load_or_create(&path)?.jwt_secret
-        }
-    };
-    Ok(mint_hs256(
-        secret.as_bytes(),
-        &user,
-        Duration::from_secs(args.ttl_secs),
-        args.jwt_issuer.as_deref(),
-        args.jwt_audience.as_deref(),
-    )?)
-}
-
-/// Subcommands of the binary.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-#[non_exhaustive]
-pub enum Command {
-    /// Mint a client token the running server accepts, and print it.
-    Token(TokenArgs),
-}
-
-/// The command line of `agentwire-server`: serve (no subcommand), or a subcommand.
-#[derive(Debug, Clone, PartialEq, Eq, Parser)]
-#[command(
-    name = "agentwire-server",
-    version,
-    about = "agentwire: WebSocket event delivery for AI-agent chat platforms"
-)]
-#[non_exhaustive]
-pub struct Cli {
-    /// Server settings.
-    #[command(flatten)]
-    pub config: ServerConfig,
-    /// What to do instead of serving.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// Why the configuration could not be read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A flag, an environment variable or a file value is invalid (or `--help`/`--version`
-    /// was asked for: print it with [`clap::Error::exit`]).
-    #[error(transparent)]
-    Cli(#[from] clap::Error),
-    /// The `--config` file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The `--config` file is not valid TOML, or holds an unknown key or a value of the
-    /// wrong kind.
-    #[error("config file {path}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl Cli {
-    /// Parses the command line and the environment, then fills what neither gave from the
-    /// `--config` file, if one is named.
-    ///
-    /// # Errors
-    /// [`ConfigError`]; for `--help` it is a [`ConfigError::Cli`] whose `exit()` prints it.
-    pub fn load<I, T>(args: I) -> Result<Cli, ConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
-    {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let matches = Cli::command().try_get_matches_from(&args)?;
-        let cli = Cli::from_arg_matches(&matches)?;
-        let Some(path) = cli.config.config.clone() else {
-            return Ok(cli);
-        };
-        if cli.command.is_some() {
-            return Ok(cli);
-        }
-        let extra = file_args(&path, &matches)?;
-        if extra.is_empty() {
-            return Ok(cli);
-        }
-        let mut args = args;
-        args.extend(extra);
-        let matches = Cli::command().try_get_matches_from(&args)?;
-        Ok(Cli::from_arg_matches(&matches)?)
-    }
-}
-
-/// The settings of a TOML file, as `--flag=value` arguments, for every flag that neither
-/// the command line nor the environment gave.
-fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let bad = |reason: String| ConfigError::File {
-        path: path.to_owned(),
-        reason,
-    };
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
-    let cmd = Cli::command();
-    let mut out = Vec::new();
-    for (key, value) in table {
-        let long = key.replace('_', "-");
-        let Some(arg) = cmd
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()))
-        else {
-            return Err(bad(format!("unknown setting `{key}`")));
-        };
-        if long == "config" {
-            return Err(bad("`config` cannot name another file".into()));
-        }
-        let id = arg.get_id().as_str();
-        if !matches!(
-            matches.value_source(id),
-            None | Some(ValueSource::DefaultValue)
-        ) {
-            continue;
-        }
-        let text = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) => {
-                let mut parts = Vec::with_capacity(items.len());
-                for item in items {
-                    match item {
-                        toml::Value::String(s) => parts.push(s),
-                        other => {
-                            return Err(bad(format!(
-                                "`{key}`: expected strings in the array, found {}",
-                                other.type_str()
-                            )));
-                        }
-                    }
-                }
-                parts.join(",")
-            }
-            other => {
-                return Err(bad(format!(
-                    "`{key}`: unsupported value of type {}",
-                    other.type_str()
-                )));
-            }
-        };
-        out.push(OsString::from(format!("--{long}={text}")));
-    }
-    Ok(out)
-}
-
-/// Parses a duration: a number followed by `ms`, `s`, `m` or `h` (`50ms`, `30s`, `10m`);
-/// a bare number is seconds.
-///
-/// # Errors
-/// A message saying what is wrong, for clap to print.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 10m, 1h)"))?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{s}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("`{s}` is too long"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
-        assert!(parse_duration("").is_err());
-    }
-
-    #[test]
     fn auto_is_on_only_in_development_mode() {
         let mut c = ServerConfig::default();
-        assert!(DemoMode::Auto.is_enabled(&c));
-        assert!(!DemoMode::Off.is_enabled(&c));
-        c.jwt_secret = Some("configured".into());
         assert!(!DemoMode::Auto.is_enabled(&c));
+        assert!(!DemoMode::Off.is_enabled(&c));
         assert!(DemoMode::On.is_enabled(&c));
+        c.dev_mode = true;
+        assert!(DemoMode::Auto.is_enabled(&c));
     }
 
     #[test]
@@ -662,5 +655,35 @@ mod tests {
         assert_eq!(m.max_event_bytes, d.max_event_bytes);
         assert_eq!(m.sweep_interval, d.sweep_interval);
         assert_eq!(c.history_config(), HistoryConfig::default());
+    }
+
+    #[test]
+    fn the_builder_sets_what_it_names_and_keeps_the_rest() {
+        let c = ServerConfig::builder()
+            .jwt_secret("s")
+            .api_keys(["k1", "k2"])
+            .max_connections(5)
+            .build();
+        assert_eq!(c.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(c.api_keys, ["k1", "k2"]);
+        assert_eq!(c.max_connections, 5);
+        assert_eq!(
+            c.heartbeat_interval,
+            ServerConfig::default().heartbeat_interval
+        );
+    }
+
+    #[test]
+    fn without_a_secret_or_a_public_key_there_is_no_verifier() {
+        let e = ServerConfig::default().auth().expect_err("no credentials");
+        assert!(matches!(e, AuthConfigError::NoCredentials), "{e}");
+        assert!(e.to_string().contains("AGENTWIRE_JWT_SECRET"), "{e}");
+        assert!(
+            ServerConfig::builder()
+                .jwt_secret("s")
+                .build()
+                .auth()
+                .is_ok()
+        );
     }
 }

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentwire_manager::{InMemoryBroker, UnifiedWebSocketManager};
@@ -14,9 +13,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::config::{BrokerKind, ConfigError, LogFormat, ServerConfig};
+use super::config::{BrokerKind, ServerConfig};
 use super::state::AppState;
-use crate::auth::{Auth, AuthConfigError, default_dev_credentials_path};
+use crate::auth::{Auth, AuthConfigError};
 
 /// File descriptors kept free for what is not a connection (listener, logs, files, the
 /// handshakes in flight).
@@ -26,18 +25,9 @@ pub const FD_RESERVE: u64 = 64;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Keys or credentials could not be loaded.
+    /// No credentials, or keys that could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthConfigError),
-    /// A token could not be minted.
-    #[error(transparent)]
-    Token(#[from] crate::auth::AuthError),
-    /// The user id given is not valid.
-    #[error("invalid user id: {0}")]
-    UserId(#[from] agentwire_protocol::IdError),
     /// A setting asks for something this build does not have.
     #[error("{0}")]
     Unsupported(String),
@@ -60,31 +50,34 @@ fn routes(state: AppState) -> Router {
 }
 
 /// The agentwire routes (`/ws`, `/healthz`, `/readyz`, `/metrics`, the admin API, the
-/// browser client `/client.js`; never the demo page) over `manager`, with the defaults of
-/// every other setting: development credentials from the
-/// default file (created on first use). When that file cannot be used, a random secret
-/// for this process only is used instead, and an error is logged.
+/// browser client `/client.js`; never the demo page) over `manager`, verifying client
+/// tokens and API keys with `auth`, with the defaults of every other setting.
 ///
 /// Mount it in another axum app with `Router::merge` or `nest`. Limits and heartbeat are
 /// the manager's own: the router reads them from `manager.config()`.
-pub fn router(manager: UnifiedWebSocketManager) -> Router {
+///
+/// ```
+/// use agentwire_manager::UnifiedWebSocketManager;
+/// use agentwire_server::Auth;
+///
+/// # fn demo() -> Result<(), agentwire_server::AuthConfigError> {
+/// let auth = Auth::hs256(b"the secret your identity provider signs with")?
+///     .with_api_keys(&["publisher-key".into()], &[]);
+/// let app = axum::Router::new().merge(agentwire_server::router(
+///     UnifiedWebSocketManager::in_memory(),
+///     auth,
+/// ));
+/// # let _ = app;
+/// # Ok(())
+/// # }
+/// ```
+pub fn router(manager: UnifiedWebSocketManager, auth: Auth) -> Router {
     // No demo page: `/` belongs to the application this is mounted in.
     let config = ServerConfig {
         demo: super::config::DemoMode::Off,
         ..ServerConfig::default()
     };
-    match router_with(manager.clone(), &config) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "development credentials unavailable; tokens are signed with a random secret for this process only");
-            let secret: [u8; 32] = rand::random();
-            let auth = match Auth::hs256(&secret) {
-                Ok(a) => a,
-                Err(_) => return Router::new(),
-            };
-            routes(AppState::new(manager, auth, &config))
-        }
-    }
+    routes(AppState::new(manager, auth, &config))
 }
 
 /// The agentwire routes over `manager`, configured by `config` (authentication, Origin
@@ -92,7 +85,7 @@ pub fn router(manager: UnifiedWebSocketManager) -> Router {
 /// manager was built already (see [`build_manager`]).
 ///
 /// # Errors
-/// [`ServerError::Auth`] when keys or development credentials cannot be loaded.
+/// [`ServerError::Auth`] without a secret or public key, or when a key cannot be loaded.
 pub fn router_with(
     manager: UnifiedWebSocketManager,
     config: &ServerConfig,
@@ -117,37 +110,11 @@ pub fn build_manager(config: &ServerConfig) -> Result<UnifiedWebSocketManager, S
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft limit now in
-/// force, or `None` when it cannot be read.
-pub fn raise_nofile_limit() -> Option<u64> {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => Some(n),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot raise the open-file limit");
-            None
-        }
-    }
-}
-
 /// The most connections `nofile` open files allow, keeping [`FD_RESERVE`] free: `requested`
 /// or less, and at least 1.
 pub fn clamp_max_connections(requested: usize, nofile: u64) -> usize {
     let allowed = usize::try_from(nofile.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
     requested.min(allowed).max(1)
-}
-
-/// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`), lines go to
-/// stderr as text or JSON. Does nothing when a subscriber is already installed.
-pub fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
@@ -177,12 +144,11 @@ pub struct Server {
     addr: SocketAddr,
     state: AppState,
     shutdown_timeout: std::time::Duration,
-    dev_credentials: Option<PathBuf>,
 }
 
 impl Server {
-    /// Raises the open-file limit, clamps `max_connections` to it (with a warning), builds
-    /// the manager (installed as the process-wide one unless another is), loads the
+    /// Clamps `max_connections` to `open_file_limit` when that is known (with a warning),
+    /// builds the manager (installed as the process-wide one unless another is), loads the
     /// credentials and binds the listener.
     ///
     /// # Errors
@@ -194,7 +160,7 @@ impl Server {
     }
 
     fn clamp_to_nofile(mut config: ServerConfig) -> ServerConfig {
-        if let Some(nofile) = raise_nofile_limit() {
+        if let Some(nofile) = config.open_file_limit {
             let clamped = clamp_max_connections(config.max_connections, nofile);
             if clamped < config.max_connections {
                 tracing::warn!(
@@ -223,12 +189,6 @@ impl Server {
             tracing::debug!("a process-wide manager was installed already; keeping it");
         }
         let auth = config.auth()?;
-        let dev_credentials = config.is_dev_mode().then(|| {
-            config
-                .dev_credentials_file
-                .clone()
-                .unwrap_or_else(default_dev_credentials_path)
-        });
         let listener =
             listen(config.listen, config.listen_backlog).map_err(|source| ServerError::Io {
                 what: format!("cannot listen on {}", config.listen),
@@ -241,9 +201,8 @@ impl Server {
         Ok(Server {
             listener,
             addr,
-            state: (AppState::new(manager, auth, &config)),
+            state: AppState::new(manager, auth, &config),
             shutdown_timeout: config.shutdown_timeout,
-            dev_credentials,
         })
     }
 
@@ -260,11 +219,6 @@ impl Server {
     /// Whether the demo page is served at `/` (see `--demo`).
     pub fn demo_enabled(&self) -> bool {
         self.state.demo.is_enabled()
-    }
-
-    /// The development credentials file in use, when no secret was configured.
-    pub fn dev_credentials_path(&self) -> Option<&std::path::Path> {
-        self.dev_credentials.as_deref()
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting,

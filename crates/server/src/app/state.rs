@@ -55,7 +55,7 @@ impl AppState {
                 manager.clone(),
                 auth,
                 demo_on,
-                config.is_dev_mode(),
+                config.dev_mode,
             )),
             metrics: Arc::new(Metrics::new(registry, manager.clone())),
             manager,

@@ -65,14 +65,14 @@ pub enum AuthConfigError {
         /// What the parser said.
         reason: String,
     },
-    /// The development credentials file could not be read or created.
-    #[error("development credentials {path}: {source}")]
-    DevCredentials {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// Neither an HS256 secret nor an RS256 public key is configured: no client token
+    /// could ever be verified.
+    #[error(
+        "no credentials to verify client tokens: set AGENTWIRE_JWT_SECRET (--jwt-secret) or \
+         AGENTWIRE_JWT_PUBLIC_KEY (--jwt-public-key); for development on this machine, start \
+         agentwire-server with --dev"
+    )]
+    NoCredentials,
     /// The HS256 secret is empty.
     #[error("the JWT secret must not be empty")]
     EmptySecret,

@@ -1,5 +1,8 @@
-//! Development credentials: a secret and an API key generated once and kept in a file, so
-//! that another process (`agentwire-server token`) mints tokens the running server accepts.
+//! Development mode, which belongs to the binary alone: when it applies (`--dev`, or no
+//! secret on a loopback address), the refusal to start without credentials anywhere else,
+//! the warning banner, and the development credentials — a secret and an API key generated
+//! once and kept in a file, so that another process (`agentwire-server token`) mints tokens
+//! the running server accepts.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -7,16 +10,20 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::AuthConfigError;
+use agentwire_protocol::UserId;
+use agentwire_server::{ServerConfig, mint_hs256};
+use anyhow::{Context, bail};
+
+use crate::cli::{ServeArgs, TokenArgs};
 
 /// The development secret and API key, generated once and kept in a file so that
 /// `agentwire-server token` (another process) mints tokens the running server accepts.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DevCredentials {
+pub(crate) struct DevCredentials {
     /// The HS256 secret.
-    pub jwt_secret: String,
+    pub(crate) jwt_secret: String,
     /// The admin API key.
-    pub api_key: String,
+    pub(crate) api_key: String,
 }
 
 impl fmt::Debug for DevCredentials {
@@ -27,7 +34,7 @@ impl fmt::Debug for DevCredentials {
 
 impl DevCredentials {
     /// Fresh random credentials.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         DevCredentials {
             jwt_secret: random_hex(),
             api_key: random_hex(),
@@ -39,11 +46,11 @@ impl DevCredentials {
     /// the loser reads what the winner wrote.
     ///
     /// # Errors
-    /// [`AuthConfigError::DevCredentials`] when the file cannot be read, parsed or written.
-    pub fn load_or_create(path: &Path) -> Result<DevCredentials, AuthConfigError> {
-        let fail = |source: std::io::Error| AuthConfigError::DevCredentials {
-            path: path.to_owned(),
-            source,
+    /// When the file cannot be read, parsed or written.
+    pub(crate) fn load_or_create(path: &Path) -> anyhow::Result<DevCredentials> {
+        let fail = |source: std::io::Error| {
+            anyhow::Error::new(source)
+                .context(format!("development credentials {}", path.display()))
         };
         match std::fs::read(path) {
             Ok(bytes) => return parse_credentials(&bytes).map_err(fail),
@@ -111,7 +118,7 @@ fn random_hex() -> String {
 /// Where the development credentials are kept by default:
 /// `$XDG_STATE_HOME/agentwire/dev-credentials.json`, else
 /// `~/.local/state/agentwire/dev-credentials.json`, else the working directory.
-pub fn default_dev_credentials_path() -> PathBuf {
+pub(crate) fn default_dev_credentials_path() -> PathBuf {
     let state = std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -124,6 +131,78 @@ pub fn default_dev_credentials_path() -> PathBuf {
         Some(dir) => dir.join("agentwire").join("dev-credentials.json"),
         None => PathBuf::from("agentwire-dev-credentials.json"),
     }
+}
+
+/// The configuration to serve with: `args` as the library takes them, in development mode
+/// when it applies, with the development credentials when no secret was given; and the
+/// credentials file used, if any.
+///
+/// # Errors
+/// Without a secret or public key on an address that is not loopback (and no `--dev`): the
+/// error says what to set. Also when the credentials file cannot be used.
+pub(crate) fn serve_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, Option<PathBuf>)> {
+    let mut config = args.server_config();
+    let has_credentials = config.jwt_secret.is_some() || config.jwt_public_key.is_some();
+    let loopback = config.listen.ip().is_loopback();
+    if !has_credentials && !args.dev && !loopback {
+        bail!(
+            "refusing to start: no credentials to verify client tokens, and {} is not a \
+             loopback address. Set AGENTWIRE_JWT_SECRET (--jwt-secret) or \
+             AGENTWIRE_JWT_PUBLIC_KEY (--jwt-public-key), with AGENTWIRE_API_KEYS \
+             (--api-keys) for publishers; or, for development only, pass --dev",
+            config.listen
+        );
+    }
+    if has_credentials && !args.dev {
+        return Ok((config, None));
+    }
+    config.dev_mode = true;
+    let mut used = None;
+    if !has_credentials {
+        let path = args
+            .dev_credentials_file
+            .clone()
+            .unwrap_or_else(default_dev_credentials_path);
+        let creds = DevCredentials::load_or_create(&path)?;
+        config.jwt_secret = Some(creds.jwt_secret);
+        config.api_keys.push(creds.api_key);
+        used = Some(path);
+    }
+    tracing::warn!(
+        listen = %config.listen,
+        credentials = %used.as_deref().map_or_else(|| "the configured secret".into(), |p| p.display().to_string()),
+        "DEVELOPMENT MODE: POST /demo/token mints a token for any user (to loopback peers), \
+         and the demo is on. Never expose this server; for production set \
+         AGENTWIRE_JWT_SECRET and leave --dev off."
+    );
+    Ok((config, used))
+}
+
+/// Mints a token as `agentwire-server token` does: signed with `--jwt-secret`, or else
+/// with the development secret (the file is created when missing, so a server started
+/// later accepts the token too).
+///
+/// # Errors
+/// For an invalid user id or unreadable credentials.
+pub(crate) fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
+    let user = UserId::new(&args.user).context("--user")?;
+    let secret = match &args.jwt_secret {
+        Some(s) => s.clone(),
+        None => {
+            let path = args
+                .dev_credentials_file
+                .clone()
+                .unwrap_or_else(default_dev_credentials_path);
+            DevCredentials::load_or_create(&path)?.jwt_secret
+        }
+    };
+    Ok(mint_hs256(
+        secret.as_bytes(),
+        &user,
+        Duration::from_secs(args.ttl_secs),
+        args.jwt_issuer.as_deref(),
+        args.jwt_audience.as_deref(),
+    )?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,13 @@
 //! The `agentwire-server` binary: serves agentwire, or (`token`) mints a client token.
 //!
-//! It is thin: parsing, printing and exit codes. Everything else is in the
-//! `agentwire_server` library, which other axum applications can mount instead.
+//! It is built with the `cli` feature (on by default), which brings what only the binary
+//! needs: clap and humantime for the command line, toml for `--config`, tracing-subscriber
+//! for logs, rlimit to raise the open-file limit, mimalloc, anyhow. The library takes a
+//! plain `ServerConfig` and none of these.
+//!
+//! It is thin otherwise: parsing, development mode, printing and exit codes. Everything
+//! else is in the `agentwire_server` library, which other axum applications can mount
+//! instead.
 //!
 //! The binary allocates with mimalloc: every event allocates and frees frames, queue slots
 //! and parse buffers, and under load glibc's malloc spent a tenth of the server's CPU
@@ -9,7 +15,12 @@
 //! (docs/performance.md). An application that embeds the library chooses its own
 //! allocator.
 
-use agentwire_server::{Cli, Command, ConfigError, Server};
+mod cli;
+mod dev;
+
+use agentwire_server::Server;
+
+use crate::cli::{Cli, Command, ConfigError, LogFormat};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -23,25 +34,26 @@ async fn main() -> anyhow::Result<()> {
     };
     match &cli.command {
         Some(Command::Token(args)) => {
-            let token = agentwire_server::mint_token(args)?;
+            let token = dev::mint_token(args)?;
             say(&token);
             Ok(())
         }
-        Some(_) => anyhow::bail!("unknown command"),
         None => serve(cli).await,
     }
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
-    agentwire_server::init_tracing(cli.config.log_format);
+    init_tracing(cli.serve.log_format);
     // Installed before the address is announced: a SIGTERM right after it must be handled.
     let stop = agentwire_server::shutdown_signal();
-    let server = Server::bind(cli.config).await?;
+    let (mut config, dev_credentials) = dev::serve_config(&cli.serve)?;
+    config.open_file_limit = raise_nofile_limit();
+    let server = Server::bind(config).await?;
     let addr = server.local_addr();
     say(&format!(
         "agentwire-server listening on {addr} (ws://{addr}/ws)"
     ));
-    if let Some(path) = server.dev_credentials_path() {
+    if let Some(path) = dev_credentials {
         say(&format!(
             "development credentials: {} (mint a token: agentwire-server token --user alice)",
             path.display()
@@ -53,6 +65,32 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     }
     server.serve(stop).await?;
     Ok(())
+}
+
+/// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`), lines go to
+/// stderr as text or JSON.
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft limit now in
+/// force (the server clamps `--max-connections` to it), or `None` when it cannot be read.
+fn raise_nofile_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            None
+        }
+    }
 }
 
 /// One line on stdout: the bound address and the credentials path are for people and
