@@ -598,8 +598,14 @@ pub async fn http_send(
 ) -> HttpResponse {
     let work = async {
         let mut s = TcpStream::connect(addr).await.expect("connect");
+        // `Host: <addr>` unless the caller sends a `Host` of its own.
+        let host = if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            String::new()
+        } else {
+            format!("Host: {addr}\r\n")
+        };
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\n{host}Connection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
         for (name, value) in headers {

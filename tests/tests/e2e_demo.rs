@@ -261,3 +261,37 @@ async fn a_user_gets_at_most_three_runs_at_once() {
     start_run(&server, &other, 0).await;
     server.stop().await;
 }
+
+/// Issue 14: a development token is minted only for a request from this machine. A page
+/// on another site that points its own name at 127.0.0.1 (DNS rebinding) reaches the port
+/// but sends its own name as `Host`, or its own `Origin`.
+#[tokio::test]
+async fn development_tokens_need_a_loopback_host_and_origin() {
+    let server = dev_server(DemoMode::Auto).await;
+    let body = br#"{"user_id":"alice"}"#;
+    for headers in [
+        vec![("Host", "attacker.example:8080")],
+        vec![("Host", "attacker.example")],
+        vec![("Origin", "https://attacker.example")],
+        vec![("Origin", "null")],
+    ] {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend(headers.iter().copied());
+        let r = http_send(server.addr, "POST", "/demo/token", &all, body).await;
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.body);
+        assert_eq!(r.json()["error"], "forbidden");
+        assert!(r.body.contains("this machine"), "{}", r.body);
+    }
+    let port = server.addr.port();
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let origin = format!("http://{host}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Host", host.as_str()),
+            ("Origin", origin.as_str()),
+        ];
+        let r = http_send(server.addr, "POST", "/demo/token", &headers, body).await;
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+    }
+    server.stop().await;
+}

@@ -41,6 +41,8 @@
 //!   names the errors (1009 vs 1007 vs 1002); the same version as axum's (the lock file
 //!   pins axum 0.8.8, which uses 0.28). The server writes its own frames (`wire.rs`).
 //! - `socket2`: `sendmsg` with several buffers on the socket tokio owns.
+//! - `tower-service`: the `Service` trait through which `Server::serve` calls the router
+//!   for each request, after putting the peer's address in its extensions.
 //! - `memchr`: finds an event frame's `ts` for the latency metric.
 //! - `foldhash`: the run-state table's hasher (string keys on every publish).
 //! - `jsonwebtoken` with `rust_crypto`: JWT verification in pure Rust (no C toolchain); with

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use agentwire_manager::{InMemoryBroker, UnifiedWebSocketManager};
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::extract::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -280,7 +282,7 @@ async fn accept_loop(
     // Every connection task holds a sender; `recv` returns `None` once all are gone.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             () = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -296,7 +298,13 @@ async fn accept_loop(
         };
         // Batches are written explicitly; Nagle would only add latency.
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(routes.clone());
+        // Handlers that care who is asking (development tokens) read the peer from the
+        // request's extensions, as axum's `ConnectInfo` is.
+        let routes = routes.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            tower_service::Service::call(&mut routes.clone(), request)
+        });
         let mut stop = stop.clone();
         let open = open_tx.clone();
         tokio::spawn(async move {

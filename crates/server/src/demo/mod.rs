@@ -34,6 +34,8 @@ use tokio::task::AbortHandle;
 use crate::auth::Auth;
 use crate::http::{ApiError, ErrorCode, bearer};
 
+mod token;
+
 const CLIENT_JS: &str = include_str!("../../assets/client.js");
 const CLIENT_DTS: &str = include_str!("../../assets/client.d.ts");
 const DEMO_HTML: &str = include_str!("../../assets/demo.html");
@@ -56,11 +58,11 @@ pub const DEMO_MAX_PACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct DemoState {
     manager: UnifiedWebSocketManager,
-    auth: Arc<Auth>,
+    pub(super) auth: Arc<Auth>,
     /// The bridge runs go through; `None` when the demo is off.
     bridge: Option<AgentWebSocketBridge>,
     /// Whether `POST /demo/token` may mint (development mode only).
-    mint: bool,
+    pub(super) mint: bool,
     slots: Arc<Semaphore>,
     runs: Mutex<HashMap<RunId, (UserId, AbortHandle)>>,
     runs_started: AtomicU64,
@@ -113,7 +115,7 @@ where
         .route("/", get(page))
         .route("/demo.css", get(demo_css))
         .route("/demo.js", get(demo_js))
-        .route("/demo/token", post(mint_token))
+        .route("/demo/token", post(token::mint_token))
         .route("/demo/runs", post(start_run))
         .route("/demo/runs/{run_id}/cancel", post(cancel_run))
         .route("/demo/stats", get(stats))
@@ -165,7 +167,7 @@ async fn demo_js() -> Response {
     asset("text/javascript; charset=utf-8", DEMO_JS)
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message)
 }
 
@@ -175,7 +177,7 @@ fn too_many(message: &str) -> ApiError {
 }
 
 /// The JSON object of a request body; an empty body is `{}`.
-fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(super) fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
@@ -184,29 +186,6 @@ fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError>
         Ok(_) => Err(bad_request("the body must be a JSON object")),
         Err(e) => Err(bad_request(format!("the body is not JSON: {e}"))),
     }
-}
-
-/// `POST /demo/token` `{"user_id": "alice"}`: a development token for that user.
-async fn mint_token(State(app): State<Arc<DemoState>>, body: Bytes) -> Result<Response, ApiError> {
-    if !app.mint {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "development tokens are minted only in development mode (no --jwt-secret or \
-             --jwt-public-key); sign in with a token of your own",
-        ));
-    }
-    let body = body_object(&body)?;
-    let id = body
-        .get("user_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad_request("a string is required").at("user_id"))?;
-    let user = UserId::new(id).map_err(|e| bad_request(format!("a user id {e}")).at("user_id"))?;
-    let token = app
-        .auth
-        .mint(&user, DEMO_TOKEN_TTL)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    let expires_at = jsonwebtoken::get_current_timestamp() + DEMO_TOKEN_TTL.as_secs();
-    Ok(Json(json!({ "token": token, "user_id": user, "expires_at": expires_at })).into_response())
 }
 
 /// The user of `Authorization: Bearer <client token>`.
