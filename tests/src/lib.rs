@@ -16,7 +16,7 @@ use agentwire::protocol::{
     AgentStarted, ClientFrame, ConnectionEstablished, Custom, Event, EventEnvelope, ServerFrame,
     UserId,
 };
-use agentwire::server::{Server, ServerConfig, ServerError};
+use agentwire::server::{Server, ServerConfig, ServerError, build_manager};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -105,11 +105,30 @@ impl TestServer {
         TestServer::start_with(|_| {}).await
     }
 
-    /// Starts a server with [`test_config`] changed by `change`.
+    /// Starts a server with [`test_config`] changed by `change`, over a manager of its own:
+    /// a test process runs many servers, each isolated from the others (`Server::bind`
+    /// would give them all the process's one manager).
     pub async fn start_with(change: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let mut config = test_config();
         change(&mut config);
-        TestServer::serving(Server::bind(config).await.expect("test server binds"))
+        let manager = build_manager(&config).expect("test manager");
+        let server = Server::bind_with(config, manager)
+            .await
+            .expect("test server binds");
+        TestServer::serving(server)
+    }
+
+    /// Starts a server as an application does, with `Server::bind` and [`test_config`]
+    /// changed by `change`: over the process's one manager.
+    ///
+    /// # Errors
+    /// What `Server::bind` refuses.
+    pub async fn bind_process_server(
+        change: impl FnOnce(&mut ServerConfig),
+    ) -> Result<TestServer, ServerError> {
+        let mut config = test_config();
+        change(&mut config);
+        Ok(TestServer::serving(Server::bind(config).await?))
     }
 
     /// Starts a server with [`test_config`] changed by `change`, over `manager` (e.g. one

@@ -271,6 +271,9 @@ pub struct UnifiedWebSocketManager {
 
 static GLOBAL: OnceLock<UnifiedWebSocketManager> = OnceLock::new();
 
+/// Whether [`GLOBAL`] was created by `global()` rather than installed.
+static GLOBAL_IMPLICIT: AtomicBool = AtomicBool::new(false);
+
 /// The event body a broker stores: the event's JSON without `type` and stream fields.
 pub(crate) fn serialize_body(event: &Event) -> Bytes {
     Bytes::from(event.body_json())
@@ -307,10 +310,35 @@ impl UnifiedWebSocketManager {
     }
 
     /// The process-wide manager: the one a server installed with
-    /// [`Self::install_global`], or else an in-memory one created on first use.
-    /// Initialisation is thread-safe and needs no runtime.
+    /// [`Self::install_global`], or else an in-memory one with the default configuration,
+    /// created on first use (with a warning, once: a server bound later adopts it, and its
+    /// settings must then be the defaults). Initialisation is thread-safe and needs no
+    /// runtime.
     pub fn global() -> Self {
-        GLOBAL.get_or_init(Self::in_memory).clone()
+        GLOBAL
+            .get_or_init(|| {
+                GLOBAL_IMPLICIT.store(true, Ordering::Release);
+                tracing::warn!(
+                    "UnifiedWebSocketManager::global() created an in-memory manager with the \
+                     default configuration, because none was installed; install the \
+                     server's manager (or bind the server) before anything calls global()"
+                );
+                Self::in_memory()
+            })
+            .clone()
+    }
+
+    /// The process-wide manager, if one was installed or created by [`Self::global`];
+    /// unlike `global()`, never creates one.
+    pub fn installed_global() -> Option<Self> {
+        GLOBAL.get().cloned()
+    }
+
+    /// Whether the process-wide manager is the in-memory one [`Self::global`] created
+    /// because none was installed (its configuration is then the default, over an
+    /// `InMemoryBroker::default()`).
+    pub fn global_is_implicit() -> bool {
+        GLOBAL.get().is_some() && GLOBAL_IMPLICIT.load(Ordering::Acquire)
     }
 
     /// Makes `manager` the process-wide instance, so code written against the singleton

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use agentwire_manager::{InMemoryBroker, UnifiedWebSocketManager};
+use agentwire_manager::{HistoryConfig, InMemoryBroker, UnifiedWebSocketManager};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::extract::Request;
@@ -30,6 +30,12 @@ pub enum ServerError {
     /// No credentials, or keys that could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthConfigError),
+    /// A process-wide manager exists (installed, or created by
+    /// `UnifiedWebSocketManager::global()`) whose settings differ from the configuration's:
+    /// the server would either ignore the configuration or strand every event emitted
+    /// through `global()`.
+    #[error("{0}")]
+    GlobalManager(String),
     /// A setting asks for something this build does not have.
     #[error("{0}")]
     Unsupported(String),
@@ -150,14 +156,34 @@ pub struct Server {
 
 impl Server {
     /// Clamps `max_connections` to `open_file_limit` when that is known (with a warning),
-    /// builds the manager (installed as the process-wide one unless another is), loads the
-    /// credentials and binds the listener.
+    /// takes the process's one manager, loads the credentials and binds the listener.
+    ///
+    /// One manager per process: when a process-wide manager exists already (installed with
+    /// `install_global`, or created by a call to `UnifiedWebSocketManager::global()`), the
+    /// server adopts it, so events emitted through `global()` reach its connections —
+    /// provided its settings are the configuration's. Otherwise the server builds the
+    /// manager and installs it as the process-wide one.
     ///
     /// # Errors
-    /// [`ServerError`] for an unsupported broker, unreadable keys, or a failed bind.
+    /// [`ServerError::GlobalManager`] when the existing process-wide manager's settings
+    /// differ from the configuration's; [`ServerError`] for an unsupported broker,
+    /// missing credentials or unreadable keys, or a failed bind.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         let config = Self::clamp_to_nofile(config);
-        let manager = build_manager(&config)?;
+        let manager = match UnifiedWebSocketManager::installed_global() {
+            Some(global) => adopt(global, &config)?,
+            None => {
+                let built = build_manager(&config)?;
+                match UnifiedWebSocketManager::install_global(built.clone()) {
+                    Ok(()) => built,
+                    // Another thread installed one in between: the same rule applies.
+                    Err(_) => match UnifiedWebSocketManager::installed_global() {
+                        Some(global) => adopt(global, &config)?,
+                        None => built,
+                    },
+                }
+            }
+        };
         Self::bind_with(config, manager).await
     }
 
@@ -179,7 +205,10 @@ impl Server {
 
     /// As [`Server::bind`], over a manager built elsewhere (e.g. over a broker of your own):
     /// the manager settings of `config` are not applied, the manager's own are, and the
-    /// open-file limit is left as it is.
+    /// open-file limit is left as it is. The manager is installed as the process-wide one
+    /// unless one exists; when a different one does, `global()` does not reach this
+    /// server (a warning says so) — which is what several servers in one process (tests)
+    /// want, and nothing else does.
     ///
     /// # Errors
     /// [`ServerError`] for unreadable keys or a failed bind.
@@ -188,7 +217,10 @@ impl Server {
         manager: UnifiedWebSocketManager,
     ) -> Result<Server, ServerError> {
         if UnifiedWebSocketManager::install_global(manager.clone()).is_err() {
-            tracing::debug!("a process-wide manager was installed already; keeping it");
+            tracing::warn!(
+                "another process-wide manager is installed: events emitted through \
+                 UnifiedWebSocketManager::global() do not reach this server's connections"
+            );
         }
         let auth = config.auth()?;
         let listener =
@@ -263,6 +295,46 @@ impl Server {
         }
         tracing::info!("shut down");
         Ok(())
+    }
+}
+
+/// `global` as the server's manager, when its settings are those `config` asks for.
+fn adopt(
+    global: UnifiedWebSocketManager,
+    config: &ServerConfig,
+) -> Result<UnifiedWebSocketManager, ServerError> {
+    let wanted = config.manager_config();
+    let implicit = UnifiedWebSocketManager::global_is_implicit();
+    let conflict = if *global.config() != wanted {
+        Some(format!(
+            "its manager settings are {:?}, the configuration's {wanted:?}",
+            global.config()
+        ))
+    } else if implicit && config.history_config() != HistoryConfig::default() {
+        Some(format!(
+            "its history bounds are the defaults, the configuration's {:?}",
+            config.history_config()
+        ))
+    } else if implicit && config.broker != BrokerKind::Memory {
+        Some("it is in-memory, the configuration asks for another broker".to_owned())
+    } else {
+        None
+    };
+    let origin = if implicit {
+        "UnifiedWebSocketManager::global() created an in-memory manager before Server::bind"
+    } else {
+        "a process-wide manager was installed before Server::bind"
+    };
+    match conflict {
+        Some(why) => Err(ServerError::GlobalManager(format!(
+            "{origin}, and {why}: the process has one manager. Bind the server (or install \
+             its manager with build_manager and install_global) before anything calls \
+             global(), or configure the server as that manager is"
+        ))),
+        None => {
+            tracing::info!("{origin}; the server adopts it");
+            Ok(global)
+        }
     }
 }
 
@@ -366,6 +438,24 @@ mod tests {
         assert_eq!(clamp_max_connections(100, 1_024), 100);
         assert_eq!(clamp_max_connections(100, 10), 1);
         assert_eq!(clamp_max_connections(5, u64::MAX), 5);
+    }
+
+    /// Issue 15: a manager that exists before `Server::bind` is adopted only when its
+    /// settings are the configuration's. (The process-wide manager itself is exercised in
+    /// `tests/tests/e2e_global_manager.rs`, a process of its own.)
+    #[test]
+    fn a_global_with_other_settings_is_refused_with_a_clear_error() {
+        let config = ServerConfig::default();
+        let same = build_manager(&config).expect("memory");
+        assert!(adopt(same.clone(), &config).is_ok_and(|m| m.same_as(&same)));
+        let other = ServerConfig {
+            max_connections: 5,
+            ..ServerConfig::default()
+        };
+        let e = adopt(same, &other).expect_err("other settings");
+        assert!(matches!(e, ServerError::GlobalManager(_)), "{e}");
+        assert!(e.to_string().contains("before Server::bind"), "{e}");
+        assert!(e.to_string().contains("max_connections: 5"), "{e}");
     }
 
     #[test]
