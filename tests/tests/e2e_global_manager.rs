@@ -1,6 +1,6 @@
 //! One manager per process (issue 15): code that reaches for the process-wide manager
-//! before the server is bound (`UnifiedWebSocketManager::global()`, or the legacy
-//! `get_websocket_manager()`) creates it, and `Server::bind` then adopts it — events
+//! before the server is bound (`UnifiedWebSocketManager::global()`, or its legacy alias)
+//! creates it, and `Server::bind` then adopts it — events
 //! emitted through `global()` reach the server's connections — or, when its settings are
 //! not the configuration's, refuses with an error that says so. Its own test binary: the
 //! process-wide manager is per process.

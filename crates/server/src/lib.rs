@@ -45,6 +45,7 @@
 //!   for each request, after putting the peer's address in its extensions.
 //! - `memchr`: finds an event frame's `ts` for the latency metric.
 //! - `foldhash`: the run-state table's hasher (string keys on every publish).
+//! - `form_urlencoded`: decodes the `/ws` query string (`?token=…&last_seq=…&epoch=…`).
 //! - `jsonwebtoken` with `rust_crypto`: JWT verification in pure Rust (no C toolchain); with
 //!   exactly that backend enabled it selects its crypto provider by itself.
 //! - `subtle`: constant-time comparison of API keys.

@@ -10,6 +10,13 @@
 //! in key order (so two requests cannot wait on each other), and holds them from the check
 //! until its events are published: two requests for one run are checked one after the
 //! other, never both against the same state.
+//!
+//! Why not an LRU/TTL crate (`lru`, `moka`, `quick_cache`): these few lines are exactly
+//! what the table needs — eviction and expiry counted apart for their metrics, and each
+//! entry handed out as a shared async lock that a request keeps across its publishes even
+//! if the run is evicted meanwhile — and the table is to move beneath the broker trait,
+//! where its bounds change (a byte bound, a share per publisher), so a dependency picked
+//! for today's shape would not outlive the move.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -27,47 +27,18 @@ struct WsQuery {
 
 fn parse_query(raw: Option<&str>) -> WsQuery {
     let mut q = WsQuery::default();
-    for (k, v) in form_pairs(raw.unwrap_or("")) {
-        match k.as_str() {
-            "token" => q.token = Some(v),
-            "last_seq" => q.last_seq = Some(v),
-            "epoch" => q.epoch = Some(v),
-            _ => {}
-        }
+    // `application/x-www-form-urlencoded`: `+` is a space, `%XX` a byte; a malformed escape
+    // is kept as it is written, and bytes that are not UTF-8 become U+FFFD.
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let slot = match k.as_ref() {
+            "token" => &mut q.token,
+            "last_seq" => &mut q.last_seq,
+            "epoch" => &mut q.epoch,
+            _ => continue,
+        };
+        *slot = Some(v.into_owned());
     }
     q
-}
-
-/// Splits `a=1&b=x%20y` into decoded pairs (`+` is a space).
-fn form_pairs(raw: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    raw.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k), percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where the token came from.
@@ -199,8 +170,15 @@ mod tests {
         assert_eq!(q.token.as_deref(), Some("a.b.c"));
         assert_eq!(q.last_seq.as_deref(), Some("5"));
         assert_eq!(q.epoch.as_deref(), Some("e_1"));
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("a%20b"), "a b");
+        let token = |raw| parse_query(Some(raw)).token;
+        assert_eq!(token("token=%zz%4").as_deref(), Some("%zz%4"));
+        assert_eq!(token("token=a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(token("token=a%2").as_deref(), Some("a%2"));
+        assert_eq!(
+            token("token=%41%42").as_deref(),
+            Some("AB"),
+            "an escape at the very end"
+        );
     }
 
     #[test]
