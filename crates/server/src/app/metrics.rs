@@ -6,6 +6,7 @@
 //! servers in one process (tests) each report exact values.
 
 use std::fmt;
+use std::sync::Arc;
 
 use agentwire_manager::UnifiedWebSocketManager;
 use agentwire_protocol::EventType;
@@ -17,8 +18,6 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-
-use super::state::AppState;
 
 /// The server's registry: what the endpoints registered, and the manager's stats.
 pub(crate) struct Metrics {
@@ -53,8 +52,8 @@ impl Metrics {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses(
     (status = 200, description = "Every metric (docs/operations.md), OpenMetrics text",
         content_type = "application/openmetrics-text")))]
-pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
-    let body = app.metrics.render();
+pub(crate) async fn metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    let body = metrics.render();
     (
         [(
             header::CONTENT_TYPE,

@@ -80,6 +80,12 @@ impl FromRef<AppState> for Arc<ApiState> {
     }
 }
 
+impl FromRef<AppState> for Arc<Metrics> {
+    fn from_ref(app: &AppState) -> Self {
+        app.metrics.clone()
+    }
+}
+
 impl FromRef<AppState> for Arc<DemoState> {
     fn from_ref(app: &AppState) -> Self {
         app.demo.clone()

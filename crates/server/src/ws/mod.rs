@@ -8,9 +8,9 @@
 //! dropped even when no close frame can reach it. The reader answers client frames by
 //! queueing control frames through the manager, never by writing itself.
 //!
-//! Files: `handshake` (the HTTP side of `/ws`), `session` (one connection's life and what
-//! its reader tells its writer), `reader`, `writer`, `wire` (the upgrade and the frames
-//! the server writes), `metrics`.
+//! Files, top to bottom: `handshake` (the HTTP side of `/ws`) → `session` (one
+//! connection's life) → `reader`, `writer` → `news` (what those two share) → `wire` (the
+//! upgrade and the frames the server writes); `metrics` beside them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use crate::http::Draining;
 
 pub(crate) mod handshake;
 mod metrics;
+mod news;
 mod reader;
 mod session;
 mod wire;

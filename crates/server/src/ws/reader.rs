@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::WsState;
-use super::session::{NewsCell, ReaderEnd, Stream};
+use super::news::{NewsCell, ReaderEnd, Stream};
 
 /// The close code a read error calls for; `None` when the peer is gone and nothing can be
 /// sent.

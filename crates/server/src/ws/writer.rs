@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, timeout};
 
 use super::WsState;
-use super::session::{NewsCell, ReaderEnd, Sink, Stream};
+use super::news::{NewsCell, ReaderEnd, Sink, Stream};
 use super::wire::OpCode;
 
 /// Refuses a connection the manager never registered: a close frame, then a short wait
