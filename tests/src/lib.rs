@@ -51,6 +51,22 @@ pub fn test_config() -> ServerConfig {
     c
 }
 
+/// Whether a test that needs a tool (`node`, `python3`, Chromium) can run: `missing` says
+/// what is missing, if anything. Under `CI=true` a missing tool fails the test; elsewhere
+/// the test is skipped with `skipped: <what>: <why>` written straight to the process's
+/// stderr, where it shows among the test output (`eprintln!` would be captured and hidden
+/// for a test that passes).
+pub fn can_run(missing: Option<String>, what: &str) -> bool {
+    let Some(why) = missing else { return true };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} cannot run in CI: {why}"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "skipped: {what}: {why}");
+    false
+}
+
 /// A user id from a test literal.
 pub fn user(s: &str) -> UserId {
     UserId::new(s).expect("test user ids are valid")

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentwire::server::DemoMode;
-use agentwire_e2e::{API_KEY, TestServer};
+use agentwire_e2e::{API_KEY, TestServer, can_run};
 
 /// The browser test bounds itself at 55 s; this is the backstop.
 const NODE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -106,17 +106,6 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
             format!("{text}\n(killed after {} s)", limit.as_secs()),
         ),
     }
-}
-
-/// Whether to go on: `false` (after saying why) when something is missing outside CI.
-fn can_run(missing: Option<String>, what: &str) -> bool {
-    let Some(why) = missing else { return true };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{what} cannot run in CI: {why}"
-    );
-    eprintln!("skipping {what}: {why}");
-    false
 }
 
 /// `/client.js` under node against a scripted WebSocket: the close-code table, handshake
