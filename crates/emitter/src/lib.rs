@@ -47,13 +47,15 @@
 
 mod context;
 mod emitter;
+mod error;
 mod factory;
 mod metrics;
 mod pool;
 mod retry;
 
 pub use context::{RunContext, RunKey};
-pub use emitter::{EmitterError, UnifiedWebSocketEmitter};
+pub use emitter::UnifiedWebSocketEmitter;
+pub use error::{EmitterError, TooManyRuns};
 pub use factory::WebSocketEmitterFactory;
 pub use metrics::EmitterMetrics;
 pub use pool::{PoolConfig, PoolStats, WebSocketEmitterPool};
