@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use agentwire_emitter::{
-    EmitterError, EmitterMetrics, PoolConfig, PoolStats, RetryPolicy, RunContext,
+    EmitterError, EmitterMetrics, PoolConfig, PoolStats, RetryPolicy, RunContext, TooManyRuns,
     UnifiedWebSocketEmitter, WebSocketEmitterFactory, WebSocketEmitterPool,
 };
 use agentwire_manager::UnifiedWebSocketManager;
@@ -23,7 +23,8 @@ use crate::tool::ToolError;
 /// Configuration of a bridge: its emitter pool and the retry policy of its emitters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BridgeConfig {
-    /// Bounds of the emitter pool (default 100 emitters, 300 s idle TTL).
+    /// Bounds of the emitter pool (default: 100 live runs, a new run refused beyond;
+    /// finished runs leave at their terminal event).
     pub pool: PoolConfig,
     /// Retries of each emitter (default 5 attempts, 100 ms to 2 s, with jitter).
     pub retry: RetryPolicy,
@@ -88,8 +89,12 @@ pub struct AgentWebSocketBridge {
 }
 
 impl AgentWebSocketBridge {
-    /// The emitter of `run` (shared with every other caller reporting on it).
-    pub fn emitter(&self, run: &RunContext) -> UnifiedWebSocketEmitter {
+    /// The emitter of `run`, shared with every other caller reporting on it (see
+    /// [`WebSocketEmitterPool::get_emitter`]).
+    ///
+    /// # Errors
+    /// [`TooManyRuns`] when `run` is new and the pool is full of live runs.
+    pub fn emitter(&self, run: &RunContext) -> Result<UnifiedWebSocketEmitter, TooManyRuns> {
         self.pool.get_emitter(run)
     }
 
@@ -116,14 +121,18 @@ impl AgentWebSocketBridge {
     /// Starts `run`: emits `agent_started` and returns the run's handle.
     ///
     /// # Errors
-    /// [`EmitterError`] when the run already started or the event could not be emitted;
-    /// then no handle exists and nothing more is emitted.
+    /// [`EmitterError`]: the run already started ([`EmitterError::Violation`]), the pool is
+    /// full of live runs ([`EmitterError::TooManyRuns`]), or `agent_started` could not be
+    /// emitted. Then no handle exists and nothing more is emitted by this call; after
+    /// [`EmitterError::Unsettled`] the broker may still have `agent_started`, and the run
+    /// stays in the pool until its unsettled event is settled (by the pool's cleanup task
+    /// or a report through the hooks).
     pub async fn start_run(
         &self,
         run: RunContext,
         agent_name: impl Into<String>,
     ) -> Result<AgentRun, EmitterError> {
-        let emitter = self.pool.get_emitter(&run);
+        let emitter = self.pool.get_emitter(&run)?;
         emitter.emit_agent_started(agent_name).await?;
         Ok(AgentRun::new(emitter))
     }
@@ -134,8 +143,9 @@ impl AgentWebSocketBridge {
     /// returns an error or panics.
     ///
     /// # Errors
-    /// [`ToolError`]: not run (the run is not running), failed, panicked (the payload is
-    /// handed back, not re-raised), or finished without its report.
+    /// [`ToolError`]: not run (the run is not running, or is new and the pool is full),
+    /// failed, panicked (the payload is handed back, not re-raised), or finished without
+    /// its report.
     ///
     /// # Cancel safety
     /// Cancelled while the tool runs, the call stays open and no `tool_completed` is
@@ -152,7 +162,11 @@ impl AgentWebSocketBridge {
         T: Serialize,
         E: std::fmt::Display,
     {
-        crate::tool::run_tool(&self.pool.get_emitter(run), name.into(), arguments, tool).await
+        let emitter = self
+            .pool
+            .get_emitter(run)
+            .map_err(|e| ToolError::NotRun(e.into()))?;
+        crate::tool::run_tool(&emitter, name.into(), arguments, tool).await
     }
 }
 
@@ -190,7 +204,7 @@ pub(crate) async fn report_tool_finished(
 #[async_trait]
 impl AgentHooks for AgentWebSocketBridge {
     async fn on_run_started(&self, run: &RunContext, agent_name: &str) -> Result<(), EmitterError> {
-        self.emitter(run)
+        self.emitter(run)?
             .emit_agent_started(agent_name)
             .await
             .map(drop)
@@ -202,14 +216,14 @@ impl AgentHooks for AgentWebSocketBridge {
         thought: &str,
         step: Option<u64>,
     ) -> Result<(), EmitterError> {
-        self.emitter(run)
+        self.emitter(run)?
             .emit_agent_thinking(thought, step)
             .await
             .map(drop)
     }
 
     async fn on_tool_started(&self, run: &RunContext, call: &ToolCall) -> Result<(), EmitterError> {
-        report_tool_started(&self.emitter(run), call).await
+        report_tool_started(&self.emitter(run)?, call).await
     }
 
     async fn on_tool_finished(
@@ -218,7 +232,7 @@ impl AgentHooks for AgentWebSocketBridge {
         call: &ToolCall,
         outcome: &ToolOutcome,
     ) -> Result<(), EmitterError> {
-        report_tool_finished(&self.emitter(run), call, outcome).await
+        report_tool_finished(&self.emitter(run)?, call, outcome).await
     }
 
     async fn on_run_finished(
@@ -227,7 +241,7 @@ impl AgentHooks for AgentWebSocketBridge {
         result: &Value,
         duration: Option<Duration>,
     ) -> Result<(), EmitterError> {
-        self.emitter(run)
+        self.emitter(run)?
             .emit_agent_completed(result.clone(), duration)
             .await
             .map(drop)
@@ -238,7 +252,7 @@ impl AgentHooks for AgentWebSocketBridge {
         run: &RunContext,
         failure: &RunFailure,
     ) -> Result<(), EmitterError> {
-        self.emitter(run)
+        self.emitter(run)?
             .emit_agent_error(
                 failure.message.clone(),
                 failure.code.clone(),

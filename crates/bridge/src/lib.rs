@@ -29,7 +29,7 @@ mod hooks;
 mod run;
 mod tool;
 
-pub use agentwire_emitter::{EmitterError, RunContext};
+pub use agentwire_emitter::{EmitterError, RunContext, TooManyRuns};
 pub use bridge::{AgentBridgeExt, AgentWebSocketBridge, BridgeConfig};
 pub use demo::{
     DEFAULT_DEMO_PACE, DEMO_AGENT_NAME, DEMO_THREAD_ID, SIMULATED_RUN_EVENTS, demo_run_context,

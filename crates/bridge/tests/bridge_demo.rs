@@ -113,7 +113,11 @@ async fn a_simulated_run_emits_exactly_the_documented_sequence() {
     // The bridge's own record of the run, and a client replaying the stream, agree that
     // it kept the lifecycle and completed.
     assert_eq!(
-        bridge.emitter(&run).run_state().await,
+        bridge
+            .emitter(&run)
+            .expect("a finished run's emitter")
+            .run_state()
+            .await,
         RunState::Finished(RunOutcome::Completed)
     );
     let mut replayed = RunState::default();
@@ -167,7 +171,11 @@ async fn a_run_simulated_twice_is_refused_the_second_time() {
     read_events(&conn, SIMULATED_RUN_EVENTS.len(), WAIT).await;
     assert_no_more_events(&conn, Duration::from_millis(50)).await;
     assert_eq!(
-        bridge.emitter(&run).run_state().await,
+        bridge
+            .emitter(&run)
+            .expect("a finished run's emitter")
+            .run_state()
+            .await,
         RunState::Finished(RunOutcome::Completed)
     );
 }
@@ -203,7 +211,11 @@ async fn a_simulated_run_cancelled_half_way_ends_with_agent_error() {
     }
     assert_no_more_events(&conn, Duration::from_millis(50)).await;
     assert_eq!(
-        bridge.emitter(&run).run_state().await,
+        bridge
+            .emitter(&run)
+            .expect("a finished run's emitter")
+            .run_state()
+            .await,
         RunState::Finished(RunOutcome::Failed)
     );
 }

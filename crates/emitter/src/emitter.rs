@@ -199,6 +199,26 @@ impl UnifiedWebSocketEmitter {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the pool may drop this emitter without losing anything: no one else holds
+    /// it, no emit is under way, the run is not running and nothing is unsettled.
+    ///
+    /// The pool asks under its own lock, where it hands out every new handle, so a count of
+    /// one cannot grow while it decides.
+    pub(crate) fn carries_nothing(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+            && self.inner.run.try_lock().is_ok_and(|run| {
+                run.unsettled.is_none() && !matches!(run.state, RunState::Running { .. })
+            })
+    }
+
+    /// Whether the run holds an unsettled event and no emit is under way to settle it.
+    pub(crate) fn needs_settling(&self) -> bool {
+        self.inner
+            .run
+            .try_lock()
+            .is_ok_and(|run| run.unsettled.is_some())
+    }
+
     pub(crate) fn touch(&self) {
         *self
             .inner

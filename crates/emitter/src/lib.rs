@@ -34,9 +34,9 @@
 //!     PoolConfig::default(),
 //! );
 //! let run = RunContext::new("alice".parse()?, "t1".parse()?, "r1".parse()?);
-//! pool.get_emitter(&run).emit_agent_started("triage").await?;
+//! pool.get_emitter(&run)?.emit_agent_started("triage").await?;
 //! // Another part of the runtime reporting on the same run shares its emitter and state.
-//! pool.get_emitter(&run)
+//! pool.get_emitter(&run)?
 //!     .emit_tool_executing("tc1", "search", serde_json::json!({"q": "rust"}))
 //!     .await?;
 //! assert_eq!(pool.stats().reused, 1);
