@@ -2,7 +2,8 @@
 //! and the bridge's implementation of [`AgentHooks`].
 //!
 //! What it is not: an owner of runs. It looks each run's emitter up in its pool, so
-//! whichever part of the runtime reports on a run shares that run's state.
+//! whichever part of the runtime reports on a run shares that run's state; the pool keeps
+//! a live run's emitter until the run's terminal event.
 
 use std::future::Future;
 use std::time::Duration;

@@ -462,6 +462,38 @@ impl UnifiedWebSocketEmitter {
     ///
     /// # Cancel safety
     /// Cancel safe: a cancelled settle leaves the event unsettled.
+    ///
+    /// # Examples
+    /// A broker that stores the event but whose answer is lost:
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use agentwire_emitter::{EmitterError, RetryPolicy, RunContext, WebSocketEmitterFactory};
+    /// use agentwire_manager::conformance::{Fault, FaultyBroker};
+    /// use agentwire_manager::{BrokerError, InMemoryBroker, ManagerConfig, UnifiedWebSocketManager};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broker = FaultyBroker::new(InMemoryBroker::default(), |attempt| {
+    ///     (attempt == 0).then(|| Fault::LoseAnswer(BrokerError::Timeout("reply lost".into())))
+    /// });
+    /// let manager = UnifiedWebSocketManager::new(ManagerConfig::default(), Arc::new(broker));
+    /// let emitter = WebSocketEmitterFactory::new(manager)
+    ///     .with_retry(RetryPolicy::no_retry())
+    ///     .create_emitter(RunContext::new("alice".parse()?, "t1".parse()?, "r1".parse()?));
+    ///
+    /// let event_id = match emitter.emit_agent_started("triage").await {
+    ///     Err(EmitterError::Unsettled { event_id, .. }) => event_id,
+    ///     other => panic!("the answer was lost, yet: {other:?}"),
+    /// };
+    /// // Not `emit_agent_started` again: that would be a second event.
+    /// let accepted = emitter.settle().await?.expect("an unsettled event");
+    /// assert_eq!(accepted.event_id, event_id);
+    /// assert!(accepted.duplicate, "the broker had it from the first attempt");
+    /// emitter.emit_agent_thinking("the run has started", None).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn settle(&self) -> Result<Option<Accepted>, EmitterError> {
         let mut run = self.inner.run.lock().await;
         self.touch();
