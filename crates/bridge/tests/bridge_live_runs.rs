@@ -3,7 +3,6 @@
 //! leaves the pool at its terminal event; the hooks and an `AgentRun` share one state.
 //! On tokio's paused clock (no socket is involved).
 
-#[path = "../../emitter/tests/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
@@ -17,30 +16,16 @@ use agentwire_emitter::{PoolConfig, RetryPolicy};
 use agentwire_manager::BrokerError;
 use agentwire_manager::conformance::{Fault, FaultyBroker};
 use agentwire_manager::{
-    ConnectOptions, Connection, HistoryConfig, InMemoryBroker, ManagerConfig,
-    UnifiedWebSocketManager,
+    ConnectOptions, HistoryConfig, InMemoryBroker, ManagerConfig, UnifiedWebSocketManager,
 };
-use agentwire_protocol::{EventData, EventEnvelope, EventType, RunViolation};
+use agentwire_protocol::{EventData, EventType, RunViolation};
 use serde_json::{Value, json};
-use support::{assert_no_more_events, ctx, read_events, user};
+use support::{assert_no_more_events, ctx, read_events, setup, types, user};
 
 const WAIT: Duration = Duration::from_secs(5);
 
 /// More runs than the default pool holds (100).
 const MANY: usize = 150;
-
-async fn setup() -> (AgentWebSocketBridge, Connection) {
-    let manager = UnifiedWebSocketManager::in_memory();
-    let conn = manager
-        .connect_user(user("alice"), ConnectOptions::default())
-        .await
-        .expect("connect");
-    (manager.create_agent_bridge(), conn)
-}
-
-fn types(events: &[EventEnvelope]) -> Vec<EventType> {
-    events.iter().map(|e| e.event.event_type()).collect()
-}
 
 /// Runs `MANY` short runs of another user through the hooks, start to finish.
 async fn many_short_runs(bridge: &AgentWebSocketBridge) {
@@ -54,46 +39,56 @@ async fn many_short_runs(bridge: &AgentWebSocketBridge) {
     }
 }
 
-fn outcome() -> ToolOutcome {
-    ToolOutcome {
-        result: json!("slow result"),
-        is_error: false,
-        duration: Duration::from_secs(600),
-    }
+/// What the user sees of a [`LongRun`].
+const LONG_RUN_EVENTS: [EventType; 4] = [
+    EventType::AgentStarted,
+    EventType::ToolExecuting,
+    EventType::ToolCompleted,
+    EventType::AgentCompleted,
+];
+
+/// Alice's run `long`, reported through the hooks, in a tool call that takes as long as
+/// the test needs.
+struct LongRun {
+    run: RunContext,
+    call: ToolCall,
 }
 
-async fn long_run_in_a_tool_call(bridge: &AgentWebSocketBridge) -> (RunContext, ToolCall) {
-    let run = ctx("alice", "long");
-    bridge.on_run_started(&run, "a").await.expect("start");
-    let call = ToolCall::new("slow_tool", json!({}));
-    bridge.on_tool_started(&run, &call).await.expect("tool");
-    (run, call)
+impl LongRun {
+    async fn start(bridge: &AgentWebSocketBridge) -> Self {
+        let run = ctx("alice", "long");
+        bridge.on_run_started(&run, "a").await.expect("start");
+        let call = ToolCall::new("slow_tool", json!({}));
+        bridge.on_tool_started(&run, &call).await.expect("tool");
+        LongRun { run, call }
+    }
+
+    /// Ends the tool call and the run, which must still be known to the bridge.
+    async fn finish(&self, bridge: &AgentWebSocketBridge) {
+        let outcome = ToolOutcome {
+            result: json!("slow result"),
+            is_error: false,
+            duration: Duration::from_secs(600),
+        };
+        bridge
+            .on_tool_finished(&self.run, &self.call, &outcome)
+            .await
+            .expect("the call is still open");
+        bridge
+            .on_run_finished(&self.run, &json!("done"), None)
+            .await
+            .expect("the run ends for the user");
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_run_in_a_long_tool_call_outlives_more_runs_than_the_pool_holds() {
     let (bridge, conn) = setup().await;
-    let (run, call) = long_run_in_a_tool_call(&bridge).await;
+    let long = LongRun::start(&bridge).await;
     many_short_runs(&bridge).await;
 
-    bridge
-        .on_tool_finished(&run, &call, &outcome())
-        .await
-        .expect("the call is still open");
-    bridge
-        .on_run_finished(&run, &json!("done"), None)
-        .await
-        .expect("the run ends for the user");
-    let events = read_events(&conn, 4, WAIT).await;
-    assert_eq!(
-        types(&events),
-        [
-            EventType::AgentStarted,
-            EventType::ToolExecuting,
-            EventType::ToolCompleted,
-            EventType::AgentCompleted,
-        ]
-    );
+    long.finish(&bridge).await;
+    assert_eq!(types(&read_events(&conn, 4, WAIT).await), LONG_RUN_EVENTS);
     assert_no_more_events(&conn, Duration::from_millis(50)).await;
 }
 
@@ -109,48 +104,27 @@ async fn a_silent_running_run_outlives_the_idle_ttl() {
         })),
     );
     let bridge = manager.create_agent_bridge();
-    let (run, call) = long_run_in_a_tool_call(&bridge).await;
+    let long = LongRun::start(&bridge).await;
     // An hour-long tool call: many cleanup rounds, each past the 300 s idle TTL.
     tokio::time::sleep(Duration::from_secs(3600)).await;
 
-    bridge
-        .on_tool_finished(&run, &call, &outcome())
-        .await
-        .expect("the call is still open");
-    bridge
-        .on_run_finished(&run, &json!("done"), None)
-        .await
-        .expect("the run ends for the user");
+    long.finish(&bridge).await;
     let conn = manager
         .connect_user(user("alice"), ConnectOptions::default())
         .await
         .expect("connect");
-    assert_eq!(
-        types(&read_events(&conn, 4, WAIT).await),
-        [
-            EventType::AgentStarted,
-            EventType::ToolExecuting,
-            EventType::ToolCompleted,
-            EventType::AgentCompleted,
-        ]
-    );
+    assert_eq!(types(&read_events(&conn, 4, WAIT).await), LONG_RUN_EVENTS);
 }
 
 #[tokio::test(start_paused = true)]
 async fn finished_runs_leave_the_pool_at_their_terminal_event() {
     let (bridge, _conn) = setup().await;
-    let (run, call) = long_run_in_a_tool_call(&bridge).await;
+    let long = LongRun::start(&bridge).await;
     many_short_runs(&bridge).await;
     assert_eq!(bridge.pool().len(), 1, "only the running run is pooled");
-    bridge
-        .on_tool_finished(&run, &call, &outcome())
-        .await
-        .expect("tool");
-    bridge
-        .on_run_failed(&run, &agentwire_bridge::RunFailure::new("gave up"))
-        .await
-        .expect("failed");
+    long.finish(&bridge).await;
     assert!(bridge.pool().is_empty());
+    assert_eq!(bridge.pool_stats().finished, MANY as u64 + 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,7 +17,7 @@ use agentwire_manager::{
 };
 use agentwire_protocol::{EventEnvelope, EventType, RunState};
 use serde_json::json;
-use support::{FlakyBroker, assert_no_more_events, ctx, read_events, user};
+use support::{FlakyBroker, assert_no_more_events, ctx, read_events, types, user};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -60,10 +60,6 @@ async fn setup(
     (manager, conn, emitter)
 }
 
-fn types(events: &[EventEnvelope]) -> Vec<EventType> {
-    events.iter().map(|e| e.event.event_type()).collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn after_lost_answers_the_next_emit_settles_the_event_once() {
     // agent_started goes through; both attempts of tool_executing reach the broker and
@@ -88,12 +84,22 @@ async fn after_lost_answers_the_next_emit_settles_the_event_once() {
         }
     );
 
+    let events = complete_the_call(&emitter, &conn).await;
+    assert_eq!(&events[1].event_id, event_id, "the id of the failed emit");
+    assert_eq!(emitter.metrics().settled, 1);
+}
+
+/// Emits `tool_completed` for the call `tc1`, whose `tool_executing` is unsettled, and
+/// returns what the user got: `agent_started`, `tool_executing` once, `tool_completed`.
+async fn complete_the_call(
+    emitter: &UnifiedWebSocketEmitter,
+    conn: &Connection,
+) -> Vec<EventEnvelope> {
     emitter
         .emit_tool_completed("tc1", "search", json!(["hit"]), false, None)
         .await
-        .expect("tool_completed closes the call the broker took");
-
-    let events = read_events(&conn, 3, WAIT).await;
+        .expect("tool_completed closes the call the unsettled tool_executing opened");
+    let events = read_events(conn, 3, WAIT).await;
     assert_eq!(
         types(&events),
         [
@@ -102,65 +108,33 @@ async fn after_lost_answers_the_next_emit_settles_the_event_once() {
             EventType::ToolCompleted
         ]
     );
-    assert_eq!(&events[1].event_id, event_id, "the id of the failed emit");
-    assert_no_more_events(&conn, Duration::from_millis(50)).await;
-    assert_eq!(emitter.metrics().settled, 1);
+    assert_no_more_events(conn, Duration::from_millis(50)).await;
+    events
+}
+
+/// Cancels a `tool_executing` whose first attempt meets `fault` while it waits to retry,
+/// then checks that the next emit counts it: `tool_completed` closes the call and the
+/// user sees each event once.
+async fn a_cancelled_emit_is_settled_by_the_next_call(fault: Fault) {
+    let (_, conn, emitter) = setup(broker(1..2, fault), TWO_ATTEMPTS).await;
+    emitter.emit_agent_started("a").await.expect("started");
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        emitter.emit_tool_executing("tc1", "search", json!({})),
+    )
+    .await;
+    assert!(cancelled.is_err(), "cancelled during the backoff");
+    complete_the_call(&emitter, &conn).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_emit_cancelled_after_the_broker_took_it_is_settled_by_the_next_call() {
-    // The first attempt of tool_executing reaches the broker, its answer is lost, and the
-    // emit is cancelled while it waits to retry.
-    let (_, conn, emitter) = setup(broker(1..2, lost()), TWO_ATTEMPTS).await;
-    emitter.emit_agent_started("a").await.expect("started");
-    let cancelled = tokio::time::timeout(
-        Duration::from_millis(50),
-        emitter.emit_tool_executing("tc1", "search", json!({})),
-    )
-    .await;
-    assert!(cancelled.is_err(), "cancelled during the backoff");
-
-    emitter
-        .emit_tool_completed("tc1", "search", json!(null), false, None)
-        .await
-        .expect("the cancelled tool_executing counts");
-    let events = read_events(&conn, 3, WAIT).await;
-    assert_eq!(
-        types(&events),
-        [
-            EventType::AgentStarted,
-            EventType::ToolExecuting,
-            EventType::ToolCompleted
-        ]
-    );
-    assert_no_more_events(&conn, Duration::from_millis(50)).await;
+    a_cancelled_emit_is_settled_by_the_next_call(lost()).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_emit_cancelled_before_the_broker_took_it_is_published_by_the_next_call() {
-    let (_, conn, emitter) = setup(broker(1..2, down()), TWO_ATTEMPTS).await;
-    emitter.emit_agent_started("a").await.expect("started");
-    let cancelled = tokio::time::timeout(
-        Duration::from_millis(50),
-        emitter.emit_tool_executing("tc1", "search", json!({})),
-    )
-    .await;
-    assert!(cancelled.is_err(), "cancelled during the backoff");
-
-    emitter
-        .emit_tool_completed("tc1", "search", json!(null), false, None)
-        .await
-        .expect("the cancelled tool_executing goes first");
-    let events = read_events(&conn, 3, WAIT).await;
-    assert_eq!(
-        types(&events),
-        [
-            EventType::AgentStarted,
-            EventType::ToolExecuting,
-            EventType::ToolCompleted
-        ]
-    );
-    assert_no_more_events(&conn, Duration::from_millis(50)).await;
+    a_cancelled_emit_is_settled_by_the_next_call(down()).await;
 }
 
 #[tokio::test(start_paused = true)]
