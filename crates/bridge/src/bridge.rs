@@ -124,18 +124,25 @@ impl AgentWebSocketBridge {
     /// # Errors
     /// [`EmitterError`]: the run already started ([`EmitterError::Violation`]), the pool is
     /// full of live runs ([`EmitterError::TooManyRuns`]), or `agent_started` could not be
-    /// emitted. Then no handle exists and nothing more is emitted by this call; after
-    /// [`EmitterError::Unsettled`] the broker may still have `agent_started`, and the run
-    /// stays in the pool until its unsettled event is settled (by the pool's cleanup task
-    /// or a report through the hooks).
+    /// emitted. Then no handle exists. After [`EmitterError::Unsettled`] the user may
+    /// have seen the run start, so it is ended as a handle dropped unfinished is: with
+    /// `agent_error` code [`crate::RUN_DROPPED`], after `agent_started`, once the broker
+    /// takes them.
     pub async fn start_run(
         &self,
         run: RunContext,
         agent_name: impl Into<String>,
     ) -> Result<AgentRun, EmitterError> {
         let emitter = self.pool.get_emitter(&run)?;
-        emitter.emit_agent_started(agent_name).await?;
-        Ok(AgentRun::new(emitter))
+        match emitter.emit_agent_started(agent_name).await {
+            Ok(_) => Ok(AgentRun::new(emitter)),
+            Err(e @ EmitterError::Unsettled { .. }) => {
+                // Its drop guard ends the run, settling agent_started first.
+                drop(AgentRun::new(emitter));
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs `tool` as a call of `name` with `arguments` in `run`: emits `tool_executing`

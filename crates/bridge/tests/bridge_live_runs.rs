@@ -301,3 +301,42 @@ async fn a_run_dropped_while_the_broker_is_away_still_ends_once_it_is_back() {
     assert_no_more_events(&conn, Duration::from_millis(50)).await;
     assert!(bridge.pool().is_empty(), "the run ended and left the pool");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_start_is_unsettled_still_ends() {
+    // Both attempts of agent_started reach the broker and lose their answers.
+    let broker = Arc::new(FaultyBroker::new(InMemoryBroker::default(), |n| {
+        (n < 2).then(|| Fault::LoseAnswer(BrokerError::Timeout("reply lost".into())))
+    }));
+    let manager = UnifiedWebSocketManager::new(ManagerConfig::default(), broker);
+    let conn = manager
+        .connect_user(user("alice"), ConnectOptions::default())
+        .await
+        .expect("connect");
+    let bridge = manager.create_agent_bridge_with(BridgeConfig {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            jitter: false,
+            ..RetryPolicy::default()
+        },
+        ..BridgeConfig::default()
+    });
+    let err = bridge
+        .start_run(ctx("alice", "r1"), "a")
+        .await
+        .expect_err("no answer");
+    assert!(matches!(err, EmitterError::Unsettled { .. }), "{err:?}");
+
+    // No handle came back, but the user may have seen the run start: it is ended.
+    let events = read_events(&conn, 2, WAIT).await;
+    assert_eq!(
+        types(&events),
+        [EventType::AgentStarted, EventType::AgentError]
+    );
+    match &events[1].event.data {
+        EventData::AgentError(e) => assert_eq!(e.code.as_deref(), Some(RUN_DROPPED)),
+        other => panic!("{other:?}"),
+    }
+    assert_no_more_events(&conn, Duration::from_millis(50)).await;
+    assert!(bridge.pool().is_empty());
+}
