@@ -1,40 +1,55 @@
-//! The broker conformance suite: the contract of [`Broker`] as async functions generic over
-//! the implementation; [`LatencyBroker`], a wrapper that makes any broker behave as if it
-//! sat across a network; and [`FaultyBroker`], a wrapper that fails publishes on a plan,
-//! for tests of what sits above a broker (retries, 503s, idempotent publishers).
+//! The broker conformance suite: the contract of [`Broker`] (its docs number the rules) as
+//! async properties generic over a [`Harness`] that builds the broker under test;
+//! [`LatencyBroker`], a wrapper that makes any broker behave as if it sat across a network;
+//! and [`FaultyBroker`], a wrapper that fails publishes on a plan, for tests of what sits
+//! above a broker (retries, 503s, idempotent publishers).
 //!
-//! Every broker crate runs the suite against its broker, one test per property:
+//! Every broker crate implements [`Harness`] for its broker and runs the suite, one test
+//! per property (or all of them with [`run_all`]):
 //!
 //! ```
-//! use agentwire_manager::conformance;
+//! use agentwire_manager::conformance::{self, Checked, Harness};
 //! use agentwire_manager::{HistoryConfig, InMemoryBroker};
+//! # use async_trait::async_trait;
+//!
+//! struct Memory;
+//!
+//! #[async_trait]
+//! impl Harness for Memory {
+//!     type Broker = InMemoryBroker;
+//!     async fn make(&self) -> InMemoryBroker {
+//!         InMemoryBroker::default()
+//!     }
+//!     async fn make_keeping(&self, n: usize) -> InMemoryBroker {
+//!         InMemoryBroker::new(HistoryConfig { max_events_per_user: n, ..HistoryConfig::default() })
+//!     }
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
-//! conformance::per_user_ordering(InMemoryBroker::default()).await;
-//! conformance::history_gaps(
-//!     InMemoryBroker::new(HistoryConfig { max_events_per_user: 5, ..HistoryConfig::default() }),
-//!     5,
-//! )
-//! .await;
+//! conformance::per_user_ordering(&Memory).await.assert_held();
+//! conformance::history_gaps(&Memory, 5).await.assert_held();
+//! // This harness cannot break subscriptions, and says so:
+//! assert!(matches!(
+//!     conformance::resync_after_dropped_subscription(&Memory).await,
+//!     Checked::Unsupported(_)
+//! ));
 //! # }
 //! ```
 //!
-//! What the suite asks of the broker under test:
-//! - the factory given to [`run_all`] builds a broker that keeps at least 1,000 events per
-//!   user and expires nothing by age while the suite runs;
-//! - the one given to [`history_gaps`] (and the second factory of [`run_all`]) builds a
-//!   broker that keeps *at most* the given number of events per user — the suite cannot
-//!   make a broker trim otherwise, so trimming is a capability the caller provides;
-//! - brokers may share state between calls (a Redis server): every property uses user ids
-//!   of its own, fresh per call.
+//! What the suite asks of the harness is written on each [`Harness`] method. Brokers may
+//! share state between calls (a Redis server): every property uses user and event ids of
+//! its own, fresh per call.
 //!
 //! Deliveries may arrive after `publish` returns; the suite waits for them with a generous
 //! bound ([`DELIVERY_WAIT`]) and, where it checks that something does *not* arrive, first
 //! waits for a later event of the same user to reach a control subscriber and then lets
 //! [`QUIET`] pass. Under tokio's paused clock both cost nothing.
 //!
-//! The functions panic, like assertions, when the broker breaks the contract.
+//! The properties panic, like assertions, when the broker breaks the contract; they
+//! return [`Checked::Unsupported`] when the harness cannot provide what a property needs
+//! (a broker that cannot lose a subscription cannot show how it recovers from losing
+//! one), so a test sees — and can assert — which properties did not run.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,8 +61,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 use crate::broker::{
-    Accepted, Broker, BrokerError, BrokerStats, History, NewEvent, StoredEvent, Subscriber,
-    same_subscriber,
+    Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, StoredEvent,
+    Subscriber, same_subscriber,
 };
 
 /// The longest the suite waits for an expected delivery before it fails.
@@ -56,35 +71,180 @@ pub const DELIVERY_WAIT: Duration = Duration::from_secs(10);
 /// How long the suite lets pass before it checks that nothing more arrived.
 pub const QUIET: Duration = Duration::from_millis(200);
 
-/// Runs every property of the suite. `make` builds a broker with ample history (see the
-/// module docs); `make_keeping(n)` builds one that keeps at most `n` events per user.
+/// Why a harness cannot do what a property needs: a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+impl Unsupported {
+    /// A capability the harness lacks, with the reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Unsupported(reason.into())
+    }
+}
+
+/// What one property found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a property that could not run says so in its answer"]
+pub enum Checked {
+    /// The broker kept the rule.
+    Held,
+    /// The harness cannot provide what the property needs; nothing was checked.
+    Unsupported(Unsupported),
+}
+
+impl Checked {
+    /// Panics unless the property held.
+    #[track_caller]
+    pub fn assert_held(self) {
+        if let Checked::Unsupported(why) = self {
+            panic!("the property did not run: {}", why.0);
+        }
+    }
+}
+
+/// Builds the brokers the suite checks, and gives the suite the few powers over them that
+/// the contract's rules need (trim, age, break). Only [`Harness::make`] and
+/// [`Harness::make_keeping`] are required; a capability a harness does not implement
+/// answers [`Unsupported`], and the properties that need it answer
+/// [`Checked::Unsupported`].
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// The broker under test.
+    type Broker: Broker;
+
+    /// A broker with ample bounds: it keeps at least 1,000 events per user and expires
+    /// nothing (events or dedupe ids) by age or memory while the suite runs.
+    async fn make(&self) -> Self::Broker;
+
+    /// A broker that keeps *at most* `n` events of a user (`n >= 1`) and otherwise ample
+    /// bounds; its dedupe window is at least the history window. The suite cannot make a
+    /// broker trim otherwise, so trimming is a capability the harness provides.
+    async fn make_keeping(&self, n: usize) -> Self::Broker;
+
+    /// A broker whose history expires events older than `max_age` and whose dedupe window
+    /// is `dedupe_window` (`>= max_age`) after an event's acceptance, measured on the clock
+    /// [`Harness::advance`] moves. Default: unsupported.
+    async fn make_aging(
+        &self,
+        max_age: Duration,
+        dedupe_window: Duration,
+    ) -> Result<Self::Broker, Unsupported> {
+        let _ = (max_age, dedupe_window);
+        Err(Unsupported::new(
+            "this harness cannot build a broker that ages events",
+        ))
+    }
+
+    /// Lets `by` pass on the broker's clock. The default sleeps on tokio's clock, which a
+    /// paused runtime advances at once; a broker with its own clock (a Redis server)
+    /// sleeps for real.
+    async fn advance(&self, by: Duration) {
+        tokio::time::sleep(by).await;
+    }
+
+    /// How far apart the suite keeps its checks from an age or window edge: the
+    /// uncertainty between the harness's clock and the broker's (the default 1 ms suits a
+    /// broker on tokio's paused clock; a networked broker needs its round trip and clock
+    /// resolution).
+    fn clock_slack(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    /// Makes `broker` lose its subscriptions as a network failure would: deliveries may be
+    /// lost from now until the broker has restored them, after which it calls
+    /// [`Subscriber::resync`] for every subscribed user (rule 4). Returns once the
+    /// subscriptions are broken; the broker restores them on its own, within
+    /// [`DELIVERY_WAIT`]. Default: unsupported (a broker that cannot lose a delivery).
+    async fn break_subscriptions(&self, broker: &Self::Broker) -> Result<(), Unsupported> {
+        let _ = broker;
+        Err(Unsupported::new(
+            "this harness cannot break a broker's subscriptions",
+        ))
+    }
+
+    /// Makes `broker` lose every stream, as a store restarted empty does, while its
+    /// subscriptions are kept or restored (then with [`Subscriber::resync`]). Default:
+    /// unsupported.
+    async fn wipe(&self, broker: &Self::Broker) -> Result<(), Unsupported> {
+        let _ = broker;
+        Err(Unsupported::new(
+            "this harness cannot wipe a broker's store",
+        ))
+    }
+}
+
+/// What [`run_all`] found: the properties that held, and those that could not run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Names of the properties that held.
+    pub held: Vec<&'static str>,
+    /// Names of the properties that could not run, with the reason.
+    pub unsupported: Vec<(&'static str, Unsupported)>,
+}
+
+impl Report {
+    fn record(&mut self, name: &'static str, checked: Checked) {
+        match checked {
+            Checked::Held => self.held.push(name),
+            Checked::Unsupported(why) => self.unsupported.push((name, why)),
+        }
+    }
+}
+
+/// Runs every property of the suite against brokers of `harness`, in the order of
+/// [`PROPERTIES`]; a property that finds the contract broken panics.
 ///
 /// The concurrency properties spawn tasks: run it in a tokio runtime (multi-threaded to
 /// make races likely).
-pub async fn run_all<B, F, G>(make: F, make_keeping: G)
-where
-    B: Broker,
-    F: Fn() -> B,
-    G: Fn(usize) -> B,
-{
-    per_user_ordering(make()).await;
-    assigns_event_ids(make()).await;
-    dedupe_by_event_id(make()).await;
-    concurrent_duplicates(make()).await;
-    history_ranges(make()).await;
-    history_gaps(make_keeping(5), 5).await;
-    epochs(make()).await;
-    concurrent_publishers(make()).await;
-    delivers_in_order_exactly_once(make()).await;
-    refcounted_subscriptions(make()).await;
-    unsubscribed_gets_nothing(make()).await;
-    every_subscriber_gets_everything(make()).await;
-    subscribers_see_only_their_user(make()).await;
+pub async fn run_all<H: Harness>(harness: &H) -> Report {
+    let mut report = Report::default();
+    macro_rules! check {
+        ($($name:ident $(($arg:expr))?),* $(,)?) => {
+            $( report.record(stringify!($name), $name(harness $(, $arg)?).await); )*
+        };
+    }
+    check!(
+        per_user_ordering,
+        assigns_event_ids,
+        dedupe_by_event_id,
+        concurrent_duplicates,
+        history_ranges,
+        history_gaps(5),
+        epochs,
+        concurrent_publishers,
+        delivers_in_order_exactly_once,
+        refcounted_subscriptions,
+        unsubscribed_gets_nothing,
+        every_subscriber_gets_everything,
+        subscribers_see_only_their_user,
+        resync_after_dropped_subscription,
+    );
+    report
 }
+
+/// The names of every property [`run_all`] runs, in its order.
+pub const PROPERTIES: &[&str] = &[
+    "per_user_ordering",
+    "assigns_event_ids",
+    "dedupe_by_event_id",
+    "concurrent_duplicates",
+    "history_ranges",
+    "history_gaps",
+    "epochs",
+    "concurrent_publishers",
+    "delivers_in_order_exactly_once",
+    "refcounted_subscriptions",
+    "unsubscribed_gets_nothing",
+    "every_subscriber_gets_everything",
+    "subscribers_see_only_their_user",
+    "resync_after_dropped_subscription",
+];
 
 /// Per user, `seq` runs 1, 2, 3… without holes, independently of other users, and
 /// history returns the events in that order.
-pub async fn per_user_ordering<B: Broker>(broker: B) {
+pub async fn per_user_ordering<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let users = fresh_users("ordering", 3);
     let mut expected = vec![0u64; users.len()];
     for round in 0..30usize {
@@ -123,10 +283,12 @@ pub async fn per_user_ordering<B: Broker>(broker: B) {
             assert_frame_matches(user, e);
         }
     }
+    Checked::Held
 }
 
 /// A publish without `event_id` gets a fresh one; one with an `event_id` keeps it.
-pub async fn assigns_event_ids<B: Broker>(broker: B) {
+pub async fn assigns_event_ids<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let user = fresh_user("ids");
     let mut ids = HashSet::new();
     for n in 0..10 {
@@ -143,11 +305,13 @@ pub async fn assigns_event_ids<B: Broker>(broker: B) {
     let h = history(&broker, &user, Seq::ZERO, 1_000).await;
     assert_eq!(h.events.len(), 11);
     assert_eq!(h.events[10].event_id, own);
+    Checked::Held
 }
 
 /// Publishing an `event_id` again answers the first acceptance (same `seq`, `ts`,
 /// `event_id`, with `duplicate: true`), stores nothing and delivers nothing.
-pub async fn dedupe_by_event_id<B: Broker>(broker: B) {
+pub async fn dedupe_by_event_id<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let user = fresh_user("dedupe");
     let rec = Recorder::new();
     subscribe(&broker, &user, &rec).await;
@@ -156,9 +320,10 @@ pub async fn dedupe_by_event_id<B: Broker>(broker: B) {
     let first = publish(&broker, &user, event(&user, 1, Some(x.clone()))).await;
     let second = publish(&broker, &user, event(&user, 2, Some(y.clone()))).await;
     assert!(!first.duplicate && !second.duplicate);
-    for attempt in 0..3 {
-        // A retry may carry another body: the id alone decides.
-        let again = publish(&broker, &user, event(&user, 100 + attempt, Some(x.clone()))).await;
+    for _ in 0..3 {
+        // A retry carries the same event (another one under the same id is a conflict,
+        // see `digest_conflict`).
+        let again = publish(&broker, &user, event(&user, 1, Some(x.clone()))).await;
         assert!(again.duplicate, "a repeated event_id was accepted again");
         assert_eq!(
             (again.seq, &again.event_id, again.ts, &again.epoch),
@@ -178,22 +343,22 @@ pub async fn dedupe_by_event_id<B: Broker>(broker: B) {
     rec.quiet().await;
     assert_eq!(rec.seqs(&user), vec![1, 2, 3], "a duplicate was delivered");
     unsubscribe(&broker, &user, &rec).await;
+    Checked::Held
 }
 
 /// Many tasks publishing the same `event_id` at once: exactly one acceptance, and every
 /// answer names it.
-pub async fn concurrent_duplicates<B: Broker>(broker: B) {
+pub async fn concurrent_duplicates<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     const TASKS: usize = 8;
     let broker = Arc::new(broker);
     let user = fresh_user("dup-race");
     publish(&*broker, &user, event(&user, 0, None)).await;
     let id = fresh_event_id("race");
     let tasks: Vec<_> = (0..TASKS)
-        .map(|n| {
+        .map(|_| {
             let (broker, user, id) = (broker.clone(), user.clone(), id.clone());
-            tokio::spawn(
-                async move { publish(&*broker, &user, event(&user, n as u64, Some(id))).await },
-            )
+            tokio::spawn(async move { publish(&*broker, &user, event(&user, 1, Some(id))).await })
         })
         .collect();
     let mut answers = Vec::new();
@@ -212,12 +377,14 @@ pub async fn concurrent_duplicates<B: Broker>(broker: B) {
     }
     let h = history(&*broker, &user, Seq::ZERO, 1_000).await;
     assert_eq!(seqs(&h.events), vec![1, 2]);
+    Checked::Held
 }
 
 /// `history(after, limit)` returns at most `limit` events, all with `seq > after`, in
 /// order, with the stream's `last_seq`; nothing past the newest, and an empty stream for
 /// a user never published to.
-pub async fn history_ranges<B: Broker>(broker: B) {
+pub async fn history_ranges<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let user = fresh_user("ranges");
     let empty = history(&broker, &user, Seq::ZERO, 10).await;
     assert_eq!(
@@ -260,12 +427,14 @@ pub async fn history_ranges<B: Broker>(broker: B) {
             assert_frame_matches(&user, e);
         }
     }
+    Checked::Held
 }
 
 /// With a broker that keeps at most `kept` events per user (see the module docs): history
 /// reports what it no longer holds as a gap right after `after`, then the held events,
 /// contiguous up to the newest.
-pub async fn history_gaps<B: Broker>(broker: B, kept: usize) {
+pub async fn history_gaps<H: Harness>(harness: &H, kept: usize) -> Checked {
+    let broker = harness.make_keeping(kept).await;
     assert!(
         kept >= 1,
         "history_gaps needs a broker that keeps at least one event"
@@ -317,12 +486,14 @@ pub async fn history_gaps<B: Broker>(broker: B, kept: usize) {
     assert_eq!(seqs(&edge.events), held);
     let newest = history(&broker, &user, Seq(total), 1_000).await;
     assert!(newest.gap.is_none() && newest.events.is_empty());
+    Checked::Held
 }
 
 /// While a stream lives (here: while it has a subscriber and events), its epoch does not
 /// change; history, acceptances and stored events all name it, and history reports the
 /// newest `seq`.
-pub async fn epochs<B: Broker>(broker: B) {
+pub async fn epochs<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let user = fresh_user("epochs");
     let rec = Recorder::new();
     subscribe(&broker, &user, &rec).await;
@@ -355,12 +526,14 @@ pub async fn epochs<B: Broker>(broker: B) {
     let h = history(&broker, &user, Seq::ZERO, 100).await;
     assert_eq!((&h.epoch, h.last_seq), (&first.epoch, Seq(8)));
     unsubscribe(&broker, &user, &rec).await;
+    Checked::Held
 }
 
 /// Many tasks publishing to one user at once: the seqs handed out are exactly
 /// `1..=tasks*events`, each task's own publishes get increasing seqs, and a subscriber
 /// sees the whole stream in order.
-pub async fn concurrent_publishers<B: Broker>(broker: B) {
+pub async fn concurrent_publishers<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     const TASKS: u64 = 8;
     const EACH: u64 = 25;
     let broker = Arc::new(broker);
@@ -403,11 +576,13 @@ pub async fn concurrent_publishers<B: Broker>(broker: B) {
         "delivered stream"
     );
     unsubscribe(&*broker, &user, &rec).await;
+    Checked::Held
 }
 
 /// A subscriber gets every event of its user exactly once, in `seq` order, as the same
 /// frame history holds.
-pub async fn delivers_in_order_exactly_once<B: Broker>(broker: B) {
+pub async fn delivers_in_order_exactly_once<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let user = fresh_user("delivery");
     let rec = Recorder::new();
     subscribe(&broker, &user, &rec).await;
@@ -421,11 +596,13 @@ pub async fn delivers_in_order_exactly_once<B: Broker>(broker: B) {
     let delivered: Vec<StoredEvent> = rec.events().iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(delivered, h.events, "delivered events differ from history");
     unsubscribe(&broker, &user, &rec).await;
+    Checked::Held
 }
 
 /// Subscriptions are counted per (user, subscriber): subscribed twice, a subscriber gets
 /// each event once and stays subscribed until unsubscribed twice.
-pub async fn refcounted_subscriptions<B: Broker>(broker: B) {
+pub async fn refcounted_subscriptions<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let user = fresh_user("refcount");
     let rec = Recorder::new();
     let control = Recorder::new();
@@ -456,10 +633,12 @@ pub async fn refcounted_subscriptions<B: Broker>(broker: B) {
     unsubscribe(&broker, &user, &rec).await;
     unsubscribe(&broker, &fresh_user("refcount-unknown"), &rec).await;
     unsubscribe(&broker, &user, &control).await;
+    Checked::Held
 }
 
 /// A subscriber that unsubscribed, or never subscribed, gets nothing.
-pub async fn unsubscribed_gets_nothing<B: Broker>(broker: B) {
+pub async fn unsubscribed_gets_nothing<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let user = fresh_user("unsubscribed");
     let gone = Recorder::new();
     let never = Recorder::new();
@@ -482,10 +661,12 @@ pub async fn unsubscribed_gets_nothing<B: Broker>(broker: B) {
         "a subscriber that never subscribed got events"
     );
     unsubscribe(&broker, &user, &control).await;
+    Checked::Held
 }
 
 /// Two subscribers of one user both get every event, in order.
-pub async fn every_subscriber_gets_everything<B: Broker>(broker: B) {
+pub async fn every_subscriber_gets_everything<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let user = fresh_user("two-subscribers");
     let a = Recorder::new();
     let b = Recorder::new();
@@ -501,11 +682,13 @@ pub async fn every_subscriber_gets_everything<B: Broker>(broker: B) {
     assert_eq!(b.seqs(&user), (1..=30).collect::<Vec<_>>());
     unsubscribe(&broker, &user, &a).await;
     unsubscribe(&broker, &user, &b).await;
+    Checked::Held
 }
 
 /// A subscriber of user A never gets user B's events, whatever the interleaving; one
 /// subscriber of two users gets each user's stream, each in order.
-pub async fn subscribers_see_only_their_user<B: Broker>(broker: B) {
+pub async fn subscribers_see_only_their_user<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
     let users = fresh_users("isolation", 3);
     let only_a = Recorder::new();
     let only_b = Recorder::new();
@@ -550,6 +733,62 @@ pub async fn subscribers_see_only_their_user<B: Broker>(broker: B) {
     ] {
         unsubscribe(&broker, user, rec).await;
     }
+    Checked::Held
+}
+
+/// Rule 4: a broker whose subscriptions broke restores them and then calls
+/// [`Subscriber::resync`] for each subscribed user (and no other); from then on every
+/// event is delivered again, in order, and history holds every event, including those
+/// whose delivery was lost.
+pub async fn resync_after_dropped_subscription<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
+    let user = fresh_user("resync");
+    let bystander = fresh_user("resync-bystander");
+    let rec = Recorder::new();
+    subscribe(&broker, &user, &rec).await;
+    for n in 0..5 {
+        publish(&broker, &user, event(&user, n, None)).await;
+    }
+    rec.wait_for_seqs(&user, 5).await;
+    if let Err(why) = harness.break_subscriptions(&broker).await {
+        unsubscribe(&broker, &user, &rec).await;
+        return Checked::Unsupported(why);
+    }
+    // Published while the subscription is broken or being restored: delivered or not.
+    for n in 5..10 {
+        publish(&broker, &user, event(&user, n, None)).await;
+    }
+    publish(&broker, &bystander, event(&bystander, 0, None)).await;
+    rec.wait_for_resync(&user).await;
+    for n in 10..15 {
+        publish(&broker, &user, event(&user, n, None)).await;
+    }
+    rec.wait_for_seqs(&user, 15).await;
+    rec.quiet().await;
+    let got = rec.seqs(&user);
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "deliveries around a broken subscription went back or repeated: {got:?}"
+    );
+    for seq in (1..=5).chain(11..=15) {
+        assert!(
+            got.contains(&seq),
+            "seq {seq} was not delivered, though it was accepted while the subscription was whole: {got:?}"
+        );
+    }
+    assert!(
+        rec.resyncs().iter().all(|u| *u == user),
+        "resync named a user the subscriber is not subscribed to: {:?}",
+        rec.resyncs()
+    );
+    let h = history(&broker, &user, Seq::ZERO, 1_000).await;
+    assert_eq!(
+        seqs(&h.events),
+        (1..=15).collect::<Vec<_>>(),
+        "history lacks events accepted while the subscription was broken"
+    );
+    unsubscribe(&broker, &user, &rec).await;
+    Checked::Held
 }
 
 /// A test broker around another that behaves as if it sat across a network: every call
@@ -715,6 +954,28 @@ impl<B: Broker> Broker for LatencyBroker<B> {
         result
     }
 
+    async fn publish_many(
+        &self,
+        user: &UserId,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Accepted>, BatchError> {
+        jitter(self.max_delay).await;
+        let result = self.inner.publish_many(user, events).await;
+        jitter(self.max_delay).await;
+        result
+    }
+
+    async fn lookup(
+        &self,
+        user: &UserId,
+        event_id: &EventId,
+    ) -> Result<Option<Accepted>, BrokerError> {
+        jitter(self.max_delay).await;
+        let result = self.inner.lookup(user, event_id).await;
+        jitter(self.max_delay).await;
+        result
+    }
+
     async fn health(&self) -> Result<(), BrokerError> {
         jitter(self.max_delay).await;
         self.inner.health().await
@@ -732,6 +993,7 @@ impl<B: Broker> Broker for LatencyBroker<B> {
 /// A subscriber that records what it is given.
 struct Recorder {
     got: Mutex<Vec<(UserId, StoredEvent)>>,
+    resyncs: Mutex<Vec<UserId>>,
     changed: Notify,
 }
 
@@ -740,14 +1002,47 @@ impl Subscriber for Recorder {
         self.events().push((user.clone(), event.clone()));
         self.changed.notify_waiters();
     }
+
+    fn resync(&self, user: &UserId) {
+        self.resyncs_lock().push(user.clone());
+        self.changed.notify_waiters();
+    }
 }
 
 impl Recorder {
     fn new() -> Arc<Self> {
         Arc::new(Recorder {
             got: Mutex::new(Vec::new()),
+            resyncs: Mutex::new(Vec::new()),
             changed: Notify::new(),
         })
+    }
+
+    fn resyncs_lock(&self) -> MutexGuard<'_, Vec<UserId>> {
+        self.resyncs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The users this recorder was told to resync, in order.
+    fn resyncs(&self) -> Vec<UserId> {
+        self.resyncs_lock().clone()
+    }
+
+    /// Waits until `user` was resynced; fails after [`DELIVERY_WAIT`].
+    async fn wait_for_resync(&self, user: &UserId) {
+        let reached = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.resyncs().contains(user) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        if tokio::time::timeout(DELIVERY_WAIT, reached).await.is_err() {
+            panic!("{user} was not resynced within {DELIVERY_WAIT:?} of a broken subscription");
+        }
     }
 
     fn events(&self) -> MutexGuard<'_, Vec<(UserId, StoredEvent)>> {
@@ -813,11 +1108,7 @@ fn event(user: &UserId, n: u64, event_id: Option<EventId>) -> NewEvent {
             extra: Default::default(),
         },
     );
-    NewEvent {
-        event_type: EventType::Custom,
-        event_id,
-        body: Bytes::from(event.body_json()),
-    }
+    NewEvent::new(EventType::Custom, event_id, Bytes::from(event.body_json()))
 }
 
 fn seqs(events: &[StoredEvent]) -> Vec<u64> {
@@ -889,6 +1180,9 @@ type FaultPlan = Box<dyn Fn(u64) -> Option<Fault> + Send + Sync>;
 
 /// A broker over another that fails publishes as its plan says, and records when each
 /// publish was attempted; everything else goes to the inner broker unchanged.
+///
+/// `publish_many` is the trait's default, a loop over `publish`: the plan is asked once
+/// per event of a batch, and a fault in the middle leaves the events before it accepted.
 pub struct FaultyBroker<B> {
     inner: B,
     plan: FaultPlan,
@@ -964,6 +1258,14 @@ impl<B: Broker> Broker for FaultyBroker<B> {
         limit: usize,
     ) -> Result<History, BrokerError> {
         self.inner.history(user, after, limit).await
+    }
+
+    async fn lookup(
+        &self,
+        user: &UserId,
+        event_id: &EventId,
+    ) -> Result<Option<Accepted>, BrokerError> {
+        self.inner.lookup(user, event_id).await
     }
 
     async fn health(&self) -> Result<(), BrokerError> {

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::broker::{Accepted, Broker, BrokerError, NewEvent, StoredEvent, Subscriber};
+use crate::broker::{
+    Accepted, Broker, BrokerError, EventDigest, NewEvent, StoredEvent, Subscriber,
+};
 use crate::config::{LimitPolicy, ManagerConfig};
 use crate::connection::{ConnShared, Connection, Pushed};
 use crate::memory::InMemoryBroker;
@@ -95,9 +97,27 @@ pub enum EmitError {
         /// The limit.
         limit: usize,
     },
+    /// The `event_id` was already accepted (as `seq`) for a different event: ids name one
+    /// event each. Nothing was stored; retrying cannot help.
+    #[error("event_id {event_id} was already accepted as seq {} for a different event", seq.get())]
+    Conflict {
+        /// The reused id.
+        event_id: EventId,
+        /// Where the id's first event sits in the stream.
+        seq: Seq,
+    },
     /// The broker did not accept it.
     #[error(transparent)]
-    Broker(#[from] BrokerError),
+    Broker(BrokerError),
+}
+
+impl From<BrokerError> for EmitError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Conflict { event_id, seq } => EmitError::Conflict { event_id, seq },
+            other => EmitError::Broker(other),
+        }
+    }
 }
 
 impl EmitError {
@@ -115,6 +135,7 @@ pub struct PreparedEvent {
     event_type: EventType,
     event_id: EventId,
     body: Bytes,
+    digest: EventDigest,
 }
 
 impl PreparedEvent {
@@ -131,6 +152,20 @@ impl PreparedEvent {
     /// Its id; every publish attempt uses it.
     pub fn event_id(&self) -> &EventId {
         &self.event_id
+    }
+
+    /// Its digest: what an `event_id` reused for another event is told apart by.
+    pub fn digest(&self) -> EventDigest {
+        self.digest
+    }
+
+    fn to_new_event(&self) -> NewEvent {
+        NewEvent::with_digest(
+            self.event_type,
+            Some(self.event_id.clone()),
+            self.body.clone(),
+            self.digest,
+        )
     }
 }
 
@@ -449,7 +484,7 @@ impl UnifiedWebSocketManager {
                 Ok(result) => result?,
                 Err(e) if e.is_cancelled() => return Err(BrokerError::Closed.into()),
                 Err(e) => {
-                    return Err(BrokerError::Unavailable(format!("subscribe failed: {e}")).into());
+                    return Err(BrokerError::unavailable("subscribe task failed", e).into());
                 }
             }
         }
@@ -685,10 +720,12 @@ impl UnifiedWebSocketManager {
                 limit,
             });
         }
+        let event_type = event.event_type();
         Ok(PreparedEvent {
             user: user.clone(),
-            event_type: event.event_type(),
+            event_type,
             event_id: event_id.unwrap_or_else(EventId::generate),
+            digest: EventDigest::of(event_type, &body),
             body,
         })
     }
@@ -719,32 +756,128 @@ impl UnifiedWebSocketManager {
         let result = self
             .inner
             .broker
-            .publish(
-                &event.user,
-                NewEvent {
-                    event_type: event.event_type,
-                    event_id: Some(event.event_id.clone()),
-                    body: event.body.clone(),
-                },
-            )
+            .publish(&event.user, event.to_new_event())
             .await;
         match &result {
-            Ok(a) if a.duplicate => {
-                counters.deduplicated.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(_) => {
-                counters.emitted.fetch_add(1, Ordering::Relaxed);
-                let i = EventType::ALL
-                    .iter()
-                    .position(|t| *t == event.event_type)
-                    .unwrap_or(0);
-                counters.emitted_by_type[i].fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(a) => self.count_accepted(event, a),
             Err(_) => {
                 counters.emit_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(result?)
+    }
+
+    fn count_accepted(&self, event: &PreparedEvent, accepted: &Accepted) {
+        let counters = &self.inner.counters;
+        if accepted.duplicate {
+            counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counters.emitted.fetch_add(1, Ordering::Relaxed);
+            let i = EventType::ALL
+                .iter()
+                .position(|t| *t == event.event_type)
+                .unwrap_or(0);
+            counters.emitted_by_type[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes prepared events, possibly of several users: one
+    /// [`Broker::publish_many`] per user, the users' batches concurrently. Per user the
+    /// batch is all or nothing under a refusal ([`EmitError::Conflict`]); on a transient
+    /// error, the events known to be accepted answer `Ok` and the rest the error
+    /// (retrying them all with the same ids is safe).
+    ///
+    /// Answers are in the order of `events`.
+    pub async fn emit_prepared_many(
+        &self,
+        events: &[PreparedEvent],
+    ) -> Vec<Result<Accepted, EmitError>> {
+        // Group by user, keeping each user's events in their order.
+        let mut groups: Vec<(&UserId, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<&UserId, usize> = HashMap::default();
+        for (i, e) in events.iter().enumerate() {
+            let g = *group_of.entry(&e.user).or_insert_with(|| {
+                groups.push((&e.user, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+        }
+        let broker = &self.inner.broker;
+        let calls = groups.iter().map(|(user, idx)| {
+            let batch = idx.iter().map(|&i| events[i].to_new_event()).collect();
+            broker.publish_many(user, batch)
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let mut out: Vec<Option<Result<Accepted, EmitError>>> = vec![None; events.len()];
+        for ((_, idx), answer) in groups.iter().zip(answers) {
+            let (accepted, error) = match answer {
+                Ok(accepted) => (accepted, None),
+                Err(e) => (e.accepted, Some(EmitError::from(e.error))),
+            };
+            let mut accepted = accepted.into_iter();
+            for &i in idx {
+                out[i] = Some(match (accepted.next(), &error) {
+                    (Some(a), _) => {
+                        self.count_accepted(&events[i], &a);
+                        Ok(a)
+                    }
+                    (None, Some(e)) => {
+                        self.inner
+                            .counters
+                            .emit_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        Err(e.clone())
+                    }
+                    (None, None) => Err(EmitError::Broker(BrokerError::Rejected(
+                        "the broker answered fewer events than the batch held".into(),
+                    ))),
+                });
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(EmitError::Broker(BrokerError::Rejected(
+                        "event missing from its batch".into(),
+                    )))
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` events of `user` with `seq > after`, and the stream's epoch and
+    /// newest `seq` (see [`Broker::history`]).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when history could not be read.
+    pub async fn history(
+        &self,
+        user: &UserId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<crate::broker::History, BrokerError> {
+        self.inner.broker.history(user, after, limit).await
+    }
+
+    /// The first acceptance of `event_id` in `user`'s stream while it is inside the
+    /// broker's dedupe window (see [`Broker::lookup`]).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be asked.
+    pub async fn lookup_event(
+        &self,
+        user: &UserId,
+        event_id: &EventId,
+    ) -> Result<Option<Accepted>, BrokerError> {
+        self.inner.broker.lookup(user, event_id).await
+    }
+
+    /// Whether the broker can accept events now (for readiness checks).
+    ///
+    /// # Errors
+    /// The [`BrokerError`] that makes it unavailable.
+    pub async fn broker_health(&self) -> Result<(), BrokerError> {
+        self.inner.broker.health().await
     }
 
     /// Closes every connection of `user` with `code` (e.g. 1001 so they resume). Returns

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Accepted, Broker, BrokerError, BrokerStats, History, NewEvent, StoredEvent, Subscriber,
-    compose_frame, same_subscriber,
+    Accepted, Broker, BrokerError, BrokerStats, EventDigest, History, NewEvent, StoredEvent,
+    Subscriber, compose_frame, same_subscriber,
 };
 
 /// Bounds of the history a broker keeps.
@@ -34,6 +34,10 @@ pub struct HistoryConfig {
     /// Most bytes of frames kept for all users together (default 256 MiB); the oldest
     /// events of the node go first.
     pub max_total_bytes: usize,
+    /// How long after its acceptance an `event_id` is still recognised as a duplicate
+    /// (default 10 minutes, the default `max_age`). An id is recognised at least while its
+    /// event is held in history, however short this is.
+    pub dedupe_window: Duration,
 }
 
 impl Default for HistoryConfig {
@@ -42,6 +46,7 @@ impl Default for HistoryConfig {
             max_events_per_user: 1_000,
             max_age: Duration::from_secs(600),
             max_total_bytes: 256 * 1024 * 1024,
+            dedupe_window: Duration::from_secs(600),
         }
     }
 }
@@ -93,7 +98,7 @@ struct Stream {
     epoch: Epoch,
     last_seq: Seq,
     events: VecDeque<Held>,
-    ids: HashMap<EventId, (Seq, Timestamp)>,
+    ids: HashMap<EventId, (Seq, Timestamp, EventDigest)>,
     subscribers: Vec<(Arc<dyn Subscriber>, usize)>,
 }
 
@@ -240,8 +245,14 @@ impl Broker for InMemoryBroker {
             .entry(user.clone())
             .or_insert_with(Stream::new);
         if let Some(id) = &event.event_id
-            && let Some(&(seq, ts)) = stream.ids.get(id)
+            && let Some(&(seq, ts, digest)) = stream.ids.get(id)
         {
+            if digest != event.digest {
+                return Err(BrokerError::Conflict {
+                    event_id: id.clone(),
+                    seq,
+                });
+            }
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return Ok(Accepted {
                 seq,
@@ -263,7 +274,7 @@ impl Broker for InMemoryBroker {
             epoch: stream.epoch.clone(),
         };
         stream.last_seq = seq;
-        stream.ids.insert(event_id.clone(), (seq, ts));
+        stream.ids.insert(event_id.clone(), (seq, ts, event.digest));
         let was_empty = stream.events.is_empty();
         for (sub, _) in &stream.subscribers {
             sub.deliver(user, &stored);
@@ -382,6 +393,23 @@ impl Broker for InMemoryBroker {
             gap,
             events,
         })
+    }
+
+    async fn lookup(
+        &self,
+        user: &UserId,
+        event_id: &EventId,
+    ) -> Result<Option<Accepted>, BrokerError> {
+        let shard = self.shard(user);
+        Ok(shard.streams.get(user).and_then(|stream| {
+            stream.ids.get(event_id).map(|&(seq, ts, _)| Accepted {
+                seq,
+                event_id: event_id.clone(),
+                ts,
+                epoch: stream.epoch.clone(),
+                duplicate: true,
+            })
+        }))
     }
 
     fn stats(&self) -> BrokerStats {

@@ -9,7 +9,9 @@ use agentwire_manager::{
     Accepted, Broker, BrokerError, ConnectError, ConnectOptions, EmitError, History, ManagerConfig,
     ManagerStats, NewEvent, Subscriber, UnifiedWebSocketManager,
 };
-use agentwire_protocol::{AgentStarted, AgentThinking, CloseCode, Event, EventType, Seq, UserId};
+use agentwire_protocol::{
+    AgentStarted, AgentThinking, CloseCode, Event, EventId, EventType, Seq, UserId,
+};
 use async_trait::async_trait;
 use support::*;
 
@@ -173,6 +175,9 @@ impl Broker for Down {
         Ok(())
     }
     async fn history(&self, _: &UserId, _: Seq, _: usize) -> Result<History, BrokerError> {
+        Err(BrokerError::Unavailable("down".into()))
+    }
+    async fn lookup(&self, _: &UserId, _: &EventId) -> Result<Option<Accepted>, BrokerError> {
         Err(BrokerError::Unavailable("down".into()))
     }
 }

@@ -324,6 +324,7 @@ impl ServerConfig {
             max_events_per_user: self.history_max_events,
             max_age: self.history_max_age,
             max_total_bytes: self.history_max_bytes,
+            dedupe_window: self.history_max_age,
         }
     }
 }
