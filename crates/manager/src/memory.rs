@@ -65,11 +65,11 @@ impl Default for HistoryConfig {
 /// What one remembered event costs beyond its frame and id, as counted against
 /// [`HistoryConfig::max_total_bytes`]: its entry, its slot in the id map and their
 /// allocations' slack, rounded up.
-pub const ENTRY_OVERHEAD_BYTES: usize = 192;
+pub const ENTRY_OVERHEAD_BYTES: usize = 224;
 
 /// What one stream holding entries costs beyond them, as counted against
 /// [`HistoryConfig::max_total_bytes`]: its map slot, epoch and age-index entries.
-pub const STREAM_OVERHEAD_BYTES: usize = 256;
+pub const STREAM_OVERHEAD_BYTES: usize = 1024;
 
 const SHARDS: usize = 32;
 
