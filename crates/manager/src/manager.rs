@@ -898,6 +898,10 @@ impl UnifiedWebSocketManager {
     /// (retrying them all with the same ids is safe).
     ///
     /// Answers are in the order of `events`.
+    ///
+    /// # Cancel safety
+    /// Cancelling may leave some users' batches accepted and others not; publishing the
+    /// same prepared events again completes them without duplicates.
     pub async fn emit_prepared_many(
         &self,
         events: &[PreparedEvent],
