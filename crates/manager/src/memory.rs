@@ -478,7 +478,10 @@ impl InMemoryBroker {
                         Seq(last + fresh_before(&events, first))
                     }),
                     None => {
-                        batch_ids.insert(id, (i, e.digest));
+                        // A single event cannot repeat an id of its batch.
+                        if events.len() > 1 {
+                            batch_ids.insert(id, (i, e.digest));
+                        }
                         None
                     }
                 },
