@@ -434,14 +434,6 @@ impl UnifiedWebSocketManager {
         &self.inner.config
     }
 
-    /// The broker beneath. Private: what the server needs of it has a method here
-    /// ([`Self::history`], [`Self::lookup_event`], [`Self::broker_health`]), so every call
-    /// is counted and goes through the manager.
-    #[allow(dead_code)]
-    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
-        &self.inner.broker
-    }
-
     fn shard(&self, user: &UserId) -> MutexGuard<'_, HashMap<UserId, UserEntry>> {
         let i = (self.inner.hasher.hash_one(user) as usize) % REGISTRY_SHARDS;
         // Registry mutations complete before anything that can panic.
