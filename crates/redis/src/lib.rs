@@ -12,3 +12,6 @@ pub use broker::RedisBroker;
 pub use config::{ConfigError, MAX_KEY_PREFIX_BYTES, RedisConfig, RedisConfigBuilder, RedisTarget};
 pub use connect::PUBSUB_CLIENT_NAME;
 pub use metrics::{LatencyHistogram, ROUND_TRIP_BUCKETS_MICROS, RedisMetrics};
+
+#[cfg(feature = "testing")]
+pub mod testing;
