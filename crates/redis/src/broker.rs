@@ -78,7 +78,12 @@ impl RedisBroker {
         let subs = Subscriptions::new(&config, counters.clone());
         let link = tokio::time::timeout(
             timeout,
-            Link::connect(&config.target, timeout, subs.push_handler(0), &config.key_prefix),
+            Link::connect(
+                &config.target,
+                timeout,
+                subs.push_handler(0),
+                &config.key_prefix,
+            ),
         )
         .await
         .map_err(|e| BrokerError::timeout("connecting to Redis pub/sub timed out", e))?
@@ -165,7 +170,11 @@ impl RedisBroker {
                     | ServerErrorKind::Ask
             )
         ) || matches!(e.code(), Some("OOM" | "BUSY" | "LOADING"));
-        if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || transient_server {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+            || transient_server
+        {
             bump(&counters.unavailable);
             return BrokerError::unavailable(format!("Redis {what} failed"), e);
         }
@@ -242,12 +251,20 @@ impl RedisBroker {
         let mut items = reply.into_iter();
         match items.next().as_ref().and_then(text).as_deref() {
             Some("conflict") => {
-                let index = items.next().as_ref().and_then(int).ok_or(bad("conflict index"))?;
-                let seq = items.next().as_ref().and_then(int).ok_or(bad("conflict seq"))?;
+                let index = items
+                    .next()
+                    .as_ref()
+                    .and_then(int)
+                    .ok_or_else(|| bad("conflict index"))?;
+                let seq = items
+                    .next()
+                    .as_ref()
+                    .and_then(int)
+                    .ok_or_else(|| bad("conflict seq"))?;
                 let event_id = usize::try_from(index)
                     .ok()
                     .and_then(|i| ids.get(i).cloned())
-                    .ok_or(bad("conflict index"))?;
+                    .ok_or_else(|| bad("conflict index"))?;
                 bump(&counters.conflicts);
                 Err(BrokerError::Conflict {
                     event_id,
@@ -260,8 +277,9 @@ impl RedisBroker {
                     .as_ref()
                     .and_then(text)
                     .and_then(|e| Epoch::new(e).ok())
-                    .ok_or(bad("publish epoch"))?;
-                let mut number = |what| items.next().as_ref().and_then(int).ok_or(bad(what));
+                    .ok_or_else(|| bad("publish epoch"))?;
+                let mut number =
+                    |what| items.next().as_ref().and_then(int).ok_or_else(|| bad(what));
                 add(&counters.epochs_created, number("publish created")?);
                 add(&counters.history_trimmed, number("publish trimmed")?);
                 add(&counters.dedupe_forgotten, number("publish forgotten")?);
@@ -310,7 +328,11 @@ fn stored_event(entry: Value, epoch: &Epoch) -> Result<StoredEvent, Malformed> {
         return Err(bad("stream entry"));
     };
     let mut parts = parts.into_iter();
-    let id = parts.next().as_ref().and_then(text).ok_or(bad("stream entry id"))?;
+    let id = parts
+        .next()
+        .as_ref()
+        .and_then(text)
+        .ok_or_else(|| bad("stream entry id"))?;
     let (seq, ts) = script::entry_id(&id)?;
     let Some(Value::Array(fields)) = parts.next() else {
         return Err(bad("stream entry fields"));
@@ -458,10 +480,16 @@ impl Broker for RedisBroker {
             .as_ref()
             .and_then(text)
             .and_then(|e| Epoch::new(e).ok())
-            .ok_or(bad("history epoch"))?;
-        let mut number = |what| items.next().as_ref().and_then(int).ok_or(bad(what));
-        add(&self.inner.counters.epochs_created, number("history created")?);
-        add(&self.inner.counters.history_trimmed, number("history trimmed")?);
+            .ok_or_else(|| bad("history epoch"))?;
+        let mut number = |what| items.next().as_ref().and_then(int).ok_or_else(|| bad(what));
+        add(
+            &self.inner.counters.epochs_created,
+            number("history created")?,
+        );
+        add(
+            &self.inner.counters.history_trimmed,
+            number("history trimmed")?,
+        );
         let last_seq = Seq(number("history last_seq")?);
         let first_held = Seq(number("history first_held")?);
         let entries = match items.next() {
@@ -501,7 +529,11 @@ impl Broker for RedisBroker {
         let items = match reply {
             Value::Nil => return Ok(None),
             Value::Array(items) => items,
-            _ => return Err(self.malformed(Malformed { what: "lookup reply" })),
+            _ => {
+                return Err(self.malformed(Malformed {
+                    what: "lookup reply",
+                }));
+            }
         };
         let found = (|| {
             let epoch = Epoch::new(text(items.first()?)?).ok()?;
@@ -513,9 +545,11 @@ impl Broker for RedisBroker {
                 duplicate: true,
             })
         })();
-        found
-            .map(Some)
-            .ok_or_else(|| self.malformed(Malformed { what: "lookup reply" }))
+        found.map(Some).ok_or_else(|| {
+            self.malformed(Malformed {
+                what: "lookup reply",
+            })
+        })
     }
 
     /// `PING` on the command connection, and the pub/sub connection up with every wanted

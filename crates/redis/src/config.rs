@@ -265,7 +265,9 @@ impl RedisConfigBuilder {
             return Err(prefix_error("longer than 64 bytes"));
         }
         if c.key_prefix.contains(['{', '}']) {
-            return Err(prefix_error("holds `{` or `}`, which would move the hash tag"));
+            return Err(prefix_error(
+                "holds `{` or `}`, which would move the hash tag",
+            ));
         }
         if c.key_prefix
             .chars()
@@ -301,7 +303,10 @@ impl RedisConfigBuilder {
         if c.dedupe_window < c.max_age {
             return bound(
                 "dedupe_window",
-                format!("{:?} is shorter than max_age {:?}", c.dedupe_window, c.max_age),
+                format!(
+                    "{:?} is shorter than max_age {:?}",
+                    c.dedupe_window, c.max_age
+                ),
             );
         }
         if c.max_dedupe_per_user < c.max_events_per_user {

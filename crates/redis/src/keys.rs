@@ -84,7 +84,9 @@ mod tests {
     use super::*;
 
     fn unescape(s: &str) -> String {
-        s.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
+        s.replace("%7D", "}")
+            .replace("%7B", "{")
+            .replace("%25", "%")
     }
 
     fn user(s: &str) -> UserId {

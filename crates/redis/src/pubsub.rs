@@ -22,7 +22,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::config::{RedisConfig, RedisTarget};
 use crate::connect::{self, PUBSUB_CLIENT_NAME};
-use crate::metrics::{Counters, add, bump};
+use crate::metrics::{Counters, bump};
 use crate::script::Message;
 
 /// The local subscribers of one user's channel.
@@ -163,7 +163,11 @@ impl Subscriptions {
         let Some(entry) = registry.channels.get_mut(channel) else {
             return;
         };
-        if let Some(i) = entry.subscribers.iter().position(|(s, _)| same(s, subscriber)) {
+        if let Some(i) = entry
+            .subscribers
+            .iter()
+            .position(|(s, _)| same(s, subscriber))
+        {
             entry.subscribers[i].1 -= 1;
             if entry.subscribers[i].1 == 0 {
                 entry.subscribers.swap_remove(i);
@@ -302,9 +306,9 @@ impl Subscriptions {
                 tracing::warn!(channel, error = %e, "dropped a malformed pub/sub message");
                 bump(&self.counters.malformed_messages);
                 for (subscriber, _) in &entry.subscribers {
+                    bump(&self.counters.resyncs);
                     subscriber.resync(&entry.user);
                 }
-                add(&self.counters.resyncs, entry.subscribers.len() as u64);
             }
         }
     }
@@ -344,18 +348,15 @@ impl Subscriptions {
             }
         }
         release_waiters(&mut registry);
-        let mut resyncs = 0;
         for (name, channel) in &registry.channels {
             if !channel.active || resync.is_some_and(|only| !only.contains(name)) {
                 continue;
             }
             for (subscriber, _) in &channel.subscribers {
+                bump(&self.counters.resyncs);
                 subscriber.resync(&channel.user);
-                resyncs += 1;
             }
         }
-        drop(registry);
-        add(&self.counters.resyncs, resyncs);
     }
 
     /// Starts a new link generation: every channel inactive until subscribed again.
@@ -557,7 +558,12 @@ pub(crate) async fn run(subs: Arc<Subscriptions>, config: RedisConfig, mut link:
         if !changes.subscribe.is_empty() || !changes.unsubscribe.is_empty() {
             let applied = tokio::time::timeout(
                 timeout,
-                link.apply(&changes.unsubscribe, &changes.subscribe, batch, &subs.counters),
+                link.apply(
+                    &changes.unsubscribe,
+                    &changes.subscribe,
+                    batch,
+                    &subs.counters,
+                ),
             )
             .await;
             match applied {

@@ -103,7 +103,10 @@ fn malformed(what: &'static str) -> Malformed {
 
 /// Splits off the text up to the next newline.
 fn field<'a>(rest: &mut &'a [u8], what: &'static str) -> Result<&'a str, Malformed> {
-    let at = rest.iter().position(|&b| b == b'\n').ok_or(malformed(what))?;
+    let at = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or(malformed(what))?;
     let text = std::str::from_utf8(&rest[..at]).map_err(|_| malformed(what))?;
     *rest = &rest[at + 1..];
     Ok(text)
@@ -145,8 +148,8 @@ impl Message {
         let ts = field(&mut rest, "message ts")?
             .parse()
             .map_err(|_| malformed("message ts"))?;
-        let epoch =
-            Epoch::new(field(&mut rest, "message epoch")?).map_err(|_| malformed("message epoch"))?;
+        let epoch = Epoch::new(field(&mut rest, "message epoch")?)
+            .map_err(|_| malformed("message epoch"))?;
         let entry = Entry::decode(&raw.slice(raw.len() - rest.len()..))?;
         Ok(Message {
             seq: Seq(seq),
@@ -217,7 +220,10 @@ mod tests {
     fn messages_and_entries_decode() {
         let raw = Bytes::from_static(b"7\n99\ne_1\ncustom\nid \"x\"\n{\"a\":\"\\n\"}\n");
         let m = Message::decode(&raw).expect("decodes");
-        assert_eq!((m.seq, m.ts, m.epoch.as_str()), (Seq(7), Timestamp(99), "e_1"));
+        assert_eq!(
+            (m.seq, m.ts, m.epoch.as_str()),
+            (Seq(7), Timestamp(99), "e_1")
+        );
         assert_eq!(m.entry.event_type, EventType::Custom);
         assert_eq!(m.entry.event_id.as_str(), "id \"x\"");
         assert_eq!(&m.entry.frame[..], b"{\"a\":\"\\n\"}\n");
@@ -228,7 +234,10 @@ mod tests {
             b"1\n1\ne\ncustom\n",
             b"1\n1\n\ncustom\nid\n{}",
         ] {
-            assert!(Message::decode(&Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
+            assert!(
+                Message::decode(&Bytes::copy_from_slice(bad)).is_err(),
+                "{bad:?}"
+            );
         }
         assert_eq!(entry_id("3-17"), Ok((Seq(3), Timestamp(17))));
         assert!(entry_id("3").is_err() && entry_id("a-1").is_err());

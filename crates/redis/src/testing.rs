@@ -63,10 +63,7 @@ pub fn shared_redis() -> Result<String, String> {
 
 /// A key prefix no other test shares: `agentwire-test:<label>:<random>:`.
 pub fn unique_prefix(label: &str) -> String {
-    format!(
-        "agentwire-test:{label}:{:016x}:",
-        rand::random::<u64>()
-    )
+    format!("agentwire-test:{label}:{:016x}:", rand::random::<u64>())
 }
 
 /// Sends `PING` to `addr` (host:port) and expects `+PONG`.
@@ -328,7 +325,10 @@ impl RedisCluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!("node {} did not reach cluster_state:ok", node.addr()));
+                    return Err(format!(
+                        "node {} did not reach cluster_state:ok",
+                        node.addr()
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use agentwire_manager::conformance::{self, PROPERTIES};
+use agentwire_manager::conformance::{self, Harness, PROPERTIES};
 use agentwire_redis::testing::{self, RedisCluster};
 use support::RedisHarness;
 
@@ -34,6 +34,8 @@ async fn conformance_on_redis_cluster() {
     else {
         return;
     };
-    run(&RedisHarness::cluster(cluster.urls(), "conformance-cluster")).await;
+    let harness = RedisHarness::cluster(cluster.urls(), "conformance-cluster");
+    support::awkward_users(&harness.make().await).await;
+    run(&harness).await;
     drop(cluster);
 }
