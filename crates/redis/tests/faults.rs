@@ -134,10 +134,11 @@ async fn redis_restarted_empty_gives_a_new_epoch_and_resuming_clients_a_replay_g
 
     // A client resuming with the old epoch and seq 5 is told what it cannot have.
     let manager = UnifiedWebSocketManager::new(ManagerConfig::default(), broker.clone());
-    let mut options = ConnectOptions::default();
-    options.resume = Resume::After {
-        last_seq: Seq(5),
-        epoch: before.epoch.clone(),
+    let options = ConnectOptions {
+        resume: Resume::After {
+            last_seq: Seq(5),
+            epoch: before.epoch.clone(),
+        },
     };
     let conn = manager
         .connect_user(alice.clone(), options)
