@@ -381,6 +381,10 @@ pub struct BrokerStats {
     pub history_trimmed: u64,
     /// Publishes answered as duplicates of an earlier `event_id`.
     pub duplicates: u64,
+    /// Publishes refused because their `event_id` was accepted for a different event.
+    pub conflicts: u64,
+    /// Event ids remembered for deduplication (in history or in the dedupe window).
+    pub dedupe_ids: u64,
 }
 
 /// Owner of every user's stream. The conformance suite (feature `conformance`, module
@@ -394,8 +398,9 @@ pub struct BrokerStats {
 ///    subscription broke, see rule 4).
 /// 2. **Subscribe is in effect when it returns.** Every event accepted after
 ///    [`Broker::subscribe`] returns is delivered to that subscriber (the manager subscribes,
-///    then reads history: nothing falls between the two). After
-///    [`Broker::unsubscribe`] returns, nothing more is delivered to that subscription.
+///    then reads history: nothing falls between the two). Once [`Broker::unsubscribe`]
+///    has undone a subscriber's last subscription of a user, no event of the user
+///    accepted afterwards is delivered to it.
 ///    Subscriptions are counted per (user, subscriber): a subscriber subscribed twice
 ///    receives each event once and stays subscribed until unsubscribed twice.
 /// 3. **History holds every event a subscriber was handed.** History is written before

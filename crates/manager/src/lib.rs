@@ -62,4 +62,4 @@ pub use manager::{
     ConnectError, ConnectOptions, ConnectionInfo, EmitError, ManagerStats, PreparedEvent, Resume,
     UnifiedWebSocketManager,
 };
-pub use memory::{HistoryConfig, InMemoryBroker};
+pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
