@@ -441,14 +441,34 @@ impl Broker for RedisBroker {
         }
     }
 
-    /// Returns at once: delivery to `subscriber` stops now, and the channel is
-    /// unsubscribed in Redis (batched) when its last local subscriber left.
+    /// Delivery to `subscriber` stops once every event accepted before the call has
+    /// reached it: when this undoes its last subscription to the user, a barrier message
+    /// is published on the user's channel and awaited (at most the command timeout)
+    /// before the subscriber is removed. The channel is unsubscribed in Redis (batched)
+    /// when its last local subscriber left. Never fails: the subscription is undone
+    /// locally even when Redis cannot be reached.
     async fn unsubscribe(
         &self,
         user: &UserId,
         subscriber: &Arc<dyn Subscriber>,
     ) -> Result<(), BrokerError> {
-        self.inner.subs.remove(&self.keys(user).channel, subscriber);
+        let subs = &self.inner.subs;
+        let channel = self.keys(user).channel;
+        if let Some(barrier) = subs.barrier(&channel, subscriber) {
+            let mut publish = redis::cmd(self.inner.publish_command);
+            publish.arg(&channel).arg(&barrier.message);
+            let sent = self
+                .round_trip(
+                    "unsubscribe barrier",
+                    self.inner.commands.query::<i64>(&publish),
+                )
+                .await;
+            if sent.is_ok() {
+                let _ = tokio::time::timeout(subs.timeout(), barrier.passed).await;
+            }
+            subs.forget_barrier(barrier.token);
+        }
+        subs.remove(&channel, subscriber);
         Ok(())
     }
 

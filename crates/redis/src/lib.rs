@@ -58,6 +58,13 @@
 //! | `…:order` | ZSET | `event_id` scored by `seq` (the dedupe entries oldest first) | as `…:ids` |
 //! | `…:channel` | channel | `<seq>\n<ts>\n<epoch>\n` + the stream entry | — |
 //!
+//! A stream lives as long as its `meta`: when `meta` expires (`stream_idle_ttl` after the
+//! user's last publish or history read, at least the dedupe window) or is lost (a Redis
+//! restarted empty, an eviction), the user's next publish or read starts a new epoch at
+//! `seq` 1 (rule 7 of the contract). The default keeps it far longer than history, so a
+//! client that was idle for an hour resumes under the same epoch (a gap, if anything,
+//! rather than a reset).
+//!
 //! On a standalone Redis the channel is a classic one (`PUBLISH`/`SUBSCRIBE`); on a
 //! cluster it is a shard channel (`SPUBLISH`/`SSUBSCRIBE`), served by the node that owns
 //! the user's slot, so publishing does not broadcast across the cluster bus.
@@ -94,8 +101,12 @@
 //! standalone Redis). Subscriptions are counted per (user, subscriber) in this process;
 //! the first subscriber of a user adds the user's channel to a pending set that the
 //! subscription task sends in batches (`subscribe_batch` channels per command) and waits
-//! for Redis's confirmation, so `subscribe` is in effect when it returns. The last
-//! unsubscribe stops delivery at once and unsubscribes in Redis in the next batch. When
+//! for Redis's confirmation, so `subscribe` is in effect when it returns. An unsubscribe
+//! that ends a subscriber's delivery first publishes a *barrier* message on the user's
+//! channel and waits for it to come back (messages arrive in publish order), so every
+//! event accepted while the subscription was held reaches the subscriber; then delivery
+//! stops, and the channel is unsubscribed in Redis in the next batch once no local
+//! subscriber is left. Barriers of other nodes are ignored. When
 //! the connection is lost (a `Disconnection` push, a failed `PING` every `ping_interval`,
 //! a failed subscribe), the task makes a new one with exponential backoff and full jitter,
 //! subscribes every wanted channel, and then calls `Subscriber::resync` for every

@@ -43,6 +43,9 @@ struct Registry {
     lost: HashSet<String>,
     /// `subscribe` calls waiting for their channel to become active.
     waiters: Vec<(String, oneshot::Sender<()>)>,
+    /// Unsubscribes waiting for their barrier message, by token.
+    barriers: HashMap<u64, oneshot::Sender<()>>,
+    next_barrier: u64,
     /// Generation of the current link; pushes of older links are ignored.
     link: u64,
     /// The current link was reported lost: the subscription task makes a new one.
@@ -59,6 +62,21 @@ pub(crate) struct Subscriptions {
     counters: Arc<Counters>,
     max_pending: usize,
     timeout: Duration,
+    /// Names this broker's barrier messages among those of other nodes.
+    instance: u64,
+}
+
+/// Barrier messages start with this line; no message the publish script writes does
+/// (it starts with a seq).
+const BARRIER: &[u8] = b"barrier\n";
+
+/// What an unsubscribe waits for before it stops delivery: its own message on the user's
+/// channel, published after every event accepted before the unsubscribe was called.
+#[derive(Debug)]
+pub(crate) struct Barrier {
+    pub(crate) token: u64,
+    pub(crate) message: Vec<u8>,
+    pub(crate) passed: oneshot::Receiver<()>,
 }
 
 impl std::fmt::Debug for Subscriptions {
@@ -100,6 +118,7 @@ impl Subscriptions {
             counters,
             max_pending: config.max_pending_subscriptions,
             timeout: config.command_timeout,
+            instance: rand::random(),
         })
     }
 
@@ -154,6 +173,56 @@ impl Subscriptions {
         drop(registry);
         self.wake.notify_one();
         Ok(SubscribeWait::Pending(rx))
+    }
+
+    /// When undoing `subscriber`'s subscription would stop delivery to it on an active
+    /// channel, the barrier to wait for first. Messages reach this node in publish order,
+    /// so once the barrier (published after the caller's call began) arrives, every event
+    /// accepted while the subscription was held has been delivered to it.
+    pub(crate) fn barrier(
+        &self,
+        channel: &str,
+        subscriber: &Arc<dyn Subscriber>,
+    ) -> Option<Barrier> {
+        let mut registry = self.registry();
+        let entry = registry.channels.get(channel)?;
+        let last = entry
+            .subscribers
+            .iter()
+            .any(|(s, count)| same(s, subscriber) && *count == 1);
+        if !last || !entry.active {
+            return None;
+        }
+        registry.next_barrier += 1;
+        let token = registry.next_barrier;
+        let (tx, passed) = oneshot::channel();
+        registry.barriers.insert(token, tx);
+        let message = format!("barrier\n{:016x}\n{token}", self.instance).into_bytes();
+        Some(Barrier {
+            token,
+            message,
+            passed,
+        })
+    }
+
+    /// Forgets a barrier that passed or was given up on.
+    pub(crate) fn forget_barrier(&self, token: u64) {
+        self.registry().barriers.remove(&token);
+    }
+
+    fn on_barrier(&self, payload: &[u8]) {
+        let text = String::from_utf8_lossy(&payload[BARRIER.len()..]);
+        let Some((instance, token)) = text.split_once('\n') else {
+            return;
+        };
+        if u64::from_str_radix(instance, 16) != Ok(self.instance) {
+            return;
+        }
+        if let Ok(token) = token.parse::<u64>()
+            && let Some(tx) = self.registry().barriers.remove(&token)
+        {
+            let _ = tx.send(());
+        }
     }
 
     /// Undoes one subscription; the channel is unsubscribed in Redis when its last local
@@ -270,6 +339,10 @@ impl Subscriptions {
     }
 
     fn on_message(&self, link: u64, channel: &[u8], payload: Bytes) {
+        if payload.starts_with(BARRIER) {
+            self.on_barrier(&payload);
+            return;
+        }
         let Ok(channel) = std::str::from_utf8(channel) else {
             bump(&self.counters.malformed_messages);
             return;

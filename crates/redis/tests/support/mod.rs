@@ -149,8 +149,15 @@ impl Harness for RedisHarness {
         max_age: Duration,
         dedupe_window: Duration,
     ) -> Result<RedisBroker, Unsupported> {
+        // The stream itself (epoch and newest seq) lives as long as its dedupe entries, so
+        // a stream whose events and ids all expired starts again (rule 7).
         Ok(self
-            .connect(self.config().max_age(max_age).dedupe_window(dedupe_window))
+            .connect(
+                self.config()
+                    .max_age(max_age)
+                    .dedupe_window(dedupe_window)
+                    .stream_idle_ttl(dedupe_window),
+            )
             .await)
     }
 
