@@ -12,27 +12,12 @@ use agentwire_manager::{
     Broker, BrokerError, ConnectOptions, ManagerConfig, NewEvent, Outbound, Resume, Subscriber,
     UnifiedWebSocketManager,
 };
-use agentwire_protocol::{Custom, Event, EventType, Seq, ServerFrame, UserId};
+use agentwire_protocol::{Seq, ServerFrame};
 use agentwire_redis::testing::{self, RedisServer};
-use bytes::Bytes;
-use support::{Recorder, RedisHarness};
+use support::{RedisHarness, custom_event, recorder_of, user};
 
 fn event(n: u64) -> NewEvent {
-    let body = Event::new(
-        None,
-        None,
-        Custom {
-            name: "fault".into(),
-            value: n.into(),
-            extra: Default::default(),
-        },
-    )
-    .body_json();
-    NewEvent::new(EventType::Custom, None, Bytes::from(body))
-}
-
-fn user(name: &str) -> UserId {
-    UserId::new(name).expect("valid user id")
+    custom_event(n, None)
 }
 
 /// Waits (at most 15 s) until the broker reports healthy again.
@@ -55,13 +40,11 @@ async fn a_killed_pubsub_connection_is_resubscribed_and_resyncs_every_user() {
     let harness = RedisHarness::standalone(&server.url(), "pubsub-kill");
     let broker = harness.connect(harness.config()).await;
     let users = [user("alice"), user("bob{1}")];
-    let rec = Arc::new(Recorder::default());
-    for u in &users {
-        broker
-            .subscribe(u, rec.clone() as Arc<dyn Subscriber>)
-            .await
-            .expect("subscribe");
-    }
+    let rec = recorder_of(&broker, &users[0]).await;
+    broker
+        .subscribe(&users[1], rec.clone() as Arc<dyn Subscriber>)
+        .await
+        .expect("subscribe");
     for n in 0..3 {
         broker.publish(&users[0], event(n)).await.expect("publish");
     }
@@ -103,11 +86,7 @@ async fn redis_restarted_empty_gives_a_new_epoch_and_resuming_clients_a_replay_g
     let harness = RedisHarness::standalone(&server.url(), "restart");
     let broker = Arc::new(harness.connect(harness.config()).await);
     let alice = user("alice");
-    let rec = Arc::new(Recorder::default());
-    broker
-        .subscribe(&alice, rec.clone() as Arc<dyn Subscriber>)
-        .await
-        .expect("subscribe");
+    let rec = recorder_of(&broker, &alice).await;
     let mut before = None;
     for n in 0..5 {
         before = Some(broker.publish(&alice, event(n)).await.expect("publish"));

@@ -5,15 +5,14 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_manager::{Broker, BrokerError, NewEvent, Subscriber, compose_frame};
-use agentwire_protocol::{Custom, Event, EventId, EventType, Seq, UserId};
+use agentwire_manager::{Broker, BrokerError, NewEvent, compose_frame};
+use agentwire_protocol::{Custom, Event, EventId, EventType, Seq};
 use agentwire_redis::RedisBroker;
 use agentwire_redis::testing;
 use bytes::Bytes;
-use support::{Recorder, RedisHarness};
+use support::{RedisHarness, custom_event, recorder_of, user};
 
 fn body(name: &str, n: u64) -> Bytes {
     Bytes::from(
@@ -31,15 +30,7 @@ fn body(name: &str, n: u64) -> Bytes {
 }
 
 fn event(n: u64, id: Option<&str>) -> NewEvent {
-    NewEvent::new(
-        EventType::Custom,
-        id.map(|i| EventId::new(i).expect("valid id")),
-        body("scripts", n),
-    )
-}
-
-fn user(s: &str) -> UserId {
-    UserId::new(s).expect("valid user id")
+    custom_event(n, id)
 }
 
 async fn harness(label: &str) -> Option<RedisHarness> {
@@ -59,11 +50,7 @@ async fn frames_are_byte_identical_with_compose_frame() {
     };
     let broker = h.connect(h.config()).await;
     let alice = user("alice");
-    let rec = Arc::new(Recorder::default());
-    broker
-        .subscribe(&alice, rec.clone() as Arc<dyn Subscriber>)
-        .await
-        .expect("subscribe");
+    let rec = recorder_of(&broker, &alice).await;
     let ids = [
         "plain",
         "quote \" and backslash \\",

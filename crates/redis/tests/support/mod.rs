@@ -181,6 +181,42 @@ impl Harness for RedisHarness {
     }
 }
 
+/// A user id from a name known valid.
+pub fn user(name: &str) -> UserId {
+    UserId::new(name).expect("valid user id")
+}
+
+/// A `custom` event numbered `n`, under the publisher's `id` if given.
+pub fn custom_event(n: u64, id: Option<&str>) -> agentwire_manager::NewEvent {
+    use agentwire_protocol::{Custom, Event, EventId, EventType};
+    let body = Event::new(
+        Some("thread-1".parse().expect("id")),
+        Some("run-1".parse().expect("id")),
+        Custom {
+            name: "test".into(),
+            value: n.into(),
+            extra: Default::default(),
+        },
+    )
+    .body_json();
+    agentwire_manager::NewEvent::new(
+        EventType::Custom,
+        id.map(|i| EventId::new(i).expect("valid id")),
+        body.into(),
+    )
+}
+
+/// A new [`Recorder`] subscribed to `user` on `broker`.
+pub async fn recorder_of(broker: &RedisBroker, user: &UserId) -> std::sync::Arc<Recorder> {
+    use agentwire_manager::Broker;
+    let rec = std::sync::Arc::new(Recorder::default());
+    broker
+        .subscribe(user, rec.clone())
+        .await
+        .expect("subscribe");
+    rec
+}
+
 /// A subscriber that records deliveries and resyncs.
 #[derive(Default)]
 pub struct Recorder {
