@@ -275,8 +275,7 @@ impl RedisBroker {
                 let epoch = items
                     .next()
                     .as_ref()
-                    .and_then(text)
-                    .and_then(|e| Epoch::new(e).ok())
+                    .and_then(epoch)
                     .ok_or_else(|| bad("publish epoch"))?;
                 let mut number =
                     |what| items.next().as_ref().and_then(int).ok_or_else(|| bad(what));
@@ -312,6 +311,10 @@ fn text(v: &Value) -> Option<String> {
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     }
+}
+
+fn epoch(v: &Value) -> Option<Epoch> {
+    Epoch::new(text(v)?).ok()
 }
 
 fn int(v: &Value) -> Option<u64> {
@@ -498,8 +501,7 @@ impl Broker for RedisBroker {
         let epoch = items
             .next()
             .as_ref()
-            .and_then(text)
-            .and_then(|e| Epoch::new(e).ok())
+            .and_then(epoch)
             .ok_or_else(|| bad("history epoch"))?;
         let mut number = |what| items.next().as_ref().and_then(int).ok_or_else(|| bad(what));
         add(
@@ -556,7 +558,7 @@ impl Broker for RedisBroker {
             }
         };
         let found = (|| {
-            let epoch = Epoch::new(text(items.first()?)?).ok()?;
+            let epoch = epoch(items.first()?)?;
             Some(Accepted {
                 seq: Seq(int(items.get(1)?)?),
                 event_id: event_id.clone(),
