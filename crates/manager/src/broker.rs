@@ -573,6 +573,63 @@ mod tests {
     use super::*;
     use agentwire_protocol::{AgentStarted, Event, ServerFrame};
 
+    /// The digest is XXH3-64 of `type`, 0, body: the expected values come from the
+    /// reference C library (libxxhash's `XXH3_64bits`), so every build and node agrees.
+    #[test]
+    fn digests_are_xxh3_of_type_zero_body() {
+        let cases = [
+            (
+                EventType::Custom,
+                r#"{"data":{"name":"n","value":1}}"#,
+                "ee8716099b0cb8ef",
+            ),
+            (EventType::AgentStarted, "{}", "f4ef664a0b383485"),
+        ];
+        for (t, body, hex) in cases {
+            let d = EventDigest::of(t, body.as_bytes());
+            assert_eq!(d.to_string(), hex);
+            assert_eq!(hex.parse::<EventDigest>(), Ok(d));
+            assert_eq!(NewEvent::new(t, None, Bytes::from(body)).digest, d);
+        }
+        assert_ne!(
+            EventDigest::of(EventType::Custom, b"{}"),
+            EventDigest::of(EventType::AgentStarted, b"{}"),
+            "the type is part of the digest"
+        );
+        for bad in [
+            "",
+            "EE8716099B0CB8EF",
+            "ee8716099b0cb8e",
+            "ee8716099b0cb8eff",
+            "+e8716099b0cb8ef",
+        ] {
+            assert_eq!(bad.parse::<EventDigest>(), Err(DigestParseError), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn broker_errors_keep_their_cause() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = BrokerError::unavailable("redis connection lost", io);
+        assert_eq!(e.to_string(), "broker unavailable: redis connection lost");
+        let source = e.source().expect("the cause is kept");
+        assert_eq!(source.to_string(), "reset by peer");
+        assert!(e.is_transient());
+        // Equality is variant and message; a plain message compares equal.
+        assert_eq!(e, BrokerError::Unavailable("redis connection lost".into()));
+        assert_ne!(e, BrokerError::Timeout("redis connection lost".into()));
+        assert!(BrokerError::Rejected("no".into()).source().is_none());
+        let conflict = BrokerError::Conflict {
+            event_id: "e-1".parse().expect("id"),
+            seq: Seq(4),
+        };
+        assert!(!conflict.is_transient());
+        assert!(conflict.to_string().contains("seq 4"), "{conflict}");
+        let batch = BatchError::new(Vec::new(), e.clone());
+        assert_eq!(batch.source().map(|s| s.to_string()), Some(e.to_string()));
+    }
+
     #[test]
     fn composed_frames_decode_as_the_event() {
         let event = Event::new(

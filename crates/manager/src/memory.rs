@@ -65,11 +65,11 @@ impl Default for HistoryConfig {
 /// What one remembered event costs beyond its frame and id, as counted against
 /// [`HistoryConfig::max_total_bytes`]: its entry, its slot in the id map and their
 /// allocations' slack, rounded up.
-pub const ENTRY_OVERHEAD_BYTES: usize = 192;
+pub const ENTRY_OVERHEAD_BYTES: usize = 224;
 
 /// What one stream holding entries costs beyond them, as counted against
 /// [`HistoryConfig::max_total_bytes`]: its map slot, epoch and age-index entries.
-pub const STREAM_OVERHEAD_BYTES: usize = 256;
+pub const STREAM_OVERHEAD_BYTES: usize = 1024;
 
 const SHARDS: usize = 32;
 
@@ -300,10 +300,7 @@ impl Shard {
     fn trim_user(&mut self, user: &UserId, config: &HistoryConfig, now: Instant) -> Freed {
         let before = self.oldest_of(user);
         let mut freed = Freed::default();
-        loop {
-            let Some(stream) = self.streams.get(user) else {
-                break;
-            };
+        while let Some(stream) = self.streams.get(user) {
             let too_many = stream.held > config.max_events_per_user;
             let too_old = stream
                 .oldest_event()
@@ -418,7 +415,6 @@ impl InMemoryBroker {
                 .unwrap_or_else(|p| p.into_inner()),
             slot: &self.shards[i],
             broker: self,
-            freed: Freed::default(),
         }
     }
 
@@ -528,18 +524,24 @@ fn fresh_before(events: &[NewEvent], n: usize) -> u64 {
     fresh
 }
 
-/// A shard's lock, with what to settle when it is let go: the shard's oldest entry
-/// published for the global trim, and the bytes and events freed under it.
+/// A shard's lock, which publishes the shard's oldest entry for the global trim when it
+/// is let go.
 struct ShardGuard<'a> {
     shard: MutexGuard<'a, Shard>,
     slot: &'a ShardSlot,
     broker: &'a InMemoryBroker,
-    freed: Freed,
 }
 
 impl ShardGuard<'_> {
+    /// Settles what a trim under this lock freed: at once, so a trim loop sees it.
     fn freed(&mut self, f: Freed) {
-        self.freed += f;
+        let broker = self.broker;
+        if f.bytes > 0 {
+            broker.total_bytes.fetch_sub(f.bytes, Ordering::AcqRel);
+        }
+        if f.events > 0 {
+            broker.trimmed.fetch_add(f.events, Ordering::Relaxed);
+        }
     }
 
     /// Accepts one event whose id is known not to conflict; delivers it to the user's
@@ -617,17 +619,6 @@ impl Drop for ShardGuard<'_> {
             .first()
             .map_or(u64::MAX, |(n, _)| *n);
         self.slot.oldest.store(oldest, Ordering::Release);
-        let broker = self.broker;
-        if self.freed.bytes > 0 {
-            broker
-                .total_bytes
-                .fetch_sub(self.freed.bytes, Ordering::AcqRel);
-        }
-        if self.freed.events > 0 {
-            broker
-                .trimmed
-                .fetch_add(self.freed.events, Ordering::Relaxed);
-        }
     }
 }
 

@@ -257,6 +257,12 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub history_max_bytes: usize,
 
+    /// How long after its acceptance an `event_id` is recognised as a retry (and another
+    /// event under it refused with 409). Default: `--history-max-age`. Never shorter than
+    /// the time its event stays in history.
+    #[arg(long, env = "AGENTWIRE_DEDUPE_WINDOW", value_parser = parse_duration)]
+    pub dedupe_window: Option<Duration>,
+
     /// Longest a graceful shutdown may take before the process exits anyway.
     #[arg(long, env = "AGENTWIRE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -324,7 +330,7 @@ impl ServerConfig {
             max_events_per_user: self.history_max_events,
             max_age: self.history_max_age,
             max_total_bytes: self.history_max_bytes,
-            dedupe_window: self.history_max_age,
+            dedupe_window: self.dedupe_window.unwrap_or(self.history_max_age),
         }
     }
 }

@@ -37,7 +37,7 @@ pub(crate) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
-    match app.manager.broker().health().await {
+    match app.manager.broker_health().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -144,7 +144,7 @@ pub trait Harness: Send + Sync {
     /// How far apart the suite keeps its checks from an age or window edge: the
     /// uncertainty between the harness's clock and the broker's (the default 1 ms suits a
     /// broker on tokio's paused clock; a networked broker needs its round trip and clock
-    /// resolution).
+    /// resolution, twice: the suite makes up to two calls after a point it measured).
     fn clock_slack(&self) -> Duration {
         Duration::from_millis(1)
     }

@@ -758,6 +758,19 @@ pub async fn dedupe_window_edges<H: Harness>(harness: &H) -> Checked {
         h.events.is_empty(),
         "an event older than max_age is still in history"
     );
+    // Inside the window: a different event under the id is a conflict.
+    match broker
+        .publish(&user, other_event(&user, 1, Some(x.clone())))
+        .await
+    {
+        Err(crate::BrokerError::Conflict { event_id, seq }) => {
+            assert_eq!((event_id, seq), (x.clone(), first.seq));
+        }
+        other => panic!("another event under an id inside the window: {other:?}"),
+    }
+    // Keeps the stream (and its epoch) alive past the first id's window.
+    let keeper = publish(&broker, &user, event(&user, 2, None)).await;
+    assert_eq!(keeper.seq, Seq(2));
 
     advance_to(harness, returned + window - slack).await;
     let inside = lookup(&broker, &user, &x).await;
@@ -771,18 +784,6 @@ pub async fn dedupe_window_edges<H: Harness>(harness: &H) -> Checked {
         again.duplicate && again.seq == first.seq,
         "a retry just inside the window was accepted again"
     );
-    // Keeps the stream (and its epoch) alive past the first id's window.
-    let keeper = publish(&broker, &user, event(&user, 2, None)).await;
-    assert_eq!(keeper.seq, Seq(2));
-    match broker
-        .publish(&user, other_event(&user, 1, Some(x.clone())))
-        .await
-    {
-        Err(crate::BrokerError::Conflict { event_id, seq }) => {
-            assert_eq!((event_id, seq), (x.clone(), first.seq));
-        }
-        other => panic!("another event under an id inside the window: {other:?}"),
-    }
 
     advance_to(harness, start + window + slack * 2).await;
     broker.sweep();
