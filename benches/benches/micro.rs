@@ -319,11 +319,11 @@ fn history(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(broker.publish(
                 &u,
-                NewEvent {
-                    event_type: agentwire_protocol::EventType::AgentThinking,
-                    event_id: None,
-                    body: body.clone(),
-                },
+                NewEvent::new(
+                    agentwire_protocol::EventType::AgentThinking,
+                    None,
+                    body.clone(),
+                ),
             ))
         })
     });

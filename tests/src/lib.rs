@@ -9,6 +9,8 @@
 //! nothing asserts on timing.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use agentwire::manager::{Accepted, UnifiedWebSocketManager};
@@ -49,22 +51,6 @@ pub fn test_config() -> ServerConfig {
     c.resume_wait = Duration::ZERO;
     c.shutdown_timeout = Duration::from_secs(5);
     c
-}
-
-/// Whether a test that needs a tool (`node`, `python3`, Chromium) can run: `missing` says
-/// what is missing, if anything. Under `CI=true` a missing tool fails the test; elsewhere
-/// the test is skipped with `skipped: <what>: <why>` written straight to the process's
-/// stderr, where it shows among the test output (`eprintln!` would be captured and hidden
-/// for a test that passes).
-pub fn can_run(missing: Option<String>, what: &str) -> bool {
-    let Some(why) = missing else { return true };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{what} cannot run in CI: {why}"
-    );
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "skipped: {what}: {why}");
-    false
 }
 
 /// A user id from a test literal.
@@ -667,4 +653,89 @@ pub async fn http_send(
         .await
         .expect("HTTP response within the wait bound");
     parse_http(&raw)
+}
+
+/// The workspace's root directory (where `Cargo.toml`, `clients/` and `examples/` are).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_owned()
+}
+
+/// Whether a test that needs an outside tool (`node`, `python3`, Chromium) may go on:
+/// `true` when `missing` is `None`. Otherwise the test fails under CI (`CI=true`), and
+/// elsewhere writes `skipped: <what>: <why>` straight to the process's stderr — where it
+/// shows among `cargo test`'s output (`eprintln!` would be captured and hidden for a test
+/// that passes) — and returns `false` so the caller ends the test.
+pub fn prerequisite(missing: Option<String>, what: &str) -> bool {
+    use std::io::Write;
+    let Some(why) = missing else { return true };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} cannot run in CI: {why}"
+    );
+    let _ = writeln!(std::io::stderr().lock(), "skipped: {what}: {why}");
+    false
+}
+
+/// A new, empty directory under the system's temporary directory, named after `what`, the
+/// process and the time; the caller removes it.
+pub fn temp_dir(what: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!(
+        "agentwire-e2e-{what}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Whether `program args…` runs and exits with success (output discarded).
+pub fn command_succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `cmd` to its end, killing it after `limit`: whether it succeeded, and its stdout
+/// and stderr as one text (in the order written, through one file). Blocks: call it from
+/// `spawn_blocking` while a test server serves.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
+    let dir = temp_dir("output");
+    let out_path = dir.join("output.txt");
+    let out = std::fs::File::create(&out_path).expect("output file");
+    let err = out.try_clone().expect("output file");
+    let mut child = cmd
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} starts: {e}"));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    match status {
+        Some(s) => (s.success(), text),
+        None => (
+            false,
+            format!("{text}\n(killed after {} s)", limit.as_secs()),
+        ),
+    }
 }

@@ -3,28 +3,27 @@
 //! `tests/browser/demo.test.mjs`, which drives Debian's Chromium with playwright-core
 //! (issue 7). Screenshots land in `target/browser-artifacts/`.
 //!
-//! Also runs `tests/browser/client.test.mjs`: the client module under node against a
-//! scripted WebSocket, for the close codes a real server is slow to produce.
+//! Also runs the npm package's tests, `clients/js/tests/` (the client module under node:
+//! against a scripted WebSocket for the close codes a real server is slow to produce,
+//! under fake timers, and on node's own WebSocket against this server).
 //!
 //! Needs `node`, `npm ci` in `tests/browser` and `/usr/bin/chromium` (`.ci/run` installs
 //! them). Without them the tests fail under `CI=true` and otherwise say why and pass.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use agentwire::server::DemoMode;
-use agentwire_e2e::{API_KEY, TestServer, can_run};
+use agentwire_e2e::{
+    API_KEY, TestServer, command_succeeds, prerequisite, run_bounded, workspace_root,
+};
 
 /// The browser test bounds itself at 55 s; this is the backstop.
 const NODE_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace")
-        .to_owned()
-}
+/// A publish-only API key of the server the client package tests run against.
+const PUBLISH_KEY: &str = "agentwire-e2e-publish-key";
 
 fn chromium_path() -> PathBuf {
     std::env::var_os("CHROMIUM_PATH")
@@ -33,12 +32,7 @@ fn chromium_path() -> PathBuf {
 }
 
 fn missing_node() -> Option<String> {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    (!node.is_ok_and(|s| s.success()))
+    (!command_succeeds("node", &["--version"]))
         .then(|| "`node` is not on PATH (install Node.js 20+)".to_owned())
 }
 
@@ -66,70 +60,61 @@ fn missing_prerequisite(browser_dir: &Path) -> Option<String> {
     None
 }
 
-fn temp_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join(format!(
-        "agentwire-e2e-browser-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// Whether this node has a global `WebSocket` (Node 22+; Node 20 only with
+/// `--experimental-websocket`).
+fn node_has_websocket() -> bool {
+    command_succeeds(
+        "node",
+        &[
+            "-e",
+            "process.exit(typeof WebSocket === 'function' ? 0 : 1)",
+        ],
+    )
 }
 
-/// Runs `cmd` to its end, killing it after `limit`; returns (success, stdout + stderr).
-fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
-    let out_path = temp_dir().join("node-output.txt");
-    let out = std::fs::File::create(&out_path).expect("output file");
-    let err = out.try_clone().expect("output file");
-    let mut child = cmd.stdout(out).stderr(err).spawn().expect("node starts");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(out_path.parent().expect("temp dir"));
-    match status {
-        Some(s) => (s.success(), text),
-        None => (
-            false,
-            format!("{text}\n(killed after {} s)", limit.as_secs()),
-        ),
-    }
-}
-
-/// `/client.js` under node against a scripted WebSocket: the close-code table, handshake
-/// failures, backoff, resume, duplicates, replay_gap (`tests/browser/client.test.mjs`).
-#[test]
-fn client_module_follows_the_protocol() {
+/// The npm package's tests (`clients/js/tests/`, node's test runner): the client module
+/// against a scripted WebSocket (close codes, handshake failures, backoff, resume,
+/// duplicates, replay_gap), its timers under fake time (issue 19: tokens living longer
+/// than `setTimeout` can wait or shorter than the refresh margin, an error with no close),
+/// the React example's store, and the client on node's own WebSocket against a local
+/// server that refuses handshakes and against this agentwire server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_package_tests_pass() {
     let root = workspace_root();
-    if !can_run(missing_node(), "the client module test") {
+    if !prerequisite(missing_node(), "the client package tests") {
         return;
     }
+    let server = TestServer::start_with(|c| c.publish_api_keys = vec![PUBLISH_KEY.into()]).await;
+    let user = "js-client";
     let mut node = Command::new("node");
     node.current_dir(&root)
         .arg("--test")
-        .arg(root.join("tests/browser/client.test.mjs"));
-    let (ok, output) = run_bounded(node, NODE_TIMEOUT);
+        .arg(root.join("clients/js/tests"))
+        .env("AGENTWIRE_URL", server.ws_url(""))
+        .env("AGENTWIRE_USER", user)
+        .env("AGENTWIRE_TOKEN", server.token(user))
+        .env("AGENTWIRE_API_KEY", PUBLISH_KEY);
+    if !node_has_websocket() {
+        node.env("NODE_OPTIONS", "--experimental-websocket");
+    }
+    let (ok, output) = tokio::task::spawn_blocking(move || run_bounded(node, NODE_TIMEOUT))
+        .await
+        .expect("the node runner");
     eprintln!("{output}");
-    assert!(ok, "the client module test failed:\n{output}");
+    server.stop().await;
+    assert!(ok, "the client package tests failed:\n{output}");
+    // The tests against this server ran, not skipped.
+    assert!(
+        !output.contains("# SKIP"),
+        "some client package tests were skipped:\n{output}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_in_chromium_resumes_after_a_disconnect_and_isolates_users() {
     let root = workspace_root();
     let browser_dir = root.join("tests/browser");
-    if !can_run(missing_prerequisite(&browser_dir), "the browser test") {
+    if !prerequisite(missing_prerequisite(&browser_dir), "the browser test") {
         return;
     }
 

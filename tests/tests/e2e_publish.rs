@@ -56,9 +56,20 @@ fn code_of(status: u16) -> &'static str {
     }
 }
 
-/// Asserts a refusal: its status, its code, and the `field` and the start of the `message`
-/// of its body `{"error", "message", "field"}`.
+/// Asserts a refusal: its status, its code (the usual one of the status), and the `field`
+/// and the start of the `message` of its body `{"error", "message", "field"}`.
 fn assert_refused(r: &HttpResponse, status: u16, field: Option<&str>, message_starts: &str) {
+    assert_refused_as(r, status, code_of(status), field, message_starts);
+}
+
+/// As [`assert_refused`], with the code given.
+fn assert_refused_as(
+    r: &HttpResponse,
+    status: u16,
+    code: &str,
+    field: Option<&str>,
+    message_starts: &str,
+) {
     assert_eq!(r.status, status, "{}", r.body);
     let body = r.json();
     assert_eq!(
@@ -67,7 +78,7 @@ fn assert_refused(r: &HttpResponse, status: u16, field: Option<&str>, message_st
         "the body is exactly {{error, message, field}}: {}",
         r.body
     );
-    assert_eq!(body["error"].as_str(), Some(code_of(status)), "{}", r.body);
+    assert_eq!(body["error"].as_str(), Some(code), "{}", r.body);
     assert_eq!(body["field"].as_str(), field, "{}", r.body);
     let message = body["message"].as_str().unwrap_or_default();
     assert!(
@@ -154,6 +165,82 @@ async fn a_publisher_event_id_makes_every_retry_idempotent() {
     let text = server.metrics().await;
     assert_eq!(
         metric(&text, "agentwire_events_deduplicated_total"),
+        Some(3.0)
+    );
+    server.stop().await;
+}
+
+/// An `event_id` names one event: reused for a different event it is refused with 409
+/// `event_id_conflict` and nothing is published or applied; sent again with the same event
+/// it is a retry, answered with the first acceptance (issue 14).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_reused_for_a_different_event_is_a_409_conflict() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("alice").await;
+    let first_event = with_id(
+        event("alice", "custom", "r1", json!({"name": "n", "value": 1})),
+        "alice-once",
+    );
+    let first = server.publish(&first_event).await;
+    assert_eq!(seqs(&first), [1]);
+    assert_eq!(alice.event().await.seq.get(), 1);
+    let before = history(&server, "alice", "", API_KEY).await.json();
+
+    // Same id, another event: refused, on its own and inside a batch.
+    let other = with_id(
+        event("alice", "custom", "r1", json!({"name": "n", "value": 2})),
+        "alice-once",
+    );
+    let r = server.publish(&other).await;
+    assert_refused_as(&r, 409, "event_id_conflict", Some("event_id"), "");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .is_some_and(|s| s.contains("seq 1") && s.contains("nothing was published")),
+        "{}",
+        r.body
+    );
+    let batch = json!([
+        event("alice", "custom", "r1", json!({"name": "n", "value": 3})),
+        other.clone(),
+    ]);
+    let r = server.publish(&batch).await;
+    assert_refused_as(&r, 409, "event_id_conflict", Some("[1].event_id"), "");
+    // Another type under the id is another event too.
+    let retyped = with_id(
+        event("alice", "agent_started", "r9", json!({"agent_name": "x"})),
+        "alice-once",
+    );
+    assert_refused_as(
+        &server.publish(&retyped).await,
+        409,
+        "event_id_conflict",
+        Some("event_id"),
+        "",
+    );
+    assert_eq!(
+        history(&server, "alice", "", API_KEY).await.json(),
+        before,
+        "a refused event changed the stream"
+    );
+    // The run table applied nothing: the run can still start.
+    let started = with_id(
+        event("alice", "agent_started", "r9", json!({"agent_name": "x"})),
+        "alice-r9-start",
+    );
+    assert_eq!(seqs(&server.publish(&started).await), [2]);
+
+    // Same id, same event: a retry, answered with the first acceptance.
+    let again = server.publish(&first_event).await;
+    assert_eq!(again.json()["results"], first.json()["results"]);
+    assert_eq!(
+        alice.event().await.seq.get(),
+        2,
+        "nothing refused reached the client"
+    );
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(&text, "agentwire_publish_requests_total{status=\"409\"}"),
         Some(3.0)
     );
     server.stop().await;

@@ -1,40 +1,41 @@
 //! End to end: the Python publishers of `examples/python/` against a real server, with a
-//! WebSocket client of the user checking what arrived (issue 6).
+//! WebSocket client of the user checking what arrived (issue 6). They publish with the
+//! `agentwire` package (`clients/python/src`, put on `PYTHONPATH`) and a publish-only key
+//! (issue 19).
 //!
 //! They need `python3`. Where it is missing the tests fail under CI (`CI=true`) and are
 //! skipped, with the reason printed, elsewhere.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use std::time::Duration;
 
 use agentwire::manager::{BrokerError, InMemoryBroker, ManagerConfig, UnifiedWebSocketManager};
-use agentwire::protocol::{CRITICAL_EVENTS, EventEnvelope};
-use agentwire_e2e::{API_KEY, Client, TestServer, can_run, custom};
+use agentwire::protocol::{CRITICAL_EVENTS, EventData, EventEnvelope};
+use agentwire::server::ServerConfig;
+use agentwire_e2e::{Client, TestServer, command_succeeds, custom, prerequisite, workspace_root};
 use agentwire_manager::conformance::{Fault, FaultyBroker};
 
 /// Longest a script may run before the test fails (it is killed then).
 const SCRIPT_WAIT: Duration = Duration::from_secs(60);
 
+/// The publish-only key the examples publish with.
+const PUBLISH_KEY: &str = "agentwire-e2e-examples-publish-key";
+
+fn publish_only_key(c: &mut ServerConfig) {
+    c.publish_api_keys = vec![PUBLISH_KEY.into()];
+}
+
 fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("examples")
-        .join("python")
+    workspace_root().join("examples").join("python")
 }
 
 /// Whether `python3` runs; when it does not, fails under CI and says why elsewhere.
 fn python_available() -> bool {
-    let found = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    can_run(
-        (!found).then(|| "python3 is not installed".to_owned()),
+    prerequisite(
+        (!command_succeeds("python3", &["--version"])).then(|| "python3 is not installed".into()),
         "the Python example tests",
     )
 }
@@ -46,6 +47,8 @@ async fn run_script(script: &str, args: Vec<String>) -> Output {
         let mut child = Command::new("python3")
             .arg(&script)
             .args(&args)
+            .env("PYTHONPATH", workspace_root().join("clients/python/src"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -102,7 +105,7 @@ async fn publish_run_py_delivers_the_whole_run_in_order() {
     if !python_available() {
         return;
     }
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(publish_only_key).await;
     for batch in [false, true] {
         let user = if batch { "py-batch" } else { "py-one-by-one" };
         let mut client = server.connect(user).await;
@@ -110,7 +113,7 @@ async fn publish_run_py_delivers_the_whole_run_in_order() {
             "--url".to_owned(),
             format!("http://{}", server.addr),
             "--api-key".to_owned(),
-            API_KEY.to_owned(),
+            PUBLISH_KEY.to_owned(),
             "--user".to_owned(),
             user.to_owned(),
             "--run".to_owned(),
@@ -157,7 +160,11 @@ async fn publish_run_py_delivers_the_whole_run_in_order() {
         }
         // The script printed what the server answered.
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("agent_completed  seq=8"), "{}", show(&out));
+        assert!(
+            stdout.contains("published agent_completed  seq=8"),
+            "{}",
+            show(&out)
+        );
         assert_nothing_more(&server, &mut client, user, 9).await;
     }
     server.stop().await;
@@ -178,7 +185,7 @@ async fn publish_with_retries_py_retries_and_every_event_arrives_once() {
         })
     }));
     let manager = UnifiedWebSocketManager::new(ManagerConfig::default(), broker.clone());
-    let server = TestServer::start_over(manager, |_| {}).await;
+    let server = TestServer::start_over(manager, publish_only_key).await;
     let user = "py-retries";
     let mut client = server.connect(user).await;
     let out = run_script(
@@ -187,7 +194,7 @@ async fn publish_with_retries_py_retries_and_every_event_arrives_once() {
             "--url".to_owned(),
             format!("http://{}", server.addr),
             "--api-key".to_owned(),
-            API_KEY.to_owned(),
+            PUBLISH_KEY.to_owned(),
             "--user".to_owned(),
             user.to_owned(),
             "--run".to_owned(),
@@ -197,26 +204,46 @@ async fn publish_with_retries_py_retries_and_every_event_arrives_once() {
     .await;
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    // Every first attempt got a 503 and was retried.
-    assert!(stdout.contains("attempt 1 failed (503"), "{}", show(&out));
-    assert!(
-        stdout.contains("published twice with one event_id: seq 1 then 1"),
-        "{}",
-        show(&out)
-    );
-    assert!(
-        stdout.contains(
-            "status=409 error=run_violation field=data.tool_call_id message=UnknownToolCall"
-        ),
-        "{}",
-        show(&out)
-    );
-    // The run as the user saw it: started, then the error — each once.
-    let got = events(&mut client, 2).await;
+    for expected in [
+        // Lost answers came back as 503 and were retried, after the server's Retry-After.
+        "failed (503 unavailable: ",
+        "retrying in 1.",
+        "published twice with one event_id: seq 2 then 2",
+        "refused as expected: 409 run_violation field=data.tool_call_id",
+        // Issue 19: a body over 4 MiB is a 413, not a broken pipe retried five times.
+        "refused as expected: 413 payload_too_large",
+        "run run-retries ended with agent_error",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "no {expected:?} in\n{}",
+            show(&out)
+        );
+    }
+    // The run as the user saw it: each event once.
+    let got = events(&mut client, 5).await;
     let types: Vec<&str> = got.iter().map(|e| e.event.event_type().as_str()).collect();
-    assert_eq!(types, ["agent_started", "agent_error"], "{}", show(&out));
-    assert_eq!(got.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), [1, 2]);
-    assert_nothing_more(&server, &mut client, user, 3).await;
+    assert_eq!(
+        types,
+        [
+            "agent_started",
+            "agent_thinking",
+            "tool_executing",
+            "tool_completed",
+            "agent_error"
+        ],
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        got.iter().map(|e| e.seq.get()).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    match &got[3].event.data {
+        EventData::ToolCompleted(t) => assert!(t.is_error, "the failed tool: {t:?}"),
+        other => panic!("expected tool_completed, got {other:?}"),
+    }
+    assert_nothing_more(&server, &mut client, user, 6).await;
     assert!(broker.attempts().len() >= 6);
     server.stop().await;
 }

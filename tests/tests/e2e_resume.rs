@@ -24,7 +24,6 @@ async fn seqs_until(client: &mut Client, last: u64) -> Vec<u64> {
 async fn epoch_of(server: &TestServer, user: &str) -> agentwire::protocol::Epoch {
     server
         .manager()
-        .broker()
         .history(&agentwire_e2e::user(user), Seq(0), 0)
         .await
         .expect("history")

@@ -76,7 +76,7 @@ impl AgentService {
 }
 
 /// The service's axum app: its own routes (`GET /`, `POST /runs`) with `agentwire` — the
-/// router of `agentwire_server::router(manager)` or `router_with` — merged in.
+/// router of `agentwire_server::router(manager, auth)` or `router_with` — merged in.
 pub fn app(service: AgentService, agentwire: Router) -> Router {
     Router::new()
         .route("/", get(index))

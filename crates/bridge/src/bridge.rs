@@ -2,13 +2,14 @@
 //! and the bridge's implementation of [`AgentHooks`].
 //!
 //! What it is not: an owner of runs. It looks each run's emitter up in its pool, so
-//! whichever part of the runtime reports on a run shares that run's state.
+//! whichever part of the runtime reports on a run shares that run's state; the pool keeps
+//! a live run's emitter until the run's terminal event.
 
 use std::future::Future;
 use std::time::Duration;
 
 use agentwire_emitter::{
-    EmitterError, EmitterMetrics, PoolConfig, PoolStats, RetryPolicy, RunContext,
+    EmitterError, EmitterMetrics, PoolConfig, PoolStats, RetryPolicy, RunContext, TooManyRuns,
     UnifiedWebSocketEmitter, WebSocketEmitterFactory, WebSocketEmitterPool,
 };
 use agentwire_manager::UnifiedWebSocketManager;
@@ -23,7 +24,8 @@ use crate::tool::ToolError;
 /// Configuration of a bridge: its emitter pool and the retry policy of its emitters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BridgeConfig {
-    /// Bounds of the emitter pool (default 100 emitters, 300 s idle TTL).
+    /// Bounds of the emitter pool (default: 100 live runs, a new run refused beyond;
+    /// finished runs leave at their terminal event).
     pub pool: PoolConfig,
     /// Retries of each emitter (default 5 attempts, 100 ms to 2 s, with jitter).
     pub retry: RetryPolicy,
@@ -88,8 +90,12 @@ pub struct AgentWebSocketBridge {
 }
 
 impl AgentWebSocketBridge {
-    /// The emitter of `run` (shared with every other caller reporting on it).
-    pub fn emitter(&self, run: &RunContext) -> UnifiedWebSocketEmitter {
+    /// The emitter of `run`, shared with every other caller reporting on it (see
+    /// [`WebSocketEmitterPool::get_emitter`]).
+    ///
+    /// # Errors
+    /// [`TooManyRuns`] when `run` is new and the pool is full of live runs.
+    pub fn emitter(&self, run: &RunContext) -> Result<UnifiedWebSocketEmitter, TooManyRuns> {
         self.pool.get_emitter(run)
     }
 
@@ -116,16 +122,27 @@ impl AgentWebSocketBridge {
     /// Starts `run`: emits `agent_started` and returns the run's handle.
     ///
     /// # Errors
-    /// [`EmitterError`] when the run already started or the event could not be emitted;
-    /// then no handle exists and nothing more is emitted.
+    /// [`EmitterError`]: the run already started ([`EmitterError::Violation`]), the pool is
+    /// full of live runs ([`EmitterError::TooManyRuns`]), or `agent_started` could not be
+    /// emitted. Then no handle exists. After [`EmitterError::Unsettled`] the user may
+    /// have seen the run start, so it is ended as a handle dropped unfinished is: with
+    /// `agent_error` code [`crate::RUN_DROPPED`], after `agent_started`, once the broker
+    /// takes them.
     pub async fn start_run(
         &self,
         run: RunContext,
         agent_name: impl Into<String>,
     ) -> Result<AgentRun, EmitterError> {
-        let emitter = self.pool.get_emitter(&run);
-        emitter.emit_agent_started(agent_name).await?;
-        Ok(AgentRun::new(emitter))
+        let emitter = self.pool.get_emitter(&run)?;
+        match emitter.emit_agent_started(agent_name).await {
+            Ok(_) => Ok(AgentRun::new(emitter)),
+            Err(e @ EmitterError::Unsettled { .. }) => {
+                // Its drop guard ends the run, settling agent_started first.
+                drop(AgentRun::new(emitter));
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs `tool` as a call of `name` with `arguments` in `run`: emits `tool_executing`
@@ -134,8 +151,9 @@ impl AgentWebSocketBridge {
     /// returns an error or panics.
     ///
     /// # Errors
-    /// [`ToolError`]: not run (the run is not running), failed, panicked (the payload is
-    /// handed back, not re-raised), or finished without its report.
+    /// [`ToolError`]: not run (the run is not running, or is new and the pool is full),
+    /// failed, panicked (the payload is handed back, not re-raised), or finished without
+    /// its report.
     ///
     /// # Cancel safety
     /// Cancelled while the tool runs, the call stays open and no `tool_completed` is
@@ -152,7 +170,11 @@ impl AgentWebSocketBridge {
         T: Serialize,
         E: std::fmt::Display,
     {
-        crate::tool::run_tool(&self.pool.get_emitter(run), name.into(), arguments, tool).await
+        let emitter = self
+            .pool
+            .get_emitter(run)
+            .map_err(|e| ToolError::NotRun(e.into()))?;
+        crate::tool::run_tool(&emitter, name.into(), arguments, tool).await
     }
 }
 
@@ -190,7 +212,7 @@ pub(crate) async fn report_tool_finished(
 #[async_trait]
 impl AgentHooks for AgentWebSocketBridge {
     async fn on_run_started(&self, run: &RunContext, agent_name: &str) -> Result<(), EmitterError> {
-        self.emitter(run)
+        self.emitter(run)?
             .emit_agent_started(agent_name)
             .await
             .map(drop)
@@ -202,14 +224,14 @@ impl AgentHooks for AgentWebSocketBridge {
         thought: &str,
         step: Option<u64>,
     ) -> Result<(), EmitterError> {
-        self.emitter(run)
+        self.emitter(run)?
             .emit_agent_thinking(thought, step)
             .await
             .map(drop)
     }
 
     async fn on_tool_started(&self, run: &RunContext, call: &ToolCall) -> Result<(), EmitterError> {
-        report_tool_started(&self.emitter(run), call).await
+        report_tool_started(&self.emitter(run)?, call).await
     }
 
     async fn on_tool_finished(
@@ -218,7 +240,7 @@ impl AgentHooks for AgentWebSocketBridge {
         call: &ToolCall,
         outcome: &ToolOutcome,
     ) -> Result<(), EmitterError> {
-        report_tool_finished(&self.emitter(run), call, outcome).await
+        report_tool_finished(&self.emitter(run)?, call, outcome).await
     }
 
     async fn on_run_finished(
@@ -227,7 +249,7 @@ impl AgentHooks for AgentWebSocketBridge {
         result: &Value,
         duration: Option<Duration>,
     ) -> Result<(), EmitterError> {
-        self.emitter(run)
+        self.emitter(run)?
             .emit_agent_completed(result.clone(), duration)
             .await
             .map(drop)
@@ -238,7 +260,7 @@ impl AgentHooks for AgentWebSocketBridge {
         run: &RunContext,
         failure: &RunFailure,
     ) -> Result<(), EmitterError> {
-        self.emitter(run)
+        self.emitter(run)?
             .emit_agent_error(
                 failure.message.clone(),
                 failure.code.clone(),

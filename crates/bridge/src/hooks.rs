@@ -69,16 +69,29 @@ impl RunFailure {
 /// What an agent runtime reports about a run. The agent registry reports a run starting,
 /// the execution engine its reasoning and its end, the tool dispatcher each tool call.
 ///
-/// Calls for one run must follow its lifecycle: `on_run_started` first, each
-/// `on_tool_finished` after the `on_tool_started` of the same call, exactly one of
-/// `on_run_finished`/`on_run_failed` last. [`crate::AgentWebSocketBridge`] enforces this
-/// and answers a call out of order with [`EmitterError::Violation`].
+/// The contract, which [`crate::AgentWebSocketBridge`] keeps and its tests check:
+/// - Calls for one run follow its lifecycle: `on_run_started` first, each
+///   `on_tool_finished` after the `on_tool_started` of the same call, exactly one of
+///   `on_run_finished`/`on_run_failed` last. A call out of order is answered with
+///   [`EmitterError::Violation`] and reports nothing — also a call after the run ended,
+///   which never starts the run again.
+/// - Every call for a run, from any part of the runtime, sees the same run state, for as
+///   long as the run is going: a running run is not forgotten however many other runs
+///   come and go or however long it is quiet.
+/// - A new run may be refused with [`EmitterError::TooManyRuns`] when the bridge holds as
+///   many live runs as it may; a running run is never refused for that.
+/// - A call answered with [`EmitterError::Unsettled`] may have reached the user; the
+///   bridge keeps its event and publishes it again under the same id before anything
+///   else of the run. Do not report it again (that would be a second event); go on with
+///   the run. [`EmitterError::EarlierUnsettled`] means this report was not made because
+///   an earlier one is still unsettled: make it again later.
 #[async_trait]
 pub trait AgentHooks: Send + Sync {
     /// The run began (`agent_started`).
     ///
     /// # Errors
-    /// The run already started, or the event could not be emitted.
+    /// The run already started (or ended), the bridge holds as many live runs as it may
+    /// ([`EmitterError::TooManyRuns`]), or the event could not be emitted.
     async fn on_run_started(&self, run: &RunContext, agent_name: &str) -> Result<(), EmitterError>;
 
     /// A step of the agent's reasoning (`agent_thinking`).

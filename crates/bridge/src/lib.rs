@@ -15,6 +15,14 @@
 //! - Every call is checked against the run's `RunState` (through the pooled emitter the
 //!   run shares with every caller), so a call out of order is a typed
 //!   [`EmitterError::Violation`], never a malformed stream.
+//! - The hooks and [`AgentRun`] share one state: the pool keeps a run's emitter from
+//!   `agent_started` to its terminal event and never evicts it meanwhile, however many
+//!   runs come and go and however long a tool call takes. A finished run leaves the pool
+//!   and is remembered as finished. When the pool is full of live runs a new run is
+//!   refused ([`EmitterError::TooManyRuns`]) rather than a live one dropped.
+//! - A report whose outcome is unknown (the broker may have it) is kept by the run's
+//!   emitter, unsettled, and published again under the same `event_id` by the run's next
+//!   report or the pool's cleanup task — so a runtime must not report it again.
 //! - A run still ends when its handle is dropped or cancelled unfinished: the drop guard
 //!   hands `agent_error` to a task on the runtime captured at start, never blocking in
 //!   `Drop` and never panicking when the runtime is shutting down.
@@ -29,7 +37,7 @@ mod hooks;
 mod run;
 mod tool;
 
-pub use agentwire_emitter::{EmitterError, RunContext};
+pub use agentwire_emitter::{EmitterError, RunContext, TooManyRuns};
 pub use bridge::{AgentBridgeExt, AgentWebSocketBridge, BridgeConfig};
 pub use demo::{
     DEFAULT_DEMO_PACE, DEMO_AGENT_NAME, DEMO_THREAD_ID, SIMULATED_RUN_EVENTS, demo_run_context,

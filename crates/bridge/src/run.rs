@@ -4,7 +4,9 @@
 //! What it is not: blocking. `Drop` never waits: it hands the `agent_error` event to a
 //! task spawned on the runtime handle captured when the run started. When that runtime is
 //! shutting down the task is dropped unrun — the event is lost with the runtime, logged,
-//! and nothing panics.
+//! and nothing panics. While the broker is away, the task waits (up to
+//! `RUN_END_PATIENCE`, 300 s) for the run's earlier unsettled event to go through first,
+//! so the run still ends, in order.
 
 use std::future::Future;
 use std::time::Duration;
@@ -97,7 +99,9 @@ impl AgentRun {
     ///
     /// # Errors
     /// See [`UnifiedWebSocketEmitter::emit`]. When the event could not be emitted the
-    /// drop guard still tries to end the run with `agent_error`.
+    /// drop guard still tries to end the run with `agent_error`. After
+    /// [`EmitterError::Unsettled`] the broker may have `agent_completed`: the guard's emit
+    /// settles it first, and then the run has ended — the user sees it complete, once.
     pub async fn complete(mut self, result: Value) -> Result<Accepted, EmitterError> {
         let outcome = self
             .emitter
@@ -111,7 +115,8 @@ impl AgentRun {
     ///
     /// # Errors
     /// See [`UnifiedWebSocketEmitter::emit`]. When the event could not be emitted the
-    /// drop guard tries once more in the background.
+    /// drop guard tries again in the background (and after
+    /// [`EmitterError::Unsettled`] settles this one first).
     pub async fn fail(
         mut self,
         message: impl Into<String>,
@@ -147,26 +152,59 @@ impl Drop for AgentRun {
                 "run dropped unfinished outside a tokio runtime; agent_error not emitted");
             return;
         };
-        let emitter = self.emitter.clone();
         // Spawning never blocks and never panics; on a runtime that is shutting down the
         // task is dropped without running.
-        runtime.spawn(async move {
-            let ctx = emitter.context();
-            match emitter
-                .emit_agent_error(message, Some(code.to_owned()), false)
-                .await
-            {
-                Ok(_) => {
-                    tracing::warn!(user = %ctx.user_id(), run = %ctx.run_id(), code,
-                        "run ended by its drop guard");
-                }
-                // The run ended meanwhile by another path (the hooks): nothing to do.
-                Err(EmitterError::Violation(_)) => {}
-                Err(e) => {
-                    tracing::error!(user = %ctx.user_id(), run = %ctx.run_id(), error = %e,
-                        "drop guard could not emit agent_error");
-                }
+        runtime.spawn(end_dropped_run(self.emitter.clone(), code, message));
+    }
+}
+
+/// How long a drop guard keeps trying to end its run while an earlier event of the run is
+/// unsettled (the broker is away): it tries again every `max_delay` of the emitter's retry
+/// policy (at least 100 ms) until this much time has passed, then logs that the run was
+/// left running.
+const RUN_END_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Ends a run dropped unfinished with `agent_error` `code`: the drop guard's task.
+async fn end_dropped_run(
+    emitter: UnifiedWebSocketEmitter,
+    code: &'static str,
+    message: &'static str,
+) {
+    let ctx = emitter.context();
+    // Never a busy loop, whatever the retry policy says.
+    let pause = emitter
+        .retry_policy()
+        .max_delay
+        .max(Duration::from_millis(100));
+    let give_up = Instant::now() + RUN_END_PATIENCE;
+    loop {
+        match emitter
+            .emit_agent_error(message, Some(code.to_owned()), false)
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(user = %ctx.user_id(), run = %ctx.run_id(), code,
+                    "run ended by its drop guard");
+                return;
             }
-        });
+            // The run ended meanwhile by another path (the hooks, or a terminal event
+            // that was unsettled and is now settled): nothing to do.
+            Err(EmitterError::Violation(_)) => return,
+            // Kept by the emitter; the pool's cleanup task settles it.
+            Err(EmitterError::Unsettled { .. }) => {
+                tracing::warn!(user = %ctx.user_id(), run = %ctx.run_id(), code,
+                    "drop guard's agent_error unsettled; the pool will publish it again");
+                return;
+            }
+            // An earlier event must reach the broker first, and it is away: wait for it.
+            Err(EmitterError::EarlierUnsettled { .. }) if Instant::now() + pause < give_up => {
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => {
+                tracing::error!(user = %ctx.user_id(), run = %ctx.run_id(), error = %e,
+                    "drop guard could not emit agent_error; the run is left running");
+                return;
+            }
+        }
     }
 }

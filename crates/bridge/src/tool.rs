@@ -21,8 +21,10 @@ use crate::hooks::{ToolCall, ToolOutcome};
 /// Why [`crate::AgentWebSocketBridge::run_tool`] did not return the tool's value.
 #[non_exhaustive]
 pub enum ToolError<T, E> {
-    /// `tool_executing` was refused (the run is not running) or could not be emitted. The
-    /// tool was not run.
+    /// `tool_executing` was refused (the run is not running, or is new and the pool is
+    /// full) or could not be emitted. The tool was not run. After
+    /// [`EmitterError::Unsettled`] the user may see the call begin; the run's terminal
+    /// event closes it.
     NotRun(EmitterError),
     /// The tool returned this error; `tool_completed` with `is_error` was emitted.
     Failed(E),

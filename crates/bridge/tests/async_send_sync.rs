@@ -31,9 +31,11 @@ fn async_methods_return_send_futures() {
         "t".parse().expect("id"),
         "r".parse().expect("id"),
     );
-    let emitter = bridge.emitter(&run);
+    let emitter = bridge.emitter(&run).expect("room in the pool");
     send(&emitter.emit_agent_started("a"));
     send(&emitter.emit_custom("x", Value::Null));
+    send(&emitter.settle());
+    send(&bridge.pool().settle_unsettled());
     send(&bridge.start_run(run.clone(), "a"));
     send(&bridge.run_tool(&run, "t", Value::Null, async { Ok::<_, String>(1) }));
     send(&bridge.on_thinking(&run, "x", None));

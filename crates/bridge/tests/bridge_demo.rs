@@ -2,35 +2,19 @@
 //! emits, that the sequence keeps the run lifecycle, its pace on the paused clock, a run
 //! started twice, and a run cancelled half-way.
 
-// The emitter's test helpers (frame reader, ids) serve these tests too.
-#[path = "../../emitter/tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
 use agentwire_bridge::{
-    AgentBridgeExt, AgentWebSocketBridge, DEMO_AGENT_NAME, DEMO_THREAD_ID, EmitterError,
-    RUN_DROPPED, SIMULATED_RUN_EVENTS, demo_run_context, simulated_run,
+    DEMO_AGENT_NAME, DEMO_THREAD_ID, EmitterError, RUN_DROPPED, SIMULATED_RUN_EVENTS,
+    demo_run_context, simulated_run,
 };
-use agentwire_manager::{ConnectOptions, Connection, UnifiedWebSocketManager};
-use agentwire_protocol::{EventData, EventEnvelope, EventType, RunOutcome, RunState, RunViolation};
-use support::{assert_no_more_events, read_events, user};
+use agentwire_protocol::{EventData, EventType, RunOutcome, RunState, RunViolation};
+use support::{assert_no_more_events, read_events, setup, types, user};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-async fn setup() -> (AgentWebSocketBridge, Connection) {
-    let manager = UnifiedWebSocketManager::in_memory();
-    let conn = manager
-        .connect_user(user("alice"), ConnectOptions::default())
-        .await
-        .expect("connect");
-    (manager.create_agent_bridge(), conn)
-}
-
-fn types(events: &[EventEnvelope]) -> Vec<EventType> {
-    events.iter().map(|e| e.event.event_type()).collect()
-}
 
 #[tokio::test(start_paused = true)]
 async fn a_simulated_run_emits_exactly_the_documented_sequence() {
@@ -113,7 +97,11 @@ async fn a_simulated_run_emits_exactly_the_documented_sequence() {
     // The bridge's own record of the run, and a client replaying the stream, agree that
     // it kept the lifecycle and completed.
     assert_eq!(
-        bridge.emitter(&run).run_state().await,
+        bridge
+            .emitter(&run)
+            .expect("a finished run's emitter")
+            .run_state()
+            .await,
         RunState::Finished(RunOutcome::Completed)
     );
     let mut replayed = RunState::default();
@@ -167,7 +155,11 @@ async fn a_run_simulated_twice_is_refused_the_second_time() {
     read_events(&conn, SIMULATED_RUN_EVENTS.len(), WAIT).await;
     assert_no_more_events(&conn, Duration::from_millis(50)).await;
     assert_eq!(
-        bridge.emitter(&run).run_state().await,
+        bridge
+            .emitter(&run)
+            .expect("a finished run's emitter")
+            .run_state()
+            .await,
         RunState::Finished(RunOutcome::Completed)
     );
 }
@@ -203,7 +195,11 @@ async fn a_simulated_run_cancelled_half_way_ends_with_agent_error() {
     }
     assert_no_more_events(&conn, Duration::from_millis(50)).await;
     assert_eq!(
-        bridge.emitter(&run).run_state().await,
+        bridge
+            .emitter(&run)
+            .expect("a finished run's emitter")
+            .run_state()
+            .await,
         RunState::Finished(RunOutcome::Failed)
     );
 }

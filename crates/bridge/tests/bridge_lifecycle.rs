@@ -2,8 +2,6 @@
 //! that are dropped, cancelled or panic before finishing; calls out of order; and a
 //! runtime shutting down under a run.
 
-// The emitter's test helpers (frame reader, ids) serve these tests too.
-#[path = "../../emitter/tests/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
@@ -11,28 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agentwire_bridge::{
-    AgentBridgeExt, AgentHooks, AgentWebSocketBridge, EmitterError, RUN_DROPPED, RUN_PANICKED,
-    RunFailure, ToolCall, ToolError, ToolOutcome,
+    AgentBridgeExt, AgentHooks, EmitterError, RUN_DROPPED, RUN_PANICKED, RunFailure, ToolCall,
+    ToolError, ToolOutcome,
 };
-use agentwire_manager::{ConnectOptions, Connection, UnifiedWebSocketManager};
+use agentwire_manager::UnifiedWebSocketManager;
 use agentwire_protocol::{EventData, EventEnvelope, EventType, RunViolation};
 use serde_json::{Value, json};
-use support::{assert_no_more_events, ctx, read_events, user};
+use support::{assert_no_more_events, ctx, read_events, setup, types};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-async fn setup() -> (AgentWebSocketBridge, Connection) {
-    let manager = UnifiedWebSocketManager::in_memory();
-    let conn = manager
-        .connect_user(user("alice"), ConnectOptions::default())
-        .await
-        .expect("connect");
-    (manager.create_agent_bridge(), conn)
-}
-
-fn types(events: &[EventEnvelope]) -> Vec<EventType> {
-    events.iter().map(|e| e.event.event_type()).collect()
-}
 
 fn tool_ids(events: &[EventEnvelope]) -> Vec<String> {
     events

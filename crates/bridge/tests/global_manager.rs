@@ -3,7 +3,6 @@
 //! `global()`) delivers to connections the server made on the manager it installed.
 //! Its own test binary, because the global instance is process-wide.
 
-#[path = "../../emitter/tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;

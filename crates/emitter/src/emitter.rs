@@ -1,64 +1,56 @@
 //! `UnifiedWebSocketEmitter`: the events of one run, checked against the run lifecycle and
-//! published through the manager with retries.
+//! published through the manager with retries; an event whose outcome is unknown stays in
+//! the emitter, unsettled, until it is published again under the same `event_id`.
 //!
 //! What it is not: a second path to the wire. Each event goes through the manager's
 //! `prepare_event` once and `emit_prepared` per attempt — the two halves of
 //! `emit_critical_event` — so validation, size limits and counting stay in one place.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use agentwire_manager::{Accepted, EmitError, UnifiedWebSocketManager};
+use agentwire_manager::{Accepted, EmitError, PreparedEvent, UnifiedWebSocketManager};
 use agentwire_protocol::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, Custom, Event, EventData, EventId,
-    RunState, RunViolation, Timestamp, ToolCompleted, ToolExecuting,
+    RunOutcome, RunState, Timestamp, ToolCompleted, ToolExecuting,
 };
 use backon::Retryable;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::context::RunContext;
+use crate::error::EmitterError;
 use crate::metrics::{Counters, EmitterMetrics};
 use crate::retry::RetryPolicy;
 
-/// Why an emitter did not emit an event.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum EmitterError {
-    /// The event breaks the run lifecycle (e.g. `tool_completed` for a call that is not
-    /// open, anything after the terminal event). Nothing was published and the run's state
-    /// is unchanged.
-    #[error("run lifecycle violation: {0}")]
-    Violation(#[from] RunViolation),
-    /// The manager refused the event before publishing it (invalid, or larger than
-    /// `max_event_bytes`). Never retried; the run's state is unchanged.
-    #[error("event refused: {0}")]
-    Refused(EmitError),
-    /// Publishing failed with a permanent error, or with transient errors on every
-    /// attempt. The run's state is unchanged. After a transient error the broker may still
-    /// have accepted the event; emitting it again under `event_id` cannot duplicate it.
-    #[error("event {event_id} not emitted after {attempts} attempt(s): {source}")]
-    Failed {
-        /// The id every attempt used.
-        event_id: EventId,
-        /// Attempts made.
-        attempts: u32,
-        /// The last attempt's error.
-        source: EmitError,
-        /// The event that was not emitted, handed back.
-        event: Box<Event>,
-    },
+/// Told when the run of one of its emitters reaches its terminal event: how a pool lets a
+/// finished run go without the emitter knowing the pool.
+pub(crate) trait FinishedRuns: Send + Sync {
+    /// `emitter`'s run ended with `outcome`. Called once per run, while the run's lock is
+    /// held, so nothing of the run can happen before the pool has heard of it.
+    fn run_finished(&self, emitter: &UnifiedWebSocketEmitter, outcome: RunOutcome);
 }
 
-impl EmitterError {
-    /// The lifecycle violation, when that is what this is.
-    pub fn violation(&self) -> Option<&RunViolation> {
-        match self {
-            EmitterError::Violation(v) => Some(v),
-            _ => None,
-        }
-    }
+/// An event prepared and stored before its first publish attempt, and kept until the
+/// broker accepted or permanently refused it. Held in [`Run`] while attempts are under
+/// way, so that an emit cancelled mid-attempt leaves it for the next call to settle.
+#[derive(Clone)]
+struct Unsettled {
+    prepared: PreparedEvent,
+    /// The run's state once the broker accepted the event.
+    next: RunState,
+    /// Handed back in [`EmitterError::Failed`] if the broker refuses it for good.
+    event: Arc<Event>,
+}
+
+/// A run as its emitter knows it.
+struct Run {
+    /// Moves only when the broker accepted an event.
+    state: RunState,
+    /// At most one: nothing of the run is published while an earlier event is unsettled,
+    /// so the run's events reach the broker in the order they were checked.
+    unsettled: Option<Unsettled>,
 }
 
 pub(crate) struct Inner {
@@ -67,10 +59,12 @@ pub(crate) struct Inner {
     retry: RetryPolicy,
     /// Held across a whole emit, retries included: a run's events are published one at a
     /// time and in the order they were checked.
-    run: tokio::sync::Mutex<RunState>,
+    run: tokio::sync::Mutex<Run>,
     counters: Counters,
     aggregate: Arc<Counters>,
     last_active: Mutex<Instant>,
+    /// The pool that hands this emitter out, told when the run finishes.
+    pool: Option<Weak<dyn FinishedRuns>>,
 }
 
 /// Emits the events of one run: the five critical events (`agent_started`,
@@ -81,6 +75,13 @@ pub(crate) struct Inner {
 /// error and changes nothing — then published through the manager, retried on transient
 /// errors under the [`RetryPolicy`] with the same `event_id` on every attempt. The state
 /// advances only when the broker accepted the event.
+///
+/// When every attempt fails transiently, or the emit is cancelled, the broker may or may
+/// not have taken the event. The emitter then keeps it, *unsettled*
+/// ([`EmitterError::Unsettled`]): [`Self::settle`] publishes it again under the same
+/// `event_id` and applies its transition, and so does the run's next emit before its own
+/// event. So a lost answer shows the user the event once, and the run's state follows
+/// what the broker holds.
 ///
 /// A cheap handle: clones share the run state and the metrics. Create one with
 /// [`crate::WebSocketEmitterFactory::create_emitter`], or get the shared one of a run from
@@ -129,16 +130,22 @@ impl UnifiedWebSocketEmitter {
         context: RunContext,
         retry: RetryPolicy,
         aggregate: Arc<Counters>,
+        state: RunState,
+        pool: Option<Weak<dyn FinishedRuns>>,
     ) -> Self {
         UnifiedWebSocketEmitter {
             inner: Arc::new(Inner {
                 manager,
                 context,
                 retry,
-                run: tokio::sync::Mutex::new(RunState::NotStarted),
+                run: tokio::sync::Mutex::new(Run {
+                    state,
+                    unsettled: None,
+                }),
                 counters: Counters::default(),
                 aggregate,
                 last_active: Mutex::new(Instant::now()),
+                pool,
             }),
         }
     }
@@ -163,9 +170,19 @@ impl UnifiedWebSocketEmitter {
         self.inner.counters.snapshot()
     }
 
-    /// The run's lifecycle state. Waits while an emit is in flight.
+    /// The run's lifecycle state: what the broker accepted, without an unsettled event.
+    /// Waits while an emit is in flight.
     pub async fn run_state(&self) -> RunState {
-        self.inner.run.lock().await.clone()
+        self.inner.run.lock().await.state.clone()
+    }
+
+    /// The id of the run's unsettled event, if there is one (see
+    /// [`EmitterError::Unsettled`]). Waits while an emit is in flight.
+    pub async fn unsettled(&self) -> Option<EventId> {
+        let run = self.inner.run.lock().await;
+        run.unsettled
+            .as_ref()
+            .map(|u| u.prepared.event_id().clone())
     }
 
     /// Whether two handles are the same emitter.
@@ -180,6 +197,26 @@ impl UnifiedWebSocketEmitter {
             .last_active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the pool may drop this emitter without losing anything: no one else holds
+    /// it, no emit is under way, the run is not running and nothing is unsettled.
+    ///
+    /// The pool asks under its own lock, where it hands out every new handle, so a count of
+    /// one cannot grow while it decides.
+    pub(crate) fn carries_nothing(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+            && self.inner.run.try_lock().is_ok_and(|run| {
+                run.unsettled.is_none() && !matches!(run.state, RunState::Running { .. })
+            })
+    }
+
+    /// Whether the run holds an unsettled event and no emit is under way to settle it.
+    pub(crate) fn needs_settling(&self) -> bool {
+        self.inner
+            .run
+            .try_lock()
+            .is_ok_and(|run| run.unsettled.is_some())
     }
 
     pub(crate) fn touch(&self) {
@@ -328,24 +365,53 @@ impl UnifiedWebSocketEmitter {
     /// Emits any event of this run, with its full payload (extra fields included). Every
     /// `emit_*` method comes here.
     ///
+    /// If an earlier event of the run is unsettled, it is settled first (published again
+    /// under its `event_id`, its transition applied); only then is this event checked and
+    /// published, so the run's events reach the broker in order.
+    ///
     /// # Errors
     /// - [`EmitterError::Violation`] when the event breaks the run lifecycle;
     /// - [`EmitterError::Refused`] when the manager refuses it (invalid, too large);
-    /// - [`EmitterError::Failed`] when publishing failed permanently or every attempt
-    ///   failed transiently.
+    /// - [`EmitterError::Failed`] when the broker refused it with a permanent error;
+    /// - [`EmitterError::Unsettled`] when every attempt failed transiently: the event stays
+    ///   in the emitter and is published again by [`Self::settle`] or the next emit;
+    /// - [`EmitterError::EarlierUnsettled`] when an earlier event could not be settled:
+    ///   this one was neither checked nor published.
     ///
-    /// In every case the run's state is unchanged.
+    /// In every case the run's state is as before this event. An earlier event settled by
+    /// this call stays settled whatever happens to this one.
     ///
     /// # Cancel safety
-    /// Not cancel safe: cancelled during a publish attempt, the broker may have accepted
-    /// the event while the run's state did not advance.
+    /// Cancel safe in this sense: cancelled while waiting for another emit of the run,
+    /// nothing happened; cancelled later, the event stays unsettled exactly as after
+    /// [`EmitterError::Unsettled`], and the next emit or [`Self::settle`] publishes it
+    /// under the same `event_id` before anything else of the run. Cancelling never
+    /// duplicates an event or leaves the run's state behind the broker — but the event
+    /// may still reach the user after the cancellation.
     pub async fn emit(&self, data: impl Into<EventData>) -> Result<Accepted, EmitterError> {
         let data = data.into();
         let inner = &*self.inner;
         let ctx = &inner.context;
         let mut run = inner.run.lock().await;
         self.touch();
-        let next = match run.transition(&data) {
+        if let Some(earlier) = run.unsettled.clone() {
+            // Accepted, or refused for good (logged and counted): either way settled, and
+            // this event is checked against where the run now is. Still unsettled: this
+            // event must not overtake it.
+            if let Err(EmitterError::Unsettled {
+                event_id,
+                attempts,
+                source,
+            }) = self.publish(&mut run, earlier, true).await
+            {
+                return Err(EmitterError::EarlierUnsettled {
+                    event_id,
+                    attempts,
+                    source,
+                });
+            }
+        }
+        let next = match run.state.transition(&data) {
             Ok(next) => next,
             Err(violation) => {
                 self.record(Counters::violation);
@@ -357,7 +423,6 @@ impl UnifiedWebSocketEmitter {
                 return Err(EmitterError::Violation(violation));
             }
         };
-        let event_type = data.event_type();
         let event = Event::new(
             Some(ctx.thread_id().clone()),
             Some(ctx.run_id().clone()),
@@ -370,11 +435,93 @@ impl UnifiedWebSocketEmitter {
                 return Err(EmitterError::Refused(e));
             }
         };
+        let unsettled = Unsettled {
+            prepared,
+            next,
+            event: Arc::new(event),
+        };
+        // Stored before the first attempt: from here on a cancelled emit leaves the event
+        // for the next call to settle.
+        run.unsettled = Some(unsettled.clone());
+        self.publish(&mut run, unsettled, false).await
+    }
+
+    /// Settles the run's unsettled event, if there is one: publishes it again under its
+    /// `event_id` (with the emitter's retries) and, once the broker accepted it — now, or
+    /// in an attempt whose answer was lost — applies its transition. Returns `Ok(None)`
+    /// when nothing is unsettled, so calling it again is harmless.
+    ///
+    /// This is how to retry after [`EmitterError::Unsettled`]; emitting the event again
+    /// would make it a second event. The run's next emit settles it too, first.
+    ///
+    /// # Errors
+    /// - [`EmitterError::Unsettled`] when every attempt failed transiently again: still
+    ///   unsettled;
+    /// - [`EmitterError::Failed`] when the broker refused it with a permanent error: it is
+    ///   dropped and the run's state stays as it was.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a cancelled settle leaves the event unsettled.
+    ///
+    /// # Examples
+    /// A broker that stores the event but whose answer is lost:
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use agentwire_emitter::{EmitterError, RetryPolicy, RunContext, WebSocketEmitterFactory};
+    /// use agentwire_manager::conformance::{Fault, FaultyBroker};
+    /// use agentwire_manager::{BrokerError, InMemoryBroker, ManagerConfig, UnifiedWebSocketManager};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broker = FaultyBroker::new(InMemoryBroker::default(), |attempt| {
+    ///     (attempt == 0).then(|| Fault::LoseAnswer(BrokerError::Timeout("reply lost".into())))
+    /// });
+    /// let manager = UnifiedWebSocketManager::new(ManagerConfig::default(), Arc::new(broker));
+    /// let emitter = WebSocketEmitterFactory::new(manager)
+    ///     .with_retry(RetryPolicy::no_retry())
+    ///     .create_emitter(RunContext::new("alice".parse()?, "t1".parse()?, "r1".parse()?));
+    ///
+    /// let event_id = match emitter.emit_agent_started("triage").await {
+    ///     Err(EmitterError::Unsettled { event_id, .. }) => event_id,
+    ///     other => panic!("the answer was lost, yet: {other:?}"),
+    /// };
+    /// // Not `emit_agent_started` again: that would be a second event.
+    /// let accepted = emitter.settle().await?.expect("an unsettled event");
+    /// assert_eq!(accepted.event_id, event_id);
+    /// assert!(accepted.duplicate, "the broker had it from the first attempt");
+    /// emitter.emit_agent_thinking("the run has started", None).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn settle(&self) -> Result<Option<Accepted>, EmitterError> {
+        let mut run = self.inner.run.lock().await;
+        self.touch();
+        let Some(unsettled) = run.unsettled.clone() else {
+            return Ok(None);
+        };
+        self.publish(&mut run, unsettled, true).await.map(Some)
+    }
+
+    /// Publishes `unsettled` — the run's unsettled event, which `run` holds — with
+    /// retries, and settles it by the outcome: accepted, the run moves to its `next`
+    /// state; refused for good, it is dropped; still failing transiently, it stays.
+    /// `again` says whether an earlier call already tried it.
+    async fn publish(
+        &self,
+        run: &mut Run,
+        unsettled: Unsettled,
+        again: bool,
+    ) -> Result<Accepted, EmitterError> {
+        let inner = &*self.inner;
+        let ctx = &inner.context;
+        let prepared = &unsettled.prepared;
+        let event_type = prepared.event_type();
         let mut attempts: u32 = 0;
         let result = (|| {
             attempts += 1;
             self.record(Counters::attempt);
-            inner.manager.emit_prepared(&prepared)
+            inner.manager.emit_prepared(prepared)
         })
         .retry(inner.retry.backoff())
         .sleep(tokio::time::sleep)
@@ -390,30 +537,57 @@ impl UnifiedWebSocketEmitter {
         })
         .await;
         self.touch();
+        let event_id = prepared.event_id().clone();
         match result {
             Ok(accepted) => {
-                *run = next;
+                run.unsettled = None;
+                let finishing = !run.state.is_finished() && unsettled.next.is_finished();
+                run.state = unsettled.next;
                 self.record(|c| c.emitted(event_type, Timestamp::now()));
+                if again {
+                    self.record(Counters::settled);
+                }
                 tracing::debug!(
                     user = %ctx.user_id(), run = %ctx.run_id(),
                     request_id = ctx.request_id().unwrap_or(""),
-                    event = %event_type, seq = %accepted.seq, attempts, "event emitted"
+                    event = %event_type, seq = %accepted.seq, attempts, settled = again,
+                    "event emitted"
                 );
+                if let (true, RunState::Finished(outcome)) = (finishing, &run.state)
+                    && let Some(pool) = inner.pool.as_ref().and_then(Weak::upgrade)
+                {
+                    pool.run_finished(self, *outcome);
+                }
                 Ok(accepted)
             }
-            Err(source) => {
+            Err(source) if source.is_transient() => {
                 self.record(Counters::failure);
                 tracing::error!(
                     user = %ctx.user_id(), run = %ctx.run_id(),
                     request_id = ctx.request_id().unwrap_or(""),
-                    event = %event_type, event_id = %prepared.event_id(), attempts,
-                    error = %source, "event not emitted"
+                    event = %event_type, %event_id, attempts, error = %source,
+                    "event unsettled: the broker may or may not have it; kept to publish again"
                 );
-                Err(EmitterError::Failed {
-                    event_id: prepared.event_id().clone(),
+                Err(EmitterError::Unsettled {
+                    event_id,
                     attempts,
                     source,
-                    event: Box::new(event),
+                })
+            }
+            Err(source) => {
+                run.unsettled = None;
+                self.record(Counters::failure);
+                tracing::error!(
+                    user = %ctx.user_id(), run = %ctx.run_id(),
+                    request_id = ctx.request_id().unwrap_or(""),
+                    event = %event_type, %event_id, attempts, error = %source,
+                    "event not emitted: refused by the broker"
+                );
+                Err(EmitterError::Failed {
+                    event_id,
+                    attempts,
+                    source,
+                    event: Box::new(Arc::unwrap_or_clone(unsettled.event)),
                 })
             }
         }

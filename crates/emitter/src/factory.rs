@@ -4,13 +4,14 @@
 //! What it is not: a cache. Every call makes a new emitter with a fresh run state; the
 //! pool is what reuses them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use agentwire_manager::UnifiedWebSocketManager;
+use agentwire_protocol::RunState;
 
 use crate::context::RunContext;
-use crate::emitter::UnifiedWebSocketEmitter;
+use crate::emitter::{FinishedRuns, UnifiedWebSocketEmitter};
 use crate::metrics::{Counters, EmitterMetrics};
 use crate::retry::RetryPolicy;
 
@@ -45,12 +46,24 @@ impl WebSocketEmitterFactory {
 
     /// A new emitter for the run `context`, starting in `RunState::NotStarted`.
     pub fn create_emitter(&self, context: RunContext) -> UnifiedWebSocketEmitter {
+        self.create(context, RunState::NotStarted, None)
+    }
+
+    /// A new emitter for the run `context` in `state`, telling `pool` when the run ends.
+    pub(crate) fn create(
+        &self,
+        context: RunContext,
+        state: RunState,
+        pool: Option<Weak<dyn FinishedRuns>>,
+    ) -> UnifiedWebSocketEmitter {
         self.created.fetch_add(1, Ordering::Relaxed);
         UnifiedWebSocketEmitter::new(
             self.manager.clone(),
             context,
             self.retry,
             self.aggregate.clone(),
+            state,
+            pool,
         )
     }
 

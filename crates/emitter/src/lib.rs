@@ -18,6 +18,17 @@
 //! - A retry reuses the event's `event_id` (the event is prepared once, published per
 //!   attempt), so the broker's dedupe makes a retry safe after a success the emitter
 //!   never saw.
+//! - An event whose outcome is unknown — every attempt failed transiently, or the emit
+//!   was cancelled — stays in the emitter, *unsettled*
+//!   ([`EmitterError::Unsettled`]). [`UnifiedWebSocketEmitter::settle`], or the run's next
+//!   emit before its own event, publishes it again under the same `event_id` and applies
+//!   its transition; nothing of the run overtakes it ([`EmitterError::EarlierUnsettled`]).
+//!   So a lost answer never shows the user an event twice, and the run's state never
+//!   falls behind what the broker holds. One unsettled event per run at most.
+//! - The pool never evicts a live run: a run that is going keeps its one emitter however
+//!   many other runs come and go and however long it is quiet; it leaves at its terminal
+//!   event. At `max_emitters` live runs a *new* run is refused ([`TooManyRuns`]) — a typed
+//!   error the caller sees, instead of a run that silently loses its state.
 //! - The retry loop is [`backon`]'s rather than our own: it is small, maintained, has the
 //!   exponential backoff with jitter we need, takes tokio's sleep (so tests run on the
 //!   paused clock), and its `when`/`notify` hooks are exactly "retry only transient
@@ -34,9 +45,9 @@
 //!     PoolConfig::default(),
 //! );
 //! let run = RunContext::new("alice".parse()?, "t1".parse()?, "r1".parse()?);
-//! pool.get_emitter(&run).emit_agent_started("triage").await?;
+//! pool.get_emitter(&run)?.emit_agent_started("triage").await?;
 //! // Another part of the runtime reporting on the same run shares its emitter and state.
-//! pool.get_emitter(&run)
+//! pool.get_emitter(&run)?
 //!     .emit_tool_executing("tc1", "search", serde_json::json!({"q": "rust"}))
 //!     .await?;
 //! assert_eq!(pool.stats().reused, 1);
@@ -47,13 +58,15 @@
 
 mod context;
 mod emitter;
+mod error;
 mod factory;
 mod metrics;
 mod pool;
 mod retry;
 
 pub use context::{RunContext, RunKey};
-pub use emitter::{EmitterError, UnifiedWebSocketEmitter};
+pub use emitter::UnifiedWebSocketEmitter;
+pub use error::{EmitterError, TooManyRuns};
 pub use factory::WebSocketEmitterFactory;
 pub use metrics::EmitterMetrics;
 pub use pool::{PoolConfig, PoolStats, WebSocketEmitterPool};

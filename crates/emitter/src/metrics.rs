@@ -15,6 +15,7 @@ pub(crate) struct Counters {
     retries: AtomicU64,
     failures: AtomicU64,
     violations: AtomicU64,
+    settled: AtomicU64,
     /// Epoch milliseconds of the last accepted event; 0 before the first.
     last_emit_ms: AtomicU64,
 }
@@ -36,6 +37,10 @@ impl Counters {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn settled(&self) {
+        self.settled.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn violation(&self) {
         self.violations.fetch_add(1, Ordering::Relaxed);
     }
@@ -55,6 +60,7 @@ impl Counters {
             retries: load(&self.retries),
             failures: load(&self.failures),
             violations: load(&self.violations),
+            settled: load(&self.settled),
             last_emit: (last > 0).then_some(Timestamp(last)),
         }
     }
@@ -70,11 +76,16 @@ pub struct EmitterMetrics {
     pub attempts: u64,
     /// Attempts after the first, i.e. retries after a transient error.
     pub retries: u64,
-    /// Events that were not emitted: a permanent error, or retries exhausted. Events
-    /// refused for a run-lifecycle violation are counted in `violations` instead.
+    /// Emits and settles that ended in an error other than a violation: refused by the
+    /// manager, refused by the broker, or retries exhausted (the event then stays
+    /// unsettled). Events refused for a run-lifecycle violation are counted in
+    /// `violations` instead.
     pub failures: u64,
     /// Events refused because they broke the run lifecycle.
     pub violations: u64,
+    /// Unsettled events (an emit failed transiently or was cancelled) that a later call
+    /// published and the broker accepted; they count in `events_by_type` then.
+    pub settled: u64,
     /// Wall-clock time of the newest accepted event.
     pub last_emit: Option<Timestamp>,
 }
@@ -104,6 +115,7 @@ mod tests {
         c.retry();
         c.failure();
         c.violation();
+        c.settled();
         c.emitted(EventType::ToolCompleted, Timestamp(20));
         c.emitted(EventType::ToolCompleted, Timestamp(10));
         let s = c.snapshot();
@@ -111,6 +123,7 @@ mod tests {
         assert_eq!(s.retries, 1);
         assert_eq!(s.failures, 1);
         assert_eq!(s.violations, 1);
+        assert_eq!(s.settled, 1);
         assert_eq!(s.events(EventType::ToolCompleted), 2);
         assert_eq!(s.events(EventType::AgentStarted), 0);
         assert_eq!(s.events_total(), 2);

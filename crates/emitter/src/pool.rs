@@ -1,35 +1,57 @@
-//! `WebSocketEmitterPool`: one shared emitter per run, at most `max_emitters` of them, the
-//! least recently used evicted when full and idle ones removed by a background task.
+//! `WebSocketEmitterPool`: one shared emitter per run, so that every part of an agent
+//! runtime reporting on a run shares its state. A live run is never evicted; a finished
+//! run leaves the pool at its terminal event and is remembered as finished; at most
+//! `max_emitters` runs are held, and a new run is refused rather than a live one dropped.
 //!
-//! What it is not: the owner of the emitters it hands out. An emitter evicted or removed
-//! while someone still holds it keeps working for that holder; the pool only forgets it,
-//! and the next [`WebSocketEmitterPool::get_emitter`] for that run makes a new one, whose
-//! run state starts over. Size `max_emitters` above the number of concurrent runs.
+//! What it is not: a cache of its live runs. A cache evicts what it likes when full, and
+//! evicting a run that is still going splits its state in two — the next report on it
+//! starts from `NotStarted` and is refused, and the user never sees the run end (issue
+//! 15). So the live runs are in a plain `HashMap` bounded by count, not in `lru`,
+//! `quick_cache` or `moka`: those choose victims by recency or frequency, pinning them
+//! would be fighting the crate, and the only entries the pool may drop — emitters that
+//! carry nothing (not started, nothing unsettled, held by no one else) — hold no state,
+//! so which of them goes first does not matter. The finished runs it remembers *are* a
+//! cache (forgetting the oldest costs little) and live in `lru::LruCache`.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use agentwire_protocol::{RunOutcome, RunState};
+use lru::LruCache;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::context::{RunContext, RunKey};
-use crate::emitter::UnifiedWebSocketEmitter;
+use crate::emitter::{FinishedRuns, UnifiedWebSocketEmitter};
+use crate::error::TooManyRuns;
 use crate::factory::WebSocketEmitterFactory;
 
 /// Bounds and intervals of a [`WebSocketEmitterPool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// Most emitters held (default 100). Getting a new run's emitter when full evicts the
-    /// least recently used one. `0` is treated as `1`.
+    /// Most runs held at once (default 100). A live run — started and not finished,
+    /// holding an unsettled event, or held outside the pool — is never evicted: getting a
+    /// new run's emitter when full first drops the emitters that carry nothing
+    /// ([`PoolStats::evicted_full`]), and if every place still holds a live run the new
+    /// run is refused with [`TooManyRuns`] ([`PoolStats::refused`]). `0` is treated as
+    /// `1`.
     pub max_emitters: usize,
-    /// An emitter neither handed out nor used to emit for this long is removed (default
-    /// 300 s).
+    /// An emitter that carries nothing (run not started, nothing unsettled, no one else
+    /// holding it) and was not used for this long is dropped by the cleanup task (default
+    /// 300 s). A running run is never dropped for being quiet: a tool call takes as long
+    /// as it takes.
     pub idle_ttl: Duration,
-    /// How often the background task looks for idle emitters (default 30 s), so an idle
-    /// emitter goes at most `idle_ttl + cleanup_interval` after its last use.
+    /// How often the background task drops idle emitters and settles unsettled events
+    /// (default 30 s), so an idle emitter goes at most `idle_ttl + cleanup_interval`
+    /// after its last use.
     pub cleanup_interval: Duration,
+    /// How many finished runs the pool remembers (default 1024), so that a late report on
+    /// one is refused as `AfterTerminal` instead of starting the run again. The oldest is
+    /// forgotten first ([`PoolStats::finished_forgotten`]). `0` is treated as `1`.
+    pub max_finished_runs: usize,
 }
 
 impl Default for PoolConfig {
@@ -38,6 +60,7 @@ impl Default for PoolConfig {
             max_emitters: 100,
             idle_ttl: Duration::from_secs(300),
             cleanup_interval: Duration::from_secs(30),
+            max_finished_runs: 1024,
         }
     }
 }
@@ -46,7 +69,7 @@ impl Default for PoolConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolStats {
-    /// Emitters held now.
+    /// Emitters held now (runs not finished).
     pub size: usize,
     /// The bound on `size`.
     pub max_emitters: usize,
@@ -54,24 +77,27 @@ pub struct PoolStats {
     pub created: u64,
     /// Gets answered with the run's existing emitter.
     pub reused: u64,
-    /// Emitters evicted, least recently used first, to make room.
-    pub evicted_lru: u64,
-    /// Emitters removed for being idle longer than `idle_ttl`.
+    /// Emitters that carried nothing, dropped to make room for a new run.
+    pub evicted_full: u64,
+    /// Emitters that carried nothing, dropped for being idle longer than `idle_ttl`.
     pub evicted_idle: u64,
+    /// New runs refused with [`TooManyRuns`] because every place held a live run: the
+    /// count to watch for `max_emitters` being too small.
+    pub refused: u64,
+    /// Runs that left the pool at their terminal event.
+    pub finished: u64,
+    /// Finished runs remembered now.
+    pub finished_remembered: usize,
+    /// Finished runs forgotten, oldest first, beyond `max_finished_runs`.
+    pub finished_forgotten: u64,
 }
 
 #[derive(Debug)]
-struct Entry {
-    emitter: UnifiedWebSocketEmitter,
-    /// Value of `State::clock` at the last get: orders entries for LRU eviction, also
-    /// when the (paused) clock shows the same instant for several gets.
-    used: u64,
-}
-
-#[derive(Debug, Default)]
 struct State {
-    entries: HashMap<RunKey, Entry>,
-    clock: u64,
+    /// The runs not finished, at most `max_emitters`.
+    runs: HashMap<RunKey, UnifiedWebSocketEmitter>,
+    /// How each remembered finished run ended.
+    finished: LruCache<RunKey, RunOutcome>,
 }
 
 #[derive(Debug)]
@@ -81,14 +107,52 @@ struct Inner {
     state: Mutex<State>,
     created: AtomicU64,
     reused: AtomicU64,
-    evicted_lru: AtomicU64,
+    evicted_full: AtomicU64,
     evicted_idle: AtomicU64,
+    refused: AtomicU64,
+    finished: AtomicU64,
+    finished_forgotten: AtomicU64,
     /// Dropping it (with the pool, or in `shutdown`) ends the cleanup task.
     stop: Mutex<Option<oneshot::Sender<()>>>,
 }
 
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every mutation of `State` completes before anything that can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FinishedRuns for Inner {
+    fn run_finished(&self, emitter: &UnifiedWebSocketEmitter, outcome: RunOutcome) {
+        let key = emitter.context().key();
+        let mut state = self.state();
+        // Only this emitter: after `remove`, the run may have a new one.
+        if state.runs.get(&key).is_some_and(|e| e.same_as(emitter)) {
+            state.runs.remove(&key);
+            self.finished.fetch_add(1, Ordering::Relaxed);
+        }
+        let known = state.finished.contains(&key);
+        if state.finished.push(key, outcome).is_some() && !known {
+            self.finished_forgotten.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Keeps one [`UnifiedWebSocketEmitter`] per run, so every part of an agent runtime that
 /// reports on a run shares its emitter and its run state.
+///
+/// The pool's rules:
+/// - a run that is live — started and not finished, holding an unsettled event, or held
+///   outside the pool — is never evicted, neither to make room nor for being quiet;
+/// - a run leaves the pool at its terminal event, and the pool remembers how it ended
+///   (up to `max_finished_runs`): getting a finished run's emitter again hands out one in
+///   that finished state, so a late report is refused as `AfterTerminal`;
+/// - a new run when `max_emitters` live runs are held is refused with [`TooManyRuns`];
+/// - the cleanup task drops idle emitters that carry nothing and settles unsettled events
+///   (see [`UnifiedWebSocketEmitter::settle`]), so a run whose last event failed while the
+///   broker was away reaches the user once the broker is back, even if no one reports on
+///   the run any more.
 ///
 /// A cheap handle: clones share the pool. The cleanup task holds only a weak reference and
 /// ends when the last handle is dropped or [`Self::shutdown`] is called; both, and calling
@@ -100,18 +164,26 @@ pub struct WebSocketEmitterPool {
 
 impl WebSocketEmitterPool {
     /// A pool making its emitters with `factory`. Inside a tokio runtime it starts the
-    /// cleanup task; outside one, idle emitters are removed only by
-    /// [`Self::cleanup_idle`].
+    /// cleanup task; outside one, idle emitters are dropped only by [`Self::cleanup_idle`]
+    /// and unsettled events settled only by [`Self::settle_unsettled`] (or by the runs'
+    /// own next emit).
     pub fn new(factory: WebSocketEmitterFactory, config: PoolConfig) -> Self {
         let (stop_tx, stop_rx) = oneshot::channel();
+        let finished = NonZeroUsize::new(config.max_finished_runs).unwrap_or(NonZeroUsize::MIN);
         let inner = Arc::new(Inner {
             factory,
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                runs: HashMap::new(),
+                finished: LruCache::new(finished),
+            }),
             created: AtomicU64::new(0),
             reused: AtomicU64::new(0),
-            evicted_lru: AtomicU64::new(0),
+            evicted_full: AtomicU64::new(0),
             evicted_idle: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            finished_forgotten: AtomicU64::new(0),
             stop: Mutex::new(Some(stop_tx)),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -121,89 +193,126 @@ impl WebSocketEmitterPool {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Every mutation of `State` completes before anything that can panic.
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.state()
     }
 
-    /// The emitter of `context`'s run: the pooled one, or a new one (evicting the least
-    /// recently used emitter when the pool is full).
-    pub fn get_emitter(&self, context: &RunContext) -> UnifiedWebSocketEmitter {
+    /// The emitter of `context`'s run: the pooled one; for a run the pool remembers as
+    /// finished, an emitter in that finished state (not pooled); otherwise a new one.
+    ///
+    /// # Errors
+    /// [`TooManyRuns`] when the run is new and the pool holds `max_emitters` live runs
+    /// even after dropping the emitters that carry nothing. Nothing is evicted for it.
+    pub fn get_emitter(
+        &self,
+        context: &RunContext,
+    ) -> Result<UnifiedWebSocketEmitter, TooManyRuns> {
         let key = context.key();
         let mut state = self.state();
-        state.clock += 1;
-        let now = state.clock;
-        if let Some(entry) = state.entries.get_mut(&key) {
-            entry.used = now;
-            entry.emitter.touch();
+        if let Some(emitter) = state.runs.get(&key) {
+            emitter.touch();
             self.inner.reused.fetch_add(1, Ordering::Relaxed);
-            return entry.emitter.clone();
+            return Ok(emitter.clone());
         }
-        let max = self.inner.config.max_emitters.max(1);
-        while state.entries.len() >= max {
-            let Some(lru) = state
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            state.entries.remove(&lru);
-            self.inner.evicted_lru.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(user = %lru.user_id, run = %lru.run_id, "emitter evicted (pool full)");
+        if let Some(outcome) = state.finished.peek(&key).copied() {
+            drop(state);
+            return Ok(self.inner.factory.create(
+                context.clone(),
+                RunState::Finished(outcome),
+                None,
+            ));
         }
-        let emitter = self.inner.factory.create_emitter(context.clone());
-        state.entries.insert(
-            key,
-            Entry {
-                emitter: emitter.clone(),
-                used: now,
-            },
-        );
+        let limit = self.inner.config.max_emitters.max(1);
+        if state.runs.len() >= limit {
+            let before = state.runs.len();
+            state.runs.retain(|_, e| !e.carries_nothing());
+            let dropped = before - state.runs.len();
+            self.inner
+                .evicted_full
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            if state.runs.len() >= limit {
+                drop(state);
+                self.inner.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    user = %context.user_id(), run = %context.run_id(), limit,
+                    "new run refused: the emitter pool is full of live runs"
+                );
+                return Err(TooManyRuns { limit });
+            }
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let pool: Weak<dyn FinishedRuns> = weak;
+        let emitter = self
+            .inner
+            .factory
+            .create(context.clone(), RunState::NotStarted, Some(pool));
+        state.runs.insert(key, emitter.clone());
         self.inner.created.fetch_add(1, Ordering::Relaxed);
-        emitter
+        Ok(emitter)
     }
 
-    /// Removes the emitter of `context`'s run from the pool, e.g. when the run ended.
-    /// Returns it if it was pooled; removing twice returns `None` the second time.
+    /// Forgets the emitter of `context`'s run, live or not, and returns it if it was
+    /// pooled; removing twice returns `None` the second time. A handle still held keeps
+    /// working, but the pool no longer shares it: the next [`Self::get_emitter`] for the
+    /// run starts from `NotStarted`. Runs leave by themselves at their terminal event;
+    /// this is for a run its runtime abandoned without one.
     pub fn remove(&self, context: &RunContext) -> Option<UnifiedWebSocketEmitter> {
-        self.state()
-            .entries
-            .remove(&context.key())
-            .map(|e| e.emitter)
+        self.state().runs.remove(&context.key())
     }
 
-    /// Removes every emitter idle for `idle_ttl` or longer, and returns how many. The
-    /// cleanup task calls it every `cleanup_interval`.
+    /// Drops every emitter that carries nothing and was idle for `idle_ttl` or longer, and
+    /// returns how many. The cleanup task calls it every `cleanup_interval`.
     pub fn cleanup_idle(&self) -> usize {
         let ttl = self.inner.config.idle_ttl;
         let now = Instant::now();
         let mut state = self.state();
-        let before = state.entries.len();
-        state
-            .entries
-            .retain(|_, e| now.saturating_duration_since(e.emitter.last_active()) < ttl);
-        let removed = before - state.entries.len();
+        let before = state.runs.len();
+        state.runs.retain(|_, e| {
+            !(e.carries_nothing() && now.saturating_duration_since(e.last_active()) >= ttl)
+        });
+        let removed = before - state.runs.len();
         drop(state);
         if removed > 0 {
             self.inner
                 .evicted_idle
                 .fetch_add(removed as u64, Ordering::Relaxed);
-            tracing::debug!(removed, "idle emitters removed");
+            tracing::debug!(removed, "idle emitters dropped");
         }
         removed
     }
 
-    /// Removes every emitter and returns how many there were. Safe to call again.
+    /// Settles the unsettled event of every pooled emitter that has one and no emit under
+    /// way ([`UnifiedWebSocketEmitter::settle`]), one emitter after the other, and returns
+    /// how many the broker accepted. The cleanup task calls it every `cleanup_interval`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: an event whose settle is cancelled stays unsettled.
+    pub async fn settle_unsettled(&self) -> usize {
+        settle_all(self.needing_settlement()).await
+    }
+
+    fn needing_settlement(&self) -> Vec<UnifiedWebSocketEmitter> {
+        self.state()
+            .runs
+            .values()
+            .filter(|e| e.needs_settling())
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets every emitter, live or not, and every finished run, and returns how many
+    /// emitters there were. Safe to call again.
     pub fn clear(&self) -> usize {
         let mut state = self.state();
-        let n = state.entries.len();
-        state.entries.clear();
+        let n = state.runs.len();
+        state.runs.clear();
+        state.finished.clear();
         n
     }
 
-    /// Stops the cleanup task and removes every emitter. The pool stays usable (idle
-    /// emitters are then removed only by [`Self::cleanup_idle`]). Idempotent.
+    /// Stops the cleanup task and forgets everything, as [`Self::clear`]. The pool stays
+    /// usable (idle emitters are then dropped only by [`Self::cleanup_idle`], unsettled
+    /// events settled only by [`Self::settle_unsettled`] or the runs' next emit).
+    /// Idempotent.
     pub fn shutdown(&self) {
         let stop = self
             .inner
@@ -217,7 +326,7 @@ impl WebSocketEmitterPool {
 
     /// Emitters held now.
     pub fn len(&self) -> usize {
-        self.state().entries.len()
+        self.state().runs.len()
     }
 
     /// Whether the pool holds no emitter.
@@ -238,18 +347,39 @@ impl WebSocketEmitterPool {
     /// A snapshot of size and counters.
     pub fn stats(&self) -> PoolStats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (size, finished_remembered) = {
+            let state = self.state();
+            (state.runs.len(), state.finished.len())
+        };
         PoolStats {
-            size: self.len(),
+            size,
             max_emitters: self.inner.config.max_emitters.max(1),
             created: load(&self.inner.created),
             reused: load(&self.inner.reused),
-            evicted_lru: load(&self.inner.evicted_lru),
+            evicted_full: load(&self.inner.evicted_full),
             evicted_idle: load(&self.inner.evicted_idle),
+            refused: load(&self.inner.refused),
+            finished: load(&self.inner.finished),
+            finished_remembered,
+            finished_forgotten: load(&self.inner.finished_forgotten),
         }
     }
 }
 
-/// Removes idle emitters every `cleanup_interval` until the pool is gone or shut down.
+/// Settles each emitter's unsettled event in turn; returns how many were accepted.
+async fn settle_all(emitters: Vec<UnifiedWebSocketEmitter>) -> usize {
+    let mut settled = 0;
+    for emitter in emitters {
+        // A failure is logged and counted by the emitter; the next round tries again.
+        if let Ok(Some(_)) = emitter.settle().await {
+            settled += 1;
+        }
+    }
+    settled
+}
+
+/// Every `cleanup_interval`, drops idle emitters and settles unsettled events, until the
+/// pool is gone or shut down.
 async fn cleanup_task(pool: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
     let every = match pool.upgrade() {
         Some(inner) => inner.config.cleanup_interval.max(Duration::from_millis(1)),
@@ -264,6 +394,14 @@ async fn cleanup_task(pool: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
             _ = tick.tick() => {}
         }
         let Some(inner) = pool.upgrade() else { return };
-        WebSocketEmitterPool { inner }.cleanup_idle();
+        let pool_now = WebSocketEmitterPool { inner };
+        pool_now.cleanup_idle();
+        let unsettled = pool_now.needing_settlement();
+        // No strong handle across the settles: the pool may go meanwhile.
+        drop(pool_now);
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = settle_all(unsettled) => {}
+        }
     }
 }

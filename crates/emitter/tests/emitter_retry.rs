@@ -1,6 +1,7 @@
 //! Retry against a broker that fails N times then succeeds, on tokio's paused clock:
 //! attempts counted, delays growing exponentially within the jitter bound, one event
-//! delivered, and permanent errors failing at once.
+//! delivered, permanent errors failing at once, and exhausted retries leaving the event
+//! unsettled.
 
 mod support;
 
@@ -107,9 +108,13 @@ async fn a_permanent_error_fails_at_once() {
         .expect_err("permanent");
     match &err {
         EmitterError::Failed {
-            attempts, source, ..
+            attempts,
+            source,
+            event,
+            ..
         } => {
             assert_eq!(*attempts, 1);
+            assert_eq!(event.event_type(), EventType::AgentStarted, "handed back");
             assert_eq!(
                 source,
                 &EmitError::Broker(BrokerError::Rejected("no".into()))
@@ -122,10 +127,15 @@ async fn a_permanent_error_fails_at_once() {
     let m = emitter.metrics();
     assert_eq!((m.attempts, m.retries, m.failures), (1, 0, 1));
     assert_eq!(emitter.run_state().await, RunState::NotStarted);
+    assert_eq!(
+        emitter.unsettled().await,
+        None,
+        "refused for good: nothing kept"
+    );
 }
 
 #[tokio::test(start_paused = true)]
-async fn exhausted_retries_hand_the_event_back_and_leave_the_state_alone() {
+async fn exhausted_retries_leave_the_event_unsettled_and_the_state_alone() {
     let broker = flaky(100, Fault::Refuse(BrokerError::Unavailable("down".into())));
     let emitter = WebSocketEmitterFactory::new(manager_over(broker.clone()))
         .with_retry(RetryPolicy {
@@ -140,11 +150,14 @@ async fn exhausted_retries_hand_the_event_back_and_leave_the_state_alone() {
         .await
         .expect_err("exhausted");
     match &err {
-        EmitterError::Failed {
-            attempts, event, ..
+        EmitterError::Unsettled {
+            attempts,
+            event_id,
+            source,
         } => {
             assert_eq!(*attempts, 3);
-            assert_eq!(event.event_type(), EventType::AgentStarted);
+            assert!(source.is_transient());
+            assert_eq!(emitter.unsettled().await.as_ref(), Some(event_id));
         }
         other => panic!("{other:?}"),
     }

@@ -3,7 +3,8 @@
 //! The broker assigns `seq`, `ts` and (when none was given) `event_id`, answers a repeated
 //! `event_id` with its first acceptance, keeps bounded history, and delivers each accepted
 //! event to the subscribers of its user. The manager never delivers straight from `emit`:
-//! with a broker shared by many nodes, that would deliver twice.
+//! with a broker shared by many nodes, that would deliver twice. The rules every broker
+//! keeps are written in [`Broker`]'s docs.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,7 +14,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 /// An event handed to the broker: already validated and serialized once.
+///
+/// Built with [`NewEvent::new`], which computes the [`EventDigest`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NewEvent {
     /// The event's type.
     pub event_type: EventType,
@@ -22,6 +26,87 @@ pub struct NewEvent {
     /// The event's JSON without its stream fields: an object holding `thread_id`, `run_id`
     /// and `data` (see [`compose_frame`]).
     pub body: Bytes,
+    /// What the event is, as a stable hash of `event_type` and `body`: an `event_id`
+    /// accepted with one digest and published again with another is refused
+    /// ([`BrokerError::Conflict`]).
+    pub digest: EventDigest,
+}
+
+impl NewEvent {
+    /// An event of `event_type` with serialized `body`, under the publisher's `event_id`
+    /// (or one the broker assigns).
+    pub fn new(event_type: EventType, event_id: Option<EventId>, body: Bytes) -> Self {
+        let digest = EventDigest::of(event_type, &body);
+        NewEvent {
+            event_type,
+            event_id,
+            body,
+            digest,
+        }
+    }
+
+    /// An event whose digest was computed before (the manager computes it once per
+    /// prepared event, however often it is published).
+    pub(crate) fn with_digest(
+        event_type: EventType,
+        event_id: Option<EventId>,
+        body: Bytes,
+        digest: EventDigest,
+    ) -> Self {
+        NewEvent {
+            event_type,
+            event_id,
+            body,
+            digest,
+        }
+    }
+}
+
+/// A stable 64-bit hash of an event: XXH3-64 (seed 0) of the type's wire name, one 0 byte,
+/// and the serialized body.
+///
+/// The same on every node, build and platform, so brokers shared by many nodes can store
+/// it and compare it: `Display`/`FromStr` use 16 lowercase hex digits. It tells a retry
+/// (same id, same event) from a reuse (same id, another event); it is not a security
+/// measure — a publisher who can choose bodies can already choose ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventDigest(pub u64);
+
+impl EventDigest {
+    /// The digest of an event of `event_type` whose serialized body is `body`.
+    pub fn of(event_type: EventType, body: &[u8]) -> Self {
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        hasher.update(event_type.as_str().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(body);
+        EventDigest(hasher.digest())
+    }
+}
+
+impl fmt::Display for EventDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Why a string is not an [`EventDigest`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an event digest is 16 lowercase hex digits")]
+#[non_exhaustive]
+pub struct DigestParseError;
+
+impl std::str::FromStr for EventDigest {
+    type Err = DigestParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+        if s.len() != 16 || !s.as_bytes().iter().all(lower_hex) {
+            return Err(DigestParseError);
+        }
+        u64::from_str_radix(s, 16)
+            .map(EventDigest)
+            .map_err(|_| DigestParseError)
+    }
 }
 
 /// Where the broker put a published event.
@@ -84,29 +169,184 @@ pub struct History {
     pub events: Vec<StoredEvent>,
 }
 
+/// What went wrong beneath a [`BrokerError`]: a message for people, and the underlying
+/// error when there is one (returned by [`std::error::Error::source`] of the
+/// `BrokerError`). Two causes are equal when their messages are.
+#[derive(Clone)]
+pub struct Cause {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Cause {
+    /// A cause with a message and no underlying error.
+    pub fn new(message: impl Into<String>) -> Self {
+        Cause {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A cause with a message and the error beneath it.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Cause {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The underlying error, if any.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Cause");
+        d.field("message", &self.message);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for Cause {}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        Cause::new(message)
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Cause::new(message)
+    }
+}
+
 /// Why a broker operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Equality compares the variant and the message, not the underlying error.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BrokerError {
     /// The broker cannot be reached or is overloaded; the same call may succeed later.
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Cause),
     /// The call timed out; it may or may not have taken effect (a publish retried with
     /// the same `event_id` is safe).
-    #[error("broker timed out: {0}")]
-    Timeout(String),
+    Timeout(Cause),
     /// The broker refused the request; retrying cannot help.
-    #[error("broker refused the request: {0}")]
-    Rejected(String),
+    Rejected(Cause),
     /// The broker is shutting down.
-    #[error("broker closed")]
     Closed,
+    /// The `event_id` was accepted (as `seq`) for an event with another
+    /// [`EventDigest`]: the id was reused for a different event. Nothing was stored;
+    /// retrying cannot help.
+    Conflict {
+        /// The reused id.
+        event_id: EventId,
+        /// Where the id's first event sits in the stream.
+        seq: Seq,
+    },
 }
 
 impl BrokerError {
     /// Whether retrying the same call may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, BrokerError::Unavailable(_) | BrokerError::Timeout(_))
+    }
+
+    /// [`BrokerError::Unavailable`] with the error that caused it.
+    pub fn unavailable(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BrokerError::Unavailable(Cause::with_source(message, source))
+    }
+
+    /// [`BrokerError::Timeout`] with the error that caused it.
+    pub fn timeout(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BrokerError::Timeout(Cause::with_source(message, source))
+    }
+
+    /// [`BrokerError::Rejected`] with the error that caused it.
+    pub fn rejected(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BrokerError::Rejected(Cause::with_source(message, source))
+    }
+}
+
+impl fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerError::Unavailable(c) => write!(f, "broker unavailable: {c}"),
+            BrokerError::Timeout(c) => write!(f, "broker timed out: {c}"),
+            BrokerError::Rejected(c) => write!(f, "broker refused the request: {c}"),
+            BrokerError::Closed => f.write_str("broker closed"),
+            BrokerError::Conflict { event_id, seq } => write!(
+                f,
+                "event_id {event_id} was already accepted as seq {seq} for a different event",
+                seq = seq.get()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BrokerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BrokerError::Unavailable(c) | BrokerError::Timeout(c) | BrokerError::Rejected(c) => {
+                c.source().map(|e| e as &(dyn std::error::Error + 'static))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Why [`Broker::publish_many`] did not accept a whole batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error} ({} of the batch known to be accepted)", accepted.len())]
+#[non_exhaustive]
+pub struct BatchError {
+    /// The acceptances of the batch's first events that are known to have been accepted,
+    /// in order (empty when the broker refused the whole batch).
+    pub accepted: Vec<Accepted>,
+    /// What stopped the batch.
+    #[source]
+    pub error: BrokerError,
+}
+
+impl BatchError {
+    /// A batch error after `accepted`.
+    pub fn new(accepted: Vec<Accepted>, error: BrokerError) -> Self {
+        BatchError { accepted, error }
     }
 }
 
@@ -116,6 +356,16 @@ pub trait Subscriber: Send + Sync + 'static {
     /// One accepted event of `user`. Per user, events arrive in `seq` order; a subscriber
     /// must tolerate a repeated or a skipped `seq` (it can refill a skip from history).
     fn deliver(&self, user: &UserId, event: &StoredEvent);
+
+    /// The broker may have missed deliveries of `user`'s events to this subscriber (its
+    /// subscription broke and was restored, or a message was lost on the way); called
+    /// once the subscription is in effect again, so every event accepted from now on is
+    /// delivered, and what was missed is in history. The manager's implementation catches
+    /// every live connection of `user` up from history. Never blocks. The default does
+    /// nothing.
+    fn resync(&self, user: &UserId) {
+        let _ = user;
+    }
 }
 
 /// Sizes a broker reports for stats.
@@ -131,23 +381,99 @@ pub struct BrokerStats {
     pub history_trimmed: u64,
     /// Publishes answered as duplicates of an earlier `event_id`.
     pub duplicates: u64,
+    /// Publishes refused because their `event_id` was accepted for a different event.
+    pub conflicts: u64,
+    /// Event ids remembered for deduplication (in history or in the dedupe window).
+    pub dedupe_ids: u64,
 }
 
-/// Owner of every user's stream. See the module docs for the contract; the conformance
-/// suite (feature `conformance`) checks it for an implementation.
+/// Owner of every user's stream. The conformance suite (feature `conformance`, module
+/// `conformance`) has one property per rule below and runs against every implementation.
 ///
-/// `subscribe`/`unsubscribe` are counted per (user, subscriber): a subscriber subscribed
-/// twice receives each event once and stays subscribed until unsubscribed twice.
+/// # The contract
+/// 1. **Order.** Per user, accepted events get `seq` 1, 2, 3… with no hole, in the order
+///    the broker accepted them, independently of other users; every subscriber of the
+///    user is handed them in that order, each once (a subscriber tolerates a repeat or a
+///    skip, see [`Subscriber::deliver`], but a conforming broker gives neither unless its
+///    subscription broke, see rule 4).
+/// 2. **Subscribe is in effect when it returns.** Every event accepted after
+///    [`Broker::subscribe`] returns is delivered to that subscriber (the manager subscribes,
+///    then reads history: nothing falls between the two). Once [`Broker::unsubscribe`]
+///    has undone a subscriber's last subscription of a user, no event of the user
+///    accepted afterwards is delivered to it.
+///    Subscriptions are counted per (user, subscriber): a subscriber subscribed twice
+///    receives each event once and stays subscribed until unsubscribed twice.
+/// 3. **History holds every event a subscriber was handed.** History is written before
+///    or atomically with delivery, so a subscriber that reads history after a delivery
+///    finds the delivered event there (until a bound trims it).
+/// 4. **Resync.** A broker that may have missed a delivery (its pub/sub connection dropped
+///    and was restored, a message was lost) calls [`Subscriber::resync`] for each affected
+///    user once the subscription is in effect again. A broker that cannot lose a delivery
+///    never calls it.
+/// 5. **Dedupe.** An `event_id` accepted once is answered with its first acceptance
+///    (`duplicate: true`, same `seq`, `ts`, `epoch`; nothing stored or delivered) for as
+///    long as it is inside the *dedupe window*: at least while its event is held in
+///    history, and for a configured time after its acceptance (e.g.
+///    [`crate::HistoryConfig::dedupe_window`]); a broker may forget it earlier only under
+///    its memory bound, never before its event is trimmed. [`Broker::lookup`] answers
+///    from the same window.
+/// 6. **Digest conflict.** An `event_id` inside the dedupe window published again with a
+///    different [`EventDigest`] is refused with [`BrokerError::Conflict`]; nothing is
+///    stored or delivered.
+/// 7. **Epochs.** A stream's epoch stays the same while the stream lives; a stream whose
+///    data was lost (every event and id expired and no subscriber, or a store restarted
+///    empty) starts again at `seq` 1 under a new epoch, so a client's old `seq` never
+///    names a new event.
+/// 8. **Bounds.** History is bounded (per user by count and age, in total by bytes, or as
+///    the implementation documents); [`Broker::history`] reports what it no longer holds
+///    as a gap, never a silent jump.
+/// 9. **Batches.** [`Broker::publish_many`] accepts one user's events in the given order
+///    with consecutive seqs, all or nothing under a refusal (see there).
+/// 10. **Errors.** [`BrokerError::is_transient`] errors may be retried; a publish that
+///     failed transiently may or may not have been accepted, and retrying it with the same
+///     `event_id` is safe (rule 5). [`BrokerError::Rejected`] and
+///     [`BrokerError::Conflict`] are final.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Accepts `event` into `user`'s stream and delivers it to the user's subscribers; or,
-    /// when its `event_id` was already accepted, answers the first acceptance again.
+    /// when its `event_id` is inside the dedupe window, answers the first acceptance again
+    /// (or refuses it with [`BrokerError::Conflict`] when its digest differs).
     ///
     /// # Errors
     /// [`BrokerError`]; on a transient one the event may or may not have been accepted.
     async fn publish(&self, user: &UserId, event: NewEvent) -> Result<Accepted, BrokerError>;
 
-    /// Starts delivering `user`'s events to `subscriber`.
+    /// Accepts `events` of one user in the given order, with consecutive seqs (a
+    /// duplicate answers its first acceptance and takes no seq), in one round trip. The
+    /// answers are in the order of `events`.
+    ///
+    /// A refusal of any event (a [`BrokerError::Conflict`], [`BrokerError::Rejected`])
+    /// refuses the whole batch and stores nothing. On a transient error, the error's
+    /// `accepted` is what is known to be accepted (a prefix of the batch); the rest may or
+    /// may not have been, and retrying the whole batch with the same ids is safe.
+    ///
+    /// The default is a loop over [`Broker::publish`], which is weaker: a refusal in the
+    /// middle leaves the prefix before it accepted (reported in `accepted`), and other
+    /// publishes of the user may interleave with the batch. Brokers override it.
+    ///
+    /// # Errors
+    /// [`BatchError`].
+    async fn publish_many(
+        &self,
+        user: &UserId,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Accepted>, BatchError> {
+        let mut accepted = Vec::with_capacity(events.len());
+        for event in events {
+            match self.publish(user, event).await {
+                Ok(a) => accepted.push(a),
+                Err(error) => return Err(BatchError { accepted, error }),
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Starts delivering `user`'s events to `subscriber`; in effect when it returns.
     ///
     /// # Errors
     /// [`BrokerError`] when the subscription could not be made.
@@ -178,6 +504,18 @@ pub trait Broker: Send + Sync + 'static {
         after: Seq,
         limit: usize,
     ) -> Result<History, BrokerError>;
+
+    /// The first acceptance of `event_id` in `user`'s stream (with `duplicate: true`)
+    /// while the id is inside the dedupe window; `None` when it is not (never accepted, or
+    /// forgotten).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be asked.
+    async fn lookup(
+        &self,
+        user: &UserId,
+        event_id: &EventId,
+    ) -> Result<Option<Accepted>, BrokerError>;
 
     /// Whether the broker can accept events now (for readiness checks).
     ///
@@ -234,6 +572,63 @@ pub fn compose_frame(
 mod tests {
     use super::*;
     use agentwire_protocol::{AgentStarted, Event, ServerFrame};
+
+    /// The digest is XXH3-64 of `type`, 0, body: the expected values come from the
+    /// reference C library (libxxhash's `XXH3_64bits`), so every build and node agrees.
+    #[test]
+    fn digests_are_xxh3_of_type_zero_body() {
+        let cases = [
+            (
+                EventType::Custom,
+                r#"{"data":{"name":"n","value":1}}"#,
+                "ee8716099b0cb8ef",
+            ),
+            (EventType::AgentStarted, "{}", "f4ef664a0b383485"),
+        ];
+        for (t, body, hex) in cases {
+            let d = EventDigest::of(t, body.as_bytes());
+            assert_eq!(d.to_string(), hex);
+            assert_eq!(hex.parse::<EventDigest>(), Ok(d));
+            assert_eq!(NewEvent::new(t, None, Bytes::from(body)).digest, d);
+        }
+        assert_ne!(
+            EventDigest::of(EventType::Custom, b"{}"),
+            EventDigest::of(EventType::AgentStarted, b"{}"),
+            "the type is part of the digest"
+        );
+        for bad in [
+            "",
+            "EE8716099B0CB8EF",
+            "ee8716099b0cb8e",
+            "ee8716099b0cb8eff",
+            "+e8716099b0cb8ef",
+        ] {
+            assert_eq!(bad.parse::<EventDigest>(), Err(DigestParseError), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn broker_errors_keep_their_cause() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = BrokerError::unavailable("redis connection lost", io);
+        assert_eq!(e.to_string(), "broker unavailable: redis connection lost");
+        let source = e.source().expect("the cause is kept");
+        assert_eq!(source.to_string(), "reset by peer");
+        assert!(e.is_transient());
+        // Equality is variant and message; a plain message compares equal.
+        assert_eq!(e, BrokerError::Unavailable("redis connection lost".into()));
+        assert_ne!(e, BrokerError::Timeout("redis connection lost".into()));
+        assert!(BrokerError::Rejected("no".into()).source().is_none());
+        let conflict = BrokerError::Conflict {
+            event_id: "e-1".parse().expect("id"),
+            seq: Seq(4),
+        };
+        assert!(!conflict.is_transient());
+        assert!(conflict.to_string().contains("seq 4"), "{conflict}");
+        let batch = BatchError::new(Vec::new(), e.clone());
+        assert_eq!(batch.source().map(|s| s.to_string()), Some(e.to_string()));
+    }
 
     #[test]
     fn composed_frames_decode_as_the_event() {

@@ -86,6 +86,13 @@ pub struct ManagerConfig {
     pub replay_page: usize,
     /// How often the sweeper looks for dead connections and trims history (default 5 s).
     pub sweep_interval: Duration,
+    /// How long a catch-up keeps reading history that does not (yet) reach an event the
+    /// broker already delivered, or that fails with a transient error, before it closes
+    /// the connection with 1011 (default 2 s). Under the broker contract history always
+    /// holds a delivered event, so this bounds only a broker that breaks it, or a broker
+    /// outage during a replay. Reads are retried with backoff from 1 ms doubling to
+    /// 100 ms; each close is counted in `ManagerStats::catch_up_failures`.
+    pub catch_up_wait: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -99,6 +106,7 @@ impl Default for ManagerConfig {
             max_event_bytes: agentwire_protocol::DEFAULT_MAX_EVENT_BYTES,
             replay_page: 256,
             sweep_interval: Duration::from_secs(5),
+            catch_up_wait: Duration::from_secs(2),
         }
     }
 }

@@ -43,6 +43,9 @@ struct State {
     closing: Option<CloseCode>,
     /// A catch-up is waiting for room in the queue.
     replay_waiting: bool,
+    /// The broker may have missed deliveries: the running catch-up reads history once
+    /// more before it goes live.
+    read_again: bool,
 }
 
 /// Why a push did not queue a frame.
@@ -53,6 +56,17 @@ pub(crate) enum Pushed {
     Skipped,
     /// A live event arrived with a gap before it; a catch-up must run.
     NeedsCatchUp,
+}
+
+/// How a catch-up's attempt to go live ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum GoLive {
+    /// Live (or closing): the catch-up is done.
+    Done,
+    /// A resync asked for history to be read again.
+    ReadAgain,
+    /// Pending live events start past what was replayed: history is behind them.
+    Behind,
 }
 
 /// The shared state of one connection.
@@ -91,6 +105,7 @@ impl ConnShared {
                 phase: Phase::CatchingUp,
                 closing: None,
                 replay_waiting: false,
+                read_again: false,
             }),
             readable: AtomicWaker::new(),
             writable: Notify::new(),
@@ -282,13 +297,35 @@ impl ConnShared {
         st.last_sent = st.last_sent.max(seq);
     }
 
-    /// Ends a catch-up: queues the pending live events that continue the stream and goes
-    /// live. Returns `false` when pending events start past a gap, so history must be read
-    /// again.
-    pub(crate) fn try_go_live(&self, counters: &Counters) -> bool {
+    /// The broker may have missed deliveries to this connection. Returns `true` when a
+    /// catch-up must be started (the connection was live); a catch-up under way reads
+    /// history once more before it goes live instead, so one connection never has two.
+    pub(crate) fn request_resync(&self) -> bool {
         let mut st = self.state();
         if st.closing.is_some() {
-            return true;
+            return false;
+        }
+        match st.phase {
+            Phase::Live => {
+                st.phase = Phase::CatchingUp;
+                true
+            }
+            Phase::CatchingUp => {
+                st.read_again = true;
+                false
+            }
+        }
+    }
+
+    /// Ends a catch-up: queues the pending live events that continue the stream and goes
+    /// live, unless a resync asked for another read or pending events start past a gap.
+    pub(crate) fn try_go_live(&self, counters: &Counters) -> GoLive {
+        let mut st = self.state();
+        if st.closing.is_some() {
+            return GoLive::Done;
+        }
+        if std::mem::take(&mut st.read_again) {
+            return GoLive::ReadAgain;
         }
         let mut queued = 0u64;
         while let Some(next) = st.pending.front() {
@@ -303,7 +340,7 @@ impl ConnShared {
             if !self.fits(&st, next.frame.len()) {
                 drop(st);
                 self.slow_consumer(counters);
-                return true;
+                return GoLive::Done;
             }
             let Some(event) = st.pending.pop_front() else {
                 break;
@@ -323,7 +360,7 @@ impl ConnShared {
             counters.delivered.fetch_add(queued, Ordering::Relaxed);
             self.readable.wake();
         }
-        live
+        if live { GoLive::Done } else { GoLive::Behind }
     }
 
     pub(crate) fn touch(&self) {

@@ -15,7 +15,10 @@
 //!
 //! Dependencies beyond tokio and serde: `foldhash` hashes the user and event ids every
 //! event looks up (several times faster than SipHash on short strings, seeded per process);
-//! `futures-util` for the `AtomicWaker` that wakes a connection's writer.
+//! `futures-util` for the `AtomicWaker` that wakes a connection's writer; `xxhash-rust`
+//! (XXH3-64, its `xxh3` feature only) for the [`EventDigest`] of every event: a specified,
+//! seedless hash with the same value on every platform and build, so nodes sharing a
+//! broker agree on it, and fast enough to run once per published event.
 //!
 //! ```
 //! use agentwire_manager::{ConnectOptions, Outbound, UnifiedWebSocketManager};
@@ -50,8 +53,8 @@ mod memory;
 pub mod conformance;
 
 pub use broker::{
-    Accepted, Broker, BrokerError, BrokerStats, History, NewEvent, StoredEvent, Subscriber,
-    compose_frame,
+    Accepted, BatchError, Broker, BrokerError, BrokerStats, Cause, DigestParseError, EventDigest,
+    History, NewEvent, StoredEvent, Subscriber, compose_frame,
 };
 pub use config::{HeartbeatPolicy, LimitPolicy, ManagerConfig, QueueLimits};
 pub use connection::{Connection, Outbound};
@@ -59,4 +62,4 @@ pub use manager::{
     ConnectError, ConnectOptions, ConnectionInfo, EmitError, ManagerStats, PreparedEvent, Resume,
     UnifiedWebSocketManager,
 };
-pub use memory::{HistoryConfig, InMemoryBroker};
+pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};

@@ -15,9 +15,11 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::broker::{Accepted, Broker, BrokerError, NewEvent, StoredEvent, Subscriber};
+use crate::broker::{
+    Accepted, Broker, BrokerError, EventDigest, NewEvent, StoredEvent, Subscriber,
+};
 use crate::config::{LimitPolicy, ManagerConfig};
-use crate::connection::{ConnShared, Connection, Pushed};
+use crate::connection::{ConnShared, Connection, GoLive, Pushed};
 use crate::memory::InMemoryBroker;
 
 const REGISTRY_SHARDS: usize = 64;
@@ -95,9 +97,27 @@ pub enum EmitError {
         /// The limit.
         limit: usize,
     },
+    /// The `event_id` was already accepted (as `seq`) for a different event: ids name one
+    /// event each. Nothing was stored; retrying cannot help.
+    #[error("event_id {event_id} was already accepted as seq {} for a different event", seq.get())]
+    Conflict {
+        /// The reused id.
+        event_id: EventId,
+        /// Where the id's first event sits in the stream.
+        seq: Seq,
+    },
     /// The broker did not accept it.
     #[error(transparent)]
-    Broker(#[from] BrokerError),
+    Broker(BrokerError),
+}
+
+impl From<BrokerError> for EmitError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Conflict { event_id, seq } => EmitError::Conflict { event_id, seq },
+            other => EmitError::Broker(other),
+        }
+    }
 }
 
 impl EmitError {
@@ -115,6 +135,7 @@ pub struct PreparedEvent {
     event_type: EventType,
     event_id: EventId,
     body: Bytes,
+    digest: EventDigest,
 }
 
 impl PreparedEvent {
@@ -131,6 +152,20 @@ impl PreparedEvent {
     /// Its id; every publish attempt uses it.
     pub fn event_id(&self) -> &EventId {
         &self.event_id
+    }
+
+    /// Its digest: what an `event_id` reused for another event is told apart by.
+    pub fn digest(&self) -> EventDigest {
+        self.digest
+    }
+
+    fn to_new_event(&self) -> NewEvent {
+        NewEvent::with_digest(
+            self.event_type,
+            Some(self.event_id.clone()),
+            self.body.clone(),
+            self.digest,
+        )
     }
 }
 
@@ -180,6 +215,16 @@ pub struct ManagerStats {
     pub history_users: u64,
     /// Events trimmed from history by its bounds.
     pub history_trimmed: u64,
+    /// Connections closed with 1011 because their catch-up could not read history, or
+    /// history did not reach events the broker had delivered, within
+    /// `ManagerConfig::catch_up_wait`.
+    pub catch_up_failures: u64,
+    /// Resync signals from the broker (each catches a user's connections up from history).
+    pub resyncs: u64,
+    /// Emits refused because their `event_id` was already accepted for another event.
+    pub event_id_conflicts: u64,
+    /// Event ids the broker remembers for deduplication (in history or its dedupe window).
+    pub dedupe_ids: u64,
     /// Frames waiting in connection queues, over all connections.
     pub queued_frames: u64,
     /// Bytes waiting in connection queues, over all connections (each connection's at most
@@ -218,6 +263,9 @@ pub(crate) struct Counters {
     pub(crate) rejections_node_full: AtomicU64,
     pub(crate) slow_consumer_closes: AtomicU64,
     pub(crate) heartbeat_timeouts: AtomicU64,
+    pub(crate) catch_up_failures: AtomicU64,
+    pub(crate) resyncs: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -257,6 +305,54 @@ impl Subscriber for Router {
         if let Some(inner) = self.inner.upgrade() {
             UnifiedWebSocketManager { inner }.fan_out(user, event);
         }
+    }
+
+    fn resync(&self, user: &UserId) {
+        if let Some(inner) = self.inner.upgrade() {
+            UnifiedWebSocketManager { inner }.resync_user(user);
+        }
+    }
+}
+
+/// The wait of a catch-up whose history reads make no progress: backoff from
+/// [`STALL_FIRST`] doubling to [`STALL_MAX`], for at most `ManagerConfig::catch_up_wait`
+/// in a row.
+struct Stall {
+    limit: std::time::Duration,
+    waited: std::time::Duration,
+    next: std::time::Duration,
+}
+
+/// The first wait of a stalled catch-up.
+const STALL_FIRST: std::time::Duration = std::time::Duration::from_millis(1);
+/// The longest single wait of a stalled catch-up.
+const STALL_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Stall {
+    fn new(limit: std::time::Duration) -> Self {
+        Stall {
+            limit,
+            waited: std::time::Duration::ZERO,
+            next: STALL_FIRST,
+        }
+    }
+
+    /// Progress was made: the next stall starts from scratch.
+    fn reset(&mut self) {
+        self.waited = std::time::Duration::ZERO;
+        self.next = STALL_FIRST;
+    }
+
+    /// Waits before the next read; `false` once the limit is spent.
+    async fn wait(&mut self) -> bool {
+        if self.waited >= self.limit {
+            return false;
+        }
+        let d = self.next.min(self.limit - self.waited);
+        tokio::time::sleep(d).await;
+        self.waited += d;
+        self.next = (self.next * 2).min(STALL_MAX);
+        true
     }
 }
 
@@ -366,11 +462,6 @@ impl UnifiedWebSocketManager {
         &self.inner.config
     }
 
-    /// The broker beneath.
-    pub fn broker(&self) -> &Arc<dyn Broker> {
-        &self.inner.broker
-    }
-
     fn shard(&self, user: &UserId) -> MutexGuard<'_, HashMap<UserId, UserEntry>> {
         let i = (self.inner.hasher.hash_one(user) as usize) % REGISTRY_SHARDS;
         // Registry mutations complete before anything that can panic.
@@ -477,7 +568,7 @@ impl UnifiedWebSocketManager {
                 Ok(result) => result?,
                 Err(e) if e.is_cancelled() => return Err(BrokerError::Closed.into()),
                 Err(e) => {
-                    return Err(BrokerError::Unavailable(format!("subscribe failed: {e}")).into());
+                    return Err(BrokerError::unavailable("subscribe task failed", e).into());
                 }
             }
         }
@@ -548,12 +639,15 @@ impl UnifiedWebSocketManager {
         }
     }
 
-    /// Replays history after what the connection has, then goes live. Runs at connect
-    /// and whenever a live event arrives past a gap.
+    /// Replays history after what the connection has, then goes live. Runs at connect,
+    /// when a live event arrives past a gap, and on a resync — one at a time per
+    /// connection: a resync of a connection that is catching up makes the running
+    /// catch-up read history once more instead of starting another
+    /// (`ConnShared::request_resync`), so replays never interleave.
     async fn catch_up(&self, shared: Arc<ConnShared>, mut page: Option<crate::broker::History>) {
         let counters = &self.inner.counters;
         let limit = self.inner.config.replay_page.max(1);
-        let mut idle_rounds = 0;
+        let mut stall = Stall::new(self.inner.config.catch_up_wait);
         loop {
             if shared.closing().is_some() {
                 return;
@@ -563,9 +657,13 @@ impl UnifiedWebSocketManager {
                 Some(h) => h,
                 None => match self.inner.broker.history(&shared.user, before, limit).await {
                     Ok(h) => h,
+                    Err(e) if e.is_transient() && stall.wait().await => {
+                        tracing::debug!(connection = %shared.id, error = %e, "history read failed; retrying");
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(connection = %shared.id, error = %e, "history read failed");
-                        shared.close(CloseCode::InternalError);
+                        self.catch_up_failed(&shared);
                         return;
                     }
                 },
@@ -587,24 +685,57 @@ impl UnifiedWebSocketManager {
             }
             // Go live only once history is read to its end: a replay longer than one page
             // must not wait for the next live event to fetch the rest.
-            if shared.last_sent() >= history.last_seq && shared.try_go_live(counters) {
-                return;
+            if shared.last_sent() >= history.last_seq {
+                match shared.try_go_live(counters) {
+                    GoLive::Done => return,
+                    GoLive::ReadAgain => {
+                        stall.reset();
+                        continue;
+                    }
+                    GoLive::Behind => {}
+                }
             }
             // History has more pages, or pending live events start past what history
             // returned: read again. History holds every delivered event, so progress is
-            // certain unless the broker breaks that contract; then give up rather than spin.
-            if shared.last_sent() == before {
-                idle_rounds += 1;
-                if idle_rounds > 3 {
-                    tracing::error!(connection = %shared.id, "history does not reach delivered events");
-                    shared.close(CloseCode::InternalError);
-                    return;
-                }
-                tokio::task::yield_now().await;
-            } else {
-                idle_rounds = 0;
+            // certain unless the broker breaks that contract; then wait with backoff, and
+            // give up after `catch_up_wait` rather than spin.
+            if shared.last_sent() != before {
+                stall.reset();
+            } else if !stall.wait().await {
+                tracing::error!(connection = %shared.id, "history does not reach delivered events");
+                self.catch_up_failed(&shared);
+                return;
             }
         }
+    }
+
+    fn catch_up_failed(&self, shared: &ConnShared) {
+        if shared.close(CloseCode::InternalError) {
+            self.inner
+                .counters
+                .catch_up_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Catches every live connection of `user` on this node up from history, as when the
+    /// broker may have missed deliveries to them: what the manager does when its broker
+    /// subscription calls [`Subscriber::resync`]. A connection already catching up reads
+    /// history once more before it goes live. Returns how many catch-ups it started.
+    pub fn resync_user(&self, user: &UserId) -> usize {
+        self.inner.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shard(user);
+        let Some(entry) = shard.get(user) else {
+            return 0;
+        };
+        let mut started = 0;
+        for conn in &entry.conns {
+            if conn.request_resync() {
+                self.spawn_catch_up(conn.clone(), None);
+                started += 1;
+            }
+        }
+        started
     }
 
     /// Queues an event the broker delivered to every local connection of its user.
@@ -713,10 +844,12 @@ impl UnifiedWebSocketManager {
                 limit,
             });
         }
+        let event_type = event.event_type();
         Ok(PreparedEvent {
             user: user.clone(),
-            event_type: event.event_type(),
+            event_type,
             event_id: event_id.unwrap_or_else(EventId::generate),
+            digest: EventDigest::of(event_type, &body),
             body,
         })
     }
@@ -743,36 +876,139 @@ impl UnifiedWebSocketManager {
     /// # Errors
     /// [`EmitError::Broker`].
     pub async fn emit_prepared(&self, event: &PreparedEvent) -> Result<Accepted, EmitError> {
-        let counters = &self.inner.counters;
         let result = self
             .inner
             .broker
-            .publish(
-                &event.user,
-                NewEvent {
-                    event_type: event.event_type,
-                    event_id: Some(event.event_id.clone()),
-                    body: event.body.clone(),
-                },
-            )
+            .publish(&event.user, event.to_new_event())
             .await;
         match &result {
-            Ok(a) if a.duplicate => {
-                counters.deduplicated.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(_) => {
-                counters.emitted.fetch_add(1, Ordering::Relaxed);
-                let i = EventType::ALL
-                    .iter()
-                    .position(|t| *t == event.event_type)
-                    .unwrap_or(0);
-                counters.emitted_by_type[i].fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                counters.emit_failures.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(a) => self.count_accepted(event, a),
+            Err(e) => self.count_failure(e, 1),
         }
         Ok(result?)
+    }
+
+    /// Counts `events` emits that failed with `error` (one refusal).
+    fn count_failure(&self, error: &BrokerError, events: u64) {
+        let counters = &self.inner.counters;
+        counters.emit_failures.fetch_add(events, Ordering::Relaxed);
+        if matches!(error, BrokerError::Conflict { .. }) {
+            counters.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_accepted(&self, event: &PreparedEvent, accepted: &Accepted) {
+        let counters = &self.inner.counters;
+        if accepted.duplicate {
+            counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counters.emitted.fetch_add(1, Ordering::Relaxed);
+            let i = EventType::ALL
+                .iter()
+                .position(|t| *t == event.event_type)
+                .unwrap_or(0);
+            counters.emitted_by_type[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes prepared events, possibly of several users: one
+    /// [`Broker::publish_many`] per user, the users' batches concurrently. Per user the
+    /// batch is all or nothing under a refusal ([`EmitError::Conflict`]); on a transient
+    /// error, the events known to be accepted answer `Ok` and the rest the error
+    /// (retrying them all with the same ids is safe).
+    ///
+    /// Answers are in the order of `events`.
+    ///
+    /// # Cancel safety
+    /// Cancelling may leave some users' batches accepted and others not; publishing the
+    /// same prepared events again completes them without duplicates.
+    pub async fn emit_prepared_many(
+        &self,
+        events: &[PreparedEvent],
+    ) -> Vec<Result<Accepted, EmitError>> {
+        // Group by user, keeping each user's events in their order.
+        let mut groups: Vec<(&UserId, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<&UserId, usize> = HashMap::default();
+        for (i, e) in events.iter().enumerate() {
+            let g = *group_of.entry(&e.user).or_insert_with(|| {
+                groups.push((&e.user, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+        }
+        let broker = &self.inner.broker;
+        let calls = groups.iter().map(|(user, idx)| {
+            let batch = idx.iter().map(|&i| events[i].to_new_event()).collect();
+            broker.publish_many(user, batch)
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let mut out: Vec<Option<Result<Accepted, EmitError>>> = vec![None; events.len()];
+        for ((_, idx), answer) in groups.iter().zip(answers) {
+            let (accepted, error) = match answer {
+                Ok(accepted) => (accepted, None),
+                Err(e) => {
+                    self.count_failure(&e.error, idx.len().saturating_sub(e.accepted.len()) as u64);
+                    (e.accepted, Some(EmitError::from(e.error)))
+                }
+            };
+            let mut accepted = accepted.into_iter();
+            for &i in idx {
+                out[i] = Some(match (accepted.next(), &error) {
+                    (Some(a), _) => {
+                        self.count_accepted(&events[i], &a);
+                        Ok(a)
+                    }
+                    (None, Some(e)) => Err(e.clone()),
+                    (None, None) => Err(EmitError::Broker(BrokerError::Rejected(
+                        "the broker answered fewer events than the batch held".into(),
+                    ))),
+                });
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(EmitError::Broker(BrokerError::Rejected(
+                        "event missing from its batch".into(),
+                    )))
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` events of `user` with `seq > after`, and the stream's epoch and
+    /// newest `seq` (see [`Broker::history`]).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when history could not be read.
+    pub async fn history(
+        &self,
+        user: &UserId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<crate::broker::History, BrokerError> {
+        self.inner.broker.history(user, after, limit).await
+    }
+
+    /// The first acceptance of `event_id` in `user`'s stream while it is inside the
+    /// broker's dedupe window (see [`Broker::lookup`]).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be asked.
+    pub async fn lookup_event(
+        &self,
+        user: &UserId,
+        event_id: &EventId,
+    ) -> Result<Option<Accepted>, BrokerError> {
+        self.inner.broker.lookup(user, event_id).await
+    }
+
+    /// Whether the broker can accept events now (for readiness checks).
+    ///
+    /// # Errors
+    /// The [`BrokerError`] that makes it unavailable.
+    pub async fn broker_health(&self) -> Result<(), BrokerError> {
+        self.inner.broker.health().await
     }
 
     /// Closes every connection of `user` with `code` (e.g. 1001 so they resume). Returns
@@ -877,6 +1113,10 @@ impl UnifiedWebSocketManager {
             history_bytes: b.history_bytes,
             history_users: b.users,
             history_trimmed: b.history_trimmed,
+            catch_up_failures: load(&c.catch_up_failures),
+            resyncs: load(&c.resyncs),
+            event_id_conflicts: load(&c.conflicts),
+            dedupe_ids: b.dedupe_ids,
             queued_frames,
             queued_bytes,
         }

@@ -1,17 +1,25 @@
 //! The in-memory broker: one node, no other process.
 //!
 //! Streams live in shards keyed by user, each behind a short mutex that no code holds
-//! across an `.await`. History is bounded per user by count and age and in total by bytes
-//! (each shard owns an equal part of the byte budget, and trims its globally oldest events
-//! first). A stream with no events and no subscribers is dropped at once, so memory stays
-//! bounded however many distinct users appear; its next event starts a new epoch.
+//! across an `.await`. History is bounded per user by count and age, and for all users
+//! together by one byte budget: a global counter of the bytes every shard accounts for,
+//! and, when a publish takes it over the budget, a trim that takes the globally oldest
+//! entries first, shard by shard (each shard publishes the accept number of its oldest
+//! entry in an atomic, so finding the oldest takes no lock). The publish path takes only its
+//! own shard's lock; a trim takes one shard's lock at a time.
+//!
+//! Each accepted event leaves an *entry*: its id, digest, `seq` and `ts` — the dedupe
+//! record — and, while the event is in history, its frame. An entry outlives its frame for
+//! the rest of the dedupe window. A stream with no entries and no subscribers is dropped at
+//! once, so memory stays bounded however many distinct users appear; its next event starts
+//! a new epoch.
 
 use std::collections::{BTreeSet, VecDeque};
 
 use foldhash::HashMap;
 use foldhash::fast::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,20 +28,27 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Accepted, Broker, BrokerError, BrokerStats, History, NewEvent, StoredEvent, Subscriber,
-    compose_frame, same_subscriber,
+    Accepted, BatchError, Broker, BrokerError, BrokerStats, EventDigest, History, NewEvent,
+    StoredEvent, Subscriber, compose_frame, same_subscriber,
 };
 
-/// Bounds of the history a broker keeps.
+/// Bounds of the history a broker keeps, and of its dedupe window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryConfig {
     /// Most events kept per user (default 1,000); older ones are trimmed first.
     pub max_events_per_user: usize,
     /// Oldest event kept (default 10 minutes).
     pub max_age: Duration,
-    /// Most bytes of frames kept for all users together (default 256 MiB); the oldest
-    /// events of the node go first.
+    /// Most bytes kept for all users together (default 256 MiB): the frames in history,
+    /// plus [`ENTRY_OVERHEAD_BYTES`] and the id's length for every event in history or in
+    /// the dedupe window, plus [`STREAM_OVERHEAD_BYTES`] for every stream holding one. The
+    /// node's oldest entries go first, whoever's they are.
     pub max_total_bytes: usize,
+    /// How long after its acceptance an `event_id` is still recognised as a duplicate
+    /// (default 10 minutes, the default `max_age`). An id is recognised at least while its
+    /// event is held in history, however short this is; it may be forgotten earlier only
+    /// when `max_total_bytes` trims it, after its event.
+    pub dedupe_window: Duration,
 }
 
 impl Default for HistoryConfig {
@@ -42,35 +57,59 @@ impl Default for HistoryConfig {
             max_events_per_user: 1_000,
             max_age: Duration::from_secs(600),
             max_total_bytes: 256 * 1024 * 1024,
+            dedupe_window: Duration::from_secs(600),
         }
     }
 }
+
+/// What one remembered event costs beyond its frame and id, as counted against
+/// [`HistoryConfig::max_total_bytes`]: its entry, its slot in the id map and their
+/// allocations' slack, rounded up.
+pub const ENTRY_OVERHEAD_BYTES: usize = 224;
+
+/// What one stream holding entries costs beyond them, as counted against
+/// [`HistoryConfig::max_total_bytes`]: its map slot, epoch and age-index entries.
+pub const STREAM_OVERHEAD_BYTES: usize = 1024;
 
 const SHARDS: usize = 32;
 
 /// The in-memory [`Broker`]: the embedded default for one node.
 ///
-/// A repeated `event_id` is recognised while its event is held in history: the dedupe
-/// window is the history window, so a retry must come before its event is trimmed.
+/// Its dedupe window is [`HistoryConfig::dedupe_window`] after an event's acceptance, and
+/// at least as long as the event is in history.
 #[derive(Debug)]
 pub struct InMemoryBroker {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[ShardSlot]>,
     hasher: RandomState,
     config: HistoryConfig,
-    shard_budget: usize,
+    /// Bytes accounted for by every shard together.
+    total_bytes: AtomicUsize,
+    /// Hands out accept numbers: the global age order of entries.
+    accepts: AtomicU64,
     trimmed: AtomicU64,
     duplicates: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+#[derive(Debug)]
+struct ShardSlot {
+    state: Mutex<Shard>,
+    /// The accept number of the shard's oldest entry (`u64::MAX` when it has none),
+    /// updated under the lock, read without it to find the globally oldest shard.
+    oldest: AtomicU64,
 }
 
 #[derive(Default)]
 struct Shard {
     streams: HashMap<UserId, Stream>,
-    /// (accept number of a stream's oldest event, its user): the shard's events in
-    /// global age order, one entry per non-empty stream.
-    oldest: BTreeSet<(u64, UserId)>,
-    next_accept: u64,
+    /// (accept number of a stream's oldest entry, its user): the shard's streams in the
+    /// age order of what they remember, one element per stream with entries.
+    by_oldest_entry: BTreeSet<(u64, UserId)>,
+    /// (accept number of a stream's oldest event in history, its user).
+    by_oldest_event: BTreeSet<(u64, UserId)>,
     bytes: usize,
     events: usize,
+    entries: usize,
 }
 
 impl std::fmt::Debug for Shard {
@@ -79,21 +118,34 @@ impl std::fmt::Debug for Shard {
             .field("streams", &self.streams.len())
             .field("bytes", &self.bytes)
             .field("events", &self.events)
+            .field("entries", &self.entries)
             .finish()
     }
 }
 
-struct Held {
+/// One accepted event: its dedupe record, and its frame while it is in history.
+struct Entry {
+    /// The stored event; once trimmed from history its frame is empty.
     event: StoredEvent,
+    digest: EventDigest,
     accept_no: u64,
     at: Instant,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        ENTRY_OVERHEAD_BYTES + self.event.event_id.as_str().len() + self.event.frame.len()
+    }
 }
 
 struct Stream {
     epoch: Epoch,
     last_seq: Seq,
-    events: VecDeque<Held>,
-    ids: HashMap<EventId, (Seq, Timestamp)>,
+    /// One per accepted event still remembered, oldest first, seqs consecutive; the newest
+    /// `held` of them are in history.
+    entries: VecDeque<Entry>,
+    held: usize,
+    ids: HashMap<EventId, Seq>,
     subscribers: Vec<(Arc<dyn Subscriber>, usize)>,
 }
 
@@ -102,98 +154,225 @@ impl Stream {
         Stream {
             epoch: Epoch::generate(),
             last_seq: Seq::ZERO,
-            events: VecDeque::new(),
+            entries: VecDeque::new(),
+            held: 0,
             ids: HashMap::default(),
             subscribers: Vec::new(),
         }
     }
 
-    /// After trimming: a stream whose history shrank to a fraction of what its buffers
-    /// hold gives the memory back, so a user who was busy once does not keep a burst's
-    /// worth of capacity while connected and quiet.
-    fn give_back_capacity(&mut self) {
-        let len = self.events.len();
-        if len == 0 {
-            self.events = VecDeque::new();
-            self.ids = HashMap::default();
-        } else if self.events.capacity() > 64 && len * 4 < self.events.capacity() {
-            self.events.shrink_to(len * 2);
-            self.ids.shrink_to(len * 2);
+    fn is_idle(&self) -> bool {
+        self.entries.is_empty() && self.subscribers.is_empty()
+    }
+
+    /// Index of the oldest event in history.
+    fn first_held(&self) -> usize {
+        self.entries.len() - self.held
+    }
+
+    fn oldest_event(&self) -> Option<&Entry> {
+        self.entries.get(self.first_held())
+    }
+
+    /// The entry of `event_id`, when remembered.
+    fn entry_of(&self, event_id: &EventId) -> Option<&Entry> {
+        let seq = self.ids.get(event_id)?;
+        let first = self.entries.front()?.event.seq;
+        let i = usize::try_from(seq.get().checked_sub(first.get())?).ok()?;
+        self.entries.get(i)
+    }
+
+    fn accepted(&self, entry: &Entry) -> Accepted {
+        Accepted {
+            seq: entry.event.seq,
+            event_id: entry.event.event_id.clone(),
+            ts: entry.event.ts,
+            epoch: self.epoch.clone(),
+            duplicate: true,
         }
     }
 
-    fn is_idle(&self) -> bool {
-        self.events.is_empty() && self.subscribers.is_empty()
+    /// After trimming: a stream whose entries shrank to a fraction of what its buffers
+    /// hold gives the memory back, so a user who was busy once does not keep a burst's
+    /// worth of capacity while connected and quiet.
+    fn give_back_capacity(&mut self) {
+        let len = self.entries.len();
+        if len == 0 {
+            self.entries = VecDeque::new();
+            self.ids = HashMap::default();
+        } else if self.entries.capacity() > 64 && len * 4 < self.entries.capacity() {
+            self.entries.shrink_to(len * 2);
+            self.ids.shrink_to(len * 2);
+        }
+    }
+}
+
+/// What a trim freed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Freed {
+    bytes: usize,
+    events: u64,
+}
+
+impl std::ops::AddAssign for Freed {
+    fn add_assign(&mut self, other: Freed) {
+        self.bytes += other.bytes;
+        self.events += other.events;
     }
 }
 
 impl Shard {
-    /// Removes `user`'s oldest event; keeps the age index, counters and dedupe map right.
-    fn pop_oldest_of(&mut self, user: &UserId) -> bool {
-        let Some(stream) = self.streams.get_mut(user) else {
-            return false;
+    /// Re-files `user`'s stream in the age indexes after its oldest entry or event changed
+    /// from `before` (the accept numbers they had), and drops the stream when it is idle.
+    fn refile(&mut self, user: &UserId, before: (Option<u64>, Option<u64>)) {
+        let Some(stream) = self.streams.get(user) else {
+            return;
         };
-        let Some(held) = stream.events.pop_front() else {
-            return false;
-        };
-        stream.ids.remove(&held.event.event_id);
-        self.oldest.remove(&(held.accept_no, user.clone()));
-        if let Some(next) = stream.events.front() {
-            self.oldest.insert((next.accept_no, user.clone()));
+        let after = (
+            stream.entries.front().map(|e| e.accept_no),
+            stream.oldest_event().map(|e| e.accept_no),
+        );
+        if before.0 != after.0 {
+            if let Some(n) = before.0 {
+                self.by_oldest_entry.remove(&(n, user.clone()));
+            }
+            if let Some(n) = after.0 {
+                self.by_oldest_entry.insert((n, user.clone()));
+            }
         }
-        stream.give_back_capacity();
-        self.bytes -= held.event.frame.len();
-        self.events -= 1;
+        if before.1 != after.1 {
+            if let Some(n) = before.1 {
+                self.by_oldest_event.remove(&(n, user.clone()));
+            }
+            if let Some(n) = after.1 {
+                self.by_oldest_event.insert((n, user.clone()));
+            }
+        }
         if stream.is_idle() {
             self.streams.remove(user);
         }
-        true
     }
 
-    fn trim_user(&mut self, user: &UserId, config: &HistoryConfig, now: Instant) -> u64 {
-        let mut trimmed = 0;
+    fn oldest_of(&self, user: &UserId) -> (Option<u64>, Option<u64>) {
+        self.streams.get(user).map_or((None, None), |s| {
+            (
+                s.entries.front().map(|e| e.accept_no),
+                s.oldest_event().map(|e| e.accept_no),
+            )
+        })
+    }
+
+    /// Removes from `user`'s stream its oldest event from history (keeping its entry) when
+    /// `event` says so, else its oldest entry when it is no longer in history. Returns
+    /// what it freed, without re-filing the stream.
+    fn pop(&mut self, user: &UserId, event: bool) -> Option<Freed> {
+        let stream = self.streams.get_mut(user)?;
+        let mut freed = Freed::default();
+        if event {
+            if stream.held == 0 {
+                return None;
+            }
+            let i = stream.first_held();
+            let frame = std::mem::take(&mut stream.entries[i].event.frame);
+            stream.held -= 1;
+            self.events -= 1;
+            freed.bytes += frame.len();
+            freed.events += 1;
+        } else {
+            if stream.held == stream.entries.len() {
+                return None;
+            }
+            let entry = stream.entries.pop_front()?;
+            stream.ids.remove(&entry.event.event_id);
+            self.entries -= 1;
+            freed.bytes += entry.cost();
+            if stream.entries.is_empty() {
+                freed.bytes += STREAM_OVERHEAD_BYTES;
+            }
+            stream.give_back_capacity();
+        }
+        self.bytes -= freed.bytes;
+        Some(freed)
+    }
+
+    /// Applies `user`'s own bounds: events over the count or past the age leave history,
+    /// entries past the dedupe window (and out of history) are forgotten.
+    fn trim_user(&mut self, user: &UserId, config: &HistoryConfig, now: Instant) -> Freed {
+        let before = self.oldest_of(user);
+        let mut freed = Freed::default();
         while let Some(stream) = self.streams.get(user) {
-            let Some(front) = stream.events.front() else {
-                break;
-            };
-            let too_many = stream.events.len() > config.max_events_per_user;
-            let too_old = now.saturating_duration_since(front.at) > config.max_age;
-            if !(too_many || too_old) || !self.pop_oldest_of(user) {
+            let too_many = stream.held > config.max_events_per_user;
+            let too_old = stream
+                .oldest_event()
+                .is_some_and(|e| now.saturating_duration_since(e.at) > config.max_age);
+            if too_many || too_old {
+                match self.pop(user, true) {
+                    Some(f) => freed += f,
+                    None => break,
+                }
+                continue;
+            }
+            let forgotten = stream.held < stream.entries.len()
+                && stream
+                    .entries
+                    .front()
+                    .is_some_and(|e| now.saturating_duration_since(e.at) > config.dedupe_window);
+            if !forgotten {
                 break;
             }
-            trimmed += 1;
-        }
-        trimmed
-    }
-
-    fn trim_bytes(&mut self, budget: usize) -> u64 {
-        let mut trimmed = 0;
-        while self.bytes > budget {
-            let Some((_, user)) = self.oldest.first().cloned() else {
-                break;
-            };
-            if !self.pop_oldest_of(&user) {
-                break;
+            match self.pop(user, false) {
+                Some(f) => freed += f,
+                None => break,
             }
-            trimmed += 1;
         }
-        trimmed
+        self.refile(user, before);
+        freed
     }
 
-    fn trim_age(&mut self, max_age: Duration, now: Instant) -> u64 {
-        let mut trimmed = 0;
-        while let Some((_, user)) = self.oldest.first().cloned() {
+    /// Pops the shard's oldest entry or event: an entry still in history first leaves
+    /// history, then is forgotten. Returns `None` when the shard holds nothing.
+    fn pop_oldest(&mut self) -> Option<Freed> {
+        let (_, user) = self.by_oldest_entry.first()?.clone();
+        let before = self.oldest_of(&user);
+        let in_history = self
+            .streams
+            .get(&user)
+            .is_some_and(|s| s.held == s.entries.len());
+        let freed = self.pop(&user, in_history);
+        self.refile(&user, before);
+        freed
+    }
+
+    /// The age bounds, for every stream of the shard.
+    fn trim_age(&mut self, config: &HistoryConfig, now: Instant) -> Freed {
+        let mut freed = Freed::default();
+        while let Some((_, user)) = self.by_oldest_event.first().cloned() {
             let old = self
                 .streams
                 .get(&user)
-                .and_then(|s| s.events.front())
-                .is_some_and(|h| now.saturating_duration_since(h.at) > max_age);
-            if !old || !self.pop_oldest_of(&user) {
+                .and_then(Stream::oldest_event)
+                .is_some_and(|e| now.saturating_duration_since(e.at) > config.max_age);
+            if !old {
                 break;
             }
-            trimmed += 1;
+            freed += self.trim_user(&user, config, now);
         }
-        trimmed
+        // Entries are filed by their oldest entry, which may still be in history (a window
+        // shorter than `max_age`): then a later stream's forgotten entries wait for a
+        // later sweep, or a call that touches their user.
+        while let Some((_, user)) = self.by_oldest_entry.first().cloned() {
+            let forgettable = self.streams.get(&user).is_some_and(|s| {
+                s.held < s.entries.len()
+                    && s.entries
+                        .front()
+                        .is_some_and(|e| now.saturating_duration_since(e.at) > config.dedupe_window)
+            });
+            if !forgettable {
+                break;
+            }
+            freed += self.trim_user(&user, config, now);
+        }
+        freed
     }
 }
 
@@ -201,12 +380,19 @@ impl InMemoryBroker {
     /// A broker with the given history bounds.
     pub fn new(config: HistoryConfig) -> Self {
         InMemoryBroker {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| ShardSlot {
+                    state: Mutex::new(Shard::default()),
+                    oldest: AtomicU64::new(u64::MAX),
+                })
+                .collect(),
             hasher: RandomState::default(),
-            shard_budget: (config.max_total_bytes / SHARDS).max(1),
             config,
+            total_bytes: AtomicUsize::new(0),
+            accepts: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
         }
     }
 
@@ -215,11 +401,227 @@ impl InMemoryBroker {
         &self.config
     }
 
-    fn shard(&self, user: &UserId) -> MutexGuard<'_, Shard> {
-        let i = (self.hasher.hash_one(user) as usize) % SHARDS;
+    fn shard_index(&self, user: &UserId) -> usize {
+        (self.hasher.hash_one(user) as usize) % SHARDS
+    }
+
+    fn lock(&self, i: usize) -> ShardGuard<'_> {
         // A panic while holding a shard lock leaves the shard's data consistent: every
-        // mutation below completes before anything that can panic.
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        // mutation completes before anything that can panic.
+        ShardGuard {
+            shard: self.shards[i]
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            slot: &self.shards[i],
+            broker: self,
+        }
+    }
+
+    fn shard(&self, user: &UserId) -> ShardGuard<'_> {
+        self.lock(self.shard_index(user))
+    }
+
+    /// Trims the globally oldest entries until the node is within its byte budget. Takes
+    /// one shard's lock at a time: the shard whose oldest entry is the oldest, for as long
+    /// as it stays so.
+    fn trim_to_budget(&self) {
+        let budget = self.config.max_total_bytes;
+        while self.total_bytes.load(Ordering::Acquire) > budget {
+            let mut best = (u64::MAX, usize::MAX);
+            let mut second = u64::MAX;
+            for (i, slot) in self.shards.iter().enumerate() {
+                let n = slot.oldest.load(Ordering::Acquire);
+                if n < best.0 {
+                    second = best.0;
+                    best = (n, i);
+                } else if n < second {
+                    second = n;
+                }
+            }
+            if best.0 == u64::MAX {
+                break;
+            }
+            let mut guard = self.lock(best.1);
+            while self.total_bytes.load(Ordering::Acquire) > budget {
+                let oldest = guard.shard.by_oldest_entry.first().map(|(n, _)| *n);
+                if oldest.is_none_or(|n| n > second) {
+                    break;
+                }
+                match guard.shard.pop_oldest() {
+                    Some(f) => guard.freed(f),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Accepts `events` into `user`'s stream under one lock: all, or none when one of them
+    /// reuses an id for another event.
+    fn accept(&self, user: &UserId, events: Vec<NewEvent>) -> Result<Vec<Accepted>, BrokerError> {
+        let now = Instant::now();
+        let mut guard = self.shard(user);
+        let freed = guard.shard.trim_user(user, &self.config, now);
+        guard.freed(freed);
+        // Check the whole batch before storing anything.
+        let stream = guard.shard.streams.get(user);
+        let mut batch_ids: HashMap<&EventId, (usize, EventDigest)> = HashMap::default();
+        for (i, e) in events.iter().enumerate() {
+            let Some(id) = &e.event_id else { continue };
+            let conflict = match stream.and_then(|s| s.entry_of(id)) {
+                Some(entry) => (entry.digest != e.digest).then_some(entry.event.seq),
+                None => match batch_ids.get(id) {
+                    // A second event under an id the batch already uses: the seq the
+                    // first would take.
+                    Some(&(first, digest)) => (digest != e.digest).then(|| {
+                        let last = stream.map_or(0, |s| s.last_seq.get());
+                        Seq(last + fresh_before(&events, first))
+                    }),
+                    None => {
+                        // A single event cannot repeat an id of its batch.
+                        if events.len() > 1 {
+                            batch_ids.insert(id, (i, e.digest));
+                        }
+                        None
+                    }
+                },
+            };
+            if let Some(seq) = conflict {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                return Err(BrokerError::Conflict {
+                    event_id: id.clone(),
+                    seq,
+                });
+            }
+        }
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            let answer = guard.accept_one(user, event, now);
+            answers.push(answer);
+        }
+        let freed = guard.shard.trim_user(user, &self.config, now);
+        guard.freed(freed);
+        drop(guard);
+        if self.total_bytes.load(Ordering::Acquire) > self.config.max_total_bytes {
+            self.trim_to_budget();
+        }
+        Ok(answers)
+    }
+}
+
+/// Fresh (non-repeated) ids among the first `n + 1` events of a batch, counting
+/// events without an id: the seq offset event `n` would take.
+fn fresh_before(events: &[NewEvent], n: usize) -> u64 {
+    let mut seen: Vec<&EventId> = Vec::new();
+    let mut fresh = 0;
+    for e in &events[..=n] {
+        match &e.event_id {
+            Some(id) if seen.contains(&id) => {}
+            Some(id) => {
+                seen.push(id);
+                fresh += 1;
+            }
+            None => fresh += 1,
+        }
+    }
+    fresh
+}
+
+/// A shard's lock, which publishes the shard's oldest entry for the global trim when it
+/// is let go.
+struct ShardGuard<'a> {
+    shard: MutexGuard<'a, Shard>,
+    slot: &'a ShardSlot,
+    broker: &'a InMemoryBroker,
+}
+
+impl ShardGuard<'_> {
+    /// Settles what a trim under this lock freed: at once, so a trim loop sees it.
+    fn freed(&mut self, f: Freed) {
+        let broker = self.broker;
+        if f.bytes > 0 {
+            broker.total_bytes.fetch_sub(f.bytes, Ordering::AcqRel);
+        }
+        if f.events > 0 {
+            broker.trimmed.fetch_add(f.events, Ordering::Relaxed);
+        }
+    }
+
+    /// Accepts one event whose id is known not to conflict; delivers it to the user's
+    /// subscribers before the lock is let go, so delivery order is seq order.
+    fn accept_one(&mut self, user: &UserId, event: NewEvent, now: Instant) -> Accepted {
+        let broker = self.broker;
+        let shard = &mut *self.shard;
+        let stream = shard
+            .streams
+            .entry(user.clone())
+            .or_insert_with(Stream::new);
+        if let Some(id) = &event.event_id
+            && let Some(entry) = stream.entry_of(id)
+        {
+            broker.duplicates.fetch_add(1, Ordering::Relaxed);
+            return stream.accepted(entry);
+        }
+        let was_empty = stream.entries.is_empty();
+        let had_events = stream.held > 0;
+        let seq = stream.last_seq.next();
+        let ts = Timestamp::now();
+        let event_id = event.event_id.unwrap_or_else(EventId::generate);
+        let stored = StoredEvent {
+            seq,
+            frame: compose_frame(event.event_type, seq, &event_id, ts, &event.body),
+            event_id: event_id.clone(),
+            ts,
+            event_type: event.event_type,
+            epoch: stream.epoch.clone(),
+        };
+        for (sub, _) in &stream.subscribers {
+            sub.deliver(user, &stored);
+        }
+        let accept_no = broker.accepts.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            event: stored,
+            digest: event.digest,
+            accept_no,
+            at: now,
+        };
+        let mut cost = entry.cost();
+        if was_empty {
+            cost += STREAM_OVERHEAD_BYTES;
+        }
+        stream.last_seq = seq;
+        stream.ids.insert(event_id.clone(), seq);
+        stream.entries.push_back(entry);
+        stream.held += 1;
+        let answer = Accepted {
+            seq,
+            event_id,
+            ts,
+            epoch: stream.epoch.clone(),
+            duplicate: false,
+        };
+        if was_empty {
+            shard.by_oldest_entry.insert((accept_no, user.clone()));
+        }
+        if !had_events {
+            shard.by_oldest_event.insert((accept_no, user.clone()));
+        }
+        shard.bytes += cost;
+        shard.events += 1;
+        shard.entries += 1;
+        broker.total_bytes.fetch_add(cost, Ordering::AcqRel);
+        answer
+    }
+}
+
+impl Drop for ShardGuard<'_> {
+    fn drop(&mut self) {
+        let oldest = self
+            .shard
+            .by_oldest_entry
+            .first()
+            .map_or(u64::MAX, |(n, _)| *n);
+        self.slot.oldest.store(oldest, Ordering::Release);
     }
 }
 
@@ -232,66 +634,18 @@ impl Default for InMemoryBroker {
 #[async_trait]
 impl Broker for InMemoryBroker {
     async fn publish(&self, user: &UserId, event: NewEvent) -> Result<Accepted, BrokerError> {
-        let now = Instant::now();
-        let mut shard = self.shard(user);
-        let accept_no = shard.next_accept;
-        let stream = shard
-            .streams
-            .entry(user.clone())
-            .or_insert_with(Stream::new);
-        if let Some(id) = &event.event_id
-            && let Some(&(seq, ts)) = stream.ids.get(id)
-        {
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(Accepted {
-                seq,
-                event_id: id.clone(),
-                ts,
-                epoch: stream.epoch.clone(),
-                duplicate: true,
-            });
-        }
-        let seq = stream.last_seq.next();
-        let ts = Timestamp::now();
-        let event_id = event.event_id.unwrap_or_else(EventId::generate);
-        let stored = StoredEvent {
-            seq,
-            frame: compose_frame(event.event_type, seq, &event_id, ts, &event.body),
-            event_id: event_id.clone(),
-            ts,
-            event_type: event.event_type,
-            epoch: stream.epoch.clone(),
-        };
-        stream.last_seq = seq;
-        stream.ids.insert(event_id.clone(), (seq, ts));
-        let was_empty = stream.events.is_empty();
-        for (sub, _) in &stream.subscribers {
-            sub.deliver(user, &stored);
-        }
-        let epoch = stream.epoch.clone();
-        let size = stored.frame.len();
-        stream.events.push_back(Held {
-            event: stored,
-            accept_no,
-            at: now,
-        });
-        if was_empty {
-            shard.oldest.insert((accept_no, user.clone()));
-        }
-        shard.next_accept += 1;
-        shard.bytes += size;
-        shard.events += 1;
-        let mut trimmed = shard.trim_user(user, &self.config, now);
-        trimmed += shard.trim_bytes(self.shard_budget);
-        drop(shard);
-        self.trimmed.fetch_add(trimmed, Ordering::Relaxed);
-        Ok(Accepted {
-            seq,
-            event_id,
-            ts,
-            epoch,
-            duplicate: false,
-        })
+        let mut answers = self.accept(user, vec![event])?;
+        answers.pop().ok_or(BrokerError::Closed)
+    }
+
+    /// All or nothing, under one lock: other publishes of the user do not interleave.
+    async fn publish_many(
+        &self,
+        user: &UserId,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Accepted>, BatchError> {
+        self.accept(user, events)
+            .map_err(|error| BatchError::new(Vec::new(), error))
     }
 
     async fn subscribe(
@@ -299,8 +653,9 @@ impl Broker for InMemoryBroker {
         user: &UserId,
         subscriber: Arc<dyn Subscriber>,
     ) -> Result<(), BrokerError> {
-        let mut shard = self.shard(user);
-        let stream = shard
+        let mut guard = self.shard(user);
+        let stream = guard
+            .shard
             .streams
             .entry(user.clone())
             .or_insert_with(Stream::new);
@@ -320,7 +675,8 @@ impl Broker for InMemoryBroker {
         user: &UserId,
         subscriber: &Arc<dyn Subscriber>,
     ) -> Result<(), BrokerError> {
-        let mut shard = self.shard(user);
+        let mut guard = self.shard(user);
+        let shard = &mut *guard.shard;
         let Some(stream) = shard.streams.get_mut(user) else {
             return Ok(());
         };
@@ -347,10 +703,10 @@ impl Broker for InMemoryBroker {
         limit: usize,
     ) -> Result<History, BrokerError> {
         let now = Instant::now();
-        let mut shard = self.shard(user);
-        let trimmed = shard.trim_user(user, &self.config, now);
-        self.trimmed.fetch_add(trimmed, Ordering::Relaxed);
-        let Some(stream) = shard.streams.get(user) else {
+        let mut guard = self.shard(user);
+        let freed = guard.shard.trim_user(user, &self.config, now);
+        guard.freed(freed);
+        let Some(stream) = guard.shard.streams.get(user) else {
             // No stream: nothing was accepted, or everything expired and the stream was
             // dropped. Either way the next event starts a new epoch.
             return Ok(History {
@@ -361,20 +717,20 @@ impl Broker for InMemoryBroker {
             });
         };
         let first_held = stream
-            .events
-            .front()
-            .map_or(stream.last_seq.next(), |h| h.event.seq);
+            .oldest_event()
+            .map_or(stream.last_seq.next(), |e| e.event.seq);
         let gap = (after.next() < first_held && after < stream.last_seq)
             .then(|| (after.next(), Seq(first_held.get() - 1)));
         let start = after
             .get()
             .saturating_sub(first_held.get().saturating_sub(1));
         let events = stream
-            .events
+            .entries
             .iter()
+            .skip(stream.first_held())
             .skip(usize::try_from(start).unwrap_or(usize::MAX))
             .take(limit)
-            .map(|h| h.event.clone())
+            .map(|e| e.event.clone())
             .collect();
         Ok(History {
             epoch: stream.epoch.clone(),
@@ -384,16 +740,34 @@ impl Broker for InMemoryBroker {
         })
     }
 
+    async fn lookup(
+        &self,
+        user: &UserId,
+        event_id: &EventId,
+    ) -> Result<Option<Accepted>, BrokerError> {
+        let now = Instant::now();
+        let mut guard = self.shard(user);
+        let freed = guard.shard.trim_user(user, &self.config, now);
+        guard.freed(freed);
+        Ok(guard
+            .shard
+            .streams
+            .get(user)
+            .and_then(|s| s.entry_of(event_id).map(|e| s.accepted(e))))
+    }
+
     fn stats(&self) -> BrokerStats {
         let mut stats = BrokerStats {
             history_trimmed: self.trimmed.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
             ..BrokerStats::default()
         };
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in self.shards.iter() {
+            let shard = slot.state.lock().unwrap_or_else(|p| p.into_inner());
             stats.history_events += shard.events as u64;
             stats.history_bytes += shard.bytes as u64;
+            stats.dedupe_ids += shard.entries as u64;
             stats.users += shard.streams.len() as u64;
         }
         stats
@@ -401,11 +775,65 @@ impl Broker for InMemoryBroker {
 
     fn sweep(&self) {
         let now = Instant::now();
-        let mut trimmed = 0;
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            trimmed += shard.trim_age(self.config.max_age, now);
+        for i in 0..SHARDS {
+            let mut guard = self.lock(i);
+            let freed = guard.shard.trim_age(&self.config, now);
+            guard.freed(freed);
         }
-        self.trimmed.fetch_add(trimmed, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentwire_protocol::EventType;
+    use bytes::Bytes;
+
+    fn event(id: &str, body: &str) -> NewEvent {
+        NewEvent::new(
+            EventType::Custom,
+            Some(id.parse().expect("id")),
+            Bytes::from(body.to_owned()),
+        )
+    }
+
+    /// The accounting stays exact through accepts, trims and forgetting: the global
+    /// counter is the sum of the shards', and both return to zero.
+    #[tokio::test(start_paused = true)]
+    async fn accounting_returns_to_zero() {
+        let broker = InMemoryBroker::new(HistoryConfig {
+            max_events_per_user: 3,
+            max_age: Duration::from_secs(10),
+            dedupe_window: Duration::from_secs(20),
+            max_total_bytes: 8 * 1024,
+        });
+        for u in 0..20 {
+            let user: UserId = format!("u{u}").parse().expect("user");
+            for n in 0..5 {
+                broker
+                    .publish(&user, event(&format!("e{n}"), r#"{"data":{}}"#))
+                    .await
+                    .expect("accepted");
+            }
+        }
+        let stats = broker.stats();
+        assert_eq!(
+            stats.history_bytes,
+            broker.total_bytes.load(Ordering::Acquire) as u64
+        );
+        assert!(stats.history_bytes <= 8 * 1024);
+        tokio::time::advance(Duration::from_secs(21)).await;
+        broker.sweep();
+        let stats = broker.stats();
+        assert_eq!(
+            (
+                stats.history_bytes,
+                stats.history_events,
+                stats.dedupe_ids,
+                stats.users
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(broker.total_bytes.load(Ordering::Acquire), 0);
     }
 }

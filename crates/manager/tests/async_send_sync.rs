@@ -5,10 +5,10 @@
 use std::future::Future;
 
 use agentwire_manager::{
-    BrokerError, ConnectError, ConnectOptions, Connection, EmitError, InMemoryBroker,
+    BatchError, BrokerError, ConnectError, ConnectOptions, Connection, EmitError, InMemoryBroker,
     PreparedEvent, UnifiedWebSocketManager,
 };
-use agentwire_protocol::{Event, UserId};
+use agentwire_protocol::{Event, EventId, UserId};
 
 fn send_sync_static<T: Send + Sync + 'static>() {}
 
@@ -16,8 +16,19 @@ fn send<F: Future + Send>(_: &F) {}
 
 /// Never run: compiling it is the check that the futures are `Send`, so they can be
 /// spawned on a multi-threaded runtime.
-fn futures_are_send(m: UnifiedWebSocketManager, user: UserId, event: Event, c: Connection) {
+fn futures_are_send(
+    m: UnifiedWebSocketManager,
+    user: UserId,
+    event: Event,
+    c: Connection,
+    id: EventId,
+) {
     send(&m.connect_user(user.clone(), ConnectOptions::default()));
+    let batch: Vec<PreparedEvent> = Vec::new();
+    send(&m.emit_prepared_many(&batch));
+    send(&m.lookup_event(&user, &id));
+    send(&m.history(&user, agentwire_protocol::Seq::ZERO, 1));
+    send(&m.broker_health());
     send(&m.emit_critical_event(&user, event));
     let mut out = Vec::new();
     send(&c.next_frames(&mut out, 16));
@@ -32,6 +43,7 @@ fn handles_errors_and_futures_are_thread_safe() {
     send_sync_static::<ConnectError>();
     send_sync_static::<EmitError>();
     send_sync_static::<BrokerError>();
+    send_sync_static::<BatchError>();
     send_sync_static::<PreparedEvent>();
-    let _ = futures_are_send as fn(UnifiedWebSocketManager, UserId, Event, Connection);
+    let _ = futures_are_send as fn(UnifiedWebSocketManager, UserId, Event, Connection, EventId);
 }

@@ -45,6 +45,7 @@ async fn age_is_bounded_and_expired_users_are_dropped() {
         ManagerConfig::default(),
         HistoryConfig {
             max_age: Duration::from_secs(60),
+            dedupe_window: Duration::from_secs(60),
             ..HistoryConfig::default()
         },
     );
@@ -88,6 +89,7 @@ async fn the_background_sweeper_expires_history() {
         ManagerConfig::default(),
         HistoryConfig {
             max_age: Duration::from_secs(60),
+            dedupe_window: Duration::from_secs(60),
             ..HistoryConfig::default()
         },
     );

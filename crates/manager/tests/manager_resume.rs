@@ -158,6 +158,7 @@ async fn gap_when_the_epoch_changed() {
         paged(),
         HistoryConfig {
             max_age: Duration::from_secs(60),
+            dedupe_window: Duration::from_secs(60),
             ..HistoryConfig::default()
         },
     );

@@ -9,7 +9,9 @@ use agentwire_manager::{
     Accepted, Broker, BrokerError, ConnectError, ConnectOptions, EmitError, History, ManagerConfig,
     ManagerStats, NewEvent, Subscriber, UnifiedWebSocketManager,
 };
-use agentwire_protocol::{AgentStarted, AgentThinking, CloseCode, Event, EventType, Seq, UserId};
+use agentwire_protocol::{
+    AgentStarted, AgentThinking, CloseCode, Event, EventId, EventType, Seq, UserId,
+};
 use async_trait::async_trait;
 use support::*;
 
@@ -152,6 +154,7 @@ async fn counters_after_a_scripted_scenario() {
     want.history_events = 6;
     want.history_bytes = stats.history_bytes;
     want.history_users = 3;
+    want.dedupe_ids = 6;
     (want.queued_frames, want.queued_bytes) = waiting(&m);
     assert!(stats.history_bytes > 0);
     assert_eq!(stats, want);
@@ -173,6 +176,9 @@ impl Broker for Down {
         Ok(())
     }
     async fn history(&self, _: &UserId, _: Seq, _: usize) -> Result<History, BrokerError> {
+        Err(BrokerError::Unavailable("down".into()))
+    }
+    async fn lookup(&self, _: &UserId, _: &EventId) -> Result<Option<Accepted>, BrokerError> {
         Err(BrokerError::Unavailable("down".into()))
     }
 }

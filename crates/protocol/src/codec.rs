@@ -5,7 +5,7 @@
 //! before any JSON value is built, so an oversized or deeply nested input costs one linear
 //! scan and no allocation.
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed as _};
 use serde_json::{Map, Value};
 
 /// Largest client → server frame accepted, in bytes. Client frames are tiny (`ping`, `ack`,
@@ -155,11 +155,12 @@ fn join_path(prefix: &str, field: &str) -> String {
     }
 }
 
-/// Checks size, UTF-8 and nesting depth, then parses a JSON value.
+/// Checks size, UTF-8 and nesting depth, then parses a JSON value, refusing an object
+/// that names a key twice.
 ///
 /// # Errors
-/// [`DecodeError::TooLarge`], [`DecodeError::NotUtf8`], [`DecodeError::TooDeep`] or
-/// [`DecodeError::Malformed`].
+/// [`DecodeError::TooLarge`], [`DecodeError::NotUtf8`], [`DecodeError::TooDeep`],
+/// [`DecodeError::Malformed`], or [`DecodeError::Invalid`] naming a repeated key.
 pub fn parse_value(bytes: &[u8], limits: Limits) -> Result<Value, DecodeError> {
     if bytes.len() > limits.max_bytes {
         return Err(DecodeError::TooLarge {
@@ -171,11 +172,145 @@ pub fn parse_value(bytes: &[u8], limits: Limits) -> Result<Value, DecodeError> {
         valid_up_to: e.valid_up_to(),
     })?;
     check_depth(text.as_bytes(), limits.max_depth)?;
-    serde_json::from_str(text).map_err(|e| DecodeError::Malformed {
-        line: e.line(),
-        column: e.column(),
-        reason: e.to_string(),
+    let duplicate = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = StrictValue {
+        at: None,
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|e| match duplicate.into_inner() {
+        Some(field) => DecodeError::Invalid {
+            field,
+            reason: "the key appears more than once in its object".into(),
+        },
+        None => DecodeError::Malformed {
+            line: e.line(),
+            column: e.column(),
+            reason: e.to_string(),
+        },
     })
+}
+
+/// Where a value sits in the document: its key or index, and its parent. Lives on the
+/// stack while its value is parsed, so a path is built only for the error that needs one.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    parent: Option<&'a Step<'a>>,
+    name: StepName<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum StepName<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_of(step: Option<&Step<'_>>) -> String {
+    let Some(step) = step else {
+        return String::new();
+    };
+    let parent = path_of(step.parent);
+    match step.name {
+        StepName::Key(k) => join_path(&parent, k),
+        StepName::Index(i) => join_path(&parent, &format!("[{i}]")),
+    }
+}
+
+/// Builds a [`Value`] as `serde_json` does, but refuses an object that names a key twice
+/// (`serde_json` keeps the last one silently, so `{"user_id":"a","user_id":"b"}` would
+/// publish to `b` while a reader of the text sees `a`). The offending path is left in
+/// `duplicate`.
+struct StrictValue<'a, 'd> {
+    at: Option<&'a Step<'a>>,
+    duplicate: &'d std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue<'_, '_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictValue<'_, '_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        loop {
+            let step = Step {
+                parent: self.at,
+                name: StepName::Index(items.len()),
+            };
+            let seed = StrictValue {
+                at: Some(&step),
+                duplicate: self.duplicate,
+            };
+            match seq.next_element_seed(seed)? {
+                Some(v) => items.push(v),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let step = Step {
+                parent: self.at,
+                name: StepName::Key(&key),
+            };
+            if out.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(path_of(Some(&step)));
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            let value = map.next_value_seed(StrictValue {
+                at: Some(&step),
+                duplicate: self.duplicate,
+            })?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// [`parse_value`], then requires a JSON object.
@@ -358,6 +493,37 @@ mod tests {
             Err(DecodeError::TooDeep { limit: 3 })
         );
         assert!(parse_value(br#"{"a":"\"[[[[["}"#, SMALL).is_ok());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_their_path() {
+        let loose = Limits {
+            max_bytes: 1024,
+            max_depth: 8,
+        };
+        let err = parse_value(br#"{"user_id":"alice","user_id":"victim"}"#, loose).unwrap_err();
+        assert_eq!(err.field(), Some("user_id"));
+        let err = parse_value(br#"[{"a":1},{"data":{"x":[{"k":1,"k":2}]}}]"#, loose).unwrap_err();
+        assert_eq!(err.field(), Some("[1].data.x[0].k"));
+        // The same key in different objects, and equal values under different keys, are fine.
+        let ok = parse_value(br#"{"a":{"k":1},"b":{"k":1},"c":[1,1]}"#, loose).expect("parses");
+        assert_eq!(ok["b"]["k"], 1);
+    }
+
+    #[test]
+    fn strict_parsing_builds_the_value_serde_json_builds() {
+        let loose = Limits {
+            max_bytes: 4096,
+            max_depth: 16,
+        };
+        let text = br#"{"s":"x\u00e9\n","i":-3,"u":18446744073709551615,"f":1.5e300,"n":null,"b":true,"a":[[],{}],"o":{"z":{}}}"#;
+        let ours = parse_value(text, loose).expect("parses");
+        let theirs: Value = serde_json::from_slice(text).expect("parses");
+        assert_eq!(ours, theirs);
+        assert!(matches!(
+            parse_value(b"{\"a\":1} x", loose),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]

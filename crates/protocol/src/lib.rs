@@ -6,8 +6,9 @@
 //! a client, a publisher or a test can depend on it alone.
 //!
 //! Key decision: input from outside is decoded through one path ([`parse_value`]) that
-//! checks size, UTF-8 and nesting depth on the raw bytes before building any value, and
-//! every failure is a typed [`DecodeError`] that names the field — never a panic. The depth
+//! checks size, UTF-8 and nesting depth on the raw bytes before building any value, refuses
+//! an object that names a key twice, and every failure is a typed [`DecodeError`] that
+//! names the field — never a panic. The depth
 //! check skips string contents with `memchr` (SIMD search, no I/O).
 //!
 //! ```

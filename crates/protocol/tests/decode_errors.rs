@@ -42,6 +42,9 @@ const CLIENT_ROWS: &[(&str, &str)] = &[
     ("null", "WrongShape"),
     (r#"{"type":"#, "Malformed"),
     ("", "Malformed"),
+    // A key twice in one object is refused, whichever value would have won (issue 14).
+    (r#"{"type":"ack","seq":1,"seq":2}"#, "Invalid seq"),
+    (r#"{"type":"ping","type":"ping"}"#, "Invalid type"),
 ];
 
 /// Publish bodies, each with one mistake, as [`CLIENT_ROWS`]. `$OK` stands for a valid
@@ -145,6 +148,16 @@ const PUBLISH_ROWS: &[(&str, &str)] = &[
     ("42", "WrongShape"),
     (r#""event""#, "WrongShape"),
     (r#"{"user_id":"u1","#, "Malformed"),
+    // A key twice in one object: `serde_json` alone would keep the last `user_id` and
+    // publish to the victim (issue 14).
+    (
+        r#"{"user_id":"alice","user_id":"victim","type":"custom","data":{"name":"x"}}"#,
+        "Invalid user_id",
+    ),
+    (
+        r#"[$OK,{"user_id":"u1","type":"custom","data":{"name":"x","name":"y"}}]"#,
+        "Invalid [1].data.name",
+    ),
 ];
 
 /// Batch limit for the publish rows.

@@ -1,5 +1,6 @@
-//! Shared helpers of the emitter tests: ids, a broker that fails on demand (the manager's
-//! `FaultyBroker`), and a reader of a connection's frames.
+//! Shared helpers of the emitter tests (and, through their own support module, the
+//! bridge's): ids, a broker that fails on demand (the manager's `FaultyBroker`), and a
+//! reader of a connection's frames.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use agentwire_emitter::RunContext;
 use agentwire_manager::conformance::{Fault, FaultyBroker};
 use agentwire_manager::{Connection, InMemoryBroker, Outbound};
-use agentwire_protocol::{EventEnvelope, ServerFrame, UserId};
+use agentwire_protocol::{EventEnvelope, EventType, ServerFrame, UserId};
 use tokio::time::Instant;
 
 pub fn user(id: &str) -> UserId {
@@ -38,6 +39,11 @@ pub fn flaky(fail_times: u64, fault: Fault) -> Arc<FlakyBroker> {
 /// Time between consecutive publish attempts.
 pub fn gaps(broker: &FlakyBroker) -> Vec<Duration> {
     broker.attempts().windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// The types of `events`, in order.
+pub fn types(events: &[EventEnvelope]) -> Vec<EventType> {
+    events.iter().map(|e| e.event.event_type()).collect()
 }
 
 /// Reads the events queued on `conn` until `n` have arrived (skipping

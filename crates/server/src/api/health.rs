@@ -30,7 +30,7 @@ pub(crate) async fn readyz(State(app): State<Arc<ApiState>>) -> Response {
         )
             .into_response();
     }
-    match app.manager.broker().health().await {
+    match app.manager.broker_health().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -133,7 +133,6 @@ async fn read(
     let (after, limit) = parse_params(&query, app.publish.history_read_max)?;
     let history = app
         .manager
-        .broker()
         .history(&user, after, limit)
         .await
         .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()).retry_after(1))?;

@@ -4,9 +4,13 @@
 //!
 //! A request goes through, in this order: the API key (401/403), the content type (415),
 //! the body size (413), decoding (400/413/422), each event's validation and size (422/413),
-//! the key's rate (429), the run lifecycle (409), and only then the broker (503 on a
-//! failure). Every check before the broker looks at the whole body, so a refused body
-//! publishes nothing; only a broker failure can stop a batch half-way.
+//! the key's rate (429), the run lifecycle (409), and only then the broker: one
+//! `publish_many` per user of the body, all at once (409 `event_id_conflict` when an
+//! `event_id` was accepted for a different event, 503 on a failure). Every check before the
+//! broker looks at the whole body, so a refused body publishes nothing; the broker takes
+//! each user's events all or nothing under a refusal, so only a broker failure, or a
+//! refusal of one user's events in a body for several users, leaves part of a body
+//! published — the answer lists what was.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use std::time::Duration;
 use agentwire_manager::{BrokerError, EmitError, PreparedEvent};
 use agentwire_protocol::{
     DecodeError, EventId, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishRequest,
-    PublishResponse, RunState, RunViolation, Seq, UserId,
+    PublishResponse, RunState, RunViolation, UserId,
 };
 use axum::Json;
 use axum::body::Body;
@@ -33,10 +37,6 @@ use super::ratelimit::RateLimiter;
 use super::runs::{RunKey, RunMetrics, RunTable};
 use crate::auth::{KeyScope, authorize};
 use crate::http::{ApiError, ErrorBody, ErrorCode};
-
-/// How many of a user's newest events are searched for a retried `event_id` when an event
-/// seems to break its run (it may be a retry of one already accepted).
-pub(crate) const REPLAY_LOOKUP_EVENTS: usize = 1_000;
 
 /// `Retry-After` of a 503, in seconds.
 const BROKER_RETRY_AFTER_SECS: u64 = 1;
@@ -254,29 +254,42 @@ fn prepare_problem(e: EmitError, batch: bool, i: usize) -> ApiError {
                 ),
             )
         },
-        other => broker_problem(&other, batch, i),
+        other => broker_problem(&other, batch, i, &[]),
     }
 }
 
-fn broker_problem(e: &EmitError, batch: bool, i: usize) -> ApiError {
+/// The answer to a publish the broker did not take whole: event `i` failed with `e`, and
+/// the events at `accepted` (indexes into the body) were accepted.
+fn broker_problem(e: &EmitError, batch: bool, i: usize, accepted: &[usize]) -> ApiError {
     let transient = e.is_transient() || matches!(e, EmitError::Broker(BrokerError::Closed));
     let mut reason = e.to_string();
-    if batch && i > 0 {
+    if accepted.is_empty() {
+        reason.push_str("; nothing was published");
+    } else if accepted.iter().copied().eq(0..i) {
         reason.push_str(&format!(
             "; the events before [{i}] were accepted: retry the body with the same event_ids"
         ));
     } else {
-        reason.push_str("; nothing was published");
+        let list: Vec<String> = accepted.iter().map(|&a| format!("[{a}]")).collect();
+        reason.push_str(&format!(
+            "; the events {} were accepted: retry the body with the same event_ids",
+            list.join(", ")
+        ));
+    }
+    let field = batch.then(|| item(batch, i));
+    if let EmitError::Conflict { .. } = e {
+        let field = match field {
+            Some(f) => format!("{f}.event_id"),
+            None => "event_id".to_owned(),
+        };
+        return ApiError::new(ErrorCode::EventIdConflict, reason).at(field);
     }
     let error = if transient {
         ApiError::new(ErrorCode::Unavailable, reason).retry_after(BROKER_RETRY_AFTER_SECS)
     } else {
         ApiError::new(ErrorCode::Internal, reason)
     };
-    ApiError {
-        field: batch.then(|| item(batch, i)),
-        ..error
-    }
+    ApiError { field, ..error }
 }
 
 /// The run an event belongs to, when it is a run event (`custom` events are outside the
@@ -324,18 +337,15 @@ fn violation_problem(v: &RunViolation, batch: bool, i: usize) -> ApiError {
     .at(field)
 }
 
-/// Whether `event_id` is among `user`'s newest [`REPLAY_LOOKUP_EVENTS`] events: then an
-/// event carrying it is a retry of one the broker accepted, not a new one.
+/// Whether `event_id` was accepted into `user`'s stream (inside the broker's dedupe
+/// window): then an event carrying it is a retry of one the broker accepted, not a new
+/// one.
 async fn accepted_before(
     app: &ApiState,
     user: &UserId,
     event_id: &EventId,
 ) -> Result<bool, BrokerError> {
-    let broker = app.manager.broker();
-    let newest = broker.history(user, Seq::ZERO, 0).await?.last_seq;
-    let after = Seq(newest.get().saturating_sub(REPLAY_LOOKUP_EVENTS as u64));
-    let held = broker.history(user, after, REPLAY_LOOKUP_EVENTS).await?;
-    Ok(held.events.iter().any(|e| &e.event_id == event_id))
+    Ok(app.manager.lookup_event(user, event_id).await?.is_some())
 }
 
 /// Checks every run event of the body against copies of its run's state, in order. An
@@ -358,7 +368,7 @@ async fn check_runs(
         let retry = match &r.event_id {
             Some(id) => accepted_before(app, &r.user_id, id)
                 .await
-                .map_err(|e| broker_problem(&EmitError::Broker(e), false, 0))?,
+                .map_err(|e| broker_problem(&EmitError::from(e), false, 0, &[]))?,
             None => false,
         };
         if !retry {
@@ -387,15 +397,17 @@ async fn check_runs(
             body = super::schema::PublishResponseDoc),
         (status = 400, description = "Not UTF-8, not JSON, neither an object nor a non-empty array, or nested too deep", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
-        (status = 409, description = "An event breaks its run's lifecycle (`run_violation`; `message` names the violation)", body = ErrorBody),
+        (status = 409, description = "An event breaks its run's lifecycle (`run_violation`; `message` names \
+            the violation), or reuses an event_id accepted for a different event (`event_id_conflict`; \
+            that user's events were not published)", body = ErrorBody),
         (status = 413, description = "An event larger than --max-event-bytes, a body larger than --max-request-bytes, or more than --max-batch events", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "A missing, unknown or ill-typed field, or an identifier breaking the rule", body = ErrorBody),
         (status = 429, description = "The API key exceeds --publish-rate; nothing was published", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the events fit the rate"))),
         (status = 500, description = "The broker refused the event for good", body = ErrorBody),
-        (status = 503, description = "The broker is unavailable; the events before `field` were accepted. \
-            Retrying with the same event_ids is safe", body = ErrorBody,
+        (status = 503, description = "The broker is unavailable; `message` lists the events that were \
+            accepted, if any. Retrying with the same event_ids is safe", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -464,13 +476,20 @@ async fn publish(
         }
         None => None,
     };
+    // One broker call per user of the body, all at once.
+    let answers = app.manager.emit_prepared_many(&prepared).await;
     let mut results = Vec::with_capacity(prepared.len());
-    for (i, (event, request)) in prepared.iter().zip(&requests).enumerate() {
-        let accepted = app
-            .manager
-            .emit_prepared(event)
-            .await
-            .map_err(|e| broker_problem(&e, batch, i))?;
+    let mut accepted_at = Vec::new();
+    let mut failure = None;
+    for (i, (answer, request)) in answers.into_iter().zip(&requests).enumerate() {
+        let accepted = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                failure.get_or_insert((i, e));
+                continue;
+            }
+        };
+        accepted_at.push(i);
         if let (Some(locked), Some(key)) = (locked.as_mut(), run_key(request))
             && let Some(state) = locked.state_mut(&key)
         {
@@ -483,6 +502,19 @@ async fn publish(
             event_id: accepted.event_id,
             ts: accepted.ts,
         });
+    }
+    if let Some((i, e)) = failure {
+        // A conflict names the event that reused the id (the last one carrying it).
+        let i = match &e {
+            EmitError::Conflict { event_id, .. } => requests
+                .iter()
+                .rposition(|r| {
+                    r.user_id == requests[i].user_id && r.event_id.as_ref() == Some(event_id)
+                })
+                .unwrap_or(i),
+            _ => i,
+        };
+        return Err(broker_problem(&e, batch, i, &accepted_at));
     }
     Ok(PublishResponse { results })
 }

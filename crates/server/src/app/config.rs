@@ -222,6 +222,11 @@ pub struct ServerConfig {
     /// Most bytes of history kept for all users together.
     pub history_max_bytes: usize,
 
+    /// How long after its acceptance an `event_id` is recognised as a retry (and another
+    /// event under it refused with 409). Default (`None`): `history_max_age`. Never shorter
+    /// than the time its event stays in history.
+    pub dedupe_window: Option<Duration>,
+
     /// Longest a graceful shutdown may take before the process exits anyway.
     pub shutdown_timeout: Duration,
 
@@ -284,6 +289,7 @@ impl Default for ServerConfig {
             history_max_events: 1_000,
             history_max_age: Duration::from_secs(600),
             history_max_bytes: 256 * 1024 * 1024,
+            dedupe_window: None,
             shutdown_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
             demo: DemoMode::Auto,
@@ -538,6 +544,12 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Sets [`ServerConfig::dedupe_window`].
+    pub fn dedupe_window(mut self, value: impl Into<Duration>) -> Self {
+        self.0.dedupe_window = Some(value.into());
+        self
+    }
+
     /// Sets [`ServerConfig::shutdown_timeout`].
     pub fn shutdown_timeout(mut self, value: Duration) -> Self {
         self.0.shutdown_timeout = value;
@@ -625,6 +637,7 @@ impl ServerConfig {
             max_events_per_user: self.history_max_events,
             max_age: self.history_max_age,
             max_total_bytes: self.history_max_bytes,
+            dedupe_window: self.dedupe_window.unwrap_or(self.history_max_age),
         }
     }
 }

@@ -222,6 +222,30 @@ impl Collector for ManagerCollector {
         )?;
         gauge(
             e,
+            "agentwire_dedupe_ids",
+            "Event ids remembered for deduplication (in history or the dedupe window)",
+            s.dedupe_ids,
+        )?;
+        counter(
+            e,
+            "agentwire_event_id_conflicts",
+            "Emits refused because their event_id was accepted for a different event",
+            s.event_id_conflicts,
+        )?;
+        counter(
+            e,
+            "agentwire_resyncs",
+            "Broker signals that deliveries may have been missed (the user's connections catch up from history)",
+            s.resyncs,
+        )?;
+        counter(
+            e,
+            "agentwire_catch_up_failures",
+            "Connections closed with 1011 because history could not be read, or did not reach delivered events, within the catch-up wait",
+            s.catch_up_failures,
+        )?;
+        gauge(
+            e,
             "agentwire_queued_frames",
             "Frames waiting in connection queues, over all connections",
             s.queued_frames,

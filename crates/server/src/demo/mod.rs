@@ -36,8 +36,8 @@ use crate::http::{ApiError, ErrorCode, bearer};
 
 mod token;
 
-const CLIENT_JS: &str = include_str!("../../assets/client.js");
-const CLIENT_DTS: &str = include_str!("../../assets/client.d.ts");
+const CLIENT_JS: &str = include_str!("../../../../clients/js/src/client.js");
+const CLIENT_DTS: &str = include_str!("../../../../clients/js/src/client.d.ts");
 const DEMO_HTML: &str = include_str!("../../assets/demo.html");
 const DEMO_CSS: &str = include_str!("../../assets/demo.css");
 const DEMO_JS: &str = include_str!("../../assets/demo.js");

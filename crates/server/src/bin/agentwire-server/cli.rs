@@ -221,6 +221,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_HISTORY_MAX_BYTES", default_value_t = d().history_max_bytes)]
     pub(crate) history_max_bytes: usize,
 
+    /// How long after its acceptance an `event_id` is recognised as a retry (and another
+    /// event under it refused with 409). Default: `--history-max-age`. Never shorter than
+    /// the time its event stays in history.
+    #[arg(long, env = "AGENTWIRE_DEDUPE_WINDOW", value_parser = parse_duration)]
+    pub(crate) dedupe_window: Option<humantime::Duration>,
+
     /// Longest a graceful shutdown may take before the process exits anyway.
     #[arg(long, env = "AGENTWIRE_SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value_t = d().shutdown_timeout.into())]
     pub(crate) shutdown_timeout: humantime::Duration,
@@ -293,6 +299,7 @@ impl ServeArgs {
         c.history_max_events = this.history_max_events;
         c.history_max_age = this.history_max_age.into();
         c.history_max_bytes = this.history_max_bytes;
+        c.dedupe_window = this.dedupe_window.map(Into::into);
         c.shutdown_timeout = this.shutdown_timeout.into();
         c.allowed_origins = this.allowed_origins;
         c.demo = this.demo;

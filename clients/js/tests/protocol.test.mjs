@@ -1,88 +1,15 @@
-// Unit tests of the browser client (crates/server/assets/client.js) under node, against a
-// scripted WebSocket: the close-code table, handshake failures, resume, duplicates,
-// replay_gap, epochs. The browser test (demo.test.mjs) proves the same module in Chromium
-// against a real server; these cover the cases a real server is slow or awkward to drive.
+// Tests of the client (src/client.js) under node against a scripted WebSocket: the
+// close-code table, handshake failures, resume, duplicates, replay_gap, epochs. The
+// browser test (tests/browser/demo.test.mjs) proves the same module in Chromium against a
+// real server; these cover the cases a real server is slow or awkward to drive.
 //
-//   node --test tests/browser/client.test.mjs
+//   node --test clients/js/test/
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { AgentwireClient, CloseCode } from "../../crates/server/assets/client.js";
-
-/** A WebSocket the test plays the server of. */
-class FakeSocket {
-  static all = [];
-  constructor(url, protocols) {
-    this.url = new URL(url);
-    this.protocols = protocols;
-    this.readyState = 0;
-    this.sent = [];
-    FakeSocket.all.push(this);
-  }
-  send(text) {
-    this.sent.push(JSON.parse(text));
-  }
-  close() {
-    this.readyState = 3;
-  }
-  // --- the server's side ---
-  accept(fields = {}) {
-    this.readyState = 1;
-    this.frame({
-      type: "connection_established",
-      connection_id: `c_${FakeSocket.all.length}`,
-      user_id: "u1",
-      epoch: "e_1",
-      heartbeat_interval_ms: 30000,
-      last_seq: 0,
-      resumed: false,
-      ...fields,
-    });
-  }
-  frame(obj) {
-    this.onmessage({ data: JSON.stringify(obj) });
-  }
-  event(seq, type = "custom") {
-    this.frame({ type, seq, event_id: `ev${seq}`, ts: 1, run_id: "r1", data: { name: "n", value: seq } });
-  }
-  serverClose(code, reason = "") {
-    this.readyState = 3;
-    this.onclose({ code, reason });
-  }
-}
-
-const FAST = { initialMs: 2, maxMs: 10, factor: 2, jitter: 0 };
-
-function setup(options = {}) {
-  FakeSocket.all = [];
-  const tokens = [];
-  const client = new AgentwireClient({
-    url: "ws://agentwire.test/ws",
-    WebSocket: FakeSocket,
-    backoff: FAST,
-    goingAwayDelayMs: 1,
-    ack: false,
-    getToken: (request) => {
-      tokens.push(request);
-      return `tok${tokens.length}`;
-    },
-    ...options,
-  });
-  const states = [];
-  client.onStateChange((s) => states.push(s.state));
-  return { client, tokens, states };
-}
-
-/** The `n`-th socket (1-based), once the client opened it. */
-async function socket(n) {
-  const deadline = Date.now() + 2000;
-  while (FakeSocket.all.length < n) {
-    if (Date.now() > deadline) throw new Error(`no socket #${n} (have ${FakeSocket.all.length})`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
-  return FakeSocket.all[n - 1];
-}
+import { AgentwireClient, CloseCode } from "../src/client.js";
+import { FAST, FakeSocket, flush, setup, socket } from "./support.mjs";
 
 const settle = (ms = 40) => new Promise((r) => setTimeout(r, ms));
 
@@ -247,10 +174,9 @@ test("a successful handshake resets the failure count", async () => {
   assert.equal(FakeSocket.all.length, 6);
 });
 
-test("backs off exponentially with jitter, capped", async () => {
+test("backs off exponentially with jitter, capped", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"] });
   FakeSocket.all = [];
-  const delays = [];
-  const realSetTimeout = globalThis.setTimeout;
   const client = new AgentwireClient({
     url: "ws://agentwire.test/ws",
     WebSocket: FakeSocket,
@@ -259,21 +185,19 @@ test("backs off exponentially with jitter, capped", async () => {
     ack: false,
     getToken: () => "t",
   });
-  globalThis.setTimeout = (fn, ms) => {
-    if (ms >= 100) delays.push(ms);
-    return realSetTimeout(fn, 0);
-  };
-  try {
-    client.connect();
-    for (let n = 1; n <= 6; n++) (await socket(n)).serverClose(CloseCode.ABNORMAL);
-  } finally {
-    globalThis.setTimeout = realSetTimeout;
-    client.close();
+  client.connect();
+  await flush();
+  // With jitter 0.5 each delay lies between half its base and the base.
+  for (const [i, base] of [1000, 2000, 4000, 8000, 8000].entries()) {
+    FakeSocket.all[i].serverClose(CloseCode.ABNORMAL);
+    t.mock.timers.tick(base / 2 - 1);
+    await flush();
+    assert.equal(FakeSocket.all.length, i + 1, `attempt ${i + 2} came before ${base / 2} ms`);
+    t.mock.timers.tick(base / 2 + 1);
+    await flush();
+    assert.equal(FakeSocket.all.length, i + 2, `attempt ${i + 2} did not come within ${base} ms`);
   }
-  const bases = [1000, 2000, 4000, 8000, 8000];
-  for (const [i, base] of bases.entries()) {
-    assert.ok(delays[i] <= base && delays[i] >= base / 2, `delay ${i} = ${delays[i]}, base ${base}`);
-  }
+  client.close();
 });
 
 test("a getToken that throws is reported and retried", async () => {

@@ -1,4 +1,5 @@
-// Types of the agentwire browser client (/client.js). Wire protocol: docs/protocol.md;
+// Types of the agentwire client: the npm package `@agentwire/client` and the server's
+// /client.js (one source, clients/js/src/client.js). Wire protocol: docs/protocol.md;
 // usage: docs/client.md.
 
 /** The subprotocol every connection offers ("agentwire.v1"). */
@@ -176,9 +177,21 @@ export interface ClientOptions {
   ack?: boolean;
   /** Acks are batched over this long (default 250 ms). */
   ackDelayMs?: number;
-  /** Send `refresh_token` this long before the token's `exp` (default 60 s; 0: never). */
+  /**
+   * Send `refresh_token` this long before the token's `exp` (default 60 s; 0: never). A
+   * token that lives less than twice this is refreshed halfway through its life.
+   */
   refreshBeforeExpiryMs?: number;
-  /** The WebSocket constructor (default the global one). */
+  /**
+   * An attempt that has not received `connection_established` this long after it started
+   * (`getToken` included) is abandoned and counts as a failed handshake (default 15 s;
+   * 0: no limit).
+   */
+  connectTimeoutMs?: number;
+  /**
+   * The WebSocket constructor (default the global one; in Node 20 pass one, e.g. the `ws`
+   * package's, or run node with `--experimental-websocket`).
+   */
   WebSocket?: typeof WebSocket;
   onEvent?: (event: AgentwireEvent) => void;
   onReplayGap?: (gap: ReplayGap) => void;

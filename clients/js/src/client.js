@@ -1,9 +1,12 @@
 // agentwire browser client — one ES module, no build step, no dependencies.
 //
-// Served by agentwire-server at /client.js (types at /client.d.ts). The wire protocol it
-// speaks is docs/protocol.md; how to use it is docs/client.md.
+// The npm package `@agentwire/client` (clients/js) and agentwire-server's `/client.js`
+// (types at `/client.d.ts`) are this one file: the server embeds it at build time. It runs
+// in browsers and in Node 20+ (with a WebSocket: Node 22's global one, Node 20's behind
+// `--experimental-websocket`, or the `ws` package's passed as `WebSocket`). The wire
+// protocol it speaks is docs/protocol.md; how to use it is docs/client.md.
 //
-//   import { AgentwireClient } from "/client.js";
+//   import { AgentwireClient } from "/client.js";   // or from "@agentwire/client"
 //   const client = new AgentwireClient({ getToken: () => fetchMyToken() });
 //   client.on("tool_executing", (e) => show(e.data.tool_name, e.data.arguments));
 //   client.onReplayGap((gap) => refetchThread());
@@ -54,7 +57,27 @@ const DEFAULTS = Object.freeze({
   ack: true,
   ackDelayMs: 250,
   refreshBeforeExpiryMs: 60000,
+  connectTimeoutMs: 15000,
 });
+
+/**
+ * The longest delay `setTimeout` keeps: 2^31 - 1 ms (about 24.8 days). A longer one fires
+ * at once, in browsers and in Node alike, so longer waits are taken in steps of this.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * How long after a socket's `error` its `close` may come. Browsers and the `ws` package
+ * send both at once; Node 20's built-in WebSocket (undici 6) sends no `close` after a
+ * refused handshake, so without this the client would wait in "connecting" for ever.
+ */
+const ERROR_CLOSE_GRACE_MS = 1000;
+
+/**
+ * A token refresh is not scheduled sooner than this: a token that expires sooner is left
+ * to expire, and the server's 4002 brings a reconnect with a new token.
+ */
+const MIN_REFRESH_DELAY_MS = 1000;
 
 const EVENT_TYPE_SET = new Set(EVENT_TYPES);
 
@@ -127,6 +150,12 @@ export class AgentwireClient {
     };
     this._url = options.url || defaultUrl();
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError(
+        "agentwire: no WebSocket here: pass `WebSocket` (Node 20: run node with " +
+          "--experimental-websocket, or pass the `ws` package's WebSocket)",
+      );
+    }
     this._handlers = new Map();
     this._state = "idle";
     this._ws = null;
@@ -252,6 +281,15 @@ export class AgentwireClient {
     const generation = ++this._generation;
     this._clearTimers();
     this._setState("connecting");
+    let established = false;
+    // Bounds the whole attempt, getToken included: a server that accepts the TCP
+    // connection and never answers, or a getToken that never settles, counts as a
+    // failed handshake instead of holding the client in "connecting".
+    if (this._opts.connectTimeoutMs > 0) {
+      this._later(this._opts.connectTimeoutMs, () => {
+        if (!established) this._abandon(this._ws, "no connection_established in time", false);
+      }, generation);
+    }
     const forceRefresh = reason !== "initial" && reason !== "reconnect";
     let token;
     try {
@@ -285,7 +323,6 @@ export class AgentwireClient {
       return;
     }
     this._ws = ws;
-    let established = false;
     ws.onmessage = (msg) => {
       if (generation !== this._generation) return;
       this._lastReceived = Date.now();
@@ -307,7 +344,11 @@ export class AgentwireClient {
       this._closed(ev.code, ev.reason, established, generation);
     };
     ws.onerror = () => {
-      // Always followed by close, which decides what happens next.
+      // The close that follows decides what happens next; when none comes (Node 20's
+      // WebSocket after a refused handshake), the attempt ends as a dropped connection.
+      this._later(ERROR_CLOSE_GRACE_MS, () => {
+        if (this._ws === ws) this._abandon(ws, "error without close", established);
+      }, generation);
     };
   }
 
@@ -460,14 +501,7 @@ export class AgentwireClient {
       const pinged = Date.now();
       this._later(this._opts.pongTimeoutMs, () => {
         if (this._lastReceived >= pinged || this._ws !== ws) return;
-        this._generation++;
-        this._ws = null;
-        try {
-          ws.close();
-        } catch {
-          // Already closing.
-        }
-        this._closed(CloseCode.ABNORMAL, "no pong", true, this._generation);
+        this._abandon(ws, "no pong", true);
       }, generation);
       this._later(this._heartbeatMs, check, generation);
     };
@@ -488,8 +522,13 @@ export class AgentwireClient {
 
   _scheduleRefresh(token, generation) {
     const exp = tokenExpiryMs(token);
-    if (exp === null || !(this._opts.refreshBeforeExpiryMs > 0)) return;
-    const delay = Math.max(1000, exp - this._opts.refreshBeforeExpiryMs - Date.now());
+    const margin = this._opts.refreshBeforeExpiryMs;
+    if (exp === null || !(margin > 0)) return;
+    const left = exp - Date.now();
+    // A token that lives less than twice the margin is refreshed halfway through what is
+    // left of it: refreshing it "margin before exp" would mean at once, again and again.
+    const delay = left - Math.min(margin, left / 2);
+    if (!(delay >= MIN_REFRESH_DELAY_MS)) return;
     this._later(delay, async () => {
       let fresh;
       try {
@@ -499,6 +538,16 @@ export class AgentwireClient {
         return;
       }
       if (generation !== this._generation || typeof fresh !== "string" || !fresh) return;
+      const freshExp = tokenExpiryMs(fresh);
+      if (freshExp !== null && freshExp <= exp) {
+        // A cache that ignored forceRefresh: sending it extends nothing, and asking again
+        // would ask in a loop. The server's 4002 at `exp` brings a reconnect instead.
+        this._emit("error", {
+          kind: "token",
+          message: "getToken({ reason: \"refresh\" }) returned a token that expires no later than the one in use",
+        });
+        return;
+      }
       if (this._send({ type: "refresh_token", token: fresh })) this._scheduleRefresh(fresh, generation);
     }, generation);
   }
@@ -516,7 +565,31 @@ export class AgentwireClient {
 
   // ---- plumbing ---------------------------------------------------------------------
 
+  /**
+   * Ends the attempt or connection on `ws` (or the attempt that has no socket yet) as if
+   * it had closed with 1006: nothing of it is heard any more.
+   */
+  _abandon(ws, reason, established) {
+    this._generation++;
+    this._ws = null;
+    if (ws) {
+      try {
+        ws.close();
+      } catch {
+        // Already closing.
+      }
+    }
+    this._closed(CloseCode.ABNORMAL, reason, established, this._generation);
+  }
+
+  /** Calls `fn` after `ms`, unless the generation moved on (any `ms`, days included). */
   _later(ms, fn, generation) {
+    if (ms > MAX_TIMER_MS) {
+      // Re-armed against the deadline, so a late first step does not delay the second.
+      const due = Date.now() + ms;
+      this._later(MAX_TIMER_MS, () => this._later(due - Date.now(), fn, generation), generation);
+      return;
+    }
     const id = setTimeout(() => {
       this._timers.delete(id);
       if (generation === this._generation) fn();
