@@ -18,15 +18,10 @@ cd "$(dirname "$0")/../.."
 scenario=${1:?usage: run.sh SCENARIO [LOADGEN ARGS...]}
 shift
 
-load=$(cut -d' ' -f1 /proc/loadavg)
-if [[ "${FORCE:-0}" != 1 ]] && awk -v l="$load" -v m="${MAX_LOAD:-0.8}" 'BEGIN { exit !(l > m) }'; then
-    echo "load average $load > ${MAX_LOAD:-0.8}: not measuring (FORCE=1 to override)" >&2
-    exit 3
-fi
-
 bin=${BIN:-target/release}
 # shellcheck source=benches/scripts/lib.sh
 source benches/scripts/lib.sh
+check_quiet
 build_unless_bin
 port=${PORT:-18080}
 secret=loadgen-secret
