@@ -84,3 +84,21 @@ start_pinned_server() {
     trap stop_started EXIT
     wait_for_port "$port"
 }
+
+# start_pinned_redis PORT LOG: starts a private redis-server (no persistence) on
+# 127.0.0.1:PORT, pinned to SERVER_CORES like the servers, and waits until it answers.
+# Refuses a port something already listens on, so it never touches another Redis. Sets
+# `redis_pid`; it is stopped by stop_server, or when the calling script exits.
+start_pinned_redis() {
+    local port=$1 log=$2
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "something already listens on 127.0.0.1:$port: not starting Redis there" >&2
+        return 1
+    fi
+    taskset -c "${SERVER_CORES:-0}" redis-server --port "$port" --bind 127.0.0.1 \
+        --save '' --appendonly no >"$log" 2>&1 &
+    redis_pid=$!
+    started+=("$redis_pid")
+    trap stop_started EXIT
+    wait_for_port "$port"
+}

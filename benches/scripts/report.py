@@ -214,7 +214,8 @@ def report(records, run, markdown):
     for target in targets:
         trecs = [r for r in recs if r["meta"]["target"] == target]
         baseline = trecs[0]["meta"].get("baseline") or trecs[0]["meta"]["contender"]
-        subjects = sorted({r["meta"]["contender"] for r in trecs} - {baseline})
+        # Without a subject (a run of the baseline alone), its figures are shown alone.
+        subjects = sorted({r["meta"]["contender"] for r in trecs} - {baseline}) or [baseline]
         by = {}
         for r in trecs:
             by.setdefault(r["meta"]["contender"], {})[str(r["meta"].get("round", "1"))] = r
@@ -225,7 +226,9 @@ def report(records, run, markdown):
             for name, get, ratio_bound, abs_bound in MEASURES.get(target, []):
                 base = [get(by[baseline][n]) if n in by.get(baseline, {}) else None for n in rounds]
                 subj = [get(by[subject][n]) if n in by.get(subject, {}) else None for n in rounds]
-                ratios = [s / b if (s is not None and b) else None for s, b in zip(subj, base)]
+                alone = subject == baseline
+                ratios = [None if alone else (s / b if (s is not None and b) else None)
+                          for s, b in zip(subj, base)]
                 some = next((by[c][n] for c in (baseline, subject) for n in rounds if n in by.get(c, {})), None)
                 label = name.format(**params(some))
                 r_med = median(ratios)
@@ -237,8 +240,9 @@ def report(records, run, markdown):
                     ) if b
                 )
                 row = [
-                    target, f"{label} ({subject} / {baseline})", fmt(median(base)), fmt(median(subj)),
-                    ", ".join(fmt(v) for v in base), ", ".join(fmt(v) for v in subj),
+                    target, label if alone else f"{label} ({subject} / {baseline})",
+                    fmt(median(base)), "–" if alone else fmt(median(subj)),
+                    ", ".join(fmt(v) for v in base), "–" if alone else ", ".join(fmt(v) for v in subj),
                     ", ".join(fmt(v) for v in ratios), fmt(r_med), bound or "–",
                     ("yes" if all(verdicts) else "NO") if verdicts else "–",
                 ]
@@ -246,12 +250,13 @@ def report(records, run, markdown):
                     lines.append("| " + sep.join(row) + " |")
                 else:
                     w = max(len(baseline), len(subject), len("ratio"))
-                    lines.append(
-                        f"{target:<13} {row[1]}\n"
-                        f"    {baseline:<{w}} {row[2]:>10}  ({row[4]})\n"
-                        f"    {subject:<{w}} {row[3]:>10}  ({row[5]})\n"
-                        f"    {'ratio':<{w}} {row[7]:>10}  ({row[6]})   bound: {row[8]}   holds: {row[9]}"
-                    )
+                    text = f"{target:<13} {row[1]}\n    {baseline:<{w}} {row[2]:>10}  ({row[4]})"
+                    if not alone:
+                        text += (
+                            f"\n    {subject:<{w}} {row[3]:>10}  ({row[5]})\n"
+                            f"    {'ratio':<{w}} {row[7]:>10}  ({row[6]})   bound: {row[8]}   holds: {row[9]}"
+                        )
+                    lines.append(text)
     print(f"run {run}: {len(recs)} result lines")
     print("\n".join(lines))
     if notes:
