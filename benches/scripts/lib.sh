@@ -31,6 +31,14 @@ build_unless_bin() {
     fi
 }
 
+# prepare_measurement: check_quiet, then build_unless_bin; sets `bin` to the directory of
+# the binaries.
+prepare_measurement() {
+    check_quiet
+    build_unless_bin
+    bin=${BIN:-target/release}
+}
+
 # Pids of the servers started below; whatever is still running when the calling script
 # exits is stopped.
 started=()

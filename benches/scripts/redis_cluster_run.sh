@@ -30,9 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=benches/scripts/lib.sh
 source benches/scripts/lib.sh
-check_quiet
-build_unless_bin
-bin=${BIN:-target/release}
+prepare_measurement
 
 if [[ "${SHORT:-0}" == 1 ]]; then
     : "${USERS:=50}" "${DURATION:=3s}" "${SWEEP_RATES:=2000,4000}" "${SWEEP_STEP:=3s}"

@@ -18,10 +18,10 @@ Standard library only.
 """
 
 import argparse
-import json
-import os
 import statistics
 import sys
+
+import results
 
 DEFAULT_FILES = ["benches/results/side_by_side.jsonl", "benches/results/cluster.jsonl"]
 
@@ -127,24 +127,9 @@ MEASURES = {
 }
 
 
-def load(paths):
-    records = []
-    for path in paths:
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    sys.exit(f"{path}:{n}: not JSON: {e}")
-                meta = rec.get("meta") or {}
-                if meta.get("run") and meta.get("target") and meta.get("contender"):
-                    records.append(rec)
-    return records
+def tagged(rec):
+    meta = rec.get("meta") or {}
+    return bool(meta.get("run") and meta.get("target") and meta.get("contender"))
 
 
 def fmt(v):
@@ -271,7 +256,7 @@ def main():
     ap.add_argument("--run", help="the run id (meta.run); default: the newest run")
     ap.add_argument("--markdown", action="store_true", help="a Markdown table")
     args = ap.parse_args()
-    records = load(args.files)
+    records = results.load(args.files, keep=tagged)
     if not records:
         sys.exit("no tagged result lines (run side_by_side.sh or redis_cluster_run.sh first)")
     run = args.run or max(records, key=lambda r: r.get("unix_time", 0))["meta"]["run"]

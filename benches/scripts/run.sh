@@ -18,11 +18,9 @@ cd "$(dirname "$0")/../.."
 scenario=${1:?usage: run.sh SCENARIO [LOADGEN ARGS...]}
 shift
 
-bin=${BIN:-target/release}
 # shellcheck source=benches/scripts/lib.sh
 source benches/scripts/lib.sh
-check_quiet
-build_unless_bin
+prepare_measurement
 port=${PORT:-18080}
 secret=loadgen-secret
 key=loadgen-key

@@ -20,6 +20,9 @@
 //! Prometheus registry (`/metrics` is a handful of counters); a user's `seq` restarts when
 //! its last connection closes, and an event for a user with no connection is answered
 //! with seq 0 and dropped. Nothing in it waits or works more than that design needs.
+//!
+//! It uses no code of agentwire (not even where the two do the same, as in binding the
+//! listener or writing frames): a change to agentwire must move one side of a ratio only.
 
 mod http;
 mod hub;

@@ -2,6 +2,10 @@
 //! read half) and a writer that drains the connection's outbox into one vectored
 //! `sendmsg` per batch — a 2–10 byte header in front of each shared frame, nothing copied
 //! into a per-connection buffer.
+//!
+//! The same idea as agentwire-server's writer, written again on purpose: the hub uses no
+//! code of agentwire, so a change to agentwire's writer moves one side of a ratio, never
+//! both.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
