@@ -14,9 +14,9 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::{Counters, UnifiedWebSocketManager};
 use crate::broker::StoredEvent;
 use crate::config::QueueLimits;
-use crate::manager::{Counters, UnifiedWebSocketManager};
 
 /// Slots a drained queue keeps; beyond it, the capacity a burst grew is given back.
 const QUEUE_KEEP_CAPACITY: usize = 1;
