@@ -33,7 +33,7 @@ use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use super::ApiState;
-use super::ratelimit::RateLimiter;
+use super::ratelimit::{RateLimiter, Refused};
 use super::runs::{RunKey, RunMetrics, RunTable};
 use crate::auth::{KeyScope, authorize};
 use crate::http::{ApiError, ErrorBody, ErrorCode};
@@ -292,6 +292,28 @@ fn broker_problem(e: &EmitError, batch: bool, i: usize, accepted: &[usize]) -> A
     ApiError { field, ..error }
 }
 
+/// The answer to a body the key's token bucket refused (429, nothing published).
+fn rate_problem(refused: Refused, rate: u32, events: usize) -> ApiError {
+    match refused {
+        Refused::Wait(wait) => ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this API key may publish {rate} events per second (--publish-rate); \
+                 nothing was published"
+            ),
+        )
+        .retry_after(wait.as_secs().max(1)),
+        // No `Retry-After`: waiting does not help.
+        Refused::OverBurst { burst } => ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "the body holds {events} events; this API key may publish at most {burst} at \
+                 once (--publish-burst): split it. Nothing was published"
+            ),
+        ),
+    }
+}
+
 /// The run an event belongs to, when it is a run event (`custom` events are outside the
 /// lifecycle).
 fn run_key(r: &PublishRequest) -> Option<RunKey> {
@@ -403,7 +425,8 @@ async fn check_runs(
         (status = 413, description = "An event larger than --max-event-bytes, a body larger than --max-request-bytes, or more than --max-batch events", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "A missing, unknown or ill-typed field, or an identifier breaking the rule", body = ErrorBody),
-        (status = 429, description = "The API key exceeds --publish-rate; nothing was published", body = ErrorBody,
+        (status = 429, description = "The API key exceeds --publish-rate, or the body holds more events \
+            than --publish-burst allows at once (then without Retry-After: split it); nothing was published", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the events fit the rate"))),
         (status = 500, description = "The broker refused the event for good", body = ErrorBody),
         (status = 503, description = "The broker is unavailable; `message` lists the events that were \
@@ -456,16 +479,9 @@ async fn publish(
         })
         .collect::<Result<Vec<PreparedEvent>, ApiError>>()?;
     if let Some(limiter) = &api.limiter
-        && let Err(wait) = limiter.take(key.id, requests.len(), Instant::now())
+        && let Err(refused) = limiter.take(key.id, requests.len(), Instant::now())
     {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "this API key may publish {} events per second (--publish-rate); nothing was published",
-                api.publish_rate
-            ),
-        )
-        .retry_after(wait.as_secs().max(1)));
+        return Err(rate_problem(refused, api.publish_rate, requests.len()));
     }
     let mut locked = match &api.runs {
         Some(runs) => {
