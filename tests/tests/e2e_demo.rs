@@ -244,6 +244,34 @@ async fn bad_demo_requests_get_clear_errors() {
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         assert_eq!(r.json()["field"], "pace_ms", "{body}: {}", r.body);
     }
+    // Issue 14: a key named twice is refused, whichever copy a parser would keep.
+    let twice = post(
+        &server,
+        "/demo/token",
+        None,
+        r#"{"user_id":"alice","user_id":"victim"}"#,
+    )
+    .await;
+    assert_eq!(twice.status, 400, "{}", twice.body);
+    assert_eq!(twice.json()["error"], "bad_request");
+    assert_eq!(twice.json()["field"], "user_id", "{}", twice.body);
+    let r = post(
+        &server,
+        "/demo/runs",
+        Some(&token),
+        r#"{"pace_ms":1,"pace_ms":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["field"], "pace_ms", "{}", r.body);
+    // A body over DEMO_MAX_BODY_BYTES is refused before it is parsed.
+    let huge = format!(
+        r#"{{"user_id":"alice","pad":"{}"}}"#,
+        "x".repeat(agentwire::server::DEMO_MAX_BODY_BYTES)
+    );
+    let r = post(&server, "/demo/token", None, &huge).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.json()["error"], "payload_too_large");
     server.stop().await;
 }
 

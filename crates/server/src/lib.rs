@@ -84,4 +84,6 @@ pub use app::server::{
 };
 pub use app::shutdown::signal as shutdown_signal;
 pub use auth::{Auth, AuthConfigError, AuthError, Verified, mint_hs256};
-pub use demo::{DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL};
+pub use demo::{
+    DEMO_MAX_BODY_BYTES, DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL,
+};

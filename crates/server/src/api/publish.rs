@@ -26,7 +26,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -36,7 +35,10 @@ use super::ApiState;
 use super::ratelimit::{RateLimiter, Refused};
 use super::runs::{RunKey, RunMetrics, RunTable};
 use crate::auth::{KeyScope, authorize};
-use crate::http::{ApiError, ErrorBody, ErrorCode};
+use crate::http::{ApiError, ErrorBody, ErrorCode, body};
+
+/// The setting that bounds a publish body, as its errors name it.
+const MAX_REQUEST_BYTES: &str = "--max-request-bytes";
 
 /// `Retry-After` of a 503, in seconds.
 const BROKER_RETRY_AFTER_SECS: u64 = 1;
@@ -165,42 +167,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn request_too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("the request body is larger than {limit} bytes (--max-request-bytes)"),
-    )
-}
-
-/// Reads the body, refusing more than `limit` bytes as soon as it is known: from
-/// `Content-Length` before reading anything, else while reading.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(request_too_large(limit));
-    }
-    let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
-        })?;
-        if out.len() + chunk.len() > limit {
-            return Err(request_too_large(limit));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
-
 /// The status and body for a body that did not decode.
 fn decode_problem(e: &DecodeError, body_len: usize, api: &PublishApi) -> ApiError {
     match e {
         DecodeError::TooLarge { .. } if body_len > api.max_request_bytes => {
-            request_too_large(api.max_request_bytes)
+            body::too_large(api.max_request_bytes, MAX_REQUEST_BYTES)
         }
         DecodeError::TooLarge { size, limit } => ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -459,7 +430,7 @@ async fn publish(
     let api = &app.publish;
     let key = authorize(&app.auth, headers, KeyScope::Publish)?;
     check_content_type(headers)?;
-    let bytes = read_body(headers, body, api.max_request_bytes).await?;
+    let bytes = body::read_body(headers, body, api.max_request_bytes, MAX_REQUEST_BYTES).await?;
     let limits = Limits {
         max_bytes: api.max_request_bytes,
         max_depth: MAX_EVENT_DEPTH,

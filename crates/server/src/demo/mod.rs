@@ -20,8 +20,8 @@ use agentwire_bridge::{
     demo_run_context, simulated_run,
 };
 use agentwire_manager::UnifiedWebSocketManager;
-use agentwire_protocol::{RunId, UserId};
-use axum::body::Bytes;
+use agentwire_protocol::{Limits, MAX_CLIENT_FRAME_DEPTH, RunId, UserId, parse_object};
+use axum::body::Body;
 use axum::extract::{FromRef, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use crate::auth::Auth;
+use crate::http::body::read_body;
 use crate::http::{ApiError, ErrorCode, bearer};
 
 mod token;
@@ -50,6 +51,10 @@ pub const DEMO_MAX_RUNS: usize = 32;
 
 /// Most simulated runs in progress for one user; more are answered 429.
 pub const DEMO_MAX_RUNS_PER_USER: usize = 3;
+
+/// Largest body of a demo request (`POST /demo/token`, `POST /demo/runs`), in bytes; larger
+/// is refused with 413.
+pub const DEMO_MAX_BODY_BYTES: usize = 4 * 1024;
 
 /// The slowest pace a `POST /demo/runs` may ask for (`pace_ms`).
 pub const DEMO_MAX_PACE: Duration = Duration::from_secs(5);
@@ -176,16 +181,28 @@ fn too_many(message: &str) -> ApiError {
     ApiError::new(ErrorCode::TooManyRuns, message).retry_after(5)
 }
 
-/// The JSON object of a request body; an empty body is `{}`.
-pub(super) fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+/// The JSON object of a request body (at most [`DEMO_MAX_BODY_BYTES`]); an empty body is
+/// `{}`. Decoded by the protocol's decoder, so an object that names a key twice is refused
+/// (`{"user_id":"alice","user_id":"bob"}` is neither user) with the key named.
+pub(super) async fn body_object(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let bytes = read_body(headers, body, DEMO_MAX_BODY_BYTES, "DEMO_MAX_BODY_BYTES").await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(bad_request("the body must be a JSON object")),
-        Err(e) => Err(bad_request(format!("the body is not JSON: {e}"))),
-    }
+    let limits = Limits {
+        max_bytes: DEMO_MAX_BODY_BYTES,
+        max_depth: MAX_CLIENT_FRAME_DEPTH,
+    };
+    parse_object(&bytes, limits).map_err(|e| {
+        let error = bad_request(format!("the body must be a JSON object: {e}"));
+        match e.field() {
+            Some(field) => error.at(field),
+            None => error,
+        }
+    })
 }
 
 /// The user of `Authorization: Bearer <client token>`.
@@ -207,14 +224,14 @@ fn user_of(auth: &Auth, headers: &HeaderMap) -> Result<UserId, ApiError> {
 async fn start_run(
     State(app): State<Arc<DemoState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let bridge = app
         .bridge
         .clone()
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "the demo is off"))?;
     let user = user_of(&app.auth, &headers)?;
-    let body = body_object(&body)?;
+    let body = body_object(&headers, body).await?;
     let pace = match body.get("pace_ms") {
         None | Some(Value::Null) => DEFAULT_DEMO_PACE,
         Some(v) => v

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use agentwire_protocol::UserId;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +23,7 @@ pub(super) async fn mint_token(
     State(app): State<Arc<DemoState>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     if !app.mint {
         return Err(ApiError::new(
@@ -33,7 +33,7 @@ pub(super) async fn mint_token(
         ));
     }
     from_this_machine(peer.map(|Extension(ConnectInfo(addr))| addr), &headers)?;
-    let body = body_object(&body)?;
+    let body = body_object(&headers, body).await?;
     let id = body
         .get("user_id")
         .and_then(Value::as_str)

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::{HeaderMap, header};
 
+pub(crate) mod body;
 mod error;
 
 pub(crate) use error::{ApiError, ErrorBody, ErrorCode, method_not_allowed, not_found};

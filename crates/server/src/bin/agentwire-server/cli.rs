@@ -424,8 +424,16 @@ fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, ConfigE
         .map_err(|e: toml::de::Error| bad(e.to_string()))?;
     let cmd = Cli::command();
     let mut out = Vec::new();
+    // TOML refuses a key written twice; `max_connections` beside `max-connections` is the
+    // same setting written twice too.
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for (key, value) in table {
         let long = key.replace('_', "-");
+        if let Some(first) = seen.insert(long.clone(), key.clone()) {
+            return Err(bad(format!(
+                "`{first}` and `{key}` are the same setting: give it once"
+            )));
+        }
         let Some(arg) = cmd
             .get_arguments()
             .find(|a| a.get_long() == Some(long.as_str()))
