@@ -655,6 +655,31 @@ pub async fn http_send(
     parse_http(&raw)
 }
 
+/// Sends `request` as it is (any bytes, well-formed or not) on a new connection and reads
+/// the answer until the server closes; a reset after a complete head ends the read without
+/// failing.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> HttpResponse {
+    let work = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let _ = s.write_all(request).await;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(_) if raw.windows(4).any(|w| w == b"\r\n\r\n") => break,
+                Err(e) => panic!("reading the response: {e}"),
+            }
+        }
+        raw
+    };
+    let raw = timeout(WAIT, work)
+        .await
+        .expect("HTTP response within the wait bound");
+    parse_http(&raw)
+}
+
 /// The workspace's root directory (where `Cargo.toml`, `clients/` and `examples/` are).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

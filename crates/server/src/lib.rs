@@ -80,7 +80,8 @@ pub use app::config::{
     BrokerKind, DemoMode, PerUserPolicy, RunLifecycle, ServerConfig, ServerConfigBuilder,
 };
 pub use app::server::{
-    FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, router, router_with, run,
+    FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, clamp_tcp_connections,
+    router, router_with, run, websocket_share,
 };
 pub use app::shutdown::signal as shutdown_signal;
 pub use auth::{Auth, AuthConfigError, AuthError, Verified, mint_hs256};

@@ -12,6 +12,7 @@ use std::time::Duration;
 use agentwire_manager::{HeartbeatPolicy, HistoryConfig, LimitPolicy, ManagerConfig, QueueLimits};
 
 use crate::auth::{Auth, AuthConfigError};
+use crate::http::door::DoorLimits;
 
 /// Which broker owns the per-user streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,9 +130,32 @@ pub struct ServerConfig {
     /// Redis URL for --broker redis.
     pub redis_url: Option<String>,
 
-    /// Most connections on this node; more are refused with 1013. Clamped to what the
-    /// open-file limit allows.
+    /// Most WebSocket connections on this node; more are refused with 1013. Clamped to
+    /// 7/8 of `max_tcp_connections`, so HTTP requests always have room.
     pub max_connections: usize,
+
+    /// Most open TCP connections — WebSockets, HTTP requests and idle keep-alive connections
+    /// together. At the cap the oldest idle HTTP connection is closed to make room; when
+    /// none is idle the new connection is answered 503. Clamped to the open-file limit
+    /// minus [`FD_RESERVE`](crate::FD_RESERVE).
+    pub max_tcp_connections: usize,
+
+    /// How long a new connection has to send its first request head whole, and any
+    /// request head once its first bytes arrived; past it the connection is closed.
+    pub header_read_timeout: Duration,
+
+    /// How long a keep-alive connection may wait for its next request before it is closed.
+    pub idle_timeout: Duration,
+
+    /// How long a request body may take to arrive, from the end of its head; past it the
+    /// request is answered 408.
+    pub body_read_timeout: Duration,
+
+    /// Largest request head (request line and headers), in bytes; larger is answered 431.
+    pub max_header_bytes: usize,
+
+    /// Longest request target (path and query), in bytes; longer is answered 414.
+    pub max_uri_bytes: usize,
 
     /// Most connections one user may hold on this node.
     pub max_connections_per_user: usize,
@@ -262,6 +286,12 @@ impl Default for ServerConfig {
             broker: BrokerKind::Memory,
             redis_url: None,
             max_connections: 10_000,
+            max_tcp_connections: 12_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            body_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
             max_connections_per_user: 3,
             per_user_policy: PerUserPolicy::EvictOldest,
             queue_max_frames: 1024,
@@ -379,6 +409,42 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::max_connections`].
     pub fn max_connections(mut self, value: usize) -> Self {
         self.0.max_connections = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_tcp_connections`].
+    pub fn max_tcp_connections(mut self, value: usize) -> Self {
+        self.0.max_tcp_connections = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::header_read_timeout`].
+    pub fn header_read_timeout(mut self, value: Duration) -> Self {
+        self.0.header_read_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::idle_timeout`].
+    pub fn idle_timeout(mut self, value: Duration) -> Self {
+        self.0.idle_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::body_read_timeout`].
+    pub fn body_read_timeout(mut self, value: Duration) -> Self {
+        self.0.body_read_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_header_bytes`].
+    pub fn max_header_bytes(mut self, value: usize) -> Self {
+        self.0.max_header_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_uri_bytes`].
+    pub fn max_uri_bytes(mut self, value: usize) -> Self {
+        self.0.max_uri_bytes = value;
         self
     }
 
@@ -606,6 +672,19 @@ impl ServerConfig {
             .with_audience(self.jwt_audience.clone())
             .with_leeway(self.jwt_leeway)
             .with_api_keys(&self.api_keys, &self.publish_api_keys))
+    }
+
+    /// The front door's bounds.
+    pub(crate) fn door_limits(&self) -> DoorLimits {
+        DoorLimits {
+            max_tcp_connections: self.max_tcp_connections.max(1),
+            header_read_timeout: self.header_read_timeout.max(Duration::from_millis(1)),
+            idle_timeout: self.idle_timeout.max(Duration::from_millis(1)),
+            body_read_timeout: self.body_read_timeout.max(Duration::from_millis(1)),
+            // hyper needs room for a request line and a few headers.
+            max_header_bytes: self.max_header_bytes.max(1024),
+            max_uri_bytes: self.max_uri_bytes.max(64),
+        }
     }
 
     /// The manager's configuration.

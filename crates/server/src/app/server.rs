@@ -7,17 +7,23 @@ use std::sync::Arc;
 
 use agentwire_manager::{HistoryConfig, InMemoryBroker, UnifiedWebSocketManager};
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::extract::Request;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::config::{BrokerKind, ServerConfig};
 use super::state::AppState;
 use crate::auth::{Auth, AuthConfigError};
+use crate::http::body::TimedBody;
+use crate::http::door::{ConnSlot, FrontDoor};
+use crate::http::io::TrackedTcp;
+use crate::http::{ApiError, ErrorCode, raw_answer};
 
 /// File descriptors kept free for what is not a connection (listener, logs, files, the
 /// handshakes in flight).
@@ -55,6 +61,7 @@ fn routes(state: AppState) -> Router {
         .merge(super::routes::api())
         .method_not_allowed_fallback(crate::http::method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::map_response(crate::http::json_errors))
 }
 
 /// The agentwire routes (`/ws`, `/healthz`, `/readyz`, `/metrics`, the admin API, the
@@ -118,11 +125,26 @@ pub fn build_manager(config: &ServerConfig) -> Result<UnifiedWebSocketManager, S
     }
 }
 
-/// The most connections `nofile` open files allow, keeping [`FD_RESERVE`] free: `requested`
-/// or less, and at least 1.
-pub fn clamp_max_connections(requested: usize, nofile: u64) -> usize {
+/// The most open TCP connections `nofile` open files allow, keeping [`FD_RESERVE`] free:
+/// `requested` or less, and at least 1.
+pub fn clamp_tcp_connections(requested: usize, nofile: u64) -> usize {
     let allowed = usize::try_from(nofile.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
     requested.min(allowed).max(1)
+}
+
+/// The most WebSocket connections a node with `max_tcp_connections` open TCP connections
+/// allows: 7/8 of them, so HTTP requests (health checks, the publish API, handshakes)
+/// always have room.
+pub fn websocket_share(max_tcp_connections: usize) -> usize {
+    (max_tcp_connections - max_tcp_connections / 8).max(1)
+}
+
+/// The most WebSocket connections `nofile` open files allow, keeping [`FD_RESERVE`] free
+/// and the HTTP share of [`websocket_share`]: `requested` or less, and at least 1.
+pub fn clamp_max_connections(requested: usize, nofile: u64) -> usize {
+    requested
+        .min(websocket_share(clamp_tcp_connections(usize::MAX, nofile)))
+        .max(1)
 }
 
 fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
@@ -189,16 +211,26 @@ impl Server {
 
     fn clamp_to_nofile(mut config: ServerConfig) -> ServerConfig {
         if let Some(nofile) = config.open_file_limit {
-            let clamped = clamp_max_connections(config.max_connections, nofile);
-            if clamped < config.max_connections {
+            let clamped = clamp_tcp_connections(config.max_tcp_connections, nofile);
+            if clamped < config.max_tcp_connections {
                 tracing::warn!(
-                    requested = config.max_connections,
+                    requested = config.max_tcp_connections,
                     allowed = clamped,
                     open_file_limit = nofile,
-                    "max_connections clamped to what the open-file limit allows"
+                    "max_tcp_connections clamped to what the open-file limit allows"
                 );
-                config.max_connections = clamped;
+                config.max_tcp_connections = clamped;
             }
+        }
+        let share = websocket_share(config.max_tcp_connections);
+        if share < config.max_connections {
+            tracing::warn!(
+                requested = config.max_connections,
+                allowed = share,
+                max_tcp_connections = config.max_tcp_connections,
+                "max_connections clamped to 7/8 of max_tcp_connections"
+            );
+            config.max_connections = share;
         }
         config
     }
@@ -272,6 +304,7 @@ impl Server {
             // A path no route serves gets the JSON error too; `router()` leaves the
             // fallback to the application it is mounted in.
             routes(state.clone()).fallback(crate::http::not_found),
+            state.door.clone(),
             stop_rx,
         ));
         tokio::select! {
@@ -345,14 +378,20 @@ fn adopt(
 ///
 /// Connections are served by hyper directly rather than through `axum::serve`, so an
 /// upgraded connection is still the plain `TcpStream` underneath and `/ws` can split it
-/// into two lock-free halves (`crate::ws`'s `wire`).
+/// into two lock-free halves (`crate::ws`'s `wire`); and so the front door
+/// (`crate::http::door`) sees every connection: its cap, its timeouts, and the JSON body of
+/// the answers hyper gives by itself (`crate::http::io`).
 async fn accept_loop(
     listener: TcpListener,
     routes: Router,
+    door: Arc<FrontDoor>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     // Every connection task holds a sender; `recv` returns `None` once all are gone.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_header_size(door.limits.max_header_bytes);
+    let lingering = Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING_REFUSALS));
     loop {
         let (tcp, peer) = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -368,36 +407,182 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(slot) = door.admit() else {
+            refuse_full(tcp, &lingering);
+            continue;
+        };
         // Batches are written explicitly; Nagle would only add latency.
         let _ = tcp.set_nodelay(true);
-        // Handlers that care who is asking (development tokens) read the peer from the
-        // request's extensions, as axum's `ConnectInfo` is.
-        let routes = routes.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            tower_service::Service::call(&mut routes.clone(), request)
-        });
-        let mut stop = stop.clone();
-        let open = open_tx.clone();
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-            drop(open);
-        });
+        let service = front_service(routes.clone(), door.clone(), slot.clone(), peer);
+        let io = TokioIo::new(TrackedTcp::new(tcp, slot.clone()));
+        let conn = http.serve_connection(io, service).with_upgrades();
+        tokio::spawn(serve_connection(conn, slot, stop.clone(), open_tx.clone()));
     }
     drop(listener);
     drop(open_tx);
     let _ = open_rx.recv().await;
     Ok(())
+}
+
+/// Refusals at `--max-tcp-connections` under way at once. Each holds its socket for at most
+/// [`REFUSAL_LINGER`], within the descriptors [`FD_RESERVE`] keeps free; beyond them a
+/// refused socket is answered and closed at once.
+const MAX_LINGERING_REFUSALS: usize = 16;
+
+/// How long a refused connection is held so that its answer is read before the socket
+/// closes (closing a socket with an unread request resets it, and the peer may lose the
+/// answer).
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Answers a connection the front door has no room for with 503, and closes it.
+fn refuse_full(tcp: TcpStream, lingering: &Arc<tokio::sync::Semaphore>) {
+    let answer = raw_answer(
+        &ApiError::new(
+            ErrorCode::Unavailable,
+            "this node has --max-tcp-connections connections open and none of them idle; \
+             retry, or reach another node",
+        )
+        .retry_after(1),
+    );
+    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+        // Best effort: a fresh socket takes a few hundred bytes at once.
+        let _ = tcp.try_write(&answer);
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _permit = permit;
+        let mut tcp = tcp;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            tcp.write_all(&answer).await?;
+            tcp.shutdown().await?;
+            // What the peer sent is read and dropped until it closes: then no reset.
+            let mut sink = [0u8; 1024];
+            while tcp.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+    });
+}
+
+/// What hyper calls for each request of a connection: the front door's own checks (the
+/// target's length, the body's deadline), then the router, with the peer's address in
+/// the request's extensions, as axum's `ConnectInfo` is (handlers that care who is asking,
+/// such as development tokens, read it there).
+fn front_service(
+    routes: Router,
+    door: Arc<FrontDoor>,
+    slot: ConnSlot,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |request: Request<Incoming>| {
+        let busy = slot.begin_request();
+        let slot = slot.clone();
+        let too_long = target_too_long(&request, &door);
+        let (parts, body) = request.into_parts();
+        let mut request = Request::from_parts(
+            parts,
+            Body::new(TimedBody::new(
+                body,
+                door.limits.body_read_timeout,
+                door.metrics.clone(),
+            )),
+        );
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut routes = routes.clone();
+        async move {
+            let response = match too_long {
+                Some(refused) => refused.into_response(),
+                None => tower_service::Service::call(&mut routes, request).await?,
+            };
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                slot.upgraded();
+            }
+            drop(busy);
+            Ok(response)
+        }
+    })
+}
+
+/// The 414 for a request target longer than `--max-uri-bytes`.
+fn target_too_long(request: &Request<Incoming>, door: &FrontDoor) -> Option<ApiError> {
+    let uri = request.uri();
+    let len = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let limit = door.limits.max_uri_bytes;
+    (len > limit).then(|| {
+        door.metrics.malformed(414);
+        ApiError::new(
+            ErrorCode::UriTooLong,
+            format!("the request target is {len} bytes; the limit is {limit} (--max-uri-bytes)"),
+        )
+    })
+}
+
+/// Serves one connection until it ends, is closed by a front-door timeout or evicted to
+/// make room, or — once `stop` is true — has finished the request in progress.
+async fn serve_connection<C>(
+    conn: C,
+    slot: ConnSlot,
+    mut stop: watch::Receiver<bool>,
+    open: mpsc::Sender<()>,
+) where
+    C: Future + GracefulShutdown,
+{
+    let limits = slot.door().limits;
+    // While a request is served no timeout runs; look again after this long.
+    let recheck = limits.header_read_timeout.min(limits.idle_timeout);
+    tokio::pin!(conn);
+    let timer = tokio::time::sleep(recheck);
+    tokio::pin!(timer);
+    let mut stopping = false;
+    loop {
+        let wake = slot
+            .deadline()
+            .map_or_else(|| Instant::now() + recheck, |(at, _)| at);
+        timer.as_mut().reset(wake);
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => break,
+            () = stopped(&mut stop), if !stopping => {
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
+            }
+            () = slot.evicted() => break,
+            () = &mut timer => {
+                if let Some((at, why)) = slot.deadline()
+                    && Instant::now() >= at
+                {
+                    slot.door().metrics.timed_out(why);
+                    break;
+                }
+            }
+        }
+    }
+    drop(open);
+}
+
+/// hyper's connection futures, which can be asked to finish the request in progress and
+/// close.
+trait GracefulShutdown {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulShutdown for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
@@ -433,11 +618,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn max_connections_is_clamped_to_the_file_limit() {
-        assert_eq!(clamp_max_connections(10_000, 1_024), 960);
+    fn connections_are_clamped_to_the_file_limit() {
+        assert_eq!(clamp_tcp_connections(12_000, 1_024), 960);
+        assert_eq!(clamp_tcp_connections(100, 1_024), 100);
+        assert_eq!(clamp_tcp_connections(100, 10), 1);
+        assert_eq!(clamp_max_connections(10_000, 1_024), 840);
         assert_eq!(clamp_max_connections(100, 1_024), 100);
         assert_eq!(clamp_max_connections(100, 10), 1);
         assert_eq!(clamp_max_connections(5, u64::MAX), 5);
+        // The defaults fit each other: 10,000 WebSockets in 12,000 connections.
+        let d = ServerConfig::default();
+        assert!(websocket_share(d.max_tcp_connections) >= d.max_connections);
+        let c = Server::clamp_to_nofile(ServerConfig {
+            open_file_limit: Some(300),
+            ..ServerConfig::default()
+        });
+        assert_eq!((c.max_tcp_connections, c.max_connections), (236, 207));
     }
 
     /// Issue 15: a manager that exists before `Server::bind` is adopted only when its

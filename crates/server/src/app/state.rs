@@ -15,6 +15,7 @@ use crate::api::{ApiState, PublishApi, PublishLimits, PublishMetrics};
 use crate::auth::Auth;
 use crate::demo::DemoState;
 use crate::http::Draining;
+use crate::http::door::{DoorMetrics, FrontDoor};
 use crate::ws::{WsMetrics, WsSettings, WsState};
 
 /// The state the router holds.
@@ -26,6 +27,8 @@ pub(crate) struct AppState {
     pub(crate) api: Arc<ApiState>,
     pub(crate) demo: Arc<DemoState>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Every open TCP connection of `Server::serve` (unused by a mounted router).
+    pub(crate) door: Arc<FrontDoor>,
     draining: Draining,
 }
 
@@ -36,6 +39,7 @@ impl AppState {
         let mut registry = Registry::default();
         let ws_metrics = WsMetrics::register(&mut registry);
         let publish_metrics = PublishMetrics::register(&mut registry);
+        let door = FrontDoor::new(config.door_limits(), DoorMetrics::register(&mut registry));
         let demo_on = config.demo.is_enabled(config);
         AppState {
             ws: Arc::new(WsState {
@@ -58,6 +62,7 @@ impl AppState {
                 config.dev_mode,
             )),
             metrics: Arc::new(Metrics::new(registry, manager.clone())),
+            door,
             manager,
             draining,
         }

@@ -3,11 +3,84 @@
 //! is read, else as soon as the bound is passed — and, when the server's front door put a
 //! deadline on it (`--body-read-timeout`), in time.
 
-use axum::body::Body;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
 use futures_util::StreamExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
+use super::door::{DoorMetrics, Timeout};
 use super::{ApiError, ErrorCode};
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyReadError {
+    /// The body did not arrive within the body-read timeout.
+    #[error("the body did not arrive within {0:?} (--body-read-timeout)")]
+    TimedOut(std::time::Duration),
+    /// The connection failed while the body was read.
+    #[error(transparent)]
+    Connection(#[from] hyper::Error),
+}
+
+/// A request body that must be read whole by a deadline (`--body-read-timeout`, counted
+/// from the request head); past it, reading yields [`BodyReadError::TimedOut`]. The timer
+/// is armed only when the body makes a reader wait, so a body that is there already (or
+/// absent) costs none.
+#[derive(Debug)]
+pub(crate) struct TimedBody {
+    inner: Incoming,
+    deadline: Instant,
+    timeout: std::time::Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    metrics: DoorMetrics,
+}
+
+impl TimedBody {
+    pub(crate) fn new(inner: Incoming, timeout: std::time::Duration, metrics: DoorMetrics) -> Self {
+        TimedBody {
+            inner,
+            deadline: Instant::now() + timeout,
+            timeout,
+            timer: None,
+            metrics,
+        }
+    }
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = BodyReadError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyReadError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(BodyReadError::from)));
+        }
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.metrics.timed_out(Timeout::BodyRead);
+            return Poll::Ready(Some(Err(BodyReadError::TimedOut(self.timeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The answer to a body larger than `limit` bytes; `bound` names the setting
 /// (`--max-request-bytes`).
@@ -49,5 +122,12 @@ pub(crate) async fn read_body(
 }
 
 fn read_error(e: &axum::Error) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(timeout @ BodyReadError::TimedOut(_)) = c.downcast_ref::<BodyReadError>() {
+            return ApiError::new(ErrorCode::RequestTimeout, timeout.to_string());
+        }
+        cause = c.source();
+    }
     ApiError::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
 }

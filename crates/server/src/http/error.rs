@@ -18,6 +18,8 @@ use serde::Serialize;
 pub(crate) enum ErrorCode {
     /// 400: the request is malformed (query, path, headers, body that is not JSON).
     BadRequest,
+    /// 408: the request body did not arrive within the body-read timeout.
+    RequestTimeout,
     /// 401: no credential, or an unknown or invalid one.
     Unauthorized,
     /// 403: the credential may not do this, or the Origin/Host is not allowed.
@@ -58,6 +60,7 @@ impl ErrorCode {
     pub(crate) fn status(self) -> StatusCode {
         match self {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -150,6 +153,102 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The body of this error as JSON bytes.
+    fn body_json(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            error: self.code,
+            message: self.message.clone(),
+            field: self.field.clone(),
+        };
+        // A struct of strings and a unit enum always serializes.
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// The whole HTTP/1.1 answer of `error` as bytes, with `Connection: close`: for answers
+/// given below the router — by the front door, in place of one hyper made up — where there
+/// is no response object to build.
+pub(crate) fn raw_answer(error: &ApiError) -> Vec<u8> {
+    let status = error.status();
+    let body = error.body_json();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if let Some(secs) = error.retry_after {
+        out.push_str(&format!("retry-after: {secs}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+impl ErrorCode {
+    /// The code of an answer with `status` that carries none (one axum made up).
+    fn for_status(status: StatusCode) -> ErrorCode {
+        match status.as_u16() {
+            401 => ErrorCode::Unauthorized,
+            403 => ErrorCode::Forbidden,
+            404 => ErrorCode::NotFound,
+            405 => ErrorCode::MethodNotAllowed,
+            408 => ErrorCode::RequestTimeout,
+            413 => ErrorCode::PayloadTooLarge,
+            414 => ErrorCode::UriTooLong,
+            415 => ErrorCode::UnsupportedMediaType,
+            422 => ErrorCode::InvalidEvent,
+            429 => ErrorCode::RateLimited,
+            431 => ErrorCode::HeadersTooLarge,
+            503 => ErrorCode::Unavailable,
+            500..=599 => ErrorCode::Internal,
+            _ => ErrorCode::BadRequest,
+        }
+    }
+}
+
+/// The most of a made-up answer's text that becomes the JSON body's `message`.
+const MADE_UP_TEXT_MAX: usize = 1024;
+
+/// Gives every error answer of the router the JSON error body. The handlers answer with
+/// [`ApiError`]; what axum answers by itself (an extractor's rejection, such as a path
+/// segment that is not UTF-8 once percent-decoded) is plain text, turned here into the
+/// same body with the same status, its text as the message. Success answers pass as they
+/// are, for the cost of a look at the status.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MADE_UP_TEXT_MAX)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let json = ApiError::new(ErrorCode::for_status(status), message).body_json();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(json))
+}
+
 /// The answer to a path no route serves.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route (see /openapi.json)")
@@ -181,6 +280,28 @@ mod tests {
             v,
             serde_json::json!({"error": "invalid_event", "message": "missing",
                 "field": "[1].data.tool_call_id"})
+        );
+    }
+
+    #[test]
+    fn a_raw_answer_is_a_whole_response_with_the_body() {
+        let raw = raw_answer(&ApiError::new(ErrorCode::HeadersTooLarge, "big").retry_after(2));
+        let text = String::from_utf8(raw).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        assert!(
+            head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(head.contains("retry-after: 2"), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "headers_too_large", "message": "big", "field": null})
         );
     }
 

@@ -1,5 +1,6 @@
 //! What every HTTP handler shares, below all of them: the one error answer, the bearer
-//! credential of a request, and the flag that says the server is draining.
+//! credential of a request, the flag that says the server is draining, the one body
+//! reader (`body`), and the front door every connection passes (`door`, `io`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,9 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::http::{HeaderMap, header};
 
 pub(crate) mod body;
+pub(crate) mod door;
 mod error;
+pub(crate) mod io;
 
-pub(crate) use error::{ApiError, ErrorBody, ErrorCode, method_not_allowed, not_found};
+pub(crate) use error::{
+    ApiError, ErrorBody, ErrorCode, json_errors, method_not_allowed, not_found, raw_answer,
+};
 
 /// An `Authorization` header that is not `Bearer <credential>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -145,7 +145,11 @@ pub(crate) async fn ws_handler(
     };
     let upgrade = match upgrade {
         Ok(u) => u,
-        Err(rejection) => return refuse(Rejection::BadRequest, rejection.into()),
+        Err(rejection) => {
+            // Its own answer: a bad version carries the version the server speaks.
+            app.metrics.rejected(Rejection::BadRequest);
+            return rejection.into_response();
+        }
     };
     let s = &app.ws;
     // Reading only: the server writes its frames itself (crate::wire).

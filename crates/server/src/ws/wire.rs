@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -27,6 +27,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::http::door::ConnSlot;
+use crate::http::io::TrackedTcp;
 use crate::http::{ApiError, ErrorCode};
 
 /// Most slices one vectored write is given (Linux's `IOV_MAX` is 1024).
@@ -88,14 +90,19 @@ pub(crate) struct WsUpgrade {
     on_upgrade: OnUpgrade,
 }
 
-/// Why a request to `/ws` is not a WebSocket upgrade (answered with 400).
+/// Why a request to `/ws` is not a WebSocket opening handshake as RFC 6455 §4.2.1 defines
+/// it (answered with 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UpgradeRejection {
     NotGet,
+    NotHttp11,
+    NoHost,
     NoConnectionUpgrade,
     NoUpgradeWebsocket,
+    /// Answered with `Sec-WebSocket-Version: 13`, the version the server speaks (§4.2.2).
     BadVersion,
     NoKey,
+    BadKey,
     NotUpgradable,
 }
 
@@ -103,14 +110,21 @@ impl UpgradeRejection {
     fn reason(self) -> &'static str {
         match self {
             UpgradeRejection::NotGet => "a WebSocket handshake is a GET request",
+            UpgradeRejection::NotHttp11 => "a WebSocket handshake needs HTTP/1.1",
+            UpgradeRejection::NoHost => "header `Host`: missing",
             UpgradeRejection::NoConnectionUpgrade => {
                 "not a WebSocket handshake: `Connection` must contain `upgrade`"
             }
             UpgradeRejection::NoUpgradeWebsocket => {
                 "not a WebSocket handshake: `Upgrade` must be `websocket`"
             }
-            UpgradeRejection::BadVersion => "header `Sec-WebSocket-Version`: must be 13",
+            UpgradeRejection::BadVersion => {
+                "header `Sec-WebSocket-Version`: must be 13, given once"
+            }
             UpgradeRejection::NoKey => "header `Sec-WebSocket-Key`: missing",
+            UpgradeRejection::BadKey => {
+                "header `Sec-WebSocket-Key`: must be 16 bytes in base64 (24 characters), given once"
+            }
             UpgradeRejection::NotUpgradable => "this connection cannot be upgraded",
         }
     }
@@ -124,7 +138,14 @@ impl From<UpgradeRejection> for ApiError {
 
 impl IntoResponse for UpgradeRejection {
     fn into_response(self) -> Response {
-        ApiError::from(self).into_response()
+        let mut r = ApiError::from(self).into_response();
+        if self == UpgradeRejection::BadVersion {
+            r.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        r
     }
 }
 
@@ -135,6 +156,23 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
+/// The one value of header `name`, `None` when it is missing or given more than once.
+fn single(headers: &HeaderMap, name: header::HeaderName) -> Option<&HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+/// Whether `key` is what RFC 6455 §4.1 asks a client to send: 16 bytes in base64, that is
+/// 22 characters of the base64 alphabet and `==`.
+fn is_base64_of_16_bytes(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
     type Rejection = UpgradeRejection;
 
@@ -142,24 +180,30 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
         if parts.method != Method::GET {
             return Err(UpgradeRejection::NotGet);
         }
+        if parts.version < Version::HTTP_11 {
+            return Err(UpgradeRejection::NotHttp11);
+        }
+        if !parts.headers.contains_key(header::HOST) {
+            return Err(UpgradeRejection::NoHost);
+        }
         if !header_has_token(&parts.headers, header::CONNECTION, "upgrade") {
             return Err(UpgradeRejection::NoConnectionUpgrade);
         }
         if !header_has_token(&parts.headers, header::UPGRADE, "websocket") {
             return Err(UpgradeRejection::NoUpgradeWebsocket);
         }
-        if parts
-            .headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_none_or(|v| v.as_bytes() != b"13")
+        if single(&parts.headers, header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes().trim_ascii() != b"13")
         {
             return Err(UpgradeRejection::BadVersion);
         }
-        let key = parts
-            .headers
-            .get(header::SEC_WEBSOCKET_KEY)
+        if !parts.headers.contains_key(header::SEC_WEBSOCKET_KEY) {
+            return Err(UpgradeRejection::NoKey);
+        }
+        let key = single(&parts.headers, header::SEC_WEBSOCKET_KEY)
+            .filter(|k| is_base64_of_16_bytes(k.as_bytes().trim_ascii()))
             .cloned()
-            .ok_or(UpgradeRejection::NoKey)?;
+            .ok_or(UpgradeRejection::BadKey)?;
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
@@ -195,7 +239,7 @@ impl WsUpgrade {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let (read, write, pre_read) = split(upgraded);
+            let (read, write, pre_read, slot) = split(upgraded);
             let stream = WebSocketStream::from_partially_read(
                 ReadOnly(read),
                 pre_read,
@@ -205,7 +249,7 @@ impl WsUpgrade {
             .await;
             // Boxed: the stream moves from the connection's task to its reader's, and a
             // moved-from slot in a future still takes its room.
-            serve(Box::new(stream), FrameWriter::new(write)).await;
+            serve(Box::new(stream), FrameWriter::new(write, slot)).await;
         });
         let mut response = (
             StatusCode::SWITCHING_PROTOCOLS,
@@ -244,16 +288,36 @@ enum WriteHalf {
 /// router mounted in an application served by `axum::serve`, which wraps the socket, or
 /// TLS — is split generically, behind a lock. Bytes the client sent right after its
 /// handshake come back as the third value.
-fn split(upgraded: Upgraded) -> (ReadHalf, WriteHalf, Vec<u8>) {
+fn split(upgraded: Upgraded) -> (ReadHalf, WriteHalf, Vec<u8>, Option<ConnSlot>) {
+    // `Server::serve`'s connections: the socket and its slot at the front door, which the
+    // WebSocket holds from now on.
+    let upgraded = match upgraded.downcast::<TokioIo<TrackedTcp>>() {
+        Ok(parts) => {
+            let (tcp, slot) = parts.io.into_inner().into_parts();
+            let (r, w) = tcp.into_split();
+            return (
+                Box::new(r),
+                WriteHalf::Tcp(w),
+                parts.read_buf.to_vec(),
+                Some(slot),
+            );
+        }
+        Err(upgraded) => upgraded,
+    };
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (r, w) = parts.io.into_inner().into_split();
-            (Box::new(r), WriteHalf::Tcp(w), parts.read_buf.to_vec())
+            (
+                Box::new(r),
+                WriteHalf::Tcp(w),
+                parts.read_buf.to_vec(),
+                None,
+            )
         }
         Err(upgraded) => {
             tracing::debug!("not a plain TCP connection: split through a lock");
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::new(r), WriteHalf::Other(Box::new(w)), Vec::new())
+            (Box::new(r), WriteHalf::Other(Box::new(w)), Vec::new(), None)
         }
     }
 }
@@ -299,6 +363,8 @@ pub(crate) type WsStream = WebSocketStream<ReadOnly<ReadHalf>>;
 pub(crate) struct FrameWriter {
     io: WriteHalf,
     headers: Vec<Header>,
+    /// The connection's place at the front door, given back when the socket closes.
+    _slot: Option<ConnSlot>,
 }
 
 impl std::fmt::Debug for FrameWriter {
@@ -308,10 +374,11 @@ impl std::fmt::Debug for FrameWriter {
 }
 
 impl FrameWriter {
-    fn new(io: WriteHalf) -> Self {
+    fn new(io: WriteHalf, slot: Option<ConnSlot>) -> Self {
         FrameWriter {
             io,
             headers: Vec::new(),
+            _slot: slot,
         }
     }
 
@@ -419,6 +486,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_is_sixteen_bytes_of_base64() {
+        assert!(is_base64_of_16_bytes(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [
+            &b""[..],
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            b"dGhlIHNhbXBsZSBub25jZQ===",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25j!Q==",
+            b"dGhlIHNhbXBsZSBub25jZQA",
+            b"dGhlIHNhbXBsZSBub25jZQ==dGhl",
+        ] {
+            assert!(
+                !is_base64_of_16_bytes(bad),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
     fn headers_use_the_shortest_length_form() {
         for (len, expect) in [
             (0usize, vec![0x81, 0]),
@@ -503,11 +590,14 @@ mod tests {
         for vectored in [true, false] {
             for chunk in [1, 3, 64, 1 << 20] {
                 let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-                let mut w = FrameWriter::new(WriteHalf::Other(Box::new(Trickle {
-                    out: out.clone(),
-                    chunk,
-                    vectored,
-                })));
+                let mut w = FrameWriter::new(
+                    WriteHalf::Other(Box::new(Trickle {
+                        out: out.clone(),
+                        chunk,
+                        vectored,
+                    })),
+                    None,
+                );
                 w.write_text(&frames).await.expect("written");
                 assert_eq!(
                     *out.lock().expect("lock"),

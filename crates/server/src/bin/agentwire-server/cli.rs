@@ -100,10 +100,37 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_REDIS_URL", hide_env_values = true)]
     pub(crate) redis_url: Option<String>,
 
-    /// Most connections on this node; more are refused with 1013. Clamped to what the
-    /// open-file limit allows.
+    /// Most WebSocket connections on this node; more are refused with 1013. Clamped to 7/8
+    /// of --max-tcp-connections.
     #[arg(long, env = "AGENTWIRE_MAX_CONNECTIONS", default_value_t = d().max_connections)]
     pub(crate) max_connections: usize,
+
+    /// Most open TCP connections (WebSockets, HTTP requests, idle keep-alive connections);
+    /// at the cap the oldest idle one is closed to make room, else the new one gets 503.
+    /// Clamped to the open-file limit minus 64.
+    #[arg(long, env = "AGENTWIRE_MAX_TCP_CONNECTIONS", default_value_t = d().max_tcp_connections)]
+    pub(crate) max_tcp_connections: usize,
+
+    /// How long a new connection has to send its first request head whole (and any head
+    /// once its first bytes arrived); past it the connection is closed.
+    #[arg(long, env = "AGENTWIRE_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value_t = d().header_read_timeout.into())]
+    pub(crate) header_read_timeout: humantime::Duration,
+
+    /// How long a keep-alive connection may wait for its next request before it is closed.
+    #[arg(long, env = "AGENTWIRE_IDLE_TIMEOUT", value_parser = parse_duration, default_value_t = d().idle_timeout.into())]
+    pub(crate) idle_timeout: humantime::Duration,
+
+    /// How long a request body may take to arrive after its head; past it: 408.
+    #[arg(long, env = "AGENTWIRE_BODY_READ_TIMEOUT", value_parser = parse_duration, default_value_t = d().body_read_timeout.into())]
+    pub(crate) body_read_timeout: humantime::Duration,
+
+    /// Largest request head (request line and headers), in bytes; larger: 431.
+    #[arg(long, env = "AGENTWIRE_MAX_HEADER_BYTES", default_value_t = d().max_header_bytes)]
+    pub(crate) max_header_bytes: usize,
+
+    /// Longest request target (path and query), in bytes; longer: 414.
+    #[arg(long, env = "AGENTWIRE_MAX_URI_BYTES", default_value_t = d().max_uri_bytes)]
+    pub(crate) max_uri_bytes: usize,
 
     /// Most connections one user may hold on this node.
     #[arg(long, env = "AGENTWIRE_MAX_CONNECTIONS_PER_USER", default_value_t = d().max_connections_per_user)]
@@ -272,6 +299,12 @@ impl ServeArgs {
         c.broker = this.broker;
         c.redis_url = this.redis_url;
         c.max_connections = this.max_connections;
+        c.max_tcp_connections = this.max_tcp_connections;
+        c.header_read_timeout = this.header_read_timeout.into();
+        c.idle_timeout = this.idle_timeout.into();
+        c.body_read_timeout = this.body_read_timeout.into();
+        c.max_header_bytes = this.max_header_bytes;
+        c.max_uri_bytes = this.max_uri_bytes;
         c.max_connections_per_user = this.max_connections_per_user;
         c.per_user_policy = this.per_user_policy;
         c.queue_max_frames = this.queue_max_frames;
