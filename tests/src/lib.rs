@@ -40,8 +40,8 @@ pub const API_KEY: &str = "agentwire-e2e-api-key";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The configuration tests start from: loopback on a free port, a fixed secret and API
-/// key, no clock-skew leeway and no wait for a `resume` first frame (tests that need one
-/// turn it on).
+/// key, no clock-skew leeway, no wait for a `resume` first frame and no drain delay at
+/// shutdown (tests that need one turn it on).
 pub fn test_config() -> ServerConfig {
     let mut c = ServerConfig::default();
     c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -50,6 +50,7 @@ pub fn test_config() -> ServerConfig {
     c.jwt_leeway = Duration::ZERO;
     c.resume_wait = Duration::ZERO;
     c.shutdown_timeout = Duration::from_secs(5);
+    c.drain_delay = Duration::ZERO;
     c
 }
 
@@ -248,6 +249,14 @@ impl TestServer {
         while !check(self) {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Starts the graceful shutdown without waiting for it (the drain delay runs, then the
+    /// listener closes); [`TestServer::stop`] waits for the end.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 

@@ -257,12 +257,15 @@ async fn sigterm_closes_every_client_with_1001_and_the_process_exits_in_time() {
         "127.0.0.1:0",
         "--shutdown-timeout",
         "5s",
+        "--drain-delay",
+        "2s",
         "--log-format",
         "json",
         "--dev-credentials-file",
     ])
     .arg(&creds);
     let mut server = ServerProcess::spawn(cmd).expect("starts");
+    assert_eq!(get_status(server.addr, "/readyz"), 200);
     // The credentials path is announced for people.
     let announced = server.lines.recv_timeout(WAIT).expect("a second line");
     assert!(announced.contains("dev-credentials.json"), "{announced}");
@@ -293,6 +296,12 @@ async fn sigterm_closes_every_client_with_1001_and_the_process_exits_in_time() {
 
     let started = Instant::now();
     server.sigterm();
+    // For the drain delay /readyz fails while the listener still answers.
+    while get_status(server.addr, "/readyz") != 503 {
+        assert!(started.elapsed() < WAIT, "/readyz never failed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get_status(server.addr, "/healthz"), 200);
     for ws in &mut clients {
         let code = tokio::time::timeout(WAIT, async {
             loop {
@@ -320,6 +329,26 @@ async fn sigterm_closes_every_client_with_1001_and_the_process_exits_in_time() {
     );
     assert!(started.elapsed() < WAIT);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The status of `GET path` on a new connection (0 when there is no answer).
+fn get_status(addr: SocketAddr, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, WAIT) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(WAIT));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
 }
 
 fn stderr_of(server: &mut ServerProcess) -> String {

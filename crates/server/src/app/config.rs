@@ -251,8 +251,14 @@ pub struct ServerConfig {
     /// than the time its event stays in history.
     pub dedupe_window: Option<Duration>,
 
-    /// Longest a graceful shutdown may take before the process exits anyway.
+    /// Longest a graceful shutdown may take before the process exits anyway (after the
+    /// drain delay).
     pub shutdown_timeout: Duration,
+
+    /// On shutdown, how long `/readyz` answers 503 — while everything else is served as
+    /// before — before the listener closes and connections are closed, so load balancers
+    /// stop sending first.
+    pub drain_delay: Duration,
 
     /// Origins allowed to open /ws (comma-separated, e.g. `https://app.example.com`); empty
     /// allows any. Requests without an Origin header (non-browsers) are always allowed.
@@ -321,6 +327,7 @@ impl Default for ServerConfig {
             history_max_bytes: 256 * 1024 * 1024,
             dedupe_window: None,
             shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::from_secs(5),
             allowed_origins: Vec::new(),
             demo: DemoMode::Auto,
             open_file_limit: None,
@@ -619,6 +626,12 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::shutdown_timeout`].
     pub fn shutdown_timeout(mut self, value: Duration) -> Self {
         self.0.shutdown_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::drain_delay`].
+    pub fn drain_delay(mut self, value: Duration) -> Self {
+        self.0.drain_delay = value;
         self
     }
 

@@ -174,6 +174,7 @@ pub struct Server {
     addr: SocketAddr,
     state: AppState,
     shutdown_timeout: std::time::Duration,
+    drain_delay: std::time::Duration,
 }
 
 impl Server {
@@ -269,6 +270,7 @@ impl Server {
             addr,
             state: AppState::new(manager, auth, &config),
             shutdown_timeout: config.shutdown_timeout,
+            drain_delay: config.drain_delay,
         })
     }
 
@@ -287,9 +289,11 @@ impl Server {
         self.state.demo.is_enabled()
     }
 
-    /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting,
-    /// answers `/readyz` with 503, closes every connection with 1001 after flushing its
-    /// queue, and returns once none is left or the shutdown timeout has passed.
+    /// Serves until `shutdown` resolves, then shuts down gracefully: answers `/readyz` with
+    /// 503 for the drain delay while serving everything else, then stops accepting, lets
+    /// every HTTP connection finish the request in progress, closes every WebSocket with
+    /// 1001 after flushing its queue, and returns once none is left or the shutdown
+    /// timeout has passed.
     ///
     /// # Errors
     /// [`ServerError::Io`] when the accept loop fails before `shutdown`.
@@ -315,6 +319,18 @@ impl Server {
                     Ok(Err(source)) => Err(ServerError::Io { what: "serving failed".into(), source }),
                     Err(e) => Err(ServerError::Io { what: "serving failed".into(), source: std::io::Error::other(e.to_string()) }),
                 };
+            }
+        }
+        // Load balancers see /readyz fail and stop sending; meanwhile everything is served.
+        state.begin_drain();
+        if !self.drain_delay.is_zero() {
+            tracing::info!(
+                drain_delay = ?self.drain_delay,
+                "draining: /readyz answers 503 until the listener closes"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(self.drain_delay) => {}
+                _ = &mut serving => {}
             }
         }
         let deadline = Instant::now() + self.shutdown_timeout;

@@ -68,8 +68,14 @@ impl AppState {
         }
     }
 
-    pub(crate) fn begin_shutdown(&self) {
+    /// `/readyz` answers 503 from now on; everything else is served as before.
+    pub(crate) fn begin_drain(&self) {
         self.draining.set();
+    }
+
+    /// `/ws` refuses from now on.
+    pub(crate) fn begin_shutdown(&self) {
+        self.draining.set_closing();
     }
 }
 

@@ -3,7 +3,7 @@
 //! reader (`body`), and the front door every connection passes (`door`, `io`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::http::{HeaderMap, header};
 
@@ -36,18 +36,36 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, NotBearer> {
     Ok(Some(credential))
 }
 
-/// Whether the server is shutting down: set once by the drain, read by `/readyz` and the
-/// `/ws` handshake. Clones share the flag.
+/// How far a graceful shutdown has come; clones share it. It only moves forward: serving →
+/// draining (`/readyz` answers 503 so that load balancers stop sending, everything else is
+/// served as before, for `--drain-delay`) → closing (the listener is closed, `/ws` refuses,
+/// every connection is being closed).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Draining(Arc<AtomicBool>);
+pub(crate) struct Draining(Arc<AtomicU8>);
+
+// 0: serving.
+const DRAINING: u8 = 1;
+const CLOSING: u8 = 2;
 
 impl Draining {
+    /// Whether the server is shutting down (`/readyz` answers 503).
     pub(crate) fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) >= DRAINING
     }
 
+    /// Whether the server is closing its connections (`/ws` refuses new ones).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.0.load(Ordering::Acquire) >= CLOSING
+    }
+
+    /// Starts the drain.
     pub(crate) fn set(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.fetch_max(DRAINING, Ordering::AcqRel);
+    }
+
+    /// Ends the drain: connections are being closed.
+    pub(crate) fn set_closing(&self) {
+        self.0.fetch_max(CLOSING, Ordering::AcqRel);
     }
 }
 

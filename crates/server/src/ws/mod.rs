@@ -44,7 +44,7 @@ pub(crate) struct WsState {
 
 impl WsState {
     pub(crate) fn is_shutting_down(&self) -> bool {
-        self.draining.is_set()
+        self.draining.is_closing()
     }
 }
 

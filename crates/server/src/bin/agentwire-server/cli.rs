@@ -258,6 +258,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value_t = d().shutdown_timeout.into())]
     pub(crate) shutdown_timeout: humantime::Duration,
 
+    /// On shutdown, how long /readyz answers 503 (everything else still served) before the
+    /// listener closes, so load balancers stop sending first.
+    #[arg(long, env = "AGENTWIRE_DRAIN_DELAY", value_parser = parse_duration, default_value_t = d().drain_delay.into())]
+    pub(crate) drain_delay: humantime::Duration,
+
     /// Origins allowed to open /ws (comma-separated, e.g. `https://app.example.com`); empty
     /// allows any. Requests without an Origin header (non-browsers) are always allowed.
     #[arg(long, env = "AGENTWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -334,6 +339,7 @@ impl ServeArgs {
         c.history_max_bytes = this.history_max_bytes;
         c.dedupe_window = this.dedupe_window.map(Into::into);
         c.shutdown_timeout = this.shutdown_timeout.into();
+        c.drain_delay = this.drain_delay.into();
         c.allowed_origins = this.allowed_origins;
         c.demo = this.demo;
         c
