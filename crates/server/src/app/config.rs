@@ -233,6 +233,16 @@ pub struct ServerConfig {
     /// one more closes it with 1008.
     pub max_bad_frames: u32,
 
+    /// Frames per second one connection may send (a token bucket, WebSocket pings
+    /// included); frames beyond it are dropped unread, the first of a run answered with a
+    /// `rate_limited` error frame, and a client that keeps on for another burst is closed
+    /// with 1008. 0 turns the limit off.
+    pub client_frame_rate: u32,
+
+    /// Frames a connection may send at once before --client-frame-rate applies (the
+    /// bucket's size).
+    pub client_frame_burst: u32,
+
     /// Without a resume in the query string, how long to wait for a `resume` first frame
     /// before streaming from the start of history. 0 turns the first-frame resume off.
     pub resume_wait: Duration,
@@ -321,6 +331,8 @@ impl Default for ServerConfig {
             run_ttl: Duration::from_secs(3600),
             history_read_max: 1_000,
             max_bad_frames: 10,
+            client_frame_rate: 50,
+            client_frame_burst: 100,
             resume_wait: Duration::from_millis(50),
             history_max_events: 1_000,
             history_max_age: Duration::from_secs(600),
@@ -590,6 +602,18 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::max_bad_frames`].
     pub fn max_bad_frames(mut self, value: u32) -> Self {
         self.0.max_bad_frames = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::client_frame_rate`].
+    pub fn client_frame_rate(mut self, value: u32) -> Self {
+        self.0.client_frame_rate = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::client_frame_burst`].
+    pub fn client_frame_burst(mut self, value: u32) -> Self {
+        self.0.client_frame_burst = value;
         self
     }
 

@@ -112,6 +112,8 @@ fn ws_settings(c: &ServerConfig) -> WsSettings {
         max_message_size: c.max_message_size.max(64),
         max_frame_size: c.max_frame_size.max(64),
         max_bad_frames: c.max_bad_frames,
+        client_frame_rate: c.client_frame_rate,
+        client_frame_burst: c.client_frame_burst,
         resume_wait: c.resume_wait,
         allowed_origins: c
             .allowed_origins

@@ -40,6 +40,8 @@ pub(crate) struct WsMetrics {
     frames_written: Counter,
     write_timeouts: Counter,
     bad_frames: Counter,
+    rate_limited: Counter,
+    rate_limit_closes: Counter,
     token_refreshes: Counter,
     handshake_rejections: Family<Labels, Counter>,
     closes: Family<Labels, Counter>,
@@ -55,6 +57,8 @@ impl WsMetrics {
             frames_written: Counter::default(),
             write_timeouts: Counter::default(),
             bad_frames: Counter::default(),
+            rate_limited: Counter::default(),
+            rate_limit_closes: Counter::default(),
             token_refreshes: Counter::default(),
             handshake_rejections: Family::default(),
             closes: Family::default(),
@@ -79,6 +83,18 @@ impl WsMetrics {
             "agentwire_client_bad_frames",
             "Client frames answered with an `error` frame",
             m.bad_frames.clone(),
+        );
+        registry.register(
+            "agentwire_client_frames_rate_limited",
+            "Client frames dropped unread because the connection sent faster than \
+             --client-frame-rate",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "agentwire_client_rate_limit_closes",
+            "Connections closed with 1008 because they kept sending faster than \
+             --client-frame-rate",
+            m.rate_limit_closes.clone(),
         );
         registry.register(
             "agentwire_token_refreshes",
@@ -116,6 +132,14 @@ impl WsMetrics {
 
     pub(crate) fn bad_frame(&self) {
         self.bad_frames.inc();
+    }
+
+    pub(crate) fn rate_limited(&self) {
+        self.rate_limited.inc();
+    }
+
+    pub(crate) fn rate_limit_closed(&self) {
+        self.rate_limit_closes.inc();
     }
 
     pub(crate) fn token_refreshed(&self) {

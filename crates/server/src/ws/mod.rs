@@ -58,6 +58,8 @@ pub(crate) struct WsSettings {
     pub(crate) max_message_size: usize,
     pub(crate) max_frame_size: usize,
     pub(crate) max_bad_frames: u32,
+    pub(crate) client_frame_rate: u32,
+    pub(crate) client_frame_burst: u32,
     pub(crate) resume_wait: Duration,
     pub(crate) allowed_origins: Vec<String>,
 }

@@ -4,8 +4,11 @@
 use std::sync::Arc;
 
 use agentwire_manager::Connection;
-use agentwire_protocol::{ClientFrame, CloseCode, DecodeError, ErrorCode, ErrorFrame, ServerFrame};
+use agentwire_protocol::{
+    ClientFrame, CloseCode, DecodeError, ErrorCode, ErrorFrame, Seq, ServerFrame,
+};
 use futures_util::StreamExt;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::WsState;
@@ -28,6 +31,68 @@ struct Reader {
     conn: Arc<Connection>,
     news: Arc<NewsCell>,
     bad_frames: u32,
+    rate: Option<FrameRate>,
+    /// The newest `ack` read and not yet recorded, and whether the peer was heard from
+    /// since the last record: a burst of frames already read is recorded once, when the
+    /// socket has nothing more to give.
+    pending_ack: Option<Seq>,
+    heard: bool,
+}
+
+/// The client-frame rate limit of one connection: a token bucket of `burst` frames
+/// refilled at `per_second`, allowed to go into debt by as much again. A frame that finds
+/// the bucket empty is dropped unread (the first of a run is answered with a
+/// `rate_limited` error frame); a client that keeps sending until the debt reaches a
+/// whole burst is closed with 1008. A client that stays under the rate is never limited;
+/// one at twice the rate is closed within about `2 × burst / per_second`.
+#[derive(Debug)]
+struct FrameRate {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+    /// The last frame was dropped: the `rate_limited` frame was sent for this run.
+    limited: bool,
+}
+
+/// What [`FrameRate::take`] decided about one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Read,
+    /// Dropped; `first` of a run of dropped frames.
+    Drop {
+        first: bool,
+    },
+    /// The client kept sending too fast: close with 1008.
+    Close,
+}
+
+impl FrameRate {
+    /// `None` when `per_second` is 0 (no limit).
+    fn new(per_second: u32, burst: u32, now: Instant) -> Option<FrameRate> {
+        (per_second > 0).then(|| FrameRate {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            at: now,
+            limited: false,
+        })
+    }
+
+    fn take(&mut self, now: Instant) -> Admit {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst) - 1.0;
+        if self.tokens >= 0.0 {
+            self.limited = false;
+            return Admit::Read;
+        }
+        if self.tokens < -self.burst {
+            return Admit::Close;
+        }
+        let first = !std::mem::replace(&mut self.limited, true);
+        Admit::Drop { first }
+    }
 }
 
 /// Reads until the connection ends, then tells the writer how.
@@ -38,11 +103,19 @@ pub(super) async fn read_loop(
     first: Option<Message>,
     news: Arc<NewsCell>,
 ) {
+    let rate = FrameRate::new(
+        app.ws.client_frame_rate,
+        app.ws.client_frame_burst,
+        Instant::now(),
+    );
     let mut reader = Reader {
         app,
         conn,
         news,
         bad_frames: 0,
+        rate,
+        pending_ack: None,
+        heard: false,
     };
     let end = reader.read(stream, first).await;
     reader.news.update(|n| n.end = Some(end));
@@ -65,11 +138,21 @@ impl Reader {
         {
             return end;
         }
-        while let Some(item) = stream.next().await {
+        loop {
+            let next = std::future::poll_fn(|cx| {
+                let polled = stream.poll_next_unpin(cx);
+                if polled.is_pending() {
+                    // Everything already read is handled: record it once.
+                    reader.record();
+                }
+                polled
+            });
+            let Some(item) = next.await else { break };
             match item {
                 Ok(msg) => {
-                    reader.conn.touch();
+                    reader.heard = true;
                     if let Some(end) = reader.on_message(msg) {
+                        reader.record();
                         return end;
                     }
                 }
@@ -85,7 +168,52 @@ impl Reader {
                 }
             }
         }
+        reader.record();
         ReaderEnd::PeerGone
+    }
+
+    /// Records what a burst of frames left pending: that the peer was heard from, and its
+    /// newest `ack`.
+    fn record(&mut self) {
+        if std::mem::take(&mut self.heard) {
+            self.conn.touch();
+        }
+        if let Some(seq) = self.pending_ack.take() {
+            self.conn.ack(seq);
+        }
+    }
+
+    /// Whether the rate limit lets `msg` be read; otherwise it is dropped (and the
+    /// connection closed when the client keeps on).
+    fn within_rate(&mut self) -> bool {
+        let Some(rate) = &mut self.rate else {
+            return true;
+        };
+        match rate.take(Instant::now()) {
+            Admit::Read => true,
+            Admit::Drop { first } => {
+                self.app.metrics.rate_limited();
+                if first {
+                    self.conn.send_control(&ServerFrame::Error(ErrorFrame {
+                        code: ErrorCode::RateLimited,
+                        message: format!(
+                            "more than {} frames per second (bursts of {}): this frame and \
+                             the next ones sent too fast are dropped; keep on and the \
+                             connection is closed with 1008",
+                            self.app.ws.client_frame_rate, self.app.ws.client_frame_burst
+                        ),
+                    }));
+                }
+                false
+            }
+            Admit::Close => {
+                self.app.metrics.rate_limited();
+                self.app.metrics.rate_limit_closed();
+                tracing::debug!(connection = %self.conn.id(), "client frames too fast");
+                self.conn.close(CloseCode::PolicyViolation);
+                false
+            }
+        }
     }
 
     /// Handles one message; `Some` when it ends the connection (the peer's close frame).
@@ -94,10 +222,12 @@ impl Reader {
             return Some(ReaderEnd::PeerClosed(frame.map(|f| u16::from(f.code))));
         }
         if let Message::Ping(payload) = msg {
-            self.news.update(|news| news.ping = Some(payload));
+            if self.within_rate() {
+                self.news.update(|news| news.ping = Some(payload));
+            }
             return None;
         }
-        if self.conn.closing().is_some() {
+        if self.conn.closing().is_some() || !self.within_rate() {
             return None;
         }
         match msg {
@@ -116,7 +246,9 @@ impl Reader {
             Ok(ClientFrame::Ping) => {
                 self.conn.send_control(&ServerFrame::Pong);
             }
-            Ok(ClientFrame::Ack { seq }) => self.conn.ack(seq),
+            Ok(ClientFrame::Ack { seq }) => {
+                self.pending_ack = Some(self.pending_ack.map_or(seq, |p| p.max(seq)));
+            }
             Ok(ClientFrame::Resume { .. }) => self.bad(
                 ErrorCode::ResumeNotFirst,
                 "`resume` is accepted only as the first frame, right after connecting; \
@@ -156,5 +288,50 @@ impl Reader {
         }
         self.conn
             .send_control(&ServerFrame::Error(ErrorFrame { code, message }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_under_the_rate_is_never_limited() {
+        let mut rate = FrameRate::new(10, 20, Instant::now()).expect("limited");
+        for _ in 0..20 {
+            assert_eq!(rate.take(Instant::now()), Admit::Read);
+        }
+        for _ in 0..1_000 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            assert_eq!(rate.take(Instant::now()), Admit::Read);
+        }
+        assert!(FrameRate::new(0, 20, Instant::now()).is_none());
+    }
+
+    /// Issue 14: one client sending frames in a loop held a core.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_is_dropped_then_closed_and_a_pause_forgives_it() {
+        let mut rate = FrameRate::new(10, 20, Instant::now()).expect("limited");
+        let now = Instant::now();
+        let admits: Vec<Admit> = (0..41).map(|_| rate.take(now)).collect();
+        assert!(admits[..20].iter().all(|a| *a == Admit::Read));
+        assert_eq!(admits[20], Admit::Drop { first: true });
+        assert!(
+            admits[21..40]
+                .iter()
+                .all(|a| *a == Admit::Drop { first: false })
+        );
+        assert_eq!(admits[40], Admit::Close, "a whole burst of debt");
+
+        let mut rate = FrameRate::new(10, 20, Instant::now()).expect("limited");
+        for _ in 0..30 {
+            rate.take(Instant::now());
+        }
+        // Four seconds repay the debt and refill the bucket.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(rate.take(Instant::now()), Admit::Read);
+        assert!(!rate.limited);
     }
 }

@@ -231,6 +231,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_MAX_BAD_FRAMES", default_value_t = d().max_bad_frames)]
     pub(crate) max_bad_frames: u32,
 
+    /// Frames per second one connection may send (token bucket, pings included); beyond
+    /// it frames are dropped (`rate_limited` error frame), and a client that keeps on for
+    /// another burst is closed with 1008. 0 turns the limit off.
+    #[arg(long, env = "AGENTWIRE_CLIENT_FRAME_RATE", default_value_t = d().client_frame_rate)]
+    pub(crate) client_frame_rate: u32,
+
+    /// Frames a connection may send at once before --client-frame-rate applies.
+    #[arg(long, env = "AGENTWIRE_CLIENT_FRAME_BURST", default_value_t = d().client_frame_burst)]
+    pub(crate) client_frame_burst: u32,
+
     /// Without a resume in the query string, how long to wait for a `resume` first frame
     /// before streaming from the start of history. 0 turns the first-frame resume off.
     #[arg(long, env = "AGENTWIRE_RESUME_WAIT", value_parser = parse_duration, default_value_t = d().resume_wait.into())]
@@ -333,6 +343,8 @@ impl ServeArgs {
         c.run_ttl = this.run_ttl.into();
         c.history_read_max = this.history_read_max;
         c.max_bad_frames = this.max_bad_frames;
+        c.client_frame_rate = this.client_frame_rate;
+        c.client_frame_burst = this.client_frame_burst;
         c.resume_wait = this.resume_wait.into();
         c.history_max_events = this.history_max_events;
         c.history_max_age = this.history_max_age.into();
