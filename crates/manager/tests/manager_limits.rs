@@ -242,3 +242,37 @@ async fn a_replacing_connection_is_accepted_on_a_full_node() {
     assert_eq!(err.close_code(), CloseCode::TryAgainLater);
     assert_eq!(m.get_stats().rejections_node_full, 1);
 }
+
+/// Issue 14: a connection whose token expired must get nothing more, however much is
+/// queued for it; its writer, even mid-batch, is told so by `abandoned`. Other closes
+/// flush the queue first.
+#[tokio::test(start_paused = true)]
+async fn an_expired_token_drops_the_queue_and_other_closes_flush_it() {
+    let m = manager(ManagerConfig::default());
+    let u = user("fay");
+    let mut expired = connect(&m, &u, ConnectOptions::default()).await;
+    let mut leaving = connect(&m, &u, ConnectOptions::default()).await;
+    settle().await;
+    for n in 1..=5 {
+        emit(&m, &u, n).await;
+    }
+    let not_yet = tokio::time::timeout(
+        std::time::Duration::from_millis(10),
+        expired.conn.abandoned(),
+    )
+    .await;
+    assert!(not_yet.is_err(), "nothing is abandoned before a close");
+    expired.conn.close(CloseCode::TokenExpired);
+    leaving.conn.close(CloseCode::GoingAway);
+    assert_eq!(expired.conn.abandoned().await, CloseCode::TokenExpired);
+    assert_eq!(expired.until_closed().await, CloseCode::TokenExpired);
+    assert_eq!(expired.seqs(), Vec::<u64>::new(), "the queue was dropped");
+    assert_eq!(leaving.until_closed().await, CloseCode::GoingAway);
+    assert_eq!(leaving.seqs(), range(1, 5), "the queue was flushed first");
+    let still = tokio::time::timeout(
+        std::time::Duration::from_millis(10),
+        leaving.conn.abandoned(),
+    )
+    .await;
+    assert!(still.is_err(), "a flushing close is not abandoned");
+}

@@ -127,9 +127,9 @@ impl ConnShared {
                 && st.queued_bytes + len <= self.limits.max_bytes)
     }
 
-    /// Marks the connection for closing; the first code wins. A slow consumer's queue is
-    /// dropped (it resumes from what it received); any other close lets the writer flush
-    /// what is queued first.
+    /// Marks the connection for closing; the first code wins. The queue of a slow consumer
+    /// or of an expired token is dropped (see [`drops_queue`]); any other close lets the
+    /// writer flush what is queued first.
     pub(crate) fn close(&self, code: CloseCode) -> bool {
         let mut st = self.state();
         if st.closing.is_some() {
@@ -138,7 +138,7 @@ impl ConnShared {
         st.closing = Some(code);
         st.pending.clear();
         st.pending_bytes = 0;
-        if code == CloseCode::TryAgainLater {
+        if drops_queue(code) {
             st.queue.clear();
             st.queued_bytes = 0;
         }
@@ -384,6 +384,13 @@ impl ConnShared {
     }
 }
 
+/// Whether a close with `code` drops what is queued rather than flushing it first: a slow
+/// consumer (`1013`: it fell behind, and resumes from what it received) and an expired
+/// token (`4002`: nothing more may reach it, however much is queued).
+fn drops_queue(code: CloseCode) -> bool {
+    matches!(code, CloseCode::TryAgainLater | CloseCode::TokenExpired)
+}
+
 /// What [`Connection::next_frames`] hands the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outbound {
@@ -420,7 +427,8 @@ impl Connection {
 
     /// Waits until frames are queued or the connection must close, then moves up to
     /// `max_frames` queued frames into `out`. Frames left queued when a close is requested
-    /// come out first (except for a slow consumer, whose queue is dropped).
+    /// come out first (except for a slow consumer or an expired token, whose queue is
+    /// dropped).
     ///
     /// One task drains a connection (its writer): a second task waiting at the same time
     /// may not be woken.
@@ -460,6 +468,27 @@ impl Connection {
         .await
     }
 
+    /// Resolves once the connection is closing with a code whose queue is dropped (a slow
+    /// consumer, `1013`; an expired token, `4002`), with that code: the frames the writer
+    /// holds are dropped too, so it may stop the batch it is writing at the next frame
+    /// boundary and send the close frame.
+    ///
+    /// Meant for the connection's writer, while it waits on a socket that takes no more:
+    /// it shares the writer's wake-ups with [`Connection::next_frames`] (one task).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn abandoned(&self) -> CloseCode {
+        std::future::poll_fn(|cx| {
+            self.shared.readable.register(cx.waker());
+            match self.shared.state().closing {
+                Some(code) if drops_queue(code) => Poll::Ready(code),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+
     /// Queues a control frame (`pong`, `error`). Returns `false` when the connection is
     /// closing, or became a slow consumer with this frame.
     pub fn send_control(&self, frame: &ServerFrame) -> bool {
@@ -489,7 +518,8 @@ impl Connection {
     }
 
     /// Asks the writer to close the connection with `code` once it has flushed what is
-    /// queued. Closing twice keeps the first code.
+    /// queued — at once for `1013` and `4002`, whose queue is dropped. Closing twice keeps
+    /// the first code.
     pub fn close(&self, code: CloseCode) {
         self.shared.close(code);
     }

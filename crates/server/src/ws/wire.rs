@@ -383,13 +383,19 @@ impl FrameWriter {
     }
 
     /// Writes each payload as a text frame, all in as few system calls as the socket
-    /// takes, then flushes.
-    pub(crate) async fn write_text(&mut self, frames: &[Bytes]) -> io::Result<()> {
+    /// takes, then flushes. `sent` counts the bytes written so far, headers included, so
+    /// that a caller who stops waiting can end the frame in progress with
+    /// [`FrameWriter::finish_frame`].
+    pub(crate) async fn write_text(
+        &mut self,
+        frames: &[Bytes],
+        sent: &mut usize,
+    ) -> io::Result<()> {
         if let [frame] = frames {
             // The common batch: header and payload from the stack, no allocation.
             let header = Header::new(OpCode::Text, frame.len());
             let mut slices = [IoSlice::new(header.as_slice()), IoSlice::new(frame)];
-            return self.io.write_slices(&mut slices).await;
+            return self.io.write_slices(&mut slices, sent).await;
         }
         self.headers.clear();
         self.headers
@@ -400,11 +406,37 @@ impl FrameWriter {
             .zip(frames)
             .flat_map(|(h, f)| [IoSlice::new(h.as_slice()), IoSlice::new(f)])
             .collect();
-        let result = self.io.write_slices(&mut slices).await;
+        let result = self.io.write_slices(&mut slices, sent).await;
         if self.headers.capacity() > HEADER_KEEP_CAPACITY {
             self.headers = Vec::new();
         }
         result
+    }
+
+    /// Writes the rest of the frame that [`FrameWriter::write_text`] of `frames` was in
+    /// when it had sent `sent` bytes, so the stream ends on a frame boundary (where a close
+    /// frame may follow); the frames after it are not written.
+    pub(crate) async fn finish_frame(&mut self, frames: &[Bytes], sent: usize) -> io::Result<()> {
+        let mut start = 0;
+        for frame in frames {
+            let header = Header::new(OpCode::Text, frame.len());
+            let head = header.as_slice();
+            let end = start + head.len() + frame.len();
+            if sent < end {
+                if sent == start {
+                    return Ok(());
+                }
+                let into = sent - start;
+                let mut slices = if into < head.len() {
+                    [IoSlice::new(&head[into..]), IoSlice::new(frame)]
+                } else {
+                    [IoSlice::new(&[]), IoSlice::new(&frame[into - head.len()..])]
+                };
+                return self.io.write_slices(&mut slices, &mut 0).await;
+            }
+            start = end;
+        }
+        Ok(())
     }
 
     /// Writes one control frame (ping, pong or close) and flushes.
@@ -413,7 +445,7 @@ impl FrameWriter {
         let payload = &payload[..payload.len().min(125)];
         let header = Header::new(opcode, payload.len());
         let mut slices = [IoSlice::new(header.as_slice()), IoSlice::new(payload)];
-        self.io.write_slices(&mut slices).await
+        self.io.write_slices(&mut slices, &mut 0).await
     }
 
     /// Sends a close frame with `code` and `reason`.
@@ -426,10 +458,14 @@ impl FrameWriter {
 }
 
 impl WriteHalf {
-    /// Writes every slice, in order, then flushes.
-    async fn write_slices(&mut self, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    /// Writes every slice, in order, then flushes; `sent` grows by what each write took.
+    async fn write_slices(
+        &mut self,
+        slices: &mut [IoSlice<'_>],
+        sent: &mut usize,
+    ) -> io::Result<()> {
         match self {
-            WriteHalf::Tcp(w) => send_all(w.as_ref(), slices).await,
+            WriteHalf::Tcp(w) => send_all(w.as_ref(), slices, sent).await,
             WriteHalf::Other(w) => {
                 if w.is_write_vectored() {
                     let mut rest: &mut [IoSlice<'_>] = slices;
@@ -439,11 +475,13 @@ impl WriteHalf {
                         if written == 0 {
                             return Err(io::ErrorKind::WriteZero.into());
                         }
+                        *sent += written;
                         IoSlice::advance_slices(&mut rest, written);
                     }
                 } else {
                     for s in slices.iter() {
                         w.write_all(s).await?;
+                        *sent += s.len();
                     }
                 }
                 w.flush().await
@@ -453,8 +491,9 @@ impl WriteHalf {
 }
 
 /// Sends every slice with `sendmsg` (a socket's own call: no file-position lock, unlike
-/// `writev`), waiting for room when the socket's buffer is full.
-async fn send_all(tcp: &TcpStream, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// `writev`), waiting for room when the socket's buffer is full; `sent` grows by what each
+/// call took.
+async fn send_all(tcp: &TcpStream, slices: &mut [IoSlice<'_>], sent: &mut usize) -> io::Result<()> {
     let mut rest: &mut [IoSlice<'_>] = slices;
     while !rest.is_empty() {
         let n = rest.len().min(MAX_IOV);
@@ -462,21 +501,22 @@ async fn send_all(tcp: &TcpStream, slices: &mut [IoSlice<'_>]) -> io::Result<()>
         // The socket is almost always writable: send at once. Only when it is full does
         // the send go through tokio's readiness (`try_io`, which clears the readiness it
         // saw before the attempt, so no wake-up is lost), and wait.
-        let sent = match send() {
-            Ok(sent) => sent,
+        let took = match send() {
+            Ok(took) => took,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => loop {
                 match tcp.try_io(Interest::WRITABLE, send) {
-                    Ok(sent) => break sent,
+                    Ok(took) => break took,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
                     Err(e) => return Err(e),
                 }
             },
             Err(e) => return Err(e),
         };
-        if sent == 0 {
+        if took == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        IoSlice::advance_slices(&mut rest, sent);
+        *sent += took;
+        IoSlice::advance_slices(&mut rest, took);
     }
     Ok(())
 }
@@ -575,6 +615,37 @@ mod tests {
         }
     }
 
+    /// Issue 14: a writer that stops mid-batch (its connection was abandoned) ends the
+    /// frame in progress, so the close frame after it is a frame of its own.
+    #[tokio::test]
+    async fn a_batch_cut_anywhere_is_finished_at_the_next_frame_boundary() {
+        let frames: Vec<Bytes> = [3usize, 200, 0, 5]
+            .iter()
+            .map(|&n| Bytes::from(vec![b'x'; n]))
+            .collect();
+        let mut whole = Vec::new();
+        let mut boundaries = vec![0];
+        for f in &frames {
+            whole.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
+            whole.extend_from_slice(f);
+            boundaries.push(whole.len());
+        }
+        for sent in 0..=whole.len() {
+            let out = std::sync::Arc::new(std::sync::Mutex::new(whole[..sent].to_vec()));
+            let mut w = FrameWriter::new(
+                WriteHalf::Other(Box::new(Trickle {
+                    out: out.clone(),
+                    chunk: 1 << 20,
+                    vectored: true,
+                })),
+                None,
+            );
+            w.finish_frame(&frames, sent).await.expect("written");
+            let end = *boundaries.iter().find(|&&b| b >= sent).expect("a boundary");
+            assert_eq!(*out.lock().expect("lock"), whole[..end], "cut at {sent}");
+        }
+    }
+
     #[tokio::test]
     async fn partial_writes_still_produce_every_frame_in_order() {
         let frames: Vec<Bytes> = [1usize, 130, 0, 70_000, 7]
@@ -598,12 +669,14 @@ mod tests {
                     })),
                     None,
                 );
-                w.write_text(&frames).await.expect("written");
+                let mut sent = 0;
+                w.write_text(&frames, &mut sent).await.expect("written");
                 assert_eq!(
                     *out.lock().expect("lock"),
                     expected,
                     "chunk {chunk}, vectored {vectored}"
                 );
+                assert_eq!(sent, expected.len());
             }
         }
     }

@@ -95,58 +95,13 @@ pub(super) async fn write_loop(app: &WsState, conn: &Connection, sink: &mut Sink
     let mut seen = 0u64;
     let mut reader_end = None;
 
+    // Biased, the queue last: what the peer said (its close, a ping to answer, a new
+    // token) and the timer (heartbeat pings, the token's expiry) are served between any
+    // two batches, however long the queue stays full. Looking at both costs two polls per
+    // batch.
     loop {
         tokio::select! {
             biased;
-            out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
-                Outbound::Frames => {
-                    if let Err(e) = write_batch(app, sink, &mut batch).await {
-                        if matches!(e, WriteFailed::TimedOut) {
-                            app.metrics.write_timeout();
-                            tracing::debug!(connection = %conn.id(), "write timed out; dropping");
-                        }
-                        return;
-                    }
-                    // A burst grew the batch; an idle connection keeps only a few slots.
-                    batch.shrink_to(BATCH_KEEP_CAPACITY);
-                }
-                Outbound::Close(code) => {
-                    app.metrics.closed(code);
-                    match Box::pin(timeout(settings.write_timeout, send_close(sink, code))).await {
-                        Err(_) => app.metrics.write_timeout(),
-                        Ok(Err(_)) => {}
-                        Ok(Ok(())) => {
-                            if reader_end.is_none() {
-                                // The peer's close frame ends the reader.
-                                let _ = Box::pin(timeout(settings.close_timeout, news.ended())).await;
-                            }
-                        }
-                    }
-                    return;
-                }
-            },
-            () = &mut timer => {
-                let now = Instant::now();
-                if now >= next_ping {
-                    next_ping = after(interval);
-                    if heartbeat.is_expired(conn.silent_for()) {
-                        conn.heartbeat_timed_out();
-                    } else if !Box::pin(write_control(app, sink, OpCode::Ping, &[])).await {
-                        return;
-                    }
-                }
-                if token_at.is_some_and(|t| now >= t) {
-                    let exp = news.expires_at();
-                    if Timestamp::now().as_millis() >= exp.saturating_add(leeway).saturating_mul(1_000) {
-                        token_at = None;
-                        tracing::debug!(connection = %conn.id(), "token expired");
-                        conn.close(CloseCode::TokenExpired);
-                    } else {
-                        token_at = Some(expires_at(exp));
-                    }
-                }
-                timer.as_mut().reset(next_deadline(next_ping, token_at));
-            }
             version = news.changed(seen), if reader_end.is_none() => {
                 seen = version;
                 let current = news.take();
@@ -170,6 +125,60 @@ pub(super) async fn write_loop(app: &WsState, conn: &Connection, sink: &mut Sink
                     Some(ReaderEnd::PeerGone) => return,
                 }
             }
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= next_ping {
+                    next_ping = after(interval);
+                    if heartbeat.is_expired(conn.silent_for()) {
+                        conn.heartbeat_timed_out();
+                    } else if !Box::pin(write_control(app, sink, OpCode::Ping, &[])).await {
+                        return;
+                    }
+                }
+                if token_at.is_some_and(|t| now >= t) {
+                    let exp = news.expires_at();
+                    if Timestamp::now().as_millis() >= exp.saturating_add(leeway).saturating_mul(1_000) {
+                        token_at = None;
+                        tracing::debug!(connection = %conn.id(), "token expired");
+                        // Its queue is dropped: the close frame is next.
+                        conn.close(CloseCode::TokenExpired);
+                    } else {
+                        token_at = Some(expires_at(exp));
+                    }
+                }
+                timer.as_mut().reset(next_deadline(next_ping, token_at));
+            }
+            out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
+                Outbound::Frames => {
+                    if let Err(e) = write_batch(app, conn, sink, &mut batch).await {
+                        if matches!(e, WriteFailed::TimedOut) {
+                            app.metrics.write_timeout();
+                            tracing::debug!(connection = %conn.id(), "write timed out; dropping");
+                        }
+                        return;
+                    }
+                    // A burst grew the batch; an idle connection keeps only a few slots.
+                    batch.shrink_to(BATCH_KEEP_CAPACITY);
+                    // A queue that never empties must not keep this worker from its other
+                    // tasks, nor the timer from being looked at: yield once the task's
+                    // budget is spent.
+                    tokio::task::consume_budget().await;
+                }
+                Outbound::Close(code) => {
+                    app.metrics.closed(code);
+                    match Box::pin(timeout(settings.write_timeout, send_close(sink, code))).await {
+                        Err(_) => app.metrics.write_timeout(),
+                        Ok(Err(_)) => {}
+                        Ok(Ok(())) => {
+                            if reader_end.is_none() {
+                                // The peer's close frame ends the reader.
+                                let _ = Box::pin(timeout(settings.close_timeout, news.ended())).await;
+                            }
+                        }
+                    }
+                    return;
+                }
+            },
         }
     }
 }
@@ -186,10 +195,23 @@ async fn write_control(app: &WsState, sink: &mut Sink, opcode: OpCode, payload: 
     }
 }
 
+/// How a batch write that had to wait ended.
+enum Waited {
+    Done(std::io::Result<()>),
+    TimedOut,
+    /// The connection was abandoned (a slow consumer, an expired token) while the socket
+    /// took no more: the write stops at the next frame boundary, by this deadline.
+    Cut(Instant),
+}
+
 /// Writes a batch: every frame in one vectored write where the socket takes it all, all
-/// within the write timeout.
+/// within the write timeout. While the socket takes no more, a connection the manager
+/// abandons (its queue dropped: a slow consumer, an expired token) stops the batch at the
+/// end of the frame in progress, so its close frame can follow as soon as the peer reads
+/// that far (instead of the write timeout cutting it with no close frame).
 async fn write_batch(
     app: &WsState,
+    conn: &Connection,
     sink: &mut Sink,
     batch: &mut Vec<Bytes>,
 ) -> Result<(), WriteFailed> {
@@ -197,19 +219,43 @@ async fn write_batch(
     for frame in batch.iter() {
         app.metrics.frame_written(frame, now);
     }
-    let result = {
-        let work = sink.write_text(batch);
+    let mut sent = 0;
+    let waited = {
+        let work = sink.write_text(batch, &mut sent);
         // Almost every batch fits the socket's send buffer and completes on its first
         // poll: arm the write timeout's timer only when it does not, rather than
         // inserting and cancelling a timer for every batch.
         let mut work = std::pin::pin!(work);
         match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-            Poll::Ready(r) => r.map_err(|_| WriteFailed::Socket),
+            Poll::Ready(r) => Waited::Done(r),
             // Rare (the socket's buffer is full): the timer lives on the heap meanwhile.
-            Poll::Pending => match Box::pin(timeout(app.ws.write_timeout, work)).await {
+            Poll::Pending => {
+                let deadline = Instant::now() + app.ws.write_timeout;
+                Box::pin(async {
+                    tokio::select! {
+                        biased;
+                        r = &mut work => Waited::Done(r),
+                        _ = conn.abandoned() => Waited::Cut(deadline),
+                        () = tokio::time::sleep_until(deadline) => Waited::TimedOut,
+                    }
+                })
+                .await
+            }
+        }
+    };
+    let result = match waited {
+        Waited::Done(r) => r.map_err(|_| WriteFailed::Socket),
+        Waited::TimedOut => Err(WriteFailed::TimedOut),
+        Waited::Cut(deadline) => {
+            match Box::pin(tokio::time::timeout_at(
+                deadline,
+                sink.finish_frame(batch, sent),
+            ))
+            .await
+            {
                 Ok(r) => r.map_err(|_| WriteFailed::Socket),
                 Err(_) => Err(WriteFailed::TimedOut),
-            },
+            }
         }
     };
     batch.clear();
