@@ -76,7 +76,9 @@ start_pinned_server() {
     local bin=${BIN:-target/release}
     local -a cmd
     case $kind in
-        agentwire) cmd=("$bin/agentwire-server" --publish-rate 0 --demo off) ;;
+        # Room for 19,000 WebSockets in the TCP cap too (they may hold 7/8 of it).
+        agentwire) cmd=("$bin/agentwire-server" --publish-rate 0 --demo off
+            --max-tcp-connections 22000) ;;
         refhub) cmd=("$bin/refhub") ;;
         *)
             echo "start_pinned_server: unknown kind $kind" >&2

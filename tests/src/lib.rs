@@ -97,6 +97,8 @@ pub fn custom_value(e: &EventEnvelope) -> Option<u64> {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when `metrics_listen` gave it a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
     manager: UnifiedWebSocketManager,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
@@ -150,6 +152,7 @@ impl TestServer {
 
     fn serving(server: Server) -> TestServer {
         let addr = server.local_addr();
+        let metrics_addr = server.metrics_addr();
         let manager = server.manager().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
@@ -157,6 +160,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            metrics_addr,
             manager,
             stop: Some(stop),
             task: Some(task),
@@ -236,9 +240,9 @@ impl TestServer {
         http_request(self.addr, method, path, bearer).await
     }
 
-    /// The `/metrics` text.
+    /// The `/metrics` text (read with the full API key).
     pub async fn metrics(&self) -> String {
-        let r = self.http("GET", "/metrics", None).await;
+        let r = self.http("GET", "/metrics", Some(API_KEY)).await;
         assert_eq!(r.status, 200, "{}", r.body);
         r.body
     }

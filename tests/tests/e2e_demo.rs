@@ -134,7 +134,71 @@ async fn demo_on_with_a_configured_secret_never_mints_tokens() {
     // Runs still work for a user with a token of the configured secret.
     let run = start_run(&server, &server.token("alice"), 0).await;
     assert!(run.starts_with("run_"));
+    // Issue 14: outside development mode the stats are not for anyone who asks.
+    let anonymous = server.http("GET", "/demo/stats", None).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert_eq!(anonymous.json()["error"], "unauthorized");
+    let forged = server.http("GET", "/demo/stats", Some("not-a-token")).await;
+    assert_eq!(forged.status, 401, "{}", forged.body);
+    for credential in [server.token("alice"), agentwire_e2e::API_KEY.to_owned()] {
+        let r = server.http("GET", "/demo/stats", Some(&credential)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.json()["demo_runs_started"].as_u64() >= Some(1));
+    }
     server.stop().await;
+}
+
+/// Issue 14: docs/client.md's first example imports `/client.js` from the agentwire
+/// origin into an app on another origin: a module script is fetched in CORS mode.
+#[tokio::test]
+async fn the_browser_client_is_served_with_cors_headers() {
+    let any = TestServer::start().await;
+    for path in ["/client.js", "/client.d.ts"] {
+        let r = http_send(
+            any.addr,
+            "GET",
+            path,
+            &[("Origin", "https://app.example")],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{path}");
+        assert_eq!(
+            r.header("cross-origin-resource-policy"),
+            Some("cross-origin"),
+            "{path}"
+        );
+    }
+    any.stop().await;
+    let listed = TestServer::start_with(|c| {
+        c.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let allowed = http_send(
+        listed.addr,
+        "GET",
+        "/client.js",
+        &[("Origin", "https://app.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(allowed.header("vary"), Some("Origin"));
+    let other = http_send(
+        listed.addr,
+        "GET",
+        "/client.js",
+        &[("Origin", "https://evil.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    listed.stop().await;
 }
 
 #[tokio::test]

@@ -277,7 +277,9 @@ async fn when_every_connection_is_busy_a_new_one_is_answered_503() {
     // The closed socket's slot is given back as its session ends.
     let deadline = tokio::time::Instant::now() + WAIT;
     let metrics_after = loop {
-        let r = server.http("GET", "/metrics", None).await;
+        let r = server
+            .http("GET", "/metrics", Some(agentwire_e2e::API_KEY))
+            .await;
         if r.status == 200 {
             break r.body;
         }

@@ -144,7 +144,7 @@ async fn health_and_readiness() {
     let ready = server.http("GET", "/readyz", None).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["status"], "ready");
-    let metrics = server.http("GET", "/metrics", None).await;
+    let metrics = server.http("GET", "/metrics", Some(API_KEY)).await;
     assert!(
         metrics
             .header("content-type")
@@ -157,5 +157,45 @@ async fn health_and_readiness() {
         .http("GET", "/v1/users/%00/connections", Some(API_KEY))
         .await;
     assert_eq!(bad_user.status, 400, "{}", bad_user.body);
+    server.stop().await;
+}
+
+/// Issue 14: `/metrics` tells much about a node; on the main listener it is for full API
+/// keys only, and `--metrics-listen` moves it to an address of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_full_key_or_a_listener_of_their_own() {
+    const PUBLISH_KEY: &str = "agentwire-e2e-publish-only-key";
+    let server = TestServer::start_with(|c| c.publish_api_keys = vec![PUBLISH_KEY.into()]).await;
+    for (bearer, status, code) in [
+        (None, 401, "unauthorized"),
+        (Some("not-a-key"), 401, "unauthorized"),
+        (Some(PUBLISH_KEY), 403, "forbidden"),
+    ] {
+        let r = server.http("GET", "/metrics", bearer).await;
+        assert_eq!(r.status, status, "{bearer:?}: {}", r.body);
+        assert_eq!(r.json()["error"], code, "{bearer:?}");
+    }
+    assert_eq!(
+        server.http("GET", "/metrics", Some(API_KEY)).await.status,
+        200
+    );
+    server.stop().await;
+
+    let server =
+        TestServer::start_with(|c| c.metrics_listen = Some(([127, 0, 0, 1], 0).into())).await;
+    let on_main = server.http("GET", "/metrics", Some(API_KEY)).await;
+    assert_eq!(on_main.status, 404, "{}", on_main.body);
+    assert_eq!(on_main.json()["error"], "not_found");
+    let own = server.metrics_addr.expect("a metrics listener");
+    let r = agentwire_e2e::http_request(own, "GET", "/metrics", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("agentwire_connections "), "{}", r.body);
+    let elsewhere = agentwire_e2e::http_request(own, "GET", "/v1/events", None).await;
+    assert_eq!(
+        elsewhere.status, 404,
+        "only /metrics there: {}",
+        elsewhere.body
+    );
+    assert_eq!(elsewhere.json()["error"], "not_found");
     server.stop().await;
 }

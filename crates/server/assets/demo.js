@@ -333,7 +333,9 @@ async function stopRuns() {
 
 async function refreshStats() {
   try {
-    const r = await fetch("/demo/stats", { cache: "no-store" });
+    // Outside development mode the stats are for signed-in users: send the token.
+    const headers = token ? { authorization: `Bearer ${token}` } : {};
+    const r = await fetch("/demo/stats", { cache: "no-store", headers });
     if (!r.ok) throw new Error(String(r.status));
     const s = await r.json();
     $("s-connections").textContent = s.connections;

@@ -76,11 +76,15 @@ impl HttpConn {
         self.round_trip().await
     }
 
-    /// `GET path`.
-    pub(crate) async fn get(&mut self, path: &str) -> anyhow::Result<Response> {
+    /// `GET path` with a bearer token (`/metrics` needs a full API key).
+    pub(crate) async fn get(&mut self, path: &str, bearer: &str) -> anyhow::Result<Response> {
         self.req.clear();
         self.req.extend_from_slice(
-            format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr).as_bytes(),
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {bearer}\r\n\r\n",
+                self.addr
+            )
+            .as_bytes(),
         );
         self.round_trip().await
     }

@@ -122,6 +122,7 @@ impl Env {
         config.api_keys = vec![api_key.clone()];
         config.publish_rate = 0;
         config.max_connections = 1_000_000;
+        config.max_tcp_connections = 1_200_000;
         config.demo = agentwire_server::DemoMode::Off;
         if let Some(age) = common.inproc_history_max_age {
             config.history_max_age = age;
@@ -217,7 +218,7 @@ impl Env {
         let mut texts = Vec::with_capacity(self.addrs.len());
         for &addr in &self.addrs {
             let mut c = HttpConn::new(addr);
-            texts.push(match c.get("/metrics").await {
+            texts.push(match c.get("/metrics", &self.api_key).await {
                 Ok(r) if r.status == 200 => String::from_utf8_lossy(&r.body).into_owned(),
                 _ => String::new(),
             });

@@ -279,6 +279,11 @@ pub struct ServerConfig {
     /// served in every mode.
     pub demo: DemoMode,
 
+    /// Serve `/metrics` on this address of its own (a private interface, for Prometheus),
+    /// to anyone who reaches it, and not on `listen`. Without it `/metrics` is served on
+    /// `listen` to full API keys only.
+    pub metrics_listen: Option<SocketAddr>,
+
     /// The process's open-file limit, when known: `max_connections` is clamped to it,
     /// keeping [`FD_RESERVE`](crate::FD_RESERVE) descriptors free. The binary raises the
     /// limit and sets this; an embedding application may set it too.
@@ -342,6 +347,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::from_secs(5),
             allowed_origins: Vec::new(),
             demo: DemoMode::Auto,
+            metrics_listen: None,
             open_file_limit: None,
         }
     }
@@ -668,6 +674,12 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::demo`].
     pub fn demo(mut self, value: DemoMode) -> Self {
         self.0.demo = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::metrics_listen`].
+    pub fn metrics_listen(mut self, value: SocketAddr) -> Self {
+        self.0.metrics_listen = Some(value);
         self
     }
 

@@ -4,6 +4,10 @@
 //!
 //! Each server has its own [`Registry`]; there is no process-wide recorder, so several
 //! servers in one process (tests) each report exact values.
+//!
+//! `/metrics` says much about a node (its users, its connections, its load): on the main
+//! listener it is served to full API keys only; `--metrics-listen` serves it on an address
+//! of its own (a private interface for Prometheus), and no longer on the main listener.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,7 +15,7 @@ use std::sync::Arc;
 use agentwire_manager::UnifiedWebSocketManager;
 use agentwire_protocol::EventType;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -19,9 +23,24 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::auth::{Auth, KeyScope, authorize};
+use crate::http::{ApiError, ErrorBody, ErrorCode};
+
 /// The server's registry: what the endpoints registered, and the manager's stats.
 pub(crate) struct Metrics {
     registry: Registry,
+    /// Who may read `/metrics` on the main listener.
+    access: Access,
+}
+
+/// Who may read `/metrics` on the main listener.
+#[derive(Debug, Clone)]
+pub(crate) enum Access {
+    /// The holder of a full API key.
+    FullKey(Arc<Auth>),
+    /// Nobody: it is served on its own listener (`--metrics-listen`), to anyone who reaches
+    /// that address.
+    Elsewhere,
 }
 
 impl fmt::Debug for Metrics {
@@ -33,9 +52,13 @@ impl fmt::Debug for Metrics {
 impl Metrics {
     /// `registry` (with what the endpoints registered) plus a collector that reads
     /// `manager.get_stats()` at scrape time.
-    pub(crate) fn new(mut registry: Registry, manager: UnifiedWebSocketManager) -> Metrics {
+    pub(crate) fn new(
+        mut registry: Registry,
+        manager: UnifiedWebSocketManager,
+        access: Access,
+    ) -> Metrics {
         registry.register_collector(Box::new(ManagerCollector { manager }));
-        Metrics { registry }
+        Metrics { registry, access }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -48,11 +71,40 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics`: Prometheus text.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
-    (status = 200, description = "Every metric (docs/operations.md), OpenMetrics text",
-        content_type = "application/openmetrics-text")))]
-pub(crate) async fn metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+/// `GET /metrics` on the main listener: Prometheus text, for a full API key — or 404 when
+/// the metrics have a listener of their own (`--metrics-listen`).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Every metric (docs/operations.md), OpenMetrics text",
+            content_type = "application/openmetrics-text"),
+        (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "A publish-only API key", body = ErrorBody),
+        (status = 404, description = "The metrics are served on --metrics-listen", body = ErrorBody)))]
+pub(crate) async fn metrics(
+    State(metrics): State<Arc<Metrics>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    match &metrics.access {
+        Access::FullKey(auth) => {
+            authorize(auth, &headers, KeyScope::Full)?;
+        }
+        Access::Elsewhere => {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "the metrics are served on their own listener (--metrics-listen)",
+            ));
+        }
+    }
+    Ok(exposition(&metrics))
+}
+
+/// `GET /metrics` on the listener of `--metrics-listen`: to anyone who reaches it.
+pub(crate) async fn open_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    exposition(&metrics)
+}
+
+fn exposition(metrics: &Metrics) -> Response {
     let body = metrics.render();
     (
         [(
@@ -62,6 +114,15 @@ pub(crate) async fn metrics(State(metrics): State<Arc<Metrics>>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The routes of the metrics listener: `/metrics`, and the JSON 404/405 for the rest.
+pub(crate) fn listener_routes(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(open_metrics))
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
+        .fallback(crate::http::not_found)
+        .with_state(metrics)
 }
 
 /// Reads the manager's stats at scrape time.

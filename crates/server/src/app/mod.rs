@@ -3,7 +3,7 @@
 //! and the metrics registry.
 
 pub(crate) mod config;
-mod metrics;
+pub(crate) mod metrics;
 mod openapi;
 pub(crate) mod routes;
 pub(crate) mod server;

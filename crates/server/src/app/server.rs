@@ -172,6 +172,8 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
+    /// The listener of `--metrics-listen`, and its address.
+    metrics: Option<(TcpListener, SocketAddr)>,
     state: AppState,
     shutdown_timeout: std::time::Duration,
     drain_delay: std::time::Duration,
@@ -265,9 +267,24 @@ impl Server {
             what: "cannot read the bound address".into(),
             source,
         })?;
+        let metrics = match config.metrics_listen {
+            None => None,
+            Some(at) => {
+                let listener = listen(at, 128).map_err(|source| ServerError::Io {
+                    what: format!("cannot listen on {at} (--metrics-listen)"),
+                    source,
+                })?;
+                let addr = listener.local_addr().map_err(|source| ServerError::Io {
+                    what: "cannot read the metrics listener's address".into(),
+                    source,
+                })?;
+                Some((listener, addr))
+            }
+        };
         Ok(Server {
             listener,
             addr,
+            metrics,
             state: AppState::new(manager, auth, &config),
             shutdown_timeout: config.shutdown_timeout,
             drain_delay: config.drain_delay,
@@ -277,6 +294,12 @@ impl Server {
     /// The address the listener is bound to (the real port when `--listen` gave 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address `/metrics` is served on when `--metrics-listen` gave one (the real
+    /// port when it gave 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The server's manager: emit events through it.
@@ -303,6 +326,17 @@ impl Server {
     {
         let state = self.state.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
+        // The metrics listener passes the same front door: its connections count against
+        // the same cap, under the same timeouts.
+        let metrics_serving = self.metrics.map(|(listener, addr)| {
+            tracing::info!(%addr, "metrics listening");
+            tokio::spawn(accept_loop(
+                listener,
+                super::metrics::listener_routes(state.metrics.clone()),
+                state.door.clone(),
+                stop_rx.clone(),
+            ))
+        });
         let mut serving = tokio::spawn(accept_loop(
             self.listener,
             // A path no route serves gets the JSON error too; `router()` leaves the
@@ -341,6 +375,13 @@ impl Server {
             .is_err()
         {
             serving.abort();
+        }
+        if let Some(mut metrics_serving) = metrics_serving
+            && tokio::time::timeout_at(deadline, &mut metrics_serving)
+                .await
+                .is_err()
+        {
+            metrics_serving.abort();
         }
         tracing::info!("shut down");
         Ok(())

@@ -10,12 +10,12 @@ use axum::extract::FromRef;
 use prometheus_client::registry::Registry;
 
 use super::config::{RunLifecycle, ServerConfig};
-use super::metrics::Metrics;
+use super::metrics::{Access, Metrics};
 use crate::api::{ApiState, PublishApi, PublishLimits, PublishMetrics};
 use crate::auth::Auth;
 use crate::demo::DemoState;
-use crate::http::Draining;
 use crate::http::door::{DoorMetrics, FrontDoor};
+use crate::http::{AllowedOrigins, Draining};
 use crate::ws::{WsMetrics, WsSettings, WsState};
 
 /// The state the router holds.
@@ -57,11 +57,19 @@ impl AppState {
             }),
             demo: Arc::new(DemoState::new(
                 manager.clone(),
-                auth,
+                auth.clone(),
                 demo_on,
                 config.dev_mode,
+                AllowedOrigins::new(&config.allowed_origins),
             )),
-            metrics: Arc::new(Metrics::new(registry, manager.clone())),
+            metrics: Arc::new(Metrics::new(
+                registry,
+                manager.clone(),
+                match config.metrics_listen {
+                    Some(_) => Access::Elsewhere,
+                    None => Access::FullKey(auth.clone()),
+                },
+            )),
             door,
             manager,
             draining,
@@ -115,12 +123,7 @@ fn ws_settings(c: &ServerConfig) -> WsSettings {
         client_frame_rate: c.client_frame_rate,
         client_frame_burst: c.client_frame_burst,
         resume_wait: c.resume_wait,
-        allowed_origins: c
-            .allowed_origins
-            .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
-            .collect(),
+        allowed_origins: AllowedOrigins::new(&c.allowed_origins),
     }
 }
 

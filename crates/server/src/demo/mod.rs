@@ -31,9 +31,9 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, KeyScope, authorize};
 use crate::http::body::read_body;
-use crate::http::{ApiError, ErrorCode, bearer};
+use crate::http::{AllowedOrigins, ApiError, ErrorCode, bearer};
 
 mod token;
 
@@ -71,16 +71,20 @@ pub(crate) struct DemoState {
     slots: Arc<Semaphore>,
     runs: Mutex<HashMap<RunId, (UserId, AbortHandle)>>,
     runs_started: AtomicU64,
+    /// Pages allowed to load the browser client across origins.
+    origins: AllowedOrigins,
 }
 
 impl DemoState {
-    /// The demo over `manager`: served when `enabled`, minting development tokens when
-    /// `mint` too.
+    /// The demo over `manager`: served when `enabled`, minting development tokens (and
+    /// showing its stats to anyone) when `mint` too; the browser client served with CORS
+    /// headers for `origins`.
     pub(crate) fn new(
         manager: UnifiedWebSocketManager,
         auth: Arc<Auth>,
         enabled: bool,
         mint: bool,
+        origins: AllowedOrigins,
     ) -> DemoState {
         DemoState {
             bridge: enabled.then(|| manager.create_agent_bridge()),
@@ -90,6 +94,7 @@ impl DemoState {
             slots: Arc::new(Semaphore::new(DEMO_MAX_RUNS)),
             runs: Mutex::new(HashMap::new()),
             runs_started: AtomicU64::new(0),
+            origins,
         }
     }
 
@@ -141,14 +146,37 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// `GET /client.js`: the browser client, an ES module.
-async fn client_js() -> Response {
-    asset("text/javascript; charset=utf-8", CLIENT_JS)
+/// `GET /client.js`: the browser client, an ES module, importable from pages of the
+/// allowed origins (`--allowed-origins`; any when the list is empty).
+async fn client_js(State(app): State<Arc<DemoState>>, headers: HeaderMap) -> Response {
+    client_asset(&app, &headers, "text/javascript; charset=utf-8", CLIENT_JS)
 }
 
-/// `GET /client.d.ts`: its TypeScript declarations.
-async fn client_dts() -> Response {
-    asset("application/typescript; charset=utf-8", CLIENT_DTS)
+/// `GET /client.d.ts`: its TypeScript declarations, with the same CORS headers.
+async fn client_dts(State(app): State<Arc<DemoState>>, headers: HeaderMap) -> Response {
+    client_asset(
+        &app,
+        &headers,
+        "application/typescript; charset=utf-8",
+        CLIENT_DTS,
+    )
+}
+
+/// A browser client asset, with the CORS headers a page on another origin needs to import
+/// it (a module script is always fetched in CORS mode).
+fn client_asset(
+    app: &DemoState,
+    headers: &HeaderMap,
+    content_type: &'static str,
+    body: &'static str,
+) -> Response {
+    let mut r = asset(content_type, body);
+    app.origins.cors(headers, r.headers_mut());
+    r.headers_mut().insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
+    r
 }
 
 /// `GET /`: the demo page. Everything it loads comes from this server.
@@ -311,11 +339,25 @@ async fn cancel_run(
     }
 }
 
-/// `GET /demo/stats`: the counters the demo page shows.
-async fn stats(State(app): State<Arc<DemoState>>) -> Response {
+/// `GET /demo/stats`: the counters the demo page shows. In development mode to anyone
+/// (the server serves this machine only); otherwise to the holder of a client token or a
+/// full API key.
+async fn stats(
+    State(app): State<Arc<DemoState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !app.mint && user_of(&app.auth, &headers).is_err() {
+        authorize(&app.auth, &headers, KeyScope::Full).map_err(|_| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "outside development mode the stats need `Authorization: Bearer` with a \
+                 user's token or a full API key",
+            )
+        })?;
+    }
     let s = app.manager.get_stats();
     let active = app.runs().len();
-    Json(json!({
+    Ok(Json(json!({
         "connections": s.connections,
         "users": s.users,
         "connections_opened": s.connections_opened,
@@ -329,7 +371,7 @@ async fn stats(State(app): State<Arc<DemoState>>) -> Response {
         "demo_runs_started": app.runs_started.load(Ordering::Relaxed),
         "demo_runs_active": active,
     }))
-    .into_response()
+    .into_response())
 }
 
 #[cfg(test)]

@@ -11,10 +11,13 @@ pub(crate) mod body;
 pub(crate) mod door;
 mod error;
 pub(crate) mod io;
+mod origins;
 
 pub(crate) use error::{
     ApiError, ErrorBody, ErrorCode, json_errors, method_not_allowed, not_found, raw_answer,
 };
+
+pub(crate) use origins::AllowedOrigins;
 
 /// An `Authorization` header that is not `Bearer <credential>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

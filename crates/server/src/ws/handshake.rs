@@ -103,7 +103,7 @@ pub(crate) async fn ws_handler(
         error.into_response()
     };
     if let Some(origin) = headers.get(header::ORIGIN)
-        && !app.ws.origin_allowed(origin)
+        && !app.ws.allowed_origins.allows(origin)
     {
         return refuse(
             Rejection::ForbiddenOrigin,

@@ -16,10 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_manager::UnifiedWebSocketManager;
-use axum::http::HeaderValue;
 
 use crate::auth::Auth;
-use crate::http::Draining;
+use crate::http::{AllowedOrigins, Draining};
 
 pub(crate) mod handshake;
 mod metrics;
@@ -61,19 +60,5 @@ pub(crate) struct WsSettings {
     pub(crate) client_frame_rate: u32,
     pub(crate) client_frame_burst: u32,
     pub(crate) resume_wait: Duration,
-    pub(crate) allowed_origins: Vec<String>,
-}
-
-impl WsSettings {
-    pub(crate) fn origin_allowed(&self, origin: &HeaderValue) -> bool {
-        if self.allowed_origins.is_empty() {
-            return true;
-        }
-        let Ok(origin) = origin.to_str() else {
-            return false;
-        };
-        self.allowed_origins
-            .iter()
-            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
-    }
+    pub(crate) allowed_origins: AllowedOrigins,
 }

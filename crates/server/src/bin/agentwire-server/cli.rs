@@ -278,6 +278,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub(crate) allowed_origins: Vec<String>,
 
+    /// Serve /metrics on this address of its own (a private interface, for Prometheus), to
+    /// anyone who reaches it, and not on --listen. Without it /metrics on --listen needs a
+    /// full API key.
+    #[arg(long, env = "AGENTWIRE_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<SocketAddr>,
+
     /// Log line format.
     #[arg(long, env = "AGENTWIRE_LOG_FORMAT", value_enum, default_value = "text")]
     pub(crate) log_format: LogFormat,
@@ -354,6 +360,7 @@ impl ServeArgs {
         c.drain_delay = this.drain_delay.into();
         c.allowed_origins = this.allowed_origins;
         c.demo = this.demo;
+        c.metrics_listen = this.metrics_listen;
         c
     }
 }
