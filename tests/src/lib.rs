@@ -537,6 +537,22 @@ pub async fn http_request(
     parse_http(&raw)
 }
 
+/// Whether `raw` holds a whole answer with a `Content-Length`.
+fn answer_is_whole(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    if head.starts_with("http/1.1 101 ") {
+        // Switched protocols: what follows is not this answer's.
+        return true;
+    }
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .is_some_and(|n| raw.len() >= split + 4 + n)
+}
+
 fn parse_http(raw: &[u8]) -> HttpResponse {
     let split = raw
         .windows(4)
@@ -669,8 +685,8 @@ pub async fn http_send(
 }
 
 /// Sends `request` as it is (any bytes, well-formed or not) on a new connection and reads
-/// the answer until the server closes; a reset after a complete head ends the read without
-/// failing.
+/// the answer: until its `Content-Length` is read, or else until the server closes; a reset
+/// after a complete head ends the read without failing.
 pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> HttpResponse {
     let work = async {
         let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -678,6 +694,9 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> HttpResponse {
         let mut raw = Vec::new();
         let mut buf = [0u8; 8192];
         loop {
+            if answer_is_whole(&raw) {
+                break;
+            }
             match s.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
@@ -691,6 +710,80 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> HttpResponse {
         .await
         .expect("HTTP response within the wait bound");
     parse_http(&raw)
+}
+
+/// What every case of a bad-input matrix (`tests/tests/e2e_bad_input_*.rs`) must leave as
+/// it was: another user's stream. The bystander is connected before the cases run; after
+/// each, [`Bystander::still_served`] emits it a fresh event and reads it, next in order.
+#[derive(Debug)]
+pub struct Bystander {
+    client: Client,
+    user: String,
+    seq: u64,
+}
+
+impl Bystander {
+    /// Connects `user` as the bystander.
+    pub async fn connect(server: &TestServer, user: &str) -> Bystander {
+        Bystander {
+            client: server.connect(user).await,
+            user: user.to_owned(),
+            seq: 0,
+        }
+    }
+
+    /// Asserts the bystander's connection is open and its stream goes on, gap-free, after
+    /// `case`.
+    pub async fn still_served(&mut self, server: &TestServer, case: &str) {
+        self.seq += 1;
+        let accepted = server.emit(&self.user, custom(self.seq)).await;
+        assert_eq!(
+            accepted.seq.get(),
+            self.seq,
+            "{case}: the bystander's stream"
+        );
+        let e = match self.client.recv().await {
+            Received::Frame(ServerFrame::Event(e)) => e,
+            other => panic!("{case}: the bystander got {other:?} instead of its event"),
+        };
+        assert_eq!(e.seq.get(), self.seq, "{case}: the bystander's next event");
+        assert_eq!(custom_value(&e), Some(self.seq), "{case}");
+    }
+}
+
+/// Events the server's broker accepted so far: a refused case leaves it as it was
+/// (nothing half-published).
+pub fn accepted_events(server: &TestServer) -> u64 {
+    server.manager().get_stats().events_emitted
+}
+
+/// Asserts `r` is the JSON error answer: `status`, `error` = `code`, and `field` = `field`
+/// (`None`: `null`).
+pub fn assert_error_body(
+    r: &HttpResponse,
+    status: u16,
+    code: &str,
+    field: Option<&str>,
+    case: &str,
+) {
+    assert_eq!(r.status, status, "{case}: {}", r.body);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{case}: {:?}",
+        r.headers
+    );
+    let v = r.json();
+    assert_eq!(v["error"], code, "{case}: {}", r.body);
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{case}: {}",
+        r.body
+    );
+    match field {
+        Some(f) => assert_eq!(v["field"], f, "{case}: {}", r.body),
+        None => assert!(v["field"].is_null(), "{case}: {}", r.body),
+    }
 }
 
 /// The workspace's root directory (where `Cargo.toml`, `clients/` and `examples/` are).

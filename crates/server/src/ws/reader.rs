@@ -269,7 +269,9 @@ impl Reader {
             Err(e) => {
                 let code = match &e {
                     DecodeError::UnknownType { .. } => ErrorCode::UnknownType,
-                    DecodeError::TooLarge { .. } => ErrorCode::TooLarge,
+                    DecodeError::TooLarge { .. } | DecodeError::TooDeep { .. } => {
+                        ErrorCode::TooLarge
+                    }
                     _ => ErrorCode::BadRequest,
                 };
                 self.bad(code, e.to_string());
