@@ -236,25 +236,21 @@ async fn a_frame_flood_is_dropped_then_closed_with_1008() {
     // Then a flood, far faster than 20 frames a second.
     let mut pongs = 0;
     let mut limited = 0;
-    let mut close = None;
     for _ in 0..200 {
         flooder.send(&ClientFrame::Ping).await;
     }
-    loop {
+    let close = loop {
         match flooder.recv_within(WAIT).await {
             Some(Received::Frame(ServerFrame::Pong)) => pongs += 1,
             Some(Received::Frame(ServerFrame::Error(e))) => {
                 assert_eq!(e.code, ErrorCode::RateLimited, "{}", e.message);
                 limited += 1;
             }
-            Some(Received::Close(code)) => {
-                close = code;
-                break;
-            }
+            Some(Received::Close(code)) => break code,
             Some(other) => panic!("unexpected {other:?}"),
             None => panic!("no close within the wait bound"),
         }
-    }
+    };
     assert_eq!(close, Some(1008));
     assert_eq!(
         limited, 1,
