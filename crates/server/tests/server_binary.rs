@@ -2,11 +2,8 @@
 //! its environment variable, environment variables configure it, `token` mints a token
 //! the server accepts, and SIGTERM closes every client with 1001 before the process exits.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use agentwire_server::Auth;
@@ -15,98 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agentwire-server");
-const WAIT: Duration = Duration::from_secs(15);
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("agentwire-bin-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// The binary with a clean environment (no inherited `AGENTWIRE_*`).
-fn bin() -> Command {
-    let mut c = Command::new(BIN);
-    c.env_clear().env("RUST_LOG", "warn");
-    c
-}
-
-/// A running server process; killed on drop if still running.
-struct ServerProcess {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    fn spawn(mut cmd: Command) -> Result<ServerProcess, String> {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the binary");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest
-                            .split_whitespace()
-                            .next()
-                            .and_then(|a| a.parse().ok())
-                            .expect("an address after `listening on`");
-                        return Ok(ServerProcess { child, lines, addr });
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let out = child.wait_with_output().expect("output");
-                    return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-                }
-            }
-        }
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+use support::{ServerProcess, WAIT, bin, get_status, temp_dir};
 
 fn mint_with_binary(creds: &std::path::Path, user: &str) -> String {
     let out = bin()
@@ -329,26 +235,6 @@ async fn sigterm_closes_every_client_with_1001_and_the_process_exits_in_time() {
     );
     assert!(started.elapsed() < WAIT);
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// The status of `GET path` on a new connection (0 when there is no answer).
-fn get_status(addr: SocketAddr, path: &str) -> u16 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, WAIT) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(WAIT));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(request.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
 }
 
 fn stderr_of(server: &mut ServerProcess) -> String {

@@ -1,0 +1,80 @@
+//! Bad input, surface 5 of 5: the `--config` file (issue 14). Every case is a file the
+//! binary must refuse: it exits with an error that names the file and what is wrong, and
+//! never starts serving. (The other surfaces' matrices are `tests/tests/e2e_bad_input_*`.)
+
+mod support;
+
+use std::time::Duration;
+
+use support::{bin, run_to_exit, temp_dir};
+
+/// How long a refused start may take.
+const WITHIN: Duration = Duration::from_secs(15);
+
+#[test]
+fn bad_config_files_are_refused_with_what_is_wrong() {
+    let dir = temp_dir("bad-config");
+    let cases: [(&str, &str, &[&str]); 9] = [
+        (
+            "a key written twice",
+            "listen = \"127.0.0.1:0\"\nmax-connections = 10\nmax-connections = 20\n",
+            &["duplicate key", "max-connections"],
+        ),
+        (
+            "a table written twice",
+            "[a]\nx = 1\n[a]\ny = 2\n",
+            &["duplicate"],
+        ),
+        (
+            "one setting under both spellings",
+            "max_connections = 10\nmax-connections = 20\n",
+            &["max_connections", "max-connections", "same setting"],
+        ),
+        (
+            "an unknown setting",
+            "listen = \"127.0.0.1:0\"\nmax_conections = 10\n",
+            &["unknown setting `max_conections`"],
+        ),
+        (
+            "a value of the wrong kind",
+            "max-connections = \"many\"\n",
+            &["max-connections", "many"],
+        ),
+        (
+            "an array of numbers",
+            "api-keys = [1, 2]\n",
+            &["api-keys", "strings"],
+        ),
+        (
+            "a table",
+            "[listen]\nport = 1\n",
+            &["listen", "unsupported"],
+        ),
+        (
+            "another config file named inside",
+            "config = \"/etc/other.toml\"\n",
+            &["cannot name another file"],
+        ),
+        ("not TOML", "listen = \n", &["agentwire.toml"]),
+    ];
+    for (name, text, says) in cases {
+        let path = dir.join("agentwire.toml");
+        std::fs::write(&path, text).expect("write");
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&path);
+        let (status, out, err) = run_to_exit(cmd, WITHIN);
+        let status = status.unwrap_or_else(|| panic!("{name}: the server started: {out}"));
+        assert!(!status.success(), "{name}: exited with success");
+        assert!(!out.contains("listening on"), "{name}: it served: {out}");
+        for needle in says {
+            assert!(err.contains(needle), "{name}: {needle:?} not in: {err}");
+        }
+    }
+    // A file that cannot be read.
+    let mut cmd = bin();
+    cmd.arg("--config").arg(dir.join("missing.toml"));
+    let (status, _, err) = run_to_exit(cmd, WITHIN);
+    assert!(status.is_some_and(|s| !s.success()));
+    assert!(err.contains("cannot read config file"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
