@@ -19,6 +19,7 @@
 
 mod clients;
 mod events;
+mod flood;
 mod http;
 mod placement;
 mod procstat;
@@ -155,6 +156,9 @@ enum Scenario {
     Bursty(scenarios::BurstyArgs),
     /// The same rate without, then with, a share of clients that stop reading.
     Slow(scenarios::SlowArgs),
+    /// The same rate without, then with, clients flooding the server with frames; other
+    /// users' p99 compared.
+    Flood(scenarios::FloodArgs),
     /// Connection churn (a soak): cycles of connect, publish, leave; RSS and gauges must
     /// return to their baseline.
     Churn(scenarios::ChurnArgs),
@@ -178,6 +182,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Sweep(a) => &a.common,
         Scenario::Bursty(a) => &a.common,
         Scenario::Slow(a) => &a.common,
+        Scenario::Flood(a) => &a.common,
         Scenario::Churn(a) => &a.common,
         Scenario::Worker => unreachable!("handled above"),
     };
@@ -195,6 +200,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Sweep(a) => scenarios::sweep(&env, a).await,
             Scenario::Bursty(a) => scenarios::bursty(&env, a).await,
             Scenario::Slow(a) => scenarios::slow(&env, a).await,
+            Scenario::Flood(a) => scenarios::flood(&env, a).await,
             Scenario::Churn(a) => scenarios::churn(&env, a).await,
             Scenario::Worker => unreachable!("handled above"),
         }

@@ -248,6 +248,8 @@ impl Env {
             "queued_bytes": g("agentwire_queued_bytes"),
             "write_timeouts": g("agentwire_write_timeouts"),
             "heartbeat_timeouts": g("agentwire_heartbeat_timeouts"),
+            "client_frames_rate_limited": g("agentwire_client_frames_rate_limited"),
+            "client_rate_limit_closes": g("agentwire_client_rate_limit_closes"),
         })
     }
 
@@ -899,6 +901,110 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
     m.insert("steps".into(), json!(steps));
     let ready = last_ready.expect("at least one round ran");
     Ok(finish(env, "slow", &ready, m))
+}
+
+/// A frame flood beside a steady workload.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FloodArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Offered deliveries per second to the measured clients.
+    #[arg(long, default_value_t = 40_000.0)]
+    rate: f64,
+    /// Clients sending `ack` frames as fast as they can, each a user of its own.
+    #[arg(long, default_value_t = 8)]
+    flooders: u32,
+    /// Pin the flooders' thread to this core.
+    #[arg(long)]
+    flood_core: Option<usize>,
+    /// Rounds of (without, with) periods; the p99s compared are the medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+}
+
+/// Issue 14: one client sending frames in a loop held a core. The same rate without,
+/// then with, flooders; the measured (other) users' p99 is compared, as medians over the
+/// rounds: within 2× is the bound. Flooders are closed with 1008 by the server's
+/// per-connection frame limit and come straight back.
+pub(crate) async fn flood(env: &Env, a: FloodArgs) -> anyhow::Result<Value> {
+    let c = &env.common;
+    let mut base_steps = Vec::new();
+    let mut flood_steps = Vec::new();
+    let mut floods = Vec::new();
+    let mut last_ready = None;
+    for round in 0..a.rounds.max(1) {
+        let prefix = format!("fbase{round}");
+        let mut base =
+            Clients::open(env, &prefix, c.users, 0, RunShape::thinking(c.run_len)).await?;
+        let name = format!("without flood #{}", round + 1);
+        base_steps.push(period(env, &mut base, a.rate, 1, &name, c.duration).await?);
+        base.pool.close().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let prefix = format!("flood{round}");
+        let mut measured =
+            Clients::open(env, &prefix, c.users, 0, RunShape::thinking(c.run_len)).await?;
+        let flood = crate::flood::Flood::start(
+            &env.addrs,
+            &env.secret,
+            &format!("{}{prefix}-", env.run_id),
+            a.flooders,
+            a.flood_core,
+        )?;
+        // Let the flood reach full pressure first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let name = format!("with flood #{}", round + 1);
+        let step = period(env, &mut measured, a.rate, 1, &name, c.duration).await;
+        floods.push(flood.stop());
+        flood_steps.push(step?);
+        measured.pool.close().await?;
+        last_ready = Some(measured.ready.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let p99 = |s: &Value| s["latency"]["p99_ms"].as_f64().unwrap_or(0.0);
+    let median = |steps: &[Value]| {
+        let mut v: Vec<f64> = steps.iter().map(p99).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (base_p99, flood_p99) = (median(&base_steps), median(&flood_steps));
+    let ratio = if base_p99 > 0.0 {
+        flood_p99 / base_p99
+    } else {
+        0.0
+    };
+    let closes = flood_steps
+        .iter()
+        .map(|s| {
+            s["server"]["metrics_after"]["client_rate_limit_closes"]
+                .as_f64()
+                .unwrap_or(0.0) as u64
+        })
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "  other users' p99 (median of {} rounds) with a flood of {} clients {flood_p99:.2} ms / \
+         without {base_p99:.2} ms = {ratio:.2} (bound: 2); flooders closed with 1008 by the \
+         server: {closes}",
+        a.rounds.max(1),
+        a.flooders
+    );
+    let mut m = serde_json::Map::new();
+    m.insert("flooders".into(), json!(a.flooders));
+    m.insert("others_p99_ms_without".into(), json!(base_p99));
+    m.insert("others_p99_ms_with".into(), json!(flood_p99));
+    m.insert("p99_ratio".into(), json!(ratio));
+    m.insert("within_2x".into(), json!(ratio > 0.0 && ratio <= 2.0));
+    m.insert("rate_limit_closes".into(), json!(closes));
+    m.insert("floods".into(), Value::Array(floods));
+    let steps: Vec<Value> = base_steps
+        .into_iter()
+        .zip(flood_steps)
+        .flat_map(|(b, f)| [b, f])
+        .collect();
+    m.insert("steps".into(), json!(steps));
+    let ready = last_ready.expect("at least one round ran");
+    Ok(finish(env, "flood", &ready, m))
 }
 
 /// Idle connections.
