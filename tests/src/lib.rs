@@ -646,42 +646,24 @@ pub async fn http_send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    let work = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        // `Host: <addr>` unless the caller sends a `Host` of its own.
-        let host = if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-            String::new()
-        } else {
-            format!("Host: {addr}\r\n")
-        };
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\n{host}Connection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body);
-        // A server may answer and close before reading a refused body; the answer counts.
-        let _ = s.write_all(&request).await;
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(_) if raw.windows(4).any(|w| w == b"\r\n\r\n") => break,
-                Err(e) => panic!("reading the response: {e}"),
-            }
-        }
-        raw
+    // `Host: <addr>` unless the caller sends a `Host` of its own.
+    let host = if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        String::new()
+    } else {
+        format!("Host: {addr}\r\n")
     };
-    let raw = timeout(WAIT, work)
-        .await
-        .expect("HTTP response within the wait bound");
-    parse_http(&raw)
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\n{host}Connection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    // A server may answer and close before reading a refused body; the answer counts.
+    raw_http(addr, &request).await
 }
 
 /// Sends `request` as it is (any bytes, well-formed or not) on a new connection and reads
@@ -730,6 +712,17 @@ impl Bystander {
             user: user.to_owned(),
             seq: 0,
         }
+    }
+
+    /// Asserts that `case` published nothing (the node accepted `accepted_before` events
+    /// before it, and still has) and that the bystander is still served.
+    pub async fn untouched_since(&mut self, server: &TestServer, accepted_before: u64, case: &str) {
+        assert_eq!(
+            accepted_events(server),
+            accepted_before,
+            "{case}: nothing published"
+        );
+        self.still_served(server, case).await;
     }
 
     /// Asserts the bystander's connection is open and its stream goes on, gap-free, after

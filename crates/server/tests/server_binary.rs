@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 use agentwire_server::Auth;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use support::{ServerProcess, WAIT, bin, get_status, temp_dir};
+use support::{ServerProcess, WAIT, bin, get_status, temp_dir, websocket};
 
 fn mint_with_binary(creds: &std::path::Path, user: &str) -> String {
     let out = bin()
@@ -179,24 +177,7 @@ async fn sigterm_closes_every_client_with_1001_and_the_process_exits_in_time() {
     let mut clients = Vec::new();
     for user in ["alice", "alice", "bob", "carol"] {
         let token = mint_with_binary(&creds, user);
-        let mut req = format!("ws://{}/ws", server.addr)
-            .into_client_request()
-            .expect("request");
-        req.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
-        );
-        let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-            .await
-            .expect("connect in time")
-            .expect("connects");
-        let hello = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("hello in time");
-        assert!(
-            matches!(&hello, Some(Ok(Message::Text(t))) if t.contains("connection_established")),
-            "{hello:?}"
-        );
+        let ws = websocket(server.addr, &token).await;
         clients.push(ws);
     }
 

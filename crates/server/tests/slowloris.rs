@@ -13,8 +13,6 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use support::{ServerProcess, WAIT, bin_with_nofile, get_status};
 
@@ -34,25 +32,7 @@ async fn websocket(
         None,
     )
     .expect("mint");
-    let mut req = format!("ws://{addr}/ws")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
-    );
-    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    let hello = tokio::time::timeout(WAIT, ws.next())
-        .await
-        .expect("hello in time");
-    assert!(
-        matches!(&hello, Some(Ok(Message::Text(t))) if t.contains("connection_established")),
-        "{hello:?}"
-    );
-    ws
+    support::websocket(addr, &token).await
 }
 
 /// The next text frame that carries `"seq":`.

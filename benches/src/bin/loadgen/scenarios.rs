@@ -772,6 +772,69 @@ pub(crate) async fn bursty(env: &Env, a: BurstyArgs) -> anyhow::Result<Value> {
     Ok(finish(env, "bursty", &cl.ready, m))
 }
 
+/// One period on fresh users (a user's runs, once finished, stay finished), every
+/// `slow_every`-th connection not reading, and — given `(flooders, core)` — a frame flood
+/// under way from a second before it to its end; then a pause, so that periods compared
+/// with each other start alike. Returns the period's result, the clients' readiness and
+/// what the flood did.
+async fn fresh_period(
+    env: &Env,
+    tag: &str,
+    slow_every: u32,
+    flood: Option<(u32, Option<usize>)>,
+    rate: f64,
+    name: &str,
+) -> anyhow::Result<(Value, Ready, Option<Value>)> {
+    let c = &env.common;
+    let mut clients =
+        Clients::open(env, tag, c.users, slow_every, RunShape::thinking(c.run_len)).await?;
+    let flood = match flood {
+        Some((flooders, core)) => {
+            let f = crate::flood::Flood::start(
+                &env.addrs,
+                &env.secret,
+                &format!("{}{tag}-", env.run_id),
+                flooders,
+                core,
+            )?;
+            // Let the flood reach full pressure first.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some(f)
+        }
+        None => None,
+    };
+    let step = period(env, &mut clients, rate, 1, name, c.duration).await;
+    let flood = flood.map(crate::flood::Flood::stop);
+    let step = step?;
+    clients.pool.close().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((step, clients.ready, flood))
+}
+
+/// The median of the steps' p99 latencies, in milliseconds.
+fn median_p99(steps: &[Value]) -> f64 {
+    let mut v: Vec<f64> = steps
+        .iter()
+        .map(|s| s["latency"]["p99_ms"].as_f64().unwrap_or(0.0))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `with` over `without` (0 when there is nothing to compare with).
+fn p99_ratio(without: f64, with: f64) -> f64 {
+    if without > 0.0 { with / without } else { 0.0 }
+}
+
+/// The steps of alternating rounds, in the order they ran.
+fn interleave(without: Vec<Value>, with: Vec<Value>) -> Vec<Value> {
+    without
+        .into_iter()
+        .zip(with)
+        .flat_map(|(a, b)| [a, b])
+        .collect()
+}
+
 /// Slow consumers.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct SlowArgs {
@@ -800,41 +863,30 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
     let mut mixed_steps = Vec::new();
     let mut last_ready = None;
     for round in 0..a.rounds.max(1) {
-        // Fresh users every period: a user's runs, once finished, stay finished.
-        let prefix = format!("base{round}");
-        let mut base =
-            Clients::open(env, &prefix, c.users, 0, RunShape::thinking(c.run_len)).await?;
-        let name = format!("without slow #{}", round + 1);
-        base_steps.push(period(env, &mut base, a.rate, 1, &name, c.duration).await?);
-        base.pool.close().await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let prefix = format!("slow{round}");
-        let mut mixed = Clients::open(
+        let (step, _, _) = fresh_period(
             env,
-            &prefix,
-            c.users,
-            a.slow_every,
-            RunShape::thinking(c.run_len),
+            &format!("base{round}"),
+            0,
+            None,
+            a.rate,
+            &format!("without slow #{}", round + 1),
         )
         .await?;
-        let name = format!("with slow #{}", round + 1);
-        mixed_steps.push(period(env, &mut mixed, a.rate, 1, &name, c.duration).await?);
-        mixed.pool.close().await?;
-        last_ready = Some(mixed.ready.clone());
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        base_steps.push(step);
+        let (step, ready, _) = fresh_period(
+            env,
+            &format!("slow{round}"),
+            a.slow_every,
+            None,
+            a.rate,
+            &format!("with slow #{}", round + 1),
+        )
+        .await?;
+        mixed_steps.push(step);
+        last_ready = Some(ready);
     }
-    let p99 = |s: &Value| s["latency"]["p99_ms"].as_f64().unwrap_or(0.0);
-    let median = |steps: &[Value]| {
-        let mut v: Vec<f64> = steps.iter().map(p99).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (base_p99, mixed_p99) = (median(&base_steps), median(&mixed_steps));
-    let ratio = if base_p99 > 0.0 {
-        mixed_p99 / base_p99
-    } else {
-        0.0
-    };
+    let (base_p99, mixed_p99) = (median_p99(&base_steps), median_p99(&mixed_steps));
+    let ratio = p99_ratio(base_p99, mixed_p99);
     let slow_conns = u64::from(c.users * c.conns_per_user) / u64::from(a.slow_every.max(1));
     // Server memory the slow consumers added: the peak RSS of each period with them over
     // the one before it without, less what the history grew meanwhile (history is
@@ -893,12 +945,7 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
     m.insert("queue_bound_kib".into(), json!(bound_kib));
     m.insert("queued_kib_end".into(), json!(queued_kib));
     m.insert("slow_consumer_closes".into(), json!(closed_slow));
-    let steps: Vec<Value> = base_steps
-        .into_iter()
-        .zip(mixed_steps)
-        .flat_map(|(b, m)| [b, m])
-        .collect();
-    m.insert("steps".into(), json!(steps));
+    m.insert("steps".into(), json!(interleave(base_steps, mixed_steps)));
     let ready = last_ready.expect("at least one round ran");
     Ok(finish(env, "slow", &ready, m))
 }
@@ -927,52 +974,36 @@ pub(crate) struct FloodArgs {
 /// rounds: within 2× is the bound. Flooders are closed with 1008 by the server's
 /// per-connection frame limit and come straight back.
 pub(crate) async fn flood(env: &Env, a: FloodArgs) -> anyhow::Result<Value> {
-    let c = &env.common;
     let mut base_steps = Vec::new();
     let mut flood_steps = Vec::new();
     let mut floods = Vec::new();
     let mut last_ready = None;
     for round in 0..a.rounds.max(1) {
-        let prefix = format!("fbase{round}");
-        let mut base =
-            Clients::open(env, &prefix, c.users, 0, RunShape::thinking(c.run_len)).await?;
-        let name = format!("without flood #{}", round + 1);
-        base_steps.push(period(env, &mut base, a.rate, 1, &name, c.duration).await?);
-        base.pool.close().await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-
-        let prefix = format!("flood{round}");
-        let mut measured =
-            Clients::open(env, &prefix, c.users, 0, RunShape::thinking(c.run_len)).await?;
-        let flood = crate::flood::Flood::start(
-            &env.addrs,
-            &env.secret,
-            &format!("{}{prefix}-", env.run_id),
-            a.flooders,
-            a.flood_core,
-        )?;
-        // Let the flood reach full pressure first.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let name = format!("with flood #{}", round + 1);
-        let step = period(env, &mut measured, a.rate, 1, &name, c.duration).await;
-        floods.push(flood.stop());
-        flood_steps.push(step?);
-        measured.pool.close().await?;
-        last_ready = Some(measured.ready.clone());
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (step, _, _) = fresh_period(
+            env,
+            &format!("fbase{round}"),
+            0,
+            None,
+            a.rate,
+            &format!("without flood #{}", round + 1),
+        )
+        .await?;
+        base_steps.push(step);
+        let (step, ready, flood) = fresh_period(
+            env,
+            &format!("flood{round}"),
+            0,
+            Some((a.flooders, a.flood_core)),
+            a.rate,
+            &format!("with flood #{}", round + 1),
+        )
+        .await?;
+        flood_steps.push(step);
+        floods.extend(flood);
+        last_ready = Some(ready);
     }
-    let p99 = |s: &Value| s["latency"]["p99_ms"].as_f64().unwrap_or(0.0);
-    let median = |steps: &[Value]| {
-        let mut v: Vec<f64> = steps.iter().map(p99).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (base_p99, flood_p99) = (median(&base_steps), median(&flood_steps));
-    let ratio = if base_p99 > 0.0 {
-        flood_p99 / base_p99
-    } else {
-        0.0
-    };
+    let (base_p99, flood_p99) = (median_p99(&base_steps), median_p99(&flood_steps));
+    let ratio = p99_ratio(base_p99, flood_p99);
     let closes = flood_steps
         .iter()
         .map(|s| {
@@ -997,12 +1028,7 @@ pub(crate) async fn flood(env: &Env, a: FloodArgs) -> anyhow::Result<Value> {
     m.insert("within_2x".into(), json!(ratio > 0.0 && ratio <= 2.0));
     m.insert("rate_limit_closes".into(), json!(closes));
     m.insert("floods".into(), Value::Array(floods));
-    let steps: Vec<Value> = base_steps
-        .into_iter()
-        .zip(flood_steps)
-        .flat_map(|(b, f)| [b, f])
-        .collect();
-    m.insert("steps".into(), json!(steps));
+    m.insert("steps".into(), json!(interleave(base_steps, flood_steps)));
     let ready = last_ready.expect("at least one round ran");
     Ok(finish(env, "flood", &ready, m))
 }

@@ -390,6 +390,7 @@ async fn check_runs(
             body = super::schema::PublishResponseDoc),
         (status = 400, description = "Not UTF-8, not JSON, neither an object nor a non-empty array, or nested too deep", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within --body-read-timeout; nothing was published", body = ErrorBody),
         (status = 409, description = "An event breaks its run's lifecycle (`run_violation`; `message` names \
             the violation), or reuses an event_id accepted for a different event (`event_id_conflict`; \
             that user's events were not published)", body = ErrorBody),

@@ -171,3 +171,34 @@ pub(crate) fn run_to_exit(
     }
     (status, out, err)
 }
+
+/// A WebSocket to `ws://{addr}/ws` with `Authorization: Bearer <token>`, once its
+/// `connection_established` frame is read.
+pub(crate) async fn websocket(
+    addr: SocketAddr,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut req = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect in time")
+        .expect("connects");
+    let hello = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("hello in time");
+    assert!(
+        matches!(&hello, Some(Ok(Message::Text(t))) if t.contains("connection_established")),
+        "{hello:?}"
+    );
+    ws
+}
