@@ -2,11 +2,10 @@
 //! token → 401), the Origin allow-list, and token expiry while connected (4002) with
 //! `refresh_token` preventing it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use agentwire::protocol::{ClientFrame, ErrorCode, ServerFrame};
-use agentwire_e2e::{Received, SECRET, TestServer, WAIT};
+use agentwire_e2e::{Received, SECRET, TestServer, WAIT, fixture, key_file};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -17,13 +16,6 @@ fn now() -> u64 {
 
 fn sign(alg: Algorithm, key: &EncodingKey, claims: &serde_json::Value) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, key).expect("encode")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
 }
 
 fn rs256_key() -> EncodingKey {
@@ -185,7 +177,7 @@ async fn every_token_carrier_is_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_tokens_verify_with_the_configured_public_key() {
     let server = TestServer::start_with(|c| {
-        c.jwt_public_key = Some(fixture("rs256-test-public.pem"));
+        c.jwt_public_key = Some(key_file("rs256-test-public.pem"));
     })
     .await;
     let token = sign(
