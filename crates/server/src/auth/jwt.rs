@@ -532,7 +532,7 @@ fn header_error(e: &jsonwebtoken::errors::Error) -> AuthError {
             AuthError::Algorithm("of the header is not one this server knows".into())
         }
         ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-            AuthError::Malformed("the header is not a JSON object with a known `alg`")
+            AuthError::Malformed("the header is not a JSON object with an `alg` this server knows")
         }
         _ => AuthError::Malformed("the header cannot be read"),
     }
@@ -548,7 +548,10 @@ fn claims_error(e: &jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::InvalidIssuer => AuthError::Claims("wrong `iss`".into()),
         ErrorKind::InvalidAudience => AuthError::Claims("wrong `aud`".into()),
         ErrorKind::InvalidSubject => AuthError::Claims("wrong `sub`".into()),
-        ErrorKind::MissingRequiredClaim(c) => AuthError::Claims(format!("missing `{c}`")),
+        // A required claim of the wrong type reads as missing to the parser.
+        ErrorKind::MissingRequiredClaim(c) => {
+            AuthError::Claims(format!("missing or ill-typed `{c}`"))
+        }
         ErrorKind::InvalidClaimFormat(c) => AuthError::Claims(format!("`{c}` must be a number")),
         ErrorKind::Json(_) => AuthError::Claims(
             "`sub` must be a string and `exp`, `nbf`, `iat` numbers, each given once".into(),
