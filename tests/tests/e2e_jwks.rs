@@ -389,6 +389,8 @@ async fn without_a_first_key_set_readyz_and_jwks_tokens_answer_503_until_one_arr
     })
     .await;
     assert_eq!(handshake(&server, &rsa).await, Ok("alice".into()));
+    hs.send(&agentwire::protocol::ClientFrame::Ping).await;
+    assert_eq!(hs.frame().await, agentwire::protocol::ServerFrame::Pong);
     hs.close().await;
     server.stop().await;
 }
