@@ -749,6 +749,38 @@ mod tests {
         format!("{message}.{signature}")
     }
 
+    /// `check` (for `agentwire-server check-token`) says whom a token names and exactly
+    /// why it would be refused.
+    #[tokio::test]
+    async fn check_says_whom_a_token_names_and_why_it_is_refused() {
+        let auth = Auth::hs256(SECRET).expect("auth");
+        let now = jsonwebtoken::get_current_timestamp();
+        let expired = sign(&serde_json::json!({
+            "sub": "alice", "exp": now - 3600, "iat": now - 7200, "iss": "idp", "aud": ["a", "b"]
+        }));
+        let report = auth.check(&expired).await;
+        assert_eq!(report.subject.as_deref(), Some("alice"));
+        assert_eq!(report.algorithm.as_deref(), Some("HS256"));
+        assert_eq!(report.key_id, None);
+        assert_eq!(report.issuer.as_deref(), Some("idp"));
+        assert_eq!(report.audience.as_deref(), Some(r#"["a","b"]"#));
+        assert_eq!(report.expires_at, Some(now - 3600));
+        assert_eq!(report.issued_at, Some(now - 7200));
+        assert_eq!(report.not_before, None);
+        assert_eq!(report.verdict, Err(AuthError::Expired));
+
+        let good = auth
+            .mint(&user("bob"), Duration::from_secs(60))
+            .expect("mint");
+        let report = auth.check(&good).await;
+        assert_eq!(report.subject.as_deref(), Some("bob"));
+        assert!(report.verdict.is_ok_and(|v| v.user == user("bob")));
+
+        let garbage = auth.check("garbage").await;
+        assert_eq!(garbage.subject, None);
+        assert!(matches!(garbage.verdict, Err(AuthError::Malformed(_))));
+    }
+
     #[test]
     fn issuer_and_audience_are_checked_when_configured() {
         let mut auth = Auth::hs256(SECRET).expect("auth");
