@@ -679,6 +679,23 @@ pub fn key_file(name: &str) -> PathBuf {
     path
 }
 
+/// base64url without padding (RFC 4648 §5), for tokens written by hand: ones no JWT
+/// library would make (`alg: none`, a claim given twice).
+pub fn base64url(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
 /// The workspace's root directory (where `Cargo.toml`, `clients/` and `examples/` are).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -6,7 +6,9 @@
 //! else: one client's bad input never reaches another's stream.
 
 use agentwire::protocol::{ClientFrame, ErrorCode, ServerFrame};
-use agentwire_e2e::{API_KEY, Client, SECRET, TestServer, http_request, http_send, metric, user};
+use agentwire_e2e::{
+    API_KEY, Client, SECRET, TestServer, base64url, http_request, http_send, metric, user,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
@@ -32,28 +34,12 @@ fn claims(sub: &str) -> serde_json::Value {
     serde_json::json!({ "sub": sub, "exp": now() + 600 })
 }
 
-/// base64url without padding, for tokens no JWT library would write.
-fn b64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
 /// An HS256 token over a payload written by hand (e.g. with a key given twice).
 fn hs256_raw(payload: &str) -> String {
     let message = format!(
         "{}.{}",
-        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
-        b64(payload.as_bytes())
+        base64url(br#"{"alg":"HS256","typ":"JWT"}"#),
+        base64url(payload.as_bytes())
     );
     let signature = jsonwebtoken::crypto::sign(
         message.as_bytes(),
@@ -257,8 +243,8 @@ async fn handshake_carriers_and_token_shapes() {
     let hs = EncodingKey::from_secret(SECRET.as_bytes());
     let unsigned = format!(
         "{}.{}.",
-        b64(br#"{"alg":"none","typ":"JWT"}"#),
-        b64(claims("alice").to_string().as_bytes())
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64url(claims("alice").to_string().as_bytes())
     );
     let shapes: Vec<(&str, String, Expect)> = vec![
         (
