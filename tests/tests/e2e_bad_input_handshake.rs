@@ -102,9 +102,8 @@ fn case(
     }
 }
 
-/// Rows about the credential a handshake carries. The token checks themselves (`nbf`,
-/// `iat`, size, disagreeing carriers) live in `crates/server/src/auth`; their rows belong
-/// here, beside these.
+/// Rows about the credential a handshake carries: one per kind of refusal. Every token
+/// check (carriers, shapes, claims, sizes) has its rows in `e2e_auth_matrix.rs`.
 fn credential_rows(base: &Handshake) -> Vec<Case> {
     vec![
         case(
@@ -119,14 +118,14 @@ fn credential_rows(base: &Handshake) -> Vec<Case> {
             base.clone().set("Authorization", "Bearer not-a-jwt"),
             401,
             "unauthorized",
-            None,
+            Some("Authorization"),
         ),
         case(
             "another scheme",
             base.clone().set("Authorization", "Basic YWxpY2U6c2VjcmV0"),
             401,
             "unauthorized",
-            None,
+            Some("Authorization"),
         ),
         case(
             "a token signed with another secret",
@@ -143,7 +142,7 @@ fn credential_rows(base: &Handshake) -> Vec<Case> {
             )),
             401,
             "unauthorized",
-            None,
+            Some("token"),
         ),
     ]
 }
