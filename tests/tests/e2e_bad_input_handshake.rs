@@ -272,7 +272,7 @@ fn rows(base: &Handshake) -> Vec<Case> {
         case(
             "a target over --max-uri-bytes",
             base.clone()
-                .target(format!("/ws?pad={}", "p".repeat(9 * 1024))),
+                .target(format!("/ws?pad={}", "p".repeat(13 * 1024))),
             414,
             "uri_too_long",
             None,

@@ -100,7 +100,7 @@ async fn answers_hyper_gives_by_itself_carry_the_json_error_body() {
     // A target over --max-uri-bytes (within the head's bound) is the router's 414.
     let long = format!(
         "GET /healthz?{} HTTP/1.1\r\n{host}Connection: close\r\n\r\n",
-        "q".repeat(8300)
+        "q".repeat(12_400)
     );
     let server_long = TestServer::start().await;
     let r = raw_http(server_long.addr, long.as_bytes()).await;

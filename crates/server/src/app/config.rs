@@ -354,7 +354,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(120),
             body_read_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
-            max_uri_bytes: 8 * 1024,
+            max_uri_bytes: 12 * 1024,
             max_connections_per_user: 3,
             per_user_policy: PerUserPolicy::EvictOldest,
             queue_max_frames: 1024,
