@@ -11,10 +11,6 @@ use serde::Serialize;
 /// The machine-readable code of an error answer. Each code has one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-#[allow(
-    dead_code,
-    reason = "codes answered by the hyper layer are named for the document"
-)]
 pub(crate) enum ErrorCode {
     /// 400: the request is malformed (query, path, headers, body that is not JSON).
     BadRequest,
