@@ -141,17 +141,32 @@ pub enum RunViolation {
 }
 
 impl RunViolation {
+    /// Every violation's [`name`](Self::name), in the order of docs/protocol.md §7.
+    pub const NAMES: [&'static str; 6] = [
+        "NotStarted",
+        "AlreadyStarted",
+        "DuplicateToolCall",
+        "UnknownToolCall",
+        "TooManyOpenToolCalls",
+        "AfterTerminal",
+    ];
+
+    /// The position of this violation's name in [`Self::NAMES`].
+    pub fn index(&self) -> usize {
+        match self {
+            RunViolation::NotStarted { .. } => 0,
+            RunViolation::AlreadyStarted => 1,
+            RunViolation::DuplicateToolCall { .. } => 2,
+            RunViolation::UnknownToolCall { .. } => 3,
+            RunViolation::TooManyOpenToolCalls => 4,
+            RunViolation::AfterTerminal { .. } => 5,
+        }
+    }
+
     /// The violation's name, as docs/protocol.md §7 lists them (`NotStarted`,
     /// `AlreadyStarted`, …): what an error body or a metric label names it by.
     pub fn name(&self) -> &'static str {
-        match self {
-            RunViolation::NotStarted { .. } => "NotStarted",
-            RunViolation::AlreadyStarted => "AlreadyStarted",
-            RunViolation::DuplicateToolCall { .. } => "DuplicateToolCall",
-            RunViolation::UnknownToolCall { .. } => "UnknownToolCall",
-            RunViolation::TooManyOpenToolCalls => "TooManyOpenToolCalls",
-            RunViolation::AfterTerminal { .. } => "AfterTerminal",
-        }
+        Self::NAMES[self.index()]
     }
 
     /// The field of the event the violation is about: `data.tool_call_id` for the tool
