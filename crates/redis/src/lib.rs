@@ -132,6 +132,7 @@ mod connect;
 mod keys;
 mod metrics;
 mod pubsub;
+mod runs;
 mod script;
 
 pub use broker::RedisBroker;
