@@ -1,13 +1,18 @@
 -- The run registry: what run state every user's slot holds, counted in one place, so the
 -- run-state bounds hold across the cluster. KEYS, all under one hash tag:
---   1 runs     HASH member -> '<live 0|1>:<bytes>:<token>:<owner>'
+--   1 runs     HASH member -> '<live 0|1>:<bytes>:<token>:<holds>:<revived 0|1>:<owner>'
 --   2 expiry   ZSET member scored by when the registry forgets it (ms)
 --   3 finished ZSET member scored by when its run ended (ms): the order they make room
 --   4 owners   HASH owner -> '<runs in progress>:<their bytes>'
 --   5 totals   HASH runs, live, bytes, live_bytes
 -- A member is the name of the run's state key in its user's slot. `bytes` is, for a run in
 -- progress, its reservation (the room its state may take without asking again), for a
--- finished run its base size.
+-- finished run its base size. `token` names the reservation; the run's state key holds it
+-- once a publish started the run on it. `holds` counts the callers handed the token
+-- (the maker, and every 'exists' since) that have not dropped it: a caller whose publish
+-- did not start the run on the token drops it, one that did keeps its hold. When the last
+-- hold is dropped nobody started the run: the reservation is forgotten, or, when it was a
+-- finished run's taken again (`revived`), that run is finished again.
 -- ARGV: 1 op, 2 member, 3 token, 4 max runs, 5 max bytes, 6 max runs per owner,
 --       7 max bytes per owner, 8 run ttl (ms), then per op:
 --   reserve: 9 owner, 10 base bytes, 11 slack
@@ -16,7 +21,8 @@
 --   grow:    9 needed bytes, 10 slack -> {'ok', allowance, totals..} or {'gone'} or
 --               {'full', bound}
 --   finish:  9 base bytes -> {'ok', totals..}
---   refresh, release: -> {'ok', totals..}
+--   drop:    9 base bytes -> {'ok', totals..}
+--   refresh -> {'ok', totals..}
 -- Every reply after the op's own fields carries the totals (runs, live, bytes) and how
 -- many members expired in this call; reserve adds the members it evicted.
 local op, member, token = ARGV[1], ARGV[2], ARGV[3]
@@ -29,8 +35,14 @@ local now = now_ms()
 local keep_until = now + ttl + math.floor(ttl / 2)
 
 local function parse(v)
-  local live, bytes, tok, owner = string.match(v, '^(%d):(%d+):([^:]*):(.*)$')
-  return live == '1', tonumber(bytes), tok, owner
+  local live, bytes, tok, holds, revived, owner =
+    string.match(v, '^(%d):(%d+):([^:]*):(%d+):(%d):(.*)$')
+  return live == '1', tonumber(bytes), tok, owner, tonumber(holds), revived == '1'
+end
+
+local function value(live, bytes, tok, holds, revived, owner)
+  return (live and '1' or '0') .. ':' .. int(bytes) .. ':' .. tok .. ':' .. int(holds)
+    .. ':' .. (revived and '1' or '0') .. ':' .. owner
 end
 
 local function total(field)
@@ -132,8 +144,9 @@ if op == 'reserve' then
   local owner, base, slack = ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
   local kind = 'created'
   if current then
-    local live, bytes, tok, _ = parse(current)
+    local live, bytes, tok, o, holds, revived = parse(current)
     if live then
+      redis.call('HSET', KEYS[1], member, value(true, bytes, tok, holds + 1, revived, o))
       return with_totals({'exists', tok, bytes})
     end
     kind = 'revived'
@@ -146,7 +159,7 @@ if op == 'reserve' then
     drop(member)
   end
   local allowance = base + room(owner, base, slack)
-  redis.call('HSET', KEYS[1], member, '1:' .. int(allowance) .. ':' .. token .. ':' .. owner)
+  redis.call('HSET', KEYS[1], member, value(true, allowance, token, 1, kind == 'revived', owner))
   redis.call('ZADD', KEYS[2], keep_until, member)
   add_total('runs', 1)
   add_total('live', 1)
@@ -171,9 +184,9 @@ if op == 'reserve' then
 end
 
 -- The other operations apply only to the reservation `token` names.
-local live, bytes, tok, owner
+local live, bytes, tok, owner, holds, revived
 if current then
-  live, bytes, tok, owner = parse(current)
+  live, bytes, tok, owner, holds, revived = parse(current)
 end
 if not current or tok ~= token then
   if op == 'grow' then
@@ -193,7 +206,7 @@ if op == 'grow' then
       return with_totals({'full', bound})
     end
     local allowance = needed + room(owner, needed - bytes, slack)
-    redis.call('HSET', KEYS[1], member, '1:' .. int(allowance) .. ':' .. token .. ':' .. owner)
+    redis.call('HSET', KEYS[1], member, value(true, allowance, token, holds, revived, owner))
     add_total('bytes', allowance - bytes)
     add_total('live_bytes', allowance - bytes)
     add_owner(owner, 0, allowance - bytes)
@@ -201,10 +214,12 @@ if op == 'grow' then
   end
   redis.call('ZADD', KEYS[2], keep_until, member)
   return with_totals({'ok', bytes})
-elseif op == 'finish' then
-  local base = tonumber(ARGV[9])
+end
+
+-- Makes the run finished, counted at `base`.
+local function finish(base)
   if live then
-    redis.call('HSET', KEYS[1], member, '0:' .. int(base) .. ':' .. token .. ':' .. owner)
+    redis.call('HSET', KEYS[1], member, value(false, base, token, 0, false, owner))
     redis.call('ZADD', KEYS[3], now, member)
     add_total('live', -1)
     add_total('live_bytes', -bytes)
@@ -212,12 +227,24 @@ elseif op == 'finish' then
     add_owner(owner, -1, -bytes)
   end
   redis.call('ZADD', KEYS[2], keep_until, member)
+end
+
+if op == 'finish' then
+  finish(tonumber(ARGV[9]))
+  return with_totals({'ok'})
+elseif op == 'drop' then
+  if live and holds <= 1 then
+    if revived then
+      finish(tonumber(ARGV[9]))
+    else
+      drop(member)
+    end
+  elseif live then
+    redis.call('HSET', KEYS[1], member, value(true, bytes, token, holds - 1, revived, owner))
+  end
   return with_totals({'ok'})
 elseif op == 'refresh' then
   redis.call('ZADD', KEYS[2], keep_until, member)
-  return with_totals({'ok'})
-elseif op == 'release' then
-  drop(member)
   return with_totals({'ok'})
 end
 return redis.error_reply('unknown run registry operation ' .. tostring(op))

@@ -22,7 +22,7 @@ use crate::keys::{RegistryKeys, UserKeys};
 use crate::metrics::{Counters, RedisMetrics, add, bump};
 use crate::pubsub::{self, Link, SubscribeRefused, SubscribeWait, Subscriptions};
 use crate::runs::{
-    self, BatchRuns, Growth, RegistryAnswer, RegistryOp, ReserveKind, RunAfter, RunSlot, int, text,
+    self, BatchRuns, Growth, RegistryAnswer, RegistryOp, RunAfter, RunSlot, int, text,
 };
 use crate::script::{self, Entry, FrameParts, Malformed};
 
@@ -518,21 +518,16 @@ impl RedisBroker {
     }
 
     /// After an accepted batch: tells the registry which runs ended and which are still
-    /// going, and gives back reservations the batch did not use (a duplicate or a lost
-    /// race). A failure is counted and logged; the registry's expiry corrects it.
+    /// going, and drops the holds on reservations the batch did not start a run on (a
+    /// duplicate `agent_started`, a lost race). A failure is counted and logged; the
+    /// registry's expiry corrects it.
     async fn settle_runs(&self, runs: &BatchRuns, after: &[RunAfter]) {
         let mut calls = Vec::new();
         for (slot, after) in runs.slots.iter().zip(after) {
-            if let Some((kind, token)) = &slot.reserved
-                && after.token != *token
+            if let Some((_, token)) = &slot.reserved
+                && !after.started
             {
-                match kind {
-                    ReserveKind::Created => calls.push((RegistryOp::Release, slot, token)),
-                    ReserveKind::Revived => {
-                        calls.push((RegistryOp::Finish { base: slot.base }, slot, token));
-                    }
-                    ReserveKind::Exists => {}
-                }
+                calls.push((RegistryOp::Drop { base: slot.base }, slot, token));
             }
             if after.ended {
                 calls.push((RegistryOp::Finish { base: slot.base }, slot, &after.token));
@@ -543,17 +538,14 @@ impl RedisBroker {
         self.registry_follow_ups(calls).await;
     }
 
-    /// Gives back every reservation this call made, after a batch that was not accepted.
+    /// Drops this call's holds on its reservations, after a batch that started no run.
     async fn undo_reservations(&self, runs: &BatchRuns) {
         let calls = runs
             .slots
             .iter()
-            .filter_map(|slot| match &slot.reserved {
-                Some((ReserveKind::Created, token)) => Some((RegistryOp::Release, slot, token)),
-                Some((ReserveKind::Revived, token)) => {
-                    Some((RegistryOp::Finish { base: slot.base }, slot, token))
-                }
-                _ => None,
+            .filter_map(|slot| {
+                let (_, token) = slot.reserved.as_ref()?;
+                Some((RegistryOp::Drop { base: slot.base }, slot, token))
             })
             .collect();
         self.registry_follow_ups(calls).await;

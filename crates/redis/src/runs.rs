@@ -18,15 +18,17 @@ use crate::script::Malformed;
 /// a run opening a few tool calls does not ask the registry again.
 pub(crate) const ROOM_SLACK_BYTES: u64 = 1024;
 
-/// How a run's reservation came about in this call, which says how to undo it when the
-/// publish did not start the run.
+/// How a run's reservation came about in this call. Whatever the kind, a call whose
+/// publish did not start the run on the reservation drops its hold on it
+/// ([`RegistryOp::Drop`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReserveKind {
-    /// A new reservation: undone by releasing it.
+    /// A new reservation.
     Created,
-    /// The reservation of a finished run, taken again: undone by finishing it again.
+    /// The reservation of a finished run, taken again.
     Revived,
-    /// The run was already reserved (in progress): nothing to undo.
+    /// The run was already reserved (in progress, or reserved by another caller now):
+    /// this call shares its token.
     Exists,
 }
 
@@ -164,11 +166,22 @@ pub(crate) struct Growth {
 /// An operation of the run registry.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum RegistryOp<'a> {
-    Reserve { owner: &'a str, base: u64 },
-    Grow { needed: u64 },
-    Finish { base: u64 },
+    Reserve {
+        owner: &'a str,
+        base: u64,
+    },
+    Grow {
+        needed: u64,
+    },
+    Finish {
+        base: u64,
+    },
+    /// Drops this caller's hold on a reservation its publish did not use; the last hold
+    /// gone, the reservation is forgotten (a revived one finished again, at `base`).
+    Drop {
+        base: u64,
+    },
     Refresh,
-    Release,
 }
 
 impl RegistryOp<'_> {
@@ -177,8 +190,8 @@ impl RegistryOp<'_> {
             RegistryOp::Reserve { .. } => "reserve",
             RegistryOp::Grow { .. } => "grow",
             RegistryOp::Finish { .. } => "finish",
+            RegistryOp::Drop { .. } => "drop",
             RegistryOp::Refresh => "refresh",
-            RegistryOp::Release => "release",
         }
     }
 
@@ -195,8 +208,8 @@ impl RegistryOp<'_> {
             RegistryOp::Grow { needed } => {
                 vec![needed.to_string(), ROOM_SLACK_BYTES.to_string()]
             }
-            RegistryOp::Finish { base } => vec![base.to_string()],
-            RegistryOp::Refresh | RegistryOp::Release => Vec::new(),
+            RegistryOp::Finish { base } | RegistryOp::Drop { base } => vec![base.to_string()],
+            RegistryOp::Refresh => Vec::new(),
         }
     }
 }
