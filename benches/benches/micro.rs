@@ -1,17 +1,19 @@
 //! Criterion micro-benchmarks of agentwire's hot paths: envelope encode/decode, the
-//! registry under contention (connect/disconnect, and lookups while other tasks churn),
-//! fan-out of one event to N local queues, history append and range reads, and the
-//! server's work for one publish request short of HTTP (decode a batch of 50, prepare,
-//! emit, fan out). Run with `cargo bench -p agentwire-bench --bench micro`.
+//! publish decode (a JSON body of 50 events into typed events), the registry under
+//! contention (connect/disconnect, and lookups while other tasks churn), fan-out of one
+//! event to N local queues, history append at the per-user bound (each append trims the
+//! oldest event) and a page read, and the server's work for one publish request short of
+//! HTTP (decode a batch of 50, prepare, emit, fan out). Run with
+//! `cargo bench -p agentwire-bench --bench micro`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentwire_bench::{sample_event, sample_frame_json};
+use agentwire_bench::{sample_event, sample_frame_json, sample_publish_batch};
 use agentwire_manager::{
-    Broker, ConnectOptions, InMemoryBroker, ManagerConfig, NewEvent, QueueLimits, Resume,
-    UnifiedWebSocketManager,
+    Broker, ConnectOptions, HistoryConfig, InMemoryBroker, ManagerConfig, NewEvent, QueueLimits,
+    Resume, UnifiedWebSocketManager,
 };
 use agentwire_protocol::{ClientFrame, Limits, PublishBody, Seq, ServerFrame, UserId};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -52,6 +54,13 @@ fn protocol(c: &mut Criterion) {
     g.throughput(Throughput::Elements(50));
     g.bench_function("decode_publish_batch_50", |b| {
         b.iter(|| PublishBody::decode(black_box(&batch), Limits::EVENT, 100))
+    });
+    // Agent runs as the load generator publishes them: objects in `arguments` and `result`.
+    let runs = sample_publish_batch(50, 200);
+    let decoded = PublishBody::decode(&runs, Limits::EVENT, 100).expect("sample decodes");
+    assert_eq!(decoded.into_requests().len(), 50);
+    g.bench_function("decode_publish_batch_50_runs", |b| {
+        b.iter(|| PublishBody::decode(black_box(&runs), Limits::EVENT, 100))
     });
     let event = sample_event(200);
     g.throughput(Throughput::Elements(1));
@@ -308,28 +317,72 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
+/// A new event of the sample body, as the manager hands it to a broker.
+fn new_event(body: &bytes::Bytes) -> NewEvent {
+    NewEvent::new(
+        agentwire_protocol::EventType::AgentThinking,
+        None,
+        body.clone(),
+    )
+}
+
+/// One user's history held at its bound (1,000 events, the default): an append adds one
+/// event and trims the oldest, as for any user who publishes steadily; a page read takes
+/// 100 events from the middle (a reconnect catching up). The async calls run in one
+/// `block_on` per sample, so its cost is not in the figures.
 fn history(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("history");
-    let broker = InMemoryBroker::default();
+    let bound = HistoryConfig::default().max_events_per_user;
+    let broker = InMemoryBroker::new(HistoryConfig::default());
     let u = user(0);
     let body = bytes::Bytes::from(sample_event(200).body_json());
+    rt.block_on(async {
+        for _ in 0..bound {
+            broker
+                .publish(&u, new_event(&body))
+                .await
+                .expect("accepted");
+        }
+    });
     g.throughput(Throughput::Elements(1));
     g.bench_function("append", |b| {
-        b.iter(|| {
-            rt.block_on(broker.publish(
-                &u,
-                NewEvent::new(
-                    agentwire_protocol::EventType::AgentThinking,
-                    None,
-                    body.clone(),
-                ),
-            ))
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(
+                        broker
+                            .publish(&u, new_event(&body))
+                            .await
+                            .expect("accepted"),
+                    );
+                }
+                start.elapsed()
+            })
         })
     });
+    // The history is still at its bound: a page from its middle is all there.
+    let last = rt
+        .block_on(broker.history(&u, Seq(0), 1))
+        .expect("history")
+        .last_seq;
+    let after = Seq(last.0 - bound as u64 / 2);
+    let page = rt
+        .block_on(broker.history(&u, after, 100))
+        .expect("history");
+    assert!(page.gap.is_none() && page.events.len() == 100);
     g.throughput(Throughput::Elements(100));
     g.bench_function("range_read_100", |b| {
-        b.iter(|| rt.block_on(broker.history(&u, Seq(500), 100)))
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(broker.history(&u, after, 100).await.expect("history"));
+                }
+                start.elapsed()
+            })
+        })
     });
     g.finish();
 }

@@ -15,26 +15,14 @@ Only measured steps are drawn; nothing is interpolated beyond them.
 
 import argparse
 import glob
-import json
 import os
 import sys
 
+import results
+
 
 def load(paths):
-    records = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    sys.exit(f"{path}:{n}: not JSON: {e}")
-                if rec.get("scenario") == "sweep":
-                    records.append(rec)
-    return records
+    return results.load(paths, keep=lambda rec: rec.get("scenario") == "sweep")
 
 
 def series(rec):

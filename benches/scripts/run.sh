@@ -18,16 +18,9 @@ cd "$(dirname "$0")/../.."
 scenario=${1:?usage: run.sh SCENARIO [LOADGEN ARGS...]}
 shift
 
-load=$(cut -d' ' -f1 /proc/loadavg)
-if [[ "${FORCE:-0}" != 1 ]] && awk -v l="$load" -v m="${MAX_LOAD:-0.8}" 'BEGIN { exit !(l > m) }'; then
-    echo "load average $load > ${MAX_LOAD:-0.8}: not measuring (FORCE=1 to override)" >&2
-    exit 3
-fi
-
-bin=${BIN:-target/release}
 # shellcheck source=benches/scripts/lib.sh
 source benches/scripts/lib.sh
-build_unless_bin
+prepare_measurement
 port=${PORT:-18080}
 secret=loadgen-secret
 key=loadgen-key

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::events::user_id;
+use crate::placement::Placement;
 
 /// Most missing `seq`s remembered per connection (to tell a late event from a duplicate);
 /// a larger gap is counted as lost at once.
@@ -47,7 +48,11 @@ pub(crate) fn histogram() -> Histogram<u64> {
 /// Which connections to open. Sent to worker processes as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ClientSpec {
-    pub(crate) server: SocketAddr,
+    /// The nodes, and how connections are spread over them.
+    pub(crate) servers: Vec<SocketAddr>,
+    pub(crate) placement: Placement,
+    /// Seed of a random placement, the same in every worker process.
+    pub(crate) seed: u64,
     pub(crate) secret: String,
     pub(crate) prefix: String,
     /// The first user index and how many users this pool serves.
@@ -70,6 +75,16 @@ impl ClientSpec {
 
     fn is_slow(&self, i: u32) -> bool {
         self.slow_every > 0 && i % self.slow_every == self.slow_every - 1
+    }
+
+    /// The node of this pool's connection `i` (of local user `i / conns_per_user`).
+    fn server_of(&self, i: u32) -> SocketAddr {
+        let user = self.first_user + i / self.conns_per_user;
+        let global = u64::from(self.first_user) * u64::from(self.conns_per_user) + u64::from(i);
+        let node = self
+            .placement
+            .conn_node(self.servers.len(), self.seed, user, global);
+        self.servers[node]
     }
 }
 
@@ -263,7 +278,7 @@ impl LocalPool {
                 2 + ((spec.ip_offset + i) % spec.source_ips) as u8,
             );
             let task = run_conn(ConnTask {
-                server: spec.server,
+                server: spec.server_of(i),
                 source: ip,
                 uid,
                 token,

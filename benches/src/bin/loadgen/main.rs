@@ -8,14 +8,22 @@
 //! misrouting. Reads the server's CPU and memory from `/proc`, and its own CPU, so a
 //! saturated generator is never mistaken for a slow server.
 //!
+//! Several server processes (`--server A --server B …`, the nodes of one deployment) are
+//! loaded together: each connection and each publish request goes to the node the
+//! `--placement` picks, and the checks above hold end to end across them. Processes the
+//! nodes depend on (`--extra-pid`, e.g. Redis) count in the CPU figures, and with
+//! `--redis` the Redis commands run per published event are reported.
+//!
 //! Progress goes to stderr; the result is one JSON line on stdout (and appended to
 //! `--out`). Every run is bounded in time and count. See docs/performance.md.
 
 mod clients;
 mod events;
 mod http;
+mod placement;
 mod procstat;
 mod publish;
+mod redis_info;
 mod scenarios;
 
 use std::io::Write as _;
@@ -25,6 +33,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+
+use crate::placement::Placement;
 
 /// Rates are deliveries per second: events per second × connections per user.
 #[derive(Debug, Parser)]
@@ -39,12 +49,30 @@ struct Cli {
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Common {
-    /// The server to load (`agentwire-server --listen …`). Ignored with --in-process.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    server: SocketAddr,
-    /// The server's pid, to read its CPU and memory from /proc.
+    /// The server to load (`agentwire-server --listen …`); repeated, the servers are nodes
+    /// of one deployment and connections and publishes are spread over them
+    /// (--placement). Ignored with --in-process.
+    #[arg(long = "server", default_value = "127.0.0.1:8080")]
+    servers: Vec<SocketAddr>,
+    /// A server's pid, to read its CPU and memory from /proc; repeated for several nodes,
+    /// whose figures are summed (and listed per node).
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Another process the servers depend on (e.g. redis-server): its CPU is reported on
+    /// its own and added to the servers' in `cpu_s_per_million_deliveries_with_extra`.
+    #[arg(long = "extra-pid")]
+    extra_pids: Vec<u32>,
+    /// How connections and publishes are spread over several --server nodes.
+    #[arg(long, value_enum, default_value_t = Placement::RoundRobin)]
+    placement: Placement,
+    /// A Redis (`host:port` or `redis://host:port`) whose `INFO commandstats` is read
+    /// before and after each period, to report Redis commands per published event.
     #[arg(long)]
-    server_pid: Option<u32>,
+    redis: Option<String>,
+    /// `KEY=VALUE`, copied into the result's `meta` object (repeatable); the side-by-side
+    /// script tags each round with it.
+    #[arg(long = "meta", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
     /// Start the server inside this process (its own runtime, threads named `aw-srv`) and
     /// emit through its manager instead of the HTTP publish API.
     #[arg(long)]
@@ -185,6 +213,13 @@ fn main() -> anyhow::Result<()> {
     drop(rt);
     env.shutdown();
     Ok(())
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}`: expected KEY=VALUE")),
+    }
 }
 
 /// Pins the calling thread to `core`, when the machine has it.

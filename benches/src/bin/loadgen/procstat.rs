@@ -92,6 +92,31 @@ impl Probe {
     }
 }
 
+/// Several processes read together: the nodes of a deployment, or what they depend on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Probes(pub(crate) Vec<Probe>);
+
+impl Probes {
+    /// Each probe's reading (a process that is gone reads as zeros).
+    pub(crate) fn each(&self) -> Vec<Sample> {
+        self.0
+            .iter()
+            .map(|p| p.sample().unwrap_or_default())
+            .collect()
+    }
+
+    /// The sum of every probe's reading.
+    pub(crate) fn sample(&self) -> Sample {
+        self.each()
+            .into_iter()
+            .fold(Sample::default(), |a, s| Sample {
+                cpu_s: a.cpu_s + s.cpu_s,
+                rss_kib: a.rss_kib + s.rss_kib,
+                hwm_kib: a.hwm_kib + s.hwm_kib,
+            })
+    }
+}
+
 /// This process's CPU seconds, excluding the threads named with `exclude` (the in-process
 /// server's), so the generator's own load is reported on its own.
 pub(crate) fn own_cpu_s(exclude: Option<&'static str>) -> f64 {

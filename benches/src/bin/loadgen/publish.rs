@@ -8,8 +8,9 @@
 //! down or hide the wait (no coordinated omission).
 //!
 //! Users are split over lanes (user `u` → lane `u % lanes`); each lane sends its batches
-//! in order on one keep-alive connection, so one user's events are published in order and
-//! its runs keep the lifecycle the server checks.
+//! in order, one request in flight, on a keep-alive connection per node, so one user's
+//! events are published in order and its runs keep the lifecycle the server checks. With
+//! several nodes, each batch goes to the node the placement picks for it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,12 +25,19 @@ use tokio::time::Instant;
 use crate::clients::{histogram, now_us};
 use crate::events::{EventMaker, user_id};
 use crate::http::HttpConn;
+use crate::placement::Placement;
 
 /// Where events go.
 #[derive(Debug, Clone)]
 pub(crate) enum Sink {
-    /// `POST /v1/events` on the server at this address, with this API key.
-    Http { addr: SocketAddr, api_key: String },
+    /// `POST /v1/events` on the nodes at these addresses, with this API key; each batch
+    /// on the node `placement` picks.
+    Http {
+        addrs: Vec<SocketAddr>,
+        api_key: String,
+        placement: Placement,
+        seed: u64,
+    },
     /// Straight into the in-process server's manager, from tasks on the server's runtime
     /// (an embedding service emits on its own threads, and pays for it).
     Manager {
@@ -101,7 +109,12 @@ pub(crate) async fn run(
     plan: &Plan,
     progress: Progress,
 ) -> Outcome {
-    let lanes = plan.lanes.clamp(1, plan.users.max(1));
+    let lanes = match sink {
+        Sink::Http {
+            addrs, placement, ..
+        } => placement.lanes(plan.lanes.clamp(1, plan.users.max(1)), addrs.len()),
+        Sink::Manager { .. } => plan.lanes.clamp(1, plan.users.max(1)),
+    };
     let unit = plan.unit.max(1);
     let units_per_batch = (plan.batch / unit).max(1);
     let events_per_batch = units_per_batch * unit;
@@ -121,6 +134,7 @@ pub(crate) async fn run(
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         ticks.push(tx);
         let lane_plan = LanePlan {
+            lane,
             users: (lane..plan.users).step_by(lanes as usize).collect(),
             unit,
             units_per_batch,
@@ -184,6 +198,7 @@ pub(crate) async fn run(
 }
 
 struct LanePlan {
+    lane: u32,
     users: Vec<u32>,
     unit: u32,
     units_per_batch: u32,
@@ -219,10 +234,12 @@ async fn run_lane(
         return out;
     }
     let events_per_batch = plan.units_per_batch * plan.unit;
-    let mut http = match &sink {
-        Sink::Http { addr, .. } => Some(HttpConn::new(*addr)),
-        Sink::Manager { .. } => None,
+    // One keep-alive connection per node, opened when first used.
+    let mut http: Vec<HttpConn> = match &sink {
+        Sink::Http { addrs, .. } => addrs.iter().map(|a| HttpConn::new(*a)).collect(),
+        Sink::Manager { .. } => Vec::new(),
     };
+    let mut batch_no = 0u64;
     let mut cursor = 0usize;
     let mut body = Vec::with_capacity(events_per_batch as usize * 400);
     let mut picked: Vec<u32> = Vec::with_capacity(plan.units_per_batch as usize);
@@ -241,7 +258,14 @@ async fn run_lane(
             cursor += 1;
         }
         out.requests += 1;
-        let result = match (&sink, http.as_mut()) {
+        let node = match &sink {
+            Sink::Http {
+                placement, seed, ..
+            } => placement.batch_node(http.len(), *seed, plan.lane, batch_no),
+            Sink::Manager { .. } => 0,
+        };
+        batch_no += 1;
+        let result = match (&sink, http.get_mut(node)) {
             (Sink::Http { api_key, .. }, Some(conn)) => {
                 body.clear();
                 body.push(b'[');

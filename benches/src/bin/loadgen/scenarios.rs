@@ -1,6 +1,7 @@
 //! The scenarios, and what they share: the target (an external server, or one started in
 //! this process), measured periods of publishing, and the JSON they report.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +16,9 @@ use crate::Common;
 use crate::clients::{ClientSpec, Pool, Ready, Snapshot};
 use crate::events::{EventMaker, RunShape};
 use crate::http::{HttpConn, metric};
-use crate::procstat::{Probe, Sample, loadavg, machine_busy_s, own_cpu_s};
+use crate::procstat::{Probe, Probes, Sample, loadavg, machine_busy_s, own_cpu_s};
 use crate::publish::{self, Plan, Sink, Streams};
+use crate::redis_info::{self, RedisStats};
 
 /// Name prefix of the in-process server's threads.
 const SERVER_THREADS: &str = "aw-srv";
@@ -24,10 +26,13 @@ const SERVER_THREADS: &str = "aw-srv";
 /// The server under load and how to reach it.
 pub(crate) struct Env {
     pub(crate) common: Common,
-    addr: SocketAddr,
+    /// The nodes under load (one unless several --server were given).
+    addrs: Vec<SocketAddr>,
     secret: String,
     api_key: String,
-    probe: Option<Probe>,
+    /// The nodes' processes, and the processes they depend on (--extra-pid).
+    probes: Probes,
+    extra: Probes,
     in_process: Option<InProcess>,
     max_per_process: u64,
     run_id: String,
@@ -72,15 +77,25 @@ impl Env {
                 )
             }
         };
-        if common.server_pid.is_none() {
+        if common.server_pids.is_empty() {
             eprintln!("warning: no --server-pid: server CPU and memory are not measured");
+        } else if common.server_pids.len() != common.servers.len() {
+            eprintln!(
+                "warning: {} --server-pid for {} --server: CPU and memory cover the pids given",
+                common.server_pids.len(),
+                common.servers.len()
+            );
+        }
+        if common.servers.is_empty() {
+            anyhow::bail!("no --server");
         }
         Ok(Env {
             common: common.clone(),
-            addr: common.server,
+            addrs: common.servers.clone(),
             secret,
             api_key,
-            probe: common.server_pid.map(Probe::Pid),
+            probes: Probes(common.server_pids.iter().map(|&p| Probe::Pid(p)).collect()),
+            extra: Probes(common.extra_pids.iter().map(|&p| Probe::Pid(p)).collect()),
             in_process: None,
             max_per_process,
             run_id,
@@ -121,10 +136,11 @@ impl Env {
         eprintln!("in-process server on {addr}");
         Ok(Env {
             common: common.clone(),
-            addr,
+            addrs: vec![addr],
             secret,
             api_key,
-            probe: Some(Probe::OwnThreads(SERVER_THREADS)),
+            probes: Probes(vec![Probe::OwnThreads(SERVER_THREADS)]),
+            extra: Probes(common.extra_pids.iter().map(|&p| Probe::Pid(p)).collect()),
             in_process: Some(InProcess {
                 runtime,
                 manager,
@@ -159,35 +175,67 @@ impl Env {
                 runtime: p.runtime.handle().clone(),
             },
             None => Sink::Http {
-                addr: self.addr,
+                addrs: self.addrs.clone(),
                 api_key: self.api_key.clone(),
+                placement: self.common.placement,
+                seed: self.seed(),
             },
         }
     }
 
+    /// Seed of a random placement: fixed per invocation.
+    fn seed(&self) -> u64 {
+        self.run_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    /// The nodes' CPU and memory, summed.
     fn sample(&self) -> Sample {
-        self.probe
-            .as_ref()
-            .and_then(Probe::sample)
-            .unwrap_or_default()
+        self.probes.sample()
+    }
+
+    /// The Redis counters, when --redis names one (a failed reading is reported, and
+    /// leaves the period without Redis figures).
+    async fn redis_stats(&self) -> Option<RedisStats> {
+        let addr = self.common.redis.as_deref()?;
+        match redis_info::read(addr).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("warning: Redis INFO from {addr}: {e:#}");
+                None
+            }
+        }
     }
 
     fn own_cpu(&self) -> f64 {
         own_cpu_s(self.in_process.as_ref().map(|_| SERVER_THREADS))
     }
 
-    /// The server's /metrics text.
-    async fn metrics(&self) -> String {
-        let mut c = HttpConn::new(self.addr);
-        match c.get("/metrics").await {
-            Ok(r) if r.status == 200 => String::from_utf8_lossy(&r.body).into_owned(),
-            _ => String::new(),
+    /// Every node's /metrics text.
+    async fn metrics(&self) -> Vec<String> {
+        let mut texts = Vec::with_capacity(self.addrs.len());
+        for &addr in &self.addrs {
+            let mut c = HttpConn::new(addr);
+            texts.push(match c.get("/metrics").await {
+                Ok(r) if r.status == 200 => String::from_utf8_lossy(&r.body).into_owned(),
+                _ => String::new(),
+            });
         }
+        texts
     }
 
+    /// The gauges the scenarios check, summed over the nodes (null where no node has one).
     async fn gauges(&self) -> Value {
-        let m = self.metrics().await;
-        let g = |n: &str| metric(&m, n).map_or(Value::Null, |v| json!(v));
+        let texts = self.metrics().await;
+        let g = |n: &str| {
+            let values: Vec<f64> = texts.iter().filter_map(|t| metric(t, n)).collect();
+            if values.is_empty() {
+                Value::Null
+            } else {
+                json!(values.iter().sum::<f64>())
+            }
+        };
         json!({
             "connections": g("agentwire_connections"),
             "users": g("agentwire_users"),
@@ -204,7 +252,9 @@ impl Env {
 
     fn spec(&self, tag: &str, users: u32, conns_per_user: u32, slow_every: u32) -> ClientSpec {
         ClientSpec {
-            server: self.addr,
+            servers: self.addrs.clone(),
+            placement: self.common.placement,
+            seed: self.seed(),
             secret: self.secret.clone(),
             prefix: format!("{}{tag}-", self.run_id),
             first_user: 0,
@@ -263,9 +313,14 @@ impl Env {
                 "batch": c.batch, "lanes": c.lanes, "run_len": c.run_len,
                 "duration_s": c.duration.as_secs_f64(), "drain_s": c.drain.as_secs_f64(),
                 "p99_limit_ms": c.p99_limit_ms, "source_ips": c.source_ips,
-                "server_pid": c.server_pid, "server_threads": c.server_threads,
+                "servers": self.addrs, "placement": c.placement,
+                "server_pids": c.server_pids, "extra_pids": c.extra_pids,
+                "server_threads": c.server_threads,
             }),
         );
+        let meta: serde_json::Map<String, Value> =
+            c.meta.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        m.insert("meta".into(), Value::Object(meta));
         m
     }
 }
@@ -366,6 +421,9 @@ async fn period(
         grace: duration / 4 + Duration::from_secs(2),
     };
     let before_metrics = env.gauges().await;
+    let redis0 = env.redis_stats().await;
+    let nodes0 = env.probes.each();
+    let x0 = env.extra.sample();
     let s0 = env.sample();
     let own0 = env.own_cpu() + clients.pool.workers_cpu_s();
     let machine0 = machine_busy_s();
@@ -374,7 +432,7 @@ async fn period(
     let progress = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sampler = {
-        let probe = env.probe.clone();
+        let probes = env.probes.clone();
         let progress = progress.clone();
         let live0 = clients.pool.live_received().unwrap_or(0);
         let live = match &clients.pool {
@@ -385,7 +443,7 @@ async fn period(
         let mut stop_rx = stop_rx;
         tokio::spawn(async move {
             let mut max_rss = 0u64;
-            let mut last = probe.as_ref().and_then(Probe::sample).unwrap_or_default();
+            let mut last = probes.sample();
             let mut last_t = Instant::now();
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut n = 0u64;
@@ -394,7 +452,7 @@ async fn period(
                     _ = tick.tick() => {}
                     _ = stop_rx.changed() => break,
                 }
-                let s = probe.as_ref().and_then(Probe::sample).unwrap_or_default();
+                let s = probes.sample();
                 max_rss = max_rss.max(s.rss_kib);
                 n += 1;
                 if n.is_multiple_of(4) {
@@ -431,11 +489,17 @@ async fn period(
     let snap = clients.pool.snapshot(Some(&expected), c.drain).await?;
     let wall = t0.elapsed().as_secs_f64();
     let s1 = env.sample();
+    let nodes1 = env.probes.each();
+    let x1 = env.extra.sample();
     let own1 = env.own_cpu() + clients.pool.workers_cpu_s();
     let machine1 = machine_busy_s();
     let _ = stop_tx.send(true);
     let max_rss = sampler.await.unwrap_or(0).max(s1.rss_kib);
     let after_metrics = env.gauges().await;
+    let redis = match (redis0, env.redis_stats().await) {
+        (Some(a), Some(b)) => redis_info::delta(&a, &b, outcome.events_accepted),
+        _ => Value::Null,
+    };
 
     let now = Totals::of(&snap);
     let prev = clients.totals;
@@ -449,7 +513,20 @@ async fn period(
     let p99 = pct(&hist, 0.99);
     let deliveries = snap.received + snap.received_slow;
     let server_cpu = s1.cpu_s - s0.cpu_s;
+    let extra_cpu = x1.cpu_s - x0.cpu_s;
     let own_cpu = own1 - own0;
+    let nodes: Vec<Value> = nodes0
+        .iter()
+        .zip(&nodes1)
+        .zip(&env.common.server_pids)
+        .map(|((a, b), pid)| {
+            json!({
+                "pid": pid,
+                "cpu_s": b.cpu_s - a.cpu_s,
+                "rss_kib_end": b.rss_kib,
+            })
+        })
+        .collect();
     let unsent = outcome.events_scheduled.saturating_sub(outcome.events_sent);
     let lag = outcome.lag.unwrap_or_else(crate::clients::histogram);
     let pass = p99 <= c.p99_limit_ms
@@ -502,9 +579,18 @@ async fn period(
             "rss_kib_start": s0.rss_kib,
             "rss_kib_end": s1.rss_kib,
             "rss_kib_max": max_rss,
+            "cpu_s_per_million_deliveries_with_extra": per_million(server_cpu + extra_cpu),
+            "nodes": nodes,
             "metrics_before": before_metrics,
             "metrics_after": after_metrics,
         },
+        "extra": {
+            "pids": env.common.extra_pids,
+            "cpu_s": extra_cpu,
+            "cpu_s_per_million_deliveries": per_million(extra_cpu),
+            "rss_kib_end": x1.rss_kib,
+        },
+        "redis": redis,
         "loadgen": {
             "cpu_s": own_cpu,
             "cpu_util": own_cpu / wall,
@@ -517,14 +603,25 @@ async fn period(
             "busy_cpu_s": machine1 - machine0,
             // What neither the server nor the generator used: other processes, and the
             // kernel's work not charged to either (e.g. softirqs run on idle cores).
-            "other_cpu_s": (machine1 - machine0) - own_cpu - server_cpu,
+            "other_cpu_s": (machine1 - machine0) - own_cpu - server_cpu - extra_cpu,
         },
         "pass": pass,
     });
+    let mut extra_note = String::new();
+    if !env.extra.0.is_empty() && deliveries > 0 {
+        let _ = write!(
+            extra_note,
+            ", with extra pids {:.1} CPU-s/M",
+            (server_cpu + extra_cpu) / deliveries as f64 * 1e6
+        );
+    }
+    if let Some(per_event) = result["redis"]["commands_per_event"].as_f64() {
+        let _ = write!(extra_note, ", Redis {per_event:.2} commands/event");
+    }
     eprintln!(
         "  [{name}] {:.0} deliveries/s offered → {:.0}/s received; p50 {:.2} ms p99 {:.2} ms max {:.1} ms; \
          lost {lost} dup {duplicates} reord {reordered} misrouted {misrouted} closed {closed} errors {}; \
-         server {:.1} CPU-s/M ({:.0}% busy), loadgen {:.0}% busy, others {:.0}% → {}",
+         server {:.1} CPU-s/M ({:.0}% busy){extra_note}, loadgen {:.0}% busy, others {:.0}% → {}",
         offered_deliveries_per_s,
         deliveries as f64 / publish_s,
         pct(&hist, 0.5),
@@ -538,7 +635,7 @@ async fn period(
         },
         server_cpu / wall * 100.0,
         own_cpu / wall * 100.0,
-        ((machine1 - machine0) - own_cpu - server_cpu) / wall * 100.0,
+        ((machine1 - machine0) - own_cpu - server_cpu - extra_cpu) / wall * 100.0,
         if pass { "PASS" } else { "FAIL" },
     );
     Ok(result)
@@ -942,6 +1039,11 @@ pub(crate) struct ChurnArgs {
     /// expires after the server's --history-max-age plus a sweep).
     #[arg(long, default_value = "60s", value_parser = agentwire_server::parse_duration)]
     settle: Duration,
+    /// Also read the server's RSS this long after the last cycle ended, whether or not the
+    /// gauges are back by then (docs/performance.md compares it with the pre-traffic
+    /// baseline). 0: not read.
+    #[arg(long, default_value = "60s", value_parser = agentwire_server::parse_duration)]
+    rss_at: Duration,
 }
 
 pub(crate) async fn churn(env: &Env, a: ChurnArgs) -> anyhow::Result<Value> {
@@ -984,7 +1086,8 @@ pub(crate) async fn churn(env: &Env, a: ChurnArgs) -> anyhow::Result<Value> {
         if back {
             break;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let left = a.settle.saturating_sub(t0.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(2))).await;
         last = env.gauges().await;
     }
     let s1 = env.sample();
@@ -993,6 +1096,18 @@ pub(crate) async fn churn(env: &Env, a: ChurnArgs) -> anyhow::Result<Value> {
         "  settled after {back_after:.0} s: server RSS {} → {} KiB (peak {} KiB); gauges {}",
         s0.rss_kib, s1.rss_kib, s1.hwm_kib, last
     );
+    let mut at = Value::Null;
+    if !a.rss_at.is_zero() {
+        tokio::time::sleep(a.rss_at.saturating_sub(t0.elapsed())).await;
+        let s = env.sample();
+        let after_s = t0.elapsed().as_secs_f64();
+        let ratio = s.rss_kib as f64 / s0.rss_kib.max(1) as f64;
+        eprintln!(
+            "  {after_s:.0} s after the soak: server RSS {} KiB, {ratio:.2} × the baseline",
+            s.rss_kib
+        );
+        at = json!({ "after_s": after_s, "rss_kib": s.rss_kib, "over_baseline": ratio });
+    }
     let mut m = serde_json::Map::new();
     m.insert("cycles".into(), json!(a.cycles));
     m.insert("server_rss_kib_baseline".into(), json!(s0.rss_kib));
@@ -1001,6 +1116,7 @@ pub(crate) async fn churn(env: &Env, a: ChurnArgs) -> anyhow::Result<Value> {
     m.insert("metrics_baseline".into(), base_metrics);
     m.insert("metrics_end".into(), last);
     m.insert("settle_s".into(), json!(back_after));
+    m.insert("server_rss_after_soak".into(), at);
     m.insert(
         "steps".into(),
         Value::Array(cycles.iter().map(|c| c["step"].clone()).collect()),
