@@ -18,7 +18,7 @@ use agentwire::protocol::{
     AgentStarted, ClientFrame, ConnectionEstablished, Custom, Event, EventEnvelope, ServerFrame,
     UserId,
 };
-use agentwire::server::{Server, ServerConfig, ServerError};
+use agentwire::server::{Server, ServerConfig, ServerError, build_manager};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -107,11 +107,30 @@ impl TestServer {
         TestServer::start_with(|_| {}).await
     }
 
-    /// Starts a server with [`test_config`] changed by `change`.
+    /// Starts a server with [`test_config`] changed by `change`, over a manager of its own:
+    /// a test process runs many servers, each isolated from the others (`Server::bind`
+    /// would give them all the process's one manager).
     pub async fn start_with(change: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let mut config = test_config();
         change(&mut config);
-        TestServer::serving(Server::bind(config).await.expect("test server binds"))
+        let manager = build_manager(&config).expect("test manager");
+        let server = Server::bind_with(config, manager)
+            .await
+            .expect("test server binds");
+        TestServer::serving(server)
+    }
+
+    /// Starts a server as an application does, with `Server::bind` and [`test_config`]
+    /// changed by `change`: over the process's one manager.
+    ///
+    /// # Errors
+    /// What `Server::bind` refuses.
+    pub async fn bind_process_server(
+        change: impl FnOnce(&mut ServerConfig),
+    ) -> Result<TestServer, ServerError> {
+        let mut config = test_config();
+        change(&mut config);
+        Ok(TestServer::serving(Server::bind(config).await?))
     }
 
     /// Starts a server with [`test_config`] changed by `change`, over `manager` (e.g. one
@@ -600,8 +619,14 @@ pub async fn http_send(
 ) -> HttpResponse {
     let work = async {
         let mut s = TcpStream::connect(addr).await.expect("connect");
+        // `Host: <addr>` unless the caller sends a `Host` of its own.
+        let host = if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            String::new()
+        } else {
+            format!("Host: {addr}\r\n")
+        };
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\n{host}Connection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
         for (name, value) in headers {
@@ -638,16 +663,19 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// Whether a test that needs an outside tool may go on: `true` when `missing` is `None`.
-/// Otherwise the test fails under CI (`CI=true`) and elsewhere says why, for a reader of
-/// the output, and returns `false` so the caller ends the test.
+/// Whether a test that needs an outside tool (`node`, `python3`, Chromium) may go on:
+/// `true` when `missing` is `None`. Otherwise the test fails under CI (`CI=true`), and
+/// elsewhere writes `skipped: <what>: <why>` straight to the process's stderr — where it
+/// shows among `cargo test`'s output (`eprintln!` would be captured and hidden for a test
+/// that passes) — and returns `false` so the caller ends the test.
 pub fn prerequisite(missing: Option<String>, what: &str) -> bool {
+    use std::io::Write;
     let Some(why) = missing else { return true };
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
         "{what} cannot run in CI: {why}"
     );
-    eprintln!("skipping {what}: {why}");
+    let _ = writeln!(std::io::stderr().lock(), "skipped: {what}: {why}");
     false
 }
 

@@ -315,3 +315,23 @@ async fn token_expiry_while_connected_closes_4002_unless_refreshed() {
     refreshed.close().await;
     server.stop().await;
 }
+
+/// Issue 14: the library never makes a secret up: without a secret or public key it does
+/// not start, and says what to set.
+#[tokio::test]
+async fn a_server_without_credentials_does_not_start() {
+    let mut config = agentwire_e2e::test_config();
+    config.jwt_secret = None;
+    config.dev_mode = true;
+    let e = agentwire::server::Server::bind(config)
+        .await
+        .expect_err("no credentials");
+    assert!(
+        matches!(
+            e,
+            agentwire::server::ServerError::Auth(agentwire::server::AuthConfigError::NoCredentials)
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("AGENTWIRE_JWT_SECRET"), "{e}");
+}

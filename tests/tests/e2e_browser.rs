@@ -1,5 +1,5 @@
 //! The demo page and `/client.js` in a real browser: starts a server in development mode
-//! (demo on, development credentials in a temporary file) and runs
+//! (demo on, development tokens minted for the browser on this machine) and runs
 //! `tests/browser/demo.test.mjs`, which drives Debian's Chromium with playwright-core
 //! (issue 7). Screenshots land in `target/browser-artifacts/`.
 //!
@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use agentwire::server::{DemoMode, DevCredentials};
+use agentwire::server::DemoMode;
 use agentwire_e2e::{
-    API_KEY, TestServer, command_succeeds, prerequisite, run_bounded, temp_dir, workspace_root,
+    API_KEY, TestServer, command_succeeds, prerequisite, run_bounded, workspace_root,
 };
 
 /// The browser test bounds itself at 55 s; this is the backstop.
@@ -118,16 +118,11 @@ async fn demo_page_in_chromium_resumes_after_a_disconnect_and_isolates_users() {
         return;
     }
 
-    let state = temp_dir("browser");
-    let credentials = state.join("dev-credentials.json");
     let server = TestServer::start_with(|c| {
-        c.jwt_secret = None;
-        c.dev_credentials_file = Some(credentials.clone());
+        c.dev_mode = true;
         c.demo = DemoMode::Auto;
     })
     .await;
-    let dev = DevCredentials::load_or_create(&credentials).expect("the server's credentials");
-    assert_ne!(dev.api_key, API_KEY);
 
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -138,9 +133,8 @@ async fn demo_page_in_chromium_resumes_after_a_disconnect_and_isolates_users() {
         .arg(browser_dir.join("demo.test.mjs"))
         .arg("--url")
         .arg(format!("http://{}", server.addr))
-        // The development key, as an operator of a dev server would find it in the file.
         .arg("--api-key")
-        .arg(&dev.api_key)
+        .arg(API_KEY)
         .arg("--artifacts")
         .arg(&artifacts)
         .arg("--chromium")
@@ -150,6 +144,5 @@ async fn demo_page_in_chromium_resumes_after_a_disconnect_and_isolates_users() {
         .expect("the node runner");
     eprintln!("{output}");
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&state);
     assert!(ok, "the browser test failed:\n{output}");
 }

@@ -2,34 +2,20 @@
 //! what, development tokens, simulated runs through the bridge for the token's user only,
 //! cancelling a run, the stats endpoint. The browser side is `e2e_browser.rs`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use agentwire::protocol::{EventData, EventType};
 use agentwire::server::{DemoMode, ServerConfig};
 use agentwire_e2e::{Client, HttpResponse, Received, TestServer, http_send};
 
-fn temp_credentials() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    std::env::temp_dir()
-        .join(format!("agentwire-e2e-demo-{}-{nanos}", std::process::id()))
-        .join("dev-credentials.json")
-}
-
-/// A server in development mode: no secret, development credentials in a temporary file.
-async fn dev_server(demo: DemoMode) -> (TestServer, PathBuf) {
-    let credentials = temp_credentials();
-    let path = credentials.clone();
-    let server = TestServer::start_with(move |c: &mut ServerConfig| {
-        c.jwt_secret = None;
-        c.dev_credentials_file = Some(path);
+/// A server in development mode (what `agentwire-server --dev` or a loopback address
+/// without a secret gives): the demo's `auto` turns on and development tokens are minted.
+async fn dev_server(demo: DemoMode) -> TestServer {
+    TestServer::start_with(move |c: &mut ServerConfig| {
+        c.dev_mode = true;
         c.demo = demo;
     })
-    .await;
-    (server, credentials)
+    .await
 }
 
 async fn post(server: &TestServer, path: &str, bearer: Option<&str>, body: &str) -> HttpResponse {
@@ -55,8 +41,7 @@ async fn dev_token(server: &TestServer, user: &str) -> String {
     body["token"].as_str().expect("a token").to_owned()
 }
 
-/// Connects with `token` (a development token: the server's own test tokens are signed
-/// with a secret a development-mode server does not know).
+/// Connects with `token`, a development token.
 async fn connect_with(server: &TestServer, token: &str) -> Client {
     let mut client = server
         .try_connect(server.request(token, ""))
@@ -78,15 +63,9 @@ async fn start_run(server: &TestServer, token: &str, pace_ms: u64) -> String {
     r.json()["run_id"].as_str().expect("a run id").to_owned()
 }
 
-fn cleanup(credentials: &std::path::Path) {
-    if let Some(dir) = credentials.parent() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
 #[tokio::test]
 async fn development_mode_serves_the_page_client_and_assets() {
-    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    let server = dev_server(DemoMode::Auto).await;
     let page = server.http("GET", "/", None).await;
     assert_eq!(page.status, 200);
     assert!(
@@ -126,7 +105,6 @@ async fn development_mode_serves_the_page_client_and_assets() {
     assert_eq!(stats.status, 200);
     assert_eq!(stats.json()["demo_runs_active"], 0);
     server.stop().await;
-    cleanup(&credentials);
 }
 
 #[tokio::test]
@@ -161,17 +139,16 @@ async fn demo_on_with_a_configured_secret_never_mints_tokens() {
 
 #[tokio::test]
 async fn demo_off_in_development_mode_serves_no_demo() {
-    let (server, credentials) = dev_server(DemoMode::Off).await;
+    let server = dev_server(DemoMode::Off).await;
     assert_eq!(server.http("GET", "/", None).await.status, 404);
     let r = post(&server, "/demo/token", None, r#"{"user_id":"alice"}"#).await;
     assert_eq!(r.status, 404);
     server.stop().await;
-    cleanup(&credentials);
 }
 
 #[tokio::test]
 async fn a_run_reaches_the_token_user_only_in_run_order() {
-    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    let server = dev_server(DemoMode::Auto).await;
     let alice_token = dev_token(&server, "alice").await;
     let mut alice = connect_with(&server, &alice_token).await;
     let mut bob = connect_with(&server, &dev_token(&server, "bob").await).await;
@@ -210,12 +187,11 @@ async fn a_run_reaches_the_token_user_only_in_run_order() {
     assert_eq!(stats["demo_runs_started"], 1);
     assert_eq!(stats["events_emitted"], types.len());
     server.stop().await;
-    cleanup(&credentials);
 }
 
 #[tokio::test]
 async fn cancelling_a_run_ends_it_with_agent_error_for_its_user_only() {
-    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    let server = dev_server(DemoMode::Auto).await;
     let alice_token = dev_token(&server, "alice").await;
     let bob_token = dev_token(&server, "bob").await;
     let mut alice = connect_with(&server, &alice_token).await;
@@ -242,12 +218,11 @@ async fn cancelling_a_run_ends_it_with_agent_error_for_its_user_only() {
     let stats = server.http("GET", "/demo/stats", None).await.json();
     assert_eq!(stats["demo_runs_active"], 0);
     server.stop().await;
-    cleanup(&credentials);
 }
 
 #[tokio::test]
 async fn bad_demo_requests_get_clear_errors() {
-    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    let server = dev_server(DemoMode::Auto).await;
     for body in [
         "",
         "[]",
@@ -267,19 +242,14 @@ async fn bad_demo_requests_get_clear_errors() {
     ] {
         let r = post(&server, "/demo/runs", Some(&token), body).await;
         assert_eq!(r.status, 400, "{body}: {}", r.body);
-        assert!(
-            r.json()["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("pace_ms"))
-        );
+        assert_eq!(r.json()["field"], "pace_ms", "{body}: {}", r.body);
     }
     server.stop().await;
-    cleanup(&credentials);
 }
 
 #[tokio::test]
 async fn a_user_gets_at_most_three_runs_at_once() {
-    let (server, credentials) = dev_server(DemoMode::Auto).await;
+    let server = dev_server(DemoMode::Auto).await;
     let token = dev_token(&server, "alice").await;
     for _ in 0..agentwire::server::DEMO_MAX_RUNS_PER_USER {
         start_run(&server, &token, 5_000).await;
@@ -290,5 +260,38 @@ async fn a_user_gets_at_most_three_runs_at_once() {
     let other = dev_token(&server, "bob").await;
     start_run(&server, &other, 0).await;
     server.stop().await;
-    cleanup(&credentials);
+}
+
+/// Issue 14: a development token is minted only for a request from this machine. A page
+/// on another site that points its own name at 127.0.0.1 (DNS rebinding) reaches the port
+/// but sends its own name as `Host`, or its own `Origin`.
+#[tokio::test]
+async fn development_tokens_need_a_loopback_host_and_origin() {
+    let server = dev_server(DemoMode::Auto).await;
+    let body = br#"{"user_id":"alice"}"#;
+    for headers in [
+        vec![("Host", "attacker.example:8080")],
+        vec![("Host", "attacker.example")],
+        vec![("Origin", "https://attacker.example")],
+        vec![("Origin", "null")],
+    ] {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend(headers.iter().copied());
+        let r = http_send(server.addr, "POST", "/demo/token", &all, body).await;
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.body);
+        assert_eq!(r.json()["error"], "forbidden");
+        assert!(r.body.contains("this machine"), "{}", r.body);
+    }
+    let port = server.addr.port();
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let origin = format!("http://{host}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Host", host.as_str()),
+            ("Origin", origin.as_str()),
+        ];
+        let r = http_send(server.addr, "POST", "/demo/token", &headers, body).await;
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+    }
+    server.stop().await;
 }

@@ -44,10 +44,9 @@ impl Drop for ExampleService {
 }
 
 impl ExampleService {
-    /// Builds what the example's `main` builds and serves it. The one difference: `main`
-    /// mounts `router(manager)`, whose tokens are signed with the development secret from
-    /// a file in the user's home; here agentwire is mounted with `router_with` and the e2e
-    /// secret, so the test touches no file and mints its tokens itself.
+    /// Builds what the example's `main` builds and serves it, with the e2e secret (`main`
+    /// reads it from `AGENTWIRE_JWT_SECRET`), mounting agentwire with `router_with` so the
+    /// e2e API key works too.
     async fn start() -> ExampleService {
         let manager = UnifiedWebSocketManager::in_memory();
         let bridge = manager.create_agent_bridge();

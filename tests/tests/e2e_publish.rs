@@ -39,21 +39,51 @@ fn full_run(user: &str, run: &str) -> Vec<Value> {
     .collect()
 }
 
-/// Asserts a refusal: its status, and the `field` and the start of the `reason` of its body.
-fn assert_refused(r: &HttpResponse, status: u16, field: Option<&str>, reason_starts: &str) {
+/// The error code of each status the publish API and the history read answer.
+fn code_of(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        409 => "run_violation",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid_event",
+        429 => "rate_limited",
+        500 => "internal",
+        503 => "unavailable",
+        _ => "unexpected status",
+    }
+}
+
+/// Asserts a refusal: its status, its code (the usual one of the status), and the `field`
+/// and the start of the `message` of its body `{"error", "message", "field"}`.
+fn assert_refused(r: &HttpResponse, status: u16, field: Option<&str>, message_starts: &str) {
+    assert_refused_as(r, status, code_of(status), field, message_starts);
+}
+
+/// As [`assert_refused`], with the code given.
+fn assert_refused_as(
+    r: &HttpResponse,
+    status: u16,
+    code: &str,
+    field: Option<&str>,
+    message_starts: &str,
+) {
     assert_eq!(r.status, status, "{}", r.body);
     let body = r.json();
     assert_eq!(
         body.as_object().map(|o| o.len()),
-        Some(2),
-        "the body is exactly {{field, reason}}: {}",
+        Some(3),
+        "the body is exactly {{error, message, field}}: {}",
         r.body
     );
+    assert_eq!(body["error"].as_str(), Some(code), "{}", r.body);
     assert_eq!(body["field"].as_str(), field, "{}", r.body);
-    let reason = body["reason"].as_str().unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or_default();
     assert!(
-        reason.starts_with(reason_starts),
-        "reason {reason:?} should start with {reason_starts:?}"
+        message.starts_with(message_starts),
+        "message {message:?} should start with {message_starts:?}"
     );
 }
 
@@ -162,9 +192,9 @@ async fn an_event_id_reused_for_a_different_event_is_a_409_conflict() {
         "alice-once",
     );
     let r = server.publish(&other).await;
-    assert_refused(&r, 409, Some("event_id"), "event_id_conflict: ");
+    assert_refused_as(&r, 409, "event_id_conflict", Some("event_id"), "");
     assert!(
-        r.json()["reason"]
+        r.json()["message"]
             .as_str()
             .is_some_and(|s| s.contains("seq 1") && s.contains("nothing was published")),
         "{}",
@@ -175,17 +205,18 @@ async fn an_event_id_reused_for_a_different_event_is_a_409_conflict() {
         other.clone(),
     ]);
     let r = server.publish(&batch).await;
-    assert_refused(&r, 409, Some("[1].event_id"), "event_id_conflict: ");
+    assert_refused_as(&r, 409, "event_id_conflict", Some("[1].event_id"), "");
     // Another type under the id is another event too.
     let retyped = with_id(
         event("alice", "agent_started", "r9", json!({"agent_name": "x"})),
         "alice-once",
     );
-    assert_refused(
+    assert_refused_as(
         &server.publish(&retyped).await,
         409,
+        "event_id_conflict",
         Some("event_id"),
-        "event_id_conflict: ",
+        "",
     );
     assert_eq!(
         history(&server, "alice", "", API_KEY).await.json(),
@@ -438,11 +469,11 @@ async fn every_refusal_has_its_status_and_names_the_field() {
 
     // The history read refuses bad parameters and a bad user id.
     let r = history(&server, "alice", "?limit=5000", API_KEY).await;
-    assert_refused(&r, 422, Some("limit"), "must be at most 1000");
+    assert_refused(&r, 400, Some("limit"), "must be at most 1000");
     let r = history(&server, "alice", "?after_seq=x", API_KEY).await;
-    assert_refused(&r, 422, Some("after_seq"), "must be a non-negative integer");
+    assert_refused(&r, 400, Some("after_seq"), "must be a non-negative integer");
     let r = history(&server, "%00", "", API_KEY).await;
-    assert_refused(&r, 422, Some("user_id"), "a user id");
+    assert_refused(&r, 400, Some("user_id"), "a user id");
 
     let text = server.metrics().await;
     for (status, n) in [
@@ -462,7 +493,7 @@ async fn every_refusal_has_its_status_and_names_the_field() {
         Some(1.0)
     );
     assert_eq!(
-        metric(&text, "agentwire_history_reads_total{status=\"422\"}"),
+        metric(&text, "agentwire_history_reads_total{status=\"400\"}"),
         Some(3.0)
     );
     assert_eq!(metric(&text, "agentwire_run_states"), Some(1.0));
@@ -603,7 +634,7 @@ async fn a_broker_failure_is_503_with_retry_after_and_a_retry_completes_the_batc
     let r = server.publish(&run).await;
     assert_refused(&r, 503, Some("[2]"), "broker unavailable");
     assert!(
-        r.json()["reason"]
+        r.json()["message"]
             .as_str()
             .is_some_and(|s| s.contains("the events before [2] were accepted"))
     );
@@ -625,5 +656,63 @@ async fn a_broker_failure_is_503_with_retry_after_and_a_retry_completes_the_batc
         metric(&text, "agentwire_publish_requests_total{status=\"503\"}"),
         Some(2.0)
     );
+    server.stop().await;
+}
+
+/// Every HTTP error has one body, `{"error", "message", "field"}`, whichever part of the
+/// server answers: no route, a wrong method, the admin API, the `/ws` handshake.
+#[tokio::test]
+async fn every_http_error_has_the_one_error_body() {
+    let server = TestServer::start_with(|c| c.publish_api_keys = vec!["publish-only".into()]).await;
+    let cases = [
+        ("GET", "/no/such/route", None, 404, "not_found"),
+        (
+            "DELETE",
+            "/v1/events",
+            Some(API_KEY),
+            405,
+            "method_not_allowed",
+        ),
+        ("GET", "/healthz/extra", None, 404, "not_found"),
+        (
+            "GET",
+            "/v1/users/alice/connections",
+            None,
+            401,
+            "unauthorized",
+        ),
+        (
+            "GET",
+            "/v1/users/alice/connections",
+            Some("publish-only"),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            "/v1/users/alice/disconnect",
+            Some("wrong"),
+            401,
+            "unauthorized",
+        ),
+        ("GET", "/ws", None, 401, "unauthorized"),
+    ];
+    for (method, path, key, status, code) in cases {
+        let r = server.http(method, path, key).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        let body = r.json();
+        let keys: Vec<&str> = body
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            keys,
+            ["error", "field", "message"],
+            "{method} {path}: {}",
+            r.body
+        );
+        assert_eq!(body["error"], code, "{method} {path}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
     server.stop().await;
 }

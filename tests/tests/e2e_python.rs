@@ -15,7 +15,7 @@ use std::time::Duration;
 use agentwire::manager::{BrokerError, InMemoryBroker, ManagerConfig, UnifiedWebSocketManager};
 use agentwire::protocol::{CRITICAL_EVENTS, EventData, EventEnvelope};
 use agentwire::server::ServerConfig;
-use agentwire_e2e::{Client, TestServer, custom, workspace_root};
+use agentwire_e2e::{Client, TestServer, command_succeeds, custom, prerequisite, workspace_root};
 use agentwire_manager::conformance::{Fault, FaultyBroker};
 
 /// Longest a script may run before the test fails (it is killed then).
@@ -34,20 +34,10 @@ fn examples_dir() -> PathBuf {
 
 /// Whether `python3` runs; when it does not, fails under CI and says why elsewhere.
 fn python_available() -> bool {
-    let found = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 is required for the Python example tests in CI"
-        );
-        eprintln!("skipped: python3 is not installed (the test runs where it is, and in CI)");
-    }
-    found
+    prerequisite(
+        (!command_succeeds("python3", &["--version"])).then(|| "python3 is not installed".into()),
+        "the Python example tests",
+    )
 }
 
 /// Runs `examples/python/<script>` with `args`, bounded by [`SCRIPT_WAIT`].

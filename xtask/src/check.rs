@@ -77,6 +77,15 @@ struct Step {
     action: Action,
 }
 
+/// Feature selections an embedder uses, each checked on its own: the facade with one layer
+/// and what is beneath it, and the server's library without the binary.
+const FEATURE_SETS: &[(&str, &str)] = &[
+    ("agentwire", ""),
+    ("agentwire", "emitter"),
+    ("agentwire", "bridge"),
+    ("agentwire-server", ""),
+];
+
 /// The steps of `cargo xtask check` for the workspace at `root`, in order.
 fn steps(root: &Path) -> Result<Vec<Step>> {
     let crates = workspace::library_crates(root)?;
@@ -89,7 +98,7 @@ fn steps(root: &Path) -> Result<Vec<Step>> {
     };
     // Cargo unifies features across the workspace, so a crate can build in the workspace
     // yet not on its own; checking each alone catches a dependency it forgot to declare.
-    let alone = crates
+    let mut alone: Vec<Cargo> = crates
         .iter()
         .map(|krate| {
             Cargo::new(
@@ -101,6 +110,23 @@ fn steps(root: &Path) -> Result<Vec<Step>> {
             )
         })
         .collect();
+    // What an embedder builds: the layers a feature selection leaves out must not be
+    // needed by the ones it keeps.
+    for (krate, features) in FEATURE_SETS {
+        if crates.iter().any(|c| c == krate) {
+            let mut args = vec!["check", "-p", krate, "--no-default-features"];
+            if !features.is_empty() {
+                args.extend(["--features", features]);
+            }
+            alone.push(Cargo::new(
+                &args,
+                format!(
+                    "{krate} does not build with only `{features}`: gate what needs another \
+                     feature behind it"
+                ),
+            ));
+        }
+    }
     Ok(vec![
         Step {
             title: "format".to_owned(),
@@ -183,6 +209,10 @@ mod tests {
         let dir = TempDir::new();
         dir.write("crates/b/Cargo.toml", "[package]\nname = \"pkg-b\"\n");
         dir.write("crates/a/Cargo.toml", "[package]\nname = \"pkg-a\"\n");
+        dir.write(
+            "crates/s/Cargo.toml",
+            "[package]\nname = \"agentwire-server\"\n",
+        );
         let steps = steps(dir.path()).expect("steps");
         let lines: Vec<Vec<String>> = steps
             .iter()
@@ -199,7 +229,12 @@ mod tests {
                 vec!["cargo clippy --workspace --all-targets -- -D warnings"],
                 vec!["cargo test --workspace"],
                 vec!["RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps"],
-                vec!["cargo check -p pkg-a", "cargo check -p pkg-b"],
+                vec![
+                    "cargo check -p pkg-a",
+                    "cargo check -p pkg-b",
+                    "cargo check -p agentwire-server",
+                    "cargo check -p agentwire-server --no-default-features",
+                ],
                 vec!["legacy fixture"],
                 vec!["tidy"],
             ]

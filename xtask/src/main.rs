@@ -17,6 +17,7 @@ mod manifest;
 #[cfg(test)]
 mod test_support;
 mod tidy;
+mod violation;
 mod workspace;
 
 use std::path::Path;

@@ -1,73 +1,15 @@
-//! A line-based reader for the small part of `Cargo.toml` that xtask needs: the package
-//! name and the dependency lists.
-//!
-//! Why not a TOML crate: xtask keeps to std plus `anyhow`, and Cargo manifests in this
-//! workspace are written one key per line. The reader understands `[table]` and
-//! `[[array]]` headers (quoted keys such as `target.'cfg(unix)'.dependencies` included),
-//! `key = value` and `dotted.key = value` lines, `#` comments and one-line inline tables.
-//! It does not understand multi-line strings or inline tables spread over several lines;
-//! a line it cannot read is skipped, never fatal.
+//! The small part of a `Cargo.toml` that xtask needs — the package name and the
+//! dependency lists — read with the `toml` crate, keeping each dependency's line for
+//! messages.
 
-/// One meaningful line of a manifest: a table header or a `key = value` pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry<'a> {
-    /// 1-based line number in the file.
-    pub(crate) line: usize,
-    /// Path of the table this line opens or belongs to, dotted keys split and unquoted:
-    /// `[target.'cfg(unix)'.dependencies]` is `["target", "cfg(unix)", "dependencies"]`.
-    pub(crate) table: Vec<String>,
-    /// What the line is.
-    pub(crate) kind: EntryKind<'a>,
-}
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
-/// What a manifest line holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum EntryKind<'a> {
-    /// The header that opens `Entry::table`.
-    Header,
-    /// A `key = value` line in `Entry::table`; the key split at dots and unquoted, the value
-    /// raw text with the comment stripped and whitespace trimmed.
-    KeyValue { key: Vec<String>, value: &'a str },
-}
-
-/// Every header and `key = value` line of `text`, in order.
-pub(crate) fn entries(text: &str) -> Vec<Entry<'_>> {
-    let mut table = Vec::new();
-    let mut out = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line = strip_comment(raw).trim();
-        let number = index + 1;
-        if let Some(header) = header_path(line) {
-            table = split_dotted(header);
-            out.push(Entry {
-                line: number,
-                table: table.clone(),
-                kind: EntryKind::Header,
-            });
-        } else if let Some(eq) = find_outside_quotes(line, '=') {
-            out.push(Entry {
-                line: number,
-                table: table.clone(),
-                kind: EntryKind::KeyValue {
-                    key: split_dotted(&line[..eq]),
-                    value: line[eq + 1..].trim(),
-                },
-            });
-        }
-    }
-    out
-}
-
-/// The `[package] name = "…"` of a manifest, if it has one.
+/// The `[package] name = "…"` of a manifest, if it has one (and the manifest parses).
 pub(crate) fn package_name(text: &str) -> Option<String> {
-    entries(text)
-        .into_iter()
-        .find_map(|entry| match entry.kind {
-            EntryKind::KeyValue { key, value } if entry.table == ["package"] && key == ["name"] => {
-                string_value(value).map(str::to_owned)
-            }
-            _ => None,
-        })
+    let doc = DeTable::parse(text).ok()?;
+    let package = doc.get_ref().get("package")?.get_ref().as_table()?;
+    package.get("name")?.get_ref().as_str().map(str::to_owned)
 }
 
 /// One dependency declared in a manifest.
@@ -80,7 +22,7 @@ pub(crate) struct Dependency {
     pub(crate) package: Option<String>,
     /// Whether it is `workspace = true`, so a rename may live in the root manifest.
     pub(crate) workspace: bool,
-    /// Line where it is first declared.
+    /// Line where it is declared.
     pub(crate) line: usize,
     /// The dependency table it is in, as written in a header: `dev-dependencies`,
     /// `target.cfg(unix).dependencies`, `workspace.dependencies`.
@@ -103,203 +45,74 @@ const DEPENDENCY_TABLES: &[&str] = &[
     "build_dependencies",
 ];
 
-/// Every dependency in every dependency table of `text`: `[dependencies]`,
-/// `[dev-dependencies]`, `[build-dependencies]`, `[target.'…'.dependencies]`,
-/// `[workspace.dependencies]`, and `[dependencies.name]` style tables.
+/// Every dependency in every dependency table of `text`, in the order they are declared:
+/// `[dependencies]`, `[dev-dependencies]`, `[build-dependencies]`,
+/// `[target.'…'.dependencies]`, `[workspace.dependencies]`, in any TOML spelling
+/// (`[dependencies.name]` tables, dotted keys, inline tables). A manifest that does not
+/// parse has none (cargo reports it).
 pub(crate) fn dependencies(text: &str) -> Vec<Dependency> {
-    let mut deps: Vec<Dependency> = Vec::new();
-    for entry in entries(text) {
-        match entry.kind {
-            EntryKind::Header => {
-                if let Some((name, table)) = entry.table.split_last()
-                    && is_dependency_table(table)
-                {
-                    deps.push(Dependency {
-                        name: name.clone(),
-                        package: None,
-                        workspace: false,
-                        line: entry.line,
-                        table: table.join("."),
-                    });
-                }
+    let Ok(doc) = DeTable::parse(text) else {
+        return Vec::new();
+    };
+    let root = doc.get_ref();
+    let mut deps = Vec::new();
+    let mut read = |table: &DeTable<'_>, prefix: &str| {
+        for kind in DEPENDENCY_TABLES {
+            if let Some(list) = root_table(table, kind) {
+                let name = if prefix.is_empty() {
+                    (*kind).to_owned()
+                } else {
+                    format!("{prefix}.{kind}")
+                };
+                read_table(text, list, &name, &mut deps);
             }
-            EntryKind::KeyValue { key, value } => {
-                if is_dependency_table(&entry.table) {
-                    add_dependency_line(&mut deps, &entry.table.join("."), entry.line, &key, value);
-                } else if let Some((name, table)) = entry.table.split_last()
-                    && is_dependency_table(table)
-                {
-                    // A key inside `[dependencies.name]`: it describes that dependency.
-                    let table = table.join(".");
-                    if let Some(dep) = deps
-                        .iter_mut()
-                        .rev()
-                        .find(|d| d.name == *name && d.table == table)
-                    {
-                        apply_key(dep, &key, value);
-                    }
-                }
+        }
+    };
+    read(root, "");
+    if let Some(targets) = root_table(root, "target") {
+        for (cfg, target) in targets {
+            if let Some(target) = target.get_ref().as_table() {
+                read(target, &format!("target.{}", cfg.get_ref()));
             }
         }
     }
+    if let Some(workspace) = root_table(root, "workspace")
+        && let Some(list) = root_table(workspace, "dependencies")
+    {
+        read_table(text, list, "workspace.dependencies", &mut deps);
+    }
+    deps.sort_by_key(|d| d.line);
     deps
 }
 
-/// Records one `name = …` or `name.key = …` line of a dependency table.
-fn add_dependency_line(
-    deps: &mut Vec<Dependency>,
-    table: &str,
-    line: usize,
-    key: &[String],
-    value: &str,
-) {
-    let Some((name, rest)) = key.split_first() else {
-        return;
-    };
-    let index = match deps
+fn root_table<'a, 'i>(table: &'a DeTable<'i>, key: &str) -> Option<&'a DeTable<'i>> {
+    table.get(key)?.get_ref().as_table()
+}
+
+/// The dependencies of one dependency table.
+fn read_table(text: &str, list: &DeTable<'_>, table: &str, deps: &mut Vec<Dependency>) {
+    for (name, spec) in list {
+        let fields = spec.get_ref().as_table();
+        let field = |key: &str| fields.and_then(|f| f.get(key)).map(Spanned::get_ref);
+        deps.push(Dependency {
+            name: name.get_ref().to_string(),
+            package: field("package")
+                .and_then(DeValue::as_str)
+                .map(str::to_owned),
+            workspace: field("workspace").and_then(DeValue::as_bool) == Some(true),
+            line: line_of(text, name.span().start),
+            table: table.to_owned(),
+        });
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
         .iter()
-        .position(|d| d.name == *name && d.table == table)
-    {
-        Some(index) => index,
-        None => {
-            deps.push(Dependency {
-                name: name.clone(),
-                package: None,
-                workspace: false,
-                line,
-                table: table.to_owned(),
-            });
-            deps.len() - 1
-        }
-    };
-    let dep = &mut deps[index];
-    if rest.is_empty() {
-        // `name = "1"` or `name = { … }`.
-        if let Some(package) = inline_table_value(value, "package") {
-            dep.package = string_value(package).map(str::to_owned);
-        }
-        if inline_table_value(value, "workspace") == Some("true") {
-            dep.workspace = true;
-        }
-    } else {
-        apply_key(dep, rest, value);
-    }
-}
-
-/// Applies one key of a dependency's own table (`package`, `workspace`) to it.
-fn apply_key(dep: &mut Dependency, key: &[String], value: &str) {
-    match key {
-        [k] if k == "package" => dep.package = string_value(value).map(str::to_owned),
-        [k] if k == "workspace" => dep.workspace = value == "true",
-        _ => {}
-    }
-}
-
-/// Whether a table path names a dependency table: `dependencies`, `target.X.dependencies`
-/// or `workspace.dependencies` (and the dev/build variants).
-fn is_dependency_table(table: &[String]) -> bool {
-    match table {
-        [kind] => DEPENDENCY_TABLES.contains(&kind.as_str()),
-        [prefix, kind] => prefix == "workspace" && kind == "dependencies",
-        [prefix, _, kind] => prefix == "target" && DEPENDENCY_TABLES.contains(&kind.as_str()),
-        _ => false,
-    }
-}
-
-/// The contents of a basic or literal string value (`"x"` or `'x'`), escapes not decoded.
-pub(crate) fn string_value(value: &str) -> Option<&str> {
-    let value = value.trim();
-    let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'')?;
-    let rest = &value[1..];
-    rest.find(quote).map(|end| &rest[..end])
-}
-
-/// The raw value of `key` in a one-line inline table `{ a = 1, key = "v" }`.
-fn inline_table_value<'a>(value: &'a str, key: &str) -> Option<&'a str> {
-    let inner = value
-        .trim()
-        .strip_prefix('{')?
-        .trim_end()
-        .strip_suffix('}')?;
-    split_outside_quotes(inner, ',')
-        .into_iter()
-        .find_map(|pair| {
-            let eq = find_outside_quotes(pair, '=')?;
-            (split_dotted(&pair[..eq]) == [key]).then(|| pair[eq + 1..].trim())
-        })
-}
-
-/// The path inside a `[table]` or `[[array]]` header line, or `None` if it is not one.
-fn header_path(line: &str) -> Option<&str> {
-    let inner = line.strip_prefix('[')?.strip_suffix(']')?;
-    Some(
-        inner
-            .strip_prefix('[')
-            .and_then(|i| i.strip_suffix(']'))
-            .unwrap_or(inner),
-    )
-}
-
-/// Splits a dotted key at dots outside quotes, trimming and unquoting each part.
-fn split_dotted(key: &str) -> Vec<String> {
-    split_outside_quotes(key, '.')
-        .into_iter()
-        .map(|part| {
-            let part = part.trim();
-            string_value(part).unwrap_or(part).to_owned()
-        })
-        .collect()
-}
-
-/// `line` up to the first `#` that is not inside a string.
-fn strip_comment(line: &str) -> &str {
-    find_outside_quotes(line, '#').map_or(line, |i| &line[..i])
-}
-
-/// Byte index of the first `needle` outside quotes, brackets and braces.
-fn find_outside_quotes(text: &str, needle: char) -> Option<usize> {
-    positions_outside_quotes(text, needle).into_iter().next()
-}
-
-/// `text` split at every `separator` outside quotes, brackets and braces.
-fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    for i in positions_outside_quotes(text, separator) {
-        parts.push(&text[start..i]);
-        start = i + separator.len_utf8();
-    }
-    parts.push(&text[start..]);
-    parts
-}
-
-/// Byte indices of `needle` at nesting depth zero and outside any string.
-fn positions_outside_quotes(text: &str, needle: char) -> Vec<usize> {
-    let mut found = Vec::new();
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    let mut depth = 0usize;
-    for (i, c) in text.char_indices() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' && q == '"' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        match c {
-            '"' | '\'' => quote = Some(c),
-            // A `#` ends the line whatever the nesting; other needles only count at depth 0.
-            _ if c == needle && (depth == 0 || needle == '#') => found.push(i),
-            '[' | '{' => depth += 1,
-            ']' | '}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    found
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -378,16 +191,19 @@ ws = { version = \"1\", package = \"ws-real\" }
     }
 
     #[test]
-    fn comments_and_quoted_hashes() {
-        let entries =
-            entries("[package] # header comment\nname = \"a#b\" # trailing\n# whole line\n");
-        assert_eq!(entries.len(), 2);
+    fn spellings_toml_allows_are_read_too() {
+        let text = "[dependencies]\nrt = {\n  package = \"tokio\",\n  version = \"1\" }\n\n[dependencies.a]\npackage = \"b\" # trailing\n";
+        let got: Vec<(String, Option<String>, usize)> = dependencies(text)
+            .into_iter()
+            .map(|d| (d.name, d.package, d.line))
+            .collect();
         assert_eq!(
-            entries[1].kind,
-            EntryKind::KeyValue {
-                key: vec!["name".to_owned()],
-                value: "\"a#b\""
-            }
+            got,
+            vec![
+                ("rt".to_owned(), Some("tokio".to_owned()), 2),
+                ("a".to_owned(), Some("b".to_owned()), 6),
+            ]
         );
+        assert!(dependencies("[dependencies\nbroken").is_empty());
     }
 }

@@ -1,15 +1,17 @@
 //! An agent service that embeds agentwire in its own axum app: one process holds the
 //! manager, the bridge (and its emitter pool) and the service's routes, and mounts
-//! `agentwire_server::router(manager)` beside them, so the browser that asks the service
+//! `agentwire_server::router(manager, auth)` beside them, so the browser that asks the service
 //! for a run watches that run over `/ws` on the same address.
 //!
 //! ```text
+//! export AGENTWIRE_JWT_SECRET=…   # the secret client tokens are signed with
 //! cargo run -p agentwire --example embedded_agent_service            # 127.0.0.1:3000
 //! cargo run -p agentwire --example embedded_agent_service 0.0.0.0:8000
 //! ```
 //!
-//! Then mint a token (`cargo run -p agentwire-server -- token --user alice`), open the
-//! printed address in a browser, paste the token, connect, and start a run.
+//! Then mint a token with the same secret (`cargo run -p agentwire-server -- token --user
+//! alice` reads `AGENTWIRE_JWT_SECRET` too), open the printed address in a browser, paste
+//! the token, connect, and start a run.
 //!
 //! The routes: `GET /` a page that connects to `/ws` and starts runs; `POST /runs`
 //! (`Authorization: Bearer <token>`) starts a simulated run for the token's user and
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use agentwire::bridge::{DEFAULT_DEMO_PACE, demo_run_context, simulated_run};
 use agentwire::protocol::CloseCode;
-use agentwire::server::{Auth, LogFormat, ServerConfig};
+use agentwire::server::Auth;
 use agentwire::{AgentBridgeExt, AgentWebSocketBridge, UnifiedWebSocketManager};
 use anyhow::Context;
 use axum::extract::State;
@@ -34,6 +36,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+
+/// The environment variable with the HS256 secret of client tokens (the server's own).
+pub const SECRET_ENV: &str = "AGENTWIRE_JWT_SECRET";
 
 /// Where the service listens when neither an argument nor [`ADDR_ENV`] says otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
@@ -71,7 +76,7 @@ impl AgentService {
 }
 
 /// The service's axum app: its own routes (`GET /`, `POST /runs`) with `agentwire` — the
-/// router of `agentwire_server::router(manager)` or `router_with` — merged in.
+/// router of `agentwire_server::router(manager, auth)` or `router_with` — merged in.
 pub fn app(service: AgentService, agentwire: Router) -> Router {
     Router::new()
         .route("/", get(index))
@@ -136,7 +141,6 @@ fn unauthorized(message: &str) -> Response {
     reason = "an example tells the person who started it where to go next"
 )]
 async fn main() -> anyhow::Result<()> {
-    agentwire::server::init_tracing(LogFormat::Text);
     let addr: SocketAddr = std::env::args()
         .nth(1)
         .or_else(|| std::env::var(ADDR_ENV).ok())
@@ -151,13 +155,15 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("a process-wide manager was installed already");
     }
     let bridge = manager.create_agent_bridge();
-    // `router(manager)` runs on the defaults of every setting: tokens signed with the
-    // development secret. The service checks its own routes' tokens against the same
-    // secret, so `agentwire-server token` mints tokens both accept.
-    let auth = Auth::from_config(&ServerConfig::default())?;
+    // agentwire's routes and the service's own check tokens against one secret, so one
+    // token (`agentwire-server token`) serves both. The library never makes one up.
+    let secret = std::env::var(SECRET_ENV).with_context(|| {
+        format!("set {SECRET_ENV}: the HS256 secret client tokens are signed with")
+    })?;
+    let auth = || Auth::hs256(secret.as_bytes());
     let app = app(
-        AgentService::new(bridge, auth),
-        agentwire::server::router(manager.clone()),
+        AgentService::new(bridge, auth()?),
+        agentwire::server::router(manager.clone(), auth()?),
     );
 
     let listener = tokio::net::TcpListener::bind(addr)

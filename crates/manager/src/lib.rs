@@ -45,7 +45,6 @@
 
 mod broker;
 mod config;
-mod connection;
 mod manager;
 mod memory;
 mod run_table;
@@ -59,10 +58,9 @@ pub use broker::{
     History, NewEvent, StoredEvent, Subscriber, compose_frame,
 };
 pub use config::{HeartbeatPolicy, LimitPolicy, ManagerConfig, QueueLimits};
-pub use connection::{Connection, Outbound};
 pub use manager::{
-    ConnectError, ConnectOptions, ConnectionInfo, EmitError, ManagerStats, PreparedEvent, Resume,
-    UnifiedWebSocketManager,
+    ConnectError, ConnectOptions, Connection, ConnectionInfo, EmitError, ManagerStats, Outbound,
+    PreparedEvent, Resume, UnifiedWebSocketManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
 pub use runs::{

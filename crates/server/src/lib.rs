@@ -10,15 +10,25 @@
 //! shared bytes (no per-connection write buffer), under a write timeout, and the fan-out
 //! path never awaits a socket.
 //!
+//! The library takes its configuration explicitly: a [`ServerConfig`] (a plain struct with
+//! a builder) or, to mount agentwire in another axum application, the [`Auth`] its routes
+//! verify tokens and API keys with. It has no development credentials and never makes a
+//! secret up; those, the command line and the process-wide setup (logs, open-file limit,
+//! allocator) belong to the `agentwire-server` binary, built with the `cli` feature (on by
+//! default; embedders turn it off).
+//!
 //! ```no_run
 //! use agentwire_manager::UnifiedWebSocketManager;
+//! use agentwire_server::Auth;
 //!
-//! # async fn demo() {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // Mount agentwire in another axum application.
 //! let manager = UnifiedWebSocketManager::in_memory();
-//! let app = axum::Router::new().merge(agentwire_server::router(manager));
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
-//! axum::serve(listener, app).await.unwrap();
+//! let auth = Auth::hs256(std::env::var("AGENTWIRE_JWT_SECRET")?.as_bytes())?;
+//! let app = axum::Router::new().merge(agentwire_server::router(manager, auth));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -31,50 +41,47 @@
 //!   names the errors (1009 vs 1007 vs 1002); the same version as axum's (the lock file
 //!   pins axum 0.8.8, which uses 0.28). The server writes its own frames (`wire.rs`).
 //! - `socket2`: `sendmsg` with several buffers on the socket tokio owns.
+//! - `tower-service`: the `Service` trait through which `Server::serve` calls the router
+//!   for each request, after putting the peer's address in its extensions.
 //! - `memchr`: finds an event frame's `ts` for the latency metric.
 //! - `foldhash`: the run-state table's hasher (string keys on every publish).
-//! - `mimalloc` (the binary only, without transparent huge pages): see `main.rs`.
+//! - `form_urlencoded`: decodes the `/ws` query string (`?token=…&last_seq=…&epoch=…`).
 //! - `jsonwebtoken` with `rust_crypto`: JWT verification in pure Rust (no C toolchain); with
 //!   exactly that backend enabled it selects its crypto provider by itself.
 //! - `subtle`: constant-time comparison of API keys.
 //! - `prometheus-client`: one registry per server instance (no global recorder), so several
 //!   servers in one process report exact values; a collector reads `get_stats()` at
 //!   scrape time.
-//! - `clap` (derive, env): every flag with its environment variable and default in `--help`.
-//! - `toml`: the optional `--config` file.
-//! - `rlimit`: a safe API to raise `RLIMIT_NOFILE` (`unsafe` is forbidden here).
-//! - `rand`: the development secret and API key.
+//! - `rand`: the jitter of each connection's first ping (and the binary's development
+//!   credentials).
 //! - `utoipa`: the OpenAPI document at `/openapi.json`, generated from the handlers'
 //!   attributes, so the document and the routes cannot drift apart unnoticed.
+//!
+//! The binary's own, behind the `cli` feature (`src/bin/agentwire-server/main.rs`):
+//! - `clap` (derive, env): every flag with its environment variable and default in `--help`;
+//!   `humantime`: the durations of those flags.
+//! - `toml`: the optional `--config` file.
+//! - `rlimit`: a safe API to raise `RLIMIT_NOFILE` (`unsafe` is forbidden here).
 //! - `tracing-subscriber`: text or JSON logs.
+//! - `mimalloc` (without transparent huge pages): see `main.rs`.
+//! - `anyhow`: the binary's errors.
 
+// Layers, top to bottom (docs/architecture.md; `cargo xtask tidy` checks that every
+// import points down): `app` → `api`, `ws`, `demo` (side by side, never importing each
+// other) → `auth` → `http`.
+mod api;
+mod app;
 mod auth;
-mod config;
 mod demo;
-mod history_api;
 mod http;
-mod metrics;
-mod openapi;
-mod publish;
-mod ratelimit;
-mod routes;
-mod runs;
-mod server;
-mod shutdown;
-mod wire;
 mod ws;
 
-pub use auth::{
-    Auth, AuthConfigError, AuthError, DevCredentials, Verified, default_dev_credentials_path,
-    mint_hs256, mint_token,
+pub use app::config::{
+    BrokerKind, DemoMode, PerUserPolicy, RunLifecycle, ServerConfig, ServerConfigBuilder,
 };
-pub use config::{
-    BrokerKind, Cli, Command, ConfigError, LogFormat, PerUserPolicy, RunLifecycle, ServerConfig,
-    TokenArgs, parse_duration,
+pub use app::server::{
+    FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, router, router_with, run,
 };
-pub use demo::{DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL, DemoMode};
-pub use server::{
-    FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, init_tracing,
-    raise_nofile_limit, router, router_with, run,
-};
-pub use shutdown::signal as shutdown_signal;
+pub use app::shutdown::signal as shutdown_signal;
+pub use auth::{Auth, AuthConfigError, AuthError, Verified, mint_hs256};
+pub use demo::{DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL};

@@ -20,7 +20,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::{LEGACY_ITEMS, migrate};
-use crate::tidy::Violation;
+use crate::violation::Violation;
 
 /// The fixture crate, relative to the workspace root.
 pub(crate) const FIXTURE_DIR: &str = "xtask/fixtures/legacy-app";

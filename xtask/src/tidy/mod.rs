@@ -9,7 +9,6 @@
 //! To add a rule: write `tidy/<rule>.rs` with a `NAME` constant and the rule function,
 //! unit-test it on a temp dir that passes and one that fails, and add a `Rule` to `RULES`.
 
-use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +17,7 @@ use anyhow::{Result, bail};
 mod critical_events;
 mod migration_doc;
 mod module_docs;
+mod module_layers;
 mod no_legacy_names;
 mod no_placeholders;
 mod operations_doc;
@@ -40,6 +40,11 @@ pub(crate) const RULES: &[Rule] = &[
         name: module_docs::NAME,
         summary: "every .rs file opens with a `//!` doc saying what it is",
         check: module_docs::module_docs,
+    },
+    Rule {
+        name: module_layers::NAME,
+        summary: "no import cycle between a crate's modules (or a folder's files); imports follow the layers of docs/architecture.md",
+        check: module_layers::module_layers,
     },
     Rule {
         name: no_placeholders::NAME,
@@ -73,31 +78,7 @@ pub(crate) const RULES: &[Rule] = &[
     },
 ];
 
-/// One broken rule at one place, printed as `path:line: rule: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Violation {
-    /// File, relative to the checked root.
-    pub(crate) path: PathBuf,
-    /// 1-based line.
-    pub(crate) line: usize,
-    /// Name of the rule broken.
-    pub(crate) rule: &'static str,
-    /// What is wrong and what to do about it.
-    pub(crate) message: String,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: {}: {}",
-            self.path.display(),
-            self.line,
-            self.rule,
-            self.message
-        )
-    }
-}
+pub(crate) use crate::violation::Violation;
 
 /// Runs every rule on `root` and returns all violations, rule by rule.
 pub(crate) fn check_all(root: &Path) -> Vec<Violation> {

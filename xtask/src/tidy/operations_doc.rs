@@ -3,7 +3,7 @@
 //! guide cannot fall behind the configuration.
 //!
 //! A tidy rule does not run binaries, so the options are read from where clap gets them:
-//! each field of `crates/server/src/config.rs` under an `#[arg(…)]` attribute that says
+//! each field of `crates/server/src/bin/agentwire-server/cli.rs` under an `#[arg(…)]` attribute that says
 //! `long` is the option `--field-name` (clap turns `snake_case` into `kebab-case`), or the
 //! name given as `long = "…"`. The guide must name it as `--field-name`, not as a prefix
 //! of a longer option.
@@ -17,7 +17,7 @@ use super::Violation;
 pub(super) const NAME: &str = "operations_doc";
 
 /// Where the server's options are declared, relative to the workspace root.
-const CONFIG: &str = "crates/server/src/config.rs";
+const CONFIG: &str = "crates/server/src/bin/agentwire-server/cli.rs";
 
 /// The operations guide, relative to the workspace root.
 const GUIDE: &str = "docs/operations.md";
@@ -52,7 +52,10 @@ fn long_options(source: &str) -> Vec<LongOption> {
                 if trimmed.starts_with("#[") || trimmed.starts_with("///") {
                     continue;
                 }
-                let field = trimmed.strip_prefix("pub ").unwrap_or(trimmed);
+                let field = ["pub(crate) ", "pub(super) ", "pub "]
+                    .iter()
+                    .find_map(|vis| trimmed.strip_prefix(vis))
+                    .unwrap_or(trimmed);
                 if let Some((ident, _)) = field.split_once(':')
                     && let Some(name) = long_name(text, ident.trim())
                 {

@@ -87,7 +87,7 @@ pub(crate) struct Common {
     #[arg(long)]
     pin_client: Option<usize>,
     /// In-process: the server's --history-max-age.
-    #[arg(long, value_parser = agentwire_server::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     inproc_history_max_age: Option<Duration>,
     /// HS256 secret of client tokens (else from --credentials).
     #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
@@ -95,7 +95,7 @@ pub(crate) struct Common {
     /// API key for POST /v1/events (else from --credentials).
     #[arg(long, env = "LOADGEN_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// The server's development credentials file [default: the server's default path].
+    /// The server's development credentials file (printed by `agentwire-server --dev`).
     #[arg(long)]
     credentials: Option<PathBuf>,
     /// Users.
@@ -127,10 +127,10 @@ pub(crate) struct Common {
     #[arg(long)]
     max_conns_per_process: Option<u64>,
     /// Length of each measured period (each step of a sweep).
-    #[arg(long, default_value = "20s", value_parser = agentwire_server::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// After a period, how long to wait for deliveries to catch up before counting loss.
-    #[arg(long, default_value = "5s", value_parser = agentwire_server::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain: Duration,
     /// p99 bound of a passing step, in milliseconds.
     #[arg(long, default_value_t = 10.0)]

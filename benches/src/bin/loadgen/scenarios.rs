@@ -60,17 +60,17 @@ impl Env {
         let (secret, api_key) = match (&common.jwt_secret, &common.api_key) {
             (Some(s), Some(k)) => (s.clone(), k.clone()),
             _ => {
-                let path = common
-                    .credentials
-                    .clone()
-                    .unwrap_or_else(agentwire_server::default_dev_credentials_path);
+                let path = common.credentials.clone().context(
+                    "pass --jwt-secret and --api-key, or --credentials with the server's \
+                     development credentials file",
+                )?;
                 let text = std::fs::read(&path).with_context(|| {
                     format!(
                         "read credentials {} (or pass --jwt-secret and --api-key)",
                         path.display()
                     )
                 })?;
-                let creds: agentwire_server::DevCredentials = serde_json::from_slice(&text)?;
+                let creds: DevCredentials = serde_json::from_slice(&text)?;
                 (
                     common.jwt_secret.clone().unwrap_or(creds.jwt_secret),
                     common.api_key.clone().unwrap_or(creds.api_key),
@@ -909,10 +909,10 @@ pub(crate) struct IdleArgs {
     #[arg(long, default_value_t = 15_000)]
     connections: u32,
     /// How long to hold them.
-    #[arg(long, default_value = "600s", value_parser = agentwire_server::parse_duration)]
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     hold: Duration,
     /// Wait before reading memory, after connecting and after the burst.
-    #[arg(long, default_value = "5s", value_parser = agentwire_server::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     settle: Duration,
     /// After the hold, events published to every user (a burst of traffic), before memory
     /// is read again. 0: no burst.
@@ -1037,12 +1037,12 @@ pub(crate) struct ChurnArgs {
     rate: f64,
     /// After the last cycle, how long to wait for gauges to return to baseline (history
     /// expires after the server's --history-max-age plus a sweep).
-    #[arg(long, default_value = "60s", value_parser = agentwire_server::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     settle: Duration,
     /// Also read the server's RSS this long after the last cycle ended, whether or not the
     /// gauges are back by then (docs/performance.md compares it with the pre-traffic
     /// baseline). 0: not read.
-    #[arg(long, default_value = "60s", value_parser = agentwire_server::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     rss_at: Duration,
 }
 
@@ -1123,4 +1123,12 @@ pub(crate) async fn churn(env: &Env, a: ChurnArgs) -> anyhow::Result<Value> {
     );
     m.insert("per_cycle".into(), Value::Array(cycles));
     Ok(finish(env, "churn", &ready, m))
+}
+
+/// The server's development credentials file (written by `agentwire-server` in
+/// development mode): the secret and the API key.
+#[derive(serde::Deserialize)]
+struct DevCredentials {
+    jwt_secret: String,
+    api_key: String,
 }

@@ -1,0 +1,523 @@
+//! One connection as the manager sees it: a bounded outbound queue and the bookkeeping
+//! that keeps its stream gap-free and duplicate-free. The socket belongs to the server,
+//! which drains the queue with [`Connection::next_frames`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Duration;
+
+use agentwire_protocol::{CloseCode, ConnectionId, Epoch, Seq, ServerFrame, UserId};
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Counters, UnifiedWebSocketManager};
+use crate::broker::StoredEvent;
+use crate::config::QueueLimits;
+
+/// Slots a drained queue keeps; beyond it, the capacity a burst grew is given back.
+const QUEUE_KEEP_CAPACITY: usize = 1;
+
+/// What the connection's stream is doing.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Phase {
+    /// Replaying history; live events wait in `pending`.
+    CatchingUp,
+    /// Live events go straight to the queue.
+    Live,
+}
+
+#[derive(Debug)]
+struct State {
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    pending: VecDeque<StoredEvent>,
+    pending_bytes: usize,
+    /// The newest `seq` queued for this connection.
+    last_sent: Seq,
+    epoch: Option<Epoch>,
+    phase: Phase,
+    closing: Option<CloseCode>,
+    /// A catch-up is waiting for room in the queue.
+    replay_waiting: bool,
+    /// The broker may have missed deliveries: the running catch-up reads history once
+    /// more before it goes live.
+    read_again: bool,
+}
+
+/// Why a push did not queue a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Queued,
+    /// Already sent (a repeat), or the connection is closing.
+    Skipped,
+    /// A live event arrived with a gap before it; a catch-up must run.
+    NeedsCatchUp,
+}
+
+/// How a catch-up's attempt to go live ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum GoLive {
+    /// Live (or closing): the catch-up is done.
+    Done,
+    /// A resync asked for history to be read again.
+    ReadAgain,
+    /// Pending live events start past what was replayed: history is behind them.
+    Behind,
+}
+
+/// The shared state of one connection.
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    pub(crate) id: ConnectionId,
+    pub(crate) user: UserId,
+    pub(crate) connected_at: Instant,
+    limits: QueueLimits,
+    state: Mutex<State>,
+    /// Wakes the connection's writer (the one task that drains the queue): cheaper than a
+    /// `Notify` on the path every delivery takes.
+    readable: AtomicWaker,
+    /// Wakes a catch-up waiting for room in the queue.
+    writable: Notify,
+    /// Milliseconds after `connected_at` when the peer was last heard from.
+    last_seen_ms: AtomicU64,
+    acked: AtomicU64,
+    pub(crate) registered: AtomicBool,
+}
+
+impl ConnShared {
+    pub(crate) fn new(user: UserId, limits: QueueLimits) -> Self {
+        ConnShared {
+            id: ConnectionId::generate(),
+            user,
+            connected_at: Instant::now(),
+            limits,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                last_sent: Seq::ZERO,
+                epoch: None,
+                phase: Phase::CatchingUp,
+                closing: None,
+                replay_waiting: false,
+                read_again: false,
+            }),
+            readable: AtomicWaker::new(),
+            writable: Notify::new(),
+            last_seen_ms: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            registered: AtomicBool::new(true),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every mutation of `State` completes before anything that can panic, so a
+        // poisoned lock still guards consistent data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fits(&self, st: &State, len: usize) -> bool {
+        st.queue.is_empty()
+            || (st.queue.len() < self.limits.max_frames
+                && st.queued_bytes + len <= self.limits.max_bytes)
+    }
+
+    /// Marks the connection for closing; the first code wins. A slow consumer's queue is
+    /// dropped (it resumes from what it received); any other close lets the writer flush
+    /// what is queued first.
+    pub(crate) fn close(&self, code: CloseCode) -> bool {
+        let mut st = self.state();
+        if st.closing.is_some() {
+            return false;
+        }
+        st.closing = Some(code);
+        st.pending.clear();
+        st.pending_bytes = 0;
+        if code == CloseCode::TryAgainLater {
+            st.queue.clear();
+            st.queued_bytes = 0;
+        }
+        drop(st);
+        self.readable.wake();
+        self.writable.notify_waiters();
+        true
+    }
+
+    pub(crate) fn closing(&self) -> Option<CloseCode> {
+        self.state().closing
+    }
+
+    /// Queues a frame that is not an event (control frames). Over the bounds the
+    /// connection becomes a slow consumer.
+    pub(crate) fn push_control(&self, frame: Bytes, counters: &Counters) -> bool {
+        let mut st = self.state();
+        if st.closing.is_some() {
+            return false;
+        }
+        if !self.fits(&st, frame.len()) {
+            drop(st);
+            self.slow_consumer(counters);
+            return false;
+        }
+        st.queued_bytes += frame.len();
+        st.queue.push_back(frame);
+        drop(st);
+        self.readable.wake();
+        true
+    }
+
+    fn slow_consumer(&self, counters: &Counters) {
+        if self.close(CloseCode::TryAgainLater) {
+            counters
+                .slow_consumer_closes
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(connection = %self.id, user = %self.user, "slow consumer closed");
+        }
+    }
+
+    /// Starts the stream at `after` in `epoch`; events up to `after` count as sent.
+    pub(crate) fn begin(&self, epoch: Epoch, after: Seq) {
+        let mut st = self.state();
+        st.epoch = Some(epoch);
+        st.last_sent = after;
+    }
+
+    pub(crate) fn last_sent(&self) -> Seq {
+        self.state().last_sent
+    }
+
+    pub(crate) fn epoch(&self) -> Option<Epoch> {
+        self.state().epoch.clone()
+    }
+
+    /// A live event from the broker subscription. Never waits.
+    pub(crate) fn deliver_live(&self, event: &StoredEvent, counters: &Counters) -> Pushed {
+        let mut st = self.state();
+        if st.closing.is_some() {
+            return Pushed::Skipped;
+        }
+        if st.epoch.as_ref().is_some_and(|e| *e != event.epoch) {
+            // The stream restarted under a live connection: its seqs mean nothing now.
+            // Closing makes the client resume, and the resume reports the gap.
+            drop(st);
+            self.close(CloseCode::TryAgainLater);
+            return Pushed::Skipped;
+        }
+        match st.phase {
+            Phase::CatchingUp => {
+                if event.seq <= st.last_sent {
+                    return Pushed::Skipped;
+                }
+                if st.pending.len() >= self.limits.max_frames
+                    || st.pending_bytes + event.frame.len() > self.limits.max_bytes
+                {
+                    drop(st);
+                    self.slow_consumer(counters);
+                    return Pushed::Skipped;
+                }
+                st.pending_bytes += event.frame.len();
+                st.pending.push_back(event.clone());
+                Pushed::Queued
+            }
+            Phase::Live => {
+                if event.seq <= st.last_sent {
+                    return Pushed::Skipped;
+                }
+                if event.seq != st.last_sent.next() {
+                    st.phase = Phase::CatchingUp;
+                    st.pending_bytes += event.frame.len();
+                    st.pending.push_back(event.clone());
+                    return Pushed::NeedsCatchUp;
+                }
+                if !self.fits(&st, event.frame.len()) {
+                    drop(st);
+                    self.slow_consumer(counters);
+                    return Pushed::Skipped;
+                }
+                st.last_sent = event.seq;
+                st.queued_bytes += event.frame.len();
+                st.queue.push_back(event.frame.clone());
+                drop(st);
+                counters.delivered.fetch_add(1, Ordering::Relaxed);
+                self.readable.wake();
+                Pushed::Queued
+            }
+        }
+    }
+
+    /// A replayed event, pushed by a catch-up. Waits for room in the queue.
+    /// Returns `false` when the connection closed meanwhile.
+    pub(crate) async fn push_replayed(&self, event: &StoredEvent, counters: &Counters) -> bool {
+        loop {
+            let room = self.writable.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut st = self.state();
+                if st.closing.is_some() {
+                    return false;
+                }
+                if event.seq <= st.last_sent {
+                    return true;
+                }
+                if self.fits(&st, event.frame.len()) {
+                    st.last_sent = event.seq;
+                    st.queued_bytes += event.frame.len();
+                    st.queue.push_back(event.frame.clone());
+                    drop(st);
+                    counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    self.readable.wake();
+                    return true;
+                }
+                st.replay_waiting = true;
+            }
+            room.await;
+        }
+    }
+
+    /// Queues a `replay_gap` frame. The caller moves the stream past the gap.
+    pub(crate) fn push_gap(&self, from: Seq, to: Seq, counters: &Counters) {
+        let frame = ServerFrame::ReplayGap(agentwire_protocol::ReplayGap {
+            from_seq: from,
+            to_seq: to,
+        });
+        if self.push_control(Bytes::from(frame.to_json()), counters) {
+            counters.replay_gaps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts everything up to `seq` as sent.
+    pub(crate) fn skip_to(&self, seq: Seq) {
+        let mut st = self.state();
+        st.last_sent = st.last_sent.max(seq);
+    }
+
+    /// The broker may have missed deliveries to this connection. Returns `true` when a
+    /// catch-up must be started (the connection was live); a catch-up under way reads
+    /// history once more before it goes live instead, so one connection never has two.
+    pub(crate) fn request_resync(&self) -> bool {
+        let mut st = self.state();
+        if st.closing.is_some() {
+            return false;
+        }
+        match st.phase {
+            Phase::Live => {
+                st.phase = Phase::CatchingUp;
+                true
+            }
+            Phase::CatchingUp => {
+                st.read_again = true;
+                false
+            }
+        }
+    }
+
+    /// Ends a catch-up: queues the pending live events that continue the stream and goes
+    /// live, unless a resync asked for another read or pending events start past a gap.
+    pub(crate) fn try_go_live(&self, counters: &Counters) -> GoLive {
+        let mut st = self.state();
+        if st.closing.is_some() {
+            return GoLive::Done;
+        }
+        if std::mem::take(&mut st.read_again) {
+            return GoLive::ReadAgain;
+        }
+        let mut queued = 0u64;
+        while let Some(next) = st.pending.front() {
+            if next.seq <= st.last_sent {
+                let dropped = st.pending.pop_front().map_or(0, |e| e.frame.len());
+                st.pending_bytes -= dropped;
+                continue;
+            }
+            if next.seq != st.last_sent.next() {
+                break;
+            }
+            if !self.fits(&st, next.frame.len()) {
+                drop(st);
+                self.slow_consumer(counters);
+                return GoLive::Done;
+            }
+            let Some(event) = st.pending.pop_front() else {
+                break;
+            };
+            st.pending_bytes -= event.frame.len();
+            st.last_sent = event.seq;
+            st.queued_bytes += event.frame.len();
+            st.queue.push_back(event.frame);
+            queued += 1;
+        }
+        let live = st.pending.is_empty();
+        if live {
+            st.phase = Phase::Live;
+        }
+        drop(st);
+        if queued > 0 {
+            counters.delivered.fetch_add(queued, Ordering::Relaxed);
+            self.readable.wake();
+        }
+        if live { GoLive::Done } else { GoLive::Behind }
+    }
+
+    pub(crate) fn touch(&self) {
+        let ms = u64::try_from(self.connected_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_seen_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn silent_for(&self, now: Instant) -> Duration {
+        let seen =
+            self.connected_at + Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(seen)
+    }
+
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let st = self.state();
+        (st.queue.len(), st.queued_bytes)
+    }
+
+    pub(crate) fn acked(&self) -> Seq {
+        Seq(self.acked.load(Ordering::Relaxed))
+    }
+}
+
+/// What [`Connection::next_frames`] hands the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// Frames were appended to the buffer: write them all, then flush once.
+    Frames,
+    /// Nothing more will come: send a close frame with this code.
+    Close(CloseCode),
+}
+
+/// A live connection of one user, as the server holds it: the receiving end of the
+/// connection's outbound queue. Dropping it (or [`Connection::disconnect`]) removes the
+/// connection from the manager; doing so twice is harmless.
+#[derive(Debug)]
+pub struct Connection {
+    pub(crate) shared: Arc<ConnShared>,
+    pub(crate) manager: UnifiedWebSocketManager,
+}
+
+impl Connection {
+    /// This connection's id.
+    pub fn id(&self) -> &ConnectionId {
+        &self.shared.id
+    }
+
+    /// The authenticated user.
+    pub fn user_id(&self) -> &UserId {
+        &self.shared.user
+    }
+
+    /// The epoch of the user's stream this connection follows.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.shared.epoch()
+    }
+
+    /// Waits until frames are queued or the connection must close, then moves up to
+    /// `max_frames` queued frames into `out`. Frames left queued when a close is requested
+    /// come out first (except for a slow consumer, whose queue is dropped).
+    ///
+    /// One task drains a connection (its writer): a second task waiting at the same time
+    /// may not be woken.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: frames are moved into `out` only when the call returns.
+    pub async fn next_frames(&self, out: &mut Vec<Bytes>, max_frames: usize) -> Outbound {
+        std::future::poll_fn(|cx| {
+            // Registered before the queue is looked at, so a frame pushed after the look
+            // wakes this task.
+            self.shared.readable.register(cx.waker());
+            let mut st = self.shared.state();
+            if !st.queue.is_empty() {
+                let n = st.queue.len().min(max_frames.max(1));
+                let mut bytes = 0;
+                for frame in st.queue.drain(..n) {
+                    bytes += frame.len();
+                    out.push(frame);
+                }
+                st.queued_bytes -= bytes;
+                if st.queue.is_empty() && st.queue.capacity() > QUEUE_KEEP_CAPACITY {
+                    // A burst grew the queue; an idle connection should not keep that.
+                    st.queue.shrink_to(QUEUE_KEEP_CAPACITY);
+                }
+                let room_wanted = std::mem::take(&mut st.replay_waiting);
+                drop(st);
+                if room_wanted {
+                    self.shared.writable.notify_waiters();
+                }
+                return Poll::Ready(Outbound::Frames);
+            }
+            if let Some(code) = st.closing {
+                return Poll::Ready(Outbound::Close(code));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Queues a control frame (`pong`, `error`). Returns `false` when the connection is
+    /// closing, or became a slow consumer with this frame.
+    pub fn send_control(&self, frame: &ServerFrame) -> bool {
+        self.shared
+            .push_control(Bytes::from(frame.to_json()), &self.manager.inner.counters)
+    }
+
+    /// Records that the peer was heard from (any frame, or a pong).
+    pub fn touch(&self) {
+        self.shared.touch();
+    }
+
+    /// How long the peer has been silent.
+    pub fn silent_for(&self) -> Duration {
+        self.shared.silent_for(Instant::now())
+    }
+
+    /// Records the client's `ack`: it has processed every event up to `seq`. Acks only
+    /// move forward.
+    pub fn ack(&self, seq: Seq) {
+        self.shared.acked.fetch_max(seq.get(), Ordering::Relaxed);
+    }
+
+    /// The newest `seq` the client acknowledged.
+    pub fn acked(&self) -> Seq {
+        self.shared.acked()
+    }
+
+    /// Asks the writer to close the connection with `code` once it has flushed what is
+    /// queued. Closing twice keeps the first code.
+    pub fn close(&self, code: CloseCode) {
+        self.shared.close(code);
+    }
+
+    /// Closes the connection because its peer stopped answering heartbeats, and counts it.
+    pub fn heartbeat_timed_out(&self) {
+        if self.shared.close(CloseCode::GoingAway) {
+            self.manager
+                .inner
+                .counters
+                .heartbeat_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Why the connection is closing, once it is.
+    pub fn closing(&self) -> Option<CloseCode> {
+        self.shared.closing()
+    }
+
+    /// Removes the connection from the manager now. Idempotent; dropping does the same.
+    pub fn disconnect(&self) {
+        self.manager.remove(&self.shared);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.manager.remove(&self.shared);
+    }
+}

@@ -1,0 +1,120 @@
+//! `UnifiedWebSocketManager`: the registry of live connections and the single point every
+//! event passes. One concept per file: `registry` (who is connected, limits, fan-out),
+//! `connect` (a new connection and where its stream starts), `catch_up` (replaying
+//! history, paced by the writer, and resyncs), `emit` (validate, serialize once, publish),
+//! `reads` (history, event lookup, broker health), `stats`, `counters`, `sweeper`
+//! (heartbeat deadlines, history trimming), `singleton` (the process-wide manager) and
+//! `connection` (one connection's queue and handle).
+
+use foldhash::HashMap;
+use foldhash::fast::RandomState;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use agentwire_protocol::UserId;
+use tokio::sync::OnceCell;
+
+use crate::broker::{Broker, Subscriber};
+use crate::config::ManagerConfig;
+use crate::memory::InMemoryBroker;
+
+mod catch_up;
+mod connect;
+mod connection;
+mod counters;
+mod emit;
+mod reads;
+mod registry;
+mod singleton;
+mod stats;
+mod sweeper;
+
+pub use connect::{ConnectError, ConnectOptions, Resume};
+pub(crate) use connection::ConnShared;
+pub use connection::{Connection, Outbound};
+pub(crate) use counters::Counters;
+#[cfg(test)]
+pub(crate) use emit::serialize_body;
+pub use emit::{EmitError, PreparedEvent};
+pub use registry::ConnectionInfo;
+use registry::Router;
+pub use stats::ManagerStats;
+
+const REGISTRY_SHARDS: usize = 64;
+
+#[derive(Debug)]
+struct UserEntry {
+    /// Oldest first.
+    conns: Vec<Arc<ConnShared>>,
+    subscription: Arc<OnceCell<()>>,
+}
+
+pub(crate) struct Inner {
+    config: ManagerConfig,
+    broker: Arc<dyn Broker>,
+    shards: Box<[Mutex<HashMap<UserId, UserEntry>>]>,
+    hasher: RandomState,
+    total: AtomicUsize,
+    pub(crate) counters: Counters,
+    router: OnceLock<Arc<dyn Subscriber>>,
+    sweeper_started: AtomicBool,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnifiedWebSocketManager")
+            .field("connections", &self.total.load(Ordering::Relaxed))
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The one manager of a node: who is connected, and the single point every event passes.
+///
+/// A cheap handle (`Clone` shares it). Create one per server with [`Self::new`], or reach
+/// the process-wide instance with [`Self::global`].
+#[derive(Debug, Clone)]
+pub struct UnifiedWebSocketManager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl UnifiedWebSocketManager {
+    /// A manager over `broker`.
+    pub fn new(config: ManagerConfig, broker: Arc<dyn Broker>) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            broker,
+            shards: (0..REGISTRY_SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            hasher: RandomState::default(),
+            total: AtomicUsize::new(0),
+            counters: Counters::default(),
+            router: OnceLock::new(),
+            sweeper_started: AtomicBool::new(false),
+        });
+        let router: Arc<dyn Subscriber> = Arc::new(Router {
+            inner: Arc::downgrade(&inner),
+        });
+        let _ = inner.router.set(router);
+        UnifiedWebSocketManager { inner }
+    }
+
+    /// A manager with the default configuration over a fresh in-memory broker.
+    pub fn in_memory() -> Self {
+        Self::new(
+            ManagerConfig::default(),
+            Arc::new(InMemoryBroker::default()),
+        )
+    }
+
+    /// Whether two handles are the same manager.
+    pub fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.inner.config
+    }
+}

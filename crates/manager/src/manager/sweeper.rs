@@ -1,0 +1,69 @@
+//! The sweeper: closes connections silent past the heartbeat deadline and lets the broker
+//! trim history, every `sweep_interval`, from a task holding only a weak reference.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use agentwire_protocol::CloseCode;
+use tokio::time::Instant;
+
+use super::UnifiedWebSocketManager;
+use super::connection::ConnShared;
+
+impl UnifiedWebSocketManager {
+    /// One pass of the sweeper: closes connections whose peer has been silent past the
+    /// heartbeat deadline, and lets the broker trim history. Returns how many connections
+    /// it closed. The sweeper task calls it every `sweep_interval`.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let policy = self.inner.config.heartbeat;
+        let mut closed = 0;
+        for shard in self.inner.shards.iter() {
+            let silent: Vec<Arc<ConnShared>> = shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .flat_map(|e| e.conns.iter())
+                .filter(|c| policy.is_expired(c.silent_for(now)))
+                .cloned()
+                .collect();
+            for conn in silent {
+                if conn.close(CloseCode::GoingAway) {
+                    self.inner
+                        .counters
+                        .heartbeat_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    closed += 1;
+                }
+            }
+        }
+        self.inner.broker.sweep();
+        closed
+    }
+
+    /// Starts the sweeper once, on the first connect inside a runtime. It holds only a
+    /// weak reference and ends when the manager is dropped.
+    pub(super) fn start_sweeper(&self) {
+        if self.inner.sweeper_started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.sweeper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.config.sweep_interval;
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                UnifiedWebSocketManager { inner }.sweep();
+            }
+        });
+    }
+}

@@ -1,0 +1,41 @@
+//! `GET /healthz` (the process is alive) and `GET /readyz` (the broker answers and the
+//! server is not draining).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::ApiState;
+
+/// `GET /healthz`: the process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = super::schema::StatusDoc)))]
+pub(crate) async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /readyz`: 200 while the broker answers and the server is not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready: the broker answers", body = super::schema::StatusDoc),
+    (status = 503, description = "The broker is unavailable, or the server is shutting down", body = super::schema::StatusDoc)))]
+pub(crate) async fn readyz(State(app): State<Arc<ApiState>>) -> Response {
+    if app.draining.is_set() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "shutting_down" })),
+        )
+            .into_response();
+    }
+    match app.manager.broker_health().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": e.to_string() })),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,702 @@
+//! The server's configuration: a plain struct (every field public, with its default) and a
+//! builder, and the translation into the manager's and the broker's bounds.
+//!
+//! The command line, the environment and the config file are the binary's business
+//! (`src/bin/agentwire-server/cli.rs`): it parses them into a [`ServerConfig`]. Every
+//! setting is named after its flag (`max_connections` is `--max-connections`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentwire_manager::{HeartbeatPolicy, HistoryConfig, LimitPolicy, ManagerConfig, QueueLimits};
+
+use crate::auth::{Auth, AuthConfigError};
+
+/// Which broker owns the per-user streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum BrokerKind {
+    /// In-process history: one node, no other process.
+    Memory,
+    /// Redis, for many nodes (not in this build yet).
+    Redis,
+}
+
+/// What a connection beyond `--max-connections-per-user` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum PerUserPolicy {
+    /// Close the user's oldest connection with 4003 and accept the new one.
+    EvictOldest,
+    /// Refuse the new connection with 4004.
+    Reject,
+}
+
+/// Whether the publish API checks each run's lifecycle (docs/protocol.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum RunLifecycle {
+    /// Refuse an event that breaks its run's order with 409.
+    Enforce,
+    /// Accept events in any order (the publisher is trusted to keep it).
+    Off,
+}
+
+/// Whether the demo page and its endpoints are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum DemoMode {
+    /// Only in development mode ([`ServerConfig::dev_mode`]).
+    #[default]
+    Auto,
+    /// Always. Development tokens are still minted only in development mode; with a
+    /// configured secret the page asks for a token of the user's own.
+    On,
+    /// Never.
+    Off,
+}
+
+impl DemoMode {
+    /// Whether the demo is served under `config`.
+    pub fn is_enabled(self, config: &ServerConfig) -> bool {
+        match self {
+            DemoMode::Auto => config.dev_mode,
+            DemoMode::On => true,
+            DemoMode::Off => false,
+        }
+    }
+}
+
+/// Everything the server can be told. Start from [`ServerConfig::default`] (or
+/// [`ServerConfig::builder`]) and change what differs:
+///
+/// ```
+/// use std::time::Duration;
+/// use agentwire_server::ServerConfig;
+///
+/// let config = ServerConfig::builder()
+///     .listen(([127, 0, 0, 1], 9000).into())
+///     .jwt_secret("a secret of at least thirty-two bytes")
+///     .api_keys(["publisher-key"])
+///     .heartbeat_interval(Duration::from_secs(15))
+///     .build();
+/// assert_eq!(config.max_connections, ServerConfig::default().max_connections);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Address to listen on. Port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+
+    /// Length of the TCP accept queue.
+    pub listen_backlog: u32,
+
+    /// HS256 secret that signs client tokens (`--jwt-secret`). A server needs this or
+    /// `jwt_public_key`: without either it refuses to start.
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with an RSA public key: RS256 tokens signed by its private key are
+    /// accepted too.
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` claim, when set.
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on `exp`, at the handshake and while connected.
+    pub jwt_leeway: Duration,
+
+    /// API keys with full access: publish, history reads and the admin endpoints
+    /// (`--api-keys`).
+    pub api_keys: Vec<String>,
+
+    /// API keys that may only publish (POST /v1/events), comma-separated: they get 403
+    /// on history reads and the admin endpoints.
+    pub publish_api_keys: Vec<String>,
+
+    /// Development mode (`agentwire-server --dev`, or no secret on a loopback address):
+    /// `--demo auto` serves the demo, and `POST /demo/token` mints tokens for loopback
+    /// peers. The credentials are still `jwt_secret` and `api_keys`; the binary fills them
+    /// from its development credentials file.
+    pub dev_mode: bool,
+
+    /// Which broker owns the event streams.
+    pub broker: BrokerKind,
+
+    /// Redis URL for --broker redis.
+    pub redis_url: Option<String>,
+
+    /// Most connections on this node; more are refused with 1013. Clamped to what the
+    /// open-file limit allows.
+    pub max_connections: usize,
+
+    /// Most connections one user may hold on this node.
+    pub max_connections_per_user: usize,
+
+    /// What a connection beyond --max-connections-per-user does.
+    pub per_user_policy: PerUserPolicy,
+
+    /// Most frames waiting for one connection's writer; beyond it the connection is a
+    /// slow consumer and is closed with 1013.
+    pub queue_max_frames: usize,
+
+    /// Most bytes waiting for one connection's writer (same policy).
+    pub queue_max_bytes: usize,
+
+    /// Time between WebSocket pings.
+    pub heartbeat_interval: Duration,
+
+    /// How long past a ping a silent peer is given before it is closed with 1001.
+    pub heartbeat_timeout: Duration,
+
+    /// How often the manager sweeps dead connections and trims history.
+    pub sweep_interval: Duration,
+
+    /// Longest a batch write (or a ping, or a close frame) may take; a peer that stopped
+    /// reading is dropped after it.
+    pub write_timeout: Duration,
+
+    /// How long after sending a close frame the server waits for the peer's.
+    pub close_timeout: Duration,
+
+    /// Most frames one write batch takes from a connection's queue before flushing.
+    pub write_batch_frames: usize,
+
+    /// Per-connection read buffer, in bytes (at least 256). Client frames are tiny; a
+    /// larger message grows it, up to --max-message-size.
+    pub read_buffer_size: usize,
+
+    /// Largest client message, in bytes; larger ones close the connection with 1009.
+    pub max_message_size: usize,
+
+    /// Largest client WebSocket frame, in bytes (same policy).
+    pub max_frame_size: usize,
+
+    /// Largest event, in bytes of JSON.
+    pub max_event_bytes: usize,
+
+    /// Most events in one publish body (a JSON array); more are refused with 413.
+    pub max_batch: usize,
+
+    /// Largest publish request body, in bytes; larger ones are refused with 413.
+    pub max_request_bytes: usize,
+
+    /// Events per second each API key may publish (a token bucket); beyond it the
+    /// publish API answers 429 with Retry-After. 0 turns the limit off.
+    pub publish_rate: u32,
+
+    /// Events an API key may publish at once before --publish-rate applies (the bucket's
+    /// size).
+    pub publish_burst: u32,
+
+    /// Whether the publish API checks each run's lifecycle.
+    pub run_lifecycle: RunLifecycle,
+
+    /// Most runs whose lifecycle state the publish API remembers; at the bound the least
+    /// recently used run is forgotten.
+    pub max_runs: usize,
+
+    /// How long a run's state is remembered after its last event (finished or not).
+    pub run_ttl: Duration,
+
+    /// Most events one history read (GET /v1/users/{user_id}/events) returns.
+    pub history_read_max: usize,
+
+    /// Bad client frames (each answered with an `error` frame) tolerated per connection;
+    /// one more closes it with 1008.
+    pub max_bad_frames: u32,
+
+    /// Without a resume in the query string, how long to wait for a `resume` first frame
+    /// before streaming from the start of history. 0 turns the first-frame resume off.
+    pub resume_wait: Duration,
+
+    /// Most events of history kept per user.
+    pub history_max_events: usize,
+
+    /// Oldest event of history kept.
+    pub history_max_age: Duration,
+
+    /// Most bytes of history kept for all users together.
+    pub history_max_bytes: usize,
+
+    /// How long after its acceptance an `event_id` is recognised as a retry (and another
+    /// event under it refused with 409). Default (`None`): `history_max_age`. Never shorter
+    /// than the time its event stays in history.
+    pub dedupe_window: Option<Duration>,
+
+    /// Longest a graceful shutdown may take before the process exits anyway.
+    pub shutdown_timeout: Duration,
+
+    /// Origins allowed to open /ws (comma-separated, e.g. `https://app.example.com`); empty
+    /// allows any. Requests without an Origin header (non-browsers) are always allowed.
+    pub allowed_origins: Vec<String>,
+
+    /// The live demo page at / (with /demo/* endpoints that mint development tokens and
+    /// start simulated runs): auto = on only in development mode, on, or off. /client.js is
+    /// served in every mode.
+    pub demo: DemoMode,
+
+    /// The process's open-file limit, when known: `max_connections` is clamped to it,
+    /// keeping [`FD_RESERVE`](crate::FD_RESERVE) descriptors free. The binary raises the
+    /// limit and sets this; an embedding application may set it too.
+    pub open_file_limit: Option<u64>,
+}
+
+impl Default for ServerConfig {
+    /// The documented default of every setting (docs/operations.md).
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_backlog: 4096,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: Duration::from_secs(30),
+            api_keys: Vec::new(),
+            publish_api_keys: Vec::new(),
+            dev_mode: false,
+            broker: BrokerKind::Memory,
+            redis_url: None,
+            max_connections: 10_000,
+            max_connections_per_user: 3,
+            per_user_policy: PerUserPolicy::EvictOldest,
+            queue_max_frames: 1024,
+            queue_max_bytes: 4 * 1024 * 1024,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            write_batch_frames: 256,
+            read_buffer_size: 256,
+            max_message_size: agentwire_protocol::MAX_CLIENT_FRAME_BYTES,
+            max_frame_size: agentwire_protocol::MAX_CLIENT_FRAME_BYTES,
+            max_event_bytes: agentwire_protocol::DEFAULT_MAX_EVENT_BYTES,
+            max_batch: 100,
+            max_request_bytes: 4 * 1024 * 1024,
+            publish_rate: 1_000,
+            publish_burst: 2_000,
+            run_lifecycle: RunLifecycle::Enforce,
+            max_runs: 100_000,
+            run_ttl: Duration::from_secs(3600),
+            history_read_max: 1_000,
+            max_bad_frames: 10,
+            resume_wait: Duration::from_millis(50),
+            history_max_events: 1_000,
+            history_max_age: Duration::from_secs(600),
+            history_max_bytes: 256 * 1024 * 1024,
+            dedupe_window: None,
+            shutdown_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            demo: DemoMode::Auto,
+            open_file_limit: None,
+        }
+    }
+}
+
+/// Builds a [`ServerConfig`] from the defaults, one setting at a time.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ServerConfigBuilder(ServerConfig);
+
+impl ServerConfigBuilder {
+    /// Sets [`ServerConfig::listen`].
+    pub fn listen(mut self, value: SocketAddr) -> Self {
+        self.0.listen = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::listen_backlog`].
+    pub fn listen_backlog(mut self, value: u32) -> Self {
+        self.0.listen_backlog = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_secret`].
+    pub fn jwt_secret(mut self, value: impl Into<String>) -> Self {
+        self.0.jwt_secret = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_public_key`].
+    pub fn jwt_public_key(mut self, value: impl Into<PathBuf>) -> Self {
+        self.0.jwt_public_key = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_issuer`].
+    pub fn jwt_issuer(mut self, value: impl Into<String>) -> Self {
+        self.0.jwt_issuer = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_audience`].
+    pub fn jwt_audience(mut self, value: impl Into<String>) -> Self {
+        self.0.jwt_audience = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_leeway`].
+    pub fn jwt_leeway(mut self, value: Duration) -> Self {
+        self.0.jwt_leeway = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::api_keys`].
+    pub fn api_keys(mut self, value: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.0.api_keys = value.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`ServerConfig::publish_api_keys`].
+    pub fn publish_api_keys(mut self, value: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.0.publish_api_keys = value.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`ServerConfig::dev_mode`].
+    pub fn dev_mode(mut self, value: bool) -> Self {
+        self.0.dev_mode = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::broker`].
+    pub fn broker(mut self, value: BrokerKind) -> Self {
+        self.0.broker = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::redis_url`].
+    pub fn redis_url(mut self, value: impl Into<String>) -> Self {
+        self.0.redis_url = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::max_connections`].
+    pub fn max_connections(mut self, value: usize) -> Self {
+        self.0.max_connections = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_connections_per_user`].
+    pub fn max_connections_per_user(mut self, value: usize) -> Self {
+        self.0.max_connections_per_user = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::per_user_policy`].
+    pub fn per_user_policy(mut self, value: PerUserPolicy) -> Self {
+        self.0.per_user_policy = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::queue_max_frames`].
+    pub fn queue_max_frames(mut self, value: usize) -> Self {
+        self.0.queue_max_frames = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::queue_max_bytes`].
+    pub fn queue_max_bytes(mut self, value: usize) -> Self {
+        self.0.queue_max_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::heartbeat_interval`].
+    pub fn heartbeat_interval(mut self, value: Duration) -> Self {
+        self.0.heartbeat_interval = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::heartbeat_timeout`].
+    pub fn heartbeat_timeout(mut self, value: Duration) -> Self {
+        self.0.heartbeat_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::sweep_interval`].
+    pub fn sweep_interval(mut self, value: Duration) -> Self {
+        self.0.sweep_interval = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::write_timeout`].
+    pub fn write_timeout(mut self, value: Duration) -> Self {
+        self.0.write_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::close_timeout`].
+    pub fn close_timeout(mut self, value: Duration) -> Self {
+        self.0.close_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::write_batch_frames`].
+    pub fn write_batch_frames(mut self, value: usize) -> Self {
+        self.0.write_batch_frames = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::read_buffer_size`].
+    pub fn read_buffer_size(mut self, value: usize) -> Self {
+        self.0.read_buffer_size = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_message_size`].
+    pub fn max_message_size(mut self, value: usize) -> Self {
+        self.0.max_message_size = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_frame_size`].
+    pub fn max_frame_size(mut self, value: usize) -> Self {
+        self.0.max_frame_size = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_event_bytes`].
+    pub fn max_event_bytes(mut self, value: usize) -> Self {
+        self.0.max_event_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_batch`].
+    pub fn max_batch(mut self, value: usize) -> Self {
+        self.0.max_batch = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_request_bytes`].
+    pub fn max_request_bytes(mut self, value: usize) -> Self {
+        self.0.max_request_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::publish_rate`].
+    pub fn publish_rate(mut self, value: u32) -> Self {
+        self.0.publish_rate = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::publish_burst`].
+    pub fn publish_burst(mut self, value: u32) -> Self {
+        self.0.publish_burst = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::run_lifecycle`].
+    pub fn run_lifecycle(mut self, value: RunLifecycle) -> Self {
+        self.0.run_lifecycle = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_runs`].
+    pub fn max_runs(mut self, value: usize) -> Self {
+        self.0.max_runs = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::run_ttl`].
+    pub fn run_ttl(mut self, value: Duration) -> Self {
+        self.0.run_ttl = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::history_read_max`].
+    pub fn history_read_max(mut self, value: usize) -> Self {
+        self.0.history_read_max = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_bad_frames`].
+    pub fn max_bad_frames(mut self, value: u32) -> Self {
+        self.0.max_bad_frames = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::resume_wait`].
+    pub fn resume_wait(mut self, value: Duration) -> Self {
+        self.0.resume_wait = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::history_max_events`].
+    pub fn history_max_events(mut self, value: usize) -> Self {
+        self.0.history_max_events = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::history_max_age`].
+    pub fn history_max_age(mut self, value: Duration) -> Self {
+        self.0.history_max_age = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::history_max_bytes`].
+    pub fn history_max_bytes(mut self, value: usize) -> Self {
+        self.0.history_max_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::dedupe_window`].
+    pub fn dedupe_window(mut self, value: impl Into<Duration>) -> Self {
+        self.0.dedupe_window = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::shutdown_timeout`].
+    pub fn shutdown_timeout(mut self, value: Duration) -> Self {
+        self.0.shutdown_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::allowed_origins`].
+    pub fn allowed_origins(mut self, value: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.0.allowed_origins = value.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`ServerConfig::demo`].
+    pub fn demo(mut self, value: DemoMode) -> Self {
+        self.0.demo = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::open_file_limit`].
+    pub fn open_file_limit(mut self, value: impl Into<u64>) -> Self {
+        self.0.open_file_limit = Some(value.into());
+        self
+    }
+
+    /// The configuration.
+    pub fn build(self) -> ServerConfig {
+        self.0
+    }
+}
+
+impl ServerConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ServerConfigBuilder {
+        ServerConfigBuilder::default()
+    }
+
+    /// The verifier of client tokens and API keys this configuration describes.
+    ///
+    /// # Errors
+    /// [`AuthConfigError::NoCredentials`] when neither `jwt_secret` nor `jwt_public_key`
+    /// is set; [`AuthConfigError`] when a key cannot be read.
+    pub fn auth(&self) -> Result<Auth, AuthConfigError> {
+        let auth = match (&self.jwt_secret, &self.jwt_public_key) {
+            (None, None) => return Err(AuthConfigError::NoCredentials),
+            (Some(secret), _) => Auth::hs256(secret.as_bytes())?,
+            (None, Some(_)) => Auth::empty(),
+        };
+        let auth = match &self.jwt_public_key {
+            Some(path) => auth.with_rs256_pem_file(path)?,
+            None => auth,
+        };
+        Ok(auth
+            .with_issuer(self.jwt_issuer.clone())
+            .with_audience(self.jwt_audience.clone())
+            .with_leeway(self.jwt_leeway)
+            .with_api_keys(&self.api_keys, &self.publish_api_keys))
+    }
+
+    /// The manager's configuration.
+    pub fn manager_config(&self) -> ManagerConfig {
+        ManagerConfig {
+            max_connections_per_user: self.max_connections_per_user.max(1),
+            limit_policy: match self.per_user_policy {
+                PerUserPolicy::EvictOldest => LimitPolicy::EvictOldest,
+                PerUserPolicy::Reject => LimitPolicy::Reject,
+            },
+            max_connections: self.max_connections,
+            queue: QueueLimits {
+                max_frames: self.queue_max_frames.max(1),
+                max_bytes: self.queue_max_bytes.max(1),
+            },
+            heartbeat: HeartbeatPolicy {
+                interval: self.heartbeat_interval,
+                timeout: self.heartbeat_timeout,
+            },
+            max_event_bytes: self.max_event_bytes,
+            sweep_interval: self.sweep_interval.max(Duration::from_millis(10)),
+            ..ManagerConfig::default()
+        }
+    }
+
+    /// The in-memory broker's history bounds.
+    pub fn history_config(&self) -> HistoryConfig {
+        HistoryConfig {
+            max_events_per_user: self.history_max_events,
+            max_age: self.history_max_age,
+            max_total_bytes: self.history_max_bytes,
+            dedupe_window: self.dedupe_window.unwrap_or(self.history_max_age),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_on_only_in_development_mode() {
+        let mut c = ServerConfig::default();
+        assert!(!DemoMode::Auto.is_enabled(&c));
+        assert!(!DemoMode::Off.is_enabled(&c));
+        assert!(DemoMode::On.is_enabled(&c));
+        c.dev_mode = true;
+        assert!(DemoMode::Auto.is_enabled(&c));
+    }
+
+    #[test]
+    fn defaults_match_the_manager_defaults_where_they_overlap() {
+        let c = ServerConfig::default();
+        let m = c.manager_config();
+        let d = ManagerConfig::default();
+        assert_eq!(m.max_connections_per_user, d.max_connections_per_user);
+        assert_eq!(m.max_connections, d.max_connections);
+        assert_eq!(m.queue, d.queue);
+        assert_eq!(m.heartbeat, d.heartbeat);
+        assert_eq!(m.max_event_bytes, d.max_event_bytes);
+        assert_eq!(m.sweep_interval, d.sweep_interval);
+        assert_eq!(c.history_config(), HistoryConfig::default());
+    }
+
+    #[test]
+    fn the_builder_sets_what_it_names_and_keeps_the_rest() {
+        let c = ServerConfig::builder()
+            .jwt_secret("s")
+            .api_keys(["k1", "k2"])
+            .max_connections(5)
+            .build();
+        assert_eq!(c.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(c.api_keys, ["k1", "k2"]);
+        assert_eq!(c.max_connections, 5);
+        assert_eq!(
+            c.heartbeat_interval,
+            ServerConfig::default().heartbeat_interval
+        );
+    }
+
+    #[test]
+    fn without_a_secret_or_a_public_key_there_is_no_verifier() {
+        let e = ServerConfig::default().auth().expect_err("no credentials");
+        assert!(matches!(e, AuthConfigError::NoCredentials), "{e}");
+        assert!(e.to_string().contains("AGENTWIRE_JWT_SECRET"), "{e}");
+        assert!(
+            ServerConfig::builder()
+                .jwt_secret("s")
+                .build()
+                .auth()
+                .is_ok()
+        );
+    }
+}

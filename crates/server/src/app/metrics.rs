@@ -1,0 +1,261 @@
+//! Prometheus metrics of one server instance: every counter and size of the manager's
+//! `get_stats()` (read at scrape time), beside what each endpoint registered (the
+//! WebSocket endpoint's in `crate::ws`, the publish API's in `crate::api`), and `/metrics`.
+//!
+//! Each server has its own [`Registry`]; there is no process-wide recorder, so several
+//! servers in one process (tests) each report exact values.
+
+use std::fmt;
+use std::sync::Arc;
+
+use agentwire_manager::UnifiedWebSocketManager;
+use agentwire_protocol::EventType;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// The server's registry: what the endpoints registered, and the manager's stats.
+pub(crate) struct Metrics {
+    registry: Registry,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// `registry` (with what the endpoints registered) plus a collector that reads
+    /// `manager.get_stats()` at scrape time.
+    pub(crate) fn new(mut registry: Registry, manager: UnifiedWebSocketManager) -> Metrics {
+        registry.register_collector(Box::new(ManagerCollector { manager }));
+        Metrics { registry }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Every metric (docs/operations.md), OpenMetrics text",
+        content_type = "application/openmetrics-text")))]
+pub(crate) async fn metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    let body = metrics.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Reads the manager's stats at scrape time.
+#[derive(Debug)]
+struct ManagerCollector {
+    manager: UnifiedWebSocketManager,
+}
+
+fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
+    let c = ConstCounter::new(v);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+impl Collector for ManagerCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let s = self.manager.get_stats();
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        let e = &mut enc;
+        gauge(
+            e,
+            "agentwire_connections",
+            "Live connections on this node",
+            n(s.connections),
+        )?;
+        gauge(
+            e,
+            "agentwire_users",
+            "Users with at least one live connection",
+            n(s.users),
+        )?;
+        gauge(
+            e,
+            "agentwire_max_connections_of_a_user",
+            "The most connections any one user holds",
+            n(s.max_connections_of_a_user),
+        )?;
+        counter(
+            e,
+            "agentwire_connections_opened",
+            "Connections accepted",
+            s.connections_opened,
+        )?;
+        counter(
+            e,
+            "agentwire_connections_closed",
+            "Connections removed",
+            s.connections_closed,
+        )?;
+        counter(
+            e,
+            "agentwire_events_emitted",
+            "Events accepted by the broker through this node (duplicates excluded)",
+            s.events_emitted,
+        )?;
+        {
+            let c = ConstCounter::new(0u64);
+            let mut m = e.encode_descriptor(
+                "agentwire_events_emitted_by_type",
+                "Events accepted by the broker through this node, by type",
+                None,
+                c.metric_type(),
+            )?;
+            for (t, v) in EventType::ALL.iter().zip(s.events_emitted_by_type) {
+                let labels = [("type", t.as_str())];
+                ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            e,
+            "agentwire_events_delivered",
+            "Live events queued to connections (one per connection reached)",
+            s.events_delivered,
+        )?;
+        counter(
+            e,
+            "agentwire_events_replayed",
+            "History events queued to resuming connections",
+            s.events_replayed,
+        )?;
+        counter(
+            e,
+            "agentwire_replay_gaps",
+            "replay_gap frames sent",
+            s.replay_gaps,
+        )?;
+        counter(
+            e,
+            "agentwire_events_deduplicated",
+            "Emits answered as duplicates of an earlier event_id",
+            s.events_deduplicated,
+        )?;
+        counter(
+            e,
+            "agentwire_emit_failures",
+            "Emits that failed",
+            s.emit_failures,
+        )?;
+        counter(
+            e,
+            "agentwire_evictions",
+            "Connections closed with 4003 to make room for a newer one of the same user",
+            s.evictions,
+        )?;
+        counter(
+            e,
+            "agentwire_rejections_user_limit",
+            "Connections refused with 4004 (per-user limit, policy reject)",
+            s.rejections_user_limit,
+        )?;
+        counter(
+            e,
+            "agentwire_rejections_node_full",
+            "Connections refused with 1013 (node connection limit)",
+            s.rejections_node_full,
+        )?;
+        counter(
+            e,
+            "agentwire_slow_consumer_closes",
+            "Connections closed with 1013 because their queue overflowed",
+            s.slow_consumer_closes,
+        )?;
+        counter(
+            e,
+            "agentwire_heartbeat_timeouts",
+            "Connections closed because their peer went silent",
+            s.heartbeat_timeouts,
+        )?;
+        gauge(
+            e,
+            "agentwire_history_events",
+            "Events held in history",
+            s.history_events,
+        )?;
+        gauge(
+            e,
+            "agentwire_history_bytes",
+            "Bytes held in history",
+            s.history_bytes,
+        )?;
+        gauge(
+            e,
+            "agentwire_history_users",
+            "Users whose stream the broker holds",
+            s.history_users,
+        )?;
+        counter(
+            e,
+            "agentwire_history_trimmed",
+            "Events trimmed from history by its bounds",
+            s.history_trimmed,
+        )?;
+        gauge(
+            e,
+            "agentwire_dedupe_ids",
+            "Event ids remembered for deduplication (in history or the dedupe window)",
+            s.dedupe_ids,
+        )?;
+        counter(
+            e,
+            "agentwire_event_id_conflicts",
+            "Emits refused because their event_id was accepted for a different event",
+            s.event_id_conflicts,
+        )?;
+        counter(
+            e,
+            "agentwire_resyncs",
+            "Broker signals that deliveries may have been missed (the user's connections catch up from history)",
+            s.resyncs,
+        )?;
+        counter(
+            e,
+            "agentwire_catch_up_failures",
+            "Connections closed with 1011 because history could not be read, or did not reach delivered events, within the catch-up wait",
+            s.catch_up_failures,
+        )?;
+        gauge(
+            e,
+            "agentwire_queued_frames",
+            "Frames waiting in connection queues, over all connections",
+            s.queued_frames,
+        )?;
+        gauge(
+            e,
+            "agentwire_queued_bytes",
+            "Bytes waiting in connection queues, over all connections (each at most --queue-max-bytes)",
+            s.queued_bytes,
+        )?;
+        Ok(())
+    }
+}

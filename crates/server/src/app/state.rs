@@ -1,0 +1,127 @@
+//! The application's state: one piece per concern (the WebSocket endpoint's, the API's,
+//! the demo's), built from the configuration, and the `FromRef` links that let each
+//! concern's handlers take only their own piece.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_manager::UnifiedWebSocketManager;
+use axum::extract::FromRef;
+use prometheus_client::registry::Registry;
+
+use super::config::{RunLifecycle, ServerConfig};
+use super::metrics::Metrics;
+use crate::api::{ApiState, PublishApi, PublishLimits, PublishMetrics};
+use crate::auth::Auth;
+use crate::demo::DemoState;
+use crate::http::Draining;
+use crate::ws::{WsMetrics, WsSettings, WsState};
+
+/// The state the router holds.
+/// Cheap to clone: every piece is shared.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) manager: UnifiedWebSocketManager,
+    pub(crate) ws: Arc<WsState>,
+    pub(crate) api: Arc<ApiState>,
+    pub(crate) demo: Arc<DemoState>,
+    pub(crate) metrics: Arc<Metrics>,
+    draining: Draining,
+}
+
+impl AppState {
+    pub(crate) fn new(manager: UnifiedWebSocketManager, auth: Auth, config: &ServerConfig) -> Self {
+        let auth = Arc::new(auth);
+        let draining = Draining::default();
+        let mut registry = Registry::default();
+        let ws_metrics = WsMetrics::register(&mut registry);
+        let publish_metrics = PublishMetrics::register(&mut registry);
+        let demo_on = config.demo.is_enabled(config);
+        AppState {
+            ws: Arc::new(WsState {
+                manager: manager.clone(),
+                auth: auth.clone(),
+                ws: ws_settings(config),
+                metrics: ws_metrics,
+                draining: draining.clone(),
+            }),
+            api: Arc::new(ApiState {
+                manager: manager.clone(),
+                auth: auth.clone(),
+                publish: publish_api(config, publish_metrics),
+                draining: draining.clone(),
+            }),
+            demo: Arc::new(DemoState::new(
+                manager.clone(),
+                auth,
+                demo_on,
+                config.dev_mode,
+            )),
+            metrics: Arc::new(Metrics::new(registry, manager.clone())),
+            manager,
+            draining,
+        }
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.draining.set();
+    }
+}
+
+impl FromRef<AppState> for Arc<WsState> {
+    fn from_ref(app: &AppState) -> Self {
+        app.ws.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<ApiState> {
+    fn from_ref(app: &AppState) -> Self {
+        app.api.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Metrics> {
+    fn from_ref(app: &AppState) -> Self {
+        app.metrics.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<DemoState> {
+    fn from_ref(app: &AppState) -> Self {
+        app.demo.clone()
+    }
+}
+
+fn ws_settings(c: &ServerConfig) -> WsSettings {
+    WsSettings {
+        write_timeout: c.write_timeout.max(Duration::from_millis(1)),
+        close_timeout: c.close_timeout,
+        write_batch_frames: c.write_batch_frames.max(1),
+        read_buffer_size: c.read_buffer_size.max(256),
+        max_message_size: c.max_message_size.max(64),
+        max_frame_size: c.max_frame_size.max(64),
+        max_bad_frames: c.max_bad_frames,
+        resume_wait: c.resume_wait,
+        allowed_origins: c
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect(),
+    }
+}
+
+fn publish_api(c: &ServerConfig, metrics: PublishMetrics) -> PublishApi {
+    let limits = PublishLimits {
+        max_batch: c.max_batch,
+        max_request_bytes: c.max_request_bytes,
+        history_read_max: c.history_read_max,
+        publish_rate: c.publish_rate,
+        publish_burst: c.publish_burst,
+    };
+    let runs = match c.run_lifecycle {
+        RunLifecycle::Enforce => Some((c.max_runs, c.run_ttl)),
+        RunLifecycle::Off => None,
+    };
+    PublishApi::new(limits, runs, metrics)
+}

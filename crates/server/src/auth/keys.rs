@@ -1,0 +1,187 @@
+//! API keys: full-access (`--api-keys`) and publish-only (`--publish-api-keys`), compared
+//! in constant time, each with an identity for per-key rate limits.
+
+use axum::http::HeaderMap;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use super::Auth;
+use crate::http::{ApiError, ErrorCode, bearer};
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyScope {
+    /// Everything: publish, read history, the admin endpoints (`--api-keys`).
+    Full,
+    /// Only `POST /v1/events` (`--publish-api-keys`).
+    Publish,
+}
+
+/// A known API key: its scope, and which key it is (an index, so the key itself need not
+/// be kept anywhere else, e.g. to rate-limit per key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ApiKey {
+    pub(crate) scope: KeyScope,
+    pub(crate) id: usize,
+}
+impl Auth {
+    /// Accepts `full` as full-access API keys and `publish` as publish-only ones (empty
+    /// strings are skipped).
+    #[must_use]
+    pub fn with_api_keys(mut self, full: &[String], publish: &[String]) -> Auth {
+        let keep = |keys: &[String]| -> Vec<Vec<u8>> {
+            keys.iter()
+                .filter(|k| !k.is_empty())
+                .map(|k| k.as_bytes().to_vec())
+                .collect()
+        };
+        self.api_keys = keep(full);
+        self.publish_keys = keep(publish);
+        self
+    }
+
+    /// Whether any API key (full or publish-only) is configured.
+    pub fn has_api_keys(&self) -> bool {
+        !self.api_keys.is_empty() || !self.publish_keys.is_empty()
+    }
+
+    /// Whether `key` is one of the full-access API keys (`--api-keys`, and the development
+    /// key), compared in constant time.
+    pub fn check_api_key(&self, key: &str) -> bool {
+        self.api_key(key).is_some_and(|k| k.scope == KeyScope::Full)
+    }
+
+    /// Which API key `key` is, if any. Every configured key is compared, each in constant
+    /// time, whichever matches: the time taken does not tell which key matched, nor how
+    /// much of one.
+    pub(crate) fn api_key(&self, key: &str) -> Option<ApiKey> {
+        let key = key.as_bytes();
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u64;
+        for (i, k) in self.api_keys.iter().chain(&self.publish_keys).enumerate() {
+            let hit = k.ct_eq(key);
+            index = u64::conditional_select(&index, &(i as u64), hit);
+            found |= hit;
+        }
+        if !bool::from(found) {
+            return None;
+        }
+        let id = usize::try_from(index).ok()?;
+        let scope = if id < self.api_keys.len() {
+            KeyScope::Full
+        } else {
+            KeyScope::Publish
+        };
+        Some(ApiKey { scope, id })
+    }
+}
+
+/// Checks `Authorization: Bearer <api key>` against `auth`'s keys, and that the key's
+/// scope allows `need`: the one API-key check of every route that takes one.
+///
+/// # Errors
+/// 401 `unauthorized` without a key (or with none configured) or with an unknown one; 403
+/// `forbidden` for a publish-only key where full access is needed.
+pub(crate) fn authorize(
+    auth: &Auth,
+    headers: &HeaderMap,
+    need: KeyScope,
+) -> Result<ApiKey, ApiError> {
+    let unauthorized = |message: &str| ApiError::new(ErrorCode::Unauthorized, message);
+    if !auth.has_api_keys() {
+        return Err(unauthorized(
+            "no API key is configured (--api-keys, --publish-api-keys)",
+        ));
+    }
+    let Ok(Some(presented)) = bearer(headers) else {
+        return Err(unauthorized("send `Authorization: Bearer <api key>`"));
+    };
+    let Some(key) = auth.api_key(presented) else {
+        return Err(unauthorized("unknown API key"));
+    };
+    match (need, key.scope) {
+        (KeyScope::Publish, _) | (KeyScope::Full, KeyScope::Full) => Ok(key),
+        (KeyScope::Full, KeyScope::Publish) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this API key may only publish (--publish-api-keys)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_compare_exactly() {
+        let mut auth = Auth::hs256(b"s").expect("auth");
+        assert!(!auth.check_api_key("k1"));
+        auth.api_keys = vec![b"k1".to_vec(), b"k2".to_vec()];
+        assert!(auth.check_api_key("k2"));
+        assert!(!auth.check_api_key("k"));
+        assert!(!auth.check_api_key("k22"));
+        assert!(!auth.check_api_key(""));
+    }
+
+    #[test]
+    fn api_keys_have_a_scope_and_an_identity() {
+        let mut auth = Auth::hs256(b"s").expect("auth");
+        auth.api_keys = vec![b"full1".to_vec(), b"full2".to_vec()];
+        auth.publish_keys = vec![b"pub1".to_vec()];
+        let full2 = auth.api_key("full2").expect("known");
+        assert_eq!(full2.scope, KeyScope::Full);
+        let pub1 = auth.api_key("pub1").expect("known");
+        assert_eq!(pub1.scope, KeyScope::Publish);
+        let full1 = auth.api_key("full1").expect("known");
+        assert!(full1.id != full2.id && full1.id != pub1.id && full2.id != pub1.id);
+        assert_eq!(auth.api_key("pub"), None);
+        assert!(auth.check_api_key("full1"));
+        assert!(
+            !auth.check_api_key("pub1"),
+            "a publish-only key is not an admin key"
+        );
+        assert!(auth.has_api_keys());
+    }
+
+    #[test]
+    fn authorize_checks_presence_identity_and_scope() {
+        use axum::http::{HeaderValue, header};
+        let auth = Auth::hs256(b"s")
+            .expect("auth")
+            .with_api_keys(&["full".into()], &["pub".into()]);
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            h
+        };
+        let code = |r: Result<ApiKey, ApiError>| r.map(|k| k.scope).map_err(|e| e.code);
+        assert_eq!(
+            code(authorize(&auth, &HeaderMap::new(), KeyScope::Publish)),
+            Err(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Bearer nope"), KeyScope::Publish)),
+            Err(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Basic full"), KeyScope::Full)),
+            Err(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Bearer pub"), KeyScope::Publish)),
+            Ok(KeyScope::Publish)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Bearer pub"), KeyScope::Full)),
+            Err(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            code(authorize(&auth, &with("Bearer full"), KeyScope::Full)),
+            Ok(KeyScope::Full)
+        );
+        let keyless = Auth::hs256(b"s").expect("auth");
+        assert_eq!(
+            code(authorize(&keyless, &with("Bearer full"), KeyScope::Full)),
+            Err(ErrorCode::Unauthorized)
+        );
+    }
+}

@@ -1,0 +1,699 @@
+//! The command line of `agentwire-server`: every setting as a flag with an environment
+//! variable and a default (the library's, so `--help` and `ServerConfig::default()` cannot
+//! disagree), an optional TOML file beneath them, and the `token` subcommand.
+//!
+//! Precedence, highest first: command line, environment, `--config` file, default.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use agentwire_server::{BrokerKind, DemoMode, PerUserPolicy, RunLifecycle, ServerConfig};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+/// The defaults every flag shows and starts from.
+fn d() -> ServerConfig {
+    ServerConfig::default()
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The server's settings. Each field is a flag (`--listen`) with an environment variable
+/// (`AGENTWIRE_LISTEN`); `--config FILE` may give any of them in TOML
+/// (`listen = "0.0.0.0:8080"`, `heartbeat-interval = "15s"`).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML file with any of these settings (keys as the long flag names); flags and
+    /// environment variables override it.
+    #[arg(long, env = "AGENTWIRE_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Address to listen on. Port 0 picks a free port (printed at start).
+    #[arg(long, env = "AGENTWIRE_LISTEN", default_value_t = d().listen)]
+    pub(crate) listen: SocketAddr,
+
+    /// Length of the TCP accept queue.
+    #[arg(long, env = "AGENTWIRE_LISTEN_BACKLOG", default_value_t = d().listen_backlog)]
+    pub(crate) listen_backlog: u32,
+
+    /// HS256 secret that signs client tokens. Without it (and without --jwt-public-key)
+    /// the server starts only on a loopback address, in development mode.
+    #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
+    pub(crate) jwt_secret: Option<String>,
+
+    /// PEM file with an RSA public key: RS256 tokens signed by its private key are
+    /// accepted too.
+    #[arg(long, env = "AGENTWIRE_JWT_PUBLIC_KEY", value_name = "PEM_FILE")]
+    pub(crate) jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "AGENTWIRE_JWT_ISSUER")]
+    pub(crate) jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "AGENTWIRE_JWT_AUDIENCE")]
+    pub(crate) jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on `exp`, at the handshake and while connected.
+    #[arg(long, env = "AGENTWIRE_JWT_LEEWAY", value_parser = parse_duration, default_value_t = d().jwt_leeway.into())]
+    pub(crate) jwt_leeway: humantime::Duration,
+
+    /// API keys with full access: publish, history reads and the admin endpoints
+    /// (comma-separated). In development mode the development key is accepted too.
+    #[arg(
+        long,
+        env = "AGENTWIRE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) api_keys: Vec<String>,
+
+    /// API keys that may only publish (POST /v1/events), comma-separated: they get 403
+    /// on history reads and the admin endpoints.
+    #[arg(
+        long,
+        env = "AGENTWIRE_PUBLISH_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) publish_api_keys: Vec<String>,
+
+    /// Where the development secret and API key are kept [default:
+    /// $XDG_STATE_HOME/agentwire/dev-credentials.json, else
+    /// ~/.local/state/agentwire/dev-credentials.json].
+    #[arg(long, env = "AGENTWIRE_DEV_CREDENTIALS_FILE", value_name = "FILE")]
+    pub(crate) dev_credentials_file: Option<PathBuf>,
+
+    /// Which broker owns the event streams.
+    #[arg(long, env = "AGENTWIRE_BROKER", value_enum, default_value_t = d().broker)]
+    pub(crate) broker: BrokerKind,
+
+    /// Redis URL for --broker redis.
+    #[arg(long, env = "AGENTWIRE_REDIS_URL", hide_env_values = true)]
+    pub(crate) redis_url: Option<String>,
+
+    /// Most connections on this node; more are refused with 1013. Clamped to what the
+    /// open-file limit allows.
+    #[arg(long, env = "AGENTWIRE_MAX_CONNECTIONS", default_value_t = d().max_connections)]
+    pub(crate) max_connections: usize,
+
+    /// Most connections one user may hold on this node.
+    #[arg(long, env = "AGENTWIRE_MAX_CONNECTIONS_PER_USER", default_value_t = d().max_connections_per_user)]
+    pub(crate) max_connections_per_user: usize,
+
+    /// What a connection beyond --max-connections-per-user does.
+    #[arg(long, env = "AGENTWIRE_PER_USER_POLICY", value_enum, default_value_t = d().per_user_policy)]
+    pub(crate) per_user_policy: PerUserPolicy,
+
+    /// Most frames waiting for one connection's writer; beyond it the connection is a
+    /// slow consumer and is closed with 1013.
+    #[arg(long, env = "AGENTWIRE_QUEUE_MAX_FRAMES", default_value_t = d().queue_max_frames)]
+    pub(crate) queue_max_frames: usize,
+
+    /// Most bytes waiting for one connection's writer (same policy).
+    #[arg(long, env = "AGENTWIRE_QUEUE_MAX_BYTES", default_value_t = d().queue_max_bytes)]
+    pub(crate) queue_max_bytes: usize,
+
+    /// Time between WebSocket pings.
+    #[arg(long, env = "AGENTWIRE_HEARTBEAT_INTERVAL", value_parser = parse_duration, default_value_t = d().heartbeat_interval.into())]
+    pub(crate) heartbeat_interval: humantime::Duration,
+
+    /// How long past a ping a silent peer is given before it is closed with 1001.
+    #[arg(long, env = "AGENTWIRE_HEARTBEAT_TIMEOUT", value_parser = parse_duration, default_value_t = d().heartbeat_timeout.into())]
+    pub(crate) heartbeat_timeout: humantime::Duration,
+
+    /// How often the manager sweeps dead connections and trims history.
+    #[arg(long, env = "AGENTWIRE_SWEEP_INTERVAL", value_parser = parse_duration, default_value_t = d().sweep_interval.into())]
+    pub(crate) sweep_interval: humantime::Duration,
+
+    /// Longest a batch write (or a ping, or a close frame) may take; a peer that stopped
+    /// reading is dropped after it.
+    #[arg(long, env = "AGENTWIRE_WRITE_TIMEOUT", value_parser = parse_duration, default_value_t = d().write_timeout.into())]
+    pub(crate) write_timeout: humantime::Duration,
+
+    /// How long after sending a close frame the server waits for the peer's.
+    #[arg(long, env = "AGENTWIRE_CLOSE_TIMEOUT", value_parser = parse_duration, default_value_t = d().close_timeout.into())]
+    pub(crate) close_timeout: humantime::Duration,
+
+    /// Most frames one write batch takes from a connection's queue before flushing.
+    #[arg(long, env = "AGENTWIRE_WRITE_BATCH_FRAMES", default_value_t = d().write_batch_frames)]
+    pub(crate) write_batch_frames: usize,
+
+    /// Per-connection read buffer, in bytes (at least 256). Client frames are tiny; a
+    /// larger message grows it, up to --max-message-size.
+    #[arg(long, env = "AGENTWIRE_READ_BUFFER_SIZE", default_value_t = d().read_buffer_size)]
+    pub(crate) read_buffer_size: usize,
+
+    /// Largest client message, in bytes; larger ones close the connection with 1009.
+    #[arg(long, env = "AGENTWIRE_MAX_MESSAGE_SIZE", default_value_t = d().max_message_size)]
+    pub(crate) max_message_size: usize,
+
+    /// Largest client WebSocket frame, in bytes (same policy).
+    #[arg(long, env = "AGENTWIRE_MAX_FRAME_SIZE", default_value_t = d().max_frame_size)]
+    pub(crate) max_frame_size: usize,
+
+    /// Largest event, in bytes of JSON.
+    #[arg(long, env = "AGENTWIRE_MAX_EVENT_BYTES", default_value_t = d().max_event_bytes)]
+    pub(crate) max_event_bytes: usize,
+
+    /// Most events in one publish body (a JSON array); more are refused with 413.
+    #[arg(long, env = "AGENTWIRE_MAX_BATCH", default_value_t = d().max_batch)]
+    pub(crate) max_batch: usize,
+
+    /// Largest publish request body, in bytes; larger ones are refused with 413.
+    #[arg(long, env = "AGENTWIRE_MAX_REQUEST_BYTES", default_value_t = d().max_request_bytes)]
+    pub(crate) max_request_bytes: usize,
+
+    /// Events per second each API key may publish (a token bucket); beyond it the
+    /// publish API answers 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, env = "AGENTWIRE_PUBLISH_RATE", default_value_t = d().publish_rate)]
+    pub(crate) publish_rate: u32,
+
+    /// Events an API key may publish at once before --publish-rate applies (the bucket's
+    /// size).
+    #[arg(long, env = "AGENTWIRE_PUBLISH_BURST", default_value_t = d().publish_burst)]
+    pub(crate) publish_burst: u32,
+
+    /// Whether the publish API checks each run's lifecycle.
+    #[arg(long, env = "AGENTWIRE_RUN_LIFECYCLE", value_enum, default_value_t = d().run_lifecycle)]
+    pub(crate) run_lifecycle: RunLifecycle,
+
+    /// Most runs whose lifecycle state the publish API remembers; at the bound the least
+    /// recently used run is forgotten.
+    #[arg(long, env = "AGENTWIRE_MAX_RUNS", default_value_t = d().max_runs)]
+    pub(crate) max_runs: usize,
+
+    /// How long a run's state is remembered after its last event (finished or not).
+    #[arg(long, env = "AGENTWIRE_RUN_TTL", value_parser = parse_duration, default_value_t = d().run_ttl.into())]
+    pub(crate) run_ttl: humantime::Duration,
+
+    /// Most events one history read (GET /v1/users/{user_id}/events) returns.
+    #[arg(long, env = "AGENTWIRE_HISTORY_READ_MAX", default_value_t = d().history_read_max)]
+    pub(crate) history_read_max: usize,
+
+    /// Bad client frames (each answered with an `error` frame) tolerated per connection;
+    /// one more closes it with 1008.
+    #[arg(long, env = "AGENTWIRE_MAX_BAD_FRAMES", default_value_t = d().max_bad_frames)]
+    pub(crate) max_bad_frames: u32,
+
+    /// Without a resume in the query string, how long to wait for a `resume` first frame
+    /// before streaming from the start of history. 0 turns the first-frame resume off.
+    #[arg(long, env = "AGENTWIRE_RESUME_WAIT", value_parser = parse_duration, default_value_t = d().resume_wait.into())]
+    pub(crate) resume_wait: humantime::Duration,
+
+    /// Most events of history kept per user.
+    #[arg(long, env = "AGENTWIRE_HISTORY_MAX_EVENTS", default_value_t = d().history_max_events)]
+    pub(crate) history_max_events: usize,
+
+    /// Oldest event of history kept.
+    #[arg(long, env = "AGENTWIRE_HISTORY_MAX_AGE", value_parser = parse_duration, default_value_t = d().history_max_age.into())]
+    pub(crate) history_max_age: humantime::Duration,
+
+    /// Most bytes of history kept for all users together.
+    #[arg(long, env = "AGENTWIRE_HISTORY_MAX_BYTES", default_value_t = d().history_max_bytes)]
+    pub(crate) history_max_bytes: usize,
+
+    /// How long after its acceptance an `event_id` is recognised as a retry (and another
+    /// event under it refused with 409). Default: `--history-max-age`. Never shorter than
+    /// the time its event stays in history.
+    #[arg(long, env = "AGENTWIRE_DEDUPE_WINDOW", value_parser = parse_duration)]
+    pub(crate) dedupe_window: Option<humantime::Duration>,
+
+    /// Longest a graceful shutdown may take before the process exits anyway.
+    #[arg(long, env = "AGENTWIRE_SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value_t = d().shutdown_timeout.into())]
+    pub(crate) shutdown_timeout: humantime::Duration,
+
+    /// Origins allowed to open /ws (comma-separated, e.g. `https://app.example.com`); empty
+    /// allows any. Requests without an Origin header (non-browsers) are always allowed.
+    #[arg(long, env = "AGENTWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub(crate) allowed_origins: Vec<String>,
+
+    /// Log line format.
+    #[arg(long, env = "AGENTWIRE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
+
+    /// The live demo page at / (with /demo/* endpoints that mint development tokens and
+    /// start simulated runs): auto = on only in development mode, on, or off. /client.js is
+    /// served in every mode.
+    #[arg(long, env = "AGENTWIRE_DEMO", value_enum, default_value_t = d().demo)]
+    pub(crate) demo: DemoMode,
+
+    /// Development mode, explicitly: the demo is on (with `--demo auto`), `POST /demo/token`
+    /// mints tokens for loopback peers, and without --jwt-secret the development
+    /// credentials of --dev-credentials-file are used. Also on by itself when no secret
+    /// is given and --listen is a loopback address. Never for a server others can reach.
+    #[arg(long, env = "AGENTWIRE_DEV")]
+    pub(crate) dev: bool,
+}
+
+impl ServeArgs {
+    /// The library's configuration of these settings (development credentials and mode
+    /// are added by `crate::dev`).
+    pub(crate) fn server_config(&self) -> ServerConfig {
+        let this = self.clone();
+        let mut c = ServerConfig::default();
+        c.listen = this.listen;
+        c.listen_backlog = this.listen_backlog;
+        c.jwt_secret = this.jwt_secret;
+        c.jwt_public_key = this.jwt_public_key;
+        c.jwt_issuer = this.jwt_issuer;
+        c.jwt_audience = this.jwt_audience;
+        c.jwt_leeway = this.jwt_leeway.into();
+        c.api_keys = this.api_keys;
+        c.publish_api_keys = this.publish_api_keys;
+        c.broker = this.broker;
+        c.redis_url = this.redis_url;
+        c.max_connections = this.max_connections;
+        c.max_connections_per_user = this.max_connections_per_user;
+        c.per_user_policy = this.per_user_policy;
+        c.queue_max_frames = this.queue_max_frames;
+        c.queue_max_bytes = this.queue_max_bytes;
+        c.heartbeat_interval = this.heartbeat_interval.into();
+        c.heartbeat_timeout = this.heartbeat_timeout.into();
+        c.sweep_interval = this.sweep_interval.into();
+        c.write_timeout = this.write_timeout.into();
+        c.close_timeout = this.close_timeout.into();
+        c.write_batch_frames = this.write_batch_frames;
+        c.read_buffer_size = this.read_buffer_size;
+        c.max_message_size = this.max_message_size;
+        c.max_frame_size = this.max_frame_size;
+        c.max_event_bytes = this.max_event_bytes;
+        c.max_batch = this.max_batch;
+        c.max_request_bytes = this.max_request_bytes;
+        c.publish_rate = this.publish_rate;
+        c.publish_burst = this.publish_burst;
+        c.run_lifecycle = this.run_lifecycle;
+        c.max_runs = this.max_runs;
+        c.run_ttl = this.run_ttl.into();
+        c.history_read_max = this.history_read_max;
+        c.max_bad_frames = this.max_bad_frames;
+        c.resume_wait = this.resume_wait.into();
+        c.history_max_events = this.history_max_events;
+        c.history_max_age = this.history_max_age.into();
+        c.history_max_bytes = this.history_max_bytes;
+        c.dedupe_window = this.dedupe_window.map(Into::into);
+        c.shutdown_timeout = this.shutdown_timeout.into();
+        c.allowed_origins = this.allowed_origins;
+        c.demo = this.demo;
+        c
+    }
+}
+
+/// Options of `agentwire-server token`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct TokenArgs {
+    /// The user the token is for (its `sub`).
+    #[arg(long)]
+    pub(crate) user: String,
+
+    /// Lifetime of the token, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub(crate) ttl_secs: u64,
+
+    /// HS256 secret to sign with; without it the development secret is used.
+    #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
+    pub(crate) jwt_secret: Option<String>,
+
+    /// `iss` claim to put in the token.
+    #[arg(long, env = "AGENTWIRE_JWT_ISSUER")]
+    pub(crate) jwt_issuer: Option<String>,
+
+    /// `aud` claim to put in the token.
+    #[arg(long, env = "AGENTWIRE_JWT_AUDIENCE")]
+    pub(crate) jwt_audience: Option<String>,
+
+    /// Where the development credentials are kept (as for the server).
+    #[arg(long, env = "AGENTWIRE_DEV_CREDENTIALS_FILE", value_name = "FILE")]
+    pub(crate) dev_credentials_file: Option<PathBuf>,
+}
+
+/// Subcommands of the binary.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub(crate) enum Command {
+    /// Mint a client token the running server accepts, and print it.
+    Token(TokenArgs),
+}
+
+/// The command line of `agentwire-server`: serve (no subcommand), or a subcommand.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "agentwire-server",
+    version,
+    about = "agentwire: WebSocket event delivery for AI-agent chat platforms"
+)]
+pub(crate) struct Cli {
+    /// Server settings.
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// A flag, an environment variable or a file value is invalid (or `--help`/`--version`
+    /// was asked for: print it with [`clap::Error::exit`]).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML, or holds an unknown key or a value of the
+    /// wrong kind.
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+impl Cli {
+    /// Parses the command line and the environment, then fills what neither gave from the
+    /// `--config` file, if one is named.
+    ///
+    /// # Errors
+    /// [`ConfigError`]; for `--help` it is a [`ConfigError::Cli`] whose `exit()` prints it.
+    pub(crate) fn load<I, T>(args: I) -> Result<Cli, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Cli::command().try_get_matches_from(&args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        let Some(path) = cli.serve.config.clone() else {
+            return Ok(cli);
+        };
+        if cli.command.is_some() {
+            return Ok(cli);
+        }
+        let extra = file_args(&path, &matches)?;
+        if extra.is_empty() {
+            return Ok(cli);
+        }
+        let mut args = args;
+        args.extend(extra);
+        let matches = Cli::command().try_get_matches_from(&args)?;
+        Ok(Cli::from_arg_matches(&matches)?)
+    }
+}
+
+/// The settings of a TOML file, as `--flag=value` arguments, for every flag that neither
+/// the command line nor the environment gave.
+fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let bad = |reason: String| ConfigError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+        else {
+            return Err(bad(format!("unknown setting `{key}`")));
+        };
+        if long == "config" {
+            return Err(bad("`config` cannot name another file".into()));
+        }
+        let id = arg.get_id().as_str();
+        if !matches!(
+            matches.value_source(id),
+            None | Some(ValueSource::DefaultValue)
+        ) {
+            continue;
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => {
+                let mut parts = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => parts.push(s),
+                        other => {
+                            return Err(bad(format!(
+                                "`{key}`: expected strings in the array, found {}",
+                                other.type_str()
+                            )));
+                        }
+                    }
+                }
+                parts.join(",")
+            }
+            other => {
+                return Err(bad(format!(
+                    "`{key}`: unsupported value of type {}",
+                    other.type_str()
+                )));
+            }
+        };
+        out.push(OsString::from(format!("--{long}={text}")));
+    }
+    Ok(out)
+}
+
+/// Parses a duration as humantime does (`50ms`, `30s`, `10m`, `1h 30m`); a bare number is
+/// seconds, as it was before units were required.
+pub(crate) fn parse_duration(s: &str) -> Result<humantime::Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = s.parse().map_err(|_| format!("`{s}` is too long"))?;
+        return Ok(std::time::Duration::from_secs(secs).into());
+    }
+    s.parse::<humantime::Duration>()
+        .map_err(|e| format!("`{s}` is not a duration (e.g. 500ms, 30s, 10m, 1h): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn temp_file(name: &str, contents: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "agentwire-config-test-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("agentwire.toml");
+        std::fs::write(&path, contents).expect("write");
+        path
+    }
+
+    fn load(args: &[&str]) -> Result<Cli, ConfigError> {
+        Cli::load(std::iter::once("agentwire-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn no_arguments_give_the_documented_defaults() {
+        let cli = load(&[]).expect("parses");
+        assert_eq!(cli.command, None);
+        assert_eq!(cli.serve.log_format, LogFormat::Text);
+        assert!(!cli.serve.dev);
+        let c = cli.serve.server_config();
+        assert_eq!(c, ServerConfig::default());
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:8080".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(c.broker, BrokerKind::Memory);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_user, 3);
+        assert_eq!(c.per_user_policy, PerUserPolicy::EvictOldest);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(10));
+        assert_eq!(c.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_message_size, 16 * 1024);
+        assert_eq!(c.max_event_bytes, 256 * 1024);
+        assert_eq!(c.max_bad_frames, 10);
+        assert_eq!(c.resume_wait, Duration::from_millis(50));
+        assert!(c.jwt_secret.is_none() && !c.dev_mode);
+        assert!(c.api_keys.is_empty());
+    }
+
+    #[test]
+    fn flags_set_every_kind_of_value() {
+        let cli = load(&[
+            "--listen",
+            "0.0.0.0:9000",
+            "--api-keys",
+            "k1,k2",
+            "--heartbeat-interval",
+            "15s",
+            "--resume-wait",
+            "0",
+            "--per-user-policy",
+            "reject",
+            "--allowed-origins",
+            "https://a.example,https://b.example",
+            "--jwt-secret",
+            "s3cret",
+            "--log-format",
+            "json",
+            "--max-connections",
+            "500",
+        ])
+        .expect("parses");
+        assert_eq!(cli.serve.log_format, LogFormat::Json);
+        let c = cli.serve.server_config();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.api_keys, vec!["k1", "k2"]);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(c.resume_wait, Duration::ZERO);
+        assert_eq!(c.per_user_policy, PerUserPolicy::Reject);
+        assert_eq!(c.allowed_origins.len(), 2);
+        assert_eq!(c.jwt_secret.as_deref(), Some("s3cret"));
+        let m = c.manager_config();
+        assert_eq!(m.max_connections, 500);
+        assert_eq!(m.heartbeat.interval, Duration::from_secs(15));
+        assert_eq!(m.limit_policy, agentwire_manager::LimitPolicy::Reject);
+    }
+
+    #[test]
+    fn the_config_file_fills_what_flags_do_not_give() {
+        let path = temp_file(
+            "merge",
+            r#"
+    listen = "127.0.0.1:9100"
+    heartbeat-interval = "5s"
+    history_max_events = 42
+    api-keys = ["a", "b"]
+    broker = "memory"
+    "#,
+        );
+        let p = path.to_str().expect("utf-8 path");
+        let c = load(&["--config", p, "--heartbeat-interval", "7s"])
+            .expect("parses")
+            .serve
+            .server_config();
+        assert_eq!(c.listen.port(), 9100, "from the file");
+        assert_eq!(c.history_max_events, 42, "snake_case keys work too");
+        assert_eq!(c.api_keys, vec!["a", "b"], "arrays become lists");
+        assert_eq!(
+            c.heartbeat_interval,
+            Duration::from_secs(7),
+            "the command line wins"
+        );
+        assert_eq!(
+            c.heartbeat_timeout,
+            Duration::from_secs(10),
+            "the default stays"
+        );
+    }
+
+    #[test]
+    fn bad_files_and_values_are_errors_that_say_what_is_wrong() {
+        let unknown = temp_file("unknown", "listen = \"127.0.0.1:1\"\nno_such_setting = 1\n");
+        let err = load(&["--config", unknown.to_str().expect("path")]).expect_err("unknown key");
+        assert!(err.to_string().contains("no_such_setting"), "{err}");
+
+        let bad_toml = temp_file("bad", "listen = \n");
+        assert!(matches!(
+            load(&["--config", bad_toml.to_str().expect("path")]),
+            Err(ConfigError::File { .. })
+        ));
+
+        let bad_value = temp_file("value", "max-connections = \"many\"\n");
+        assert!(matches!(
+            load(&["--config", bad_value.to_str().expect("path")]),
+            Err(ConfigError::Cli(_))
+        ));
+
+        let missing = load(&["--config", "/nonexistent/agentwire.toml"]).expect_err("missing file");
+        assert!(matches!(missing, ConfigError::Read { .. }), "{missing}");
+
+        for args in [
+            &["--heartbeat-interval", "soon"][..],
+            &["--listen", "not-an-address"][..],
+            &["--broker", "kafka"][..],
+            &["--per-user-policy", "random"][..],
+        ] {
+            assert!(load(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_subcommand_parses() {
+        let cli = load(&["token", "--user", "alice", "--ttl-secs", "60"]).expect("parses");
+        match cli.command {
+            Some(Command::Token(t)) => {
+                assert_eq!(t.user, "alice");
+                assert_eq!(t.ttl_secs, 60);
+            }
+            other => panic!("expected the token command, got {other:?}"),
+        }
+        assert!(load(&["token"]).is_err(), "--user is required");
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_bare_numbers_are_seconds() {
+        let p = |s: &str| parse_duration(s).map(Duration::from);
+        assert_eq!(p("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(p("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(p("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(p("0"), Ok(Duration::ZERO));
+        assert_eq!(p("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(p("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(p("ten").is_err());
+        assert!(p("5 fortnights").is_err());
+        assert!(p("").is_err());
+        assert!(p("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable_and_help_shows_its_default() {
+        let mut cmd = Cli::command();
+        let help = cmd.render_long_help().to_string();
+        let mut flags = 0;
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            flags += 1;
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{long} has no environment variable"));
+            let env = env.to_str().expect("utf-8");
+            assert!(env.starts_with("AGENTWIRE_"), "{env}");
+            assert!(help.contains(env), "{env} missing from --help");
+            // A switch (`--dev`) has no value to show.
+            let defaults = if arg.get_action().takes_values() {
+                arg.get_default_values()
+            } else {
+                &[]
+            };
+            for default in defaults {
+                let default = default.to_str().expect("utf-8");
+                assert!(
+                    help.contains(&format!("[default: {default}]")),
+                    "--{long}: default {default} missing from --help"
+                );
+            }
+        }
+        assert!(flags >= 35, "only {flags} flags");
+    }
+}

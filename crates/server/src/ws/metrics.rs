@@ -1,0 +1,204 @@
+//! The WebSocket endpoint's metrics: handshake refusals, frames written and the
+//! publish-to-write latency, write timeouts, bad client frames, token refreshes and close
+//! codes. Registered in the server's registry by the application.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use agentwire_protocol::{CloseCode, Timestamp};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Why a `/ws` handshake was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Rejection {
+    Unauthorized,
+    ForbiddenOrigin,
+    BadRequest,
+    ShuttingDown,
+}
+
+impl Rejection {
+    fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Unauthorized => "unauthorized",
+            Rejection::ForbiddenOrigin => "forbidden_origin",
+            Rejection::BadRequest => "bad_request",
+            Rejection::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// The WebSocket endpoint's metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct WsMetrics {
+    publish_to_write: Histogram,
+    frames_written: Counter,
+    write_timeouts: Counter,
+    bad_frames: Counter,
+    token_refreshes: Counter,
+    handshake_rejections: Family<Labels, Counter>,
+    closes: Family<Labels, Counter>,
+    /// Frames whose `ts` could not be read; counted, never expected.
+    unparsed_ts: Arc<AtomicU64>,
+}
+
+impl WsMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub(crate) fn register(registry: &mut Registry) -> WsMetrics {
+        let m = WsMetrics {
+            publish_to_write: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            frames_written: Counter::default(),
+            write_timeouts: Counter::default(),
+            bad_frames: Counter::default(),
+            token_refreshes: Counter::default(),
+            handshake_rejections: Family::default(),
+            closes: Family::default(),
+            unparsed_ts: Arc::default(),
+        };
+        registry.register(
+            "agentwire_publish_to_write_seconds",
+            "Time from the broker accepting an event to its frame being written to a socket",
+            m.publish_to_write.clone(),
+        );
+        registry.register(
+            "agentwire_frames_written",
+            "Frames written to WebSocket connections (events, replays and control frames)",
+            m.frames_written.clone(),
+        );
+        registry.register(
+            "agentwire_write_timeouts",
+            "Connections dropped because a write did not finish within the write timeout",
+            m.write_timeouts.clone(),
+        );
+        registry.register(
+            "agentwire_client_bad_frames",
+            "Client frames answered with an `error` frame",
+            m.bad_frames.clone(),
+        );
+        registry.register(
+            "agentwire_token_refreshes",
+            "Connections whose expiry a `refresh_token` frame moved",
+            m.token_refreshes.clone(),
+        );
+        registry.register(
+            "agentwire_handshake_rejections",
+            "/ws handshakes refused before the upgrade, by reason",
+            m.handshake_rejections.clone(),
+        );
+        registry.register(
+            "agentwire_closes",
+            "Close frames sent by the server, by close code",
+            m.closes.clone(),
+        );
+        m
+    }
+
+    /// Records a frame about to be written; event frames feed the latency histogram.
+    pub(crate) fn frame_written(&self, frame: &[u8], now: Timestamp) {
+        self.frames_written.inc();
+        if let Some(ts) = event_ts(frame) {
+            let ms = now.as_millis().saturating_sub(ts);
+            #[allow(clippy::cast_precision_loss)] // milliseconds fit an f64 exactly
+            self.publish_to_write.observe(ms as f64 / 1_000.0);
+        } else if frame.starts_with(b"{\"type\":\"") && frame_has_seq(frame) {
+            self.unparsed_ts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn write_timeout(&self) {
+        self.write_timeouts.inc();
+    }
+
+    pub(crate) fn bad_frame(&self) {
+        self.bad_frames.inc();
+    }
+
+    pub(crate) fn token_refreshed(&self) {
+        self.token_refreshes.inc();
+    }
+
+    pub(crate) fn rejected(&self, why: Rejection) {
+        self.handshake_rejections
+            .get_or_create(&[("reason", why.as_str())])
+            .inc();
+    }
+
+    pub(crate) fn closed(&self, code: CloseCode) {
+        self.closes
+            .get_or_create(&[("code", close_label(code))])
+            .inc();
+    }
+}
+
+fn close_label(code: CloseCode) -> &'static str {
+    match code.code() {
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        1011 => "1011",
+        1013 => "1013",
+        4001 => "4001",
+        4002 => "4002",
+        4003 => "4003",
+        4004 => "4004",
+        _ => "other",
+    }
+}
+
+fn frame_has_seq(frame: &[u8]) -> bool {
+    frame.windows(7).take(64).any(|w| w == b",\"seq\":")
+}
+
+/// The `ts` of an event frame. The manager builds event frames as
+/// `{"type":"…","seq":N,"event_id":"…","ts":T,…`: the type name (no quotes, no escapes)
+/// is followed at once by `","seq":`, and the first `,"ts":` after it is the envelope's,
+/// since that sequence cannot occur unescaped inside a JSON string and `data` comes after.
+/// Other frames (`connection_established`, `replay_gap`, `pong`, `error`) carry no `ts`.
+///
+/// Called for every frame written, so it reads the frame once, left to right, and stops
+/// at the `ts` (a search with `windows` over the head of every frame cost more than the
+/// rest of the writer's own work per frame).
+pub(crate) fn event_ts(frame: &[u8]) -> Option<u64> {
+    const SEQ: &[u8] = b"\",\"seq\":";
+    const TS: &[u8] = b",\"ts\":";
+    let rest = frame.strip_prefix(b"{\"type\":\"")?;
+    let name_end = rest.iter().take(64).position(|&b| b == b'"')?;
+    let rest = rest[name_end..].strip_prefix(SEQ)?;
+    let at = memchr::memmem::find(rest, TS)? + TS.len();
+    let digits = &rest[at..];
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 || n > 19 {
+        return None;
+    }
+    Some(
+        digits[..n]
+            .iter()
+            .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ts_is_read_from_event_frames_only() {
+        let frame = br#"{"type":"custom","seq":3,"event_id":"x,\"ts\":1","ts":1700,"data":{"name":"n","value":{"ts":5}}}"#;
+        assert_eq!(event_ts(frame), Some(1700));
+        let hello = br#"{"type":"connection_established","connection_id":"c","user_id":"u","epoch":"e","heartbeat_interval_ms":1,"last_seq":0,"resumed":false}"#;
+        assert_eq!(event_ts(hello), None);
+        assert_eq!(event_ts(br#"{"type":"pong"}"#), None);
+        assert_eq!(
+            event_ts(br#"{"type":"replay_gap","from_seq":1,"to_seq":2}"#),
+            None
+        );
+    }
+}

@@ -1,0 +1,520 @@
+//! The WebSocket transport under `GET /ws`: the opening handshake, the socket split into
+//! a read side and a write side, and the frame writer.
+//!
+//! Reading stays with tungstenite (frame parsing, masking, UTF-8 and size limits). Writing
+//! does not: the server only ever sends unmasked text frames whose payload already exists
+//! as shared [`Bytes`] (one serialization per event, shared by every connection of the
+//! user), so [`FrameWriter`] puts a 2–10 byte header in front of each and hands header and
+//! payload to the kernel together in one vectored write per batch. Nothing is copied into
+//! a per-connection write buffer, so an idle connection holds no write buffer at all and a
+//! burst leaves none behind, and the two halves need no lock between them.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::http::{ApiError, ErrorCode};
+
+/// Most slices one vectored write is given (Linux's `IOV_MAX` is 1024).
+const MAX_IOV: usize = 512;
+
+/// Headers of a batch are built here; past this many the buffer is given back after the
+/// batch, so a burst leaves no large allocation on an idle connection.
+const HEADER_KEEP_CAPACITY: usize = 1;
+
+/// WebSocket opcodes the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpCode {
+    Text = 0x1,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
+}
+
+/// The header of a final, unmasked server frame: at most 10 bytes, of which the first
+/// `len` are used.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    bytes: [u8; 10],
+    len: u8,
+}
+
+impl Header {
+    /// The header of a frame carrying `payload_len` bytes, in the shortest length form.
+    fn new(opcode: OpCode, payload_len: usize) -> Header {
+        let mut bytes = [0u8; 10];
+        bytes[0] = 0x80 | opcode as u8;
+        let len = if let Ok(short) = u8::try_from(payload_len)
+            && short < 126
+        {
+            bytes[1] = short;
+            2
+        } else if let Ok(medium) = u16::try_from(payload_len) {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&medium.to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+            10
+        };
+        Header { bytes, len }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A valid `GET /ws` upgrade request: what the 101 answer and the upgraded socket need.
+#[derive(Debug)]
+pub(crate) struct WsUpgrade {
+    key: HeaderValue,
+    offered_protocols: Option<HeaderValue>,
+    on_upgrade: OnUpgrade,
+}
+
+/// Why a request to `/ws` is not a WebSocket upgrade (answered with 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpgradeRejection {
+    NotGet,
+    NoConnectionUpgrade,
+    NoUpgradeWebsocket,
+    BadVersion,
+    NoKey,
+    NotUpgradable,
+}
+
+impl UpgradeRejection {
+    fn reason(self) -> &'static str {
+        match self {
+            UpgradeRejection::NotGet => "a WebSocket handshake is a GET request",
+            UpgradeRejection::NoConnectionUpgrade => {
+                "not a WebSocket handshake: `Connection` must contain `upgrade`"
+            }
+            UpgradeRejection::NoUpgradeWebsocket => {
+                "not a WebSocket handshake: `Upgrade` must be `websocket`"
+            }
+            UpgradeRejection::BadVersion => "header `Sec-WebSocket-Version`: must be 13",
+            UpgradeRejection::NoKey => "header `Sec-WebSocket-Key`: missing",
+            UpgradeRejection::NotUpgradable => "this connection cannot be upgraded",
+        }
+    }
+}
+
+impl From<UpgradeRejection> for ApiError {
+    fn from(r: UpgradeRejection) -> ApiError {
+        ApiError::new(ErrorCode::BadRequest, r.reason())
+    }
+}
+
+impl IntoResponse for UpgradeRejection {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = UpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if parts.method != Method::GET {
+            return Err(UpgradeRejection::NotGet);
+        }
+        if !header_has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(UpgradeRejection::NoConnectionUpgrade);
+        }
+        if !header_has_token(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(UpgradeRejection::NoUpgradeWebsocket);
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(UpgradeRejection::BadVersion);
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(UpgradeRejection::NoKey)?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(UpgradeRejection::NotUpgradable)?;
+        Ok(WsUpgrade {
+            key,
+            offered_protocols: parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
+            on_upgrade,
+        })
+    }
+}
+
+impl WsUpgrade {
+    /// Answers 101, selecting `protocol` when the client offered it, and runs `serve` on
+    /// the upgraded socket.
+    pub(crate) fn accept<F, Fut>(
+        self,
+        protocol: &'static str,
+        config: WebSocketConfig,
+        serve: F,
+    ) -> Response
+    where
+        F: FnOnce(Box<WsStream>, FrameWriter) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let selected = self
+            .offered_protocols
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|offered| offered.split(',').any(|p| p.trim() == protocol));
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let (read, write, pre_read) = split(upgraded);
+            let stream = WebSocketStream::from_partially_read(
+                ReadOnly(read),
+                pre_read,
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            // Boxed: the stream moves from the connection's task to its reader's, and a
+            // moved-from slot in a future still takes its room.
+            serve(Box::new(stream), FrameWriter::new(write)).await;
+        });
+        let mut response = (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+            ],
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(self.key.as_bytes())) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if selected {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(protocol),
+            );
+        }
+        response
+    }
+}
+
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Where a connection's frames go.
+enum WriteHalf {
+    /// A plain TCP socket: frames go out with `sendmsg`, several per call.
+    Tcp(OwnedWriteHalf),
+    /// Any other transport, through its `AsyncWrite`.
+    Other(Box<dyn AsyncWrite + Send + Unpin>),
+}
+
+/// Splits the upgraded connection. A plain TCP socket (what `Server::serve` hands hyper)
+/// splits into two owned halves with no lock between them; any other transport — the
+/// router mounted in an application served by `axum::serve`, which wraps the socket, or
+/// TLS — is split generically, behind a lock. Bytes the client sent right after its
+/// handshake come back as the third value.
+fn split(upgraded: Upgraded) -> (ReadHalf, WriteHalf, Vec<u8>) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (r, w) = parts.io.into_inner().into_split();
+            (Box::new(r), WriteHalf::Tcp(w), parts.read_buf.to_vec())
+        }
+        Err(upgraded) => {
+            tracing::debug!("not a plain TCP connection: split through a lock");
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            (Box::new(r), WriteHalf::Other(Box::new(w)), Vec::new())
+        }
+    }
+}
+
+/// The read side as tungstenite sees it. tungstenite answers pings and close frames by
+/// writing; here those writes go nowhere, and the connection's writer sends the answers
+/// itself (it is the only code that writes to the socket).
+#[derive(Debug)]
+pub(crate) struct ReadOnly<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadOnly<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The read side of a connection: tungstenite over [`ReadOnly`].
+pub(crate) type WsStream = WebSocketStream<ReadOnly<ReadHalf>>;
+
+/// Writes server frames to the socket (see the module docs).
+pub(crate) struct FrameWriter {
+    io: WriteHalf,
+    headers: Vec<Header>,
+}
+
+impl std::fmt::Debug for FrameWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameWriter").finish_non_exhaustive()
+    }
+}
+
+impl FrameWriter {
+    fn new(io: WriteHalf) -> Self {
+        FrameWriter {
+            io,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Writes each payload as a text frame, all in as few system calls as the socket
+    /// takes, then flushes.
+    pub(crate) async fn write_text(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        if let [frame] = frames {
+            // The common batch: header and payload from the stack, no allocation.
+            let header = Header::new(OpCode::Text, frame.len());
+            let mut slices = [IoSlice::new(header.as_slice()), IoSlice::new(frame)];
+            return self.io.write_slices(&mut slices).await;
+        }
+        self.headers.clear();
+        self.headers
+            .extend(frames.iter().map(|f| Header::new(OpCode::Text, f.len())));
+        let mut slices: Vec<IoSlice<'_>> = self
+            .headers
+            .iter()
+            .zip(frames)
+            .flat_map(|(h, f)| [IoSlice::new(h.as_slice()), IoSlice::new(f)])
+            .collect();
+        let result = self.io.write_slices(&mut slices).await;
+        if self.headers.capacity() > HEADER_KEEP_CAPACITY {
+            self.headers = Vec::new();
+        }
+        result
+    }
+
+    /// Writes one control frame (ping, pong or close) and flushes.
+    pub(crate) async fn write_control(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+        // Control payloads are at most 125 bytes (RFC 6455 §5.5).
+        let payload = &payload[..payload.len().min(125)];
+        let header = Header::new(opcode, payload.len());
+        let mut slices = [IoSlice::new(header.as_slice()), IoSlice::new(payload)];
+        self.io.write_slices(&mut slices).await
+    }
+
+    /// Sends a close frame with `code` and `reason`.
+    pub(crate) async fn write_close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+        self.write_control(OpCode::Close, &payload).await
+    }
+}
+
+impl WriteHalf {
+    /// Writes every slice, in order, then flushes.
+    async fn write_slices(&mut self, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        match self {
+            WriteHalf::Tcp(w) => send_all(w.as_ref(), slices).await,
+            WriteHalf::Other(w) => {
+                if w.is_write_vectored() {
+                    let mut rest: &mut [IoSlice<'_>] = slices;
+                    while !rest.is_empty() {
+                        let n = rest.len().min(MAX_IOV);
+                        let written = w.write_vectored(&rest[..n]).await?;
+                        if written == 0 {
+                            return Err(io::ErrorKind::WriteZero.into());
+                        }
+                        IoSlice::advance_slices(&mut rest, written);
+                    }
+                } else {
+                    for s in slices.iter() {
+                        w.write_all(s).await?;
+                    }
+                }
+                w.flush().await
+            }
+        }
+    }
+}
+
+/// Sends every slice with `sendmsg` (a socket's own call: no file-position lock, unlike
+/// `writev`), waiting for room when the socket's buffer is full.
+async fn send_all(tcp: &TcpStream, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    let mut rest: &mut [IoSlice<'_>] = slices;
+    while !rest.is_empty() {
+        let n = rest.len().min(MAX_IOV);
+        let send = || socket2::SockRef::from(tcp).send_vectored(&rest[..n]);
+        // The socket is almost always writable: send at once. Only when it is full does
+        // the send go through tokio's readiness (`try_io`, which clears the readiness it
+        // saw before the attempt, so no wake-up is lost), and wait.
+        let sent = match send() {
+            Ok(sent) => sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => loop {
+                match tcp.try_io(Interest::WRITABLE, send) {
+                    Ok(sent) => break sent,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+                    Err(e) => return Err(e),
+                }
+            },
+            Err(e) => return Err(e),
+        };
+        if sent == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, sent);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_use_the_shortest_length_form() {
+        for (len, expect) in [
+            (0usize, vec![0x81, 0]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xff, 0xff]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            assert_eq!(
+                Header::new(OpCode::Text, len).as_slice(),
+                expect,
+                "length {len}"
+            );
+        }
+        assert_eq!(Header::new(OpCode::Close, 2).as_slice(), [0x88, 2]);
+    }
+
+    /// A writer that takes at most `chunk` bytes per call, so every partial-write path
+    /// runs.
+    struct Trickle {
+        out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        chunk: usize,
+        vectored: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.chunk);
+            self.out.lock().expect("lock").extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.chunk;
+            let mut out = self.out.lock().expect("lock");
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                out.extend_from_slice(&b[..take]);
+                n += take;
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_writes_still_produce_every_frame_in_order() {
+        let frames: Vec<Bytes> = [1usize, 130, 0, 70_000, 7]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Bytes::from(vec![b'a' + i as u8; n]))
+            .collect();
+        let mut expected = Vec::new();
+        for f in &frames {
+            expected.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
+            expected.extend_from_slice(f);
+        }
+        for vectored in [true, false] {
+            for chunk in [1, 3, 64, 1 << 20] {
+                let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let mut w = FrameWriter::new(WriteHalf::Other(Box::new(Trickle {
+                    out: out.clone(),
+                    chunk,
+                    vectored,
+                })));
+                w.write_text(&frames).await.expect("written");
+                assert_eq!(
+                    *out.lock().expect("lock"),
+                    expected,
+                    "chunk {chunk}, vectored {vectored}"
+                );
+            }
+        }
+    }
+}

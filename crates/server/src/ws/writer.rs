@@ -1,0 +1,217 @@
+//! The writer: the only code that writes to a connection's socket. It drains the queue in
+//! batches, sends pings, the pongs the reader asks for and the close frame, each under the
+//! write timeout, and closes with 4002 when the token expires.
+
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
+
+use agentwire_manager::{Connection, Outbound};
+use agentwire_protocol::{CloseCode, Timestamp};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::time::{Instant, timeout};
+
+use super::WsState;
+use super::news::{NewsCell, ReaderEnd, Sink, Stream};
+use super::wire::OpCode;
+
+/// Refuses a connection the manager never registered: a close frame, then a short wait
+/// for the peer's.
+pub(super) async fn close_unconnected(
+    app: &WsState,
+    sink: &mut Sink,
+    mut stream: Stream,
+    code: CloseCode,
+) {
+    app.metrics.closed(code);
+    if timeout(app.ws.write_timeout, send_close(sink, code))
+        .await
+        .is_err()
+    {
+        app.metrics.write_timeout();
+        return;
+    }
+    let _ = timeout(app.ws.close_timeout, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+async fn send_close(sink: &mut Sink, code: CloseCode) -> std::io::Result<()> {
+    sink.write_close(code.code(), code.reason()).await
+}
+
+/// The longest single timer armed; a later deadline is re-armed when this one fires, so
+/// a far-future `exp` or a huge interval cannot overflow an `Instant`.
+const MAX_TIMER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `d` from now, capped at [`MAX_TIMER`].
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d.min(MAX_TIMER)).unwrap_or(now)
+}
+
+/// Seconds since the Unix epoch → the `Instant` it falls on (capped at [`MAX_TIMER`]).
+fn instant_at_unix(secs: u64) -> Instant {
+    let now_ms = Timestamp::now().as_millis();
+    let at_ms = secs.saturating_mul(1_000);
+    after(Duration::from_millis(at_ms.saturating_sub(now_ms)))
+}
+
+/// When a connection's first heartbeat ping is due: somewhere in the interval's second
+/// half, so connections that arrived together (a restart, a load test) do not ping all
+/// at once, interval after interval.
+fn first_ping(interval: Duration) -> Instant {
+    let spread = interval / 2;
+    let jitter = spread.mul_f64(rand::random::<f64>());
+    after(spread + jitter)
+}
+
+/// Slots of the write batch a connection keeps between batches.
+const BATCH_KEEP_CAPACITY: usize = 1;
+
+#[derive(Debug)]
+enum WriteFailed {
+    TimedOut,
+    Socket,
+}
+
+pub(super) async fn write_loop(app: &WsState, conn: &Connection, sink: &mut Sink, news: &NewsCell) {
+    let settings = &app.ws;
+    let heartbeat = app.manager.config().heartbeat;
+    let leeway = app.auth.leeway().as_secs();
+    let mut batch: Vec<Bytes> = Vec::new();
+    let interval = heartbeat
+        .interval
+        .clamp(Duration::from_millis(10), MAX_TIMER);
+    let expires_at = |exp: u64| instant_at_unix(exp.saturating_add(leeway));
+    // One timer for both deadlines: the next heartbeat ping and the token's expiry.
+    let mut next_ping = first_ping(interval);
+    let mut token_at = Some(expires_at(news.expires_at()));
+    let next_deadline = |ping: Instant, token: Option<Instant>| token.map_or(ping, |t| t.min(ping));
+    let timer = tokio::time::sleep_until(next_deadline(next_ping, token_at));
+    tokio::pin!(timer);
+    let mut seen = 0u64;
+    let mut reader_end = None;
+
+    loop {
+        tokio::select! {
+            biased;
+            out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
+                Outbound::Frames => {
+                    if let Err(e) = write_batch(app, sink, &mut batch).await {
+                        if matches!(e, WriteFailed::TimedOut) {
+                            app.metrics.write_timeout();
+                            tracing::debug!(connection = %conn.id(), "write timed out; dropping");
+                        }
+                        return;
+                    }
+                    // A burst grew the batch; an idle connection keeps only a few slots.
+                    batch.shrink_to(BATCH_KEEP_CAPACITY);
+                }
+                Outbound::Close(code) => {
+                    app.metrics.closed(code);
+                    match Box::pin(timeout(settings.write_timeout, send_close(sink, code))).await {
+                        Err(_) => app.metrics.write_timeout(),
+                        Ok(Err(_)) => {}
+                        Ok(Ok(())) => {
+                            if reader_end.is_none() {
+                                // The peer's close frame ends the reader.
+                                let _ = Box::pin(timeout(settings.close_timeout, news.ended())).await;
+                            }
+                        }
+                    }
+                    return;
+                }
+            },
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= next_ping {
+                    next_ping = after(interval);
+                    if heartbeat.is_expired(conn.silent_for()) {
+                        conn.heartbeat_timed_out();
+                    } else if !Box::pin(write_control(app, sink, OpCode::Ping, &[])).await {
+                        return;
+                    }
+                }
+                if token_at.is_some_and(|t| now >= t) {
+                    let exp = news.expires_at();
+                    if Timestamp::now().as_millis() >= exp.saturating_add(leeway).saturating_mul(1_000) {
+                        token_at = None;
+                        tracing::debug!(connection = %conn.id(), "token expired");
+                        conn.close(CloseCode::TokenExpired);
+                    } else {
+                        token_at = Some(expires_at(exp));
+                    }
+                }
+                timer.as_mut().reset(next_deadline(next_ping, token_at));
+            }
+            version = news.changed(seen), if reader_end.is_none() => {
+                seen = version;
+                let current = news.take();
+                if token_at.is_some() {
+                    token_at = Some(expires_at(current.expires_at));
+                    timer.as_mut().reset(next_deadline(next_ping, token_at));
+                }
+                if let Some(payload) = current.ping
+                    && !Box::pin(write_control(app, sink, OpCode::Pong, &payload)).await
+                {
+                    return;
+                }
+                match current.end {
+                    None | Some(ReaderEnd::Failed) => reader_end = current.end,
+                    Some(ReaderEnd::PeerClosed(code)) => {
+                        // Completes the close handshake the peer started.
+                        let code = code.unwrap_or(1000);
+                        let _ = Box::pin(timeout(settings.close_timeout, sink.write_close(code, ""))).await;
+                        return;
+                    }
+                    Some(ReaderEnd::PeerGone) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Writes a ping or pong under the write timeout; `false` when the connection is done.
+async fn write_control(app: &WsState, sink: &mut Sink, opcode: OpCode, payload: &[u8]) -> bool {
+    match timeout(app.ws.write_timeout, sink.write_control(opcode, payload)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            app.metrics.write_timeout();
+            false
+        }
+    }
+}
+
+/// Writes a batch: every frame in one vectored write where the socket takes it all, all
+/// within the write timeout.
+async fn write_batch(
+    app: &WsState,
+    sink: &mut Sink,
+    batch: &mut Vec<Bytes>,
+) -> Result<(), WriteFailed> {
+    let now = Timestamp::now();
+    for frame in batch.iter() {
+        app.metrics.frame_written(frame, now);
+    }
+    let result = {
+        let work = sink.write_text(batch);
+        // Almost every batch fits the socket's send buffer and completes on its first
+        // poll: arm the write timeout's timer only when it does not, rather than
+        // inserting and cancelling a timer for every batch.
+        let mut work = std::pin::pin!(work);
+        match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+            Poll::Ready(r) => r.map_err(|_| WriteFailed::Socket),
+            // Rare (the socket's buffer is full): the timer lives on the heap meanwhile.
+            Poll::Pending => match Box::pin(timeout(app.ws.write_timeout, work)).await {
+                Ok(r) => r.map_err(|_| WriteFailed::Socket),
+                Err(_) => Err(WriteFailed::TimedOut),
+            },
+        }
+    };
+    batch.clear();
+    result
+}
