@@ -10,17 +10,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_manager::conformance::Harness;
+use agentwire_manager::conformance::{self, Harness};
 use agentwire_manager::{
-    BatchError, Broker, BrokerError, InMemoryBroker, NewEvent, PublisherId, RunGuard, RunLimit,
-    RunLimits,
+    BatchError, Broker, BrokerError, InMemoryBroker, NewEvent, PublisherId, RunLimit, RunLimits,
 };
-use agentwire_protocol::{
-    AgentCompleted, AgentError, AgentStarted, AgentThinking, Event, EventData, EventId, RunId,
-    RunOutcome, RunState, RunStep, RunViolation, ToolCompleted, ToolExecuting, UserId,
-};
+use agentwire_protocol::{EventId, RunId, RunOutcome, RunState, RunStep, RunViolation, UserId};
 use agentwire_redis::testing::{self, RedisCluster};
-use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -37,40 +32,8 @@ fn owner(name: &str) -> PublisherId {
 
 /// A guarded event of `run` taking `step`, numbered `n`, under `event_id` if given.
 fn run_event(run: &RunId, step: RunStep, n: u64, event_id: Option<&str>, by: &str) -> NewEvent {
-    let data: EventData = match &step {
-        RunStep::Start => AgentStarted::default().into(),
-        RunStep::Think => AgentThinking {
-            thought: format!("step {n}"),
-            step: Some(n),
-            ..Default::default()
-        }
-        .into(),
-        RunStep::OpenToolCall(id) => ToolExecuting {
-            tool_call_id: id.clone(),
-            tool_name: "search".into(),
-            ..Default::default()
-        }
-        .into(),
-        RunStep::CloseToolCall(id) => ToolCompleted {
-            tool_call_id: id.clone(),
-            tool_name: "search".into(),
-            ..Default::default()
-        }
-        .into(),
-        RunStep::End(RunOutcome::Completed) => AgentCompleted::default().into(),
-        RunStep::End(RunOutcome::Failed) => AgentError {
-            message: format!("failed at {n}"),
-            ..Default::default()
-        }
-        .into(),
-    };
-    let event = Event::new(None, Some(run.clone()), data);
-    NewEvent::new(
-        step.event_type(),
-        event_id.map(|i| EventId::new(i).expect("a valid event id")),
-        Bytes::from(event.body_json()),
-    )
-    .with_run(RunGuard::new(run.clone(), step, owner(by)))
+    let id = event_id.map(|i| EventId::new(i).expect("a valid event id"));
+    conformance::guarded_event(run, step, n, id, &owner(by))
 }
 
 fn start(run: &str, n: u64) -> NewEvent {

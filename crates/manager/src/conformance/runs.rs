@@ -63,9 +63,10 @@ fn data_of(step: &RunStep, n: u64) -> EventData {
     }
 }
 
-/// A guarded event of `run` taking `step` for publisher `by`, numbered `n`, under
-/// `event_id` if given.
-fn run_event_by(
+/// A guarded event of `run` taking `step` for publisher `by` — an event of the step's type
+/// with a payload of its own (numbered `n`, so two events of one step differ) — under
+/// `event_id` if given: what the properties publish, for broker crates' own run tests.
+pub fn guarded_event(
     run: &RunId,
     step: RunStep,
     n: u64,
@@ -79,7 +80,7 @@ fn run_event_by(
 }
 
 fn run_event(run: &RunId, step: RunStep, n: u64) -> NewEvent {
-    run_event_by(run, step, n, None, &owner())
+    guarded_event(run, step, n, None, &owner())
 }
 
 fn open(id: &str) -> RunStep {
@@ -313,10 +314,10 @@ pub async fn run_dedupe_before_lifecycle<H: Harness>(harness: &H) -> Checked {
     let user = fresh_user("run-dedupe");
     let r = run_id("r1");
     let (start_id, end_id) = (fresh_event_id("start"), fresh_event_id("end"));
-    let start = run_event_by(&r, RunStep::Start, 1, Some(start_id.clone()), &owner());
+    let start = guarded_event(&r, RunStep::Start, 1, Some(start_id.clone()), &owner());
     let first = publish(&broker, &user, start.clone()).await;
     let completed = RunStep::End(RunOutcome::Completed);
-    let end = run_event_by(&r, completed, 2, Some(end_id.clone()), &owner());
+    let end = guarded_event(&r, completed, 2, Some(end_id.clone()), &owner());
     let ended = publish(&broker, &user, end.clone()).await;
     for (again, was) in [(start.clone(), &first), (end, &ended)] {
         let a = publish(&broker, &user, again).await;
@@ -334,14 +335,14 @@ pub async fn run_dedupe_before_lifecycle<H: Harness>(harness: &H) -> Checked {
         BrokerError::Violation(RunViolation::AfterTerminal { .. })
     ));
     // Another event under the start's id: a conflict, not a violation.
-    let reused = run_event_by(&r, RunStep::Think, 4, Some(start_id), &owner());
+    let reused = guarded_event(&r, RunStep::Think, 4, Some(start_id), &owner());
     assert!(matches!(
         broker.publish(&user, reused).await,
         Err(BrokerError::Conflict { seq, .. }) if seq == first.seq
     ));
     // A conflict changes no run: another run, whose start conflicts, is still unstarted.
     let r2 = run_id("r2");
-    let conflicting = run_event_by(&r2, RunStep::Start, 5, Some(end_id), &owner());
+    let conflicting = guarded_event(&r2, RunStep::Start, 5, Some(end_id), &owner());
     assert!(matches!(
         broker.publish(&user, conflicting).await,
         Err(BrokerError::Conflict { .. })
@@ -406,7 +407,7 @@ pub async fn run_batches_all_or_nothing<H: Harness>(harness: &H) -> Checked {
             &user,
             vec![
                 run_event(&r1, RunStep::Think, 11),
-                run_event_by(&r2, RunStep::Think, 12, Some(id), &owner()),
+                guarded_event(&r2, RunStep::Think, 12, Some(id), &owner()),
             ],
         )
         .await
@@ -484,7 +485,7 @@ pub async fn run_bounds<H: Harness>(harness: &H) -> Checked {
     let user = fresh_user("run-bounds");
     let (a, b) = (publisher("publisher-a"), publisher("publisher-b"));
     let start =
-        |name: &str, by: &PublisherId| run_event_by(&run_id(name), RunStep::Start, 0, None, by);
+        |name: &str, by: &PublisherId| guarded_event(&run_id(name), RunStep::Start, 0, None, by);
     for name in ["a1", "a2", "a3"] {
         publish(&broker, &user, start(name, &a)).await;
     }
@@ -502,7 +503,7 @@ pub async fn run_bounds<H: Harness>(harness: &H) -> Checked {
     publish(
         &broker,
         &user,
-        run_event_by(&run_id("a1"), end, 1, None, &a),
+        guarded_event(&run_id("a1"), end, 1, None, &a),
     )
     .await;
     publish(&broker, &user, start("b2", &b)).await;
