@@ -18,13 +18,13 @@ source benches/scripts/lib.sh
 build_unless_bin
 
 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin/agentwire-server" \
-    --listen "127.0.0.1:$port" --jwt-secret cg-secret --api-keys cg-key --publish-rate 0 \
+    --listen "127.0.0.1:$port" --jwt-secret callgrind-secret-of-at-least-32-bytes --api-keys callgrind-api-key-0001 --publish-rate 0 \
     --demo off >/tmp/agentwire-callgrind-server.log 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 wait_for_port "$port" 100 0.2
 # Latency is meaningless under valgrind: the bound is lifted so the run always completes.
-"$bin/loadgen" steady --server "127.0.0.1:$port" --jwt-secret cg-secret --api-key cg-key \
+"$bin/loadgen" steady --server "127.0.0.1:$port" --jwt-secret callgrind-secret-of-at-least-32-bytes --api-key callgrind-api-key-0001 \
     --users 100 --rate 4000 --duration 5s --drain 3s --p99-limit-ms 100000
 kill -INT "$server"
 wait "$server" || true

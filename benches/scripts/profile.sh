@@ -17,10 +17,10 @@ bin=${BIN:-target/release}
 # shellcheck source=benches/scripts/lib.sh
 source benches/scripts/lib.sh
 build_unless_bin
-start_pinned_server "$port" profile-secret profile-key /tmp/agentwire-profile-server.log
+start_pinned_server "$port" profile-secret-of-at-least-32-bytes profile-api-key-00001 /tmp/agentwire-profile-server.log
 (sleep 4; perf record -F 2000 -e cpu-clock -g -o "$out" -p "$server" -- sleep 8 >/dev/null 2>&1) &
 recorder=$!
 taskset -c 1 "$bin/loadgen" steady --server "127.0.0.1:$port" --server-pid "$server" \
-    --jwt-secret profile-secret --api-key profile-key --rate "$rate" --duration 14s --drain 2s
+    --jwt-secret profile-secret-of-at-least-32-bytes --api-key profile-api-key-00001 --rate "$rate" --duration 14s --drain 2s
 wait "$recorder" || true
 echo "profile written to $out"

@@ -47,8 +47,8 @@ port=${PORT:-18110}
 redis_port=${REDIS_PORT:-16390}
 results=${RESULTS:-benches/results/cluster.jsonl}
 run_id=${RUN_ID:-cluster-$(date -u +%Y%m%dT%H%M%SZ)}
-secret=cluster-secret
-key=cluster-key
+secret=cluster-secret-of-at-least-32-bytes
+key=cluster-api-key-0001
 mkdir -p "$(dirname "$results")"
 
 redis_url=redis://127.0.0.1:$redis_port

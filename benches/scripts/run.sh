@@ -22,8 +22,8 @@ shift
 source benches/scripts/lib.sh
 prepare_measurement
 port=${PORT:-18080}
-secret=loadgen-secret
-key=loadgen-key
+secret=loadgen-secret-of-at-least-32-bytes
+key=loadgen-api-key-0001
 results=${RESULTS:-benches/results/$scenario.jsonl}
 mkdir -p "$(dirname "$results")"
 

@@ -60,8 +60,8 @@ rounds=${ROUNDS:-3}
 port=${PORT:-18100}
 results=${RESULTS:-benches/results/side_by_side.jsonl}
 run_id=${RUN_ID:-sbs-$(date -u +%Y%m%dT%H%M%SZ)}
-secret=side-by-side-secret
-key=side-by-side-key
+secret=side-by-side-secret-of-32-bytes-min
+key=side-by-side-api-key-1
 mkdir -p "$(dirname "$results")"
 
 targets=("$@")

@@ -32,8 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// The HS256 secret of test servers.
-pub const SECRET: &str = "agentwire-e2e-secret";
+/// The HS256 secret of test servers (at least 32 bytes, as outside development mode).
+pub const SECRET: &str = "agentwire-e2e-secret-of-thirty-two-bytes";
 /// The admin API key of test servers.
 pub const API_KEY: &str = "agentwire-e2e-api-key";
 /// How long any single wait may take before the test fails.
@@ -653,6 +653,47 @@ pub async fn http_send(
         .await
         .expect("HTTP response within the wait bound");
     parse_http(&raw)
+}
+
+/// A file of `tests/tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+/// A copy of the key fixture `name` in a new private directory (mode 0700, the file 0600),
+/// as a server is given a key file: the server refuses one that others can write, and a
+/// checkout's permissions are whatever its umask made them.
+pub fn key_file(name: &str) -> PathBuf {
+    let dir = temp_dir("key");
+    let path = dir.join(name);
+    std::fs::copy(fixture(name), &path).expect("copy the key fixture");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    path
+}
+
+/// base64url without padding (RFC 4648 §5), for tokens written by hand: ones no JWT
+/// library would make (`alg: none`, a claim given twice).
+pub fn base64url(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
 }
 
 /// The workspace's root directory (where `Cargo.toml`, `clients/` and `examples/` are).

@@ -2,11 +2,10 @@
 //! token → 401), the Origin allow-list, and token expiry while connected (4002) with
 //! `refresh_token` preventing it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use agentwire::protocol::{ClientFrame, ErrorCode, ServerFrame};
-use agentwire_e2e::{Received, SECRET, TestServer, WAIT};
+use agentwire_e2e::{Received, SECRET, TestServer, WAIT, base64url, fixture, key_file};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -17,13 +16,6 @@ fn now() -> u64 {
 
 fn sign(alg: Algorithm, key: &EncodingKey, claims: &serde_json::Value) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, key).expect("encode")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
 }
 
 fn rs256_key() -> EncodingKey {
@@ -108,41 +100,15 @@ async fn missing_bad_wrong_algorithm_and_expired_tokens_get_401() {
         );
     }
     // `alg: none` — an unsigned token.
-    let unsigned = {
-        use base64_url as b64;
-        format!(
-            "{}.{}.",
-            b64::encode(br#"{"alg":"none","typ":"JWT"}"#),
-            b64::encode(good_claims.to_string().as_bytes())
-        )
-    };
+    let unsigned = format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64url(good_claims.to_string().as_bytes())
+    );
     let (status, _) = server.refused(server.request(&unsigned, "")).await;
     assert_eq!(status, 401, "alg none");
     assert_eq!(server.manager().connection_count(), 0);
     server.stop().await;
-}
-
-/// Minimal base64url without padding, so the test needs no extra crate.
-mod base64_url {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-    pub(crate) fn encode(input: &[u8]) -> String {
-        let mut out = String::new();
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            let chars = chunk.len() + 1;
-            for i in 0..chars {
-                let idx = (n >> (18 - 6 * i)) & 0x3f;
-                out.push(char::from(ALPHABET[idx as usize]));
-            }
-        }
-        out
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +151,7 @@ async fn every_token_carrier_is_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_tokens_verify_with_the_configured_public_key() {
     let server = TestServer::start_with(|c| {
-        c.jwt_public_key = Some(fixture("rs256-test-public.pem"));
+        c.jwt_public_key = Some(key_file("rs256-test-public.pem"));
     })
     .await;
     let token = sign(

@@ -124,7 +124,7 @@ async fn metrics_show_exact_values_after_a_scripted_scenario() {
         ("agentwire_client_bad_frames_total", 1.0),
         ("agentwire_write_timeouts_total", 0.0),
         (
-            "agentwire_handshake_rejections_total{reason=\"unauthorized\"}",
+            "agentwire_handshake_rejections_total{reason=\"token_missing\"}",
             1.0,
         ),
         ("agentwire_closes_total{code=\"1001\"}", 1.0),

@@ -665,7 +665,8 @@ async fn a_broker_failure_is_503_with_retry_after_and_a_retry_completes_the_batc
 /// server answers: no route, a wrong method, the admin API, the `/ws` handshake.
 #[tokio::test]
 async fn every_http_error_has_the_one_error_body() {
-    let server = TestServer::start_with(|c| c.publish_api_keys = vec!["publish-only".into()]).await;
+    let server =
+        TestServer::start_with(|c| c.publish_api_keys = vec!["publish-only-key-0001".into()]).await;
     let cases = [
         ("GET", "/no/such/route", None, 404, "not_found"),
         (
@@ -686,7 +687,7 @@ async fn every_http_error_has_the_one_error_body() {
         (
             "GET",
             "/v1/users/alice/connections",
-            Some("publish-only"),
+            Some("publish-only-key-0001"),
             403,
             "forbidden",
         ),

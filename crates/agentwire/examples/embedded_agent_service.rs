@@ -4,7 +4,7 @@
 //! for a run watches that run over `/ws` on the same address.
 //!
 //! ```text
-//! export AGENTWIRE_JWT_SECRET=…   # the secret client tokens are signed with
+//! export AGENTWIRE_JWT_SECRET=$(openssl rand -hex 32)   # signs client tokens; 32+ bytes
 //! cargo run -p agentwire --example embedded_agent_service            # 127.0.0.1:3000
 //! cargo run -p agentwire --example embedded_agent_service 0.0.0.0:8000
 //! ```

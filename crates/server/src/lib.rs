@@ -48,8 +48,18 @@
 //!   an API key's runs count against in the broker (`key:<hex>`), the same on every node
 //!   and no way back to the key.
 //! - `form_urlencoded`: decodes the `/ws` query string (`?token=…&last_seq=…&epoch=…`).
-//! - `jsonwebtoken` with `rust_crypto`: JWT verification in pure Rust (no C toolchain); with
-//!   exactly that backend enabled it selects its crypto provider by itself.
+//! - `jsonwebtoken` with `rust_crypto`: JWT verification in pure Rust (no C toolchain) for
+//!   HS256, RS256, ES256 and EdDSA, and the JWK types of a key set; with exactly that
+//!   backend enabled it selects its crypto provider by itself.
+//!
+//! Behind the `jwks` feature (on by default), for `--jwt-jwks-url`: an HTTP/1 client to
+//! fetch the key set, kept as small as one GET needs. `hyper-util`'s client over the
+//! `hyper` the server runs already, `http-body-util` to read a body up to a bound, and
+//! `hyper-rustls` with `rustls` on `ring` and the system's CA certificates for https.
+//! `reqwest` was the alternative: it brings redirects, proxies, cookies, decompression and
+//! (in its current release) aws-lc-rs, which needs cmake — none of which one GET of a
+//! public document needs. An embedder without a JWKS URL turns the feature off and has no
+//! TLS stack at all.
 //! - `subtle`: constant-time comparison of API keys.
 //! - `prometheus-client`: one registry per server instance (no global recorder), so several
 //!   servers in one process report exact values; a collector reads `get_stats()` at
@@ -85,5 +95,10 @@ pub use app::server::{
     FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, router, router_with, run,
 };
 pub use app::shutdown::signal as shutdown_signal;
-pub use auth::{Auth, AuthConfigError, AuthError, Verified, mint_hs256};
+pub use auth::{
+    Auth, AuthConfigError, AuthError, DEFAULT_JWKS_MAX_BYTES, DEFAULT_JWKS_MAX_KEYS,
+    DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_JWKS_TIMEOUT,
+    DEFAULT_MAX_TOKEN_BYTES, JwksSettings, MAX_CREDENTIALS_FILE_BYTES, MIN_API_KEY_CHARS,
+    MIN_SECRET_BYTES, TokenReport, Verified, mint_hs256, read_credentials_file,
+};
 pub use demo::{DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL};

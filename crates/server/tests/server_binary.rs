@@ -136,6 +136,8 @@ fn help_lists_the_flags_operators_look_for() {
         "--jwt-public-key",
         "--jwt-issuer",
         "--jwt-audience",
+        "--jwt-jwks-url",
+        "--jwt-max-bytes",
         "--api-keys",
         "--broker",
         "--redis-url",
@@ -186,12 +188,15 @@ fn the_token_subcommand_mints_a_token_the_server_verifies() {
     // With an explicit secret instead.
     let out = bin()
         .args(["token", "--user", "bob", "--ttl-secs", "60"])
-        .env("AGENTWIRE_JWT_SECRET", "explicit")
+        .env(
+            "AGENTWIRE_JWT_SECRET",
+            "an explicit secret of thirty-two bytes",
+        )
         .output()
         .expect("run token");
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).expect("utf-8");
-    let auth = Auth::hs256(b"explicit").expect("auth");
+    let auth = Auth::hs256(b"an explicit secret of thirty-two bytes").expect("auth");
     assert_eq!(
         auth.verify(token.trim()).expect("verifies").user.as_str(),
         "bob"
@@ -199,7 +204,10 @@ fn the_token_subcommand_mints_a_token_the_server_verifies() {
 
     let bad = bin()
         .args(["token", "--user", ""])
-        .env("AGENTWIRE_JWT_SECRET", "explicit")
+        .env(
+            "AGENTWIRE_JWT_SECRET",
+            "an explicit secret of thirty-two bytes",
+        )
         .output()
         .expect("run token");
     assert!(!bad.status.success());
@@ -404,7 +412,12 @@ fn development_mode_is_announced_and_only_where_asked_for() {
 
     // A secret without --dev: production, quietly.
     let mut cmd = bin();
-    cmd.args(["--listen", "127.0.0.1:0", "--jwt-secret", "s"]);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        "a production secret of 32 bytes!",
+    ]);
     let mut server = ServerProcess::spawn(cmd).expect("a secret");
     server.sigterm();
     assert!(server.wait_exit(WAIT).is_some_and(|s| s.success()));
@@ -414,4 +427,81 @@ fn development_mode_is_announced_and_only_where_asked_for() {
     );
     assert!(!stderr_of(&mut server).contains("DEVELOPMENT MODE"));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 14: outside development mode a short secret or API key, or a public key file
+/// others can write, stops the binary with what to set — and never shows the secret.
+#[test]
+fn short_secrets_keys_and_writable_key_files_refuse_to_start() {
+    let long = "a production secret of 32 bytes!";
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["--jwt-secret", "tiny-secret-value"],
+            &["--jwt-secret", "at least 32 bytes", "openssl rand"],
+        ),
+        (
+            &["--jwt-secret", long, "--api-keys", "short-key-value"],
+            &["--api-keys", "at least 16 characters"],
+        ),
+        (
+            &[
+                "--jwt-secret",
+                long,
+                "--publish-api-keys",
+                "0123456789abcdef,abc",
+            ],
+            &["--publish-api-keys", "API key 2", "at least 16 characters"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let out = bin()
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{args:?}: {needle} missing: {stderr}"
+            );
+        }
+        for secret in ["tiny-secret-value", "short-key-value", "abc\n"] {
+            assert!(
+                !stderr.contains(secret),
+                "{args:?} shows a secret: {stderr}"
+            );
+        }
+        assert!(out.stdout.is_empty(), "nothing was served");
+    }
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("writable-key");
+        let pem = dir.join("key.pem");
+        let fixture = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/tests/fixtures/rs256-test-public.pem"),
+        )
+        .expect("fixture");
+        std::fs::write(&pem, fixture).expect("write");
+        std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let out = bin()
+            .args(["--listen", "127.0.0.1:0", "--jwt-public-key"])
+            .arg(&pem)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("chmod go-w"), "{stderr}");
+        std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let mut cmd = bin();
+        cmd.args(["--listen", "127.0.0.1:0", "--jwt-public-key"])
+            .arg(&pem);
+        let server = ServerProcess::spawn(cmd).expect("a key only its owner can write");
+        server.sigterm();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

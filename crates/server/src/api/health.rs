@@ -1,5 +1,5 @@
-//! `GET /healthz` (the process is alive) and `GET /readyz` (the broker answers and the
-//! server is not draining).
+//! `GET /healthz` (the process is alive) and `GET /readyz` (the broker answers, the server
+//! is not draining, and tokens can be verified).
 
 use std::sync::Arc;
 
@@ -18,15 +18,23 @@ pub(crate) async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// `GET /readyz`: 200 while the broker answers and the server is not shutting down.
+/// `GET /readyz`: 200 while the broker answers, the server is not shutting down, and —
+/// with `--jwt-jwks-url` — a key set has been fetched at least once.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready: the broker answers", body = super::schema::StatusDoc),
-    (status = 503, description = "The broker is unavailable, or the server is shutting down", body = super::schema::StatusDoc)))]
+    (status = 503, description = "The broker is unavailable, the server is shutting down, or no JWKS key set has been fetched yet", body = super::schema::StatusDoc)))]
 pub(crate) async fn readyz(State(app): State<Arc<ApiState>>) -> Response {
     if app.draining.is_set() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "shutting_down" })),
+        )
+            .into_response();
+    }
+    if let Some(why) = app.auth.not_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": why })),
         )
             .into_response();
     }

@@ -13,7 +13,11 @@ use agentwire_manager::{
     HeartbeatPolicy, HistoryConfig, LimitPolicy, ManagerConfig, QueueLimits, RunLimits,
 };
 
-use crate::auth::{Auth, AuthConfigError};
+use crate::auth::{
+    Auth, AuthConfigError, DEFAULT_JWKS_MAX_BYTES, DEFAULT_JWKS_MAX_KEYS,
+    DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_JWKS_TIMEOUT,
+    DEFAULT_MAX_TOKEN_BYTES, JwksSettings,
+};
 
 /// Which broker owns the per-user streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,13 +98,42 @@ pub struct ServerConfig {
     /// Length of the TCP accept queue.
     pub listen_backlog: u32,
 
-    /// HS256 secret that signs client tokens (`--jwt-secret`). A server needs this or
-    /// `jwt_public_key`: without either it refuses to start.
+    /// HS256 secret that signs client tokens (`--jwt-secret`), at least 32 bytes outside
+    /// development mode. A server needs this, `jwt_public_key` or `jwt_jwks_url`: without
+    /// any it refuses to start.
     pub jwt_secret: Option<String>,
 
-    /// PEM file with an RSA public key: RS256 tokens signed by its private key are
-    /// accepted too.
+    /// PEM file with a public key: RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA). Tokens
+    /// signed by its private key are accepted too. Refused when users other than its owner
+    /// can write it.
     pub jwt_public_key: Option<PathBuf>,
+
+    /// URL of a JWKS key set (`https://`, or `http://` on a loopback host): RS256, ES256
+    /// and EdDSA tokens signed by its keys are accepted too. Fetched at start, every
+    /// `jwt_jwks_refresh_interval`, and for a token with an unknown `kid`.
+    pub jwt_jwks_url: Option<String>,
+
+    /// How often the JWKS key set is fetched again: a key removed from it is refused at
+    /// most this long after its removal.
+    pub jwt_jwks_refresh_interval: Duration,
+
+    /// The shortest time between two JWKS fetches: a token with an unknown `kid` triggers a
+    /// fetch at most this often, and a failed fetch is retried after it.
+    pub jwt_jwks_min_refresh_interval: Duration,
+
+    /// Longest one JWKS fetch may take (connection and body).
+    pub jwt_jwks_timeout: Duration,
+
+    /// Largest JWKS document read, in bytes.
+    pub jwt_jwks_max_bytes: usize,
+
+    /// Most keys a JWKS key set may hold; a larger one is refused (the last good one
+    /// stays).
+    pub jwt_jwks_max_keys: usize,
+
+    /// Longest client token accepted, in bytes: a longer one is refused with 431 in a
+    /// header, 400 in the query string, and an `error` frame in `refresh_token`.
+    pub jwt_max_bytes: usize,
 
     /// Required `iss` claim, when set.
     pub jwt_issuer: Option<String>,
@@ -108,15 +141,17 @@ pub struct ServerConfig {
     /// Required `aud` claim, when set.
     pub jwt_audience: Option<String>,
 
-    /// Clock skew tolerated on `exp`, at the handshake and while connected.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, at the handshake and while
+    /// connected.
     pub jwt_leeway: Duration,
 
     /// API keys with full access: publish, history reads and the admin endpoints
-    /// (`--api-keys`).
+    /// (`--api-keys`), each at least 16 characters outside development mode.
     pub api_keys: Vec<String>,
 
-    /// API keys that may only publish (POST /v1/events), comma-separated: they get 403
-    /// on history reads and the admin endpoints.
+    /// API keys that may only publish (POST /v1/events), comma-separated, each at least
+    /// 16 characters outside development mode: they get 403 on history reads and the
+    /// admin endpoints.
     pub publish_api_keys: Vec<String>,
 
     /// Development mode (`agentwire-server --dev`, or no secret on a loopback address):
@@ -267,6 +302,13 @@ impl Default for ServerConfig {
             listen_backlog: 4096,
             jwt_secret: None,
             jwt_public_key: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+            jwt_jwks_min_refresh_interval: DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
+            jwt_jwks_timeout: DEFAULT_JWKS_TIMEOUT,
+            jwt_jwks_max_bytes: DEFAULT_JWKS_MAX_BYTES,
+            jwt_jwks_max_keys: DEFAULT_JWKS_MAX_KEYS,
+            jwt_max_bytes: DEFAULT_MAX_TOKEN_BYTES,
             jwt_issuer: None,
             jwt_audience: None,
             jwt_leeway: Duration::from_secs(30),
@@ -342,6 +384,48 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::jwt_public_key`].
     pub fn jwt_public_key(mut self, value: impl Into<PathBuf>) -> Self {
         self.0.jwt_public_key = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_jwks_url`].
+    pub fn jwt_jwks_url(mut self, value: impl Into<String>) -> Self {
+        self.0.jwt_jwks_url = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_jwks_refresh_interval`].
+    pub fn jwt_jwks_refresh_interval(mut self, value: Duration) -> Self {
+        self.0.jwt_jwks_refresh_interval = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_jwks_min_refresh_interval`].
+    pub fn jwt_jwks_min_refresh_interval(mut self, value: Duration) -> Self {
+        self.0.jwt_jwks_min_refresh_interval = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_jwks_timeout`].
+    pub fn jwt_jwks_timeout(mut self, value: Duration) -> Self {
+        self.0.jwt_jwks_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_jwks_max_bytes`].
+    pub fn jwt_jwks_max_bytes(mut self, value: usize) -> Self {
+        self.0.jwt_jwks_max_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_jwks_max_keys`].
+    pub fn jwt_jwks_max_keys(mut self, value: usize) -> Self {
+        self.0.jwt_jwks_max_keys = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::jwt_max_bytes`].
+    pub fn jwt_max_bytes(mut self, value: usize) -> Self {
+        self.0.jwt_max_bytes = value;
         self
     }
 
@@ -621,26 +705,55 @@ impl ServerConfig {
         ServerConfigBuilder::default()
     }
 
-    /// The verifier of client tokens and API keys this configuration describes.
+    /// The verifier of client tokens and API keys this configuration describes. Outside
+    /// development mode the HS256 secret must be at least
+    /// [`MIN_SECRET_BYTES`](crate::MIN_SECRET_BYTES) and every API key at least
+    /// [`MIN_API_KEY_CHARS`](crate::MIN_API_KEY_CHARS) long. Nothing is fetched here (see
+    /// [`Auth::refresh_keys`]).
     ///
     /// # Errors
-    /// [`AuthConfigError::NoCredentials`] when neither `jwt_secret` nor `jwt_public_key`
-    /// is set; [`AuthConfigError`] when a key cannot be read.
+    /// [`AuthConfigError::NoCredentials`] when none of `jwt_secret`, `jwt_public_key` and
+    /// `jwt_jwks_url` is set; [`AuthConfigError::ShortSecret`] or
+    /// [`AuthConfigError::ShortApiKey`]; [`AuthConfigError`] when a key file cannot be
+    /// used or the JWKS URL is not acceptable.
     pub fn auth(&self) -> Result<Auth, AuthConfigError> {
-        let auth = match (&self.jwt_secret, &self.jwt_public_key) {
-            (None, None) => return Err(AuthConfigError::NoCredentials),
-            (Some(secret), _) => Auth::hs256(secret.as_bytes())?,
-            (None, Some(_)) => Auth::empty(),
+        if self.jwt_secret.is_none() && self.jwt_public_key.is_none() && self.jwt_jwks_url.is_none()
+        {
+            return Err(AuthConfigError::NoCredentials);
+        }
+        let mut auth = match &self.jwt_secret {
+            Some(secret) if self.dev_mode && !secret.is_empty() => {
+                Auth::hs256_unchecked(secret.as_bytes())
+            }
+            Some(secret) => Auth::hs256(secret.as_bytes())?,
+            None => Auth::empty(),
         };
-        let auth = match &self.jwt_public_key {
-            Some(path) => auth.with_rs256_pem_file(path)?,
-            None => auth,
-        };
-        Ok(auth
+        if let Some(path) = &self.jwt_public_key {
+            auth = auth.with_public_key_file(path)?;
+        }
+        if let Some(url) = &self.jwt_jwks_url {
+            auth = auth.with_jwks(self.jwks_settings(url))?;
+        }
+        let auth = auth
             .with_issuer(self.jwt_issuer.clone())
             .with_audience(self.jwt_audience.clone())
             .with_leeway(self.jwt_leeway)
-            .with_api_keys(&self.api_keys, &self.publish_api_keys))
+            .with_max_token_bytes(self.jwt_max_bytes.max(1));
+        if self.dev_mode {
+            Ok(auth.with_api_keys_unchecked(&self.api_keys, &self.publish_api_keys))
+        } else {
+            auth.with_api_keys(&self.api_keys, &self.publish_api_keys)
+        }
+    }
+
+    fn jwks_settings(&self, url: &str) -> JwksSettings {
+        let mut s = JwksSettings::new(url);
+        s.refresh_interval = self.jwt_jwks_refresh_interval;
+        s.min_refresh_interval = self.jwt_jwks_min_refresh_interval;
+        s.timeout = self.jwt_jwks_timeout;
+        s.max_bytes = self.jwt_jwks_max_bytes;
+        s.max_keys = self.jwt_jwks_max_keys;
+        s
     }
 
     /// The manager's configuration.
@@ -723,8 +836,13 @@ mod tests {
             .jwt_secret("s")
             .api_keys(["k1", "k2"])
             .max_connections(5)
+            .jwt_jwks_url("https://idp.example/jwks.json")
             .build();
         assert_eq!(c.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(
+            c.jwt_jwks_url.as_deref(),
+            Some("https://idp.example/jwks.json")
+        );
         assert_eq!(c.api_keys, ["k1", "k2"]);
         assert_eq!(c.max_connections, 5);
         assert_eq!(
@@ -738,12 +856,43 @@ mod tests {
         let e = ServerConfig::default().auth().expect_err("no credentials");
         assert!(matches!(e, AuthConfigError::NoCredentials), "{e}");
         assert!(e.to_string().contains("AGENTWIRE_JWT_SECRET"), "{e}");
+        assert!(e.to_string().contains("--jwt-jwks-url"), "{e}");
         assert!(
             ServerConfig::builder()
-                .jwt_secret("s")
+                .jwt_secret("a secret of at least thirty-two bytes")
                 .build()
                 .auth()
                 .is_ok()
         );
+    }
+
+    /// Issue 14: outside development mode a short secret or API key stops the server with
+    /// what to set; in development mode both are accepted.
+    #[test]
+    fn short_secrets_and_keys_are_refused_outside_development_mode() {
+        let long_secret = "a secret of at least thirty-two bytes";
+        let short = ServerConfig::builder().jwt_secret("s").build();
+        assert!(matches!(
+            short.auth(),
+            Err(AuthConfigError::ShortSecret { bytes: 1, .. })
+        ));
+        let short_key = ServerConfig::builder()
+            .jwt_secret(long_secret)
+            .api_keys(["0123456789abcdef"])
+            .publish_api_keys(["short"])
+            .build();
+        let e = short_key.auth().expect_err("short publish key");
+        assert!(e.to_string().contains("--publish-api-keys"), "{e}");
+        let dev = ServerConfig::builder()
+            .jwt_secret("s")
+            .api_keys(["k"])
+            .dev_mode(true)
+            .build();
+        assert!(dev.auth().is_ok(), "development mode accepts them");
+        let empty = ServerConfig::builder()
+            .jwt_secret("")
+            .dev_mode(true)
+            .build();
+        assert!(empty.auth().is_err(), "but never an empty secret");
     }
 }

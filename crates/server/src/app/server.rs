@@ -70,7 +70,7 @@ fn routes(state: AppState) -> Router {
 ///
 /// # fn demo() -> Result<(), agentwire_server::AuthConfigError> {
 /// let auth = Auth::hs256(b"the secret your identity provider signs with")?
-///     .with_api_keys(&["publisher-key".into()], &[]);
+///     .with_api_keys(&["a publisher key of 16 characters or more".into()], &[])?;
 /// let app = axum::Router::new().merge(agentwire_server::router(
 ///     UnifiedWebSocketManager::in_memory(),
 ///     auth,
@@ -225,6 +225,9 @@ impl Server {
             );
         }
         let auth = config.auth()?;
+        // One fetch of the JWKS key set, bounded by its timeout; when it fails the server
+        // starts all the same (`/readyz` says 503 until a key set arrives).
+        auth.refresh_keys().await;
         let listener =
             listen(config.listen, config.listen_backlog).map_err(|source| ServerError::Io {
                 what: format!("cannot listen on {}", config.listen),

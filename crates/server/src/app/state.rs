@@ -32,8 +32,11 @@ pub(crate) struct AppState {
 impl AppState {
     pub(crate) fn new(manager: UnifiedWebSocketManager, auth: Auth, config: &ServerConfig) -> Self {
         let auth = Arc::new(auth);
+        // The JWKS key set, when one is configured, is kept fresh from here on.
+        auth.start_key_refresh();
         let draining = Draining::default();
         let mut registry = Registry::default();
+        auth.register_metrics(&mut registry);
         let ws_metrics = WsMetrics::register(&mut registry);
         let publish_metrics = PublishMetrics::register(&mut registry);
         let demo_on = config.demo.is_enabled(config);

@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use super::Auth;
+use super::{Auth, AuthConfigError};
 use crate::http::{ApiError, ErrorCode, bearer};
 
 /// What an API key may do.
@@ -26,11 +26,44 @@ pub(crate) struct ApiKey {
     pub(crate) scope: KeyScope,
     pub(crate) id: usize,
 }
+/// Shortest API key accepted outside development mode, in characters: 16 random
+/// characters from a 64-letter alphabet are 96 bits, beyond guessing online.
+pub const MIN_API_KEY_CHARS: usize = 16;
+
 impl Auth {
     /// Accepts `full` as full-access API keys and `publish` as publish-only ones (empty
-    /// strings are skipped).
-    #[must_use]
-    pub fn with_api_keys(mut self, full: &[String], publish: &[String]) -> Auth {
+    /// strings are skipped), each at least [`MIN_API_KEY_CHARS`] long.
+    ///
+    /// # Errors
+    /// [`AuthConfigError::ShortApiKey`] naming the list and the position of the first key
+    /// that is too short (never the key).
+    pub fn with_api_keys(
+        self,
+        full: &[String],
+        publish: &[String],
+    ) -> Result<Auth, AuthConfigError> {
+        for (setting, keys) in [
+            ("AGENTWIRE_API_KEYS (--api-keys)", full),
+            ("AGENTWIRE_PUBLISH_API_KEYS (--publish-api-keys)", publish),
+        ] {
+            let nonempty = keys.iter().filter(|k| !k.is_empty());
+            if let Some((i, key)) = nonempty
+                .enumerate()
+                .find(|(_, k)| k.chars().count() < MIN_API_KEY_CHARS)
+            {
+                return Err(AuthConfigError::ShortApiKey {
+                    setting,
+                    position: i + 1,
+                    chars: key.chars().count(),
+                    min: MIN_API_KEY_CHARS,
+                });
+            }
+        }
+        Ok(self.with_api_keys_unchecked(full, publish))
+    }
+
+    /// As [`Auth::with_api_keys`] with keys of any length: development mode only.
+    pub(crate) fn with_api_keys_unchecked(mut self, full: &[String], publish: &[String]) -> Auth {
         let keep = |keys: &[String]| -> Vec<Vec<u8>> {
             keys.iter()
                 .filter(|k| !k.is_empty())
@@ -130,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_keys_publisher_is_a_stable_fingerprint_not_the_key() {
-        let mut auth = Auth::hs256(b"s").expect("auth");
+        let mut auth = Auth::hs256_unchecked(b"s");
         auth.api_keys = vec![b"full-key-0123456789".to_vec()];
         auth.publish_keys = vec![b"publish-key-0123456789".to_vec()];
         let full = auth.api_key("full-key-0123456789").expect("known");
@@ -145,7 +178,7 @@ mod tests {
         assert!(!a.as_str().contains("full-key"));
         // Another node with the same key computes the same fingerprint: SHA-256 of the
         // label and the key, as every implementation computes it.
-        let mut other = Auth::hs256(b"another secret").expect("auth");
+        let mut other = Auth::hs256_unchecked(b"another secret");
         other.api_keys = vec![b"full-key-0123456789".to_vec()];
         let again = other.api_key("full-key-0123456789").expect("known");
         assert_eq!(other.publisher(again), Some(a.clone()));
@@ -155,7 +188,7 @@ mod tests {
 
     #[test]
     fn api_keys_compare_exactly() {
-        let mut auth = Auth::hs256(b"s").expect("auth");
+        let mut auth = Auth::hs256_unchecked(b"s");
         assert!(!auth.check_api_key("k1"));
         auth.api_keys = vec![b"k1".to_vec(), b"k2".to_vec()];
         assert!(auth.check_api_key("k2"));
@@ -166,7 +199,7 @@ mod tests {
 
     #[test]
     fn api_keys_have_a_scope_and_an_identity() {
-        let mut auth = Auth::hs256(b"s").expect("auth");
+        let mut auth = Auth::hs256_unchecked(b"s");
         auth.api_keys = vec![b"full1".to_vec(), b"full2".to_vec()];
         auth.publish_keys = vec![b"pub1".to_vec()];
         let full2 = auth.api_key("full2").expect("known");
@@ -184,12 +217,48 @@ mod tests {
         assert!(auth.has_api_keys());
     }
 
+    /// Issue 14: API keys under 16 characters are refused, naming the list and the
+    /// position, never the key.
+    #[test]
+    fn short_api_keys_are_refused_with_where_they_were_given() {
+        let long = "0123456789abcdef".to_owned();
+        let auth = || Auth::hs256_unchecked(b"s");
+        let one = std::slice::from_ref(&long);
+        assert!(auth().with_api_keys(one, one).is_ok());
+        let e = auth()
+            .with_api_keys(one, &[long.clone(), "pub-key-15chars".into()])
+            .expect_err("short publish key");
+        assert!(
+            matches!(
+                e,
+                AuthConfigError::ShortApiKey {
+                    position: 2,
+                    chars: 15,
+                    min: 16,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("--publish-api-keys") && text.contains("at least 16"),
+            "{text}"
+        );
+        assert!(!text.contains("pub-key-15chars"), "{text}");
+        let e = auth()
+            .with_api_keys(&["k1".into()], &[])
+            .expect_err("short key");
+        assert!(e.to_string().contains("--api-keys"), "{e}");
+        // Multi-byte characters count once each.
+        assert!(auth().with_api_keys(&["é".repeat(16)], &[]).is_ok());
+    }
+
     #[test]
     fn authorize_checks_presence_identity_and_scope() {
         use axum::http::{HeaderValue, header};
-        let auth = Auth::hs256(b"s")
-            .expect("auth")
-            .with_api_keys(&["full".into()], &["pub".into()]);
+        let auth =
+            Auth::hs256_unchecked(b"s").with_api_keys_unchecked(&["full".into()], &["pub".into()]);
         let with = |v: &'static str| {
             let mut h = HeaderMap::new();
             h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
@@ -220,7 +289,7 @@ mod tests {
             code(authorize(&auth, &with("Bearer full"), KeyScope::Full)),
             Ok(KeyScope::Full)
         );
-        let keyless = Auth::hs256(b"s").expect("auth");
+        let keyless = Auth::hs256_unchecked(b"s");
         assert_eq!(
             code(authorize(&keyless, &with("Bearer full"), KeyScope::Full)),
             Err(ErrorCode::Unauthorized)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 
 mod error;
 
@@ -18,16 +18,21 @@ pub(crate) struct NotBearer;
 /// `Ok(None)` without the header, [`NotBearer`] when the header has another form or an
 /// empty credential. The one parser of the header, for API keys and client tokens alike.
 pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, NotBearer> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
+    headers
+        .get(header::AUTHORIZATION)
+        .map(bearer_value)
+        .transpose()
+}
+
+/// The credential of one `Authorization` header value, `Bearer <credential>`.
+pub(crate) fn bearer_value(value: &HeaderValue) -> Result<&str, NotBearer> {
     let value = value.to_str().map_err(|_| NotBearer)?;
     let (scheme, credential) = value.split_once(' ').ok_or(NotBearer)?;
     let credential = credential.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
         return Err(NotBearer);
     }
-    Ok(Some(credential))
+    Ok(credential)
 }
 
 /// Whether the server is shutting down: set once by the drain, read by `/readyz` and the

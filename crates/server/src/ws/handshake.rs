@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use agentwire_manager::Resume;
-use agentwire_protocol::{AUTH_SUBPROTOCOL_PREFIX, Epoch, SUBPROTOCOL, Seq};
+use agentwire_protocol::{Epoch, SUBPROTOCOL, Seq};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -14,13 +14,14 @@ use super::WsState;
 use super::metrics::Rejection;
 use super::session::serve_socket;
 use super::wire::{UpgradeRejection, WsUpgrade};
-use crate::auth::AuthError;
-use crate::http::{ApiError, ErrorBody, ErrorCode, bearer};
+use crate::auth::authenticate_handshake;
+use crate::http::{ApiError, ErrorBody, ErrorCode};
 
-/// The query string of `/ws`: `token`, `last_seq`, `epoch`. Other parameters are ignored.
+/// The query string of `/ws`: `token` (every one given: two that differ are refused),
+/// `last_seq`, `epoch`. Other parameters are ignored.
 #[derive(Default)]
 struct WsQuery {
-    token: Option<String>,
+    tokens: Vec<String>,
     last_seq: Option<String>,
     epoch: Option<String>,
 }
@@ -31,7 +32,10 @@ fn parse_query(raw: Option<&str>) -> WsQuery {
     // is kept as it is written, and bytes that are not UTF-8 become U+FFFD.
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         let slot = match k.as_ref() {
-            "token" => &mut q.token,
+            "token" => {
+                q.tokens.push(v.into_owned());
+                continue;
+            }
             "last_seq" => &mut q.last_seq,
             "epoch" => &mut q.epoch,
             _ => continue,
@@ -39,24 +43,6 @@ fn parse_query(raw: Option<&str>) -> WsQuery {
         *slot = Some(v.into_owned());
     }
     q
-}
-
-/// Where the token came from.
-fn find_token(headers: &HeaderMap, query: &WsQuery) -> Result<String, AuthError> {
-    if let Some(token) = bearer(headers).map_err(|_| AuthError::Malformed)? {
-        return Ok(token.to_owned());
-    }
-    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
-        let Ok(value) = value.to_str() else { continue };
-        if let Some(token) = value
-            .split(',')
-            .map(str::trim)
-            .find_map(|p| p.strip_prefix(AUTH_SUBPROTOCOL_PREFIX))
-        {
-            return Ok(token.to_owned());
-        }
-    }
-    query.token.clone().ok_or(AuthError::Missing)
 }
 
 fn resume_from_query(q: &WsQuery) -> Result<Option<Resume>, (&'static str, String)> {
@@ -87,10 +73,11 @@ fn resume_from_query(q: &WsQuery) -> Result<Option<Resume>, (&'static str, Strin
     ),
     responses(
         (status = 101, description = "Upgraded to WebSocket (subprotocol agentwire.v1); frames as in docs/protocol.md"),
-        (status = 400, description = "Not a WebSocket handshake, or a bad resume point", body = ErrorBody),
+        (status = 400, description = "Not a WebSocket handshake, a bad resume point, token carriers that disagree, or a `?token=` over --jwt-max-bytes", body = ErrorBody),
         (status = 401, description = "No token, or an invalid or expired one", body = ErrorBody),
         (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = ErrorBody),
-        (status = 503, description = "The server is shutting down", body = ErrorBody),
+        (status = 431, description = "A token over --jwt-max-bytes in a header", body = ErrorBody),
+        (status = 503, description = "The server is shutting down, or no JWKS key set has been fetched yet", body = ErrorBody),
     ))]
 pub(crate) async fn ws_handler(
     State(app): State<Arc<WsState>>,
@@ -124,14 +111,11 @@ pub(crate) async fn ws_handler(
         );
     }
     let query = parse_query(raw.as_deref());
-    let verified = match find_token(&headers, &query).and_then(|t| app.auth.verify(&t)) {
+    let verified = match authenticate_handshake(&app.auth, &headers, &query.tokens).await {
         Ok(v) => v,
-        Err(e) => {
-            tracing::debug!(reason = %e, "ws handshake unauthorized");
-            return refuse(
-                Rejection::Unauthorized,
-                ApiError::new(ErrorCode::Unauthorized, e.to_string()),
-            );
+        Err(refusal) => {
+            tracing::debug!(reason = %refusal.error, "ws handshake unauthorized");
+            return refuse(Rejection::Token(refusal.reason()), refusal.to_api_error());
         }
     };
     let resume = match resume_from_query(&query) {
@@ -160,17 +144,15 @@ pub(crate) async fn ws_handler(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
 
     #[test]
     fn query_pairs_are_decoded() {
-        let q = parse_query(Some("token=a%2Eb.c&last_seq=5&epoch=e_1&x=y+z"));
-        assert_eq!(q.token.as_deref(), Some("a.b.c"));
+        let q = parse_query(Some("token=a%2Eb.c&last_seq=5&epoch=e_1&x=y+z&token=d"));
+        assert_eq!(q.tokens, ["a.b.c", "d"]);
         assert_eq!(q.last_seq.as_deref(), Some("5"));
         assert_eq!(q.epoch.as_deref(), Some("e_1"));
-        let token = |raw| parse_query(Some(raw)).token;
+        let token = |raw| parse_query(Some(raw)).tokens.pop();
         assert_eq!(token("token=%zz%4").as_deref(), Some("%zz%4"));
         assert_eq!(token("token=a%20b+c").as_deref(), Some("a b c"));
         assert_eq!(token("token=a%2").as_deref(), Some("a%2"));
@@ -203,26 +185,6 @@ mod tests {
         assert_eq!(
             resume_from_query(&q("last_seq=-1&epoch=e")).map_err(|e| e.0),
             Err("last_seq")
-        );
-    }
-
-    #[test]
-    fn tokens_come_from_header_subprotocol_or_query() {
-        let mut h = HeaderMap::new();
-        let q = parse_query(Some("token=q"));
-        assert_eq!(find_token(&h, &q), Ok("q".into()));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("agentwire.v1, agentwire.auth.s"),
-        );
-        assert_eq!(find_token(&h, &q), Ok("s".into()));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
-        assert_eq!(find_token(&h, &q), Ok("b".into()));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic b"));
-        assert_eq!(find_token(&h, &q), Err(AuthError::Malformed));
-        assert_eq!(
-            find_token(&HeaderMap::new(), &WsQuery::default()),
-            Err(AuthError::Missing)
         );
     }
 }

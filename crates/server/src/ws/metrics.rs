@@ -1,6 +1,6 @@
-//! The WebSocket endpoint's metrics: handshake refusals, frames written and the
-//! publish-to-write latency, write timeouts, bad client frames, token refreshes and close
-//! codes. Registered in the server's registry by the application.
+//! The WebSocket endpoint's metrics: handshake refusals (by reason: a refused token by its
+//! `AuthError::reason`), frames written and the publish-to-write latency, write timeouts,
+//! bad client frames, token refreshes and their refusals, and close codes. Registered in the server's registry by the application.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +14,8 @@ use prometheus_client::registry::Registry;
 /// Why a `/ws` handshake was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Rejection {
-    Unauthorized,
+    /// The token was refused; the reason is its `AuthError::reason`.
+    Token(&'static str),
     ForbiddenOrigin,
     BadRequest,
     ShuttingDown,
@@ -23,7 +24,7 @@ pub(crate) enum Rejection {
 impl Rejection {
     fn as_str(self) -> &'static str {
         match self {
-            Rejection::Unauthorized => "unauthorized",
+            Rejection::Token(reason) => reason,
             Rejection::ForbiddenOrigin => "forbidden_origin",
             Rejection::BadRequest => "bad_request",
             Rejection::ShuttingDown => "shutting_down",
@@ -41,6 +42,7 @@ pub(crate) struct WsMetrics {
     write_timeouts: Counter,
     bad_frames: Counter,
     token_refreshes: Counter,
+    token_refresh_refusals: Family<Labels, Counter>,
     handshake_rejections: Family<Labels, Counter>,
     closes: Family<Labels, Counter>,
     /// Frames whose `ts` could not be read; counted, never expected.
@@ -56,6 +58,7 @@ impl WsMetrics {
             write_timeouts: Counter::default(),
             bad_frames: Counter::default(),
             token_refreshes: Counter::default(),
+            token_refresh_refusals: Family::default(),
             handshake_rejections: Family::default(),
             closes: Family::default(),
             unparsed_ts: Arc::default(),
@@ -84,6 +87,11 @@ impl WsMetrics {
             "agentwire_token_refreshes",
             "Connections whose expiry a `refresh_token` frame moved",
             m.token_refreshes.clone(),
+        );
+        registry.register(
+            "agentwire_token_refresh_refusals",
+            "`refresh_token` frames refused (each answered with an `error` frame), by reason",
+            m.token_refresh_refusals.clone(),
         );
         registry.register(
             "agentwire_handshake_rejections",
@@ -120,6 +128,14 @@ impl WsMetrics {
 
     pub(crate) fn token_refreshed(&self) {
         self.token_refreshes.inc();
+    }
+
+    /// A `refresh_token` frame refused; `reason` is the `AuthError::reason` (or
+    /// `token_other_user`).
+    pub(crate) fn token_refresh_refused(&self, reason: &'static str) {
+        self.token_refresh_refusals
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub(crate) fn rejected(&self, why: Rejection) {

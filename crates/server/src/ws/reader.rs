@@ -128,11 +128,17 @@ impl Reader {
                     self.news.update(|news| news.expires_at = v.expires_at);
                     self.app.metrics.token_refreshed();
                 }
-                Ok(_) => self.bad(
-                    ErrorCode::InvalidToken,
-                    "field `token`: the token is for another user".into(),
-                ),
-                Err(e) => self.bad(ErrorCode::InvalidToken, format!("field `token`: {e}")),
+                Ok(_) => {
+                    self.app.metrics.token_refresh_refused("token_other_user");
+                    self.bad(
+                        ErrorCode::InvalidToken,
+                        "field `token`: the token is for another user".into(),
+                    );
+                }
+                Err(e) => {
+                    self.app.metrics.token_refresh_refused(e.reason());
+                    self.bad(ErrorCode::InvalidToken, format!("field `token`: {e}"));
+                }
             },
             Err(e) => {
                 let code = match &e {

@@ -44,15 +44,50 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_LISTEN_BACKLOG", default_value_t = d().listen_backlog)]
     pub(crate) listen_backlog: u32,
 
-    /// HS256 secret that signs client tokens. Without it (and without --jwt-public-key)
-    /// the server starts only on a loopback address, in development mode.
+    /// HS256 secret that signs client tokens, at least 32 bytes (outside development
+    /// mode). Without it (and without --jwt-public-key or --jwt-jwks-url) the server starts
+    /// only on a loopback address, in development mode.
     #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
     pub(crate) jwt_secret: Option<String>,
 
-    /// PEM file with an RSA public key: RS256 tokens signed by its private key are
-    /// accepted too.
+    /// PEM file with a public key — RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA):
+    /// tokens signed by its private key are accepted too. Refused when others can write it.
     #[arg(long, env = "AGENTWIRE_JWT_PUBLIC_KEY", value_name = "PEM_FILE")]
     pub(crate) jwt_public_key: Option<PathBuf>,
+
+    /// URL of a JWKS key set (https, or http on a loopback host): RS256, ES256 and EdDSA
+    /// tokens signed by its keys are accepted too. Fetched at start, every
+    /// --jwt-jwks-refresh-interval, and for a token with an unknown `kid`.
+    #[arg(long, env = "AGENTWIRE_JWT_JWKS_URL", value_name = "URL")]
+    pub(crate) jwt_jwks_url: Option<String>,
+
+    /// How often the JWKS key set is fetched again: a key removed from it is refused at
+    /// most this long after its removal.
+    #[arg(long, env = "AGENTWIRE_JWT_JWKS_REFRESH_INTERVAL", value_parser = parse_duration, default_value_t = d().jwt_jwks_refresh_interval.into())]
+    pub(crate) jwt_jwks_refresh_interval: humantime::Duration,
+
+    /// The shortest time between two JWKS fetches: a token with an unknown `kid` triggers
+    /// a fetch at most this often, and a failed fetch is retried after it.
+    #[arg(long, env = "AGENTWIRE_JWT_JWKS_MIN_REFRESH_INTERVAL", value_parser = parse_duration, default_value_t = d().jwt_jwks_min_refresh_interval.into())]
+    pub(crate) jwt_jwks_min_refresh_interval: humantime::Duration,
+
+    /// Longest one JWKS fetch may take (connection and body).
+    #[arg(long, env = "AGENTWIRE_JWT_JWKS_TIMEOUT", value_parser = parse_duration, default_value_t = d().jwt_jwks_timeout.into())]
+    pub(crate) jwt_jwks_timeout: humantime::Duration,
+
+    /// Largest JWKS document read, in bytes.
+    #[arg(long, env = "AGENTWIRE_JWT_JWKS_MAX_BYTES", default_value_t = d().jwt_jwks_max_bytes)]
+    pub(crate) jwt_jwks_max_bytes: usize,
+
+    /// Most keys a JWKS key set may hold; a larger one is refused (the last good one
+    /// stays).
+    #[arg(long, env = "AGENTWIRE_JWT_JWKS_MAX_KEYS", default_value_t = d().jwt_jwks_max_keys)]
+    pub(crate) jwt_jwks_max_keys: usize,
+
+    /// Longest client token accepted, in bytes: a longer one is refused (431 in a header,
+    /// 400 in the query string, an `error` frame in `refresh_token`).
+    #[arg(long, env = "AGENTWIRE_JWT_MAX_BYTES", default_value_t = d().jwt_max_bytes)]
+    pub(crate) jwt_max_bytes: usize,
 
     /// Required `iss` claim, when set.
     #[arg(long, env = "AGENTWIRE_JWT_ISSUER")]
@@ -62,12 +97,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_JWT_AUDIENCE")]
     pub(crate) jwt_audience: Option<String>,
 
-    /// Clock skew tolerated on `exp`, at the handshake and while connected.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, at the handshake and while
+    /// connected.
     #[arg(long, env = "AGENTWIRE_JWT_LEEWAY", value_parser = parse_duration, default_value_t = d().jwt_leeway.into())]
     pub(crate) jwt_leeway: humantime::Duration,
 
     /// API keys with full access: publish, history reads and the admin endpoints
-    /// (comma-separated). In development mode the development key is accepted too.
+    /// (comma-separated), each at least 16 characters outside development mode. In
+    /// development mode the development key is accepted too.
     #[arg(
         long,
         env = "AGENTWIRE_API_KEYS",
@@ -76,8 +113,9 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) api_keys: Vec<String>,
 
-    /// API keys that may only publish (POST /v1/events), comma-separated: they get 403
-    /// on history reads and the admin endpoints.
+    /// API keys that may only publish (POST /v1/events), comma-separated, each at least
+    /// 16 characters outside development mode: they get 403 on history reads and the
+    /// admin endpoints.
     #[arg(
         long,
         env = "AGENTWIRE_PUBLISH_API_KEYS",
@@ -277,6 +315,13 @@ impl ServeArgs {
         c.listen_backlog = this.listen_backlog;
         c.jwt_secret = this.jwt_secret;
         c.jwt_public_key = this.jwt_public_key;
+        c.jwt_jwks_url = this.jwt_jwks_url;
+        c.jwt_jwks_refresh_interval = this.jwt_jwks_refresh_interval.into();
+        c.jwt_jwks_min_refresh_interval = this.jwt_jwks_min_refresh_interval.into();
+        c.jwt_jwks_timeout = this.jwt_jwks_timeout.into();
+        c.jwt_jwks_max_bytes = this.jwt_jwks_max_bytes;
+        c.jwt_jwks_max_keys = this.jwt_jwks_max_keys;
+        c.jwt_max_bytes = this.jwt_max_bytes;
         c.jwt_issuer = this.jwt_issuer;
         c.jwt_audience = this.jwt_audience;
         c.jwt_leeway = this.jwt_leeway.into();
@@ -567,6 +612,12 @@ mod tests {
             "https://a.example,https://b.example",
             "--jwt-secret",
             "s3cret",
+            "--jwt-jwks-url",
+            "https://idp.example/.well-known/jwks.json",
+            "--jwt-jwks-refresh-interval",
+            "1m",
+            "--jwt-max-bytes",
+            "4096",
             "--log-format",
             "json",
             "--max-connections",
@@ -582,6 +633,12 @@ mod tests {
         assert_eq!(c.per_user_policy, PerUserPolicy::Reject);
         assert_eq!(c.allowed_origins.len(), 2);
         assert_eq!(c.jwt_secret.as_deref(), Some("s3cret"));
+        assert_eq!(
+            c.jwt_jwks_url.as_deref(),
+            Some("https://idp.example/.well-known/jwks.json")
+        );
+        assert_eq!(c.jwt_jwks_refresh_interval, Duration::from_secs(60));
+        assert_eq!(c.jwt_max_bytes, 4096);
         let m = c.manager_config();
         assert_eq!(m.max_connections, 500);
         assert_eq!(m.heartbeat.interval, Duration::from_secs(15));

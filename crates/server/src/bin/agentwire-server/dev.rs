@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use agentwire_protocol::UserId;
-use agentwire_server::{ServerConfig, mint_hs256};
+use agentwire_server::{AuthConfigError, ServerConfig, mint_hs256, read_credentials_file};
 use anyhow::{Context, bail};
 
 use crate::cli::{ServeArgs, TokenArgs};
@@ -46,16 +46,18 @@ impl DevCredentials {
     /// the loser reads what the winner wrote.
     ///
     /// # Errors
-    /// When the file cannot be read, parsed or written.
+    /// When the file cannot be read, parsed or written, or when users other than its owner
+    /// can write it or its directory (issue 14): they could put their own secret in it.
     pub(crate) fn load_or_create(path: &Path) -> anyhow::Result<DevCredentials> {
         let fail = |source: std::io::Error| {
             anyhow::Error::new(source)
                 .context(format!("development credentials {}", path.display()))
         };
-        match std::fs::read(path) {
+        match read_credentials_file(path) {
             Ok(bytes) => return parse_credentials(&bytes).map_err(fail),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(fail(e)),
+            Err(AuthConfigError::ReadKey { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(fail)?;
@@ -80,14 +82,14 @@ impl DevCredentials {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Another process created it first; give it a moment to finish writing.
                 for _ in 0..50 {
-                    if let Ok(c) = std::fs::read(path).and_then(|b| parse_credentials(&b)) {
+                    if let Ok(b) = read_credentials_file(path)
+                        && let Ok(c) = parse_credentials(&b)
+                    {
                         return Ok(c);
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                std::fs::read(path)
-                    .and_then(|b| parse_credentials(&b))
-                    .map_err(fail)
+                parse_credentials(&read_credentials_file(path)?).map_err(fail)
             }
             Err(e) => Err(fail(e)),
         }
@@ -221,6 +223,26 @@ mod tests {
         let b = DevCredentials::load_or_create(&path).expect("read");
         assert_eq!(a, b);
         assert_eq!(format!("{a:?}"), "DevCredentials { .. }");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Issue 14: a development credentials file others can write is refused, saying how to
+    /// fix it.
+    #[cfg(unix)]
+    #[test]
+    fn a_credentials_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "agentwire-auth-test-{}-{}",
+            std::process::id(),
+            random_hex()
+        ));
+        let path = dir.join("creds.json");
+        DevCredentials::load_or_create(&path).expect("create");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let e = DevCredentials::load_or_create(&path).expect_err("world-writable");
+        let text = format!("{e:#}");
+        assert!(text.contains("chmod go-w"), "{text}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

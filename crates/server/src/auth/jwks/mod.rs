@@ -1,0 +1,169 @@
+//! Keys fetched from a JWKS URL (`--jwt-jwks-url`, RFC 7517): the settings, always; the
+//! cache, its refreshes and their metrics (`cache`) and the bounded fetch (`fetch`) with the
+//! `jwks` feature.
+//!
+//! The key set is fetched at start, again every `refresh_interval`, and again when a token
+//! names a `kid` the set does not hold — at most once per `min_refresh_interval`, however
+//! many such tokens come. A fetch that fails (timeout, status, a body too large, too many
+//! keys, not a key set) keeps the last good set, is logged and counted, and is retried
+//! after `min_refresh_interval`. Only RS256 (RSA), ES256 (EC P-256) and EdDSA (Ed25519)
+//! signing keys are kept; symmetric (`oct`) keys and encryption keys are skipped, so a
+//! key set cannot make the server accept HS256 tokens.
+
+use std::time::Duration;
+
+use axum::http::Uri;
+
+use super::AuthConfigError;
+
+#[cfg(feature = "jwks")]
+mod cache;
+#[cfg(feature = "jwks")]
+mod fetch;
+
+#[cfg(feature = "jwks")]
+pub(crate) use cache::{Jwks, Trigger};
+
+/// Default [`JwksSettings::refresh_interval`]: 5 minutes.
+pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// Default [`JwksSettings::min_refresh_interval`]: 30 seconds.
+pub const DEFAULT_JWKS_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Default [`JwksSettings::timeout`]: 5 seconds.
+pub const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`JwksSettings::max_bytes`]: 64 KiB (identity providers' key sets are a few KiB).
+pub const DEFAULT_JWKS_MAX_BYTES: usize = 64 * 1024;
+/// Default [`JwksSettings::max_keys`]: 32.
+pub const DEFAULT_JWKS_MAX_KEYS: usize = 32;
+
+/// Where client-token keys are fetched from and the bounds of each fetch.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JwksSettings {
+    /// The JWKS URL: `https://…`, or `http://` on a loopback host only (a key set fetched
+    /// in the clear from elsewhere could be replaced on the way).
+    pub url: String,
+    /// How often the key set is fetched again (`--jwt-jwks-refresh-interval`): a key
+    /// removed from the set is refused at most this long after its removal.
+    pub refresh_interval: Duration,
+    /// The shortest time between two fetches (`--jwt-jwks-min-refresh-interval`): a token
+    /// with an unknown `kid` triggers a fetch at most this often, and a failed fetch is
+    /// retried after it.
+    pub min_refresh_interval: Duration,
+    /// Longest one fetch may take, connection and body included (`--jwt-jwks-timeout`).
+    pub timeout: Duration,
+    /// Largest key set document read, in bytes (`--jwt-jwks-max-bytes`).
+    pub max_bytes: usize,
+    /// Most keys one key set may hold (`--jwt-jwks-max-keys`); a larger set is refused.
+    pub max_keys: usize,
+}
+
+impl JwksSettings {
+    /// The settings for `url`, every bound at its default.
+    pub fn new(url: impl Into<String>) -> JwksSettings {
+        JwksSettings {
+            url: url.into(),
+            refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+            min_refresh_interval: DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
+            timeout: DEFAULT_JWKS_TIMEOUT,
+            max_bytes: DEFAULT_JWKS_MAX_BYTES,
+            max_keys: DEFAULT_JWKS_MAX_KEYS,
+        }
+    }
+
+    /// The URL, checked: `https`, or `http` on a loopback host; a host; no fragment.
+    pub(super) fn checked_url(&self) -> Result<Uri, AuthConfigError> {
+        let bad = |why: &str| AuthConfigError::Jwks(format!("{}: {why}", redact(&self.url)));
+        let uri: Uri = self
+            .url
+            .parse()
+            .map_err(|_| bad("not a URL (e.g. https://idp.example/.well-known/jwks.json)"))?;
+        let host = uri.host().ok_or_else(|| bad("the URL has no host"))?;
+        match uri.scheme_str() {
+            Some("https") => Ok(uri),
+            Some("http") if is_loopback_host(host) => Ok(uri),
+            Some("http") => Err(bad(
+                "http is accepted only on a loopback host; use https (a key set fetched in \
+                 the clear could be replaced on the way)",
+            )),
+            _ => Err(bad("the URL must start with https://")),
+        }
+    }
+
+    /// The URL as logs and errors show it: without user information or query.
+    pub(super) fn display_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl std::fmt::Debug for JwksSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksSettings")
+            .field("url", &self.display_url())
+            .field("refresh_interval", &self.refresh_interval)
+            .field("min_refresh_interval", &self.min_refresh_interval)
+            .field("timeout", &self.timeout)
+            .field("max_bytes", &self.max_bytes)
+            .field("max_keys", &self.max_keys)
+            .finish()
+    }
+}
+
+/// `url` without user information (`user:password@`) and without query or fragment,
+/// which may carry credentials.
+fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_https_or_loopback_http() {
+        let check = |url: &str| JwksSettings::new(url).checked_url().map(|_| ());
+        assert!(check("https://idp.example/.well-known/jwks.json").is_ok());
+        assert!(check("http://127.0.0.1:9000/jwks.json").is_ok());
+        assert!(check("http://localhost/jwks").is_ok());
+        assert!(check("http://[::1]:80/jwks").is_ok());
+        for bad in [
+            "http://idp.example/jwks.json",
+            "ftp://idp.example/jwks",
+            "idp.example/jwks",
+            "https:///jwks",
+            "",
+        ] {
+            let e = check(bad).expect_err(bad);
+            assert!(e.to_string().starts_with("--jwt-jwks-url"), "{e}");
+        }
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            redact("https://user:pw@idp.example/jwks?key=s#x"),
+            "https://idp.example/jwks"
+        );
+        assert_eq!(redact("https://idp.example"), "https://idp.example");
+        let e = JwksSettings::new("http://user:pw@idp.example/j")
+            .checked_url()
+            .expect_err("http");
+        assert!(!e.to_string().contains("pw"), "{e}");
+        assert!(!format!("{:?}", JwksSettings::new("https://u:pw@h/j")).contains("pw"));
+    }
+}
