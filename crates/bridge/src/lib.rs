@@ -12,8 +12,10 @@
 //! emitter pool beneath it.
 //!
 //! Key decisions:
-//! - Every call is checked against the run's `RunState` (through the pooled emitter the
-//!   run shares with every caller), so a call out of order is a typed
+//! - Every call is checked against the run's lifecycle by the broker, atomically with its
+//!   append (through the pooled emitter the run shares with every caller, whose events
+//!   carry run guards), so a call out of order — or one that contradicts what another
+//!   publisher of the run, the publish API included, did — is a typed
 //!   [`EmitterError::Violation`], never a malformed stream.
 //! - The hooks and [`AgentRun`] share one state: the pool keeps a run's emitter from
 //!   `agent_started` to its terminal event and never evicts it meanwhile, however many

@@ -105,8 +105,10 @@ async fn a_silent_running_run_outlives_the_idle_ttl() {
     );
     let bridge = manager.create_agent_bridge();
     let long = LongRun::start(&bridge).await;
-    // An hour-long tool call: many cleanup rounds, each past the 300 s idle TTL.
-    tokio::time::sleep(Duration::from_secs(3600)).await;
+    // A 50-minute tool call: many cleanup rounds, each past the pool's 300 s idle TTL, and
+    // within the broker's run ttl (`RunLimits::ttl`, 1 h after the run's last event), past
+    // which the broker forgets any run.
+    tokio::time::sleep(Duration::from_secs(3000)).await;
 
     long.finish(&bridge).await;
     let conn = manager

@@ -1,19 +1,22 @@
-//! `UnifiedWebSocketEmitter`: the events of one run, checked against the run lifecycle and
-//! published through the manager with retries; an event whose outcome is unknown stays in
-//! the emitter, unsettled, until it is published again under the same `event_id`.
+//! `UnifiedWebSocketEmitter`: the events of one run, published through the manager with
+//! retries and checked against the run lifecycle by the broker, atomically with their
+//! append; an event whose outcome is unknown stays in the emitter, unsettled, until it is
+//! published again under the same `event_id`.
 //!
-//! What it is not: a second path to the wire. Each event goes through the manager's
-//! `prepare_event` once and `emit_prepared` per attempt — the two halves of
-//! `emit_critical_event` — so validation, size limits and counting stay in one place.
+//! What it is not: a second path to the wire, nor a second lifecycle. Each event goes
+//! through the manager's `prepare_event` once and `emit_prepared` per attempt — the two
+//! halves of `emit_critical_event` — so validation, size limits and counting stay in one
+//! place; and each carries a run guard, so the broker's run table (the one the publish
+//! API uses too) decides, on every node.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use agentwire_manager::{Accepted, EmitError, PreparedEvent, UnifiedWebSocketManager};
+use agentwire_manager::{Accepted, EmitError, PreparedEvent, PublisherId, UnifiedWebSocketManager};
 use agentwire_protocol::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, Custom, Event, EventData, EventId,
-    RunOutcome, RunState, Timestamp, ToolCompleted, ToolExecuting,
+    RunOutcome, RunState, RunStep, RunViolation, Timestamp, ToolCompleted, ToolExecuting,
 };
 use backon::Retryable;
 use serde_json::Value;
@@ -38,15 +41,14 @@ pub(crate) trait FinishedRuns: Send + Sync {
 #[derive(Clone)]
 struct Unsettled {
     prepared: PreparedEvent,
-    /// The run's state once the broker accepted the event.
-    next: RunState,
     /// Handed back in [`EmitterError::Failed`] if the broker refuses it for good.
     event: Arc<Event>,
 }
 
 /// A run as its emitter knows it.
 struct Run {
-    /// Moves only when the broker accepted an event.
+    /// What the broker accepted of the run through this emitter: a mirror of the broker's
+    /// run state, which decides. Moves only when the broker accepted an event.
     state: RunState,
     /// At most one: nothing of the run is published while an earlier event is unsettled,
     /// so the run's events reach the broker in the order they were checked.
@@ -55,6 +57,8 @@ struct Run {
 
 pub(crate) struct Inner {
     manager: UnifiedWebSocketManager,
+    /// Who the run counts against in the broker's run-state bounds.
+    publisher: PublisherId,
     context: RunContext,
     retry: RetryPolicy,
     /// Held across a whole emit, retries included: a run's events are published one at a
@@ -71,10 +75,13 @@ pub(crate) struct Inner {
 /// `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`), plus
 /// `agent_error` and `custom`.
 ///
-/// Every event is checked against the run's [`RunState`] first — a violation is a typed
-/// error and changes nothing — then published through the manager, retried on transient
-/// errors under the [`RetryPolicy`] with the same `event_id` on every attempt. The state
-/// advances only when the broker accepted the event.
+/// Every event is published through the manager with a run guard: the broker checks it
+/// against the run's lifecycle in the same atomic step as its append — the same check,
+/// against the same run state, as every other emitter and the publish API, on every node
+/// — and a violation is a typed error that stores nothing. Publishes are retried on
+/// transient errors under the [`RetryPolicy`] with the same `event_id` on every attempt.
+/// The emitter mirrors what the broker accepted ([`Self::run_state`]); a run it saw end
+/// it refuses at once (`AfterTerminal`), without asking the broker.
 ///
 /// When every attempt fails transiently, or the emit is cancelled, the broker may or may
 /// not have taken the event. The emitter then keeps it, *unsettled*
@@ -127,6 +134,7 @@ fn millis(d: Duration) -> u64 {
 impl UnifiedWebSocketEmitter {
     pub(crate) fn new(
         manager: UnifiedWebSocketManager,
+        publisher: PublisherId,
         context: RunContext,
         retry: RetryPolicy,
         aggregate: Arc<Counters>,
@@ -136,6 +144,7 @@ impl UnifiedWebSocketEmitter {
         UnifiedWebSocketEmitter {
             inner: Arc::new(Inner {
                 manager,
+                publisher,
                 context,
                 retry,
                 run: tokio::sync::Mutex::new(Run {
@@ -170,8 +179,9 @@ impl UnifiedWebSocketEmitter {
         self.inner.counters.snapshot()
     }
 
-    /// The run's lifecycle state: what the broker accepted, without an unsettled event.
-    /// Waits while an emit is in flight.
+    /// The run's lifecycle state as this emitter saw the broker accept it, without an
+    /// unsettled event (the broker's own state decides: another publisher of the run may
+    /// have moved it on). Waits while an emit is in flight.
     pub async fn run_state(&self) -> RunState {
         self.inner.run.lock().await.state.clone()
     }
@@ -366,17 +376,21 @@ impl UnifiedWebSocketEmitter {
     /// `emit_*` method comes here.
     ///
     /// If an earlier event of the run is unsettled, it is settled first (published again
-    /// under its `event_id`, its transition applied); only then is this event checked and
-    /// published, so the run's events reach the broker in order.
+    /// under its `event_id`); only then is this event published, so the run's events reach
+    /// the broker in order. The broker checks the event against its run (rule 11 of the
+    /// broker contract), atomically with its append.
     ///
     /// # Errors
-    /// - [`EmitterError::Violation`] when the event breaks the run lifecycle;
+    /// - [`EmitterError::Violation`] when the event breaks the run lifecycle — as the
+    ///   broker found, or at once for a run this emitter saw end;
     /// - [`EmitterError::Refused`] when the manager refuses it (invalid, too large);
-    /// - [`EmitterError::Failed`] when the broker refused it with a permanent error;
+    /// - [`EmitterError::Failed`] when the broker refused it with a permanent error (also
+    ///   when its run does not fit the broker's run-state bounds,
+    ///   [`EmitError::TooManyRuns`]);
     /// - [`EmitterError::Unsettled`] when every attempt failed transiently: the event stays
     ///   in the emitter and is published again by [`Self::settle`] or the next emit;
     /// - [`EmitterError::EarlierUnsettled`] when an earlier event could not be settled:
-    ///   this one was neither checked nor published.
+    ///   this one was not published and is not kept.
     ///
     /// In every case the run's state is as before this event. An earlier event settled by
     /// this call stays settled whatever happens to this one.
@@ -396,8 +410,7 @@ impl UnifiedWebSocketEmitter {
         self.touch();
         if let Some(earlier) = run.unsettled.clone() {
             // Accepted, or refused for good (logged and counted): either way settled, and
-            // this event is checked against where the run now is. Still unsettled: this
-            // event must not overtake it.
+            // this event goes after it. Still unsettled: this event must not overtake it.
             if let Err(EmitterError::Unsettled {
                 event_id,
                 attempts,
@@ -411,25 +424,19 @@ impl UnifiedWebSocketEmitter {
                 });
             }
         }
-        let next = match run.state.transition(&data) {
-            Ok(next) => next,
-            Err(violation) => {
-                self.record(Counters::violation);
-                tracing::warn!(
-                    user = %ctx.user_id(), run = %ctx.run_id(),
-                    request_id = ctx.request_id().unwrap_or(""),
-                    %violation, "event refused: run lifecycle violation"
-                );
-                return Err(EmitterError::Violation(violation));
-            }
-        };
+        if let (RunState::Finished(outcome), Some(step)) = (&run.state, RunStep::of(&data)) {
+            return Err(self.violation(RunViolation::AfterTerminal {
+                event: step.event_type(),
+                ended_with: outcome.event_type(),
+            }));
+        }
         let event = Event::new(
             Some(ctx.thread_id().clone()),
             Some(ctx.run_id().clone()),
             data,
         );
         let prepared = match inner.manager.prepare_event(ctx.user_id(), &event, None) {
-            Ok(p) => p,
+            Ok(p) => p.guarded(inner.publisher.clone()),
             Err(e) => {
                 self.record(Counters::failure);
                 return Err(EmitterError::Refused(e));
@@ -437,7 +444,6 @@ impl UnifiedWebSocketEmitter {
         };
         let unsettled = Unsettled {
             prepared,
-            next,
             event: Arc::new(event),
         };
         // Stored before the first attempt: from here on a cancelled emit leaves the event
@@ -446,9 +452,21 @@ impl UnifiedWebSocketEmitter {
         self.publish(&mut run, unsettled, false).await
     }
 
+    /// Counts and logs a violation, and makes it the error.
+    fn violation(&self, violation: RunViolation) -> EmitterError {
+        let ctx = &self.inner.context;
+        self.record(Counters::violation);
+        tracing::warn!(
+            user = %ctx.user_id(), run = %ctx.run_id(),
+            request_id = ctx.request_id().unwrap_or(""),
+            %violation, "event refused: run lifecycle violation"
+        );
+        EmitterError::Violation(violation)
+    }
+
     /// Settles the run's unsettled event, if there is one: publishes it again under its
     /// `event_id` (with the emitter's retries) and, once the broker accepted it — now, or
-    /// in an attempt whose answer was lost — applies its transition. Returns `Ok(None)`
+    /// in an attempt whose answer was lost — follows its step in [`Self::run_state`]. Returns `Ok(None)`
     /// when nothing is unsettled, so calling it again is harmless.
     ///
     /// This is how to retry after [`EmitterError::Unsettled`]; emitting the event again
@@ -457,8 +475,8 @@ impl UnifiedWebSocketEmitter {
     /// # Errors
     /// - [`EmitterError::Unsettled`] when every attempt failed transiently again: still
     ///   unsettled;
-    /// - [`EmitterError::Failed`] when the broker refused it with a permanent error: it is
-    ///   dropped and the run's state stays as it was.
+    /// - [`EmitterError::Violation`] or [`EmitterError::Failed`] when the broker refused it
+    ///   for good: it is dropped and the run's state stays as it was.
     ///
     /// # Cancel safety
     /// Cancel safe: a cancelled settle leaves the event unsettled.
@@ -504,8 +522,8 @@ impl UnifiedWebSocketEmitter {
     }
 
     /// Publishes `unsettled` — the run's unsettled event, which `run` holds — with
-    /// retries, and settles it by the outcome: accepted, the run moves to its `next`
-    /// state; refused for good, it is dropped; still failing transiently, it stays.
+    /// retries, and settles it by the outcome: accepted, the run's mirror follows its
+    /// step; refused for good, it is dropped; still failing transiently, it stays.
     /// `again` says whether an earlier call already tried it.
     async fn publish(
         &self,
@@ -541,8 +559,11 @@ impl UnifiedWebSocketEmitter {
         match result {
             Ok(accepted) => {
                 run.unsettled = None;
-                let finishing = !run.state.is_finished() && unsettled.next.is_finished();
-                run.state = unsettled.next;
+                let was_finished = run.state.is_finished();
+                if let Some(step) = prepared.run_step() {
+                    follow(&mut run.state, step);
+                }
+                let finishing = !was_finished && run.state.is_finished();
                 self.record(|c| c.emitted(event_type, Timestamp::now()));
                 if again {
                     self.record(Counters::settled);
@@ -574,6 +595,10 @@ impl UnifiedWebSocketEmitter {
                     source,
                 })
             }
+            Err(EmitError::Violation(violation)) => {
+                run.unsettled = None;
+                Err(self.violation(violation))
+            }
             Err(source) => {
                 run.unsettled = None;
                 self.record(Counters::failure);
@@ -591,5 +616,63 @@ impl UnifiedWebSocketEmitter {
                 })
             }
         }
+    }
+}
+
+/// Moves `state` to where the broker's acceptance of `step` leaves the run. The broker
+/// decides: when this mirror did not see the run's earlier steps (another publisher of the
+/// run made them), it follows anyway — a start, a tool call opened or closed, the end.
+fn follow(state: &mut RunState, step: &RunStep) {
+    if state.apply_step(step).is_ok() {
+        return;
+    }
+    match step {
+        RunStep::End(outcome) => *state = RunState::Finished(*outcome),
+        _ => {
+            if !matches!(state, RunState::Running { .. }) {
+                *state = RunState::Running {
+                    open_tool_calls: Default::default(),
+                };
+            }
+            if let RunState::Running { open_tool_calls } = state {
+                match step {
+                    RunStep::OpenToolCall(id) => {
+                        open_tool_calls.insert(id.clone());
+                    }
+                    RunStep::CloseToolCall(id) => {
+                        open_tool_calls.remove(id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_follows_what_the_broker_accepted() {
+        let mut state = RunState::NotStarted;
+        // Another publisher started the run and opened "a": this mirror saw neither.
+        follow(&mut state, &RunStep::CloseToolCall("a".into()));
+        assert_eq!(
+            state,
+            RunState::Running {
+                open_tool_calls: Default::default()
+            }
+        );
+        follow(&mut state, &RunStep::OpenToolCall("b".into()));
+        follow(&mut state, &RunStep::OpenToolCall("b".into()));
+        assert_eq!(
+            state,
+            RunState::Running {
+                open_tool_calls: ["b".to_owned()].into_iter().collect()
+            }
+        );
+        follow(&mut state, &RunStep::End(RunOutcome::Failed));
+        assert_eq!(state, RunState::Finished(RunOutcome::Failed));
     }
 }

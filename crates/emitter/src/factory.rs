@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use agentwire_manager::UnifiedWebSocketManager;
+use agentwire_manager::{PublisherId, UnifiedWebSocketManager};
 use agentwire_protocol::RunState;
 
 use crate::context::RunContext;
@@ -21,16 +21,19 @@ use crate::retry::RetryPolicy;
 #[derive(Debug, Clone)]
 pub struct WebSocketEmitterFactory {
     manager: UnifiedWebSocketManager,
+    publisher: PublisherId,
     retry: RetryPolicy,
     aggregate: Arc<Counters>,
     created: Arc<AtomicU64>,
 }
 
 impl WebSocketEmitterFactory {
-    /// A factory over `manager` with the default [`RetryPolicy`].
+    /// A factory over `manager` with the default [`RetryPolicy`], whose runs count
+    /// against the publisher [`PublisherId::embedded`].
     pub fn new(manager: UnifiedWebSocketManager) -> Self {
         WebSocketEmitterFactory {
             manager,
+            publisher: PublisherId::embedded(),
             retry: RetryPolicy::default(),
             aggregate: Arc::default(),
             created: Arc::default(),
@@ -42,6 +45,20 @@ impl WebSocketEmitterFactory {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// The same factory making emitters whose runs count against `publisher` in the
+    /// broker's run-state bounds (its share, `RunLimits::max_runs_per_owner`): e.g. one
+    /// name per agent service, equal on every node of it.
+    #[must_use]
+    pub fn with_publisher(mut self, publisher: PublisherId) -> Self {
+        self.publisher = publisher;
+        self
+    }
+
+    /// The publisher the runs of new emitters count against.
+    pub fn publisher(&self) -> &PublisherId {
+        &self.publisher
     }
 
     /// A new emitter for the run `context`, starting in `RunState::NotStarted`.
@@ -59,6 +76,7 @@ impl WebSocketEmitterFactory {
         self.created.fetch_add(1, Ordering::Relaxed);
         UnifiedWebSocketEmitter::new(
             self.manager.clone(),
+            self.publisher.clone(),
             context,
             self.retry,
             self.aggregate.clone(),

@@ -12,9 +12,15 @@
 //! to the wire.
 //!
 //! Key decisions:
-//! - An event is checked against its run's [`agentwire_protocol::RunState`] before it is
-//!   published, and the state advances only once the broker accepted it, so a refused or
-//!   failed event leaves the run as it was.
+//! - One run lifecycle for everyone: every event carries a run guard
+//!   (`PreparedEvent::guarded`), and the broker checks it against the run's state in the
+//!   same atomic step as the append — the state the publish API's events and every other
+//!   emitter of the run (in this process or another, on any node) move too. An emitter
+//!   mirrors what the broker accepted ([`UnifiedWebSocketEmitter::run_state`]) and refuses
+//!   at once only what follows a run's end it saw. A run counts against the factory's
+//!   publisher ([`WebSocketEmitterFactory::with_publisher`]) in the broker's run-state
+//!   bounds, and the broker forgets a run its ttl (`RunLimits::ttl`, default 1 h) after its
+//!   last event.
 //! - A retry reuses the event's `event_id` (the event is prepared once, published per
 //!   attempt), so the broker's dedupe makes a retry safe after a success the emitter
 //!   never saw.

@@ -42,7 +42,8 @@ pub struct PoolConfig {
     /// An emitter that carries nothing (run not started, nothing unsettled, no one else
     /// holding it) and was not used for this long is dropped by the cleanup task (default
     /// 300 s). A running run is never dropped for being quiet: a tool call takes as long
-    /// as it takes.
+    /// as it takes (as long as the broker keeps the run: `RunLimits::ttl` after its last
+    /// event, default 1 h).
     pub idle_ttl: Duration,
     /// How often the background task drops idle emitters and settles unsettled events
     /// (default 30 s), so an idle emitter goes at most `idle_ttl + cleanup_interval`

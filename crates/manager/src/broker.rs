@@ -9,9 +9,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use agentwire_protocol::{Epoch, EventId, EventType, Seq, Timestamp, UserId};
+use agentwire_protocol::{Epoch, EventId, EventType, RunViolation, Seq, Timestamp, UserId};
 use async_trait::async_trait;
 use bytes::Bytes;
+
+use crate::runs::{RunGuard, RunLimit, RunStats};
 
 /// An event handed to the broker: already validated and serialized once.
 ///
@@ -30,6 +32,9 @@ pub struct NewEvent {
     /// accepted with one digest and published again with another is refused
     /// ([`BrokerError::Conflict`]).
     pub digest: EventDigest,
+    /// The run check the event asks for, applied atomically with its append (rule 11 of
+    /// [`Broker`]); `None` for an event the broker appends whatever its run's state.
+    pub run: Option<RunGuard>,
 }
 
 impl NewEvent {
@@ -42,7 +47,15 @@ impl NewEvent {
             event_id,
             body,
             digest,
+            run: None,
         }
+    }
+
+    /// The same event, checked against its run with `guard` (rule 11 of [`Broker`]).
+    #[must_use]
+    pub fn with_run(mut self, guard: RunGuard) -> Self {
+        self.run = Some(guard);
+        self
     }
 
     /// An event whose digest was computed before (the manager computes it once per
@@ -52,12 +65,14 @@ impl NewEvent {
         event_id: Option<EventId>,
         body: Bytes,
         digest: EventDigest,
+        run: Option<RunGuard>,
     ) -> Self {
         NewEvent {
             event_type,
             event_id,
             body,
             digest,
+            run,
         }
     }
 }
@@ -270,6 +285,13 @@ pub enum BrokerError {
         /// Where the id's first event sits in the stream.
         seq: Seq,
     },
+    /// The event breaks its run's lifecycle, checked with its [`RunGuard`] (rule 11 of
+    /// [`Broker`]). Nothing was stored; retrying cannot help.
+    Violation(RunViolation),
+    /// The event's run does not fit the broker's run-state bounds: a new run (or a tool
+    /// call of a run) when the bound is full of runs in progress. Nothing was stored;
+    /// retrying helps only once runs have ended, so it is not transient.
+    TooManyRuns(RunLimit),
 }
 
 impl BrokerError {
@@ -315,6 +337,10 @@ impl fmt::Display for BrokerError {
                 "event_id {event_id} was already accepted as seq {seq} for a different event",
                 seq = seq.get()
             ),
+            BrokerError::Violation(v) => write!(f, "run lifecycle violation: {v}"),
+            BrokerError::TooManyRuns(limit) => {
+                write!(f, "no room for the run's state: {limit}")
+            }
         }
     }
 }
@@ -341,12 +367,29 @@ pub struct BatchError {
     /// What stopped the batch.
     #[source]
     pub error: BrokerError,
+    /// The index in the batch of the event the broker refused, when a refusal of one
+    /// event ([`BrokerError::Conflict`], [`BrokerError::Violation`],
+    /// [`BrokerError::TooManyRuns`]) stopped it.
+    pub refused_at: Option<usize>,
 }
 
 impl BatchError {
-    /// A batch error after `accepted`.
+    /// A batch error after `accepted`, naming no event.
     pub fn new(accepted: Vec<Accepted>, error: BrokerError) -> Self {
-        BatchError { accepted, error }
+        BatchError {
+            accepted,
+            error,
+            refused_at: None,
+        }
+    }
+
+    /// The refusal of a whole batch because of its event `index`: nothing accepted.
+    pub fn refused(index: usize, error: BrokerError) -> Self {
+        BatchError {
+            accepted: Vec::new(),
+            error,
+            refused_at: Some(index),
+        }
     }
 }
 
@@ -385,6 +428,8 @@ pub struct BrokerStats {
     pub conflicts: u64,
     /// Event ids remembered for deduplication (in history or in the dedupe window).
     pub dedupe_ids: u64,
+    /// The run state kept for guarded events, and what it refused (rule 11).
+    pub runs: RunStats,
 }
 
 /// Owner of every user's stream. The conformance suite (feature `conformance`, module
@@ -431,8 +476,32 @@ pub struct BrokerStats {
 ///    with consecutive seqs, all or nothing under a refusal (see there).
 /// 10. **Errors.** [`BrokerError::is_transient`] errors may be retried; a publish that
 ///     failed transiently may or may not have been accepted, and retrying it with the same
-///     `event_id` is safe (rule 5). [`BrokerError::Rejected`] and
-///     [`BrokerError::Conflict`] are final.
+///     `event_id` is safe (rule 5). [`BrokerError::Rejected`],
+///     [`BrokerError::Conflict`], [`BrokerError::Violation`] and
+///     [`BrokerError::TooManyRuns`] are final for the call.
+/// 11. **Run lifecycle, atomic with the append.** An event with a [`RunGuard`]
+///     ([`NewEvent::run`]) is checked against the state of its run — `(user, run_id)` —
+///     and its [`RunStep`](agentwire_protocol::RunStep) applied, in the same atomic step
+///     as its append, by the rule of [`agentwire_protocol::RunState::apply_step`]:
+///     - *dedupe first*: an event answered as a duplicate (rule 5) is not checked again
+///       and changes no run; a conflict (rule 6) is refused before its run is looked at;
+///     - a step that breaks the run is refused with [`BrokerError::Violation`] and stores
+///       nothing; the run stays as it was;
+///     - in [`Broker::publish_many`] the guarded events of a batch are checked in order,
+///       each against the state the earlier ones leave, and the first refusal (of any
+///       kind, in batch order) refuses the whole batch ([`BatchError::refused_at`]);
+///     - concurrent publishes for one run are checked one after the other, on every node:
+///       of many `agent_started` for one run, exactly one is accepted;
+///     - bounds ([`RunLimits`](crate::RunLimits)): a run in progress is never evicted,
+///       only forgotten its `ttl` after its last event; a finished run is remembered
+///       (answering `AfterTerminal`) until a bound needs its room — finished runs go first,
+///       oldest first — or its `ttl` passes; a new run, or a tool call, that does not fit
+///       is refused with [`BrokerError::TooManyRuns`], storing nothing; one publisher's
+///       runs in progress are bounded by its share ([`RunGuard::owner`]). A forgotten run
+///       starts over: its next event must be `agent_started`.
+///
+///     Events without a guard are appended whatever their run's state, and change no
+///     run.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Accepts `event` into `user`'s stream and delivers it to the user's subscribers; or,
@@ -453,8 +522,9 @@ pub trait Broker: Send + Sync + 'static {
     /// may not have been, and retrying the whole batch with the same ids is safe.
     ///
     /// The default is a loop over [`Broker::publish`], which is weaker: a refusal in the
-    /// middle leaves the prefix before it accepted (reported in `accepted`), and other
-    /// publishes of the user may interleave with the batch. Brokers override it.
+    /// middle leaves the prefix before it accepted (reported in `accepted`, the refused
+    /// event in `refused_at`), and other publishes of the user may interleave with the
+    /// batch. Brokers override it.
     ///
     /// # Errors
     /// [`BatchError`].
@@ -467,7 +537,20 @@ pub trait Broker: Send + Sync + 'static {
         for event in events {
             match self.publish(user, event).await {
                 Ok(a) => accepted.push(a),
-                Err(error) => return Err(BatchError { accepted, error }),
+                Err(error) => {
+                    let refused_at = matches!(
+                        error,
+                        BrokerError::Conflict { .. }
+                            | BrokerError::Violation(_)
+                            | BrokerError::TooManyRuns(_)
+                    )
+                    .then_some(accepted.len());
+                    return Err(BatchError {
+                        accepted,
+                        error,
+                        refused_at,
+                    });
+                }
             }
         }
         Ok(accepted)

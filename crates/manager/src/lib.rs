@@ -47,6 +47,8 @@ mod broker;
 mod config;
 mod manager;
 mod memory;
+mod run_table;
+mod runs;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -61,3 +63,7 @@ pub use manager::{
     PreparedEvent, Resume, UnifiedWebSocketManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
+pub use runs::{
+    PublisherId, RUN_OVERHEAD_BYTES, RunGuard, RunLimit, RunLimits, RunStats,
+    TOOL_CALL_OVERHEAD_BYTES, run_base_bytes, tool_call_bytes,
+};

@@ -13,6 +13,11 @@
 //! the rest of the dedupe window. A stream with no entries and no subscribers is dropped at
 //! once, so memory stays bounded however many distinct users appear; its next event starts
 //! a new epoch.
+//!
+//! Guarded events (rule 11 of [`Broker`]) are checked and applied against one
+//! [`RunTable`](crate::run_table) for the node, inside the user's shard lock, before their
+//! batch is appended: dedupe and digest conflicts first, then each guarded fresh event in
+//! batch order; the first refusal refuses the batch with nothing stored or applied.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -31,6 +36,8 @@ use crate::broker::{
     Accepted, BatchError, Broker, BrokerError, BrokerStats, EventDigest, History, NewEvent,
     StoredEvent, Subscriber, compose_frame, same_subscriber,
 };
+use crate::run_table::RunTable;
+use crate::runs::{RunGuard, RunLimits};
 
 /// Bounds of the history a broker keeps, and of its dedupe window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +83,8 @@ const SHARDS: usize = 32;
 /// The in-memory [`Broker`]: the embedded default for one node.
 ///
 /// Its dedupe window is [`HistoryConfig::dedupe_window`] after an event's acceptance, and
-/// at least as long as the event is in history.
+/// at least as long as the event is in history. Its run state for guarded events is bounded
+/// by [`RunLimits`] ([`InMemoryBroker::with_run_limits`]; the defaults otherwise).
 #[derive(Debug)]
 pub struct InMemoryBroker {
     shards: Box<[ShardSlot]>,
@@ -89,6 +97,8 @@ pub struct InMemoryBroker {
     trimmed: AtomicU64,
     duplicates: AtomicU64,
     conflicts: AtomicU64,
+    /// Taken inside a shard lock, never the other way round.
+    runs: Mutex<RunTable>,
 }
 
 #[derive(Debug)]
@@ -393,12 +403,32 @@ impl InMemoryBroker {
             trimmed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
+            runs: Mutex::new(RunTable::new(RunLimits::default())),
+        }
+    }
+
+    /// The same broker, keeping run state under `limits`.
+    #[must_use]
+    pub fn with_run_limits(self, limits: RunLimits) -> Self {
+        InMemoryBroker {
+            runs: Mutex::new(RunTable::new(limits)),
+            ..self
         }
     }
 
     /// The history bounds in force.
     pub fn config(&self) -> &HistoryConfig {
         &self.config
+    }
+
+    /// The run-state bounds in force.
+    pub fn run_limits(&self) -> RunLimits {
+        *self.runs().limits()
+    }
+
+    fn runs(&self) -> MutexGuard<'_, RunTable> {
+        // Every change of the table completes before anything that can panic.
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn shard_index(&self, user: &UserId) -> usize {
@@ -457,42 +487,66 @@ impl InMemoryBroker {
     }
 
     /// Accepts `events` into `user`'s stream under one lock: all, or none when one of them
-    /// reuses an id for another event.
-    fn accept(&self, user: &UserId, events: Vec<NewEvent>) -> Result<Vec<Accepted>, BrokerError> {
+    /// reuses an id for another event or its run guard refuses it.
+    fn accept(&self, user: &UserId, events: Vec<NewEvent>) -> Result<Vec<Accepted>, BatchError> {
         let now = Instant::now();
         let mut guard = self.shard(user);
         let freed = guard.shard.trim_user(user, &self.config, now);
         guard.freed(freed);
-        // Check the whole batch before storing anything.
+        // Check the whole batch before storing anything: each event's id first (a
+        // duplicate is answered, not checked again), then the runs of the fresh ones.
         let stream = guard.shard.streams.get(user);
         let mut batch_ids: HashMap<&EventId, (usize, EventDigest)> = HashMap::default();
+        let mut guarded: Vec<(usize, &RunGuard)> = Vec::new();
+        let mut conflict = None;
         for (i, e) in events.iter().enumerate() {
-            let Some(id) = &e.event_id else { continue };
-            let conflict = match stream.and_then(|s| s.entry_of(id)) {
-                Some(entry) => (entry.digest != e.digest).then_some(entry.event.seq),
-                None => match batch_ids.get(id) {
-                    // A second event under an id the batch already uses: the seq the
-                    // first would take.
-                    Some(&(first, digest)) => (digest != e.digest).then(|| {
-                        let last = stream.map_or(0, |s| s.last_seq.get());
-                        Seq(last + fresh_before(&events, first))
-                    }),
-                    None => {
-                        // A single event cannot repeat an id of its batch.
-                        if events.len() > 1 {
-                            batch_ids.insert(id, (i, e.digest));
+            let fresh = match &e.event_id {
+                None => true,
+                Some(id) => {
+                    let seen = match stream.and_then(|s| s.entry_of(id)) {
+                        Some(entry) => Some((entry.digest != e.digest).then_some(entry.event.seq)),
+                        // A second event under an id the batch already uses: the seq the
+                        // first would take.
+                        None => batch_ids.get(id).map(|&(first, digest)| {
+                            (digest != e.digest).then(|| {
+                                let last = stream.map_or(0, |s| s.last_seq.get());
+                                Seq(last + fresh_before(&events, first))
+                            })
+                        }),
+                    };
+                    match seen {
+                        Some(Some(seq)) => {
+                            conflict = Some((i, id.clone(), seq));
+                            break;
                         }
-                        None
+                        Some(None) => false,
+                        None => {
+                            // A single event cannot repeat an id of its batch.
+                            if events.len() > 1 {
+                                batch_ids.insert(id, (i, e.digest));
+                            }
+                            true
+                        }
                     }
-                },
+                }
             };
-            if let Some(seq) = conflict {
-                self.conflicts.fetch_add(1, Ordering::Relaxed);
-                return Err(BrokerError::Conflict {
-                    event_id: id.clone(),
-                    seq,
-                });
+            if fresh && let Some(run) = &e.run {
+                guarded.push((i, run));
             }
+        }
+        if !guarded.is_empty() {
+            // Applied at once when nothing refuses the batch: accepting cannot fail after.
+            let checked = self.runs().check(user, &guarded, conflict.is_none());
+            if let Err((i, error)) = checked {
+                return Err(BatchError::refused(i, error));
+            }
+        }
+        if let Some((i, event_id, seq)) = conflict {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+            return Err(BatchError::refused(
+                i,
+                BrokerError::Conflict { event_id, seq },
+            ));
         }
         let mut answers = Vec::with_capacity(events.len());
         for event in events {
@@ -634,7 +688,7 @@ impl Default for InMemoryBroker {
 #[async_trait]
 impl Broker for InMemoryBroker {
     async fn publish(&self, user: &UserId, event: NewEvent) -> Result<Accepted, BrokerError> {
-        let mut answers = self.accept(user, vec![event])?;
+        let mut answers = self.accept(user, vec![event]).map_err(|e| e.error)?;
         answers.pop().ok_or(BrokerError::Closed)
     }
 
@@ -645,7 +699,6 @@ impl Broker for InMemoryBroker {
         events: Vec<NewEvent>,
     ) -> Result<Vec<Accepted>, BatchError> {
         self.accept(user, events)
-            .map_err(|error| BatchError::new(Vec::new(), error))
     }
 
     async fn subscribe(
@@ -761,6 +814,7 @@ impl Broker for InMemoryBroker {
             history_trimmed: self.trimmed.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
+            runs: self.runs().stats(),
             ..BrokerStats::default()
         };
         for slot in self.shards.iter() {
@@ -775,6 +829,7 @@ impl Broker for InMemoryBroker {
 
     fn sweep(&self) {
         let now = Instant::now();
+        self.runs().expire(now);
         for i in 0..SHARDS {
             let mut guard = self.lock(i);
             let freed = guard.shard.trim_age(&self.config, now);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_manager::conformance::{self, Harness, LatencyBroker, SeverableBroker, Unsupported};
-use agentwire_manager::{Broker, HistoryConfig, InMemoryBroker};
+use agentwire_manager::{Broker, HistoryConfig, InMemoryBroker, RunLimits};
 use async_trait::async_trait;
 
 /// How long a broken subscription stays broken before it is restored.
@@ -22,8 +22,14 @@ struct Memory<W> {
 
 impl<B: Broker, W: Fn(InMemoryBroker) -> B + Send + Sync + 'static> Memory<W> {
     fn with(&self, config: HistoryConfig) -> SeverableBroker<B> {
+        self.with_runs(config, RunLimits::default())
+    }
+
+    fn with_runs(&self, config: HistoryConfig, runs: RunLimits) -> SeverableBroker<B> {
         let wrap = self.wrap.clone();
-        SeverableBroker::new(move || wrap(InMemoryBroker::new(config.clone())))
+        SeverableBroker::new(move || {
+            wrap(InMemoryBroker::new(config.clone()).with_run_limits(runs))
+        })
     }
 }
 
@@ -52,6 +58,10 @@ impl<B: Broker, W: Fn(InMemoryBroker) -> B + Send + Sync + 'static> Harness for 
             dedupe_window,
             ..HistoryConfig::default()
         }))
+    }
+
+    async fn make_with_runs(&self, limits: RunLimits) -> Result<Self::Broker, Unsupported> {
+        Ok(self.with_runs(HistoryConfig::default(), limits))
     }
 
     fn clock_slack(&self) -> Duration {
@@ -135,6 +145,19 @@ macro_rules! conformance_tests {
             threaded!($harness, publish_many_batches);
             paused!($harness, lookup_by_event_id);
             paused!($harness, digest_conflict);
+            paused!($harness, run_lifecycle_edges);
+            paused!($harness, run_dedupe_before_lifecycle);
+            paused!($harness, run_batches_all_or_nothing);
+            threaded!($harness, run_concurrent_starts);
+            paused!($harness, run_bounds);
+            paused!($harness, run_ttl);
+
+            #[tokio::test(start_paused = true)]
+            async fn run_lifecycle_matches_reference() {
+                conformance::run_lifecycle_matches_reference(&$harness, 200)
+                    .await
+                    .assert_held();
+            }
 
             #[tokio::test(start_paused = true)]
             async fn history_gaps() {
@@ -191,6 +214,8 @@ async fn a_harness_without_capabilities_reports_them_unsupported() {
             "wipe_restarts_epoch",
             "dedupe_window_edges",
             "age_trim",
+            "run_bounds",
+            "run_ttl",
         ]
     );
     assert_eq!(
@@ -213,6 +238,8 @@ enum Flaw {
     LoopedBatches,
     /// `lookup` forgets everything.
     ForgetfulLookup,
+    /// Run guards are dropped: every event is appended whatever its run's state.
+    IgnoredGuards,
 }
 
 #[async_trait]
@@ -222,6 +249,10 @@ impl Broker for Flawed {
         user: &agentwire_protocol::UserId,
         event: agentwire_manager::NewEvent,
     ) -> Result<agentwire_manager::Accepted, agentwire_manager::BrokerError> {
+        let mut event = event;
+        if self.flaw == Flaw::IgnoredGuards {
+            event.run = None;
+        }
         self.inner.publish(user, event).await
     }
 
@@ -297,4 +328,10 @@ async fn the_suite_catches_a_batch_that_is_not_atomic() {
 #[should_panic(expected = "lookup of")]
 async fn the_suite_catches_a_lookup_that_forgets() {
     let _ = conformance::lookup_by_event_id(&flawed(Flaw::ForgetfulLookup)).await;
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "expected a run violation")]
+async fn the_suite_catches_a_broker_that_ignores_run_guards() {
+    let _ = conformance::run_lifecycle_edges(&flawed(Flaw::IgnoredGuards)).await;
 }

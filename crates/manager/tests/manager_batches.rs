@@ -118,7 +118,8 @@ async fn a_batch_costs_one_broker_call_per_user_and_answers_in_order() {
     assert_eq!(m.get_stats().events_emitted, 12);
 }
 
-/// A reused id refuses all of its user's events in the batch; other users' go through.
+/// A reused id refuses all of its user's events in the batch, naming the refused one;
+/// other users' go through.
 #[tokio::test(start_paused = true)]
 async fn a_conflict_refuses_its_users_events_only() {
     let m = manager(ManagerConfig::default());
@@ -135,15 +136,18 @@ async fn a_conflict_refuses_its_users_events_only() {
     ];
     let answers = m.emit_prepared_many(&batch).await;
     assert_eq!(seqs_of(&answers), vec![None, Some(1), None, Some(2)]);
-    for i in [0, 2] {
-        assert_eq!(
-            answers[i].as_ref().err(),
-            Some(&EmitError::Conflict {
-                event_id: "once".parse().expect("id"),
-                seq: first.seq
-            })
-        );
-    }
+    // The refused event answers why; its user's other event names it.
+    assert_eq!(
+        answers[2].as_ref().err(),
+        Some(&EmitError::Conflict {
+            event_id: "once".parse().expect("id"),
+            seq: first.seq
+        })
+    );
+    assert_eq!(
+        answers[0].as_ref().err(),
+        Some(&EmitError::BatchRefused { index: 2 })
+    );
     let h = m.history(&a, Seq::ZERO, 10).await.expect("history");
     assert_eq!(h.last_seq, Seq(1), "a refused batch stored something");
     let stats = m.get_stats();

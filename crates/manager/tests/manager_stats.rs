@@ -203,3 +203,68 @@ async fn broker_failures_are_counted_and_leave_nothing_behind() {
     assert_eq!((stats.connections, stats.users), (0, 0));
     assert_eq!((stats.connections_opened, stats.connections_closed), (1, 1));
 }
+
+/// The broker's run state shows in `get_stats`: runs held and in progress, bytes, and
+/// refusals by kind.
+#[tokio::test(start_paused = true)]
+async fn run_state_shows_in_the_stats() {
+    use agentwire_manager::{PublisherId, RunLimits, run_base_bytes};
+    use agentwire_protocol::{AgentCompleted, RunViolation};
+    let m = UnifiedWebSocketManager::new(
+        ManagerConfig::default(),
+        Arc::new(
+            agentwire_manager::InMemoryBroker::default().with_run_limits(RunLimits {
+                max_runs_per_owner: 1,
+                ..RunLimits::default()
+            }),
+        ),
+    );
+    let alice = user("alice");
+    let key = PublisherId::new("key:1").expect("publisher");
+    let emit = |run: &str, data: agentwire_protocol::EventData| {
+        let event = Event::new(None, Some(run.parse().expect("run")), data);
+        let prepared = m
+            .prepare_event(&alice, &event, None)
+            .expect("valid")
+            .guarded(key.clone());
+        let m = m.clone();
+        async move { m.emit_prepared(&prepared).await }
+    };
+    emit("r1", AgentStarted::default().into())
+        .await
+        .expect("started");
+    let refused = emit("r2", AgentStarted::default().into()).await;
+    assert_eq!(
+        refused.map(|_| ()),
+        Err(EmitError::TooManyRuns(
+            agentwire_manager::RunLimit::OwnerRuns
+        ))
+    );
+    let thinking = AgentThinking {
+        thought: "?".into(),
+        ..Default::default()
+    };
+    let not_started = emit("r3", thinking.into()).await;
+    assert!(matches!(
+        not_started,
+        Err(EmitError::Violation(RunViolation::NotStarted { .. }))
+    ));
+    let runs = m.get_stats().runs;
+    assert_eq!((runs.runs, runs.live_runs), (1, 1));
+    assert_eq!(
+        runs.bytes,
+        run_base_bytes(&alice, &"r1".parse().expect("run")) as u64
+    );
+    assert_eq!(runs.refused_at(agentwire_manager::RunLimit::OwnerRuns), 1);
+    assert_eq!(
+        runs.violations_of(&RunViolation::NotStarted {
+            event: EventType::AgentThinking
+        }),
+        1
+    );
+    emit("r1", AgentCompleted::default().into())
+        .await
+        .expect("ended");
+    let runs = m.get_stats().runs;
+    assert_eq!((runs.runs, runs.live_runs), (1, 0));
+}

@@ -46,7 +46,7 @@ pub use ids::{
     validate_id,
 };
 pub use publish::{PublishAccepted, PublishBody, PublishRequest, PublishResponse};
-pub use run::{MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunViolation};
+pub use run::{MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunStep, RunViolation};
 
 /// The protocol version this crate implements; also the WebSocket subprotocol name's
 /// suffix (`agentwire.v1`).

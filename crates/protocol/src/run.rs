@@ -3,6 +3,12 @@
 //! Per run: `agent_started` comes first; `tool_completed` only for an open `tool_call_id`;
 //! exactly one terminal event (`agent_completed` or `agent_error`) and nothing after it.
 //! `custom` events stand outside the lifecycle and are accepted in any state.
+//!
+//! [`RunState`] is the one reference of these rules. What an event does to its run is a
+//! [`RunStep`] (the event without its payload), so a broker can check a run without
+//! decoding the event again: [`RunState::apply_step`] is the rule, [`RunState::apply`] the
+//! same for a whole event. Other implementations (the Redis broker's script) are tested
+//! against it.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +25,66 @@ pub enum RunOutcome {
     Completed,
     /// `agent_error`.
     Failed,
+}
+
+/// What a run event does to its run: the event's type, and the tool call it names.
+/// `custom` events have none (they stand outside the lifecycle).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RunStep {
+    /// `agent_started`: the run begins.
+    Start,
+    /// `agent_thinking`: a step inside the running run.
+    Think,
+    /// `tool_executing`: the tool call with this id opens.
+    OpenToolCall(String),
+    /// `tool_completed`: the open tool call with this id closes.
+    CloseToolCall(String),
+    /// `agent_completed` or `agent_error`: the run ends.
+    End(RunOutcome),
+}
+
+impl RunStep {
+    /// The step `event` takes, or `None` for a `custom` event.
+    pub fn of(event: &EventData) -> Option<RunStep> {
+        Some(match event {
+            EventData::AgentStarted(_) => RunStep::Start,
+            EventData::AgentThinking(_) => RunStep::Think,
+            EventData::ToolExecuting(t) => RunStep::OpenToolCall(t.tool_call_id.clone()),
+            EventData::ToolCompleted(t) => RunStep::CloseToolCall(t.tool_call_id.clone()),
+            EventData::AgentCompleted(_) => RunStep::End(RunOutcome::Completed),
+            EventData::AgentError(_) => RunStep::End(RunOutcome::Failed),
+            EventData::Custom(_) => return None,
+        })
+    }
+
+    /// The type of the events that take this step.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            RunStep::Start => EventType::AgentStarted,
+            RunStep::Think => EventType::AgentThinking,
+            RunStep::OpenToolCall(_) => EventType::ToolExecuting,
+            RunStep::CloseToolCall(_) => EventType::ToolCompleted,
+            RunStep::End(outcome) => outcome.event_type(),
+        }
+    }
+
+    /// The tool call the step opens or closes.
+    pub fn tool_call_id(&self) -> Option<&str> {
+        match self {
+            RunStep::OpenToolCall(id) | RunStep::CloseToolCall(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+impl RunOutcome {
+    /// The terminal event that ends a run this way.
+    pub fn event_type(self) -> EventType {
+        match self {
+            RunOutcome::Completed => EventType::AgentCompleted,
+            RunOutcome::Failed => EventType::AgentError,
+        }
+    }
 }
 
 /// Where a run is in its lifecycle.
@@ -74,6 +140,47 @@ pub enum RunViolation {
     },
 }
 
+impl RunViolation {
+    /// Every violation's [`name`](Self::name), in the order of docs/protocol.md §7.
+    pub const NAMES: [&'static str; 6] = [
+        "NotStarted",
+        "AlreadyStarted",
+        "DuplicateToolCall",
+        "UnknownToolCall",
+        "TooManyOpenToolCalls",
+        "AfterTerminal",
+    ];
+
+    /// The position of this violation's name in [`Self::NAMES`].
+    pub fn index(&self) -> usize {
+        match self {
+            RunViolation::NotStarted { .. } => 0,
+            RunViolation::AlreadyStarted => 1,
+            RunViolation::DuplicateToolCall { .. } => 2,
+            RunViolation::UnknownToolCall { .. } => 3,
+            RunViolation::TooManyOpenToolCalls => 4,
+            RunViolation::AfterTerminal { .. } => 5,
+        }
+    }
+
+    /// The violation's name, as docs/protocol.md §7 lists them (`NotStarted`,
+    /// `AlreadyStarted`, …): what an error body or a metric label names it by.
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
+
+    /// The field of the event the violation is about: `data.tool_call_id` for the tool
+    /// call violations, `type` for the others.
+    pub fn field(&self) -> &'static str {
+        match self {
+            RunViolation::DuplicateToolCall { .. }
+            | RunViolation::UnknownToolCall { .. }
+            | RunViolation::TooManyOpenToolCalls => "data.tool_call_id",
+            _ => "type",
+        }
+    }
+}
+
 impl RunState {
     /// The state after `event`, or the violation it commits. Pure: `self` is unchanged.
     ///
@@ -86,61 +193,70 @@ impl RunState {
     }
 
     /// Moves to the state after `event`; on a violation the state is left as it was.
+    /// A `custom` event changes nothing.
     ///
     /// # Errors
     /// The [`RunViolation`] the event commits.
     pub fn apply(&mut self, event: &EventData) -> Result<(), RunViolation> {
-        let ty = event.event_type();
-        if ty == EventType::Custom {
-            return Ok(());
+        match RunStep::of(event) {
+            Some(step) => self.apply_step(&step),
+            None => Ok(()),
         }
+    }
+
+    /// Moves to the state after `step`; on a violation the state is left as it was.
+    ///
+    /// The checks, in this order: a finished run takes nothing (`AfterTerminal`); a run
+    /// not started takes only `Start` (`NotStarted`); a running run takes no second
+    /// `Start` (`AlreadyStarted`), opens a tool call that is not open (`DuplicateToolCall`)
+    /// while fewer than [`MAX_OPEN_TOOL_CALLS`] are (`TooManyOpenToolCalls`), and closes
+    /// only an open one (`UnknownToolCall`).
+    ///
+    /// # Errors
+    /// The [`RunViolation`] the step commits.
+    pub fn apply_step(&mut self, step: &RunStep) -> Result<(), RunViolation> {
         match self {
             RunState::Finished(outcome) => Err(RunViolation::AfterTerminal {
-                event: ty,
-                ended_with: match outcome {
-                    RunOutcome::Completed => EventType::AgentCompleted,
-                    RunOutcome::Failed => EventType::AgentError,
-                },
+                event: step.event_type(),
+                ended_with: outcome.event_type(),
             }),
-            RunState::NotStarted => match event {
-                EventData::AgentStarted(_) => {
+            RunState::NotStarted => match step {
+                RunStep::Start => {
                     *self = RunState::Running {
                         open_tool_calls: BTreeSet::new(),
                     };
                     Ok(())
                 }
-                _ => Err(RunViolation::NotStarted { event: ty }),
+                _ => Err(RunViolation::NotStarted {
+                    event: step.event_type(),
+                }),
             },
-            RunState::Running { open_tool_calls } => match event {
-                EventData::AgentStarted(_) => Err(RunViolation::AlreadyStarted),
-                EventData::AgentThinking(_) | EventData::Custom(_) => Ok(()),
-                EventData::ToolExecuting(t) => {
-                    if open_tool_calls.contains(&t.tool_call_id) {
+            RunState::Running { open_tool_calls } => match step {
+                RunStep::Start => Err(RunViolation::AlreadyStarted),
+                RunStep::Think => Ok(()),
+                RunStep::OpenToolCall(id) => {
+                    if open_tool_calls.contains(id) {
                         return Err(RunViolation::DuplicateToolCall {
-                            tool_call_id: t.tool_call_id.clone(),
+                            tool_call_id: id.clone(),
                         });
                     }
                     if open_tool_calls.len() >= MAX_OPEN_TOOL_CALLS {
                         return Err(RunViolation::TooManyOpenToolCalls);
                     }
-                    open_tool_calls.insert(t.tool_call_id.clone());
+                    open_tool_calls.insert(id.clone());
                     Ok(())
                 }
-                EventData::ToolCompleted(t) => {
-                    if open_tool_calls.remove(&t.tool_call_id) {
+                RunStep::CloseToolCall(id) => {
+                    if open_tool_calls.remove(id) {
                         Ok(())
                     } else {
                         Err(RunViolation::UnknownToolCall {
-                            tool_call_id: t.tool_call_id.clone(),
+                            tool_call_id: id.clone(),
                         })
                     }
                 }
-                EventData::AgentCompleted(_) => {
-                    *self = RunState::Finished(RunOutcome::Completed);
-                    Ok(())
-                }
-                EventData::AgentError(_) => {
-                    *self = RunState::Finished(RunOutcome::Failed);
+                RunStep::End(outcome) => {
+                    *self = RunState::Finished(*outcome);
                     Ok(())
                 }
             },

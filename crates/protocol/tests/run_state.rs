@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use agentwire_protocol::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, Custom, EventData, EventType,
-    MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunViolation, ToolCompleted, ToolExecuting,
+    MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunStep, RunViolation, ToolCompleted, ToolExecuting,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -181,7 +181,43 @@ fn lifecycle_event() -> impl Strategy<Value = EventData> {
     prop::sample::select(types).prop_flat_map(support::event_data_of)
 }
 
+/// Any event of any type, naming one of a few tool call ids.
+fn any_event() -> impl Strategy<Value = EventData> {
+    (
+        prop::sample::select(EventType::ALL.to_vec()),
+        prop::sample::select(vec!["tc1", "tc2", "tc3"]),
+    )
+        .prop_map(|(ty, id)| of_type(ty, id))
+}
+
 proptest! {
+    /// `apply` is `apply_step` of the event's step: the same answers and states along any
+    /// sequence, valid or not; the step names the event's type and tool call.
+    #[test]
+    fn steps_decide_as_their_events(events in vec(any_event(), 0..48)) {
+        let (mut by_event, mut by_step) = (RunState::default(), RunState::default());
+        for e in &events {
+            let answer = by_event.apply(e);
+            match RunStep::of(e) {
+                None => {
+                    prop_assert_eq!(e.event_type(), EventType::Custom);
+                    prop_assert_eq!(answer, Ok(()));
+                }
+                Some(step) => {
+                    prop_assert_eq!(step.event_type(), e.event_type());
+                    let tool_call = match e {
+                        EventData::ToolExecuting(t) => Some(t.tool_call_id.as_str()),
+                        EventData::ToolCompleted(t) => Some(t.tool_call_id.as_str()),
+                        _ => None,
+                    };
+                    prop_assert_eq!(step.tool_call_id(), tool_call);
+                    prop_assert_eq!(by_step.apply_step(&step), answer);
+                }
+            }
+            prop_assert_eq!(&by_step, &by_event);
+        }
+    }
+
     #[test]
     fn every_valid_run_is_accepted_and_finishes((events, outcome) in valid_run()) {
         let mut state = RunState::default();
@@ -382,6 +418,44 @@ fn custom_is_accepted_in_every_state_and_changes_nothing() {
         assert_eq!(after.apply(&custom()), Ok(()));
         assert_eq!(after, state);
     }
+}
+
+#[test]
+fn violations_have_their_documented_names_and_fields() {
+    let cases = [
+        (run(&[]), thinking(), "NotStarted", "type"),
+        (run(&[started()]), started(), "AlreadyStarted", "type"),
+        (
+            run(&[started(), executing("a")]),
+            executing("a"),
+            "DuplicateToolCall",
+            "data.tool_call_id",
+        ),
+        (
+            run(&[started()]),
+            completed_tool("a"),
+            "UnknownToolCall",
+            "data.tool_call_id",
+        ),
+        (
+            run(&[started(), failed()]),
+            thinking(),
+            "AfterTerminal",
+            "type",
+        ),
+    ];
+    for (state, event, name, field) in cases {
+        let v = state.transition(&event).expect_err("a violation");
+        assert_eq!((v.name(), v.field()), (name, field), "{v}");
+    }
+    assert_eq!(
+        RunViolation::TooManyOpenToolCalls.name(),
+        "TooManyOpenToolCalls"
+    );
+    assert_eq!(
+        RunViolation::TooManyOpenToolCalls.field(),
+        "data.tool_call_id"
+    );
 }
 
 #[test]

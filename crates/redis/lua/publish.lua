@@ -1,27 +1,159 @@
--- Accepts a batch of one user's events, all or nothing, in one atomic step.
+-- Accepts a batch of one user's events, all or nothing, in one atomic step, checking the
+-- run of every guarded event (the lifecycle of agentwire_protocol::RunState, mirrored
+-- here) in the same step.
+-- KEYS: 1-5 as in common.lua, then the state key of each run the batch's guarded events
+--       touch (HASH s = status r|c|f, n = open calls, b = bytes, a = allowance,
+--       k = reservation token, o = owner, f = when the registry was last told (ms),
+--       t:<tool_call_id> = 1 per open call).
 -- ARGV: 1 new epoch (used only if the stream is new), 2 max events kept, 3 max age (ms),
 --       4 dedupe window (ms), 5 max dedupe entries, 6 idle TTL of meta (ms),
 --       7 publish command (PUBLISH or SPUBLISH), 8 number of events n,
---       then six per event: event_id, digest, type, head, mid, tail, where the frame is
---       head .. seq .. mid .. ts .. tail (the pieces come from compose_frame).
--- Returns {'ok', epoch, new_epoch(0/1), trimmed, forgotten, seq1, ts1, dup1, ...}
---      or {'conflict', index (0-based), seq of the id's first acceptance}.
+--       9 run ttl (ms), 10 bytes per open tool call beyond its id, 11 most open tool calls,
+--       12 number of runs m,
+--       then five per run: reservation token ('' none), allowance granted ('' none),
+--       refusal of a new run ('' none, else the bound's name), owner, base bytes;
+--       then nine per event: event_id, digest, type, head, mid, tail (the frame is
+--       head .. seq .. mid .. ts .. tail, pieces of compose_frame), run (1-based; 0 for an
+--       unguarded event), step (s start, t think, o open, c close, e end), step argument
+--       (the tool call id; for e the outcome, c or f).
+-- Returns {'ok', epoch, new_epoch(0/1), trimmed, forgotten, seq1, ts1, dup1, ...,
+--          then per run: token, started(0/1), ended(0/1), refresh(0/1)}
+--      or {'conflict', index (0-based), seq of the id's first acceptance}
+--      or {'violation', index, name, terminal status (c/f) for AfterTerminal}
+--      or {'full', index, bound} (a new run the registry refused)
+--      or {'grow', then per run needing more room: run, bytes needed, index of the first
+--         event needing it, the run's token, its owner}: nothing was written; ask the
+--         registry for the room and call again.
 local max_age = tonumber(ARGV[3])
 local dedupe_ms = tonumber(ARGV[4])
 local n = tonumber(ARGV[8])
+local run_ttl = tonumber(ARGV[9])
+local call_bytes = tonumber(ARGV[10])
+local max_open = tonumber(ARGV[11])
+local m = tonumber(ARGV[12])
+local first_event = 13 + 5 * m
 local now = now_ms()
+
+-- ARGV index of run j's first field.
+local function run_arg(j)
+  return 13 + 5 * (j - 1)
+end
+
+-- The state of run j as the batch leaves it so far.
+local runs = {}
+local function run(j)
+  local r = runs[j]
+  if r then
+    return r
+  end
+  local v = redis.call('HMGET', KEYS[5 + j], 's', 'n', 'b', 'a', 'k', 'o', 'f')
+  r = {
+    s = v[1], n = tonumber(v[2]) or 0, b = tonumber(v[3]) or 0, a = tonumber(v[4]) or 0,
+    k = v[5] or '', o = v[6] or '', f = tonumber(v[7]) or 0,
+    opened = {}, closed = {}, changed = false, started = false, ended = false,
+  }
+  local grant = ARGV[run_arg(j) + 1]
+  if grant ~= '' then
+    r.a = math.max(r.a, tonumber(grant))
+  end
+  runs[j] = r
+  return r
+end
+
+local function is_open(r, j, id)
+  if r.opened[id] then
+    return true
+  elseif r.closed[id] or r.started then
+    return false
+  end
+  return redis.call('HEXISTS', KEYS[5 + j], 't:' .. id) == 1
+end
+
+-- Room a run needs beyond its allowance: run -> {bytes, index of the first event}.
+local grow = {}
+local growing = false
+
+-- Applies event i's step to run j; returns the refusal, or nil.
+local function step(i, j, code, arg)
+  local r = run(j)
+  if r.s == 'c' or r.s == 'f' then
+    return {'violation', i, 'AfterTerminal', r.s}
+  end
+  if not r.s then
+    if code ~= 's' then
+      return {'violation', i, 'NotStarted', ''}
+    end
+    local b = run_arg(j)
+    if ARGV[b + 2] ~= '' then
+      return {'full', i, ARGV[b + 2]}
+    end
+    r.s, r.n, r.b = 'r', 0, tonumber(ARGV[b + 4])
+    r.k, r.o, r.f = ARGV[b], ARGV[b + 3], now
+    r.started, r.changed = true, true
+    return nil
+  end
+  if code == 's' then
+    return {'violation', i, 'AlreadyStarted', ''}
+  elseif code == 'o' then
+    if is_open(r, j, arg) then
+      return {'violation', i, 'DuplicateToolCall', ''}
+    end
+    if r.n >= max_open then
+      return {'violation', i, 'TooManyOpenToolCalls', ''}
+    end
+    local cost = call_bytes + #arg
+    if r.b + cost > r.a then
+      local g = grow[j]
+      if not g then
+        grow[j] = {r.b + cost, i}
+      elseif r.b + cost > g[1] then
+        g[1] = r.b + cost
+      end
+      growing = true
+    end
+    r.n, r.b = r.n + 1, r.b + cost
+    r.opened[arg], r.closed[arg] = true, nil
+    r.changed = true
+  elseif code == 'c' then
+    if not is_open(r, j, arg) then
+      return {'violation', i, 'UnknownToolCall', ''}
+    end
+    r.n, r.b = r.n - 1, r.b - (call_bytes + #arg)
+    r.opened[arg], r.closed[arg] = nil, true
+    r.changed = true
+  elseif code == 'e' then
+    r.s, r.n, r.b = arg, 0, tonumber(ARGV[run_arg(j) + 4])
+    r.opened, r.closed = {}, {}
+    r.ended, r.changed = true, true
+  end
+  return nil
+end
+
+local function grow_reply()
+  local reply = {'grow'}
+  for j, g in pairs(grow) do
+    reply[#reply + 1] = j
+    reply[#reply + 1] = g[1]
+    reply[#reply + 1] = g[2]
+    reply[#reply + 1] = runs[j].k
+    reply[#reply + 1] = runs[j].o
+  end
+  return reply
+end
+
 local epoch, created = ensure_epoch(ARGV[1])
 local state = redis.call('HMGET', KEYS[1], 'seq', 'ts')
 local last = tonumber(state[1]) or 0
 local ts = math.max(now, tonumber(state[2]) or 0)
 local id_cutoff = now - dedupe_ms
 
--- Pass 1: duplicates and conflicts; fresh events get their seqs. Nothing is written.
+-- Pass 1: duplicates, conflicts and runs, event by event in order; fresh events get their
+-- seqs. Nothing is written.
 local out = {}
 local first_in_batch = {}
 local next_seq = last
 for i = 0, n - 1 do
-  local b = 9 + 6 * i
+  local b = first_event + 9 * i
   local id, digest = ARGV[b], ARGV[b + 1]
   local prior = redis.call('HGET', KEYS[3], id)
   local pseq, pts, pdigest
@@ -31,22 +163,42 @@ for i = 0, n - 1 do
       prior = nil
     end
   end
+  local refusal
   if prior then
     if pdigest ~= digest then
-      return {'conflict', i, pseq}
+      refusal = {'conflict', i, pseq}
+    else
+      out[i + 1] = {pseq, pts, 1}
     end
-    out[i + 1] = {pseq, pts, 1}
   elseif first_in_batch[id] then
     local j = first_in_batch[id]
-    if ARGV[9 + 6 * j + 1] ~= digest then
-      return {'conflict', i, out[j + 1][1]}
+    if ARGV[first_event + 9 * j + 1] ~= digest then
+      refusal = {'conflict', i, out[j + 1][1]}
+    else
+      out[i + 1] = {out[j + 1][1], out[j + 1][2], 1}
     end
-    out[i + 1] = {out[j + 1][1], out[j + 1][2], 1}
   else
-    next_seq = next_seq + 1
-    first_in_batch[id] = i
-    out[i + 1] = {next_seq, ts, 0}
+    -- Fresh: its run is checked (dedupe comes first).
+    local j = tonumber(ARGV[b + 6])
+    if j > 0 then
+      refusal = step(i, j, ARGV[b + 7], ARGV[b + 8])
+    end
+    if not refusal then
+      next_seq = next_seq + 1
+      first_in_batch[id] = i
+      out[i + 1] = {next_seq, ts, 0}
+    end
   end
+  if refusal then
+    -- An event before this one needs room the registry may refuse: that comes first.
+    if growing then
+      return grow_reply()
+    end
+    return refusal
+  end
+end
+if growing then
+  return grow_reply()
 end
 
 -- Pass 2: append, remember, publish — in seq order, inside this one atomic step.
@@ -55,7 +207,7 @@ local added = 0
 local ts_s = int(ts)
 for i = 0, n - 1 do
   if out[i + 1][3] == 0 then
-    local b = 9 + 6 * i
+    local b = first_event + 9 * i
     local seq_s = int(out[i + 1][1])
     local entry = ARGV[b + 2] .. '\n' .. ARGV[b] .. '\n'
       .. ARGV[b + 3] .. seq_s .. ARGV[b + 4] .. ts_s .. ARGV[b + 5]
@@ -80,10 +232,46 @@ if added > 0 then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 
+-- The runs the fresh events moved, and when the registry should hear of them again.
+local run_reply = {}
+for j = 1, m do
+  local r = runs[j]
+  local refresh = 0
+  if r and r.s then
+    local key = KEYS[5 + j]
+    if r.s == 'r' and not r.started and now - r.f >= run_ttl / 2 then
+      r.f, r.changed, refresh = now, true, 1
+    end
+    if r.ended then
+      redis.call('DEL', key)
+    end
+    if r.changed then
+      redis.call('HSET', key, 's', r.s, 'n', int(r.n), 'b', int(r.b), 'a', int(r.a),
+        'k', r.k, 'o', r.o, 'f', int(r.f))
+      for id in pairs(r.opened) do
+        redis.call('HSET', key, 't:' .. id, 1)
+      end
+      if not r.ended then
+        for id in pairs(r.closed) do
+          redis.call('HDEL', key, 't:' .. id)
+        end
+      end
+    end
+    redis.call('PEXPIRE', key, run_ttl)
+  end
+  run_reply[#run_reply + 1] = (r and r.k) or ''
+  run_reply[#run_reply + 1] = (r and r.started) and 1 or 0
+  run_reply[#run_reply + 1] = (r and r.ended) and 1 or 0
+  run_reply[#run_reply + 1] = refresh
+end
+
 local reply = {'ok', epoch, created, trimmed, forgotten}
 for i = 1, n do
   reply[#reply + 1] = out[i][1]
   reply[#reply + 1] = out[i][2]
   reply[#reply + 1] = out[i][3]
+end
+for _, v in ipairs(run_reply) do
+  reply[#reply + 1] = v
 end
 return reply

@@ -5,20 +5,25 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use agentwire_manager::{
-    Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, StoredEvent,
-    Subscriber,
+    Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, RunLimit, RunStats,
+    StoredEvent, Subscriber, TOOL_CALL_OVERHEAD_BYTES,
 };
-use agentwire_protocol::{Epoch, EventId, Seq, Timestamp, UserId};
+use agentwire_protocol::{Epoch, EventId, MAX_OPEN_TOOL_CALLS, Seq, Timestamp, UserId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
 use crate::config::{RedisConfig, RedisTarget};
 use crate::connect::{Commands, PUBSUB_CLIENT_NAME};
-use crate::keys::UserKeys;
+use crate::keys::{RegistryKeys, UserKeys};
 use crate::metrics::{Counters, RedisMetrics, add, bump};
 use crate::pubsub::{self, Link, SubscribeRefused, SubscribeWait, Subscriptions};
+use crate::runs::{
+    self, BatchRuns, Growth, RegistryAnswer, RegistryOp, RunAfter, RunSlot, int, text,
+};
 use crate::script::{self, Entry, FrameParts, Malformed};
 
 /// The [`Broker`] on Redis 7, standalone or cluster: many agentwire nodes share each
@@ -38,6 +43,7 @@ struct Inner {
     scripts: Scripts,
     subs: Arc<Subscriptions>,
     counters: Arc<Counters>,
+    registry: RegistryKeys,
     /// `PUBLISH` on a standalone Redis, `SPUBLISH` (sharded) on a cluster.
     publish_command: &'static str,
     task: tokio::task::AbortHandle,
@@ -55,6 +61,7 @@ struct Scripts {
     publish: Script,
     history: Script,
     lookup: Script,
+    runs: Script,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -94,14 +101,17 @@ impl RedisBroker {
             RedisTarget::Cluster(_) => "SPUBLISH",
             _ => "PUBLISH",
         };
+        let registry = RegistryKeys::new(&config.key_prefix);
         Ok(RedisBroker {
             inner: Arc::new(Inner {
+                registry,
                 config,
                 commands,
                 scripts: Scripts {
                     publish: Script::new(script::PUBLISH),
                     history: Script::new(script::HISTORY),
                     lookup: Script::new(script::LOOKUP),
+                    runs: Script::new(script::RUNS),
                 },
                 subs,
                 counters,
@@ -191,94 +201,450 @@ impl RedisBroker {
         BrokerError::unavailable("Redis answered with something the scripts do not write", e)
     }
 
-    /// One script call for a whole batch of one user's events.
+    /// One script call for a whole batch of one user's events — with the run registry
+    /// before it (reserving the room of runs the batch starts, and more room when a run
+    /// needs it, then calling the script again) and after it (a run that ended, a
+    /// reservation the batch did not use) when the batch holds guarded events.
     async fn publish_batch(
         &self,
         user: &UserId,
         events: Vec<NewEvent>,
-    ) -> Result<Vec<Accepted>, BrokerError> {
+    ) -> Result<Vec<Accepted>, BatchError> {
         let config = &self.inner.config;
         if events.len() > config.max_batch_events {
             bump(&self.inner.counters.batches_refused);
-            return Err(BrokerError::Rejected(
-                format!(
-                    "a batch of {} events exceeds max_batch_events ({})",
-                    events.len(),
-                    config.max_batch_events
-                )
-                .into(),
+            return Err(BatchError::new(
+                Vec::new(),
+                BrokerError::Rejected(
+                    format!(
+                        "a batch of {} events exceeds max_batch_events ({})",
+                        events.len(),
+                        config.max_batch_events
+                    )
+                    .into(),
+                ),
             ));
         }
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let fail = |error| BatchError::new(Vec::new(), error);
         let keys = self.keys(user);
-        let mut call = self.inner.scripts.publish.prepare_invoke();
-        for key in keys.script_keys() {
-            call.key(key);
-        }
-        call.arg(Epoch::generate().as_str())
-            .arg(config.max_events_per_user)
-            .arg(millis(config.max_age))
-            .arg(millis(config.dedupe_window))
-            .arg(config.max_dedupe_per_user)
-            .arg(millis(config.stream_idle_ttl))
-            .arg(self.inner.publish_command)
-            .arg(events.len());
+        let mut runs = BatchRuns::of(&keys, user, &events);
         let mut ids = Vec::with_capacity(events.len());
+        let mut parts = Vec::with_capacity(events.len());
         for event in &events {
             let id = event.event_id.clone().unwrap_or_else(EventId::generate);
-            let parts = FrameParts::new(event.event_type, &id, &event.body).map_err(|_| {
-                BrokerError::Rejected("the frame layout of compose_frame is not understood".into())
+            let p = FrameParts::new(event.event_type, &id, &event.body).map_err(|_| {
+                fail(BrokerError::Rejected(
+                    "the frame layout of compose_frame is not understood".into(),
+                ))
             })?;
-            call.arg(id.as_str())
-                .arg(event.digest.to_string())
-                .arg(event.event_type.as_str())
-                .arg(&parts.head[..])
-                .arg(&parts.mid[..])
-                .arg(&parts.tail[..]);
             ids.push(id);
+            parts.push(p);
         }
-        let reply: Vec<Value> = self
-            .round_trip("publish", self.inner.commands.invoke(&call))
-            .await?;
-        self.accepted(reply, ids)
+        self.reserve_runs(&mut runs).await.map_err(fail)?;
+        // A second round follows only when a run needed more room than it had; a third
+        // only when another node changed the run in between.
+        for _ in 0..MAX_PUBLISH_ROUNDS {
+            let mut call = self.inner.scripts.publish.prepare_invoke();
+            for key in keys.script_keys() {
+                call.key(key);
+            }
+            for slot in &runs.slots {
+                call.key(&slot.key);
+            }
+            call.arg(Epoch::generate().as_str())
+                .arg(config.max_events_per_user)
+                .arg(millis(config.max_age))
+                .arg(millis(config.dedupe_window))
+                .arg(config.max_dedupe_per_user)
+                .arg(millis(config.stream_idle_ttl))
+                .arg(self.inner.publish_command)
+                .arg(events.len())
+                .arg(millis(config.run_limits.ttl))
+                .arg(TOOL_CALL_OVERHEAD_BYTES)
+                .arg(MAX_OPEN_TOOL_CALLS)
+                .arg(runs.slots.len());
+            for slot in &runs.slots {
+                let (token, refusal) = match (&slot.reserved, slot.refusal) {
+                    (_, Some(limit)) => ("", limit.name()),
+                    (Some((_, token)), None) => (token.as_str(), ""),
+                    (None, None) => ("", ""),
+                };
+                call.arg(token)
+                    .arg(slot.grant.map(|g| g.to_string()).unwrap_or_default())
+                    .arg(refusal)
+                    .arg(slot.owner.as_str())
+                    .arg(slot.base);
+            }
+            for ((event, (id, p)), (run, step)) in events
+                .iter()
+                .zip(ids.iter().zip(&parts))
+                .zip(&runs.of_event)
+            {
+                let (code, arg) = step.as_ref().map_or(("", ""), runs::step_args);
+                call.arg(id.as_str())
+                    .arg(event.digest.to_string())
+                    .arg(event.event_type.as_str())
+                    .arg(&p.head[..])
+                    .arg(&p.mid[..])
+                    .arg(&p.tail[..])
+                    .arg(*run)
+                    .arg(code)
+                    .arg(arg);
+            }
+            // On an error the script may or may not have run: the reservations stay, and
+            // a retry of the batch finds them (or the registry's expiry drops them).
+            let reply: Vec<Value> = self
+                .round_trip("publish", self.inner.commands.invoke(&call))
+                .await
+                .map_err(fail)?;
+            match self.publish_reply(reply, &ids, &runs) {
+                Ok(PublishReply::Accepted { accepted, after }) => {
+                    self.settle_runs(&runs, &after).await;
+                    return Ok(accepted);
+                }
+                Ok(PublishReply::Refused { index, error }) => {
+                    self.undo_reservations(&runs).await;
+                    return Err(BatchError::refused(index, error));
+                }
+                Ok(PublishReply::Grow(needs)) => {
+                    if let Err((index, error)) = self.grow_runs(&mut runs, needs).await {
+                        // The script wrote nothing: undoing is safe.
+                        self.undo_reservations(&runs).await;
+                        return Err(match index {
+                            Some(index) => BatchError::refused(index, error),
+                            None => fail(error),
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.undo_reservations(&runs).await;
+                    return Err(fail(self.malformed(e)));
+                }
+            }
+        }
+        self.undo_reservations(&runs).await;
+        Err(fail(BrokerError::Unavailable(
+            "the run state kept changing between calls; retry".into(),
+        )))
     }
 
-    fn accepted(&self, reply: Vec<Value>, ids: Vec<EventId>) -> Result<Vec<Accepted>, BrokerError> {
+    /// One call of the run registry (`lua/runs.lua`), keeping its sizes as gauges.
+    async fn registry(
+        &self,
+        op: RegistryOp<'_>,
+        member: &str,
+        token: &str,
+    ) -> Result<RegistryAnswer, BrokerError> {
+        let limits = &self.inner.config.run_limits;
         let counters = &self.inner.counters;
-        let bad = |what| self.malformed(Malformed { what });
+        let mut call = self.inner.scripts.runs.prepare_invoke();
+        for key in self.inner.registry.script_keys() {
+            call.key(key);
+        }
+        call.arg(op.name())
+            .arg(member)
+            .arg(token)
+            .arg(limits.max_runs)
+            .arg(limits.max_bytes)
+            .arg(limits.max_runs_per_owner)
+            .arg(limits.max_bytes_per_owner)
+            .arg(millis(limits.ttl));
+        for a in op.args() {
+            call.arg(a);
+        }
+        bump(&counters.run_registry_calls);
+        let reply: Vec<Value> = self
+            .round_trip("run registry", self.inner.commands.invoke(&call))
+            .await?;
+        let (answer, totals) = runs::registry_answer(&op, reply).map_err(|e| self.malformed(e))?;
+        if let Some(t) = totals {
+            counters.runs_held.store(t.runs, Ordering::Relaxed);
+            counters.runs_in_progress.store(t.live, Ordering::Relaxed);
+            counters.run_bytes.store(t.bytes, Ordering::Relaxed);
+            add(&counters.runs_expired, t.expired);
+        }
+        match &answer {
+            RegistryAnswer::Reserved { evicted, .. } => {
+                add(&counters.runs_evicted, evicted.len() as u64);
+            }
+            RegistryAnswer::Full(limit) => bump(&counters.runs_refused[limit.index()]),
+            _ => {}
+        }
+        Ok(answer)
+    }
+
+    /// Reserves the room of every run the batch starts, and deletes the state of the
+    /// finished runs the registry forgot for it.
+    async fn reserve_runs(&self, runs: &mut BatchRuns) -> Result<(), BrokerError> {
+        let starting: Vec<usize> = (0..runs.slots.len())
+            .filter(|&j| runs.slots[j].starts)
+            .collect();
+        if starting.is_empty() {
+            return Ok(());
+        }
+        let tokens: Vec<String> = starting
+            .iter()
+            .map(|_| format!("{:016x}", rand::random::<u64>()))
+            .collect();
+        let calls = starting.iter().zip(&tokens).map(|(&j, token)| {
+            let slot = &runs.slots[j];
+            let op = RegistryOp::Reserve {
+                owner: slot.owner.as_str(),
+                base: slot.base,
+            };
+            self.registry(op, &slot.key, token)
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let mut evicted = Vec::new();
+        let mut failure = None;
+        for (&j, answer) in starting.iter().zip(answers) {
+            let slot = &mut runs.slots[j];
+            match answer {
+                Ok(RegistryAnswer::Reserved {
+                    kind,
+                    token,
+                    allowance,
+                    evicted: gone,
+                }) => {
+                    slot.reserved = Some((kind, token));
+                    slot.grant = Some(allowance);
+                    evicted.extend(gone);
+                }
+                Ok(RegistryAnswer::Full(limit)) => slot.refusal = Some(limit),
+                Ok(_) => {
+                    failure.get_or_insert(self.malformed(Malformed {
+                        what: "run registry reserve reply",
+                    }));
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        self.forget_states(&evicted).await;
+        if let Some(e) = failure {
+            self.undo_reservations(runs).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Deletes the state keys of runs the registry forgot to make room. A key that stays
+    /// (the call failed) expires with its ttl; until then its run answers as finished.
+    async fn forget_states(&self, keys: &[String]) {
+        let deletes = keys.iter().map(|key| {
+            let mut del = redis::cmd("DEL");
+            del.arg(key);
+            async move {
+                self.round_trip("run state delete", self.inner.commands.query::<i64>(&del))
+                    .await
+            }
+        });
+        for result in futures_util::future::join_all(deletes).await {
+            if let Err(e) = result {
+                bump(&self.inner.counters.run_registry_failures);
+                tracing::warn!(error = %e, "could not delete an evicted run's state");
+            }
+        }
+    }
+
+    /// Asks the registry for the room the runs need; returns the first refusal in batch
+    /// order (with its event's index), or the error that stopped it.
+    async fn grow_runs(
+        &self,
+        runs: &mut BatchRuns,
+        needs: Vec<Growth>,
+    ) -> Result<(), (Option<usize>, BrokerError)> {
+        let mut refused: Option<(usize, RunLimit)> = None;
+        for need in needs {
+            let slot = runs
+                .slots
+                .get_mut(need.run.wrapping_sub(1))
+                .ok_or_else(|| {
+                    (
+                        None,
+                        self.malformed(Malformed {
+                            what: "publish grow reply",
+                        }),
+                    )
+                })?;
+            let mut answer = self
+                .registry(
+                    RegistryOp::Grow {
+                        needed: need.needed,
+                    },
+                    &slot.key,
+                    &need.token,
+                )
+                .await
+                .map_err(|e| (None, e))?;
+            if answer == RegistryAnswer::Gone {
+                // The registry forgot the run (its entry expired): reserve it again, for
+                // what it holds now.
+                let op = RegistryOp::Reserve {
+                    owner: &need.owner,
+                    base: need.needed,
+                };
+                answer = self
+                    .registry(op, &slot.key, &need.token)
+                    .await
+                    .map_err(|e| (None, e))?;
+            }
+            match answer {
+                RegistryAnswer::Grown { allowance }
+                | RegistryAnswer::Reserved { allowance, .. } => slot.grant = Some(allowance),
+                RegistryAnswer::Full(limit) => {
+                    if refused.is_none_or(|(i, _)| need.index < i) {
+                        refused = Some((need.index, limit));
+                    }
+                }
+                _ => {
+                    return Err((
+                        None,
+                        self.malformed(Malformed {
+                            what: "run registry grow reply",
+                        }),
+                    ));
+                }
+            }
+        }
+        match refused {
+            Some((index, limit)) => Err((Some(index), BrokerError::TooManyRuns(limit))),
+            None => Ok(()),
+        }
+    }
+
+    /// After an accepted batch: tells the registry which runs ended and which are still
+    /// going, and drops the holds on reservations the batch did not start a run on (a
+    /// duplicate `agent_started`, a lost race). A failure is counted and logged; the
+    /// registry's expiry corrects it.
+    async fn settle_runs(&self, runs: &BatchRuns, after: &[RunAfter]) {
+        let mut calls = Vec::new();
+        for (slot, after) in runs.slots.iter().zip(after) {
+            if let Some((_, token)) = &slot.reserved
+                && !after.started
+            {
+                calls.push((RegistryOp::Drop { base: slot.base }, slot, token));
+            }
+            if after.ended {
+                calls.push((RegistryOp::Finish { base: slot.base }, slot, &after.token));
+            } else if after.refresh {
+                calls.push((RegistryOp::Refresh, slot, &after.token));
+            }
+        }
+        self.registry_follow_ups(calls).await;
+    }
+
+    /// Drops this call's holds on its reservations, after a batch that started no run.
+    async fn undo_reservations(&self, runs: &BatchRuns) {
+        let calls = runs
+            .slots
+            .iter()
+            .filter_map(|slot| {
+                let (_, token) = slot.reserved.as_ref()?;
+                Some((RegistryOp::Drop { base: slot.base }, slot, token))
+            })
+            .collect();
+        self.registry_follow_ups(calls).await;
+    }
+
+    async fn registry_follow_ups(&self, calls: Vec<(RegistryOp<'_>, &RunSlot, &String)>) {
+        let calls = calls
+            .into_iter()
+            .map(|(op, slot, token)| self.registry(op, &slot.key, token));
+        for result in futures_util::future::join_all(calls).await {
+            if let Err(e) = result {
+                bump(&self.inner.counters.run_registry_failures);
+                tracing::warn!(error = %e, "run registry update failed; its expiry corrects it");
+            }
+        }
+    }
+
+    /// Decodes the publish script's reply.
+    fn publish_reply(
+        &self,
+        reply: Vec<Value>,
+        ids: &[EventId],
+        runs: &BatchRuns,
+    ) -> Result<PublishReply, Malformed> {
+        let counters = &self.inner.counters;
+        let bad = |what| Malformed { what };
         let mut items = reply.into_iter();
-        match items.next().as_ref().and_then(text).as_deref() {
+        let kind = items.next().as_ref().and_then(text);
+        let mut number = |what| items.next().as_ref().and_then(int).ok_or(bad(what));
+        match kind.as_deref() {
             Some("conflict") => {
-                let index = items
-                    .next()
-                    .as_ref()
-                    .and_then(int)
-                    .ok_or_else(|| bad("conflict index"))?;
-                let seq = items
-                    .next()
-                    .as_ref()
-                    .and_then(int)
-                    .ok_or_else(|| bad("conflict seq"))?;
+                let index = number("conflict index")?;
+                let seq = number("conflict seq")?;
                 let event_id = usize::try_from(index)
                     .ok()
                     .and_then(|i| ids.get(i).cloned())
-                    .ok_or_else(|| bad("conflict index"))?;
+                    .ok_or(bad("conflict index"))?;
                 bump(&counters.conflicts);
-                Err(BrokerError::Conflict {
-                    event_id,
-                    seq: Seq(seq),
+                Ok(PublishReply::Refused {
+                    index: index as usize,
+                    error: BrokerError::Conflict {
+                        event_id,
+                        seq: Seq(seq),
+                    },
                 })
+            }
+            Some("violation") => {
+                let index = number("violation index")? as usize;
+                let name = items.next().as_ref().and_then(text);
+                let terminal = items.next().as_ref().and_then(text).unwrap_or_default();
+                let violation = name
+                    .zip(runs.step(index))
+                    .and_then(|(name, step)| runs::violation(&name, step, &terminal))
+                    .ok_or(bad("violation"))?;
+                bump(&counters.run_violations[violation.index()]);
+                Ok(PublishReply::Refused {
+                    index,
+                    error: BrokerError::Violation(violation),
+                })
+            }
+            Some("full") => {
+                let index = number("full index")? as usize;
+                let limit = items
+                    .next()
+                    .as_ref()
+                    .and_then(text)
+                    .and_then(|b| RunLimit::from_name(&b))
+                    .ok_or(bad("full bound"))?;
+                bump(&counters.runs_refused[limit.index()]);
+                Ok(PublishReply::Refused {
+                    index,
+                    error: BrokerError::TooManyRuns(limit),
+                })
+            }
+            Some("grow") => {
+                let rest: Vec<Value> = items.collect();
+                let needs = rest
+                    .chunks(5)
+                    .map(|c| match c {
+                        [run, needed, index, token, owner] => Some(Growth {
+                            run: int(run)? as usize,
+                            needed: int(needed)?,
+                            index: int(index)? as usize,
+                            token: text(token)?,
+                            owner: text(owner)?,
+                        }),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or(bad("grow reply"))?;
+                Ok(PublishReply::Grow(needs))
             }
             Some("ok") => {
                 let epoch = items
                     .next()
                     .as_ref()
                     .and_then(epoch)
-                    .ok_or_else(|| bad("publish epoch"))?;
-                let mut number =
-                    |what| items.next().as_ref().and_then(int).ok_or_else(|| bad(what));
+                    .ok_or(bad("publish epoch"))?;
+                let mut number = |what| items.next().as_ref().and_then(int).ok_or(bad(what));
                 add(&counters.epochs_created, number("publish created")?);
                 add(&counters.history_trimmed, number("publish trimmed")?);
                 add(&counters.dedupe_forgotten, number("publish forgotten")?);
@@ -292,36 +658,58 @@ impl RedisBroker {
                     }
                     accepted.push(Accepted {
                         seq: Seq(seq),
-                        event_id,
+                        event_id: event_id.clone(),
                         ts: Timestamp(ts),
                         epoch: epoch.clone(),
                         duplicate,
                     });
                 }
-                Ok(accepted)
+                let mut after = Vec::with_capacity(runs.slots.len());
+                for _ in &runs.slots {
+                    let token = items
+                        .next()
+                        .as_ref()
+                        .and_then(text)
+                        .ok_or(bad("publish run token"))?;
+                    let mut flag = |what| {
+                        items
+                            .next()
+                            .as_ref()
+                            .and_then(int)
+                            .map(|n| n == 1)
+                            .ok_or(bad(what))
+                    };
+                    after.push(RunAfter {
+                        token,
+                        started: flag("publish run started")?,
+                        ended: flag("publish run ended")?,
+                        refresh: flag("publish run refresh")?,
+                    });
+                }
+                Ok(PublishReply::Accepted { accepted, after })
             }
             _ => Err(bad("publish reply")),
         }
     }
 }
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
+/// Most script calls for one batch (see [`RedisBroker::publish_batch`]).
+const MAX_PUBLISH_ROUNDS: usize = 3;
+
+/// What the publish script answered.
+enum PublishReply {
+    Accepted {
+        accepted: Vec<Accepted>,
+        after: Vec<RunAfter>,
+    },
+    /// Event `index` was refused, and the batch with it.
+    Refused { index: usize, error: BrokerError },
+    /// Runs need more room; nothing was written.
+    Grow(Vec<Growth>),
 }
 
 fn epoch(v: &Value) -> Option<Epoch> {
     Epoch::new(text(v)?).ok()
-}
-
-fn int(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        _ => None,
-    }
 }
 
 /// One stream entry of an `XRANGE` reply: `[id, [field, value, …]]`.
@@ -376,7 +764,10 @@ impl Drop for SubscribeGuard<'_> {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, user: &UserId, event: NewEvent) -> Result<Accepted, BrokerError> {
-        let mut accepted = self.publish_batch(user, vec![event]).await?;
+        let mut accepted = self
+            .publish_batch(user, vec![event])
+            .await
+            .map_err(|e| e.error)?;
         accepted.pop().ok_or_else(|| {
             self.malformed(Malformed {
                 what: "publish reply",
@@ -391,9 +782,7 @@ impl Broker for RedisBroker {
         user: &UserId,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Accepted>, BatchError> {
-        self.publish_batch(user, events)
-            .await
-            .map_err(|error| BatchError::new(Vec::new(), error))
+        self.publish_batch(user, events).await
     }
 
     /// In effect when it returns: the first subscriber of a user on this node waits until
@@ -591,9 +980,19 @@ impl Broker for RedisBroker {
     /// What this node counted; history sizes live in Redis and are not fetched here.
     fn stats(&self) -> BrokerStats {
         let m = self.metrics();
+        let mut runs = RunStats::default();
+        runs.runs = m.runs_held;
+        runs.live_runs = m.runs_in_progress;
+        runs.bytes = m.run_bytes;
+        runs.evicted = m.runs_evicted;
+        runs.expired = m.runs_expired;
+        runs.violations = m.run_violations;
+        runs.refused = m.runs_refused;
         BrokerStats {
             history_trimmed: m.history_trimmed,
             duplicates: m.duplicates,
+            conflicts: m.conflicts,
+            runs,
             ..BrokerStats::default()
         }
     }

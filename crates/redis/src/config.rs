@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use agentwire_manager::RunLimits;
+
 /// Which Redis to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -60,6 +62,7 @@ pub struct RedisConfig {
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) ping_interval: Duration,
+    pub(crate) run_limits: RunLimits,
 }
 
 impl RedisConfig {
@@ -81,6 +84,7 @@ impl RedisConfig {
                 reconnect_min: Duration::from_millis(50),
                 reconnect_max: Duration::from_secs(5),
                 ping_interval: Duration::from_secs(5),
+                run_limits: RunLimits::default(),
             },
         }
     }
@@ -128,6 +132,11 @@ impl RedisConfig {
     /// Most events in one `publish_many` call.
     pub fn max_batch_events(&self) -> usize {
         self.max_batch_events
+    }
+
+    /// The bounds of the run state kept for guarded events.
+    pub fn run_limits(&self) -> &RunLimits {
+        &self.run_limits
     }
 }
 
@@ -246,6 +255,16 @@ impl RedisConfigBuilder {
         self
     }
 
+    /// The bounds of the run state kept for guarded events (default
+    /// [`RunLimits::default`]), for the whole cluster: the run registry counts every run of
+    /// every node (see the crate docs). Counted in `runs_refused`, `runs_evicted` and
+    /// `runs_expired`.
+    #[must_use]
+    pub fn run_limits(mut self, limits: RunLimits) -> Self {
+        self.config.run_limits = limits;
+        self
+    }
+
     /// Checks the settings together.
     ///
     /// # Errors
@@ -287,7 +306,24 @@ impl RedisConfigBuilder {
                 return bound(name, "must be at least 1".into());
             }
         }
+        for (name, n) in [
+            ("run_limits.max_runs", c.run_limits.max_runs),
+            ("run_limits.max_bytes", c.run_limits.max_bytes),
+            (
+                "run_limits.max_runs_per_owner",
+                c.run_limits.max_runs_per_owner,
+            ),
+            (
+                "run_limits.max_bytes_per_owner",
+                c.run_limits.max_bytes_per_owner,
+            ),
+        ] {
+            if n == 0 {
+                return bound(name, "must be at least 1".into());
+            }
+        }
         for (name, d) in [
+            ("run_limits.ttl", c.run_limits.ttl),
             ("max_age", c.max_age),
             ("command_timeout", c.command_timeout),
             ("reconnect_backoff", c.reconnect_min),

@@ -10,11 +10,13 @@
 //! and the escape is reversible, so two users never share a name. The prefix may hold no
 //! brace (checked by [`crate::RedisConfig`]), so the first `{` of a name is always ours.
 
-use agentwire_protocol::UserId;
+use agentwire_protocol::{RunId, UserId};
 
 /// The names of one user's keys and channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UserKeys {
+    /// `<prefix>{<user>}`: what every name of the user starts with.
+    tagged: String,
     /// HASH `epoch`, `seq` (newest seq), `ts` (newest ts).
     pub(crate) meta: String,
     /// STREAM of accepted events, entry id `<seq>-<ts>`, one field `m`.
@@ -37,7 +39,15 @@ impl UserKeys {
             ids: format!("{tagged}:ids"),
             order: format!("{tagged}:order"),
             channel: format!("{tagged}:channel"),
+            tagged,
         }
+    }
+
+    /// HASH of the lifecycle state of the user's run `run` (see `lua/publish.lua`). The
+    /// run id follows `:run:` unescaped: the user's braces come first, so nothing in it
+    /// can move the hash tag, and no other part of a user's names starts with `run:`.
+    pub(crate) fn run(&self, run: &RunId) -> String {
+        format!("{}:run:{}", self.tagged, run.as_str())
     }
 
     /// The keys every script is given, in the order the scripts expect them.
@@ -49,6 +59,33 @@ impl UserKeys {
             &self.order,
             &self.channel,
         ]
+    }
+}
+
+/// The names of the run registry's keys (see `lua/runs.lua`), all under the hash tag
+/// `%runs`, which no user's tag can be (a user's `%` is always escaped as `%25`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegistryKeys {
+    keys: [String; 5],
+}
+
+impl RegistryKeys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let part = |p: &str| format!("{prefix}{{%runs}}:{p}");
+        RegistryKeys {
+            keys: [
+                part("runs"),
+                part("expiry"),
+                part("finished"),
+                part("owners"),
+                part("totals"),
+            ],
+        }
+    }
+
+    /// The keys the registry script is given, in its order.
+    pub(crate) fn script_keys(&self) -> &[String; 5] {
+        &self.keys
     }
 }
 
@@ -132,6 +169,28 @@ mod tests {
                 assert!(seen.insert(key.to_owned()), "{key} named twice");
             }
         }
+    }
+
+    #[test]
+    fn run_keys_share_their_users_slot_and_the_registry_its_own() {
+        for raw in AWKWARD {
+            let keys = UserKeys::new("agentwire:", &user(raw));
+            for run in ["r1", "}", "{x}", "a:b"] {
+                let key = keys.run(&run.parse().expect("run id"));
+                assert_eq!(hash_tag(&key), hash_tag(&keys.meta), "{key}");
+            }
+            assert_ne!(
+                keys.run(&"a".parse().expect("run")),
+                keys.run(&"b".parse().expect("run"))
+            );
+        }
+        let registry = RegistryKeys::new("agentwire:");
+        for key in registry.script_keys() {
+            assert_eq!(hash_tag(key), "%runs");
+        }
+        // No user's keys carry the registry's tag, not even a user called `%runs`.
+        let tricky = UserKeys::new("agentwire:", &user("%runs"));
+        assert_ne!(hash_tag(&tricky.meta), "%runs");
     }
 
     #[test]

@@ -57,6 +57,19 @@
 //! | `…:ids` | HASH | `event_id` → `<seq>:<ts>:<digest>` | `dedupe_window` after the last publish; entries past the window or beyond `max_dedupe_per_user` are dropped |
 //! | `…:order` | ZSET | `event_id` scored by `seq` (the dedupe entries oldest first) | as `…:ids` |
 //! | `…:channel` | channel | `<seq>\n<ts>\n<epoch>\n` + the stream entry | — |
+//! | `…:run:<run_id>` | HASH | one run's lifecycle: `s` (r, c, f), `n` open calls, `b` bytes, `a` reserved bytes, `k` reservation token, `o` owner, `f` registry last told, `t:<tool_call_id>` per open call | `run_limits.ttl` after the run's last event |
+//!
+//! and, under a hash tag of its own (`%runs`, which no escaped user can be), the **run
+//! registry**, which counts the run state of every user for the whole cluster (each key
+//! expiring 2 × ttl after the registry's last call):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<prefix>{%runs}:runs` | HASH | run key → `<live>:<bytes>:<token>:<holds>:<revived>:<owner>` |
+//! | `<prefix>{%runs}:expiry` | ZSET | run key by when the registry forgets it (1.5 × ttl after it was last told) |
+//! | `<prefix>{%runs}:finished` | ZSET | finished runs by when they ended: the order they make room |
+//! | `<prefix>{%runs}:owners` | HASH | publisher → its runs in progress and their bytes |
+//! | `<prefix>{%runs}:totals` | HASH | `runs`, `live`, `bytes`, `live_bytes` |
 //!
 //! A stream lives as long as its `meta`: when `meta` expires (`stream_idle_ttl` after the
 //! user's last publish or history read, at least the dedupe window) or is lost (a Redis
@@ -76,7 +89,8 @@
 //! `seq` never restarts under an old epoch; pass 1 checks every event against `ids`
 //! (inside the window: same digest → its first acceptance, another digest → *conflict*,
 //! and the whole batch is refused with nothing stored) and against earlier events of the
-//! batch, and numbers the fresh ones; pass 2, per fresh event in order: compose the frame,
+//! batch, checks the run of every fresh guarded event (below), and numbers the fresh ones;
+//! pass 2, per fresh event in order: compose the frame,
 //! `XADD` (with `MAXLEN`), `HSET` ids, `ZADD` order, publish; then store the newest
 //! `seq`/`ts`, trim by age, forget dedupe entries past the bounds, refresh the TTLs. `ts`
 //! is Redis's clock in ms, never below the stream's previous `ts` (so age order is `seq`
@@ -85,6 +99,41 @@
 //! is told at connect is the one its first event gets), trim by age, the newest `seq`, the
 //! first held `seq`, and `XRANGE` from `after + 1`; the broker derives the gap exactly as
 //! the in-memory broker does. **lookup**: the dedupe entry, if inside the window.
+//! **runs**: the run registry (below).
+//!
+//! # Run guards (rule 11 of the contract)
+//! The publish script checks every fresh guarded event against its run's state key —
+//! after dedupe and conflicts, in batch order, by the rules of
+//! `agentwire_protocol::RunState::apply_step`, which `lua/publish.lua` mirrors (a property
+//! test runs random sequences through both) — and writes the runs with the append, in the
+//! same atomic step: of many `agent_started` of one run on many nodes, one is accepted.
+//!
+//! The bounds (`RunLimits`) hold for the whole cluster through the registry, one more
+//! script (`lua/runs.lua`) on its own slot, called per *run*, not per event:
+//! 1. before a batch that starts a run, the node **reserves** its room (refused at a bound:
+//!    the script then refuses the start with `TooManyRuns`, in batch order); finished runs
+//!    are forgotten first to make room, their state keys deleted by the node;
+//! 2. the publish script starts the run on the reservation's token, and asks for more room
+//!    (`grow`, nothing written) when open tool calls outgrow it; the node asks the
+//!    registry and calls the script again;
+//! 3. after the publish, the node tells the registry that a run **ended** (`finish`), that
+//!    one is still going (`refresh`, at most every half ttl), and **drops** its hold on a
+//!    reservation its publish did not start a run on (a duplicate `agent_started`, a lost
+//!    race, a refused batch): the last hold dropped, the reservation goes. Concurrent
+//!    starters of one run share one reservation (`exists`), so the run counts once.
+//!
+//! A run in progress is counted at its reservation: its bytes plus up to 1 KiB of room
+//! taken while the bounds left it, so a run opening a few tool calls asks once.
+//!
+//! **Failure modes.** Between the registry and a user's slot nothing is atomic, and the
+//! registry errs on the side of counting too much, for a bounded time: a node that dies
+//! (or loses Redis) after reserving and before publishing, or after ending a run and
+//! before telling the registry, leaves a reservation that holds its place until the
+//! registry forgets it, 1.5 × ttl after it was last told; a failed follow-up call is
+//! counted in `run_registry_failures`. A run whose registry entry expired while the run
+//! went on is reserved again when it next needs room. A run's state key whose delete
+//! failed after an eviction expires with its ttl, answering `AfterTerminal` until then. A
+//! publish that failed transiently keeps its reservation: a retry finds it.
 //!
 //! # Frames: composed in the script, byte for byte
 //! The frame is joined inside the publish script from pieces the caller cuts out of
@@ -115,7 +164,9 @@
 //!
 //! # Bounds
 //! Every bound is a [`RedisConfigBuilder`] setting with a default and a counter in
-//! [`RedisMetrics`]: history per user by count and age (`history_trimmed`), dedupe entries
+//! [`RedisMetrics`]: run state (`run_limits`: `runs_refused`, `runs_evicted`,
+//! `runs_expired`; gauges `runs_held`, `runs_in_progress`, `run_bytes`), history per user
+//! by count and age (`history_trimmed`), dedupe entries
 //! by window and count (`dedupe_forgotten`), idle streams (`epochs_created`), command time
 //! (`timeouts`), events per batch (`batches_refused`), channels per subscribe command
 //! (`subscribe_commands`), pending subscription changes (`subscribes_refused`, gauge
@@ -132,6 +183,7 @@ mod connect;
 mod keys;
 mod metrics;
 mod pubsub;
+mod runs;
 mod script;
 
 pub use broker::RedisBroker;

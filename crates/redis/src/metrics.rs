@@ -76,6 +76,30 @@ pub struct RedisMetrics {
     pub subscribed_channels: u64,
     /// Gauge: channel changes waiting for the subscription task.
     pub pending_subscriptions: u64,
+    /// Guarded events refused for breaking their run, by kind, in the order of
+    /// `agentwire_protocol::RunViolation::NAMES`.
+    pub run_violations: [u64; 6],
+    /// Guarded events refused at a run-state bound, by bound, in the order of
+    /// `agentwire_manager::RunLimit::ALL`.
+    pub runs_refused: [u64; 4],
+    /// Finished runs the registry forgot to make room, in this node's calls.
+    pub runs_evicted: u64,
+    /// Runs the registry forgot past their ttl, in this node's calls (their state keys
+    /// expire in Redis by themselves).
+    pub runs_expired: u64,
+    /// Calls to the run registry (reserve, grow, finish, refresh, release).
+    pub run_registry_calls: u64,
+    /// Registry calls after an accepted publish (finish, refresh, release, and deleting
+    /// evicted runs' state) that failed: their counts stay until the registry's own
+    /// expiry corrects them.
+    pub run_registry_failures: u64,
+    /// Gauge: runs the registry holds (in progress and finished), as of this node's last
+    /// registry call.
+    pub runs_held: u64,
+    /// Gauge: runs in progress, as of this node's last registry call.
+    pub runs_in_progress: u64,
+    /// Gauge: bytes of run state reserved, as of this node's last registry call.
+    pub run_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +126,15 @@ pub(crate) struct Counters {
     pub(crate) ping_failures: AtomicU64,
     pub(crate) subscribed_channels: AtomicU64,
     pub(crate) pending_subscriptions: AtomicU64,
+    pub(crate) run_violations: [AtomicU64; 6],
+    pub(crate) runs_refused: [AtomicU64; 4],
+    pub(crate) runs_evicted: AtomicU64,
+    pub(crate) runs_expired: AtomicU64,
+    pub(crate) run_registry_calls: AtomicU64,
+    pub(crate) run_registry_failures: AtomicU64,
+    pub(crate) runs_held: AtomicU64,
+    pub(crate) runs_in_progress: AtomicU64,
+    pub(crate) run_bytes: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -154,6 +187,15 @@ impl Counters {
             ping_failures: get(&self.ping_failures),
             subscribed_channels: get(&self.subscribed_channels),
             pending_subscriptions: get(&self.pending_subscriptions),
+            run_violations: self.run_violations.each_ref().map(get),
+            runs_refused: self.runs_refused.each_ref().map(get),
+            runs_evicted: get(&self.runs_evicted),
+            runs_expired: get(&self.runs_expired),
+            run_registry_calls: get(&self.run_registry_calls),
+            run_registry_failures: get(&self.run_registry_failures),
+            runs_held: get(&self.runs_held),
+            runs_in_progress: get(&self.runs_in_progress),
+            run_bytes: get(&self.run_bytes),
         }
     }
 }

@@ -16,6 +16,11 @@ pub(crate) const HISTORY: &str = concat!(
     include_str!("../lua/common.lua"),
     include_str!("../lua/history.lua")
 );
+/// The run registry: reservations of run state, counted for the whole cluster.
+pub(crate) const RUNS: &str = concat!(
+    include_str!("../lua/common.lua"),
+    include_str!("../lua/runs.lua")
+);
 /// Finds the first acceptance of an `event_id` inside the dedupe window.
 pub(crate) const LOOKUP: &str = concat!(
     include_str!("../lua/common.lua"),

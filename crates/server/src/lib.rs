@@ -44,7 +44,9 @@
 //! - `tower-service`: the `Service` trait through which `Server::serve` calls the router
 //!   for each request, after putting the peer's address in its extensions.
 //! - `memchr`: finds an event frame's `ts` for the latency metric.
-//! - `foldhash`: the run-state table's hasher (string keys on every publish).
+//! - `sha2` (already in the tree through `jsonwebtoken`'s `rust_crypto`): the fingerprint
+//!   an API key's runs count against in the broker (`key:<hex>`), the same on every node
+//!   and no way back to the key.
 //! - `form_urlencoded`: decodes the `/ws` query string (`?token=…&last_seq=…&epoch=…`).
 //! - `jsonwebtoken` with `rust_crypto`: JWT verification in pure Rust (no C toolchain) for
 //!   HS256, RS256, ES256 and EdDSA, and the JWK types of a key set; with exactly that

@@ -53,6 +53,7 @@
 
 mod brokers;
 mod properties;
+mod runs;
 mod support;
 
 use std::time::Duration;
@@ -60,9 +61,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::broker::Broker;
+use crate::runs::RunLimits;
 
 pub use brokers::{Fault, FaultyBroker, LatencyBroker, SeverableBroker};
 pub use properties::*;
+pub use runs::*;
 
 /// The longest the suite waits for an expected delivery before it fails.
 pub const DELIVERY_WAIT: Duration = Duration::from_secs(10);
@@ -131,6 +134,16 @@ pub trait Harness: Send + Sync {
         let _ = (max_age, dedupe_window);
         Err(Unsupported::new(
             "this harness cannot build a broker that ages events",
+        ))
+    }
+
+    /// A broker with ample history bounds (as [`Harness::make`]) whose run state for
+    /// guarded events is bounded by `limits`, its `ttl` measured on the clock
+    /// [`Harness::advance`] moves. Default: unsupported.
+    async fn make_with_runs(&self, limits: RunLimits) -> Result<Self::Broker, Unsupported> {
+        let _ = limits;
+        Err(Unsupported::new(
+            "this harness cannot build a broker with given run-state bounds",
         ))
     }
 
@@ -227,6 +240,13 @@ pub async fn run_all<H: Harness>(harness: &H) -> Report {
         publish_many_batches,
         lookup_by_event_id,
         digest_conflict,
+        run_lifecycle_matches_reference(RUN_CASES),
+        run_lifecycle_edges,
+        run_dedupe_before_lifecycle,
+        run_batches_all_or_nothing,
+        run_concurrent_starts,
+        run_bounds,
+        run_ttl,
     );
     report
 }
@@ -256,4 +276,15 @@ pub const PROPERTIES: &[&str] = &[
     "publish_many_batches",
     "lookup_by_event_id",
     "digest_conflict",
+    "run_lifecycle_matches_reference",
+    "run_lifecycle_edges",
+    "run_dedupe_before_lifecycle",
+    "run_batches_all_or_nothing",
+    "run_concurrent_starts",
+    "run_bounds",
+    "run_ttl",
 ];
+
+/// How many random sequences [`run_all`] checks with
+/// [`run_lifecycle_matches_reference`].
+pub const RUN_CASES: usize = 24;

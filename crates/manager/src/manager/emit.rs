@@ -5,11 +5,14 @@
 use foldhash::HashMap;
 use std::sync::atomic::Ordering;
 
-use agentwire_protocol::{DecodeError, Event, EventId, EventType, Seq, UserId};
+use agentwire_protocol::{
+    DecodeError, Event, EventId, EventType, RunId, RunStep, RunViolation, Seq, UserId,
+};
 use bytes::Bytes;
 
 use super::UnifiedWebSocketManager;
 use crate::broker::{Accepted, BrokerError, EventDigest, NewEvent};
+use crate::runs::{PublisherId, RunGuard, RunLimit};
 
 /// Why an event was not emitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +38,22 @@ pub enum EmitError {
         /// Where the id's first event sits in the stream.
         seq: Seq,
     },
+    /// The event breaks its run's lifecycle, as the broker found it with the event's run
+    /// guard ([`PreparedEvent::guarded`]). Nothing was stored; retrying cannot help.
+    #[error("run lifecycle violation: {0}")]
+    Violation(RunViolation),
+    /// The event's run does not fit the broker's run-state bounds (see
+    /// [`crate::RunLimits`]). Nothing was stored; it may fit once other runs have ended.
+    #[error("no room for the run's state: {0}")]
+    TooManyRuns(RunLimit),
+    /// Not published because another event of the same user in the same
+    /// [`UnifiedWebSocketManager::emit_prepared_many`] call — the one at `index` — was
+    /// refused: the broker takes a user's events all or nothing.
+    #[error("not published: event [{index}] of the same user was refused")]
+    BatchRefused {
+        /// Where the refused event sits among the events of the call.
+        index: usize,
+    },
     /// The broker did not accept it.
     #[error(transparent)]
     Broker(BrokerError),
@@ -44,6 +63,8 @@ impl From<BrokerError> for EmitError {
     fn from(e: BrokerError) -> Self {
         match e {
             BrokerError::Conflict { event_id, seq } => EmitError::Conflict { event_id, seq },
+            BrokerError::Violation(v) => EmitError::Violation(v),
+            BrokerError::TooManyRuns(limit) => EmitError::TooManyRuns(limit),
             other => EmitError::Broker(other),
         }
     }
@@ -65,6 +86,10 @@ pub struct PreparedEvent {
     event_id: EventId,
     body: Bytes,
     digest: EventDigest,
+    /// The event's run and the step it takes, for a run event.
+    run: Option<(RunId, RunStep)>,
+    /// Who a run the event starts counts against, when the broker checks its run.
+    owner: Option<PublisherId>,
 }
 
 impl PreparedEvent {
@@ -88,12 +113,34 @@ impl PreparedEvent {
         self.digest
     }
 
+    /// The step the event takes in its run (`None` for a `custom` event).
+    pub fn run_step(&self) -> Option<&RunStep> {
+        self.run.as_ref().map(|(_, step)| step)
+    }
+
+    /// The same event, checked by the broker against its run's lifecycle atomically with
+    /// its append (rule 11 of [`crate::Broker`]); a run it starts counts against `owner`.
+    /// A `custom` event stays unchecked.
+    #[must_use]
+    pub fn guarded(mut self, owner: PublisherId) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// The guard the broker checks the event with, if it is guarded.
+    pub fn run_guard(&self) -> Option<RunGuard> {
+        let (run_id, step) = self.run.as_ref()?;
+        let owner = self.owner.as_ref()?;
+        Some(RunGuard::new(run_id.clone(), step.clone(), owner.clone()))
+    }
+
     fn to_new_event(&self) -> NewEvent {
         NewEvent::with_digest(
             self.event_type,
             Some(self.event_id.clone()),
             self.body.clone(),
             self.digest,
+            self.run_guard(),
         )
     }
 }
@@ -125,12 +172,16 @@ impl UnifiedWebSocketManager {
             });
         }
         let event_type = event.event_type();
+        // `validate` made sure every run event names its run.
+        let run = RunStep::of(&event.data).zip(event.run_id.clone());
         Ok(PreparedEvent {
             user: user.clone(),
             event_type,
             event_id: event_id.unwrap_or_else(EventId::generate),
             digest: EventDigest::of(event_type, &body),
             body,
+            run: run.map(|(step, run)| (run, step)),
+            owner: None,
         })
     }
 
@@ -192,10 +243,13 @@ impl UnifiedWebSocketManager {
     }
 
     /// Publishes prepared events, possibly of several users: one
-    /// [`Broker::publish_many`](crate::Broker::publish_many) per user, the users' batches concurrently. Per user the
-    /// batch is all or nothing under a refusal ([`EmitError::Conflict`]); on a transient
-    /// error, the events known to be accepted answer `Ok` and the rest the error
-    /// (retrying them all with the same ids is safe).
+    /// [`Broker::publish_many`](crate::Broker::publish_many) per user, the users' batches
+    /// concurrently. Per user the batch is all or nothing under a refusal: the refused
+    /// event answers why ([`EmitError::Conflict`], [`EmitError::Violation`],
+    /// [`EmitError::TooManyRuns`]) and the user's other events
+    /// [`EmitError::BatchRefused`] naming it. On a transient error, the events known to be
+    /// accepted answer `Ok` and the rest the error (retrying them all with the same ids is
+    /// safe).
     ///
     /// Answers are in the order of `events`.
     ///
@@ -224,22 +278,25 @@ impl UnifiedWebSocketManager {
         let answers = futures_util::future::join_all(calls).await;
         let mut out: Vec<Option<Result<Accepted, EmitError>>> = vec![None; events.len()];
         for ((_, idx), answer) in groups.iter().zip(answers) {
-            let (accepted, error) = match answer {
-                Ok(accepted) => (accepted, None),
+            let (accepted, error, refused) = match answer {
+                Ok(accepted) => (accepted, None, None),
                 Err(e) => {
                     self.count_failure(&e.error, idx.len().saturating_sub(e.accepted.len()) as u64);
-                    (e.accepted, Some(EmitError::from(e.error)))
+                    // The refused event, as an index into `events`.
+                    let refused = e.refused_at.and_then(|at| idx.get(at).copied());
+                    (e.accepted, Some(EmitError::from(e.error)), refused)
                 }
             };
             let mut accepted = accepted.into_iter();
             for &i in idx {
-                out[i] = Some(match (accepted.next(), &error) {
-                    (Some(a), _) => {
+                out[i] = Some(match (accepted.next(), &error, refused) {
+                    (Some(a), _, _) => {
                         self.count_accepted(&events[i], &a);
                         Ok(a)
                     }
-                    (None, Some(e)) => Err(e.clone()),
-                    (None, None) => Err(EmitError::Broker(BrokerError::Rejected(
+                    (None, Some(_), Some(r)) if r != i => Err(EmitError::BatchRefused { index: r }),
+                    (None, Some(e), _) => Err(e.clone()),
+                    (None, None, _) => Err(EmitError::Broker(BrokerError::Rejected(
                         "the broker answered fewer events than the batch held".into(),
                     ))),
                 });

@@ -65,6 +65,9 @@ pub struct ManagerStats {
     /// Bytes waiting in connection queues, over all connections (each connection's at most
     /// its queue bound, `QueueLimits::max_bytes`).
     pub queued_bytes: u64,
+    /// The broker's run state for guarded events, and what it refused (see
+    /// [`crate::RunLimits`]).
+    pub runs: crate::RunStats,
 }
 
 impl UnifiedWebSocketManager {
@@ -122,6 +125,7 @@ impl UnifiedWebSocketManager {
             dedupe_ids: b.dedupe_ids,
             queued_frames,
             queued_bytes,
+            runs: b.runs,
         }
     }
 }

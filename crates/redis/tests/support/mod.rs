@@ -6,6 +6,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use agentwire_manager::RunLimits;
 use agentwire_manager::conformance::{Harness, Unsupported};
 use agentwire_manager::{StoredEvent, Subscriber};
 use agentwire_protocol::UserId;
@@ -159,6 +160,17 @@ impl Harness for RedisHarness {
                     .stream_idle_ttl(dedupe_window),
             )
             .await)
+    }
+
+    async fn make_with_runs(&self, limits: RunLimits) -> Result<RedisBroker, Unsupported> {
+        // The registry counts every run under the prefix: a prefix of its own per broker,
+        // so each starts with an empty registry, as a fresh in-memory broker does.
+        let own = RedisHarness {
+            target: self.target.clone(),
+            prefix: format!("{}r{:06x}:", self.prefix, rand::random::<u32>() & 0xff_ffff),
+            nodes: self.nodes.clone(),
+        };
+        Ok(own.connect(own.config().run_limits(limits)).await)
     }
 
     async fn advance(&self, by: Duration) {

@@ -14,7 +14,6 @@ pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod publish;
 mod ratelimit;
-mod runs;
 pub(crate) mod schema;
 
 pub(crate) use publish::{PublishApi, PublishLimits, PublishMetrics};

@@ -4,22 +4,22 @@
 //!
 //! A request goes through, in this order: the API key (401/403), the content type (415),
 //! the body size (413), decoding (400/413/422), each event's validation and size (422/413),
-//! the key's rate (429), the run lifecycle (409), and only then the broker: one
-//! `publish_many` per user of the body, all at once (409 `event_id_conflict` when an
-//! `event_id` was accepted for a different event, 503 on a failure). Every check before the
-//! broker looks at the whole body, so a refused body publishes nothing; the broker takes
-//! each user's events all or nothing under a refusal, so only a broker failure, or a
-//! refusal of one user's events in a body for several users, leaves part of a body
-//! published — the answer lists what was.
+//! the key's rate (429), and then the broker: one `publish_many` per user of the body, all
+//! at once. With `--run-lifecycle enforce` every run event carries a run guard, and the
+//! broker checks each user's events — dedupe first, then `event_id` conflicts (409
+//! `event_id_conflict`) and runs (409 `run_violation`, 429 `too_many_runs`), in order —
+//! in the same atomic step as their append (rule 11 of the broker contract); 503 on a
+//! failure. Every check before the broker looks at the whole body, so such a refusal
+//! publishes nothing; the broker takes each user's events all or nothing, so only a broker
+//! failure, or a refusal of one user's events in a body for several users, leaves part of
+//! a body published — the answer lists what was.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
-use agentwire_manager::{BrokerError, EmitError, PreparedEvent};
+use agentwire_manager::{BrokerError, EmitError, PreparedEvent, RunLimit};
 use agentwire_protocol::{
-    DecodeError, EventId, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishRequest,
-    PublishResponse, RunState, RunViolation, UserId,
+    DecodeError, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishResponse,
+    RunViolation,
 };
 use axum::Json;
 use axum::body::Body;
@@ -33,7 +33,6 @@ use tokio::time::Instant;
 
 use super::ApiState;
 use super::ratelimit::{RateLimiter, Refused};
-use super::runs::{RunKey, RunMetrics, RunTable};
 use crate::auth::{KeyScope, authorize};
 use crate::http::{ApiError, ErrorBody, ErrorCode, body};
 
@@ -43,6 +42,10 @@ const MAX_REQUEST_BYTES: &str = "--max-request-bytes";
 /// `Retry-After` of a 503, in seconds.
 const BROKER_RETRY_AFTER_SECS: u64 = 1;
 
+/// `Retry-After` of a 429 `too_many_runs`, in seconds: runs end on their own time, so a
+/// short wait and a retry.
+const RUNS_RETRY_AFTER_SECS: u64 = 1;
+
 type StatusLabel = [(&'static str, &'static str); 1];
 
 /// The metrics of the publish API and the history read.
@@ -50,7 +53,6 @@ type StatusLabel = [(&'static str, &'static str); 1];
 pub(crate) struct PublishMetrics {
     requests: Family<StatusLabel, Counter>,
     history_reads: Family<StatusLabel, Counter>,
-    pub(crate) runs: RunMetrics,
 }
 
 impl PublishMetrics {
@@ -66,21 +68,6 @@ impl PublishMetrics {
             "agentwire_history_reads",
             "GET /v1/users/{user_id}/events requests, by HTTP status",
             m.history_reads.clone(),
-        );
-        registry.register(
-            "agentwire_run_states",
-            "Runs whose lifecycle state the publish API remembers (at most --max-runs)",
-            m.runs.runs.clone(),
-        );
-        registry.register(
-            "agentwire_run_state_evictions",
-            "Runs forgotten because --max-runs was reached (least recently used first)",
-            m.runs.evictions.clone(),
-        );
-        registry.register(
-            "agentwire_run_states_expired",
-            "Runs forgotten --run-ttl after their last event",
-            m.runs.expired.clone(),
         );
         m
     }
@@ -117,25 +104,22 @@ pub(crate) struct PublishApi {
     pub(crate) history_read_max: usize,
     publish_rate: u32,
     limiter: Option<RateLimiter>,
-    runs: Option<RunTable>,
+    /// Whether run events carry run guards (`--run-lifecycle enforce`).
+    lifecycle: bool,
     pub(crate) metrics: PublishMetrics,
 }
 
 impl PublishApi {
-    /// The publish API with these bounds; `runs` (most runs, how long one is remembered)
-    /// turns the run-lifecycle check on.
-    pub(crate) fn new(
-        limits: PublishLimits,
-        runs: Option<(usize, Duration)>,
-        metrics: PublishMetrics,
-    ) -> Self {
+    /// The publish API with these bounds; `lifecycle` has the broker check each run
+    /// event against its run.
+    pub(crate) fn new(limits: PublishLimits, lifecycle: bool, metrics: PublishMetrics) -> Self {
         PublishApi {
             max_batch: limits.max_batch.max(1),
             max_request_bytes: limits.max_request_bytes,
             history_read_max: limits.history_read_max.max(1),
             publish_rate: limits.publish_rate,
             limiter: RateLimiter::new(limits.publish_rate, limits.publish_burst),
-            runs: runs.map(|(max, ttl)| RunTable::new(max, ttl, metrics.runs.clone())),
+            lifecycle,
             metrics,
         }
     }
@@ -233,34 +217,82 @@ fn prepare_problem(e: EmitError, batch: bool, i: usize) -> ApiError {
 /// the events at `accepted` (indexes into the body) were accepted.
 fn broker_problem(e: &EmitError, batch: bool, i: usize, accepted: &[usize]) -> ApiError {
     let transient = e.is_transient() || matches!(e, EmitError::Broker(BrokerError::Closed));
-    let mut reason = e.to_string();
+    let mut outcome = String::new();
     if accepted.is_empty() {
-        reason.push_str("; nothing was published");
+        outcome.push_str("; nothing was published");
     } else if accepted.iter().copied().eq(0..i) {
-        reason.push_str(&format!(
+        outcome.push_str(&format!(
             "; the events before [{i}] were accepted: retry the body with the same event_ids"
         ));
     } else {
         let list: Vec<String> = accepted.iter().map(|&a| format!("[{a}]")).collect();
-        reason.push_str(&format!(
+        outcome.push_str(&format!(
             "; the events {} were accepted: retry the body with the same event_ids",
             list.join(", ")
         ));
     }
-    let field = batch.then(|| item(batch, i));
-    if let EmitError::Conflict { .. } = e {
-        let field = match field {
-            Some(f) => format!("{f}.event_id"),
-            None => "event_id".to_owned(),
-        };
-        return ApiError::new(ErrorCode::EventIdConflict, reason).at(field);
-    }
-    let error = if transient {
-        ApiError::new(ErrorCode::Unavailable, reason).retry_after(BROKER_RETRY_AFTER_SECS)
-    } else {
-        ApiError::new(ErrorCode::Internal, reason)
+    let at = |field: &str| match (batch, field.is_empty()) {
+        (false, _) => field.to_owned(),
+        (true, true) => item(batch, i),
+        (true, false) => format!("{}.{field}", item(batch, i)),
     };
-    ApiError { field, ..error }
+    match e {
+        EmitError::Conflict { .. } => {
+            ApiError::new(ErrorCode::EventIdConflict, format!("{e}{outcome}")).at(at("event_id"))
+        }
+        EmitError::Violation(v) => violation_problem(v, &outcome).at(at(v.field())),
+        EmitError::TooManyRuns(limit) => ApiError::new(
+            ErrorCode::TooManyRuns,
+            format!(
+                "no room for this run's state: {} is full ({}){outcome}",
+                limit_flag(*limit),
+                limit_meaning(*limit)
+            ),
+        )
+        .at(at("run_id"))
+        .retry_after(RUNS_RETRY_AFTER_SECS),
+        _ => {
+            let error = if transient {
+                ApiError::new(ErrorCode::Unavailable, format!("{e}{outcome}"))
+                    .retry_after(BROKER_RETRY_AFTER_SECS)
+            } else {
+                ApiError::new(ErrorCode::Internal, format!("{e}{outcome}"))
+            };
+            ApiError {
+                field: batch.then(|| item(batch, i)),
+                ..error
+            }
+        }
+    }
+}
+
+/// The flag of the run-state bound `limit`.
+fn limit_flag(limit: RunLimit) -> &'static str {
+    match limit {
+        RunLimit::Runs => "--max-runs",
+        RunLimit::Bytes => "--run-state-max-bytes",
+        RunLimit::OwnerRuns => "--max-runs-per-key",
+        RunLimit::OwnerBytes => "--run-state-max-bytes-per-key",
+        _ => "a run-state bound",
+    }
+}
+
+fn limit_meaning(limit: RunLimit) -> &'static str {
+    match limit {
+        RunLimit::Runs => "runs in progress on the server",
+        RunLimit::Bytes => "bytes of run state on the server",
+        RunLimit::OwnerRuns => "this API key's runs in progress",
+        RunLimit::OwnerBytes => "this API key's bytes of run state",
+        _ => "run state",
+    }
+}
+
+/// A `run_violation`: the message starts with the violation's name (docs/protocol.md §7).
+fn violation_problem(v: &RunViolation, outcome: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::RunViolation,
+        format!("{}: {v}{outcome}", v.name()),
+    )
 }
 
 /// The answer to a body the key's token bucket refused (429, nothing published).
@@ -285,92 +317,6 @@ fn rate_problem(refused: Refused, rate: u32, events: usize) -> ApiError {
     }
 }
 
-/// The run an event belongs to, when it is a run event (`custom` events are outside the
-/// lifecycle).
-fn run_key(r: &PublishRequest) -> Option<RunKey> {
-    if !r.event.event_type().is_run_event() {
-        return None;
-    }
-    r.event
-        .run_id
-        .as_ref()
-        .map(|run| (r.user_id.clone(), run.clone()))
-}
-
-/// The name of a violation, as docs/protocol.md §7 lists them.
-fn violation_name(v: &RunViolation) -> &'static str {
-    match v {
-        RunViolation::NotStarted { .. } => "NotStarted",
-        RunViolation::AlreadyStarted => "AlreadyStarted",
-        RunViolation::DuplicateToolCall { .. } => "DuplicateToolCall",
-        RunViolation::UnknownToolCall { .. } => "UnknownToolCall",
-        RunViolation::TooManyOpenToolCalls => "TooManyOpenToolCalls",
-        RunViolation::AfterTerminal { .. } => "AfterTerminal",
-        _ => "RunViolation",
-    }
-}
-
-fn violation_problem(v: &RunViolation, batch: bool, i: usize) -> ApiError {
-    let field = match v {
-        RunViolation::DuplicateToolCall { .. }
-        | RunViolation::UnknownToolCall { .. }
-        | RunViolation::TooManyOpenToolCalls => "data.tool_call_id",
-        _ => "type",
-    };
-    let prefix = item(batch, i);
-    let field = if prefix.is_empty() {
-        field.to_owned()
-    } else {
-        format!("{prefix}.{field}")
-    };
-    ApiError::new(
-        ErrorCode::RunViolation,
-        format!("{}: {v}", violation_name(v)),
-    )
-    .at(field)
-}
-
-/// Whether `event_id` was accepted into `user`'s stream (inside the broker's dedupe
-/// window): then an event carrying it is a retry of one the broker accepted, not a new
-/// one.
-async fn accepted_before(
-    app: &ApiState,
-    user: &UserId,
-    event_id: &EventId,
-) -> Result<bool, BrokerError> {
-    Ok(app.manager.lookup_event(user, event_id).await?.is_some())
-}
-
-/// Checks every run event of the body against copies of its run's state, in order. An
-/// event that breaks its run is refused — unless it carries an `event_id` the user's
-/// stream already holds: then it is a retry, the broker will answer its first
-/// acceptance, and the run's state stays as it is.
-async fn check_runs(
-    app: &ApiState,
-    requests: &[PublishRequest],
-    states: HashMap<RunKey, RunState>,
-    batch: bool,
-) -> Result<(), ApiError> {
-    let mut states = states;
-    for (i, r) in requests.iter().enumerate() {
-        let Some(key) = run_key(r) else { continue };
-        let state = states.entry(key).or_default();
-        let Err(violation) = state.apply(&r.event.data) else {
-            continue;
-        };
-        let retry = match &r.event_id {
-            Some(id) => accepted_before(app, &r.user_id, id)
-                .await
-                .map_err(|e| broker_problem(&EmitError::from(e), false, 0, &[]))?,
-            None => false,
-        };
-        if !retry {
-            return Err(violation_problem(&violation, batch, i));
-        }
-    }
-    Ok(())
-}
-
 /// `POST /v1/events`: publishes one event or a batch, all or nothing (docs/protocol.md
 /// §8).
 #[utoipa::path(
@@ -392,14 +338,17 @@ async fn check_runs(
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 408, description = "The body did not arrive within --body-read-timeout; nothing was published", body = ErrorBody),
         (status = 409, description = "An event breaks its run's lifecycle (`run_violation`; `message` names \
-            the violation), or reuses an event_id accepted for a different event (`event_id_conflict`; \
-            that user's events were not published)", body = ErrorBody),
+            the violation), or reuses an event_id accepted for a different event (`event_id_conflict`); \
+            that user's events were not published", body = ErrorBody),
         (status = 413, description = "An event larger than --max-event-bytes, a body larger than --max-request-bytes, or more than --max-batch events", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "A missing, unknown or ill-typed field, or an identifier breaking the rule", body = ErrorBody),
         (status = 429, description = "The API key exceeds --publish-rate, or the body holds more events \
-            than --publish-burst allows at once (then without Retry-After: split it); nothing was published", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the events fit the rate"))),
+            than --publish-burst allows at once (`rate_limited`, then without Retry-After: split it; \
+            nothing was published), or a run does not fit the run-state bounds (`too_many_runs`: --max-runs, \
+            --run-state-max-bytes, or the key's share, --max-runs-per-key and \
+            --run-state-max-bytes-per-key; that user's events were not published)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the events may fit"))),
         (status = 500, description = "The broker refused the event for good", body = ErrorBody),
         (status = 503, description = "The broker is unavailable; `message` lists the events that were \
             accepted, if any. Retrying with the same event_ids is safe", body = ErrorBody,
@@ -455,54 +404,50 @@ async fn publish(
     {
         return Err(rate_problem(refused, api.publish_rate, requests.len()));
     }
-    let mut locked = match &api.runs {
-        Some(runs) => {
-            let keys: BTreeSet<RunKey> = requests.iter().filter_map(run_key).collect();
-            let locked = runs.lock(keys).await;
-            check_runs(app, &requests, locked.snapshot(), batch).await?;
-            Some(locked)
-        }
-        None => None,
+    let prepared = if api.lifecycle {
+        let publisher = app.auth.publisher(key).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Internal,
+                "the API key has no publisher fingerprint",
+            )
+        })?;
+        prepared
+            .into_iter()
+            .map(|p| p.guarded(publisher.clone()))
+            .collect()
+    } else {
+        prepared
     };
     // One broker call per user of the body, all at once.
     let answers = app.manager.emit_prepared_many(&prepared).await;
     let mut results = Vec::with_capacity(prepared.len());
     let mut accepted_at = Vec::new();
     let mut failure = None;
-    for (i, (answer, request)) in answers.into_iter().zip(&requests).enumerate() {
-        let accepted = match answer {
-            Ok(a) => a,
+    for (i, answer) in answers.iter().enumerate() {
+        match answer {
+            Ok(a) => {
+                accepted_at.push(i);
+                results.push(PublishAccepted {
+                    seq: a.seq,
+                    event_id: a.event_id.clone(),
+                    ts: a.ts,
+                });
+            }
             Err(e) => {
                 failure.get_or_insert((i, e));
-                continue;
             }
-        };
-        accepted_at.push(i);
-        if let (Some(locked), Some(key)) = (locked.as_mut(), run_key(request))
-            && let Some(state) = locked.state_mut(&key)
-        {
-            // A retry the check let through (see `check_runs`) does not apply again; an
-            // event whose first publish failed after the broker took it does.
-            let _ = state.apply(&request.event.data);
         }
-        results.push(PublishAccepted {
-            seq: accepted.seq,
-            event_id: accepted.event_id,
-            ts: accepted.ts,
-        });
     }
     if let Some((i, e)) = failure {
-        // A conflict names the event that reused the id (the last one carrying it).
-        let i = match &e {
-            EmitError::Conflict { event_id, .. } => requests
-                .iter()
-                .rposition(|r| {
-                    r.user_id == requests[i].user_id && r.event_id.as_ref() == Some(event_id)
-                })
-                .unwrap_or(i),
-            _ => i,
+        // A user's events refused with one of them: the answer names that one.
+        let (i, e) = match e {
+            EmitError::BatchRefused { index } => match answers.get(*index) {
+                Some(Err(refused)) => (*index, refused),
+                _ => (i, e),
+            },
+            _ => (i, e),
         };
-        return Err(broker_problem(&e, batch, i, &accepted_at));
+        return Err(broker_problem(e, batch, i, &accepted_at));
     }
     Ok(PublishResponse { results })
 }
@@ -512,28 +457,42 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
-    use agentwire_protocol::EventData;
 
     #[test]
-    fn violations_name_their_kind_and_field() {
-        let v = RunViolation::UnknownToolCall {
+    fn broker_refusals_name_their_kind_and_field() {
+        let v = EmitError::Violation(RunViolation::UnknownToolCall {
             tool_call_id: "tc9".into(),
-        };
-        let p = violation_problem(&v, true, 2);
+        });
+        let p = broker_problem(&v, true, 2, &[]);
         assert_eq!(p.status(), StatusCode::CONFLICT);
         assert_eq!(p.code, ErrorCode::RunViolation);
         assert_eq!(p.field.as_deref(), Some("[2].data.tool_call_id"));
         assert!(p.message.starts_with("UnknownToolCall: "), "{}", p.message);
-        let p = violation_problem(&RunViolation::AlreadyStarted, false, 0);
+        assert!(
+            p.message.ends_with("nothing was published"),
+            "{}",
+            p.message
+        );
+        let p = broker_problem(
+            &EmitError::Violation(RunViolation::AlreadyStarted),
+            false,
+            0,
+            &[],
+        );
         assert_eq!(p.field.as_deref(), Some("type"));
-    }
-
-    #[test]
-    fn every_violation_has_its_documented_name() {
-        let mut state = RunState::default();
-        let thinking = EventData::AgentThinking(agentwire_protocol::AgentThinking::default());
-        let v = state.apply(&thinking).expect_err("not started");
-        assert_eq!(violation_name(&v), "NotStarted");
+        let p = broker_problem(&EmitError::TooManyRuns(RunLimit::OwnerRuns), true, 1, &[0]);
+        assert_eq!(
+            (p.status(), p.code),
+            (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRuns)
+        );
+        assert_eq!(p.field.as_deref(), Some("[1].run_id"));
+        assert_eq!(p.retry_after, Some(RUNS_RETRY_AFTER_SECS));
+        assert!(p.message.contains("--max-runs-per-key"), "{}", p.message);
+        assert!(
+            p.message.contains("the events before [1] were accepted"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]

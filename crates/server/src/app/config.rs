@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agentwire_manager::{HeartbeatPolicy, HistoryConfig, LimitPolicy, ManagerConfig, QueueLimits};
+use agentwire_manager::{
+    HeartbeatPolicy, HistoryConfig, LimitPolicy, ManagerConfig, QueueLimits, RunLimits,
+};
 
 use crate::auth::{
     Auth, AuthConfigError, DEFAULT_JWKS_MAX_BYTES, DEFAULT_JWKS_MAX_KEYS,
@@ -38,7 +40,7 @@ pub enum PerUserPolicy {
     Reject,
 }
 
-/// Whether the publish API checks each run's lifecycle (docs/protocol.md §7).
+/// Whether the publish API has the broker check each run's lifecycle (docs/protocol.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum RunLifecycle {
@@ -251,15 +253,27 @@ pub struct ServerConfig {
     /// size).
     pub publish_burst: u32,
 
-    /// Whether the publish API checks each run's lifecycle.
+    /// Whether the publish API has the broker check each run's lifecycle.
     pub run_lifecycle: RunLifecycle,
 
-    /// Most runs whose lifecycle state the publish API remembers; at the bound the least
-    /// recently used run is forgotten.
+    /// Most runs whose lifecycle state the broker holds, in progress and finished; finished
+    /// runs are forgotten first to make room, and a new run that does not fit is refused
+    /// (429 too_many_runs).
     pub max_runs: usize,
 
     /// How long a run's state is remembered after its last event (finished or not).
     pub run_ttl: Duration,
+
+    /// Most bytes of run state the broker holds (per run its ids and a few hundred bytes,
+    /// per open tool call its id and 64); a new run or tool call beyond it is refused.
+    pub run_state_max_bytes: usize,
+
+    /// Most runs in progress one API key's publishes (or one embedded publisher's) may
+    /// hold: its share, so one publisher cannot take every place.
+    pub max_runs_per_key: usize,
+
+    /// Most bytes of run state in progress one API key (or embedded publisher) may hold.
+    pub run_state_max_bytes_per_key: usize,
 
     /// Most events one history read (GET /v1/users/{user_id}/events) returns.
     pub history_read_max: usize,
@@ -374,8 +388,11 @@ impl Default for ServerConfig {
             publish_rate: 1_000,
             publish_burst: 2_000,
             run_lifecycle: RunLifecycle::Enforce,
-            max_runs: 100_000,
-            run_ttl: Duration::from_secs(3600),
+            max_runs: RunLimits::default().max_runs,
+            run_ttl: RunLimits::default().ttl,
+            run_state_max_bytes: RunLimits::default().max_bytes,
+            max_runs_per_key: RunLimits::default().max_runs_per_owner,
+            run_state_max_bytes_per_key: RunLimits::default().max_bytes_per_owner,
             history_read_max: 1_000,
             max_bad_frames: 10,
             client_frame_rate: 50,
@@ -683,6 +700,24 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Sets [`ServerConfig::run_state_max_bytes`].
+    pub fn run_state_max_bytes(mut self, value: usize) -> Self {
+        self.0.run_state_max_bytes = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_runs_per_key`].
+    pub fn max_runs_per_key(mut self, value: usize) -> Self {
+        self.0.max_runs_per_key = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::run_state_max_bytes_per_key`].
+    pub fn run_state_max_bytes_per_key(mut self, value: usize) -> Self {
+        self.0.run_state_max_bytes_per_key = value;
+        self
+    }
+
     /// Sets [`ServerConfig::history_read_max`].
     pub fn history_read_max(mut self, value: usize) -> Self {
         self.0.history_read_max = value;
@@ -873,6 +908,18 @@ impl ServerConfig {
     }
 
     /// The in-memory broker's history bounds.
+    /// The broker's run-state bounds these settings give (each at least 1).
+    pub fn run_limits(&self) -> RunLimits {
+        RunLimits {
+            max_runs: self.max_runs.max(1),
+            max_bytes: self.run_state_max_bytes.max(1),
+            max_runs_per_owner: self.max_runs_per_key.max(1),
+            max_bytes_per_owner: self.run_state_max_bytes_per_key.max(1),
+            ttl: self.run_ttl.max(Duration::from_millis(1)),
+        }
+    }
+
+    /// The history bounds these settings give.
     pub fn history_config(&self) -> HistoryConfig {
         HistoryConfig {
             max_events_per_user: self.history_max_events,

@@ -12,8 +12,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use agentwire_manager::UnifiedWebSocketManager;
-use agentwire_protocol::EventType;
+use agentwire_manager::{RunLimit, RunStats, UnifiedWebSocketManager};
+use agentwire_protocol::{EventType, RunViolation};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -317,6 +317,69 @@ impl Collector for ManagerCollector {
             "Bytes waiting in connection queues, over all connections (each at most --queue-max-bytes)",
             s.queued_bytes,
         )?;
-        Ok(())
+        encode_runs(e, &s.runs)
     }
+}
+
+/// The broker's run state (docs/protocol.md §7, docs/operations.md).
+fn encode_runs(e: &mut DescriptorEncoder<'_>, r: &RunStats) -> fmt::Result {
+    gauge(
+        e,
+        "agentwire_run_states",
+        "Runs whose lifecycle state the broker holds, in progress and finished (at most --max-runs)",
+        r.runs,
+    )?;
+    gauge(
+        e,
+        "agentwire_runs_in_progress",
+        "Runs started and not ended whose state the broker holds",
+        r.live_runs,
+    )?;
+    gauge(
+        e,
+        "agentwire_run_state_bytes",
+        "Bytes of run state the broker holds (at most --run-state-max-bytes)",
+        r.bytes,
+    )?;
+    counter(
+        e,
+        "agentwire_run_state_evictions",
+        "Finished runs forgotten to make room at --max-runs or --run-state-max-bytes",
+        r.evicted,
+    )?;
+    counter(
+        e,
+        "agentwire_run_states_expired",
+        "Runs forgotten --run-ttl after their last event",
+        r.expired,
+    )?;
+    {
+        let c = ConstCounter::new(0u64);
+        let mut m = e.encode_descriptor(
+            "agentwire_run_violations",
+            "Run events refused (409 run_violation) because they break their run, by violation",
+            None,
+            c.metric_type(),
+        )?;
+        for (name, v) in RunViolation::NAMES.iter().zip(r.violations) {
+            ConstCounter::new(v).encode(m.encode_family(&[("violation", *name)])?)?;
+        }
+    }
+    let c = ConstCounter::new(0u64);
+    let mut m = e.encode_descriptor(
+        "agentwire_runs_refused",
+        "Run events refused (429 too_many_runs) at a run-state bound, by the bound's flag",
+        None,
+        c.metric_type(),
+    )?;
+    for limit in RunLimit::ALL {
+        let flag = match limit {
+            RunLimit::Runs => "max_runs",
+            RunLimit::Bytes => "run_state_max_bytes",
+            RunLimit::OwnerRuns => "max_runs_per_key",
+            _ => "run_state_max_bytes_per_key",
+        };
+        ConstCounter::new(r.refused_at(limit)).encode(m.encode_family(&[("bound", flag)])?)?;
+    }
+    Ok(())
 }

@@ -117,7 +117,9 @@ pub fn build_manager(config: &ServerConfig) -> Result<UnifiedWebSocketManager, S
     match config.broker {
         BrokerKind::Memory => Ok(UnifiedWebSocketManager::new(
             config.manager_config(),
-            Arc::new(InMemoryBroker::new(config.history_config())),
+            Arc::new(
+                InMemoryBroker::new(config.history_config()).with_run_limits(config.run_limits()),
+            ),
         )),
         BrokerKind::Redis => Err(ServerError::Unsupported(
             "--broker redis is not in this build yet; use --broker memory".into(),

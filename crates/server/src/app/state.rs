@@ -138,9 +138,5 @@ fn publish_api(c: &ServerConfig, metrics: PublishMetrics) -> PublishApi {
         publish_rate: c.publish_rate,
         publish_burst: c.publish_burst,
     };
-    let runs = match c.run_lifecycle {
-        RunLifecycle::Enforce => Some((c.max_runs, c.run_ttl)),
-        RunLifecycle::Off => None,
-    };
-    PublishApi::new(limits, runs, metrics)
+    PublishApi::new(limits, c.run_lifecycle == RunLifecycle::Enforce, metrics)
 }

@@ -1,7 +1,10 @@
 //! API keys: full-access (`--api-keys`) and publish-only (`--publish-api-keys`), compared
-//! in constant time, each with an identity for per-key rate limits.
+//! in constant time, each with an identity for per-key rate limits and a fingerprint for
+//! the broker's per-publisher run-state share.
 
+use agentwire_manager::PublisherId;
 use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::{Auth, AuthConfigError};
@@ -106,6 +109,20 @@ impl Auth {
         };
         Some(ApiKey { scope, id })
     }
+
+    /// The publisher `key` is in the broker's run-state bounds (its share of runs):
+    /// `key:` and the first 16 bytes of SHA-256 of the key, in hex. The same on every
+    /// node configured with the key, and no way back to the key, so brokers shared by
+    /// many nodes (Redis) may store it; the key itself stays in this table.
+    pub(crate) fn publisher(&self, key: ApiKey) -> Option<PublisherId> {
+        let raw = self.api_keys.iter().chain(&self.publish_keys).nth(key.id)?;
+        let digest = Sha256::new()
+            .chain_update(b"agentwire publisher\0")
+            .chain_update(raw)
+            .finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        PublisherId::new(format!("key:{hex}")).ok()
+    }
 }
 
 /// Checks `Authorization: Bearer <api key>` against `auth`'s keys, and that the key's
@@ -143,6 +160,31 @@ pub(crate) fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keys_publisher_is_a_stable_fingerprint_not_the_key() {
+        let mut auth = Auth::hs256_unchecked(b"s");
+        auth.api_keys = vec![b"full-key-0123456789".to_vec()];
+        auth.publish_keys = vec![b"publish-key-0123456789".to_vec()];
+        let full = auth.api_key("full-key-0123456789").expect("known");
+        let publish = auth.api_key("publish-key-0123456789").expect("known");
+        let a = auth.publisher(full).expect("fingerprint");
+        let b = auth.publisher(publish).expect("fingerprint");
+        assert_ne!(a, b);
+        assert!(
+            a.as_str().starts_with("key:") && a.as_str().len() == 4 + 32,
+            "{a}"
+        );
+        assert!(!a.as_str().contains("full-key"));
+        // Another node with the same key computes the same fingerprint: SHA-256 of the
+        // label and the key, as every implementation computes it.
+        let mut other = Auth::hs256_unchecked(b"another secret");
+        other.api_keys = vec![b"full-key-0123456789".to_vec()];
+        let again = other.api_key("full-key-0123456789").expect("known");
+        assert_eq!(other.publisher(again), Some(a.clone()));
+        // `printf 'agentwire publisher\0full-key-0123456789' | sha256sum`, first 32 digits.
+        assert_eq!(a.as_str(), "key:4eebc2c6889b59e7f029a1208353a0e5");
+    }
 
     #[test]
     fn api_keys_compare_exactly() {

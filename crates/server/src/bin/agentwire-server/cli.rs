@@ -247,18 +247,31 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_PUBLISH_BURST", default_value_t = d().publish_burst)]
     pub(crate) publish_burst: u32,
 
-    /// Whether the publish API checks each run's lifecycle.
+    /// Whether the publish API has the broker check each run's lifecycle.
     #[arg(long, env = "AGENTWIRE_RUN_LIFECYCLE", value_enum, default_value_t = d().run_lifecycle)]
     pub(crate) run_lifecycle: RunLifecycle,
 
-    /// Most runs whose lifecycle state the publish API remembers; at the bound the least
-    /// recently used run is forgotten.
+    /// Most runs whose lifecycle state the broker holds, in progress and finished;
+    /// finished runs make room first, and a new run that does not fit is refused (429).
     #[arg(long, env = "AGENTWIRE_MAX_RUNS", default_value_t = d().max_runs)]
     pub(crate) max_runs: usize,
 
     /// How long a run's state is remembered after its last event (finished or not).
     #[arg(long, env = "AGENTWIRE_RUN_TTL", value_parser = parse_duration, default_value_t = d().run_ttl.into())]
     pub(crate) run_ttl: humantime::Duration,
+
+    /// Most bytes of run state the broker holds; a new run or tool call beyond it is
+    /// refused (429).
+    #[arg(long, env = "AGENTWIRE_RUN_STATE_MAX_BYTES", default_value_t = d().run_state_max_bytes)]
+    pub(crate) run_state_max_bytes: usize,
+
+    /// Most runs in progress one API key may hold (its share of --max-runs).
+    #[arg(long, env = "AGENTWIRE_MAX_RUNS_PER_KEY", default_value_t = d().max_runs_per_key)]
+    pub(crate) max_runs_per_key: usize,
+
+    /// Most bytes of run state in progress one API key may hold.
+    #[arg(long, env = "AGENTWIRE_RUN_STATE_MAX_BYTES_PER_KEY", default_value_t = d().run_state_max_bytes_per_key)]
+    pub(crate) run_state_max_bytes_per_key: usize,
 
     /// Most events one history read (GET /v1/users/{user_id}/events) returns.
     #[arg(long, env = "AGENTWIRE_HISTORY_READ_MAX", default_value_t = d().history_read_max)]
@@ -392,6 +405,9 @@ impl ServeArgs {
         c.run_lifecycle = this.run_lifecycle;
         c.max_runs = this.max_runs;
         c.run_ttl = this.run_ttl.into();
+        c.run_state_max_bytes = this.run_state_max_bytes;
+        c.max_runs_per_key = this.max_runs_per_key;
+        c.run_state_max_bytes_per_key = this.run_state_max_bytes_per_key;
         c.history_read_max = this.history_read_max;
         c.max_bad_frames = this.max_bad_frames;
         c.client_frame_rate = this.client_frame_rate;
