@@ -79,6 +79,7 @@ pub fn agent_started(run: &str) -> Event {
         Some(run.parse().expect("run id")),
         AgentStarted {
             agent_name: Some("e2e".into()),
+            stall_timeout_ms: None,
             extra: Default::default(),
         },
     )

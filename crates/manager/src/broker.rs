@@ -8,12 +8,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use agentwire_protocol::{Epoch, EventId, EventType, RunViolation, Seq, Timestamp, UserId};
+use agentwire_protocol::{Epoch, EventId, EventType, RunId, RunViolation, Seq, Timestamp, UserId};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::runs::{RunGuard, RunLimit, RunStats};
+use crate::runs::{RunGuard, RunLimit, RunPresence, RunStats};
 
 /// An event handed to the broker: already validated and serialized once.
 ///
@@ -292,6 +293,13 @@ pub enum BrokerError {
     /// call of a run) when the bound is full of runs in progress. Nothing was stored;
     /// retrying helps only once runs have ended, so it is not transient.
     TooManyRuns(RunLimit),
+    /// A stall claim ([`RunGuard::if_stalled`], rule 12 of [`Broker`]) found its run
+    /// alive: it had an event or a heartbeat within its stall timeout. Nothing was stored.
+    NotStalled {
+        /// How long until the run would stall if nothing more comes; `None` when the run
+        /// never stalls (its own stall timeout is 0).
+        due_in: Option<Duration>,
+    },
 }
 
 impl BrokerError {
@@ -340,6 +348,16 @@ impl fmt::Display for BrokerError {
             BrokerError::Violation(v) => write!(f, "run lifecycle violation: {v}"),
             BrokerError::TooManyRuns(limit) => {
                 write!(f, "no room for the run's state: {limit}")
+            }
+            BrokerError::NotStalled { due_in: Some(d) } => {
+                write!(
+                    f,
+                    "the run is not stalled: it stalls in {} ms",
+                    d.as_millis()
+                )
+            }
+            BrokerError::NotStalled { due_in: None } => {
+                f.write_str("the run is not stalled: it never stalls")
             }
         }
     }
@@ -502,6 +520,19 @@ pub struct BrokerStats {
 ///
 ///     Events without a guard are appended whatever their run's state, and change no
 ///     run.
+/// 12. **Stall claims and heartbeats, atomic with the run.** A broker keeps, with each run
+///     in progress, when its last guarded event or heartbeat ([`Broker::heartbeat_run`])
+///     came — by one clock for every node — and the run's own stall timeout
+///     ([`RunGuard::stall_timeout`], set by its `Start`). A guarded event that is a stall
+///     claim ([`RunGuard::if_stalled`]) is checked in the same atomic step as rule 11:
+///     for a run in progress, when the run's own timeout (else the claim's) has not passed
+///     since that moment, or the run's own timeout is zero, the claim is refused with
+///     [`BrokerError::NotStalled`] (storing nothing); otherwise it is checked and applied
+///     as any guarded event. So of many claims racing to end one stalled run, on any
+///     number of nodes, exactly one is accepted and the others are refused as
+///     `AfterTerminal`; and a claim never ends a run that had a sign of life within its
+///     timeout. A heartbeat changes the moment only: it appends nothing, and does not
+///     extend the run's `ttl`.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Accepts `event` into `user`'s stream and delivers it to the user's subscribers; or,
@@ -543,6 +574,7 @@ pub trait Broker: Send + Sync + 'static {
                         BrokerError::Conflict { .. }
                             | BrokerError::Violation(_)
                             | BrokerError::TooManyRuns(_)
+                            | BrokerError::NotStalled { .. }
                     )
                     .then_some(accepted.len());
                     return Err(BatchError {
@@ -599,6 +631,23 @@ pub trait Broker: Send + Sync + 'static {
         user: &UserId,
         event_id: &EventId,
     ) -> Result<Option<Accepted>, BrokerError>;
+
+    /// A sign of life of `user`'s run `run_id` from its publisher (rule 12): a run in
+    /// progress counts it as an event for its stall timeout; nothing is appended or
+    /// delivered. The default, for a broker that keeps no run state, refuses it.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be asked.
+    async fn heartbeat_run(
+        &self,
+        user: &UserId,
+        run_id: &RunId,
+    ) -> Result<RunPresence, BrokerError> {
+        let _ = (user, run_id);
+        Err(BrokerError::Rejected(Cause::new(
+            "this broker keeps no run state",
+        )))
+    }
 
     /// Whether the broker can accept events now (for readiness checks).
     ///
@@ -720,6 +769,7 @@ mod tests {
             Some("r1".parse().expect("id")),
             AgentStarted {
                 agent_name: Some("triage".into()),
+                stall_timeout_ms: None,
                 extra: Default::default(),
             },
         );

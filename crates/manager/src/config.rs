@@ -93,6 +93,15 @@ pub struct ManagerConfig {
     /// outage during a replay. Reads are retried with backoff from 1 ms doubling to
     /// 100 ms; each close is counted in `ManagerStats::catch_up_failures`.
     pub catch_up_wait: Duration,
+    /// How long a run in progress may go without an event or a heartbeat before the
+    /// watchdog ends it with an `agent_error` whose code is `stalled` (default 120 s;
+    /// [`Duration::ZERO`] turns the watchdog off). A run's `agent_started` may set its own
+    /// (`stall_timeout_ms`). The watchdog watches the runs whose guarded events this
+    /// manager published; the broker decides, atomically, whether a run really stalled.
+    pub run_stall_timeout: Duration,
+    /// Most runs the watchdog watches at once (default 100,000); a run beyond it is not
+    /// watched by this manager, counted in `ManagerStats::runs_unwatched`.
+    pub max_watched_runs: usize,
 }
 
 impl Default for ManagerConfig {
@@ -107,6 +116,8 @@ impl Default for ManagerConfig {
             replay_page: 256,
             sweep_interval: Duration::from_secs(5),
             catch_up_wait: Duration::from_secs(2),
+            run_stall_timeout: Duration::from_secs(120),
+            max_watched_runs: 100_000,
         }
     }
 }

@@ -64,6 +64,6 @@ pub use manager::{
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
 pub use runs::{
-    PublisherId, RUN_OVERHEAD_BYTES, RunGuard, RunLimit, RunLimits, RunStats,
-    TOOL_CALL_OVERHEAD_BYTES, run_base_bytes, tool_call_bytes,
+    PublisherId, RUN_OVERHEAD_BYTES, RunGuard, RunLimit, RunLimits, RunPresence, RunStats,
+    StallReason, TOOL_CALL_OVERHEAD_BYTES, run_base_bytes, tool_call_bytes,
 };

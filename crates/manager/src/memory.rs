@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentwire_protocol::{Epoch, EventId, Seq, Timestamp, UserId};
+use agentwire_protocol::{Epoch, EventId, RunId, Seq, Timestamp, UserId};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
@@ -37,7 +37,7 @@ use crate::broker::{
     StoredEvent, Subscriber, compose_frame, same_subscriber,
 };
 use crate::run_table::RunTable;
-use crate::runs::{RunGuard, RunLimits};
+use crate::runs::{RunGuard, RunLimits, RunPresence};
 
 /// Bounds of the history a broker keeps, and of its dedupe window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -807,6 +807,14 @@ impl Broker for InMemoryBroker {
             .streams
             .get(user)
             .and_then(|s| s.entry_of(event_id).map(|e| s.accepted(e))))
+    }
+
+    async fn heartbeat_run(
+        &self,
+        user: &UserId,
+        run_id: &RunId,
+    ) -> Result<RunPresence, BrokerError> {
+        Ok(self.runs().heartbeat(user, run_id))
     }
 
     fn stats(&self) -> BrokerStats {

@@ -11,6 +11,7 @@
 //! second index of the same ticks (`finished`), the order in which they make room.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use agentwire_protocol::{RunId, RunState, RunStep, UserId};
 use foldhash::HashMap;
@@ -18,7 +19,8 @@ use tokio::time::Instant;
 
 use crate::broker::BrokerError;
 use crate::runs::{
-    PublisherId, RunGuard, RunLimit, RunLimits, RunStats, run_base_bytes, tool_call_bytes,
+    PublisherId, RunGuard, RunLimit, RunLimits, RunPresence, RunStats, run_base_bytes,
+    tool_call_bytes,
 };
 
 type RunKey = (UserId, RunId);
@@ -30,7 +32,12 @@ struct Run {
     /// What the run is counted as: [`run_base_bytes`] plus its open tool calls.
     bytes: usize,
     tick: u64,
+    /// When its last event came (for the TTL).
     touched: Instant,
+    /// When its last event or heartbeat came (for a stall claim, rule 12).
+    active: Instant,
+    /// Its own stall timeout, from its `Start`.
+    stall_timeout: Option<Duration>,
 }
 
 /// What one publisher's runs in progress hold.
@@ -47,6 +54,8 @@ struct Draft {
     state: RunState,
     owner: PublisherId,
     bytes: usize,
+    active: Instant,
+    stall_timeout: Option<Duration>,
 }
 
 /// The run states of one in-memory broker.
@@ -111,21 +120,33 @@ impl RunTable {
             let d = match drafts.iter().position(|d| d.run_id == guard.run_id) {
                 Some(d) => d,
                 None => {
-                    drafts.push(self.draft(user, guard));
+                    drafts.push(self.draft(user, guard, now));
                     drafts.len() - 1
                 }
             };
             let draft = &mut drafts[d];
+            if let Some(claim) = guard.if_stalled
+                && matches!(draft.state, RunState::Running { .. })
+            {
+                let timeout = draft.stall_timeout.unwrap_or(claim);
+                let idle = now.saturating_duration_since(draft.active);
+                if timeout.is_zero() || idle < timeout {
+                    let due_in = (!timeout.is_zero()).then(|| timeout - idle);
+                    return Err((i, BrokerError::NotStalled { due_in }));
+                }
+            }
             if let Err(v) = draft.state.apply_step(&guard.step) {
                 self.violations[v.index()] += 1;
                 return Err((i, BrokerError::Violation(v)));
             }
+            draft.active = now;
             let base = run_base_bytes(user, &guard.run_id);
             // The bytes the step adds to runs in progress (negative: frees), and whether it
             // adds a run.
             let (grow, starts): (isize, bool) = match &guard.step {
                 RunStep::Start => {
                     draft.owner = guard.owner.clone();
+                    draft.stall_timeout = guard.stall_timeout;
                     (base as isize, true)
                 }
                 RunStep::OpenToolCall(id) => (tool_call_bytes(id) as isize, false),
@@ -191,20 +212,39 @@ impl RunTable {
     }
 
     /// The state `guard`'s run is in now.
-    fn draft(&self, user: &UserId, guard: &RunGuard) -> Draft {
+    fn draft(&self, user: &UserId, guard: &RunGuard, now: Instant) -> Draft {
         match self.runs.get(&(user.clone(), guard.run_id.clone())) {
             Some(run) => Draft {
                 run_id: guard.run_id.clone(),
                 state: run.state.clone(),
                 owner: run.owner.clone(),
                 bytes: run.bytes,
+                active: run.active,
+                stall_timeout: run.stall_timeout,
             },
             None => Draft {
                 run_id: guard.run_id.clone(),
                 state: RunState::NotStarted,
                 owner: guard.owner.clone(),
                 bytes: 0,
+                active: now,
+                stall_timeout: None,
             },
+        }
+    }
+
+    /// A heartbeat of `user`'s run `run_id` (rule 12 of [`crate::Broker`]): a run in
+    /// progress takes it as a sign of life.
+    pub(crate) fn heartbeat(&mut self, user: &UserId, run_id: &RunId) -> RunPresence {
+        let now = Instant::now();
+        self.expire(now);
+        match self.runs.get_mut(&(user.clone(), run_id.clone())) {
+            None => RunPresence::Unknown,
+            Some(run) if run.state.is_finished() => RunPresence::Ended,
+            Some(run) => {
+                run.active = now;
+                RunPresence::Running
+            }
         }
     }
 
@@ -229,6 +269,8 @@ impl RunTable {
                     run.bytes = draft.bytes;
                     run.tick = tick;
                     run.touched = now;
+                    run.active = draft.active;
+                    run.stall_timeout = draft.stall_timeout;
                 }
                 None => {
                     self.bytes += draft.bytes;
@@ -240,6 +282,8 @@ impl RunTable {
                             bytes: draft.bytes,
                             tick,
                             touched: now,
+                            active: draft.active,
+                            stall_timeout: draft.stall_timeout,
                         },
                     );
                 }
@@ -329,7 +373,6 @@ impl RunTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     use agentwire_protocol::{RunOutcome, RunViolation};
 

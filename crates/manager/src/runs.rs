@@ -70,6 +70,16 @@ pub struct RunGuard {
     pub step: RunStep,
     /// Who the run counts against when this event starts it.
     pub owner: PublisherId,
+    /// On a [`RunStep::Start`]: the run's own stall timeout (`agent_started`'s
+    /// `stall_timeout_ms`), which the broker keeps with the run and which overrides the
+    /// timeout of a stall claim ([`Self::if_stalled`]); [`Duration::ZERO`]: the run never
+    /// stalls. Ignored on other steps.
+    pub stall_timeout: Option<Duration>,
+    /// A watchdog's claim (rule 12 of [`crate::Broker`]): apply the step only if the run
+    /// is in progress and has had no event and no heartbeat for its stall timeout — its
+    /// own ([`Self::stall_timeout`]) or else this one — and otherwise refuse it with
+    /// [`BrokerError::NotStalled`](crate::BrokerError::NotStalled).
+    pub if_stalled: Option<Duration>,
 }
 
 impl RunGuard {
@@ -79,6 +89,66 @@ impl RunGuard {
             run_id,
             step,
             owner,
+            stall_timeout: None,
+            if_stalled: None,
+        }
+    }
+
+    /// The same guard, starting a run whose own stall timeout is `timeout` (see
+    /// [`Self::stall_timeout`]).
+    #[must_use]
+    pub fn with_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// The same guard as a stall claim under `timeout` (see [`Self::if_stalled`]).
+    #[must_use]
+    pub fn if_stalled(mut self, timeout: Duration) -> Self {
+        self.if_stalled = Some(timeout);
+        self
+    }
+}
+
+/// Where a run stands, as a heartbeat found it ([`crate::Broker::heartbeat_run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunPresence {
+    /// In progress: the heartbeat counts as a sign of life.
+    Running,
+    /// Ended (and still remembered); the heartbeat changed nothing.
+    Ended,
+    /// Not known: never started, or forgotten.
+    Unknown,
+}
+
+/// Which timeout a watchdog ended a stalled run under: the label of its metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StallReason {
+    /// The server's default (`--run-stall-timeout`).
+    Timeout,
+    /// The run's own, from its `agent_started` (`stall_timeout_ms`).
+    RunTimeout,
+}
+
+impl StallReason {
+    /// Every reason, in the order of [`crate::ManagerStats::runs_stalled`].
+    pub const ALL: [StallReason; 2] = [StallReason::Timeout, StallReason::RunTimeout];
+
+    /// The metric label: `timeout`, `run_timeout`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StallReason::Timeout => "timeout",
+            StallReason::RunTimeout => "run_timeout",
+        }
+    }
+
+    /// The position of this reason in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            StallReason::Timeout => 0,
+            StallReason::RunTimeout => 1,
         }
     }
 }

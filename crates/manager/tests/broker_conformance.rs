@@ -151,6 +151,8 @@ macro_rules! conformance_tests {
             threaded!($harness, run_concurrent_starts);
             paused!($harness, run_bounds);
             paused!($harness, run_ttl);
+            paused!($harness, run_stall_claims);
+            threaded!($harness, run_stall_claim_race);
 
             #[tokio::test(start_paused = true)]
             async fn run_lifecycle_matches_reference() {

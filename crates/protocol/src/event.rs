@@ -114,10 +114,19 @@ pub struct AgentStarted {
     /// Which agent runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_name: Option<String>,
+    /// The longest silence this run may have, in milliseconds, before the server ends it
+    /// as stalled (an `agent_error` with code [`STALLED_CODE`]); overrides the server's
+    /// `--run-stall-timeout` for this run. `0`: the run is never ended as stalled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_timeout_ms: Option<u64>,
     /// Fields beyond the typed ones.
     #[serde(flatten)]
     pub extra: Extra,
 }
+
+/// The `code` of the `agent_error` the server publishes when it ends a run that went
+/// silent (see [`AgentStarted::stall_timeout_ms`]); such an error is `retryable`.
+pub const STALLED_CODE: &str = "stalled";
 
 /// `data` of `agent_thinking`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

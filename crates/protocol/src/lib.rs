@@ -36,7 +36,8 @@ pub use codec::{
 };
 pub use event::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, CRITICAL_EVENTS, Custom, Event,
-    EventData, EventEnvelope, EventType, Extra, ToolCompleted, ToolExecuting, UnknownEventType,
+    EventData, EventEnvelope, EventType, Extra, STALLED_CODE, ToolCompleted, ToolExecuting,
+    UnknownEventType,
 };
 pub use frame::{
     ClientFrame, ConnectionEstablished, ErrorCode, ErrorFrame, ReplayGap, ServerFrame,

@@ -92,6 +92,7 @@ fn expected() -> Vec<(&'static str, Golden)> {
                 Some("r1"),
                 AgentStarted {
                     agent_name: Some("triage".into()),
+                    stall_timeout_ms: None,
                     extra: extra(json!({"model": "small"})),
                 },
             )),
@@ -255,6 +256,7 @@ fn expected() -> Vec<(&'static str, Golden)> {
                         Some(id("r1")),
                         AgentStarted {
                             agent_name: Some("triage".into()),
+                            stall_timeout_ms: None,
                             extra: Extra::new(),
                         },
                     ),

@@ -4,6 +4,7 @@
 -- KEYS: 1-5 as in common.lua, then the state key of each run the batch's guarded events
 --       touch (HASH s = status r|c|f, n = open calls, b = bytes, a = allowance,
 --       k = reservation token, o = owner, f = when the registry was last told (ms),
+--       l = its last event or heartbeat (ms), w = its own stall timeout (ms; '' none),
 --       t:<tool_call_id> = 1 per open call).
 -- ARGV: 1 new epoch (used only if the stream is new), 2 max events kept, 3 max age (ms),
 --       4 dedupe window (ms), 5 max dedupe entries, 6 idle TTL of meta (ms),
@@ -14,13 +15,17 @@
 --       refusal of a new run ('' none, else the bound's name), owner, base bytes;
 --       then nine per event: event_id, digest, type, head, mid, tail (the frame is
 --       head .. seq .. mid .. ts .. tail, pieces of compose_frame), run (1-based; 0 for an
---       unguarded event), step (s start, t think, o open, c close, e end), step argument
---       (the tool call id; for e the outcome, c or f).
+--       unguarded event), step (s start, t think, o open, c close, e end, x stall claim),
+--       step argument (the tool call id; for s the run's own stall timeout in ms or '';
+--       for e the outcome, c or f; for x the outcome then the claim's stall timeout in
+--       ms, e.g. f120000).
 -- Returns {'ok', epoch, new_epoch(0/1), trimmed, forgotten, seq1, ts1, dup1, ...,
 --          then per run: token, started(0/1), ended(0/1), refresh(0/1)}
 --      or {'conflict', index (0-based), seq of the id's first acceptance}
 --      or {'violation', index, name, terminal status (c/f) for AfterTerminal}
 --      or {'full', index, bound} (a new run the registry refused)
+--      or {'active', index, ms until the run stalls, -1 never} (a stall claim on a run
+--         that had an event or heartbeat within its stall timeout)
 --      or {'grow', then per run needing more room: run, bytes needed, index of the first
 --         event needing it, the run's token, its owner}: nothing was written; ask the
 --         registry for the room and call again.
@@ -46,11 +51,13 @@ local function run(j)
   if r then
     return r
   end
-  local v = redis.call('HMGET', KEYS[5 + j], 's', 'n', 'b', 'a', 'k', 'o', 'f')
+  local v = redis.call('HMGET', KEYS[5 + j], 's', 'n', 'b', 'a', 'k', 'o', 'f', 'l', 'w')
   r = {
     s = v[1], n = tonumber(v[2]) or 0, b = tonumber(v[3]) or 0, a = tonumber(v[4]) or 0,
     k = v[5] or '', o = v[6] or '', f = tonumber(v[7]) or 0,
+    l = tonumber(v[8]) or 0, w = v[9] or '',
     opened = {}, closed = {}, changed = false, started = false, ended = false,
+    touched = false,
   }
   local grant = ARGV[run_arg(j) + 1]
   if grant ~= '' then
@@ -89,9 +96,23 @@ local function step(i, j, code, arg)
     end
     r.s, r.n, r.b = 'r', 0, tonumber(ARGV[b + 4])
     r.k, r.o, r.f = ARGV[b], ARGV[b + 3], now
+    r.l, r.w = now, arg
     r.started, r.changed = true, true
     return nil
   end
+  if code == 'x' then
+    -- A stall claim: only a run silent for its own stall timeout (else the claim's) ends.
+    local timeout = tonumber(r.w) or tonumber(string.sub(arg, 2))
+    if timeout == 0 then
+      return {'active', i, -1}
+    end
+    local idle = now - r.l
+    if idle < timeout then
+      return {'active', i, timeout - idle}
+    end
+    code, arg = 'e', string.sub(arg, 1, 1)
+  end
+  r.l, r.touched = now, true
   if code == 's' then
     return {'violation', i, 'AlreadyStarted', ''}
   elseif code == 'o' then
@@ -247,7 +268,7 @@ for j = 1, m do
     end
     if r.changed then
       redis.call('HSET', key, 's', r.s, 'n', int(r.n), 'b', int(r.b), 'a', int(r.a),
-        'k', r.k, 'o', r.o, 'f', int(r.f))
+        'k', r.k, 'o', r.o, 'f', int(r.f), 'l', int(r.l), 'w', r.w)
       for id in pairs(r.opened) do
         redis.call('HSET', key, 't:' .. id, 1)
       end
@@ -256,6 +277,8 @@ for j = 1, m do
           redis.call('HDEL', key, 't:' .. id)
         end
       end
+    elseif r.touched then
+      redis.call('HSET', key, 'l', int(r.l))
     end
     redis.call('PEXPIRE', key, run_ttl)
   end

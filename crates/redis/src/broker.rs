@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use agentwire_manager::{
-    Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, RunLimit, RunStats,
-    StoredEvent, Subscriber, TOOL_CALL_OVERHEAD_BYTES,
+    Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, RunLimit,
+    RunPresence, RunStats, StoredEvent, Subscriber, TOOL_CALL_OVERHEAD_BYTES,
 };
-use agentwire_protocol::{Epoch, EventId, MAX_OPEN_TOOL_CALLS, Seq, Timestamp, UserId};
+use agentwire_protocol::{Epoch, EventId, MAX_OPEN_TOOL_CALLS, RunId, Seq, Timestamp, UserId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
@@ -62,6 +62,7 @@ struct Scripts {
     history: Script,
     lookup: Script,
     runs: Script,
+    heartbeat: Script,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -112,6 +113,7 @@ impl RedisBroker {
                     history: Script::new(script::HISTORY),
                     lookup: Script::new(script::LOOKUP),
                     runs: Script::new(script::RUNS),
+                    heartbeat: Script::new(script::HEARTBEAT),
                 },
                 subs,
                 counters,
@@ -229,6 +231,15 @@ impl RedisBroker {
             return Ok(Vec::new());
         }
         let fail = |error| BatchError::new(Vec::new(), error);
+        if let Some(i) = events
+            .iter()
+            .position(|e| e.run.as_ref().is_some_and(|g| !runs::claim_ends_run(g)))
+        {
+            return Err(BatchError::refused(
+                i,
+                BrokerError::Rejected("a stall claim must end its run".into()),
+            ));
+        }
         let keys = self.keys(user);
         let mut runs = BatchRuns::of(&keys, user, &events);
         let mut ids = Vec::with_capacity(events.len());
@@ -278,12 +289,11 @@ impl RedisBroker {
                     .arg(slot.owner.as_str())
                     .arg(slot.base);
             }
-            for ((event, (id, p)), (run, step)) in events
+            for ((event, (id, p)), ((run, _), (code, arg))) in events
                 .iter()
                 .zip(ids.iter().zip(&parts))
-                .zip(&runs.of_event)
+                .zip(runs.of_event.iter().zip(&runs.args))
             {
-                let (code, arg) = step.as_ref().map_or(("", ""), runs::step_args);
                 call.arg(id.as_str())
                     .arg(event.digest.to_string())
                     .arg(event.event_type.as_str())
@@ -604,6 +614,17 @@ impl RedisBroker {
                 Ok(PublishReply::Refused {
                     index,
                     error: BrokerError::Violation(violation),
+                })
+            }
+            Some("active") => {
+                let index = number("active index")? as usize;
+                let due_in = match items.next() {
+                    Some(Value::Int(ms)) => u64::try_from(ms).ok().map(Duration::from_millis),
+                    _ => return Err(bad("active due")),
+                };
+                Ok(PublishReply::Refused {
+                    index,
+                    error: BrokerError::NotStalled { due_in },
                 })
             }
             Some("full") => {
@@ -961,6 +982,26 @@ impl Broker for RedisBroker {
                 what: "lookup reply",
             })
         })
+    }
+
+    async fn heartbeat_run(
+        &self,
+        user: &UserId,
+        run_id: &RunId,
+    ) -> Result<RunPresence, BrokerError> {
+        let mut call = self.inner.scripts.heartbeat.prepare_invoke();
+        call.key(self.keys(user).run(run_id));
+        let reply: String = self
+            .round_trip("heartbeat", self.inner.commands.invoke(&call))
+            .await?;
+        match reply.as_str() {
+            "running" => Ok(RunPresence::Running),
+            "ended" => Ok(RunPresence::Ended),
+            "unknown" => Ok(RunPresence::Unknown),
+            _ => Err(self.malformed(Malformed {
+                what: "heartbeat reply",
+            })),
+        }
     }
 
     /// `PING` on the command connection, and the pub/sub connection up with every wanted

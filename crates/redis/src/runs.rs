@@ -7,7 +7,9 @@
 //! *reserves* its room there before its `agent_started` is published, and tells it when it
 //! ends. See the crate docs for the protocol and its failure modes.
 
-use agentwire_manager::{NewEvent, PublisherId, RunLimit, run_base_bytes};
+use std::time::Duration;
+
+use agentwire_manager::{NewEvent, PublisherId, RunGuard, RunLimit, run_base_bytes};
 use agentwire_protocol::{EventType, RunId, RunOutcome, RunStep, RunViolation, UserId};
 use redis::Value;
 
@@ -56,6 +58,8 @@ pub(crate) struct BatchRuns {
     pub(crate) slots: Vec<RunSlot>,
     /// Each event's run number (0: unguarded) and step.
     pub(crate) of_event: Vec<(usize, Option<RunStep>)>,
+    /// Each event's step code and argument for the script (see [`guard_args`]).
+    pub(crate) args: Vec<(&'static str, String)>,
 }
 
 impl BatchRuns {
@@ -65,8 +69,10 @@ impl BatchRuns {
         for event in events {
             let Some(guard) = &event.run else {
                 runs.of_event.push((0, None));
+                runs.args.push(("", String::new()));
                 continue;
             };
+            runs.args.push(guard_args(guard));
             let j = match ids.iter().position(|id| **id == guard.run_id) {
                 Some(j) => j,
                 None => {
@@ -100,16 +106,28 @@ impl BatchRuns {
     }
 }
 
-/// The script's code and argument for `step`.
-pub(crate) fn step_args(step: &RunStep) -> (&'static str, &str) {
-    match step {
-        RunStep::Start => ("s", ""),
-        RunStep::Think => ("t", ""),
-        RunStep::OpenToolCall(id) => ("o", id),
-        RunStep::CloseToolCall(id) => ("c", id),
-        RunStep::End(RunOutcome::Completed) => ("e", "c"),
-        RunStep::End(RunOutcome::Failed) => ("e", "f"),
+/// The script's code and argument for `guard`: its step's, or for a stall claim
+/// ([`RunGuard::if_stalled`], whose step ends the run) `x` with the outcome and the
+/// claim's timeout in ms.
+pub(crate) fn guard_args(guard: &RunGuard) -> (&'static str, String) {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string();
+    let outcome = |o: RunOutcome| match o {
+        RunOutcome::Completed => "c",
+        RunOutcome::Failed => "f",
+    };
+    match (&guard.step, guard.if_stalled) {
+        (RunStep::End(o), Some(timeout)) => ("x", format!("{}{}", outcome(*o), ms(timeout))),
+        (RunStep::Start, _) => ("s", guard.stall_timeout.map(ms).unwrap_or_default()),
+        (RunStep::Think, _) => ("t", String::new()),
+        (RunStep::OpenToolCall(id), _) => ("o", id.clone()),
+        (RunStep::CloseToolCall(id), _) => ("c", id.clone()),
+        (RunStep::End(o), None) => ("e", outcome(*o).to_owned()),
     }
+}
+
+/// Whether the broker can take `guard`: a stall claim must end its run.
+pub(crate) fn claim_ends_run(guard: &RunGuard) -> bool {
+    guard.if_stalled.is_none() || matches!(guard.step, RunStep::End(_))
 }
 
 /// The violation the script named, for the event taking `step`.

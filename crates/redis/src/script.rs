@@ -21,6 +21,11 @@ pub(crate) const RUNS: &str = concat!(
     include_str!("../lua/common.lua"),
     include_str!("../lua/runs.lua")
 );
+/// A heartbeat of one run: a sign of life for its stall timeout.
+pub(crate) const HEARTBEAT: &str = concat!(
+    include_str!("../lua/common.lua"),
+    include_str!("../lua/heartbeat.lua")
+);
 /// Finds the first acceptance of an `event_id` inside the dedupe window.
 pub(crate) const LOOKUP: &str = concat!(
     include_str!("../lua/common.lua"),

@@ -132,6 +132,7 @@ impl EventMaker {
                 extra.insert("pad".into(), Value::String(pad));
                 AgentStarted {
                     agent_name: Some("loadgen".into()),
+                    stall_timeout_ms: None,
                     extra,
                 }
                 .into()

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentwire_protocol::{EventId, Seq, UserId};
+use agentwire_protocol::{EventId, RunId, Seq, UserId};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
@@ -12,6 +12,7 @@ use crate::broker::{
     Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, StoredEvent,
     Subscriber, same_subscriber,
 };
+use crate::runs::RunPresence;
 
 /// A test broker around another that behaves as if it sat across a network: every call
 /// waits a little (a random short sleep, or a yield) before and after the inner call, so
@@ -198,6 +199,17 @@ impl<B: Broker> Broker for LatencyBroker<B> {
         result
     }
 
+    async fn heartbeat_run(
+        &self,
+        user: &UserId,
+        run_id: &RunId,
+    ) -> Result<RunPresence, BrokerError> {
+        jitter(self.max_delay).await;
+        let result = self.inner.heartbeat_run(user, run_id).await;
+        jitter(self.max_delay).await;
+        result
+    }
+
     async fn health(&self) -> Result<(), BrokerError> {
         jitter(self.max_delay).await;
         self.inner.health().await
@@ -314,6 +326,14 @@ impl<B: Broker> Broker for FaultyBroker<B> {
         event_id: &EventId,
     ) -> Result<Option<Accepted>, BrokerError> {
         self.inner.lookup(user, event_id).await
+    }
+
+    async fn heartbeat_run(
+        &self,
+        user: &UserId,
+        run_id: &RunId,
+    ) -> Result<RunPresence, BrokerError> {
+        self.inner.heartbeat_run(user, run_id).await
     }
 
     async fn health(&self) -> Result<(), BrokerError> {
@@ -560,6 +580,14 @@ impl<B: Broker> Broker for SeverableBroker<B> {
         event_id: &EventId,
     ) -> Result<Option<Accepted>, BrokerError> {
         self.inner().lookup(user, event_id).await
+    }
+
+    async fn heartbeat_run(
+        &self,
+        user: &UserId,
+        run_id: &RunId,
+    ) -> Result<RunPresence, BrokerError> {
+        self.inner().heartbeat_run(user, run_id).await
     }
 
     async fn health(&self) -> Result<(), BrokerError> {

@@ -247,6 +247,8 @@ pub async fn run_all<H: Harness>(harness: &H) -> Report {
         run_concurrent_starts,
         run_bounds,
         run_ttl,
+        run_stall_claims,
+        run_stall_claim_race,
     );
     report
 }
@@ -283,6 +285,8 @@ pub const PROPERTIES: &[&str] = &[
     "run_concurrent_starts",
     "run_bounds",
     "run_ttl",
+    "run_stall_claims",
+    "run_stall_claim_race",
 ];
 
 /// How many random sequences [`run_all`] checks with

@@ -1,5 +1,5 @@
 //! One property per part of rule 11 (the run lifecycle, atomic with the append), checked
-//! against [`RunState`], the reference.
+//! against [`RunState`], the reference, and of rule 12 (stall claims and heartbeats).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::broker::{Accepted, BatchError, Broker, BrokerError, NewEvent};
-use crate::runs::{PublisherId, RunGuard, RunLimit, RunLimits, run_base_bytes, tool_call_bytes};
+use crate::runs::{
+    PublisherId, RunGuard, RunLimit, RunLimits, RunPresence, run_base_bytes, tool_call_bytes,
+};
 
 use super::support::*;
 use super::{Checked, Harness};
@@ -587,5 +589,158 @@ pub async fn run_ttl<H: Harness>(harness: &H) -> Checked {
         RunViolation::AlreadyStarted,
         "a run with recent events was forgotten"
     );
+    Checked::Held
+}
+
+/// A stall claim of `run` (rule 12): its `agent_error`, claimed under `timeout`.
+pub fn stall_claim(run: &RunId, n: u64, timeout: Duration) -> NewEvent {
+    let mut event = run_event(run, RunStep::End(RunOutcome::Failed), n);
+    event.run = event.run.map(|g| g.if_stalled(timeout));
+    event
+}
+
+/// The `agent_started` of `run` with the run's own stall timeout `own`.
+fn start_with_stall(run: &RunId, n: u64, own: Option<Duration>) -> NewEvent {
+    let mut event = run_event(run, RunStep::Start, n);
+    event.run = event.run.map(|g| g.with_stall_timeout(own));
+    event
+}
+
+async fn not_stalled<B: Broker + ?Sized>(
+    broker: &B,
+    user: &UserId,
+    event: NewEvent,
+) -> Option<Duration> {
+    match broker.publish(user, event).await {
+        Err(BrokerError::NotStalled { due_in }) => due_in,
+        other => panic!("expected the claim refused as not stalled, got {other:?}"),
+    }
+}
+
+async fn heartbeat<B: Broker + ?Sized>(broker: &B, user: &UserId, run: &RunId) -> RunPresence {
+    match broker.heartbeat_run(user, run).await {
+        Ok(p) => p,
+        Err(e) => panic!("a heartbeat failed: {e}"),
+    }
+}
+
+/// Rule 12: a stall claim ends only a run silent for its stall timeout — the run's own
+/// (zero: never) or else the claim's — and a refused claim says when the run would stall;
+/// a heartbeat is a sign of life (and changes nothing for a run ended or unknown); a claim
+/// that ends the run is an event like any other, and the run refuses what comes after.
+pub async fn run_stall_claims<H: Harness>(harness: &H) -> Checked {
+    let broker = harness.make().await;
+    let user = fresh_user("run-stall");
+    let long = Duration::from_secs(60);
+    let short = harness.clock_slack() * 2;
+    let (quiet, own_long, never, own_short, beating) = (
+        run_id("quiet"),
+        run_id("own-long"),
+        run_id("never"),
+        run_id("own-short"),
+        run_id("beating"),
+    );
+    publish(&broker, &user, start_with_stall(&quiet, 0, None)).await;
+    publish(&broker, &user, start_with_stall(&own_long, 1, Some(long))).await;
+    publish(
+        &broker,
+        &user,
+        start_with_stall(&never, 2, Some(Duration::ZERO)),
+    )
+    .await;
+    publish(&broker, &user, start_with_stall(&own_short, 3, Some(short))).await;
+    publish(&broker, &user, start_with_stall(&beating, 4, Some(long))).await;
+    let due = not_stalled(&broker, &user, stall_claim(&quiet, 5, long))
+        .await
+        .expect("a run with a timeout stalls some day");
+    assert!(due <= long, "due in {due:?}, beyond the claim's timeout");
+    assert_eq!(
+        violation_of(&broker, &user, stall_claim(&run_id("unknown"), 6, short)).await,
+        not_started(EventType::AgentError),
+        "a claim on an unknown run"
+    );
+    harness.advance(short * 2).await;
+    let before_beat = not_stalled(&broker, &user, stall_claim(&beating, 7, short))
+        .await
+        .expect("stalls some day");
+    assert!(before_beat < long, "the run's silence did not count");
+    assert_eq!(
+        heartbeat(&broker, &user, &beating).await,
+        RunPresence::Running
+    );
+    let after_beat = not_stalled(&broker, &user, stall_claim(&beating, 8, short))
+        .await
+        .expect("stalls some day");
+    assert!(
+        after_beat > before_beat,
+        "a heartbeat did not count as a sign of life ({before_beat:?}, then {after_beat:?})"
+    );
+    // The run's own timeout wins over the claim's, both ways.
+    not_stalled(&broker, &user, stall_claim(&own_long, 9, short))
+        .await
+        .expect("stalls some day");
+    assert_eq!(
+        not_stalled(&broker, &user, stall_claim(&never, 10, short)).await,
+        None,
+        "a run whose own timeout is zero never stalls"
+    );
+    publish(&broker, &user, stall_claim(&own_short, 11, long)).await;
+    publish(&broker, &user, stall_claim(&quiet, 12, short)).await;
+    let ended = RunViolation::AfterTerminal {
+        event: EventType::AgentThinking,
+        ended_with: EventType::AgentError,
+    };
+    assert_eq!(
+        violation_of(&broker, &user, run_event(&quiet, RunStep::Think, 13)).await,
+        ended,
+        "a late event of a run a claim ended"
+    );
+    assert_eq!(heartbeat(&broker, &user, &quiet).await, RunPresence::Ended);
+    assert_eq!(
+        heartbeat(&broker, &user, &run_id("unknown")).await,
+        RunPresence::Unknown
+    );
+    let h = history(&broker, &user, Seq::ZERO, 100).await;
+    let kinds: Vec<EventType> = h.events.iter().map(|e| e.event_type).collect();
+    let mut want = vec![EventType::AgentStarted; 5];
+    want.extend([EventType::AgentError; 2]);
+    assert_eq!(kinds, want, "refused claims stored something");
+    Checked::Held
+}
+
+/// Rule 12 under contention: many tasks claiming one stalled run at once — as the
+/// watchdogs of many nodes do — end it exactly once; every other claim is refused as
+/// `AfterTerminal`.
+pub async fn run_stall_claim_race<H: Harness>(harness: &H) -> Checked {
+    const TASKS: u64 = 12;
+    let broker = Arc::new(harness.make().await);
+    let user = fresh_user("run-stall-race");
+    let r = run_id("stalled");
+    let short = harness.clock_slack() * 2;
+    publish(&*broker, &user, start_with_stall(&r, 0, None)).await;
+    harness.advance(short * 2).await;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let (broker, user, r) = (broker.clone(), user.clone(), r.clone());
+            tokio::spawn(async move { broker.publish(&user, stall_claim(&r, n + 1, short)).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("claiming task panicked"));
+    }
+    let won = answers.iter().filter(|a| a.is_ok()).count();
+    assert_eq!(won, 1, "a stalled run ended {won} times");
+    let lost = BrokerError::Violation(RunViolation::AfterTerminal {
+        event: EventType::AgentError,
+        ended_with: EventType::AgentError,
+    });
+    for a in &answers {
+        if let Err(e) = a {
+            assert_eq!(e, &lost);
+        }
+    }
+    let h = history(&*broker, &user, Seq::ZERO, 100).await;
+    assert_eq!(seqs(&h.events), vec![1, 2]);
     Checked::Held
 }

@@ -4,9 +4,11 @@
 
 use foldhash::HashMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use agentwire_protocol::{
-    DecodeError, Event, EventId, EventType, RunId, RunStep, RunViolation, Seq, UserId,
+    DecodeError, Event, EventData, EventId, EventType, RunId, RunStep, RunViolation, Seq, ThreadId,
+    UserId,
 };
 use bytes::Bytes;
 
@@ -88,6 +90,12 @@ pub struct PreparedEvent {
     digest: EventDigest,
     /// The event's run and the step it takes, for a run event.
     run: Option<(RunId, RunStep)>,
+    /// Its thread, for the watchdog's `agent_error` in the same thread.
+    thread_id: Option<ThreadId>,
+    /// The run's own stall timeout, on `agent_started`.
+    stall_timeout: Option<Duration>,
+    /// Set on the watchdog's claim (rule 12 of [`crate::Broker`]).
+    if_stalled: Option<Duration>,
     /// Who a run the event starts counts against, when the broker checks its run.
     owner: Option<PublisherId>,
 }
@@ -131,7 +139,38 @@ impl PreparedEvent {
     pub fn run_guard(&self) -> Option<RunGuard> {
         let (run_id, step) = self.run.as_ref()?;
         let owner = self.owner.as_ref()?;
-        Some(RunGuard::new(run_id.clone(), step.clone(), owner.clone()))
+        let guard = RunGuard::new(run_id.clone(), step.clone(), owner.clone())
+            .with_stall_timeout(self.stall_timeout);
+        Some(match self.if_stalled {
+            Some(timeout) => guard.if_stalled(timeout),
+            None => guard,
+        })
+    }
+
+    /// The same event as a stall claim under `timeout` ([`RunGuard::if_stalled`]).
+    pub(super) fn if_stalled(mut self, timeout: Duration) -> Self {
+        self.if_stalled = Some(timeout);
+        self
+    }
+
+    /// Its thread.
+    pub(super) fn thread_id(&self) -> Option<&ThreadId> {
+        self.thread_id.as_ref()
+    }
+
+    /// Its run's id, for a run event.
+    pub(super) fn run_id(&self) -> Option<&RunId> {
+        self.run.as_ref().map(|(id, _)| id)
+    }
+
+    /// The run's own stall timeout, on `agent_started`.
+    pub(super) fn stall_timeout(&self) -> Option<Duration> {
+        self.stall_timeout
+    }
+
+    /// Who its run counts against, when it is guarded.
+    pub(super) fn owner(&self) -> Option<&PublisherId> {
+        self.owner.as_ref()
     }
 
     fn to_new_event(&self) -> NewEvent {
@@ -174,6 +213,10 @@ impl UnifiedWebSocketManager {
         let event_type = event.event_type();
         // `validate` made sure every run event names its run.
         let run = RunStep::of(&event.data).zip(event.run_id.clone());
+        let stall_timeout = match &event.data {
+            EventData::AgentStarted(s) => s.stall_timeout_ms.map(Duration::from_millis),
+            _ => None,
+        };
         Ok(PreparedEvent {
             user: user.clone(),
             event_type,
@@ -181,6 +224,9 @@ impl UnifiedWebSocketManager {
             digest: EventDigest::of(event_type, &body),
             body,
             run: run.map(|(step, run)| (run, step)),
+            thread_id: event.thread_id.clone(),
+            stall_timeout,
+            if_stalled: None,
             owner: None,
         })
     }
@@ -239,6 +285,7 @@ impl UnifiedWebSocketManager {
                 .position(|t| *t == event.event_type)
                 .unwrap_or(0);
             counters.emitted_by_type[i].fetch_add(1, Ordering::Relaxed);
+            self.watch(event);
         }
     }
 

@@ -3,7 +3,7 @@
 //! `connect` (a new connection and where its stream starts), `catch_up` (replaying
 //! history, paced by the writer, and resyncs), `emit` (validate, serialize once, publish),
 //! `reads` (history, event lookup, broker health), `stats`, `counters`, `sweeper`
-//! (heartbeat deadlines, history trimming), `singleton` (the process-wide manager) and
+//! (heartbeat deadlines, history trimming), `watchdog` (ending stalled runs), `singleton` (the process-wide manager) and
 //! `connection` (one connection's queue and handle).
 
 use foldhash::HashMap;
@@ -28,6 +28,7 @@ mod registry;
 mod singleton;
 mod stats;
 mod sweeper;
+mod watchdog;
 
 pub use connect::{ConnectError, ConnectOptions, Resume};
 pub(crate) use connection::ConnShared;
@@ -58,6 +59,7 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     router: OnceLock<Arc<dyn Subscriber>>,
     sweeper_started: AtomicBool,
+    watchdog: watchdog::Watchdog,
 }
 
 impl std::fmt::Debug for Inner {
@@ -92,6 +94,7 @@ impl UnifiedWebSocketManager {
             counters: Counters::default(),
             router: OnceLock::new(),
             sweeper_started: AtomicBool::new(false),
+            watchdog: watchdog::Watchdog::default(),
         });
         let router: Arc<dyn Subscriber> = Arc::new(Router {
             inner: Arc::downgrade(&inner),

@@ -68,6 +68,14 @@ pub struct ManagerStats {
     /// The broker's run state for guarded events, and what it refused (see
     /// [`crate::RunLimits`]).
     pub runs: crate::RunStats,
+    /// Stalled runs this manager's watchdog ended, by reason, in the order of
+    /// [`StallReason::ALL`](crate::StallReason::ALL).
+    pub runs_stalled: [u64; 2],
+    /// Runs the watchdog watches now.
+    pub watched_runs: u64,
+    /// Runs the watchdog did not watch because `ManagerConfig::max_watched_runs` were
+    /// watched.
+    pub runs_unwatched: u64,
 }
 
 impl UnifiedWebSocketManager {
@@ -126,6 +134,9 @@ impl UnifiedWebSocketManager {
             queued_frames,
             queued_bytes,
             runs: b.runs,
+            runs_stalled: std::array::from_fn(|i| load(&c.runs_stalled[i])),
+            watched_runs: self.inner.watchdog.len() as u64,
+            runs_unwatched: load(&c.runs_unwatched),
         }
     }
 }

@@ -31,7 +31,7 @@ pub(crate) const ERROR_CODES: [ErrorCode; 7] = [
 /// would take the value on decode.
 pub(crate) fn typed_fields(ty: EventType) -> &'static [&'static str] {
     match ty {
-        EventType::AgentStarted => &["agent_name"],
+        EventType::AgentStarted => &["agent_name", "stall_timeout_ms"],
         EventType::AgentThinking => &["thought", "step"],
         EventType::ToolExecuting => &["tool_call_id", "tool_name", "arguments"],
         EventType::ToolCompleted => &[
@@ -159,7 +159,11 @@ pub(crate) fn agent_started() -> impl Strategy<Value = AgentStarted> {
         option::of(any::<String>()),
         extra_for(EventType::AgentStarted),
     )
-        .prop_map(|(agent_name, extra)| AgentStarted { agent_name, extra })
+        .prop_map(|(agent_name, extra)| AgentStarted {
+            agent_name,
+            stall_timeout_ms: None,
+            extra,
+        })
 }
 
 /// `data` of `agent_thinking`.
