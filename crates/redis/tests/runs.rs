@@ -352,3 +352,123 @@ async fn a_reservation_left_behind_holds_its_place_until_the_registry_forgets_it
     assert!(node.metrics().runs_expired >= 1);
     harness.delete_keys().await;
 }
+
+/// Three brokers sharing one Redis — three nodes — and eight tasks on each claiming one
+/// stalled run at once (rule 12): exactly one claim ends it, every other is refused as
+/// `AfterTerminal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_racing_stall_claims_end_a_run_once() {
+    let Some(url) = shared() else { return };
+    let harness = RedisHarness::standalone(&url, "runs-stall-race");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(harness.make().await));
+    }
+    let u = user(&format!("stall-{}", EventId::generate()));
+    let r = run_id("silent");
+    nodes[0]
+        .publish(&u, start("silent", 0))
+        .await
+        .expect("start");
+    let timeout = Duration::from_millis(50);
+    tokio::time::sleep(timeout * 4).await;
+    let tasks: Vec<_> = (0..24u64)
+        .map(|n| {
+            let (node, u, r) = (nodes[n as usize % 3].clone(), u.clone(), r.clone());
+            tokio::spawn(async move {
+                node.publish(&u, conformance::stall_claim(&r, n + 1, timeout))
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        match t.await.expect("claiming task") {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(
+                e,
+                BrokerError::Violation(RunViolation::AfterTerminal {
+                    event: agentwire_protocol::EventType::AgentError,
+                    ended_with: agentwire_protocol::EventType::AgentError,
+                })
+            ),
+        }
+    }
+    assert_eq!(won, 1, "the stalled run was ended {won} times");
+    for node in &nodes {
+        assert_eq!(node.metrics().script_errors, 0);
+    }
+    harness.delete_keys().await;
+}
+
+/// Three managers, each over its own broker on one Redis — three nodes — each publishing
+/// part of one run, so each one's watchdog watches it: when the publisher goes silent the
+/// run is ended with `stalled` exactly once, by one node, and a heartbeat through any
+/// node keeps a run alive on all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_watchdogs_end_a_stalled_run_once() {
+    use agentwire_manager::{ManagerConfig, PreparedEvent, UnifiedWebSocketManager};
+    use agentwire_protocol::{AgentStarted, AgentThinking, Event, EventData, EventType, Seq};
+
+    let Some(url) = shared() else { return };
+    let harness = RedisHarness::standalone(&url, "runs-watchdog");
+    let timeout = Duration::from_secs(1);
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let broker: Arc<dyn Broker> = Arc::new(harness.make().await);
+        let config = ManagerConfig {
+            run_stall_timeout: timeout,
+            ..ManagerConfig::default()
+        };
+        nodes.push(UnifiedWebSocketManager::new(config, broker));
+    }
+    let u = user(&format!("watchdog-{}", EventId::generate()));
+    let publish = |node: &UnifiedWebSocketManager, r: &str, data: EventData| -> PreparedEvent {
+        let event = Event::new(None, Some(run_id(r)), data);
+        node.prepare_event(&u, &event, None)
+            .expect("valid")
+            .guarded(owner("p"))
+    };
+    let thinking = || -> EventData {
+        AgentThinking {
+            thought: "…".into(),
+            ..Default::default()
+        }
+        .into()
+    };
+    let (silent, kept) = ("silent", "kept");
+    for r in [silent, kept] {
+        let e = publish(&nodes[0], r, AgentStarted::default().into());
+        nodes[0].emit_prepared(&e).await.expect("start");
+        let e = publish(&nodes[1], r, thinking());
+        nodes[1].emit_prepared(&e).await.expect("think");
+        let e = publish(&nodes[2], r, thinking());
+        nodes[2].emit_prepared(&e).await.expect("think");
+    }
+    // `kept` gets heartbeats through node 2 only, for three timeouts.
+    let deadline = tokio::time::Instant::now() + timeout * 3;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(timeout / 4).await;
+        nodes[2]
+            .heartbeat_run(&u, &run_id(kept))
+            .await
+            .expect("heartbeat");
+    }
+    let errors = || async {
+        let h = nodes[0].history(&u, Seq::ZERO, 100).await.expect("history");
+        h.events
+            .iter()
+            .filter(|e| e.event_type == EventType::AgentError)
+            .count()
+    };
+    assert_eq!(errors().await, 1, "only the silent run ended");
+    // Then `kept` goes silent too; give every watchdog time to try.
+    tokio::time::sleep(timeout * 4).await;
+    assert_eq!(errors().await, 2);
+    let ended: u64 = nodes
+        .iter()
+        .map(|n| n.get_stats().runs_stalled.iter().sum::<u64>())
+        .sum();
+    assert_eq!(ended, 2, "each run ended by exactly one node");
+    harness.delete_keys().await;
+}
