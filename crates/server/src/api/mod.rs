@@ -14,6 +14,7 @@ pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod publish;
 mod ratelimit;
+pub(crate) mod runs;
 pub(crate) mod schema;
 
 pub(crate) use publish::{PublishApi, PublishLimits, PublishMetrics};

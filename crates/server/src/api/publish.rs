@@ -125,6 +125,19 @@ impl PublishApi {
     }
 }
 
+impl PublishApi {
+    /// Takes `events` from `key`'s token bucket (`--publish-rate`, `--publish-burst`), or
+    /// the 429 that refuses them.
+    pub(crate) fn take_rate(&self, key: usize, events: usize) -> Result<(), ApiError> {
+        match &self.limiter {
+            Some(limiter) => limiter
+                .take(key, events, Instant::now())
+                .map_err(|refused| rate_problem(refused, self.publish_rate, events)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The publish API's and the history read's bounds (see the flags of the same names).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PublishLimits {
@@ -399,11 +412,7 @@ async fn publish(
                 .map_err(|e| prepare_problem(e, batch, i))
         })
         .collect::<Result<Vec<PreparedEvent>, ApiError>>()?;
-    if let Some(limiter) = &api.limiter
-        && let Err(refused) = limiter.take(key.id, requests.len(), Instant::now())
-    {
-        return Err(rate_problem(refused, api.publish_rate, requests.len()));
-    }
+    api.take_rate(key.id, requests.len())?;
     let prepared = if api.lifecycle {
         let publisher = app.auth.publisher(key).ok_or_else(|| {
             ApiError::new(

@@ -135,3 +135,12 @@ pub(crate) struct DisconnectedDoc {
     user_id: String,
     disconnected: u64,
 }
+
+/// A heartbeat's answer: the run is in progress.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct HeartbeatDoc {
+    user_id: String,
+    run_id: String,
+    /// Always `running`.
+    state: String,
+}

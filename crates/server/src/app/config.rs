@@ -275,6 +275,15 @@ pub struct ServerConfig {
     /// Most bytes of run state in progress one API key (or embedded publisher) may hold.
     pub run_state_max_bytes_per_key: usize,
 
+    /// How long a run in progress may go without an event or a heartbeat before the
+    /// server ends it with `agent_error` code `stalled` (zero: never). A run's
+    /// `agent_started` may set its own (`stall_timeout_ms`).
+    pub run_stall_timeout: Duration,
+
+    /// Most runs the stall watchdog watches at once on this node; a run beyond it is not
+    /// watched here (`agentwire_runs_unwatched_total`).
+    pub max_watched_runs: usize,
+
     /// Most events one history read (GET /v1/users/{user_id}/events) returns.
     pub history_read_max: usize,
 
@@ -393,6 +402,8 @@ impl Default for ServerConfig {
             run_state_max_bytes: RunLimits::default().max_bytes,
             max_runs_per_key: RunLimits::default().max_runs_per_owner,
             run_state_max_bytes_per_key: RunLimits::default().max_bytes_per_owner,
+            run_stall_timeout: ManagerConfig::default().run_stall_timeout,
+            max_watched_runs: ManagerConfig::default().max_watched_runs,
             history_read_max: 1_000,
             max_bad_frames: 10,
             client_frame_rate: 50,
@@ -712,6 +723,18 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Sets [`ServerConfig::run_stall_timeout`].
+    pub fn run_stall_timeout(mut self, value: Duration) -> Self {
+        self.0.run_stall_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_watched_runs`].
+    pub fn max_watched_runs(mut self, value: usize) -> Self {
+        self.0.max_watched_runs = value;
+        self
+    }
+
     /// Sets [`ServerConfig::run_state_max_bytes_per_key`].
     pub fn run_state_max_bytes_per_key(mut self, value: usize) -> Self {
         self.0.run_state_max_bytes_per_key = value;
@@ -903,6 +926,8 @@ impl ServerConfig {
             },
             max_event_bytes: self.max_event_bytes,
             sweep_interval: self.sweep_interval.max(Duration::from_millis(10)),
+            run_stall_timeout: self.run_stall_timeout,
+            max_watched_runs: self.max_watched_runs,
             ..ManagerConfig::default()
         }
     }

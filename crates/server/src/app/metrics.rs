@@ -12,7 +12,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use agentwire_manager::{RunLimit, RunStats, UnifiedWebSocketManager};
+use agentwire_manager::{ManagerStats, RunLimit, RunStats, StallReason, UnifiedWebSocketManager};
 use agentwire_protocol::{EventType, RunViolation};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -317,8 +317,39 @@ impl Collector for ManagerCollector {
             "Bytes waiting in connection queues, over all connections (each at most --queue-max-bytes)",
             s.queued_bytes,
         )?;
-        encode_runs(e, &s.runs)
+        encode_runs(e, &s.runs)?;
+        encode_watchdog(e, &s)
     }
+}
+
+/// The stall watchdog (docs/operations.md).
+fn encode_watchdog(e: &mut DescriptorEncoder<'_>, s: &ManagerStats) -> fmt::Result {
+    {
+        let c = ConstCounter::new(0u64);
+        let mut m = e.encode_descriptor(
+            "agentwire_runs_stalled",
+            "Runs this node ended with agent_error code stalled, by the timeout that applied \
+             (timeout: --run-stall-timeout; run_timeout: the run's own stall_timeout_ms)",
+            None,
+            c.metric_type(),
+        )?;
+        for reason in StallReason::ALL {
+            ConstCounter::new(s.runs_stalled[reason.index()])
+                .encode(m.encode_family(&[("reason", reason.name())])?)?;
+        }
+    }
+    gauge(
+        e,
+        "agentwire_watched_runs",
+        "Runs in progress the stall watchdog watches on this node (at most --max-watched-runs)",
+        s.watched_runs,
+    )?;
+    counter(
+        e,
+        "agentwire_runs_unwatched",
+        "Runs the stall watchdog did not watch because --max-watched-runs were watched",
+        s.runs_unwatched,
+    )
 }
 
 /// The broker's run state (docs/protocol.md §7, docs/operations.md).

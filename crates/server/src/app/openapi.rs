@@ -28,6 +28,7 @@ use utoipa::{Modify, OpenApi};
         openapi_json,
         crate::api::publish::publish_events,
         crate::api::history::read_history,
+        crate::api::runs::run_heartbeat,
         crate::api::admin::user_connections,
         crate::api::admin::disconnect_user,
     ),

@@ -66,7 +66,7 @@ where
 /// Every route of the server.
 pub(crate) fn table() -> Vec<Route> {
     use super::{metrics, openapi};
-    use crate::api::{admin, health, history, publish};
+    use crate::api::{admin, health, history, publish, runs};
     use crate::ws::handshake;
     [
         route::<handshake::__path_ws_handler, _, _>(handshake::ws_handler),
@@ -76,6 +76,7 @@ pub(crate) fn table() -> Vec<Route> {
         route::<openapi::__path_openapi_json, _, _>(openapi::openapi_json),
         route::<publish::__path_publish_events, _, _>(publish::publish_events),
         route::<history::__path_read_history, _, _>(history::read_history),
+        route::<runs::__path_run_heartbeat, _, _>(runs::run_heartbeat),
         route::<admin::__path_user_connections, _, _>(admin::user_connections),
         route::<admin::__path_disconnect_user, _, _>(admin::disconnect_user),
     ]

@@ -265,6 +265,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_RUN_STATE_MAX_BYTES", default_value_t = d().run_state_max_bytes)]
     pub(crate) run_state_max_bytes: usize,
 
+    /// How long a run in progress may go without an event or a heartbeat before the server
+    /// ends it with `agent_error` code `stalled` (0: never); a run's `agent_started` may
+    /// set its own (`stall_timeout_ms`).
+    #[arg(long, env = "AGENTWIRE_RUN_STALL_TIMEOUT", value_parser = parse_duration, default_value_t = d().run_stall_timeout.into())]
+    pub(crate) run_stall_timeout: humantime::Duration,
+
+    /// Most runs the stall watchdog watches at once on this node.
+    #[arg(long, env = "AGENTWIRE_MAX_WATCHED_RUNS", default_value_t = d().max_watched_runs)]
+    pub(crate) max_watched_runs: usize,
+
     /// Most runs in progress one API key may hold (its share of --max-runs).
     #[arg(long, env = "AGENTWIRE_MAX_RUNS_PER_KEY", default_value_t = d().max_runs_per_key)]
     pub(crate) max_runs_per_key: usize,
@@ -405,6 +415,8 @@ impl ServeArgs {
         c.run_lifecycle = this.run_lifecycle;
         c.max_runs = this.max_runs;
         c.run_ttl = this.run_ttl.into();
+        c.run_stall_timeout = this.run_stall_timeout.into();
+        c.max_watched_runs = this.max_watched_runs;
         c.run_state_max_bytes = this.run_state_max_bytes;
         c.max_runs_per_key = this.max_runs_per_key;
         c.run_state_max_bytes_per_key = this.run_state_max_bytes_per_key;
