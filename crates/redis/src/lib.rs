@@ -57,7 +57,7 @@
 //! | `…:ids` | HASH | `event_id` → `<seq>:<ts>:<digest>` | `dedupe_window` after the last publish; entries past the window or beyond `max_dedupe_per_user` are dropped |
 //! | `…:order` | ZSET | `event_id` scored by `seq` (the dedupe entries oldest first) | as `…:ids` |
 //! | `…:channel` | channel | `<seq>\n<ts>\n<epoch>\n` + the stream entry | — |
-//! | `…:run:<run_id>` | HASH | one run's lifecycle: `s` (r, c, f), `n` open calls, `b` bytes, `a` reserved bytes, `k` reservation token, `o` owner, `f` registry last told, `t:<tool_call_id>` per open call | `run_limits.ttl` after the run's last event |
+//! | `…:run:<run_id>` | HASH | one run's lifecycle: `s` (r, c, f), `n` open calls, `b` bytes, `a` reserved bytes, `k` reservation token, `o` owner, `f` registry last told, `l` last event or heartbeat (ms, Redis `TIME`), `w` the run's own stall timeout (ms), `t:<tool_call_id>` per open call | `run_limits.ttl` after the run's last event |
 //!
 //! and, under a hash tag of its own (`%runs`, which no escaped user can be), the **run
 //! registry**, which counts the run state of every user for the whole cluster (each key
@@ -99,7 +99,17 @@
 //! is told at connect is the one its first event gets), trim by age, the newest `seq`, the
 //! first held `seq`, and `XRANGE` from `after + 1`; the broker derives the gap exactly as
 //! the in-memory broker does. **lookup**: the dedupe entry, if inside the window.
-//! **runs**: the run registry (below).
+//! **runs**: the run registry (below). **heartbeat**: a run in progress gets `l` = now
+//! (rule 12), nothing else.
+//!
+//! # Stall claims (rule 12 of the contract)
+//! Every fresh guarded event sets its run's `l` to Redis's `TIME`; `agent_started` stores
+//! the run's own stall timeout in `w`. A stall claim (step code `x`, its argument the
+//! outcome and the claim's timeout) is checked in the publish script like any step, after
+//! the run is found in progress: when `now - l` is below the timeout (`w`, else the
+//! claim's; `w` = 0: never) the script answers `active` with the time left and writes
+//! nothing, otherwise the claim ends the run as `e` would. One script, one clock: of
+//! claims from many nodes exactly one ends a stalled run.
 //!
 //! # Run guards (rule 11 of the contract)
 //! The publish script checks every fresh guarded event against its run's state key —
