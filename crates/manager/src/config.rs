@@ -102,6 +102,10 @@ pub struct ManagerConfig {
     /// Most runs the watchdog watches at once (default 100,000); a run beyond it is not
     /// watched by this manager, counted in `ManagerStats::runs_unwatched`.
     pub max_watched_runs: usize,
+    /// Most users whose delivery receipt (`UnifiedWebSocketManager::receipt`) this node
+    /// keeps (default 100,000); the least recently updated is forgotten first, counted in
+    /// `ManagerStats::receipts_evicted`.
+    pub max_receipt_users: usize,
 }
 
 impl Default for ManagerConfig {
@@ -118,6 +122,7 @@ impl Default for ManagerConfig {
             catch_up_wait: Duration::from_secs(2),
             run_stall_timeout: Duration::from_secs(120),
             max_watched_runs: 100_000,
+            max_receipt_users: 100_000,
         }
     }
 }

@@ -155,6 +155,8 @@ async fn counters_after_a_scripted_scenario() {
     want.history_bytes = stats.history_bytes;
     want.history_users = 3;
     want.dedupe_ids = 6;
+    // a3's acks gave alice a delivery receipt.
+    want.receipt_users = 1;
     (want.queued_frames, want.queued_bytes) = waiting(&m);
     assert!(stats.history_bytes > 0);
     assert_eq!(stats, want);

@@ -136,6 +136,11 @@ pub struct PublishAccepted {
     pub event_id: EventId,
     /// When it was accepted.
     pub ts: Timestamp,
+    /// Where to ask whether it reached the user: the path of its run's receipt
+    /// (`/v1/users/{user_id}/runs/{run_id}`) for a run event, else of the user's receipt
+    /// (`/v1/users/{user_id}/receipts`), each segment percent-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 /// The answer to a publish: one result per event, in request order.

@@ -284,11 +284,13 @@ fn expected() -> Vec<(&'static str, Golden)> {
                         seq: Seq(45),
                         event_id: id("optional-publisher-id"),
                         ts: Timestamp(1764104400125),
+                        receipt: None,
                     },
                     PublishAccepted {
                         seq: Seq(1),
                         event_id: id("0193a1f2-7c54-7b3a-9d2e-1f0c5a6b7c8d"),
                         ts: Timestamp(1764104400125),
+                        receipt: None,
                     },
                 ],
             }),

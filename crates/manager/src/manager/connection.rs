@@ -38,6 +38,13 @@ struct State {
     pending_bytes: usize,
     /// The newest `seq` queued for this connection.
     last_sent: Seq,
+    /// Frames ever queued, and ever taken by the writer (or dropped with the queue).
+    pushed: u64,
+    taken: u64,
+    /// Each queued event's place (its `pushed` count) and `seq`, oldest first.
+    marks: VecDeque<(u64, Seq)>,
+    /// The newest `seq` the writer took: written once its batch is flushed.
+    taken_seq: Seq,
     epoch: Option<Epoch>,
     phase: Phase,
     closing: Option<CloseCode>,
@@ -101,6 +108,10 @@ impl ConnShared {
                 pending: VecDeque::new(),
                 pending_bytes: 0,
                 last_sent: Seq::ZERO,
+                pushed: 0,
+                taken: 0,
+                marks: VecDeque::new(),
+                taken_seq: Seq::ZERO,
                 epoch: None,
                 phase: Phase::CatchingUp,
                 closing: None,
@@ -141,6 +152,8 @@ impl ConnShared {
         if drops_queue(code) {
             st.queue.clear();
             st.queued_bytes = 0;
+            st.marks.clear();
+            st.taken = st.pushed;
         }
         drop(st);
         self.readable.wake();
@@ -166,9 +179,16 @@ impl ConnShared {
         }
         st.queued_bytes += frame.len();
         st.queue.push_back(frame);
+        st.pushed += 1;
         drop(st);
         self.readable.wake();
         true
+    }
+
+    /// Records the event frame of `seq` just queued (after `st.queue.push_back`).
+    fn pushed_event(st: &mut State, seq: Seq) {
+        st.marks.push_back((st.pushed, seq));
+        st.pushed += 1;
     }
 
     fn slow_consumer(&self, counters: &Counters) {
@@ -242,6 +262,7 @@ impl ConnShared {
                 st.last_sent = event.seq;
                 st.queued_bytes += event.frame.len();
                 st.queue.push_back(event.frame.clone());
+                Self::pushed_event(&mut st, event.seq);
                 drop(st);
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
                 self.readable.wake();
@@ -269,6 +290,7 @@ impl ConnShared {
                     st.last_sent = event.seq;
                     st.queued_bytes += event.frame.len();
                     st.queue.push_back(event.frame.clone());
+                    Self::pushed_event(&mut st, event.seq);
                     drop(st);
                     counters.replayed.fetch_add(1, Ordering::Relaxed);
                     self.readable.wake();
@@ -453,6 +475,14 @@ impl Connection {
                     // A burst grew the queue; an idle connection should not keep that.
                     st.queue.shrink_to(QUEUE_KEEP_CAPACITY);
                 }
+                st.taken += n as u64;
+                while let Some(&(at, seq)) = st.marks.front() {
+                    if at >= st.taken {
+                        break;
+                    }
+                    st.taken_seq = st.taken_seq.max(seq);
+                    st.marks.pop_front();
+                }
                 let room_wanted = std::mem::take(&mut st.replay_waiting);
                 drop(st);
                 if room_wanted {
@@ -507,9 +537,34 @@ impl Connection {
     }
 
     /// Records the client's `ack`: it has processed every event up to `seq`. Acks only
-    /// move forward.
+    /// move forward, and never past what the connection was sent. The user's receipt
+    /// (`UnifiedWebSocketManager::receipt`) takes it too.
     pub fn ack(&self, seq: Seq) {
+        let (sent, epoch) = {
+            let st = self.shared.state();
+            (st.last_sent, st.epoch.clone())
+        };
+        let seq = seq.min(sent);
         self.shared.acked.fetch_max(seq.get(), Ordering::Relaxed);
+        if let Some(epoch) = epoch {
+            self.manager
+                .record_receipt(&self.shared.user, &epoch, None, Some(seq));
+        }
+    }
+
+    /// Records that the writer wrote and flushed every frame it has taken so far: the
+    /// newest event among them is delivered (`delivered_seq` of the user's receipt).
+    pub fn written(&self) {
+        let (seq, epoch) = {
+            let st = self.shared.state();
+            (st.taken_seq, st.epoch.clone())
+        };
+        if let Some(epoch) = epoch
+            && seq > Seq::ZERO
+        {
+            self.manager
+                .record_receipt(&self.shared.user, &epoch, Some(seq), None);
+        }
     }
 
     /// The newest `seq` the client acknowledged.

@@ -23,4 +23,5 @@ pub(crate) struct Counters {
     pub(crate) conflicts: AtomicU64,
     pub(crate) runs_stalled: [AtomicU64; 2],
     pub(crate) runs_unwatched: AtomicU64,
+    pub(crate) receipts_evicted: AtomicU64,
 }

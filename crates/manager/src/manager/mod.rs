@@ -3,7 +3,7 @@
 //! `connect` (a new connection and where its stream starts), `catch_up` (replaying
 //! history, paced by the writer, and resyncs), `emit` (validate, serialize once, publish),
 //! `reads` (history, event lookup, broker health), `stats`, `counters`, `sweeper`
-//! (heartbeat deadlines, history trimming), `watchdog` (ending stalled runs), `singleton` (the process-wide manager) and
+//! (heartbeat deadlines, history trimming), `watchdog` (ending stalled runs), `receipts` (how far each user's clients got), `singleton` (the process-wide manager) and
 //! `connection` (one connection's queue and handle).
 
 use foldhash::HashMap;
@@ -24,6 +24,7 @@ mod connection;
 mod counters;
 mod emit;
 mod reads;
+mod receipts;
 mod registry;
 mod singleton;
 mod stats;
@@ -37,6 +38,7 @@ pub(crate) use counters::Counters;
 #[cfg(test)]
 pub(crate) use emit::serialize_body;
 pub use emit::{EmitError, PreparedEvent};
+pub use receipts::DeliveryReceipt;
 pub use registry::ConnectionInfo;
 use registry::Router;
 pub use stats::ManagerStats;
@@ -60,6 +62,7 @@ pub(crate) struct Inner {
     router: OnceLock<Arc<dyn Subscriber>>,
     sweeper_started: AtomicBool,
     watchdog: watchdog::Watchdog,
+    receipts: receipts::Receipts,
 }
 
 impl std::fmt::Debug for Inner {
@@ -95,6 +98,7 @@ impl UnifiedWebSocketManager {
             router: OnceLock::new(),
             sweeper_started: AtomicBool::new(false),
             watchdog: watchdog::Watchdog::default(),
+            receipts: receipts::Receipts::default(),
         });
         let router: Arc<dyn Subscriber> = Arc::new(Router {
             inner: Arc::downgrade(&inner),

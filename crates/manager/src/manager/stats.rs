@@ -76,6 +76,11 @@ pub struct ManagerStats {
     /// Runs the watchdog did not watch because `ManagerConfig::max_watched_runs` were
     /// watched.
     pub runs_unwatched: u64,
+    /// Users whose delivery receipt this node holds (at most
+    /// `ManagerConfig::max_receipt_users`).
+    pub receipt_users: u64,
+    /// Receipts forgotten to make room at `ManagerConfig::max_receipt_users`.
+    pub receipts_evicted: u64,
 }
 
 impl UnifiedWebSocketManager {
@@ -137,6 +142,8 @@ impl UnifiedWebSocketManager {
             runs_stalled: std::array::from_fn(|i| load(&c.runs_stalled[i])),
             watched_runs: self.inner.watchdog.len() as u64,
             runs_unwatched: load(&c.runs_unwatched),
+            receipt_users: self.inner.receipts.len() as u64,
+            receipts_evicted: load(&c.receipts_evicted),
         }
     }
 }

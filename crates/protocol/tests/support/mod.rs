@@ -408,6 +408,7 @@ pub(crate) fn publish_response() -> impl Strategy<Value = PublishResponse> {
             seq,
             event_id,
             ts,
+            receipt: None,
         }),
         1..=MAX_TEST_BATCH,
     )

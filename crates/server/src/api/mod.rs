@@ -14,10 +14,12 @@ pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod publish;
 mod ratelimit;
+pub(crate) mod receipts;
 pub(crate) mod runs;
 pub(crate) mod schema;
 
 pub(crate) use publish::{PublishApi, PublishLimits, PublishMetrics};
+pub(crate) use receipts::ReceiptWaits;
 
 /// What the API's handlers need.
 #[derive(Debug)]
@@ -25,5 +27,6 @@ pub(crate) struct ApiState {
     pub(crate) manager: UnifiedWebSocketManager,
     pub(crate) auth: Arc<Auth>,
     pub(crate) publish: PublishApi,
+    pub(crate) receipts: ReceiptWaits,
     pub(crate) draining: Draining,
 }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use agentwire_manager::{BrokerError, EmitError, PreparedEvent, RunLimit};
 use agentwire_protocol::{
-    DecodeError, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishResponse,
-    RunViolation,
+    DecodeError, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishResponse, RunId,
+    RunViolation, UserId,
 };
 use axum::Json;
 use axum::body::Body;
@@ -330,6 +330,28 @@ fn rate_problem(refused: Refused, rate: u32, events: usize) -> ApiError {
     }
 }
 
+/// Where a publisher asks whether an event reached its user (docs/protocol.md §8.4).
+fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
+    let user = path_segment(user.as_str());
+    match run {
+        Some(run) => format!("/v1/users/{user}/runs/{}", path_segment(run.as_str())),
+        None => format!("/v1/users/{user}/receipts"),
+    }
+}
+
+/// `s` percent-encoded as one path segment: every byte but the unreserved ones.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `POST /v1/events`: publishes one event or a batch, all or nothing (docs/protocol.md
 /// §8).
 #[utoipa::path(
@@ -436,10 +458,12 @@ async fn publish(
         match answer {
             Ok(a) => {
                 accepted_at.push(i);
+                let r = &requests[i];
                 results.push(PublishAccepted {
                     seq: a.seq,
                     event_id: a.event_id.clone(),
                     ts: a.ts,
+                    receipt: Some(receipt_path(&r.user_id, r.event.run_id.as_ref())),
                 });
             }
             Err(e) => {
@@ -501,6 +525,20 @@ mod tests {
             p.message.contains("the events before [1] were accepted"),
             "{}",
             p.message
+        );
+    }
+
+    #[test]
+    fn receipt_paths_encode_their_segments() {
+        let user = UserId::new("auth0|a b/c").expect("user");
+        let run: RunId = "r-1.x".parse().expect("run");
+        assert_eq!(
+            receipt_path(&user, Some(&run)),
+            "/v1/users/auth0%7Ca%20b%2Fc/runs/r-1.x"
+        );
+        assert_eq!(
+            receipt_path(&user, None),
+            "/v1/users/auth0%7Ca%20b%2Fc/receipts"
         );
     }
 

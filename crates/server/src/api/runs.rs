@@ -18,7 +18,7 @@ use crate::auth::{KeyScope, authorize};
 use crate::http::{ApiError, ErrorBody, ErrorCode};
 
 /// The user and run of the path.
-fn run_path(
+pub(super) fn run_path(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<(UserId, RunId), ApiError> {
     let Path((user, run)) =

@@ -69,6 +69,9 @@ pub(crate) struct PublishResultDoc {
     event_id: String,
     /// When it was first accepted, in epoch milliseconds.
     ts: u64,
+    /// Where to ask whether it reached the user: `/v1/users/{user_id}/runs/{run_id}` for
+    /// a run event, else `/v1/users/{user_id}/receipts` (segments percent-encoded).
+    receipt: String,
 }
 
 /// One result per published event, in request order.
@@ -143,4 +146,50 @@ pub(crate) struct HeartbeatDoc {
     run_id: String,
     /// Always `running`.
     state: String,
+}
+
+/// How far a user's clients got on this node.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ReceiptDoc {
+    user_id: String,
+    /// The user's stream.
+    epoch: String,
+    /// Its newest `seq`.
+    last_seq: u64,
+    /// The newest `seq` written to at least one of the user's sockets on this node.
+    delivered_seq: u64,
+    /// The newest `seq` a client of the user acknowledged (`ack` frames) on this node.
+    acked_seq: u64,
+}
+
+/// A run's terminal event, and whether it reached the user.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TerminalDoc {
+    seq: u64,
+    /// `agent_completed` or `agent_error`.
+    #[serde(rename = "type")]
+    event_type: String,
+    /// `delivered_seq >= seq`.
+    delivered: bool,
+    /// `acked_seq >= seq`.
+    acked: bool,
+}
+
+/// One run's receipt.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RunReceiptDoc {
+    user_id: String,
+    run_id: String,
+    epoch: String,
+    /// `running`, `completed`, `failed`, or `stalled` (ended by the server's watchdog).
+    state: String,
+    /// The run's first and last `seq` in history.
+    first_seq: u64,
+    last_seq: u64,
+    /// Whether history still holds the run's `agent_started`.
+    started_in_history: bool,
+    /// The terminal event, once the run ended.
+    terminal: Option<TerminalDoc>,
+    delivered_seq: u64,
+    acked_seq: u64,
 }

@@ -284,6 +284,16 @@ pub struct ServerConfig {
     /// watched here (`agentwire_runs_unwatched_total`).
     pub max_watched_runs: usize,
 
+    /// Most users whose delivery receipt this node keeps (the least recently updated
+    /// forgotten first).
+    pub max_receipt_users: usize,
+
+    /// Longest `wait_acked` a run receipt may ask for.
+    pub receipt_max_wait: Duration,
+
+    /// Most run receipt long polls waiting at once; more are refused with 503.
+    pub receipt_max_waiters: usize,
+
     /// Most events one history read (GET /v1/users/{user_id}/events) returns.
     pub history_read_max: usize,
 
@@ -404,6 +414,9 @@ impl Default for ServerConfig {
             run_state_max_bytes_per_key: RunLimits::default().max_bytes_per_owner,
             run_stall_timeout: ManagerConfig::default().run_stall_timeout,
             max_watched_runs: ManagerConfig::default().max_watched_runs,
+            max_receipt_users: ManagerConfig::default().max_receipt_users,
+            receipt_max_wait: Duration::from_secs(60),
+            receipt_max_waiters: 1_000,
             history_read_max: 1_000,
             max_bad_frames: 10,
             client_frame_rate: 50,
@@ -735,6 +748,24 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Sets [`ServerConfig::max_receipt_users`].
+    pub fn max_receipt_users(mut self, value: usize) -> Self {
+        self.0.max_receipt_users = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::receipt_max_wait`].
+    pub fn receipt_max_wait(mut self, value: Duration) -> Self {
+        self.0.receipt_max_wait = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::receipt_max_waiters`].
+    pub fn receipt_max_waiters(mut self, value: usize) -> Self {
+        self.0.receipt_max_waiters = value;
+        self
+    }
+
     /// Sets [`ServerConfig::run_state_max_bytes_per_key`].
     pub fn run_state_max_bytes_per_key(mut self, value: usize) -> Self {
         self.0.run_state_max_bytes_per_key = value;
@@ -928,6 +959,7 @@ impl ServerConfig {
             sweep_interval: self.sweep_interval.max(Duration::from_millis(10)),
             run_stall_timeout: self.run_stall_timeout,
             max_watched_runs: self.max_watched_runs,
+            max_receipt_users: self.max_receipt_users.max(1),
             ..ManagerConfig::default()
         }
     }

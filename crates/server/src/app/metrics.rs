@@ -349,6 +349,18 @@ fn encode_watchdog(e: &mut DescriptorEncoder<'_>, s: &ManagerStats) -> fmt::Resu
         "agentwire_runs_unwatched",
         "Runs the stall watchdog did not watch because --max-watched-runs were watched",
         s.runs_unwatched,
+    )?;
+    gauge(
+        e,
+        "agentwire_receipt_users",
+        "Users whose delivery receipt this node keeps (at most --max-receipt-users)",
+        s.receipt_users,
+    )?;
+    counter(
+        e,
+        "agentwire_receipts_evicted",
+        "Delivery receipts forgotten to make room at --max-receipt-users",
+        s.receipts_evicted,
     )
 }
 

@@ -29,6 +29,8 @@ use utoipa::{Modify, OpenApi};
         crate::api::publish::publish_events,
         crate::api::history::read_history,
         crate::api::runs::run_heartbeat,
+        crate::api::receipts::user_receipts,
+        crate::api::receipts::run_receipt,
         crate::api::admin::user_connections,
         crate::api::admin::disconnect_user,
     ),

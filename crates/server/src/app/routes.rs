@@ -66,7 +66,7 @@ where
 /// Every route of the server.
 pub(crate) fn table() -> Vec<Route> {
     use super::{metrics, openapi};
-    use crate::api::{admin, health, history, publish, runs};
+    use crate::api::{admin, health, history, publish, receipts, runs};
     use crate::ws::handshake;
     [
         route::<handshake::__path_ws_handler, _, _>(handshake::ws_handler),
@@ -77,6 +77,8 @@ pub(crate) fn table() -> Vec<Route> {
         route::<publish::__path_publish_events, _, _>(publish::publish_events),
         route::<history::__path_read_history, _, _>(history::read_history),
         route::<runs::__path_run_heartbeat, _, _>(runs::run_heartbeat),
+        route::<receipts::__path_user_receipts, _, _>(receipts::user_receipts),
+        route::<receipts::__path_run_receipt, _, _>(receipts::run_receipt),
         route::<admin::__path_user_connections, _, _>(admin::user_connections),
         route::<admin::__path_disconnect_user, _, _>(admin::disconnect_user),
     ]

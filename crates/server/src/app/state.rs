@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use super::config::{RunLifecycle, ServerConfig};
 use super::metrics::{Access, Metrics};
-use crate::api::{ApiState, PublishApi, PublishLimits, PublishMetrics};
+use crate::api::{ApiState, PublishApi, PublishLimits, PublishMetrics, ReceiptWaits};
 use crate::auth::Auth;
 use crate::demo::DemoState;
 use crate::http::door::{DoorMetrics, FrontDoor};
@@ -56,6 +56,11 @@ impl AppState {
                 manager: manager.clone(),
                 auth: auth.clone(),
                 publish: publish_api(config, publish_metrics),
+                receipts: ReceiptWaits::new(
+                    config.receipt_max_wait,
+                    config.receipt_max_waiters,
+                    &mut registry,
+                ),
                 draining: draining.clone(),
             }),
             demo: Arc::new(DemoState::new(

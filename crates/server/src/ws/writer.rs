@@ -150,12 +150,18 @@ pub(super) async fn write_loop(app: &WsState, conn: &Connection, sink: &mut Sink
             }
             out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
                 Outbound::Frames => {
-                    if let Err(e) = write_batch(app, conn, sink, &mut batch).await {
-                        if matches!(e, WriteFailed::TimedOut) {
-                            app.metrics.write_timeout();
-                            tracing::debug!(connection = %conn.id(), "write timed out; dropping");
+                    match write_batch(app, conn, sink, &mut batch).await {
+                        Err(e) => {
+                            if matches!(e, WriteFailed::TimedOut) {
+                                app.metrics.write_timeout();
+                                tracing::debug!(connection = %conn.id(), "write timed out; dropping");
+                            }
+                            return;
                         }
-                        return;
+                        // Written whole and flushed: the user's delivery receipt moves.
+                        Ok(true) => conn.written(),
+                        // Cut at a frame boundary (the connection was abandoned).
+                        Ok(false) => {}
                     }
                     // A burst grew the batch; an idle connection keeps only a few slots.
                     batch.shrink_to(BATCH_KEEP_CAPACITY);
@@ -214,7 +220,7 @@ async fn write_batch(
     conn: &Connection,
     sink: &mut Sink,
     batch: &mut Vec<Bytes>,
-) -> Result<(), WriteFailed> {
+) -> Result<bool, WriteFailed> {
     let now = Timestamp::now();
     for frame in batch.iter() {
         app.metrics.frame_written(frame, now);
@@ -244,7 +250,7 @@ async fn write_batch(
         }
     };
     let result = match waited {
-        Waited::Done(r) => r.map_err(|_| WriteFailed::Socket),
+        Waited::Done(r) => r.map(|()| true).map_err(|_| WriteFailed::Socket),
         Waited::TimedOut => Err(WriteFailed::TimedOut),
         Waited::Cut(deadline) => {
             match Box::pin(tokio::time::timeout_at(
@@ -253,7 +259,7 @@ async fn write_batch(
             ))
             .await
             {
-                Ok(r) => r.map_err(|_| WriteFailed::Socket),
+                Ok(r) => r.map(|()| false).map_err(|_| WriteFailed::Socket),
                 Err(_) => Err(WriteFailed::TimedOut),
             }
         }

@@ -275,6 +275,18 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_MAX_WATCHED_RUNS", default_value_t = d().max_watched_runs)]
     pub(crate) max_watched_runs: usize,
 
+    /// Most users whose delivery receipt this node keeps.
+    #[arg(long, env = "AGENTWIRE_MAX_RECEIPT_USERS", default_value_t = d().max_receipt_users)]
+    pub(crate) max_receipt_users: usize,
+
+    /// Longest wait_acked a run receipt may ask for.
+    #[arg(long, env = "AGENTWIRE_RECEIPT_MAX_WAIT", value_parser = parse_duration, default_value_t = d().receipt_max_wait.into())]
+    pub(crate) receipt_max_wait: humantime::Duration,
+
+    /// Most run receipt long polls waiting at once; more are refused with 503.
+    #[arg(long, env = "AGENTWIRE_RECEIPT_MAX_WAITERS", default_value_t = d().receipt_max_waiters)]
+    pub(crate) receipt_max_waiters: usize,
+
     /// Most runs in progress one API key may hold (its share of --max-runs).
     #[arg(long, env = "AGENTWIRE_MAX_RUNS_PER_KEY", default_value_t = d().max_runs_per_key)]
     pub(crate) max_runs_per_key: usize,
@@ -417,6 +429,9 @@ impl ServeArgs {
         c.run_ttl = this.run_ttl.into();
         c.run_stall_timeout = this.run_stall_timeout.into();
         c.max_watched_runs = this.max_watched_runs;
+        c.max_receipt_users = this.max_receipt_users;
+        c.receipt_max_wait = this.receipt_max_wait.into();
+        c.receipt_max_waiters = this.receipt_max_waiters;
         c.run_state_max_bytes = this.run_state_max_bytes;
         c.max_runs_per_key = this.max_runs_per_key;
         c.run_state_max_bytes_per_key = this.run_state_max_bytes_per_key;
