@@ -621,7 +621,8 @@ impl UnifiedWebSocketEmitter {
 
 /// Moves `state` to where the broker's acceptance of `step` leaves the run. The broker
 /// decides: when this mirror did not see the run's earlier steps (another publisher of the
-/// run made them), it follows anyway — a start, a tool call opened or closed, the end.
+/// run made them), it follows anyway — a start, a tool call or message opened or closed,
+/// the end.
 fn follow(state: &mut RunState, step: &RunStep) {
     if state.apply_step(step).is_ok() {
         return;
@@ -632,15 +633,26 @@ fn follow(state: &mut RunState, step: &RunStep) {
             if !matches!(state, RunState::Running { .. }) {
                 *state = RunState::Running {
                     open_tool_calls: Default::default(),
+                    open_messages: Default::default(),
                 };
             }
-            if let RunState::Running { open_tool_calls } = state {
+            if let RunState::Running {
+                open_tool_calls,
+                open_messages,
+            } = state
+            {
                 match step {
                     RunStep::OpenToolCall(id) => {
                         open_tool_calls.insert(id.clone());
                     }
                     RunStep::CloseToolCall(id) => {
                         open_tool_calls.remove(id);
+                    }
+                    RunStep::StreamMessage(id) => {
+                        open_messages.insert(id.clone());
+                    }
+                    RunStep::CloseMessage(id) => {
+                        open_messages.remove(id);
                     }
                     _ => {}
                 }
@@ -661,15 +673,19 @@ mod tests {
         assert_eq!(
             state,
             RunState::Running {
-                open_tool_calls: Default::default()
+                open_tool_calls: Default::default(),
+                open_messages: Default::default(),
             }
         );
         follow(&mut state, &RunStep::OpenToolCall("b".into()));
         follow(&mut state, &RunStep::OpenToolCall("b".into()));
+        follow(&mut state, &RunStep::CloseMessage("m".into()));
+        follow(&mut state, &RunStep::StreamMessage("m2".into()));
         assert_eq!(
             state,
             RunState::Running {
-                open_tool_calls: ["b".to_owned()].into_iter().collect()
+                open_tool_calls: ["b".to_owned()].into_iter().collect(),
+                open_messages: ["m2".to_owned()].into_iter().collect(),
             }
         );
         follow(&mut state, &RunStep::End(RunOutcome::Failed));
