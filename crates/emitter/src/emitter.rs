@@ -16,7 +16,8 @@ use std::time::Duration;
 use agentwire_manager::{Accepted, EmitError, PreparedEvent, PublisherId, UnifiedWebSocketManager};
 use agentwire_protocol::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, Custom, Event, EventData, EventId,
-    RunOutcome, RunState, RunStep, RunViolation, Timestamp, ToolCompleted, ToolExecuting,
+    MessageCompleted, MessageDelta, RunOutcome, RunState, RunStep, RunViolation, Timestamp,
+    ToolCompleted, ToolExecuting,
 };
 use backon::Retryable;
 use serde_json::Value;
@@ -349,6 +350,43 @@ impl UnifiedWebSocketEmitter {
             message: message.into(),
             code,
             retryable,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Emits `message_delta`: the next piece of the streamed message `message_id`. The
+    /// first piece of a message opens it (at most
+    /// [`MAX_OPEN_MESSAGES`](agentwire_protocol::MAX_OPEN_MESSAGES) open at once).
+    ///
+    /// # Errors
+    /// See [`Self::emit`].
+    pub async fn emit_message_delta(
+        &self,
+        message_id: impl Into<String>,
+        delta: impl Into<String>,
+    ) -> Result<Accepted, EmitterError> {
+        self.emit(MessageDelta {
+            message_id: message_id.into(),
+            delta: delta.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Emits `message_completed`: the streamed message `message_id`, open in this run, is
+    /// complete. `text` is the whole message, when the caller wants to send it again.
+    ///
+    /// # Errors
+    /// See [`Self::emit`].
+    pub async fn emit_message_completed(
+        &self,
+        message_id: impl Into<String>,
+        text: Option<String>,
+    ) -> Result<Accepted, EmitterError> {
+        self.emit(MessageCompleted {
+            message_id: message_id.into(),
+            text,
             ..Default::default()
         })
         .await
