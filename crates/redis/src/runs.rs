@@ -121,6 +121,8 @@ pub(crate) fn guard_args(guard: &RunGuard) -> (&'static str, String) {
         (RunStep::Think, _) => ("t", String::new()),
         (RunStep::OpenToolCall(id), _) => ("o", id.clone()),
         (RunStep::CloseToolCall(id), _) => ("c", id.clone()),
+        (RunStep::StreamMessage(id), _) => ("d", id.clone()),
+        (RunStep::CloseMessage(id), _) => ("m", id.clone()),
         (RunStep::End(o), None) => ("e", outcome(*o).to_owned()),
     }
 }
@@ -145,6 +147,10 @@ pub(crate) fn violation(name: &str, step: &RunStep, terminal: &str) -> Option<Ru
             tool_call_id: tool_call_id()?,
         },
         "TooManyOpenToolCalls" => RunViolation::TooManyOpenToolCalls,
+        "UnknownMessage" => RunViolation::UnknownMessage {
+            message_id: step.message_id()?.to_owned(),
+        },
+        "TooManyOpenMessages" => RunViolation::TooManyOpenMessages,
         "AfterTerminal" => RunViolation::AfterTerminal {
             event: step.event_type(),
             ended_with: match terminal {
@@ -353,6 +359,8 @@ mod tests {
             RunStep::Think,
             RunStep::OpenToolCall("a".into()),
             RunStep::CloseToolCall("a".into()),
+            RunStep::StreamMessage("m".into()),
+            RunStep::CloseMessage("m".into()),
             RunStep::End(RunOutcome::Failed),
         ];
         for name in RunViolation::NAMES {
