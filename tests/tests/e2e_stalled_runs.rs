@@ -157,3 +157,107 @@ async fn heartbeats_and_the_runs_own_timeout_keep_it_alive() {
     assert_eq!(r.status, 200);
     server.stop().await;
 }
+
+/// Three `agentwire-server` nodes on one Redis (`--broker redis`), a client of the user on
+/// two of them, the run's events published through two others: when the publisher goes
+/// silent, exactly one node ends the run, every client sees the `stalled` error once,
+/// and a heartbeat through the third node keeps another run alive on all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_redis_end_a_stalled_run_once() {
+    use agentwire::server::BrokerKind;
+
+    let redis = std::net::TcpStream::connect("127.0.0.1:6379")
+        .err()
+        .map(|e| format!("no Redis on 127.0.0.1:6379 ({e})"));
+    if !agentwire_e2e::prerequisite(redis, "three nodes on Redis") {
+        return;
+    }
+    let prefix = format!("e2e-stall-{}:", agentwire::protocol::EventId::generate());
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let prefix = prefix.clone();
+        nodes.push(
+            TestServer::start_with(move |c| {
+                c.run_stall_timeout = STALL;
+                c.broker = BrokerKind::Redis;
+                c.redis_url = Some("redis://127.0.0.1:6379".into());
+                c.redis_key_prefix = prefix;
+            })
+            .await,
+        );
+    }
+    let mut on_0 = nodes[0].connect("dana").await;
+    let mut on_2 = nodes[2].connect("dana").await;
+    let started = |run: &str| event("dana", "agent_started", run, json!({}));
+    assert_eq!(nodes[0].publish(&started("silent")).await.status, 200);
+    assert_eq!(nodes[0].publish(&started("kept")).await.status, 200);
+    let tool = event(
+        "dana",
+        "tool_executing",
+        "silent",
+        json!({"tool_call_id": "tc", "tool_name": "search"}),
+    );
+    assert_eq!(nodes[1].publish(&tool).await.status, 200);
+    let think = event("dana", "agent_thinking", "kept", json!({"thought": "…"}));
+    assert_eq!(nodes[1].publish(&think).await.status, 200);
+    for c in [&mut on_0, &mut on_2] {
+        let seqs: Vec<u64> = [
+            c.event().await,
+            c.event().await,
+            c.event().await,
+            c.event().await,
+        ]
+        .iter()
+        .map(|e| e.seq.get())
+        .collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+    }
+    // `kept` hears from its publisher through node 2 only, for three timeouts.
+    let until = tokio::time::Instant::now() + STALL * 3;
+    while tokio::time::Instant::now() < until {
+        let r = nodes[2]
+            .http("POST", &heartbeat_path("dana", "kept"), Some(API_KEY))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        tokio::time::sleep(STALL / 4).await;
+    }
+    for c in [&mut on_0, &mut on_2] {
+        let ended = c.event().await;
+        assert_eq!(ended.seq.get(), 5);
+        assert!(stalled(&ended));
+        assert_eq!(
+            ended.event.run_id.as_ref().map(|r| r.as_str()),
+            Some("silent")
+        );
+    }
+    // Then `kept` goes silent too: ended once more, nothing else.
+    for c in [&mut on_0, &mut on_2] {
+        let ended = c.event().await;
+        assert_eq!(ended.seq.get(), 6);
+        assert_eq!(
+            ended.event.run_id.as_ref().map(|r| r.as_str()),
+            Some("kept")
+        );
+        assert!(
+            c.recv_within(STALL * 3).await.is_none(),
+            "a second end of a run"
+        );
+    }
+    let mut ended_by_nodes = 0.0;
+    for n in &nodes {
+        let m = n.metrics().await;
+        ended_by_nodes +=
+            metric(&m, "agentwire_runs_stalled_total{reason=\"timeout\"}").unwrap_or(0.0);
+    }
+    assert_eq!(ended_by_nodes, 2.0, "each run ended by exactly one node");
+    let late = event(
+        "dana",
+        "agent_thinking",
+        "silent",
+        json!({"thought": "back"}),
+    );
+    assert_eq!(nodes[2].publish(&late).await.status, 409);
+    for n in nodes {
+        n.stop().await;
+    }
+}
