@@ -247,3 +247,58 @@ async fn publish_with_retries_py_retries_and_every_event_arrives_once() {
     assert!(broker.attempts().len() >= 6);
     server.stop().await;
 }
+
+/// `receipt_fallback.py` waits on the run's receipt: with a client that acknowledges the
+/// answer it needs no fallback; with a client that does not, or none, it falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipt_fallback_py_falls_back_only_when_the_answer_was_not_acked() {
+    use agentwire::protocol::ClientFrame;
+
+    if !python_available() {
+        return;
+    }
+    let server = TestServer::start_with(publish_only_key).await;
+    let args = |user: &str, wait: &str| {
+        vec![
+            "--url".to_owned(),
+            format!("http://{}", server.addr),
+            "--api-key".to_owned(),
+            PUBLISH_KEY.to_owned(),
+            "--user".to_owned(),
+            user.to_owned(),
+            "--wait".to_owned(),
+            wait.to_owned(),
+        ]
+    };
+    // A client that acknowledges what it got, as the browser client does.
+    let mut client = server.connect("py-acks").await;
+    let script = tokio::spawn(run_script("receipt_fallback.py", args("py-acks", "30s")));
+    let got = events(&mut client, 2).await;
+    client.send(&ClientFrame::Ack { seq: got[1].seq }).await;
+    let out = script.await.expect("the script task");
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("acknowledged by the user's client (seq 2)"),
+        "{}",
+        show(&out)
+    );
+    // A client that reads but never acknowledges.
+    let mut silent = server.connect("py-reads").await;
+    let script = tokio::spawn(run_script("receipt_fallback.py", args("py-reads", "1s")));
+    events(&mut silent, 2).await;
+    let out = script.await.expect("the script task");
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("delivered but not acknowledged"),
+        "{}",
+        show(&out)
+    );
+    // No client at all.
+    let out = run_script("receipt_fallback.py", args("py-nobody", "1s")).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("never delivered"), "{}", show(&out));
+    server.stop().await;
+}
