@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use support::ServerProcess;
 use support::nodes::{
-    API_KEY, Live, Seen, custom, follow, http, metrics, node_command, publish,
+    API_KEY, Live, Seen, Ws, custom, follow, http, metrics, node_command, publish,
     publish_until_accepted, sample, start, wait_for_status,
 };
 
@@ -384,7 +384,15 @@ async fn redis_paused_for_3_s_gives_503s_and_delivery_resumes() {
     let clients = followers(USERS, &live, 2, EVENTS as usize, deadline);
     let pause = async {
         redis.pause().expect("SIGSTOP");
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let paused = Instant::now();
+        // A client connecting meanwhile is closed with 1011 (and comes back later).
+        let newcomer = Ws::connect(live.any(), "newcomer", "").await;
+        assert!(
+            matches!(&newcomer, Err(e) if e.contains("Closed(Some(1011))")),
+            "{:?}",
+            newcomer.map(|c| c.1)
+        );
+        tokio::time::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed())).await;
         redis.resume().expect("SIGCONT");
     };
     let refused = rounds_through(&live, USERS, EVENTS, 3, pause, deadline).await;
