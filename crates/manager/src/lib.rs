@@ -45,6 +45,7 @@
 
 mod broker;
 mod config;
+mod leases;
 mod manager;
 mod memory;
 mod run_table;
@@ -58,6 +59,9 @@ pub use broker::{
     History, NewEvent, StoredEvent, Subscriber, compose_frame,
 };
 pub use config::{HeartbeatPolicy, LimitPolicy, ManagerConfig, QueueLimits};
+pub use leases::{
+    Admission, ConnectionLeases, InMemoryLeases, Lease, NodeId, NodeIdError, Renewal,
+};
 pub use manager::{
     ConnectError, ConnectOptions, Connection, ConnectionInfo, EmitError, ManagerStats, Outbound,
     PreparedEvent, Resume, UnifiedWebSocketManager,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use agentwire_manager::{
-    Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, RunLimit, RunStats,
-    StoredEvent, Subscriber, TOOL_CALL_OVERHEAD_BYTES,
+    Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, NodeId, RunLimit,
+    RunStats, StoredEvent, Subscriber, TOOL_CALL_OVERHEAD_BYTES,
 };
 use agentwire_protocol::{Epoch, EventId, MAX_OPEN_TOOL_CALLS, Seq, Timestamp, UserId};
 use async_trait::async_trait;
@@ -37,12 +37,14 @@ pub struct RedisBroker {
 }
 
 #[derive(Debug)]
-struct Inner {
-    config: RedisConfig,
-    commands: Commands,
-    scripts: Scripts,
+pub(crate) struct Inner {
+    pub(crate) config: RedisConfig,
+    pub(crate) commands: Commands,
+    pub(crate) scripts: Scripts,
     subs: Arc<Subscriptions>,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
+    /// This node's name among the nodes sharing the Redis (connection leases).
+    node: NodeId,
     registry: RegistryKeys,
     /// `PUBLISH` on a standalone Redis, `SPUBLISH` (sharded) on a cluster.
     publish_command: &'static str,
@@ -57,11 +59,12 @@ impl Drop for Inner {
 }
 
 #[derive(Debug)]
-struct Scripts {
+pub(crate) struct Scripts {
     publish: Script,
     history: Script,
     lookup: Script,
     runs: Script,
+    pub(crate) leases: Script,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -112,7 +115,9 @@ impl RedisBroker {
                     history: Script::new(script::HISTORY),
                     lookup: Script::new(script::LOOKUP),
                     runs: Script::new(script::RUNS),
+                    leases: Script::new(script::LEASES),
                 },
+                node: NodeId::random(),
                 subs,
                 counters,
                 publish_command,
@@ -136,12 +141,26 @@ impl RedisBroker {
         format!("{PUBSUB_CLIENT_NAME}:{}", self.inner.config.key_prefix)
     }
 
+    /// The name of this node among the nodes sharing the Redis: a fresh random
+    /// [`NodeId`] per broker, which its connection leases carry.
+    pub fn node(&self) -> &NodeId {
+        &self.inner.node
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    pub(crate) fn user_keys(&self, user: &UserId) -> UserKeys {
+        self.keys(user)
+    }
+
     fn keys(&self, user: &UserId) -> UserKeys {
         UserKeys::new(&self.inner.config.key_prefix, user)
     }
 
     /// Runs one round trip under the command timeout, timing it and mapping its error.
-    async fn round_trip<T>(
+    pub(crate) async fn round_trip<T>(
         &self,
         what: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
@@ -196,7 +215,7 @@ impl RedisBroker {
         BrokerError::unavailable(format!("Redis {what} script failed"), e)
     }
 
-    fn malformed(&self, e: Malformed) -> BrokerError {
+    pub(crate) fn malformed(&self, e: Malformed) -> BrokerError {
         bump(&self.inner.counters.script_errors);
         BrokerError::unavailable("Redis answered with something the scripts do not write", e)
     }

@@ -100,6 +100,17 @@ pub struct RedisMetrics {
     pub runs_in_progress: u64,
     /// Gauge: bytes of run state reserved, as of this node's last registry call.
     pub run_bytes: u64,
+    /// Connection leases this node's admissions evicted (another connection of the user,
+    /// on any node, closed with 4003) to stay within the per-user limit.
+    pub lease_evictions: u64,
+    /// Connections this node refused (4004) because the user held the limit in leases.
+    pub lease_rejections: u64,
+    /// This node's connections whose lease a renewal found gone (closed with 4003).
+    pub leases_lost: u64,
+    /// This node's connections whose expired lease a renewal took again.
+    pub leases_restored: u64,
+    /// Lease calls (admit, renew, release) that failed.
+    pub lease_failures: u64,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +146,11 @@ pub(crate) struct Counters {
     pub(crate) runs_held: AtomicU64,
     pub(crate) runs_in_progress: AtomicU64,
     pub(crate) run_bytes: AtomicU64,
+    pub(crate) lease_evictions: AtomicU64,
+    pub(crate) lease_rejections: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
+    pub(crate) leases_restored: AtomicU64,
+    pub(crate) lease_failures: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -196,6 +212,11 @@ impl Counters {
             runs_held: get(&self.runs_held),
             runs_in_progress: get(&self.runs_in_progress),
             run_bytes: get(&self.run_bytes),
+            lease_evictions: get(&self.lease_evictions),
+            lease_rejections: get(&self.lease_rejections),
+            leases_lost: get(&self.leases_lost),
+            leases_restored: get(&self.leases_restored),
+            lease_failures: get(&self.lease_failures),
         }
     }
 }

@@ -21,6 +21,11 @@ pub(crate) const RUNS: &str = concat!(
     include_str!("../lua/common.lua"),
     include_str!("../lua/runs.lua")
 );
+/// Connection leases of one user: admit, renew, release.
+pub(crate) const LEASES: &str = concat!(
+    include_str!("../lua/common.lua"),
+    include_str!("../lua/leases.lua")
+);
 /// Finds the first acceptance of an `event_id` inside the dedupe window.
 pub(crate) const LOOKUP: &str = concat!(
     include_str!("../lua/common.lua"),

@@ -52,6 +52,7 @@
 //! one), so a test sees — and can assert — which properties did not run.
 
 mod brokers;
+mod leases;
 mod properties;
 mod runs;
 mod support;
@@ -64,6 +65,7 @@ use crate::broker::Broker;
 use crate::runs::RunLimits;
 
 pub use brokers::{Fault, FaultyBroker, LatencyBroker, SeverableBroker};
+pub use leases::*;
 pub use properties::*;
 pub use runs::*;
 

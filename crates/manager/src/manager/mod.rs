@@ -16,6 +16,7 @@ use tokio::sync::OnceCell;
 
 use crate::broker::{Broker, Subscriber};
 use crate::config::ManagerConfig;
+use crate::leases::ConnectionLeases;
 use crate::memory::InMemoryBroker;
 
 mod catch_up;
@@ -23,6 +24,7 @@ mod connect;
 mod connection;
 mod counters;
 mod emit;
+mod leases;
 mod reads;
 mod registry;
 mod singleton;
@@ -52,6 +54,8 @@ struct UserEntry {
 pub(crate) struct Inner {
     config: ManagerConfig,
     broker: Arc<dyn Broker>,
+    /// The per-user limit across a cluster; `None` counts this node's connections only.
+    leases: Option<Arc<dyn ConnectionLeases>>,
     shards: Box<[Mutex<HashMap<UserId, UserEntry>>]>,
     hasher: RandomState,
     total: AtomicUsize,
@@ -79,11 +83,33 @@ pub struct UnifiedWebSocketManager {
 }
 
 impl UnifiedWebSocketManager {
-    /// A manager over `broker`.
+    /// A manager over `broker`. The per-user connection limit counts this node's
+    /// connections (one node: the whole deployment).
     pub fn new(config: ManagerConfig, broker: Arc<dyn Broker>) -> Self {
+        Self::build(config, broker, None)
+    }
+
+    /// A manager over `broker` whose per-user connection limit holds across every node
+    /// sharing `leases`: each connection holds a lease there, taken before it is
+    /// registered, renewed every third of the lease time and dropped when it is removed;
+    /// a connection whose lease was taken by a newer one closes with 4003.
+    pub fn with_leases(
+        config: ManagerConfig,
+        broker: Arc<dyn Broker>,
+        leases: Arc<dyn ConnectionLeases>,
+    ) -> Self {
+        Self::build(config, broker, Some(leases))
+    }
+
+    fn build(
+        config: ManagerConfig,
+        broker: Arc<dyn Broker>,
+        leases: Option<Arc<dyn ConnectionLeases>>,
+    ) -> Self {
         let inner = Arc::new(Inner {
             config,
             broker,
+            leases,
             shards: (0..REGISTRY_SHARDS)
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),

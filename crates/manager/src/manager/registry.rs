@@ -106,6 +106,9 @@ impl UnifiedWebSocketManager {
         };
         self.inner.total.fetch_sub(1, Ordering::AcqRel);
         self.inner.counters.closed.fetch_add(1, Ordering::Relaxed);
+        if let Some(leases) = self.leases() {
+            super::leases::spawn_release(leases.clone(), shared.user.clone(), shared.id.clone());
+        }
         if let Some(subscription) = released {
             self.release_entry(shared.user.clone(), subscription);
         }
