@@ -45,6 +45,7 @@
 
 mod broker;
 mod config;
+mod control;
 mod leases;
 mod manager;
 mod memory;
@@ -59,12 +60,15 @@ pub use broker::{
     History, NewEvent, StoredEvent, Subscriber, compose_frame,
 };
 pub use config::{HeartbeatPolicy, LimitPolicy, ManagerConfig, QueueLimits};
+pub use control::{
+    Answers, Cluster, ClusterControl, ConnectionInfo, ControlHandler, InMemoryControl,
+};
 pub use leases::{
     Admission, ConnectionLeases, InMemoryLeases, Lease, NodeId, NodeIdError, Renewal,
 };
 pub use manager::{
-    ConnectError, ConnectOptions, Connection, ConnectionInfo, EmitError, ManagerStats, Outbound,
-    PreparedEvent, Resume, UnifiedWebSocketManager,
+    ConnectError, ConnectOptions, Connection, EmitError, ManagerStats, Outbound, PreparedEvent,
+    Resume, UnifiedWebSocketManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
 pub use runs::{

@@ -8,12 +8,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_manager::conformance::{self, InMemoryLeaseHarness};
+use agentwire_manager::conformance::{self, InMemoryClusterHarness, InMemoryLeaseHarness};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentwire_manager::{
-    Admission, BrokerError, ConnectError, ConnectOptions, ConnectionLeases, InMemoryBroker,
-    InMemoryLeases, LimitPolicy, ManagerConfig, NodeId, Renewal, UnifiedWebSocketManager,
+    Admission, BrokerError, Cluster, ConnectError, ConnectOptions, ConnectionLeases,
+    InMemoryBroker, InMemoryLeases, LimitPolicy, ManagerConfig, NodeId, Renewal,
+    UnifiedWebSocketManager,
 };
 use agentwire_protocol::{CloseCode, ConnectionId, UserId};
 use async_trait::async_trait;
@@ -22,6 +23,19 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_memory_store_keeps_the_lease_contract() {
     conformance::run_lease_properties(&InMemoryLeaseHarness).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_nodes_evict_list_and_disconnect_across_the_cluster() {
+    conformance::cluster_evictions_and_admin(&InMemoryClusterHarness).await;
+}
+
+/// Leases without a control channel: evictions on other nodes wait for the renewal.
+fn no_control(leases: Arc<dyn ConnectionLeases>) -> Cluster {
+    Cluster {
+        leases,
+        control: None,
+    }
 }
 
 /// Three managers over one broker and one lease store, with `lease` and `policy`.
@@ -35,7 +49,7 @@ fn nodes(lease: Duration, policy: LimitPolicy) -> Vec<UnifiedWebSocketManager> {
     (0..3)
         .map(|_| {
             let leases: Arc<dyn ConnectionLeases> = Arc::new(store.for_node(NodeId::random()));
-            UnifiedWebSocketManager::with_leases(config.clone(), broker.clone(), leases)
+            UnifiedWebSocketManager::clustered(config.clone(), broker.clone(), no_control(leases))
         })
         .collect()
 }
@@ -162,9 +176,12 @@ async fn a_node_that_stops_renewing_stops_counting_within_the_lease() {
         store: store.for_node(NodeId::random()),
         dead: AtomicBool::new(false),
     });
-    let doomed =
-        UnifiedWebSocketManager::with_leases(config.clone(), broker.clone(), dying.clone());
-    let survivor = UnifiedWebSocketManager::with_leases(config, broker, Arc::new(store));
+    let doomed = UnifiedWebSocketManager::clustered(
+        config.clone(),
+        broker.clone(),
+        no_control(dying.clone()),
+    );
+    let survivor = UnifiedWebSocketManager::clustered(config, broker, no_control(Arc::new(store)));
     let u = user("dave");
     let _a = connect(&doomed, &u, ConnectOptions::default()).await;
     let _b = connect(&doomed, &u, ConnectOptions::default()).await;

@@ -18,6 +18,7 @@ use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
 use crate::config::{RedisConfig, RedisTarget};
 use crate::connect::{Commands, PUBSUB_CLIENT_NAME};
+use crate::control::RedisControl;
 use crate::keys::{RegistryKeys, UserKeys};
 use crate::metrics::{Counters, RedisMetrics, add, bump};
 use crate::pubsub::{self, Link, SubscribeRefused, SubscribeWait, Subscriptions};
@@ -45,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) counters: Arc<Counters>,
     /// This node's name among the nodes sharing the Redis (connection leases).
     node: NodeId,
+    /// The control channel, started by the first `cluster()`.
+    control: std::sync::OnceLock<RedisControl>,
     registry: RegistryKeys,
     /// `PUBLISH` on a standalone Redis, `SPUBLISH` (sharded) on a cluster.
     publish_command: &'static str,
@@ -118,6 +121,7 @@ impl RedisBroker {
                     leases: Script::new(script::LEASES),
                 },
                 node: NodeId::random(),
+                control: std::sync::OnceLock::new(),
                 subs,
                 counters,
                 publish_command,
@@ -145,6 +149,24 @@ impl RedisBroker {
     /// [`NodeId`] per broker, which its connection leases carry.
     pub fn node(&self) -> &NodeId {
         &self.inner.node
+    }
+
+    /// The control channel of this broker's node, started on first use.
+    pub(crate) fn control(&self) -> &RedisControl {
+        self.inner.control.get_or_init(|| {
+            RedisControl::start(
+                self.inner.node.clone(),
+                self.inner.config.clone(),
+                self.inner.commands.clone(),
+                self.inner.counters.clone(),
+            )
+        })
+    }
+
+    /// Whether this node's control channel (started by [`cluster`](Self::cluster)) is
+    /// subscribed and its presence announced.
+    pub fn control_up(&self) -> bool {
+        self.inner.control.get().is_some_and(RedisControl::link_up)
     }
 
     pub(crate) fn inner(&self) -> &Inner {

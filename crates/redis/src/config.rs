@@ -64,6 +64,7 @@ pub struct RedisConfig {
     pub(crate) ping_interval: Duration,
     pub(crate) run_limits: RunLimits,
     pub(crate) connection_lease: Duration,
+    pub(crate) control_wait: Duration,
 }
 
 impl RedisConfig {
@@ -87,6 +88,7 @@ impl RedisConfig {
                 ping_interval: Duration::from_secs(5),
                 run_limits: RunLimits::default(),
                 connection_lease: Duration::from_secs(30),
+                control_wait: Duration::from_secs(1),
             },
         }
     }
@@ -144,6 +146,11 @@ impl RedisConfig {
     /// How long a connection lease counts without renewal.
     pub fn connection_lease(&self) -> Duration {
         self.connection_lease
+    }
+
+    /// How long a control request waits for the other nodes.
+    pub fn control_wait(&self) -> Duration {
+        self.control_wait
     }
 }
 
@@ -282,6 +289,16 @@ impl RedisConfigBuilder {
         self
     }
 
+    /// How long a request on the control channel (an admin's list or disconnect of a
+    /// user's connections on every node) waits for the other nodes' answers (default 1 s).
+    /// Nodes that did not answer in time are named in the answer and counted in
+    /// `control_unanswered`.
+    #[must_use]
+    pub fn control_wait(mut self, wait: Duration) -> Self {
+        self.config.control_wait = wait;
+        self
+    }
+
     /// Checks the settings together.
     ///
     /// # Errors
@@ -345,6 +362,7 @@ impl RedisConfigBuilder {
             ("command_timeout", c.command_timeout),
             ("reconnect_backoff", c.reconnect_min),
             ("ping_interval", c.ping_interval),
+            ("control_wait", c.control_wait),
         ] {
             if d < Duration::from_millis(1) {
                 return bound(name, "must be at least 1 ms".into());

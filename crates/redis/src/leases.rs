@@ -1,10 +1,11 @@
 //! [`RedisLeases`]: the per-user connection limit for every node sharing a Redis — one
 //! script (`lua/leases.lua`) on the user's slot admits, renews and releases.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_manager::{
-    Admission, BrokerError, ConnectionLeases, Lease, LimitPolicy, NodeId, Renewal,
+    Admission, BrokerError, Cluster, ConnectionLeases, Lease, LimitPolicy, NodeId, Renewal,
 };
 use agentwire_protocol::{ConnectionId, UserId};
 use async_trait::async_trait;
@@ -30,12 +31,23 @@ pub struct RedisLeases {
 }
 
 impl RedisBroker {
-    /// The connection lease store on this broker's Redis, for
-    /// `UnifiedWebSocketManager::with_leases`. Its lease time is
+    /// The connection lease store on this broker's Redis. Its lease time is
     /// [`RedisConfigBuilder::connection_lease`](crate::RedisConfigBuilder::connection_lease).
     pub fn leases(&self) -> RedisLeases {
         RedisLeases {
             broker: self.clone(),
+        }
+    }
+
+    /// What makes a manager over this broker one node of the cluster sharing its Redis
+    /// (`UnifiedWebSocketManager::clustered`): the connection leases and the control
+    /// channel, both under this broker's [`node`](Self::node). The control channel is
+    /// started on the first call (on the current tokio runtime) and shared by later ones.
+    pub fn cluster(&self) -> Cluster {
+        let control = self.control().clone();
+        Cluster {
+            leases: Arc::new(self.leases()),
+            control: Some(Arc::new(control)),
         }
     }
 }

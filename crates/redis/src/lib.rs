@@ -183,6 +183,7 @@
 mod broker;
 mod config;
 mod connect;
+mod control;
 mod keys;
 mod leases;
 mod metrics;
@@ -193,6 +194,7 @@ mod script;
 pub use broker::RedisBroker;
 pub use config::{ConfigError, MAX_KEY_PREFIX_BYTES, RedisConfig, RedisConfigBuilder, RedisTarget};
 pub use connect::PUBSUB_CLIENT_NAME;
+pub use control::{MAX_PENDING_CONTROL_REQUESTS, RedisControl};
 pub use leases::RedisLeases;
 pub use metrics::{LatencyHistogram, ROUND_TRIP_BUCKETS_MICROS, RedisMetrics};
 

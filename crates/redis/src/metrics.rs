@@ -111,6 +111,20 @@ pub struct RedisMetrics {
     pub leases_restored: u64,
     /// Lease calls (admit, renew, release) that failed.
     pub lease_failures: u64,
+    /// Messages this node published on the control channel (requests, answers, evictions).
+    pub control_sent: u64,
+    /// Messages this node received on the control channel.
+    pub control_received: u64,
+    /// Control messages this node could not read (ignored).
+    pub control_malformed: u64,
+    /// Control calls that failed (the channel down, a command failed or timed out).
+    pub control_failures: u64,
+    /// Control requests refused because `MAX_PENDING_CONTROL_REQUESTS` were waiting.
+    pub control_refused: u64,
+    /// Control requests that some live node did not answer within `control_wait`.
+    pub control_unanswered: u64,
+    /// Times the control channel's connection was lost and made again.
+    pub control_reconnects: u64,
 }
 
 #[derive(Debug, Default)]
@@ -151,6 +165,13 @@ pub(crate) struct Counters {
     pub(crate) leases_lost: AtomicU64,
     pub(crate) leases_restored: AtomicU64,
     pub(crate) lease_failures: AtomicU64,
+    pub(crate) control_sent: AtomicU64,
+    pub(crate) control_received: AtomicU64,
+    pub(crate) control_malformed: AtomicU64,
+    pub(crate) control_failures: AtomicU64,
+    pub(crate) control_refused: AtomicU64,
+    pub(crate) control_unanswered: AtomicU64,
+    pub(crate) control_reconnects: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -217,6 +238,13 @@ impl Counters {
             leases_lost: get(&self.leases_lost),
             leases_restored: get(&self.leases_restored),
             lease_failures: get(&self.lease_failures),
+            control_sent: get(&self.control_sent),
+            control_received: get(&self.control_received),
+            control_malformed: get(&self.control_malformed),
+            control_failures: get(&self.control_failures),
+            control_refused: get(&self.control_refused),
+            control_unanswered: get(&self.control_unanswered),
+            control_reconnects: get(&self.control_reconnects),
         }
     }
 }

@@ -26,6 +26,11 @@ pub(crate) const LEASES: &str = concat!(
     include_str!("../lua/common.lua"),
     include_str!("../lua/leases.lua")
 );
+/// The presence of the nodes sharing the Redis (the control channel's).
+pub(crate) const PRESENCE: &str = concat!(
+    include_str!("../lua/common.lua"),
+    include_str!("../lua/presence.lua")
+);
 /// Finds the first acceptance of an `event_id` inside the dedupe window.
 pub(crate) const LOOKUP: &str = concat!(
     include_str!("../lua/common.lua"),

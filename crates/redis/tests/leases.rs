@@ -7,9 +7,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentwire_manager::conformance::{self, LeaseHarness};
+use agentwire_manager::conformance::{self, ClusterHarness, LeaseHarness};
 use agentwire_manager::{
-    ConnectError, ConnectOptions, ConnectionLeases, LimitPolicy, ManagerConfig, Outbound,
+    Cluster, ConnectError, ConnectOptions, ConnectionLeases, LimitPolicy, ManagerConfig, Outbound,
     UnifiedWebSocketManager,
 };
 use agentwire_protocol::{CloseCode, EventId};
@@ -98,11 +98,14 @@ async fn thirty_connects(h: &RedisHarness, policy: LimitPolicy) {
         let broker = h
             .connect(h.config().connection_lease(Duration::from_millis(600)))
             .await;
-        let leases = Arc::new(broker.leases());
-        nodes.push(UnifiedWebSocketManager::with_leases(
+        let cluster = Cluster {
+            leases: Arc::new(broker.leases()),
+            control: None,
+        };
+        nodes.push(UnifiedWebSocketManager::clustered(
             config.clone(),
             Arc::new(broker),
-            leases,
+            cluster,
         ));
     }
     let u = user(&format!("thirty-{}", EventId::generate()));
@@ -178,5 +181,67 @@ async fn thirty_connects_over_three_nodes_on_a_cluster_leave_three_open() {
     let h = RedisHarness::cluster(cluster.urls(), "leases-thirty-cluster");
     thirty_connects(&h, LimitPolicy::EvictOldest).await;
     thirty_connects(&h, LimitPolicy::Reject).await;
+    drop(cluster);
+}
+
+/// Managers on brokers of their own, one Redis, each a node of the cluster through
+/// `RedisBroker::cluster` (leases and the control channel).
+struct Nodes(Leases);
+
+#[async_trait]
+impl ClusterHarness for Nodes {
+    async fn managers(
+        &self,
+        nodes: usize,
+        config: ManagerConfig,
+        lease: Duration,
+    ) -> Vec<UnifiedWebSocketManager> {
+        let h = self.0.fresh();
+        let mut out = Vec::new();
+        let mut brokers = Vec::new();
+        for _ in 0..nodes {
+            let broker = h.connect(h.config().connection_lease(lease)).await;
+            let cluster = broker.cluster();
+            brokers.push(broker.clone());
+            out.push(UnifiedWebSocketManager::clustered(
+                config.clone(),
+                Arc::new(broker),
+                cluster,
+            ));
+        }
+        // Every node's control channel is up and present before a request counts on it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !brokers.iter().all(|b| b.control_up()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "control channels down"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.0.made.lock().expect("lock").push(h);
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_nodes_evict_list_and_disconnect_across_the_cluster() {
+    let Some(url) = testing::require("control on Redis", testing::shared_redis()) else {
+        return;
+    };
+    let h = Nodes(Leases::new(RedisHarness::standalone(&url, "control")));
+    conformance::cluster_evictions_and_admin(&h).await;
+    h.0.clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_nodes_evict_list_and_disconnect_across_the_cluster() {
+    let Some(cluster) = testing::require("control on a cluster", RedisCluster::start(3)) else {
+        return;
+    };
+    let h = Nodes(Leases::new(RedisHarness::cluster(
+        cluster.urls(),
+        "control-cluster",
+    )));
+    conformance::cluster_evictions_and_admin(&h).await;
     drop(cluster);
 }

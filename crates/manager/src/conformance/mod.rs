@@ -52,6 +52,7 @@
 //! one), so a test sees — and can assert — which properties did not run.
 
 mod brokers;
+mod cluster;
 mod leases;
 mod properties;
 mod runs;
@@ -65,6 +66,7 @@ use crate::broker::Broker;
 use crate::runs::RunLimits;
 
 pub use brokers::{Fault, FaultyBroker, LatencyBroker, SeverableBroker};
+pub use cluster::*;
 pub use leases::*;
 pub use properties::*;
 pub use runs::*;

@@ -8,8 +8,8 @@ use agentwire_protocol::{CloseCode, ConnectionEstablished, Epoch, Seq, ServerFra
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
+use super::cluster::LeaseGuard;
 use super::connection::{ConnShared, Connection};
-use super::leases::LeaseGuard;
 use super::{UnifiedWebSocketManager, UserEntry};
 use crate::broker::BrokerError;
 use crate::config::LimitPolicy;

@@ -1,16 +1,19 @@
-//! The per-user limit across a cluster, when the manager has a [`ConnectionLeases`] store:
-//! a connection's lease taken before it is registered and dropped when it is removed,
-//! evictions of this node's connections by id, and the renewal task.
+//! The manager as one node of a cluster: the per-user limit through a
+//! [`ConnectionLeases`] store (a connection's lease taken before it is registered and
+//! dropped when it is removed, evictions by id, the renewal task), and the control
+//! channel (evictions on other nodes, the admin's view and disconnect on every node).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use agentwire_protocol::{CloseCode, ConnectionId, UserId};
 use futures_util::StreamExt;
 
-use super::UnifiedWebSocketManager;
 use super::connection::ConnShared;
-use crate::leases::{ConnectionLeases, Lease};
+use super::{Inner, UnifiedWebSocketManager};
+use crate::broker::BrokerError;
+use crate::control::{Answers, ConnectionInfo, ControlHandler};
+use crate::leases::{ConnectionLeases, Lease, NodeId};
 
 /// Leases renewed concurrently by one renewal pass (one store call per user).
 const RENEW_CONCURRENCY: usize = 16;
@@ -68,33 +71,95 @@ impl UnifiedWebSocketManager {
             .get(user)
             .and_then(|e| e.conns.iter().find(|c| c.id == *connection).cloned());
         match conn {
-            Some(conn) => {
-                self.evict(&conn);
-                true
-            }
+            Some(conn) => self.evict(&conn),
             None => false,
         }
     }
 
-    fn evict(&self, conn: &Arc<ConnShared>) {
-        if conn.close(CloseCode::Replaced) {
+    /// Closes a connection with 4003 and removes it; whether this call did.
+    fn evict(&self, conn: &Arc<ConnShared>) -> bool {
+        let open = conn.closing().is_none();
+        let removed = self.unregister(conn, CloseCode::Replaced);
+        if removed && open {
             self.inner
                 .counters
                 .evictions
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.remove(conn);
+        removed
     }
 
     /// Acts on the leases an admission evicted: this node's are closed at once; another
-    /// node's close when that node next renews (or is told).
+    /// node is told through the control channel, and learns at its next renewal if the
+    /// notice is lost.
     pub(super) fn evicted_leases(&self, user: &UserId, evicted: Vec<Lease>) {
-        let Some(leases) = self.leases() else { return };
         for lease in evicted {
-            if lease.node == *leases.node() {
+            if lease.node == self.inner.node {
                 self.evict_connection(user, &lease.connection);
+            } else if let Some(control) = self.inner.control.clone()
+                && let Ok(handle) = tokio::runtime::Handle::try_current()
+            {
+                let user = user.clone();
+                handle.spawn(async move {
+                    if let Err(e) = control.evict(&user, &lease).await {
+                        tracing::debug!(%user, error = %e, "eviction notice not sent; the renewal closes it");
+                    }
+                });
             }
         }
+    }
+
+    /// This node's name in its cluster (a random one for a node on its own).
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.node
+    }
+
+    pub(super) fn attach_control(&self) {
+        if let Some(control) = &self.inner.control {
+            control.attach(Arc::new(Handler {
+                inner: Arc::downgrade(&self.inner),
+            }));
+        }
+    }
+
+    /// The user's live connections on every node of the cluster, each node named; on a
+    /// node without a control channel, this node's.
+    ///
+    /// # Errors
+    /// A transient [`BrokerError`] when the control channel is down.
+    pub async fn cluster_connections_of(
+        &self,
+        user: &UserId,
+    ) -> Result<Answers<Vec<ConnectionInfo>>, BrokerError> {
+        let mut answers = match &self.inner.control {
+            Some(control) => control.connections_of(user).await?,
+            None => Answers::default(),
+        };
+        answers
+            .answers
+            .insert(0, (self.inner.node.clone(), self.connections_of(user)));
+        Ok(answers)
+    }
+
+    /// Closes the user's connections on every node of the cluster with `code`, and says
+    /// how many each node closed; on a node without a control channel, this node's.
+    ///
+    /// # Errors
+    /// A transient [`BrokerError`] when the control channel is down; nothing was closed.
+    pub async fn cluster_disconnect_user(
+        &self,
+        user: &UserId,
+        code: CloseCode,
+    ) -> Result<Answers<usize>, BrokerError> {
+        let mut answers = match &self.inner.control {
+            Some(control) => control.disconnect_user(user, code).await?,
+            None => Answers::default(),
+        };
+        answers.answers.insert(
+            0,
+            (self.inner.node.clone(), self.disconnect_user(user, code)),
+        );
+        Ok(answers)
     }
 
     /// One renewal pass: every connection of this node renews its lease; a connection
@@ -143,9 +208,10 @@ impl UnifiedWebSocketManager {
                     }
                     let mut closed = 0;
                     for id in &renewal.lost {
-                        if let Some(conn) = conns.iter().find(|c| c.id == *id) {
+                        if let Some(conn) = conns.iter().find(|c| c.id == *id)
+                            && self.evict(conn)
+                        {
                             counters.leases_lost.fetch_add(1, Ordering::Relaxed);
-                            self.evict(conn);
                             closed += 1;
                         }
                     }
@@ -164,5 +230,35 @@ impl UnifiedWebSocketManager {
         self.every(handle, period, |m| async move {
             m.renew_leases().await;
         });
+    }
+}
+
+/// What this node does when another node's request reaches it.
+struct Handler {
+    inner: Weak<Inner>,
+}
+
+impl Handler {
+    fn manager(&self) -> Option<UnifiedWebSocketManager> {
+        self.inner
+            .upgrade()
+            .map(|inner| UnifiedWebSocketManager { inner })
+    }
+}
+
+impl ControlHandler for Handler {
+    fn evict(&self, user: &UserId, connection: &ConnectionId) -> bool {
+        self.manager()
+            .is_some_and(|m| m.evict_connection(user, connection))
+    }
+
+    fn connections_of(&self, user: &UserId) -> Vec<ConnectionInfo> {
+        self.manager()
+            .map(|m| m.connections_of(user))
+            .unwrap_or_default()
+    }
+
+    fn disconnect_user(&self, user: &UserId, code: CloseCode) -> usize {
+        self.manager().map_or(0, |m| m.disconnect_user(user, code))
     }
 }
