@@ -49,6 +49,7 @@ mod control;
 mod leases;
 mod manager;
 mod memory;
+mod rates;
 mod run_table;
 mod runs;
 
@@ -71,6 +72,7 @@ pub use manager::{
     Resume, UnifiedWebSocketManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
+pub use rates::{InMemoryRates, PublishRate, PublishRates, RateDecision};
 pub use runs::{
     PublisherId, RUN_OVERHEAD_BYTES, RunGuard, RunLimit, RunLimits, RunStats,
     TOOL_CALL_OVERHEAD_BYTES, run_base_bytes, tool_call_bytes,

@@ -68,6 +68,7 @@ pub(crate) struct Scripts {
     lookup: Script,
     runs: Script,
     pub(crate) leases: Script,
+    pub(crate) rate: Script,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -119,6 +120,7 @@ impl RedisBroker {
                     lookup: Script::new(script::LOOKUP),
                     runs: Script::new(script::RUNS),
                     leases: Script::new(script::LEASES),
+                    rate: Script::new(script::RATE),
                 },
                 node: NodeId::random(),
                 control: std::sync::OnceLock::new(),

@@ -96,6 +96,12 @@ impl RegistryKeys {
 }
 
 /// `s` with `%`, `{` and `}` percent-escaped.
+/// The key holding `publisher`'s publish rate state (see `lua/rate.lua`): under a hash
+/// tag of its own, `%rate:` and the escaped publisher, which no escaped user can be.
+pub(crate) fn rate_key(prefix: &str, publisher: &str) -> String {
+    format!("{prefix}{{%rate:{}}}:tat", escape(publisher))
+}
+
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

@@ -188,6 +188,7 @@ mod keys;
 mod leases;
 mod metrics;
 mod pubsub;
+mod rates;
 mod runs;
 mod script;
 
@@ -197,6 +198,7 @@ pub use connect::PUBSUB_CLIENT_NAME;
 pub use control::{MAX_PENDING_CONTROL_REQUESTS, RedisControl};
 pub use leases::RedisLeases;
 pub use metrics::{LatencyHistogram, ROUND_TRIP_BUCKETS_MICROS, RedisMetrics};
+pub use rates::RedisRates;
 
 #[cfg(feature = "testing")]
 pub mod testing;

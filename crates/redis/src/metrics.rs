@@ -125,6 +125,8 @@ pub struct RedisMetrics {
     pub control_unanswered: u64,
     /// Times the control channel's connection was lost and made again.
     pub control_reconnects: u64,
+    /// Publish requests the shared rate limiter refused (a wait, or more than the burst).
+    pub rate_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +174,7 @@ pub(crate) struct Counters {
     pub(crate) control_refused: AtomicU64,
     pub(crate) control_unanswered: AtomicU64,
     pub(crate) control_reconnects: AtomicU64,
+    pub(crate) rate_refused: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -245,6 +248,7 @@ impl Counters {
             control_refused: get(&self.control_refused),
             control_unanswered: get(&self.control_unanswered),
             control_reconnects: get(&self.control_reconnects),
+            rate_refused: get(&self.rate_refused),
         }
     }
 }

@@ -31,6 +31,8 @@ pub(crate) const PRESENCE: &str = concat!(
     include_str!("../lua/common.lua"),
     include_str!("../lua/presence.lua")
 );
+/// One publisher's publish rate (GCRA).
+pub(crate) const RATE: &str = include_str!("../lua/rate.lua");
 /// Finds the first acceptance of an `event_id` inside the dedupe window.
 pub(crate) const LOOKUP: &str = concat!(
     include_str!("../lua/common.lua"),

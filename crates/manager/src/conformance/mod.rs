@@ -55,6 +55,7 @@ mod brokers;
 mod cluster;
 mod leases;
 mod properties;
+mod rates;
 mod runs;
 mod support;
 
@@ -69,6 +70,7 @@ pub use brokers::{Fault, FaultyBroker, LatencyBroker, SeverableBroker};
 pub use cluster::*;
 pub use leases::*;
 pub use properties::*;
+pub use rates::*;
 pub use runs::*;
 
 /// The longest the suite waits for an expected delivery before it fails.

@@ -8,7 +8,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_manager::conformance::{self, InMemoryClusterHarness, InMemoryLeaseHarness};
+use agentwire_manager::conformance::{
+    self, InMemoryClusterHarness, InMemoryLeaseHarness, InMemoryRatesHarness,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentwire_manager::{
@@ -23,6 +25,11 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_memory_store_keeps_the_lease_contract() {
     conformance::run_lease_properties(&InMemoryLeaseHarness).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_limiter_keeps_the_rate_contract() {
+    conformance::run_rate_properties(&InMemoryRatesHarness).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! Connection leases on Redis: the lease contract (the conformance properties) on a
+//! Connection leases, the control channel and the publish rate limiter on Redis: the lease contract (the conformance properties) on a
 //! standalone Redis and on a 3-master cluster, and three managers — three nodes, each with
 //! its own broker — holding one user to the limit together.
 
@@ -7,10 +7,10 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentwire_manager::conformance::{self, ClusterHarness, LeaseHarness};
+use agentwire_manager::conformance::{self, ClusterHarness, LeaseHarness, RatesHarness};
 use agentwire_manager::{
     Cluster, ConnectError, ConnectOptions, ConnectionLeases, LimitPolicy, ManagerConfig, Outbound,
-    UnifiedWebSocketManager,
+    PublishRates, UnifiedWebSocketManager,
 };
 use agentwire_protocol::{CloseCode, EventId};
 use agentwire_redis::testing::{self, RedisCluster};
@@ -243,5 +243,44 @@ async fn redis_cluster_nodes_evict_list_and_disconnect_across_the_cluster() {
         "control-cluster",
     )));
     conformance::cluster_evictions_and_admin(&h).await;
+    drop(cluster);
+}
+
+/// Limiters on brokers of their own, one Redis.
+struct Rates(Leases);
+
+#[async_trait]
+impl RatesHarness for Rates {
+    async fn limiters(&self, nodes: usize) -> Vec<Arc<dyn PublishRates>> {
+        let h = self.0.fresh();
+        let mut out: Vec<Arc<dyn PublishRates>> = Vec::new();
+        for _ in 0..nodes {
+            out.push(Arc::new(h.connect(h.config()).await.rates()));
+        }
+        self.0.made.lock().expect("lock").push(h);
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keeps_the_rate_contract() {
+    let Some(url) = testing::require("rates on Redis", testing::shared_redis()) else {
+        return;
+    };
+    let h = Rates(Leases::new(RedisHarness::standalone(&url, "rates")));
+    conformance::run_rate_properties(&h).await;
+    h.0.clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_keeps_the_rate_contract() {
+    let Some(cluster) = testing::require("rates on a cluster", RedisCluster::start(3)) else {
+        return;
+    };
+    let h = Rates(Leases::new(RedisHarness::cluster(
+        cluster.urls(),
+        "rates-cluster",
+    )));
+    conformance::run_rate_properties(&h).await;
     drop(cluster);
 }
