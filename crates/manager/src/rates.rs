@@ -162,4 +162,33 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(take(&p, 20).await, RateDecision::Taken);
     }
+
+    /// Rate 10/s, burst 20 and batches of 100 would let 50 events/s through if a batch
+    /// cost only the burst: it is refused, costs nothing, and the rate holds.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_larger_than_the_burst_is_refused_and_costs_nothing() {
+        let rates = InMemoryRates::default();
+        let rate = PublishRate {
+            per_second: 10,
+            burst: 20,
+        };
+        let p = PublisherId::new("p").expect("id");
+        let over = RateDecision::OverBurst { burst: 20 };
+        assert_eq!(rates.take(&p, 100, rate).await.expect("mem"), over);
+        assert_eq!(
+            rates.take(&p, 20, rate).await.expect("mem"),
+            RateDecision::Taken
+        );
+        let mut passed = 0;
+        for _ in 0..60 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            if rates.take(&p, 100, rate).await.expect("mem") == RateDecision::Taken {
+                passed += 100;
+            }
+            if rates.take(&p, 10, rate).await.expect("mem") == RateDecision::Taken {
+                passed += 10;
+            }
+        }
+        assert_eq!(passed, 600, "10 events/s for 60 s");
+    }
 }

@@ -245,7 +245,7 @@ pub struct ServerConfig {
     /// Largest publish request body, in bytes; larger ones are refused with 413.
     pub max_request_bytes: usize,
 
-    /// Events per second each API key may publish (a token bucket); beyond it the
+    /// Events per second each API key may publish (GCRA, `PublishRates`); beyond it the
     /// publish API answers 429 with Retry-After. 0 turns the limit off.
     pub publish_rate: u32,
 

@@ -138,5 +138,10 @@ fn publish_api(c: &ServerConfig, metrics: PublishMetrics) -> PublishApi {
         publish_rate: c.publish_rate,
         publish_burst: c.publish_burst,
     };
-    PublishApi::new(limits, c.run_lifecycle == RunLifecycle::Enforce, metrics)
+    PublishApi::new(
+        limits,
+        c.run_lifecycle == RunLifecycle::Enforce,
+        Arc::new(agentwire_manager::InMemoryRates::default()),
+        metrics,
+    )
 }

@@ -237,7 +237,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_MAX_REQUEST_BYTES", default_value_t = d().max_request_bytes)]
     pub(crate) max_request_bytes: usize,
 
-    /// Events per second each API key may publish (a token bucket); beyond it the
+    /// Events per second each API key may publish (GCRA); beyond it the
     /// publish API answers 429 with Retry-After. 0 turns the limit off.
     #[arg(long, env = "AGENTWIRE_PUBLISH_RATE", default_value_t = d().publish_rate)]
     pub(crate) publish_rate: u32,
