@@ -30,28 +30,26 @@ pub(crate) fn secured() -> Command {
 }
 
 /// The binary as a node of the deployment under `prefix` on the Redis at `url`, on a free
-/// loopback port, with `extra` flags after the common ones (a later flag wins).
+/// loopback port, with `extra` flags (a flag in `extra` replaces the common one: the
+/// binary refuses a flag given twice).
 pub(crate) fn node_command(url: &str, prefix: &str, extra: &[&str]) -> Command {
     let mut cmd = secured();
-    cmd.args([
-        "--api-keys",
-        API_KEY,
-        "--broker",
-        "redis",
-        "--redis-url",
-        url,
-        "--redis-key-prefix",
-        prefix,
-        "--drain-delay",
-        "0s",
-        "--resume-wait",
-        "0s",
-        "--publish-rate",
-        "0",
-        "--redis-command-timeout",
-        "1s",
-    ])
-    .args(extra);
+    let common = [
+        ("--api-keys", API_KEY),
+        ("--broker", "redis"),
+        ("--redis-url", url),
+        ("--redis-key-prefix", prefix),
+        ("--drain-delay", "0s"),
+        ("--resume-wait", "0s"),
+        ("--publish-rate", "0"),
+        ("--redis-command-timeout", "1s"),
+    ];
+    for (flag, value) in common {
+        if !extra.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    cmd.args(extra);
     cmd
 }
 
