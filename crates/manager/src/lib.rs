@@ -59,8 +59,8 @@ pub use broker::{
 };
 pub use config::{HeartbeatPolicy, LimitPolicy, ManagerConfig, QueueLimits};
 pub use manager::{
-    ConnectError, ConnectOptions, Connection, ConnectionInfo, EmitError, ManagerStats, Outbound,
-    PreparedEvent, Resume, UnifiedWebSocketManager,
+    ConnectError, ConnectOptions, Connection, ConnectionInfo, EmitError, MAX_MERGED_DELTA_BYTES,
+    ManagerStats, Outbound, PreparedEvent, Resume, UnifiedWebSocketManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
 pub use runs::{
