@@ -22,7 +22,7 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rejection::Token(reason) => reason,
             Rejection::ForbiddenOrigin => "forbidden_origin",
@@ -175,7 +175,8 @@ impl WsMetrics {
     }
 }
 
-fn close_label(code: CloseCode) -> &'static str {
+/// The `code` label of a close code.
+pub(crate) fn close_label(code: CloseCode) -> &'static str {
     match code.code() {
         1000 => "1000",
         1001 => "1001",

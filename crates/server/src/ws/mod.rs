@@ -28,7 +28,7 @@ mod session;
 mod wire;
 mod writer;
 
-pub(crate) use metrics::WsMetrics;
+pub(crate) use metrics::{Rejection, WsMetrics, close_label};
 
 /// What the WebSocket endpoint needs: the manager, the verifier, its settings and
 /// metrics, and whether the server is draining.
