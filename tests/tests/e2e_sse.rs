@@ -300,3 +300,69 @@ async fn a_shutdown_ends_every_stream_with_1001_after_what_was_queued() {
     assert_eq!(c.closed().await, Some(1001));
     stopping.await.expect("the server stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stops_reading_is_cut_by_the_queue_bound_and_the_write_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.queue_max_frames = 4;
+        c.write_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut stalled = server.sse("alice", "", &[]).await;
+    established(&mut stalled).await;
+    let mut bystander = server.sse("bob", "", &[]).await;
+    established(&mut bystander).await;
+    // Far more than the socket's buffers hold: the stream's queue fills, the manager
+    // abandons it (1013), and the close event cannot be handed over either.
+    let big = "x".repeat(128 * 1024);
+    for _ in 0..200 {
+        let event = agentwire::protocol::Event::new(
+            None,
+            None,
+            agentwire::protocol::Custom {
+                name: "big".into(),
+                value: serde_json::json!(big),
+                extra: Default::default(),
+            },
+        );
+        server.emit("alice", event).await;
+        if server
+            .manager()
+            .connections_of(&agentwire_e2e::user("alice"))
+            .is_empty()
+        {
+            break;
+        }
+    }
+    server
+        .wait_until("the stalled stream is unregistered", WAIT, |s| {
+            s.manager()
+                .connections_of(&agentwire_e2e::user("alice"))
+                .is_empty()
+        })
+        .await;
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(&metrics, "agentwire_sse_closes_total{code=\"1013\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "agentwire_sse_write_timeouts_total").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    // The TCP connection is gone too: what the socket held is read, then it ends.
+    let mut read = 0usize;
+    while let Some(m) = stalled.next_within(WAIT).await {
+        assert_ne!(
+            m.event, "close",
+            "the close event could not have been written"
+        );
+        read += 1;
+    }
+    assert!(read < 200, "the whole backlog was delivered: {read}");
+    // Bob was not held up.
+    server.emit("bob", custom(1)).await;
+    assert_eq!(bystander.event().await.0.seq.get(), 1);
+    server.stop().await;
+}
