@@ -5,12 +5,14 @@ use agentwire_manager::Resume;
 use agentwire_protocol::{Epoch, Seq};
 
 /// The query string of a connection handshake: `token` (every one given: two that differ
-/// are refused), `last_seq`, `epoch`. Other parameters are ignored.
+/// are refused), `last_seq`, `epoch`, `format`. Other parameters are ignored.
 #[derive(Debug, Default)]
 pub(crate) struct HandshakeQuery {
     pub(crate) tokens: Vec<String>,
     pub(crate) last_seq: Option<String>,
     pub(crate) epoch: Option<String>,
+    /// `format`: `agentwire` (the default) or `ag-ui`.
+    pub(crate) format: Option<String>,
 }
 
 /// Decodes a handshake's query string.
@@ -26,6 +28,7 @@ pub(crate) fn parse_handshake_query(raw: Option<&str>) -> HandshakeQuery {
             }
             "last_seq" => &mut q.last_seq,
             "epoch" => &mut q.epoch,
+            "format" => &mut q.format,
             _ => continue,
         };
         *slot = Some(v.into_owned());

@@ -17,7 +17,7 @@ use super::writer::stream_events;
 use crate::auth::authenticate_handshake;
 use crate::http::door::ConnSlot;
 use crate::http::{ApiError, ErrorBody, ErrorCode, parse_handshake_query, resume_from_query};
-use crate::ws::Rejection;
+use crate::ws::{Format, Rejection};
 
 /// `Last-Event-ID`, which a browser's `EventSource` sends when it reconnects.
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -82,11 +82,12 @@ fn connect_refusal(e: &ConnectError) -> (&'static str, ApiError) {
         ("token" = Option<String>, Query, description = "The client token, when no `Authorization` header carries it (a browser's `EventSource` cannot set one)"),
         ("last_seq" = Option<u64>, Query, description = "Resume after this seq (with `epoch`); `Last-Event-ID` wins when both are given"),
         ("epoch" = Option<String>, Query, description = "The epoch of the stream being resumed"),
+        ("format" = Option<String>, Query, description = "`agentwire` (the default): each message's data is a frame of docs/protocol.md; `ag-ui`: each frame projected to AG-UI events, one per message, the frame's id on the last (docs/ag-ui.md)"),
         ("Last-Event-ID" = Option<String>, Header, description = "`<epoch>:<seq>`: the id of the last event received; a browser's `EventSource` sends it when it reconnects"),
     ),
     responses(
         (status = 200, description = "The user's frames as Server-Sent Events (`text/event-stream`): each frame of docs/protocol.md one `message` whose `data` is the frame's JSON and whose `id` is `<epoch>:<seq>` for events and `replay_gap`; heartbeat comments; a final `close` event (`{\"code\":…,\"reason\":…}`) when the server ends the stream"),
-        (status = 400, description = "A bad resume point (`Last-Event-ID` or `?last_seq=&epoch=`), token carriers that disagree, or a `?token=` over --jwt-max-bytes", body = ErrorBody),
+        (status = 400, description = "A bad resume point (`Last-Event-ID` or `?last_seq=&epoch=`) or `format`, token carriers that disagree, or a `?token=` over --jwt-max-bytes", body = ErrorBody),
         (status = 401, description = "No token, or an invalid or expired one", body = ErrorBody),
         (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = ErrorBody),
         (status = 429, description = "The user holds --max-connections-per-user connections (WebSocket and event streams together) and --per-user-policy is reject", body = ErrorBody),
@@ -148,6 +149,10 @@ pub(crate) async fn stream_handler(
         },
         Err(e) => return refuse(Rejection::BadRequest.as_str(), e),
     };
+    let format = match Format::from_query(query.format.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return refuse(Rejection::BadRequest.as_str(), e),
+    };
     let options = ConnectOptions {
         resume: resume.unwrap_or_default(),
     };
@@ -166,7 +171,7 @@ pub(crate) async fn stream_handler(
         // From now on the connection serves this stream: no HTTP timeout, no eviction.
         slot.upgraded();
     }
-    let body = stream_events(app.clone(), conn, verified.expires_at, slot);
+    let body = stream_events(app.clone(), conn, verified.expires_at, slot, format);
     (
         StatusCode::OK,
         [

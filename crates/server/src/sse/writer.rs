@@ -16,6 +16,7 @@ use super::SseState;
 use super::encode::{HEARTBEAT, close_data, push_message, retry_hint, stream_position};
 use crate::http::door::ConnSlot;
 use crate::http::timer::{MAX_TIMER, after, first_ping, instant_at_unix};
+use crate::ws::{Format, close_event, project};
 
 /// Chunks waiting between the writer and hyper: one, so that hyper's own buffer and the
 /// socket's are the only others, and a peer that stops reading stops the writer at once.
@@ -29,6 +30,7 @@ pub(super) fn stream_events(
     conn: Connection,
     expires_at: u64,
     slot: Option<ConnSlot>,
+    format: Format,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     tokio::spawn(async move {
@@ -37,6 +39,7 @@ pub(super) fn stream_events(
             conn: &conn,
             tx,
             slot,
+            format,
         };
         writer.run(expires_at).await;
         conn.disconnect();
@@ -65,6 +68,7 @@ struct Writer<'a> {
     conn: &'a Connection,
     tx: mpsc::Sender<Bytes>,
     slot: Option<ConnSlot>,
+    format: Format,
 }
 
 impl Writer<'_> {
@@ -119,11 +123,27 @@ impl Writer<'_> {
                 out = self.conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
                     Outbound::Frames => {
                         let mut chunk = BytesMut::new();
+                        let mut messages = 0;
                         for frame in &batch {
                             let id = stream_position(frame).map(|seq| (epoch.as_str(), seq));
-                            push_message(&mut chunk, None, id, frame);
+                            match self.format {
+                                Format::Agentwire => {
+                                    push_message(&mut chunk, None, id, frame);
+                                    messages += 1;
+                                }
+                                Format::AgUi => {
+                                    // The frame's id goes on its last event: a stream cut
+                                    // inside the group resumes with the whole group.
+                                    let events = project(frame);
+                                    let last = events.len().saturating_sub(1);
+                                    for (i, event) in events.iter().enumerate() {
+                                        let id = if i == last { id } else { None };
+                                        push_message(&mut chunk, None, id, event);
+                                    }
+                                    messages += events.len();
+                                }
+                            }
                         }
-                        let messages = batch.len();
                         batch.clear();
                         batch.shrink_to(1);
                         match self.hand_over(chunk.freeze(), true).await {
@@ -136,7 +156,16 @@ impl Writer<'_> {
                     Outbound::Close(code) => {
                         self.app.metrics.closed(code);
                         let mut chunk = BytesMut::new();
-                        push_message(&mut chunk, Some("close"), None, close_data(code).as_bytes());
+                        match self.format {
+                            Format::Agentwire => push_message(
+                                &mut chunk,
+                                Some("close"),
+                                None,
+                                close_data(code).as_bytes(),
+                            ),
+                            // AG-UI clients read every message's data as an event.
+                            Format::AgUi => push_message(&mut chunk, None, None, &close_event(code)),
+                        }
                         let _ = self.hand_over(chunk.freeze(), false).await;
                         return;
                     }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::WsState;
+use super::format::Format;
 use super::metrics::Rejection;
 use super::session::serve_socket;
 use super::wire::{UpgradeRejection, WsUpgrade};
@@ -23,10 +24,11 @@ use crate::http::{ApiError, ErrorBody, ErrorCode, parse_handshake_query, resume_
         ("token" = Option<String>, Query, description = "The client token, when no header or subprotocol carries it"),
         ("last_seq" = Option<u64>, Query, description = "Resume after this seq (with `epoch`)"),
         ("epoch" = Option<String>, Query, description = "The epoch of the stream being resumed"),
+        ("format" = Option<String>, Query, description = "`agentwire` (the default): the frames of docs/protocol.md; `ag-ui`: each frame projected to AG-UI events, one per text frame (docs/ag-ui.md)"),
     ),
     responses(
         (status = 101, description = "Upgraded to WebSocket (subprotocol agentwire.v1); frames as in docs/protocol.md"),
-        (status = 400, description = "Not a WebSocket handshake, a bad resume point, token carriers that disagree, or a `?token=` over --jwt-max-bytes", body = ErrorBody),
+        (status = 400, description = "Not a WebSocket handshake, a bad resume point or `format`, token carriers that disagree, or a `?token=` over --jwt-max-bytes", body = ErrorBody),
         (status = 401, description = "No token, or an invalid or expired one", body = ErrorBody),
         (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = ErrorBody),
         (status = 431, description = "A token over --jwt-max-bytes in a header", body = ErrorBody),
@@ -80,6 +82,10 @@ pub(crate) async fn ws_handler(
             );
         }
     };
+    let format = match Format::from_query(query.format.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return refuse(Rejection::BadRequest, e),
+    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => {
@@ -95,6 +101,6 @@ pub(crate) async fn ws_handler(
         .max_message_size(Some(s.max_message_size))
         .max_frame_size(Some(s.max_frame_size));
     upgrade.accept(SUBPROTOCOL, config, move |stream, sink| {
-        serve_socket(app, stream, sink, verified, resume)
+        serve_socket(app, stream, sink, verified, resume, format)
     })
 }

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, timeout};
 
 use super::WsState;
+use super::format::{Format, project_batch};
 use super::news::{NewsCell, ReaderEnd, Sink, Stream};
 use super::wire::OpCode;
 use crate::http::timer::{MAX_TIMER, after, first_ping, instant_at_unix};
@@ -52,7 +53,13 @@ enum WriteFailed {
     Socket,
 }
 
-pub(super) async fn write_loop(app: &WsState, conn: &Connection, sink: &mut Sink, news: &NewsCell) {
+pub(super) async fn write_loop(
+    app: &WsState,
+    conn: &Connection,
+    sink: &mut Sink,
+    news: &NewsCell,
+    format: Format,
+) {
     let settings = &app.ws;
     let heartbeat = app.manager.config().heartbeat;
     let leeway = app.auth.leeway().as_secs();
@@ -125,6 +132,9 @@ pub(super) async fn write_loop(app: &WsState, conn: &Connection, sink: &mut Sink
             }
             out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
                 Outbound::Frames => {
+                    if format == Format::AgUi {
+                        project_batch(&mut batch);
+                    }
                     if let Err(e) = write_batch(app, conn, sink, &mut batch).await {
                         if matches!(e, WriteFailed::TimedOut) {
                             app.metrics.write_timeout();

@@ -1,0 +1,323 @@
+//! The AG-UI projection: agentwire's server frames as events of the AG-UI protocol
+//! (`@ag-ui/core` 1.0), for agent UIs built on it. A pure mapping, frame by frame; the
+//! server applies it per connection when the client asks for `ag-ui`. docs/ag-ui.md holds
+//! the table.
+//!
+//! Each agentwire event maps to whole AG-UI sequences, so no AG-UI message or tool call
+//! stays open between two agentwire events: a stream resumed at any `seq` continues
+//! without a duplicate, a hole or a dangling start. Every projected event carries
+//! `timestamp` (the broker's `ts`) and `metadata.agentwire` (`seq`, `eventId`, and the
+//! `threadId`/`runId` of the event), so an AG-UI consumer can still dedupe by `seq` and
+//! tell the user's runs apart. Frames that are not events (`connection_established`,
+//! `replay_gap`, `error`, `pong`) and the end of a stream become `CUSTOM` events named
+//! `agentwire.<frame type>`.
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::{CloseCode, EventData, EventEnvelope, ServerFrame};
+
+/// The `name` prefix of the `CUSTOM` events that carry agentwire's own frames.
+pub const AGUI_CUSTOM_PREFIX: &str = "agentwire.";
+
+/// One AG-UI event, as it is serialized: `{"type":"RUN_STARTED",…,"timestamp":…,
+/// "metadata":{"agentwire":{…}}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgUiEvent {
+    /// The event's type and fields.
+    #[serde(flatten)]
+    pub body: AgUiBody,
+    /// Epoch milliseconds: the broker's `ts` of the agentwire event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<u64>,
+    /// `{"agentwire": {"seq", "eventId", "threadId"?, "runId"?, …}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+/// The AG-UI event types the projection produces, with their fields (camelCase on the
+/// wire, as AG-UI names them).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    rename_all_fields = "camelCase"
+)]
+#[non_exhaustive]
+#[allow(missing_docs)] // the fields are AG-UI's, documented in docs/ag-ui.md
+pub enum AgUiBody {
+    RunStarted {
+        thread_id: String,
+        run_id: String,
+    },
+    RunFinished {
+        thread_id: String,
+        run_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<Value>,
+    },
+    RunError {
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
+    ReasoningStart {
+        message_id: String,
+    },
+    ReasoningMessageStart {
+        message_id: String,
+        role: &'static str,
+    },
+    ReasoningMessageContent {
+        message_id: String,
+        delta: String,
+    },
+    ReasoningMessageEnd {
+        message_id: String,
+    },
+    ReasoningEnd {
+        message_id: String,
+    },
+    ToolCallStart {
+        tool_call_id: String,
+        tool_call_name: String,
+    },
+    ToolCallArgs {
+        tool_call_id: String,
+        delta: String,
+    },
+    ToolCallEnd {
+        tool_call_id: String,
+    },
+    ToolCallResult {
+        message_id: String,
+        tool_call_id: String,
+        content: String,
+        role: &'static str,
+    },
+    Custom {
+        name: String,
+        value: Value,
+    },
+}
+
+impl AgUiEvent {
+    /// Encodes the event as JSON text.
+    pub fn to_json(&self) -> String {
+        crate::to_json(self)
+    }
+}
+
+/// A `CUSTOM` event named `agentwire.<name>`, with no agentwire event behind it.
+fn custom(name: &str, value: Value) -> AgUiEvent {
+    AgUiEvent {
+        body: AgUiBody::Custom {
+            name: format!("{AGUI_CUSTOM_PREFIX}{name}"),
+            value,
+        },
+        timestamp: None,
+        metadata: None,
+    }
+}
+
+/// The AG-UI events of one server frame, in order.
+pub fn project_frame(frame: &ServerFrame) -> Vec<AgUiEvent> {
+    match frame {
+        ServerFrame::Event(e) => project_event(e),
+        other => {
+            let mut value = serde_json::to_value(other).unwrap_or(Value::Null);
+            if let Value::Object(obj) = &mut value {
+                obj.remove("type");
+            }
+            vec![custom(other.type_name(), value)]
+        }
+    }
+}
+
+/// The AG-UI event that ends a stream closed with `code`: `CUSTOM` named
+/// `agentwire.close`, whose value is `{"code", "reason"}`.
+pub fn project_close(code: CloseCode) -> AgUiEvent {
+    custom(
+        "close",
+        json!({"code": code.code(), "reason": code.reason()}),
+    )
+}
+
+/// The AG-UI events of one agentwire event, in order (docs/ag-ui.md has the table).
+pub fn project_event(e: &EventEnvelope) -> Vec<AgUiEvent> {
+    let event_id = e.event_id.as_str();
+    let run_id = e.event.run_id.as_ref().map(|r| r.as_str().to_owned());
+    let thread_id = e.event.thread_id.as_ref().map(|t| t.as_str().to_owned());
+    let mut meta = Map::new();
+    meta.insert("seq".into(), json!(e.seq.get()));
+    meta.insert("eventId".into(), json!(event_id));
+    if let Some(t) = &thread_id {
+        meta.insert("threadId".into(), json!(t));
+    }
+    if let Some(r) = &run_id {
+        meta.insert("runId".into(), json!(r));
+    }
+    // AG-UI requires both ids on a run's events; agentwire's thread is optional (and a
+    // run event without a run is refused at publish, but an embedder may emit one).
+    let run = || run_id.clone().unwrap_or_else(|| event_id.to_owned());
+    let thread = || thread_id.clone().unwrap_or_else(run);
+    let bodies = match &e.event.data {
+        EventData::AgentStarted(_) => vec![AgUiBody::RunStarted {
+            thread_id: thread(),
+            run_id: run(),
+        }],
+        EventData::AgentThinking(t) => {
+            if let Some(step) = t.step {
+                meta.insert("step".into(), json!(step));
+            }
+            let id = || event_id.to_owned();
+            let mut bodies = vec![
+                AgUiBody::ReasoningStart { message_id: id() },
+                AgUiBody::ReasoningMessageStart {
+                    message_id: id(),
+                    role: "reasoning",
+                },
+            ];
+            if !t.thought.is_empty() {
+                bodies.push(AgUiBody::ReasoningMessageContent {
+                    message_id: id(),
+                    delta: t.thought.clone(),
+                });
+            }
+            bodies.push(AgUiBody::ReasoningMessageEnd { message_id: id() });
+            bodies.push(AgUiBody::ReasoningEnd { message_id: id() });
+            bodies
+        }
+        EventData::ToolExecuting(t) => {
+            let id = || t.tool_call_id.clone();
+            let mut bodies = vec![AgUiBody::ToolCallStart {
+                tool_call_id: id(),
+                tool_call_name: t.tool_name.clone(),
+            }];
+            if !t.arguments.is_null() {
+                bodies.push(AgUiBody::ToolCallArgs {
+                    tool_call_id: id(),
+                    delta: crate::to_json(&t.arguments),
+                });
+            }
+            bodies.push(AgUiBody::ToolCallEnd { tool_call_id: id() });
+            bodies
+        }
+        EventData::ToolCompleted(t) => {
+            meta.insert("toolName".into(), json!(t.tool_name));
+            meta.insert("isError".into(), json!(t.is_error));
+            if let Some(ms) = t.duration_ms {
+                meta.insert("durationMs".into(), json!(ms));
+            }
+            let content = match &t.result {
+                Value::String(s) => s.clone(),
+                other => crate::to_json(other),
+            };
+            vec![AgUiBody::ToolCallResult {
+                message_id: event_id.to_owned(),
+                tool_call_id: t.tool_call_id.clone(),
+                content,
+                role: "tool",
+            }]
+        }
+        EventData::AgentCompleted(c) => {
+            if let Some(ms) = c.duration_ms {
+                meta.insert("durationMs".into(), json!(ms));
+            }
+            vec![AgUiBody::RunFinished {
+                thread_id: thread(),
+                run_id: run(),
+                result: (!c.result.is_null()).then(|| c.result.clone()),
+            }]
+        }
+        EventData::AgentError(err) => {
+            meta.insert("retryable".into(), json!(err.retryable));
+            vec![AgUiBody::RunError {
+                message: err.message.clone(),
+                code: err.code.clone(),
+            }]
+        }
+        EventData::Custom(c) => vec![AgUiBody::Custom {
+            name: c.name.clone(),
+            value: c.value.clone(),
+        }],
+    };
+    let metadata = json!({ "agentwire": meta });
+    bodies
+        .into_iter()
+        .map(|body| AgUiEvent {
+            body,
+            timestamp: Some(e.ts.as_millis()),
+            metadata: Some(metadata.clone()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(frame: &str) -> ServerFrame {
+        ServerFrame::decode(frame.as_bytes()).expect("a frame")
+    }
+
+    fn types(events: &[AgUiEvent]) -> Vec<Value> {
+        events
+            .iter()
+            .map(|e| serde_json::to_value(e).expect("json")["type"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_tool_call_opens_and_closes_in_one_event() {
+        let f = decode(
+            r#"{"type":"tool_executing","seq":3,"event_id":"e3","ts":5,"thread_id":"t1","run_id":"r1","data":{"tool_call_id":"tc1","tool_name":"search","arguments":{"q":"x"}}}"#,
+        );
+        let out = project_frame(&f);
+        assert_eq!(
+            types(&out),
+            [
+                json!("TOOL_CALL_START"),
+                json!("TOOL_CALL_ARGS"),
+                json!("TOOL_CALL_END")
+            ]
+        );
+        let args = serde_json::to_value(&out[1]).expect("json");
+        assert_eq!(args["toolCallId"], "tc1");
+        assert_eq!(args["delta"], r#"{"q":"x"}"#);
+        assert_eq!(args["timestamp"], 5);
+        assert_eq!(args["metadata"]["agentwire"]["seq"], 3);
+        assert_eq!(args["metadata"]["agentwire"]["runId"], "r1");
+    }
+
+    #[test]
+    fn run_ids_are_filled_when_the_event_lacks_them() {
+        let f = decode(
+            r#"{"type":"agent_started","seq":1,"event_id":"e1","ts":1,"run_id":"r1","data":{}}"#,
+        );
+        let v = serde_json::to_value(&project_frame(&f)[0]).expect("json");
+        assert_eq!(v["type"], "RUN_STARTED");
+        assert_eq!(
+            (v["threadId"].clone(), v["runId"].clone()),
+            (json!("r1"), json!("r1"))
+        );
+        let done = decode(
+            r#"{"type":"agent_completed","seq":2,"event_id":"e2","ts":1,"thread_id":"t","run_id":"r1","data":{"result":null}}"#,
+        );
+        let v = serde_json::to_value(&project_frame(&done)[0]).expect("json");
+        assert_eq!(v["type"], "RUN_FINISHED");
+        assert!(v.get("result").is_none(), "AG-UI refuses a null result");
+    }
+
+    #[test]
+    fn frames_that_are_not_events_are_custom_events() {
+        let gap = decode(r#"{"type":"replay_gap","from_seq":3,"to_seq":17}"#);
+        let v = serde_json::to_value(&project_frame(&gap)[0]).expect("json");
+        assert_eq!(v["type"], "CUSTOM");
+        assert_eq!(v["name"], "agentwire.replay_gap");
+        assert_eq!(v["value"], json!({"from_seq": 3, "to_seq": 17}));
+        let close = serde_json::to_value(project_close(CloseCode::Replaced)).expect("json");
+        assert_eq!(close["name"], "agentwire.close");
+        assert_eq!(close["value"]["code"], 4003);
+    }
+}
