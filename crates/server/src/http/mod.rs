@@ -21,7 +21,7 @@ pub(crate) use error::{
 };
 
 pub(crate) use origins::AllowedOrigins;
-pub(crate) use query::{parse_handshake_query, resume_from_query};
+pub(crate) use query::{HandshakeQuery, parse_handshake_query, resume_from_query};
 
 /// An `Authorization` header that is not `Bearer <credential>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use super::SseState;
 use super::encode::parse_event_id;
 use super::writer::stream_events;
-use crate::auth::authenticate_handshake;
 use crate::http::door::ConnSlot;
-use crate::http::{ApiError, ErrorBody, ErrorCode, parse_handshake_query, resume_from_query};
+use crate::http::{ApiError, ErrorBody, ErrorCode, resume_from_query};
+use crate::ws::handshake::admit;
 use crate::ws::{Format, Rejection};
 
 /// `Last-Event-ID`, which a browser's `EventSource` sends when it reconnects.
@@ -105,34 +105,9 @@ pub(crate) async fn stream_handler(
         error.into_response()
     };
     let shared = &app.conn;
-    if let Some(origin) = headers.get(header::ORIGIN)
-        && !shared.ws.allowed_origins.allows(origin)
-    {
-        return refuse(
-            Rejection::ForbiddenOrigin.as_str(),
-            ApiError::new(
-                ErrorCode::Forbidden,
-                "origin not allowed (--allowed-origins)",
-            ),
-        );
-    }
-    if shared.is_shutting_down() {
-        return refuse(
-            Rejection::ShuttingDown.as_str(),
-            ApiError::new(
-                ErrorCode::ShuttingDown,
-                "the server is shutting down; connect again",
-            )
-            .retry_after(1),
-        );
-    }
-    let query = parse_handshake_query(raw.as_deref());
-    let verified = match authenticate_handshake(&shared.auth, &headers, &query.tokens).await {
-        Ok(v) => v,
-        Err(refusal) => {
-            tracing::debug!(reason = %refusal.error, "event stream unauthorized");
-            return refuse(refusal.reason(), refusal.to_api_error());
-        }
+    let (verified, query) = match admit(shared, &headers, raw.as_deref()).await {
+        Ok(admitted) => admitted,
+        Err((why, error)) => return refuse(why.as_str(), error),
     };
     // The browser's own reconnect sends `Last-Event-ID` on the first URL, whose
     // `?last_seq=` is older: the header wins.

@@ -14,8 +14,49 @@ use super::format::Format;
 use super::metrics::Rejection;
 use super::session::serve_socket;
 use super::wire::{UpgradeRejection, WsUpgrade};
-use crate::auth::authenticate_handshake;
-use crate::http::{ApiError, ErrorBody, ErrorCode, parse_handshake_query, resume_from_query};
+use crate::auth::{Verified, authenticate_handshake};
+use crate::http::{
+    ApiError, ErrorBody, ErrorCode, HandshakeQuery, parse_handshake_query, resume_from_query,
+};
+
+/// What `/ws` and `/v1/stream` check first, in this order: the Origin, draining, the
+/// token. The verified token and the decoded query, or why the request is refused and the
+/// answer.
+pub(crate) async fn admit(
+    app: &WsState,
+    headers: &HeaderMap,
+    raw_query: Option<&str>,
+) -> Result<(Verified, HandshakeQuery), (Rejection, ApiError)> {
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !app.ws.allowed_origins.allows(origin)
+    {
+        return Err((
+            Rejection::ForbiddenOrigin,
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "origin not allowed (--allowed-origins)",
+            ),
+        ));
+    }
+    if app.is_shutting_down() {
+        return Err((
+            Rejection::ShuttingDown,
+            ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; connect again",
+            )
+            .retry_after(1),
+        ));
+    }
+    let query = parse_handshake_query(raw_query);
+    match authenticate_handshake(&app.auth, headers, &query.tokens).await {
+        Ok(verified) => Ok((verified, query)),
+        Err(refusal) => {
+            tracing::debug!(reason = %refusal.error, "handshake unauthorized");
+            Err((Rejection::Token(refusal.reason()), refusal.to_api_error()))
+        }
+    }
+}
 
 /// `GET /ws`.
 #[utoipa::path(get, path = "/ws", tag = "connect",
@@ -44,34 +85,9 @@ pub(crate) async fn ws_handler(
         app.metrics.rejected(why);
         error.into_response()
     };
-    if let Some(origin) = headers.get(header::ORIGIN)
-        && !app.ws.allowed_origins.allows(origin)
-    {
-        return refuse(
-            Rejection::ForbiddenOrigin,
-            ApiError::new(
-                ErrorCode::Forbidden,
-                "origin not allowed (--allowed-origins)",
-            ),
-        );
-    }
-    if app.is_shutting_down() {
-        return refuse(
-            Rejection::ShuttingDown,
-            ApiError::new(
-                ErrorCode::ShuttingDown,
-                "the server is shutting down; connect again",
-            )
-            .retry_after(1),
-        );
-    }
-    let query = parse_handshake_query(raw.as_deref());
-    let verified = match authenticate_handshake(&app.auth, &headers, &query.tokens).await {
-        Ok(v) => v,
-        Err(refusal) => {
-            tracing::debug!(reason = %refusal.error, "ws handshake unauthorized");
-            return refuse(Rejection::Token(refusal.reason()), refusal.to_api_error());
-        }
+    let (verified, query) = match admit(&app, &headers, raw.as_deref()).await {
+        Ok(admitted) => admitted,
+        Err((why, error)) => return refuse(why, error),
     };
     let resume = match resume_from_query(&query) {
         Ok(r) => r,
