@@ -10,6 +10,7 @@
 // Run by tests/tests/e2e_agui.rs, which starts the server and mints the tokens.
 
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
 import { test } from "node:test";
 import { EventSchema } from "@ag-ui/core/schemas";
 
@@ -19,6 +20,22 @@ const TOKENS = JSON.parse(process.env.AGENTWIRE_TOKENS || "{}");
 const WAIT = 10_000;
 
 const skip = !BASE || !API_KEY ? "AGENTWIRE_HTTP and AGENTWIRE_API_KEY are not set" : false;
+
+/** The projection's golden files (crates/protocol/tests/golden-ag-ui). */
+const GOLDEN = new URL("../../crates/protocol/tests/golden-ag-ui/", import.meta.url);
+
+test("every event of the projection's golden files parses with @ag-ui/core", () => {
+  const files = readdirSync(GOLDEN).filter((f) => f.endsWith(".json"));
+  assert.ok(files.length >= 12, `golden files: ${files}`);
+  for (const file of files) {
+    const events = JSON.parse(readFileSync(new URL(file, GOLDEN), "utf8"));
+    assert.ok(Array.isArray(events) && events.length > 0, file);
+    for (const e of events) {
+      const parsed = EventSchema.safeParse(e);
+      assert.ok(parsed.success, `${file}: not a valid AG-UI event: ${JSON.stringify(e)}\n${parsed.error}`);
+    }
+  }
+});
 
 /** Publishes agentwire events for `user` through the publish API. */
 async function publish(user, events) {
