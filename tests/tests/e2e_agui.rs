@@ -117,3 +117,21 @@ async fn a_websocket_asks_for_ag_ui_with_the_format_query() {
     assert!(body.contains("\"field\":\"format\""), "{body}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_asks_for_ag_ui_with_its_subprotocol() {
+    let server = TestServer::start().await;
+    let mut req = server.request(&server.token("alice"), "");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        agentwire::protocol::AGUI_SUBPROTOCOL
+            .parse()
+            .expect("a header value"),
+    );
+    let mut c = server.try_connect(req).await.expect("connects");
+    let hello = next(&mut c).await;
+    assert_eq!(hello["name"], "agentwire.connection_established");
+    server.emit("alice", agent_started("r1")).await;
+    assert_eq!(next(&mut c).await["type"], "RUN_STARTED");
+    server.stop().await;
+}

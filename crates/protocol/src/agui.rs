@@ -17,6 +17,10 @@ use serde_json::{Map, Value, json};
 
 use crate::{CloseCode, EventData, EventEnvelope, ServerFrame};
 
+/// The WebSocket subprotocol that asks `/ws` for AG-UI events (the same as `?format=ag-ui`);
+/// the server answers with it.
+pub const AGUI_SUBPROTOCOL: &str = "agentwire.ag-ui.v1";
+
 /// The `name` prefix of the `CUSTOM` events that carry agentwire's own frames.
 pub const AGUI_CUSTOM_PREFIX: &str = "agentwire.";
 

@@ -31,7 +31,8 @@ mod publish;
 mod run;
 
 pub use agui::{
-    AGUI_CUSTOM_PREFIX, AgUiBody, AgUiEvent, project_close, project_event, project_frame,
+    AGUI_CUSTOM_PREFIX, AGUI_SUBPROTOCOL, AgUiBody, AgUiEvent, project_close, project_event,
+    project_frame,
 };
 pub use close::{ClientAction, CloseCode};
 pub use codec::{

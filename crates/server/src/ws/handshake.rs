@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentwire_protocol::SUBPROTOCOL;
+use agentwire_protocol::{AGUI_SUBPROTOCOL, SUBPROTOCOL};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -68,7 +68,7 @@ pub(crate) async fn admit(
         ("format" = Option<String>, Query, description = "`agentwire` (the default): the frames of docs/protocol.md; `ag-ui`: each frame projected to AG-UI events, one per text frame (docs/ag-ui.md)"),
     ),
     responses(
-        (status = 101, description = "Upgraded to WebSocket (subprotocol agentwire.v1); frames as in docs/protocol.md"),
+        (status = 101, description = "Upgraded to WebSocket (subprotocol agentwire.v1); frames as in docs/protocol.md. A client offering the subprotocol agentwire.ag-ui.v1 gets it, and AG-UI events (docs/ag-ui.md)"),
         (status = 400, description = "Not a WebSocket handshake, a bad resume point or `format`, token carriers that disagree, or a `?token=` over --jwt-max-bytes", body = ErrorBody),
         (status = 401, description = "No token, or an invalid or expired one", body = ErrorBody),
         (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = ErrorBody),
@@ -116,7 +116,13 @@ pub(crate) async fn ws_handler(
         .read_buffer_size(s.read_buffer_size)
         .max_message_size(Some(s.max_message_size))
         .max_frame_size(Some(s.max_frame_size));
-    upgrade.accept(SUBPROTOCOL, config, move |stream, sink| {
+    // The AG-UI subprotocol asks for AG-UI as `?format=ag-ui` does, and is answered.
+    let (format, protocol) = if upgrade.offers(AGUI_SUBPROTOCOL) {
+        (Format::AgUi, AGUI_SUBPROTOCOL)
+    } else {
+        (format, SUBPROTOCOL)
+    };
+    upgrade.accept(protocol, config, move |stream, sink| {
         serve_socket(app, stream, sink, verified, resume, format)
     })
 }
