@@ -99,6 +99,17 @@ pub enum AgUiBody {
         content: String,
         role: &'static str,
     },
+    TextMessageStart {
+        message_id: String,
+        role: &'static str,
+    },
+    TextMessageContent {
+        message_id: String,
+        delta: String,
+    },
+    TextMessageEnd {
+        message_id: String,
+    },
     Custom {
         name: String,
         value: Value,
@@ -124,18 +135,104 @@ fn custom(name: &str, value: Value) -> AgUiEvent {
     }
 }
 
-/// The AG-UI events of one server frame, in order.
-pub fn project_frame(frame: &ServerFrame) -> Vec<AgUiEvent> {
-    match frame {
-        ServerFrame::Event(e) => project_event(e),
-        other => {
-            let mut value = serde_json::to_value(other).unwrap_or(Value::Null);
-            if let Value::Object(obj) = &mut value {
-                obj.remove("type");
+/// Streamed messages one projection keeps open at most; beyond it the oldest is forgotten
+/// (its next delta opens it again with `TEXT_MESSAGE_START`).
+pub const AGUI_MAX_OPEN_MESSAGES: usize = 256;
+
+/// The AG-UI projection of one connection's frames. Most of the mapping is a pure function
+/// of each frame; the state is the streamed messages this connection opened
+/// (`TEXT_MESSAGE_START` sent, no `TEXT_MESSAGE_END` yet), so that a message is opened
+/// before its first content on this connection and closed before its run's end.
+#[derive(Debug, Clone, Default)]
+pub struct AgUiProjection {
+    /// `(run_id, message_id)` of the open messages, oldest first.
+    open: std::collections::VecDeque<(String, String)>,
+    forgotten: u64,
+}
+
+impl AgUiProjection {
+    /// A projection with nothing open: a new connection's.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The AG-UI events of one server frame, in order.
+    pub fn project(&mut self, frame: &ServerFrame) -> Vec<AgUiEvent> {
+        match frame {
+            ServerFrame::Event(e) => self.project_event(e),
+            other => {
+                let mut value = serde_json::to_value(other).unwrap_or(Value::Null);
+                if let Value::Object(obj) = &mut value {
+                    obj.remove("type");
+                }
+                vec![custom(other.type_name(), value)]
             }
-            vec![custom(other.type_name(), value)]
         }
     }
+
+    /// Open messages forgotten at [`AGUI_MAX_OPEN_MESSAGES`] so far.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// The AG-UI events of one agentwire event, in order (docs/ag-ui.md has the table).
+    pub fn project_event(&mut self, e: &EventEnvelope) -> Vec<AgUiEvent> {
+        let Projected { mut bodies, meta } = project_stateless(e);
+        let run = e.event.run_id.as_ref().map(|r| r.as_str());
+        if matches!(
+            e.event.data,
+            EventData::AgentCompleted(_) | EventData::AgentError(_)
+        ) && let Some(run) = run
+        {
+            // A run's end closes what it left open (docs/protocol.md §7).
+            let mut ends = self.close_run(run);
+            ends.append(&mut bodies);
+            bodies = ends;
+        }
+        let metadata = json!({ "agentwire": meta });
+        bodies
+            .into_iter()
+            .map(|body| AgUiEvent {
+                body,
+                timestamp: Some(e.ts.as_millis()),
+                metadata: Some(metadata.clone()),
+            })
+            .collect()
+    }
+
+    /// `TEXT_MESSAGE_END` of every message of `run` still open, forgetting them.
+    fn close_run(&mut self, run: &str) -> Vec<AgUiBody> {
+        let mut ends = Vec::new();
+        self.open.retain(|(r, m)| {
+            if r == run {
+                ends.push(AgUiBody::TextMessageEnd {
+                    message_id: text_message_id(r, m),
+                });
+                false
+            } else {
+                true
+            }
+        });
+        ends
+    }
+}
+
+/// The AG-UI `messageId` of streamed message `message` of run `run`: message ids name a
+/// message within its run, and AG-UI's within the whole stream.
+fn text_message_id(run: &str, message: &str) -> String {
+    format!("{run}:{message}")
+}
+
+/// The AG-UI events of one server frame, with nothing open before it (a projection of its
+/// own): what a connection that receives only this frame gets.
+pub fn project_frame(frame: &ServerFrame) -> Vec<AgUiEvent> {
+    AgUiProjection::new().project(frame)
+}
+
+/// What [`project_stateless`] makes of one event: the bodies and the `metadata.agentwire`.
+struct Projected {
+    bodies: Vec<AgUiBody>,
+    meta: Map<String, Value>,
 }
 
 /// The AG-UI event that ends a stream closed with `code`: `CUSTOM` named
@@ -147,8 +244,8 @@ pub fn project_close(code: CloseCode) -> AgUiEvent {
     )
 }
 
-/// The AG-UI events of one agentwire event, in order (docs/ag-ui.md has the table).
-pub fn project_event(e: &EventEnvelope) -> Vec<AgUiEvent> {
+/// The part of the mapping that needs no state: every event type but the streamed text.
+fn project_stateless(e: &EventEnvelope) -> Projected {
     let event_id = e.event_id.as_str();
     let run_id = e.event.run_id.as_ref().map(|r| r.as_str().to_owned());
     let thread_id = e.event.thread_id.as_ref().map(|t| t.as_str().to_owned());
@@ -246,15 +343,7 @@ pub fn project_event(e: &EventEnvelope) -> Vec<AgUiEvent> {
             value: c.value.clone(),
         }],
     };
-    let metadata = json!({ "agentwire": meta });
-    bodies
-        .into_iter()
-        .map(|body| AgUiEvent {
-            body,
-            timestamp: Some(e.ts.as_millis()),
-            metadata: Some(metadata.clone()),
-        })
-        .collect()
+    Projected { bodies, meta }
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ mod publish;
 mod run;
 
 pub use agui::{
-    AGUI_CUSTOM_PREFIX, AGUI_SUBPROTOCOL, AgUiBody, AgUiEvent, project_close, project_event,
-    project_frame,
+    AGUI_CUSTOM_PREFIX, AGUI_MAX_OPEN_MESSAGES, AGUI_SUBPROTOCOL, AgUiBody, AgUiEvent,
+    AgUiProjection, project_close, project_frame,
 };
 pub use close::{ClientAction, CloseCode};
 pub use codec::{

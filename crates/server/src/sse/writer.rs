@@ -16,7 +16,7 @@ use super::SseState;
 use super::encode::{HEARTBEAT, close_data, push_message, retry_hint, stream_position};
 use crate::http::door::ConnSlot;
 use crate::http::timer::{MAX_TIMER, after, first_ping, instant_at_unix};
-use crate::ws::{Format, close_event, project};
+use crate::ws::{Format, Projector, close_event};
 
 /// Chunks waiting between the writer and hyper: one, so that hyper's own buffer and the
 /// socket's are the only others, and a peer that stops reading stops the writer at once.
@@ -92,6 +92,7 @@ impl Writer<'_> {
             .map(|e| e.as_str().to_owned())
             .unwrap_or_default();
         let mut batch: Vec<Bytes> = Vec::new();
+        let mut projector = Projector::for_format(self.format);
         if self.hand_over(retry_hint(), false).await.is_err() {
             return;
         }
@@ -126,15 +127,15 @@ impl Writer<'_> {
                         let mut messages = 0;
                         for frame in &batch {
                             let id = stream_position(frame).map(|seq| (epoch.as_str(), seq));
-                            match self.format {
-                                Format::Agentwire => {
+                            match projector.as_mut() {
+                                None => {
                                     push_message(&mut chunk, None, id, frame);
                                     messages += 1;
                                 }
-                                Format::AgUi => {
+                                Some(projector) => {
                                     // The frame's id goes on its last event: a stream cut
                                     // inside the group resumes with the whole group.
-                                    let events = project(frame);
+                                    let events = projector.project(frame, &self.app.conn.metrics);
                                     let last = events.len().saturating_sub(1);
                                     for (i, event) in events.iter().enumerate() {
                                         let id = if i == last { id } else { None };

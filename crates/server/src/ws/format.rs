@@ -3,9 +3,10 @@
 //! AG-UI projection (`ag-ui`, docs/ag-ui.md), made by the connection's writer from the
 //! shared frames of its queue.
 
-use agentwire_protocol::{CloseCode, ServerFrame, project_close, project_frame};
+use agentwire_protocol::{AgUiProjection, CloseCode, ServerFrame, project_close};
 use bytes::Bytes;
 
+use super::metrics::WsMetrics;
 use crate::http::{ApiError, ErrorCode};
 
 /// The frames a connection receives.
@@ -31,26 +32,49 @@ impl Format {
     }
 }
 
-/// The AG-UI events of one queued frame, each as JSON. A frame that does not decode (none
-/// should: the manager wrote it) is passed through as it is.
-pub(crate) fn project(frame: &Bytes) -> Vec<Bytes> {
-    match ServerFrame::decode(frame) {
-        Ok(f) => project_frame(&f)
-            .into_iter()
-            .map(|e| Bytes::from(e.to_json()))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "a queued frame did not decode; sent unprojected");
-            vec![frame.clone()]
-        }
-    }
+/// One connection's AG-UI projection (the streamed messages it opened), counting the open
+/// messages it forgets at `AGUI_MAX_OPEN_MESSAGES`.
+#[derive(Debug, Default)]
+pub(crate) struct Projector {
+    projection: AgUiProjection,
+    forgotten: u64,
 }
 
-/// Replaces every frame of `batch` by its AG-UI events.
-pub(crate) fn project_batch(batch: &mut Vec<Bytes>) {
-    let frames = std::mem::take(batch);
-    for frame in &frames {
-        batch.extend(project(frame));
+impl Projector {
+    /// The projector of a connection in `format`; `None` for agentwire's own frames.
+    pub(crate) fn for_format(format: Format) -> Option<Projector> {
+        (format == Format::AgUi).then(Projector::default)
+    }
+
+    /// The AG-UI events of one queued frame, each as JSON. A frame that does not decode
+    /// (none should: the manager wrote it) is passed through as it is.
+    pub(crate) fn project(&mut self, frame: &Bytes, metrics: &WsMetrics) -> Vec<Bytes> {
+        let out = match ServerFrame::decode(frame) {
+            Ok(f) => self
+                .projection
+                .project(&f)
+                .into_iter()
+                .map(|e| Bytes::from(e.to_json()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "a queued frame did not decode; sent unprojected");
+                vec![frame.clone()]
+            }
+        };
+        let forgotten = self.projection.forgotten();
+        if forgotten > self.forgotten {
+            metrics.agui_messages_forgotten(forgotten - self.forgotten);
+            self.forgotten = forgotten;
+        }
+        out
+    }
+
+    /// Replaces every frame of `batch` by its AG-UI events.
+    pub(crate) fn project_batch(&mut self, batch: &mut Vec<Bytes>, metrics: &WsMetrics) {
+        let frames = std::mem::take(batch);
+        for frame in &frames {
+            batch.extend(self.project(frame, metrics));
+        }
     }
 }
 

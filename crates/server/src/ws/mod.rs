@@ -30,7 +30,7 @@ mod session;
 mod wire;
 mod writer;
 
-pub(crate) use format::{Format, close_event, project};
+pub(crate) use format::{Format, Projector, close_event};
 pub(crate) use metrics::{Rejection, WsMetrics, close_label};
 
 /// What the WebSocket endpoint needs: the manager, the verifier, its settings and

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, timeout};
 
 use super::WsState;
-use super::format::{Format, project_batch};
+use super::format::{Format, Projector};
 use super::news::{NewsCell, ReaderEnd, Sink, Stream};
 use super::wire::OpCode;
 use crate::http::timer::{MAX_TIMER, after, first_ping, instant_at_unix};
@@ -76,6 +76,7 @@ pub(super) async fn write_loop(
     tokio::pin!(timer);
     let mut seen = 0u64;
     let mut reader_end = None;
+    let mut projector = Projector::for_format(format);
 
     // Biased, the queue last: what the peer said (its close, a ping to answer, a new
     // token) and the timer (heartbeat pings, the token's expiry) are served between any
@@ -132,8 +133,8 @@ pub(super) async fn write_loop(
             }
             out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
                 Outbound::Frames => {
-                    if format == Format::AgUi {
-                        project_batch(&mut batch);
+                    if let Some(projector) = projector.as_mut() {
+                        projector.project_batch(&mut batch, &app.metrics);
                     }
                     if let Err(e) = write_batch(app, conn, sink, &mut batch).await {
                         if matches!(e, WriteFailed::TimedOut) {
