@@ -118,7 +118,7 @@ impl TestServer {
     pub async fn start_with(change: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let mut config = test_config();
         change(&mut config);
-        let manager = build_manager(&config).expect("test manager");
+        let manager = build_manager(&config).await.expect("test manager");
         let server = Server::bind_with(config, manager)
             .await
             .expect("test server binds");

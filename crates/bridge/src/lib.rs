@@ -5,8 +5,9 @@
 //! [`AgentHooks`] interface the runtime reports through (run started, thinking, tool
 //! start/end, run finished/failed), which the bridge turns into `agent_started`,
 //! `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed` and
-//! `agent_error`; the tool wrapper [`AgentWebSocketBridge::run_tool`]; the [`AgentRun`]
-//! handle; and [`simulated_run`], a canned run for demos and examples.
+//! `agent_error`; the tool wrapper [`AgentWebSocketBridge::run_tool`]; the streaming
+//! helper [`AgentWebSocketBridge::stream_message`], which turns any `Stream` of text into
+//! `message_delta` and `message_completed`; the [`AgentRun`] handle; and [`simulated_run`], a canned run for demos and examples.
 //!
 //! What it is not: an agent runtime. It only reports what a runtime does, through the
 //! emitter pool beneath it.
@@ -37,6 +38,7 @@ mod bridge;
 mod demo;
 mod hooks;
 mod run;
+mod stream;
 mod tool;
 
 pub use agentwire_emitter::{EmitterError, RunContext, TooManyRuns};
@@ -47,4 +49,5 @@ pub use demo::{
 };
 pub use hooks::{AgentHooks, RunFailure, ToolCall, ToolOutcome};
 pub use run::{AgentRun, RUN_DROPPED, RUN_PANICKED};
+pub use stream::StreamedMessage;
 pub use tool::ToolError;

@@ -42,19 +42,26 @@ pub enum EventType {
     AgentCompleted,
     /// The run failed. Like `agent_completed`, it ends the run.
     AgentError,
+    /// A piece of an assistant message streamed as it is written; the first piece of a
+    /// `message_id` opens the message.
+    MessageDelta,
+    /// A streamed message is complete; it closes the message.
+    MessageCompleted,
     /// An application-defined event outside the run lifecycle.
     Custom,
 }
 
 impl EventType {
     /// Every event type, critical events first.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 9] = [
         EventType::AgentStarted,
         EventType::AgentThinking,
         EventType::ToolExecuting,
         EventType::ToolCompleted,
         EventType::AgentCompleted,
         EventType::AgentError,
+        EventType::MessageDelta,
+        EventType::MessageCompleted,
         EventType::Custom,
     ];
 
@@ -67,6 +74,8 @@ impl EventType {
             EventType::ToolCompleted => "tool_completed",
             EventType::AgentCompleted => "agent_completed",
             EventType::AgentError => "agent_error",
+            EventType::MessageDelta => "message_delta",
+            EventType::MessageCompleted => "message_completed",
             EventType::Custom => "custom",
         }
     }
@@ -198,6 +207,33 @@ pub struct AgentError {
     pub extra: Extra,
 }
 
+/// `data` of `message_delta`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MessageDelta {
+    /// The message this piece belongs to, within its run; `message_completed` names it
+    /// again.
+    pub message_id: String,
+    /// The text that follows the message's earlier pieces.
+    pub delta: String,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `data` of `message_completed`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MessageCompleted {
+    /// The message this completes; it must be open in its run.
+    pub message_id: String,
+    /// The whole text, when the publisher sends it again (a client that missed pieces
+    /// can show it as is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// `data` of `custom`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Custom {
@@ -221,6 +257,8 @@ pub enum EventData {
     ToolCompleted(ToolCompleted),
     AgentCompleted(AgentCompleted),
     AgentError(AgentError),
+    MessageDelta(MessageDelta),
+    MessageCompleted(MessageCompleted),
     Custom(Custom),
 }
 
@@ -234,6 +272,8 @@ impl EventData {
             EventData::ToolCompleted(_) => EventType::ToolCompleted,
             EventData::AgentCompleted(_) => EventType::AgentCompleted,
             EventData::AgentError(_) => EventType::AgentError,
+            EventData::MessageDelta(_) => EventType::MessageDelta,
+            EventData::MessageCompleted(_) => EventType::MessageCompleted,
             EventData::Custom(_) => EventType::Custom,
         }
     }
@@ -251,6 +291,10 @@ impl EventData {
             EventType::ToolCompleted => EventData::ToolCompleted(from_value_at("data", data)?),
             EventType::AgentCompleted => EventData::AgentCompleted(from_value_at("data", data)?),
             EventType::AgentError => EventData::AgentError(from_value_at("data", data)?),
+            EventType::MessageDelta => EventData::MessageDelta(from_value_at("data", data)?),
+            EventType::MessageCompleted => {
+                EventData::MessageCompleted(from_value_at("data", data)?)
+            }
             EventType::Custom => EventData::Custom(from_value_at("data", data)?),
         })
     }
@@ -265,6 +309,8 @@ impl Serialize for EventData {
             EventData::ToolCompleted(d) => d.serialize(s),
             EventData::AgentCompleted(d) => d.serialize(s),
             EventData::AgentError(d) => d.serialize(s),
+            EventData::MessageDelta(d) => d.serialize(s),
+            EventData::MessageCompleted(d) => d.serialize(s),
             EventData::Custom(d) => d.serialize(s),
         }
     }
@@ -286,6 +332,8 @@ from_payload!(
     ToolCompleted,
     AgentCompleted,
     AgentError,
+    MessageDelta,
+    MessageCompleted,
     Custom
 );
 
@@ -319,11 +367,12 @@ impl Event {
         self.data.event_type()
     }
 
-    /// Checks what the types cannot: a run event names its run, and a tool call id keeps
-    /// the identifier rule (1–256 bytes, no control characters).
+    /// Checks what the types cannot: a run event names its run, and a tool call id or a
+    /// message id keeps the identifier rule (1–256 bytes, no control characters).
     ///
     /// # Errors
-    /// [`crate::DecodeError::Invalid`] naming `run_id`.
+    /// [`crate::DecodeError::Invalid`] naming `run_id`, `data.tool_call_id` or
+    /// `data.message_id`.
     pub fn validate(&self) -> Result<(), crate::DecodeError> {
         if self.event_type().is_run_event() && self.run_id.is_none() {
             return Err(crate::DecodeError::Invalid {
@@ -331,15 +380,18 @@ impl Event {
                 reason: format!("is required for `{}` events", self.event_type()),
             });
         }
-        // A run remembers its open tool calls, so their ids are bounded like every id.
-        let tool_call_id = match &self.data {
-            EventData::ToolExecuting(t) => Some(&t.tool_call_id),
-            EventData::ToolCompleted(t) => Some(&t.tool_call_id),
+        // A run remembers its open tool calls and messages, so their ids are bounded like
+        // every id.
+        let named = match &self.data {
+            EventData::ToolExecuting(t) => Some(("data.tool_call_id", &t.tool_call_id)),
+            EventData::ToolCompleted(t) => Some(("data.tool_call_id", &t.tool_call_id)),
+            EventData::MessageDelta(m) => Some(("data.message_id", &m.message_id)),
+            EventData::MessageCompleted(m) => Some(("data.message_id", &m.message_id)),
             _ => None,
         };
-        if let Some(id) = tool_call_id {
+        if let Some((field, id)) = named {
             crate::ids::validate_id(id).map_err(|e| crate::DecodeError::Invalid {
-                field: "data.tool_call_id".into(),
+                field: field.into(),
                 reason: e.to_string(),
             })?;
         }

@@ -41,7 +41,8 @@ pub use codec::{
 };
 pub use event::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, CRITICAL_EVENTS, Custom, Event,
-    EventData, EventEnvelope, EventType, Extra, ToolCompleted, ToolExecuting, UnknownEventType,
+    EventData, EventEnvelope, EventType, Extra, MessageCompleted, MessageDelta, ToolCompleted,
+    ToolExecuting, UnknownEventType,
 };
 pub use frame::{
     ClientFrame, ConnectionEstablished, ErrorCode, ErrorFrame, ReplayGap, ServerFrame,
@@ -51,7 +52,9 @@ pub use ids::{
     validate_id,
 };
 pub use publish::{PublishAccepted, PublishBody, PublishRequest, PublishResponse};
-pub use run::{MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunStep, RunViolation};
+pub use run::{
+    MAX_OPEN_MESSAGES, MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunStep, RunViolation,
+};
 
 /// The protocol version this crate implements; also the WebSocket subprotocol name's
 /// suffix (`agentwire.v1`).

@@ -172,6 +172,34 @@ fn expected() -> Vec<(&'static str, Golden)> {
             )),
         ),
         (
+            "message_delta",
+            Golden::Server(envelope(
+                50,
+                "0193a1f2-7c54-7b3a-9d2e-1f0c5a6b7c8d",
+                1764104400490,
+                Some("r4"),
+                MessageDelta {
+                    message_id: "m1".into(),
+                    delta: "Three flights ".into(),
+                    extra: Extra::new(),
+                },
+            )),
+        ),
+        (
+            "message_completed",
+            Golden::Server(envelope(
+                52,
+                "0193a1f2-7c56-7b3a-9d2e-1f0c5a6b7c8d",
+                1764104400510,
+                Some("r4"),
+                MessageCompleted {
+                    message_id: "m1".into(),
+                    text: Some("Three flights found.".into()),
+                    extra: Extra::new(),
+                },
+            )),
+        ),
+        (
             "custom",
             Golden::Server(envelope(
                 49,

@@ -11,7 +11,9 @@ use agentwire_manager::{
     Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, RunLimit, RunStats,
     StoredEvent, Subscriber, TOOL_CALL_OVERHEAD_BYTES,
 };
-use agentwire_protocol::{Epoch, EventId, MAX_OPEN_TOOL_CALLS, Seq, Timestamp, UserId};
+use agentwire_protocol::{
+    Epoch, EventId, MAX_OPEN_MESSAGES, MAX_OPEN_TOOL_CALLS, Seq, Timestamp, UserId,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
@@ -265,7 +267,8 @@ impl RedisBroker {
                 .arg(millis(config.run_limits.ttl))
                 .arg(TOOL_CALL_OVERHEAD_BYTES)
                 .arg(MAX_OPEN_TOOL_CALLS)
-                .arg(runs.slots.len());
+                .arg(runs.slots.len())
+                .arg(MAX_OPEN_MESSAGES);
             for slot in &runs.slots {
                 let (token, refusal) = match (&slot.reserved, slot.refusal) {
                     (_, Some(limit)) => ("", limit.name()),

@@ -31,6 +31,15 @@ pub enum ConfigError {
         /// The rule it breaks.
         reason: &'static str,
     },
+    /// A Redis address that does not parse (`redis://host:port[/db]`, or `unix://` for a
+    /// standalone Redis). The URL is shown with its password hidden.
+    #[error("invalid Redis URL {url:?}: {reason}")]
+    Url {
+        /// The rejected URL, its password replaced by `***`.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// A bound is zero or out of its range.
     #[error("invalid {name}: {reason}")]
     Bound {
@@ -276,6 +285,18 @@ impl RedisConfigBuilder {
         {
             return Err(ConfigError::NoClusterNodes);
         }
+        let urls: &[String] = match &c.target {
+            RedisTarget::Standalone(url) => std::slice::from_ref(url),
+            RedisTarget::Cluster(nodes) => nodes,
+        };
+        for url in urls {
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                return Err(ConfigError::Url {
+                    url: redact_url(url),
+                    reason: e.to_string(),
+                });
+            }
+        }
         let prefix_error = |reason| ConfigError::KeyPrefix {
             prefix: c.key_prefix.clone(),
             reason,
@@ -367,6 +388,24 @@ impl RedisConfigBuilder {
     }
 }
 
+/// `url` with the password of its user information replaced by `***`
+/// (`redis://user:***@host:6379`), for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            // Without a colon the one part may be a password (`redis://secret@host`).
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +434,32 @@ mod tests {
         }
         assert!(local().key_prefix("").build().is_ok());
         assert!(local().key_prefix("tenant-7:agentwire:").build().is_ok());
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_their_password_hidden() {
+        let bad = RedisConfig::builder(RedisTarget::Standalone(
+            "http://user:hunter2@127.0.0.1:6379".into(),
+        ))
+        .build()
+        .expect_err("not a redis URL");
+        let ConfigError::Url { url, .. } = &bad else {
+            panic!("{bad:?}");
+        };
+        assert_eq!(url, "http://user:***@127.0.0.1:6379");
+        assert!(!bad.to_string().contains("hunter2"), "{bad}");
+        let cluster = RedisConfig::builder(RedisTarget::Cluster(vec![
+            "redis://127.0.0.1:7000".into(),
+            "127.0.0.1:7001:x".into(),
+        ]))
+        .build();
+        assert!(
+            matches!(cluster, Err(ConfigError::Url { .. })),
+            "{cluster:?}"
+        );
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        assert_eq!(redact_url("redis://secret@h:1"), "redis://:***@h:1");
     }
 
     #[test]

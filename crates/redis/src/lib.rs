@@ -187,7 +187,9 @@ mod runs;
 mod script;
 
 pub use broker::RedisBroker;
-pub use config::{ConfigError, MAX_KEY_PREFIX_BYTES, RedisConfig, RedisConfigBuilder, RedisTarget};
+pub use config::{
+    ConfigError, MAX_KEY_PREFIX_BYTES, RedisConfig, RedisConfigBuilder, RedisTarget, redact_url,
+};
 pub use connect::PUBSUB_CLIENT_NAME;
 pub use metrics::{LatencyHistogram, ROUND_TRIP_BUCKETS_MICROS, RedisMetrics};
 

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use agentwire_protocol::RunViolation;
+
 /// Upper bounds of the round-trip histogram's buckets, in microseconds (the last bucket,
 /// above the largest bound, is implied).
 pub const ROUND_TRIP_BUCKETS_MICROS: [u64; 14] = [
@@ -78,7 +80,7 @@ pub struct RedisMetrics {
     pub pending_subscriptions: u64,
     /// Guarded events refused for breaking their run, by kind, in the order of
     /// `agentwire_protocol::RunViolation::NAMES`.
-    pub run_violations: [u64; 6],
+    pub run_violations: [u64; RunViolation::NAMES.len()],
     /// Guarded events refused at a run-state bound, by bound, in the order of
     /// `agentwire_manager::RunLimit::ALL`.
     pub runs_refused: [u64; 4],
@@ -126,7 +128,7 @@ pub(crate) struct Counters {
     pub(crate) ping_failures: AtomicU64,
     pub(crate) subscribed_channels: AtomicU64,
     pub(crate) pending_subscriptions: AtomicU64,
-    pub(crate) run_violations: [AtomicU64; 6],
+    pub(crate) run_violations: [AtomicU64; RunViolation::NAMES.len()],
     pub(crate) runs_refused: [AtomicU64; 4],
     pub(crate) runs_evicted: AtomicU64,
     pub(crate) runs_expired: AtomicU64,

@@ -7,7 +7,7 @@ pub(crate) struct Counters {
     pub(crate) opened: AtomicU64,
     pub(crate) closed: AtomicU64,
     pub(crate) emitted: AtomicU64,
-    pub(crate) emitted_by_type: [AtomicU64; 7],
+    pub(crate) emitted_by_type: [AtomicU64; agentwire_protocol::EventType::ALL.len()],
     pub(crate) delivered: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) replay_gaps: AtomicU64,

@@ -21,7 +21,7 @@ pub struct ManagerStats {
     /// Events accepted by the broker through this manager (duplicates excluded).
     pub events_emitted: u64,
     /// Events emitted, by type, in [`EventType::ALL`](agentwire_protocol::EventType::ALL) order.
-    pub events_emitted_by_type: [u64; 7],
+    pub events_emitted_by_type: [u64; agentwire_protocol::EventType::ALL.len()],
     /// Live events queued to connections (one per connection reached).
     pub events_delivered: u64,
     /// History events queued to resuming connections.

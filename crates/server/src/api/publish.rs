@@ -218,7 +218,14 @@ fn prepare_problem(e: EmitError, batch: bool, i: usize) -> ApiError {
 fn broker_problem(e: &EmitError, batch: bool, i: usize, accepted: &[usize]) -> ApiError {
     let transient = e.is_transient() || matches!(e, EmitError::Broker(BrokerError::Closed));
     let mut outcome = String::new();
-    if accepted.is_empty() {
+    if accepted.is_empty() && transient {
+        // A broker that did not answer may have stored the events before the answer was
+        // lost: a retry under the same event_ids is answered with what was stored.
+        outcome.push_str(
+            "; nothing is known to have been published: retry the body with the same \
+             event_ids (an event the broker did store is answered with its first acceptance)",
+        );
+    } else if accepted.is_empty() {
         outcome.push_str("; nothing was published");
     } else if accepted.iter().copied().eq(0..i) {
         outcome.push_str(&format!(

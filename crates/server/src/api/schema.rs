@@ -18,6 +18,8 @@ pub(crate) enum EventTypeDoc {
     ToolCompleted,
     AgentCompleted,
     AgentError,
+    MessageDelta,
+    MessageCompleted,
     Custom,
 }
 

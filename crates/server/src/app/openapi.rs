@@ -190,6 +190,23 @@ mod tests {
         assert!(v["paths"]["/v1/events"]["post"]["responses"]["409"].is_object());
     }
 
+    /// The event type enumeration names every event type the protocol has.
+    #[test]
+    fn the_event_type_schema_lists_every_event_type() {
+        let v: serde_json::Value = serde_json::from_str(document()).expect("JSON");
+        let listed: BTreeSet<&str> = v["components"]["schemas"]["EventTypeDoc"]["enum"]
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect();
+        let every: BTreeSet<&str> = agentwire_protocol::EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        assert_eq!(listed, every);
+    }
+
     /// The examples of the schemas are valid protocol JSON.
     #[test]
     fn schema_examples_decode_as_the_protocol_types() {

@@ -9,6 +9,7 @@ use agentwire_manager::UnifiedWebSocketManager;
 use axum::extract::FromRef;
 use prometheus_client::registry::Registry;
 
+use super::broker::ServerBroker;
 use super::config::{RunLifecycle, ServerConfig};
 use super::metrics::{Access, Metrics};
 use crate::api::{ApiState, PublishApi, PublishLimits, PublishMetrics};
@@ -35,7 +36,13 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    pub(crate) fn new(manager: UnifiedWebSocketManager, auth: Auth, config: &ServerConfig) -> Self {
+    /// The state over `manager`; `broker`, when the server built it, adds its own metrics.
+    pub(crate) fn new(
+        manager: UnifiedWebSocketManager,
+        auth: Auth,
+        config: &ServerConfig,
+        broker: Option<&ServerBroker>,
+    ) -> Self {
         let auth = Arc::new(auth);
         // The JWKS key set, when one is configured, is kept fresh from here on.
         auth.start_key_refresh();
@@ -76,6 +83,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new(
                 registry,
                 manager.clone(),
+                broker,
                 match config.metrics_listen {
                     Some(_) => Access::Elsewhere,
                     None => Access::FullKey(auth.clone()),
