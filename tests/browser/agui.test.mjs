@@ -306,6 +306,76 @@ test("a stream resumed mid-run continues without a duplicate or a hole", { skip 
   checkOrder(all);
 });
 
+function streamedRun(id) {
+  return [
+    { ...run(id), type: "agent_started", data: {} },
+    { ...run(id), type: "message_delta", data: { message_id: "m1", delta: "Three " } },
+    { ...run(id), type: "message_delta", data: { message_id: "m1", delta: "flights " } },
+    { ...run(id), type: "message_delta", data: { message_id: "m1", delta: "found." } },
+    { ...run(id), type: "message_completed", data: { message_id: "m1", text: "Three flights found." } },
+    { ...run(id), type: "agent_completed", data: { result: "ok" } },
+  ];
+}
+
+test("a streamed answer is TEXT_MESSAGE_START, CONTENT for each delta, END", { skip }, async () => {
+  const user = "agui-text";
+  const stream = await openStream(user);
+  await stream.event();
+  await publish(user, streamedRun("r-text"));
+  const got = await readUntil(stream, (e) => e.type === "RUN_FINISHED");
+  stream.close();
+  assert.deepEqual(
+    got.map((g) => g.event.type),
+    [
+      "RUN_STARTED",
+      "TEXT_MESSAGE_START",
+      "TEXT_MESSAGE_CONTENT",
+      "TEXT_MESSAGE_CONTENT",
+      "TEXT_MESSAGE_CONTENT",
+      "TEXT_MESSAGE_END",
+      "RUN_FINISHED",
+    ],
+  );
+  const text = got
+    .filter((g) => g.event.type === "TEXT_MESSAGE_CONTENT")
+    .map((g) => g.event.delta)
+    .join("");
+  assert.equal(text, "Three flights found.");
+  assert.equal(got[1].event.role, "assistant");
+  assert.equal(got[1].event.messageId, "r-text:m1");
+  checkOrder(got.map((g) => g.event));
+});
+
+test("a stream resumed inside a streamed answer opens it again, without a duplicate or a hole", { skip }, async () => {
+  const user = "agui-text-resume";
+  const events = streamedRun("r-tr");
+  const first = await openStream(user);
+  await first.event();
+  await publish(user, events.slice(0, 3));
+  const before = await readUntil(first, (e) => e.type === "TEXT_MESSAGE_CONTENT" && e.delta === "flights ");
+  first.close();
+  const lastId = before.filter((g) => g.id !== null).at(-1).id;
+  await publish(user, events.slice(3));
+  const second = await openStream(user, { "last-event-id": lastId });
+  assert.equal((await second.event()).event.value.resumed, true);
+  const after = await readUntil(second, (e) => e.type === "RUN_FINISHED");
+  second.close();
+  // The new connection opens the message again before its next content.
+  assert.deepEqual(
+    after.map((g) => g.event.type),
+    ["TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END", "RUN_FINISHED"],
+  );
+  const text = [...before, ...after]
+    .filter((g) => g.event.type === "TEXT_MESSAGE_CONTENT")
+    .map((g) => g.event.delta)
+    .join("");
+  assert.equal(text, "Three flights found.", "every delta once, in order");
+  // Each connection's events keep AG-UI's order on their own.
+  checkOrder(before.map((g) => g.event));
+  const seqs = [...new Set([...before, ...after].map((g) => g.event.metadata.agentwire.seq))];
+  assert.deepEqual(seqs, [1, 2, 3, 4, 5, 6]);
+});
+
 test("the end of a stream is a CUSTOM event an AG-UI client can parse", { skip }, async () => {
   const user = "agui-close";
   const first = await openStream(user);

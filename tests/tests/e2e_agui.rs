@@ -1,7 +1,8 @@
 //! End to end: the AG-UI projection (docs/ag-ui.md). Runs `tests/browser/agui.test.mjs`,
 //! which reads `GET /v1/stream?format=ag-ui` with node and validates every event with
 //! `@ag-ui/core`'s own schemas and AG-UI's order rules (the demo run, a failing run, a
-//! stream resumed mid-run, the end of a stream); and reads `/ws?format=ag-ui` here.
+//! stream resumed mid-run, a streamed answer and one resumed inside it, the end of a
+//! stream); and reads `/ws?format=ag-ui` here.
 //!
 //! The node test needs `node` and `npm ci` in `tests/browser` (`.ci/run` does both);
 //! without them it fails under `CI=true` and otherwise says why and passes.
@@ -43,7 +44,14 @@ async fn every_projected_event_parses_with_ag_ui_core_and_keeps_its_order() {
         return;
     }
     let server = TestServer::start().await;
-    let users = ["agui-demo", "agui-fail", "agui-resume", "agui-close"];
+    let users = [
+        "agui-demo",
+        "agui-fail",
+        "agui-resume",
+        "agui-text",
+        "agui-text-resume",
+        "agui-close",
+    ];
     let tokens: serde_json::Map<String, serde_json::Value> = users
         .iter()
         .map(|u| ((*u).to_owned(), server.token(u).into()))

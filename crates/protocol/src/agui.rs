@@ -1,16 +1,16 @@
 //! The AG-UI projection: agentwire's server frames as events of the AG-UI protocol
-//! (`@ag-ui/core` 1.0), for agent UIs built on it. A pure mapping, frame by frame; the
-//! server applies it per connection when the client asks for `ag-ui`. docs/ag-ui.md holds
-//! the table.
+//! (`@ag-ui/core` 1.0), for agent UIs built on it. No I/O: the server runs one
+//! [`AgUiProjection`] per connection that asks for `ag-ui`. docs/ag-ui.md holds the table.
 //!
-//! Each agentwire event maps to whole AG-UI sequences, so no AG-UI message or tool call
-//! stays open between two agentwire events: a stream resumed at any `seq` continues
-//! without a duplicate, a hole or a dangling start. Every projected event carries
-//! `timestamp` (the broker's `ts`) and `metadata.agentwire` (`seq`, `eventId`, and the
-//! `threadId`/`runId` of the event), so an AG-UI consumer can still dedupe by `seq` and
-//! tell the user's runs apart. Frames that are not events (`connection_established`,
-//! `replay_gap`, `error`, `pong`) and the end of a stream become `CUSTOM` events named
-//! `agentwire.<frame type>`.
+//! A reasoning message and a tool call's arguments open and close inside the one agentwire
+//! event they come from. Streamed messages span events: the projection's only state is the
+//! messages its connection opened, so that on every connection a message is opened before
+//! its first content and ended before its run's end — a stream resumed inside a message
+//! opens it again. Every projected event carries `timestamp` (the broker's `ts`) and
+//! `metadata.agentwire` (`seq`, `eventId`, and the `threadId`/`runId` of the event), so an
+//! AG-UI consumer can still dedupe by `seq` and tell the user's runs apart. Frames that are
+//! not events (`connection_established`, `replay_gap`, `error`, `pong`) and the end of a
+//! stream become `CUSTOM` events named `agentwire.<frame type>`.
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -179,6 +179,39 @@ impl AgUiProjection {
     pub fn project_event(&mut self, e: &EventEnvelope) -> Vec<AgUiEvent> {
         let Projected { mut bodies, meta } = project_stateless(e);
         let run = e.event.run_id.as_ref().map(|r| r.as_str());
+        // A message names itself within its run; a run event always has one (it is
+        // refused without), the event id stands in otherwise.
+        let run_key = || run.unwrap_or(e.event_id.as_str()).to_owned();
+        match &e.event.data {
+            EventData::MessageDelta(d) => {
+                let id = text_message_id(&run_key(), &d.message_id);
+                if self.open(run_key(), &d.message_id) {
+                    bodies.push(AgUiBody::TextMessageStart {
+                        message_id: id.clone(),
+                        role: "assistant",
+                    });
+                }
+                if !d.delta.is_empty() {
+                    bodies.push(AgUiBody::TextMessageContent {
+                        message_id: id,
+                        delta: d.delta.clone(),
+                    });
+                }
+            }
+            EventData::MessageCompleted(c) => {
+                let id = text_message_id(&run_key(), &c.message_id);
+                // Not open here: it was opened before this connection (a resume), so it
+                // is opened again before it ends.
+                if !self.close(&run_key(), &c.message_id) {
+                    bodies.push(AgUiBody::TextMessageStart {
+                        message_id: id.clone(),
+                        role: "assistant",
+                    });
+                }
+                bodies.push(AgUiBody::TextMessageEnd { message_id: id });
+            }
+            _ => {}
+        }
         if matches!(
             e.event.data,
             EventData::AgentCompleted(_) | EventData::AgentError(_)
@@ -198,6 +231,27 @@ impl AgUiProjection {
                 metadata: Some(metadata.clone()),
             })
             .collect()
+    }
+
+    /// Marks `message` of `run` open; `true` when it was not (a `TEXT_MESSAGE_START` is
+    /// due). At [`AGUI_MAX_OPEN_MESSAGES`] the oldest open message is forgotten.
+    fn open(&mut self, run: String, message: &str) -> bool {
+        if self.open.iter().any(|(r, m)| *r == run && m == message) {
+            return false;
+        }
+        if self.open.len() >= AGUI_MAX_OPEN_MESSAGES {
+            self.open.pop_front();
+            self.forgotten += 1;
+        }
+        self.open.push_back((run, message.to_owned()));
+        true
+    }
+
+    /// Marks `message` of `run` ended; `false` when it was not open.
+    fn close(&mut self, run: &str, message: &str) -> bool {
+        let before = self.open.len();
+        self.open.retain(|(r, m)| !(r == run && m == message));
+        self.open.len() != before
     }
 
     /// `TEXT_MESSAGE_END` of every message of `run` still open, forgetting them.
@@ -342,6 +396,18 @@ fn project_stateless(e: &EventEnvelope) -> Projected {
             name: c.name.clone(),
             value: c.value.clone(),
         }],
+        // Streamed text needs the projection's state: `AgUiProjection::project_event`.
+        EventData::MessageDelta(d) => {
+            meta.insert("messageId".into(), json!(d.message_id));
+            Vec::new()
+        }
+        EventData::MessageCompleted(c) => {
+            meta.insert("messageId".into(), json!(c.message_id));
+            if let Some(text) = &c.text {
+                meta.insert("text".into(), json!(text));
+            }
+            Vec::new()
+        }
     };
     Projected { bodies, meta }
 }
@@ -400,6 +466,81 @@ mod tests {
         let v = serde_json::to_value(&project_frame(&done)[0]).expect("json");
         assert_eq!(v["type"], "RUN_FINISHED");
         assert!(v.get("result").is_none(), "AG-UI refuses a null result");
+    }
+
+    #[test]
+    fn a_streamed_message_opens_at_its_first_delta_and_ends_before_its_run() {
+        let mut p = AgUiProjection::new();
+        let frame = |seq: u64, body: &str| {
+            decode(&format!(
+                r#"{{"seq":{seq},"event_id":"e{seq}","ts":1,"thread_id":"t","run_id":"r1",{body}}}"#
+            ))
+        };
+        let delta = |seq, text: &str| {
+            frame(
+                seq,
+                &format!(r#""type":"message_delta","data":{{"message_id":"m1","delta":"{text}"}}"#),
+            )
+        };
+        let mut all = Vec::new();
+        for f in [
+            frame(1, r#""type":"agent_started","data":{}"#),
+            delta(2, "Hel"),
+            delta(3, "lo"),
+            frame(
+                4,
+                r#""type":"message_completed","data":{"message_id":"m1"}"#,
+            ),
+            delta(5, "again"),
+            frame(6, r#""type":"agent_completed","data":{"result":"x"}"#),
+        ] {
+            all.extend(p.project(&f));
+        }
+        assert_eq!(
+            types(&all),
+            [
+                json!("RUN_STARTED"),
+                json!("TEXT_MESSAGE_START"),
+                json!("TEXT_MESSAGE_CONTENT"),
+                json!("TEXT_MESSAGE_CONTENT"),
+                json!("TEXT_MESSAGE_END"),
+                // The id reused once completed: a new message; the run's end closes it.
+                json!("TEXT_MESSAGE_START"),
+                json!("TEXT_MESSAGE_CONTENT"),
+                json!("TEXT_MESSAGE_END"),
+                json!("RUN_FINISHED"),
+            ]
+        );
+        let start = serde_json::to_value(&all[1]).expect("json");
+        assert_eq!(start["messageId"], "r1:m1");
+        assert_eq!(start["role"], "assistant");
+
+        // A connection that resumes inside the message opens it again before it ends.
+        let mut resumed = AgUiProjection::new();
+        let end = resumed.project(&frame(
+            4,
+            r#""type":"message_completed","data":{"message_id":"m1","text":"Hello"}"#,
+        ));
+        assert_eq!(
+            types(&end),
+            [json!("TEXT_MESSAGE_START"), json!("TEXT_MESSAGE_END")]
+        );
+        let v = serde_json::to_value(&end[1]).expect("json");
+        assert_eq!(v["metadata"]["agentwire"]["text"], "Hello");
+    }
+
+    #[test]
+    fn open_messages_are_bounded() {
+        let mut p = AgUiProjection::new();
+        for i in 0..=AGUI_MAX_OPEN_MESSAGES {
+            let f = decode(&format!(
+                r#"{{"type":"message_delta","seq":{},"event_id":"e","ts":1,"run_id":"r","data":{{"message_id":"m{i}","delta":"x"}}}}"#,
+                i + 1
+            ));
+            p.project(&f);
+        }
+        assert_eq!(p.forgotten(), 1);
+        assert_eq!(p.open.len(), AGUI_MAX_OPEN_MESSAGES);
     }
 
     #[test]

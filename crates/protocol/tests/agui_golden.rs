@@ -1,6 +1,7 @@
 //! Golden files of the AG-UI projection (docs/ag-ui.md): for each server frame of
 //! `tests/golden/`, the AG-UI events it projects to, in `tests/golden-ag-ui/` (plus
-//! `close.json`, the end of a stream closed with 1001). A missing, extra or changed file
+//! `close.json`, the end of a stream closed with 1001), each projected on a connection of
+//! its own (so a `message_completed` opens its message again before it ends it). A missing, extra or changed file
 //! fails; nothing here writes one. `tests/browser/agui.test.mjs` parses every event of
 //! these files with `@ag-ui/core`'s schemas.
 
@@ -10,13 +11,15 @@ use std::path::PathBuf;
 use agentwire_protocol::{CloseCode, ServerFrame, project_close, project_frame};
 use serde_json::Value;
 
-const FRAMES: [&str; 11] = [
+const FRAMES: [&str; 13] = [
     "agent_started",
     "agent_thinking",
     "tool_executing",
     "tool_completed",
     "agent_completed",
     "agent_error",
+    "message_delta",
+    "message_completed",
     "custom",
     "connection_established",
     "replay_gap",
