@@ -13,7 +13,6 @@ pub(crate) mod admin;
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod publish;
-mod ratelimit;
 pub(crate) mod receipts;
 pub(crate) mod runs;
 pub(crate) mod schema;

@@ -16,7 +16,10 @@
 
 use std::sync::Arc;
 
-use agentwire_manager::{BrokerError, EmitError, PreparedEvent, RunLimit};
+use agentwire_manager::{
+    BrokerError, EmitError, PreparedEvent, PublishRate, PublishRates, PublisherId, RateDecision,
+    RunLimit,
+};
 use agentwire_protocol::{
     DecodeError, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishResponse, RunId,
     RunViolation, UserId,
@@ -29,11 +32,10 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tokio::time::Instant;
+use std::time::Duration;
 
 use super::ApiState;
-use super::ratelimit::{RateLimiter, Refused};
-use crate::auth::{KeyScope, authorize};
+use crate::auth::{ApiKey, KeyScope, authorize};
 use crate::http::{ApiError, ErrorBody, ErrorCode, body};
 
 /// The setting that bounds a publish body, as its errors name it.
@@ -102,8 +104,8 @@ pub(crate) struct PublishApi {
     pub(crate) max_batch: usize,
     pub(crate) max_request_bytes: usize,
     pub(crate) history_read_max: usize,
-    publish_rate: u32,
-    limiter: Option<RateLimiter>,
+    /// The key's rate, and the limiter that holds it (`None`: `--publish-rate 0`).
+    limiter: Option<(PublishRate, Arc<dyn PublishRates>)>,
     /// Whether run events carry run guards (`--run-lifecycle enforce`).
     lifecycle: bool,
     pub(crate) metrics: PublishMetrics,
@@ -111,14 +113,23 @@ pub(crate) struct PublishApi {
 
 impl PublishApi {
     /// The publish API with these bounds; `lifecycle` has the broker check each run
-    /// event against its run.
-    pub(crate) fn new(limits: PublishLimits, lifecycle: bool, metrics: PublishMetrics) -> Self {
+    /// event against its run; `rates` holds each key's `--publish-rate` (this node's
+    /// limiter, or one shared by the cluster).
+    pub(crate) fn new(
+        limits: PublishLimits,
+        lifecycle: bool,
+        rates: Arc<dyn PublishRates>,
+        metrics: PublishMetrics,
+    ) -> Self {
+        let rate = PublishRate {
+            per_second: limits.publish_rate,
+            burst: limits.publish_burst.max(1),
+        };
         PublishApi {
             max_batch: limits.max_batch.max(1),
             max_request_bytes: limits.max_request_bytes,
             history_read_max: limits.history_read_max.max(1),
-            publish_rate: limits.publish_rate,
-            limiter: RateLimiter::new(limits.publish_rate, limits.publish_burst),
+            limiter: (limits.publish_rate > 0).then_some((rate, rates)),
             lifecycle,
             metrics,
         }
@@ -126,15 +137,20 @@ impl PublishApi {
 }
 
 impl PublishApi {
-    /// Takes `events` from `key`'s token bucket (`--publish-rate`, `--publish-burst`), or
-    /// the 429 that refuses them.
-    pub(crate) fn take_rate(&self, key: usize, events: usize) -> Result<(), ApiError> {
-        match &self.limiter {
-            Some(limiter) => limiter
-                .take(key, events, Instant::now())
-                .map_err(|refused| rate_problem(refused, self.publish_rate, events)),
-            None => Ok(()),
+    /// Takes `events` from `publisher`'s rate (`--publish-rate`, `--publish-burst`), or
+    /// the 429 (or 503, the limiter failing) that refuses them.
+    pub(crate) async fn take_rate(
+        &self,
+        publisher: &PublisherId,
+        events: usize,
+    ) -> Result<(), ApiError> {
+        if let Some((rate, limiter)) = &self.limiter {
+            let decision = limiter.take(publisher, events, *rate).await;
+            if !matches!(decision, Ok(RateDecision::Taken)) {
+                return Err(rate_problem(decision, rate.per_second, events));
+            }
         }
+        Ok(())
     }
 }
 
@@ -315,29 +331,52 @@ fn violation_problem(v: &RunViolation, outcome: &str) -> ApiError {
     )
 }
 
-/// The answer to a body the key's token bucket refused (429, nothing published).
-fn rate_problem(refused: Refused, rate: u32, events: usize) -> ApiError {
-    match refused {
-        Refused::Wait(wait) => ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "this API key may publish {rate} events per second (--publish-rate); \
-                 nothing was published"
-            ),
-        )
-        .retry_after(wait.as_secs().max(1)),
+/// The answer to a body the key's rate refused (429, nothing published), or to a limiter
+/// that could not be asked (503).
+fn rate_problem(decision: Result<RateDecision, BrokerError>, rate: u32, events: usize) -> ApiError {
+    match decision {
         // No `Retry-After`: waiting does not help.
-        Refused::OverBurst { burst } => ApiError::new(
+        Ok(RateDecision::OverBurst { burst }) => ApiError::new(
             ErrorCode::RateLimited,
             format!(
                 "the body holds {events} events; this API key may publish at most {burst} at \
                  once (--publish-burst): split it. Nothing was published"
             ),
         ),
+        Ok(other) => {
+            let wait = match other {
+                RateDecision::Wait(w) => w,
+                _ => Duration::ZERO,
+            };
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "this API key may publish {rate} events per second (--publish-rate); \
+                     nothing was published"
+                ),
+            )
+            // `Retry-After` counts whole seconds: at least one.
+            .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
+        }
+        Err(e) => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("the publish rate limiter cannot be reached: {e}; nothing was published"),
+        )
+        .retry_after(BROKER_RETRY_AFTER_SECS),
     }
 }
 
-/// Where a publisher asks whether an event reached its user (docs/protocol.md §8.4).
+/// Who `key` publishes as: the fingerprint its runs and its rate count against.
+pub(crate) fn publisher_of(app: &ApiState, key: ApiKey) -> Result<PublisherId, ApiError> {
+    app.auth.publisher(key).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Internal,
+            "the API key has no publisher fingerprint",
+        )
+    })
+}
+
+/// Where a publisher asks whether an event reached its user (docs/protocol.md §8.5).
 fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
     let user = path_segment(user.as_str());
     match run {
@@ -441,14 +480,10 @@ async fn publish(
                 .map_err(|e| prepare_problem(e, batch, i))
         })
         .collect::<Result<Vec<PreparedEvent>, ApiError>>()?;
-    api.take_rate(key.id, requests.len())?;
+    let publisher = || publisher_of(app, key);
+    api.take_rate(&publisher()?, requests.len()).await?;
     let prepared = if api.lifecycle {
-        let publisher = app.auth.publisher(key).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Internal,
-                "the API key has no publisher fingerprint",
-            )
-        })?;
+        let publisher = publisher()?;
         prepared
             .into_iter()
             .map(|p| p.guarded(publisher.clone()))

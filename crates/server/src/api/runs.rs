@@ -55,7 +55,8 @@ pub(crate) async fn run_heartbeat(
 ) -> Result<Response, ApiError> {
     let key = authorize(&app.auth, &headers, KeyScope::Publish)?;
     let (user, run) = run_path(path)?;
-    app.publish.take_rate(key.id, 1)?;
+    let publisher = super::publish::publisher_of(&app, key)?;
+    app.publish.take_rate(&publisher, 1).await?;
     let presence = app.manager.heartbeat_run(&user, &run).await.map_err(|e| {
         if e.is_transient() {
             ApiError::new(ErrorCode::Unavailable, e.to_string()).retry_after(1)

@@ -27,4 +27,4 @@ pub use jwks::{
 };
 pub use jwt::{Auth, DEFAULT_MAX_TOKEN_BYTES, MIN_SECRET_BYTES, TokenReport, Verified, mint_hs256};
 pub use keys::MIN_API_KEY_CHARS;
-pub(crate) use keys::{KeyScope, authorize};
+pub(crate) use keys::{ApiKey, KeyScope, authorize};
