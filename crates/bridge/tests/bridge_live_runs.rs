@@ -95,9 +95,13 @@ async fn a_run_in_a_long_tool_call_outlives_more_runs_than_the_pool_holds() {
 #[tokio::test(start_paused = true)]
 async fn a_silent_running_run_outlives_the_idle_ttl() {
     // History kept for longer than the run; the user connects once it is over (an idle
-    // connection would be closed as stale within the hour).
+    // connection would be closed as stale within the hour). The stall watchdog is off:
+    // this run is silent on purpose (the watchdog's own tests: manager_watchdog.rs).
     let manager = UnifiedWebSocketManager::new(
-        ManagerConfig::default(),
+        ManagerConfig {
+            run_stall_timeout: Duration::ZERO,
+            ..ManagerConfig::default()
+        },
         Arc::new(InMemoryBroker::new(HistoryConfig {
             max_age: Duration::from_secs(7200),
             ..HistoryConfig::default()
