@@ -22,7 +22,8 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
-    fn as_str(self) -> &'static str {
+    /// The metric's `reason` label, also logged.
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Rejection::Token(reason) => reason,
             Rejection::ForbiddenOrigin => "forbidden_origin",

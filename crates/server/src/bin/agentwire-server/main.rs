@@ -207,12 +207,17 @@ fn dev_hint(path: &Path, addr: std::net::SocketAddr) -> Vec<String> {
 }
 
 /// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`), lines go to
-/// stderr as text or JSON.
+/// stderr as text or JSON. Text is coloured only on a terminal (and without `NO_COLOR`):
+/// a log file or journald gets plain lines.
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
