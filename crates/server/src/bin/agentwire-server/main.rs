@@ -21,6 +21,8 @@
 mod cli;
 mod client;
 mod dev;
+#[cfg(test)]
+mod packaging_tests;
 mod publish;
 mod tail;
 
