@@ -167,12 +167,19 @@ fn the_start_up_hint_gives_the_full_commands() {
     let text = hint.join("\n");
     let creds = creds.display().to_string();
     let at = format!("--server http://{}", server.addr);
+    // Built in a checkout's target/debug: the command a checkout runs it with.
+    let dir = Path::new(support::BIN).parent().expect("dir");
+    let me = if dir.ends_with("target/debug") {
+        "cargo run -q -p agentwire-server --".to_owned()
+    } else {
+        support::BIN.to_owned()
+    };
     for needle in [
         format!("development credentials: {creds}"),
-        format!("agentwire-server token --user alice --dev-credentials-file '{creds}'"),
-        format!("agentwire-server tail --user alice --dev-credentials-file '{creds}' {at}"),
-        "agentwire-server publish --user alice --type agent_started --run-id r1".to_owned(),
-        "agentwire-server dev-credentials --api-key".to_owned(),
+        format!("{me} token --user alice --dev-credentials-file '{creds}'"),
+        format!("{me} tail --user alice --dev-credentials-file '{creds}' {at}"),
+        format!("{me} publish --user alice --type agent_started --run-id r1"),
+        format!("{me} dev-credentials --api-key"),
     ] {
         assert!(text.contains(&needle), "{needle} missing from:\n{text}");
     }

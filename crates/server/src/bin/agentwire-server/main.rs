@@ -107,6 +107,8 @@ async fn check_token(serve: &ServeArgs, args: &CheckTokenArgs) -> ExitCode {
         Ok(auth) => auth,
         Err(e) => return fail(&e),
     };
+    // As the server does at start: a key set is fetched before the first token.
+    auth.refresh_keys().await;
     let report = auth.check(args.token.trim()).await;
     let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
     say(&format!("subject (sub): {}", or_none(&report.subject)));
@@ -196,16 +198,38 @@ fn dev_hint(path: &Path, addr: std::net::SocketAddr) -> Vec<String> {
     if server != DEFAULT_SERVER {
         at.push_str(&format!(" --server {server}"));
     }
+    let me = invocation();
     vec![
         format!("development credentials: {}", path.display()),
-        format!("  mint a token:    agentwire-server token --user alice{flags}"),
-        format!("  watch a stream:  agentwire-server tail --user alice{at}"),
+        format!("  mint a token:    {me} token --user alice{flags}"),
+        format!("  watch a stream:  {me} tail --user alice{at}"),
         format!(
-            "  publish:         agentwire-server publish --user alice --type agent_started \
+            "  publish:         {me} publish --user alice --type agent_started \
              --run-id r1{at}"
         ),
-        format!("  the API key:     agentwire-server dev-credentials --api-key{flags}"),
+        format!("  the API key:     {me} dev-credentials --api-key{flags}"),
     ]
+}
+
+/// How to run this binary again from another terminal: `cargo run` when it was built in a
+/// checkout's `target/debug` or `target/release` (the README's way), else as it was
+/// invoked (`agentwire-server` on `PATH`, or its path).
+fn invocation() -> String {
+    let exe = std::env::current_exe().ok();
+    let profile = exe
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|dir| dir.parent().and_then(Path::file_name) == Some("target".as_ref()))
+        .and_then(Path::file_name)
+        .and_then(|p| p.to_str());
+    match profile {
+        Some("release") => "cargo run -q --release -p agentwire-server --".into(),
+        Some("debug") => "cargo run -q -p agentwire-server --".into(),
+        _ => std::env::args()
+            .next()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "agentwire-server".into()),
+    }
 }
 
 /// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`), lines go to
