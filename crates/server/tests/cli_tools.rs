@@ -7,13 +7,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{ServerProcess, WAIT, bin, run_to_exit, temp_dir, websocket};
+use support::{ServerProcess, WAIT, bin, lines_of, run_to_exit, temp_dir, websocket};
 
 /// A development server on a free port with its credentials in `dir`, and the lines it
 /// printed after the address.
@@ -85,15 +85,7 @@ impl Tail {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn tail");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().expect("stdout"));
         Tail { child, lines }
     }
 

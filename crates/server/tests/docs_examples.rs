@@ -20,14 +20,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use support::{BIN, ServerProcess, WAIT, bin, temp_dir};
+use support::{BIN, ServerProcess, WAIT, bin, lines_of, temp_dir};
 
 /// How the documents spell the binary, longest first.
 const CARGO_RUN: [&str; 2] = [
@@ -199,15 +198,7 @@ fn spawn_tail(mut shell: Command, text: &str) -> Background {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn tail");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(child.stdout.take().expect("stdout"));
     // The tail is connected once it printed its first frame.
     let first = rx.recv_timeout(WAIT).expect("tail connects");
     assert!(first.contains("connection_established"), "{first}");

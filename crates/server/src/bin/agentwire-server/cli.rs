@@ -653,21 +653,38 @@ impl Cli {
         let matches = Cli::command().try_get_matches_from(&args)?;
         let cli = Cli::from_arg_matches(&matches)?;
         let Some(path) = cli.serve.config.clone() else {
-            return Ok(cli);
+            return Ok(cli.inherit_dev_credentials_file());
         };
         if !matches!(cli.command, None | Some(Command::CheckToken(_))) {
-            return Ok(cli);
+            return Ok(cli.inherit_dev_credentials_file());
         }
         let extra = file_args(&path, &matches)?;
         if extra.is_empty() {
-            return Ok(cli);
+            return Ok(cli.inherit_dev_credentials_file());
         }
         // Before the subcommand, whose own flags follow it.
         let mut args = args;
         let at = args.len().min(1);
         args.splice(at..at, extra);
         let matches = Cli::command().try_get_matches_from(&args)?;
-        Ok(Cli::from_arg_matches(&matches)?)
+        Ok(Cli::from_arg_matches(&matches)?.inherit_dev_credentials_file())
+    }
+
+    /// A subcommand without `--dev-credentials-file` of its own takes the server's
+    /// (`agentwire-server --dev-credentials-file F token …`): the same file either way.
+    fn inherit_dev_credentials_file(mut self) -> Cli {
+        let top = self.serve.dev_credentials_file.clone();
+        let own = match &mut self.command {
+            Some(Command::Token(a)) => &mut a.sign.dev_credentials_file,
+            Some(Command::Tail(a)) => &mut a.sign.dev_credentials_file,
+            Some(Command::Publish(a)) => &mut a.dev_credentials_file,
+            Some(Command::DevCredentials(a)) => &mut a.dev_credentials_file,
+            Some(Command::CheckToken(_) | Command::Genconfig) | None => return self,
+        };
+        if own.is_none() {
+            *own = top;
+        }
+        self
     }
 }
 
@@ -1071,6 +1088,30 @@ mod tests {
         assert!(load(&["publish", "--file", "-", "--user", "a"]).is_err());
         assert!(load(&["publish", "--file", "-", "--batch", "0"]).is_err());
         assert!(load(&["check-token", "a.b.c"]).is_ok());
+        // The server's --dev-credentials-file, before the subcommand, is the subcommand's.
+        let cli = load(&[
+            "--dev-credentials-file",
+            "/x/c.json",
+            "token",
+            "--user",
+            "a",
+        ])
+        .expect("parses");
+        assert!(matches!(&cli.command, Some(Command::Token(t))
+                if t.sign.dev_credentials_file.as_deref() == Some(Path::new("/x/c.json"))));
+        let cli = load(&[
+            "--dev-credentials-file",
+            "/x/c.json",
+            "dev-credentials",
+            "--dev-credentials-file",
+            "/y/c.json",
+        ])
+        .expect("parses");
+        assert!(
+            matches!(&cli.command, Some(Command::DevCredentials(d))
+                if d.dev_credentials_file.as_deref() == Some(Path::new("/y/c.json"))),
+            "its own wins"
+        );
         assert!(load(&["genconfig"]).is_ok());
         assert!(load(&["dev-credentials", "--api-key"]).is_ok());
     }
