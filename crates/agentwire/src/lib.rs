@@ -6,7 +6,8 @@
 //!
 //! Key decision: one dependency gives a user the whole stack, and the layered crates stay
 //! usable on their own. Features choose the layers, the way axum's and tokio's do:
-//! `server` (the default) brings everything; `bridge` the bridge, the emitter and the
+//! `server` (the default) brings everything but Redis; `redis` adds the Redis broker (and
+//! `--broker redis` to the server); `bridge` the bridge, the emitter and the
 //! manager without axum or hyper; `emitter` the emitter and the manager. The protocol and
 //! the manager are always there. The legacy names live only in one private module re-exported at
 //! the crate root under the old module paths, each a `#[deprecated]` alias whose note
@@ -33,6 +34,8 @@ pub use agentwire_bridge as bridge;
 pub use agentwire_emitter as emitter;
 pub use agentwire_manager as manager;
 pub use agentwire_protocol as protocol;
+#[cfg(feature = "redis")]
+pub use agentwire_redis as redis;
 #[cfg(feature = "server")]
 pub use agentwire_server as server;
 

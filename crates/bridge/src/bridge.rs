@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::hooks::{AgentHooks, RunFailure, ToolCall, ToolOutcome};
 use crate::run::AgentRun;
+use crate::stream::StreamedMessage;
 use crate::tool::ToolError;
 
 /// Configuration of a bridge: its emitter pool and the retry policy of its emitters.
@@ -175,6 +176,31 @@ impl AgentWebSocketBridge {
             .get_emitter(run)
             .map_err(|e| ToolError::NotRun(e.into()))?;
         crate::tool::run_tool(&emitter, name.into(), arguments, tool).await
+    }
+
+    /// Streams an answer in `run` as the agent writes it: every non-empty piece of
+    /// `pieces` (a model's token stream, say) becomes a `message_delta` of a fresh
+    /// `message_id`, in order, and the end of the stream a `message_completed`. Returns
+    /// the message id and the whole text, which the caller may also put in
+    /// `agent_completed`.
+    ///
+    /// # Errors
+    /// See [`UnifiedWebSocketEmitter::emit`]: the first piece that could not be emitted
+    /// stops the stream (the rest is not read).
+    ///
+    /// # Cancel safety
+    /// Cancelled midway, the message stays open: the pieces emitted so far reach the user,
+    /// and the run's terminal event closes the message for them.
+    pub async fn stream_message<S>(
+        &self,
+        run: &RunContext,
+        pieces: S,
+    ) -> Result<StreamedMessage, EmitterError>
+    where
+        S: futures_util::Stream<Item = String>,
+    {
+        let emitter = self.pool.get_emitter(run)?;
+        crate::stream::stream_message(&emitter, pieces).await
     }
 }
 

@@ -5,8 +5,9 @@
 //! [`AgentHooks`] interface the runtime reports through (run started, thinking, tool
 //! start/end, run finished/failed), which the bridge turns into `agent_started`,
 //! `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed` and
-//! `agent_error`; the tool wrapper [`AgentWebSocketBridge::run_tool`]; the [`AgentRun`]
-//! handle; and [`simulated_run`], a canned run for demos and examples.
+//! `agent_error`; the tool wrapper [`AgentWebSocketBridge::run_tool`]; the streaming
+//! helper [`AgentWebSocketBridge::stream_message`], which turns any `Stream` of text into
+//! `message_delta` and `message_completed`; the [`AgentRun`] handle; and [`simulated_run`], a canned run for demos and examples.
 //!
 //! What it is not: an agent runtime. It only reports what a runtime does, through the
 //! emitter pool beneath it.
@@ -37,14 +38,16 @@ mod bridge;
 mod demo;
 mod hooks;
 mod run;
+mod stream;
 mod tool;
 
 pub use agentwire_emitter::{EmitterError, RunContext, TooManyRuns};
 pub use bridge::{AgentBridgeExt, AgentWebSocketBridge, BridgeConfig};
 pub use demo::{
-    DEFAULT_DEMO_PACE, DEMO_AGENT_NAME, DEMO_THREAD_ID, SIMULATED_RUN_EVENTS, demo_run_context,
-    simulated_run,
+    DEFAULT_DEMO_PACE, DEMO_AGENT_NAME, DEMO_ANSWER_PIECES, DEMO_THREAD_ID, SIMULATED_RUN_EVENTS,
+    demo_run_context, simulated_run,
 };
 pub use hooks::{AgentHooks, RunFailure, ToolCall, ToolOutcome};
 pub use run::{AgentRun, RUN_DROPPED, RUN_PANICKED};
+pub use stream::StreamedMessage;
 pub use tool::ToolError;

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
+use crate::stream::StreamedMessage;
 use crate::tool::ToolError;
 
 /// `agent_error` code of a run whose handle was dropped unfinished.
@@ -93,6 +94,17 @@ impl AgentRun {
         E: std::fmt::Display,
     {
         crate::tool::run_tool(&self.emitter, name.into(), arguments, tool).await
+    }
+
+    /// Streams an answer in this run; see [`crate::AgentWebSocketBridge::stream_message`].
+    ///
+    /// # Errors
+    /// See [`crate::AgentWebSocketBridge::stream_message`].
+    pub async fn stream_message<S>(&self, pieces: S) -> Result<StreamedMessage, EmitterError>
+    where
+        S: futures_util::Stream<Item = String>,
+    {
+        crate::stream::stream_message(&self.emitter, pieces).await
     }
 
     /// Ends the run with `agent_completed`, carrying `result` and the run's duration.

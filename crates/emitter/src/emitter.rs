@@ -16,7 +16,8 @@ use std::time::Duration;
 use agentwire_manager::{Accepted, EmitError, PreparedEvent, PublisherId, UnifiedWebSocketManager};
 use agentwire_protocol::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, Custom, Event, EventData, EventId,
-    RunOutcome, RunState, RunStep, RunViolation, Timestamp, ToolCompleted, ToolExecuting,
+    MessageCompleted, MessageDelta, RunOutcome, RunState, RunStep, RunViolation, Timestamp,
+    ToolCompleted, ToolExecuting,
 };
 use backon::Retryable;
 use serde_json::Value;
@@ -354,6 +355,43 @@ impl UnifiedWebSocketEmitter {
         .await
     }
 
+    /// Emits `message_delta`: the next piece of the streamed message `message_id`. The
+    /// first piece of a message opens it (at most
+    /// [`MAX_OPEN_MESSAGES`](agentwire_protocol::MAX_OPEN_MESSAGES) open at once).
+    ///
+    /// # Errors
+    /// See [`Self::emit`].
+    pub async fn emit_message_delta(
+        &self,
+        message_id: impl Into<String>,
+        delta: impl Into<String>,
+    ) -> Result<Accepted, EmitterError> {
+        self.emit(MessageDelta {
+            message_id: message_id.into(),
+            delta: delta.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Emits `message_completed`: the streamed message `message_id`, open in this run, is
+    /// complete. `text` is the whole message, when the caller wants to send it again.
+    ///
+    /// # Errors
+    /// See [`Self::emit`].
+    pub async fn emit_message_completed(
+        &self,
+        message_id: impl Into<String>,
+        text: Option<String>,
+    ) -> Result<Accepted, EmitterError> {
+        self.emit(MessageCompleted {
+            message_id: message_id.into(),
+            text,
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Emits a `custom` event, which stands outside the run lifecycle and is accepted in
     /// any state of the run.
     ///
@@ -621,7 +659,8 @@ impl UnifiedWebSocketEmitter {
 
 /// Moves `state` to where the broker's acceptance of `step` leaves the run. The broker
 /// decides: when this mirror did not see the run's earlier steps (another publisher of the
-/// run made them), it follows anyway — a start, a tool call opened or closed, the end.
+/// run made them), it follows anyway — a start, a tool call or message opened or closed,
+/// the end.
 fn follow(state: &mut RunState, step: &RunStep) {
     if state.apply_step(step).is_ok() {
         return;
@@ -632,15 +671,26 @@ fn follow(state: &mut RunState, step: &RunStep) {
             if !matches!(state, RunState::Running { .. }) {
                 *state = RunState::Running {
                     open_tool_calls: Default::default(),
+                    open_messages: Default::default(),
                 };
             }
-            if let RunState::Running { open_tool_calls } = state {
+            if let RunState::Running {
+                open_tool_calls,
+                open_messages,
+            } = state
+            {
                 match step {
                     RunStep::OpenToolCall(id) => {
                         open_tool_calls.insert(id.clone());
                     }
                     RunStep::CloseToolCall(id) => {
                         open_tool_calls.remove(id);
+                    }
+                    RunStep::StreamMessage(id) => {
+                        open_messages.insert(id.clone());
+                    }
+                    RunStep::CloseMessage(id) => {
+                        open_messages.remove(id);
                     }
                     _ => {}
                 }
@@ -661,15 +711,19 @@ mod tests {
         assert_eq!(
             state,
             RunState::Running {
-                open_tool_calls: Default::default()
+                open_tool_calls: Default::default(),
+                open_messages: Default::default(),
             }
         );
         follow(&mut state, &RunStep::OpenToolCall("b".into()));
         follow(&mut state, &RunStep::OpenToolCall("b".into()));
+        follow(&mut state, &RunStep::CloseMessage("m".into()));
+        follow(&mut state, &RunStep::StreamMessage("m2".into()));
         assert_eq!(
             state,
             RunState::Running {
-                open_tool_calls: ["b".to_owned()].into_iter().collect()
+                open_tool_calls: ["b".to_owned()].into_iter().collect(),
+                open_messages: ["m2".to_owned()].into_iter().collect(),
             }
         );
         follow(&mut state, &RunStep::End(RunOutcome::Failed));

@@ -10,7 +10,7 @@ use agentwire_protocol::{EventType, Timestamp};
 /// Counters of one emitter or of every emitter of a factory.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    by_type: [AtomicU64; 7],
+    by_type: [AtomicU64; EventType::ALL.len()],
     attempts: AtomicU64,
     retries: AtomicU64,
     failures: AtomicU64,
@@ -71,7 +71,7 @@ impl Counters {
 #[non_exhaustive]
 pub struct EmitterMetrics {
     /// Events accepted by the broker, by type, in [`EventType::ALL`] order.
-    pub events_by_type: [u64; 7],
+    pub events_by_type: [u64; EventType::ALL.len()],
     /// Publish attempts, retries included.
     pub attempts: u64,
     /// Attempts after the first, i.e. retries after a transient error.

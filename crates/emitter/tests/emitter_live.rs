@@ -208,3 +208,56 @@ async fn an_event_the_manager_refuses_is_not_retried_and_changes_nothing() {
         RunState::Running { .. }
     ));
 }
+
+#[tokio::test]
+async fn a_streamed_message_reaches_the_user_piece_by_piece() {
+    let manager = UnifiedWebSocketManager::in_memory();
+    let conn = manager
+        .connect_user(user("alice"), ConnectOptions::default())
+        .await
+        .expect("connect");
+    let emitter = WebSocketEmitterFactory::new(manager).create_emitter(ctx("alice", "r1"));
+    emitter.emit_agent_started("a").await.expect("started");
+    for piece in ["Three ", "flights ", "found."] {
+        emitter
+            .emit_message_delta("m1", piece)
+            .await
+            .expect("delta");
+    }
+    // Completing a message that is not open is refused; the open one completes.
+    let err = emitter
+        .emit_message_completed("m2", None)
+        .await
+        .expect_err("m2 never streamed");
+    assert_eq!(
+        err.violation(),
+        Some(&RunViolation::UnknownMessage {
+            message_id: "m2".into()
+        })
+    );
+    emitter
+        .emit_message_completed("m1", Some("Three flights found.".into()))
+        .await
+        .expect("completed");
+    emitter
+        .emit_agent_completed(json!(null), None)
+        .await
+        .expect("run completed");
+    let events = read_events(&conn, 6, WAIT).await;
+    let text: String = events
+        .iter()
+        .filter_map(|e| match &e.event.data {
+            EventData::MessageDelta(d) => Some(d.delta.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "Three flights found.");
+    match &events[4].event.data {
+        EventData::MessageCompleted(m) => {
+            assert_eq!(m.message_id, "m1");
+            assert_eq!(m.text.as_deref(), Some("Three flights found."));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_no_more_events(&conn, Duration::from_millis(50)).await;
+}

@@ -84,7 +84,8 @@ async fn a_full_pool_drops_emitters_that_carry_nothing_never_a_live_run() {
             .run_state()
             .await,
         RunState::Running {
-            open_tool_calls: Default::default()
+            open_tool_calls: Default::default(),
+            open_messages: Default::default(),
         },
         "the running run kept its state"
     );

@@ -80,7 +80,8 @@ async fn after_lost_answers_the_next_emit_settles_the_event_once() {
     assert_eq!(
         emitter.run_state().await,
         RunState::Running {
-            open_tool_calls: Default::default()
+            open_tool_calls: Default::default(),
+            open_messages: Default::default(),
         }
     );
 

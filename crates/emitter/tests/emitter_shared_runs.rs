@@ -48,7 +48,8 @@ async fn two_emitters_of_one_run_share_its_state() {
     assert_eq!(
         first.run_state().await,
         RunState::Running {
-            open_tool_calls: Default::default()
+            open_tool_calls: Default::default(),
+            open_messages: Default::default(),
         }
     );
     second

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use agentwire_protocol::{RunId, RunState, RunStep, UserId};
+use agentwire_protocol::{RunId, RunState, RunStep, RunViolation, UserId};
 use foldhash::HashMap;
 use tokio::time::Instant;
 
@@ -65,7 +65,7 @@ pub(crate) struct RunTable {
     next_tick: u64,
     evicted: u64,
     expired: u64,
-    violations: [u64; 6],
+    violations: [u64; RunViolation::NAMES.len()],
     refused: [u64; 4],
 }
 
@@ -83,7 +83,7 @@ impl RunTable {
             next_tick: 0,
             evicted: 0,
             expired: 0,
-            violations: [0; 6],
+            violations: [0; RunViolation::NAMES.len()],
             refused: [0; 4],
         }
     }
@@ -116,6 +116,13 @@ impl RunTable {
                 }
             };
             let draft = &mut drafts[d];
+            // A delta opens its message only when the message is not open yet.
+            let opens_message = match (&guard.step, &draft.state) {
+                (RunStep::StreamMessage(id), RunState::Running { open_messages, .. }) => {
+                    !open_messages.contains(id)
+                }
+                _ => false,
+            };
             if let Err(v) = draft.state.apply_step(&guard.step) {
                 self.violations[v.index()] += 1;
                 return Err((i, BrokerError::Violation(v)));
@@ -130,6 +137,11 @@ impl RunTable {
                 }
                 RunStep::OpenToolCall(id) => (tool_call_bytes(id) as isize, false),
                 RunStep::CloseToolCall(id) => (-(tool_call_bytes(id) as isize), false),
+                RunStep::StreamMessage(id) if opens_message => {
+                    (tool_call_bytes(id) as isize, false)
+                }
+                RunStep::StreamMessage(_) => (0, false),
+                RunStep::CloseMessage(id) => (-(tool_call_bytes(id) as isize), false),
                 RunStep::End(_) => (-(draft.bytes as isize) + base as isize, false),
                 RunStep::Think => (0, false),
             };

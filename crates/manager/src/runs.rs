@@ -87,8 +87,8 @@ impl RunGuard {
 /// map slot, state, owner and order entries, rounded up.
 pub const RUN_OVERHEAD_BYTES: usize = 256;
 
-/// What one open tool call costs beyond its id, as counted against
-/// [`RunLimits::max_bytes`].
+/// What one open tool call, or one open streamed message, costs beyond its id, as counted
+/// against [`RunLimits::max_bytes`].
 pub const TOOL_CALL_OVERHEAD_BYTES: usize = 64;
 
 /// The bytes a run of `user` with no open tool call is counted as (a finished run too).
@@ -96,7 +96,8 @@ pub fn run_base_bytes(user: &UserId, run: &RunId) -> usize {
     RUN_OVERHEAD_BYTES + user.as_str().len() + run.as_str().len()
 }
 
-/// The bytes one open tool call adds to its run.
+/// The bytes one open tool call adds to its run; an open streamed message adds the same
+/// for its `message_id`.
 pub fn tool_call_bytes(tool_call_id: &str) -> usize {
     TOOL_CALL_OVERHEAD_BYTES + tool_call_id.len()
 }
@@ -113,7 +114,7 @@ pub struct RunLimits {
     /// Most runs held, in progress and finished (default 100,000).
     pub max_runs: usize,
     /// Most bytes of run state held (default 128 MiB), counted as [`run_base_bytes`] per
-    /// run plus [`tool_call_bytes`] per open tool call.
+    /// run plus [`tool_call_bytes`] per open tool call and per open message.
     pub max_bytes: usize,
     /// Most runs in progress that count against one publisher (default 10,000): one
     /// publisher's runs cannot take every place.
@@ -220,7 +221,7 @@ pub struct RunStats {
     pub expired: u64,
     /// Guarded events refused for breaking their run, by kind, in the order of
     /// [`RunViolation::NAMES`].
-    pub violations: [u64; 6],
+    pub violations: [u64; RunViolation::NAMES.len()],
     /// Guarded events refused at a bound, by bound, in the order of [`RunLimit::ALL`].
     pub refused: [u64; 4],
 }

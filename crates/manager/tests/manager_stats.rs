@@ -15,8 +15,8 @@ use agentwire_protocol::{
 use async_trait::async_trait;
 use support::*;
 
-fn by_type(counts: &[(EventType, u64)]) -> [u64; 7] {
-    let mut out = [0; 7];
+fn by_type(counts: &[(EventType, u64)]) -> [u64; EventType::ALL.len()] {
+    let mut out = [0; EventType::ALL.len()];
     for (ty, n) in counts {
         let i = EventType::ALL
             .iter()

@@ -42,19 +42,26 @@ pub enum EventType {
     AgentCompleted,
     /// The run failed. Like `agent_completed`, it ends the run.
     AgentError,
+    /// A piece of an assistant message streamed as it is written; the first piece of a
+    /// `message_id` opens the message.
+    MessageDelta,
+    /// A streamed message is complete; it closes the message.
+    MessageCompleted,
     /// An application-defined event outside the run lifecycle.
     Custom,
 }
 
 impl EventType {
     /// Every event type, critical events first.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 9] = [
         EventType::AgentStarted,
         EventType::AgentThinking,
         EventType::ToolExecuting,
         EventType::ToolCompleted,
         EventType::AgentCompleted,
         EventType::AgentError,
+        EventType::MessageDelta,
+        EventType::MessageCompleted,
         EventType::Custom,
     ];
 
@@ -67,6 +74,8 @@ impl EventType {
             EventType::ToolCompleted => "tool_completed",
             EventType::AgentCompleted => "agent_completed",
             EventType::AgentError => "agent_error",
+            EventType::MessageDelta => "message_delta",
+            EventType::MessageCompleted => "message_completed",
             EventType::Custom => "custom",
         }
     }
@@ -198,6 +207,33 @@ pub struct AgentError {
     pub extra: Extra,
 }
 
+/// `data` of `message_delta`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MessageDelta {
+    /// The message this piece belongs to, within its run; `message_completed` names it
+    /// again.
+    pub message_id: String,
+    /// The text that follows the message's earlier pieces.
+    pub delta: String,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `data` of `message_completed`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MessageCompleted {
+    /// The message this completes; it must be open in its run.
+    pub message_id: String,
+    /// The whole text, when the publisher sends it again (a client that missed pieces
+    /// can show it as is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Fields beyond the typed ones.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// `data` of `custom`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Custom {
@@ -221,6 +257,8 @@ pub enum EventData {
     ToolCompleted(ToolCompleted),
     AgentCompleted(AgentCompleted),
     AgentError(AgentError),
+    MessageDelta(MessageDelta),
+    MessageCompleted(MessageCompleted),
     Custom(Custom),
 }
 
@@ -234,6 +272,8 @@ impl EventData {
             EventData::ToolCompleted(_) => EventType::ToolCompleted,
             EventData::AgentCompleted(_) => EventType::AgentCompleted,
             EventData::AgentError(_) => EventType::AgentError,
+            EventData::MessageDelta(_) => EventType::MessageDelta,
+            EventData::MessageCompleted(_) => EventType::MessageCompleted,
             EventData::Custom(_) => EventType::Custom,
         }
     }
@@ -251,6 +291,10 @@ impl EventData {
             EventType::ToolCompleted => EventData::ToolCompleted(from_value_at("data", data)?),
             EventType::AgentCompleted => EventData::AgentCompleted(from_value_at("data", data)?),
             EventType::AgentError => EventData::AgentError(from_value_at("data", data)?),
+            EventType::MessageDelta => EventData::MessageDelta(from_value_at("data", data)?),
+            EventType::MessageCompleted => {
+                EventData::MessageCompleted(from_value_at("data", data)?)
+            }
             EventType::Custom => EventData::Custom(from_value_at("data", data)?),
         })
     }
@@ -265,6 +309,8 @@ impl Serialize for EventData {
             EventData::ToolCompleted(d) => d.serialize(s),
             EventData::AgentCompleted(d) => d.serialize(s),
             EventData::AgentError(d) => d.serialize(s),
+            EventData::MessageDelta(d) => d.serialize(s),
+            EventData::MessageCompleted(d) => d.serialize(s),
             EventData::Custom(d) => d.serialize(s),
         }
     }
@@ -286,6 +332,8 @@ from_payload!(
     ToolCompleted,
     AgentCompleted,
     AgentError,
+    MessageDelta,
+    MessageCompleted,
     Custom
 );
 
@@ -319,11 +367,12 @@ impl Event {
         self.data.event_type()
     }
 
-    /// Checks what the types cannot: a run event names its run, and a tool call id keeps
-    /// the identifier rule (1–256 bytes, no control characters).
+    /// Checks what the types cannot: a run event names its run, and a tool call id or a
+    /// message id keeps the identifier rule (1–256 bytes, no control characters).
     ///
     /// # Errors
-    /// [`crate::DecodeError::Invalid`] naming `run_id`.
+    /// [`crate::DecodeError::Invalid`] naming `run_id`, `data.tool_call_id` or
+    /// `data.message_id`.
     pub fn validate(&self) -> Result<(), crate::DecodeError> {
         if self.event_type().is_run_event() && self.run_id.is_none() {
             return Err(crate::DecodeError::Invalid {
@@ -331,15 +380,18 @@ impl Event {
                 reason: format!("is required for `{}` events", self.event_type()),
             });
         }
-        // A run remembers its open tool calls, so their ids are bounded like every id.
-        let tool_call_id = match &self.data {
-            EventData::ToolExecuting(t) => Some(&t.tool_call_id),
-            EventData::ToolCompleted(t) => Some(&t.tool_call_id),
+        // A run remembers its open tool calls and messages, so their ids are bounded like
+        // every id.
+        let named = match &self.data {
+            EventData::ToolExecuting(t) => Some(("data.tool_call_id", &t.tool_call_id)),
+            EventData::ToolCompleted(t) => Some(("data.tool_call_id", &t.tool_call_id)),
+            EventData::MessageDelta(m) => Some(("data.message_id", &m.message_id)),
+            EventData::MessageCompleted(m) => Some(("data.message_id", &m.message_id)),
             _ => None,
         };
-        if let Some(id) = tool_call_id {
+        if let Some((field, id)) = named {
             crate::ids::validate_id(id).map_err(|e| crate::DecodeError::Invalid {
-                field: "data.tool_call_id".into(),
+                field: field.into(),
                 reason: e.to_string(),
             })?;
         }
@@ -403,7 +455,7 @@ impl Event {
 
 /// An accepted event as delivered to a client: the event plus its place in the user's
 /// stream. On the wire its fields sit side by side:
-/// `{"type","seq","event_id","ts","thread_id","run_id","data"}`.
+/// `{"type","seq","event_id","ts","from_seq"?,"thread_id","run_id","data"}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventEnvelope {
     /// Position in the user's stream.
@@ -412,6 +464,9 @@ pub struct EventEnvelope {
     pub event_id: EventId,
     /// When the broker accepted it.
     pub ts: Timestamp,
+    /// Set only on a merged `message_delta` ([`EventEnvelope::merge_delta`]): the frame
+    /// stands for the deltas `from_seq ..= seq` of one message, its text theirs in order.
+    pub from_seq: Option<Seq>,
     /// The event.
     pub event: Event,
 }
@@ -423,22 +478,83 @@ impl Serialize for EventEnvelope {
         map.serialize_entry("seq", &self.seq)?;
         map.serialize_entry("event_id", &self.event_id)?;
         map.serialize_entry("ts", &self.ts)?;
+        if let Some(from) = &self.from_seq {
+            map.serialize_entry("from_seq", from)?;
+        }
         self.event.serialize_body(&mut map)?;
         map.end()
     }
 }
 
 impl EventEnvelope {
+    /// An event delivered as itself (not merged).
+    pub fn new(seq: Seq, event_id: EventId, ts: Timestamp, event: Event) -> Self {
+        EventEnvelope {
+            seq,
+            event_id,
+            ts,
+            from_seq: None,
+            event,
+        }
+    }
+
+    /// The seqs this frame stands for: `seq` alone, or `from_seq ..= seq` when merged.
+    pub fn seqs(&self) -> std::ops::RangeInclusive<Seq> {
+        self.from_seq.unwrap_or(self.seq)..=self.seq
+    }
+
+    /// Merges `next`, the `message_delta` right after this one in the user's stream, into
+    /// this one: when both are deltas of one message (same run, thread and `message_id`)
+    /// and `next.seq` follows this frame's newest seq, this frame takes `next`'s text after
+    /// its own, and `next`'s `seq`, `event_id`, `ts` and extra fields, and covers its seqs
+    /// too (`from_seq`). Returns whether it merged; otherwise nothing changes.
+    ///
+    /// A server merges deltas only while they wait in a slow connection's queue
+    /// (docs/protocol.md §6.5); no other event is ever merged.
+    pub fn merge_delta(&mut self, next: &EventEnvelope) -> bool {
+        let (EventData::MessageDelta(mine), EventData::MessageDelta(theirs)) =
+            (&mut self.event.data, &next.event.data)
+        else {
+            return false;
+        };
+        if mine.message_id != theirs.message_id
+            || self.event.run_id != next.event.run_id
+            || self.event.thread_id != next.event.thread_id
+            || next.from_seq.is_some()
+            || next.seq != self.seq.next()
+        {
+            return false;
+        }
+        mine.delta.push_str(&theirs.delta);
+        mine.extra.clone_from(&theirs.extra);
+        self.from_seq = Some(self.from_seq.unwrap_or(self.seq));
+        self.seq = next.seq;
+        self.event_id = next.event_id.clone();
+        self.ts = next.ts;
+        true
+    }
+
     pub(crate) fn take_fields(obj: &mut Map<String, Value>) -> Result<Self, crate::DecodeError> {
         use crate::codec::{from_value_at, require};
-        let seq = from_value_at("seq", require(obj, "seq")?)?;
+        let seq: Seq = from_value_at("seq", require(obj, "seq")?)?;
         let event_id = from_value_at("event_id", require(obj, "event_id")?)?;
         let ts = from_value_at("ts", require(obj, "ts")?)?;
+        let from_seq: Option<Seq> = match obj.remove("from_seq") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(from_value_at("from_seq", v)?),
+        };
+        if from_seq.is_some_and(|from| from >= seq) {
+            return Err(crate::DecodeError::Invalid {
+                field: "from_seq".into(),
+                reason: "must be less than `seq`".into(),
+            });
+        }
         let event = Event::take_fields(obj)?;
         Ok(EventEnvelope {
             seq,
             event_id,
             ts,
+            from_seq,
             event,
         })
     }

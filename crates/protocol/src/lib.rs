@@ -21,6 +21,7 @@
 //! assert_eq!(err.field(), Some("seq"));
 //! ```
 
+mod agui;
 mod close;
 mod codec;
 mod event;
@@ -29,6 +30,10 @@ mod ids;
 mod publish;
 mod run;
 
+pub use agui::{
+    AGUI_CUSTOM_PREFIX, AGUI_MAX_OPEN_MESSAGES, AGUI_SUBPROTOCOL, AgUiBody, AgUiEvent,
+    AgUiProjection, project_close, project_frame,
+};
 pub use close::{ClientAction, CloseCode};
 pub use codec::{
     DEFAULT_MAX_EVENT_BYTES, DecodeError, Limits, MAX_CLIENT_FRAME_BYTES, MAX_CLIENT_FRAME_DEPTH,
@@ -36,7 +41,8 @@ pub use codec::{
 };
 pub use event::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, CRITICAL_EVENTS, Custom, Event,
-    EventData, EventEnvelope, EventType, Extra, ToolCompleted, ToolExecuting, UnknownEventType,
+    EventData, EventEnvelope, EventType, Extra, MessageCompleted, MessageDelta, ToolCompleted,
+    ToolExecuting, UnknownEventType,
 };
 pub use frame::{
     ClientFrame, ConnectionEstablished, ErrorCode, ErrorFrame, ReplayGap, ServerFrame,
@@ -46,7 +52,9 @@ pub use ids::{
     validate_id,
 };
 pub use publish::{PublishAccepted, PublishBody, PublishRequest, PublishResponse};
-pub use run::{MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunStep, RunViolation};
+pub use run::{
+    MAX_OPEN_MESSAGES, MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunStep, RunViolation,
+};
 
 /// The protocol version this crate implements; also the WebSocket subprotocol name's
 /// suffix (`agentwire.v1`).

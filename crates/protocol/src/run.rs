@@ -1,7 +1,10 @@
 //! The run lifecycle as a state machine.
 //!
 //! Per run: `agent_started` comes first; `tool_completed` only for an open `tool_call_id`;
-//! exactly one terminal event (`agent_completed` or `agent_error`) and nothing after it.
+//! `message_completed` only for an open `message_id` (the first `message_delta` of a
+//! message opens it); exactly one terminal event (`agent_completed` or `agent_error`) and
+//! nothing after it. Tool calls and messages still open at the terminal event end with
+//! the run.
 //! `custom` events stand outside the lifecycle and are accepted in any state.
 //!
 //! [`RunState`] is the one reference of these rules. What an event does to its run is a
@@ -17,6 +20,10 @@ use crate::event::{EventData, EventType};
 /// Most tool calls one run may have open at once. A bound on what a publisher can make a
 /// server remember per run.
 pub const MAX_OPEN_TOOL_CALLS: usize = 256;
+
+/// Most streamed messages one run may have open at once (begun by a `message_delta`, not
+/// yet completed). A bound on what a publisher can make a server remember per run.
+pub const MAX_OPEN_MESSAGES: usize = 256;
 
 /// How a finished run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,6 +46,10 @@ pub enum RunStep {
     OpenToolCall(String),
     /// `tool_completed`: the open tool call with this id closes.
     CloseToolCall(String),
+    /// `message_delta`: the message with this id continues, or opens when it is not open.
+    StreamMessage(String),
+    /// `message_completed`: the open message with this id closes.
+    CloseMessage(String),
     /// `agent_completed` or `agent_error`: the run ends.
     End(RunOutcome),
 }
@@ -53,6 +64,8 @@ impl RunStep {
             EventData::ToolCompleted(t) => RunStep::CloseToolCall(t.tool_call_id.clone()),
             EventData::AgentCompleted(_) => RunStep::End(RunOutcome::Completed),
             EventData::AgentError(_) => RunStep::End(RunOutcome::Failed),
+            EventData::MessageDelta(m) => RunStep::StreamMessage(m.message_id.clone()),
+            EventData::MessageCompleted(m) => RunStep::CloseMessage(m.message_id.clone()),
             EventData::Custom(_) => return None,
         })
     }
@@ -64,6 +77,8 @@ impl RunStep {
             RunStep::Think => EventType::AgentThinking,
             RunStep::OpenToolCall(_) => EventType::ToolExecuting,
             RunStep::CloseToolCall(_) => EventType::ToolCompleted,
+            RunStep::StreamMessage(_) => EventType::MessageDelta,
+            RunStep::CloseMessage(_) => EventType::MessageCompleted,
             RunStep::End(outcome) => outcome.event_type(),
         }
     }
@@ -72,6 +87,14 @@ impl RunStep {
     pub fn tool_call_id(&self) -> Option<&str> {
         match self {
             RunStep::OpenToolCall(id) | RunStep::CloseToolCall(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The message the step streams or closes.
+    pub fn message_id(&self) -> Option<&str> {
+        match self {
+            RunStep::StreamMessage(id) | RunStep::CloseMessage(id) => Some(id),
             _ => None,
         }
     }
@@ -97,6 +120,8 @@ pub enum RunState {
     Running {
         /// Tool calls begun (`tool_executing`) and not yet completed.
         open_tool_calls: BTreeSet<String>,
+        /// Messages begun (`message_delta`) and not yet completed.
+        open_messages: BTreeSet<String>,
     },
     /// Ended; nothing more may come.
     Finished(RunOutcome),
@@ -130,6 +155,15 @@ pub enum RunViolation {
     /// More than [`MAX_OPEN_TOOL_CALLS`] calls open at once.
     #[error("more than {MAX_OPEN_TOOL_CALLS} tool calls open at once")]
     TooManyOpenToolCalls,
+    /// `message_completed` for a message that is not open.
+    #[error("`message_completed` for message `{message_id}`, which is not open")]
+    UnknownMessage {
+        /// The message id.
+        message_id: String,
+    },
+    /// More than [`MAX_OPEN_MESSAGES`] messages open at once.
+    #[error("more than {MAX_OPEN_MESSAGES} messages open at once")]
+    TooManyOpenMessages,
     /// Anything after the terminal event.
     #[error("`{event}` after the run ended with `{ended_with}`")]
     AfterTerminal {
@@ -142,12 +176,14 @@ pub enum RunViolation {
 
 impl RunViolation {
     /// Every violation's [`name`](Self::name), in the order of docs/protocol.md §7.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 8] = [
         "NotStarted",
         "AlreadyStarted",
         "DuplicateToolCall",
         "UnknownToolCall",
         "TooManyOpenToolCalls",
+        "UnknownMessage",
+        "TooManyOpenMessages",
         "AfterTerminal",
     ];
 
@@ -159,7 +195,9 @@ impl RunViolation {
             RunViolation::DuplicateToolCall { .. } => 2,
             RunViolation::UnknownToolCall { .. } => 3,
             RunViolation::TooManyOpenToolCalls => 4,
-            RunViolation::AfterTerminal { .. } => 5,
+            RunViolation::UnknownMessage { .. } => 5,
+            RunViolation::TooManyOpenMessages => 6,
+            RunViolation::AfterTerminal { .. } => 7,
         }
     }
 
@@ -170,12 +208,16 @@ impl RunViolation {
     }
 
     /// The field of the event the violation is about: `data.tool_call_id` for the tool
-    /// call violations, `type` for the others.
+    /// call violations, `data.message_id` for the message violations, `type` for the
+    /// others.
     pub fn field(&self) -> &'static str {
         match self {
             RunViolation::DuplicateToolCall { .. }
             | RunViolation::UnknownToolCall { .. }
             | RunViolation::TooManyOpenToolCalls => "data.tool_call_id",
+            RunViolation::UnknownMessage { .. } | RunViolation::TooManyOpenMessages => {
+                "data.message_id"
+            }
             _ => "type",
         }
     }
@@ -210,7 +252,10 @@ impl RunState {
     /// not started takes only `Start` (`NotStarted`); a running run takes no second
     /// `Start` (`AlreadyStarted`), opens a tool call that is not open (`DuplicateToolCall`)
     /// while fewer than [`MAX_OPEN_TOOL_CALLS`] are (`TooManyOpenToolCalls`), and closes
-    /// only an open one (`UnknownToolCall`).
+    /// only an open one (`UnknownToolCall`); it streams into an open message, or opens one
+    /// while fewer than [`MAX_OPEN_MESSAGES`] are (`TooManyOpenMessages`), and closes only
+    /// an open one (`UnknownMessage`). The terminal step ends the run with whatever tool
+    /// calls and messages are still open.
     ///
     /// # Errors
     /// The [`RunViolation`] the step commits.
@@ -224,6 +269,7 @@ impl RunState {
                 RunStep::Start => {
                     *self = RunState::Running {
                         open_tool_calls: BTreeSet::new(),
+                        open_messages: BTreeSet::new(),
                     };
                     Ok(())
                 }
@@ -231,7 +277,10 @@ impl RunState {
                     event: step.event_type(),
                 }),
             },
-            RunState::Running { open_tool_calls } => match step {
+            RunState::Running {
+                open_tool_calls,
+                open_messages,
+            } => match step {
                 RunStep::Start => Err(RunViolation::AlreadyStarted),
                 RunStep::Think => Ok(()),
                 RunStep::OpenToolCall(id) => {
@@ -252,6 +301,24 @@ impl RunState {
                     } else {
                         Err(RunViolation::UnknownToolCall {
                             tool_call_id: id.clone(),
+                        })
+                    }
+                }
+                RunStep::StreamMessage(id) => {
+                    if !open_messages.contains(id) {
+                        if open_messages.len() >= MAX_OPEN_MESSAGES {
+                            return Err(RunViolation::TooManyOpenMessages);
+                        }
+                        open_messages.insert(id.clone());
+                    }
+                    Ok(())
+                }
+                RunStep::CloseMessage(id) => {
+                    if open_messages.remove(id) {
+                        Ok(())
+                    } else {
+                        Err(RunViolation::UnknownMessage {
+                            message_id: id.clone(),
                         })
                     }
                 }

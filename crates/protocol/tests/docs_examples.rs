@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use agentwire_protocol::{
     AUTH_SUBPROTOCOL_PREFIX, ClientAction, ClientFrame, CloseCode, DEFAULT_MAX_EVENT_BYTES,
     EventType, Limits, MAX_CLIENT_FRAME_BYTES, MAX_CLIENT_FRAME_DEPTH, MAX_EVENT_DEPTH,
-    MAX_ID_BYTES, MAX_OPEN_TOOL_CALLS, PublishBody, PublishResponse, SUBPROTOCOL, ServerFrame,
+    MAX_ID_BYTES, MAX_OPEN_MESSAGES, MAX_OPEN_TOOL_CALLS, PublishBody, PublishResponse,
+    SUBPROTOCOL, ServerFrame,
 };
 use serde_json::Value;
 
@@ -321,6 +322,7 @@ fn the_limits_table_states_the_constants() {
         ("MAX_EVENT_DEPTH", MAX_EVENT_DEPTH),
         ("MAX_ID_BYTES", MAX_ID_BYTES),
         ("MAX_OPEN_TOOL_CALLS", MAX_OPEN_TOOL_CALLS),
+        ("MAX_OPEN_MESSAGES", MAX_OPEN_MESSAGES),
     ];
     for (name, value) in limits {
         let row = rows

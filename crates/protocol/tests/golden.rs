@@ -35,12 +35,12 @@ fn envelope(
     run: Option<&'static str>,
     data: impl Into<EventData>,
 ) -> ServerFrame {
-    ServerFrame::Event(EventEnvelope {
-        seq: Seq(seq),
-        event_id: id(event_id),
-        ts: Timestamp(ts),
-        event: Event::new(Some(id("t1")), run.map(id), data),
-    })
+    ServerFrame::Event(EventEnvelope::new(
+        Seq(seq),
+        id(event_id),
+        Timestamp(ts),
+        Event::new(Some(id("t1")), run.map(id), data),
+    ))
 }
 
 /// What a golden file holds.
@@ -167,6 +167,34 @@ fn expected() -> Vec<(&'static str, Golden)> {
                     message: "The model timed out.".into(),
                     code: Some("timeout".into()),
                     retryable: true,
+                    extra: Extra::new(),
+                },
+            )),
+        ),
+        (
+            "message_delta",
+            Golden::Server(envelope(
+                50,
+                "0193a1f2-7c54-7b3a-9d2e-1f0c5a6b7c8d",
+                1764104400490,
+                Some("r4"),
+                MessageDelta {
+                    message_id: "m1".into(),
+                    delta: "Three flights ".into(),
+                    extra: Extra::new(),
+                },
+            )),
+        ),
+        (
+            "message_completed",
+            Golden::Server(envelope(
+                52,
+                "0193a1f2-7c56-7b3a-9d2e-1f0c5a6b7c8d",
+                1764104400510,
+                Some("r4"),
+                MessageCompleted {
+                    message_id: "m1".into(),
+                    text: Some("Three flights found.".into()),
                     extra: Extra::new(),
                 },
             )),

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use agentwire_protocol::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, Custom, EventData, EventType,
-    MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunStep, RunViolation, ToolCompleted, ToolExecuting,
+    MAX_OPEN_MESSAGES, MAX_OPEN_TOOL_CALLS, MessageCompleted, MessageDelta, RunOutcome, RunState,
+    RunStep, RunViolation, ToolCompleted, ToolExecuting,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -42,6 +43,23 @@ fn completed_tool(id: &str) -> EventData {
     .into()
 }
 
+fn delta(id: &str) -> EventData {
+    MessageDelta {
+        message_id: id.into(),
+        delta: "Hel".into(),
+        ..Default::default()
+    }
+    .into()
+}
+
+fn message_done(id: &str) -> EventData {
+    MessageCompleted {
+        message_id: id.into(),
+        ..Default::default()
+    }
+    .into()
+}
+
 fn completed() -> EventData {
     AgentCompleted::default().into()
 }
@@ -62,7 +80,7 @@ fn custom() -> EventData {
     .into()
 }
 
-/// An event of type `ty`, naming tool call `id` where it names one.
+/// An event of type `ty`, naming tool call or message `id` where it names one.
 fn of_type(ty: EventType, id: &str) -> EventData {
     match ty {
         EventType::AgentStarted => started(),
@@ -71,13 +89,20 @@ fn of_type(ty: EventType, id: &str) -> EventData {
         EventType::ToolCompleted => completed_tool(id),
         EventType::AgentCompleted => completed(),
         EventType::AgentError => failed(),
+        EventType::MessageDelta => delta(id),
+        EventType::MessageCompleted => message_done(id),
         EventType::Custom => custom(),
     }
 }
 
 fn running(open: &[&str]) -> RunState {
+    running_with(open, &[])
+}
+
+fn running_with(tool_calls: &[&str], messages: &[&str]) -> RunState {
     RunState::Running {
-        open_tool_calls: open.iter().map(|s| (*s).to_owned()).collect(),
+        open_tool_calls: tool_calls.iter().map(|s| (*s).to_owned()).collect(),
+        open_messages: messages.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 
@@ -108,6 +133,10 @@ enum Step {
     Open,
     /// Complete the open call at this index (or think, when none is open).
     Close(prop::sample::Index),
+    /// Stream into a new message, or into the open one at this index.
+    Stream(Option<prop::sample::Index>),
+    /// Complete the open message at this index (or think, when none is open).
+    CloseMessage(prop::sample::Index),
     Custom,
 }
 
@@ -116,12 +145,15 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Think),
         2 => Just(Step::Open),
         2 => any::<prop::sample::Index>().prop_map(Step::Close),
+        3 => any::<Option<prop::sample::Index>>().prop_map(Step::Stream),
+        1 => any::<prop::sample::Index>().prop_map(Step::CloseMessage),
         1 => Just(Step::Custom),
     ]
 }
 
 /// A valid run: `agent_started`, an interleaving of the middle events with fresh and open
-/// tool call ids, exactly one terminal event. Returns the events and the outcome.
+/// tool call and message ids, exactly one terminal event. Returns the events and the
+/// outcome.
 fn valid_run() -> impl Strategy<Value = (Vec<EventData>, RunOutcome)> {
     (
         vec(step(), 0..64),
@@ -136,6 +168,7 @@ fn valid_run() -> impl Strategy<Value = (Vec<EventData>, RunOutcome)> {
             }
             events.push(started());
             let mut open: Vec<String> = Vec::new();
+            let mut messages: Vec<String> = Vec::new();
             let mut fresh = 0usize;
             for s in steps {
                 match s {
@@ -153,6 +186,21 @@ fn valid_run() -> impl Strategy<Value = (Vec<EventData>, RunOutcome)> {
                         events.push(completed_tool(&id));
                     }
                     Step::Close(_) => events.push(thinking()),
+                    Step::Stream(Some(i)) if !messages.is_empty() => {
+                        events.push(delta(&messages[i.index(messages.len())]));
+                    }
+                    Step::Stream(_) if messages.len() < MAX_OPEN_MESSAGES => {
+                        fresh += 1;
+                        let id = format!("{prefix}#{fresh}");
+                        events.push(delta(&id));
+                        messages.push(id);
+                    }
+                    Step::Stream(_) => events.push(thinking()),
+                    Step::CloseMessage(i) if !messages.is_empty() => {
+                        let id = messages.remove(i.index(messages.len()));
+                        events.push(message_done(&id));
+                    }
+                    Step::CloseMessage(_) => events.push(thinking()),
                 }
             }
             if fails {
@@ -211,6 +259,12 @@ proptest! {
                         _ => None,
                     };
                     prop_assert_eq!(step.tool_call_id(), tool_call);
+                    let message = match e {
+                        EventData::MessageDelta(m) => Some(m.message_id.as_str()),
+                        EventData::MessageCompleted(m) => Some(m.message_id.as_str()),
+                        _ => None,
+                    };
+                    prop_assert_eq!(step.message_id(), message);
                     prop_assert_eq!(by_step.apply_step(&step), answer);
                 }
             }
@@ -222,6 +276,7 @@ proptest! {
     fn every_valid_run_is_accepted_and_finishes((events, outcome) in valid_run()) {
         let mut state = RunState::default();
         let mut open = BTreeSet::new();
+        let mut messages = BTreeSet::new();
         for e in &events {
             let before = state.clone();
             let next = state.transition(e);
@@ -236,10 +291,17 @@ proptest! {
                 EventData::ToolCompleted(t) => {
                     open.remove(&t.tool_call_id);
                 }
+                EventData::MessageDelta(m) => {
+                    messages.insert(m.message_id.clone());
+                }
+                EventData::MessageCompleted(m) => {
+                    messages.remove(&m.message_id);
+                }
                 _ => {}
             }
-            if let RunState::Running { open_tool_calls } = &state {
+            if let RunState::Running { open_tool_calls, open_messages } = &state {
                 prop_assert_eq!(open_tool_calls, &open);
+                prop_assert_eq!(open_messages, &messages);
             }
         }
         prop_assert_eq!(&state, &RunState::Finished(outcome));
@@ -370,6 +432,57 @@ fn open_tool_calls_are_bounded() {
 }
 
 #[test]
+fn a_message_opens_with_its_first_delta_and_closes_once() {
+    let state = run(&[started(), delta("m1"), delta("m1"), delta("m2")]);
+    assert_eq!(state, running_with(&[], &["m1", "m2"]));
+    // A message and a tool call may share an id: they are kept apart.
+    let state = run(&[started(), delta("x"), executing("x"), message_done("x")]);
+    assert_eq!(state, running_with(&["x"], &[]));
+    assert_refused(
+        &run(&[started(), delta("m1"), message_done("m1")]),
+        &message_done("m1"),
+        &RunViolation::UnknownMessage {
+            message_id: "m1".into(),
+        },
+    );
+    assert_refused(
+        &run(&[started()]),
+        &message_done("m9"),
+        &RunViolation::UnknownMessage {
+            message_id: "m9".into(),
+        },
+    );
+    // Once completed, the id may stream again: it opens a new message.
+    let state = run(&[started(), delta("m1"), message_done("m1"), delta("m1")]);
+    assert_eq!(state, running_with(&[], &["m1"]));
+}
+
+#[test]
+fn open_messages_are_bounded() {
+    let mut state = run(&[started()]);
+    for i in 0..MAX_OPEN_MESSAGES {
+        state
+            .apply(&delta(&format!("m{i}")))
+            .unwrap_or_else(|v| panic!("open #{i} refused: {v}"));
+    }
+    assert_refused(
+        &state,
+        &delta("one too many"),
+        &RunViolation::TooManyOpenMessages,
+    );
+    // An open message still streams at the bound.
+    state.apply(&delta("m0")).expect("m0 is open");
+    state.apply(&message_done("m0")).expect("m0 is open");
+    state.apply(&delta("one too many")).expect("room for one");
+}
+
+#[test]
+fn a_run_may_end_with_messages_still_open() {
+    let state = run(&[started(), delta("m1"), executing("tc1"), completed()]);
+    assert_eq!(state, RunState::Finished(RunOutcome::Completed));
+}
+
+#[test]
 fn nothing_but_custom_comes_after_the_terminal_event() {
     for (terminal, ended_with, outcome) in [
         (
@@ -438,6 +551,12 @@ fn violations_have_their_documented_names_and_fields() {
             "data.tool_call_id",
         ),
         (
+            run(&[started()]),
+            message_done("a"),
+            "UnknownMessage",
+            "data.message_id",
+        ),
+        (
             run(&[started(), failed()]),
             thinking(),
             "AfterTerminal",
@@ -456,6 +575,11 @@ fn violations_have_their_documented_names_and_fields() {
         RunViolation::TooManyOpenToolCalls.field(),
         "data.tool_call_id"
     );
+    assert_eq!(
+        RunViolation::TooManyOpenMessages.name(),
+        "TooManyOpenMessages"
+    );
+    assert_eq!(RunViolation::TooManyOpenMessages.field(), "data.message_id");
 }
 
 #[test]

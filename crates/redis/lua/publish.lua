@@ -4,18 +4,20 @@
 -- KEYS: 1-5 as in common.lua, then the state key of each run the batch's guarded events
 --       touch (HASH s = status r|c|f, n = open calls, b = bytes, a = allowance,
 --       k = reservation token, o = owner, f = when the registry was last told (ms),
---       t:<tool_call_id> = 1 per open call).
+--       t:<tool_call_id> = 1 per open call, nm = open messages, m:<message_id> = 1 per
+--       open message).
 -- ARGV: 1 new epoch (used only if the stream is new), 2 max events kept, 3 max age (ms),
 --       4 dedupe window (ms), 5 max dedupe entries, 6 idle TTL of meta (ms),
 --       7 publish command (PUBLISH or SPUBLISH), 8 number of events n,
---       9 run ttl (ms), 10 bytes per open tool call beyond its id, 11 most open tool calls,
---       12 number of runs m,
+--       9 run ttl (ms), 10 bytes per open tool call (or message) beyond its id, 11 most
+--       open tool calls, 12 number of runs m, 13 most open messages,
 --       then five per run: reservation token ('' none), allowance granted ('' none),
 --       refusal of a new run ('' none, else the bound's name), owner, base bytes;
 --       then nine per event: event_id, digest, type, head, mid, tail (the frame is
 --       head .. seq .. mid .. ts .. tail, pieces of compose_frame), run (1-based; 0 for an
---       unguarded event), step (s start, t think, o open, c close, e end), step argument
---       (the tool call id; for e the outcome, c or f).
+--       unguarded event), step (s start, t think, o open, c close, d message delta,
+--       m message completed, e end), step argument (the tool call or message id; for e
+--       the outcome, c or f).
 -- Returns {'ok', epoch, new_epoch(0/1), trimmed, forgotten, seq1, ts1, dup1, ...,
 --          then per run: token, started(0/1), ended(0/1), refresh(0/1)}
 --      or {'conflict', index (0-based), seq of the id's first acceptance}
@@ -31,12 +33,13 @@ local run_ttl = tonumber(ARGV[9])
 local call_bytes = tonumber(ARGV[10])
 local max_open = tonumber(ARGV[11])
 local m = tonumber(ARGV[12])
-local first_event = 13 + 5 * m
+local max_messages = tonumber(ARGV[13])
+local first_event = 14 + 5 * m
 local now = now_ms()
 
 -- ARGV index of run j's first field.
 local function run_arg(j)
-  return 13 + 5 * (j - 1)
+  return 14 + 5 * (j - 1)
 end
 
 -- The state of run j as the batch leaves it so far.
@@ -46,10 +49,10 @@ local function run(j)
   if r then
     return r
   end
-  local v = redis.call('HMGET', KEYS[5 + j], 's', 'n', 'b', 'a', 'k', 'o', 'f')
+  local v = redis.call('HMGET', KEYS[5 + j], 's', 'n', 'b', 'a', 'k', 'o', 'f', 'nm')
   r = {
     s = v[1], n = tonumber(v[2]) or 0, b = tonumber(v[3]) or 0, a = tonumber(v[4]) or 0,
-    k = v[5] or '', o = v[6] or '', f = tonumber(v[7]) or 0,
+    k = v[5] or '', o = v[6] or '', f = tonumber(v[7]) or 0, nm = tonumber(v[8]) or 0,
     opened = {}, closed = {}, changed = false, started = false, ended = false,
   }
   local grant = ARGV[run_arg(j) + 1]
@@ -60,18 +63,34 @@ local function run(j)
   return r
 end
 
-local function is_open(r, j, id)
-  if r.opened[id] then
+-- Whether the tool call or message of `field` ('t:<id>' or 'm:<id>') is open in run j.
+local function is_open(r, j, field)
+  if r.opened[field] then
     return true
-  elseif r.closed[id] or r.started then
+  elseif r.closed[field] or r.started then
     return false
   end
-  return redis.call('HEXISTS', KEYS[5 + j], 't:' .. id) == 1
+  return redis.call('HEXISTS', KEYS[5 + j], field) == 1
 end
 
 -- Room a run needs beyond its allowance: run -> {bytes, index of the first event}.
 local grow = {}
 local growing = false
+
+-- Counts `cost` more bytes in run j for event i, asking the registry for room beyond the
+-- run's allowance.
+local function take_room(r, j, i, cost)
+  if r.b + cost > r.a then
+    local g = grow[j]
+    if not g then
+      grow[j] = {r.b + cost, i}
+    elseif r.b + cost > g[1] then
+      g[1] = r.b + cost
+    end
+    growing = true
+  end
+  r.b = r.b + cost
+end
 
 -- Applies event i's step to run j; returns the refusal, or nil.
 local function step(i, j, code, arg)
@@ -87,7 +106,7 @@ local function step(i, j, code, arg)
     if ARGV[b + 2] ~= '' then
       return {'full', i, ARGV[b + 2]}
     end
-    r.s, r.n, r.b = 'r', 0, tonumber(ARGV[b + 4])
+    r.s, r.n, r.nm, r.b = 'r', 0, 0, tonumber(ARGV[b + 4])
     r.k, r.o, r.f = ARGV[b], ARGV[b + 3], now
     r.started, r.changed = true, true
     return nil
@@ -95,34 +114,47 @@ local function step(i, j, code, arg)
   if code == 's' then
     return {'violation', i, 'AlreadyStarted', ''}
   elseif code == 'o' then
-    if is_open(r, j, arg) then
+    local field = 't:' .. arg
+    if is_open(r, j, field) then
       return {'violation', i, 'DuplicateToolCall', ''}
     end
     if r.n >= max_open then
       return {'violation', i, 'TooManyOpenToolCalls', ''}
     end
-    local cost = call_bytes + #arg
-    if r.b + cost > r.a then
-      local g = grow[j]
-      if not g then
-        grow[j] = {r.b + cost, i}
-      elseif r.b + cost > g[1] then
-        g[1] = r.b + cost
-      end
-      growing = true
-    end
-    r.n, r.b = r.n + 1, r.b + cost
-    r.opened[arg], r.closed[arg] = true, nil
+    take_room(r, j, i, call_bytes + #arg)
+    r.n = r.n + 1
+    r.opened[field], r.closed[field] = true, nil
     r.changed = true
   elseif code == 'c' then
-    if not is_open(r, j, arg) then
+    local field = 't:' .. arg
+    if not is_open(r, j, field) then
       return {'violation', i, 'UnknownToolCall', ''}
     end
     r.n, r.b = r.n - 1, r.b - (call_bytes + #arg)
-    r.opened[arg], r.closed[arg] = nil, true
+    r.opened[field], r.closed[field] = nil, true
+    r.changed = true
+  elseif code == 'd' then
+    -- A delta into an open message changes nothing; the first one opens it.
+    local field = 'm:' .. arg
+    if not is_open(r, j, field) then
+      if r.nm >= max_messages then
+        return {'violation', i, 'TooManyOpenMessages', ''}
+      end
+      take_room(r, j, i, call_bytes + #arg)
+      r.nm = r.nm + 1
+      r.opened[field], r.closed[field] = true, nil
+      r.changed = true
+    end
+  elseif code == 'm' then
+    local field = 'm:' .. arg
+    if not is_open(r, j, field) then
+      return {'violation', i, 'UnknownMessage', ''}
+    end
+    r.nm, r.b = r.nm - 1, r.b - (call_bytes + #arg)
+    r.opened[field], r.closed[field] = nil, true
     r.changed = true
   elseif code == 'e' then
-    r.s, r.n, r.b = arg, 0, tonumber(ARGV[run_arg(j) + 4])
+    r.s, r.n, r.nm, r.b = arg, 0, 0, tonumber(ARGV[run_arg(j) + 4])
     r.opened, r.closed = {}, {}
     r.ended, r.changed = true, true
   end
@@ -247,13 +279,13 @@ for j = 1, m do
     end
     if r.changed then
       redis.call('HSET', key, 's', r.s, 'n', int(r.n), 'b', int(r.b), 'a', int(r.a),
-        'k', r.k, 'o', r.o, 'f', int(r.f))
-      for id in pairs(r.opened) do
-        redis.call('HSET', key, 't:' .. id, 1)
+        'k', r.k, 'o', r.o, 'f', int(r.f), 'nm', int(r.nm))
+      for field in pairs(r.opened) do
+        redis.call('HSET', key, field, 1)
       end
       if not r.ended then
-        for id in pairs(r.closed) do
-          redis.call('HDEL', key, 't:' .. id)
+        for field in pairs(r.closed) do
+          redis.call('HDEL', key, field)
         end
       end
     end

@@ -31,6 +31,15 @@ pub enum ConfigError {
         /// The rule it breaks.
         reason: &'static str,
     },
+    /// A Redis address that does not parse (`redis://host:port[/db]`, or `unix://` for a
+    /// standalone Redis). The URL is shown with its password hidden.
+    #[error("invalid Redis URL {url:?}: {reason}")]
+    Url {
+        /// The rejected URL, its password replaced by `***`.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// A bound is zero or out of its range.
     #[error("invalid {name}: {reason}")]
     Bound {
@@ -63,6 +72,8 @@ pub struct RedisConfig {
     pub(crate) reconnect_max: Duration,
     pub(crate) ping_interval: Duration,
     pub(crate) run_limits: RunLimits,
+    pub(crate) connection_lease: Duration,
+    pub(crate) control_wait: Duration,
 }
 
 impl RedisConfig {
@@ -85,6 +96,8 @@ impl RedisConfig {
                 reconnect_max: Duration::from_secs(5),
                 ping_interval: Duration::from_secs(5),
                 run_limits: RunLimits::default(),
+                connection_lease: Duration::from_secs(30),
+                control_wait: Duration::from_secs(1),
             },
         }
     }
@@ -137,6 +150,16 @@ impl RedisConfig {
     /// The bounds of the run state kept for guarded events.
     pub fn run_limits(&self) -> &RunLimits {
         &self.run_limits
+    }
+
+    /// How long a connection lease counts without renewal.
+    pub fn connection_lease(&self) -> Duration {
+        self.connection_lease
+    }
+
+    /// How long a control request waits for the other nodes.
+    pub fn control_wait(&self) -> Duration {
+        self.control_wait
     }
 }
 
@@ -265,6 +288,26 @@ impl RedisConfigBuilder {
         self
     }
 
+    /// How long a connection's lease counts against its user's limit without being renewed
+    /// (default 30 s; at least 30 ms): the longest a connection of a node that died, or
+    /// lost Redis, keeps counting. Nodes renew every third of it. Counted in
+    /// `lease_evictions`, `lease_rejections`, `leases_lost`, `leases_restored`.
+    #[must_use]
+    pub fn connection_lease(mut self, lease: Duration) -> Self {
+        self.config.connection_lease = lease;
+        self
+    }
+
+    /// How long a request on the control channel (an admin's list or disconnect of a
+    /// user's connections on every node) waits for the other nodes' answers (default 1 s).
+    /// Nodes that did not answer in time are named in the answer and counted in
+    /// `control_unanswered`.
+    #[must_use]
+    pub fn control_wait(mut self, wait: Duration) -> Self {
+        self.config.control_wait = wait;
+        self
+    }
+
     /// Checks the settings together.
     ///
     /// # Errors
@@ -275,6 +318,18 @@ impl RedisConfigBuilder {
             && nodes.is_empty()
         {
             return Err(ConfigError::NoClusterNodes);
+        }
+        let urls: &[String] = match &c.target {
+            RedisTarget::Standalone(url) => std::slice::from_ref(url),
+            RedisTarget::Cluster(nodes) => nodes,
+        };
+        for url in urls {
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                return Err(ConfigError::Url {
+                    url: redact_url(url),
+                    reason: e.to_string(),
+                });
+            }
         }
         let prefix_error = |reason| ConfigError::KeyPrefix {
             prefix: c.key_prefix.clone(),
@@ -328,10 +383,14 @@ impl RedisConfigBuilder {
             ("command_timeout", c.command_timeout),
             ("reconnect_backoff", c.reconnect_min),
             ("ping_interval", c.ping_interval),
+            ("control_wait", c.control_wait),
         ] {
             if d < Duration::from_millis(1) {
                 return bound(name, "must be at least 1 ms".into());
             }
+        }
+        if c.connection_lease < Duration::from_millis(30) {
+            return bound("connection_lease", "must be at least 30 ms".into());
         }
         if c.reconnect_max < c.reconnect_min {
             return bound("reconnect_backoff", "max is below min".into());
@@ -367,6 +426,24 @@ impl RedisConfigBuilder {
     }
 }
 
+/// `url` with the password of its user information replaced by `***`
+/// (`redis://user:***@host:6379`), for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            // Without a colon the one part may be a password (`redis://secret@host`).
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +472,32 @@ mod tests {
         }
         assert!(local().key_prefix("").build().is_ok());
         assert!(local().key_prefix("tenant-7:agentwire:").build().is_ok());
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_their_password_hidden() {
+        let bad = RedisConfig::builder(RedisTarget::Standalone(
+            "http://user:hunter2@127.0.0.1:6379".into(),
+        ))
+        .build()
+        .expect_err("not a redis URL");
+        let ConfigError::Url { url, .. } = &bad else {
+            panic!("{bad:?}");
+        };
+        assert_eq!(url, "http://user:***@127.0.0.1:6379");
+        assert!(!bad.to_string().contains("hunter2"), "{bad}");
+        let cluster = RedisConfig::builder(RedisTarget::Cluster(vec![
+            "redis://127.0.0.1:7000".into(),
+            "127.0.0.1:7001:x".into(),
+        ]))
+        .build();
+        assert!(
+            matches!(cluster, Err(ConfigError::Url { .. })),
+            "{cluster:?}"
+        );
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        assert_eq!(redact_url("redis://secret@h:1"), "redis://:***@h:1");
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub(crate) fn step_args(step: &RunStep) -> (&'static str, &str) {
         RunStep::Think => ("t", ""),
         RunStep::OpenToolCall(id) => ("o", id),
         RunStep::CloseToolCall(id) => ("c", id),
+        RunStep::StreamMessage(id) => ("d", id),
+        RunStep::CloseMessage(id) => ("m", id),
         RunStep::End(RunOutcome::Completed) => ("e", "c"),
         RunStep::End(RunOutcome::Failed) => ("e", "f"),
     }
@@ -127,6 +129,10 @@ pub(crate) fn violation(name: &str, step: &RunStep, terminal: &str) -> Option<Ru
             tool_call_id: tool_call_id()?,
         },
         "TooManyOpenToolCalls" => RunViolation::TooManyOpenToolCalls,
+        "UnknownMessage" => RunViolation::UnknownMessage {
+            message_id: step.message_id()?.to_owned(),
+        },
+        "TooManyOpenMessages" => RunViolation::TooManyOpenMessages,
         "AfterTerminal" => RunViolation::AfterTerminal {
             event: step.event_type(),
             ended_with: match terminal {
@@ -335,6 +341,8 @@ mod tests {
             RunStep::Think,
             RunStep::OpenToolCall("a".into()),
             RunStep::CloseToolCall("a".into()),
+            RunStep::StreamMessage("m".into()),
+            RunStep::CloseMessage("m".into()),
             RunStep::End(RunOutcome::Failed),
         ];
         for name in RunViolation::NAMES {

@@ -46,7 +46,9 @@ fn step_strategy() -> impl Strategy<Value = RunStep> {
         2 => Just(RunStep::Start),
         2 => Just(RunStep::Think),
         3 => tool.clone().prop_map(RunStep::OpenToolCall),
-        3 => tool.prop_map(RunStep::CloseToolCall),
+        3 => tool.clone().prop_map(RunStep::CloseToolCall),
+        3 => tool.clone().prop_map(RunStep::StreamMessage),
+        2 => tool.prop_map(RunStep::CloseMessage),
         1 => Just(RunStep::End(RunOutcome::Completed)),
         1 => Just(RunStep::End(RunOutcome::Failed)),
     ]

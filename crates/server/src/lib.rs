@@ -69,6 +69,10 @@
 //! - `utoipa`: the OpenAPI document at `/openapi.json`, generated from the handlers'
 //!   attributes, so the document and the routes cannot drift apart unnoticed.
 //!
+//! Behind the `redis` feature (on with `cli`, so the binary has it): `agentwire-redis`, the
+//! broker of `--broker redis` (the `redis` client crate beneath it). [`ServerBroker`]
+//! builds the configured broker; an embedder without the feature has no Redis client.
+//!
 //! The binary's own, behind the `cli` feature (`src/bin/agentwire-server/main.rs`):
 //! - `clap` (derive, env): every flag with its environment variable and default in `--help`;
 //!   `humantime`: the durations of those flags.
@@ -79,15 +83,19 @@
 //! - `anyhow`: the binary's errors.
 
 // Layers, top to bottom (docs/architecture.md; `cargo xtask tidy` checks that every
-// import points down): `app` → `api`, `ws`, `demo` (side by side, never importing each
-// other) → `auth` → `http`.
+// import points down): `app` → `sse` (which shares the WebSocket endpoint's state) →
+// `api`, `ws`, `demo` (side by side, never importing each other) → `auth` → `http`.
 mod api;
 mod app;
 mod auth;
 mod demo;
 mod http;
+mod sse;
 mod ws;
 
+#[cfg(feature = "redis")]
+pub use app::broker::redis_config;
+pub use app::broker::{BrokerSetupError, ServerBroker};
 pub use app::config::{
     BrokerKind, DemoMode, PerUserPolicy, RunLifecycle, ServerConfig, ServerConfigBuilder,
 };

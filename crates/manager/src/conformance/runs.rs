@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use agentwire_protocol::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, Custom, Event, EventData, EventId,
-    EventType, MAX_OPEN_TOOL_CALLS, RunId, RunOutcome, RunState, RunStep, RunViolation, Seq,
-    ToolCompleted, ToolExecuting, UserId,
+    EventType, MAX_OPEN_MESSAGES, MAX_OPEN_TOOL_CALLS, MessageCompleted, MessageDelta, RunId,
+    RunOutcome, RunState, RunStep, RunViolation, Seq, ToolCompleted, ToolExecuting, UserId,
 };
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -54,6 +54,17 @@ fn data_of(step: &RunStep, n: u64) -> EventData {
             ..Default::default()
         }
         .into(),
+        RunStep::StreamMessage(id) => MessageDelta {
+            message_id: id.clone(),
+            delta: format!("piece {n} "),
+            ..Default::default()
+        }
+        .into(),
+        RunStep::CloseMessage(id) => MessageCompleted {
+            message_id: id.clone(),
+            ..Default::default()
+        }
+        .into(),
         RunStep::End(RunOutcome::Completed) => AgentCompleted::default().into(),
         RunStep::End(RunOutcome::Failed) => AgentError {
             message: "failed".into(),
@@ -89,6 +100,14 @@ fn open(id: &str) -> RunStep {
 
 fn close(id: &str) -> RunStep {
     RunStep::CloseToolCall(id.into())
+}
+
+fn stream(id: &str) -> RunStep {
+    RunStep::StreamMessage(id.into())
+}
+
+fn finish(id: &str) -> RunStep {
+    RunStep::CloseMessage(id.into())
 }
 
 /// A `custom` event naming `run`, without a guard: outside every run.
@@ -131,14 +150,17 @@ fn not_started(event: EventType) -> RunViolation {
     RunViolation::NotStarted { event }
 }
 
-/// A random step of a run, naming one of three tool calls.
+/// A random step of a run, naming one of three tool calls or messages.
 fn random_step(rng: &mut StdRng) -> RunStep {
     let tool = format!("tc{}", rng.random_range(0..3));
-    match rng.random_range(0..11) {
+    let message = format!("m{}", rng.random_range(0..3));
+    match rng.random_range(0..16) {
         0 | 1 => RunStep::Start,
         2 | 3 => RunStep::Think,
         4..=6 => RunStep::OpenToolCall(tool),
         7..=9 => RunStep::CloseToolCall(tool),
+        10..=12 => RunStep::StreamMessage(message),
+        13 | 14 => RunStep::CloseMessage(message),
         _ if rng.random_bool(0.5) => RunStep::End(RunOutcome::Completed),
         _ => RunStep::End(RunOutcome::Failed),
     }
@@ -246,9 +268,10 @@ pub async fn run_lifecycle_matches_reference<H: Harness>(harness: &H, cases: usi
     Checked::Held
 }
 
-/// The edges of the rule: at most [`MAX_OPEN_TOOL_CALLS`] open calls; a closed call's id
-/// may open again; a run may end with calls open; runs are per user; an unguarded event
-/// (of any type) changes no run, and a `custom` event is never checked.
+/// The edges of the rule: at most [`MAX_OPEN_TOOL_CALLS`] open calls and
+/// [`MAX_OPEN_MESSAGES`] open messages; a closed call's or message's id may open again; a
+/// message completes once; a run may end with calls and messages open; runs are per user;
+/// an unguarded event (of any type) changes no run, and a `custom` event is never checked.
 pub async fn run_lifecycle_edges<H: Harness>(harness: &H) -> Checked {
     let broker = harness.make().await;
     let (alice, bob) = (fresh_user("run-edges"), fresh_user("run-edges"));
@@ -289,6 +312,34 @@ pub async fn run_lifecycle_edges<H: Harness>(harness: &H) -> Checked {
     );
     publish(&broker, &alice, run_event(&r, close("call-7"), 7)).await;
     publish(&broker, &alice, run_event(&r, open("call-7"), 8)).await;
+    let deltas: Vec<NewEvent> = (0..MAX_OPEN_MESSAGES)
+        .map(|i| run_event(&r, stream(&format!("msg-{i}")), 8))
+        .collect();
+    for chunk in deltas.chunks(64) {
+        publish_many(&broker, &alice, chunk.to_vec()).await;
+    }
+    assert_eq!(
+        violation_of(&broker, &alice, run_event(&r, stream("one-more"), 8)).await,
+        RunViolation::TooManyOpenMessages
+    );
+    // An open message streams on at the bound; completed, its id may open again.
+    publish_many(
+        &broker,
+        &alice,
+        vec![
+            run_event(&r, stream("msg-3"), 8),
+            run_event(&r, finish("msg-3"), 8),
+            run_event(&r, stream("one-more"), 8),
+        ],
+    )
+    .await;
+    assert_eq!(
+        violation_of(&broker, &alice, run_event(&r, finish("msg-3"), 8)).await,
+        RunViolation::UnknownMessage {
+            message_id: "msg-3".into()
+        }
+    );
+    publish(&broker, &alice, run_event(&r, stream("msg-4"), 8)).await;
     publish(&broker, &alice, custom_of(&r, 9)).await;
     let failed = RunStep::End(RunOutcome::Failed);
     publish(&broker, &alice, run_event(&r, failed, 10)).await;
@@ -301,7 +352,10 @@ pub async fn run_lifecycle_edges<H: Harness>(harness: &H) -> Checked {
     );
     publish(&broker, &alice, custom_of(&r, 12)).await;
     let h = history(&broker, &alice, Seq::ZERO, 1_000).await;
-    assert_eq!(h.last_seq, Seq(2 + MAX_OPEN_TOOL_CALLS as u64 + 5));
+    assert_eq!(
+        h.last_seq,
+        Seq(2 + MAX_OPEN_TOOL_CALLS as u64 + MAX_OPEN_MESSAGES as u64 + 9)
+    );
     Checked::Held
 }
 
@@ -470,7 +524,8 @@ pub async fn run_concurrent_starts<H: Harness>(harness: &H) -> Checked {
 /// The bounds ([`RunLimits`]): a new run beyond a publisher's share or beyond the total is
 /// refused; a finished run makes room (it is forgotten first, so its late event is
 /// `NotStarted`, no longer `AfterTerminal`); a run in progress is never evicted by another
-/// publisher's runs; a tool call beyond a byte bound is refused and fits once calls close.
+/// publisher's runs; a tool call or a message beyond a byte bound is refused and fits once
+/// calls or messages close.
 /// Refusals store nothing.
 pub async fn run_bounds<H: Harness>(harness: &H) -> Checked {
     let counted = RunLimits {
@@ -550,8 +605,23 @@ pub async fn run_bounds<H: Harness>(harness: &H) -> Checked {
         );
         publish(&broker, &user, run_event(&r, close("call-1"), 3)).await;
         publish(&broker, &user, run_event(&r, open("call-2"), 4)).await;
+        // An open message costs what an open call of the same id length does; a delta
+        // into a message already open takes no more room.
+        assert_eq!(
+            refused_at_limit(&broker, &user, run_event(&r, stream("text-1"), 5)).await,
+            limit
+        );
+        publish(&broker, &user, run_event(&r, close("call-2"), 6)).await;
+        publish(&broker, &user, run_event(&r, stream("text-1"), 7)).await;
+        publish(&broker, &user, run_event(&r, stream("text-1"), 8)).await;
+        assert_eq!(
+            refused_at_limit(&broker, &user, run_event(&r, open("call-3"), 9)).await,
+            limit
+        );
+        publish(&broker, &user, run_event(&r, finish("text-1"), 10)).await;
+        publish(&broker, &user, run_event(&r, open("call-3"), 11)).await;
         let h = history(&broker, &user, Seq::ZERO, 100).await;
-        assert_eq!(h.last_seq, Seq(4));
+        assert_eq!(h.last_seq, Seq(9));
     }
     Checked::Held
 }

@@ -7,8 +7,9 @@
 use agentwire_protocol::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, ClientFrame, ConnectionEstablished,
     ConnectionId, Custom, Epoch, ErrorCode, ErrorFrame, Event, EventData, EventEnvelope, EventId,
-    EventType, Extra, MAX_ID_BYTES, PublishAccepted, PublishBody, PublishRequest, PublishResponse,
-    ReplayGap, RunId, Seq, ServerFrame, ThreadId, Timestamp, ToolCompleted, ToolExecuting, UserId,
+    EventType, Extra, MAX_ID_BYTES, MessageCompleted, MessageDelta, PublishAccepted, PublishBody,
+    PublishRequest, PublishResponse, ReplayGap, RunId, Seq, ServerFrame, ThreadId, Timestamp,
+    ToolCompleted, ToolExecuting, UserId,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -43,6 +44,8 @@ pub(crate) fn typed_fields(ty: EventType) -> &'static [&'static str] {
         ],
         EventType::AgentCompleted => &["result", "duration_ms"],
         EventType::AgentError => &["message", "code", "retryable"],
+        EventType::MessageDelta => &["message_id", "delta"],
+        EventType::MessageCompleted => &["message_id", "text"],
         EventType::Custom => &["name", "value"],
     }
 }
@@ -246,6 +249,34 @@ pub(crate) fn agent_error() -> impl Strategy<Value = AgentError> {
         })
 }
 
+/// `data` of `message_delta`.
+pub(crate) fn message_delta() -> impl Strategy<Value = MessageDelta> {
+    (
+        id_string(),
+        any::<String>(),
+        extra_for(EventType::MessageDelta),
+    )
+        .prop_map(|(message_id, delta, extra)| MessageDelta {
+            message_id,
+            delta,
+            extra,
+        })
+}
+
+/// `data` of `message_completed`.
+pub(crate) fn message_completed() -> impl Strategy<Value = MessageCompleted> {
+    (
+        id_string(),
+        option::of(any::<String>()),
+        extra_for(EventType::MessageCompleted),
+    )
+        .prop_map(|(message_id, text, extra)| MessageCompleted {
+            message_id,
+            text,
+            extra,
+        })
+}
+
 /// `data` of `custom`.
 pub(crate) fn custom() -> impl Strategy<Value = Custom> {
     (any::<String>(), json_value(), extra_for(EventType::Custom))
@@ -261,6 +292,8 @@ pub(crate) fn event_data_of(ty: EventType) -> BoxedStrategy<EventData> {
         EventType::ToolCompleted => tool_completed().prop_map(EventData::from).boxed(),
         EventType::AgentCompleted => agent_completed().prop_map(EventData::from).boxed(),
         EventType::AgentError => agent_error().prop_map(EventData::from).boxed(),
+        EventType::MessageDelta => message_delta().prop_map(EventData::from).boxed(),
+        EventType::MessageCompleted => message_completed().prop_map(EventData::from).boxed(),
         EventType::Custom => custom().prop_map(EventData::from).boxed(),
     }
 }
@@ -291,14 +324,8 @@ pub(crate) fn event() -> impl Strategy<Value = Event> {
 
 /// A delivered event of type `ty`.
 pub(crate) fn envelope_of(ty: EventType) -> impl Strategy<Value = EventEnvelope> {
-    (seq(), event_id(), timestamp(), event_of(ty)).prop_map(|(seq, event_id, ts, event)| {
-        EventEnvelope {
-            seq,
-            event_id,
-            ts,
-            event,
-        }
-    })
+    (seq(), event_id(), timestamp(), event_of(ty))
+        .prop_map(|(seq, event_id, ts, event)| EventEnvelope::new(seq, event_id, ts, event))
 }
 
 /// `connection_established`.

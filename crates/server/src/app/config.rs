@@ -26,7 +26,8 @@ use crate::http::door::DoorLimits;
 pub enum BrokerKind {
     /// In-process history: one node, no other process.
     Memory,
-    /// Redis, for many nodes (not in this build yet).
+    /// Redis (standalone or Cluster), for many nodes sharing every user's stream:
+    /// `--redis-url` or `--redis-cluster-nodes` says where (needs the `redis` feature).
     Redis,
 }
 
@@ -161,11 +162,34 @@ pub struct ServerConfig {
     /// from its development credentials file.
     pub dev_mode: bool,
 
-    /// Which broker owns the event streams.
+    /// Which broker owns the event streams: `memory` (one node) or `redis` (many nodes).
     pub broker: BrokerKind,
 
-    /// Redis URL for --broker redis.
+    /// The Redis of `--broker redis`, e.g. `redis://127.0.0.1:6379` (a password as
+    /// `redis://:password@host:6379`; never logged). Give this or `redis_cluster_nodes`.
     pub redis_url: Option<String>,
+
+    /// With `--broker redis`, a Redis Cluster given by some of its nodes (e.g.
+    /// `redis://10.0.0.1:7000`); the rest are discovered. Give this or `redis_url`.
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis
+    /// (at most 64 bytes, no `{`, `}` or whitespace).
+    pub redis_key_prefix: String,
+
+    /// Longest wait for one Redis command (and for the connection at start); past it a
+    /// publish answers 503, `/readyz` 503.
+    pub redis_command_timeout: Duration,
+
+    /// With `--broker redis`, how long a connection's lease counts against its user's
+    /// `max_connections_per_user` without being renewed (renewed every third of it): the
+    /// longest a connection of a node that died keeps counting (default 30 s).
+    pub connection_lease: Duration,
+
+    /// With `--broker redis`, how long an admin request (a user's connections, a
+    /// disconnect) waits for the other nodes' answers (default 1 s); nodes that did not
+    /// answer are named in the answer.
+    pub redis_control_wait: Duration,
 
     /// Most WebSocket connections on this node; more are refused with 1013. Clamped to
     /// 7/8 of `max_tcp_connections`, so HTTP requests always have room.
@@ -245,7 +269,7 @@ pub struct ServerConfig {
     /// Largest publish request body, in bytes; larger ones are refused with 413.
     pub max_request_bytes: usize,
 
-    /// Events per second each API key may publish (a token bucket); beyond it the
+    /// Events per second each API key may publish (GCRA, `PublishRates`); beyond it the
     /// publish API answers 429 with Retry-After. 0 turns the limit off.
     pub publish_rate: u32,
 
@@ -362,6 +386,11 @@ impl Default for ServerConfig {
             dev_mode: false,
             broker: BrokerKind::Memory,
             redis_url: None,
+            redis_cluster_nodes: Vec::new(),
+            redis_key_prefix: "agentwire:".to_owned(),
+            redis_command_timeout: Duration::from_secs(2),
+            connection_lease: Duration::from_secs(30),
+            redis_control_wait: Duration::from_secs(1),
             max_connections: 10_000,
             max_tcp_connections: 12_000,
             header_read_timeout: Duration::from_secs(10),
@@ -529,6 +558,39 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::redis_url`].
     pub fn redis_url(mut self, value: impl Into<String>) -> Self {
         self.0.redis_url = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::redis_cluster_nodes`].
+    pub fn redis_cluster_nodes(
+        mut self,
+        value: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.0.redis_cluster_nodes = value.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`ServerConfig::redis_key_prefix`].
+    pub fn redis_key_prefix(mut self, value: impl Into<String>) -> Self {
+        self.0.redis_key_prefix = value.into();
+        self
+    }
+
+    /// Sets [`ServerConfig::connection_lease`].
+    pub fn connection_lease(mut self, value: Duration) -> Self {
+        self.0.connection_lease = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::redis_control_wait`].
+    pub fn redis_control_wait(mut self, value: Duration) -> Self {
+        self.0.redis_control_wait = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::redis_command_timeout`].
+    pub fn redis_command_timeout(mut self, value: Duration) -> Self {
+        self.0.redis_command_timeout = value;
         self
     }
 
@@ -907,7 +969,6 @@ impl ServerConfig {
         }
     }
 
-    /// The in-memory broker's history bounds.
     /// The broker's run-state bounds these settings give (each at least 1).
     pub fn run_limits(&self) -> RunLimits {
         RunLimits {

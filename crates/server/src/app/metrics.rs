@@ -23,6 +23,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use super::broker::ServerBroker;
 use crate::auth::{Auth, KeyScope, authorize};
 use crate::http::{ApiError, ErrorBody, ErrorCode};
 
@@ -51,13 +52,23 @@ impl fmt::Debug for Metrics {
 
 impl Metrics {
     /// `registry` (with what the endpoints registered) plus a collector that reads
-    /// `manager.get_stats()` at scrape time.
+    /// `manager.get_stats()` at scrape time, and one for `broker`'s own metrics when it has
+    /// any (Redis).
     pub(crate) fn new(
         mut registry: Registry,
         manager: UnifiedWebSocketManager,
+        broker: Option<&ServerBroker>,
         access: Access,
     ) -> Metrics {
         registry.register_collector(Box::new(ManagerCollector { manager }));
+        #[cfg(feature = "redis")]
+        if let Some(redis) = broker.and_then(ServerBroker::redis) {
+            registry.register_collector(Box::new(RedisCollector {
+                broker: redis.clone(),
+            }));
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = broker;
         Metrics { registry, access }
     }
 
@@ -241,6 +252,18 @@ impl Collector for ManagerCollector {
         )?;
         counter(
             e,
+            "agentwire_leases_lost",
+            "Connections closed with 4003 because their lease was found taken by a newer connection of the user (--broker redis)",
+            s.leases_lost,
+        )?;
+        counter(
+            e,
+            "agentwire_lease_failures",
+            "Connection lease calls that failed (a connect refused, or a renewal missed) (--broker redis)",
+            s.lease_failures,
+        )?;
+        counter(
+            e,
             "agentwire_rejections_node_full",
             "Connections refused with 1013 (node connection limit)",
             s.rejections_node_full,
@@ -250,6 +273,12 @@ impl Collector for ManagerCollector {
             "agentwire_slow_consumer_closes",
             "Connections closed with 1013 because their queue overflowed",
             s.slow_consumer_closes,
+        )?;
+        counter(
+            e,
+            "agentwire_deltas_merged",
+            "Live message_delta events merged into the delta before them in a busy connection queue",
+            s.deltas_merged,
         )?;
         counter(
             e,
@@ -382,4 +411,213 @@ fn encode_runs(e: &mut DescriptorEncoder<'_>, r: &RunStats) -> fmt::Result {
         ConstCounter::new(r.refused_at(limit)).encode(m.encode_family(&[("bound", flag)])?)?;
     }
     Ok(())
+}
+
+/// Reads the Redis broker's own counters at scrape time (`agentwire_redis_*`).
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+struct RedisCollector {
+    broker: agentwire_redis::RedisBroker,
+}
+
+/// A histogram snapshot: each bucket's own count (the encoder accumulates them).
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+#[cfg(feature = "redis")]
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder<'_>) -> fmt::Result {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Collector for RedisCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        use agentwire_redis::ROUND_TRIP_BUCKETS_MICROS;
+        let m = self.broker.metrics();
+        let e = &mut enc;
+        #[allow(clippy::cast_precision_loss)] // bucket bounds are small whole microseconds
+        let bounds = ROUND_TRIP_BUCKETS_MICROS
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .chain(std::iter::once(f64::MAX));
+        let h = ConstHistogram {
+            sum: m.round_trip.sum.as_secs_f64(),
+            count: m.round_trip.count,
+            buckets: bounds.zip(m.round_trip.counts.iter().copied()).collect(),
+        };
+        let enc_h = e.encode_descriptor(
+            "agentwire_redis_round_trip_seconds",
+            "Round trips to Redis (commands and script calls, failed ones included), by duration",
+            None,
+            h.metric_type(),
+        )?;
+        h.encode(enc_h)?;
+        for (name, help, v) in [
+            (
+                "agentwire_redis_reconnects",
+                "Times the Redis pub/sub connection was lost and made again",
+                m.reconnects,
+            ),
+            (
+                "agentwire_redis_reconnect_failures",
+                "Attempts to reconnect the Redis pub/sub connection that failed (each followed by a backoff)",
+                m.reconnect_failures,
+            ),
+            (
+                "agentwire_redis_resyncs",
+                "Users caught up from history after a Redis subscription was restored",
+                m.resyncs,
+            ),
+            (
+                "agentwire_redis_script_errors",
+                "Script calls Redis answered with an error",
+                m.script_errors,
+            ),
+            (
+                "agentwire_redis_timeouts",
+                "Redis commands that did not answer within --redis-command-timeout",
+                m.timeouts,
+            ),
+            (
+                "agentwire_redis_unavailable",
+                "Redis commands that failed for want of a connection",
+                m.unavailable,
+            ),
+            (
+                "agentwire_redis_epochs_created",
+                "Streams that started a new epoch in this node's calls (new users, expired streams, a Redis that lost its data)",
+                m.epochs_created,
+            ),
+            (
+                "agentwire_redis_dedupe_forgotten",
+                "Dedupe entries forgotten past the dedupe window or the per-user count bound",
+                m.dedupe_forgotten,
+            ),
+            (
+                "agentwire_redis_batches_refused",
+                "Publish batches refused for holding more events than one script call takes",
+                m.batches_refused,
+            ),
+            (
+                "agentwire_redis_subscribe_commands",
+                "SUBSCRIBE/SSUBSCRIBE commands sent (each for a batch of channels)",
+                m.subscribe_commands,
+            ),
+            (
+                "agentwire_redis_unsubscribe_commands",
+                "UNSUBSCRIBE/SUNSUBSCRIBE commands sent",
+                m.unsubscribe_commands,
+            ),
+            (
+                "agentwire_redis_subscribes_refused",
+                "Subscriptions refused because too many channel changes were waiting for Redis",
+                m.subscribes_refused,
+            ),
+            (
+                "agentwire_redis_messages_delivered",
+                "Redis pub/sub messages handed to this node's subscribers",
+                m.messages_delivered,
+            ),
+            (
+                "agentwire_redis_malformed_messages",
+                "Redis pub/sub messages that could not be decoded (the user is resynced)",
+                m.malformed_messages,
+            ),
+            (
+                "agentwire_redis_ping_failures",
+                "Health checks (PING) of the Redis pub/sub connection that failed",
+                m.ping_failures,
+            ),
+            (
+                "agentwire_redis_run_registry_calls",
+                "Calls to the cluster-wide run registry in Redis",
+                m.run_registry_calls,
+            ),
+            (
+                "agentwire_redis_run_registry_failures",
+                "Run registry calls after an accepted publish that failed (corrected by the registry's expiry)",
+                m.run_registry_failures,
+            ),
+            (
+                "agentwire_redis_lease_evictions",
+                "Connections of a user, on any node, whose lease this node's admissions took (per-user limit across nodes)",
+                m.lease_evictions,
+            ),
+            (
+                "agentwire_redis_lease_rejections",
+                "Connections this node refused because the user held the limit in leases across nodes",
+                m.lease_rejections,
+            ),
+            (
+                "agentwire_redis_leases_restored",
+                "Expired leases of this node's connections taken again at renewal (the user had room)",
+                m.leases_restored,
+            ),
+            (
+                "agentwire_redis_control_sent",
+                "Messages this node published on the control channel",
+                m.control_sent,
+            ),
+            (
+                "agentwire_redis_control_received",
+                "Messages this node received on the control channel",
+                m.control_received,
+            ),
+            (
+                "agentwire_redis_control_failures",
+                "Control channel calls that failed (link down, command failed or timed out)",
+                m.control_failures,
+            ),
+            (
+                "agentwire_redis_control_unanswered",
+                "Admin requests some live node did not answer within --redis-control-wait",
+                m.control_unanswered,
+            ),
+            (
+                "agentwire_redis_control_refused",
+                "Admin requests refused because too many were waiting for answers",
+                m.control_refused,
+            ),
+            (
+                "agentwire_redis_control_reconnects",
+                "Times the control channel's connection was lost and made again",
+                m.control_reconnects,
+            ),
+            (
+                "agentwire_redis_rate_refused",
+                "Publish requests the cluster's per-key rate limiter refused (429)",
+                m.rate_refused,
+            ),
+        ] {
+            counter(e, name, help, v)?;
+        }
+        gauge(
+            e,
+            "agentwire_redis_subscribed_channels",
+            "Redis channels this node is subscribed to (one per user with a connection here)",
+            m.subscribed_channels,
+        )?;
+        gauge(
+            e,
+            "agentwire_redis_pending_subscriptions",
+            "Channel changes waiting for the Redis subscription task",
+            m.pending_subscriptions,
+        )
+    }
 }

@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
     ),
     paths(
         crate::ws::handshake::ws_handler,
+        crate::sse::handshake::stream_handler,
         crate::api::health::healthz,
         crate::api::health::readyz,
         super::metrics::metrics,
@@ -35,7 +36,7 @@ use utoipa::{Modify, OpenApi};
     modifiers(&SecuritySchemes),
     tags(
         (name = "publish", description = "Publishing events and reading history (docs/protocol.md §8)"),
-        (name = "connect", description = "The WebSocket endpoint (docs/protocol.md §2)"),
+        (name = "connect", description = "The WebSocket endpoint and its Server-Sent Events alternative (docs/protocol.md §2, §2b)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "admin", description = "Inspecting and disconnecting a user's connections"),
     )
@@ -187,6 +188,23 @@ mod tests {
             "bearer"
         );
         assert!(v["paths"]["/v1/events"]["post"]["responses"]["409"].is_object());
+    }
+
+    /// The event type enumeration names every event type the protocol has.
+    #[test]
+    fn the_event_type_schema_lists_every_event_type() {
+        let v: serde_json::Value = serde_json::from_str(document()).expect("JSON");
+        let listed: BTreeSet<&str> = v["components"]["schemas"]["EventTypeDoc"]["enum"]
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect();
+        let every: BTreeSet<&str> = agentwire_protocol::EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        assert_eq!(listed, every);
     }
 
     /// The examples of the schemas are valid protocol JSON.

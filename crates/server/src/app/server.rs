@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use agentwire_manager::{HistoryConfig, InMemoryBroker, UnifiedWebSocketManager};
+use agentwire_manager::{HistoryConfig, UnifiedWebSocketManager};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::broker::{BrokerSetupError, ServerBroker};
 use super::config::{BrokerKind, ServerConfig};
 use super::state::AppState;
 use crate::auth::{Auth, AuthConfigError};
@@ -42,9 +43,10 @@ pub enum ServerError {
     /// through `global()`.
     #[error("{0}")]
     GlobalManager(String),
-    /// A setting asks for something this build does not have.
-    #[error("{0}")]
-    Unsupported(String),
+    /// The broker could not be set up: Redis settings missing, contradictory or invalid,
+    /// Redis unreachable at start, or `--broker redis` in a build without it.
+    #[error(transparent)]
+    Broker(#[from] BrokerSetupError),
     /// The listener could not be bound, or serving failed.
     #[error("{what}: {source}")]
     Io {
@@ -92,7 +94,7 @@ pub fn router(manager: UnifiedWebSocketManager, auth: Auth) -> Router {
         demo: super::config::DemoMode::Off,
         ..ServerConfig::default()
     };
-    routes(AppState::new(manager, auth, &config))
+    routes(AppState::new(manager, auth, &config, None))
 }
 
 /// The agentwire routes over `manager`, configured by `config` (authentication, Origin
@@ -106,25 +108,16 @@ pub fn router_with(
     config: &ServerConfig,
 ) -> Result<Router, ServerError> {
     let auth = config.auth()?;
-    Ok(routes(AppState::new(manager, auth, config)))
+    Ok(routes(AppState::new(manager, auth, config, None)))
 }
 
-/// A manager with the configured bounds over the configured broker.
+/// A manager with the configured bounds over the configured broker (see
+/// [`ServerBroker::connect`]; with `--broker redis`, connected to Redis).
 ///
 /// # Errors
-/// [`ServerError::Unsupported`] for `--broker redis`, which is not in this build yet.
-pub fn build_manager(config: &ServerConfig) -> Result<UnifiedWebSocketManager, ServerError> {
-    match config.broker {
-        BrokerKind::Memory => Ok(UnifiedWebSocketManager::new(
-            config.manager_config(),
-            Arc::new(
-                InMemoryBroker::new(config.history_config()).with_run_limits(config.run_limits()),
-            ),
-        )),
-        BrokerKind::Redis => Err(ServerError::Unsupported(
-            "--broker redis is not in this build yet; use --broker memory".into(),
-        )),
-    }
+/// [`ServerError::Broker`] when the broker cannot be set up.
+pub async fn build_manager(config: &ServerConfig) -> Result<UnifiedWebSocketManager, ServerError> {
+    Ok(ServerBroker::connect(config).await?.manager(config))
 }
 
 /// The most open TCP connections `nofile` open files allow, keeping [`FD_RESERVE`] free:
@@ -197,21 +190,22 @@ impl Server {
     /// missing credentials or unreadable keys, or a failed bind.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         let config = Self::clamp_to_nofile(config);
-        let manager = match UnifiedWebSocketManager::installed_global() {
-            Some(global) => adopt(global, &config)?,
+        let (manager, broker) = match UnifiedWebSocketManager::installed_global() {
+            Some(global) => (adopt(global, &config)?, None),
             None => {
-                let built = build_manager(&config)?;
+                let broker = ServerBroker::connect(&config).await?;
+                let built = broker.manager(&config);
                 match UnifiedWebSocketManager::install_global(built.clone()) {
-                    Ok(()) => built,
+                    Ok(()) => (built, Some(broker)),
                     // Another thread installed one in between: the same rule applies.
                     Err(_) => match UnifiedWebSocketManager::installed_global() {
-                        Some(global) => adopt(global, &config)?,
-                        None => built,
+                        Some(global) => (adopt(global, &config)?, None),
+                        None => (built, Some(broker)),
                     },
                 }
             }
         };
-        Self::bind_with(config, manager).await
+        Self::bind_parts(config, manager, broker).await
     }
 
     fn clamp_to_nofile(mut config: ServerConfig) -> ServerConfig {
@@ -253,6 +247,16 @@ impl Server {
         config: ServerConfig,
         manager: UnifiedWebSocketManager,
     ) -> Result<Server, ServerError> {
+        Self::bind_parts(config, manager, None).await
+    }
+
+    /// Binds over `manager`; `broker`, when the server built it, adds its own metrics
+    /// (Redis round trips, reconnects, …) to `/metrics`.
+    async fn bind_parts(
+        config: ServerConfig,
+        manager: UnifiedWebSocketManager,
+        broker: Option<ServerBroker>,
+    ) -> Result<Server, ServerError> {
         if UnifiedWebSocketManager::install_global(manager.clone()).is_err() {
             tracing::warn!(
                 "another process-wide manager is installed: events emitted through \
@@ -290,7 +294,7 @@ impl Server {
             listener,
             addr,
             metrics,
-            state: AppState::new(manager, auth, &config),
+            state: AppState::new(manager, auth, &config, broker.as_ref()),
             shutdown_timeout: config.shutdown_timeout,
             drain_delay: config.drain_delay,
         })
@@ -556,6 +560,8 @@ fn front_service(
             )),
         );
         request.extensions_mut().insert(ConnectInfo(peer));
+        // An event stream holds its connection's slot, to cut a peer that stopped reading.
+        request.extensions_mut().insert(slot.clone());
         let mut routes = routes.clone();
         async move {
             let response = match too_long {
@@ -701,10 +707,10 @@ mod tests {
     /// Issue 15: a manager that exists before `Server::bind` is adopted only when its
     /// settings are the configuration's. (The process-wide manager itself is exercised in
     /// `tests/tests/e2e_global_manager.rs`, a process of its own.)
-    #[test]
-    fn a_global_with_other_settings_is_refused_with_a_clear_error() {
+    #[tokio::test]
+    async fn a_global_with_other_settings_is_refused_with_a_clear_error() {
         let config = ServerConfig::default();
-        let same = build_manager(&config).expect("memory");
+        let same = build_manager(&config).await.expect("memory");
         assert!(adopt(same.clone(), &config).is_ok_and(|m| m.same_as(&same)));
         let other = ServerConfig {
             max_connections: 5,
@@ -714,15 +720,5 @@ mod tests {
         assert!(matches!(e, ServerError::GlobalManager(_)), "{e}");
         assert!(e.to_string().contains("before Server::bind"), "{e}");
         assert!(e.to_string().contains("max_connections: 5"), "{e}");
-    }
-
-    #[test]
-    fn the_redis_broker_says_it_is_not_built_in() {
-        let c = ServerConfig {
-            broker: BrokerKind::Redis,
-            ..ServerConfig::default()
-        };
-        let e = build_manager(&c).expect_err("redis is not in this build");
-        assert!(e.to_string().contains("not in this build yet"), "{e}");
     }
 }

@@ -1,5 +1,5 @@
-//! The application's state: one piece per concern (the WebSocket endpoint's, the API's,
-//! the demo's), built from the configuration, and the `FromRef` links that let each
+//! The application's state: one piece per concern (the WebSocket endpoint's, the event
+//! stream's, the API's, the demo's), built from the configuration, and the `FromRef` links that let each
 //! concern's handlers take only their own piece.
 
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use agentwire_manager::UnifiedWebSocketManager;
 use axum::extract::FromRef;
 use prometheus_client::registry::Registry;
 
+use super::broker::ServerBroker;
 use super::config::{RunLifecycle, ServerConfig};
 use super::metrics::{Access, Metrics};
 use crate::api::{ApiState, PublishApi, PublishLimits, PublishMetrics};
@@ -16,6 +17,7 @@ use crate::auth::Auth;
 use crate::demo::DemoState;
 use crate::http::door::{DoorMetrics, FrontDoor};
 use crate::http::{AllowedOrigins, Draining};
+use crate::sse::{SseMetrics, SseState};
 use crate::ws::{WsMetrics, WsSettings, WsState};
 
 /// The state the router holds.
@@ -24,6 +26,7 @@ use crate::ws::{WsMetrics, WsSettings, WsState};
 pub(crate) struct AppState {
     pub(crate) manager: UnifiedWebSocketManager,
     pub(crate) ws: Arc<WsState>,
+    pub(crate) sse: Arc<SseState>,
     pub(crate) api: Arc<ApiState>,
     pub(crate) demo: Arc<DemoState>,
     pub(crate) metrics: Arc<Metrics>,
@@ -33,7 +36,13 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    pub(crate) fn new(manager: UnifiedWebSocketManager, auth: Auth, config: &ServerConfig) -> Self {
+    /// The state over `manager`; `broker`, when the server built it, adds its own metrics.
+    pub(crate) fn new(
+        manager: UnifiedWebSocketManager,
+        auth: Auth,
+        config: &ServerConfig,
+        broker: Option<&ServerBroker>,
+    ) -> Self {
         let auth = Arc::new(auth);
         // The JWKS key set, when one is configured, is kept fresh from here on.
         auth.start_key_refresh();
@@ -41,21 +50,27 @@ impl AppState {
         let mut registry = Registry::default();
         auth.register_metrics(&mut registry);
         let ws_metrics = WsMetrics::register(&mut registry);
+        let sse_metrics = SseMetrics::register(&mut registry);
         let publish_metrics = PublishMetrics::register(&mut registry);
         let door = FrontDoor::new(config.door_limits(), DoorMetrics::register(&mut registry));
         let demo_on = config.demo.is_enabled(config);
+        let ws = Arc::new(WsState {
+            manager: manager.clone(),
+            auth: auth.clone(),
+            ws: ws_settings(config),
+            metrics: ws_metrics,
+            draining: draining.clone(),
+        });
         AppState {
-            ws: Arc::new(WsState {
-                manager: manager.clone(),
-                auth: auth.clone(),
-                ws: ws_settings(config),
-                metrics: ws_metrics,
-                draining: draining.clone(),
+            sse: Arc::new(SseState {
+                conn: ws.clone(),
+                metrics: sse_metrics,
             }),
+            ws,
             api: Arc::new(ApiState {
                 manager: manager.clone(),
                 auth: auth.clone(),
-                publish: publish_api(config, publish_metrics),
+                publish: publish_api(config, broker, publish_metrics),
                 draining: draining.clone(),
             }),
             demo: Arc::new(DemoState::new(
@@ -68,6 +83,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new(
                 registry,
                 manager.clone(),
+                broker,
                 match config.metrics_listen {
                     Some(_) => Access::Elsewhere,
                     None => Access::FullKey(auth.clone()),
@@ -93,6 +109,12 @@ impl AppState {
 impl FromRef<AppState> for Arc<WsState> {
     fn from_ref(app: &AppState) -> Self {
         app.ws.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<SseState> {
+    fn from_ref(app: &AppState) -> Self {
+        app.sse.clone()
     }
 }
 
@@ -130,7 +152,13 @@ fn ws_settings(c: &ServerConfig) -> WsSettings {
     }
 }
 
-fn publish_api(c: &ServerConfig, metrics: PublishMetrics) -> PublishApi {
+/// The publish API; its rate limiter is the broker's (the cluster's on Redis), or this
+/// node's when the server was handed a manager of its own.
+fn publish_api(
+    c: &ServerConfig,
+    broker: Option<&ServerBroker>,
+    metrics: PublishMetrics,
+) -> PublishApi {
     let limits = PublishLimits {
         max_batch: c.max_batch,
         max_request_bytes: c.max_request_bytes,
@@ -138,5 +166,13 @@ fn publish_api(c: &ServerConfig, metrics: PublishMetrics) -> PublishApi {
         publish_rate: c.publish_rate,
         publish_burst: c.publish_burst,
     };
-    PublishApi::new(limits, c.run_lifecycle == RunLifecycle::Enforce, metrics)
+    PublishApi::new(
+        limits,
+        c.run_lifecycle == RunLifecycle::Enforce,
+        broker.map_or_else(
+            || Arc::new(agentwire_manager::InMemoryRates::default()) as _,
+            ServerBroker::rates,
+        ),
+        metrics,
+    )
 }

@@ -130,13 +130,55 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_DEV_CREDENTIALS_FILE", value_name = "FILE")]
     pub(crate) dev_credentials_file: Option<PathBuf>,
 
-    /// Which broker owns the event streams.
+    /// Which broker owns the event streams: memory (one node) or redis (many nodes share
+    /// every user's stream; needs --redis-url or --redis-cluster-nodes).
     #[arg(long, env = "AGENTWIRE_BROKER", value_enum, default_value_t = d().broker)]
     pub(crate) broker: BrokerKind,
 
-    /// Redis URL for --broker redis.
-    #[arg(long, env = "AGENTWIRE_REDIS_URL", hide_env_values = true)]
+    /// The Redis of --broker redis, e.g. redis://127.0.0.1:6379 (a password as
+    /// redis://:PASSWORD@host:6379; never logged). The server does not start when it cannot
+    /// reach it.
+    #[arg(
+        long,
+        env = "AGENTWIRE_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub(crate) redis_url: Option<String>,
+
+    /// With --broker redis, a Redis Cluster given by some of its nodes (comma-separated
+    /// URLs, e.g. redis://10.0.0.1:7000,redis://10.0.0.2:7000); the rest are discovered.
+    /// Instead of --redis-url.
+    #[arg(
+        long,
+        env = "AGENTWIRE_REDIS_CLUSTER_NODES",
+        value_name = "URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) redis_cluster_nodes: Vec<String>,
+
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis
+    /// (at most 64 bytes, no braces or whitespace). Every node of one deployment needs
+    /// the same.
+    #[arg(long, env = "AGENTWIRE_REDIS_KEY_PREFIX", default_value_t = d().redis_key_prefix)]
+    pub(crate) redis_key_prefix: String,
+
+    /// Longest wait for one Redis command (and for the connection at start); past it a
+    /// publish is answered 503 and /readyz 503.
+    #[arg(long, env = "AGENTWIRE_REDIS_COMMAND_TIMEOUT", value_parser = parse_duration, default_value_t = d().redis_command_timeout.into())]
+    pub(crate) redis_command_timeout: humantime::Duration,
+
+    /// With --broker redis, how long a connection counts against its user's
+    /// --max-connections-per-user without its node renewing it (every third of it): the
+    /// longest a killed node's connections keep counting.
+    #[arg(long, env = "AGENTWIRE_CONNECTION_LEASE", value_parser = parse_duration, default_value_t = d().connection_lease.into())]
+    pub(crate) connection_lease: humantime::Duration,
+
+    /// With --broker redis, how long an admin request (a user's connections, a disconnect)
+    /// waits for the other nodes' answers; nodes that did not answer are named.
+    #[arg(long, env = "AGENTWIRE_REDIS_CONTROL_WAIT", value_parser = parse_duration, default_value_t = d().redis_control_wait.into())]
+    pub(crate) redis_control_wait: humantime::Duration,
 
     /// Most WebSocket connections on this node; more are refused with 1013. Clamped to 7/8
     /// of --max-tcp-connections.
@@ -237,7 +279,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_MAX_REQUEST_BYTES", default_value_t = d().max_request_bytes)]
     pub(crate) max_request_bytes: usize,
 
-    /// Events per second each API key may publish (a token bucket); beyond it the
+    /// Events per second each API key may publish (GCRA); beyond it the
     /// publish API answers 429 with Retry-After. 0 turns the limit off.
     #[arg(long, env = "AGENTWIRE_PUBLISH_RATE", default_value_t = d().publish_rate)]
     pub(crate) publish_rate: u32,
@@ -377,6 +419,11 @@ impl ServeArgs {
         c.publish_api_keys = this.publish_api_keys;
         c.broker = this.broker;
         c.redis_url = this.redis_url;
+        c.redis_cluster_nodes = this.redis_cluster_nodes;
+        c.redis_key_prefix = this.redis_key_prefix;
+        c.redis_command_timeout = this.redis_command_timeout.into();
+        c.connection_lease = this.connection_lease.into();
+        c.redis_control_wait = this.redis_control_wait.into();
         c.max_connections = this.max_connections;
         c.max_tcp_connections = this.max_tcp_connections;
         c.header_read_timeout = this.header_read_timeout.into();
@@ -978,6 +1025,47 @@ mod tests {
             Duration::from_secs(10),
             "the default stays"
         );
+    }
+
+    #[test]
+    fn the_redis_settings_come_from_flags_and_the_config_file() {
+        let c = load(&[
+            "--broker",
+            "redis",
+            "--redis-url",
+            "redis://127.0.0.1:6380",
+            "--redis-key-prefix",
+            "prod:aw:",
+            "--redis-command-timeout",
+            "500ms",
+        ])
+        .expect("parses")
+        .serve
+        .server_config();
+        assert_eq!(c.broker, BrokerKind::Redis);
+        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6380"));
+        assert_eq!(c.redis_key_prefix, "prod:aw:");
+        assert_eq!(c.redis_command_timeout, Duration::from_millis(500));
+        assert!(c.redis_cluster_nodes.is_empty());
+        let path = temp_file(
+            "redis",
+            r#"
+    broker = "redis"
+    redis-cluster-nodes = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+    redis_key_prefix = "tenant-7:"
+    "#,
+        );
+        let c = load(&["--config", path.to_str().expect("utf-8 path")])
+            .expect("parses")
+            .serve
+            .server_config();
+        assert_eq!(c.broker, BrokerKind::Redis);
+        assert_eq!(
+            c.redis_cluster_nodes,
+            ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+        );
+        assert_eq!(c.redis_key_prefix, "tenant-7:");
+        assert_eq!(c.redis_url, None);
     }
 
     #[test]
