@@ -23,7 +23,10 @@ async fn established(c: &mut SseClient) -> agentwire::protocol::ConnectionEstabl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_as_messages_whose_id_is_epoch_and_seq() {
     let server = TestServer::start().await;
-    let mut c = server.sse("alice", "", &[]).await;
+    // As from a page on another origin: the answer lets it read the stream.
+    let mut c = server
+        .sse("alice", "", &[("Origin", "https://app.example")])
+        .await;
     let header = |n: &str| {
         c.headers
             .iter()
@@ -31,6 +34,7 @@ async fn events_arrive_as_messages_whose_id_is_epoch_and_seq() {
             .map(|(_, v)| v.clone())
     };
     assert_eq!(header("content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(header("access-control-allow-origin").as_deref(), Some("*"));
     assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
     assert_eq!(header("x-accel-buffering").as_deref(), Some("no"));
     let hello = established(&mut c).await;
