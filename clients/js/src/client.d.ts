@@ -15,6 +15,8 @@ export type EventType =
   | "tool_completed"
   | "agent_completed"
   | "agent_error"
+  | "message_delta"
+  | "message_completed"
   | "custom";
 
 /** The event types, in the order a run produces them (custom last). */
@@ -48,6 +50,11 @@ export interface EventBase<T extends EventType, D> {
   event_id: string;
   /** When the broker accepted the event, ms since the Unix epoch. */
   ts: number;
+  /**
+   * Only on a merged `message_delta` (§6.5): the frame stands for the events
+   * `from_seq ..= seq`, deltas of one message that waited in a slow connection's queue.
+   */
+  from_seq?: number;
   thread_id?: string;
   run_id?: string;
   data: D & { [extra: string]: Json | undefined };
@@ -65,6 +72,8 @@ export type ToolCompleted = EventBase<
 >;
 export type AgentCompleted = EventBase<"agent_completed", { result: Json; duration_ms?: number }>;
 export type AgentError = EventBase<"agent_error", { message: string; code?: string; retryable: boolean }>;
+export type MessageDelta = EventBase<"message_delta", { message_id: string; delta: string }>;
+export type MessageCompleted = EventBase<"message_completed", { message_id: string; text?: string }>;
 export type CustomEvent = EventBase<"custom", { name: string; value: Json }>;
 
 /** Every event type mapped to its shape. */
@@ -75,6 +84,8 @@ export interface EventMap {
   tool_completed: ToolCompleted;
   agent_completed: AgentCompleted;
   agent_error: AgentError;
+  message_delta: MessageDelta;
+  message_completed: MessageCompleted;
   custom: CustomEvent;
 }
 
@@ -236,4 +247,25 @@ export declare class AgentwireClient {
   readonly epoch: string | null;
   readonly reconnects: number;
   readonly snapshot: Snapshot;
+}
+
+/** A streamed message as [`MessageAccumulator`] holds it. */
+export interface StreamedMessage {
+  run_id: string | undefined;
+  message_id: string;
+  /** The text so far: the deltas concatenated, or `message_completed`'s `text`. */
+  text: string;
+  /** Whether `message_completed`, or the end of its run, came. */
+  done: boolean;
+}
+
+/** Assembles streamed messages from delivered events (docs/protocol.md §4.2, §6.5). */
+export declare class MessageAccumulator {
+  constructor();
+  /** Takes any event; returns the message it changed, or null. */
+  add(event: AgentwireEvent): StreamedMessage | null;
+  get(runId: string | undefined, messageId: string): StreamedMessage | undefined;
+  messages(): StreamedMessage[];
+  delete(runId: string | undefined, messageId: string): boolean;
+  clear(): void;
 }

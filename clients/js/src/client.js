@@ -10,6 +10,8 @@
 //   const client = new AgentwireClient({ getToken: () => fetchMyToken() });
 //   client.on("tool_executing", (e) => show(e.data.tool_name, e.data.arguments));
 //   client.onReplayGap((gap) => refetchThread());
+//   const answers = new MessageAccumulator();          // streamed text, as it arrives
+//   client.on("*", (e) => { const m = answers.add(e); if (m) render(m.message_id, m.text); });
 //   client.connect();
 //
 // What it guarantees: every event of the user, once, in `seq` order, across reconnects —
@@ -30,6 +32,8 @@ export const EVENT_TYPES = Object.freeze([
   "tool_completed",
   "agent_completed",
   "agent_error",
+  "message_delta",
+  "message_completed",
   "custom",
 ]);
 
@@ -676,6 +680,94 @@ export class AgentwireClient {
   _notify() {
     this._dispatch("state", this.snapshot);
   }
+}
+
+/**
+ * Assembles streamed messages (`message_delta` … `message_completed`, docs/protocol.md
+ * §4.2) from the events a client delivers, in the order it delivers them. A merged delta
+ * (one carrying `from_seq`, §6.5) is just a longer piece. A message still open when its
+ * run ends (`agent_completed`, `agent_error`) ends with it.
+ */
+export class MessageAccumulator {
+  constructor() {
+    /** @type {Map<string, {run_id: string|undefined, message_id: string, text: string, done: boolean}>} */
+    this._messages = new Map();
+  }
+
+  /**
+   * Takes any event; returns the message it changed (`{run_id, message_id, text, done}`),
+   * or null when it changed none. Finished messages stay until `delete` or `clear`.
+   */
+  add(event) {
+    if (!event || typeof event !== "object") return null;
+    const data = event.data || {};
+    switch (event.type) {
+      case "message_delta": {
+        const m = this._open(event.run_id, data.message_id);
+        if (m.done) {
+          // The id streams again after it completed: a new message (protocol §7).
+          m.text = "";
+          m.done = false;
+        }
+        m.text += typeof data.delta === "string" ? data.delta : "";
+        return { ...m };
+      }
+      case "message_completed": {
+        const m = this._open(event.run_id, data.message_id);
+        if (typeof data.text === "string") m.text = data.text;
+        m.done = true;
+        return { ...m };
+      }
+      case "agent_completed":
+      case "agent_error": {
+        let last = null;
+        for (const m of this._messages.values()) {
+          if (m.run_id === event.run_id && !m.done) {
+            m.done = true;
+            last = { ...m };
+          }
+        }
+        return last;
+      }
+      default:
+        return null;
+    }
+  }
+
+  /** The message `messageId` of run `runId`, or undefined. */
+  get(runId, messageId) {
+    const m = this._messages.get(key(runId, messageId));
+    return m ? { ...m } : undefined;
+  }
+
+  /** Every message held, oldest first. */
+  messages() {
+    return [...this._messages.values()].map((m) => ({ ...m }));
+  }
+
+  /** Forgets the message `messageId` of run `runId`. */
+  delete(runId, messageId) {
+    return this._messages.delete(key(runId, messageId));
+  }
+
+  /** Forgets every message (after a `replay_gap`, say, before refetching). */
+  clear() {
+    this._messages.clear();
+  }
+
+  _open(runId, messageId) {
+    const k = key(runId, messageId);
+    let m = this._messages.get(k);
+    if (!m) {
+      m = { run_id: runId, message_id: String(messageId), text: "", done: false };
+      this._messages.set(k, m);
+    }
+    return m;
+  }
+}
+
+function key(runId, messageId) {
+  return JSON.stringify([runId ?? null, String(messageId)]);
 }
 
 /** The transports a client may be given. */

@@ -70,7 +70,7 @@ impl AppState {
             api: Arc::new(ApiState {
                 manager: manager.clone(),
                 auth: auth.clone(),
-                publish: publish_api(config, publish_metrics),
+                publish: publish_api(config, broker, publish_metrics),
                 draining: draining.clone(),
             }),
             demo: Arc::new(DemoState::new(
@@ -152,7 +152,13 @@ fn ws_settings(c: &ServerConfig) -> WsSettings {
     }
 }
 
-fn publish_api(c: &ServerConfig, metrics: PublishMetrics) -> PublishApi {
+/// The publish API; its rate limiter is the broker's (the cluster's on Redis), or this
+/// node's when the server was handed a manager of its own.
+fn publish_api(
+    c: &ServerConfig,
+    broker: Option<&ServerBroker>,
+    metrics: PublishMetrics,
+) -> PublishApi {
     let limits = PublishLimits {
         max_batch: c.max_batch,
         max_request_bytes: c.max_request_bytes,
@@ -160,5 +166,13 @@ fn publish_api(c: &ServerConfig, metrics: PublishMetrics) -> PublishApi {
         publish_rate: c.publish_rate,
         publish_burst: c.publish_burst,
     };
-    PublishApi::new(limits, c.run_lifecycle == RunLifecycle::Enforce, metrics)
+    PublishApi::new(
+        limits,
+        c.run_lifecycle == RunLifecycle::Enforce,
+        broker.map_or_else(
+            || Arc::new(agentwire_manager::InMemoryRates::default()) as _,
+            ServerBroker::rates,
+        ),
+        metrics,
+    )
 }
