@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_emitter::{
@@ -187,11 +188,22 @@ async fn a_finished_run_leaves_the_pool_and_is_remembered_as_finished() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_emitters_that_carry_nothing_are_removed_by_the_background_task() {
-    let pool = pool(PoolConfig {
-        idle_ttl: Duration::from_secs(300),
-        cleanup_interval: Duration::from_secs(30),
-        ..PoolConfig::default()
-    });
+    // The stall watchdog is off: the running run is quiet for 55 minutes on purpose.
+    let manager = UnifiedWebSocketManager::new(
+        agentwire_manager::ManagerConfig {
+            run_stall_timeout: Duration::ZERO,
+            ..Default::default()
+        },
+        Arc::new(agentwire_manager::InMemoryBroker::default()),
+    );
+    let pool = WebSocketEmitterPool::new(
+        WebSocketEmitterFactory::new(manager),
+        PoolConfig {
+            idle_ttl: Duration::from_secs(300),
+            cleanup_interval: Duration::from_secs(30),
+            ..PoolConfig::default()
+        },
+    );
     pool.get_emitter(&ctx("u", "running"))
         .expect("room")
         .emit_agent_started("x")

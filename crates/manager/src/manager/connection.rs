@@ -640,16 +640,16 @@ impl Connection {
     }
 
     /// Records the client's `ack`: it has processed every event up to `seq`. Acks only
-    /// move forward, and never past what the connection was sent. The user's receipt
-    /// (`UnifiedWebSocketManager::receipt`) takes it too.
+    /// move forward. The user's receipt (`UnifiedWebSocketManager::receipt`) takes it
+    /// too, never past what the connection was sent.
     pub fn ack(&self, seq: Seq) {
         let (sent, epoch) = {
             let st = self.shared.state();
             (st.last_sent, st.epoch.clone())
         };
-        let seq = seq.min(sent);
         self.shared.acked.fetch_max(seq.get(), Ordering::Relaxed);
         if let Some(epoch) = epoch {
+            let seq = seq.min(sent);
             self.manager
                 .record_receipt(&self.shared.user, &epoch, None, Some(seq));
         }
