@@ -102,19 +102,7 @@ async fn read_run(client: &mut Client, run: &RunId) -> Vec<EventEnvelope> {
         events.push(client.event().await);
     }
     let types: Vec<EventType> = events.iter().map(|e| e.event.event_type()).collect();
-    assert_eq!(
-        types,
-        [
-            EventType::AgentStarted,
-            EventType::AgentThinking,
-            EventType::ToolExecuting,
-            EventType::ToolCompleted,
-            EventType::ToolExecuting,
-            EventType::ToolCompleted,
-            EventType::AgentThinking,
-            EventType::AgentCompleted,
-        ]
-    );
+    assert_eq!(types, SIMULATED_RUN_EVENTS);
     for e in &events {
         assert_eq!(e.event.run_id.as_ref(), Some(run), "{e:?}");
     }
