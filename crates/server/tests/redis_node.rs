@@ -13,8 +13,8 @@ use std::time::Duration;
 use agentwire_redis::testing::{self, RedisServer};
 
 use support::nodes::{
-    API_KEY, Read, Ws, custom, http, metrics, node_command, publish, sample, secured, start,
-    wait_for_status,
+    API_KEY, Read, Target, Ws, custom, http, metrics, node_command, publish, sample, secured,
+    start, wait_for_status,
 };
 use support::{WAIT, run_to_exit};
 
@@ -27,7 +27,7 @@ async fn a_node_on_redis_serves_and_answers_503_while_redis_is_away() {
         return;
     };
     let prefix = testing::unique_prefix("node");
-    let node = start(node_command(&redis.url(), &prefix, &[])).await;
+    let node = start(node_command(&Target::Standalone(redis.url()), &prefix, &[])).await;
     let addr = node.addr;
     wait_for_status(addr, "/readyz", 200, WAIT).await;
 

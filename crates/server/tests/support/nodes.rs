@@ -29,17 +29,27 @@ pub(crate) fn secured() -> Command {
     cmd
 }
 
-/// The binary as a node of the deployment under `prefix` on the Redis at `url`, on a free
-/// loopback port, with `extra` flags after the common ones (a later flag wins).
-pub(crate) fn node_command(url: &str, prefix: &str, extra: &[&str]) -> Command {
+/// Where the nodes of a test find Redis: the flag and its value.
+pub(crate) enum Target {
+    /// `--redis-url URL`.
+    Standalone(String),
+    /// `--redis-cluster-nodes URL,URL,…`.
+    Cluster(Vec<String>),
+}
+
+/// The binary as a node of the deployment under `prefix` on the Redis at `target`, on a
+/// free loopback port, with `extra` flags after the common ones (a later flag wins).
+pub(crate) fn node_command(target: &Target, prefix: &str, extra: &[&str]) -> Command {
     let mut cmd = secured();
+    match target {
+        Target::Standalone(url) => cmd.args(["--redis-url", url]),
+        Target::Cluster(nodes) => cmd.args(["--redis-cluster-nodes", &nodes.join(",")]),
+    };
     cmd.args([
         "--api-keys",
         API_KEY,
         "--broker",
         "redis",
-        "--redis-url",
-        url,
         "--redis-key-prefix",
         prefix,
         "--drain-delay",
