@@ -17,8 +17,11 @@ pub(crate) struct Counters {
     pub(crate) rejections_user_limit: AtomicU64,
     pub(crate) rejections_node_full: AtomicU64,
     pub(crate) slow_consumer_closes: AtomicU64,
+    pub(crate) deltas_merged: AtomicU64,
     pub(crate) heartbeat_timeouts: AtomicU64,
     pub(crate) catch_up_failures: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) conflicts: AtomicU64,
+    pub(crate) lease_failures: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
 }

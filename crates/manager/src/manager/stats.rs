@@ -40,6 +40,9 @@ pub struct ManagerStats {
     pub rejections_node_full: u64,
     /// Connections closed with 1013 because their queue overflowed.
     pub slow_consumer_closes: u64,
+    /// Live `message_delta`s merged into the delta before them in a full queue, rather
+    /// than the connection being closed as a slow consumer.
+    pub deltas_merged: u64,
     /// Connections closed because their peer went silent.
     pub heartbeat_timeouts: u64,
     /// Events held in the broker's history.
@@ -58,6 +61,12 @@ pub struct ManagerStats {
     pub resyncs: u64,
     /// Emits refused because their `event_id` was already accepted for another event.
     pub event_id_conflicts: u64,
+    /// Lease store calls (admit, renew) that failed: a connect refused, or leases left to
+    /// run until the next renewal (only with a lease store).
+    pub lease_failures: u64,
+    /// Connections closed with 4003 because a renewal found their lease gone: taken by a
+    /// newer connection on another node, or expired while the user's limit was full.
+    pub leases_lost: u64,
     /// Event ids the broker remembers for deduplication (in history or its dedupe window).
     pub dedupe_ids: u64,
     /// Frames waiting in connection queues, over all connections.
@@ -114,6 +123,7 @@ impl UnifiedWebSocketManager {
             rejections_user_limit: load(&c.rejections_user_limit),
             rejections_node_full: load(&c.rejections_node_full),
             slow_consumer_closes: load(&c.slow_consumer_closes),
+            deltas_merged: load(&c.deltas_merged),
             heartbeat_timeouts: load(&c.heartbeat_timeouts),
             history_events: b.history_events,
             history_bytes: b.history_bytes,
@@ -122,6 +132,8 @@ impl UnifiedWebSocketManager {
             catch_up_failures: load(&c.catch_up_failures),
             resyncs: load(&c.resyncs),
             event_id_conflicts: load(&c.conflicts),
+            lease_failures: load(&c.lease_failures),
+            leases_lost: load(&c.leases_lost),
             dedupe_ids: b.dedupe_ids,
             queued_frames,
             queued_bytes,

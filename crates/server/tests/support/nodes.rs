@@ -38,30 +38,34 @@ pub(crate) enum Target {
 }
 
 /// The binary as a node of the deployment under `prefix` on the Redis at `target`, on a
-/// free loopback port, with `extra` flags after the common ones (a later flag wins).
+/// free loopback port, with `extra` flags (a flag in `extra` replaces the common one: the
+/// binary refuses a flag given twice).
 pub(crate) fn node_command(target: &Target, prefix: &str, extra: &[&str]) -> Command {
     let mut cmd = secured();
-    match target {
-        Target::Standalone(url) => cmd.args(["--redis-url", url]),
-        Target::Cluster(nodes) => cmd.args(["--redis-cluster-nodes", &nodes.join(",")]),
+    let joined;
+    let (redis_flag, redis_value) = match target {
+        Target::Standalone(url) => ("--redis-url", url.as_str()),
+        Target::Cluster(nodes) => {
+            joined = nodes.join(",");
+            ("--redis-cluster-nodes", joined.as_str())
+        }
     };
-    cmd.args([
-        "--api-keys",
-        API_KEY,
-        "--broker",
-        "redis",
-        "--redis-key-prefix",
-        prefix,
-        "--drain-delay",
-        "0s",
-        "--resume-wait",
-        "0s",
-        "--publish-rate",
-        "0",
-        "--redis-command-timeout",
-        "1s",
-    ])
-    .args(extra);
+    let common = [
+        ("--api-keys", API_KEY),
+        ("--broker", "redis"),
+        (redis_flag, redis_value),
+        ("--redis-key-prefix", prefix),
+        ("--drain-delay", "0s"),
+        ("--resume-wait", "0s"),
+        ("--publish-rate", "0"),
+        ("--redis-command-timeout", "1s"),
+    ];
+    for (flag, value) in common {
+        if !extra.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    cmd.args(extra);
     cmd
 }
 
