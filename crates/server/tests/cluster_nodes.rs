@@ -17,7 +17,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use support::nodes::{
-    API_KEY, Read, Ws, custom, http, metrics, node_command, publish, sample, start,
+    API_KEY, Read, Target, Ws, custom, http, metrics, node_command, publish, sample, start,
 };
 use support::{ServerProcess, WAIT};
 
@@ -37,7 +37,14 @@ async fn three_nodes(
     for _ in 0..3 {
         let mut flags = vec!["--connection-lease", lease];
         flags.extend_from_slice(extra);
-        nodes.push(start(node_command(&redis.url(), &prefix, &flags)).await);
+        nodes.push(
+            start(node_command(
+                &Target::Standalone(redis.url()),
+                &prefix,
+                &flags,
+            ))
+            .await,
+        );
     }
     // Every node's control channel is up (it announces itself as it comes up): an admin
     // request on one node lists all three.
