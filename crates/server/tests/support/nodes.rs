@@ -31,7 +31,7 @@ pub(crate) fn secured() -> Command {
 
 /// The binary as a node of the deployment under `prefix` on the Redis at `url`, on a free
 /// loopback port, with `extra` flags (a flag in `extra` replaces the common one: the
-/// binary refuses a flag given twice).
+/// binary refuses a flag given twice; `--redis-cluster-nodes` replaces `--redis-url`).
 pub(crate) fn node_command(url: &str, prefix: &str, extra: &[&str]) -> Command {
     let mut cmd = secured();
     let common = [
@@ -45,7 +45,9 @@ pub(crate) fn node_command(url: &str, prefix: &str, extra: &[&str]) -> Command {
         ("--redis-command-timeout", "1s"),
     ];
     for (flag, value) in common {
-        if !extra.contains(&flag) {
+        let replaced = extra.contains(&flag)
+            || (flag == "--redis-url" && extra.contains(&"--redis-cluster-nodes"));
+        if !replaced {
             cmd.args([flag, value]);
         }
     }
