@@ -24,12 +24,12 @@ pub fn sample_event(data_bytes: usize) -> Event {
 
 /// The JSON of a delivered frame carrying [`sample_event`].
 pub fn sample_frame_json(data_bytes: usize) -> String {
-    ServerFrame::Event(EventEnvelope {
-        seq: Seq(42),
-        event_id: EventId::generate(),
-        ts: Timestamp::now(),
-        event: sample_event(data_bytes),
-    })
+    ServerFrame::Event(EventEnvelope::new(
+        Seq(42),
+        EventId::generate(),
+        Timestamp::now(),
+        sample_event(data_bytes),
+    ))
     .to_json()
 }
 

@@ -1,5 +1,5 @@
 """Publishes one realistic agent run to agentwire with the `agentwire` package: started,
-thinking, two tool calls, completed.
+thinking, two tool calls, the answer streamed word by word, completed.
 
     pip install -e clients/python
     cargo run -p agentwire-server -- --publish-api-keys my-publish-key     # another terminal
@@ -32,9 +32,23 @@ STEPS = [
 ANSWER = "TP 551 on Dec 5 for 129 EUR; sunny Saturday, cloudy Sunday."
 
 
+def words(text):
+    """The answer as a model streams it: word by word, each with its trailing space."""
+    parts = text.split(" ")
+    return [p + " " for p in parts[:-1]] + parts[-1:]
+
+
+def streamed(pieces, delay):
+    """Yields the pieces with a pause before each, like a model writing them."""
+    for piece in pieces:
+        time.sleep(delay)
+        yield piece
+
+
 def publish_with_the_run_helper(publisher, user, thread, run_id, delay):
-    """One request per event: agent_started on entering the block, agent_completed on
-    leaving it (agent_error, had it raised)."""
+    """One request per event: agent_started on entering the block, the answer as
+    message_delta pieces and message_completed, agent_completed on leaving it
+    (agent_error, had it raised)."""
     with publisher.run(user, thread, run_id, agent_name="travel-planner") as run:
         for step, (kind, *rest) in enumerate(STEPS, start=1):
             time.sleep(delay)
@@ -44,7 +58,7 @@ def publish_with_the_run_helper(publisher, user, thread, run_id, delay):
                 name, arguments, result = rest
                 with run.tool(name, arguments) as call:
                     call.result = result
-        run.result = ANSWER
+        run.result = run.stream_message(streamed(words(ANSWER), delay / 4))
 
 
 def publish_as_one_batch(publisher, user, thread, run_id):
@@ -65,6 +79,9 @@ def publish_as_one_batch(publisher, user, thread, run_id):
             call = {"tool_call_id": f"tc-{calls}", "tool_name": name}
             events.append(event("tool_executing", {**call, "arguments": arguments}))
             events.append(event("tool_completed", {**call, "result": result, "is_error": False}))
+    for piece in words(ANSWER):
+        events.append(event("message_delta", {"message_id": "msg-1", "delta": piece}))
+    events.append(event("message_completed", {"message_id": "msg-1"}))
     events.append(event("agent_completed", {"result": ANSWER}))
     publisher.publish_many(events)
 

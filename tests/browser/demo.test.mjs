@@ -97,15 +97,23 @@ async function openSignedIn(context, user, label) {
   return page;
 }
 
-/** The event entries of a tab's timeline, in DOM order. */
+/**
+ * The events a tab's timeline shows, in DOM order. A streamed answer is one entry that
+ * lists every seq and event id it shows (`data-seqs`, `data-event-ids`): each counts.
+ */
 function timeline(page) {
   return page.$$eval("#timeline li.ev", (items) =>
-    items.map((li) => ({
-      seq: Number(li.dataset.seq),
-      type: li.dataset.type,
-      run: li.dataset.run,
-      id: li.dataset.eventId,
-    })),
+    items.flatMap((li) => {
+      const seqs = li.dataset.seqs ? li.dataset.seqs.split(",").map(Number) : [Number(li.dataset.seq)];
+      const ids = li.dataset.eventIds ? li.dataset.eventIds.split(",") : [li.dataset.eventId];
+      return seqs.map((seq, i) => ({
+        seq,
+        type: li.dataset.type,
+        run: li.dataset.run,
+        // A merged delta shows several seqs under its one event id.
+        id: `${ids[Math.min(i, ids.length - 1)]}#${seq}`,
+      }));
+    }),
   );
 }
 

@@ -125,22 +125,31 @@ async fn publish_run_py_delivers_the_whole_run_in_order() {
         let out = run_script("publish_run.py", args).await;
         assert!(out.status.success(), "{}", show(&out));
 
-        let got = events(&mut client, 8).await;
+        // The run, its answer streamed in 12 words, then its end.
+        let got = events(&mut client, 21).await;
         let types: Vec<&str> = got.iter().map(|e| e.event.event_type().as_str()).collect();
+        let mut want = vec![
+            "agent_started",
+            "agent_thinking",
+            "tool_executing",
+            "tool_completed",
+            "agent_thinking",
+            "tool_executing",
+            "tool_completed",
+        ];
+        want.extend(["message_delta"; 12]);
+        want.extend(["message_completed", "agent_completed"]);
+        assert_eq!(types, want, "{}", show(&out));
+        let answer: String = got
+            .iter()
+            .filter_map(|e| match &e.event.data {
+                EventData::MessageDelta(d) => Some(d.delta.as_str()),
+                _ => None,
+            })
+            .collect();
         assert_eq!(
-            types,
-            [
-                "agent_started",
-                "agent_thinking",
-                "tool_executing",
-                "tool_completed",
-                "agent_thinking",
-                "tool_executing",
-                "tool_completed",
-                "agent_completed"
-            ],
-            "{}",
-            show(&out)
+            answer,
+            "TP 551 on Dec 5 for 129 EUR; sunny Saturday, cloudy Sunday."
         );
         // The five critical events, in their order, are all there.
         let mut critical = CRITICAL_EVENTS.iter().peekable();
@@ -161,11 +170,11 @@ async fn publish_run_py_delivers_the_whole_run_in_order() {
         // The script printed what the server answered.
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            stdout.contains("published agent_completed  seq=8"),
+            stdout.contains("published agent_completed  seq=21"),
             "{}",
             show(&out)
         );
-        assert_nothing_more(&server, &mut client, user, 9).await;
+        assert_nothing_more(&server, &mut client, user, 22).await;
     }
     server.stop().await;
 }

@@ -15,6 +15,8 @@ export type EventType =
   | "tool_completed"
   | "agent_completed"
   | "agent_error"
+  | "message_delta"
+  | "message_completed"
   | "custom";
 
 /** The event types, in the order a run produces them (custom last). */
@@ -48,6 +50,11 @@ export interface EventBase<T extends EventType, D> {
   event_id: string;
   /** When the broker accepted the event, ms since the Unix epoch. */
   ts: number;
+  /**
+   * Only on a merged `message_delta` (§6.5): the frame stands for the events
+   * `from_seq ..= seq`, deltas of one message that waited in a slow connection's queue.
+   */
+  from_seq?: number;
   thread_id?: string;
   run_id?: string;
   data: D & { [extra: string]: Json | undefined };
@@ -65,6 +72,8 @@ export type ToolCompleted = EventBase<
 >;
 export type AgentCompleted = EventBase<"agent_completed", { result: Json; duration_ms?: number }>;
 export type AgentError = EventBase<"agent_error", { message: string; code?: string; retryable: boolean }>;
+export type MessageDelta = EventBase<"message_delta", { message_id: string; delta: string }>;
+export type MessageCompleted = EventBase<"message_completed", { message_id: string; text?: string }>;
 export type CustomEvent = EventBase<"custom", { name: string; value: Json }>;
 
 /** Every event type mapped to its shape. */
@@ -75,6 +84,8 @@ export interface EventMap {
   tool_completed: ToolCompleted;
   agent_completed: AgentCompleted;
   agent_error: AgentError;
+  message_delta: MessageDelta;
+  message_completed: MessageCompleted;
   custom: CustomEvent;
 }
 
@@ -116,6 +127,8 @@ export interface Snapshot {
   replayGaps: number;
   /** The last close, while not open. */
   lastClose: CloseInfo | null;
+  /** The transport in use: "sse" once a client with `transport: "auto"` moved to it. */
+  transport: "websocket" | "sse";
 }
 
 /** Why `getToken` is called. */
@@ -134,9 +147,10 @@ export interface TokenRequest {
 export interface ClientError {
   /**
    * "server": an `error` frame; "closed": a close that stops the client (1002, 1007,
-   * 1009); "handshake": gave up; "token": getToken failed; "socket", "frame", "handler".
+   * 1009); "handshake": gave up; "token": getToken failed; "transport": a client with
+   * `transport: "auto"` moved to Server-Sent Events; "socket", "frame", "handler".
    */
-  kind: "server" | "closed" | "handshake" | "token" | "socket" | "frame" | "handler";
+  kind: "server" | "closed" | "handshake" | "token" | "transport" | "socket" | "frame" | "handler";
   message: string;
   /** The `error` frame's code, or the close code. */
   code?: string | number;
@@ -193,6 +207,18 @@ export interface ClientOptions {
    * package's, or run node with `--experimental-websocket`).
    */
   WebSocket?: typeof WebSocket;
+  /**
+   * "websocket" (default): `/ws`. "sse": Server-Sent Events from `/v1/stream` (no client
+   * frames: no acks, pings or token refreshes; the server's 4002 brings a reconnect with a
+   * new token). "auto": a WebSocket, moving to SSE for good after `maxHandshakeFailures`
+   * failed WebSocket handshakes in a row (a proxy that breaks upgrades). The API is the
+   * same on both.
+   */
+  transport?: "websocket" | "sse" | "auto";
+  /** The event-stream URL (default: `url` with http(s): and `/v1/stream` for `/ws`). */
+  sseUrl?: string;
+  /** The EventSource constructor (default the global one). */
+  EventSource?: typeof EventSource;
   onEvent?: (event: AgentwireEvent) => void;
   onReplayGap?: (gap: ReplayGap) => void;
   onStateChange?: (snapshot: Snapshot) => void;
@@ -221,4 +247,25 @@ export declare class AgentwireClient {
   readonly epoch: string | null;
   readonly reconnects: number;
   readonly snapshot: Snapshot;
+}
+
+/** A streamed message as [`MessageAccumulator`] holds it. */
+export interface StreamedMessage {
+  run_id: string | undefined;
+  message_id: string;
+  /** The text so far: the deltas concatenated, or `message_completed`'s `text`. */
+  text: string;
+  /** Whether `message_completed`, or the end of its run, came. */
+  done: boolean;
+}
+
+/** Assembles streamed messages from delivered events (docs/protocol.md §4.2, §6.5). */
+export declare class MessageAccumulator {
+  constructor();
+  /** Takes any event; returns the message it changed, or null. */
+  add(event: AgentwireEvent): StreamedMessage | null;
+  get(runId: string | undefined, messageId: string): StreamedMessage | undefined;
+  messages(): StreamedMessage[];
+  delete(runId: string | undefined, messageId: string): boolean;
+  clear(): void;
 }

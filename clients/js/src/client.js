@@ -10,10 +10,14 @@
 //   const client = new AgentwireClient({ getToken: () => fetchMyToken() });
 //   client.on("tool_executing", (e) => show(e.data.tool_name, e.data.arguments));
 //   client.onReplayGap((gap) => refetchThread());
+//   const answers = new MessageAccumulator();          // streamed text, as it arrives
+//   client.on("*", (e) => { const m = answers.add(e); if (m) render(m.message_id, m.text); });
 //   client.connect();
 //
 // What it guarantees: every event of the user, once, in `seq` order, across reconnects —
-// or a `replay_gap` naming what the server could no longer deliver.
+// or a `replay_gap` naming what the server could no longer deliver. Over a WebSocket (the
+// default) or, where WebSockets fail, Server-Sent Events (`transport: "sse"` or "auto"),
+// with the same API.
 
 /** The subprotocol every connection offers; the server answers with it. */
 export const SUBPROTOCOL = "agentwire.v1";
@@ -28,6 +32,8 @@ export const EVENT_TYPES = Object.freeze([
   "tool_completed",
   "agent_completed",
   "agent_error",
+  "message_delta",
+  "message_completed",
   "custom",
 ]);
 
@@ -150,12 +156,24 @@ export class AgentwireClient {
     };
     this._url = options.url || defaultUrl();
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
-    if (typeof this._WebSocket !== "function") {
+    this._EventSource = options.EventSource || globalThis.EventSource;
+    const transport = options.transport || "websocket";
+    if (!TRANSPORTS.includes(transport)) {
+      throw new TypeError(`agentwire: \`transport\` must be one of ${TRANSPORTS.join(", ")}`);
+    }
+    this._transport = transport;
+    // "auto" starts on a WebSocket and moves to SSE for good when handshakes keep failing.
+    this._useSse = transport === "sse";
+    if (transport !== "sse" && typeof this._WebSocket !== "function") {
       throw new TypeError(
         "agentwire: no WebSocket here: pass `WebSocket` (Node 20: run node with " +
           "--experimental-websocket, or pass the `ws` package's WebSocket)",
       );
     }
+    if (transport !== "websocket" && typeof this._EventSource !== "function") {
+      throw new TypeError("agentwire: no EventSource here: pass `EventSource`");
+    }
+    this._sseUrl = options.sseUrl || streamUrl(this._url);
     this._handlers = new Map();
     this._state = "idle";
     this._ws = null;
@@ -272,6 +290,7 @@ export class AgentwireClient {
       duplicatesDropped: this._duplicates,
       replayGaps: this._gaps,
       lastClose: this._lastClose,
+      transport: this._useSse ? "sse" : "websocket",
     };
   }
 
@@ -307,7 +326,8 @@ export class AgentwireClient {
       return;
     }
     this._needFreshToken = false;
-    const url = new URL(this._url, typeof location === "undefined" ? undefined : location.href);
+    const sse = this._useSse;
+    const url = new URL(sse ? this._sseUrl : this._url, typeof location === "undefined" ? undefined : location.href);
     url.searchParams.delete("last_seq");
     url.searchParams.delete("epoch");
     if (this._epoch) {
@@ -316,7 +336,13 @@ export class AgentwireClient {
     }
     let ws;
     try {
-      ws = new this._WebSocket(url.toString(), [SUBPROTOCOL, AUTH_SUBPROTOCOL_PREFIX + token]);
+      if (sse) {
+        // An EventSource cannot set headers: the token rides in the query (never logged).
+        url.searchParams.set("token", token);
+        ws = new SseSocket(this._EventSource, url.toString());
+      } else {
+        ws = new this._WebSocket(url.toString(), [SUBPROTOCOL, AUTH_SUBPROTOCOL_PREFIX + token]);
+      }
     } catch (err) {
       this._emit("error", { kind: "socket", message: `cannot open a WebSocket: ${describe(err)}`, cause: err });
       this._handshakeFailed(generation);
@@ -374,8 +400,13 @@ export class AgentwireClient {
     this._later(this._opts.stableAfterMs, () => {
       this._attempt = 0;
     }, generation);
-    this._startHeartbeat(generation);
-    this._scheduleRefresh(token, generation);
+    if (!this._useSse) {
+      // An event stream carries no client frames: no ping, no refresh_token. Its server
+      // sends heartbeat comments; an expired token ends it with 4002, and the reconnect
+      // fetches a new one.
+      this._startHeartbeat(generation);
+      this._scheduleRefresh(token, generation);
+    }
   }
 
   _frame(frame) {
@@ -450,6 +481,18 @@ export class AgentwireClient {
   _handshakeFailed(generation) {
     this._handshakeFailures++;
     const max = this._opts.maxHandshakeFailures;
+    if (this._handshakeFailures >= max && this._transport === "auto" && !this._useSse) {
+      // WebSockets do not get through (a proxy that breaks upgrades, say): the same
+      // number of tries over Server-Sent Events, for the rest of this client's life.
+      this._useSse = true;
+      this._handshakeFailures = 0;
+      this._emit("error", {
+        kind: "transport",
+        message: `${max} WebSocket handshakes failed: switching to Server-Sent Events`,
+      });
+      this._retry(this._nextBackoff(), "reconnect", generation);
+      return;
+    }
     if (this._handshakeFailures >= max) {
       if (this._tokenRefetched) {
         this._lastClose = {
@@ -636,6 +679,166 @@ export class AgentwireClient {
 
   _notify() {
     this._dispatch("state", this.snapshot);
+  }
+}
+
+/**
+ * Assembles streamed messages (`message_delta` … `message_completed`, docs/protocol.md
+ * §4.2) from the events a client delivers, in the order it delivers them. A merged delta
+ * (one carrying `from_seq`, §6.5) is just a longer piece. A message still open when its
+ * run ends (`agent_completed`, `agent_error`) ends with it.
+ */
+export class MessageAccumulator {
+  constructor() {
+    /** @type {Map<string, {run_id: string|undefined, message_id: string, text: string, done: boolean}>} */
+    this._messages = new Map();
+  }
+
+  /**
+   * Takes any event; returns the message it changed (`{run_id, message_id, text, done}`),
+   * or null when it changed none. Finished messages stay until `delete` or `clear`.
+   */
+  add(event) {
+    if (!event || typeof event !== "object") return null;
+    const data = event.data || {};
+    switch (event.type) {
+      case "message_delta": {
+        const m = this._open(event.run_id, data.message_id);
+        if (m.done) {
+          // The id streams again after it completed: a new message (protocol §7).
+          m.text = "";
+          m.done = false;
+        }
+        m.text += typeof data.delta === "string" ? data.delta : "";
+        return { ...m };
+      }
+      case "message_completed": {
+        const m = this._open(event.run_id, data.message_id);
+        if (typeof data.text === "string") m.text = data.text;
+        m.done = true;
+        return { ...m };
+      }
+      case "agent_completed":
+      case "agent_error": {
+        let last = null;
+        for (const m of this._messages.values()) {
+          if (m.run_id === event.run_id && !m.done) {
+            m.done = true;
+            last = { ...m };
+          }
+        }
+        return last;
+      }
+      default:
+        return null;
+    }
+  }
+
+  /** The message `messageId` of run `runId`, or undefined. */
+  get(runId, messageId) {
+    const m = this._messages.get(key(runId, messageId));
+    return m ? { ...m } : undefined;
+  }
+
+  /** Every message held, oldest first. */
+  messages() {
+    return [...this._messages.values()].map((m) => ({ ...m }));
+  }
+
+  /** Forgets the message `messageId` of run `runId`. */
+  delete(runId, messageId) {
+    return this._messages.delete(key(runId, messageId));
+  }
+
+  /** Forgets every message (after a `replay_gap`, say, before refetching). */
+  clear() {
+    this._messages.clear();
+  }
+
+  _open(runId, messageId) {
+    const k = key(runId, messageId);
+    let m = this._messages.get(k);
+    if (!m) {
+      m = { run_id: runId, message_id: String(messageId), text: "", done: false };
+      this._messages.set(k, m);
+    }
+    return m;
+  }
+}
+
+function key(runId, messageId) {
+  return JSON.stringify([runId ?? null, String(messageId)]);
+}
+
+/** The transports a client may be given. */
+const TRANSPORTS = Object.freeze(["websocket", "sse", "auto"]);
+
+/** The event-stream URL next to a WebSocket URL: ws(s)://host/…/ws → http(s)://host/…/v1/stream. */
+function streamUrl(wsUrl) {
+  try {
+    const url = new URL(wsUrl, typeof location === "undefined" ? undefined : location.href);
+    if (url.protocol === "ws:") url.protocol = "http:";
+    if (url.protocol === "wss:") url.protocol = "https:";
+    url.pathname = url.pathname.endsWith("/ws") ? `${url.pathname.slice(0, -3)}/v1/stream` : "/v1/stream";
+    return url.toString();
+  } catch {
+    return "/v1/stream";
+  }
+}
+
+/**
+ * `GET /v1/stream` (Server-Sent Events, docs/protocol.md §2.4) behind the few WebSocket
+ * members the client uses: `onmessage`, `onclose({code, reason})`, `onerror`, `close()`,
+ * `readyState`. The stream's final `close` event becomes the close with its code; an end
+ * without one (the connection dropped, or a refused request) a close with 1006. The
+ * EventSource's own reconnect is not used: the client reconnects by its rules, resuming
+ * from the `seq` it holds, with a fresh token when it needs one.
+ */
+class SseSocket {
+  constructor(EventSourceImpl, url) {
+    this.readyState = 0;
+    this.onmessage = null;
+    this.onclose = null;
+    this.onerror = null;
+    this._done = false;
+    this._es = new EventSourceImpl(url);
+    this._es.onopen = () => {
+      if (!this._done) this.readyState = 1;
+    };
+    this._es.onmessage = (msg) => {
+      if (!this._done && this.onmessage) this.onmessage({ data: msg.data });
+    };
+    this._es.addEventListener("close", (msg) => {
+      let code = CloseCode.ABNORMAL;
+      let reason = "";
+      try {
+        const v = JSON.parse(msg.data);
+        if (typeof v.code === "number") code = v.code;
+        if (typeof v.reason === "string") reason = v.reason;
+      } catch {
+        // Not ours: the end is a dropped connection.
+      }
+      this._finish(code, reason);
+    });
+    this._es.onerror = () => this._finish(CloseCode.ABNORMAL, "");
+  }
+
+  /** Nothing can be sent on an event stream; the client's `_send` reports `false`. */
+  send() {
+    throw new Error("agentwire: an event stream carries no client frames");
+  }
+
+  close() {
+    if (this._done) return;
+    this._done = true;
+    this.readyState = 3;
+    this._es.close();
+  }
+
+  _finish(code, reason) {
+    if (this._done) return;
+    this.close();
+    if (this.onclose) this.onclose({ code, reason });
   }
 }
 

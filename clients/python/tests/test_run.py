@@ -80,3 +80,20 @@ def test_call_tool_and_the_explicit_tool_events(publisher, history, user) -> Non
     assert [e["data"].get("tool_call_id") for e in events[1:5]] == ["tc-1", "tc-1", "w-1", "w-1"]
     assert events[2]["data"]["result"] == 5
     assert events[4]["data"] == {"tool_call_id": "w-1", "tool_name": "weather", "result": "sunny", "is_error": False, "duration_ms": 95}
+
+
+def test_stream_message_publishes_each_piece_then_completes(publisher, history, user) -> None:
+    with publisher.run(user, "thread-1", "run-s") as run:
+        run.result = run.stream_message(iter(["Three ", "", "flights ", "found."]))
+    events = history(user).events
+    assert types_of(history(user)) == [
+        "agent_started",
+        "message_delta",
+        "message_delta",
+        "message_delta",
+        "message_completed",
+        "agent_completed",
+    ]
+    assert {e["data"]["message_id"] for e in events[1:5]} == {"msg-1"}
+    assert "".join(e["data"]["delta"] for e in events[1:4]) == "Three flights found."
+    assert events[5]["data"]["result"] == "Three flights found."

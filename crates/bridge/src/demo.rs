@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use agentwire_emitter::{EmitterError, RunContext};
 use agentwire_protocol::{EventType, ThreadId, UserId};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::bridge::AgentWebSocketBridge;
@@ -30,9 +31,12 @@ pub const DEMO_THREAD_ID: &str = "demo";
 /// steps, and the time each simulated tool takes.
 pub const DEFAULT_DEMO_PACE: Duration = Duration::from_millis(700);
 
+/// How many `message_delta` pieces a [`simulated_run`] streams its answer in.
+pub const DEMO_ANSWER_PIECES: usize = 6;
+
 /// The event types a [`simulated_run`] emits, in order. A client can count on this shape
 /// (e.g. to draw progress); the tests hold the run to it.
-pub const SIMULATED_RUN_EVENTS: [EventType; 8] = [
+pub const SIMULATED_RUN_EVENTS: [EventType; 9 + DEMO_ANSWER_PIECES] = [
     EventType::AgentStarted,
     EventType::AgentThinking,
     EventType::ToolExecuting,
@@ -40,6 +44,13 @@ pub const SIMULATED_RUN_EVENTS: [EventType; 8] = [
     EventType::ToolExecuting,
     EventType::ToolCompleted,
     EventType::AgentThinking,
+    EventType::MessageDelta,
+    EventType::MessageDelta,
+    EventType::MessageDelta,
+    EventType::MessageDelta,
+    EventType::MessageDelta,
+    EventType::MessageDelta,
+    EventType::MessageCompleted,
     EventType::AgentCompleted,
 ];
 
@@ -57,11 +68,12 @@ pub fn demo_run_context(user_id: UserId) -> RunContext {
 /// Performs a simulated run of `run` through `bridge`: a support agent answering "where
 /// is my order #1042?". It emits [`SIMULATED_RUN_EVENTS`]: `agent_started`; a thought;
 /// two tool calls through [`AgentRun::run_tool`] (`lookup_order`, then `track_shipment`
-/// with what the first returned); a second thought; and `agent_completed` carrying the
-/// answer, which is also returned.
+/// with what the first returned); a second thought; the answer streamed through
+/// [`AgentRun::stream_message`] in [`DEMO_ANSWER_PIECES`] `message_delta`s and a
+/// `message_completed`; and `agent_completed` carrying the answer, which is also returned.
 ///
-/// `pace` is waited before each step after the first and is how long each tool takes, so
-/// a run lasts about `7 × pace`. [`Duration::ZERO`] runs it without waiting at all (for
+/// `pace` is waited before each step after the first and is how long each tool takes (the
+/// answer's pieces share one `pace`), so a run lasts about `8 × pace`. [`Duration::ZERO`] runs it without waiting at all (for
 /// tests); [`DEFAULT_DEMO_PACE`] is slow enough to watch. Time is tokio's, so a test on
 /// the paused clock runs any pace instantly.
 ///
@@ -85,13 +97,14 @@ pub fn demo_run_context(user_id: UserId) -> RunContext {
 /// let run = demo_run_context("alice".parse()?);
 /// let answer = simulated_run(&bridge, run, std::time::Duration::ZERO).await?;
 /// assert!(answer["answer"].as_str().is_some_and(|a| a.contains("#1042")));
-/// assert_eq!(bridge.emitter_metrics().events_total(), 8);
+/// assert_eq!(bridge.emitter_metrics().events_total(), 15);
 /// # Ok(())
 /// # }
 /// ```
 ///
 /// [`AgentRun`]: crate::AgentRun
 /// [`AgentRun::run_tool`]: crate::AgentRun::run_tool
+/// [`AgentRun::stream_message`]: crate::AgentRun::stream_message
 pub async fn simulated_run(
     bridge: &AgentWebSocketBridge,
     run: RunContext,
@@ -152,16 +165,47 @@ pub async fn simulated_run(
     .await?;
 
     wait(pace).await;
-    let answer = json!({
-        "answer": format!(
-            "Your order #1042 (a mechanical keyboard) shipped with DHL and was last scanned \
-             at the {}. It should arrive {}.",
-            shipment["last_scan"].as_str().unwrap_or("carrier's hub"),
-            shipment["estimated_delivery"].as_str().unwrap_or("soon"),
-        ),
-    });
+    let text = format!(
+        "Your order #1042 (a mechanical keyboard) shipped with DHL and was last scanned at \
+         the {}. It should arrive {}.",
+        shipment["last_scan"].as_str().unwrap_or("carrier's hub"),
+        shipment["estimated_delivery"].as_str().unwrap_or("soon"),
+    );
+    let pieces = futures_util::stream::iter(pieces_of(&text, DEMO_ANSWER_PIECES)).then(
+        move |piece| async move {
+            wait(pace / DEMO_ANSWER_PIECES as u32).await;
+            piece
+        },
+    );
+    let streamed = run.stream_message(pieces).await?;
+    let answer = json!({ "answer": streamed.text });
     run.complete(answer.clone()).await?;
     Ok(answer)
+}
+
+/// `text` cut at word boundaries into exactly `n` non-empty pieces (fewer only when it
+/// has fewer words), each keeping its trailing spaces, so the pieces join back to `text`.
+fn pieces_of(text: &str, n: usize) -> Vec<String> {
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    let per = words.len().div_ceil(n.max(1)).max(1);
+    let mut pieces: Vec<String> = words.chunks(per).map(|c| c.concat()).collect();
+    // Chunks of `per` may leave fewer than `n` pieces: split the longest ones on.
+    while pieces.len() < n {
+        let Some((i, _)) = pieces
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.split_inclusive(' ').count() > 1)
+            .max_by_key(|(_, p)| p.len())
+        else {
+            break;
+        };
+        let words: Vec<&str> = pieces[i].split_inclusive(' ').collect();
+        let (a, b) = words.split_at(words.len() / 2);
+        let (a, b) = (a.concat(), b.concat());
+        pieces[i] = a;
+        pieces.insert(i + 1, b);
+    }
+    pieces
 }
 
 async fn wait(pace: Duration) {
@@ -190,6 +234,23 @@ fn tool_error(error: ToolError<Value, Infallible>) -> EmitterError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_is_cut_into_the_pieces_it_joins_back_from() {
+        for text in [
+            "one",
+            "a b",
+            "Your order #1042 shipped with DHL and is due in 2 days.",
+        ] {
+            for n in 1..=8 {
+                let pieces = pieces_of(text, n);
+                assert_eq!(pieces.concat(), text);
+                let words = text.split(' ').count();
+                assert_eq!(pieces.len(), n.min(words), "{text:?} in {n}");
+                assert!(pieces.iter().all(|p| !p.is_empty()));
+            }
+        }
+    }
 
     #[test]
     fn demo_runs_get_fresh_valid_ids_in_the_demo_thread() {

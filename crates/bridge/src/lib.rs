@@ -44,8 +44,8 @@ mod tool;
 pub use agentwire_emitter::{EmitterError, RunContext, TooManyRuns};
 pub use bridge::{AgentBridgeExt, AgentWebSocketBridge, BridgeConfig};
 pub use demo::{
-    DEFAULT_DEMO_PACE, DEMO_AGENT_NAME, DEMO_THREAD_ID, SIMULATED_RUN_EVENTS, demo_run_context,
-    simulated_run,
+    DEFAULT_DEMO_PACE, DEMO_AGENT_NAME, DEMO_ANSWER_PIECES, DEMO_THREAD_ID, SIMULATED_RUN_EVENTS,
+    demo_run_context, simulated_run,
 };
 pub use hooks::{AgentHooks, RunFailure, ToolCall, ToolOutcome};
 pub use run::{AgentRun, RUN_DROPPED, RUN_PANICKED};

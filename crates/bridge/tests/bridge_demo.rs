@@ -41,6 +41,13 @@ async fn a_simulated_run_emits_exactly_the_documented_sequence() {
             EventType::ToolExecuting,
             EventType::ToolCompleted,
             EventType::AgentThinking,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageCompleted,
             EventType::AgentCompleted,
         ]
     );
@@ -83,7 +90,16 @@ async fn a_simulated_run_emits_exactly_the_documented_sequence() {
     );
     assert!(!lookup_done.is_error && !track_done.is_error);
 
-    match &events[7].event.data {
+    // The answer streams in pieces that join to the text agent_completed carries.
+    let streamed: String = events[7..13]
+        .iter()
+        .map(|e| match &e.event.data {
+            EventData::MessageDelta(d) => d.delta.as_str(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(answer["answer"].as_str(), Some(streamed.as_str()));
+    match &events[14].event.data {
         EventData::AgentCompleted(c) => assert_eq!(c.result, answer),
         other => panic!("{other:?}"),
     }
@@ -111,25 +127,26 @@ async fn a_simulated_run_emits_exactly_the_documented_sequence() {
             .expect("each event fits the run");
     }
     assert_eq!(replayed, RunState::Finished(RunOutcome::Completed));
-    assert_eq!(bridge.emitter_metrics().events_total(), 8);
+    assert_eq!(bridge.emitter_metrics().events_total(), 15);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_pace_spaces_the_steps_and_times_the_tools() {
     let (bridge, conn) = setup().await;
-    let pace = Duration::from_millis(700);
+    // A pace the answer's pieces divide into whole milliseconds (tokio's timer unit).
+    let pace = Duration::from_millis(600);
     let started = Instant::now();
     simulated_run(&bridge, demo_run_context(user("alice")), pace)
         .await
         .expect("the run completes");
-    assert_eq!(started.elapsed(), pace * 7);
+    assert_eq!(started.elapsed(), pace * 8);
 
     let events = read_events(&conn, SIMULATED_RUN_EVENTS.len(), WAIT).await;
-    let pace_ms = Some(700);
+    let pace_ms = Some(600);
     for e in &events {
         match &e.event.data {
             EventData::ToolCompleted(t) => assert_eq!(t.duration_ms, pace_ms, "{t:?}"),
-            EventData::AgentCompleted(c) => assert_eq!(c.duration_ms, Some(7 * 700)),
+            EventData::AgentCompleted(c) => assert_eq!(c.duration_ms, Some(8 * 600)),
             _ => {}
         }
     }

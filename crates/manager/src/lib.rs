@@ -68,8 +68,8 @@ pub use leases::{
     Admission, ConnectionLeases, InMemoryLeases, Lease, NodeId, NodeIdError, Renewal,
 };
 pub use manager::{
-    ConnectError, ConnectOptions, Connection, EmitError, ManagerStats, Outbound, PreparedEvent,
-    Resume, UnifiedWebSocketManager,
+    ConnectError, ConnectOptions, Connection, EmitError, MAX_MERGED_DELTA_BYTES, ManagerStats,
+    Outbound, PreparedEvent, Resume, UnifiedWebSocketManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
 pub use rates::{InMemoryRates, PublishRate, PublishRates, RateDecision};

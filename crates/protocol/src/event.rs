@@ -455,7 +455,7 @@ impl Event {
 
 /// An accepted event as delivered to a client: the event plus its place in the user's
 /// stream. On the wire its fields sit side by side:
-/// `{"type","seq","event_id","ts","thread_id","run_id","data"}`.
+/// `{"type","seq","event_id","ts","from_seq"?,"thread_id","run_id","data"}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventEnvelope {
     /// Position in the user's stream.
@@ -464,6 +464,9 @@ pub struct EventEnvelope {
     pub event_id: EventId,
     /// When the broker accepted it.
     pub ts: Timestamp,
+    /// Set only on a merged `message_delta` ([`EventEnvelope::merge_delta`]): the frame
+    /// stands for the deltas `from_seq ..= seq` of one message, its text theirs in order.
+    pub from_seq: Option<Seq>,
     /// The event.
     pub event: Event,
 }
@@ -475,22 +478,83 @@ impl Serialize for EventEnvelope {
         map.serialize_entry("seq", &self.seq)?;
         map.serialize_entry("event_id", &self.event_id)?;
         map.serialize_entry("ts", &self.ts)?;
+        if let Some(from) = &self.from_seq {
+            map.serialize_entry("from_seq", from)?;
+        }
         self.event.serialize_body(&mut map)?;
         map.end()
     }
 }
 
 impl EventEnvelope {
+    /// An event delivered as itself (not merged).
+    pub fn new(seq: Seq, event_id: EventId, ts: Timestamp, event: Event) -> Self {
+        EventEnvelope {
+            seq,
+            event_id,
+            ts,
+            from_seq: None,
+            event,
+        }
+    }
+
+    /// The seqs this frame stands for: `seq` alone, or `from_seq ..= seq` when merged.
+    pub fn seqs(&self) -> std::ops::RangeInclusive<Seq> {
+        self.from_seq.unwrap_or(self.seq)..=self.seq
+    }
+
+    /// Merges `next`, the `message_delta` right after this one in the user's stream, into
+    /// this one: when both are deltas of one message (same run, thread and `message_id`)
+    /// and `next.seq` follows this frame's newest seq, this frame takes `next`'s text after
+    /// its own, and `next`'s `seq`, `event_id`, `ts` and extra fields, and covers its seqs
+    /// too (`from_seq`). Returns whether it merged; otherwise nothing changes.
+    ///
+    /// A server merges deltas only while they wait in a slow connection's queue
+    /// (docs/protocol.md §6.5); no other event is ever merged.
+    pub fn merge_delta(&mut self, next: &EventEnvelope) -> bool {
+        let (EventData::MessageDelta(mine), EventData::MessageDelta(theirs)) =
+            (&mut self.event.data, &next.event.data)
+        else {
+            return false;
+        };
+        if mine.message_id != theirs.message_id
+            || self.event.run_id != next.event.run_id
+            || self.event.thread_id != next.event.thread_id
+            || next.from_seq.is_some()
+            || next.seq != self.seq.next()
+        {
+            return false;
+        }
+        mine.delta.push_str(&theirs.delta);
+        mine.extra.clone_from(&theirs.extra);
+        self.from_seq = Some(self.from_seq.unwrap_or(self.seq));
+        self.seq = next.seq;
+        self.event_id = next.event_id.clone();
+        self.ts = next.ts;
+        true
+    }
+
     pub(crate) fn take_fields(obj: &mut Map<String, Value>) -> Result<Self, crate::DecodeError> {
         use crate::codec::{from_value_at, require};
-        let seq = from_value_at("seq", require(obj, "seq")?)?;
+        let seq: Seq = from_value_at("seq", require(obj, "seq")?)?;
         let event_id = from_value_at("event_id", require(obj, "event_id")?)?;
         let ts = from_value_at("ts", require(obj, "ts")?)?;
+        let from_seq: Option<Seq> = match obj.remove("from_seq") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(from_value_at("from_seq", v)?),
+        };
+        if from_seq.is_some_and(|from| from >= seq) {
+            return Err(crate::DecodeError::Invalid {
+                field: "from_seq".into(),
+                reason: "must be less than `seq`".into(),
+            });
+        }
         let event = Event::take_fields(obj)?;
         Ok(EventEnvelope {
             seq,
             event_id,
             ts,
+            from_seq,
             event,
         })
     }

@@ -35,12 +35,12 @@ fn envelope(
     run: Option<&'static str>,
     data: impl Into<EventData>,
 ) -> ServerFrame {
-    ServerFrame::Event(EventEnvelope {
-        seq: Seq(seq),
-        event_id: id(event_id),
-        ts: Timestamp(ts),
-        event: Event::new(Some(id("t1")), run.map(id), data),
-    })
+    ServerFrame::Event(EventEnvelope::new(
+        Seq(seq),
+        id(event_id),
+        Timestamp(ts),
+        Event::new(Some(id("t1")), run.map(id), data),
+    ))
 }
 
 /// What a golden file holds.

@@ -1,6 +1,6 @@
 // The agentwire live demo: sign in with a development token, watch the user's events,
 // start simulated runs. Everything it shows comes through /client.js.
-import { AgentwireClient } from "/client.js";
+import { AgentwireClient, MessageAccumulator } from "/client.js";
 
 const $ = (id) => document.getElementById(id);
 const timeline = $("timeline");
@@ -18,6 +18,11 @@ function toolsOf(runId) {
   return tools;
 }
 const seenRuns = new Set();
+/** Streamed answers: their text as it arrives, and each open one's timeline entry. */
+const answers = new MessageAccumulator();
+const answerEntries = new Map();
+/** Runs that streamed an answer: their agent_completed need not show it again. */
+const streamedRuns = new Set();
 /** Runs whose terminal event arrived (it may come before the start request's answer). */
 const endedRuns = new Set();
 
@@ -159,6 +164,7 @@ const ICON = {
   tool_completed: "✓",
   agent_completed: "★",
   agent_error: "!",
+  message_delta: "✎",
   custom: "•",
 };
 
@@ -186,8 +192,50 @@ function toolTitle(prefix, name) {
   return f;
 }
 
+/**
+ * A streamed answer is one entry whose text grows with each `message_delta` (a merged
+ * one, protocol §6.5, is just a longer piece) until `message_completed` or the run's end.
+ * The entry lists every seq and event id it shows, so each event is still accounted for.
+ */
+function renderMessage(e) {
+  const m = answers.add(e);
+  const key = JSON.stringify([e.run_id, e.data.message_id]);
+  let open = answerEntries.get(key);
+  if (!open) {
+    const node = entry(e, "Answering…");
+    const text = el("p", "text streaming");
+    node.bubble.append(text);
+    node.li.dataset.seqs = "";
+    node.li.dataset.eventIds = "";
+    open = { li: node.li, text, title: node.bubble.querySelector(".title") };
+    answerEntries.set(key, open);
+    streamedRuns.add(e.run_id);
+    append(node.li);
+  }
+  const seqs = [];
+  for (let s = e.from_seq ?? e.seq; s <= e.seq; s++) seqs.push(s);
+  open.li.dataset.seqs = [open.li.dataset.seqs, ...seqs].filter(Boolean).join(",");
+  open.li.dataset.eventIds = [open.li.dataset.eventIds, e.event_id].filter(Boolean).join(",");
+  open.li.querySelector(".seq").textContent = `#${open.li.dataset.seqs.split(",")[0]}–${e.seq}`;
+  if (m) open.text.textContent = m.text;
+  if (e.type === "message_completed") endMessage(key, open, "Answer");
+  const scroller = $("scroller");
+  if (scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 160) scroller.scrollTop = scroller.scrollHeight;
+}
+
+function endMessage(key, open, title) {
+  open.title.textContent = title;
+  open.text.classList.remove("streaming");
+  open.li.classList.add("done");
+  answerEntries.delete(key);
+}
+
 function render(e) {
   $("empty").hidden = true;
+  if (e.type === "message_delta" || e.type === "message_completed") {
+    renderMessage(e);
+    return;
+  }
   if (e.run_id && e.type === "agent_started" && !seenRuns.has(e.run_id)) {
     seenRuns.add(e.run_id);
     const d = el("li", "run-divider");
@@ -232,8 +280,11 @@ function render(e) {
       const took = typeof e.data.duration_ms === "number" ? ` in ${(e.data.duration_ms / 1000).toFixed(1)} s` : "";
       node = entry(e, `Completed${took}`);
       const result = e.data.result;
-      // A result that carries an answer for the user shows it as text; anything else as JSON.
-      if (result && typeof result === "object" && typeof result.answer === "string") {
+      // A result that carries an answer for the user shows it as text (unless the run
+      // streamed it already); anything else as JSON.
+      if (streamedRuns.has(e.run_id) && result && typeof result === "object" && typeof result.answer === "string") {
+        node.bubble.append(el("p", "label", "The answer above is the run's result."));
+      } else if (result && typeof result === "object" && typeof result.answer === "string") {
         node.bubble.append(el("p", "text", result.answer));
       } else if (typeof result === "string") {
         node.bubble.append(el("p", "text", result));
@@ -262,6 +313,12 @@ function render(e) {
       if (status) status.textContent = "ended with the run";
     }
     openTools.delete(e.run_id);
+    // So do messages still streaming.
+    answers.add(e);
+    for (const [key, open] of answerEntries) {
+      if (open.li.dataset.run === e.run_id) endMessage(key, open, "Answer (cut short)");
+    }
+    streamedRuns.delete(e.run_id);
     endedRuns.add(e.run_id);
     runEnded(e.run_id);
   }

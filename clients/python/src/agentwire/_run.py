@@ -1,5 +1,6 @@
 """The run helper: one agent run's events, in the order the server's run check wants
-(``agent_started`` first, tools opened before they complete, exactly one of
+(``agent_started`` first, tools opened before they complete, a streamed message's
+``message_delta`` pieces before its ``message_completed``, exactly one of
 ``agent_completed`` / ``agent_error`` last)."""
 
 from __future__ import annotations
@@ -8,7 +9,20 @@ import logging
 import time
 import uuid
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterable,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 from ._errors import AgentwireError
 from ._wire import Accepted, new_event_id
@@ -57,6 +71,7 @@ class _RunEvents:
         self._started: Optional[float] = None
         self._finished = False
         self._tool_calls = 0
+        self._messages = 0
 
     @property
     def started(self) -> bool:
@@ -119,6 +134,19 @@ class _RunEvents:
         if duration_ms is not None:
             data["duration_ms"] = duration_ms
         return self._event("tool_completed", data)
+
+    def _message_id(self, message_id: Optional[str]) -> str:
+        self._messages += 1
+        return message_id or f"msg-{self._messages}"
+
+    def _delta_event(self, message_id: str, delta: str) -> Dict[str, Any]:
+        return self._event("message_delta", {"message_id": message_id, "delta": delta})
+
+    def _message_completed_event(self, message_id: str, text: Optional[str]) -> Dict[str, Any]:
+        data: Dict[str, Any] = {"message_id": message_id}
+        if text is not None:
+            data["text"] = text
+        return self._event("message_completed", data)
 
     def _custom_event(self, name: str, value: Any) -> Dict[str, Any]:
         return self._event("custom", {"name": name, "value": value})
@@ -220,6 +248,35 @@ class Run(_RunEvents):
         return self._publisher.publish(
             self._tool_completed_event(tool_call_id, name, result, is_error, duration_ms)
         )
+
+    def message_delta(self, message_id: str, delta: str) -> Accepted:
+        """Publishes ``message_delta``: the next piece of the streamed message
+        ``message_id`` (its first piece opens the message)."""
+        return self._publisher.publish(self._delta_event(message_id, delta))
+
+    def message_completed(self, message_id: str, text: Optional[str] = None) -> Accepted:
+        """Publishes ``message_completed`` for a message :meth:`message_delta` opened;
+        ``text``, when given, is the whole message again."""
+        return self._publisher.publish(self._message_completed_event(message_id, text))
+
+    def stream_message(self, pieces: Iterable[str], *, message_id: Optional[str] = None) -> str:
+        """Streams an answer as the model writes it: each non-empty piece of ``pieces``
+        (a token stream, say) as a ``message_delta`` of one message (``msg-1``,
+        ``msg-2``, … unless given), then ``message_completed``. Returns the whole text,
+        for ``run.result`` if the run's result should carry it too::
+
+            run.result = run.stream_message(chunk.text for chunk in model.stream(prompt))
+        """
+        mid = self._message_id(message_id)
+        text = []
+        for piece in pieces:
+            if piece:
+                self.message_delta(mid, piece)
+                text.append(piece)
+        if not text:
+            self.message_delta(mid, "")
+        self.message_completed(mid)
+        return "".join(text)
 
     def custom(self, name: str, value: Any = None) -> Accepted:
         """Publishes a ``custom`` event (progress, notifications) in this run."""
@@ -379,6 +436,42 @@ class AsyncRun(_RunEvents):
         return await self._publisher.publish(
             self._tool_completed_event(tool_call_id, name, result, is_error, duration_ms)
         )
+
+    async def message_delta(self, message_id: str, delta: str) -> Accepted:
+        """Publishes ``message_delta`` (see :meth:`Run.message_delta`)."""
+        return await self._publisher.publish(self._delta_event(message_id, delta))
+
+    async def message_completed(self, message_id: str, text: Optional[str] = None) -> Accepted:
+        """Publishes ``message_completed`` (see :meth:`Run.message_completed`)."""
+        return await self._publisher.publish(self._message_completed_event(message_id, text))
+
+    async def stream_message(
+        self,
+        pieces: Union[AsyncIterable[str], Iterable[str]],
+        *,
+        message_id: Optional[str] = None,
+    ) -> str:
+        """Streams an answer from an async (or plain) iterable of text pieces, as
+        :meth:`Run.stream_message` does; returns the whole text."""
+        mid = self._message_id(message_id)
+        text = []
+
+        async def each() -> Any:
+            if hasattr(pieces, "__aiter__"):
+                async for piece in pieces:  # type: ignore[union-attr]
+                    yield piece
+            else:
+                for piece in pieces:  # type: ignore[union-attr]
+                    yield piece
+
+        async for piece in each():
+            if piece:
+                await self.message_delta(mid, piece)
+                text.append(piece)
+        if not text:
+            await self.message_delta(mid, "")
+        await self.message_completed(mid)
+        return "".join(text)
 
     async def custom(self, name: str, value: Any = None) -> Accepted:
         """Publishes a ``custom`` event in this run."""

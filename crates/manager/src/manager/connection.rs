@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
-use agentwire_protocol::{CloseCode, ConnectionId, Epoch, Seq, ServerFrame, UserId};
+use agentwire_protocol::{
+    CloseCode, ConnectionId, Epoch, EventEnvelope, EventType, Seq, ServerFrame, UserId,
+};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
@@ -20,6 +22,23 @@ use crate::config::QueueLimits;
 
 /// Slots a drained queue keeps; beyond it, the capacity a burst grew is given back.
 const QUEUE_KEEP_CAPACITY: usize = 1;
+
+/// Largest frame that merging `message_delta`s in a busy queue may build (256 KiB, the
+/// default event size). A delta that would grow the frame past it is queued as it is
+/// instead, so one merge never costs more than re-encoding this much.
+pub const MAX_MERGED_DELTA_BYTES: usize = 256 * 1024;
+
+/// What the newest frame in the queue is, as far as merging goes.
+#[derive(Debug)]
+enum Tail {
+    /// Not a live `message_delta` (or nothing): nothing merges into it.
+    Other,
+    /// A live `message_delta`, still as the broker's shared frame.
+    Delta,
+    /// A `message_delta` that merged others: its decoded form, so the next merge decodes
+    /// only the newcomer.
+    Merged(Box<EventEnvelope>),
+}
 
 /// What the connection's stream is doing.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -38,6 +57,8 @@ struct State {
     pending_bytes: usize,
     /// The newest `seq` queued for this connection.
     last_sent: Seq,
+    /// The newest queued frame, for merging deltas into it.
+    tail: Tail,
     epoch: Option<Epoch>,
     phase: Phase,
     closing: Option<CloseCode>,
@@ -101,6 +122,7 @@ impl ConnShared {
                 pending: VecDeque::new(),
                 pending_bytes: 0,
                 last_sent: Seq::ZERO,
+                tail: Tail::Other,
                 epoch: None,
                 phase: Phase::CatchingUp,
                 closing: None,
@@ -127,6 +149,14 @@ impl ConnShared {
                 && st.queued_bytes + len <= self.limits.max_bytes)
     }
 
+    /// Whether the queue holds half its bound or more (by frames or by bytes): from there
+    /// on a live `message_delta` merges into the delta of its message queued just before
+    /// it, so a stream of deltas stops growing the queue and leaves room for the events
+    /// that follow it.
+    fn under_pressure(&self, st: &State) -> bool {
+        st.queue.len() * 2 >= self.limits.max_frames || st.queued_bytes * 2 >= self.limits.max_bytes
+    }
+
     /// Marks the connection for closing; the first code wins. The queue of a slow consumer
     /// or of an expired token is dropped (see [`drops_queue`]); any other close lets the
     /// writer flush what is queued first.
@@ -141,6 +171,7 @@ impl ConnShared {
         if drops_queue(code) {
             st.queue.clear();
             st.queued_bytes = 0;
+            st.tail = Tail::Other;
         }
         drop(st);
         self.readable.wake();
@@ -166,6 +197,7 @@ impl ConnShared {
         }
         st.queued_bytes += frame.len();
         st.queue.push_back(frame);
+        st.tail = Tail::Other;
         drop(st);
         self.readable.wake();
         true
@@ -234,6 +266,15 @@ impl ConnShared {
                     st.pending.push_back(event.clone());
                     return Pushed::NeedsCatchUp;
                 }
+                if self.under_pressure(&st)
+                    && merge_into_tail(&mut st, event, self.limits.max_bytes)
+                {
+                    drop(st);
+                    counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    counters.deltas_merged.fetch_add(1, Ordering::Relaxed);
+                    self.readable.wake();
+                    return Pushed::Queued;
+                }
                 if !self.fits(&st, event.frame.len()) {
                     drop(st);
                     self.slow_consumer(counters);
@@ -242,6 +283,11 @@ impl ConnShared {
                 st.last_sent = event.seq;
                 st.queued_bytes += event.frame.len();
                 st.queue.push_back(event.frame.clone());
+                st.tail = if event.event_type == EventType::MessageDelta {
+                    Tail::Delta
+                } else {
+                    Tail::Other
+                };
                 drop(st);
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
                 self.readable.wake();
@@ -269,6 +315,7 @@ impl ConnShared {
                     st.last_sent = event.seq;
                     st.queued_bytes += event.frame.len();
                     st.queue.push_back(event.frame.clone());
+                    st.tail = Tail::Other;
                     drop(st);
                     counters.replayed.fetch_add(1, Ordering::Relaxed);
                     self.readable.wake();
@@ -349,6 +396,7 @@ impl ConnShared {
             st.last_sent = event.seq;
             st.queued_bytes += event.frame.len();
             st.queue.push_back(event.frame);
+            st.tail = Tail::Other;
             queued += 1;
         }
         let live = st.pending.is_empty();
@@ -382,6 +430,54 @@ impl ConnShared {
     pub(crate) fn acked(&self) -> Seq {
         Seq(self.acked.load(Ordering::Relaxed))
     }
+}
+
+/// Merges `event`, a live event that continues the stream, into the queue's newest frame
+/// when both are `message_delta`s of one message: the merged frame replaces the newest
+/// one (same place, one frame), carrying both texts, `event`'s seq and `from_seq`
+/// (docs/protocol.md §6.5). Returns whether it merged; a merge that would take the queue
+/// past `max_bytes` or build a frame larger than [`MAX_MERGED_DELTA_BYTES`] does not
+/// happen. When it returns `false` the caller queues `event` as it is, which becomes the
+/// tail, so the tail's state is not kept.
+fn merge_into_tail(st: &mut State, event: &StoredEvent, max_bytes: usize) -> bool {
+    let tail = std::mem::replace(&mut st.tail, Tail::Other);
+    if event.event_type != EventType::MessageDelta || event.seq != st.last_sent.next() {
+        return false;
+    }
+    let Some(newest) = st.queue.back() else {
+        return false;
+    };
+    let decode = |frame: &[u8]| match ServerFrame::decode(frame) {
+        Ok(ServerFrame::Event(e)) => Some(Box::new(e)),
+        _ => None,
+    };
+    let mut merged = match tail {
+        Tail::Other => return false,
+        Tail::Merged(e) => e,
+        Tail::Delta => match decode(newest) {
+            Some(e) => e,
+            None => return false,
+        },
+    };
+    let Some(next) = decode(&event.frame) else {
+        return false;
+    };
+    if !merged.merge_delta(&next) {
+        return false;
+    }
+    // The envelope encodes exactly as `ServerFrame::Event` does.
+    let frame = Bytes::from(agentwire_protocol::to_json(&*merged));
+    let queued_bytes = st.queued_bytes - newest.len() + frame.len();
+    if frame.len() > MAX_MERGED_DELTA_BYTES || queued_bytes > max_bytes {
+        return false;
+    }
+    st.queued_bytes = queued_bytes;
+    if let Some(slot) = st.queue.back_mut() {
+        *slot = frame;
+    }
+    st.last_sent = event.seq;
+    st.tail = Tail::Merged(merged);
+    true
 }
 
 /// Whether a close with `code` drops what is queued rather than flushing it first: a slow
@@ -449,6 +545,9 @@ impl Connection {
                     out.push(frame);
                 }
                 st.queued_bytes -= bytes;
+                if st.queue.is_empty() {
+                    st.tail = Tail::Other;
+                }
                 if st.queue.is_empty() && st.queue.capacity() > QUEUE_KEEP_CAPACITY {
                     // A burst grew the queue; an idle connection should not keep that.
                     st.queue.shrink_to(QUEUE_KEEP_CAPACITY);

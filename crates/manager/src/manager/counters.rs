@@ -17,6 +17,7 @@ pub(crate) struct Counters {
     pub(crate) rejections_user_limit: AtomicU64,
     pub(crate) rejections_node_full: AtomicU64,
     pub(crate) slow_consumer_closes: AtomicU64,
+    pub(crate) deltas_merged: AtomicU64,
     pub(crate) heartbeat_timeouts: AtomicU64,
     pub(crate) catch_up_failures: AtomicU64,
     pub(crate) resyncs: AtomicU64,

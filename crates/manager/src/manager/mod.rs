@@ -34,7 +34,7 @@ mod sweeper;
 
 pub use connect::{ConnectError, ConnectOptions, Resume};
 pub(crate) use connection::ConnShared;
-pub use connection::{Connection, Outbound};
+pub use connection::{Connection, MAX_MERGED_DELTA_BYTES, Outbound};
 pub(crate) use counters::Counters;
 #[cfg(test)]
 pub(crate) use emit::serialize_body;

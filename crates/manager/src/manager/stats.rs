@@ -40,6 +40,9 @@ pub struct ManagerStats {
     pub rejections_node_full: u64,
     /// Connections closed with 1013 because their queue overflowed.
     pub slow_consumer_closes: u64,
+    /// Live `message_delta`s merged into the delta before them in a full queue, rather
+    /// than the connection being closed as a slow consumer.
+    pub deltas_merged: u64,
     /// Connections closed because their peer went silent.
     pub heartbeat_timeouts: u64,
     /// Events held in the broker's history.
@@ -120,6 +123,7 @@ impl UnifiedWebSocketManager {
             rejections_user_limit: load(&c.rejections_user_limit),
             rejections_node_full: load(&c.rejections_node_full),
             slow_consumer_closes: load(&c.slow_consumer_closes),
+            deltas_merged: load(&c.deltas_merged),
             heartbeat_timeouts: load(&c.heartbeat_timeouts),
             history_events: b.history_events,
             history_bytes: b.history_bytes,

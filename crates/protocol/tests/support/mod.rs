@@ -324,14 +324,8 @@ pub(crate) fn event() -> impl Strategy<Value = Event> {
 
 /// A delivered event of type `ty`.
 pub(crate) fn envelope_of(ty: EventType) -> impl Strategy<Value = EventEnvelope> {
-    (seq(), event_id(), timestamp(), event_of(ty)).prop_map(|(seq, event_id, ts, event)| {
-        EventEnvelope {
-            seq,
-            event_id,
-            ts,
-            event,
-        }
-    })
+    (seq(), event_id(), timestamp(), event_of(ty))
+        .prop_map(|(seq, event_id, ts, event)| EventEnvelope::new(seq, event_id, ts, event))
 }
 
 /// `connection_established`.

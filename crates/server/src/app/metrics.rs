@@ -276,6 +276,12 @@ impl Collector for ManagerCollector {
         )?;
         counter(
             e,
+            "agentwire_deltas_merged",
+            "Live message_delta events merged into the delta before them in a busy connection queue",
+            s.deltas_merged,
+        )?;
+        counter(
+            e,
             "agentwire_heartbeat_timeouts",
             "Connections closed because their peer went silent",
             s.heartbeat_timeouts,

@@ -1,5 +1,5 @@
-//! The application's state: one piece per concern (the WebSocket endpoint's, the API's,
-//! the demo's), built from the configuration, and the `FromRef` links that let each
+//! The application's state: one piece per concern (the WebSocket endpoint's, the event
+//! stream's, the API's, the demo's), built from the configuration, and the `FromRef` links that let each
 //! concern's handlers take only their own piece.
 
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::auth::Auth;
 use crate::demo::DemoState;
 use crate::http::door::{DoorMetrics, FrontDoor};
 use crate::http::{AllowedOrigins, Draining};
+use crate::sse::{SseMetrics, SseState};
 use crate::ws::{WsMetrics, WsSettings, WsState};
 
 /// The state the router holds.
@@ -25,6 +26,7 @@ use crate::ws::{WsMetrics, WsSettings, WsState};
 pub(crate) struct AppState {
     pub(crate) manager: UnifiedWebSocketManager,
     pub(crate) ws: Arc<WsState>,
+    pub(crate) sse: Arc<SseState>,
     pub(crate) api: Arc<ApiState>,
     pub(crate) demo: Arc<DemoState>,
     pub(crate) metrics: Arc<Metrics>,
@@ -48,17 +50,23 @@ impl AppState {
         let mut registry = Registry::default();
         auth.register_metrics(&mut registry);
         let ws_metrics = WsMetrics::register(&mut registry);
+        let sse_metrics = SseMetrics::register(&mut registry);
         let publish_metrics = PublishMetrics::register(&mut registry);
         let door = FrontDoor::new(config.door_limits(), DoorMetrics::register(&mut registry));
         let demo_on = config.demo.is_enabled(config);
+        let ws = Arc::new(WsState {
+            manager: manager.clone(),
+            auth: auth.clone(),
+            ws: ws_settings(config),
+            metrics: ws_metrics,
+            draining: draining.clone(),
+        });
         AppState {
-            ws: Arc::new(WsState {
-                manager: manager.clone(),
-                auth: auth.clone(),
-                ws: ws_settings(config),
-                metrics: ws_metrics,
-                draining: draining.clone(),
+            sse: Arc::new(SseState {
+                conn: ws.clone(),
+                metrics: sse_metrics,
             }),
+            ws,
             api: Arc::new(ApiState {
                 manager: manager.clone(),
                 auth: auth.clone(),
@@ -101,6 +109,12 @@ impl AppState {
 impl FromRef<AppState> for Arc<WsState> {
     fn from_ref(app: &AppState) -> Self {
         app.ws.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<SseState> {
+    fn from_ref(app: &AppState) -> Self {
+        app.sse.clone()
     }
 }
 

@@ -1,0 +1,126 @@
+//! End to end: an answer streamed as `message_delta` events to a client that stops reading
+//! while it streams. Its connection's queue fills; from half its bound the deltas of the
+//! message merge into frames covering several seqs, so the client is not cut as a slow
+//! consumer, and once it reads again it gets the whole text, every seq once and in order,
+//! and the events after the message as they were.
+
+use std::time::Duration;
+
+use agentwire::protocol::{
+    AgentCompleted, AgentStarted, Event, EventData, MessageCompleted, MessageDelta, ServerFrame,
+};
+use agentwire_e2e::{TestServer, WAIT, token_ttl, ws_request};
+use futures_util::StreamExt;
+use tokio::net::TcpSocket;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Deltas of the streamed message.
+const DELTAS: u64 = 3_000;
+/// Bytes of each delta's text: the message is about 3 MB, far more than the queue's
+/// frame bound lets through unmerged.
+const DELTA_BYTES: usize = 1_000;
+
+fn event(data: impl Into<EventData>) -> Event {
+    Event::new(None, Some("r1".parse().expect("run")), data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_pauses_mid_stream_gets_merged_deltas_and_is_not_cut() {
+    let server = TestServer::start_with(|c| {
+        c.queue_max_frames = 64;
+        c.write_batch_frames = 16;
+        c.write_timeout = Duration::from_secs(20);
+    })
+    .await;
+    // A small receive buffer: the kernels hold little, the connection's queue the rest.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(8 * 1024)
+        .expect("receive buffer");
+    let tcp = timeout(WAIT, socket.connect(server.addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let req = ws_request(server.addr, &token_ttl("alice", 3600), "");
+    let (mut ws, _) = timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    match timeout(WAIT, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => assert!(t.contains("connection_established")),
+        other => panic!("no connection_established: {other:?}"),
+    }
+
+    // The client reads nothing while the whole answer is published.
+    let mut want = String::with_capacity(DELTAS as usize * DELTA_BYTES);
+    server.emit("alice", event(AgentStarted::default())).await;
+    for i in 0..DELTAS {
+        let piece = format!("{i:>8}|{}", "x".repeat(DELTA_BYTES - 9));
+        want.push_str(&piece);
+        server
+            .emit(
+                "alice",
+                event(MessageDelta {
+                    message_id: "m1".into(),
+                    delta: piece,
+                    extra: Default::default(),
+                }),
+            )
+            .await;
+    }
+    server
+        .emit(
+            "alice",
+            event(MessageCompleted {
+                message_id: "m1".into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+    let last = server
+        .emit("alice", event(AgentCompleted::default()))
+        .await
+        .seq
+        .get();
+
+    // Now it reads everything.
+    let mut text = String::new();
+    let mut next_seq = 1;
+    let mut merged_frames = 0;
+    let mut types = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while next_seq <= last {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = timeout(left, ws.next())
+            .await
+            .expect("every event arrives within the wait bound");
+        let raw = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("the stream ended at seq {next_seq}: {other:?}"),
+        };
+        let ServerFrame::Event(e) = ServerFrame::decode(raw.as_bytes()).expect("a frame") else {
+            continue;
+        };
+        assert_eq!(e.seqs().start().get(), next_seq, "a hole or a repeat");
+        next_seq = e.seq.get() + 1;
+        if e.from_seq.is_some() {
+            merged_frames += 1;
+        }
+        if let EventData::MessageDelta(d) = &e.event.data {
+            text.push_str(&d.delta);
+        }
+        types.push(e.event.event_type().as_str());
+    }
+    assert!(text == want, "the text differs from what was streamed");
+    assert!(merged_frames > 0, "nothing merged: {} frames", types.len());
+    assert_eq!(
+        &types[types.len() - 2..],
+        ["message_completed", "agent_completed"]
+    );
+    let stats = server.manager().get_stats();
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
+    assert!(stats.deltas_merged > 0, "{stats:?}");
+    server.stop().await;
+}
