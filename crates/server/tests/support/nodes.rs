@@ -61,7 +61,9 @@ pub(crate) fn node_command(target: &Target, prefix: &str, extra: &[&str]) -> Com
         ("--redis-command-timeout", "1s"),
     ];
     for (flag, value) in common {
-        if !extra.contains(&flag) {
+        let replaced = extra.contains(&flag)
+            || (flag == "--redis-url" && extra.contains(&"--redis-cluster-nodes"));
+        if !replaced {
             cmd.args([flag, value]);
         }
     }
