@@ -32,6 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod sse;
+
 /// The HS256 secret of test servers (at least 32 bytes, as outside development mode).
 pub const SECRET: &str = "agentwire-e2e-secret-of-thirty-two-bytes";
 /// The admin API key of test servers.
@@ -224,6 +226,18 @@ impl TestServer {
                 (resp.status().as_u16(), body)
             }
             Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        }
+    }
+
+    /// Opens `/v1/stream{query}` for `user` with `Authorization: Bearer <token>` and the
+    /// extra `headers`; fails the test when it is refused.
+    pub async fn sse(&self, user: &str, query: &str, headers: &[(&str, &str)]) -> sse::SseClient {
+        let auth = format!("Bearer {}", self.token(user));
+        let mut all = vec![("Authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        match sse::open(self.addr, &format!("/v1/stream{query}"), &all).await {
+            Ok(c) => c,
+            Err(r) => panic!("/v1/stream refused: {} {}", r.status, r.body),
         }
     }
 
@@ -563,7 +577,7 @@ pub async fn http_request(
 }
 
 /// Whether `raw` holds a whole answer with a `Content-Length`.
-fn answer_is_whole(raw: &[u8]) -> bool {
+pub(crate) fn answer_is_whole(raw: &[u8]) -> bool {
     let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         return false;
     };
@@ -578,7 +592,7 @@ fn answer_is_whole(raw: &[u8]) -> bool {
         .is_some_and(|n| raw.len() >= split + 4 + n)
 }
 
-fn parse_http(raw: &[u8]) -> HttpResponse {
+pub(crate) fn parse_http(raw: &[u8]) -> HttpResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -3,6 +3,10 @@
 //! `tests/browser/demo.test.mjs`, which drives Debian's Chromium with playwright-core
 //! (issue 7). Screenshots land in `target/browser-artifacts/`.
 //!
+//! Also runs `tests/browser/sse.test.mjs`: a page's own `EventSource` on `/v1/stream`, and
+//! the client module with `transport: "sse"`, each receiving a run and resuming after the
+//! server drops the connection mid-run.
+//!
 //! Also runs the npm package's tests, `clients/js/tests/` (the client module under node:
 //! against a scripted WebSocket for the close codes a real server is slow to produce,
 //! under fake timers, and on node's own WebSocket against this server).
@@ -145,4 +149,35 @@ async fn demo_page_in_chromium_resumes_after_a_disconnect_and_isolates_users() {
     eprintln!("{output}");
     server.stop().await;
     assert!(ok, "the browser test failed:\n{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_source_in_chromium_resumes_a_run_after_a_dropped_connection() {
+    let root = workspace_root();
+    let browser_dir = root.join("tests/browser");
+    if !prerequisite(missing_prerequisite(&browser_dir), "the SSE browser test") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let tokens: serde_json::Map<String, serde_json::Value> = ["sse-raw", "sse-client"]
+        .iter()
+        .map(|u| ((*u).to_owned(), server.token(u).into()))
+        .collect();
+    let mut node = Command::new("node");
+    node.current_dir(&root)
+        .arg(browser_dir.join("sse.test.mjs"))
+        .arg("--chromium")
+        .arg(chromium_path())
+        .env("AGENTWIRE_HTTP", format!("http://{}", server.addr))
+        .env("AGENTWIRE_API_KEY", API_KEY)
+        .env(
+            "AGENTWIRE_TOKENS",
+            serde_json::Value::Object(tokens).to_string(),
+        );
+    let (ok, output) = tokio::task::spawn_blocking(move || run_bounded(node, NODE_TIMEOUT))
+        .await
+        .expect("the node runner");
+    eprintln!("{output}");
+    server.stop().await;
+    assert!(ok, "the SSE browser test failed:\n{output}");
 }

@@ -2,7 +2,9 @@
 //! compiled here as a module and served on `127.0.0.1:0`. A user's WebSocket client sees,
 //! in order, the simulated run that user started through the service's own `POST /runs`;
 //! another user's client sees none of it; the service's page and agentwire's routes are
-//! served side by side; `POST /runs` wants a valid token.
+//! served side by side; `POST /runs` wants a valid token. Over the Redis broker, two
+//! instances of the example (one mounting `router_with`, the other `router`) are two nodes:
+//! a run started on one reaches its user's client on the other.
 
 #[allow(
     dead_code,
@@ -13,15 +15,19 @@
 mod example;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire::bridge::{DEMO_THREAD_ID, SIMULATED_RUN_EVENTS};
+use agentwire::manager::ManagerConfig;
 use agentwire::protocol::{EventEnvelope, EventType, RunId};
+use agentwire::redis::{RedisBroker, RedisConfig, RedisTarget};
 use agentwire::server::{Auth, router_with};
 use agentwire::{AgentBridgeExt, UnifiedWebSocketManager};
 use agentwire_e2e::{
     Client, HttpResponse, SECRET, WAIT, connect_to, http_request, test_config, token_ttl,
 };
+use agentwire_redis::testing;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -49,9 +55,15 @@ impl ExampleService {
     /// e2e API key works too.
     async fn start() -> ExampleService {
         let manager = UnifiedWebSocketManager::in_memory();
+        let agentwire = router_with(manager.clone(), &test_config()).expect("agentwire routes");
+        ExampleService::serve(manager, agentwire).await
+    }
+
+    /// The example's app over `manager`, with `agentwire` (its routes over `manager`)
+    /// merged in.
+    async fn serve(manager: UnifiedWebSocketManager, agentwire: axum::Router) -> ExampleService {
         let bridge = manager.create_agent_bridge();
         let auth = Auth::hs256(SECRET.as_bytes()).expect("the e2e secret is not empty");
-        let agentwire = router_with(manager, &test_config()).expect("agentwire routes");
         let app = example::app(
             example::AgentService::new(bridge, auth).with_pace(PACE),
             agentwire,
@@ -187,4 +199,57 @@ async fn starting_a_run_wants_a_valid_token() {
         "a refused request starts no run"
     );
     alice.close().await;
+}
+
+/// A manager over the Redis broker, under `prefix`, on the Redis at `url`.
+async fn redis_manager(url: &str, prefix: &str) -> UnifiedWebSocketManager {
+    let config = RedisConfig::builder(RedisTarget::Standalone(url.to_owned()))
+        .key_prefix(prefix)
+        .build()
+        .expect("a valid Redis configuration");
+    let broker = RedisBroker::connect(config).await.expect("Redis answers");
+    UnifiedWebSocketManager::new(ManagerConfig::default(), Arc::new(broker))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_redis_a_run_started_on_one_instance_reaches_its_user_on_another() {
+    let Some(url) = testing::require("the example over Redis", testing::shared_redis()) else {
+        return;
+    };
+    let prefix = testing::unique_prefix("embedded");
+    let one = redis_manager(&url, &prefix).await;
+    let routes = router_with(one.clone(), &test_config()).expect("agentwire routes");
+    let node_a = ExampleService::serve(one, routes).await;
+    let two = redis_manager(&url, &prefix).await;
+    let auth = Auth::hs256(SECRET.as_bytes()).expect("the e2e secret is not empty");
+    let routes = agentwire::server::router(two.clone(), auth);
+    let node_b = ExampleService::serve(two, routes).await;
+
+    let mut alice = connect_to(node_a.addr, "alice", "").await;
+    let mut bob = connect_to(node_b.addr, "bob", "").await;
+    let run = node_b.start_run("alice").await;
+    let events = read_run(&mut alice, &run).await;
+    assert_eq!(events[0].seq.get(), 1, "alice's stream starts here");
+    assert_eq!(
+        bob.recv_within(QUIET).await,
+        None,
+        "bob's client receives nothing of alice's run"
+    );
+    // Resumed on the other instance, alice's client is told it missed nothing.
+    let epoch = alice
+        .established
+        .as_ref()
+        .map(|hello| hello.epoch.to_string())
+        .expect("alice's hello");
+    let again = connect_to(
+        node_b.addr,
+        "alice",
+        &format!("?last_seq={}&epoch={epoch}", events[7].seq.get()),
+    )
+    .await;
+    let hello_on_b = again.established.clone().expect("the hello on node b");
+    again.close().await;
+    assert!(hello_on_b.resumed, "{hello_on_b:?}");
+    alice.close().await;
+    bob.close().await;
 }

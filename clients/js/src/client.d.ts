@@ -127,6 +127,8 @@ export interface Snapshot {
   replayGaps: number;
   /** The last close, while not open. */
   lastClose: CloseInfo | null;
+  /** The transport in use: "sse" once a client with `transport: "auto"` moved to it. */
+  transport: "websocket" | "sse";
 }
 
 /** Why `getToken` is called. */
@@ -145,9 +147,10 @@ export interface TokenRequest {
 export interface ClientError {
   /**
    * "server": an `error` frame; "closed": a close that stops the client (1002, 1007,
-   * 1009); "handshake": gave up; "token": getToken failed; "socket", "frame", "handler".
+   * 1009); "handshake": gave up; "token": getToken failed; "transport": a client with
+   * `transport: "auto"` moved to Server-Sent Events; "socket", "frame", "handler".
    */
-  kind: "server" | "closed" | "handshake" | "token" | "socket" | "frame" | "handler";
+  kind: "server" | "closed" | "handshake" | "token" | "transport" | "socket" | "frame" | "handler";
   message: string;
   /** The `error` frame's code, or the close code. */
   code?: string | number;
@@ -204,6 +207,18 @@ export interface ClientOptions {
    * package's, or run node with `--experimental-websocket`).
    */
   WebSocket?: typeof WebSocket;
+  /**
+   * "websocket" (default): `/ws`. "sse": Server-Sent Events from `/v1/stream` (no client
+   * frames: no acks, pings or token refreshes; the server's 4002 brings a reconnect with a
+   * new token). "auto": a WebSocket, moving to SSE for good after `maxHandshakeFailures`
+   * failed WebSocket handshakes in a row (a proxy that breaks upgrades). The API is the
+   * same on both.
+   */
+  transport?: "websocket" | "sse" | "auto";
+  /** The event-stream URL (default: `url` with http(s): and `/v1/stream` for `/ws`). */
+  sseUrl?: string;
+  /** The EventSource constructor (default the global one). */
+  EventSource?: typeof EventSource;
   onEvent?: (event: AgentwireEvent) => void;
   onReplayGap?: (gap: ReplayGap) => void;
   onStateChange?: (snapshot: Snapshot) => void;

@@ -15,7 +15,9 @@
 //   client.connect();
 //
 // What it guarantees: every event of the user, once, in `seq` order, across reconnects —
-// or a `replay_gap` naming what the server could no longer deliver.
+// or a `replay_gap` naming what the server could no longer deliver. Over a WebSocket (the
+// default) or, where WebSockets fail, Server-Sent Events (`transport: "sse"` or "auto"),
+// with the same API.
 
 /** The subprotocol every connection offers; the server answers with it. */
 export const SUBPROTOCOL = "agentwire.v1";
@@ -154,12 +156,24 @@ export class AgentwireClient {
     };
     this._url = options.url || defaultUrl();
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
-    if (typeof this._WebSocket !== "function") {
+    this._EventSource = options.EventSource || globalThis.EventSource;
+    const transport = options.transport || "websocket";
+    if (!TRANSPORTS.includes(transport)) {
+      throw new TypeError(`agentwire: \`transport\` must be one of ${TRANSPORTS.join(", ")}`);
+    }
+    this._transport = transport;
+    // "auto" starts on a WebSocket and moves to SSE for good when handshakes keep failing.
+    this._useSse = transport === "sse";
+    if (transport !== "sse" && typeof this._WebSocket !== "function") {
       throw new TypeError(
         "agentwire: no WebSocket here: pass `WebSocket` (Node 20: run node with " +
           "--experimental-websocket, or pass the `ws` package's WebSocket)",
       );
     }
+    if (transport !== "websocket" && typeof this._EventSource !== "function") {
+      throw new TypeError("agentwire: no EventSource here: pass `EventSource`");
+    }
+    this._sseUrl = options.sseUrl || streamUrl(this._url);
     this._handlers = new Map();
     this._state = "idle";
     this._ws = null;
@@ -276,6 +290,7 @@ export class AgentwireClient {
       duplicatesDropped: this._duplicates,
       replayGaps: this._gaps,
       lastClose: this._lastClose,
+      transport: this._useSse ? "sse" : "websocket",
     };
   }
 
@@ -311,7 +326,8 @@ export class AgentwireClient {
       return;
     }
     this._needFreshToken = false;
-    const url = new URL(this._url, typeof location === "undefined" ? undefined : location.href);
+    const sse = this._useSse;
+    const url = new URL(sse ? this._sseUrl : this._url, typeof location === "undefined" ? undefined : location.href);
     url.searchParams.delete("last_seq");
     url.searchParams.delete("epoch");
     if (this._epoch) {
@@ -320,7 +336,13 @@ export class AgentwireClient {
     }
     let ws;
     try {
-      ws = new this._WebSocket(url.toString(), [SUBPROTOCOL, AUTH_SUBPROTOCOL_PREFIX + token]);
+      if (sse) {
+        // An EventSource cannot set headers: the token rides in the query (never logged).
+        url.searchParams.set("token", token);
+        ws = new SseSocket(this._EventSource, url.toString());
+      } else {
+        ws = new this._WebSocket(url.toString(), [SUBPROTOCOL, AUTH_SUBPROTOCOL_PREFIX + token]);
+      }
     } catch (err) {
       this._emit("error", { kind: "socket", message: `cannot open a WebSocket: ${describe(err)}`, cause: err });
       this._handshakeFailed(generation);
@@ -378,8 +400,13 @@ export class AgentwireClient {
     this._later(this._opts.stableAfterMs, () => {
       this._attempt = 0;
     }, generation);
-    this._startHeartbeat(generation);
-    this._scheduleRefresh(token, generation);
+    if (!this._useSse) {
+      // An event stream carries no client frames: no ping, no refresh_token. Its server
+      // sends heartbeat comments; an expired token ends it with 4002, and the reconnect
+      // fetches a new one.
+      this._startHeartbeat(generation);
+      this._scheduleRefresh(token, generation);
+    }
   }
 
   _frame(frame) {
@@ -454,6 +481,18 @@ export class AgentwireClient {
   _handshakeFailed(generation) {
     this._handshakeFailures++;
     const max = this._opts.maxHandshakeFailures;
+    if (this._handshakeFailures >= max && this._transport === "auto" && !this._useSse) {
+      // WebSockets do not get through (a proxy that breaks upgrades, say): the same
+      // number of tries over Server-Sent Events, for the rest of this client's life.
+      this._useSse = true;
+      this._handshakeFailures = 0;
+      this._emit("error", {
+        kind: "transport",
+        message: `${max} WebSocket handshakes failed: switching to Server-Sent Events`,
+      });
+      this._retry(this._nextBackoff(), "reconnect", generation);
+      return;
+    }
     if (this._handshakeFailures >= max) {
       if (this._tokenRefetched) {
         this._lastClose = {
@@ -729,6 +768,78 @@ export class MessageAccumulator {
 
 function key(runId, messageId) {
   return JSON.stringify([runId ?? null, String(messageId)]);
+}
+
+/** The transports a client may be given. */
+const TRANSPORTS = Object.freeze(["websocket", "sse", "auto"]);
+
+/** The event-stream URL next to a WebSocket URL: ws(s)://host/…/ws → http(s)://host/…/v1/stream. */
+function streamUrl(wsUrl) {
+  try {
+    const url = new URL(wsUrl, typeof location === "undefined" ? undefined : location.href);
+    if (url.protocol === "ws:") url.protocol = "http:";
+    if (url.protocol === "wss:") url.protocol = "https:";
+    url.pathname = url.pathname.endsWith("/ws") ? `${url.pathname.slice(0, -3)}/v1/stream` : "/v1/stream";
+    return url.toString();
+  } catch {
+    return "/v1/stream";
+  }
+}
+
+/**
+ * `GET /v1/stream` (Server-Sent Events, docs/protocol.md §2.4) behind the few WebSocket
+ * members the client uses: `onmessage`, `onclose({code, reason})`, `onerror`, `close()`,
+ * `readyState`. The stream's final `close` event becomes the close with its code; an end
+ * without one (the connection dropped, or a refused request) a close with 1006. The
+ * EventSource's own reconnect is not used: the client reconnects by its rules, resuming
+ * from the `seq` it holds, with a fresh token when it needs one.
+ */
+class SseSocket {
+  constructor(EventSourceImpl, url) {
+    this.readyState = 0;
+    this.onmessage = null;
+    this.onclose = null;
+    this.onerror = null;
+    this._done = false;
+    this._es = new EventSourceImpl(url);
+    this._es.onopen = () => {
+      if (!this._done) this.readyState = 1;
+    };
+    this._es.onmessage = (msg) => {
+      if (!this._done && this.onmessage) this.onmessage({ data: msg.data });
+    };
+    this._es.addEventListener("close", (msg) => {
+      let code = CloseCode.ABNORMAL;
+      let reason = "";
+      try {
+        const v = JSON.parse(msg.data);
+        if (typeof v.code === "number") code = v.code;
+        if (typeof v.reason === "string") reason = v.reason;
+      } catch {
+        // Not ours: the end is a dropped connection.
+      }
+      this._finish(code, reason);
+    });
+    this._es.onerror = () => this._finish(CloseCode.ABNORMAL, "");
+  }
+
+  /** Nothing can be sent on an event stream; the client's `_send` reports `false`. */
+  send() {
+    throw new Error("agentwire: an event stream carries no client frames");
+  }
+
+  close() {
+    if (this._done) return;
+    this._done = true;
+    this.readyState = 3;
+    this._es.close();
+  }
+
+  _finish(code, reason) {
+    if (this._done) return;
+    this.close();
+    if (this.onclose) this.onclose({ code, reason });
+  }
 }
 
 function jittered(ms, jitter) {

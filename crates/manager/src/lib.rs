@@ -45,8 +45,11 @@
 
 mod broker;
 mod config;
+mod control;
+mod leases;
 mod manager;
 mod memory;
+mod rates;
 mod run_table;
 mod runs;
 
@@ -58,11 +61,18 @@ pub use broker::{
     History, NewEvent, StoredEvent, Subscriber, compose_frame,
 };
 pub use config::{HeartbeatPolicy, LimitPolicy, ManagerConfig, QueueLimits};
+pub use control::{
+    Answers, Cluster, ClusterControl, ConnectionInfo, ControlHandler, InMemoryControl,
+};
+pub use leases::{
+    Admission, ConnectionLeases, InMemoryLeases, Lease, NodeId, NodeIdError, Renewal,
+};
 pub use manager::{
-    ConnectError, ConnectOptions, Connection, ConnectionInfo, EmitError, MAX_MERGED_DELTA_BYTES,
-    ManagerStats, Outbound, PreparedEvent, Resume, UnifiedWebSocketManager,
+    ConnectError, ConnectOptions, Connection, EmitError, MAX_MERGED_DELTA_BYTES, ManagerStats,
+    Outbound, PreparedEvent, Resume, UnifiedWebSocketManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
+pub use rates::{InMemoryRates, PublishRate, PublishRates, RateDecision};
 pub use runs::{
     PublisherId, RUN_OVERHEAD_BYTES, RunGuard, RunLimit, RunLimits, RunStats,
     TOOL_CALL_OVERHEAD_BYTES, run_base_bytes, tool_call_bytes,

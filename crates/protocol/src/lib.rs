@@ -21,6 +21,7 @@
 //! assert_eq!(err.field(), Some("seq"));
 //! ```
 
+mod agui;
 mod close;
 mod codec;
 mod event;
@@ -29,6 +30,10 @@ mod ids;
 mod publish;
 mod run;
 
+pub use agui::{
+    AGUI_CUSTOM_PREFIX, AGUI_MAX_OPEN_MESSAGES, AGUI_SUBPROTOCOL, AgUiBody, AgUiEvent,
+    AgUiProjection, project_close, project_frame,
+};
 pub use close::{ClientAction, CloseCode};
 pub use codec::{
     DEFAULT_MAX_EVENT_BYTES, DecodeError, Limits, MAX_CLIENT_FRAME_BYTES, MAX_CLIENT_FRAME_DEPTH,

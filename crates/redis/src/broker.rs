@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use agentwire_manager::{
-    Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, RunLimit, RunStats,
-    StoredEvent, Subscriber, TOOL_CALL_OVERHEAD_BYTES,
+    Accepted, BatchError, Broker, BrokerError, BrokerStats, History, NewEvent, NodeId, RunLimit,
+    RunStats, StoredEvent, Subscriber, TOOL_CALL_OVERHEAD_BYTES,
 };
 use agentwire_protocol::{
     Epoch, EventId, MAX_OPEN_MESSAGES, MAX_OPEN_TOOL_CALLS, Seq, Timestamp, UserId,
@@ -20,6 +20,7 @@ use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
 use crate::config::{RedisConfig, RedisTarget};
 use crate::connect::{Commands, PUBSUB_CLIENT_NAME};
+use crate::control::RedisControl;
 use crate::keys::{RegistryKeys, UserKeys};
 use crate::metrics::{Counters, RedisMetrics, add, bump};
 use crate::pubsub::{self, Link, SubscribeRefused, SubscribeWait, Subscriptions};
@@ -39,12 +40,16 @@ pub struct RedisBroker {
 }
 
 #[derive(Debug)]
-struct Inner {
-    config: RedisConfig,
-    commands: Commands,
-    scripts: Scripts,
+pub(crate) struct Inner {
+    pub(crate) config: RedisConfig,
+    pub(crate) commands: Commands,
+    pub(crate) scripts: Scripts,
     subs: Arc<Subscriptions>,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
+    /// This node's name among the nodes sharing the Redis (connection leases).
+    node: NodeId,
+    /// The control channel, started by the first `cluster()`.
+    control: std::sync::OnceLock<RedisControl>,
     registry: RegistryKeys,
     /// `PUBLISH` on a standalone Redis, `SPUBLISH` (sharded) on a cluster.
     publish_command: &'static str,
@@ -59,11 +64,13 @@ impl Drop for Inner {
 }
 
 #[derive(Debug)]
-struct Scripts {
+pub(crate) struct Scripts {
     publish: Script,
     history: Script,
     lookup: Script,
     runs: Script,
+    pub(crate) leases: Script,
+    pub(crate) rate: Script,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -114,7 +121,11 @@ impl RedisBroker {
                     history: Script::new(script::HISTORY),
                     lookup: Script::new(script::LOOKUP),
                     runs: Script::new(script::RUNS),
+                    leases: Script::new(script::LEASES),
+                    rate: Script::new(script::RATE),
                 },
+                node: NodeId::random(),
+                control: std::sync::OnceLock::new(),
                 subs,
                 counters,
                 publish_command,
@@ -138,12 +149,44 @@ impl RedisBroker {
         format!("{PUBSUB_CLIENT_NAME}:{}", self.inner.config.key_prefix)
     }
 
+    /// The name of this node among the nodes sharing the Redis: a fresh random
+    /// [`NodeId`] per broker, which its connection leases carry.
+    pub fn node(&self) -> &NodeId {
+        &self.inner.node
+    }
+
+    /// The control channel of this broker's node, started on first use.
+    pub(crate) fn control(&self) -> &RedisControl {
+        self.inner.control.get_or_init(|| {
+            RedisControl::start(
+                self.inner.node.clone(),
+                self.inner.config.clone(),
+                self.inner.commands.clone(),
+                self.inner.counters.clone(),
+            )
+        })
+    }
+
+    /// Whether this node's control channel (started by [`cluster`](Self::cluster)) is
+    /// subscribed and its presence announced.
+    pub fn control_up(&self) -> bool {
+        self.inner.control.get().is_some_and(RedisControl::link_up)
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    pub(crate) fn user_keys(&self, user: &UserId) -> UserKeys {
+        self.keys(user)
+    }
+
     fn keys(&self, user: &UserId) -> UserKeys {
         UserKeys::new(&self.inner.config.key_prefix, user)
     }
 
     /// Runs one round trip under the command timeout, timing it and mapping its error.
-    async fn round_trip<T>(
+    pub(crate) async fn round_trip<T>(
         &self,
         what: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
@@ -198,7 +241,7 @@ impl RedisBroker {
         BrokerError::unavailable(format!("Redis {what} script failed"), e)
     }
 
-    fn malformed(&self, e: Malformed) -> BrokerError {
+    pub(crate) fn malformed(&self, e: Malformed) -> BrokerError {
         bump(&self.inner.counters.script_errors);
         BrokerError::unavailable("Redis answered with something the scripts do not write", e)
     }

@@ -72,6 +72,8 @@ pub struct RedisConfig {
     pub(crate) reconnect_max: Duration,
     pub(crate) ping_interval: Duration,
     pub(crate) run_limits: RunLimits,
+    pub(crate) connection_lease: Duration,
+    pub(crate) control_wait: Duration,
 }
 
 impl RedisConfig {
@@ -94,6 +96,8 @@ impl RedisConfig {
                 reconnect_max: Duration::from_secs(5),
                 ping_interval: Duration::from_secs(5),
                 run_limits: RunLimits::default(),
+                connection_lease: Duration::from_secs(30),
+                control_wait: Duration::from_secs(1),
             },
         }
     }
@@ -146,6 +150,16 @@ impl RedisConfig {
     /// The bounds of the run state kept for guarded events.
     pub fn run_limits(&self) -> &RunLimits {
         &self.run_limits
+    }
+
+    /// How long a connection lease counts without renewal.
+    pub fn connection_lease(&self) -> Duration {
+        self.connection_lease
+    }
+
+    /// How long a control request waits for the other nodes.
+    pub fn control_wait(&self) -> Duration {
+        self.control_wait
     }
 }
 
@@ -274,6 +288,26 @@ impl RedisConfigBuilder {
         self
     }
 
+    /// How long a connection's lease counts against its user's limit without being renewed
+    /// (default 30 s; at least 30 ms): the longest a connection of a node that died, or
+    /// lost Redis, keeps counting. Nodes renew every third of it. Counted in
+    /// `lease_evictions`, `lease_rejections`, `leases_lost`, `leases_restored`.
+    #[must_use]
+    pub fn connection_lease(mut self, lease: Duration) -> Self {
+        self.config.connection_lease = lease;
+        self
+    }
+
+    /// How long a request on the control channel (an admin's list or disconnect of a
+    /// user's connections on every node) waits for the other nodes' answers (default 1 s).
+    /// Nodes that did not answer in time are named in the answer and counted in
+    /// `control_unanswered`.
+    #[must_use]
+    pub fn control_wait(mut self, wait: Duration) -> Self {
+        self.config.control_wait = wait;
+        self
+    }
+
     /// Checks the settings together.
     ///
     /// # Errors
@@ -349,10 +383,14 @@ impl RedisConfigBuilder {
             ("command_timeout", c.command_timeout),
             ("reconnect_backoff", c.reconnect_min),
             ("ping_interval", c.ping_interval),
+            ("control_wait", c.control_wait),
         ] {
             if d < Duration::from_millis(1) {
                 return bound(name, "must be at least 1 ms".into());
             }
+        }
+        if c.connection_lease < Duration::from_millis(30) {
+            return bound("connection_lease", "must be at least 30 ms".into());
         }
         if c.reconnect_max < c.reconnect_min {
             return bound("reconnect_backoff", "max is below min".into());

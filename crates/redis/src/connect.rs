@@ -93,3 +93,33 @@ impl Commands {
         }
     }
 }
+
+/// Exponential backoff with full jitter between reconnect attempts: each wait is random
+/// up to a ceiling that starts at `min` and doubles up to `max`.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    ceiling: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            ceiling: min,
+            min,
+            max,
+        }
+    }
+
+    /// Waits before the next attempt.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(rand::random_range(Duration::ZERO..=self.ceiling)).await;
+        self.ceiling = (self.ceiling * 2).min(self.max);
+    }
+
+    /// Starts again from `min` (after a success).
+    pub(crate) fn reset(&mut self) {
+        self.ceiling = self.min;
+    }
+}

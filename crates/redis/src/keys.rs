@@ -27,6 +27,10 @@ pub(crate) struct UserKeys {
     pub(crate) order: String,
     /// The sharded pub/sub channel the script `SPUBLISH`es accepted events on.
     pub(crate) channel: String,
+    /// HASH `<node>/<connection>` → lease expiry (see `lua/leases.lua`).
+    pub(crate) leases: String,
+    /// ZSET of live leases by admission.
+    pub(crate) lease_order: String,
 }
 
 impl UserKeys {
@@ -39,6 +43,8 @@ impl UserKeys {
             ids: format!("{tagged}:ids"),
             order: format!("{tagged}:order"),
             channel: format!("{tagged}:channel"),
+            leases: format!("{tagged}:leases"),
+            lease_order: format!("{tagged}:lease_order"),
             tagged,
         }
     }
@@ -90,6 +96,12 @@ impl RegistryKeys {
 }
 
 /// `s` with `%`, `{` and `}` percent-escaped.
+/// The key holding `publisher`'s publish rate state (see `lua/rate.lua`): under a hash
+/// tag of its own, `%rate:` and the escaped publisher, which no escaped user can be.
+pub(crate) fn rate_key(prefix: &str, publisher: &str) -> String {
+    format!("{prefix}{{%rate:{}}}:tat", escape(publisher))
+}
+
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

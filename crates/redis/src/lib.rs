@@ -59,6 +59,9 @@
 //! | `…:channel` | channel | `<seq>\n<ts>\n<epoch>\n` + the stream entry | — |
 //! | `…:run:<run_id>` | HASH | one run's lifecycle: `s` (r, c, f), `n` open calls, `b` bytes, `a` reserved bytes, `k` reservation token, `o` owner, `f` registry last told, `t:<tool_call_id>` per open call | `run_limits.ttl` after the run's last event |
 //!
+//! | `…:leases` | HASH | connection leases: `<node>/<connection>` → expiry (ms), `x<expiry>` once evicted, `#` the admission counter | twice `connection_lease` after the last admission or renewal |
+//! | `…:lease_order` | ZSET | live leases by admission | as `…:leases` |
+//!
 //! and, under a hash tag of its own (`%runs`, which no escaped user can be), the **run
 //! registry**, which counts the run state of every user for the whole cluster (each key
 //! expiring 2 × ttl after the registry's last call):
@@ -180,9 +183,12 @@
 mod broker;
 mod config;
 mod connect;
+mod control;
 mod keys;
+mod leases;
 mod metrics;
 mod pubsub;
+mod rates;
 mod runs;
 mod script;
 
@@ -191,7 +197,10 @@ pub use config::{
     ConfigError, MAX_KEY_PREFIX_BYTES, RedisConfig, RedisConfigBuilder, RedisTarget, redact_url,
 };
 pub use connect::PUBSUB_CLIENT_NAME;
+pub use control::{MAX_PENDING_CONTROL_REQUESTS, RedisControl};
+pub use leases::RedisLeases;
 pub use metrics::{LatencyHistogram, ROUND_TRIP_BUCKETS_MICROS, RedisMetrics};
+pub use rates::RedisRates;
 
 #[cfg(feature = "testing")]
 pub mod testing;

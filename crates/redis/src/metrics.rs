@@ -102,6 +102,33 @@ pub struct RedisMetrics {
     pub runs_in_progress: u64,
     /// Gauge: bytes of run state reserved, as of this node's last registry call.
     pub run_bytes: u64,
+    /// Connection leases this node's admissions evicted (another connection of the user,
+    /// on any node, closed with 4003) to stay within the per-user limit.
+    pub lease_evictions: u64,
+    /// Connections this node refused (4004) because the user held the limit in leases.
+    pub lease_rejections: u64,
+    /// This node's connections whose lease a renewal found gone (closed with 4003).
+    pub leases_lost: u64,
+    /// This node's connections whose expired lease a renewal took again.
+    pub leases_restored: u64,
+    /// Lease calls (admit, renew, release) that failed.
+    pub lease_failures: u64,
+    /// Messages this node published on the control channel (requests, answers, evictions).
+    pub control_sent: u64,
+    /// Messages this node received on the control channel.
+    pub control_received: u64,
+    /// Control messages this node could not read (ignored).
+    pub control_malformed: u64,
+    /// Control calls that failed (the channel down, a command failed or timed out).
+    pub control_failures: u64,
+    /// Control requests refused because `MAX_PENDING_CONTROL_REQUESTS` were waiting.
+    pub control_refused: u64,
+    /// Control requests that some live node did not answer within `control_wait`.
+    pub control_unanswered: u64,
+    /// Times the control channel's connection was lost and made again.
+    pub control_reconnects: u64,
+    /// Publish requests the shared rate limiter refused (a wait, or more than the burst).
+    pub rate_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +164,19 @@ pub(crate) struct Counters {
     pub(crate) runs_held: AtomicU64,
     pub(crate) runs_in_progress: AtomicU64,
     pub(crate) run_bytes: AtomicU64,
+    pub(crate) lease_evictions: AtomicU64,
+    pub(crate) lease_rejections: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
+    pub(crate) leases_restored: AtomicU64,
+    pub(crate) lease_failures: AtomicU64,
+    pub(crate) control_sent: AtomicU64,
+    pub(crate) control_received: AtomicU64,
+    pub(crate) control_malformed: AtomicU64,
+    pub(crate) control_failures: AtomicU64,
+    pub(crate) control_refused: AtomicU64,
+    pub(crate) control_unanswered: AtomicU64,
+    pub(crate) control_reconnects: AtomicU64,
+    pub(crate) rate_refused: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -198,6 +238,19 @@ impl Counters {
             runs_held: get(&self.runs_held),
             runs_in_progress: get(&self.runs_in_progress),
             run_bytes: get(&self.run_bytes),
+            lease_evictions: get(&self.lease_evictions),
+            lease_rejections: get(&self.lease_rejections),
+            leases_lost: get(&self.leases_lost),
+            leases_restored: get(&self.leases_restored),
+            lease_failures: get(&self.lease_failures),
+            control_sent: get(&self.control_sent),
+            control_received: get(&self.control_received),
+            control_malformed: get(&self.control_malformed),
+            control_failures: get(&self.control_failures),
+            control_refused: get(&self.control_refused),
+            control_unanswered: get(&self.control_unanswered),
+            control_reconnects: get(&self.control_reconnects),
+            rate_refused: get(&self.rate_refused),
         }
     }
 }

@@ -21,7 +21,7 @@ use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::{Notify, oneshot};
 
 use crate::config::{RedisConfig, RedisTarget};
-use crate::connect::{self, PUBSUB_CLIENT_NAME};
+use crate::connect::{self, Backoff, PUBSUB_CLIENT_NAME};
 use crate::metrics::{Counters, bump};
 use crate::script::Message;
 
@@ -690,7 +690,7 @@ async fn restore(
     bump(&subs.counters.reconnects);
     on_server.clear();
     set_channels_gauge(&subs.counters, on_server);
-    let mut ceiling = config.reconnect_min;
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
     loop {
         if subs.closed() {
             return None;
@@ -722,8 +722,6 @@ async fn restore(
             Err(_) => tracing::warn!("reconnecting to Redis pub/sub timed out"),
         }
         bump(&subs.counters.reconnect_failures);
-        let wait = rand::random_range(Duration::ZERO..=ceiling);
-        tokio::time::sleep(wait).await;
-        ceiling = (ceiling * 2).min(config.reconnect_max);
+        backoff.wait().await;
     }
 }

@@ -21,6 +21,18 @@ pub(crate) const RUNS: &str = concat!(
     include_str!("../lua/common.lua"),
     include_str!("../lua/runs.lua")
 );
+/// Connection leases of one user: admit, renew, release.
+pub(crate) const LEASES: &str = concat!(
+    include_str!("../lua/common.lua"),
+    include_str!("../lua/leases.lua")
+);
+/// The presence of the nodes sharing the Redis (the control channel's).
+pub(crate) const PRESENCE: &str = concat!(
+    include_str!("../lua/common.lua"),
+    include_str!("../lua/presence.lua")
+);
+/// One publisher's publish rate (GCRA).
+pub(crate) const RATE: &str = include_str!("../lua/rate.lua");
 /// Finds the first acceptance of an `event_id` inside the dedupe window.
 pub(crate) const LOOKUP: &str = concat!(
     include_str!("../lua/common.lua"),

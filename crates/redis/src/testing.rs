@@ -116,14 +116,17 @@ pub fn redis_binaries() -> Result<(), String> {
 }
 
 /// A private `redis-server` on a free loopback port, with no persistence (`--save ''`,
-/// `--appendonly no`): killed and started again it comes back empty. Stopped by PID on
-/// drop.
+/// `--appendonly no`): killed and started again it comes back empty — or, started with
+/// [`start_persistent`](Self::start_persistent), with an append-only file synced on every
+/// write, so [`restart`](Self::restart) brings back everything it acknowledged. Stopped by
+/// PID on drop.
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
     cluster: bool,
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -133,15 +136,24 @@ impl RedisServer {
     /// Why it could not be started (no binary, no port, no answer within
     /// [`START_WAIT`]).
     pub fn start() -> Result<Self, String> {
-        Self::spawn(false)
+        Self::spawn(false, false)
+    }
+
+    /// Starts a standalone server that keeps its data across [`restart`](Self::restart)
+    /// (`--appendonly yes --appendfsync always`) and waits until it answers.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_persistent() -> Result<Self, String> {
+        Self::spawn(false, true)
     }
 
     /// Starts a server in cluster mode (not yet part of a cluster).
     fn start_cluster_node() -> Result<Self, String> {
-        Self::spawn(true)
+        Self::spawn(true, false)
     }
 
-    fn spawn(cluster: bool) -> Result<Self, String> {
+    fn spawn(cluster: bool, persistent: bool) -> Result<Self, String> {
         redis_binaries()?;
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!(
@@ -155,6 +167,7 @@ impl RedisServer {
             port,
             dir,
             cluster,
+            persistent,
         };
         server.launch()?;
         Ok(server)
@@ -165,7 +178,8 @@ impl RedisServer {
         cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
+            .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
             .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -242,6 +256,20 @@ impl RedisServer {
     pub fn restart_empty(&mut self) -> Result<(), String> {
         self.kill();
         let _ = std::fs::remove_file(self.dir.join("nodes.conf"));
+        if self.persistent {
+            let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        }
+        self.launch()
+    }
+
+    /// Starts the process again on the same port after [`kill`](Self::kill) (killing it
+    /// first if it runs), with its data when it is persistent
+    /// ([`start_persistent`](Self::start_persistent)).
+    ///
+    /// # Errors
+    /// Why the new process did not answer.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
         self.launch()
     }
 

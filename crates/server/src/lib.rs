@@ -83,13 +83,14 @@
 //! - `anyhow`: the binary's errors.
 
 // Layers, top to bottom (docs/architecture.md; `cargo xtask tidy` checks that every
-// import points down): `app` → `api`, `ws`, `demo` (side by side, never importing each
-// other) → `auth` → `http`.
+// import points down): `app` → `sse` (which shares the WebSocket endpoint's state) →
+// `api`, `ws`, `demo` (side by side, never importing each other) → `auth` → `http`.
 mod api;
 mod app;
 mod auth;
 mod demo;
 mod http;
+mod sse;
 mod ws;
 
 #[cfg(feature = "redis")]

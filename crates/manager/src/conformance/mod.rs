@@ -52,7 +52,10 @@
 //! one), so a test sees — and can assert — which properties did not run.
 
 mod brokers;
+mod cluster;
+mod leases;
 mod properties;
+mod rates;
 mod runs;
 mod support;
 
@@ -64,7 +67,10 @@ use crate::broker::Broker;
 use crate::runs::RunLimits;
 
 pub use brokers::{Fault, FaultyBroker, LatencyBroker, SeverableBroker};
+pub use cluster::*;
+pub use leases::*;
 pub use properties::*;
+pub use rates::*;
 pub use runs::*;
 
 /// The longest the suite waits for an expected delivery before it fails.

@@ -8,10 +8,12 @@ use agentwire_protocol::{CloseCode, ConnectionEstablished, Epoch, Seq, ServerFra
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
+use super::cluster::LeaseGuard;
 use super::connection::{ConnShared, Connection};
 use super::{UnifiedWebSocketManager, UserEntry};
 use crate::broker::BrokerError;
 use crate::config::LimitPolicy;
+use crate::leases::Admission;
 
 /// Where a new connection's stream starts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -93,6 +95,45 @@ impl UnifiedWebSocketManager {
         let counters = &self.inner.counters;
         let shared = Arc::new(ConnShared::new(user.clone(), config.queue));
         shared.touch();
+        // With a lease store the per-user limit is the store's, for the whole cluster: the
+        // lease is taken before the connection is registered, so every lease names a
+        // connection that is (or was) registered, and the registry checks only the node cap.
+        let mut lease_guard = None;
+        let mut evicted_leases = Vec::new();
+        if let Some(leases) = self.leases() {
+            let admission = leases
+                .admit(
+                    &user,
+                    &shared.id,
+                    config.max_connections_per_user,
+                    config.limit_policy,
+                )
+                .await;
+            let guard = LeaseGuard {
+                leases: Some(leases.clone()),
+                user: user.clone(),
+                connection: shared.id.clone(),
+            };
+            match admission {
+                Ok(Admission::Admitted { evicted }) => {
+                    evicted_leases = evicted;
+                    lease_guard = Some(guard);
+                }
+                Ok(_) => {
+                    guard.disarm();
+                    counters
+                        .rejections_user_limit
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(ConnectError::UserLimit {
+                        limit: config.max_connections_per_user,
+                    });
+                }
+                Err(e) => {
+                    counters.lease_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+            }
+        }
         let (subscription, evicted) = {
             let mut shard = self.shard(&user);
             let entry = shard.entry(user.clone()).or_insert_with(|| UserEntry {
@@ -100,7 +141,7 @@ impl UnifiedWebSocketManager {
                 subscription: Arc::new(OnceCell::new()),
             });
             let mut evicted = None;
-            if entry.conns.len() >= config.max_connections_per_user {
+            if lease_guard.is_none() && entry.conns.len() >= config.max_connections_per_user {
                 match config.limit_policy {
                     LimitPolicy::Reject => {
                         if entry.conns.is_empty() {
@@ -149,6 +190,11 @@ impl UnifiedWebSocketManager {
             counters.closed.fetch_add(1, Ordering::Relaxed);
             counters.evictions.fetch_add(1, Ordering::Relaxed);
             old.close(CloseCode::Replaced);
+        }
+        if let Some(guard) = lease_guard {
+            // Registered: its removal drops the lease from now on.
+            guard.disarm();
+            self.evicted_leases(&user, evicted_leases);
         }
         counters.opened.fetch_add(1, Ordering::Relaxed);
         let connection = Connection {

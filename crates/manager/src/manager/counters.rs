@@ -22,4 +22,6 @@ pub(crate) struct Counters {
     pub(crate) catch_up_failures: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) conflicts: AtomicU64,
+    pub(crate) lease_failures: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
 }

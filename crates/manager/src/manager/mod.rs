@@ -16,9 +16,12 @@ use tokio::sync::OnceCell;
 
 use crate::broker::{Broker, Subscriber};
 use crate::config::ManagerConfig;
+use crate::control::{Cluster, ClusterControl};
+use crate::leases::{ConnectionLeases, NodeId};
 use crate::memory::InMemoryBroker;
 
 mod catch_up;
+mod cluster;
 mod connect;
 mod connection;
 mod counters;
@@ -36,7 +39,6 @@ pub(crate) use counters::Counters;
 #[cfg(test)]
 pub(crate) use emit::serialize_body;
 pub use emit::{EmitError, PreparedEvent};
-pub use registry::ConnectionInfo;
 use registry::Router;
 pub use stats::ManagerStats;
 
@@ -52,6 +54,12 @@ struct UserEntry {
 pub(crate) struct Inner {
     config: ManagerConfig,
     broker: Arc<dyn Broker>,
+    /// This node's name in a cluster (its leases', its control channel's).
+    node: NodeId,
+    /// The per-user limit across a cluster; `None` counts this node's connections only.
+    leases: Option<Arc<dyn ConnectionLeases>>,
+    /// The channel to the other nodes; `None` for a node on its own.
+    control: Option<Arc<dyn ClusterControl>>,
     shards: Box<[Mutex<HashMap<UserId, UserEntry>>]>,
     hasher: RandomState,
     total: AtomicUsize,
@@ -79,11 +87,33 @@ pub struct UnifiedWebSocketManager {
 }
 
 impl UnifiedWebSocketManager {
-    /// A manager over `broker`.
+    /// A manager over `broker`. The per-user connection limit counts this node's
+    /// connections (one node: the whole deployment).
     pub fn new(config: ManagerConfig, broker: Arc<dyn Broker>) -> Self {
+        Self::build(config, broker, None)
+    }
+
+    /// A manager over `broker` that is one node of a cluster: its per-user connection
+    /// limit holds across every node sharing `cluster.leases` (each connection holds a
+    /// lease there, taken before it is registered, renewed every third of the lease time
+    /// and dropped when it is removed; a connection whose lease a newer one took closes
+    /// with 4003), and `cluster.control` carries evictions and the admin's requests to the
+    /// other nodes.
+    pub fn clustered(config: ManagerConfig, broker: Arc<dyn Broker>, cluster: Cluster) -> Self {
+        Self::build(config, broker, Some(cluster))
+    }
+
+    fn build(config: ManagerConfig, broker: Arc<dyn Broker>, cluster: Option<Cluster>) -> Self {
+        let (node, leases, control) = match cluster {
+            Some(c) => (c.leases.node().clone(), Some(c.leases), c.control),
+            None => (NodeId::random(), None, None),
+        };
         let inner = Arc::new(Inner {
             config,
             broker,
+            node,
+            leases,
+            control,
             shards: (0..REGISTRY_SHARDS)
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
@@ -97,7 +127,9 @@ impl UnifiedWebSocketManager {
             inner: Arc::downgrade(&inner),
         });
         let _ = inner.router.set(router);
-        UnifiedWebSocketManager { inner }
+        let manager = UnifiedWebSocketManager { inner };
+        manager.attach_control();
+        manager
     }
 
     /// A manager with the default configuration over a fresh in-memory broker.

@@ -7,28 +7,14 @@ use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, Weak};
 
-use agentwire_protocol::{CloseCode, ConnectionId, Seq, UserId};
+use agentwire_protocol::{CloseCode, UserId};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::connection::{ConnShared, Pushed};
 use super::{Inner, REGISTRY_SHARDS, UnifiedWebSocketManager, UserEntry};
 use crate::broker::{BrokerError, StoredEvent, Subscriber};
-
-/// What one live connection looks like from outside.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectionInfo {
-    /// Its id.
-    pub connection_id: ConnectionId,
-    /// How long it has been connected.
-    pub connected_for: std::time::Duration,
-    /// The newest `seq` the client acknowledged.
-    pub acked_seq: Seq,
-    /// Frames waiting for the writer.
-    pub queued_frames: usize,
-    /// Bytes waiting for the writer.
-    pub queued_bytes: usize,
-}
+use crate::control::ConnectionInfo;
 
 /// Routes the broker's deliveries to this node's connections.
 pub(super) struct Router {
@@ -86,10 +72,16 @@ impl UnifiedWebSocketManager {
 
     /// Removes a connection. Idempotent.
     pub(crate) fn remove(&self, shared: &Arc<ConnShared>) {
+        self.unregister(shared, CloseCode::Normal);
+    }
+
+    /// Removes a connection and closes it with `code` (unless it is closing already).
+    /// Returns whether this call removed it. The close comes last, so whoever waits for
+    /// it finds the registry and the counts already without the connection.
+    pub(super) fn unregister(&self, shared: &Arc<ConnShared>, code: CloseCode) -> bool {
         if !shared.registered.swap(false, Ordering::AcqRel) {
-            return;
+            return false;
         }
-        shared.close(CloseCode::Normal);
         let released = {
             let mut shard = self.shard(&shared.user);
             match shard.get_mut(&shared.user) {
@@ -106,9 +98,14 @@ impl UnifiedWebSocketManager {
         };
         self.inner.total.fetch_sub(1, Ordering::AcqRel);
         self.inner.counters.closed.fetch_add(1, Ordering::Relaxed);
+        shared.close(code);
+        if let Some(leases) = self.leases() {
+            super::cluster::spawn_release(leases.clone(), shared.user.clone(), shared.id.clone());
+        }
         if let Some(subscription) = released {
             self.release_entry(shared.user.clone(), subscription);
         }
+        true
     }
 
     /// Subscribes the node to `user`'s stream for one registry entry, once. The broker

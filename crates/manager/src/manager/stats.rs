@@ -61,6 +61,12 @@ pub struct ManagerStats {
     pub resyncs: u64,
     /// Emits refused because their `event_id` was already accepted for another event.
     pub event_id_conflicts: u64,
+    /// Lease store calls (admit, renew) that failed: a connect refused, or leases left to
+    /// run until the next renewal (only with a lease store).
+    pub lease_failures: u64,
+    /// Connections closed with 4003 because a renewal found their lease gone: taken by a
+    /// newer connection on another node, or expired while the user's limit was full.
+    pub leases_lost: u64,
     /// Event ids the broker remembers for deduplication (in history or its dedupe window).
     pub dedupe_ids: u64,
     /// Frames waiting in connection queues, over all connections.
@@ -126,6 +132,8 @@ impl UnifiedWebSocketManager {
             catch_up_failures: load(&c.catch_up_failures),
             resyncs: load(&c.resyncs),
             event_id_conflicts: load(&c.conflicts),
+            lease_failures: load(&c.lease_failures),
+            leases_lost: load(&c.leases_lost),
             dedupe_ids: b.dedupe_ids,
             queued_frames,
             queued_bytes,

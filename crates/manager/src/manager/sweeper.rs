@@ -53,16 +53,32 @@ impl UnifiedWebSocketManager {
         if self.inner.sweeper_started.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.start_renewal(&handle);
+        self.every(&handle, self.inner.config.sweep_interval, |m| async move {
+            m.sweep();
+        });
+    }
+
+    /// Runs `pass` every `period` (the first after one period) in a task that holds only a
+    /// weak reference and ends once the manager is dropped.
+    pub(super) fn every<F, Fut>(
+        &self,
+        handle: &tokio::runtime::Handle,
+        period: std::time::Duration,
+        pass: F,
+    ) where
+        F: Fn(UnifiedWebSocketManager) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let weak = Arc::downgrade(&self.inner);
-        let every = self.inner.config.sweep_interval;
         handle.spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
-                UnifiedWebSocketManager { inner }.sweep();
+                pass(UnifiedWebSocketManager { inner }).await;
             }
         });
     }

@@ -19,10 +19,12 @@ pub(crate) async fn healthz() -> Response {
 }
 
 /// `GET /readyz`: 200 while the broker answers, the server is not shutting down, and —
-/// with `--jwt-jwks-url` — a key set has been fetched at least once.
+/// with `--jwt-jwks-url` — a key set has been fetched at least once. With `--broker redis`
+/// the broker answers when Redis answers `PING` within `--redis-command-timeout` and this
+/// node's pub/sub connection is up.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "Ready: the broker answers", body = super::schema::StatusDoc),
-    (status = 503, description = "The broker is unavailable, the server is shutting down, or no JWKS key set has been fetched yet", body = super::schema::StatusDoc)))]
+    (status = 200, description = "Ready: the broker answers (with --broker redis: Redis answers PING and this node's subscriptions are in place)", body = super::schema::StatusDoc),
+    (status = 503, description = "The broker is unavailable (Redis unreachable, paused or reconnecting; `reason` says which), the server is shutting down, or no JWKS key set has been fetched yet", body = super::schema::StatusDoc)))]
 pub(crate) async fn readyz(State(app): State<Arc<ApiState>>) -> Response {
     if app.draining.is_set() {
         return (

@@ -13,7 +13,6 @@ pub(crate) mod admin;
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod publish;
-mod ratelimit;
 pub(crate) mod schema;
 
 pub(crate) use publish::{PublishApi, PublishLimits, PublishMetrics};

@@ -16,7 +16,9 @@
 
 use std::sync::Arc;
 
-use agentwire_manager::{BrokerError, EmitError, PreparedEvent, RunLimit};
+use agentwire_manager::{
+    BrokerError, EmitError, PreparedEvent, PublishRate, PublishRates, RateDecision, RunLimit,
+};
 use agentwire_protocol::{
     DecodeError, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishResponse,
     RunViolation,
@@ -29,10 +31,9 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tokio::time::Instant;
+use std::time::Duration;
 
 use super::ApiState;
-use super::ratelimit::{RateLimiter, Refused};
 use crate::auth::{KeyScope, authorize};
 use crate::http::{ApiError, ErrorBody, ErrorCode, body};
 
@@ -102,8 +103,8 @@ pub(crate) struct PublishApi {
     pub(crate) max_batch: usize,
     pub(crate) max_request_bytes: usize,
     pub(crate) history_read_max: usize,
-    publish_rate: u32,
-    limiter: Option<RateLimiter>,
+    /// The key's rate, and the limiter that holds it (`None`: `--publish-rate 0`).
+    limiter: Option<(PublishRate, Arc<dyn PublishRates>)>,
     /// Whether run events carry run guards (`--run-lifecycle enforce`).
     lifecycle: bool,
     pub(crate) metrics: PublishMetrics,
@@ -111,14 +112,23 @@ pub(crate) struct PublishApi {
 
 impl PublishApi {
     /// The publish API with these bounds; `lifecycle` has the broker check each run
-    /// event against its run.
-    pub(crate) fn new(limits: PublishLimits, lifecycle: bool, metrics: PublishMetrics) -> Self {
+    /// event against its run; `rates` holds each key's `--publish-rate` (this node's
+    /// limiter, or one shared by the cluster).
+    pub(crate) fn new(
+        limits: PublishLimits,
+        lifecycle: bool,
+        rates: Arc<dyn PublishRates>,
+        metrics: PublishMetrics,
+    ) -> Self {
+        let rate = PublishRate {
+            per_second: limits.publish_rate,
+            burst: limits.publish_burst.max(1),
+        };
         PublishApi {
             max_batch: limits.max_batch.max(1),
             max_request_bytes: limits.max_request_bytes,
             history_read_max: limits.history_read_max.max(1),
-            publish_rate: limits.publish_rate,
-            limiter: RateLimiter::new(limits.publish_rate, limits.publish_burst),
+            limiter: (limits.publish_rate > 0).then_some((rate, rates)),
             lifecycle,
             metrics,
         }
@@ -302,25 +312,38 @@ fn violation_problem(v: &RunViolation, outcome: &str) -> ApiError {
     )
 }
 
-/// The answer to a body the key's token bucket refused (429, nothing published).
-fn rate_problem(refused: Refused, rate: u32, events: usize) -> ApiError {
-    match refused {
-        Refused::Wait(wait) => ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "this API key may publish {rate} events per second (--publish-rate); \
-                 nothing was published"
-            ),
-        )
-        .retry_after(wait.as_secs().max(1)),
+/// The answer to a body the key's rate refused (429, nothing published), or to a limiter
+/// that could not be asked (503).
+fn rate_problem(decision: Result<RateDecision, BrokerError>, rate: u32, events: usize) -> ApiError {
+    match decision {
         // No `Retry-After`: waiting does not help.
-        Refused::OverBurst { burst } => ApiError::new(
+        Ok(RateDecision::OverBurst { burst }) => ApiError::new(
             ErrorCode::RateLimited,
             format!(
                 "the body holds {events} events; this API key may publish at most {burst} at \
                  once (--publish-burst): split it. Nothing was published"
             ),
         ),
+        Ok(other) => {
+            let wait = match other {
+                RateDecision::Wait(w) => w,
+                _ => Duration::ZERO,
+            };
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "this API key may publish {rate} events per second (--publish-rate); \
+                     nothing was published"
+                ),
+            )
+            // `Retry-After` counts whole seconds: at least one.
+            .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
+        }
+        Err(e) => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("the publish rate limiter cannot be reached: {e}; nothing was published"),
+        )
+        .retry_after(BROKER_RETRY_AFTER_SECS),
     }
 }
 
@@ -406,18 +429,22 @@ async fn publish(
                 .map_err(|e| prepare_problem(e, batch, i))
         })
         .collect::<Result<Vec<PreparedEvent>, ApiError>>()?;
-    if let Some(limiter) = &api.limiter
-        && let Err(refused) = limiter.take(key.id, requests.len(), Instant::now())
-    {
-        return Err(rate_problem(refused, api.publish_rate, requests.len()));
-    }
-    let prepared = if api.lifecycle {
-        let publisher = app.auth.publisher(key).ok_or_else(|| {
+    let publisher = || {
+        app.auth.publisher(key).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Internal,
                 "the API key has no publisher fingerprint",
             )
-        })?;
+        })
+    };
+    if let Some((rate, limiter)) = &api.limiter {
+        let decision = limiter.take(&publisher()?, requests.len(), *rate).await;
+        if !matches!(decision, Ok(RateDecision::Taken)) {
+            return Err(rate_problem(decision, rate.per_second, requests.len()));
+        }
+    }
+    let prepared = if api.lifecycle {
+        let publisher = publisher()?;
         prepared
             .into_iter()
             .map(|p| p.guarded(publisher.clone()))

@@ -117,6 +117,8 @@ pub(crate) struct StatusDoc {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ConnectionDoc {
     connection_id: String,
+    /// The node the connection is open on.
+    node: String,
     connected_for_ms: u64,
     /// The newest seq the client acknowledged.
     acked_seq: u64,
@@ -124,16 +126,24 @@ pub(crate) struct ConnectionDoc {
     queued_bytes: u64,
 }
 
-/// A user's live connections on this node.
+/// A user's live connections on every node that answered.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ConnectionsDoc {
     user_id: String,
+    /// The node that answered the request.
+    node: String,
     connections: Vec<ConnectionDoc>,
+    /// Live nodes that did not answer within the control channel's wait.
+    unanswered_nodes: Vec<String>,
 }
 
-/// How many connections were closed.
+/// How many connections were closed, in total and by node.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct DisconnectedDoc {
     user_id: String,
     disconnected: u64,
+    /// Connections closed, by node.
+    nodes: std::collections::BTreeMap<String, u64>,
+    /// Live nodes that did not answer within the control channel's wait.
+    unanswered_nodes: Vec<String>,
 }

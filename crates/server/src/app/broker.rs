@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_manager::{Broker, BrokerError, InMemoryBroker, UnifiedWebSocketManager};
+use agentwire_manager::{
+    Broker, BrokerError, InMemoryBroker, InMemoryRates, PublishRates, UnifiedWebSocketManager,
+};
 
 use super::config::{BrokerKind, ServerConfig};
 
@@ -120,9 +122,31 @@ impl ServerBroker {
         }
     }
 
-    /// A manager with the bounds of `config` over this broker.
+    /// A manager with the bounds of `config` over this broker: on Redis, one node of the
+    /// cluster sharing it (the per-user limit counted across the nodes, the admin's
+    /// requests answered by all of them).
     pub fn manager(&self, config: &ServerConfig) -> UnifiedWebSocketManager {
-        UnifiedWebSocketManager::new(config.manager_config(), self.broker())
+        match self {
+            ServerBroker::Memory(_) => {
+                UnifiedWebSocketManager::new(config.manager_config(), self.broker())
+            }
+            #[cfg(feature = "redis")]
+            ServerBroker::Redis(b) => UnifiedWebSocketManager::clustered(
+                config.manager_config(),
+                self.broker(),
+                b.cluster(),
+            ),
+        }
+    }
+
+    /// The publish rate limiter: this node's with the in-memory broker, the cluster's on
+    /// Redis (one rate per key for every node).
+    pub fn rates(&self) -> Arc<dyn PublishRates> {
+        match self {
+            ServerBroker::Memory(_) => Arc::new(InMemoryRates::default()),
+            #[cfg(feature = "redis")]
+            ServerBroker::Redis(b) => Arc::new(b.rates()),
+        }
     }
 
     /// The Redis broker, with `--broker redis`.
@@ -169,6 +193,8 @@ pub fn redis_config(
         .max_dedupe_per_user(defaults.max_dedupe_per_user().max(max_events))
         .stream_idle_ttl(defaults.stream_idle_ttl().max(dedupe_window))
         .command_timeout(config.redis_command_timeout)
+        .connection_lease(config.connection_lease)
+        .control_wait(config.redis_control_wait)
         .max_batch_events(defaults.max_batch_events().max(config.max_batch))
         .run_limits(config.run_limits())
         .build()?)
@@ -302,6 +328,8 @@ mod tests {
         assert_eq!(r.max_batch_events(), 5_000);
         assert_eq!(r.run_limits().max_runs, 7);
         assert_eq!(r.command_timeout(), c.redis_command_timeout);
+        assert_eq!(r.connection_lease(), c.connection_lease);
+        assert_eq!(r.control_wait(), c.redis_control_wait);
         let cluster = redis(|c| {
             c.redis_cluster_nodes = vec!["redis://127.0.0.1:7000".into()];
         });

@@ -181,6 +181,16 @@ pub struct ServerConfig {
     /// publish answers 503, `/readyz` 503.
     pub redis_command_timeout: Duration,
 
+    /// With `--broker redis`, how long a connection's lease counts against its user's
+    /// `max_connections_per_user` without being renewed (renewed every third of it): the
+    /// longest a connection of a node that died keeps counting (default 30 s).
+    pub connection_lease: Duration,
+
+    /// With `--broker redis`, how long an admin request (a user's connections, a
+    /// disconnect) waits for the other nodes' answers (default 1 s); nodes that did not
+    /// answer are named in the answer.
+    pub redis_control_wait: Duration,
+
     /// Most WebSocket connections on this node; more are refused with 1013. Clamped to
     /// 7/8 of `max_tcp_connections`, so HTTP requests always have room.
     pub max_connections: usize,
@@ -259,7 +269,7 @@ pub struct ServerConfig {
     /// Largest publish request body, in bytes; larger ones are refused with 413.
     pub max_request_bytes: usize,
 
-    /// Events per second each API key may publish (a token bucket); beyond it the
+    /// Events per second each API key may publish (GCRA, `PublishRates`); beyond it the
     /// publish API answers 429 with Retry-After. 0 turns the limit off.
     pub publish_rate: u32,
 
@@ -379,6 +389,8 @@ impl Default for ServerConfig {
             redis_cluster_nodes: Vec::new(),
             redis_key_prefix: "agentwire:".to_owned(),
             redis_command_timeout: Duration::from_secs(2),
+            connection_lease: Duration::from_secs(30),
+            redis_control_wait: Duration::from_secs(1),
             max_connections: 10_000,
             max_tcp_connections: 12_000,
             header_read_timeout: Duration::from_secs(10),
@@ -561,6 +573,18 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::redis_key_prefix`].
     pub fn redis_key_prefix(mut self, value: impl Into<String>) -> Self {
         self.0.redis_key_prefix = value.into();
+        self
+    }
+
+    /// Sets [`ServerConfig::connection_lease`].
+    pub fn connection_lease(mut self, value: Duration) -> Self {
+        self.0.connection_lease = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::redis_control_wait`].
+    pub fn redis_control_wait(mut self, value: Duration) -> Self {
+        self.0.redis_control_wait = value;
         self
     }
 

@@ -252,6 +252,18 @@ impl Collector for ManagerCollector {
         )?;
         counter(
             e,
+            "agentwire_leases_lost",
+            "Connections closed with 4003 because their lease was found taken by a newer connection of the user (--broker redis)",
+            s.leases_lost,
+        )?;
+        counter(
+            e,
+            "agentwire_lease_failures",
+            "Connection lease calls that failed (a connect refused, or a renewal missed) (--broker redis)",
+            s.lease_failures,
+        )?;
+        counter(
+            e,
             "agentwire_rejections_node_full",
             "Connections refused with 1013 (node connection limit)",
             s.rejections_node_full,
@@ -541,6 +553,56 @@ impl Collector for RedisCollector {
                 "agentwire_redis_run_registry_failures",
                 "Run registry calls after an accepted publish that failed (corrected by the registry's expiry)",
                 m.run_registry_failures,
+            ),
+            (
+                "agentwire_redis_lease_evictions",
+                "Connections of a user, on any node, whose lease this node's admissions took (per-user limit across nodes)",
+                m.lease_evictions,
+            ),
+            (
+                "agentwire_redis_lease_rejections",
+                "Connections this node refused because the user held the limit in leases across nodes",
+                m.lease_rejections,
+            ),
+            (
+                "agentwire_redis_leases_restored",
+                "Expired leases of this node's connections taken again at renewal (the user had room)",
+                m.leases_restored,
+            ),
+            (
+                "agentwire_redis_control_sent",
+                "Messages this node published on the control channel",
+                m.control_sent,
+            ),
+            (
+                "agentwire_redis_control_received",
+                "Messages this node received on the control channel",
+                m.control_received,
+            ),
+            (
+                "agentwire_redis_control_failures",
+                "Control channel calls that failed (link down, command failed or timed out)",
+                m.control_failures,
+            ),
+            (
+                "agentwire_redis_control_unanswered",
+                "Admin requests some live node did not answer within --redis-control-wait",
+                m.control_unanswered,
+            ),
+            (
+                "agentwire_redis_control_refused",
+                "Admin requests refused because too many were waiting for answers",
+                m.control_refused,
+            ),
+            (
+                "agentwire_redis_control_reconnects",
+                "Times the control channel's connection was lost and made again",
+                m.control_reconnects,
+            ),
+            (
+                "agentwire_redis_rate_refused",
+                "Publish requests the cluster's per-key rate limiter refused (429)",
+                m.rate_refused,
             ),
         ] {
             counter(e, name, help, v)?;

@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
     ),
     paths(
         crate::ws::handshake::ws_handler,
+        crate::sse::handshake::stream_handler,
         crate::api::health::healthz,
         crate::api::health::readyz,
         super::metrics::metrics,
@@ -35,7 +36,7 @@ use utoipa::{Modify, OpenApi};
     modifiers(&SecuritySchemes),
     tags(
         (name = "publish", description = "Publishing events and reading history (docs/protocol.md §8)"),
-        (name = "connect", description = "The WebSocket endpoint (docs/protocol.md §2)"),
+        (name = "connect", description = "The WebSocket endpoint and its Server-Sent Events alternative (docs/protocol.md §2, §2b)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "admin", description = "Inspecting and disconnecting a user's connections"),
     )

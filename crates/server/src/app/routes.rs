@@ -67,9 +67,11 @@ where
 pub(crate) fn table() -> Vec<Route> {
     use super::{metrics, openapi};
     use crate::api::{admin, health, history, publish};
+    use crate::sse::handshake as sse;
     use crate::ws::handshake;
     [
         route::<handshake::__path_ws_handler, _, _>(handshake::ws_handler),
+        route::<sse::__path_stream_handler, _, _>(sse::stream_handler),
         route::<health::__path_healthz, _, _>(health::healthz),
         route::<health::__path_readyz, _, _>(health::readyz),
         route::<metrics::__path_metrics, _, _>(metrics::metrics),

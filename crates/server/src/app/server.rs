@@ -560,6 +560,8 @@ fn front_service(
             )),
         );
         request.extensions_mut().insert(ConnectInfo(peer));
+        // An event stream holds its connection's slot, to cut a peer that stopped reading.
+        request.extensions_mut().insert(slot.clone());
         let mut routes = routes.clone();
         async move {
             let response = match too_long {

@@ -1,5 +1,5 @@
-//! The application's state: one piece per concern (the WebSocket endpoint's, the API's,
-//! the demo's), built from the configuration, and the `FromRef` links that let each
+//! The application's state: one piece per concern (the WebSocket endpoint's, the event
+//! stream's, the API's, the demo's), built from the configuration, and the `FromRef` links that let each
 //! concern's handlers take only their own piece.
 
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::auth::Auth;
 use crate::demo::DemoState;
 use crate::http::door::{DoorMetrics, FrontDoor};
 use crate::http::{AllowedOrigins, Draining};
+use crate::sse::{SseMetrics, SseState};
 use crate::ws::{WsMetrics, WsSettings, WsState};
 
 /// The state the router holds.
@@ -25,6 +26,7 @@ use crate::ws::{WsMetrics, WsSettings, WsState};
 pub(crate) struct AppState {
     pub(crate) manager: UnifiedWebSocketManager,
     pub(crate) ws: Arc<WsState>,
+    pub(crate) sse: Arc<SseState>,
     pub(crate) api: Arc<ApiState>,
     pub(crate) demo: Arc<DemoState>,
     pub(crate) metrics: Arc<Metrics>,
@@ -48,21 +50,27 @@ impl AppState {
         let mut registry = Registry::default();
         auth.register_metrics(&mut registry);
         let ws_metrics = WsMetrics::register(&mut registry);
+        let sse_metrics = SseMetrics::register(&mut registry);
         let publish_metrics = PublishMetrics::register(&mut registry);
         let door = FrontDoor::new(config.door_limits(), DoorMetrics::register(&mut registry));
         let demo_on = config.demo.is_enabled(config);
+        let ws = Arc::new(WsState {
+            manager: manager.clone(),
+            auth: auth.clone(),
+            ws: ws_settings(config),
+            metrics: ws_metrics,
+            draining: draining.clone(),
+        });
         AppState {
-            ws: Arc::new(WsState {
-                manager: manager.clone(),
-                auth: auth.clone(),
-                ws: ws_settings(config),
-                metrics: ws_metrics,
-                draining: draining.clone(),
+            sse: Arc::new(SseState {
+                conn: ws.clone(),
+                metrics: sse_metrics,
             }),
+            ws,
             api: Arc::new(ApiState {
                 manager: manager.clone(),
                 auth: auth.clone(),
-                publish: publish_api(config, publish_metrics),
+                publish: publish_api(config, broker, publish_metrics),
                 draining: draining.clone(),
             }),
             demo: Arc::new(DemoState::new(
@@ -104,6 +112,12 @@ impl FromRef<AppState> for Arc<WsState> {
     }
 }
 
+impl FromRef<AppState> for Arc<SseState> {
+    fn from_ref(app: &AppState) -> Self {
+        app.sse.clone()
+    }
+}
+
 impl FromRef<AppState> for Arc<ApiState> {
     fn from_ref(app: &AppState) -> Self {
         app.api.clone()
@@ -138,7 +152,13 @@ fn ws_settings(c: &ServerConfig) -> WsSettings {
     }
 }
 
-fn publish_api(c: &ServerConfig, metrics: PublishMetrics) -> PublishApi {
+/// The publish API; its rate limiter is the broker's (the cluster's on Redis), or this
+/// node's when the server was handed a manager of its own.
+fn publish_api(
+    c: &ServerConfig,
+    broker: Option<&ServerBroker>,
+    metrics: PublishMetrics,
+) -> PublishApi {
     let limits = PublishLimits {
         max_batch: c.max_batch,
         max_request_bytes: c.max_request_bytes,
@@ -146,5 +166,13 @@ fn publish_api(c: &ServerConfig, metrics: PublishMetrics) -> PublishApi {
         publish_rate: c.publish_rate,
         publish_burst: c.publish_burst,
     };
-    PublishApi::new(limits, c.run_lifecycle == RunLifecycle::Enforce, metrics)
+    PublishApi::new(
+        limits,
+        c.run_lifecycle == RunLifecycle::Enforce,
+        broker.map_or_else(
+            || Arc::new(agentwire_manager::InMemoryRates::default()) as _,
+            ServerBroker::rates,
+        ),
+        metrics,
+    )
 }

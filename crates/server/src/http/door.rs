@@ -313,7 +313,8 @@ impl Track {
         matches!(*self.shared.activity(), Activity::Busy | Activity::Upgraded)
     }
 
-    /// The connection became a WebSocket: no HTTP timeout applies and it is never evicted.
+    /// The connection became a WebSocket, or serves an event stream (`/v1/stream`, whose
+    /// answer is the connection's last): no HTTP timeout applies and it is never evicted.
     pub(crate) fn upgraded(&self) {
         self.shared.set(Activity::Upgraded);
         self.door.no_longer_http(self.id);
@@ -335,7 +336,15 @@ impl Track {
         }
     }
 
-    /// Resolves once the front door chose this connection to make room.
+    /// Closes the connection now: its task drops the socket, whatever hyper is doing with
+    /// it. For an event stream whose writes stopped within the write timeout, which hyper,
+    /// writing the answer's body itself, cannot time out.
+    pub(crate) fn cut(&self) {
+        self.shared.evict.notify_one();
+    }
+
+    /// Resolves once the front door chose this connection to make room, or it was
+    /// [`Track::cut`].
     ///
     /// # Cancel safety
     /// Cancel safe: the eviction is remembered until this is awaited again.

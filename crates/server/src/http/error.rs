@@ -41,6 +41,9 @@ pub(crate) enum ErrorCode {
     RateLimited,
     /// 429: too many demo runs in progress.
     TooManyRuns,
+    /// 429: the user holds as many connections as `--max-connections-per-user` allows
+    /// (and `--per-user-policy reject`).
+    TooManyConnections,
     /// 431: the request's headers are too large.
     HeadersTooLarge,
     /// 500: the server or the broker failed for good.
@@ -66,7 +69,9 @@ impl ErrorCode {
             ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::InvalidEvent => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::RateLimited | ErrorCode::TooManyRuns => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited | ErrorCode::TooManyRuns | ErrorCode::TooManyConnections => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

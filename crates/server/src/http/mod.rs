@@ -1,6 +1,7 @@
 //! What every HTTP handler shares, below all of them: the one error answer, the bearer
 //! credential of a request, the flag that says the server is draining, the one body
-//! reader (`body`), and the front door every connection passes (`door`, `io`).
+//! reader (`body`), the front door every connection passes (`door`, `io`), the query string
+//! of a connection handshake (`query`) and the timers of a long-lived connection (`timer`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -12,12 +13,15 @@ pub(crate) mod door;
 mod error;
 pub(crate) mod io;
 mod origins;
+mod query;
+pub(crate) mod timer;
 
 pub(crate) use error::{
     ApiError, ErrorBody, ErrorCode, json_errors, method_not_allowed, not_found, raw_answer,
 };
 
 pub(crate) use origins::AllowedOrigins;
+pub(crate) use query::{HandshakeQuery, parse_handshake_query, resume_from_query};
 
 /// An `Authorization` header that is not `Bearer <credential>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,7 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rejection::Token(reason) => reason,
             Rejection::ForbiddenOrigin => "forbidden_origin",
@@ -47,6 +47,7 @@ pub(crate) struct WsMetrics {
     token_refresh_refusals: Family<Labels, Counter>,
     handshake_rejections: Family<Labels, Counter>,
     closes: Family<Labels, Counter>,
+    agui_forgotten: Counter,
     /// Frames whose `ts` could not be read; counted, never expected.
     unparsed_ts: Arc<AtomicU64>,
 }
@@ -65,6 +66,7 @@ impl WsMetrics {
             token_refresh_refusals: Family::default(),
             handshake_rejections: Family::default(),
             closes: Family::default(),
+            agui_forgotten: Counter::default(),
             unparsed_ts: Arc::default(),
         };
         registry.register(
@@ -119,7 +121,17 @@ impl WsMetrics {
             "Close frames sent by the server, by close code",
             m.closes.clone(),
         );
+        registry.register(
+            "agentwire_agui_messages_forgotten",
+            "Streamed messages an AG-UI connection stopped tracking as open at \
+             AGUI_MAX_OPEN_MESSAGES (their next delta opens them again)",
+            m.agui_forgotten.clone(),
+        );
         m
+    }
+
+    pub(crate) fn agui_messages_forgotten(&self, n: u64) {
+        self.agui_forgotten.inc_by(n);
     }
 
     /// Records a frame about to be written; event frames feed the latency histogram.
@@ -175,7 +187,8 @@ impl WsMetrics {
     }
 }
 
-fn close_label(code: CloseCode) -> &'static str {
+/// The `code` label of a close code.
+pub(crate) fn close_label(code: CloseCode) -> &'static str {
     match code.code() {
         1000 => "1000",
         1001 => "1001",

@@ -10,7 +10,8 @@
 //!
 //! Files, top to bottom: `handshake` (the HTTP side of `/ws`) → `session` (one
 //! connection's life) → `reader`, `writer` → `news` (what those two share) → `wire` (the
-//! upgrade and the frames the server writes); `metrics` beside them.
+//! upgrade and the frames the server writes); `metrics` and `format` (agentwire's frames or
+//! their AG-UI projection, also used by `/v1/stream`) beside them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use agentwire_manager::UnifiedWebSocketManager;
 use crate::auth::Auth;
 use crate::http::{AllowedOrigins, Draining};
 
+mod format;
 pub(crate) mod handshake;
 mod metrics;
 mod news;
@@ -28,7 +30,8 @@ mod session;
 mod wire;
 mod writer;
 
-pub(crate) use metrics::WsMetrics;
+pub(crate) use format::{Format, Projector, close_event};
+pub(crate) use metrics::{Rejection, WsMetrics, close_label};
 
 /// What the WebSocket endpoint needs: the manager, the verifier, its settings and
 /// metrics, and whether the server is draining.

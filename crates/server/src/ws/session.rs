@@ -10,6 +10,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::WsState;
+use super::format::Format;
 use super::news::{NewsCell, Sink, Stream};
 use super::reader::{read_error_code, read_loop};
 use super::writer::{close_unconnected, write_loop};
@@ -21,6 +22,7 @@ pub(super) async fn serve_socket(
     mut sink: Sink,
     verified: Verified,
     query_resume: Option<Resume>,
+    format: Format,
 ) {
     let mut first = None;
     let resume = match query_resume {
@@ -87,7 +89,7 @@ pub(super) async fn serve_socket(
         first,
         news.clone(),
     ));
-    write_loop(&app, &conn, &mut sink, &news).await;
+    write_loop(&app, &conn, &mut sink, &news, format).await;
     // However the writer ended, the reader must not keep the socket open.
     reader.abort();
     conn.disconnect();

@@ -217,6 +217,14 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
 }
 
 impl WsUpgrade {
+    /// Whether the client offered `protocol` in `Sec-WebSocket-Protocol`.
+    pub(crate) fn offers(&self, protocol: &str) -> bool {
+        self.offered_protocols
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|offered| offered.split(',').any(|p| p.trim() == protocol))
+    }
+
     /// Answers 101, selecting `protocol` when the client offered it, and runs `serve` on
     /// the upgraded socket.
     pub(crate) fn accept<F, Fut>(
@@ -229,11 +237,7 @@ impl WsUpgrade {
         F: FnOnce(Box<WsStream>, FrameWriter) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let selected = self
-            .offered_protocols
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|offered| offered.split(',').any(|p| p.trim() == protocol));
+        let selected = self.offers(protocol);
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {

@@ -13,8 +13,10 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, timeout};
 
 use super::WsState;
+use super::format::{Format, Projector};
 use super::news::{NewsCell, ReaderEnd, Sink, Stream};
 use super::wire::OpCode;
+use crate::http::timer::{MAX_TIMER, after, first_ping, instant_at_unix};
 
 /// Refuses a connection the manager never registered: a close frame, then a short wait
 /// for the peer's.
@@ -42,32 +44,6 @@ async fn send_close(sink: &mut Sink, code: CloseCode) -> std::io::Result<()> {
     sink.write_close(code.code(), code.reason()).await
 }
 
-/// The longest single timer armed; a later deadline is re-armed when this one fires, so
-/// a far-future `exp` or a huge interval cannot overflow an `Instant`.
-const MAX_TIMER: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// `d` from now, capped at [`MAX_TIMER`].
-fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d.min(MAX_TIMER)).unwrap_or(now)
-}
-
-/// Seconds since the Unix epoch → the `Instant` it falls on (capped at [`MAX_TIMER`]).
-fn instant_at_unix(secs: u64) -> Instant {
-    let now_ms = Timestamp::now().as_millis();
-    let at_ms = secs.saturating_mul(1_000);
-    after(Duration::from_millis(at_ms.saturating_sub(now_ms)))
-}
-
-/// When a connection's first heartbeat ping is due: somewhere in the interval's second
-/// half, so connections that arrived together (a restart, a load test) do not ping all
-/// at once, interval after interval.
-fn first_ping(interval: Duration) -> Instant {
-    let spread = interval / 2;
-    let jitter = spread.mul_f64(rand::random::<f64>());
-    after(spread + jitter)
-}
-
 /// Slots of the write batch a connection keeps between batches.
 const BATCH_KEEP_CAPACITY: usize = 1;
 
@@ -77,7 +53,13 @@ enum WriteFailed {
     Socket,
 }
 
-pub(super) async fn write_loop(app: &WsState, conn: &Connection, sink: &mut Sink, news: &NewsCell) {
+pub(super) async fn write_loop(
+    app: &WsState,
+    conn: &Connection,
+    sink: &mut Sink,
+    news: &NewsCell,
+    format: Format,
+) {
     let settings = &app.ws;
     let heartbeat = app.manager.config().heartbeat;
     let leeway = app.auth.leeway().as_secs();
@@ -94,6 +76,7 @@ pub(super) async fn write_loop(app: &WsState, conn: &Connection, sink: &mut Sink
     tokio::pin!(timer);
     let mut seen = 0u64;
     let mut reader_end = None;
+    let mut projector = Projector::for_format(format);
 
     // Biased, the queue last: what the peer said (its close, a ping to answer, a new
     // token) and the timer (heartbeat pings, the token's expiry) are served between any
@@ -150,6 +133,9 @@ pub(super) async fn write_loop(app: &WsState, conn: &Connection, sink: &mut Sink
             }
             out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
                 Outbound::Frames => {
+                    if let Some(projector) = projector.as_mut() {
+                        projector.project_batch(&mut batch, &app.metrics);
+                    }
                     if let Err(e) = write_batch(app, conn, sink, &mut batch).await {
                         if matches!(e, WriteFailed::TimedOut) {
                             app.metrics.write_timeout();

@@ -30,28 +30,26 @@ pub(crate) fn secured() -> Command {
 }
 
 /// The binary as a node of the deployment under `prefix` on the Redis at `url`, on a free
-/// loopback port, with `extra` flags after the common ones (a later flag wins).
+/// loopback port, with `extra` flags (a flag in `extra` replaces the common one: the
+/// binary refuses a flag given twice).
 pub(crate) fn node_command(url: &str, prefix: &str, extra: &[&str]) -> Command {
     let mut cmd = secured();
-    cmd.args([
-        "--api-keys",
-        API_KEY,
-        "--broker",
-        "redis",
-        "--redis-url",
-        url,
-        "--redis-key-prefix",
-        prefix,
-        "--drain-delay",
-        "0s",
-        "--resume-wait",
-        "0s",
-        "--publish-rate",
-        "0",
-        "--redis-command-timeout",
-        "1s",
-    ])
-    .args(extra);
+    let common = [
+        ("--api-keys", API_KEY),
+        ("--broker", "redis"),
+        ("--redis-url", url),
+        ("--redis-key-prefix", prefix),
+        ("--drain-delay", "0s"),
+        ("--resume-wait", "0s"),
+        ("--publish-rate", "0"),
+        ("--redis-command-timeout", "1s"),
+    ];
+    for (flag, value) in common {
+        if !extra.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    cmd.args(extra);
     cmd
 }
 
@@ -293,5 +291,156 @@ impl Ws {
     /// Closes the connection (best effort).
     pub(crate) async fn close(mut self) {
         let _ = self.stream.close(None).await;
+    }
+}
+
+/// The nodes a test runs, by index; a killed node's slot is `None`. Shared by the
+/// followers and publishers, which pick a random live node for each connect or publish.
+#[derive(Clone, Default)]
+pub(crate) struct Live(std::sync::Arc<std::sync::Mutex<Vec<Option<SocketAddr>>>>);
+
+impl Live {
+    /// The nodes at `addrs`, all live.
+    pub(crate) fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Live {
+        Live(std::sync::Arc::new(std::sync::Mutex::new(
+            addrs.into_iter().map(Some).collect(),
+        )))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<SocketAddr>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Node `i`, if live.
+    pub(crate) fn get(&self, i: usize) -> Option<SocketAddr> {
+        self.lock().get(i).copied().flatten()
+    }
+
+    /// A random live node (panics when none is).
+    pub(crate) fn any(&self) -> SocketAddr {
+        use rand::seq::IndexedRandom;
+        let live: Vec<SocketAddr> = self.lock().iter().flatten().copied().collect();
+        *live.choose(&mut rand::rng()).expect("a live node")
+    }
+
+    /// Takes node `i` out: nothing picks it from now on.
+    pub(crate) fn remove(&self, i: usize) {
+        if let Some(slot) = self.lock().get_mut(i) {
+            *slot = None;
+        }
+    }
+}
+
+/// What a [`follow`]er saw, as a client following `protocol.md` §6.4 keeps it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Seen {
+    /// The `custom` values of the events processed (duplicates by `seq` dropped), in
+    /// order, with their epoch and `seq`.
+    pub(crate) events: Vec<(String, u64, u64)>,
+    /// `replay_gap` frames: `(from_seq, to_seq)`.
+    pub(crate) gaps: Vec<(u64, u64)>,
+    /// Events one connection sent with a `seq` not above one it sent before (the server
+    /// promises none).
+    pub(crate) repeated_on_a_connection: u64,
+    /// Events after a hole: a `seq` more than one above the last processed, with no gap
+    /// told (the server promises none).
+    pub(crate) holes: u64,
+    /// Connections made (the first one included).
+    pub(crate) connections: u64,
+    /// Close codes of the connections that ended (`None`: no close frame).
+    pub(crate) closes: Vec<Option<u16>>,
+}
+
+/// A client of `user` that stays connected to some live node until `done` says it has
+/// seen enough: it connects to `first` (or a random live node), processes events by
+/// `seq`, and when its connection ends reconnects to a random live node with its resume
+/// point. Gives up, returning what it saw, at `deadline`.
+pub(crate) async fn follow(
+    user: String,
+    live: Live,
+    first: Option<SocketAddr>,
+    done: impl Fn(&Seen) -> bool,
+    deadline: tokio::time::Instant,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut epoch: Option<String> = None;
+    let mut last_seq = 0u64;
+    let mut next = first;
+    'connect: while tokio::time::Instant::now() < deadline && !done(&seen) {
+        let addr = next.take().unwrap_or_else(|| live.any());
+        let query = match &epoch {
+            Some(e) => format!("?last_seq={last_seq}&epoch={e}"),
+            None => String::new(),
+        };
+        let Ok((mut ws, hello)) = Ws::connect(addr, &user, &query).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        seen.connections += 1;
+        let now = hello["epoch"].as_str().unwrap_or_default().to_owned();
+        let stream_last = hello["last_seq"].as_u64().unwrap_or_default();
+        if epoch.as_deref() != Some(now.as_str()) {
+            last_seq = 0;
+        } else if last_seq > stream_last {
+            last_seq = stream_last;
+        }
+        epoch = Some(now.clone());
+        let mut sent_here = 0u64;
+        while !done(&seen) {
+            if tokio::time::Instant::now() >= deadline {
+                ws.close().await;
+                break 'connect;
+            }
+            match ws.next(Duration::from_millis(200)).await {
+                Read::Frame(f) if f["type"] == "replay_gap" => seen.gaps.push((
+                    f["from_seq"].as_u64().unwrap_or_default(),
+                    f["to_seq"].as_u64().unwrap_or_default(),
+                )),
+                Read::Frame(f) => {
+                    let Some(seq) = f["seq"].as_u64() else {
+                        continue;
+                    };
+                    if seq <= sent_here {
+                        seen.repeated_on_a_connection += 1;
+                    }
+                    sent_here = sent_here.max(seq);
+                    if seq <= last_seq {
+                        continue;
+                    }
+                    if seq > last_seq + 1 && last_seq != 0 {
+                        seen.holes += 1;
+                    }
+                    last_seq = seq;
+                    let value = f["data"]["value"].as_u64().unwrap_or(u64::MAX);
+                    seen.events.push((now.clone(), seq, value));
+                }
+                Read::Closed(code) => {
+                    seen.closes.push(code);
+                    continue 'connect;
+                }
+                Read::Nothing => {}
+            }
+        }
+        ws.close().await;
+    }
+    seen
+}
+
+/// Publishes `body` on a random live node until one accepts it (200), retrying the same
+/// body (the same `event_id`s) after a 503 or no answer; any other status is returned.
+/// Counts the 503s and unanswered tries in `refused`.
+pub(crate) async fn publish_until_accepted(
+    live: &Live,
+    body: &Value,
+    refused: &std::sync::atomic::AtomicU64,
+    deadline: tokio::time::Instant,
+) -> Answer {
+    loop {
+        let r = publish(live.any(), body).await;
+        if !matches!(r.status, 0 | 503) || tokio::time::Instant::now() >= deadline {
+            return r;
+        }
+        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -169,6 +169,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_REDIS_COMMAND_TIMEOUT", value_parser = parse_duration, default_value_t = d().redis_command_timeout.into())]
     pub(crate) redis_command_timeout: humantime::Duration,
 
+    /// With --broker redis, how long a connection counts against its user's
+    /// --max-connections-per-user without its node renewing it (every third of it): the
+    /// longest a killed node's connections keep counting.
+    #[arg(long, env = "AGENTWIRE_CONNECTION_LEASE", value_parser = parse_duration, default_value_t = d().connection_lease.into())]
+    pub(crate) connection_lease: humantime::Duration,
+
+    /// With --broker redis, how long an admin request (a user's connections, a disconnect)
+    /// waits for the other nodes' answers; nodes that did not answer are named.
+    #[arg(long, env = "AGENTWIRE_REDIS_CONTROL_WAIT", value_parser = parse_duration, default_value_t = d().redis_control_wait.into())]
+    pub(crate) redis_control_wait: humantime::Duration,
+
     /// Most WebSocket connections on this node; more are refused with 1013. Clamped to 7/8
     /// of --max-tcp-connections.
     #[arg(long, env = "AGENTWIRE_MAX_CONNECTIONS", default_value_t = d().max_connections)]
@@ -268,7 +279,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_MAX_REQUEST_BYTES", default_value_t = d().max_request_bytes)]
     pub(crate) max_request_bytes: usize,
 
-    /// Events per second each API key may publish (a token bucket); beyond it the
+    /// Events per second each API key may publish (GCRA); beyond it the
     /// publish API answers 429 with Retry-After. 0 turns the limit off.
     #[arg(long, env = "AGENTWIRE_PUBLISH_RATE", default_value_t = d().publish_rate)]
     pub(crate) publish_rate: u32,
@@ -411,6 +422,8 @@ impl ServeArgs {
         c.redis_cluster_nodes = this.redis_cluster_nodes;
         c.redis_key_prefix = this.redis_key_prefix;
         c.redis_command_timeout = this.redis_command_timeout.into();
+        c.connection_lease = this.connection_lease.into();
+        c.redis_control_wait = this.redis_control_wait.into();
         c.max_connections = this.max_connections;
         c.max_tcp_connections = this.max_tcp_connections;
         c.header_read_timeout = this.header_read_timeout.into();

@@ -1,0 +1,220 @@
+//! The per-user connection limit across nodes: the lease contract on the in-memory store,
+//! and managers ("nodes") sharing one store — the limit holds for all of them, the newest
+//! connection evicts the oldest wherever it is (4003) or is refused (4004), and a node that
+//! stops renewing stops counting within the lease time.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_manager::conformance::{
+    self, InMemoryClusterHarness, InMemoryLeaseHarness, InMemoryRatesHarness,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use agentwire_manager::{
+    Admission, BrokerError, Cluster, ConnectError, ConnectOptions, ConnectionLeases,
+    InMemoryBroker, InMemoryLeases, LimitPolicy, ManagerConfig, NodeId, Renewal,
+    UnifiedWebSocketManager,
+};
+use agentwire_protocol::{CloseCode, ConnectionId, UserId};
+use async_trait::async_trait;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_store_keeps_the_lease_contract() {
+    conformance::run_lease_properties(&InMemoryLeaseHarness).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_limiter_keeps_the_rate_contract() {
+    conformance::run_rate_properties(&InMemoryRatesHarness).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_nodes_evict_list_and_disconnect_across_the_cluster() {
+    conformance::cluster_evictions_and_admin(&InMemoryClusterHarness).await;
+}
+
+/// Leases without a control channel: evictions on other nodes wait for the renewal.
+fn no_control(leases: Arc<dyn ConnectionLeases>) -> Cluster {
+    Cluster {
+        leases,
+        control: None,
+    }
+}
+
+/// Three managers over one broker and one lease store, with `lease` and `policy`.
+fn nodes(lease: Duration, policy: LimitPolicy) -> Vec<UnifiedWebSocketManager> {
+    let broker = Arc::new(InMemoryBroker::default());
+    let store = InMemoryLeases::new(NodeId::random(), lease);
+    let config = ManagerConfig {
+        limit_policy: policy,
+        ..ManagerConfig::default()
+    };
+    (0..3)
+        .map(|_| {
+            let leases: Arc<dyn ConnectionLeases> = Arc::new(store.for_node(NodeId::random()));
+            UnifiedWebSocketManager::clustered(config.clone(), broker.clone(), no_control(leases))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fourth_connection_on_another_node_evicts_the_oldest_where_it_is() {
+    let m = nodes(Duration::from_millis(300), LimitPolicy::EvictOldest);
+    let u = user("alice");
+    let mut oldest = connect(&m[0], &u, ConnectOptions::default()).await;
+    let _second = connect(&m[1], &u, ConnectOptions::default()).await;
+    let _third = connect(&m[0], &u, ConnectOptions::default()).await;
+    let _fourth = connect(&m[2], &u, ConnectOptions::default()).await;
+    // Node 0 learns at its next renewal (a third of the lease).
+    assert_eq!(oldest.until_closed().await, CloseCode::Replaced);
+    let open: usize = m
+        .iter()
+        .map(UnifiedWebSocketManager::connection_count)
+        .sum();
+    assert_eq!(open, 3);
+    assert_eq!(m[0].get_stats().evictions, 1);
+    assert_eq!(m[0].get_stats().leases_lost, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_on_the_admitting_node_closes_at_once() {
+    let m = nodes(Duration::from_secs(60), LimitPolicy::EvictOldest);
+    let u = user("bob");
+    let mut oldest = connect(&m[1], &u, ConnectOptions::default()).await;
+    let _b = connect(&m[0], &u, ConnectOptions::default()).await;
+    let _c = connect(&m[2], &u, ConnectOptions::default()).await;
+    let _d = connect(&m[1], &u, ConnectOptions::default()).await;
+    // A lease of 60 s renews every 20 s: only the admitting node's own eviction can close
+    // it within the wait.
+    assert_eq!(oldest.until_closed().await, CloseCode::Replaced);
+    assert_eq!(m[1].connection_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_counts_every_node() {
+    let m = nodes(Duration::from_secs(60), LimitPolicy::Reject);
+    let u = user("carol");
+    let _held: Vec<_> = connect_spread(&m, &u, 3).await;
+    for node in &m {
+        let refused = node
+            .connect_user(u.clone(), ConnectOptions::default())
+            .await;
+        assert!(
+            matches!(refused, Err(ConnectError::UserLimit { limit: 3 })),
+            "{refused:?}"
+        );
+        assert_eq!(node.get_stats().rejections_user_limit, 1);
+    }
+}
+
+async fn connect_spread(m: &[UnifiedWebSocketManager], u: &UserId, n: usize) -> Vec<Client> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(connect(&m[i % m.len()], u, ConnectOptions::default()).await);
+    }
+    out
+}
+
+/// A node's lease handle that dies on command: from then on every call fails, as for a
+/// node that was killed (nothing renews or releases its leases).
+#[derive(Debug)]
+struct Dying {
+    store: InMemoryLeases,
+    dead: AtomicBool,
+}
+
+#[async_trait]
+impl ConnectionLeases for Dying {
+    fn node(&self) -> &NodeId {
+        self.store.node()
+    }
+    fn lease_time(&self) -> Duration {
+        self.store.lease_time()
+    }
+    async fn admit(
+        &self,
+        user: &UserId,
+        connection: &ConnectionId,
+        limit: usize,
+        policy: LimitPolicy,
+    ) -> Result<Admission, BrokerError> {
+        self.alive()?;
+        self.store.admit(user, connection, limit, policy).await
+    }
+    async fn renew(
+        &self,
+        user: &UserId,
+        connections: &[ConnectionId],
+        limit: usize,
+    ) -> Result<Renewal, BrokerError> {
+        self.alive()?;
+        self.store.renew(user, connections, limit).await
+    }
+    async fn release(&self, user: &UserId, connection: &ConnectionId) -> Result<(), BrokerError> {
+        self.alive()?;
+        self.store.release(user, connection).await
+    }
+}
+
+impl Dying {
+    fn alive(&self) -> Result<(), BrokerError> {
+        if self.dead.load(Ordering::Relaxed) {
+            Err(BrokerError::Unavailable("the node is dead".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_renewing_stops_counting_within_the_lease() {
+    let lease = Duration::from_millis(300);
+    let broker = Arc::new(InMemoryBroker::default());
+    let store = InMemoryLeases::new(NodeId::random(), lease);
+    let config = ManagerConfig {
+        limit_policy: LimitPolicy::Reject,
+        ..ManagerConfig::default()
+    };
+    let dying = Arc::new(Dying {
+        store: store.for_node(NodeId::random()),
+        dead: AtomicBool::new(false),
+    });
+    let doomed = UnifiedWebSocketManager::clustered(
+        config.clone(),
+        broker.clone(),
+        no_control(dying.clone()),
+    );
+    let survivor = UnifiedWebSocketManager::clustered(config, broker, no_control(Arc::new(store)));
+    let u = user("dave");
+    let _a = connect(&doomed, &u, ConnectOptions::default()).await;
+    let _b = connect(&doomed, &u, ConnectOptions::default()).await;
+    let _c = connect(&survivor, &u, ConnectOptions::default()).await;
+    assert!(matches!(
+        survivor
+            .connect_user(u.clone(), ConnectOptions::default())
+            .await,
+        Err(ConnectError::UserLimit { .. })
+    ));
+    dying.dead.store(true, Ordering::Relaxed);
+    let mut opened = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while opened.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead node's leases still count"
+        );
+        match survivor
+            .connect_user(u.clone(), ConnectOptions::default())
+            .await
+        {
+            Ok(c) => opened.push(c),
+            Err(ConnectError::UserLimit { .. }) => tokio::time::sleep(lease / 4).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(doomed.get_stats().lease_failures > 0);
+}
