@@ -23,7 +23,10 @@ async fn established(c: &mut SseClient) -> agentwire::protocol::ConnectionEstabl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_as_messages_whose_id_is_epoch_and_seq() {
     let server = TestServer::start().await;
-    let mut c = server.sse("alice", "", &[]).await;
+    // As from a page on another origin: the answer lets it read the stream.
+    let mut c = server
+        .sse("alice", "", &[("Origin", "https://app.example")])
+        .await;
     let header = |n: &str| {
         c.headers
             .iter()
@@ -31,6 +34,7 @@ async fn events_arrive_as_messages_whose_id_is_epoch_and_seq() {
             .map(|(_, v)| v.clone())
     };
     assert_eq!(header("content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(header("access-control-allow-origin").as_deref(), Some("*"));
     assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
     assert_eq!(header("x-accel-buffering").as_deref(), Some("no"));
     let hello = established(&mut c).await;
@@ -365,4 +369,33 @@ async fn a_stream_that_stops_reading_is_cut_by_the_queue_bound_and_the_write_tim
     server.emit("bob", custom(1)).await;
     assert_eq!(bystander.event().await.0.seq.get(), 1);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_mounted_in_another_application_serves_streams_too() {
+    // axum::serve, not Server::serve: no front door, so no slot to cut a stalled stream
+    // by; the rest is the same.
+    let manager = agentwire::manager::UnifiedWebSocketManager::in_memory();
+    let auth = agentwire::server::Auth::hs256(agentwire_e2e::SECRET.as_bytes()).expect("auth");
+    let app = axum::Router::new().merge(agentwire::server::router(manager.clone(), auth));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let token = token_ttl("alice", 3600);
+    let mut c = match open(addr, &format!("/v1/stream?token={token}"), &[]).await {
+        Ok(c) => c,
+        Err(r) => panic!("refused: {} {}", r.status, r.body),
+    };
+    established(&mut c).await;
+    manager
+        .emit_critical_event(&agentwire_e2e::user("alice"), custom(1))
+        .await
+        .expect("emit");
+    assert_eq!(c.event().await.0.seq.get(), 1);
+    drop(c);
+    task.abort();
 }

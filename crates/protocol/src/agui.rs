@@ -312,6 +312,10 @@ fn project_stateless(e: &EventEnvelope) -> Projected {
     if let Some(r) = &run_id {
         meta.insert("runId".into(), json!(r));
     }
+    if let Some(from) = e.from_seq {
+        // A merged delta (docs/protocol.md §6.5): it stands for `fromSeq ..= seq`.
+        meta.insert("fromSeq".into(), json!(from.get()));
+    }
     // AG-UI requires both ids on a run's events; agentwire's thread is optional (and a
     // run event without a run is refused at publish, but an embedder may emit one).
     let run = || run_id.clone().unwrap_or_else(|| event_id.to_owned());
@@ -527,6 +531,22 @@ mod tests {
         );
         let v = serde_json::to_value(&end[1]).expect("json");
         assert_eq!(v["metadata"]["agentwire"]["text"], "Hello");
+    }
+
+    #[test]
+    fn a_merged_delta_is_one_content_that_names_its_seqs() {
+        let merged = decode(
+            r#"{"type":"message_delta","seq":9,"event_id":"e9","ts":1,"from_seq":7,"run_id":"r","data":{"message_id":"m","delta":"abc"}}"#,
+        );
+        let out = project_frame(&merged);
+        assert_eq!(
+            types(&out),
+            [json!("TEXT_MESSAGE_START"), json!("TEXT_MESSAGE_CONTENT")]
+        );
+        let v = serde_json::to_value(&out[1]).expect("json");
+        assert_eq!(v["delta"], "abc");
+        assert_eq!(v["metadata"]["agentwire"]["fromSeq"], 7);
+        assert_eq!(v["metadata"]["agentwire"]["seq"], 9);
     }
 
     #[test]

@@ -80,10 +80,16 @@ fn help_lists_the_flags_operators_look_for() {
 fn the_token_subcommand_mints_a_token_the_server_verifies() {
     let dir = temp_dir("token");
     let creds = dir.join("dev-credentials.json");
+    // The development server writes its credentials; `token` reads them (and never writes
+    // any: tests/cli_tools.rs).
+    let mut cmd = bin();
+    cmd.args(["--listen", "127.0.0.1:0", "--dev-credentials-file"])
+        .arg(&creds);
+    let server = ServerProcess::spawn(cmd).expect("a development server");
     let token = mint_with_binary(&creds, "alice");
+    drop(server);
     let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&creds).expect("the token command wrote it"))
-            .expect("JSON");
+        serde_json::from_slice(&std::fs::read(&creds).expect("the server wrote it")).expect("JSON");
     let secret = file["jwt_secret"].as_str().expect("a secret");
     let auth = Auth::hs256(secret.as_bytes()).expect("auth from the same file");
     let verified = auth.verify(&token).expect("verifies");

@@ -147,7 +147,7 @@ pub(crate) async fn stream_handler(
         slot.upgraded();
     }
     let body = stream_events(app.clone(), conn, verified.expires_at, slot, format);
-    (
+    let mut response = (
         StatusCode::OK,
         [
             (
@@ -165,7 +165,14 @@ pub(crate) async fn stream_handler(
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    // A page on another origin reads the stream only with CORS (an `EventSource` is a
+    // CORS request); the token is in the URL, never a cookie.
+    shared
+        .ws
+        .allowed_origins
+        .cors(&headers, response.headers_mut());
+    response
 }
 
 #[cfg(test)]

@@ -104,8 +104,10 @@ impl Writer<'_> {
                     let now = Instant::now();
                     if now >= next_ping {
                         next_ping = after(interval);
-                        if self.hand_over(Bytes::from_static(HEARTBEAT), true).await.is_err() {
-                            return;
+                        match self.hand_over(Bytes::from_static(HEARTBEAT), true).await {
+                            // Abandoned: the close event comes next, from the queue.
+                            Ok(()) | Err(Stop::Abandoned) => {}
+                            Err(Stop::Gone | Stop::TimedOut) => return,
                         }
                     }
                     if token_at.is_some_and(|t| now >= t) {

@@ -1,10 +1,12 @@
 //! The HTTP side of `GET /ws`: Origin, draining, the token (header, subprotocol or query),
 //! the resume point, then the upgrade that hands the socket to [`super::session`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use agentwire_protocol::{AGUI_SUBPROTOCOL, SUBPROTOCOL};
-use axum::extract::{RawQuery, State};
+use axum::Extension;
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -77,12 +79,21 @@ pub(crate) async fn admit(
     ))]
 pub(crate) async fn ws_handler(
     State(app): State<Arc<WsState>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     upgrade: Result<WsUpgrade, UpgradeRejection>,
 ) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    // Logged with the reason and the peer, never the token (nor the query string that may
+    // carry it).
     let refuse = |why: Rejection, error: ApiError| {
         app.metrics.rejected(why);
+        tracing::info!(
+            peer = peer.map(tracing::field::display),
+            reason = why.as_str(),
+            "ws handshake refused"
+        );
         error.into_response()
     };
     let (verified, query) = match admit(&app, &headers, raw.as_deref()).await {
@@ -107,6 +118,11 @@ pub(crate) async fn ws_handler(
         Err(rejection) => {
             // Its own answer: a bad version carries the version the server speaks.
             app.metrics.rejected(Rejection::BadRequest);
+            tracing::info!(
+                peer = peer.map(tracing::field::display),
+                reason = Rejection::BadRequest.as_str(),
+                "ws handshake refused"
+            );
             return rejection.into_response();
         }
     };

@@ -22,6 +22,7 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
+    /// The metric's `reason` label, also logged.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rejection::Token(reason) => reason,

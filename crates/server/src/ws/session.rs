@@ -75,12 +75,12 @@ pub(super) async fn serve_socket(
     {
         Ok(c) => Arc::new(c),
         Err(e) => {
-            tracing::debug!(user = %verified.user, error = %e, "connection refused");
+            tracing::info!(user = %verified.user, reason = %e, "connection refused");
             Box::pin(close_unconnected(&app, &mut sink, stream, e.close_code())).await;
             return;
         }
     };
-    tracing::debug!(user = %verified.user, connection = %conn.id(), "connected");
+    tracing::info!(user = %verified.user, connection = %conn.id(), "connected");
     let news = Arc::new(NewsCell::new(verified.expires_at));
     let reader = tokio::spawn(read_loop(
         app.clone(),
@@ -89,9 +89,9 @@ pub(super) async fn serve_socket(
         first,
         news.clone(),
     ));
-    write_loop(&app, &conn, &mut sink, &news, format).await;
+    let end = write_loop(&app, &conn, &mut sink, &news, format).await;
     // However the writer ended, the reader must not keep the socket open.
     reader.abort();
     conn.disconnect();
-    tracing::debug!(connection = %conn.id(), "disconnected");
+    tracing::info!(user = %verified.user, connection = %conn.id(), reason = %end, "disconnected");
 }

@@ -47,6 +47,37 @@ async fn send_close(sink: &mut Sink, code: CloseCode) -> std::io::Result<()> {
 /// Slots of the write batch a connection keeps between batches.
 const BATCH_KEEP_CAPACITY: usize = 1;
 
+/// Why a connection's writer ended, for the `disconnected` log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriterEnd {
+    /// The peer sent a close frame with this code (1005: none).
+    PeerClosed(u16),
+    /// The peer went away without a close frame, or reading failed.
+    PeerGone,
+    /// A write (a batch, a ping, a pong) failed or took longer than the write timeout.
+    WriteFailed,
+    /// The server closed it with this code.
+    Closed(CloseCode),
+}
+
+impl std::fmt::Display for WriterEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriterEnd::PeerClosed(code) => write!(f, "closed by the client ({code})"),
+            WriterEnd::PeerGone => f.write_str("the client went away"),
+            WriterEnd::WriteFailed => f.write_str("a write failed or timed out"),
+            WriterEnd::Closed(code) => {
+                write!(
+                    f,
+                    "closed by the server ({} {})",
+                    code.code(),
+                    code.reason()
+                )
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 enum WriteFailed {
     TimedOut,
@@ -59,7 +90,7 @@ pub(super) async fn write_loop(
     sink: &mut Sink,
     news: &NewsCell,
     format: Format,
-) {
+) -> WriterEnd {
     let settings = &app.ws;
     let heartbeat = app.manager.config().heartbeat;
     let leeway = app.auth.leeway().as_secs();
@@ -95,17 +126,16 @@ pub(super) async fn write_loop(
                 if let Some(payload) = current.ping
                     && !Box::pin(write_control(app, sink, OpCode::Pong, &payload)).await
                 {
-                    return;
+                    return WriterEnd::WriteFailed;
                 }
                 match current.end {
                     None | Some(ReaderEnd::Failed) => reader_end = current.end,
                     Some(ReaderEnd::PeerClosed(code)) => {
                         // Completes the close handshake the peer started.
-                        let code = code.unwrap_or(1000);
-                        let _ = Box::pin(timeout(settings.close_timeout, sink.write_close(code, ""))).await;
-                        return;
+                        let _ = Box::pin(timeout(settings.close_timeout, sink.write_close(code.unwrap_or(1000), ""))).await;
+                        return WriterEnd::PeerClosed(code.unwrap_or(1005));
                     }
-                    Some(ReaderEnd::PeerGone) => return,
+                    Some(ReaderEnd::PeerGone) => return WriterEnd::PeerGone,
                 }
             }
             () = &mut timer => {
@@ -115,7 +145,7 @@ pub(super) async fn write_loop(
                     if heartbeat.is_expired(conn.silent_for()) {
                         conn.heartbeat_timed_out();
                     } else if !Box::pin(write_control(app, sink, OpCode::Ping, &[])).await {
-                        return;
+                        return WriterEnd::WriteFailed;
                     }
                 }
                 if token_at.is_some_and(|t| now >= t) {
@@ -141,7 +171,7 @@ pub(super) async fn write_loop(
                             app.metrics.write_timeout();
                             tracing::debug!(connection = %conn.id(), "write timed out; dropping");
                         }
-                        return;
+                        return WriterEnd::WriteFailed;
                     }
                     // A burst grew the batch; an idle connection keeps only a few slots.
                     batch.shrink_to(BATCH_KEEP_CAPACITY);
@@ -162,7 +192,7 @@ pub(super) async fn write_loop(
                             }
                         }
                     }
-                    return;
+                    return WriterEnd::Closed(code);
                 }
             },
         }

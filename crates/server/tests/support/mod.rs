@@ -31,6 +31,20 @@ pub(crate) fn bin() -> Command {
     c
 }
 
+/// The lines a child process writes to `stdout`, as they come (read on a thread of
+/// their own).
+pub(crate) fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// A running server process; killed on drop if still running.
 pub(crate) struct ServerProcess {
     pub(crate) child: Child,
@@ -45,15 +59,7 @@ impl ServerProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the binary");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().expect("stdout"));
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -473,18 +473,12 @@ impl ServeArgs {
     }
 }
 
-/// Options of `agentwire-server token`.
+/// How a subcommand signs the client tokens it mints: the server's HS256 secret and
+/// claims (the same environment variables as the server's), else the development secret.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub(crate) struct TokenArgs {
-    /// The user the token is for (its `sub`).
-    #[arg(long)]
-    pub(crate) user: String,
-
-    /// Lifetime of the token, in seconds.
-    #[arg(long, default_value_t = 3600)]
-    pub(crate) ttl_secs: u64,
-
-    /// HS256 secret to sign with; without it the development secret is used.
+pub(crate) struct SignArgs {
+    /// HS256 secret to sign with; without it the development secret of the running
+    /// server (its --dev-credentials-file) is used.
     #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
     pub(crate) jwt_secret: Option<String>,
 
@@ -496,7 +490,140 @@ pub(crate) struct TokenArgs {
     #[arg(long, env = "AGENTWIRE_JWT_AUDIENCE")]
     pub(crate) jwt_audience: Option<String>,
 
-    /// Where the development credentials are kept (as for the server).
+    /// Where the running development server keeps its credentials (as for the server:
+    /// default $XDG_STATE_HOME/agentwire/dev-credentials.json, else
+    /// ~/.local/state/agentwire/dev-credentials.json). Never created by a subcommand.
+    #[arg(long, env = "AGENTWIRE_DEV_CREDENTIALS_FILE", value_name = "FILE")]
+    pub(crate) dev_credentials_file: Option<PathBuf>,
+}
+
+/// Options of `agentwire-server token`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct TokenArgs {
+    /// The user the token is for (its `sub`).
+    #[arg(long)]
+    pub(crate) user: String,
+
+    /// Lifetime of the token, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub(crate) ttl_secs: u64,
+
+    /// The signing key and claims.
+    #[command(flatten)]
+    pub(crate) sign: SignArgs,
+}
+
+/// The address of a running server, for the subcommands that talk to one.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct ServerArg {
+    /// The server: `http://host:port` (plain HTTP and WebSocket; put a TLS proxy's
+    /// address behind an SSH tunnel or use another client for https).
+    #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
+    pub(crate) server: String,
+}
+
+/// Where `tail` and `publish` look for a server by default: the server's default --listen.
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// Options of `agentwire-server tail`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct TailArgs {
+    /// The user whose stream to follow: a token for them is minted as `token` does
+    /// (again at each reconnection). Not needed with --token.
+    #[arg(long, required_unless_present = "token")]
+    pub(crate) user: Option<String>,
+
+    /// A client token to connect with, instead of minting one.
+    #[arg(long, env = "AGENTWIRE_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+
+    /// Exit after this many events (frames with a `seq`) were printed.
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+
+    /// Where the server is.
+    #[command(flatten)]
+    pub(crate) server: ServerArg,
+
+    /// The signing key and claims of minted tokens.
+    #[command(flatten)]
+    pub(crate) sign: SignArgs,
+}
+
+/// Options of `agentwire-server publish`: one event from flags or `--json`, or many from
+/// `--file`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct PublishArgs {
+    /// API key to publish with (full or publish-only); without it the development API
+    /// key of the running development server.
+    #[arg(long, env = "AGENTWIRE_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+
+    /// The event's user (`user_id`).
+    #[arg(long, conflicts_with_all = ["json", "file"], required_unless_present_any = ["json", "file"])]
+    pub(crate) user: Option<String>,
+
+    /// The event's `type` (`agent_started`, `agent_thinking`, `tool_executing`,
+    /// `tool_completed`, `agent_completed`, `agent_error`, `custom`).
+    #[arg(long = "type", value_name = "TYPE", requires = "user", required_unless_present_any = ["json", "file"])]
+    pub(crate) kind: Option<String>,
+
+    /// The event's `run_id`.
+    #[arg(long, requires = "user")]
+    pub(crate) run_id: Option<String>,
+
+    /// The event's `thread_id`.
+    #[arg(long, requires = "user")]
+    pub(crate) thread_id: Option<String>,
+
+    /// The event's `event_id` (a retry with the same id publishes nothing twice).
+    #[arg(long, requires = "user")]
+    pub(crate) event_id: Option<String>,
+
+    /// The event's `data`, a JSON object.
+    #[arg(long, requires = "user", value_name = "JSON")]
+    pub(crate) data: Option<String>,
+
+    /// The whole body: one event object or an array of them, as the publish API takes it.
+    #[arg(long, value_name = "JSON", conflicts_with = "file")]
+    pub(crate) json: Option<String>,
+
+    /// A file of JSON lines, one event object per line (`-`: standard input), published
+    /// in order in batches of --batch.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+
+    /// Most events of --file per request (at most the server's --max-batch).
+    #[arg(long, default_value_t = DEFAULT_PUBLISH_BATCH, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) batch: u64,
+
+    /// Where the server is.
+    #[command(flatten)]
+    pub(crate) server: ServerArg,
+
+    /// Where the running development server keeps its credentials (for its API key).
+    #[arg(long, env = "AGENTWIRE_DEV_CREDENTIALS_FILE", value_name = "FILE")]
+    pub(crate) dev_credentials_file: Option<PathBuf>,
+}
+
+/// Events of `publish --file` per request by default: the server's default --max-batch.
+pub(crate) const DEFAULT_PUBLISH_BATCH: u64 = 100;
+
+/// Options of `agentwire-server check-token`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct CheckTokenArgs {
+    /// The client token (a JWT) to check.
+    pub(crate) token: String,
+}
+
+/// Options of `agentwire-server dev-credentials`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct DevCredentialsArgs {
+    /// Print the development API key alone (for `$(…)` in a shell).
+    #[arg(long)]
+    pub(crate) api_key: bool,
+
+    /// Where the running development server keeps its credentials.
     #[arg(long, env = "AGENTWIRE_DEV_CREDENTIALS_FILE", value_name = "FILE")]
     pub(crate) dev_credentials_file: Option<PathBuf>,
 }
@@ -506,6 +633,21 @@ pub(crate) struct TokenArgs {
 pub(crate) enum Command {
     /// Mint a client token the running server accepts, and print it.
     Token(TokenArgs),
+    /// Follow a user's stream: print each frame as one JSON line, resuming across
+    /// reconnections, until Ctrl-C.
+    Tail(TailArgs),
+    /// Publish events through the publish API and print its answer.
+    Publish(PublishArgs),
+    /// Print a TOML configuration file with every setting, its documentation and its
+    /// default (for --config).
+    Genconfig,
+    /// Say whom a client token names, until when, and whether this server configuration
+    /// (the settings before the subcommand, the environment, --config) accepts it, or why
+    /// not.
+    CheckToken(CheckTokenArgs),
+    /// Print the development credentials file of the running development server and its
+    /// API key.
+    DevCredentials(DevCredentialsArgs),
 }
 
 /// The command line of `agentwire-server`: serve (no subcommand), or a subcommand.
@@ -558,19 +700,38 @@ impl Cli {
         let matches = Cli::command().try_get_matches_from(&args)?;
         let cli = Cli::from_arg_matches(&matches)?;
         let Some(path) = cli.serve.config.clone() else {
-            return Ok(cli);
+            return Ok(cli.inherit_dev_credentials_file());
         };
-        if cli.command.is_some() {
-            return Ok(cli);
+        if !matches!(cli.command, None | Some(Command::CheckToken(_))) {
+            return Ok(cli.inherit_dev_credentials_file());
         }
         let extra = file_args(&path, &matches)?;
         if extra.is_empty() {
-            return Ok(cli);
+            return Ok(cli.inherit_dev_credentials_file());
         }
+        // Before the subcommand, whose own flags follow it.
         let mut args = args;
-        args.extend(extra);
+        let at = args.len().min(1);
+        args.splice(at..at, extra);
         let matches = Cli::command().try_get_matches_from(&args)?;
-        Ok(Cli::from_arg_matches(&matches)?)
+        Ok(Cli::from_arg_matches(&matches)?.inherit_dev_credentials_file())
+    }
+
+    /// A subcommand without `--dev-credentials-file` of its own takes the server's
+    /// (`agentwire-server --dev-credentials-file F token …`): the same file either way.
+    fn inherit_dev_credentials_file(mut self) -> Cli {
+        let top = self.serve.dev_credentials_file.clone();
+        let own = match &mut self.command {
+            Some(Command::Token(a)) => &mut a.sign.dev_credentials_file,
+            Some(Command::Tail(a)) => &mut a.sign.dev_credentials_file,
+            Some(Command::Publish(a)) => &mut a.dev_credentials_file,
+            Some(Command::DevCredentials(a)) => &mut a.dev_credentials_file,
+            Some(Command::CheckToken(_) | Command::Genconfig) | None => return self,
+        };
+        if own.is_none() {
+            *own = top;
+        }
+        self
     }
 }
 
@@ -616,6 +777,20 @@ fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, ConfigE
         ) {
             continue;
         }
+        if !arg.get_action().takes_values() {
+            // A switch (`dev = true`): given or not.
+            match value {
+                toml::Value::Boolean(true) => out.push(OsString::from(format!("--{long}"))),
+                toml::Value::Boolean(false) => {}
+                other => {
+                    return Err(bad(format!(
+                        "`{key}`: expected true or false, found {}",
+                        other.type_str()
+                    )));
+                }
+            }
+            continue;
+        }
         let text = match value {
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
@@ -658,6 +833,68 @@ pub(crate) fn parse_duration(s: &str) -> Result<humantime::Duration, String> {
     }
     s.parse::<humantime::Duration>()
         .map_err(|e| format!("`{s}` is not a duration (e.g. 500ms, 30s, 10m, 1h): {e}"))
+}
+
+/// The settings `genconfig` leaves out: `--config` cannot name another file.
+const NOT_IN_A_CONFIG_FILE: [&str; 3] = ["config", "help", "version"];
+
+/// A TOML file for `--config` with every setting of the server: its help as a comment,
+/// its environment variable, and its default — active, so that the file read back gives
+/// the defaults; a setting without a default (a secret, a URL) is commented out.
+pub(crate) fn genconfig() -> String {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut out = String::from(
+        "# agentwire-server configuration (agentwire-server --config FILE).\n\
+         # Every setting with its default; command-line flags and AGENTWIRE_* environment\n\
+         # variables override this file. Keys are the long flag names; docs/operations.md\n\
+         # explains each one.\n",
+    );
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if NOT_IN_A_CONFIG_FILE.contains(&long) {
+            continue;
+        }
+        out.push('\n');
+        let help = arg
+            .get_long_help()
+            .or_else(|| arg.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        for line in help.lines() {
+            out.push_str(format!("# {line}").trim_end());
+            out.push('\n');
+        }
+        if let Some(env) = arg.get_env() {
+            out.push_str(&format!("# Environment: {}\n", env.to_string_lossy()));
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        match defaults.as_slice() {
+            [] if arg.get_value_delimiter().is_some() => {
+                out.push_str(&format!("# {long} = []\n"));
+            }
+            [] => out.push_str(&format!("# {long} = \"\"\n")),
+            [one] => out.push_str(&format!("{long} = {}\n", toml_value(one))),
+            many => {
+                let items: Vec<String> = many.iter().map(|v| toml_value(v)).collect();
+                out.push_str(&format!("{long} = [{}]\n", items.join(", ")));
+            }
+        }
+    }
+    out
+}
+
+/// A default as TOML: integers and booleans bare, everything else a basic string (JSON's
+/// escapes are TOML's).
+fn toml_value(text: &str) -> String {
+    if text.parse::<i64>().is_ok() || text == "true" || text == "false" {
+        return text.to_owned();
+    }
+    serde_json::Value::String(text.to_owned()).to_string()
 }
 
 #[cfg(test)]
@@ -849,6 +1086,17 @@ mod tests {
             Err(ConfigError::Cli(_))
         ));
 
+        let switch = temp_file("switch", "dev = \"yes\"\n");
+        let err = load(&["--config", switch.to_str().expect("path")]).expect_err("not a bool");
+        assert!(err.to_string().contains("true or false"), "{err}");
+        let switch = temp_file("switch-on", "dev = true\n");
+        assert!(
+            load(&["--config", switch.to_str().expect("path")])
+                .expect("dev = true")
+                .serve
+                .dev
+        );
+
         let missing = load(&["--config", "/nonexistent/agentwire.toml"]).expect_err("missing file");
         assert!(matches!(missing, ConfigError::Read { .. }), "{missing}");
 
@@ -860,6 +1108,100 @@ mod tests {
         ] {
             assert!(load(args).is_err(), "{args:?}");
         }
+    }
+
+    /// Issue 19: `genconfig` writes every setting, and the file it writes, read back, is
+    /// the default configuration.
+    #[test]
+    fn genconfig_names_every_setting_and_reads_back_as_the_defaults() {
+        let text = genconfig();
+        let table: toml::Table = text.parse().expect("valid TOML");
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if NOT_IN_A_CONFIG_FILE.contains(&long) {
+                continue;
+            }
+            let active = table.contains_key(long);
+            let commented = text.contains(&format!("\n# {long} = "));
+            assert!(active || commented, "--{long} missing from genconfig");
+            if let Some(env) = arg.get_env() {
+                assert!(text.contains(&*env.to_string_lossy()), "{env:?}");
+            }
+        }
+        let path = temp_file("genconfig", &text);
+        let cli = load(&["--config", path.to_str().expect("utf-8 path")]).expect("reads back");
+        assert_eq!(cli.serve.server_config(), ServerConfig::default());
+        assert_eq!(cli.serve.log_format, LogFormat::Text);
+        assert!(!cli.serve.dev);
+        let defaults = load(&[]).expect("parses");
+        assert_eq!(
+            Cli {
+                serve: ServeArgs {
+                    config: None,
+                    ..cli.serve
+                },
+                ..cli
+            },
+            defaults,
+            "every setting read back as its default"
+        );
+    }
+
+    #[test]
+    fn the_client_subcommands_parse() {
+        let cli = load(&["tail", "--user", "alice", "--count", "3"]).expect("parses");
+        assert!(
+            matches!(&cli.command, Some(Command::Tail(t)) if t.user.as_deref() == Some("alice")
+                && t.server.server == DEFAULT_SERVER && t.count == Some(3)),
+            "{cli:?}"
+        );
+        assert!(load(&["tail"]).is_err(), "--user or --token");
+        assert!(load(&["tail", "--token", "x.y.z"]).is_ok());
+        let cli = load(&[
+            "publish",
+            "--user",
+            "alice",
+            "--type",
+            "agent_started",
+            "--run-id",
+            "r1",
+        ])
+        .expect("parses");
+        assert!(
+            matches!(&cli.command, Some(Command::Publish(p)) if p.kind.as_deref() == Some("agent_started"))
+        );
+        assert!(load(&["publish", "--file", "-"]).is_ok());
+        assert!(load(&["publish"]).is_err(), "nothing to publish");
+        assert!(load(&["publish", "--file", "-", "--user", "a"]).is_err());
+        assert!(load(&["publish", "--file", "-", "--batch", "0"]).is_err());
+        assert!(load(&["check-token", "a.b.c"]).is_ok());
+        // The server's --dev-credentials-file, before the subcommand, is the subcommand's.
+        let cli = load(&[
+            "--dev-credentials-file",
+            "/x/c.json",
+            "token",
+            "--user",
+            "a",
+        ])
+        .expect("parses");
+        assert!(matches!(&cli.command, Some(Command::Token(t))
+                if t.sign.dev_credentials_file.as_deref() == Some(Path::new("/x/c.json"))));
+        let cli = load(&[
+            "--dev-credentials-file",
+            "/x/c.json",
+            "dev-credentials",
+            "--dev-credentials-file",
+            "/y/c.json",
+        ])
+        .expect("parses");
+        assert!(
+            matches!(&cli.command, Some(Command::DevCredentials(d))
+                if d.dev_credentials_file.as_deref() == Some(Path::new("/y/c.json"))),
+            "its own wins"
+        );
+        assert!(load(&["genconfig"]).is_ok());
+        assert!(load(&["dev-credentials", "--api-key"]).is_ok());
     }
 
     #[test]

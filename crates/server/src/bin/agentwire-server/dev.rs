@@ -41,6 +41,35 @@ impl DevCredentials {
         }
     }
 
+    /// Reads the credentials a running development server wrote at `path`, and never
+    /// creates them: a tool that made up credentials of its own would mint tokens that
+    /// server refuses.
+    ///
+    /// # Errors
+    /// When the file is missing (saying where it looked and how to point at the server's),
+    /// or cannot be read or parsed, or others can write it.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<DevCredentials> {
+        match read_credentials_file(path) {
+            Ok(bytes) => parse_credentials(&bytes).map_err(|source| {
+                anyhow::Error::new(source)
+                    .context(format!("development credentials {}", path.display()))
+            }),
+            Err(AuthConfigError::ReadKey { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                bail!(
+                    "no development credentials at {}: start the server in development mode \
+                     first (`agentwire-server`), and give this command the file it printed \
+                     (--dev-credentials-file, AGENTWIRE_DEV_CREDENTIALS_FILE) when the server \
+                     runs with another HOME, XDG_STATE_HOME or --dev-credentials-file; or pass \
+                     the server's secret (--jwt-secret) or a token (--token)",
+                    path.display()
+                )
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads the credentials at `path`, or generates them and writes them there (mode
     /// 0600, parent directories created). Two processes racing to create the file agree:
     /// the loser reads what the winner wrote.
@@ -120,6 +149,11 @@ fn random_hex() -> String {
 /// Where the development credentials are kept by default:
 /// `$XDG_STATE_HOME/agentwire/dev-credentials.json`, else
 /// `~/.local/state/agentwire/dev-credentials.json`, else the working directory.
+/// The credentials file: `given` (`--dev-credentials-file`), else the default path.
+pub(crate) fn dev_credentials_path(given: Option<&Path>) -> PathBuf {
+    given.map_or_else(default_dev_credentials_path, Path::to_path_buf)
+}
+
 pub(crate) fn default_dev_credentials_path() -> PathBuf {
     let state = std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
@@ -143,14 +177,44 @@ pub(crate) fn default_dev_credentials_path() -> PathBuf {
 /// Without a secret or public key on an address that is not loopback (and no `--dev`): the
 /// error says what to set. Also when the credentials file cannot be used.
 pub(crate) fn serve_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, Option<PathBuf>)> {
+    let (config, used) = resolve(args, DevCredentials::load_or_create)?;
+    if config.dev_mode {
+        tracing::warn!(
+            listen = %config.listen,
+            credentials = %used.as_deref().map_or_else(|| "the configured secret".into(), |p| p.display().to_string()),
+            "DEVELOPMENT MODE: POST /demo/token mints a token for any user (to loopback peers), \
+             and the demo is on. Never expose this server; for production set \
+             AGENTWIRE_JWT_SECRET and leave --dev off."
+        );
+    }
+    Ok((config, used))
+}
+
+/// The configuration a server started with `args` would verify tokens with, reading the
+/// development credentials it would use without creating them (`check-token`).
+///
+/// # Errors
+/// As [`serve_config`], and when development mode applies but its credentials file is
+/// missing.
+pub(crate) fn check_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    Ok(resolve(args, DevCredentials::load)?.0)
+}
+
+fn resolve(
+    args: &ServeArgs,
+    credentials: impl FnOnce(&Path) -> anyhow::Result<DevCredentials>,
+) -> anyhow::Result<(ServerConfig, Option<PathBuf>)> {
     let mut config = args.server_config();
-    let has_credentials = config.jwt_secret.is_some() || config.jwt_public_key.is_some();
+    let has_credentials = config.jwt_secret.is_some()
+        || config.jwt_public_key.is_some()
+        || config.jwt_jwks_url.is_some();
     let loopback = config.listen.ip().is_loopback();
     if !has_credentials && !args.dev && !loopback {
         bail!(
             "refusing to start: no credentials to verify client tokens, and {} is not a \
              loopback address. Set AGENTWIRE_JWT_SECRET (--jwt-secret) or \
-             AGENTWIRE_JWT_PUBLIC_KEY (--jwt-public-key), with AGENTWIRE_API_KEYS \
+             AGENTWIRE_JWT_PUBLIC_KEY (--jwt-public-key) or AGENTWIRE_JWT_JWKS_URL \
+             (--jwt-jwks-url), with AGENTWIRE_API_KEYS \
              (--api-keys) for publishers; or, for development only, pass --dev",
             config.listen
         );
@@ -159,51 +223,39 @@ pub(crate) fn serve_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, Op
         return Ok((config, None));
     }
     config.dev_mode = true;
-    let mut used = None;
-    if !has_credentials {
-        let path = args
-            .dev_credentials_file
-            .clone()
-            .unwrap_or_else(default_dev_credentials_path);
-        let creds = DevCredentials::load_or_create(&path)?;
-        config.jwt_secret = Some(creds.jwt_secret);
-        config.api_keys.push(creds.api_key);
-        used = Some(path);
+    if has_credentials {
+        return Ok((config, None));
     }
-    tracing::warn!(
-        listen = %config.listen,
-        credentials = %used.as_deref().map_or_else(|| "the configured secret".into(), |p| p.display().to_string()),
-        "DEVELOPMENT MODE: POST /demo/token mints a token for any user (to loopback peers), \
-         and the demo is on. Never expose this server; for production set \
-         AGENTWIRE_JWT_SECRET and leave --dev off."
-    );
-    Ok((config, used))
+    let path = dev_credentials_path(args.dev_credentials_file.as_deref());
+    let creds = credentials(&path)?;
+    config.jwt_secret = Some(creds.jwt_secret);
+    config.api_keys.push(creds.api_key);
+    Ok((config, Some(path)))
 }
 
 /// Mints a token as `agentwire-server token` does: signed with `--jwt-secret`, or else
-/// with the development secret (the file is created when missing, so a server started
-/// later accepts the token too).
+/// with the secret of the development credentials a running server wrote — never with new
+/// ones.
 ///
 /// # Errors
-/// For an invalid user id or unreadable credentials.
+/// For an invalid user id, or when the credentials file is missing or unreadable.
 pub(crate) fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
     let user = UserId::new(&args.user).context("--user")?;
-    let secret = match &args.jwt_secret {
+    let secret = match &args.sign.jwt_secret {
         Some(s) => s.clone(),
         None => {
-            let path = args
-                .dev_credentials_file
-                .clone()
-                .unwrap_or_else(default_dev_credentials_path);
-            DevCredentials::load_or_create(&path)?.jwt_secret
+            DevCredentials::load(&dev_credentials_path(
+                args.sign.dev_credentials_file.as_deref(),
+            ))?
+            .jwt_secret
         }
     };
     Ok(mint_hs256(
         secret.as_bytes(),
         &user,
         Duration::from_secs(args.ttl_secs),
-        args.jwt_issuer.as_deref(),
-        args.jwt_audience.as_deref(),
+        args.sign.jwt_issuer.as_deref(),
+        args.sign.jwt_audience.as_deref(),
     )?)
 }
 

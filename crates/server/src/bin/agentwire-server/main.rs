@@ -1,4 +1,7 @@
-//! The `agentwire-server` binary: serves agentwire, or (`token`) mints a client token.
+//! The `agentwire-server` binary: serves agentwire; or, as a subcommand, mints a client
+//! token (`token`), follows a user's stream (`tail`), publishes events (`publish`), writes
+//! a configuration file (`genconfig`), explains a token (`check-token`) or prints the
+//! development API key (`dev-credentials`).
 //!
 //! It is built with the `cli` feature (on by default), which brings what only the binary
 //! needs: clap and humantime for the command line, toml for `--config`, tracing-subscriber
@@ -16,29 +19,146 @@
 //! allocator.
 
 mod cli;
+mod client;
 mod dev;
+#[cfg(test)]
+mod packaging_tests;
+mod publish;
+mod tail;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentwire_server::Server;
 
-use crate::cli::{Cli, Command, ConfigError, LogFormat};
+use crate::cli::{CheckTokenArgs, Cli, Command, ConfigError, DEFAULT_SERVER, LogFormat, ServeArgs};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = match Cli::load(std::env::args_os()) {
         Ok(cli) => cli,
         Err(ConfigError::Cli(e)) => e.exit(),
-        Err(e) => return Err(e.into()),
+        Err(e) => return fail(&e.into()),
     };
     match &cli.command {
-        Some(Command::Token(args)) => {
-            let token = dev::mint_token(args)?;
-            say(&token);
-            Ok(())
+        Some(Command::Token(args)) => match dev::mint_token(args) {
+            Ok(token) => {
+                say(&token);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Some(Command::Tail(args)) => match tail::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail_with(e.exit_code(), &e),
+        },
+        Some(Command::Publish(args)) => match publish::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail_with(e.exit_code(), &e),
+        },
+        Some(Command::Genconfig) => {
+            say(cli::genconfig().trim_end());
+            ExitCode::SUCCESS
         }
-        None => serve(cli).await,
+        Some(Command::CheckToken(args)) => check_token(&cli.serve, args).await,
+        Some(Command::DevCredentials(args)) => {
+            let path = dev::dev_credentials_path(args.dev_credentials_file.as_deref());
+            match dev::DevCredentials::load(&path) {
+                Ok(creds) if args.api_key => {
+                    say(&creds.api_key);
+                    ExitCode::SUCCESS
+                }
+                Ok(creds) => {
+                    say(&format!("file: {}", path.display()));
+                    say(&format!("api key: {}", creds.api_key));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        None => match serve(cli).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+/// Prints `error` on stderr; exit code 1.
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    ExitCode::FAILURE
+}
+
+/// Prints `error` on stderr; exit code `code`.
+fn fail_with(code: u8, error: &dyn std::error::Error) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(code)
+}
+
+/// `check-token`: what the token says, and the verdict of the server these settings
+/// describe (with the development credentials when they name no key). Exit 0 when it is
+/// accepted, 1 when refused.
+async fn check_token(serve: &ServeArgs, args: &CheckTokenArgs) -> ExitCode {
+    let auth = match dev::check_config(serve).and_then(|c| Ok(c.auth()?)) {
+        Ok(auth) => auth,
+        Err(e) => return fail(&e),
+    };
+    // As the server does at start: a key set is fetched before the first token.
+    auth.refresh_keys().await;
+    let report = auth.check(args.token.trim()).await;
+    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+    say(&format!("subject (sub): {}", or_none(&report.subject)));
+    say(&format!("algorithm: {}", or_none(&report.algorithm)));
+    if let Some(kid) = &report.key_id {
+        say(&format!("key id (kid): {kid}"));
+    }
+    say(&format!("issuer (iss): {}", or_none(&report.issuer)));
+    say(&format!("audience (aud): {}", or_none(&report.audience)));
+    for (name, at) in [
+        ("issued at (iat)", report.issued_at),
+        ("not before (nbf)", report.not_before),
+        ("expires (exp)", report.expires_at),
+    ] {
+        if let Some(at) = at {
+            say(&format!("{name}: {}", when(at)));
+        } else if name.starts_with("expires") {
+            say(&format!("{name}: (none)"));
+        }
+    }
+    match report.verdict {
+        Ok(v) => {
+            say(&format!(
+                "accepted: user {} until {}",
+                v.user.as_str(),
+                when(v.expires_at)
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say(&format!("refused: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A Unix time as RFC 3339, and how far from now.
+fn when(secs: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(secs);
+    let stamp = humantime::format_rfc3339_seconds(at);
+    let now = SystemTime::now();
+    match at.duration_since(now) {
+        Ok(ahead) => format!(
+            "{stamp} (in {})",
+            humantime::format_duration(Duration::from_secs(ahead.as_secs()))
+        ),
+        Err(e) => format!(
+            "{stamp} ({} ago)",
+            humantime::format_duration(Duration::from_secs(e.duration().as_secs()))
+        ),
     }
 }
 
@@ -54,10 +174,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         "agentwire-server listening on {addr} (ws://{addr}/ws)"
     ));
     if let Some(path) = dev_credentials {
-        say(&format!(
-            "development credentials: {} (mint a token: agentwire-server token --user alice)",
-            path.display()
-        ));
+        for line in dev_hint(&path, addr) {
+            say(&line);
+        }
     }
     // Last: scripts read the address and the credentials path from the lines before.
     if server.demo_enabled() {
@@ -67,13 +186,64 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The lines that tell a developer how to reach this development server from another
+/// terminal: the full commands, with the flags that differ from their defaults.
+fn dev_hint(path: &Path, addr: std::net::SocketAddr) -> Vec<String> {
+    let mut flags = String::new();
+    if path != dev::default_dev_credentials_path() {
+        flags.push_str(&format!(" --dev-credentials-file '{}'", path.display()));
+    }
+    let server = format!("http://{addr}");
+    let mut at = flags.clone();
+    if server != DEFAULT_SERVER {
+        at.push_str(&format!(" --server {server}"));
+    }
+    let me = invocation();
+    vec![
+        format!("development credentials: {}", path.display()),
+        format!("  mint a token:    {me} token --user alice{flags}"),
+        format!("  watch a stream:  {me} tail --user alice{at}"),
+        format!(
+            "  publish:         {me} publish --user alice --type agent_started \
+             --run-id r1{at}"
+        ),
+        format!("  the API key:     {me} dev-credentials --api-key{flags}"),
+    ]
+}
+
+/// How to run this binary again from another terminal: `cargo run` when it was built in a
+/// checkout's `target/debug` or `target/release` (the README's way), else as it was
+/// invoked (`agentwire-server` on `PATH`, or its path).
+fn invocation() -> String {
+    let exe = std::env::current_exe().ok();
+    let profile = exe
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|dir| dir.parent().and_then(Path::file_name) == Some("target".as_ref()))
+        .and_then(Path::file_name)
+        .and_then(|p| p.to_str());
+    match profile {
+        Some("release") => "cargo run -q --release -p agentwire-server --".into(),
+        Some("debug") => "cargo run -q -p agentwire-server --".into(),
+        _ => std::env::args()
+            .next()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "agentwire-server".into()),
+    }
+}
+
 /// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`), lines go to
-/// stderr as text or JSON.
+/// stderr as text or JSON. Text is coloured only on a terminal (and without `NO_COLOR`):
+/// a log file or journald gets plain lines.
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
