@@ -102,7 +102,26 @@ async fn read_run(client: &mut Client, run: &RunId) -> Vec<EventEnvelope> {
         events.push(client.event().await);
     }
     let types: Vec<EventType> = events.iter().map(|e| e.event.event_type()).collect();
-    assert_eq!(types, SIMULATED_RUN_EVENTS);
+    assert_eq!(
+        types,
+        [
+            EventType::AgentStarted,
+            EventType::AgentThinking,
+            EventType::ToolExecuting,
+            EventType::ToolCompleted,
+            EventType::ToolExecuting,
+            EventType::ToolCompleted,
+            EventType::AgentThinking,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageCompleted,
+            EventType::AgentCompleted,
+        ]
+    );
     for e in &events {
         assert_eq!(e.event.run_id.as_ref(), Some(run), "{e:?}");
     }
@@ -232,10 +251,7 @@ async fn over_redis_a_run_started_on_one_instance_reaches_its_user_on_another() 
     let again = connect_to(
         node_b.addr,
         "alice",
-        &format!(
-            "?last_seq={}&epoch={epoch}",
-            events.last().map_or(0, |e| e.seq.get())
-        ),
+        &format!("?last_seq={}&epoch={epoch}", events[7].seq.get()),
     )
     .await;
     let hello_on_b = again.established.clone().expect("the hello on node b");
