@@ -212,7 +212,6 @@ async function main() {
     });
     const run2 = await startRun(tab1);
     await waitForEvent(tab1, run2, "agent_thinking");
-    const seenBeforeCut = (await timeline(tab1)).length;
     const cut = await fetch(`${BASE}/v1/users/${encodeURIComponent(alice)}/disconnect`, {
       method: "POST",
       headers: { authorization: `Bearer ${API_KEY}` },
@@ -221,6 +220,8 @@ async function main() {
     check(cut.status === 200 && cutBody.disconnected === 2, "the admin endpoint disconnects alice's two tabs", cutBody);
     await tab1.waitForSelector('[data-testid="state-pill"]:not([data-state="open"])', { timeout: WAIT });
     check(true, "tab 1 notices the disconnect");
+    // Counted once the tab is cut off: a step of the run may land while the cut is made.
+    const seenBeforeCut = (await timeline(tab1)).length;
     await until("run 2 ends on the server", async () => (await stats()).demo_runs_active === 0);
     await until("tab 1 asks for a token to reconnect", () => tokenRequests > 0);
     check((await timeline(tab1)).length === seenBeforeCut, "tab 1 got nothing while disconnected");

@@ -324,6 +324,31 @@ pub fn ws_request(addr: SocketAddr, token: &str, query: &str) -> Request {
     req
 }
 
+/// Connects `user` (a token valid `ttl_secs`) to `ws://{addr}/ws` over a socket whose
+/// receive buffer is `recv_buffer` bytes: a client whose kernel holds little, so what it
+/// does not read stays in its connection's queue on the server.
+pub async fn connect_small_buffer(
+    addr: SocketAddr,
+    user: &str,
+    ttl_secs: u64,
+    recv_buffer: u32,
+) -> WebSocketStream<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(recv_buffer)
+        .expect("receive buffer");
+    let tcp = timeout(WAIT, socket.connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let req = ws_request(addr, &token_ttl(user, ttl_secs), "");
+    let (ws, _) = timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    ws
+}
+
 /// Connects `user` to `ws://{addr}/ws{query}` with a [`SECRET`]-signed token valid for an
 /// hour, and reads `connection_established`.
 pub async fn connect_to(addr: SocketAddr, user: &str, query: &str) -> Client {

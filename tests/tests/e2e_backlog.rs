@@ -11,9 +11,8 @@
 use std::time::Duration;
 
 use agentwire::protocol::{Custom, Event};
-use agentwire_e2e::{TestServer, WAIT, token_ttl, ws_request};
+use agentwire_e2e::{TestServer, WAIT, connect_small_buffer};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpSocket;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -53,20 +52,7 @@ async fn slow_client(
     user: &str,
     ttl_secs: u64,
 ) -> WebSocketStream<tokio::net::TcpStream> {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .set_recv_buffer_size(8 * 1024)
-        .expect("receive buffer");
-    let tcp = timeout(WAIT, socket.connect(server.addr))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let req = ws_request(server.addr, &token_ttl(user, ttl_secs), "");
-    let (ws, _) = timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    ws
+    connect_small_buffer(server.addr, user, ttl_secs, 8 * 1024).await
 }
 
 /// Reads slowly until the connection ends or `stop` says so after a message.

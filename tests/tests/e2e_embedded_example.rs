@@ -112,6 +112,13 @@ async fn read_run(client: &mut Client, run: &RunId) -> Vec<EventEnvelope> {
             EventType::ToolExecuting,
             EventType::ToolCompleted,
             EventType::AgentThinking,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageDelta,
+            EventType::MessageCompleted,
             EventType::AgentCompleted,
         ]
     );

@@ -9,9 +9,8 @@ use std::time::Duration;
 use agentwire::protocol::{
     AgentCompleted, AgentStarted, Event, EventData, MessageCompleted, MessageDelta, ServerFrame,
 };
-use agentwire_e2e::{TestServer, WAIT, token_ttl, ws_request};
+use agentwire_e2e::{TestServer, WAIT, connect_small_buffer};
 use futures_util::StreamExt;
-use tokio::net::TcpSocket;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -34,19 +33,7 @@ async fn a_reader_that_pauses_mid_stream_gets_merged_deltas_and_is_not_cut() {
     })
     .await;
     // A small receive buffer: the kernels hold little, the connection's queue the rest.
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .set_recv_buffer_size(8 * 1024)
-        .expect("receive buffer");
-    let tcp = timeout(WAIT, socket.connect(server.addr))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let req = ws_request(server.addr, &token_ttl("alice", 3600), "");
-    let (mut ws, _) = timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
+    let mut ws = connect_small_buffer(server.addr, "alice", 3600, 8 * 1024).await;
     match timeout(WAIT, ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => assert!(t.contains("connection_established")),
         other => panic!("no connection_established: {other:?}"),

@@ -78,12 +78,15 @@ struct Step {
 }
 
 /// Feature selections an embedder uses, each checked on its own: the facade with one layer
-/// and what is beneath it, and the server's library without the binary.
+/// and what is beneath it, and the server's library without the binary — alone and with
+/// the Redis broker.
 const FEATURE_SETS: &[(&str, &str)] = &[
     ("agentwire", ""),
     ("agentwire", "emitter"),
     ("agentwire", "bridge"),
+    ("agentwire", "redis"),
     ("agentwire-server", ""),
+    ("agentwire-server", "redis"),
 ];
 
 /// The steps of `cargo xtask check` for the workspace at `root`, in order.
@@ -234,6 +237,7 @@ mod tests {
                     "cargo check -p pkg-b",
                     "cargo check -p agentwire-server",
                     "cargo check -p agentwire-server --no-default-features",
+                    "cargo check -p agentwire-server --no-default-features --features redis",
                 ],
                 vec!["legacy fixture"],
                 vec!["tidy"],

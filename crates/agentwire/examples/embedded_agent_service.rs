@@ -228,6 +228,7 @@ function summary(f) {
     case "tool_completed": return d.tool_name + " → " + JSON.stringify(d.result) + " in " + d.duration_ms + " ms";
     case "agent_completed": return d.result && d.result.answer;
     case "agent_error": return d.message;
+    case "message_delta": return JSON.stringify(d.delta);
     case "connection_established": return f.connection_id;
     default: return "";
   }

@@ -63,7 +63,7 @@ fn nodes(lease: Duration, policy: LimitPolicy) -> Vec<UnifiedWebSocketManager> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fourth_connection_on_another_node_evicts_the_oldest_where_it_is() {
-    let m = nodes(Duration::from_millis(300), LimitPolicy::EvictOldest);
+    let m = nodes(Duration::from_secs(3), LimitPolicy::EvictOldest);
     let u = user("alice");
     let mut oldest = connect(&m[0], &u, ConnectOptions::default()).await;
     let _second = connect(&m[1], &u, ConnectOptions::default()).await;

@@ -83,9 +83,10 @@ end
 local grow = {}
 local growing = false
 
--- Counts `cost` more bytes in run j for event i, asking the registry for room beyond the
--- run's allowance.
-local function take_room(r, j, i, cost)
+-- Opens the tool call or message of `field` ('t:<id>' or 'm:<id>', id `arg`) in run j for
+-- event i: its bytes count, asking the registry for room beyond the run's allowance.
+local function open_item(r, j, i, field, arg)
+  local cost = call_bytes + #arg
   if r.b + cost > r.a then
     local g = grow[j]
     if not g then
@@ -96,6 +97,15 @@ local function take_room(r, j, i, cost)
     growing = true
   end
   r.b = r.b + cost
+  r.opened[field], r.closed[field] = true, nil
+  r.changed = true
+end
+
+-- Closes the open tool call or message of `field` (id `arg`) in run j.
+local function close_item(r, field, arg)
+  r.b = r.b - (call_bytes + #arg)
+  r.opened[field], r.closed[field] = nil, true
+  r.changed = true
 end
 
 -- Applies event i's step to run j; returns the refusal, or nil.
@@ -141,18 +151,15 @@ local function step(i, j, code, arg)
     if r.n >= max_open then
       return {'violation', i, 'TooManyOpenToolCalls', ''}
     end
-    take_room(r, j, i, call_bytes + #arg)
+    open_item(r, j, i, field, arg)
     r.n = r.n + 1
-    r.opened[field], r.closed[field] = true, nil
-    r.changed = true
   elseif code == 'c' then
     local field = 't:' .. arg
     if not is_open(r, j, field) then
       return {'violation', i, 'UnknownToolCall', ''}
     end
-    r.n, r.b = r.n - 1, r.b - (call_bytes + #arg)
-    r.opened[field], r.closed[field] = nil, true
-    r.changed = true
+    close_item(r, field, arg)
+    r.n = r.n - 1
   elseif code == 'd' then
     -- A delta into an open message changes nothing; the first one opens it.
     local field = 'm:' .. arg
@@ -160,19 +167,16 @@ local function step(i, j, code, arg)
       if r.nm >= max_messages then
         return {'violation', i, 'TooManyOpenMessages', ''}
       end
-      take_room(r, j, i, call_bytes + #arg)
+      open_item(r, j, i, field, arg)
       r.nm = r.nm + 1
-      r.opened[field], r.closed[field] = true, nil
-      r.changed = true
     end
   elseif code == 'm' then
     local field = 'm:' .. arg
     if not is_open(r, j, field) then
       return {'violation', i, 'UnknownMessage', ''}
     end
-    r.nm, r.b = r.nm - 1, r.b - (call_bytes + #arg)
-    r.opened[field], r.closed[field] = nil, true
-    r.changed = true
+    close_item(r, field, arg)
+    r.nm = r.nm - 1
   elseif code == 'e' then
     r.s, r.n, r.nm, r.b = arg, 0, 0, tonumber(ARGV[run_arg(j) + 4])
     r.opened, r.closed = {}, {}

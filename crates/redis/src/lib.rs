@@ -74,6 +74,12 @@
 //! | `<prefix>{%runs}:owners` | HASH | publisher → its runs in progress and their bytes |
 //! | `<prefix>{%runs}:totals` | HASH | `runs`, `live`, `bytes`, `live_bytes` |
 //!
+//! For the cluster beyond the streams ([`RedisBroker::cluster`], [`RedisBroker::rates`]):
+//! `<prefix>{%ctl}:nodes` (ZSET: the live nodes of the control channel, by when their
+//! presence expires), the channels `<prefix>{%ctl}:all` and `<prefix>{%ctl}:node:<node>`
+//! ([`RedisControl`]), and `<prefix>{%rate:<publisher>}:tat` (one publisher's publish rate,
+//! [`RedisRates`]). No escaped user starts with `%`, so none of these tags is a user's.
+//!
 //! A stream lives as long as its `meta`: when `meta` expires (`stream_idle_ttl` after the
 //! user's last publish or history read, at least the dedupe window) or is lost (a Redis
 //! restarted empty, an eviction), the user's next publish or read starts a new epoch at

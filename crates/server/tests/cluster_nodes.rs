@@ -12,12 +12,12 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agentwire_redis::testing::{self, RedisServer};
+use agentwire_redis::testing::{self, RedisCluster, RedisServer};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use support::nodes::{
-    API_KEY, Read, Ws, custom, http, metrics, node_command, publish, sample, start,
+    API_KEY, Read, Target, Ws, custom, http, metrics, node_command, publish, sample, start,
 };
 use support::{ServerProcess, WAIT};
 
@@ -32,12 +32,23 @@ async fn three_nodes(
     lease: &str,
     extra: &[&str],
 ) -> Vec<ServerProcess> {
+    three_nodes_on(&Target::Standalone(redis.url()), label, lease, extra).await
+}
+
+/// Three nodes of one deployment on the Redis at `target`, with connection lease `lease`
+/// and `extra` flags.
+async fn three_nodes_on(
+    target: &Target,
+    label: &str,
+    lease: &str,
+    extra: &[&str],
+) -> Vec<ServerProcess> {
     let prefix = testing::unique_prefix(label);
     let mut nodes = Vec::new();
     for _ in 0..3 {
         let mut flags = vec!["--connection-lease", lease];
         flags.extend_from_slice(extra);
-        nodes.push(start(node_command(&redis.url(), &prefix, &flags)).await);
+        nodes.push(start(node_command(target, &prefix, &flags)).await);
     }
     // Every node's control channel is up (it announces itself as it comes up): an admin
     // request on one node lists all three.
@@ -197,6 +208,33 @@ async fn the_per_user_limit_holds_across_three_nodes_and_a_killed_node_stops_cou
     ));
     let refused = connect_and_watch(rejecting[1].addr, "kim".into(), Duration::ZERO).await;
     assert!(matches!(refused, Outcome::Closed(Some(4004))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_holds_across_three_nodes_on_a_redis_cluster() {
+    let Some(cluster) = testing::require("three nodes on a cluster", RedisCluster::start(3)) else {
+        return;
+    };
+    let target = Target::Cluster(cluster.urls());
+    for (policy, code) in [("evict-oldest", 4003), ("reject", 4004)] {
+        let nodes = three_nodes_on(
+            &target,
+            &format!("cluster-{policy}"),
+            LEASE,
+            &["--per-user-policy", policy],
+        )
+        .await;
+        let (open, closed) = thirty_connects(&nodes, "cleo").await;
+        assert_eq!(open.len(), 3, "{policy}: closed {closed:?}");
+        assert!(
+            closed.iter().all(|c| *c == Some(code)),
+            "{policy}: {closed:?}"
+        );
+        for ws in open {
+            ws.close().await;
+        }
+    }
+    drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! The `agentwire-server` binary on Redis (`--broker redis`): it serves, exports the
 //! Redis broker's metrics, answers `/readyz` and the publish API with 503 (and
-//! `Retry-After`) while Redis is paused or gone, stores a retried `event_id` once, and
+//! `Retry-After`) while Redis is paused or gone, stores a retried batch once and whole, and
 //! refuses to start — saying why, without a password — on a bad or unreachable Redis.
 //!
 //! Each test runs its own `redis-server` (agentwire-redis's `testing` feature), stopped by
@@ -11,10 +11,11 @@ mod support;
 use std::time::Duration;
 
 use agentwire_redis::testing::{self, RedisServer};
+use serde_json::json;
 
 use support::nodes::{
-    API_KEY, Read, Ws, custom, http, metrics, node_command, publish, sample, secured, start,
-    wait_for_status,
+    API_KEY, Read, Target, Ws, custom, http, metrics, node_command, publish, sample, secured,
+    start, wait_for_status,
 };
 use support::{WAIT, run_to_exit};
 
@@ -27,7 +28,7 @@ async fn a_node_on_redis_serves_and_answers_503_while_redis_is_away() {
         return;
     };
     let prefix = testing::unique_prefix("node");
-    let node = start(node_command(&redis.url(), &prefix, &[])).await;
+    let node = start(node_command(&Target::Standalone(redis.url()), &prefix, &[])).await;
     let addr = node.addr;
     wait_for_status(addr, "/readyz", 200, WAIT).await;
 
@@ -55,19 +56,21 @@ async fn a_node_on_redis_serves_and_answers_503_while_redis_is_away() {
     // Paused: commands time out. /readyz says so, a publish is 503 with Retry-After.
     redis.pause().expect("SIGSTOP");
     wait_for_status(addr, "/readyz", 503, WAIT).await;
-    let r = publish(addr, &custom("alice", 2, "a-2")).await;
+    let batch = json!([custom("alice", 2, "a-2"), custom("alice", 3, "a-3")]);
+    let r = publish(addr, &batch).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"], "unavailable", "{}", r.body);
     assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
     redis.resume().expect("SIGCONT");
     wait_for_status(addr, "/readyz", 200, WAIT).await;
 
-    // The retry, with the same event_id, is stored once — whether or not the first try
-    // reached Redis before it stopped.
-    let first = publish(addr, &custom("alice", 2, "a-2")).await;
+    // The retry of the batch, with the same event_ids, is stored once and whole — whether
+    // or not the first try reached Redis before it stopped.
+    let first = publish(addr, &batch).await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.json()["results"][0]["seq"], 2, "{}", first.body);
-    let again = publish(addr, &custom("alice", 2, "a-2")).await;
+    assert_eq!(first.json()["results"][1]["seq"], 3, "{}", first.body);
+    let again = publish(addr, &batch).await;
     assert_eq!(again.json()["results"], first.json()["results"]);
     let history = http(addr, "GET", "/v1/users/alice/events", Some(API_KEY), None).await;
     assert_eq!(history.status, 200, "{}", history.body);
@@ -77,23 +80,25 @@ async fn a_node_on_redis_serves_and_answers_503_while_redis_is_away() {
         .iter()
         .filter_map(|e| e["seq"].as_u64())
         .collect();
-    assert_eq!(seqs, [1, 2], "{}", history.body);
+    assert_eq!(seqs, [1, 2, 3], "{}", history.body);
     assert_eq!(history.json()["epoch"], epoch);
-    // Alice gets it once, whatever way it reaches her.
-    match alice.next(WAIT).await {
-        Read::Frame(f) => assert_eq!(f["seq"], 2, "{f}"),
-        other => panic!("no event: {other:?}"),
+    // Alice gets them once, whatever way they reach her.
+    for seq in [2, 3] {
+        match alice.next(WAIT).await {
+            Read::Frame(f) => assert_eq!(f["seq"], seq, "{f}"),
+            other => panic!("no event: {other:?}"),
+        }
     }
 
     // Gone: the same 503s; back empty: the node serves again.
     redis.kill();
     wait_for_status(addr, "/readyz", 503, WAIT).await;
-    let r = publish(addr, &custom("alice", 3, "a-3")).await;
+    let r = publish(addr, &custom("alice", 4, "a-4")).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
     redis.restart_empty().expect("Redis starts again");
     wait_for_status(addr, "/readyz", 200, Duration::from_secs(20)).await;
-    let r = publish(addr, &custom("alice", 3, "a-3")).await;
+    let r = publish(addr, &custom("alice", 4, "a-4")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let text = metrics(addr).await;
     assert!(

@@ -8,7 +8,8 @@
 //! - Redis SIGKILLed and started again (with its data): 503 meanwhile, the retries under
 //!   the same `event_id`s stored once, subscribers resynced;
 //! - Redis back empty: clients are told with `replay_gap` and follow the new epoch;
-//! - Redis SIGSTOPped for 3 s: 503s, no crash, no stuck connection, delivery resumes.
+//! - Redis SIGSTOPped for 3 s: 503s, no crash, no stuck connection, delivery resumes;
+//! - two nodes on a 3-master Redis Cluster (`--redis-cluster-nodes`): the same delivery.
 //!
 //! Counts are small (the machine is shared) and nothing asserts on timing. Without
 //! `redis-server` these tests say `skipped:` and pass; under `CI=true` they fail.
@@ -22,14 +23,14 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use agentwire_redis::testing::{self, RedisServer};
+use agentwire_redis::testing::{self, RedisCluster, RedisServer};
 use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use support::ServerProcess;
 use support::nodes::{
-    API_KEY, Live, Seen, Ws, custom, follow, http, metrics, node_command, publish,
+    API_KEY, Live, Seen, Target, Ws, custom, follow, http, metrics, node_command, publish,
     publish_until_accepted, sample, start, wait_for_status,
 };
 
@@ -48,9 +49,14 @@ fn user(i: usize) -> String {
 
 /// Starts `count` nodes on `redis` under `prefix`.
 async fn nodes(redis: &RedisServer, prefix: &str, count: usize) -> (Vec<ServerProcess>, Live) {
+    nodes_on(&Target::Standalone(redis.url()), prefix, count).await
+}
+
+/// Starts `count` nodes on the Redis at `target` under `prefix`.
+async fn nodes_on(target: &Target, prefix: &str, count: usize) -> (Vec<ServerProcess>, Live) {
     let mut procs = Vec::new();
     for _ in 0..count {
-        procs.push(start(node_command(&redis.url(), prefix, &[])).await);
+        procs.push(start(node_command(target, prefix, &[])).await);
     }
     let live = Live::new(procs.iter().map(|p| p.addr));
     (procs, live)
@@ -416,4 +422,23 @@ async fn redis_paused_for_3_s_gives_503s_and_delivery_resumes() {
     )
     .await;
     assert_exact(&[late], EVENTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_redis_cluster_deliver_each_users_events_in_order_once() {
+    const USERS: usize = 40;
+    const EVENTS: u64 = 4;
+    let Some(cluster) = testing::require("nodes on a Redis Cluster", RedisCluster::start(3)) else {
+        return;
+    };
+    // One node's address is enough: the rest of the cluster is discovered.
+    let target = Target::Cluster(cluster.urls().into_iter().take(1).collect());
+    let (_procs, live) = nodes_on(&target, &testing::unique_prefix("cluster"), 2).await;
+    let deadline = Instant::now() + SCENARIO;
+    let clients = followers(USERS, &live, 2, EVENTS as usize, deadline);
+    // No fault here: its round would come after the last.
+    let refused = rounds_through(&live, USERS, EVENTS, EVENTS, async {}, deadline).await;
+    assert_eq!(refused, 0);
+    let seen = collect(clients).await;
+    assert_exact(&seen, EVENTS);
 }

@@ -223,6 +223,9 @@ struct Frame<'a> {
     ty: std::borrow::Cow<'a, str>,
     #[serde(default)]
     seq: Option<u64>,
+    /// On a merged `message_delta`: the frame covers `from_seq ..= seq`.
+    #[serde(default)]
+    from_seq: Option<u64>,
     #[serde(default, borrow)]
     user_id: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
@@ -533,14 +536,16 @@ fn on_text(t: &ConnTask, bytes: &[u8]) {
         if marks.u != Some(t.global_user) {
             st.misrouted += 1;
         }
-        if seq == st.last_seq + 1 {
+        // A merged delta stands for every seq from its `from_seq` on.
+        let first = f.from_seq.filter(|&from| from <= seq).unwrap_or(seq);
+        if first == st.last_seq + 1 {
             st.last_seq = seq;
-        } else if seq > st.last_seq {
+        } else if first > st.last_seq {
             let from = st.last_seq + 1;
-            if seq - from > MAX_TRACKED_GAP {
-                st.lost_untracked += seq - from;
+            if first - from > MAX_TRACKED_GAP {
+                st.lost_untracked += first - from;
             } else {
-                st.missing.extend(from..seq);
+                st.missing.extend(from..first);
             }
             st.last_seq = seq;
         } else if st.missing.remove(&seq) {

@@ -4,8 +4,8 @@
 //! user it is for (`u`, the per-user marker) and its number in that user's stream (`k`).
 
 use agentwire_protocol::{
-    AgentCompleted, AgentStarted, AgentThinking, Event, EventData, Extra, ToolCompleted,
-    ToolExecuting,
+    AgentCompleted, AgentStarted, AgentThinking, Event, EventData, Extra, MessageCompleted,
+    MessageDelta, ToolCompleted, ToolExecuting,
 };
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -17,6 +17,10 @@ pub(crate) enum Kind {
     Thinking,
     ToolExecuting,
     ToolCompleted,
+    /// A piece of the run's streamed answer (`message_delta` of message `m`).
+    Delta,
+    /// The end of the streamed answer.
+    MessageCompleted,
     Completed,
 }
 
@@ -27,6 +31,8 @@ impl Kind {
             Kind::Thinking => "agent_thinking",
             Kind::ToolExecuting => "tool_executing",
             Kind::ToolCompleted => "tool_completed",
+            Kind::Delta => "message_delta",
+            Kind::MessageCompleted => "message_completed",
             Kind::Completed => "agent_completed",
         }
     }
@@ -58,6 +64,16 @@ impl RunShape {
         }
         v.extend(std::iter::repeat_n(Kind::Thinking, middle - triples * 3));
         v.push(Kind::Completed);
+        RunShape(v)
+    }
+
+    /// A run that streams its answer: `agent_started`, `len - 3` `message_delta`s of one
+    /// message (at least one), `message_completed`, `agent_completed`.
+    pub(crate) fn streamed(len: usize) -> Self {
+        let deltas = len.max(4) - 3;
+        let mut v = vec![Kind::Started];
+        v.extend(std::iter::repeat_n(Kind::Delta, deltas));
+        v.extend([Kind::MessageCompleted, Kind::Completed]);
         RunShape(v)
     }
 
@@ -113,6 +129,8 @@ impl EventMaker {
                 r#""tool_call_id":"tc{}","tool_name":"search","result":"{pad}","is_error":false,"duration_ms":3"#,
                 step - 1
             ),
+            Kind::Delta => write!(s, r#""message_id":"m","delta":"{pad}""#),
+            Kind::MessageCompleted => write!(s, r#""message_id":"m""#),
             Kind::Completed => write!(s, r#""result":"{pad}","duration_ms":40"#),
         };
         let _ = write!(s, r#","sent_at_us":{sent_at_us},"u":{u},"k":{k}}}}}"#);
@@ -156,6 +174,18 @@ impl EventMaker {
                 result: Value::String(pad),
                 is_error: false,
                 duration_ms: Some(3),
+                extra,
+            }
+            .into(),
+            Kind::Delta => MessageDelta {
+                message_id: "m".into(),
+                delta: pad,
+                extra,
+            }
+            .into(),
+            Kind::MessageCompleted => MessageCompleted {
+                message_id: "m".into(),
+                text: None,
                 extra,
             }
             .into(),
@@ -203,6 +233,23 @@ mod tests {
         }
         let data = serde_json::to_vec(&requests[1].event.data).expect("json");
         assert!((150..260).contains(&data.len()), "{}", data.len());
+    }
+
+    #[test]
+    fn streamed_runs_keep_the_run_lifecycle() {
+        let maker = EventMaker::new("p-".into(), RunShape::streamed(12), 40);
+        let mut state = RunState::default();
+        for k in 1..=24 {
+            if (k - 1) % 12 == 0 {
+                state = RunState::default();
+            }
+            let e = maker.event(1, k, 5);
+            state.apply(&e.data).expect("lifecycle holds");
+            let mut body = Vec::new();
+            maker.write_json(&mut body, 1, k, 5);
+            PublishBody::decode(&body, Limits::EVENT, 1).expect("decodes");
+        }
+        assert!(state.is_finished());
     }
 
     #[test]

@@ -117,6 +117,11 @@ pub(crate) struct Common {
     /// Events per run in the steady workload (agent_started … agent_completed).
     #[arg(long, default_value_t = 10)]
     run_len: usize,
+    /// Runs of the steady workload stream their answer: `agent_started`, `--run-len` − 3
+    /// `message_delta`s (each about `--data-bytes`), `message_completed`,
+    /// `agent_completed` — instead of thoughts.
+    #[arg(long)]
+    streamed: bool,
     /// Source addresses 127.0.0.2 … 127.0.0.(1+N) the clients bind to.
     #[arg(long, default_value_t = 16)]
     source_ips: u32,
@@ -142,6 +147,17 @@ pub(crate) struct Common {
     /// A label copied into the result (e.g. "before", "after").
     #[arg(long, default_value = "")]
     label: String,
+}
+
+impl Common {
+    /// The runs of the steady workload: thoughts, or a streamed answer (`--streamed`).
+    pub(crate) fn run_shape(&self) -> events::RunShape {
+        if self.streamed {
+            events::RunShape::streamed(self.run_len)
+        } else {
+            events::RunShape::thinking(self.run_len)
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -671,7 +671,7 @@ pub(crate) struct RateArgs {
 
 pub(crate) async fn steady(env: &Env, a: RateArgs) -> anyhow::Result<Value> {
     let c = &env.common;
-    let mut cl = Clients::open(env, "steady", c.users, 0, RunShape::thinking(c.run_len)).await?;
+    let mut cl = Clients::open(env, "steady", c.users, 0, c.run_shape()).await?;
     let step = period(env, &mut cl, a.rate, 1, "steady", c.duration).await?;
     cl.pool.close().await?;
     let mut m = serde_json::Map::new();
@@ -704,7 +704,7 @@ pub(crate) async fn sweep(env: &Env, a: SweepArgs) -> anyhow::Result<Value> {
     let c = &env.common;
     let (shape, unit) = match a.burst {
         Some(b) => (RunShape::with_tools(b as usize), b),
-        None => (RunShape::thinking(c.run_len), 1),
+        None => (c.run_shape(), 1),
     };
     let mut cl = Clients::open(env, "sweep", c.users, 0, shape).await?;
     let mut steps = Vec::new();
@@ -786,8 +786,7 @@ async fn fresh_period(
     name: &str,
 ) -> anyhow::Result<(Value, Ready, Option<Value>)> {
     let c = &env.common;
-    let mut clients =
-        Clients::open(env, tag, c.users, slow_every, RunShape::thinking(c.run_len)).await?;
+    let mut clients = Clients::open(env, tag, c.users, slow_every, c.run_shape()).await?;
     let flood = match flood {
         Some((flooders, core)) => {
             let f = crate::flood::Flood::start(
@@ -1186,14 +1185,7 @@ pub(crate) async fn churn(env: &Env, a: ChurnArgs) -> anyhow::Result<Value> {
     let mut cycles = Vec::new();
     let mut ready = Ready::default();
     for i in 0..a.cycles {
-        let mut cl = Clients::open(
-            env,
-            &format!("churn{i}"),
-            c.users,
-            0,
-            RunShape::thinking(c.run_len),
-        )
-        .await?;
+        let mut cl = Clients::open(env, &format!("churn{i}"), c.users, 0, c.run_shape()).await?;
         let step = period(env, &mut cl, a.rate, 1, &format!("cycle {i}"), c.duration).await?;
         ready.connected += cl.ready.connected;
         ready.failed += cl.ready.failed;

@@ -71,22 +71,21 @@ impl UnifiedWebSocketManager {
             .get(user)
             .and_then(|e| e.conns.iter().find(|c| c.id == *connection).cloned());
         match conn {
-            Some(conn) => self.evict(&conn),
+            Some(conn) => self.evict(&conn, false),
             None => false,
         }
     }
 
-    /// Closes a connection with 4003 and removes it; whether this call did.
-    fn evict(&self, conn: &Arc<ConnShared>) -> bool {
-        let open = conn.closing().is_none();
-        let removed = self.unregister(conn, CloseCode::Replaced);
-        if removed && open {
-            self.inner
-                .counters
-                .evictions
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        removed
+    /// Closes a connection with 4003 and removes it, counting it an eviction (and, after a
+    /// renewal found its lease gone, a lost lease); whether this call did.
+    fn evict(&self, conn: &Arc<ConnShared>, lease_lost: bool) -> bool {
+        let counters = &self.inner.counters;
+        let counted: &[&std::sync::atomic::AtomicU64] = if lease_lost {
+            &[&counters.evictions, &counters.leases_lost]
+        } else {
+            &[&counters.evictions]
+        };
+        self.unregister(conn, CloseCode::Replaced, counted)
     }
 
     /// Acts on the leases an admission evicted: this node's are closed at once; another
@@ -209,9 +208,8 @@ impl UnifiedWebSocketManager {
                     let mut closed = 0;
                     for id in &renewal.lost {
                         if let Some(conn) = conns.iter().find(|c| c.id == *id)
-                            && self.evict(conn)
+                            && self.evict(conn, true)
                         {
-                            counters.leases_lost.fetch_add(1, Ordering::Relaxed);
                             closed += 1;
                         }
                     }

@@ -4,7 +4,7 @@
 
 use foldhash::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard, Weak};
 
 use agentwire_protocol::{CloseCode, UserId};
@@ -72,13 +72,19 @@ impl UnifiedWebSocketManager {
 
     /// Removes a connection. Idempotent.
     pub(crate) fn remove(&self, shared: &Arc<ConnShared>) {
-        self.unregister(shared, CloseCode::Normal);
+        self.unregister(shared, CloseCode::Normal, &[]);
     }
 
-    /// Removes a connection and closes it with `code` (unless it is closing already).
-    /// Returns whether this call removed it. The close comes last, so whoever waits for
-    /// it finds the registry and the counts already without the connection.
-    pub(super) fn unregister(&self, shared: &Arc<ConnShared>, code: CloseCode) -> bool {
+    /// Removes a connection and closes it with `code` (unless it is closing already, else
+    /// also adding one to each of `counted`). Returns whether this call removed it. The
+    /// close comes last, so whoever waits for it finds the registry and the counts
+    /// already without the connection.
+    pub(super) fn unregister(
+        &self,
+        shared: &Arc<ConnShared>,
+        code: CloseCode,
+        counted: &[&AtomicU64],
+    ) -> bool {
         if !shared.registered.swap(false, Ordering::AcqRel) {
             return false;
         }
@@ -98,6 +104,11 @@ impl UnifiedWebSocketManager {
         };
         self.inner.total.fetch_sub(1, Ordering::AcqRel);
         self.inner.counters.closed.fetch_add(1, Ordering::Relaxed);
+        if shared.closing().is_none() {
+            for c in counted {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         shared.close(code);
         if let Some(leases) = self.leases() {
             super::cluster::spawn_release(leases.clone(), shared.user.clone(), shared.id.clone());

@@ -239,7 +239,9 @@ impl Server {
     /// open-file limit is left as it is. The manager is installed as the process-wide one
     /// unless one exists; when a different one does, `global()` does not reach this
     /// server (a warning says so) — which is what several servers in one process (tests)
-    /// want, and nothing else does.
+    /// want, and nothing else does. The broker's own metrics (`agentwire_redis_*`) are
+    /// exported only for a broker the server built itself ([`Server::bind`]); the
+    /// manager's are exported whatever its broker.
     ///
     /// # Errors
     /// [`ServerError`] for unreadable keys or a failed bind.

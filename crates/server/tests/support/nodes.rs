@@ -29,15 +29,31 @@ pub(crate) fn secured() -> Command {
     cmd
 }
 
-/// The binary as a node of the deployment under `prefix` on the Redis at `url`, on a free
-/// loopback port, with `extra` flags (a flag in `extra` replaces the common one: the
+/// Where the nodes of a test find Redis: the flag and its value.
+pub(crate) enum Target {
+    /// `--redis-url URL`.
+    Standalone(String),
+    /// `--redis-cluster-nodes URL,URL,…`.
+    Cluster(Vec<String>),
+}
+
+/// The binary as a node of the deployment under `prefix` on the Redis at `target`, on a
+/// free loopback port, with `extra` flags (a flag in `extra` replaces the common one: the
 /// binary refuses a flag given twice).
-pub(crate) fn node_command(url: &str, prefix: &str, extra: &[&str]) -> Command {
+pub(crate) fn node_command(target: &Target, prefix: &str, extra: &[&str]) -> Command {
     let mut cmd = secured();
+    let joined;
+    let (redis_flag, redis_value) = match target {
+        Target::Standalone(url) => ("--redis-url", url.as_str()),
+        Target::Cluster(nodes) => {
+            joined = nodes.join(",");
+            ("--redis-cluster-nodes", joined.as_str())
+        }
+    };
     let common = [
         ("--api-keys", API_KEY),
         ("--broker", "redis"),
-        ("--redis-url", url),
+        (redis_flag, redis_value),
         ("--redis-key-prefix", prefix),
         ("--drain-delay", "0s"),
         ("--resume-wait", "0s"),
@@ -45,7 +61,9 @@ pub(crate) fn node_command(url: &str, prefix: &str, extra: &[&str]) -> Command {
         ("--redis-command-timeout", "1s"),
     ];
     for (flag, value) in common {
-        if !extra.contains(&flag) {
+        let replaced = extra.contains(&flag)
+            || (flag == "--redis-url" && extra.contains(&"--redis-cluster-nodes"));
+        if !replaced {
             cmd.args([flag, value]);
         }
     }
