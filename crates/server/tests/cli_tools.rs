@@ -160,8 +160,10 @@ fn the_start_up_hint_gives_the_full_commands() {
     let creds = creds.display().to_string();
     let at = format!("--server http://{}", server.addr);
     // Built in a checkout's target/debug: the command a checkout runs it with.
-    let dir = Path::new(support::BIN).parent().expect("dir");
-    let me = if dir.ends_with("target/debug") {
+    let bin_dir = Path::new(support::BIN)
+        .parent()
+        .expect("the binary's directory");
+    let me = if bin_dir.ends_with("target/debug") {
         "cargo run -q -p agentwire-server --".to_owned()
     } else {
         support::BIN.to_owned()
