@@ -22,7 +22,8 @@ pub(super) enum ReaderEnd {
     /// The connection broke: nothing more can be sent.
     PeerGone,
     /// The reader asked the manager to close the connection with a code (1009, 1007,
-    /// 1002); the writer sends it.
+    /// 1002, or 1008 for a flood, whose later bytes it discarded); the writer sends it and
+    /// waits for no close frame from the peer.
     Failed,
 }
 
