@@ -138,26 +138,27 @@ impl Drop for Reader {
     }
 }
 
-/// What a connection closed for flooding still sends is read and thrown away unparsed
-/// (no frame decoding, no unmasking, 64 KiB a read instead of `--read-buffer-size`) until
-/// the client hangs up, or until the writer, done with the close frame and its
-/// `--close-timeout` wait, aborts this task. Reading on rather than dropping the socket:
-/// a socket closed with bytes unread answers with a reset, which can destroy the close
-/// frame before the client reads its 1008.
-async fn discard(mut stream: Stream) -> ReaderEnd {
-    let mut buf = vec![0u8; DISCARD_READ_BYTES];
-    let raw = stream.get_mut();
-    while let Ok(n) = raw.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-    }
-    // The writer sends the 1008 (and, this being the reader's end, does not wait for the
-    // client's close frame that is now discarded).
-    ReaderEnd::Failed
-}
-
 impl Reader {
+    /// What a connection closed for flooding still sends is read and thrown away
+    /// unparsed (no frame decoding, no unmasking, 64 KiB a read instead of
+    /// `--read-buffer-size`) until the client hangs up, or until the writer, done with the
+    /// close frame and its `--close-timeout` wait, aborts this task. The client's close
+    /// frame goes unseen with the rest, so the writer closes the server's side after its
+    /// close frame and the client hangs up at once. Reading on rather than dropping the
+    /// socket: a socket closed with bytes unread answers with a reset, which can destroy
+    /// the close frame before the client reads its 1008.
+    async fn discard(&mut self, mut stream: Stream) -> ReaderEnd {
+        self.news.update(|n| n.discarding = true);
+        let mut buf = vec![0u8; DISCARD_READ_BYTES];
+        let raw = stream.get_mut();
+        while let Ok(n) = raw.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        ReaderEnd::Failed
+    }
+
     async fn read(&mut self, mut stream: Stream, first: Option<Message>) -> ReaderEnd {
         let reader = self;
         if let Some(msg) = first {
@@ -165,7 +166,7 @@ impl Reader {
                 return end;
             }
             if reader.flooded {
-                return discard(stream).await;
+                return reader.discard(stream).await;
             }
         }
         loop {
@@ -187,7 +188,7 @@ impl Reader {
                     }
                     if reader.flooded {
                         reader.record();
-                        return discard(stream).await;
+                        return reader.discard(stream).await;
                     }
                 }
                 Err(e) => {
