@@ -118,7 +118,8 @@ pub use auth::{
     MIN_SECRET_BYTES, TokenReport, Verified, mint_hs256, read_credentials_file,
 };
 pub use demo::{
-    DEMO_MAX_BODY_BYTES, DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL,
+    DEMO_MAX_BODY_BYTES, DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_STALL_TIMEOUT,
+    DEMO_TOKEN_TTL,
 };
 pub use webhook::{
     RETRY_BASE as WEBHOOK_RETRY_BASE, RETRY_MAX as WEBHOOK_RETRY_MAX, WebhookConfigError,
