@@ -69,7 +69,8 @@ pub use leases::{
 };
 pub use manager::{
     ConnectError, ConnectOptions, Connection, DeliveryReceipt, EmitError, MAX_MERGED_DELTA_BYTES,
-    ManagerStats, Outbound, PreparedEvent, Resume, UnifiedWebSocketManager,
+    ManagerStats, ObserverTaken, Outbound, PreparedEvent, Resume, RunEnded,
+    UnifiedWebSocketManager, WeakManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
 pub use rates::{InMemoryRates, PublishRate, PublishRates, RateDecision};

@@ -3,7 +3,7 @@
 //! `connect` (a new connection and where its stream starts), `catch_up` (replaying
 //! history, paced by the writer, and resyncs), `emit` (validate, serialize once, publish),
 //! `reads` (history, event lookup, broker health), `stats`, `counters`, `sweeper`
-//! (heartbeat deadlines, history trimming), `watchdog` (ending stalled runs), `receipts` (how far each user's clients got), `singleton` (the process-wide manager) and
+//! (heartbeat deadlines, history trimming), `watchdog` (ending stalled runs), `receipts` (how far each user's clients got), `run_ends` (the observer of runs' terminal events), `singleton` (the process-wide manager) and
 //! `connection` (one connection's queue and handle).
 
 use foldhash::HashMap;
@@ -29,6 +29,7 @@ mod emit;
 mod reads;
 mod receipts;
 mod registry;
+mod run_ends;
 mod singleton;
 mod stats;
 mod sweeper;
@@ -43,6 +44,7 @@ pub(crate) use emit::serialize_body;
 pub use emit::{EmitError, PreparedEvent};
 pub use receipts::DeliveryReceipt;
 use registry::Router;
+pub use run_ends::{ObserverTaken, RunEnded};
 pub use stats::ManagerStats;
 
 const REGISTRY_SHARDS: usize = 64;
@@ -71,6 +73,7 @@ pub(crate) struct Inner {
     sweeper_started: AtomicBool,
     watchdog: watchdog::Watchdog,
     receipts: receipts::Receipts,
+    run_end_observer: OnceLock<run_ends::RunEndObserver>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -79,6 +82,19 @@ impl std::fmt::Debug for Inner {
             .field("connections", &self.total.load(Ordering::Relaxed))
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// A handle on a manager that does not keep it alive ([`UnifiedWebSocketManager::downgrade`]).
+#[derive(Debug, Clone)]
+pub struct WeakManager(std::sync::Weak<Inner>);
+
+impl WeakManager {
+    /// The manager, while something else keeps it alive.
+    pub fn upgrade(&self) -> Option<UnifiedWebSocketManager> {
+        self.0
+            .upgrade()
+            .map(|inner| UnifiedWebSocketManager { inner })
     }
 }
 
@@ -129,6 +145,7 @@ impl UnifiedWebSocketManager {
             sweeper_started: AtomicBool::new(false),
             watchdog: watchdog::Watchdog::default(),
             receipts: receipts::Receipts::default(),
+            run_end_observer: OnceLock::new(),
         });
         let router: Arc<dyn Subscriber> = Arc::new(Router {
             inner: Arc::downgrade(&inner),
@@ -145,6 +162,11 @@ impl UnifiedWebSocketManager {
             ManagerConfig::default(),
             Arc::new(InMemoryBroker::default()),
         )
+    }
+
+    /// A handle that does not keep the manager alive: for a task that should end with it.
+    pub fn downgrade(&self) -> WeakManager {
+        WeakManager(Arc::downgrade(&self.inner))
     }
 
     /// Whether two handles are the same manager.

@@ -18,6 +18,7 @@ use crate::demo::DemoState;
 use crate::http::door::{DoorMetrics, FrontDoor};
 use crate::http::{AllowedOrigins, Draining};
 use crate::sse::{SseMetrics, SseState};
+use crate::webhook::ReceiptWebhook;
 use crate::ws::{Cooldowns, WsMetrics, WsSettings, WsState};
 
 /// The state the router holds.
@@ -36,12 +37,14 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// The state over `manager`; `broker`, when the server built it, adds its own metrics.
+    /// The state over `manager`; `broker`, when the server built it, adds its own metrics;
+    /// `webhook`, when configured, observes the manager's run ends from now on.
     pub(crate) fn new(
         manager: UnifiedWebSocketManager,
         auth: Auth,
         config: &ServerConfig,
         broker: Option<&ServerBroker>,
+        webhook: Option<ReceiptWebhook>,
     ) -> Self {
         let auth = Arc::new(auth);
         // The JWKS key set, when one is configured, is kept fresh from here on.
@@ -52,6 +55,9 @@ impl AppState {
         let ws_metrics = WsMetrics::register(&mut registry);
         let sse_metrics = SseMetrics::register(&mut registry);
         let publish_metrics = PublishMetrics::register(&mut registry);
+        if let Some(webhook) = webhook {
+            webhook.attach(&manager, &mut registry);
+        }
         let door = FrontDoor::new(config.door_limits(), DoorMetrics::register(&mut registry));
         let demo_on = config.demo.is_enabled(config);
         let ws = Arc::new(WsState {
