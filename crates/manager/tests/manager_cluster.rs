@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use agentwire_manager::conformance::{
     self, InMemoryClusterHarness, InMemoryLeaseHarness, InMemoryRatesHarness,
+    InMemoryReceiptHarness,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,6 +29,11 @@ async fn the_in_memory_store_keeps_the_lease_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_store_keeps_the_receipt_contract() {
+    conformance::run_receipt_properties(&InMemoryReceiptHarness).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_memory_limiter_keeps_the_rate_contract() {
     conformance::run_rate_properties(&InMemoryRatesHarness).await;
 }
@@ -42,6 +48,7 @@ fn no_control(leases: Arc<dyn ConnectionLeases>) -> Cluster {
     Cluster {
         leases,
         control: None,
+        receipts: None,
     }
 }
 
