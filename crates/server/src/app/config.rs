@@ -366,6 +366,12 @@ pub struct ServerConfig {
     /// bucket's size).
     pub client_frame_burst: u32,
 
+    /// How long a user whose connection was closed with 1008 for exceeding
+    /// --client-frame-rate is refused at the handshake on this node (429 `rate_limited`
+    /// with `Retry-After`), so a flooder that reconnects at once costs a token check, not
+    /// a connection and another flood. 0 turns the cool-down off.
+    pub client_frame_cooldown: Duration,
+
     /// Without a resume in the query string, how long to wait for a `resume` first frame
     /// before streaming from the start of history. 0 turns the first-frame resume off.
     pub resume_wait: Duration,
@@ -488,6 +494,7 @@ impl Default for ServerConfig {
             max_bad_frames: 10,
             client_frame_rate: 50,
             client_frame_burst: 100,
+            client_frame_cooldown: Duration::from_secs(10),
             resume_wait: Duration::from_millis(50),
             history_max_events: 1_000,
             history_max_age: Duration::from_secs(600),
@@ -935,6 +942,12 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::client_frame_burst`].
     pub fn client_frame_burst(mut self, value: u32) -> Self {
         self.0.client_frame_burst = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::client_frame_cooldown`].
+    pub fn client_frame_cooldown(mut self, value: Duration) -> Self {
+        self.0.client_frame_cooldown = value;
         self
     }
 

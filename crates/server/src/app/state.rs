@@ -19,7 +19,7 @@ use crate::http::door::{DoorMetrics, FrontDoor};
 use crate::http::{AllowedOrigins, Draining};
 use crate::sse::{SseMetrics, SseState};
 use crate::webhook::ReceiptWebhook;
-use crate::ws::{WsMetrics, WsSettings, WsState};
+use crate::ws::{Cooldowns, WsMetrics, WsSettings, WsState};
 
 /// The state the router holds.
 /// Cheap to clone: every piece is shared.
@@ -66,6 +66,7 @@ impl AppState {
             ws: ws_settings(config),
             metrics: ws_metrics,
             draining: draining.clone(),
+            cooldowns: Cooldowns::new(config.client_frame_cooldown),
         });
         AppState {
             sse: Arc::new(SseState {
@@ -158,6 +159,7 @@ fn ws_settings(c: &ServerConfig) -> WsSettings {
         max_bad_frames: c.max_bad_frames,
         client_frame_rate: c.client_frame_rate,
         client_frame_burst: c.client_frame_burst,
+        client_frame_cooldown: c.client_frame_cooldown,
         resume_wait: c.resume_wait,
         allowed_origins: AllowedOrigins::new(&c.allowed_origins),
     }

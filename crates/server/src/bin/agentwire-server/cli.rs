@@ -388,6 +388,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_CLIENT_FRAME_BURST", default_value_t = d().client_frame_burst)]
     pub(crate) client_frame_burst: u32,
 
+    /// How long a user closed with 1008 for exceeding --client-frame-rate is refused at
+    /// the handshake on this node (429 `rate_limited` with Retry-After). 0 turns it off.
+    #[arg(long, env = "AGENTWIRE_CLIENT_FRAME_COOLDOWN", value_parser = parse_duration, default_value_t = d().client_frame_cooldown.into())]
+    pub(crate) client_frame_cooldown: humantime::Duration,
+
     /// Without a resume in the query string, how long to wait for a `resume` first frame
     /// before streaming from the start of history. 0 turns the first-frame resume off.
     #[arg(long, env = "AGENTWIRE_RESUME_WAIT", value_parser = parse_duration, default_value_t = d().resume_wait.into())]
@@ -525,6 +530,7 @@ impl ServeArgs {
         c.max_bad_frames = this.max_bad_frames;
         c.client_frame_rate = this.client_frame_rate;
         c.client_frame_burst = this.client_frame_burst;
+        c.client_frame_cooldown = this.client_frame_cooldown.into();
         c.resume_wait = this.resume_wait.into();
         c.history_max_events = this.history_max_events;
         c.history_max_age = this.history_max_age.into();
