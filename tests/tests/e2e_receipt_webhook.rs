@@ -1,7 +1,8 @@
 //! End to end: the receipt webhook (`--receipt-webhook-url`). A run whose terminal event no
 //! client acknowledged within `--receipt-webhook-after` is told to a receiver this test
 //! runs on 127.0.0.1:0, once, signed with HMAC-SHA256 over `<timestamp>.<body>`; an
-//! acknowledged run is never told; a 500 is retried, a 400 is not.
+//! acknowledged run is never told; a 500 is retried, a 400 is not; a run that ends while
+//! `--receipt-webhook-max-pending` notices are pending gets none.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -228,4 +229,38 @@ async fn a_500_is_retried_and_a_400_is_not() {
         "{text}"
     );
     assert_eq!(receiver.got.lock().expect("lock").len(), 3, "not retried");
+}
+
+#[tokio::test]
+async fn a_run_that_ends_beyond_max_pending_gets_no_notice() {
+    let (receiver, at) = receiver(&[]).await;
+    let server = TestServer::start_with(|c| {
+        c.receipt_webhook_url = Some(format!("http://{at}/hook"));
+        c.receipt_webhook_secret = Some(WEBHOOK_KEY.into());
+        c.receipt_webhook_after = Duration::from_secs(5);
+        c.receipt_webhook_max_pending = 1;
+    })
+    .await;
+    // Both runs end before the first one's notice is due: the second finds no room.
+    assert_eq!(server.publish(&run("dave", "first")).await.status, 200);
+    assert_eq!(server.publish(&run("dave", "second")).await.status, 200);
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "agentwire_receipt_webhook_dropped_total{reason=\"full\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    let text = until_metric(&server, "agentwire_receipt_webhook_sent_total", 1.0).await;
+    assert_eq!(
+        metric(&text, "agentwire_receipt_webhook_pending"),
+        0.0,
+        "{text}"
+    );
+    let got = receiver.got.lock().expect("lock").clone();
+    assert_eq!(got.len(), 1);
+    let notice: Value = serde_json::from_slice(&got[0].body).expect("JSON");
+    assert_eq!(notice["run_id"], "first");
 }

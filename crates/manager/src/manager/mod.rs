@@ -19,6 +19,7 @@ use crate::config::ManagerConfig;
 use crate::control::{Cluster, ClusterControl};
 use crate::leases::{ConnectionLeases, NodeId};
 use crate::memory::InMemoryBroker;
+use crate::receipt_store::ReceiptStore;
 
 mod catch_up;
 mod cluster;
@@ -73,6 +74,8 @@ pub(crate) struct Inner {
     sweeper_started: AtomicBool,
     watchdog: watchdog::Watchdog,
     receipts: receipts::Receipts,
+    /// The users' receipts across the cluster; `None` for a node on its own.
+    receipt_store: Option<Arc<dyn ReceiptStore>>,
     run_end_observer: OnceLock<run_ends::RunEndObserver>,
 }
 
@@ -118,16 +121,21 @@ impl UnifiedWebSocketManager {
     /// limit holds across every node sharing `cluster.leases` (each connection holds a
     /// lease there, taken before it is registered, renewed every third of the lease time
     /// and dropped when it is removed; a connection whose lease a newer one took closes
-    /// with 4003), and `cluster.control` carries evictions and the admin's requests to the
-    /// other nodes.
+    /// with 4003), `cluster.control` carries evictions and the admin's requests to the
+    /// other nodes, and `cluster.receipts` shares the users' delivery receipts.
     pub fn clustered(config: ManagerConfig, broker: Arc<dyn Broker>, cluster: Cluster) -> Self {
         Self::build(config, broker, Some(cluster))
     }
 
     fn build(config: ManagerConfig, broker: Arc<dyn Broker>, cluster: Option<Cluster>) -> Self {
-        let (node, leases, control) = match cluster {
-            Some(c) => (c.leases.node().clone(), Some(c.leases), c.control),
-            None => (NodeId::random(), None, None),
+        let (node, leases, control, receipt_store) = match cluster {
+            Some(c) => (
+                c.leases.node().clone(),
+                Some(c.leases),
+                c.control,
+                c.receipts,
+            ),
+            None => (NodeId::random(), None, None, None),
         };
         let inner = Arc::new(Inner {
             config,
@@ -145,6 +153,7 @@ impl UnifiedWebSocketManager {
             sweeper_started: AtomicBool::new(false),
             watchdog: watchdog::Watchdog::default(),
             receipts: receipts::Receipts::default(),
+            receipt_store,
             run_end_observer: OnceLock::new(),
         });
         let router: Arc<dyn Subscriber> = Arc::new(Router {

@@ -1,6 +1,6 @@
 //! The pending notices of one node: each run end the manager tells of waits until
-//! `--receipt-webhook-after`, then the user's receipt is read; a run whose terminal event
-//! was acknowledged needs no notice, any other's is sent (`send`). At most
+//! `--receipt-webhook-after`, then the user's receipt is read (every node's, with
+//! `--broker redis`); a run whose terminal event was acknowledged needs no notice, any other's is sent (`send`). At most
 //! `--receipt-webhook-max-pending` wait or are being sent at once.
 //!
 //! The task holds the manager weakly and ends when the manager is dropped.
@@ -217,23 +217,34 @@ async fn run(shared: Arc<Shared>, manager: WeakManager) {
     }
 }
 
-/// Reads the user's receipt for a run end that is due: no notice when its terminal event
-/// was acknowledged, else one is sent on a task of its own.
+/// How long a check waits to read the receipt again after the store failed.
+const CHECK_RETRY: Duration = Duration::from_secs(1);
+
+/// Reads the user's receipt for a run end that is due (the cluster's, with a shared
+/// store), on a task of its own: no notice when its terminal event was acknowledged, else
+/// one is sent. A receipt that cannot be read is read again after [`CHECK_RETRY`].
 fn check(shared: &Arc<Shared>, manager: &UnifiedWebSocketManager, ended: RunEnded) {
-    let receipt = manager.receipt(&ended.user_id);
-    let (delivered, acked) = if receipt.epoch.as_ref() == Some(&ended.epoch) {
-        (receipt.delivered_seq, receipt.acked_seq)
-    } else {
-        (agentwire_protocol::Seq::ZERO, agentwire_protocol::Seq::ZERO)
-    };
-    if acked >= ended.seq {
-        shared.metrics.acked.inc();
-        shared.done();
-        return;
-    }
-    let body = notice(shared, &ended, delivered, acked);
     let shared = shared.clone();
+    let manager = manager.clone();
     tokio::spawn(async move {
+        let (delivered, acked) = match manager.receipt_in(&ended.user_id, &ended.epoch).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "the receipt webhook could not read a receipt; again shortly");
+                let mut due = shared.lock();
+                let tick = due.next;
+                due.next += 1;
+                due.at.insert((Instant::now() + CHECK_RETRY, tick), ended);
+                return;
+            }
+        };
+        drop(manager);
+        if acked >= ended.seq {
+            shared.metrics.acked.inc();
+            shared.done();
+            return;
+        }
+        let body = notice(&shared, &ended, delivered, acked);
         let metrics = &shared.metrics;
         let outcome = shared
             .sender
