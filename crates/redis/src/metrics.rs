@@ -113,6 +113,10 @@ pub struct RedisMetrics {
     pub leases_restored: u64,
     /// Lease calls (admit, renew, release) that failed.
     pub lease_failures: u64,
+    /// Evicted leases forgotten because a user had more than
+    /// `agentwire_manager::MAX_EVICTED_LEASES_PER_USER` (a renewal of one treats it as
+    /// expired instead of closing it), in this node's calls.
+    pub evicted_leases_forgotten: u64,
     /// Messages this node published on the control channel (requests, answers, evictions).
     pub control_sent: u64,
     /// Messages this node received on the control channel.
@@ -169,6 +173,7 @@ pub(crate) struct Counters {
     pub(crate) leases_lost: AtomicU64,
     pub(crate) leases_restored: AtomicU64,
     pub(crate) lease_failures: AtomicU64,
+    pub(crate) evicted_leases_forgotten: AtomicU64,
     pub(crate) control_sent: AtomicU64,
     pub(crate) control_received: AtomicU64,
     pub(crate) control_malformed: AtomicU64,
@@ -243,6 +248,7 @@ impl Counters {
             leases_lost: get(&self.leases_lost),
             leases_restored: get(&self.leases_restored),
             lease_failures: get(&self.lease_failures),
+            evicted_leases_forgotten: get(&self.evicted_leases_forgotten),
             control_sent: get(&self.control_sent),
             control_received: get(&self.control_received),
             control_malformed: get(&self.control_malformed),

@@ -626,6 +626,11 @@ impl Collector for RedisCollector {
                 m.leases_restored,
             ),
             (
+                "agentwire_redis_evicted_leases_forgotten",
+                "Evicted leases forgotten past 64 per user (a renewal of one treats it as expired, not evicted)",
+                m.evicted_leases_forgotten,
+            ),
+            (
                 "agentwire_redis_control_sent",
                 "Messages this node published on the control channel",
                 m.control_sent,
