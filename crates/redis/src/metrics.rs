@@ -131,6 +131,9 @@ pub struct RedisMetrics {
     pub control_unanswered: u64,
     /// Times the control channel's connection was lost and made again.
     pub control_reconnects: u64,
+    /// Gauge: 1 while the control channel's subscription is up (the node hears the
+    /// admin's disconnects and other nodes' evictions), else 0.
+    pub control_up: u64,
     /// Publish requests the shared rate limiter refused (a wait, or more than the burst).
     pub rate_refused: u64,
 }
@@ -181,6 +184,7 @@ pub(crate) struct Counters {
     pub(crate) control_refused: AtomicU64,
     pub(crate) control_unanswered: AtomicU64,
     pub(crate) control_reconnects: AtomicU64,
+    pub(crate) control_up: AtomicU64,
     pub(crate) rate_refused: AtomicU64,
 }
 
@@ -256,6 +260,7 @@ impl Counters {
             control_refused: get(&self.control_refused),
             control_unanswered: get(&self.control_unanswered),
             control_reconnects: get(&self.control_reconnects),
+            control_up: get(&self.control_up),
             rate_refused: get(&self.rate_refused),
         }
     }

@@ -679,6 +679,12 @@ impl Collector for RedisCollector {
             "agentwire_redis_pending_subscriptions",
             "Channel changes waiting for the Redis subscription task",
             m.pending_subscriptions,
+        )?;
+        gauge(
+            e,
+            "agentwire_redis_control_up",
+            "1 while this node's control channel subscription (admin disconnects, evictions between nodes) is up; /readyz answers 503 while it is 0",
+            m.control_up,
         )
     }
 }
