@@ -89,6 +89,7 @@ impl Metrics {
     responses(
         (status = 200, description = "Every metric (docs/operations.md), OpenMetrics text",
             content_type = "application/openmetrics-text"),
+        (status = 400, description = "More than one Authorization header (`field`: Authorization)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "A publish-only API key", body = ErrorBody),
         (status = 404, description = "The metrics are served on --metrics-listen", body = ErrorBody)))]
