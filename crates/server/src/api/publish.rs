@@ -377,7 +377,7 @@ pub(crate) fn publisher_of(app: &ApiState, key: ApiKey) -> Result<PublisherId, A
 }
 
 /// Where a publisher asks whether an event reached its user (docs/protocol.md §8.5).
-fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
+pub(crate) fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
     let user = path_segment(user.as_str());
     match run {
         Some(run) => format!("/v1/users/{user}/runs/{}", path_segment(run.as_str())),
