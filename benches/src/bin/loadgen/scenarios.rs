@@ -1005,8 +1005,8 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
         };
         eprintln!(
             "  slow readers ({} B/s): {} frames ({} merged) for {} events of {} published \
-             ({} deltas); {} bytes; closes seen {}; the server merged {:.0} deltas and cut \
-             {:.0} slow consumers",
+             ({} deltas); {} bytes; closes seen {}; the server merged {:.0} deltas, cut \
+             {:.0} slow consumers and dropped {:.0} connections at the write timeout",
             a.slow_read_rate,
             got["frames"],
             got["merged_frames"],
@@ -1017,6 +1017,7 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
             r["closes"],
             server("deltas_merged"),
             server("slow_consumer_closes"),
+            server("write_timeouts"),
         );
     }
     let mut m = serde_json::Map::new();
