@@ -997,10 +997,16 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
         .iter()
         .map(|s| s["slow_readers"].clone())
         .collect();
-    for r in &slow_readers {
+    for (r, step) in slow_readers.iter().zip(&mixed_steps) {
         let got = &r["received"];
+        let server = |n: &str| {
+            step["server"]["metrics_after"][n].as_f64().unwrap_or(0.0)
+                - step["server"]["metrics_before"][n].as_f64().unwrap_or(0.0)
+        };
         eprintln!(
-            "  slow readers ({} B/s): {} frames ({} merged) for {} events of {} published              ({} deltas); {} bytes; closes {}",
+            "  slow readers ({} B/s): {} frames ({} merged) for {} events of {} published \
+             ({} deltas); {} bytes; closes seen {}; the server merged {:.0} deltas, cut \
+             {:.0} slow consumers and dropped {:.0} connections at the write timeout",
             a.slow_read_rate,
             got["frames"],
             got["merged_frames"],
@@ -1009,6 +1015,9 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
             r["deltas_published"],
             got["bytes"],
             r["closes"],
+            server("deltas_merged"),
+            server("slow_consumer_closes"),
+            server("write_timeouts"),
         );
     }
     let mut m = serde_json::Map::new();
