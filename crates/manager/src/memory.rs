@@ -912,7 +912,7 @@ mod tests {
             let point = growth_point(&mut stream, 400);
             // Within the upper half of the capacity it had: never past full.
             assert!(
-                point <= 448 && point >= 224,
+                (224..=448).contains(&point),
                 "spread {spread}: grew at {point}"
             );
             points.insert(point);
