@@ -17,9 +17,14 @@
 # Placement: on Redis every connection and every publish request goes to a random node
 # (PLACEMENT_REDIS), so deliveries cross nodes; memory nodes share nothing, so there each
 # user's connections and publishes stay on one node (pinned) and each node delivers what
-# it accepted. Both run `--run-lifecycle off`: the run table is kept per node, and with
-# publishes spread over nodes a run started on one is unknown to the other. Redis is
-# flushed between rounds. AW_ARGS adds flags to every node (e.g. `--redis-key-prefix`).
+# it accepted. Nodes run `--run-lifecycle off` unless LIFECYCLES names more: with
+# LIFECYCLES="off enforce" each broker also runs as contender BROKER-enforce, whose nodes
+# check every run's order (on Redis atomically with the append, in the publish script), so
+#   BROKERS=redis LIFECYCLES="off enforce" benches/scripts/redis_cluster_run.sh
+# measures what the cluster-wide lifecycle check costs (docs/performance.md). The load
+# generator publishes each user's events in order (one request in flight per lane), so
+# runs are well-formed wherever their events land. Redis is flushed between rounds.
+# AW_ARGS adds flags to every node (e.g. `--redis-key-prefix`).
 #
 # Result lines go to RESULTS (benches/results/cluster.jsonl), tagged like side_by_side.sh's;
 # report.py prints the table (redis / memory) at the end. SHORT=1 shrinks every size and
@@ -43,6 +48,17 @@ sweep_step=${SWEEP_STEP:-10s}
 cluster_rate=${CLUSTER_RATE:-20000}
 rounds=${ROUNDS:-3}
 read -r -a brokers <<<"${BROKERS:-memory redis}"
+read -r -a lifecycles <<<"${LIFECYCLES:-off}"
+contenders=()
+for broker in "${brokers[@]}"; do
+    for lifecycle in "${lifecycles[@]}"; do
+        case $lifecycle in
+            off) contenders+=("$broker") ;;
+            enforce) contenders+=("$broker-enforce") ;;
+            *) echo "LIFECYCLES: unknown lifecycle '$lifecycle' (off, enforce)" >&2; exit 2 ;;
+        esac
+    done
+done
 port=${PORT:-18110}
 redis_port=${REDIS_PORT:-16390}
 results=${RESULTS:-benches/results/cluster.jsonl}
@@ -56,11 +72,14 @@ if [[ " ${brokers[*]} " == *" redis "* ]]; then
     start_pinned_redis "$redis_port" /tmp/agentwire-cluster-redis.log
 fi
 
-# round TARGET BROKER N: one broker's round of one target.
+# round TARGET CONTENDER N: one contender's round of one target; CONTENDER is a broker,
+# with `-enforce` when its nodes enforce the run lifecycle.
 round() {
-    local target=$1 broker=$2 n=$3 placement=pinned
+    local target=$1 contender=$2 n=$3 placement=pinned
+    local broker=${contender%-enforce} lifecycle=off
+    [[ $contender == *-enforce ]] && lifecycle=enforce
     local -a scenario extra=() nodes=()
-    local node_args="--run-lifecycle off ${AW_ARGS:-}"
+    local node_args="--run-lifecycle $lifecycle ${AW_ARGS:-}"
     if [[ $broker == redis ]]; then
         placement=${PLACEMENT_REDIS:-random}
         node_args+=" --broker redis --redis-url $redis_url"
@@ -74,11 +93,11 @@ round() {
             ;;
         cluster_cpu) scenario=(steady --rate "$cluster_rate" --duration "$duration" --p99-limit-ms 50) ;;
     esac
-    echo "== $run_id: $target, round $n, $broker broker" >&2
+    echo "== $run_id: $target, round $n, $contender" >&2
     local -a servers=() pids=()
     for i in 0 1; do
         SERVER_ARGS=$node_args start_pinned_server "$((port + i))" "$secret" "$key" \
-            "/tmp/agentwire-cluster-$broker-$i.log"
+            "/tmp/agentwire-cluster-$contender-$i.log"
         nodes+=("$server")
         servers+=(--server "127.0.0.1:$((port + i))")
         pids+=(--server-pid "$server")
@@ -86,8 +105,8 @@ round() {
     taskset -c "${LOADGEN_CORES:-1}" "$bin/loadgen" "${scenario[@]}" \
         "${servers[@]}" "${pids[@]}" "${extra[@]}" --placement "$placement" \
         --jwt-secret "$secret" --api-key "$key" --users "$users" \
-        --meta "run=$run_id" --meta "target=$target" --meta "contender=$broker" \
-        --meta "baseline=${brokers[0]}" --meta "round=$n" --out "$results" >/dev/null
+        --meta "run=$run_id" --meta "target=$target" --meta "contender=$contender" \
+        --meta "baseline=${contenders[0]}" --meta "round=$n" --out "$results" >/dev/null
     for pid in "${nodes[@]}"; do
         stop_server "$pid"
     done
@@ -95,8 +114,8 @@ round() {
 
 for target in cluster_sweep cluster_cpu; do
     for n in $(seq "$rounds"); do
-        for broker in "${brokers[@]}"; do
-            round "$target" "$broker" "$n"
+        for contender in "${contenders[@]}"; do
+            round "$target" "$contender" "$n"
         done
     done
 done

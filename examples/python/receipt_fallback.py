@@ -7,7 +7,9 @@ notification) when no client acknowledged it in time.
 
 Only the standard library: the publish answer names each event's receipt path, and
 `GET <receipt>?wait_acked=10s` answers as soon as the run's terminal event is
-acknowledged by one of the user's clients, or when the time is up (docs/protocol.md §8.4).
+acknowledged by one of the user's clients, or when the time is up (docs/protocol.md §8.5).
+With `--broker redis` any node answers for every node's clients. A publisher that would
+rather be told than wait sets `--receipt-webhook-url` instead (§8.5, the receipt webhook).
 """
 
 import argparse

@@ -2,16 +2,18 @@
 // against a running agentwire server with the demo on.
 //
 //   node tests/browser/demo.test.mjs --url http://127.0.0.1:8080 --api-key KEY \
-//        [--artifacts target/browser-artifacts] [--chromium /usr/bin/chromium]
+//        [--artifacts target/browser-artifacts] [--chromium /usr/bin/chromium] \
+//        [--cases resume,stall]
 //
 // (or AGENTWIRE_URL, AGENTWIRE_API_KEY, AGENTWIRE_ARTIFACTS, CHROMIUM_PATH). Exits 0 when
 // every check passed, 1 otherwise; prints the screenshots' paths.
 //
-// What it proves: the demo page signs in, starts a run through the bridge and shows the
+// What it proves (case `resume`): the demo page signs in, starts a run through the bridge and shows the
 // five critical events in order; a user disconnected mid-run (admin endpoint) reconnects
 // and resumes — every event once, in order, the server's replayed counter up; a second tab
 // of the same user sees the same timeline; another user's tab sees none of it; a run
-// stopped from the page ends with agent_error.
+// stopped from the page ends with agent_error. Case `stall`: a run that stalls after a tool
+// call is ended by the server as `stalled`, shown as such, with nothing of that run after.
 
 import { mkdirSync } from "node:fs";
 import path from "node:path";
@@ -25,16 +27,24 @@ const { values: args } = parseArgs({
     artifacts: { type: "string", default: process.env.AGENTWIRE_ARTIFACTS || "target/browser-artifacts" },
     chromium: { type: "string", default: process.env.CHROMIUM_PATH || "/usr/bin/chromium" },
     "pace-ms": { type: "string", default: "250" },
+    // Which cases to run, comma-separated: `resume` (the delivery guarantees), `stall`.
+    cases: { type: "string", default: "resume,stall" },
   },
 });
 if (!args.url || !args["api-key"]) {
-  console.error("usage: node demo.test.mjs --url http://HOST:PORT --api-key KEY [--artifacts DIR] [--chromium PATH]");
+  console.error("usage: node demo.test.mjs --url http://HOST:PORT --api-key KEY [--artifacts DIR] [--chromium PATH] [--cases resume,stall]");
   process.exit(2);
 }
 const BASE = args.url.replace(/\/$/, "");
 const API_KEY = args["api-key"];
 const ARTIFACTS = path.resolve(args.artifacts);
 const PACE_MS = Number(args["pace-ms"]);
+const CASES = new Set(args.cases.split(","));
+const unknown = [...CASES].filter((c) => c !== "resume" && c !== "stall");
+if (unknown.length > 0 || CASES.size === 0) {
+  console.error(`unknown case(s) ${JSON.stringify(unknown)}: --cases takes resume and/or stall`);
+  process.exit(2);
+}
 const WAIT = 15_000;
 const CRITICAL = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"];
 
@@ -161,6 +171,166 @@ function assertOncePerSeqInOrder(events, label) {
   );
 }
 
+/**
+ * The demo's delivery guarantees: sign in, run, resume after a disconnect, a second tab,
+ * another user's tab, a run stopped from the page.
+ */
+async function resumeCase(browser, suffix) {
+  const alice = `alice-${suffix}`;
+  const bob = `bob-${suffix}`;
+  const aliceContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const bobContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+
+  // 1. Sign in, start a run, see the five critical events in order.
+  const tab1 = await openSignedIn(aliceContext, alice, "alice tab 1");
+  check(await tab1.getByTestId("signed-user").textContent() === alice, "tab 1 is signed in as alice");
+  const run1 = await startRun(tab1);
+  await waitForEvent(tab1, run1, "agent_completed");
+  const first = await timeline(tab1);
+  assertCriticalOrder(first, run1, "run 1");
+  assertOncePerSeqInOrder(first, "after run 1");
+  await shot(tab1, "01-run-completed.png");
+
+  // 2. A second tab of alice, and a tab of bob.
+  const tab2 = await openSignedIn(aliceContext, alice, "alice tab 2");
+  await until("tab 2 shows run 1 from history", async () => (await timeline(tab2)).length === first.length);
+  const bobTab = await openSignedIn(bobContext, bob, "bob");
+
+  // 3. Mid-run, an operator disconnects alice. Tab 1's reconnect waits (its token
+  //    request is held) until the run has ended on the server, so it must resume: the
+  //    events it missed come from history.
+  const replayedBefore = (await stats()).events_replayed;
+  let release;
+  const held = new Promise((r) => (release = r));
+  let tokenRequests = 0;
+  await tab1.route("**/demo/token", async (route) => {
+    tokenRequests++;
+    await held;
+    await route.continue();
+  });
+  const run2 = await startRun(tab1);
+  await waitForEvent(tab1, run2, "agent_thinking");
+  const cut = await fetch(`${BASE}/v1/users/${encodeURIComponent(alice)}/disconnect`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}` },
+  });
+  const cutBody = await cut.json();
+  check(cut.status === 200 && cutBody.disconnected === 2, "the admin endpoint disconnects alice's two tabs", cutBody);
+  await tab1.waitForSelector('[data-testid="state-pill"]:not([data-state="open"])', { timeout: WAIT });
+  check(true, "tab 1 notices the disconnect");
+  // Counted once the tab is cut off: a step of the run may land while the cut is made.
+  const seenBeforeCut = (await timeline(tab1)).length;
+  await until("run 2 ends on the server", async () => (await stats()).demo_runs_active === 0);
+  await until("tab 1 asks for a token to reconnect", () => tokenRequests > 0);
+  check((await timeline(tab1)).length === seenBeforeCut, "tab 1 got nothing while disconnected");
+  release();
+  await tab1.waitForSelector('[data-testid="state-pill"][data-state="open"]', { timeout: WAIT });
+  check((await tab1.getByTestId("reconnects").textContent()) === "1", "tab 1 reconnected once");
+  await waitForEvent(tab1, run2, "agent_completed");
+  const resumed = await timeline(tab1);
+  check(resumed.length > seenBeforeCut, "tab 1 received the events it missed", { seenBeforeCut, now: resumed.length });
+  assertCriticalOrder(resumed, run2, "run 2 (resumed)");
+  assertOncePerSeqInOrder(resumed, "after the resume");
+  const replayedAfter = (await stats()).events_replayed;
+  check(replayedAfter > replayedBefore, "the server's replayed counter went up", { replayedBefore, replayedAfter });
+  check(
+    Number(await tab1.getByTestId("last-seq").textContent()) === resumed[resumed.length - 1].seq,
+    "tab 1's last seq is its newest event",
+  );
+  await shot(tab1, "02-resumed-after-disconnect.png");
+
+  // 4. The second tab shows the same timeline.
+  await waitForEvent(tab2, run2, "agent_completed");
+  await tab2.waitForSelector('[data-testid="state-pill"][data-state="open"]', { timeout: WAIT });
+  const second = await timeline(tab2);
+  check(JSON.stringify(second) === JSON.stringify(resumed), "tab 2 shows the same timeline as tab 1", { second, resumed });
+  await shot(tab2, "03-second-tab-same-user.png");
+
+  // 5. Bob saw none of it.
+  const bobs = await timeline(bobTab);
+  check(bobs.length === 0, "bob's tab shows none of alice's events", bobs);
+  const bobText = await bobTab.textContent("#timeline");
+  check(!bobText.includes(run1) && !bobText.includes(run2), "bob's tab names none of alice's runs");
+  check((await bobTab.getByTestId("state-pill").getAttribute("data-state")) === "open", "bob's tab stayed connected");
+  await shot(bobTab, "04-other-user-sees-nothing.png");
+
+  // 6. A run stopped from the page ends with agent_error (the bridge's drop guard).
+  const run3 = await startRun(tab1);
+  await waitForEvent(tab1, run3, "agent_started");
+  await tab1.getByTestId("stop-run").click();
+  await waitForEvent(tab1, run3, "agent_error");
+  const stopped = await timeline(tab1);
+  const run3Types = stopped.filter((e) => e.run === run3).map((e) => e.type);
+  check(run3Types[0] === "agent_started" && run3Types.at(-1) === "agent_error", "a stopped run ends with agent_error", run3Types);
+  check(!run3Types.includes("agent_completed"), "a stopped run does not complete");
+  check(
+    (await tab1.textContent(`#timeline li.ev[data-run="${run3}"][data-type="agent_error"]`)).includes("run_dropped"),
+    "the error entry shows its code",
+  );
+  assertOncePerSeqInOrder(stopped, "after the stopped run");
+  await shot(tab1, "05-run-stopped-agent-error.png");
+}
+
+/**
+ * A run that stalls (issue 18): it calls a tool and goes silent; the server's watchdog ends
+ * it with agent_error code `stalled` after its 3 s stall timeout, and the page shows the run
+ * ended by the server, with nothing of that run after it.
+ */
+async function stallCase(browser, suffix) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const tab = await openSignedIn(context, `carol-${suffix}`, "carol");
+  const [stallResponse] = await Promise.all([
+    tab.waitForResponse((r) => r.url().endsWith("/demo/runs") && r.request().method() === "POST", { timeout: WAIT }),
+    tab.getByTestId("stall-run").click(),
+  ]);
+  const stallBody = await stallResponse.json();
+  check(
+    stallResponse.status() === 202 && stallBody.stall_timeout_ms === 3000,
+    "POST /demo/runs {stall: true} answers 202 with a 3 s stall timeout",
+    { status: stallResponse.status(), body: stallBody },
+  );
+  const stalledRun = stallBody.run_id;
+  await waitForEvent(tab, stalledRun, "tool_executing");
+  // Bounded by WAIT (15 s), which the 3 s stall timeout and the watchdog's tick fit inside.
+  await waitForEvent(tab, stalledRun, "agent_error");
+  const stalledEntry = `#timeline li.ev[data-run="${stalledRun}"][data-type="agent_error"]`;
+  check(
+    (await tab.textContent(`${stalledEntry} .title`)) === "Run stalled: ended by the server",
+    "the stalled run's last entry says the server ended it",
+    await tab.textContent(stalledEntry),
+  );
+  check(
+    (await tab.textContent(`${stalledEntry} .label`)) === "code: stalled · retryable",
+    "the entry shows the code `stalled`, retryable",
+    await tab.textContent(stalledEntry),
+  );
+  check(
+    (await tab.textContent(`#timeline li.ev[data-run="${stalledRun}"][data-type="tool_executing"] .status`)) ===
+      "ended with the run",
+    "the silent tool call is shown as ended with the run",
+  );
+  await tab.locator(stalledEntry).scrollIntoViewIfNeeded();
+  await shot(tab, "06-run-stalled-ended-by-server.png");
+  // Nothing of the stalled run after its end: a later run, completed, is a barrier (the
+  // server delivers in seq order, so anything of the stalled run published before it shows first).
+  const nextRun = await startRun(tab);
+  await waitForEvent(tab, nextRun, "agent_completed");
+  const afterStall = await timeline(tab);
+  const stalledRunTypes = afterStall.filter((e) => e.run === stalledRun).map((e) => e.type);
+  check(
+    JSON.stringify(stalledRunTypes) === JSON.stringify(["agent_started", "tool_executing", "agent_error"]),
+    "the stalled run is agent_started, tool_executing, agent_error and nothing after",
+    stalledRunTypes,
+  );
+  const stallEnd = afterStall.findIndex((e) => e.run === stalledRun && e.type === "agent_error");
+  check(
+    afterStall.slice(stallEnd + 1).every((e) => e.run === nextRun),
+    "no event after the stalled run's end but the next run's",
+    afterStall.slice(stallEnd + 1),
+  );
+  assertOncePerSeqInOrder(afterStall, "after the stalled run");
+}
+
 async function main() {
   const browser = await chromium.launch({
     executablePath: args.chromium,
@@ -178,105 +348,14 @@ async function main() {
   });
   try {
     const suffix = Math.random().toString(36).slice(2, 8);
-    const alice = `alice-${suffix}`;
-    const bob = `bob-${suffix}`;
-    const aliceContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-    const bobContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-
-    // 1. Sign in, start a run, see the five critical events in order.
-    const tab1 = await openSignedIn(aliceContext, alice, "alice tab 1");
-    check(await tab1.getByTestId("signed-user").textContent() === alice, "tab 1 is signed in as alice");
-    const run1 = await startRun(tab1);
-    await waitForEvent(tab1, run1, "agent_completed");
-    const first = await timeline(tab1);
-    assertCriticalOrder(first, run1, "run 1");
-    assertOncePerSeqInOrder(first, "after run 1");
-    await shot(tab1, "01-run-completed.png");
-
-    // 2. A second tab of alice, and a tab of bob.
-    const tab2 = await openSignedIn(aliceContext, alice, "alice tab 2");
-    await until("tab 2 shows run 1 from history", async () => (await timeline(tab2)).length === first.length);
-    const bobTab = await openSignedIn(bobContext, bob, "bob");
-
-    // 3. Mid-run, an operator disconnects alice. Tab 1's reconnect waits (its token
-    //    request is held) until the run has ended on the server, so it must resume: the
-    //    events it missed come from history.
-    const replayedBefore = (await stats()).events_replayed;
-    let release;
-    const held = new Promise((r) => (release = r));
-    let tokenRequests = 0;
-    await tab1.route("**/demo/token", async (route) => {
-      tokenRequests++;
-      await held;
-      await route.continue();
-    });
-    const run2 = await startRun(tab1);
-    await waitForEvent(tab1, run2, "agent_thinking");
-    const cut = await fetch(`${BASE}/v1/users/${encodeURIComponent(alice)}/disconnect`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${API_KEY}` },
-    });
-    const cutBody = await cut.json();
-    check(cut.status === 200 && cutBody.disconnected === 2, "the admin endpoint disconnects alice's two tabs", cutBody);
-    await tab1.waitForSelector('[data-testid="state-pill"]:not([data-state="open"])', { timeout: WAIT });
-    check(true, "tab 1 notices the disconnect");
-    // Counted once the tab is cut off: a step of the run may land while the cut is made.
-    const seenBeforeCut = (await timeline(tab1)).length;
-    await until("run 2 ends on the server", async () => (await stats()).demo_runs_active === 0);
-    await until("tab 1 asks for a token to reconnect", () => tokenRequests > 0);
-    check((await timeline(tab1)).length === seenBeforeCut, "tab 1 got nothing while disconnected");
-    release();
-    await tab1.waitForSelector('[data-testid="state-pill"][data-state="open"]', { timeout: WAIT });
-    check((await tab1.getByTestId("reconnects").textContent()) === "1", "tab 1 reconnected once");
-    await waitForEvent(tab1, run2, "agent_completed");
-    const resumed = await timeline(tab1);
-    check(resumed.length > seenBeforeCut, "tab 1 received the events it missed", { seenBeforeCut, now: resumed.length });
-    assertCriticalOrder(resumed, run2, "run 2 (resumed)");
-    assertOncePerSeqInOrder(resumed, "after the resume");
-    const replayedAfter = (await stats()).events_replayed;
-    check(replayedAfter > replayedBefore, "the server's replayed counter went up", { replayedBefore, replayedAfter });
-    check(
-      Number(await tab1.getByTestId("last-seq").textContent()) === resumed[resumed.length - 1].seq,
-      "tab 1's last seq is its newest event",
-    );
-    await shot(tab1, "02-resumed-after-disconnect.png");
-
-    // 4. The second tab shows the same timeline.
-    await waitForEvent(tab2, run2, "agent_completed");
-    await tab2.waitForSelector('[data-testid="state-pill"][data-state="open"]', { timeout: WAIT });
-    const second = await timeline(tab2);
-    check(JSON.stringify(second) === JSON.stringify(resumed), "tab 2 shows the same timeline as tab 1", { second, resumed });
-    await shot(tab2, "03-second-tab-same-user.png");
-
-    // 5. Bob saw none of it.
-    const bobs = await timeline(bobTab);
-    check(bobs.length === 0, "bob's tab shows none of alice's events", bobs);
-    const bobText = await bobTab.textContent("#timeline");
-    check(!bobText.includes(run1) && !bobText.includes(run2), "bob's tab names none of alice's runs");
-    check((await bobTab.getByTestId("state-pill").getAttribute("data-state")) === "open", "bob's tab stayed connected");
-    await shot(bobTab, "04-other-user-sees-nothing.png");
-
-    // 6. A run stopped from the page ends with agent_error (the bridge's drop guard).
-    const run3 = await startRun(tab1);
-    await waitForEvent(tab1, run3, "agent_started");
-    await tab1.getByTestId("stop-run").click();
-    await waitForEvent(tab1, run3, "agent_error");
-    const stopped = await timeline(tab1);
-    const run3Types = stopped.filter((e) => e.run === run3).map((e) => e.type);
-    check(run3Types[0] === "agent_started" && run3Types.at(-1) === "agent_error", "a stopped run ends with agent_error", run3Types);
-    check(!run3Types.includes("agent_completed"), "a stopped run does not complete");
-    check(
-      (await tab1.textContent(`#timeline li.ev[data-run="${run3}"][data-type="agent_error"]`)).includes("run_dropped"),
-      "the error entry shows its code",
-    );
-    assertOncePerSeqInOrder(stopped, "after the stopped run");
-    await shot(tab1, "05-run-stopped-agent-error.png");
+    if (CASES.has("resume")) await resumeCase(browser, suffix);
+    if (CASES.has("stall")) await stallCase(browser, suffix);
 
     check(pageErrors.length === 0, "no page errors or console errors", pageErrors);
   } catch (err) {
     for (const page of browser.contexts().flatMap((c) => c.pages())) {
       const i = screenshots.length;
-      await shot(page, `failure-${i}.png`).catch(() => {});
+      await shot(page, `failure-${[...CASES].join("-")}-${i}.png`).catch(() => {});
     }
     throw err;
   } finally {

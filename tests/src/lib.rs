@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod proxy;
 pub mod sse;
 
 /// The HS256 secret of test servers (at least 32 bytes, as outside development mode).

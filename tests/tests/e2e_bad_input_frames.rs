@@ -273,6 +273,95 @@ async fn a_frame_flood_is_dropped_then_closed_with_1008() {
     server.stop().await;
 }
 
+/// Issue 14: flooders closed with 1008 connected again at once and flooded again, and the
+/// loop of handshakes and floods held the node's core. A user closed for its frame rate is
+/// refused at the handshake (429 `rate_limited` with `Retry-After`, on `/ws` and
+/// `/v1/stream`) until its cool-down ends, then connects as before; what its closed
+/// connection kept sending did not keep the 1008 from reaching it; other users connect
+/// and are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooder_that_comes_straight_back_is_refused_until_its_cooldown_ends() {
+    let cooldown = Duration::from_secs(4);
+    let server = TestServer::start_with(|c| {
+        c.client_frame_rate = 20;
+        c.client_frame_burst = 20;
+        c.client_frame_cooldown = cooldown;
+    })
+    .await;
+    let mut bystander = Bystander::connect(&server, "bystander").await;
+    let mut flooder = server.connect("alice").await;
+    // Far past the burst and its debt: the frames after the 1008 are discarded unread.
+    for _ in 0..2_000 {
+        flooder.send_text(r#"{"type":"ack","seq":1}"#).await;
+    }
+    assert_eq!(flooder.closed().await, Some(1008), "the flood is closed");
+    let metrics = server.metrics().await;
+    for name in [
+        "agentwire_client_rate_limit_closes_total",
+        "agentwire_client_frame_cooldowns_total",
+    ] {
+        assert_eq!(
+            agentwire_e2e::metric(&metrics, name),
+            Some(1.0),
+            "{metrics}"
+        );
+    }
+
+    // Straight back: refused before the upgrade, with the documented answer.
+    let token = server.token("alice");
+    let resp = match server.try_connect(server.request(&token, "")).await {
+        Ok(_) => panic!("a flooder coming straight back was upgraded"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp,
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+    };
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry_after: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in whole seconds");
+    assert!(
+        (1..=cooldown.as_secs()).contains(&retry_after),
+        "Retry-After {retry_after} s within the cool-down"
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("JSON body");
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--client-frame-cooldown")),
+        "{body}"
+    );
+    // The event stream shares the handshake's checks.
+    let sse = server.http("GET", "/v1/stream", Some(&token)).await;
+    agentwire_e2e::assert_error_body(&sse, 429, "rate_limited", None, "/v1/stream");
+    assert!(sse.header("retry-after").is_some(), "{:?}", sse.headers);
+
+    // Nobody else is touched: the bystander's stream goes on, a new user connects.
+    assert_eq!(accepted_events(&server), 0);
+    bystander.still_served(&server, "cool-down").await;
+    let carol = server.connect("carol").await;
+    let metrics = server.metrics().await;
+    assert_eq!(
+        agentwire_e2e::metric(
+            &metrics,
+            r#"agentwire_handshake_rejections_total{reason="rate_limited"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // Once the window has passed, the user connects as before.
+    tokio::time::sleep(cooldown + Duration::from_millis(200)).await;
+    let mut back = server.connect("alice").await;
+    still_open(&mut back, "after the cool-down").await;
+    back.close().await;
+    carol.close().await;
+    server.stop().await;
+}
+
 /// Acks are cumulative and a burst of them is recorded once, as the newest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_acks_records_the_newest() {

@@ -1,7 +1,8 @@
 //! The demo page and `/client.js` in a real browser: starts a server in development mode
 //! (demo on, development tokens minted for the browser on this machine) and runs
-//! `tests/browser/demo.test.mjs`, which drives Debian's Chromium with playwright-core
-//! (issue 7). Screenshots land in `target/browser-artifacts/`.
+//! `tests/browser/demo.test.mjs`, which drives Debian's Chromium with playwright-core: the
+//! demo's delivery guarantees (issue 7), and a run that stalls shown ended by the server as
+//! `stalled` (issue 18). Screenshots land in `target/browser-artifacts/`.
 //!
 //! Also runs `tests/browser/sse.test.mjs`: a page's own `EventSource` on `/v1/stream`, and
 //! the client module with `transport: "sse"`, each receiving a run and resuming after the
@@ -114,8 +115,9 @@ async fn client_package_tests_pass() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_page_in_chromium_resumes_after_a_disconnect_and_isolates_users() {
+/// Runs `tests/browser/demo.test.mjs` with `--cases cases` against a server in development
+/// mode with the demo on, and fails with its output unless every check passed.
+async fn run_demo_page_cases(cases: &str) {
     let root = workspace_root();
     let browser_dir = root.join("tests/browser");
     if !prerequisite(missing_prerequisite(&browser_dir), "the browser test") {
@@ -142,13 +144,34 @@ async fn demo_page_in_chromium_resumes_after_a_disconnect_and_isolates_users() {
         .arg("--artifacts")
         .arg(&artifacts)
         .arg("--chromium")
-        .arg(chromium_path());
+        .arg(chromium_path())
+        .arg("--cases")
+        .arg(cases);
     let (ok, output) = tokio::task::spawn_blocking(move || run_bounded(node, NODE_TIMEOUT))
         .await
         .expect("the node runner");
     eprintln!("{output}");
     server.stop().await;
-    assert!(ok, "the browser test failed:\n{output}");
+    assert!(ok, "the browser test ({cases}) failed:\n{output}");
+    assert!(
+        output.contains(" passed, 0 failed"),
+        "the browser test ({cases}) did not report its checks:\n{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_in_chromium_resumes_after_a_disconnect_and_isolates_users() {
+    run_demo_page_cases("resume").await;
+}
+
+/// Issue 18: the demo page shows a stalled run ending. The page's "Start a run that
+/// stalls" button starts a run that goes silent after `tool_executing`; the server's
+/// watchdog ends it with `agent_error` code `stalled`, which the timeline shows as "Run
+/// stalled: ended by the server" (code `stalled`, retryable), with no event of that run
+/// after it (a later run that completes is the barrier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_in_chromium_shows_a_stalled_run_ended_by_the_server() {
+    run_demo_page_cases("stall").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

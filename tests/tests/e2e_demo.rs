@@ -285,6 +285,48 @@ async fn cancelling_a_run_ends_it_with_agent_error_for_its_user_only() {
 }
 
 #[tokio::test]
+async fn a_run_that_stalls_is_ended_by_the_server_as_stalled() {
+    let server = dev_server(DemoMode::Auto).await;
+    let token = dev_token(&server, "alice").await;
+    let mut alice = connect_with(&server, &token).await;
+    let r = post(&server, "/demo/runs", Some(&token), r#"{"stall":true}"#).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let body = r.json();
+    assert_eq!(
+        body["stall_timeout_ms"],
+        agentwire::server::DEMO_STALL_TIMEOUT.as_millis() as u64
+    );
+    let run = body["run_id"].as_str().expect("a run id").to_owned();
+    let mut types = Vec::new();
+    let error = loop {
+        let e = alice.event().await;
+        assert_eq!(
+            e.event.run_id.as_ref().map(|r| r.as_str()),
+            Some(run.as_str())
+        );
+        types.push(e.event.data.event_type());
+        if let EventData::AgentError(err) = e.event.data {
+            break err;
+        }
+    };
+    assert_eq!(
+        types,
+        [
+            EventType::AgentStarted,
+            EventType::ToolExecuting,
+            EventType::AgentError
+        ],
+        "the run goes silent after its tool call, and the server ends it"
+    );
+    assert_eq!(error.code.as_deref(), Some("stalled"));
+    assert!(error.retryable);
+    let bad = post(&server, "/demo/runs", Some(&token), r#"{"stall":"yes"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.json()["field"], "stall");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_demo_requests_get_clear_errors() {
     let server = dev_server(DemoMode::Auto).await;
     for body in [

@@ -36,6 +36,9 @@ pub struct Cluster {
     /// it an eviction reaches another node at its next renewal and the admin sees this
     /// node only.
     pub control: Option<Arc<dyn ClusterControl>>,
+    /// The users' delivery receipts across the nodes. Without it a node's receipts are
+    /// what its own sockets did.
+    pub receipts: Option<Arc<dyn crate::receipt_store::ReceiptStore>>,
 }
 
 /// What the nodes of a cluster answered to one request: each answering node's answer, and

@@ -50,6 +50,7 @@ mod leases;
 mod manager;
 mod memory;
 mod rates;
+mod receipt_store;
 mod run_table;
 mod runs;
 
@@ -69,10 +70,12 @@ pub use leases::{
 };
 pub use manager::{
     ConnectError, ConnectOptions, Connection, DeliveryReceipt, EmitError, MAX_MERGED_DELTA_BYTES,
-    ManagerStats, Outbound, PreparedEvent, Resume, UnifiedWebSocketManager,
+    ManagerStats, ObserverTaken, Outbound, PreparedEvent, Resume, RunEnded,
+    UnifiedWebSocketManager, WeakManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
 pub use rates::{InMemoryRates, PublishRate, PublishRates, RateDecision};
+pub use receipt_store::{InMemoryReceipts, RECEIPT_FLUSH_INTERVAL, ReceiptStore, StoredReceipt};
 pub use runs::{
     PublisherId, RUN_OVERHEAD_BYTES, RunGuard, RunLimit, RunLimits, RunPresence, RunStats,
     StallReason, TOOL_CALL_OVERHEAD_BYTES, run_base_bytes, tool_call_bytes,

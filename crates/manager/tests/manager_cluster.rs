@@ -1,7 +1,9 @@
 //! The per-user connection limit across nodes: the lease contract on the in-memory store,
 //! and managers ("nodes") sharing one store — the limit holds for all of them, the newest
 //! connection evicts the oldest wherever it is (4003) or is refused (4004), and a node that
-//! stops renewing stops counting within the lease time.
+//! stops renewing stops counting within the lease time. And delivery receipts across nodes:
+//! the receipt contract on the in-memory store, and an ack on one node read on another
+//! through a store whose first writes fail.
 
 mod support;
 
@@ -10,21 +12,27 @@ use std::time::Duration;
 
 use agentwire_manager::conformance::{
     self, InMemoryClusterHarness, InMemoryLeaseHarness, InMemoryRatesHarness,
+    InMemoryReceiptHarness,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentwire_manager::{
     Admission, BrokerError, Cluster, ConnectError, ConnectOptions, ConnectionLeases,
-    InMemoryBroker, InMemoryLeases, LimitPolicy, ManagerConfig, NodeId, Renewal,
-    UnifiedWebSocketManager,
+    InMemoryBroker, InMemoryLeases, InMemoryReceipts, LimitPolicy, ManagerConfig, NodeId,
+    ReceiptStore, Renewal, StoredReceipt, UnifiedWebSocketManager,
 };
-use agentwire_protocol::{CloseCode, ConnectionId, UserId};
+use agentwire_protocol::{CloseCode, ConnectionId, Seq, UserId};
 use async_trait::async_trait;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_memory_store_keeps_the_lease_contract() {
     conformance::run_lease_properties(&InMemoryLeaseHarness).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_store_keeps_the_receipt_contract() {
+    conformance::run_receipt_properties(&InMemoryReceiptHarness).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,6 +50,7 @@ fn no_control(leases: Arc<dyn ConnectionLeases>) -> Cluster {
     Cluster {
         leases,
         control: None,
+        receipts: None,
     }
 }
 
@@ -217,4 +226,92 @@ async fn a_node_that_stops_renewing_stops_counting_within_the_lease() {
         }
     }
     assert!(doomed.get_stats().lease_failures > 0);
+}
+
+/// A receipt store whose first `failures` records fail as if the store were unreachable.
+#[derive(Debug)]
+struct FlakyReceipts {
+    store: InMemoryReceipts,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl ReceiptStore for FlakyReceipts {
+    fn ttl(&self) -> Duration {
+        self.store.ttl()
+    }
+
+    async fn record(&self, user: &UserId, receipt: &StoredReceipt) -> Result<(), BrokerError> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(BrokerError::unavailable(
+                "the store is down",
+                std::io::Error::other("down"),
+            ));
+        }
+        self.store.record(user, receipt).await
+    }
+
+    async fn read(&self, user: &UserId) -> Result<Option<StoredReceipt>, BrokerError> {
+        self.store.read(user).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_on_one_node_reaches_another_through_the_receipt_store_after_failed_writes() {
+    let broker = Arc::new(InMemoryBroker::default());
+    let leases = InMemoryLeases::new(NodeId::random(), Duration::from_secs(30));
+    let store = InMemoryReceipts::new(Duration::from_secs(60), 100);
+    let node = |leases: InMemoryLeases, receipts: Arc<dyn ReceiptStore>| {
+        UnifiedWebSocketManager::clustered(
+            ManagerConfig::default(),
+            broker.clone(),
+            Cluster {
+                leases: Arc::new(leases),
+                control: None,
+                receipts: Some(receipts),
+            },
+        )
+    };
+    let a = node(
+        leases.for_node(NodeId::random()),
+        Arc::new(FlakyReceipts {
+            store: store.clone(),
+            failures: std::sync::atomic::AtomicU32::new(2),
+        }),
+    );
+    let b = node(leases, Arc::new(store.clone()));
+    assert!(a.receipts_shared() && b.receipts_shared());
+    let alice = user("alice");
+    let mut client = connect(&a, &alice, live_only()).await;
+    let seq = emit(&b, &alice, 1).await;
+    client.until("the event", |c| !c.frames.is_empty()).await;
+    client.conn.written();
+    client.conn.ack(Seq(seq));
+    let epoch = client.conn.epoch().expect("an epoch");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = b
+            .receipt_in(&alice, &epoch)
+            .await
+            .expect("the store answers");
+        if got == (Seq(seq), Seq(seq)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node B never saw node A's ack: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        a.get_stats().receipt_flush_failures >= 1,
+        "the failed writes are counted and retried"
+    );
+    assert_eq!(
+        b.receipt(&alice).epoch,
+        None,
+        "node B's own sockets did nothing"
+    );
 }

@@ -72,6 +72,7 @@ pub(crate) struct Scripts {
     heartbeat: Script,
     pub(crate) leases: Script,
     pub(crate) rate: Script,
+    pub(crate) receipts: Script,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -125,6 +126,7 @@ impl RedisBroker {
                     heartbeat: Script::new(script::HEARTBEAT),
                     leases: Script::new(script::LEASES),
                     rate: Script::new(script::RATE),
+                    receipts: Script::new(script::RECEIPTS),
                 },
                 node: NodeId::random(),
                 control: std::sync::OnceLock::new(),

@@ -31,6 +31,9 @@ pub(crate) struct UserKeys {
     pub(crate) leases: String,
     /// ZSET of live leases by admission.
     pub(crate) lease_order: String,
+    /// HASH `e` (epoch), `d` (delivered seq), `a` (acked seq): the user's delivery
+    /// receipt across the nodes (see `lua/receipts.lua`).
+    pub(crate) receipt: String,
 }
 
 impl UserKeys {
@@ -45,6 +48,7 @@ impl UserKeys {
             channel: format!("{tagged}:channel"),
             leases: format!("{tagged}:leases"),
             lease_order: format!("{tagged}:lease_order"),
+            receipt: format!("{tagged}:receipt"),
             tagged,
         }
     }

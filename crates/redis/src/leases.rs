@@ -48,6 +48,7 @@ impl RedisBroker {
         Cluster {
             leases: Arc::new(self.leases()),
             control: Some(Arc::new(control)),
+            receipts: Some(Arc::new(self.receipts())),
         }
     }
 }

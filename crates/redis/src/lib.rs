@@ -61,6 +61,7 @@
 //!
 //! | `…:leases` | HASH | connection leases: `<node>/<connection>` → expiry (ms), `x<expiry>` once evicted, `#` the admission counter | twice `connection_lease` after the last admission or renewal |
 //! | `…:lease_order` | ZSET | live leases by admission | as `…:leases` |
+//! | `…:receipt` | HASH | the user's delivery receipt across the nodes: `e` epoch, `d` delivered seq, `a` acked seq, each moved only forward by `lua/receipts.lua` ([`RedisReceipts`]) | `stream_idle_ttl` after the last record |
 //!
 //! and, under a hash tag of its own (`%runs`, which no escaped user can be), the **run
 //! registry**, which counts the run state of every user for the whole cluster (each key
@@ -205,6 +206,7 @@ mod leases;
 mod metrics;
 mod pubsub;
 mod rates;
+mod receipts;
 mod runs;
 mod script;
 
@@ -217,6 +219,7 @@ pub use control::{MAX_PENDING_CONTROL_REQUESTS, RedisControl};
 pub use leases::RedisLeases;
 pub use metrics::{LatencyHistogram, ROUND_TRIP_BUCKETS_MICROS, RedisMetrics};
 pub use rates::RedisRates;
+pub use receipts::RedisReceipts;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -31,6 +31,8 @@ pub(crate) const LEASES: &str = concat!(
     include_str!("../lua/common.lua"),
     include_str!("../lua/leases.lua")
 );
+/// One user's delivery receipt: max-only record.
+pub(crate) const RECEIPTS: &str = include_str!("../lua/receipts.lua");
 /// The presence of the nodes sharing the Redis (the control channel's).
 pub(crate) const PRESENCE: &str = concat!(
     include_str!("../lua/common.lua"),

@@ -1,4 +1,5 @@
-//! Connection leases, the control channel and the publish rate limiter on Redis: the lease contract (the conformance properties) on a
+//! Connection leases, the control channel, the publish rate limiter and the receipt store on
+//! Redis: the lease and receipt contracts (the conformance properties) on a
 //! standalone Redis and on a 3-master cluster, and three managers — three nodes, each with
 //! its own broker — holding one user to the limit together.
 
@@ -7,10 +8,12 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentwire_manager::conformance::{self, ClusterHarness, LeaseHarness, RatesHarness};
+use agentwire_manager::conformance::{
+    self, ClusterHarness, LeaseHarness, RatesHarness, ReceiptHarness,
+};
 use agentwire_manager::{
     Cluster, ConnectError, ConnectOptions, ConnectionLeases, LimitPolicy, ManagerConfig, Outbound,
-    PublishRates, UnifiedWebSocketManager,
+    PublishRates, ReceiptStore, UnifiedWebSocketManager,
 };
 use agentwire_protocol::{CloseCode, EventId};
 use agentwire_redis::testing::{self, RedisCluster};
@@ -101,6 +104,7 @@ async fn thirty_connects(h: &RedisHarness, policy: LimitPolicy) {
         let cluster = Cluster {
             leases: Arc::new(broker.leases()),
             control: None,
+            receipts: None,
         };
         nodes.push(UnifiedWebSocketManager::clustered(
             config.clone(),
@@ -282,5 +286,53 @@ async fn a_redis_cluster_keeps_the_rate_contract() {
         "rates-cluster",
     )));
     conformance::run_rate_properties(&h).await;
+    drop(cluster);
+}
+
+/// Receipt stores on brokers of their own, one Redis.
+struct Receipts(Leases);
+
+#[async_trait]
+impl ReceiptHarness for Receipts {
+    async fn stores(&self, handles: usize, ttl: Duration) -> Vec<Arc<dyn ReceiptStore>> {
+        let h = self.0.fresh();
+        let mut out: Vec<Arc<dyn ReceiptStore>> = Vec::new();
+        for _ in 0..handles {
+            out.push(Arc::new(
+                h.connect(
+                    h.config()
+                        .max_age(ttl)
+                        .dedupe_window(ttl)
+                        .stream_idle_ttl(ttl),
+                )
+                .await
+                .receipts(),
+            ));
+        }
+        self.0.made.lock().expect("lock").push(h);
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keeps_the_receipt_contract() {
+    let Some(url) = testing::require("receipts on Redis", testing::shared_redis()) else {
+        return;
+    };
+    let h = Receipts(Leases::new(RedisHarness::standalone(&url, "receipts")));
+    conformance::run_receipt_properties(&h).await;
+    h.0.clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_keeps_the_receipt_contract() {
+    let Some(cluster) = testing::require("receipts on a cluster", RedisCluster::start(3)) else {
+        return;
+    };
+    let h = Receipts(Leases::new(RedisHarness::cluster(
+        cluster.urls(),
+        "receipts-cluster",
+    )));
+    conformance::run_receipt_properties(&h).await;
     drop(cluster);
 }

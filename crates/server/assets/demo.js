@@ -105,6 +105,7 @@ function signOut() {
   $("signed-in").hidden = true;
   $("who").hidden = true;
   $("start-run").disabled = true;
+  $("stall-run").disabled = true;
   $("run-status").textContent = "";
   showConnection({ state: "idle", lastSeq: 0, reconnects: 0, duplicatesDropped: 0, replayGaps: 0, connectionId: null, epoch: null });
 }
@@ -294,7 +295,8 @@ function render(e) {
       break;
     }
     case "agent_error": {
-      node = entry(e, "Run failed");
+      // `stalled`: the server ended a run that went silent (protocol §7.1).
+      node = entry(e, e.data.code === "stalled" ? "Run stalled: ended by the server" : "Run failed");
       node.bubble.append(el("p", "text", e.data.message));
       if (e.data.code) node.bubble.append(el("div", "label", `code: ${e.data.code}${e.data.retryable ? " · retryable" : ""}`));
       break;
@@ -347,6 +349,7 @@ const pace = new URLSearchParams(location.search).get("pace_ms");
 function showRunButtons() {
   const open = client !== null && client.state === "open";
   $("start-run").disabled = !open;
+  $("stall-run").disabled = !open;
   $("stop-run").hidden = activeRuns.size === 0;
 }
 
@@ -369,6 +372,31 @@ async function startRun() {
     if (!r.ok) throw new Error(body.message || `could not start a run (${r.status})`);
     if (!endedRuns.has(body.run_id)) activeRuns.add(body.run_id);
     $("run-status").textContent = `Run ${body.run_id} is running on the server through the bridge; its events arrive below.`;
+  } catch (err) {
+    $("run-status").textContent = err.message;
+  } finally {
+    showRunButtons();
+  }
+}
+
+/**
+ * Starts a run that goes silent after `tool_executing` (its `stall_timeout_ms` is 3 s):
+ * the server's watchdog ends it with `agent_error` code `stalled`, which arrives below.
+ */
+async function startStallingRun() {
+  if (!client || !token) return;
+  $("stall-run").disabled = true;
+  try {
+    const r = await fetch("/demo/runs", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: JSON.stringify({ stall: true }),
+    });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(body.message || `could not start a run (${r.status})`);
+    if (!endedRuns.has(body.run_id)) activeRuns.add(body.run_id);
+    const secs = body.stall_timeout_ms / 1000;
+    $("run-status").textContent = `Run ${body.run_id} called a tool and went silent; the server ends it as stalled after ${secs} s without an event.`;
   } catch (err) {
     $("run-status").textContent = err.message;
   } finally {
@@ -411,6 +439,7 @@ async function refreshStats() {
 $("signin").addEventListener("submit", signIn);
 $("signout").addEventListener("click", signOut);
 $("start-run").addEventListener("click", startRun);
+$("stall-run").addEventListener("click", startStallingRun);
 $("stop-run").addEventListener("click", stopRuns);
 refreshStats();
 statsTimer = setInterval(refreshStats, 1000);

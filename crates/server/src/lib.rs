@@ -60,6 +60,12 @@
 //! (in its current release) aws-lc-rs, which needs cmake — none of which one GET of a
 //! public document needs. An embedder without a JWKS URL turns the feature off and has no
 //! TLS stack at all.
+//!
+//! Behind the `webhook` feature (on by default), for `--receipt-webhook-url`: the same
+//! client (one POST per notice needs no more than one GET did; reqwest was passed over for
+//! the same reasons), and `hmac` to sign each notice with HMAC-SHA256 over the `sha2`
+//! already here — both were in the tree already (`jsonwebtoken`'s `rust_crypto` uses
+//! them), so the feature adds no crate to the build.
 //! - `subtle`: constant-time comparison of API keys.
 //! - `prometheus-client`: one registry per server instance (no global recorder), so several
 //!   servers in one process report exact values; a collector reads `get_stats()` at
@@ -91,6 +97,7 @@ mod auth;
 mod demo;
 mod http;
 mod sse;
+mod webhook;
 mod ws;
 
 #[cfg(feature = "redis")]
@@ -111,5 +118,9 @@ pub use auth::{
     MIN_SECRET_BYTES, TokenReport, Verified, mint_hs256, read_credentials_file,
 };
 pub use demo::{
-    DEMO_MAX_BODY_BYTES, DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_TOKEN_TTL,
+    DEMO_MAX_BODY_BYTES, DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_STALL_TIMEOUT,
+    DEMO_TOKEN_TTL,
+};
+pub use webhook::{
+    RETRY_BASE as WEBHOOK_RETRY_BASE, RETRY_MAX as WEBHOOK_RETRY_MAX, WebhookConfigError,
 };

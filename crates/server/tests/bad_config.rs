@@ -78,3 +78,84 @@ fn bad_config_files_are_refused_with_what_is_wrong() {
     assert!(err.contains("cannot read config file"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn bad_receipt_webhook_settings_are_refused_at_start() {
+    let dir = temp_dir("bad-webhook");
+    let key_file = dir.join("webhook.key");
+    std::fs::write(&key_file, "too short\n").expect("write");
+    let key = "a webhook key of at least thirty-two bytes";
+    let missing = dir.join("missing.key");
+    let cases: [(&str, Vec<&str>, &[&str]); 6] = [
+        (
+            "a URL without a key",
+            vec!["--receipt-webhook-url", "https://hooks.example/a"],
+            &["--receipt-webhook-url needs --receipt-webhook-secret"],
+        ),
+        (
+            "a key shorter than 32 bytes",
+            vec![
+                "--receipt-webhook-url",
+                "https://hooks.example/a",
+                "--receipt-webhook-secret",
+                "short",
+            ],
+            &["5 bytes", "at least 32"],
+        ),
+        (
+            "a key file shorter than 32 bytes",
+            vec![
+                "--receipt-webhook-url",
+                "https://hooks.example/a",
+                "--receipt-webhook-secret-file",
+                key_file.to_str().expect("utf-8"),
+            ],
+            &["9 bytes", "at least 32"],
+        ),
+        (
+            "a key file that cannot be read",
+            vec![
+                "--receipt-webhook-url",
+                "https://hooks.example/a",
+                "--receipt-webhook-secret-file",
+                missing.to_str().expect("utf-8"),
+            ],
+            &["--receipt-webhook-secret-file", "missing.key"],
+        ),
+        (
+            "http to a host that is not loopback",
+            vec![
+                "--receipt-webhook-url",
+                "http://hooks.example/a",
+                "--receipt-webhook-secret",
+                key,
+            ],
+            &["--receipt-webhook-url", "loopback"],
+        ),
+        (
+            "a key without a URL",
+            vec!["--receipt-webhook-secret", key],
+            &["without --receipt-webhook-url"],
+        ),
+    ];
+    for (name, args, says) in cases {
+        let mut cmd = bin();
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            "a jwt secret of at least thirty-two bytes",
+            "--api-keys",
+            "an api key of thirty-two characters",
+        ])
+        .args(&args);
+        let (status, out, err) = run_to_exit(cmd, WITHIN);
+        let status = status.unwrap_or_else(|| panic!("{name}: the server started: {out}"));
+        assert!(!status.success(), "{name}: exited with success");
+        assert!(!out.contains("listening on"), "{name}: it served: {out}");
+        for needle in says {
+            assert!(err.contains(needle), "{name}: {needle:?} not in: {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -9,7 +9,12 @@
 //!   the same `event_id`s stored once, subscribers resynced;
 //! - Redis back empty: clients are told with `replay_gap` and follow the new epoch;
 //! - Redis SIGSTOPped for 3 s: 503s, no crash, no stuck connection, delivery resumes;
-//! - two nodes on a 3-master Redis Cluster (`--redis-cluster-nodes`): the same delivery.
+//! - two nodes on a 3-master Redis Cluster (`--redis-cluster-nodes`): the same delivery;
+//! - delivery receipts across nodes: a client acknowledges on one node, and a publisher
+//!   reads the receipt, and is woken from its long poll, on the other;
+//! - the receipt webhook on two nodes: an acknowledged run gets no notice (the ack was on
+//!   the other node), an unacknowledged run and a stalled run both nodes watched get one
+//!   each, from one node.
 //!
 //! Counts are small (the machine is shared) and nothing asserts on timing. Without
 //! `redis-server` these tests say `skipped:` and pass; under `CI=true` they fail.
@@ -30,7 +35,7 @@ use tokio::time::Instant;
 
 use support::ServerProcess;
 use support::nodes::{
-    API_KEY, Live, Seen, Target, Ws, custom, follow, http, metrics, node_command, publish,
+    API_KEY, Live, Read, Seen, Target, Ws, custom, follow, http, metrics, node_command, publish,
     publish_until_accepted, sample, start, wait_for_status,
 };
 
@@ -441,4 +446,219 @@ async fn two_nodes_on_a_redis_cluster_deliver_each_users_events_in_order_once() 
     assert_eq!(refused, 0);
     let seen = collect(clients).await;
     assert_exact(&seen, EVENTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_on_one_node_is_read_and_ends_a_long_poll_on_another() {
+    let Some(redis) = testing::require("receipts across nodes", RedisServer::start()) else {
+        return;
+    };
+    let (procs, _) = nodes(&redis, &testing::unique_prefix("receipts"), 2).await;
+    let (a, b) = (procs[0].addr, procs[1].addr);
+    let (mut client, _) = Ws::connect(a, "alice", "").await.expect("alice on node A");
+    let run = |ty: &str, data: Value| serde_json::json!({"user_id": "alice", "type": ty, "run_id": "r1", "data": data});
+    let r = publish(
+        b,
+        &serde_json::json!([
+            run("agent_started", serde_json::json!({})),
+            run("agent_completed", serde_json::json!({"result": "done"})),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut seqs = Vec::new();
+    while seqs.len() < 2 {
+        match client.next(Duration::from_secs(10)).await {
+            Read::Frame(f) if f["seq"].is_u64() => seqs.push(f["seq"].as_u64()),
+            Read::Frame(_) => {}
+            other => panic!("alice's events: {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [Some(1), Some(2)]);
+    // Node B sees node A's delivery, not yet an ack.
+    let deadline = Instant::now() + SCENARIO;
+    let path = "/v1/users/alice/runs/r1";
+    loop {
+        let body = http(b, "GET", path, Some(API_KEY), None).await.json();
+        if body["terminal"]["delivered"] == true {
+            assert_eq!(body["terminal"]["acked"], false, "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node B never saw the delivery: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A long poll on B, waiting before alice acknowledges on A.
+    let poll = tokio::spawn(async move {
+        http(
+            b,
+            "GET",
+            "/v1/users/alice/runs/r1?wait_acked=60s",
+            Some(API_KEY),
+            None,
+        )
+        .await
+    });
+    loop {
+        if sample(&metrics(b).await, "agentwire_receipt_waiters") == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the long poll never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .send(&serde_json::json!({"type": "ack", "seq": 2}))
+        .await;
+    let answer = poll.await.expect("the long poll's task");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body = answer.json();
+    assert_eq!(
+        body["terminal"]["acked"], true,
+        "woken by the ack on A: {body}"
+    );
+    assert_eq!(body["acked_seq"], 2);
+    let user = http(b, "GET", "/v1/users/alice/receipts", Some(API_KEY), None)
+        .await
+        .json();
+    assert_eq!(
+        (user["delivered_seq"].clone(), user["acked_seq"].clone()),
+        (2.into(), 2.into())
+    );
+    client.close().await;
+    drop(procs);
+}
+
+/// Reads `client`'s frames up to the event `seq`, which it returns.
+async fn read_to(client: &mut Ws, seq: u64) -> Value {
+    loop {
+        match client.next(Duration::from_secs(10)).await {
+            Read::Frame(f) if f["seq"].as_u64() == Some(seq) => return f,
+            Read::Frame(_) => {}
+            other => panic!("the events up to {seq}: {other:?}"),
+        }
+    }
+}
+
+/// A receiver of webhook notices on 127.0.0.1:0: the bodies it took (each answered 200).
+async fn notice_receiver() -> (Arc<std::sync::Mutex<Vec<Value>>>, SocketAddr) {
+    let got: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                let notice = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                store.lock().expect("lock").push(notice);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the receiver");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (got, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_of_two_nodes_sends_each_unacked_run_once() {
+    let Some(redis) = testing::require("the webhook across nodes", RedisServer::start()) else {
+        return;
+    };
+    let (got, receiver) = notice_receiver().await;
+    let url = format!("http://{receiver}/hook");
+    let target = Target::Standalone(redis.url());
+    let prefix = testing::unique_prefix("webhook");
+    let extra = [
+        "--receipt-webhook-url",
+        url.as_str(),
+        "--receipt-webhook-secret",
+        "a webhook key of at least thirty-two bytes",
+        "--receipt-webhook-after",
+        "2s",
+    ];
+    let a = start(node_command(&target, &prefix, &extra)).await;
+    let b = start(node_command(&target, &prefix, &extra)).await;
+    let (mut client, _) = Ws::connect(a.addr, "alice", "")
+        .await
+        .expect("alice on node A");
+    let event = |ty: &str, run: &str, data: Value| serde_json::json!({"user_id": "alice", "type": ty, "run_id": run, "data": data});
+    let started = |run: &str| event("agent_started", run, serde_json::json!({}));
+    let completed = |run: &str| event("agent_completed", run, serde_json::json!({"result": "ok"}));
+    // Seen: published on B, acknowledged on A.
+    for (node, body) in [(b.addr, started("seen")), (b.addr, completed("seen"))] {
+        assert_eq!(publish(node, &body).await.status, 200);
+    }
+    read_to(&mut client, 2).await;
+    client
+        .send(&serde_json::json!({"type": "ack", "seq": 2}))
+        .await;
+    // Unseen: started on A, ended on B, never acknowledged.
+    for (node, body) in [(a.addr, started("unseen")), (b.addr, completed("unseen"))] {
+        assert_eq!(publish(node, &body).await.status, 200);
+    }
+    // Stalled: both nodes published an event of it, so both watch it; one ends it.
+    let stalls = event(
+        "agent_started",
+        "silent",
+        serde_json::json!({"stall_timeout_ms": 1000}),
+    );
+    let tool = event(
+        "tool_executing",
+        "silent",
+        serde_json::json!({"tool_call_id": "c1", "tool_name": "t"}),
+    );
+    assert_eq!(publish(a.addr, &stalls).await.status, 200);
+    assert_eq!(publish(b.addr, &tool).await.status, 200);
+    let stalled = read_to(&mut client, 7).await;
+    assert_eq!(stalled["data"]["code"], "stalled", "{stalled}");
+
+    let deadline = Instant::now() + SCENARIO;
+    let total = |name: &'static str| async move {
+        let mut sum = 0.0;
+        for addr in [a.addr, b.addr] {
+            sum += sample(&metrics(addr).await, name).unwrap_or(0.0);
+        }
+        sum
+    };
+    loop {
+        let sent = total("agentwire_receipt_webhook_sent_total").await;
+        let acked = total("agentwire_receipt_webhook_acked_total").await;
+        let pending = total("agentwire_receipt_webhook_pending").await;
+        if sent + acked >= 3.0 && pending == 0.0 {
+            assert_eq!(
+                (sent, acked),
+                (2.0, 1.0),
+                "two notices, one run acknowledged"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sent {sent}, acked {acked}, pending {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut notices = got.lock().expect("lock").clone();
+    notices.sort_by_key(|n| n["run_id"].as_str().map(str::to_owned));
+    let runs: Vec<(&str, &str)> = notices
+        .iter()
+        .map(|n| {
+            (
+                n["run_id"].as_str().unwrap_or(""),
+                n["state"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [("silent", "stalled"), ("unseen", "completed")],
+        "{notices:?}"
+    );
+    client.close().await;
+    drop((a, b));
 }

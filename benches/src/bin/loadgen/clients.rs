@@ -1,5 +1,6 @@
-//! The WebSocket clients: opening many connections from spread source addresses, reading
-//! every frame, and checking each event — latency from the publisher's scheduled send
+//! The clients: opening many connections (WebSockets on `/ws`, or event streams on
+//! `/v1/stream` with `--transport sse`) from spread source addresses, reading every frame,
+//! and checking each event — latency from the publisher's scheduled send
 //! time, and loss, duplicates, reordering and misrouting by `seq` and the per-user marker.
 //!
 //! A [`Pool`] is the clients of this process ([`LocalPool`]) or of worker processes (the
@@ -17,8 +18,8 @@ use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpSocket;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -28,6 +29,19 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::events::user_id;
 use crate::placement::Placement;
+use crate::sse;
+use crate::throttle::Throttled;
+
+/// How the clients receive their events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Transport {
+    /// WebSockets on `/ws`.
+    #[default]
+    Ws,
+    /// Server-Sent Events on `GET /v1/stream`.
+    Sse,
+}
 
 /// Most missing `seq`s remembered per connection (to tell a late event from a duplicate);
 /// a larger gap is counted as lost at once.
@@ -62,8 +76,13 @@ pub(crate) struct ClientSpec {
     /// Source addresses 127.0.0.2 …; connection `i` uses `2 + (ip_offset + i) % source_ips`.
     pub(crate) source_ips: u32,
     pub(crate) ip_offset: u32,
-    /// Every `slow_every`-th connection stops reading after its handshake (0: none).
+    /// Every `slow_every`-th connection is slow (0: none): it stops reading after its
+    /// handshake, or reads at most `slow_read_bytes_per_s` when that is not 0.
     pub(crate) slow_every: u32,
+    #[serde(default)]
+    pub(crate) slow_read_bytes_per_s: u64,
+    #[serde(default)]
+    pub(crate) transport: Transport,
     pub(crate) connect_concurrency: usize,
     pub(crate) token_ttl_s: u64,
 }
@@ -73,7 +92,7 @@ impl ClientSpec {
         u64::from(self.users) * u64::from(self.conns_per_user)
     }
 
-    fn is_slow(&self, i: u32) -> bool {
+    pub(crate) fn is_slow(&self, i: u32) -> bool {
         self.slow_every > 0 && i % self.slow_every == self.slow_every - 1
     }
 
@@ -125,7 +144,31 @@ struct ConnState {
     duplicates: u64,
     reordered: u64,
     misrouted: u64,
+    /// Event stream messages whose `id:` is not the frame's `<epoch>:<seq>`.
+    bad_ids: u64,
     received: u64,
+}
+
+/// What a set of connections received: event frames, their bytes (each frame's JSON; the
+/// transport's framing not counted), and merged `message_delta` frames with the events
+/// they stand for.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct Tally {
+    pub(crate) frames: u64,
+    pub(crate) bytes: u64,
+    /// Frames with a `from_seq` below their `seq`.
+    pub(crate) merged_frames: u64,
+    /// Events the frames stand for (a merged frame counts `seq - from_seq + 1`).
+    pub(crate) events_covered: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: Tally) {
+        self.frames += o.frames;
+        self.bytes += o.bytes;
+        self.merged_frames += o.merged_frames;
+        self.events_covered += o.events_covered;
+    }
 }
 
 /// What all connections of a pool share: the latency histogram since the last snapshot.
@@ -134,6 +177,8 @@ struct Shared {
     hist: Histogram<u64>,
     received: u64,
     received_slow: u64,
+    healthy: Tally,
+    slow: Tally,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,6 +196,18 @@ pub(crate) struct Snapshot {
     pub(crate) closed_unexpected: u64,
     /// Close codes (or errors) seen, by connection.
     pub(crate) closes: BTreeMap<String, u64>,
+    /// The same, of the slow connections only.
+    #[serde(default)]
+    pub(crate) closes_slow: BTreeMap<String, u64>,
+    /// What healthy / slow connections received since the last snapshot.
+    #[serde(default)]
+    pub(crate) healthy: Tally,
+    #[serde(default)]
+    pub(crate) slow_tally: Tally,
+    /// Cumulative over healthy open connections: event stream ids that were not the
+    /// frame's position.
+    #[serde(default)]
+    pub(crate) bad_ids: u64,
     /// Event frames received since the last snapshot, by healthy / slow connections.
     pub(crate) received: u64,
     pub(crate) received_slow: u64,
@@ -176,6 +233,12 @@ impl Snapshot {
         for (k, v) in o.closes {
             *self.closes.entry(k).or_default() += v;
         }
+        for (k, v) in o.closes_slow {
+            *self.closes_slow.entry(k).or_default() += v;
+        }
+        self.healthy.add(o.healthy);
+        self.slow_tally.add(o.slow_tally);
+        self.bad_ids += o.bad_ids;
         self.received += o.received;
         self.received_slow += o.received_slow;
         self.lost += o.lost;
@@ -249,6 +312,8 @@ impl LocalPool {
             hist: histogram(),
             received: 0,
             received_slow: 0,
+            healthy: Tally::default(),
+            slow: Tally::default(),
         }));
         let live = Arc::new(AtomicU64::new(0));
         let limit = Arc::new(Semaphore::new(spec.connect_concurrency.max(1)));
@@ -285,6 +350,8 @@ impl LocalPool {
                 source: ip,
                 uid,
                 token,
+                transport: spec.transport,
+                read_rate: spec.slow_read_bytes_per_s,
                 global_user: spec.first_user + user,
                 state,
                 shared: shared.clone(),
@@ -367,7 +434,9 @@ impl LocalPool {
             s.slow += u64::from(c.slow);
             if let Some(code) = &c.close {
                 *s.closes.entry(code.clone()).or_default() += 1;
-                if !c.slow {
+                if c.slow {
+                    *s.closes_slow.entry(code.clone()).or_default() += 1;
+                } else {
                     s.closed_unexpected += 1;
                 }
             }
@@ -377,6 +446,7 @@ impl LocalPool {
             s.duplicates += c.duplicates;
             s.reordered += c.reordered;
             s.misrouted += c.misrouted;
+            s.bad_ids += c.bad_ids;
             if let Some(expected) = expected {
                 let want = expected.get(c.user as usize).copied().unwrap_or(0);
                 s.lost +=
@@ -386,6 +456,8 @@ impl LocalPool {
         let mut sh = lock(&self.shared);
         s.received = std::mem::take(&mut sh.received);
         s.received_slow = std::mem::take(&mut sh.received_slow);
+        s.healthy = std::mem::take(&mut sh.healthy);
+        s.slow_tally = std::mem::take(&mut sh.slow);
         s.latency = sh
             .hist
             .iter_recorded()
@@ -410,6 +482,9 @@ struct ConnTask {
     source: Ipv4Addr,
     uid: String,
     token: Arc<str>,
+    transport: Transport,
+    /// A slow connection's read rate in bytes a second (0: it stops reading).
+    read_rate: u64,
     global_user: u32,
     state: Arc<Mutex<ConnState>>,
     shared: Arc<Mutex<Shared>>,
@@ -419,20 +494,39 @@ struct ConnTask {
     ready: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
 }
 
-async fn open(
-    t: &ConnTask,
-    slow: bool,
-) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+/// A TCP connection to the connection's node from its source address; a slow one with a
+/// small receive window, so that what it does not read backs up into the server's queue
+/// within a short run.
+async fn tcp(t: &ConnTask, slow: bool) -> anyhow::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(t.source.into(), 0))
         .with_context(|| format!("bind {}", t.source))?;
     if slow {
-        // A small receive window, so a client that stops reading backs up into the
-        // server's queue within a short run.
         sock.set_recv_buffer_size(4 * 1024)?;
     }
     let stream = sock.connect(t.server).await?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+type Socket = Throttled<TcpStream>;
+
+/// Checks the first frame: `connection_established` for this connection's user.
+fn check_established(t: &ConnTask, text: &[u8]) -> anyhow::Result<()> {
+    let f: Frame<'_> = serde_json::from_slice(text)?;
+    if f.ty != "connection_established" {
+        bail!("first frame is {}", f.ty);
+    }
+    if f.user_id.as_deref() != Some(t.uid.as_str()) {
+        bail!("connection_established names another user");
+    }
+    Ok(())
+}
+
+async fn open_ws(
+    t: &ConnTask,
+    stream: Socket,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<Socket>> {
     let mut req = format!("ws://{}/ws", t.server).into_client_request()?;
     req.headers_mut().insert(
         "authorization",
@@ -448,15 +542,7 @@ async fn open(
         .await
         .context("no connection_established within 30 s")?;
     match first {
-        Some(Ok(Message::Text(text))) => {
-            let f: Frame<'_> = serde_json::from_str(text.as_str())?;
-            if f.ty != "connection_established" {
-                bail!("first frame is {}", f.ty);
-            }
-            if f.user_id.as_deref() != Some(t.uid.as_str()) {
-                bail!("connection_established names another user");
-            }
-        }
+        Some(Ok(Message::Text(text))) => check_established(t, text.as_bytes())?,
         Some(Ok(other)) => bail!("first message is not text: {other:?}"),
         Some(Err(e)) => return Err(e.into()),
         None => bail!("closed before connection_established"),
@@ -464,11 +550,79 @@ async fn open(
     Ok(ws)
 }
 
+/// `GET /v1/stream` on `stream`, up to and including `connection_established`.
+async fn open_sse(t: &ConnTask, stream: &mut Socket) -> anyhow::Result<sse::Reader> {
+    let req = format!(
+        "GET /v1/stream HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        t.server, t.token
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let work = async {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        let (status, chunked, len) = loop {
+            if let Some(head) = sse::parse_head(&raw) {
+                break head;
+            }
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                bail!("closed before answering");
+            }
+            raw.extend_from_slice(&buf[..n]);
+        };
+        if status != 200 {
+            bail!(
+                "refused with {status}: {}",
+                String::from_utf8_lossy(&raw[len..])
+            );
+        }
+        let mut reader = sse::Reader::new(chunked);
+        reader.feed(&raw[len..]);
+        loop {
+            if let Some(m) = reader.next_message() {
+                check_established(t, m.data.as_bytes())?;
+                return Ok(reader);
+            }
+            if reader.ended {
+                bail!("the stream ended before connection_established");
+            }
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                bail!("closed before connection_established");
+            }
+            reader.feed(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .context("no connection_established within 30 s")?
+}
+
+/// An open connection of either transport.
+enum Conn {
+    Ws(Box<tokio_tungstenite::WebSocketStream<Socket>>),
+    Sse(Socket, sse::Reader),
+}
+
 async fn run_conn(t: ConnTask) {
     let slow = lock(&t.state).slow;
     let permit = t.limit.clone().acquire_owned().await;
-    let ws = match open(&t, slow).await {
-        Ok(ws) => ws,
+    let rate = (slow && t.read_rate > 0).then_some(t.read_rate);
+    let opened = async {
+        let stream = Throttled::new(tcp(&t, slow).await?, rate);
+        Ok::<_, anyhow::Error>(match t.transport {
+            Transport::Ws => Conn::Ws(Box::new(open_ws(&t, stream).await?)),
+            Transport::Sse => {
+                let mut stream = stream;
+                let reader = open_sse(&t, &mut stream).await?;
+                Conn::Sse(stream, reader)
+            }
+        })
+    }
+    .await;
+    let conn = match opened {
+        Ok(c) => c,
         Err(e) => {
             lock(&t.state).close = Some("connect_failed".into());
             let _ = t.ready.send(Err(format!("{e:#}")));
@@ -483,29 +637,16 @@ async fn run_conn(t: ConnTask) {
     }
     let _ = t.ready.send(Ok(()));
     let mut stop = t.stop.clone();
-    let (mut sink, mut stream) = ws.split();
-    if slow {
+    if slow && rate.is_none() {
         // Stops reading: the server's queue and write timeout must deal with it.
         stopped(&mut stop).await;
         lock(&t.state).open = false;
+        drop(conn);
         return;
     }
-    let end = loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Text(text))) => on_text(&t, text.as_bytes()),
-                Some(Ok(Message::Close(frame))) => {
-                    break Some(frame.map_or_else(|| "close".to_owned(), |f| u16::from(f.code).to_string()));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break Some(format!("error: {e}")),
-                None => break Some("eof".into()),
-            },
-            () = stopped(&mut stop) => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
-                break None;
-            }
-        }
+    let end = match conn {
+        Conn::Ws(ws) => serve_ws(&t, *ws, &mut stop).await,
+        Conn::Sse(stream, reader) => serve_sse(&t, stream, reader, &mut stop).await,
     };
     let mut st = lock(&t.state);
     st.open = false;
@@ -514,11 +655,75 @@ async fn run_conn(t: ConnTask) {
     }
 }
 
+/// Reads a WebSocket until it closes (its close code, or what broke it) or the pool stops
+/// (`None`).
+async fn serve_ws(
+    t: &ConnTask,
+    ws: tokio_tungstenite::WebSocketStream<Socket>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<String> {
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(text))) => on_text(t, text.as_bytes(), None),
+                Some(Ok(Message::Close(frame))) => {
+                    break Some(frame.map_or_else(|| "close".to_owned(), |f| u16::from(f.code).to_string()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Some(format!("error: {e}")),
+                None => break Some("eof".into()),
+            },
+            () = stopped(stop) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
+                break None;
+            }
+        }
+    }
+}
+
+/// Reads an event stream until it ends (the code of its final `close` event, or what
+/// ended it) or the pool stops (`None`).
+async fn serve_sse(
+    t: &ConnTask,
+    mut stream: Socket,
+    mut reader: sse::Reader,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<String> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut close = None;
+    loop {
+        while let Some(m) = reader.next_message() {
+            if m.event.as_deref() == Some("close") {
+                let code = serde_json::from_str::<serde_json::Value>(&m.data)
+                    .ok()
+                    .and_then(|v| v["code"].as_u64());
+                close = Some(code.map_or_else(|| "close".to_owned(), |c| c.to_string()));
+            } else {
+                on_text(t, m.data.as_bytes(), Some(m.id.as_deref()));
+            }
+        }
+        if reader.ended {
+            break Some(close.unwrap_or_else(|| "eof".into()));
+        }
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) => break Some(close.unwrap_or_else(|| "eof".into())),
+                Ok(n) => reader.feed(&buf[..n]),
+                Err(e) => break Some(format!("error: {e}")),
+            },
+            () = stopped(stop) => break None,
+        }
+    }
+}
+
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn on_text(t: &ConnTask, bytes: &[u8]) {
+/// One frame's text; `sse_id`: on an event stream, the message's `id:` (`Some(None)`:
+/// it had none).
+fn on_text(t: &ConnTask, bytes: &[u8], sse_id: Option<Option<&str>>) {
     let now = now_us();
     let Ok(f) = serde_json::from_slice::<Frame<'_>>(bytes) else {
         return;
@@ -530,14 +735,19 @@ fn on_text(t: &ConnTask, bytes: &[u8]) {
         sent_at_us: None,
         u: None,
     });
-    {
+    let first = f.from_seq.filter(|&from| from <= seq).unwrap_or(seq);
+    let slow = {
         let mut st = lock(&t.state);
         st.received += 1;
+        if let Some(id) = sse_id
+            && id.and_then(sse::id_seq) != Some(seq)
+        {
+            st.bad_ids += 1;
+        }
         if marks.u != Some(t.global_user) {
             st.misrouted += 1;
         }
         // A merged delta stands for every seq from its `from_seq` on.
-        let first = f.from_seq.filter(|&from| from <= seq).unwrap_or(seq);
         if first == st.last_seq + 1 {
             st.last_seq = seq;
         } else if first > st.last_seq {
@@ -553,11 +763,25 @@ fn on_text(t: &ConnTask, bytes: &[u8]) {
         } else {
             st.duplicates += 1;
         }
-    }
+        st.slow
+    };
+    let frame = Tally {
+        frames: 1,
+        bytes: bytes.len() as u64,
+        merged_frames: u64::from(first < seq),
+        events_covered: seq - first + 1,
+    };
     let mut sh = lock(&t.shared);
-    sh.received += 1;
-    if let Some(sent) = marks.sent_at_us {
-        sh.hist.saturating_record(now.saturating_sub(sent).max(1));
+    if slow {
+        // A slow reader's latency is its own doing: it stays out of the histogram.
+        sh.received_slow += 1;
+        sh.slow.add(frame);
+    } else {
+        sh.received += 1;
+        sh.healthy.add(frame);
+        if let Some(sent) = marks.sent_at_us {
+            sh.hist.saturating_record(now.saturating_sub(sent).max(1));
+        }
     }
     drop(sh);
     t.live.fetch_add(1, Ordering::Relaxed);

@@ -77,6 +77,14 @@ impl RunShape {
         RunShape(v)
     }
 
+    /// How many of a user's first `k` events are streamed-text deltas.
+    pub(crate) fn deltas_in(&self, k: u64) -> u64 {
+        let count = |kinds: &[Kind]| kinds.iter().filter(|&&x| x == Kind::Delta).count() as u64;
+        let len = self.0.len() as u64;
+        let rest = usize::try_from(k % len).unwrap_or(0);
+        k / len * count(&self.0) + count(&self.0[..rest])
+    }
+
     /// The kind of a user's `k`-th event (1-based) and the run it belongs to.
     fn at(&self, k: u64) -> (Kind, u64, usize) {
         let i = (k - 1) % self.0.len() as u64;
@@ -250,6 +258,15 @@ mod tests {
             PublishBody::decode(&body, Limits::EVENT, 1).expect("decodes");
         }
         assert!(state.is_finished());
+    }
+
+    #[test]
+    fn deltas_are_counted_across_runs() {
+        // agent_started, 3 deltas, message_completed, agent_completed.
+        let shape = RunShape::streamed(6);
+        let counts: Vec<u64> = (0..=8).map(|k| shape.deltas_in(k)).collect();
+        assert_eq!(counts, [0, 0, 1, 2, 3, 3, 3, 3, 4]);
+        assert_eq!(RunShape::thinking(10).deltas_in(25), 0);
     }
 
     #[test]

@@ -3,8 +3,16 @@
 //! own; when the server closes it (1008, past `--client-frame-rate`), it connects again and
 //! goes on, so the pressure lasts the whole period.
 //!
-//! The flooders run on a thread and runtime of their own, so their busy loops take nothing
-//! from the generator's clients, whose latencies are being measured.
+//! The flooders run on a thread and runtime of their own, at the lowest scheduling priority
+//! (nice 19), so their busy loops take nothing from the generator's clients, whose
+//! latencies are being measured. Without a third core they share the clients' core: at the
+//! same priority a flooder spinning on a socket the server drains quickly would delay the
+//! clients' reads by whole scheduler slices, and the figure would measure the generator
+//! rather than the server. At nice 19 the clients' threads preempt the flood thread as soon
+//! as they wake; the flooders keep every cycle the clients leave (about 60 % of the core at
+//! the flood scenario's rate), far more than it takes to send faster than the server's
+//! limit. The flood thread's own CPU time is reported (`flooders_cpu_s`) so a reader can
+//! see how much of the core it took.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +39,10 @@ struct Stats {
     closed_1008: AtomicU64,
     closed_other: AtomicU64,
     connect_failures: AtomicU64,
+    /// Handshakes answered 429 (the server's cool-down after a 1008).
+    refused_429: AtomicU64,
+    /// The flood thread's CPU time, in milliseconds, when it ended.
+    cpu_ms: AtomicU64,
 }
 
 /// Flooders at work until [`Flood::stop`].
@@ -68,6 +80,11 @@ impl Flood {
                 if let Some(core) = core {
                     crate::pin(core);
                 }
+                // This thread only (Linux gives each thread its own nice value).
+                if let Err(e) = rustix::process::setpriority_process(None, 19) {
+                    eprintln!("warning: the flood thread keeps its priority: {e}");
+                }
+                let cpu_stats = st.clone();
                 runtime.block_on(async move {
                     let tasks: Vec<_> = plan
                         .into_iter()
@@ -79,6 +96,8 @@ impl Flood {
                         let _ = t.await;
                     }
                 });
+                let cpu_ms = (crate::procstat::thread_cpu_s() * 1_000.0) as u64;
+                cpu_stats.cpu_ms.store(cpu_ms, Ordering::Relaxed);
             })?;
         Ok(Flood {
             stop,
@@ -100,6 +119,8 @@ impl Flood {
             "closed_1008": s.closed_1008.load(Ordering::Relaxed),
             "closed_other": s.closed_other.load(Ordering::Relaxed),
             "connect_failures": s.connect_failures.load(Ordering::Relaxed),
+            "refused_429": s.refused_429.load(Ordering::Relaxed),
+            "flooders_cpu_s": s.cpu_ms.load(Ordering::Relaxed) as f64 / 1_000.0,
         })
     }
 }
@@ -120,6 +141,14 @@ async fn flooder(server: SocketAddr, token: String, stop: Arc<AtomicBool>, stats
         .await
         {
             Ok(Ok((ws, _))) => ws,
+            // Refused during its cool-down: a flooder does not honour Retry-After.
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp)))
+                if resp.status().as_u16() == 429 =>
+            {
+                stats.refused_429.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                continue;
+            }
             _ => {
                 stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(RECONNECT_PAUSE).await;

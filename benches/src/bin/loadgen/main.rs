@@ -1,7 +1,8 @@
 //! `loadgen`: the load generator of agentwire (issue 8).
 //!
-//! Opens many authenticated WebSocket connections (source addresses spread over
-//! 127.0.0.2…, worker processes past one process's open-file limit), publishes agent runs
+//! Opens many authenticated WebSocket connections, or event streams (`--transport sse`),
+//! from source addresses spread over 127.0.0.2… (worker processes past one process's
+//! open-file limit), publishes agent runs
 //! on a fixed open-loop schedule through `POST /v1/events` (or in-process through the
 //! manager of a server started inside this process), and checks every delivered event:
 //! latency from the scheduled send time (HdrHistogram), loss, duplicates, reordering and
@@ -26,6 +27,8 @@ mod procstat;
 mod publish;
 mod redis_info;
 mod scenarios;
+mod sse;
+mod throttle;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -122,6 +125,10 @@ pub(crate) struct Common {
     /// `agent_completed` — instead of thoughts.
     #[arg(long)]
     streamed: bool,
+    /// How clients receive events: WebSockets (`ws`), or Server-Sent Events on
+    /// `GET /v1/stream` (`sse`).
+    #[arg(long, value_enum, default_value_t = clients::Transport::Ws)]
+    transport: clients::Transport,
     /// Source addresses 127.0.0.2 … 127.0.0.(1+N) the clients bind to.
     #[arg(long, default_value_t = 16)]
     source_ips: u32,

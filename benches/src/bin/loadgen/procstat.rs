@@ -117,6 +117,11 @@ impl Probes {
     }
 }
 
+/// The calling thread's CPU seconds so far.
+pub(crate) fn thread_cpu_s() -> f64 {
+    cpu_of_stat(Path::new("/proc/thread-self/stat")).unwrap_or(0.0)
+}
+
 /// This process's CPU seconds, excluding the threads named with `exclude` (the in-process
 /// server's), so the generator's own load is reported on its own.
 pub(crate) fn own_cpu_s(exclude: Option<&'static str>) -> f64 {

@@ -245,6 +245,7 @@ impl Env {
             "history_users": g("agentwire_history_users"),
             "events_delivered": g("agentwire_events_delivered"),
             "slow_consumer_closes": g("agentwire_slow_consumer_closes"),
+            "deltas_merged": g("agentwire_deltas_merged"),
             "queued_bytes": g("agentwire_queued_bytes"),
             "write_timeouts": g("agentwire_write_timeouts"),
             "heartbeat_timeouts": g("agentwire_heartbeat_timeouts"),
@@ -253,7 +254,7 @@ impl Env {
         })
     }
 
-    fn spec(&self, tag: &str, users: u32, conns_per_user: u32, slow_every: u32) -> ClientSpec {
+    fn spec(&self, tag: &str, users: u32, conns_per_user: u32, slow: SlowReaders) -> ClientSpec {
         ClientSpec {
             servers: self.addrs.clone(),
             placement: self.common.placement,
@@ -265,7 +266,9 @@ impl Env {
             conns_per_user,
             source_ips: self.common.source_ips.clamp(1, 250),
             ip_offset: 0,
-            slow_every,
+            slow_every: slow.every,
+            slow_read_bytes_per_s: slow.read_bytes_per_s,
+            transport: self.common.transport,
             connect_concurrency: self.common.connect_concurrency,
             token_ttl_s: 24 * 3600,
         }
@@ -318,7 +321,8 @@ impl Env {
                 "p99_limit_ms": c.p99_limit_ms, "source_ips": c.source_ips,
                 "servers": self.addrs, "placement": c.placement,
                 "server_pids": c.server_pids, "extra_pids": c.extra_pids,
-                "server_threads": c.server_threads,
+                "server_threads": c.server_threads, "transport": c.transport,
+                "streamed": c.streamed,
             }),
         );
         let meta: serde_json::Map<String, Value> =
@@ -326,6 +330,14 @@ impl Env {
         m.insert("meta".into(), Value::Object(meta));
         m
     }
+}
+
+/// Which connections are slow: every `every`-th (0: none), reading at most
+/// `read_bytes_per_s` (0: not at all).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SlowReaders {
+    pub(crate) every: u32,
+    pub(crate) read_bytes_per_s: u64,
 }
 
 /// Cumulative counters of a pool, to report each period's own.
@@ -336,6 +348,7 @@ struct Totals {
     reordered: u64,
     misrouted: u64,
     closed_unexpected: u64,
+    bad_ids: u64,
 }
 
 impl Totals {
@@ -346,6 +359,7 @@ impl Totals {
             reordered: s.reordered,
             misrouted: s.misrouted,
             closed_unexpected: s.closed_unexpected,
+            bad_ids: s.bad_ids,
         }
     }
 }
@@ -358,6 +372,7 @@ struct Clients {
     maker: Arc<EventMaker>,
     totals: Totals,
     conns_per_user: u32,
+    spec: ClientSpec,
 }
 
 impl Clients {
@@ -365,17 +380,18 @@ impl Clients {
         env: &Env,
         tag: &str,
         users: u32,
-        slow_every: u32,
+        slow: SlowReaders,
         shape: RunShape,
     ) -> anyhow::Result<Clients> {
-        let spec = env.spec(tag, users, env.common.conns_per_user, slow_every);
+        let spec = env.spec(tag, users, env.common.conns_per_user, slow);
         let maker = Arc::new(EventMaker::new(
             spec.prefix.clone(),
             shape,
             env.common.data_bytes,
         ));
-        let (pool, ready) = env.connect(spec).await?;
+        let (pool, ready) = env.connect(spec.clone()).await?;
         Ok(Clients {
+            spec,
             pool,
             ready,
             streams: Streams::new(users),
@@ -383,6 +399,20 @@ impl Clients {
             totals: Totals::default(),
             conns_per_user: env.common.conns_per_user,
         })
+    }
+}
+
+impl Clients {
+    /// Events, and streamed-text deltas among them, published to the slow connections'
+    /// users (counted once per slow connection).
+    fn published_to_slow(&self, expected: &[u64]) -> (u64, u64) {
+        let n = u32::try_from(self.spec.connections()).unwrap_or(u32::MAX);
+        (0..n)
+            .filter(|&i| self.spec.is_slow(i))
+            .filter_map(|i| expected.get((i / self.conns_per_user.max(1)) as usize))
+            .fold((0, 0), |(events, deltas), &k| {
+                (events + k, deltas + self.maker.shape.deltas_in(k))
+            })
     }
 }
 
@@ -512,6 +542,8 @@ async fn period(
     let reordered = now.reordered - prev.reordered.min(now.reordered);
     let misrouted = now.misrouted - prev.misrouted.min(now.misrouted);
     let closed = now.closed_unexpected - prev.closed_unexpected.min(now.closed_unexpected);
+    let bad_ids = now.bad_ids - prev.bad_ids.min(now.bad_ids);
+    let (slow_events, slow_deltas) = clients.published_to_slow(&expected);
     let hist = snap.histogram();
     let p99 = pct(&hist, 0.99);
     let deliveries = snap.received + snap.received_slow;
@@ -538,6 +570,7 @@ async fn period(
         && reordered == 0
         && misrouted == 0
         && closed == 0
+        && bad_ids == 0
         && outcome.request_errors == 0
         && unsent == 0
         && snap.drained;
@@ -572,7 +605,17 @@ async fn period(
         "reordered": reordered,
         "misrouted": misrouted,
         "closed_unexpected": closed,
+        "bad_sse_ids": bad_ids,
         "closes": snap.closes,
+        "received_healthy": snap.healthy,
+        "slow_readers": {
+            "connections": snap.slow,
+            "read_bytes_per_s": clients.spec.slow_read_bytes_per_s,
+            "events_published": slow_events,
+            "deltas_published": slow_deltas,
+            "received": snap.slow_tally,
+            "closes": snap.closes_slow,
+        },
         "drained": snap.drained,
         "open_connections": snap.open,
         "server": {
@@ -671,7 +714,14 @@ pub(crate) struct RateArgs {
 
 pub(crate) async fn steady(env: &Env, a: RateArgs) -> anyhow::Result<Value> {
     let c = &env.common;
-    let mut cl = Clients::open(env, "steady", c.users, 0, c.run_shape()).await?;
+    let mut cl = Clients::open(
+        env,
+        "steady",
+        c.users,
+        SlowReaders::default(),
+        c.run_shape(),
+    )
+    .await?;
     let step = period(env, &mut cl, a.rate, 1, "steady", c.duration).await?;
     cl.pool.close().await?;
     let mut m = serde_json::Map::new();
@@ -706,7 +756,7 @@ pub(crate) async fn sweep(env: &Env, a: SweepArgs) -> anyhow::Result<Value> {
         Some(b) => (RunShape::with_tools(b as usize), b),
         None => (c.run_shape(), 1),
     };
-    let mut cl = Clients::open(env, "sweep", c.users, 0, shape).await?;
+    let mut cl = Clients::open(env, "sweep", c.users, SlowReaders::default(), shape).await?;
     let mut steps = Vec::new();
     let mut best: Option<f64> = None;
     let mut first_fail: Option<f64> = None;
@@ -760,7 +810,7 @@ pub(crate) async fn bursty(env: &Env, a: BurstyArgs) -> anyhow::Result<Value> {
         env,
         "bursty",
         c.users,
-        0,
+        SlowReaders::default(),
         RunShape::with_tools(a.burst as usize),
     )
     .await?;
@@ -772,21 +822,21 @@ pub(crate) async fn bursty(env: &Env, a: BurstyArgs) -> anyhow::Result<Value> {
     Ok(finish(env, "bursty", &cl.ready, m))
 }
 
-/// One period on fresh users (a user's runs, once finished, stay finished), every
-/// `slow_every`-th connection not reading, and — given `(flooders, core)` — a frame flood
+/// One period on fresh users (a user's runs, once finished, stay finished), the `slow`
+/// connections not reading or reading slowly, and — given `(flooders, core)` — a frame flood
 /// under way from a second before it to its end; then a pause, so that periods compared
 /// with each other start alike. Returns the period's result, the clients' readiness and
 /// what the flood did.
 async fn fresh_period(
     env: &Env,
     tag: &str,
-    slow_every: u32,
+    slow: SlowReaders,
     flood: Option<(u32, Option<usize>)>,
     rate: f64,
     name: &str,
 ) -> anyhow::Result<(Value, Ready, Option<Value>)> {
     let c = &env.common;
-    let mut clients = Clients::open(env, tag, c.users, slow_every, c.run_shape()).await?;
+    let mut clients = Clients::open(env, tag, c.users, slow, c.run_shape()).await?;
     let flood = match flood {
         Some((flooders, core)) => {
             let f = crate::flood::Flood::start(
@@ -845,6 +895,12 @@ pub(crate) struct SlowArgs {
     /// Every N-th connection stops reading (100: 1 %).
     #[arg(long, default_value_t = 100)]
     slow_every: u32,
+    /// The slow connections read at most this many bytes a second instead of stopping
+    /// (0: they stop reading). With `--streamed`, what waits in a slow reader's queue is
+    /// mostly deltas, which the server merges: the result's `slow_readers` says how many
+    /// frames and bytes carried how many events, and whether the readers were cut (1013).
+    #[arg(long, default_value_t = 0)]
+    slow_read_rate: u64,
     /// The server's per-connection queue bound in bytes (--queue-max-bytes), to state the
     /// memory bound.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
@@ -865,7 +921,7 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
         let (step, _, _) = fresh_period(
             env,
             &format!("base{round}"),
-            0,
+            SlowReaders::default(),
             None,
             a.rate,
             &format!("without slow #{}", round + 1),
@@ -875,7 +931,10 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
         let (step, ready, _) = fresh_period(
             env,
             &format!("slow{round}"),
-            a.slow_every,
+            SlowReaders {
+                every: a.slow_every,
+                read_bytes_per_s: a.slow_read_rate,
+            },
             None,
             a.rate,
             &format!("with slow #{}", round + 1),
@@ -934,8 +993,37 @@ pub(crate) async fn slow(env: &Env, a: SlowArgs) -> anyhow::Result<Value> {
          connections); slow-consumer closes {closed_slow}",
         a.rounds.max(1)
     );
+    let slow_readers: Vec<Value> = mixed_steps
+        .iter()
+        .map(|s| s["slow_readers"].clone())
+        .collect();
+    for (r, step) in slow_readers.iter().zip(&mixed_steps) {
+        let got = &r["received"];
+        let server = |n: &str| {
+            step["server"]["metrics_after"][n].as_f64().unwrap_or(0.0)
+                - step["server"]["metrics_before"][n].as_f64().unwrap_or(0.0)
+        };
+        eprintln!(
+            "  slow readers ({} B/s): {} frames ({} merged) for {} events of {} published \
+             ({} deltas); {} bytes; closes seen {}; the server merged {:.0} deltas, cut \
+             {:.0} slow consumers and dropped {:.0} connections at the write timeout",
+            a.slow_read_rate,
+            got["frames"],
+            got["merged_frames"],
+            got["events_covered"],
+            r["events_published"],
+            r["deltas_published"],
+            got["bytes"],
+            r["closes"],
+            server("deltas_merged"),
+            server("slow_consumer_closes"),
+            server("write_timeouts"),
+        );
+    }
     let mut m = serde_json::Map::new();
     m.insert("slow_every".into(), json!(a.slow_every));
+    m.insert("slow_read_bytes_per_s".into(), json!(a.slow_read_rate));
+    m.insert("slow_readers".into(), json!(slow_readers));
     m.insert("slow_connections".into(), json!(slow_conns));
     m.insert("healthy_p99_ms_without".into(), json!(base_p99));
     m.insert("healthy_p99_ms_with".into(), json!(mixed_p99));
@@ -981,7 +1069,7 @@ pub(crate) async fn flood(env: &Env, a: FloodArgs) -> anyhow::Result<Value> {
         let (step, _, _) = fresh_period(
             env,
             &format!("fbase{round}"),
-            0,
+            SlowReaders::default(),
             None,
             a.rate,
             &format!("without flood #{}", round + 1),
@@ -991,7 +1079,7 @@ pub(crate) async fn flood(env: &Env, a: FloodArgs) -> anyhow::Result<Value> {
         let (step, ready, flood) = fresh_period(
             env,
             &format!("flood{round}"),
-            0,
+            SlowReaders::default(),
             Some((a.flooders, a.flood_core)),
             a.rate,
             &format!("with flood #{}", round + 1),
@@ -1066,7 +1154,7 @@ pub(crate) async fn idle(env: &Env, a: IdleArgs) -> anyhow::Result<Value> {
         env,
         "idle",
         users,
-        0,
+        SlowReaders::default(),
         RunShape::with_tools(a.burst_events.max(2) as usize),
     )
     .await?;
@@ -1185,7 +1273,14 @@ pub(crate) async fn churn(env: &Env, a: ChurnArgs) -> anyhow::Result<Value> {
     let mut cycles = Vec::new();
     let mut ready = Ready::default();
     for i in 0..a.cycles {
-        let mut cl = Clients::open(env, &format!("churn{i}"), c.users, 0, c.run_shape()).await?;
+        let mut cl = Clients::open(
+            env,
+            &format!("churn{i}"),
+            c.users,
+            SlowReaders::default(),
+            c.run_shape(),
+        )
+        .await?;
         let step = period(env, &mut cl, a.rate, 1, &format!("cycle {i}"), c.duration).await?;
         ready.connected += cl.ready.connected;
         ready.failed += cl.ready.failed;

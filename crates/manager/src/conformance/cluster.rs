@@ -50,6 +50,7 @@ impl ClusterHarness for InMemoryClusterHarness {
                     Cluster {
                         leases: std::sync::Arc::new(store.for_node(node.clone())),
                         control: Some(std::sync::Arc::new(channel.for_node(node))),
+                        receipts: None,
                     },
                 )
             })

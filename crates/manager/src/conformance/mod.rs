@@ -56,6 +56,7 @@ mod cluster;
 mod leases;
 mod properties;
 mod rates;
+mod receipts;
 mod runs;
 mod support;
 
@@ -71,6 +72,7 @@ pub use cluster::*;
 pub use leases::*;
 pub use properties::*;
 pub use rates::*;
+pub use receipts::*;
 pub use runs::*;
 
 /// The longest the suite waits for an expected delivery before it fails.

@@ -153,6 +153,11 @@ impl PreparedEvent {
         self
     }
 
+    /// Whether it is the watchdog's stall claim.
+    pub(super) fn is_stall_claim(&self) -> bool {
+        self.if_stalled.is_some()
+    }
+
     /// Its thread.
     pub(super) fn thread_id(&self) -> Option<&ThreadId> {
         self.thread_id.as_ref()
@@ -286,6 +291,7 @@ impl UnifiedWebSocketManager {
                 .unwrap_or(0);
             counters.emitted_by_type[i].fetch_add(1, Ordering::Relaxed);
             self.watch(event);
+            self.tell_run_end(event, accepted);
         }
     }
 

@@ -3,7 +3,7 @@
 //! `connect` (a new connection and where its stream starts), `catch_up` (replaying
 //! history, paced by the writer, and resyncs), `emit` (validate, serialize once, publish),
 //! `reads` (history, event lookup, broker health), `stats`, `counters`, `sweeper`
-//! (heartbeat deadlines, history trimming), `watchdog` (ending stalled runs), `receipts` (how far each user's clients got), `singleton` (the process-wide manager) and
+//! (heartbeat deadlines, history trimming), `watchdog` (ending stalled runs), `receipts` (how far each user's clients got), `run_ends` (the observer of runs' terminal events), `singleton` (the process-wide manager) and
 //! `connection` (one connection's queue and handle).
 
 use foldhash::HashMap;
@@ -19,6 +19,7 @@ use crate::config::ManagerConfig;
 use crate::control::{Cluster, ClusterControl};
 use crate::leases::{ConnectionLeases, NodeId};
 use crate::memory::InMemoryBroker;
+use crate::receipt_store::ReceiptStore;
 
 mod catch_up;
 mod cluster;
@@ -29,6 +30,7 @@ mod emit;
 mod reads;
 mod receipts;
 mod registry;
+mod run_ends;
 mod singleton;
 mod stats;
 mod sweeper;
@@ -43,6 +45,7 @@ pub(crate) use emit::serialize_body;
 pub use emit::{EmitError, PreparedEvent};
 pub use receipts::DeliveryReceipt;
 use registry::Router;
+pub use run_ends::{ObserverTaken, RunEnded};
 pub use stats::ManagerStats;
 
 const REGISTRY_SHARDS: usize = 64;
@@ -71,6 +74,9 @@ pub(crate) struct Inner {
     sweeper_started: AtomicBool,
     watchdog: watchdog::Watchdog,
     receipts: receipts::Receipts,
+    /// The users' receipts across the cluster; `None` for a node on its own.
+    receipt_store: Option<Arc<dyn ReceiptStore>>,
+    run_end_observer: OnceLock<run_ends::RunEndObserver>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -79,6 +85,19 @@ impl std::fmt::Debug for Inner {
             .field("connections", &self.total.load(Ordering::Relaxed))
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// A handle on a manager that does not keep it alive ([`UnifiedWebSocketManager::downgrade`]).
+#[derive(Debug, Clone)]
+pub struct WeakManager(std::sync::Weak<Inner>);
+
+impl WeakManager {
+    /// The manager, while something else keeps it alive.
+    pub fn upgrade(&self) -> Option<UnifiedWebSocketManager> {
+        self.0
+            .upgrade()
+            .map(|inner| UnifiedWebSocketManager { inner })
     }
 }
 
@@ -102,16 +121,21 @@ impl UnifiedWebSocketManager {
     /// limit holds across every node sharing `cluster.leases` (each connection holds a
     /// lease there, taken before it is registered, renewed every third of the lease time
     /// and dropped when it is removed; a connection whose lease a newer one took closes
-    /// with 4003), and `cluster.control` carries evictions and the admin's requests to the
-    /// other nodes.
+    /// with 4003), `cluster.control` carries evictions and the admin's requests to the
+    /// other nodes, and `cluster.receipts` shares the users' delivery receipts.
     pub fn clustered(config: ManagerConfig, broker: Arc<dyn Broker>, cluster: Cluster) -> Self {
         Self::build(config, broker, Some(cluster))
     }
 
     fn build(config: ManagerConfig, broker: Arc<dyn Broker>, cluster: Option<Cluster>) -> Self {
-        let (node, leases, control) = match cluster {
-            Some(c) => (c.leases.node().clone(), Some(c.leases), c.control),
-            None => (NodeId::random(), None, None),
+        let (node, leases, control, receipt_store) = match cluster {
+            Some(c) => (
+                c.leases.node().clone(),
+                Some(c.leases),
+                c.control,
+                c.receipts,
+            ),
+            None => (NodeId::random(), None, None, None),
         };
         let inner = Arc::new(Inner {
             config,
@@ -129,6 +153,8 @@ impl UnifiedWebSocketManager {
             sweeper_started: AtomicBool::new(false),
             watchdog: watchdog::Watchdog::default(),
             receipts: receipts::Receipts::default(),
+            receipt_store,
+            run_end_observer: OnceLock::new(),
         });
         let router: Arc<dyn Subscriber> = Arc::new(Router {
             inner: Arc::downgrade(&inner),
@@ -145,6 +171,11 @@ impl UnifiedWebSocketManager {
             ManagerConfig::default(),
             Arc::new(InMemoryBroker::default()),
         )
+    }
+
+    /// A handle that does not keep the manager alive: for a task that should end with it.
+    pub fn downgrade(&self) -> WeakManager {
+        WeakManager(Arc::downgrade(&self.inner))
     }
 
     /// Whether two handles are the same manager.

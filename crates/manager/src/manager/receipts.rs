@@ -3,7 +3,10 @@
 //! `seq` a client acknowledged (`acked_seq`, from `ack` frames, never past what that
 //! connection was sent), in the user's current epoch. They outlive connections (a
 //! reconnect keeps them) and are bounded: at most `ManagerConfig::max_receipt_users` users,
-//! the least recently updated forgotten first. A node knows what its own sockets did.
+//! the least recently updated forgotten first. A node knows what its own sockets did; a
+//! node of a cluster with a [`ReceiptStore`] also writes each changed receipt there, at
+//! most once per [`RECEIPT_FLUSH_INTERVAL`] per user, and reads merge the store's record
+//! with its own (`receipt_in`), so they see every node's deliveries and acks.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +19,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::UnifiedWebSocketManager;
+use crate::broker::BrokerError;
+use crate::receipt_store::{RECEIPT_FLUSH_INTERVAL, ReceiptStore, StoredReceipt};
 
 const SHARDS: usize = 16;
 
@@ -41,11 +46,15 @@ struct Receipt {
     changed: Arc<Notify>,
 }
 
-/// Every user's receipt on one node.
+/// Every user's receipt on one node, and the users whose receipt changed since the last
+/// flush to the cluster's store.
 #[derive(Debug)]
 pub(crate) struct Receipts {
     shards: Box<[Mutex<HashMap<UserId, Receipt>>]>,
     hasher: foldhash::fast::RandomState,
+    /// Changed since the last flush (only with a store); at most `max_receipt_users`.
+    dirty: Mutex<foldhash::HashSet<UserId>>,
+    flushing: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Receipts {
@@ -55,6 +64,8 @@ impl Default for Receipts {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             hasher: Default::default(),
+            dirty: Mutex::default(),
+            flushing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -142,6 +153,117 @@ impl UnifiedWebSocketManager {
         });
         if let Some(Some(notify)) = changed {
             notify.notify_waiters();
+            if self.inner.receipt_store.is_some() {
+                self.mark_for_flush(user);
+            }
+        }
+    }
+
+    /// Whether receipts are shared by the nodes of a cluster (a [`ReceiptStore`]): a
+    /// change on another node is then seen by polling, not signalled.
+    pub fn receipts_shared(&self) -> bool {
+        self.inner.receipt_store.is_some()
+    }
+
+    /// How far `user`'s clients got in `epoch`: `(delivered_seq, acked_seq)`, zero for a
+    /// receipt of another epoch. With a [`ReceiptStore`], what every node recorded (this
+    /// node's own flushed or not).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the store cannot be read.
+    pub async fn receipt_in(
+        &self,
+        user: &UserId,
+        epoch: &Epoch,
+    ) -> Result<(Seq, Seq), BrokerError> {
+        let local = self.receipt(user);
+        let (mut delivered, mut acked) = if local.epoch.as_ref() == Some(epoch) {
+            (local.delivered_seq, local.acked_seq)
+        } else {
+            (Seq::ZERO, Seq::ZERO)
+        };
+        if let Some(store) = &self.inner.receipt_store
+            && let Some(r) = store.read(user).await?
+            && &r.epoch == epoch
+        {
+            delivered = delivered.max(r.delivered_seq);
+            acked = acked.max(r.acked_seq);
+        }
+        Ok((delivered.max(acked), acked))
+    }
+
+    fn mark_for_flush(&self, user: &UserId) {
+        let receipts = &self.inner.receipts;
+        {
+            let mut dirty = receipts.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            if !dirty.contains(user) {
+                if dirty.len() >= self.inner.config.max_receipt_users {
+                    self.inner
+                        .counters
+                        .receipts_unflushed
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                dirty.insert(user.clone());
+            }
+        }
+        if !receipts.flushing.load(Ordering::Relaxed) {
+            self.start_receipt_flush();
+        }
+    }
+
+    /// Starts the flush task once, inside a runtime: every [`RECEIPT_FLUSH_INTERVAL`] it
+    /// writes the changed receipts to the store. It holds the manager weakly.
+    fn start_receipt_flush(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.receipts.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(RECEIPT_FLUSH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                UnifiedWebSocketManager { inner }.flush_receipts().await;
+            }
+        });
+    }
+
+    /// Writes every changed receipt to the store, one call per user, concurrently; a user
+    /// whose write failed is written again at the next flush.
+    pub(crate) async fn flush_receipts(&self) {
+        let Some(store) = self.inner.receipt_store.clone() else {
+            return;
+        };
+        let users: Vec<UserId> = {
+            let mut dirty = self
+                .inner
+                .receipts
+                .dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            dirty.drain().collect()
+        };
+        let writes = users.iter().filter_map(|user| {
+            let r = self.receipt(user);
+            let epoch = r.epoch?;
+            let record = StoredReceipt::new(epoch, r.delivered_seq, r.acked_seq);
+            let store: &Arc<dyn ReceiptStore> = &store;
+            Some(async move { (user, store.record(user, &record).await) })
+        });
+        for (user, result) in futures_util::future::join_all(writes).await {
+            if let Err(e) = result {
+                self.inner
+                    .counters
+                    .receipt_flush_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%user, error = %e, "a receipt was not written to the store");
+                self.mark_for_flush(user);
+            }
         }
     }
 

@@ -90,6 +90,11 @@ pub struct ManagerStats {
     pub receipt_users: u64,
     /// Receipts forgotten to make room at `ManagerConfig::max_receipt_users`.
     pub receipts_evicted: u64,
+    /// Receipt changes not written to the cluster's receipt store because
+    /// `ManagerConfig::max_receipt_users` users were waiting for the next flush.
+    pub receipts_unflushed: u64,
+    /// Writes to the cluster's receipt store that failed (each retried at the next flush).
+    pub receipt_flush_failures: u64,
 }
 
 impl UnifiedWebSocketManager {
@@ -156,6 +161,8 @@ impl UnifiedWebSocketManager {
             runs_unwatched: load(&c.runs_unwatched),
             receipt_users: self.inner.receipts.len() as u64,
             receipts_evicted: load(&c.receipts_evicted),
+            receipts_unflushed: load(&c.receipts_unflushed),
+            receipt_flush_failures: load(&c.receipt_flush_failures),
         }
     }
 }

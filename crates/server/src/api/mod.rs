@@ -17,6 +17,8 @@ pub(crate) mod receipts;
 pub(crate) mod runs;
 pub(crate) mod schema;
 
+#[cfg(feature = "webhook")]
+pub(crate) use publish::receipt_path;
 pub(crate) use publish::{PublishApi, PublishLimits, PublishMetrics};
 pub(crate) use receipts::ReceiptWaits;
 

@@ -377,7 +377,7 @@ pub(crate) fn publisher_of(app: &ApiState, key: ApiKey) -> Result<PublisherId, A
 }
 
 /// Where a publisher asks whether an event reached its user (docs/protocol.md §8.5).
-fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
+pub(crate) fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
     // Runs for every published event: written into one string, without `format!`.
     let run = run.map(RunId::as_str);
     let mut out = String::with_capacity(

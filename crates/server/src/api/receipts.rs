@@ -6,14 +6,15 @@
 //! (`--receipt-max-waiters`), ended when the caller goes away.
 //!
 //! A run is found in the user's history (every node shares it); the receipt is what this
-//! node's sockets did.
+//! node's sockets did, merged with what every node recorded when the manager shares
+//! receipts (`--broker redis`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use agentwire_manager::{DeliveryReceipt, UnifiedWebSocketManager};
+use agentwire_manager::UnifiedWebSocketManager;
 use agentwire_protocol::{EventData, EventType, RunId, STALLED_CODE, Seq, ServerFrame, UserId};
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -30,6 +31,10 @@ use super::ApiState;
 use super::runs::run_path;
 use crate::auth::{KeyScope, authorize};
 use crate::http::{ApiError, ErrorBody, ErrorCode};
+
+/// How often a receipt long poll looks at the cluster's receipts again with `--broker
+/// redis` (an ack on another node signals nothing here).
+pub(crate) const RECEIPT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Events read from history per call while looking for a run.
 const RUN_SCAN_PAGE: usize = 1_000;
@@ -106,21 +111,12 @@ fn user_path(path: Result<Path<String>, PathRejection>) -> Result<UserId, ApiErr
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("a user id {e}")).at("user_id"))
 }
 
-/// The receipt's seqs, zero when they belong to another epoch than the stream's.
-fn current(receipt: &DeliveryReceipt, epoch: &agentwire_protocol::Epoch) -> (Seq, Seq) {
-    if receipt.epoch.as_ref() == Some(epoch) {
-        (receipt.delivered_seq, receipt.acked_seq)
-    } else {
-        (Seq::ZERO, Seq::ZERO)
-    }
-}
-
-/// `GET /v1/users/{user_id}/receipts`: how far the user's clients got on this node.
+/// `GET /v1/users/{user_id}/receipts`: how far the user's clients got on this node (on every node with `--broker redis`).
 #[utoipa::path(get, path = "/v1/users/{user_id}/receipts", tag = "publish",
     security(("api_key" = [])),
     params(("user_id" = String, Path, description = "Whose receipt")),
     responses(
-        (status = 200, description = "The user's stream (epoch, newest seq) and how far its clients got on this node", body = super::schema::ReceiptDoc),
+        (status = 200, description = "The user's stream (epoch, newest seq) and how far its clients got on this node (on every node with --broker redis)", body = super::schema::ReceiptDoc),
         (status = 400, description = "Not a valid user id", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 503, description = "The broker is unavailable", body = ErrorBody,
@@ -137,7 +133,11 @@ pub(crate) async fn user_receipts(
         .history(&user, Seq::ZERO, 0)
         .await
         .map_err(unavailable)?;
-    let (delivered, acked) = current(&app.manager.receipt(&user), &stream.epoch);
+    let (delivered, acked) = app
+        .manager
+        .receipt_in(&user, &stream.epoch)
+        .await
+        .map_err(unavailable)?;
     Ok(Json(json!({
         "user_id": user,
         "epoch": stream.epoch,
@@ -288,7 +288,7 @@ fn run_body(
         ("run_id" = String, Path, description = "The run"),
         ("wait_acked" = Option<String>, Query, description = "Wait until the run's terminal event is acknowledged, at most this long (e.g. 30s; at most --receipt-max-wait, default 60s)")),
     responses(
-        (status = 200, description = "The run as history holds it, and whether its terminal event was delivered and acknowledged on this node; after a wait, whatever holds when it ended", body = super::schema::RunReceiptDoc),
+        (status = 200, description = "The run as history holds it, and whether its terminal event was delivered and acknowledged on this node (on any node with --broker redis); after a wait, whatever holds when it ended", body = super::schema::RunReceiptDoc),
         (status = 400, description = "Not a valid user or run id, an unknown query parameter, or a wait_acked that is not a duration or exceeds --receipt-max-wait", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 404, description = "History holds no event of the run (never published, or trimmed)", body = ErrorBody),
@@ -317,12 +317,20 @@ pub(crate) async fn run_receipt(
         None => None,
     };
     let changes = manager.receipt_changes(&user);
+    // The run as history held it; read again only while its end is not in it.
+    let mut found: Option<(agentwire_protocol::Epoch, RunSeen)> = None;
     loop {
         // Armed before looking, so an ack in between wakes the wait.
         let changed = changes.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let (epoch, _, seen) = find_run(manager, &user, &run).await?;
+        let (epoch, seen) = match found.take() {
+            Some(f) if f.1.terminal.is_some() => f,
+            _ => {
+                let (epoch, _, seen) = find_run(manager, &user, &run).await?;
+                (epoch, seen)
+            }
+        };
         if seen.first.is_none() {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -330,14 +338,23 @@ pub(crate) async fn run_receipt(
             )
             .at("run_id"));
         }
-        let receipt = current(&manager.receipt(&user), &epoch);
+        let receipt = manager
+            .receipt_in(&user, &epoch)
+            .await
+            .map_err(unavailable)?;
         let acked = seen.terminal.is_some_and(|(seq, _, _)| receipt.1 >= seq);
         let body = run_body(&user, &run, &epoch, &seen, receipt);
         let Some(deadline) = deadline.filter(|d| !acked && Instant::now() < *d) else {
             return Ok(Json(body).into_response());
         };
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return Ok(Json(body).into_response());
-        }
+        found = Some((epoch, seen));
+        // An ack on this node wakes the wait; one on another node is seen by looking
+        // again every RECEIPT_POLL_INTERVAL.
+        let look_again = if manager.receipts_shared() {
+            deadline.min(Instant::now() + RECEIPT_POLL_INTERVAL)
+        } else {
+            deadline
+        };
+        let _ = tokio::time::timeout_at(look_again, changed).await;
     }
 }

@@ -160,7 +160,7 @@ pub(crate) struct HeartbeatDoc {
     state: String,
 }
 
-/// How far a user's clients got on this node.
+/// How far a user's clients got on this node (on every node with `--broker redis`).
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ReceiptDoc {
     user_id: String,
@@ -168,9 +168,9 @@ pub(crate) struct ReceiptDoc {
     epoch: String,
     /// Its newest `seq`.
     last_seq: u64,
-    /// The newest `seq` written to at least one of the user's sockets on this node.
+    /// The newest `seq` written to at least one of the user's sockets on this node (any node with `--broker redis`).
     delivered_seq: u64,
-    /// The newest `seq` a client of the user acknowledged (`ack` frames) on this node.
+    /// The newest `seq` a client of the user acknowledged (`ack` frames) on this node (any node with `--broker redis`).
     acked_seq: u64,
 }
 

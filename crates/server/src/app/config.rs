@@ -19,6 +19,7 @@ use crate::auth::{
     DEFAULT_MAX_TOKEN_BYTES, JwksSettings,
 };
 use crate::http::door::DoorLimits;
+use crate::webhook::{WebhookConfig, WebhookConfigError, WebhookSettings};
 
 /// Which broker owns the per-user streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,6 +319,36 @@ pub struct ServerConfig {
     /// Most run receipt long polls waiting at once; more are refused with 503.
     pub receipt_max_waiters: usize,
 
+    /// Where the receipt webhook POSTs a notice for a run whose terminal event no client
+    /// acknowledged within `receipt_webhook_after`: `https://…`, or `http://` on a loopback
+    /// host. `None` (the default) turns the webhook off.
+    pub receipt_webhook_url: Option<String>,
+
+    /// The HMAC-SHA256 key that signs each notice, at least 32 bytes outside development
+    /// mode. The webhook needs this or `receipt_webhook_secret_file`, not both.
+    pub receipt_webhook_secret: Option<String>,
+
+    /// A file holding the webhook's key (one trailing newline is ignored); the same rules
+    /// as `receipt_webhook_secret`.
+    pub receipt_webhook_secret_file: Option<PathBuf>,
+
+    /// How long after a run's terminal event was accepted the webhook looks whether a
+    /// client acknowledged it, and sends its notice if none did.
+    pub receipt_webhook_after: Duration,
+
+    /// Longest one webhook request may take, connection included; a request that takes
+    /// longer is retried.
+    pub receipt_webhook_timeout: Duration,
+
+    /// How many times a notice is sent again after a failed attempt (a timeout, a
+    /// connection error, 5xx or 429); a 4xx other than 429 is not retried.
+    pub receipt_webhook_retries: u32,
+
+    /// Most notices pending at once on this node (waiting for their time, or being sent);
+    /// a run that ends when this many are pending gets no notice
+    /// (`agentwire_receipt_webhook_dropped_total{reason="full"}`).
+    pub receipt_webhook_max_pending: usize,
+
     /// Most events one history read (GET /v1/users/{user_id}/events) returns.
     pub history_read_max: usize,
 
@@ -334,6 +365,12 @@ pub struct ServerConfig {
     /// Frames a connection may send at once before --client-frame-rate applies (the
     /// bucket's size).
     pub client_frame_burst: u32,
+
+    /// How long a user whose connection was closed with 1008 for exceeding
+    /// --client-frame-rate is refused at the handshake on this node (429 `rate_limited`
+    /// with `Retry-After`), so a flooder that reconnects at once costs a token check, not
+    /// a connection and another flood. 0 turns the cool-down off.
+    pub client_frame_cooldown: Duration,
 
     /// Without a resume in the query string, how long to wait for a `resume` first frame
     /// before streaming from the start of history. 0 turns the first-frame resume off.
@@ -446,10 +483,18 @@ impl Default for ServerConfig {
             max_receipt_users: ManagerConfig::default().max_receipt_users,
             receipt_max_wait: Duration::from_secs(60),
             receipt_max_waiters: 1_000,
+            receipt_webhook_url: None,
+            receipt_webhook_secret: None,
+            receipt_webhook_secret_file: None,
+            receipt_webhook_after: Duration::from_secs(30),
+            receipt_webhook_timeout: Duration::from_secs(5),
+            receipt_webhook_retries: 5,
+            receipt_webhook_max_pending: 10_000,
             history_read_max: 1_000,
             max_bad_frames: 10,
             client_frame_rate: 50,
             client_frame_burst: 100,
+            client_frame_cooldown: Duration::from_secs(10),
             resume_wait: Duration::from_millis(50),
             history_max_events: 1_000,
             history_max_age: Duration::from_secs(600),
@@ -828,6 +873,48 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Sets [`ServerConfig::receipt_webhook_url`].
+    pub fn receipt_webhook_url(mut self, value: impl Into<String>) -> Self {
+        self.0.receipt_webhook_url = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::receipt_webhook_secret`].
+    pub fn receipt_webhook_secret(mut self, value: impl Into<String>) -> Self {
+        self.0.receipt_webhook_secret = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::receipt_webhook_secret_file`].
+    pub fn receipt_webhook_secret_file(mut self, value: impl Into<PathBuf>) -> Self {
+        self.0.receipt_webhook_secret_file = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::receipt_webhook_after`].
+    pub fn receipt_webhook_after(mut self, value: Duration) -> Self {
+        self.0.receipt_webhook_after = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::receipt_webhook_timeout`].
+    pub fn receipt_webhook_timeout(mut self, value: Duration) -> Self {
+        self.0.receipt_webhook_timeout = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::receipt_webhook_retries`].
+    pub fn receipt_webhook_retries(mut self, value: u32) -> Self {
+        self.0.receipt_webhook_retries = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::receipt_webhook_max_pending`].
+    pub fn receipt_webhook_max_pending(mut self, value: usize) -> Self {
+        self.0.receipt_webhook_max_pending = value;
+        self
+    }
+
     /// Sets [`ServerConfig::run_state_max_bytes_per_key`].
     pub fn run_state_max_bytes_per_key(mut self, value: usize) -> Self {
         self.0.run_state_max_bytes_per_key = value;
@@ -855,6 +942,12 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::client_frame_burst`].
     pub fn client_frame_burst(mut self, value: u32) -> Self {
         self.0.client_frame_burst = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::client_frame_cooldown`].
+    pub fn client_frame_cooldown(mut self, value: Duration) -> Self {
+        self.0.client_frame_cooldown = value;
         self
     }
 
@@ -975,6 +1068,21 @@ impl ServerConfig {
         } else {
             auth.with_api_keys(&self.api_keys, &self.publish_api_keys)
         }
+    }
+
+    /// The receipt webhook's checked settings; `None` when no URL is set.
+    pub(crate) fn receipt_webhook(&self) -> Result<Option<WebhookSettings>, WebhookConfigError> {
+        WebhookConfig {
+            url: self.receipt_webhook_url.as_deref(),
+            secret: self.receipt_webhook_secret.as_deref(),
+            secret_file: self.receipt_webhook_secret_file.as_deref(),
+            after: self.receipt_webhook_after,
+            timeout: self.receipt_webhook_timeout,
+            retries: self.receipt_webhook_retries,
+            max_pending: self.receipt_webhook_max_pending,
+            dev_mode: self.dev_mode,
+        }
+        .check()
     }
 
     fn jwks_settings(&self, url: &str) -> JwksSettings {

@@ -390,6 +390,19 @@ fn encode_watchdog(e: &mut DescriptorEncoder<'_>, s: &ManagerStats) -> fmt::Resu
         "agentwire_receipts_evicted",
         "Delivery receipts forgotten to make room at --max-receipt-users",
         s.receipts_evicted,
+    )?;
+    counter(
+        e,
+        "agentwire_receipts_unflushed",
+        "Receipt changes not written to Redis because --max-receipt-users users were \
+         waiting for the next flush",
+        s.receipts_unflushed,
+    )?;
+    counter(
+        e,
+        "agentwire_receipt_flush_failures",
+        "Receipt writes to Redis that failed (each retried at the next flush)",
+        s.receipt_flush_failures,
     )
 }
 

@@ -25,6 +25,7 @@ use crate::http::body::TimedBody;
 use crate::http::door::{ConnSlot, FrontDoor};
 use crate::http::io::TrackedTcp;
 use crate::http::{ApiError, ErrorCode, raw_answer};
+use crate::webhook::{ReceiptWebhook, WebhookConfigError};
 
 /// File descriptors kept free for what is not a connection (listener, logs, files, the
 /// handshakes in flight).
@@ -47,6 +48,9 @@ pub enum ServerError {
     /// Redis unreachable at start, or `--broker redis` in a build without it.
     #[error(transparent)]
     Broker(#[from] BrokerSetupError),
+    /// The receipt webhook's settings were refused, or it could not start.
+    #[error(transparent)]
+    Webhook(#[from] WebhookConfigError),
     /// The listener could not be bound, or serving failed.
     #[error("{what}: {source}")]
     Io {
@@ -94,7 +98,7 @@ pub fn router(manager: UnifiedWebSocketManager, auth: Auth) -> Router {
         demo: super::config::DemoMode::Off,
         ..ServerConfig::default()
     };
-    routes(AppState::new(manager, auth, &config, None))
+    routes(AppState::new(manager, auth, &config, None, None))
 }
 
 /// The agentwire routes over `manager`, configured by `config` (authentication, Origin
@@ -108,7 +112,16 @@ pub fn router_with(
     config: &ServerConfig,
 ) -> Result<Router, ServerError> {
     let auth = config.auth()?;
-    Ok(routes(AppState::new(manager, auth, config, None)))
+    let webhook = receipt_webhook(config)?;
+    Ok(routes(AppState::new(manager, auth, config, None, webhook)))
+}
+
+/// The receipt webhook `config` asks for, built (not yet observing a manager).
+fn receipt_webhook(config: &ServerConfig) -> Result<Option<ReceiptWebhook>, ServerError> {
+    Ok(config
+        .receipt_webhook()?
+        .map(ReceiptWebhook::new)
+        .transpose()?)
 }
 
 /// A manager with the configured bounds over the configured broker (see
@@ -266,6 +279,7 @@ impl Server {
             );
         }
         let auth = config.auth()?;
+        let webhook = receipt_webhook(&config)?;
         // One fetch of the JWKS key set, bounded by its timeout; when it fails the server
         // starts all the same (`/readyz` says 503 until a key set arrives).
         auth.refresh_keys().await;
@@ -296,7 +310,7 @@ impl Server {
             listener,
             addr,
             metrics,
-            state: AppState::new(manager, auth, &config, broker.as_ref()),
+            state: AppState::new(manager, auth, &config, broker.as_ref(), webhook),
             shutdown_timeout: config.shutdown_timeout,
             drain_delay: config.drain_delay,
         })

@@ -18,7 +18,8 @@ use crate::demo::DemoState;
 use crate::http::door::{DoorMetrics, FrontDoor};
 use crate::http::{AllowedOrigins, Draining};
 use crate::sse::{SseMetrics, SseState};
-use crate::ws::{WsMetrics, WsSettings, WsState};
+use crate::webhook::ReceiptWebhook;
+use crate::ws::{Cooldowns, WsMetrics, WsSettings, WsState};
 
 /// The state the router holds.
 /// Cheap to clone: every piece is shared.
@@ -36,12 +37,14 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// The state over `manager`; `broker`, when the server built it, adds its own metrics.
+    /// The state over `manager`; `broker`, when the server built it, adds its own metrics;
+    /// `webhook`, when configured, observes the manager's run ends from now on.
     pub(crate) fn new(
         manager: UnifiedWebSocketManager,
         auth: Auth,
         config: &ServerConfig,
         broker: Option<&ServerBroker>,
+        webhook: Option<ReceiptWebhook>,
     ) -> Self {
         let auth = Arc::new(auth);
         // The JWKS key set, when one is configured, is kept fresh from here on.
@@ -52,6 +55,9 @@ impl AppState {
         let ws_metrics = WsMetrics::register(&mut registry);
         let sse_metrics = SseMetrics::register(&mut registry);
         let publish_metrics = PublishMetrics::register(&mut registry);
+        if let Some(webhook) = webhook {
+            webhook.attach(&manager, &mut registry);
+        }
         let door = FrontDoor::new(config.door_limits(), DoorMetrics::register(&mut registry));
         let demo_on = config.demo.is_enabled(config);
         let ws = Arc::new(WsState {
@@ -60,6 +66,7 @@ impl AppState {
             ws: ws_settings(config),
             metrics: ws_metrics,
             draining: draining.clone(),
+            cooldowns: Cooldowns::new(config.client_frame_cooldown),
         });
         AppState {
             sse: Arc::new(SseState {
@@ -152,6 +159,7 @@ fn ws_settings(c: &ServerConfig) -> WsSettings {
         max_bad_frames: c.max_bad_frames,
         client_frame_rate: c.client_frame_rate,
         client_frame_burst: c.client_frame_burst,
+        client_frame_cooldown: c.client_frame_cooldown,
         resume_wait: c.resume_wait,
         allowed_origins: AllowedOrigins::new(&c.allowed_origins),
     }

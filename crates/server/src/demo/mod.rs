@@ -1,6 +1,7 @@
 //! The browser client (`/client.js`, `/client.d.ts`, always served) and the live demo:
 //! the page at `/`, development tokens (`POST /demo/token`), simulated runs through the
-//! bridge (`POST /demo/runs`, `POST /demo/runs/{run_id}/cancel`) and a JSON digest of
+//! bridge (`POST /demo/runs`, `POST /demo/runs/{run_id}/cancel`), a run that stalls for the
+//! watchdog to end (`POST /demo/runs` with `{"stall": true}`) and a JSON digest of
 //! the server's stats (`GET /demo/stats`).
 //!
 //! What it is not: part of the production surface. The demo routes exist only when
@@ -16,11 +17,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use agentwire_bridge::{
-    AgentBridgeExt, AgentWebSocketBridge, DEFAULT_DEMO_PACE, SIMULATED_RUN_EVENTS,
+    AgentBridgeExt, AgentWebSocketBridge, DEFAULT_DEMO_PACE, DEMO_AGENT_NAME, SIMULATED_RUN_EVENTS,
     demo_run_context, simulated_run,
 };
-use agentwire_manager::UnifiedWebSocketManager;
-use agentwire_protocol::{Limits, MAX_CLIENT_FRAME_DEPTH, RunId, UserId, parse_object};
+use agentwire_manager::{PublisherId, UnifiedWebSocketManager};
+use agentwire_protocol::{
+    AgentStarted, Event, Limits, MAX_CLIENT_FRAME_DEPTH, RunId, ToolExecuting, UserId, parse_object,
+};
 use axum::body::Body;
 use axum::extract::{FromRef, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -58,6 +61,10 @@ pub const DEMO_MAX_BODY_BYTES: usize = 4 * 1024;
 
 /// The slowest pace a `POST /demo/runs` may ask for (`pace_ms`).
 pub const DEMO_MAX_PACE: Duration = Duration::from_secs(5);
+
+/// The stall timeout of a demo run that stalls (`POST /demo/runs` with `"stall": true`):
+/// the watchdog ends it this long after its last event.
+pub const DEMO_STALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the demo's handlers need.
 #[derive(Debug)]
@@ -248,7 +255,8 @@ fn user_of(auth: &Auth, headers: &HeaderMap) -> Result<UserId, ApiError> {
 
 /// `POST /demo/runs` with the user's token, body `{}` or `{"pace_ms": N}`: starts a
 /// simulated run for that user through the bridge and answers at once (202); the run's
-/// events arrive on the user's connections.
+/// events arrive on the user's connections. With `{"stall": true}` the run stalls instead
+/// (`start_stalling_run`).
 async fn start_run(
     State(app): State<Arc<DemoState>>,
     headers: HeaderMap,
@@ -260,6 +268,11 @@ async fn start_run(
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "the demo is off"))?;
     let user = user_of(&app.auth, &headers)?;
     let body = body_object(&headers, body).await?;
+    match body.get("stall") {
+        None | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => return start_stalling_run(&app, user).await,
+        Some(_) => return Err(bad_request("true or false").at("stall")),
+    }
     let pace = match body.get("pace_ms") {
         None | Some(Value::Null) => DEFAULT_DEMO_PACE,
         Some(v) => v
@@ -308,6 +321,70 @@ async fn start_run(
             "run_id": run_id,
             "pace_ms": u64::try_from(pace.as_millis()).unwrap_or(u64::MAX),
             "events": events,
+        })),
+    )
+        .into_response())
+}
+
+/// A run that goes silent after `tool_executing`, with a stall timeout of
+/// [`DEMO_STALL_TIMEOUT`]: the server's watchdog ends it with `agent_error` code `stalled`,
+/// which the user's connections then show.
+async fn start_stalling_run(app: &DemoState, user: UserId) -> Result<Response, ApiError> {
+    if app.manager.config().run_stall_timeout.is_zero() {
+        return Err(bad_request(
+            "the stall watchdog is off on this server (--run-stall-timeout 0)",
+        )
+        .at("stall"));
+    }
+    let run = demo_run_context(user.clone());
+    let run_id = run.run_id().clone();
+    let thread_id = run.thread_id().clone();
+    let stall_ms = u64::try_from(DEMO_STALL_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+    let events = [
+        Event::new(
+            Some(thread_id.clone()),
+            Some(run_id.clone()),
+            AgentStarted {
+                agent_name: Some(DEMO_AGENT_NAME.into()),
+                stall_timeout_ms: Some(stall_ms),
+                extra: Default::default(),
+            },
+        ),
+        Event::new(
+            Some(thread_id.clone()),
+            Some(run_id.clone()),
+            ToolExecuting {
+                tool_call_id: "call_1".into(),
+                tool_name: "search_orders".into(),
+                arguments: json!({"status": "delayed"}),
+                extra: Default::default(),
+            },
+        ),
+    ];
+    for event in &events {
+        let prepared = app
+            .manager
+            .prepare_event(&user, event, None)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+            .guarded(PublisherId::embedded());
+        app.manager.emit_prepared(&prepared).await.map_err(|e| {
+            if e.is_transient() {
+                ApiError::new(ErrorCode::Unavailable, e.to_string()).retry_after(1)
+            } else {
+                ApiError::new(ErrorCode::Internal, e.to_string())
+            }
+        })?;
+    }
+    app.runs_started.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(%user, run = %run_id, "demo run that stalls started");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "user_id": user,
+            "thread_id": thread_id,
+            "run_id": run_id,
+            "stall_timeout_ms": stall_ms,
+            "events": ["agent_started", "tool_executing"],
         })),
     )
         .into_response())

@@ -1,6 +1,6 @@
 //! What every HTTP handler shares, below all of them: the one error answer, the bearer
 //! credential of a request, the flag that says the server is draining, the one body
-//! reader (`body`), the front door every connection passes (`door`, `io`), the query string
+//! reader (`body`), the rules and connector of the server's outbound calls (`client`), the front door every connection passes (`door`, `io`), the query string
 //! of a connection handshake (`query`) and the timers of a long-lived connection (`timer`).
 
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use axum::http::{HeaderMap, HeaderValue, header};
 
 pub(crate) mod body;
+pub(crate) mod client;
 pub(crate) mod door;
 mod error;
 pub(crate) mod io;

@@ -90,7 +90,7 @@ fn connect_refusal(e: &ConnectError) -> (&'static str, ApiError) {
         (status = 400, description = "A bad resume point (`Last-Event-ID` or `?last_seq=&epoch=`) or `format`, token carriers that disagree, or a `?token=` over --jwt-max-bytes", body = ErrorBody),
         (status = 401, description = "No token, or an invalid or expired one", body = ErrorBody),
         (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = ErrorBody),
-        (status = 429, description = "The user holds --max-connections-per-user connections (WebSocket and event streams together) and --per-user-policy is reject", body = ErrorBody),
+        (status = 429, description = "The user holds --max-connections-per-user connections (WebSocket and event streams together) and --per-user-policy is reject; or a WebSocket of this user was closed with 1008 for its frame rate and its --client-frame-cooldown has not ended (Retry-After)", body = ErrorBody),
         (status = 431, description = "A token over --jwt-max-bytes in a header", body = ErrorBody),
         (status = 503, description = "The server is shutting down, the node holds --max-connections, the broker is unavailable, or no JWKS key set has been fetched yet", body = ErrorBody),
     ))]

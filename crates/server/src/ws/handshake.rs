@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::WsState;
+use super::cooldown::retry_after_secs;
 use super::format::Format;
 use super::metrics::Rejection;
 use super::session::serve_socket;
@@ -22,7 +23,7 @@ use crate::http::{
 };
 
 /// What `/ws` and `/v1/stream` check first, in this order: the Origin, draining, the
-/// token. The verified token and the decoded query, or why the request is refused and the
+/// token, the user's cool-down after a frame flood. The verified token and the decoded query, or why the request is refused and the
 /// answer.
 pub(crate) async fn admit(
     app: &WsState,
@@ -51,13 +52,28 @@ pub(crate) async fn admit(
         ));
     }
     let query = parse_handshake_query(raw_query);
-    match authenticate_handshake(&app.auth, headers, &query.tokens).await {
-        Ok(verified) => Ok((verified, query)),
+    let verified = match authenticate_handshake(&app.auth, headers, &query.tokens).await {
+        Ok(verified) => verified,
         Err(refusal) => {
             tracing::debug!(reason = %refusal.error, "handshake unauthorized");
-            Err((Rejection::Token(refusal.reason()), refusal.to_api_error()))
+            return Err((Rejection::Token(refusal.reason()), refusal.to_api_error()));
         }
+    };
+    // Before the upgrade, the manager and any replay: a flooder coming straight back costs
+    // this look-up.
+    if let Some(left) = app.cooldowns.remaining(&verified.user) {
+        return Err((
+            Rejection::CoolingDown,
+            ApiError::new(
+                ErrorCode::RateLimited,
+                "this user's connection was closed for sending frames faster than \
+                 --client-frame-rate; it is refused until its cool-down ends \
+                 (--client-frame-cooldown, see Retry-After)",
+            )
+            .retry_after(retry_after_secs(left)),
+        ));
     }
+    Ok((verified, query))
 }
 
 /// `GET /ws`.
@@ -74,6 +90,7 @@ pub(crate) async fn admit(
         (status = 400, description = "Not a WebSocket handshake, a bad resume point or `format`, token carriers that disagree, or a `?token=` over --jwt-max-bytes", body = ErrorBody),
         (status = 401, description = "No token, or an invalid or expired one", body = ErrorBody),
         (status = 403, description = "The Origin is not allowed (--allowed-origins)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: a connection of this user was closed with 1008 for sending frames faster than --client-frame-rate, and its cool-down (--client-frame-cooldown) has not ended; Retry-After says when it does", body = ErrorBody),
         (status = 431, description = "A token over --jwt-max-bytes in a header", body = ErrorBody),
         (status = 503, description = "The server is shutting down, or no JWKS key set has been fetched yet", body = ErrorBody),
     ))]
@@ -89,11 +106,13 @@ pub(crate) async fn ws_handler(
     // carry it).
     let refuse = |why: Rejection, error: ApiError| {
         app.metrics.rejected(why);
-        tracing::info!(
-            peer = peer.map(tracing::field::display),
-            reason = why.as_str(),
-            "ws handshake refused"
-        );
+        let peer = peer.map(tracing::field::display);
+        if why == Rejection::CoolingDown {
+            // A flooder retrying in a loop: its cool-down was logged once when it began.
+            tracing::debug!(peer, reason = why.as_str(), "ws handshake refused");
+        } else {
+            tracing::info!(peer, reason = why.as_str(), "ws handshake refused");
+        }
         error.into_response()
     };
     let (verified, query) = match admit(&app, &headers, raw.as_deref()).await {

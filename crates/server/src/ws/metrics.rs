@@ -1,6 +1,7 @@
 //! The WebSocket endpoint's metrics: handshake refusals (by reason: a refused token by its
 //! `AuthError::reason`), frames written and the publish-to-write latency, write timeouts,
-//! bad client frames, token refreshes and their refusals, and close codes. Registered in the server's registry by the application.
+//! bad client frames and frame floods (with the cool-downs they start), token refreshes and
+//! their refusals, and close codes. Registered in the server's registry by the application.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -21,6 +22,8 @@ pub(crate) enum Rejection {
     ForbiddenOrigin,
     BadRequest,
     ShuttingDown,
+    /// The user is in its cool-down after a frame flood (`--client-frame-cooldown`).
+    CoolingDown,
 }
 
 impl Rejection {
@@ -31,6 +34,7 @@ impl Rejection {
             Rejection::ForbiddenOrigin => "forbidden_origin",
             Rejection::BadRequest => "bad_request",
             Rejection::ShuttingDown => "shutting_down",
+            Rejection::CoolingDown => "rate_limited",
         }
     }
 }
@@ -46,6 +50,8 @@ pub(crate) struct WsMetrics {
     bad_frames: Counter,
     rate_limited: Counter,
     rate_limit_closes: Counter,
+    cooldowns: Counter,
+    cooldowns_cut: Counter,
     token_refreshes: Counter,
     token_refresh_refusals: Family<Labels, Counter>,
     handshake_rejections: Family<Labels, Counter>,
@@ -65,6 +71,8 @@ impl WsMetrics {
             bad_frames: Counter::default(),
             rate_limited: Counter::default(),
             rate_limit_closes: Counter::default(),
+            cooldowns: Counter::default(),
+            cooldowns_cut: Counter::default(),
             token_refreshes: Counter::default(),
             token_refresh_refusals: Family::default(),
             handshake_rejections: Family::default(),
@@ -103,6 +111,18 @@ impl WsMetrics {
             "Connections closed with 1008 because they kept sending faster than \
              --client-frame-rate",
             m.rate_limit_closes.clone(),
+        );
+        registry.register(
+            "agentwire_client_frame_cooldowns",
+            "Users put in cool-down (their handshakes refused with 429 for \
+             --client-frame-cooldown) after a connection was closed with 1008 for its frame rate",
+            m.cooldowns.clone(),
+        );
+        registry.register(
+            "agentwire_client_frame_cooldowns_cut",
+            "Cool-downs ended early to make room: MAX_COOLING_USERS users were already cooling \
+             down on the node",
+            m.cooldowns_cut.clone(),
         );
         registry.register(
             "agentwire_token_refreshes",
@@ -167,6 +187,13 @@ impl WsMetrics {
 
     pub(crate) fn rate_limit_closed(&self) {
         self.rate_limit_closes.inc();
+    }
+
+    pub(crate) fn cooldown_started(&self, cut_another: bool) {
+        self.cooldowns.inc();
+        if cut_another {
+            self.cooldowns_cut.inc();
+        }
     }
 
     pub(crate) fn token_refreshed(&self) {

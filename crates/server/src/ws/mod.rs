@@ -10,8 +10,9 @@
 //!
 //! Files, top to bottom: `handshake` (the HTTP side of `/ws`) → `session` (one
 //! connection's life) → `reader`, `writer` → `news` (what those two share) → `wire` (the
-//! upgrade and the frames the server writes); `metrics` and `format` (agentwire's frames or
-//! their AG-UI projection, also used by `/v1/stream`) beside them.
+//! upgrade and the frames the server writes); `metrics`, `cooldown` (users refused for a
+//! while after a frame flood) and `format` (agentwire's frames or their AG-UI projection,
+//! also used by `/v1/stream`) beside them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use agentwire_manager::UnifiedWebSocketManager;
 use crate::auth::Auth;
 use crate::http::{AllowedOrigins, Draining};
 
+mod cooldown;
 mod format;
 pub(crate) mod handshake;
 mod metrics;
@@ -30,6 +32,7 @@ mod session;
 mod wire;
 mod writer;
 
+pub(crate) use cooldown::Cooldowns;
 pub(crate) use format::{Format, Projector, close_event};
 pub(crate) use metrics::{Rejection, WsMetrics, close_label};
 
@@ -42,6 +45,8 @@ pub(crate) struct WsState {
     pub(crate) ws: WsSettings,
     pub(crate) metrics: WsMetrics,
     pub(crate) draining: Draining,
+    /// Users refused for a while after a frame flood (`--client-frame-cooldown`).
+    pub(crate) cooldowns: Cooldowns,
 }
 
 impl WsState {
@@ -62,6 +67,7 @@ pub(crate) struct WsSettings {
     pub(crate) max_bad_frames: u32,
     pub(crate) client_frame_rate: u32,
     pub(crate) client_frame_burst: u32,
+    pub(crate) client_frame_cooldown: Duration,
     pub(crate) resume_wait: Duration,
     pub(crate) allowed_origins: AllowedOrigins,
 }

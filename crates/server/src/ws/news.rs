@@ -22,7 +22,8 @@ pub(super) enum ReaderEnd {
     /// The connection broke: nothing more can be sent.
     PeerGone,
     /// The reader asked the manager to close the connection with a code (1009, 1007,
-    /// 1002); the writer sends it.
+    /// 1002, or 1008 for a flood, whose later bytes it discarded); the writer sends it and
+    /// waits for no close frame from the peer.
     Failed,
 }
 
@@ -37,6 +38,9 @@ pub(super) struct PeerNews {
     pub(super) ping: Option<Bytes>,
     /// Set once the reader is done.
     pub(super) end: Option<ReaderEnd>,
+    /// The reader throws away what the peer sends (closed with 1008 for a flood), so the
+    /// peer's close frame will not end it.
+    pub(super) discarding: bool,
 }
 
 /// The reader's [`PeerNews`], shared with the writer. The writer looks at it on every
@@ -56,6 +60,7 @@ impl NewsCell {
                 expires_at,
                 ping: None,
                 end: None,
+                discarding: false,
             }),
             version: AtomicU64::new(0),
             waker: AtomicWaker::new(),
@@ -86,6 +91,7 @@ impl NewsCell {
             expires_at: news.expires_at,
             ping: news.ping.take(),
             end: news.end,
+            discarding: news.discarding,
         }
     }
 
@@ -100,6 +106,24 @@ impl NewsCell {
                 Poll::Ready(v)
             }
         })
+    }
+
+    /// Resolves once the reader is done (`false`) or discards what the peer sends
+    /// (`true`).
+    pub(super) async fn ended_or_discarding(&self) -> bool {
+        let mut seen = u64::MAX;
+        loop {
+            {
+                let news = self.lock();
+                if news.end.is_some() {
+                    return false;
+                }
+                if news.discarding {
+                    return true;
+                }
+            }
+            seen = self.changed(seen).await;
+        }
     }
 
     /// Resolves once the reader is done.

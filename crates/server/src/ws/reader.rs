@@ -8,10 +8,12 @@ use agentwire_protocol::{
     ClientFrame, CloseCode, DecodeError, ErrorCode, ErrorFrame, Seq, ServerFrame,
 };
 use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::WsState;
+use super::cooldown::Started;
 use super::news::{NewsCell, ReaderEnd, Stream};
 
 /// The close code a read error calls for; `None` when the peer is gone and nothing can be
@@ -37,7 +39,12 @@ struct Reader {
     /// socket has nothing more to give.
     pending_ack: Option<Seq>,
     heard: bool,
+    /// Closed with 1008 for its frame rate: nothing more it sends is parsed.
+    flooded: bool,
 }
+
+/// Bytes read at a time from a connection closed for flooding, discarded unparsed.
+const DISCARD_READ_BYTES: usize = 64 * 1024;
 
 /// The client-frame rate limit of one connection: a token bucket of `burst` frames
 /// refilled at `per_second`, allowed to go into debt by as much again. A frame that finds
@@ -116,6 +123,7 @@ pub(super) async fn read_loop(
         rate,
         pending_ack: None,
         heard: false,
+        flooded: false,
     };
     let end = reader.read(stream, first).await;
     reader.news.update(|n| n.end = Some(end));
@@ -131,12 +139,35 @@ impl Drop for Reader {
 }
 
 impl Reader {
+    /// What a connection closed for flooding still sends is read and thrown away
+    /// unparsed (no frame decoding, no unmasking, 64 KiB a read instead of
+    /// `--read-buffer-size`) until the client hangs up, or until the writer, done with the
+    /// close frame and its `--close-timeout` wait, aborts this task. The client's close
+    /// frame goes unseen with the rest, so the writer closes the server's side after its
+    /// close frame and the client hangs up at once. Reading on rather than dropping the
+    /// socket: a socket closed with bytes unread answers with a reset, which can destroy
+    /// the close frame before the client reads its 1008.
+    async fn discard(&mut self, mut stream: Stream) -> ReaderEnd {
+        self.news.update(|n| n.discarding = true);
+        let mut buf = vec![0u8; DISCARD_READ_BYTES];
+        let raw = stream.get_mut();
+        while let Ok(n) = raw.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        ReaderEnd::Failed
+    }
+
     async fn read(&mut self, mut stream: Stream, first: Option<Message>) -> ReaderEnd {
         let reader = self;
-        if let Some(msg) = first
-            && let Some(end) = reader.on_message(msg)
-        {
-            return end;
+        if let Some(msg) = first {
+            if let Some(end) = reader.on_message(msg) {
+                return end;
+            }
+            if reader.flooded {
+                return reader.discard(stream).await;
+            }
         }
         loop {
             let next = std::future::poll_fn(|cx| {
@@ -154,6 +185,10 @@ impl Reader {
                     if let Some(end) = reader.on_message(msg) {
                         reader.record();
                         return end;
+                    }
+                    if reader.flooded {
+                        reader.record();
+                        return reader.discard(stream).await;
                     }
                 }
                 Err(e) => {
@@ -209,8 +244,23 @@ impl Reader {
             Admit::Close => {
                 self.app.metrics.rate_limited();
                 self.app.metrics.rate_limit_closed();
-                tracing::debug!(connection = %self.conn.id(), "client frames too fast");
+                let user = self.conn.user_id();
+                let cooldown = self.app.cooldowns.start(user);
+                if let Some(started) = cooldown {
+                    self.app
+                        .metrics
+                        .cooldown_started(started == Started::CutAnother);
+                }
+                // Once per flood and user: the handshakes it then retries are refused
+                // without a line each.
+                tracing::info!(
+                    user = %user,
+                    connection = %self.conn.id(),
+                    cooldown = ?cooldown.map(|_| self.app.ws.client_frame_cooldown),
+                    "client frames too fast: closed with 1008"
+                );
                 self.conn.close(CloseCode::PolicyViolation);
+                self.flooded = true;
                 false
             }
         }

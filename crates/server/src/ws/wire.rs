@@ -459,6 +459,16 @@ impl FrameWriter {
         payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
         self.write_control(OpCode::Close, &payload).await
     }
+
+    /// Ends the server's side of the socket (a FIN after the close frame), for a peer whose
+    /// bytes are no longer read: its close frame cannot end the close handshake, and a
+    /// client waits for the server to close first (RFC 6455 §7.1.1).
+    pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+        match &mut self.io {
+            WriteHalf::Tcp(w) => w.shutdown().await,
+            WriteHalf::Other(w) => w.shutdown().await,
+        }
+    }
 }
 
 impl WriteHalf {

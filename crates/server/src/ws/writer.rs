@@ -193,8 +193,16 @@ pub(super) async fn write_loop(
                         Ok(Err(_)) => {}
                         Ok(Ok(())) => {
                             if reader_end.is_none() {
-                                // The peer's close frame ends the reader.
-                                let _ = Box::pin(timeout(settings.close_timeout, news.ended())).await;
+                                // The peer's close frame ends the reader, unless the reader
+                                // discards what a flooder sends: then the server closes its
+                                // side first, and the peer hanging up ends the reader.
+                                let _ = Box::pin(timeout(settings.close_timeout, async {
+                                    if news.ended_or_discarding().await {
+                                        let _ = sink.shutdown().await;
+                                        news.ended().await;
+                                    }
+                                }))
+                                .await;
                             }
                         }
                     }

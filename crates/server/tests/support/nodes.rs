@@ -306,6 +306,14 @@ impl Ws {
         }
     }
 
+    /// Sends `frame` as a text frame.
+    pub(crate) async fn send(&mut self, frame: &Value) {
+        self.stream
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("the frame is sent");
+    }
+
     /// Closes the connection (best effort).
     pub(crate) async fn close(mut self) {
         let _ = self.stream.close(None).await;

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::JwksSettings;
 use crate::auth::AuthConfigError;
+use crate::http::client::error_chain;
 
 /// Deepest JSON nesting read in a key set (`{"keys":[{"x5c":[…]}]}` is 3).
 const MAX_DEPTH: usize = 8;
@@ -85,30 +86,8 @@ impl Fetcher {
     /// https.
     pub(super) fn new(settings: &JwksSettings) -> Result<Fetcher, AuthConfigError> {
         let uri = settings.checked_url()?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(settings.timeout));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let tls = if uri.scheme_str() == Some("https") {
-            builder
-                .with_provider_and_native_roots(provider)
-                .map_err(|e| {
-                    AuthConfigError::Jwks(format!(
-                        "cannot load the system's CA certificates for https ({e}): install \
-                         them (e.g. the ca-certificates package)"
-                    ))
-                })?
-        } else {
-            // Loopback http (checked above): TLS is never used, so no roots are needed.
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| AuthConfigError::Jwks(e.to_string()))?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            builder.with_tls_config(config)
-        };
-        let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+        let connector = crate::http::client::connector(&uri, settings.timeout)
+            .map_err(AuthConfigError::Jwks)?;
         Ok(Fetcher {
             client: Client::builder(TokioExecutor::new()).build(connector),
             uri,
@@ -136,7 +115,7 @@ impl Fetcher {
             .client
             .request(request)
             .await
-            .map_err(|e| FetchError::Request(chain(&e)))?;
+            .map_err(|e| FetchError::Request(error_chain(&e)))?;
         if response.status() != StatusCode::OK {
             return Err(FetchError::Status(response.status().as_u16()));
         }
@@ -155,23 +134,11 @@ impl Fetcher {
                 if e.is::<http_body_util::LengthLimitError>() {
                     FetchError::TooLarge(max_bytes)
                 } else {
-                    FetchError::Request(chain(e.as_ref()))
+                    FetchError::Request(error_chain(e.as_ref()))
                 }
             })?;
         Ok(collected.to_bytes())
     }
-}
-
-/// An error and its causes, one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The usable keys of a key set document (duplicate JSON keys refused, as everywhere).

@@ -329,6 +329,38 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_RECEIPT_MAX_WAITERS", default_value_t = d().receipt_max_waiters)]
     pub(crate) receipt_max_waiters: usize,
 
+    /// Where to POST a signed notice for a run whose terminal event no client acknowledged
+    /// within --receipt-webhook-after: https://…, or http:// on a loopback host. Off
+    /// without it.
+    #[arg(long, env = "AGENTWIRE_RECEIPT_WEBHOOK_URL")]
+    pub(crate) receipt_webhook_url: Option<String>,
+
+    /// HMAC-SHA256 key that signs each webhook notice, at least 32 bytes (outside
+    /// development mode).
+    #[arg(long, env = "AGENTWIRE_RECEIPT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub(crate) receipt_webhook_secret: Option<String>,
+
+    /// A file holding the webhook's key (the same rules as --receipt-webhook-secret).
+    #[arg(long, env = "AGENTWIRE_RECEIPT_WEBHOOK_SECRET_FILE")]
+    pub(crate) receipt_webhook_secret_file: Option<PathBuf>,
+
+    /// How long after a run ended the webhook looks whether its terminal event was
+    /// acknowledged, and sends its notice if not.
+    #[arg(long, env = "AGENTWIRE_RECEIPT_WEBHOOK_AFTER", value_parser = parse_duration, default_value_t = d().receipt_webhook_after.into())]
+    pub(crate) receipt_webhook_after: humantime::Duration,
+
+    /// Longest one webhook request may take; a request that takes longer is retried.
+    #[arg(long, env = "AGENTWIRE_RECEIPT_WEBHOOK_TIMEOUT", value_parser = parse_duration, default_value_t = d().receipt_webhook_timeout.into())]
+    pub(crate) receipt_webhook_timeout: humantime::Duration,
+
+    /// Times a notice is sent again after a timeout, a connection error, 5xx or 429.
+    #[arg(long, env = "AGENTWIRE_RECEIPT_WEBHOOK_RETRIES", default_value_t = d().receipt_webhook_retries)]
+    pub(crate) receipt_webhook_retries: u32,
+
+    /// Most webhook notices pending at once; a run that ends beyond it gets none.
+    #[arg(long, env = "AGENTWIRE_RECEIPT_WEBHOOK_MAX_PENDING", default_value_t = d().receipt_webhook_max_pending)]
+    pub(crate) receipt_webhook_max_pending: usize,
+
     /// Most runs in progress one API key may hold (its share of --max-runs).
     #[arg(long, env = "AGENTWIRE_MAX_RUNS_PER_KEY", default_value_t = d().max_runs_per_key)]
     pub(crate) max_runs_per_key: usize,
@@ -355,6 +387,11 @@ pub(crate) struct ServeArgs {
     /// Frames a connection may send at once before --client-frame-rate applies.
     #[arg(long, env = "AGENTWIRE_CLIENT_FRAME_BURST", default_value_t = d().client_frame_burst)]
     pub(crate) client_frame_burst: u32,
+
+    /// How long a user closed with 1008 for exceeding --client-frame-rate is refused at
+    /// the handshake on this node (429 `rate_limited` with Retry-After). 0 turns it off.
+    #[arg(long, env = "AGENTWIRE_CLIENT_FRAME_COOLDOWN", value_parser = parse_duration, default_value_t = d().client_frame_cooldown.into())]
+    pub(crate) client_frame_cooldown: humantime::Duration,
 
     /// Without a resume in the query string, how long to wait for a `resume` first frame
     /// before streaming from the start of history. 0 turns the first-frame resume off.
@@ -479,6 +516,13 @@ impl ServeArgs {
         c.max_receipt_users = this.max_receipt_users;
         c.receipt_max_wait = this.receipt_max_wait.into();
         c.receipt_max_waiters = this.receipt_max_waiters;
+        c.receipt_webhook_url = this.receipt_webhook_url;
+        c.receipt_webhook_secret = this.receipt_webhook_secret;
+        c.receipt_webhook_secret_file = this.receipt_webhook_secret_file;
+        c.receipt_webhook_after = this.receipt_webhook_after.into();
+        c.receipt_webhook_timeout = this.receipt_webhook_timeout.into();
+        c.receipt_webhook_retries = this.receipt_webhook_retries;
+        c.receipt_webhook_max_pending = this.receipt_webhook_max_pending;
         c.run_state_max_bytes = this.run_state_max_bytes;
         c.max_runs_per_key = this.max_runs_per_key;
         c.run_state_max_bytes_per_key = this.run_state_max_bytes_per_key;
@@ -486,6 +530,7 @@ impl ServeArgs {
         c.max_bad_frames = this.max_bad_frames;
         c.client_frame_rate = this.client_frame_rate;
         c.client_frame_burst = this.client_frame_burst;
+        c.client_frame_cooldown = this.client_frame_cooldown.into();
         c.resume_wait = this.resume_wait.into();
         c.history_max_events = this.history_max_events;
         c.history_max_age = this.history_max_age.into();
