@@ -500,6 +500,48 @@ async fn api_keys_on_the_publish_and_admin_api() {
             );
         }
     }
+    // Several Authorization headers: which one counts is not guessed — even when the
+    // first holds a good key, or both hold the same one.
+    for (what, first, second) in [
+        (
+            "a good key, then an unknown one",
+            API_KEY,
+            "an-unknown-key-of-length",
+        ),
+        (
+            "an unknown key, then a good one",
+            "an-unknown-key-of-length",
+            API_KEY,
+        ),
+        ("the same good key twice", API_KEY, API_KEY),
+    ] {
+        let (first, second) = (format!("Bearer {first}"), format!("Bearer {second}"));
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Authorization", first.as_str()),
+            ("Authorization", second.as_str()),
+        ];
+        for (method, path, body) in [
+            ("POST", "/v1/events", body.as_bytes()),
+            ("GET", "/v1/users/victim/connections", &b""[..]),
+        ] {
+            let r = http_send(server.addr, method, path, &headers, body).await;
+            assert_eq!(r.status, 400, "{what}, {path}: {}", r.body);
+            let json = r.json();
+            assert_eq!(json["error"], "bad_request", "{what}, {path}");
+            assert_eq!(json["field"], "Authorization", "{what}, {path}");
+            assert!(
+                json["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("one `Authorization")),
+                "{what}, {path}: {json}"
+            );
+            assert!(
+                !r.body.contains(API_KEY),
+                "{what}, {path}: the key is echoed"
+            );
+        }
+    }
     // A publish-only key may not read another user's history or list connections.
     for path in ["/v1/users/victim/events", "/v1/users/victim/connections"] {
         let r = http_request(server.addr, "GET", path, Some(PUBLISH_KEY)).await;

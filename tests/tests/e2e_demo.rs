@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agentwire::protocol::{EventData, EventType};
 use agentwire::server::{DemoMode, ServerConfig};
-use agentwire_e2e::{Client, HttpResponse, Received, TestServer, http_send};
+use agentwire_e2e::{Client, HttpResponse, Received, TestServer, http_send, metric};
 
 /// A server in development mode (what `agentwire-server --dev` or a loopback address
 /// without a secret gives): the demo's `auto` turns on and development tokens are minted.
@@ -250,6 +250,39 @@ async fn a_run_reaches_the_token_user_only_in_run_order() {
     let stats = server.http("GET", "/demo/stats", None).await.json();
     assert_eq!(stats["demo_runs_started"], 1);
     assert_eq!(stats["events_emitted"], types.len());
+    // The run went through the demo bridge's emitter pool, which /metrics shows. The pool
+    // hears of the finish just after the last event is accepted: wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = server.metrics().await;
+        if metric(&text, "agentwire_demo_pool_finished_total") == Some(1.0)
+            || tokio::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for (name, value) in [
+        ("agentwire_demo_pool_created_total", 1.0),
+        ("agentwire_demo_pool_finished_total", 1.0),
+        ("agentwire_demo_pool_refused_total", 0.0),
+        ("agentwire_demo_pool_emitters", 0.0),
+    ] {
+        assert_eq!(metric(&text, name), Some(value), "{name}: {text}");
+    }
+    assert!(
+        metric(&text, "agentwire_demo_pool_max_emitters").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    server.stop().await;
+}
+
+/// Without the demo there is no pool, and no pool metrics.
+#[tokio::test]
+async fn demo_off_exports_no_pool_metrics() {
+    let server = dev_server(DemoMode::Off).await;
+    let text = server.metrics().await;
+    assert!(!text.contains("agentwire_demo_pool_"), "{text}");
     server.stop().await;
 }
 

@@ -97,6 +97,17 @@ pub trait ClusterControl: Send + Sync + std::fmt::Debug + 'static {
     /// holds the manager weakly.
     fn attach(&self, handler: Arc<dyn ControlHandler>);
 
+    /// Whether the channel can carry messages to and from this node now: a node whose
+    /// channel is down misses the admin's disconnects and other nodes' evictions until it
+    /// is back, so readiness checks ask this (rule 3). The default is always up, for
+    /// channels that cannot go down (one process).
+    ///
+    /// # Errors
+    /// A transient [`BrokerError`] saying why the channel is down.
+    fn health(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Tells the lease's node to close its connection of `user` (rule 1).
     ///
     /// # Errors

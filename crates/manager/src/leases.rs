@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agentwire_protocol::{ConnectionId, UserId};
@@ -18,6 +19,11 @@ use tokio::time::Instant;
 
 use crate::broker::BrokerError;
 use crate::config::LimitPolicy;
+
+/// The most evicted leases a lease store remembers per user (rule 4 of
+/// [`ConnectionLeases`]): past it the oldest are forgotten, and a renewal treats them as
+/// expired. Redis counts the forgotten ones in `agentwire_redis_evicted_leases_forgotten`.
+pub const MAX_EVICTED_LEASES_PER_USER: usize = 64;
 
 /// The name of one node of a cluster, unique among the nodes sharing a lease store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,6 +142,9 @@ pub struct Renewal {
 /// 4. **Renewal.** [`renew`](Self::renew) extends the given leases of one user by the lease
 ///    time. A lease evicted since is reported `lost` (and forgotten); a lease that expired
 ///    is taken again, as the newest, if the user has room (`restored`), else `lost`.
+///    A store remembers at most [`MAX_EVICTED_LEASES_PER_USER`] evicted leases of a user
+///    (a user reconnecting in a loop must not grow it); one it forgot for that bound
+///    renews like an expired one, which the limit still bounds.
 /// 5. **Release.** [`release`](Self::release) removes a lease at once.
 ///
 /// Errors are the broker's: a transient one ([`BrokerError::is_transient`]) means the
@@ -204,6 +213,7 @@ pub struct InMemoryLeases {
     node: NodeId,
     lease_time: Duration,
     users: std::sync::Arc<Mutex<HashMap<UserId, UserLeases>>>,
+    forgotten: std::sync::Arc<AtomicU64>,
 }
 
 impl InMemoryLeases {
@@ -213,6 +223,7 @@ impl InMemoryLeases {
             node,
             lease_time,
             users: Default::default(),
+            forgotten: Default::default(),
         }
     }
 
@@ -222,7 +233,14 @@ impl InMemoryLeases {
             node,
             lease_time: self.lease_time,
             users: self.users.clone(),
+            forgotten: self.forgotten.clone(),
         }
+    }
+
+    /// Evicted leases this store forgot, on any of its nodes' handles, to keep
+    /// [`MAX_EVICTED_LEASES_PER_USER`].
+    pub fn evicted_forgotten(&self) -> u64 {
+        self.forgotten.load(Ordering::Relaxed)
     }
 
     fn with_user<T>(&self, user: &UserId, f: impl FnOnce(&mut UserLeases, Instant) -> T) -> T {
@@ -264,6 +282,7 @@ impl ConnectionLeases for InMemoryLeases {
     ) -> Result<Admission, BrokerError> {
         let lease = self.lease(connection);
         let until_from = self.lease_time;
+        let forgotten = &self.forgotten;
         Ok(self.with_user(user, |u, now| {
             if let Some(held) = u.live.iter_mut().find(|(l, _)| *l == lease) {
                 held.1 = now + until_from;
@@ -281,6 +300,9 @@ impl ConnectionLeases for InMemoryLeases {
                     evicted.push(l.clone());
                     u.evicted.push((l, until));
                 }
+                let past = u.evicted.len().saturating_sub(MAX_EVICTED_LEASES_PER_USER);
+                u.evicted.drain(..past);
+                forgotten.fetch_add(past as u64, Ordering::Relaxed);
             }
             u.live.push((lease, now + until_from));
             Admission::Admitted { evicted }
@@ -337,5 +359,19 @@ mod tests {
         }
         assert_ne!(NodeId::random(), NodeId::random());
         assert!(NodeId::new(NodeId::random().as_str()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn evicted_leases_past_the_bound_are_forgotten_and_counted() {
+        let store = InMemoryLeases::new(NodeId::random(), Duration::from_secs(60));
+        let user = UserId::new("u_evicted_bound").expect("a valid user id");
+        for i in 0..MAX_EVICTED_LEASES_PER_USER + 4 {
+            let c = ConnectionId::new(format!("c_{i}")).expect("a valid id");
+            store
+                .admit(&user, &c, 1, LimitPolicy::EvictOldest)
+                .await
+                .expect("admit");
+        }
+        assert_eq!(store.evicted_forgotten(), 3);
     }
 }

@@ -66,7 +66,8 @@ pub use control::{
     Answers, Cluster, ClusterControl, ConnectionInfo, ControlHandler, InMemoryControl,
 };
 pub use leases::{
-    Admission, ConnectionLeases, InMemoryLeases, Lease, NodeId, NodeIdError, Renewal,
+    Admission, ConnectionLeases, InMemoryLeases, Lease, MAX_EVICTED_LEASES_PER_USER, NodeId,
+    NodeIdError, Renewal,
 };
 pub use manager::{
     ConnectError, ConnectOptions, Connection, DeliveryReceipt, EmitError, MAX_MERGED_DELTA_BYTES,

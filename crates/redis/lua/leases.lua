@@ -5,33 +5,44 @@
 --                  expired), and '#' -> the admission counter
 --   2 order  ZSET  live members scored by admission (the counter): the oldest first
 -- A member is '<node>/<connection>'; node ids hold no '/'.
--- ARGV: 1 op, 2 lease time (ms), 3 limit, then per op:
---   admit:   4 policy ('evict' | 'reject'), 5 member
+-- ARGV: 1 op, 2 lease time (ms), 3 limit, 4 most evicted leases remembered, then per op:
+--   admit:   5 policy ('evict' | 'reject'), 6 member
 --            -> {'admitted', evicted members..} or {'rejected'}
---   renew:   4.. members -> {lost count, lost.., restored..}
---   release: 4 member -> {'ok'}
+--   renew:   5.. members -> {lost count, lost.., restored..}
+--   release: 5 member -> {'ok'}
+-- Every reply is prefixed by the number of evicted leases forgotten for ARGV 4.
 local op, lease, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_evicted = tonumber(ARGV[4])
 local now = now_ms()
 
--- Forgets expired leases, live or evicted, and evicted ones beyond the first 64 (a user
--- reconnecting in a loop must not grow the hash; a renewal that finds no record of an
--- evicted lease treats it as expired, which the limit still bounds).
-local MAX_EVICTED = 64
-local evicted_kept = 0
+-- Forgets expired leases, live or evicted, and unexpired evicted ones beyond the first
+-- max_evicted (a user reconnecting in a loop must not grow the hash; a renewal that finds
+-- no record of an evicted lease treats it as expired, which the limit still bounds).
+local evicted_kept, forgotten = 0, 0
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local m, v = all[i], all[i + 1]
   if m ~= '#' then
     local x, digits = string.match(v, '^(x?)(%d+)$')
     local until_ms = tonumber(digits)
-    if x == 'x' then
+    local forget = not until_ms or until_ms <= now
+    if not forget and x == 'x' then
       evicted_kept = evicted_kept + 1
+      if evicted_kept > max_evicted then
+        forget = true
+        forgotten = forgotten + 1
+      end
     end
-    if not until_ms or until_ms <= now or (x == 'x' and evicted_kept > MAX_EVICTED) then
+    if forget then
       redis.call('HDEL', KEYS[1], m)
       redis.call('ZREM', KEYS[2], m)
     end
   end
+end
+
+local function answer(reply)
+  table.insert(reply, 1, forgotten)
+  return reply
 end
 
 local function hold(member)
@@ -51,17 +62,17 @@ local function keep_keys()
 end
 
 if op == 'admit' then
-  local policy, member = ARGV[4], ARGV[5]
+  local policy, member = ARGV[5], ARGV[6]
   if redis.call('ZSCORE', KEYS[2], member) then
     hold(member)
     keep_keys()
-    return {'admitted'}
+    return answer({'admitted'})
   end
   local n = redis.call('ZCARD', KEYS[2])
   local reply = {'admitted'}
   if n >= limit then
     if policy == 'reject' then
-      return {'rejected'}
+      return answer({'rejected'})
     end
     local victims = redis.call('ZRANGE', KEYS[2], 0, n - math.max(limit, 1))
     for _, v in ipairs(victims) do
@@ -73,10 +84,10 @@ if op == 'admit' then
   end
   add(member)
   keep_keys()
-  return reply
+  return answer(reply)
 elseif op == 'renew' then
   local lost, restored = {}, {}
-  for i = 4, #ARGV do
+  for i = 5, #ARGV do
     local member = ARGV[i]
     if redis.call('ZSCORE', KEYS[2], member) then
       hold(member)
@@ -94,11 +105,11 @@ elseif op == 'renew' then
   local reply = {#lost}
   for _, m in ipairs(lost) do reply[#reply + 1] = m end
   for _, m in ipairs(restored) do reply[#reply + 1] = m end
-  return reply
+  return answer(reply)
 elseif op == 'release' then
-  local member = ARGV[4]
+  local member = ARGV[5]
   redis.call('HDEL', KEYS[1], member)
   redis.call('ZREM', KEYS[2], member)
-  return {'ok'}
+  return answer({'ok'})
 end
 return redis.error_reply('unknown lease op ' .. tostring(op))

@@ -291,7 +291,8 @@ impl RedisConfigBuilder {
     /// How long a connection's lease counts against its user's limit without being renewed
     /// (default 30 s; at least 30 ms): the longest a connection of a node that died, or
     /// lost Redis, keeps counting. Nodes renew every third of it. Counted in
-    /// `lease_evictions`, `lease_rejections`, `leases_lost`, `leases_restored`.
+    /// `lease_evictions`, `lease_rejections`, `leases_lost`, `leases_restored`,
+    /// `evicted_leases_forgotten`.
     #[must_use]
     pub fn connection_lease(mut self, lease: Duration) -> Self {
         self.config.connection_lease = lease;

@@ -24,6 +24,10 @@ use crate::metrics::{Counters, bump};
 /// Requests of this node waiting for answers at once; more are refused as unavailable.
 pub const MAX_PENDING_CONTROL_REQUESTS: usize = 1_024;
 
+/// Why the control channel refuses a request and the node is not ready.
+const CONTROL_DOWN: &str =
+    "the Redis control channel (admin disconnects, evictions between nodes) is down; reconnecting";
+
 /// The control channel on Redis, made by
 /// [`RedisBroker::cluster`](crate::RedisBroker::cluster): one dedicated pub/sub connection
 /// per broker subscribed to the broadcast channel `<prefix>{%ctl}:all` and to this node's
@@ -250,9 +254,7 @@ impl ControlInner {
     async fn request(&self, kind: &str, body: &str) -> Result<Answers<String>, BrokerError> {
         if !self.link_up.load(Ordering::Acquire) {
             bump(&self.counters.control_failures);
-            return Err(BrokerError::Unavailable(
-                "the Redis control channel is down; reconnecting".into(),
-            ));
+            return Err(BrokerError::Unavailable(CONTROL_DOWN.into()));
         }
         let mut waiting: Vec<NodeId> = self
             .presence("live")
@@ -391,6 +393,7 @@ async fn run(weak: Weak<ControlInner>) {
             if inner.presence("beat").await.is_err() {
                 tracing::debug!("presence not refreshed");
             }
+            inner.counters.control_up.store(1, Ordering::Relaxed);
             inner.link_up.store(true, Ordering::Release);
         }
         let mut tick = tokio::time::interval(period);
@@ -414,6 +417,7 @@ async fn run(weak: Weak<ControlInner>) {
             }
         }
         if let Some(inner) = weak.upgrade() {
+            inner.counters.control_up.store(0, Ordering::Relaxed);
             inner.link_up.store(false, Ordering::Release);
             bump(&inner.counters.control_reconnects);
         }
@@ -428,6 +432,14 @@ impl ClusterControl for RedisControl {
 
     fn attach(&self, handler: Arc<dyn ControlHandler>) {
         let _ = self.inner.handler.set(handler);
+    }
+
+    fn health(&self) -> Result<(), BrokerError> {
+        if self.link_up() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(CONTROL_DOWN.into()))
+        }
     }
 
     async fn evict(&self, user: &UserId, lease: &Lease) -> Result<(), BrokerError> {

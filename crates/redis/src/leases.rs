@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_manager::{
-    Admission, BrokerError, Cluster, ConnectionLeases, Lease, LimitPolicy, NodeId, Renewal,
+    Admission, BrokerError, Cluster, ConnectionLeases, Lease, LimitPolicy,
+    MAX_EVICTED_LEASES_PER_USER, NodeId, Renewal,
 };
 use agentwire_protocol::{ConnectionId, UserId};
 use async_trait::async_trait;
@@ -23,8 +24,10 @@ use crate::script::Malformed;
 /// A lease is a member `<node>/<connection>` of two keys under the user's hash tag
 /// (`…:leases`, a HASH of expiries; `…:lease_order`, a ZSET by admission), so one script
 /// call does each step atomically on a cluster too. Evicted leases are remembered (at most
-/// 64 per user) until they would have expired, so a renewal tells an evicted lease (the
-/// node closes it, 4003) from one that merely expired (taken again when the user has room).
+/// [`MAX_EVICTED_LEASES_PER_USER`] per user, the others forgotten and counted in
+/// [`RedisMetrics::evicted_leases_forgotten`](crate::RedisMetrics::evicted_leases_forgotten))
+/// until they would have expired, so a renewal tells an evicted lease (the node closes it,
+/// 4003) from one that merely expired (taken again when the user has room).
 #[derive(Debug, Clone)]
 pub struct RedisLeases {
     broker: RedisBroker,
@@ -82,7 +85,8 @@ impl RedisLeases {
             .key(&keys.lease_order)
             .arg(op)
             .arg(millis(inner.config.connection_lease))
-            .arg(limit);
+            .arg(limit)
+            .arg(MAX_EVICTED_LEASES_PER_USER);
         for a in args {
             call.arg(*a);
         }
@@ -91,8 +95,16 @@ impl RedisLeases {
             .round_trip(what, inner.commands.invoke(&call))
             .await
             .inspect_err(|_| bump(&inner.counters.lease_failures))?;
+        // Every reply opens with the count of evicted leases forgotten for the bound.
         match reply {
-            Value::Array(items) => Ok(items),
+            Value::Array(mut items) => match items.first().and_then(int) {
+                Some(forgotten) => {
+                    add(&inner.counters.evicted_leases_forgotten, forgotten);
+                    items.remove(0);
+                    Ok(items)
+                }
+                None => Err(self.broker.malformed(Malformed { what })),
+            },
             _ => Err(self.broker.malformed(Malformed { what })),
         }
     }

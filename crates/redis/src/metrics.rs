@@ -113,6 +113,10 @@ pub struct RedisMetrics {
     pub leases_restored: u64,
     /// Lease calls (admit, renew, release) that failed.
     pub lease_failures: u64,
+    /// Evicted leases forgotten because a user had more than
+    /// `agentwire_manager::MAX_EVICTED_LEASES_PER_USER` (a renewal of one treats it as
+    /// expired instead of closing it), in this node's calls.
+    pub evicted_leases_forgotten: u64,
     /// Messages this node published on the control channel (requests, answers, evictions).
     pub control_sent: u64,
     /// Messages this node received on the control channel.
@@ -127,6 +131,9 @@ pub struct RedisMetrics {
     pub control_unanswered: u64,
     /// Times the control channel's connection was lost and made again.
     pub control_reconnects: u64,
+    /// Gauge: 1 while the control channel's subscription is up (the node hears the
+    /// admin's disconnects and other nodes' evictions), else 0.
+    pub control_up: u64,
     /// Publish requests the shared rate limiter refused (a wait, or more than the burst).
     pub rate_refused: u64,
 }
@@ -169,6 +176,7 @@ pub(crate) struct Counters {
     pub(crate) leases_lost: AtomicU64,
     pub(crate) leases_restored: AtomicU64,
     pub(crate) lease_failures: AtomicU64,
+    pub(crate) evicted_leases_forgotten: AtomicU64,
     pub(crate) control_sent: AtomicU64,
     pub(crate) control_received: AtomicU64,
     pub(crate) control_malformed: AtomicU64,
@@ -176,6 +184,7 @@ pub(crate) struct Counters {
     pub(crate) control_refused: AtomicU64,
     pub(crate) control_unanswered: AtomicU64,
     pub(crate) control_reconnects: AtomicU64,
+    pub(crate) control_up: AtomicU64,
     pub(crate) rate_refused: AtomicU64,
 }
 
@@ -243,6 +252,7 @@ impl Counters {
             leases_lost: get(&self.leases_lost),
             leases_restored: get(&self.leases_restored),
             lease_failures: get(&self.lease_failures),
+            evicted_leases_forgotten: get(&self.evicted_leases_forgotten),
             control_sent: get(&self.control_sent),
             control_received: get(&self.control_received),
             control_malformed: get(&self.control_malformed),
@@ -250,6 +260,7 @@ impl Counters {
             control_refused: get(&self.control_refused),
             control_unanswered: get(&self.control_unanswered),
             control_reconnects: get(&self.control_reconnects),
+            control_up: get(&self.control_up),
             rate_refused: get(&self.rate_refused),
         }
     }

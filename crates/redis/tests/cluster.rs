@@ -12,10 +12,11 @@ use agentwire_manager::conformance::{
     self, ClusterHarness, LeaseHarness, RatesHarness, ReceiptHarness,
 };
 use agentwire_manager::{
-    Cluster, ConnectError, ConnectOptions, ConnectionLeases, LimitPolicy, ManagerConfig, Outbound,
-    PublishRates, ReceiptStore, UnifiedWebSocketManager,
+    Cluster, ConnectError, ConnectOptions, ConnectionLeases, LimitPolicy,
+    MAX_EVICTED_LEASES_PER_USER, ManagerConfig, Outbound, PublishRates, ReceiptStore,
+    UnifiedWebSocketManager,
 };
-use agentwire_protocol::{CloseCode, EventId};
+use agentwire_protocol::{CloseCode, ConnectionId, EventId};
 use agentwire_redis::testing::{self, RedisCluster};
 use async_trait::async_trait;
 use support::{RedisHarness, user};
@@ -86,6 +87,36 @@ async fn a_redis_cluster_keeps_the_lease_contract() {
     let h = Leases::new(RedisHarness::cluster(cluster.urls(), "leases-cluster"));
     conformance::run_lease_properties(&h).await;
     drop(cluster);
+}
+
+/// A user evicted in a loop: Redis remembers `MAX_EVICTED_LEASES_PER_USER` evicted leases
+/// and counts each one it forgets past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_leases_forgotten_past_the_bound_are_counted() {
+    let Some(url) = testing::require("leases on Redis", testing::shared_redis()) else {
+        return;
+    };
+    let h = RedisHarness::standalone(&url, "leases-forgotten");
+    let broker = h
+        .connect(h.config().connection_lease(Duration::from_secs(60)))
+        .await;
+    let leases = broker.leases();
+    let u = user("evicted-loop");
+    let extra = 5;
+    for i in 0..=MAX_EVICTED_LEASES_PER_USER + extra {
+        let c = ConnectionId::new(format!("c_{i}")).expect("a valid id");
+        leases
+            .admit(&u, &c, 1, LimitPolicy::EvictOldest)
+            .await
+            .expect("admit");
+    }
+    // The bound is applied at the start of each call: one more call forgets the last one.
+    leases
+        .release(&u, &ConnectionId::new("c_none").expect("a valid id"))
+        .await
+        .expect("release");
+    assert_eq!(broker.metrics().evicted_leases_forgotten, extra as u64);
+    h.delete_keys().await;
 }
 
 /// 30 concurrent connects of one user over three managers, each on its own broker:

@@ -115,7 +115,7 @@ pub use auth::{
     Auth, AuthConfigError, AuthError, DEFAULT_JWKS_MAX_BYTES, DEFAULT_JWKS_MAX_KEYS,
     DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_JWKS_TIMEOUT,
     DEFAULT_MAX_TOKEN_BYTES, JwksSettings, MAX_CREDENTIALS_FILE_BYTES, MIN_API_KEY_CHARS,
-    MIN_SECRET_BYTES, TokenReport, Verified, mint_hs256, read_credentials_file,
+    MIN_SECRET_BYTES, TokenReport, Verified, mint_hs256, read_credentials_file, writable_by_others,
 };
 pub use demo::{
     DEMO_MAX_BODY_BYTES, DEMO_MAX_PACE, DEMO_MAX_RUNS, DEMO_MAX_RUNS_PER_USER, DEMO_STALL_TIMEOUT,

@@ -159,3 +159,59 @@ fn bad_receipt_webhook_settings_are_refused_at_start() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A config file that users other than its owner can write — group- or world-writable,
+/// or in a directory they can write — is refused before it is read, naming the file, the
+/// mode and the `chmod` that fixes it; once fixed, the same file is read.
+#[cfg(unix)]
+#[test]
+fn config_files_others_can_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let dir = temp_dir("shared-config");
+    chmod(&dir, 0o700);
+    let path = dir.join("agentwire.toml");
+    // Readable settings, but one the server refuses: reaching it shows the file was read.
+    std::fs::write(&path, "max_conections = 10\n").expect("write");
+    let run = || {
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&path);
+        let (status, out, err) = run_to_exit(cmd, WITHIN);
+        let status = status.unwrap_or_else(|| panic!("the server started: {out}"));
+        assert!(!status.success(), "exited with success: {err}");
+        assert!(!out.contains("listening on"), "it served: {out}");
+        err
+    };
+    for mode in [0o620, 0o602, 0o666] {
+        chmod(&path, mode);
+        let err = run();
+        let says = [
+            path.display().to_string(),
+            format!("mode {mode:03o}"),
+            format!("chmod go-w {}", path.display()),
+        ];
+        for needle in says {
+            assert!(
+                err.contains(&needle),
+                "mode {mode:o}: {needle:?} not in: {err}"
+            );
+        }
+        assert!(
+            !err.contains("max_conections"),
+            "mode {mode:o}: read: {err}"
+        );
+    }
+    chmod(&path, 0o600);
+    chmod(&dir, 0o777);
+    let err = run();
+    assert!(
+        err.contains(&format!("chmod go-w {}", dir.display())),
+        "a shared directory: {err}"
+    );
+    chmod(&dir, 0o700);
+    let err = run();
+    assert!(err.contains("unknown setting `max_conections`"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

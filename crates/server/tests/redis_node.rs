@@ -19,6 +19,48 @@ use support::nodes::{
 };
 use support::{WAIT, run_to_exit};
 
+/// The control channel alone down — Redis takes its channels away from the node's user,
+/// while commands and the users' event channels still work: `/readyz` answers 503 with
+/// `Retry-After`, naming the control channel, and `agentwire_redis_control_up` is 0;
+/// given the channels back, the node is ready again.
+#[tokio::test]
+async fn a_node_whose_control_channel_is_down_is_not_ready() {
+    let Some(redis) = testing::require("a node on Redis", RedisServer::start()) else {
+        return;
+    };
+    let prefix = testing::unique_prefix("ctl");
+    let node = start(node_command(&Target::Standalone(redis.url()), &prefix, &[])).await;
+    let addr = node.addr;
+    wait_for_status(addr, "/readyz", 200, WAIT).await;
+    let up = |text: &str| sample(text, "agentwire_redis_control_up");
+    assert_eq!(up(&metrics(addr).await), Some(1.0));
+
+    // Only the users' event channels (`…:channel`) stay allowed: Redis drops the control
+    // channel's subscription and refuses it when the node subscribes again.
+    redis
+        .cli(&["ACL", "SETUSER", "default", "resetchannels", "&*:channel"])
+        .expect("ACL SETUSER");
+    wait_for_status(addr, "/readyz", 503, WAIT).await;
+    let r = http(addr, "GET", "/readyz", None, None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["status"], "unavailable", "{}", r.body);
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .is_some_and(|why| why.contains("control channel")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.header("retry-after"), Some("1"), "{:?}", r.headers);
+    assert_eq!(up(&metrics(addr).await), Some(0.0));
+
+    redis
+        .cli(&["ACL", "SETUSER", "default", "allchannels"])
+        .expect("ACL SETUSER");
+    wait_for_status(addr, "/readyz", 200, WAIT).await;
+    assert_eq!(up(&metrics(addr).await), Some(1.0));
+}
+
 /// How long a refused start may take.
 const WITHIN: Duration = Duration::from_secs(15);
 

@@ -9,7 +9,9 @@ use agentwire_protocol::{ConnectionId, UserId};
 use async_trait::async_trait;
 
 use crate::config::LimitPolicy;
-use crate::leases::{Admission, ConnectionLeases, InMemoryLeases, Lease, NodeId};
+use crate::leases::{
+    Admission, ConnectionLeases, InMemoryLeases, Lease, MAX_EVICTED_LEASES_PER_USER, NodeId,
+};
 
 /// Builds lease stores for the lease properties.
 #[async_trait]
@@ -242,9 +244,41 @@ pub async fn lease_expiry_and_renewal(h: &dyn LeaseHarness) {
     assert_eq!(r.lost, vec![victim.connection.clone()], "{r:?}");
 }
 
+/// Rule 4's bound: a user evicted in a loop leaves at most
+/// [`MAX_EVICTED_LEASES_PER_USER`] evicted leases remembered; renewing the others finds
+/// no record and takes them again (when there is room), as after an expiry.
+pub async fn lease_evicted_memory_is_bounded(h: &dyn LeaseHarness) {
+    const EXTRA: usize = 6;
+    let nodes = h.nodes(1, LONG).await;
+    let node = &nodes[0];
+    let user = fresh_user("evicted-bound");
+    let last = MAX_EVICTED_LEASES_PER_USER + EXTRA;
+    for i in 0..=last {
+        admit(node, &user, &conn(i), 1, LimitPolicy::EvictOldest).await;
+    }
+    node.release(&user, &conn(last))
+        .await
+        .unwrap_or_else(|e| panic!("release failed: {e}"));
+    let (mut lost, mut restored) = (0, 0);
+    for i in 0..last {
+        let r = node
+            .renew(&user, &[conn(i)], last + 1)
+            .await
+            .unwrap_or_else(|e| panic!("renew failed: {e}"));
+        lost += r.lost.len();
+        restored += r.restored.len();
+    }
+    assert_eq!(
+        (lost, restored),
+        (MAX_EVICTED_LEASES_PER_USER, EXTRA),
+        "evicted leases remembered beyond the bound"
+    );
+}
+
 /// Every lease property, in order.
 pub async fn run_lease_properties(h: &dyn LeaseHarness) {
     lease_limit_and_policies(h).await;
     lease_concurrent_admissions(h).await;
     lease_expiry_and_renewal(h).await;
+    lease_evicted_memory_is_bounded(h).await;
 }

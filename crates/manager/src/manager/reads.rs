@@ -1,5 +1,6 @@
 //! What callers read from the broker behind the manager, which keeps the broker handle to
-//! itself: a user's history, the acceptance of an `event_id`, the broker's health.
+//! itself: a user's history, the acceptance of an `event_id`, the broker's and the control
+//! channel's health.
 
 use agentwire_protocol::{EventId, Seq, UserId};
 
@@ -40,5 +41,14 @@ impl UnifiedWebSocketManager {
     /// The [`BrokerError`] that makes it unavailable.
     pub async fn broker_health(&self) -> Result<(), BrokerError> {
         self.inner.broker.health().await
+    }
+
+    /// Whether this node's control channel to the other nodes of its cluster is up (for
+    /// readiness checks); `Ok` for a manager without one.
+    ///
+    /// # Errors
+    /// The [`BrokerError`] of [`ClusterControl::health`](crate::ClusterControl::health).
+    pub fn cluster_health(&self) -> Result<(), BrokerError> {
+        self.inner.control.as_ref().map_or(Ok(()), |c| c.health())
     }
 }

@@ -55,7 +55,7 @@ fn node_names(nodes: &[NodeId]) -> Vec<&str> {
     params(("user_id" = String, Path, description = "The user")),
     responses(
         (status = 200, description = "The user's live connections on every node (with --broker redis; this node's with the in-memory broker), and the live nodes that did not answer in time", body = super::schema::ConnectionsDoc),
-        (status = 400, description = "Not a valid user id", body = ErrorBody),
+        (status = 400, description = "Not a valid user id; or more than one Authorization header (`field`: Authorization)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "A publish-only API key", body = ErrorBody),
         (status = 503, description = "The other nodes cannot be reached (Redis down)", body = ErrorBody,
@@ -103,7 +103,7 @@ pub(crate) async fn user_connections(
     params(("user_id" = String, Path, description = "The user")),
     responses(
         (status = 200, description = "How many connections were closed with 1001, on every node (with --broker redis; on this node with the in-memory broker), and the live nodes that did not answer in time", body = super::schema::DisconnectedDoc),
-        (status = 400, description = "Not a valid user id", body = ErrorBody),
+        (status = 400, description = "Not a valid user id; or more than one Authorization header (`field`: Authorization)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "A publish-only API key", body = ErrorBody),
         (status = 503, description = "The other nodes cannot be reached (Redis down); nothing was closed", body = ErrorBody,

@@ -99,7 +99,7 @@ fn page_json(user: &UserId, h: &History) -> Vec<u8> {
         (status = 200, description = "A page of history. Page on by passing the last event's seq as after_seq \
             until `events` is empty. `gap` names events after `after_seq` that history no longer holds.",
             body = super::schema::HistoryPageDoc),
-        (status = 400, description = "A malformed query string or path; a bad user id, after_seq or limit, or an unknown query parameter (`field` names it)", body = ErrorBody),
+        (status = 400, description = "A malformed query string or path; a bad user id, after_seq or limit, or an unknown query parameter (`field` names it); or more than one Authorization header (`field`: Authorization)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "A publish-only API key (--publish-api-keys)", body = ErrorBody),
         (status = 503, description = "The broker is unavailable", body = ErrorBody,

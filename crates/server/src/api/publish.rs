@@ -426,7 +426,7 @@ fn push_path_segment(out: &mut String, s: &str) {
         (status = 200, description = "Every event accepted; one result per event, in request order. \
             An event_id accepted before is answered with its first acceptance.",
             body = super::schema::PublishResponseDoc),
-        (status = 400, description = "Not UTF-8, not JSON, neither an object nor a non-empty array, or nested too deep", body = ErrorBody),
+        (status = 400, description = "Not UTF-8, not JSON, neither an object nor a non-empty array, or nested too deep; or more than one Authorization header (`field`: Authorization)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 408, description = "The body did not arrive within --body-read-timeout; nothing was published", body = ErrorBody),
         (status = 409, description = "An event breaks its run's lifecycle (`run_violation`; `message` names \

@@ -117,7 +117,7 @@ fn user_path(path: Result<Path<String>, PathRejection>) -> Result<UserId, ApiErr
     params(("user_id" = String, Path, description = "Whose receipt")),
     responses(
         (status = 200, description = "The user's stream (epoch, newest seq) and how far its clients got on this node (on every node with --broker redis)", body = super::schema::ReceiptDoc),
-        (status = 400, description = "Not a valid user id", body = ErrorBody),
+        (status = 400, description = "Not a valid user id; or more than one Authorization header (`field`: Authorization)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 503, description = "The broker is unavailable", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
@@ -289,7 +289,7 @@ fn run_body(
         ("wait_acked" = Option<String>, Query, description = "Wait until the run's terminal event is acknowledged, at most this long (e.g. 30s; at most --receipt-max-wait, default 60s)")),
     responses(
         (status = 200, description = "The run as history holds it, and whether its terminal event was delivered and acknowledged on this node (on any node with --broker redis); after a wait, whatever holds when it ended", body = super::schema::RunReceiptDoc),
-        (status = 400, description = "Not a valid user or run id, an unknown query parameter, or a wait_acked that is not a duration or exceeds --receipt-max-wait", body = ErrorBody),
+        (status = 400, description = "Not a valid user or run id, an unknown query parameter, or a wait_acked that is not a duration or exceeds --receipt-max-wait; or more than one Authorization header (`field`: Authorization)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 404, description = "History holds no event of the run (never published, or trimmed)", body = ErrorBody),
         (status = 503, description = "The broker is unavailable, or --receipt-max-waiters long polls are waiting", body = ErrorBody,

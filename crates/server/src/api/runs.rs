@@ -40,7 +40,7 @@ pub(super) fn run_path(
         ("run_id" = String, Path, description = "The run")),
     responses(
         (status = 200, description = "The run is in progress; its stall timeout starts again", body = super::schema::HeartbeatDoc),
-        (status = 400, description = "Not a valid user or run id", body = ErrorBody),
+        (status = 400, description = "Not a valid user or run id; or more than one Authorization header (`field`: Authorization)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 404, description = "No such run in progress: never started, or forgotten (--run-ttl after its last event)", body = ErrorBody),
         (status = 409, description = "The run ended (`run_violation`, `AfterTerminal`): by its publisher, or by the server as stalled", body = ErrorBody),

@@ -12,6 +12,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use agentwire_bridge::AgentWebSocketBridge;
 use agentwire_manager::{ManagerStats, RunLimit, RunStats, StallReason, UnifiedWebSocketManager};
 use agentwire_protocol::{EventType, RunViolation};
 use axum::extract::State;
@@ -52,15 +53,19 @@ impl fmt::Debug for Metrics {
 
 impl Metrics {
     /// `registry` (with what the endpoints registered) plus a collector that reads
-    /// `manager.get_stats()` at scrape time, and one for `broker`'s own metrics when it has
-    /// any (Redis).
+    /// `manager.get_stats()` at scrape time, one for `broker`'s own metrics when it has
+    /// any (Redis), and one for the emitter pool of the demo's bridge when the demo is on.
     pub(crate) fn new(
         mut registry: Registry,
         manager: UnifiedWebSocketManager,
         broker: Option<&ServerBroker>,
+        demo_bridge: Option<AgentWebSocketBridge>,
         access: Access,
     ) -> Metrics {
         registry.register_collector(Box::new(ManagerCollector { manager }));
+        if let Some(bridge) = demo_bridge {
+            registry.register_collector(Box::new(PoolCollector { bridge }));
+        }
         #[cfg(feature = "redis")]
         if let Some(redis) = broker.and_then(ServerBroker::redis) {
             registry.register_collector(Box::new(RedisCollector {
@@ -89,6 +94,7 @@ impl Metrics {
     responses(
         (status = 200, description = "Every metric (docs/operations.md), OpenMetrics text",
             content_type = "application/openmetrics-text"),
+        (status = 400, description = "More than one Authorization header (`field`: Authorization)", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "A publish-only API key", body = ErrorBody),
         (status = 404, description = "The metrics are served on --metrics-listen", body = ErrorBody)))]
@@ -140,6 +146,79 @@ pub(crate) fn listener_routes(metrics: Arc<Metrics>) -> axum::Router {
 #[derive(Debug)]
 struct ManagerCollector {
     manager: UnifiedWebSocketManager,
+}
+
+/// Reads the demo bridge's emitter pool ([`PoolStats`](agentwire_emitter::PoolStats)) at
+/// scrape time: the pool is the server's only one, and serves the demo's runs.
+#[derive(Debug)]
+struct PoolCollector {
+    bridge: AgentWebSocketBridge,
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let p = self.bridge.pool_stats();
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        let e = &mut enc;
+        gauge(
+            e,
+            "agentwire_demo_pool_emitters",
+            "Emitters the demo's emitter pool holds (runs not finished)",
+            n(p.size),
+        )?;
+        gauge(
+            e,
+            "agentwire_demo_pool_max_emitters",
+            "The bound on the demo's emitter pool",
+            n(p.max_emitters),
+        )?;
+        gauge(
+            e,
+            "agentwire_demo_pool_finished_remembered",
+            "Finished runs the demo's emitter pool remembers",
+            n(p.finished_remembered),
+        )?;
+        for (name, help, v) in [
+            (
+                "agentwire_demo_pool_created",
+                "Emitters the demo's pool made for a run it had none for",
+                p.created,
+            ),
+            (
+                "agentwire_demo_pool_reused",
+                "Gets the demo's pool answered with the run's existing emitter",
+                p.reused,
+            ),
+            (
+                "agentwire_demo_pool_evicted_full",
+                "Idle emitters the demo's pool dropped to make room for a new run",
+                p.evicted_full,
+            ),
+            (
+                "agentwire_demo_pool_evicted_idle",
+                "Emitters the demo's pool dropped for being idle past its idle time",
+                p.evicted_idle,
+            ),
+            (
+                "agentwire_demo_pool_refused",
+                "New demo runs the pool refused because every place held a live run",
+                p.refused,
+            ),
+            (
+                "agentwire_demo_pool_finished",
+                "Demo runs that left the pool at their terminal event",
+                p.finished,
+            ),
+            (
+                "agentwire_demo_pool_finished_forgotten",
+                "Finished runs the demo's pool forgot past its bound on remembered ones",
+                p.finished_forgotten,
+            ),
+        ] {
+            counter(e, name, help, v)?;
+        }
+        Ok(())
+    }
 }
 
 fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
@@ -626,6 +705,11 @@ impl Collector for RedisCollector {
                 m.leases_restored,
             ),
             (
+                "agentwire_redis_evicted_leases_forgotten",
+                "Evicted leases forgotten past 64 per user (a renewal of one treats it as expired, not evicted)",
+                m.evicted_leases_forgotten,
+            ),
+            (
                 "agentwire_redis_control_sent",
                 "Messages this node published on the control channel",
                 m.control_sent,
@@ -674,6 +758,12 @@ impl Collector for RedisCollector {
             "agentwire_redis_pending_subscriptions",
             "Channel changes waiting for the Redis subscription task",
             m.pending_subscriptions,
+        )?;
+        gauge(
+            e,
+            "agentwire_redis_control_up",
+            "1 while this node's control channel subscription (admin disconnects, evictions between nodes) is up; /readyz answers 503 while it is 0",
+            m.control_up,
         )
     }
 }

@@ -68,7 +68,16 @@ impl AppState {
             draining: draining.clone(),
             cooldowns: Cooldowns::new(config.client_frame_cooldown),
         });
+        let demo = Arc::new(DemoState::new(
+            manager.clone(),
+            auth.clone(),
+            demo_on,
+            config.dev_mode,
+            AllowedOrigins::new(&config.allowed_origins),
+        ));
+        let demo_bridge = demo.bridge().cloned();
         AppState {
+            demo,
             sse: Arc::new(SseState {
                 conn: ws.clone(),
                 metrics: sse_metrics,
@@ -85,17 +94,11 @@ impl AppState {
                 ),
                 draining: draining.clone(),
             }),
-            demo: Arc::new(DemoState::new(
-                manager.clone(),
-                auth.clone(),
-                demo_on,
-                config.dev_mode,
-                AllowedOrigins::new(&config.allowed_origins),
-            )),
             metrics: Arc::new(Metrics::new(
                 registry,
                 manager.clone(),
                 broker,
+                demo_bridge,
                 match config.metrics_listen {
                     Some(_) => Access::Elsewhere,
                     None => Access::FullKey(auth.clone()),

@@ -2,7 +2,7 @@
 //! when no other user can have written them, and the public keys a PEM file can hold.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use jsonwebtoken::{Algorithm, DecodingKey};
 
@@ -30,10 +30,8 @@ pub fn read_credentials_file(path: &Path) -> Result<Vec<u8>, AuthConfigError> {
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
     let meta = file.metadata().map_err(read_error)?;
-    refuse_writable_by_others(path, &meta)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let dir_meta = std::fs::metadata(dir).map_err(read_error)?;
-        refuse_writable_by_others(dir, &dir_meta)?;
+    if let Some((path, mode)) = writable_by_others(path, &meta).map_err(read_error)? {
+        return Err(AuthConfigError::WritableByOthers { path, mode });
     }
     if meta.len() > MAX_CREDENTIALS_FILE_BYTES {
         return Err(read_error(std::io::Error::other(format!(
@@ -47,29 +45,45 @@ pub fn read_credentials_file(path: &Path) -> Result<Vec<u8>, AuthConfigError> {
     Ok(bytes)
 }
 
+/// Whether users other than its owner can write the file at `path` (`meta`, the metadata
+/// of the file as opened, so one swapped in after the lookup is not taken unchecked):
+/// group- or world-writable, or in a directory they can write without the sticky bit. The
+/// answer names the file or the directory at fault and its permission bits; `None` when
+/// only the owner can. Files that hold credentials or settings are refused when it is
+/// `Some` (always `None` off Unix).
+///
+/// # Errors
+/// When the directory's metadata cannot be read.
+pub fn writable_by_others(
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> std::io::Result<Option<(PathBuf, u32)>> {
+    if let Some(mode) = shared_mode(meta) {
+        return Ok(Some((path.to_owned(), mode)));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Some(mode) = shared_mode(&std::fs::metadata(dir)?)
+    {
+        return Ok(Some((dir.to_owned(), mode)));
+    }
+    Ok(None)
+}
+
+/// The permission bits of `meta` when users other than its owner can write it.
 #[cfg(unix)]
-fn refuse_writable_by_others(path: &Path, meta: &std::fs::Metadata) -> Result<(), AuthConfigError> {
+fn shared_mode(meta: &std::fs::Metadata) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     const GROUP_OR_OTHER_WRITE: u32 = 0o022;
     const STICKY: u32 = 0o1000;
     let mode = meta.permissions().mode() & 0o7777;
     // A sticky directory (`/tmp`) lets others add files but not replace this one.
     let shared = mode & GROUP_OR_OTHER_WRITE != 0 && !(meta.is_dir() && mode & STICKY != 0);
-    if shared {
-        return Err(AuthConfigError::WritableByOthers {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    Ok(())
+    shared.then_some(mode)
 }
 
 #[cfg(not(unix))]
-fn refuse_writable_by_others(
-    _path: &Path,
-    _meta: &std::fs::Metadata,
-) -> Result<(), AuthConfigError> {
-    Ok(())
+fn shared_mode(_meta: &std::fs::Metadata) -> Option<u32> {
+    None
 }
 
 /// The public key in the PEM file at `path` and the one algorithm it verifies: RSA →

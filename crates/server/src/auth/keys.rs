@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::{Auth, AuthConfigError};
-use crate::http::{ApiError, ErrorCode, bearer};
+use crate::http::{ApiError, BadBearer, ErrorCode, bearer};
 
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +129,8 @@ impl Auth {
 /// scope allows `need`: the one API-key check of every route that takes one.
 ///
 /// # Errors
-/// 401 `unauthorized` without a key (or with none configured) or with an unknown one; 403
+/// 401 `unauthorized` without a key (or with none configured) or with an unknown one; 400
+/// `bad_request` (field `Authorization`) when the header came more than once; 403
 /// `forbidden` for a publish-only key where full access is needed.
 pub(crate) fn authorize(
     auth: &Auth,
@@ -142,8 +143,18 @@ pub(crate) fn authorize(
             "no API key is configured (--api-keys, --publish-api-keys)",
         ));
     }
-    let Ok(Some(presented)) = bearer(headers) else {
-        return Err(unauthorized("send `Authorization: Bearer <api key>`"));
+    let presented = match bearer(headers) {
+        Ok(Some(presented)) => presented,
+        Err(BadBearer::Repeated) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "send one `Authorization: Bearer <api key>` header, not several",
+            )
+            .at("Authorization"));
+        }
+        Ok(None) | Err(BadBearer::NotBearer) => {
+            return Err(unauthorized("send `Authorization: Bearer <api key>`"));
+        }
     };
     let Some(key) = auth.api_key(presented) else {
         return Err(unauthorized("unknown API key"));

@@ -20,7 +20,7 @@ mod keys;
 
 pub(crate) use carrier::authenticate_handshake;
 pub use error::{AuthConfigError, AuthError};
-pub use files::{MAX_CREDENTIALS_FILE_BYTES, read_credentials_file};
+pub use files::{MAX_CREDENTIALS_FILE_BYTES, read_credentials_file, writable_by_others};
 pub use jwks::{
     DEFAULT_JWKS_MAX_BYTES, DEFAULT_JWKS_MAX_KEYS, DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
     DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_JWKS_TIMEOUT, JwksSettings,

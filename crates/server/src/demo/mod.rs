@@ -105,6 +105,12 @@ impl DemoState {
         }
     }
 
+    /// The bridge the demo's runs go through (its emitter pool is on `/metrics`); `None`
+    /// when the demo is off.
+    pub(crate) fn bridge(&self) -> Option<&AgentWebSocketBridge> {
+        self.bridge.as_ref()
+    }
+
     /// Whether the demo page and endpoints are served.
     pub(crate) fn is_enabled(&self) -> bool {
         self.bridge.is_some()

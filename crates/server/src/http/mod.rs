@@ -24,27 +24,38 @@ pub(crate) use error::{
 pub(crate) use origins::AllowedOrigins;
 pub(crate) use query::{HandshakeQuery, parse_handshake_query, resume_from_query};
 
-/// An `Authorization` header that is not `Bearer <credential>`.
+/// Why a request's `Authorization` is not one bearer credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NotBearer;
+pub(crate) enum BadBearer {
+    /// The header is not `Bearer <credential>` (another scheme, an empty credential).
+    NotBearer,
+    /// The header came more than once: which one counts is not the server's guess.
+    Repeated,
+}
 
 /// The credential of `Authorization: Bearer <credential>` (the scheme in any case):
-/// `Ok(None)` without the header, [`NotBearer`] when the header has another form or an
-/// empty credential. The one parser of the header, for API keys and client tokens alike.
-pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, NotBearer> {
-    headers
-        .get(header::AUTHORIZATION)
-        .map(bearer_value)
-        .transpose()
+/// `Ok(None)` without the header, [`BadBearer::NotBearer`] when the header has another
+/// form or an empty credential, [`BadBearer::Repeated`] when it came more than once (even
+/// with the same value). The one parser of the header, for API keys and client tokens
+/// alike.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, BadBearer> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(BadBearer::Repeated);
+    }
+    bearer_value(value).map(Some)
 }
 
 /// The credential of one `Authorization` header value, `Bearer <credential>`.
-pub(crate) fn bearer_value(value: &HeaderValue) -> Result<&str, NotBearer> {
-    let value = value.to_str().map_err(|_| NotBearer)?;
-    let (scheme, credential) = value.split_once(' ').ok_or(NotBearer)?;
+pub(crate) fn bearer_value(value: &HeaderValue) -> Result<&str, BadBearer> {
+    let value = value.to_str().map_err(|_| BadBearer::NotBearer)?;
+    let (scheme, credential) = value.split_once(' ').ok_or(BadBearer::NotBearer)?;
     let credential = credential.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
-        return Err(NotBearer);
+        return Err(BadBearer::NotBearer);
     }
     Ok(credential)
 }
@@ -95,12 +106,16 @@ mod tests {
         for (value, expected) in [
             ("Bearer k1", Ok(Some("k1"))),
             ("bearer  k2 ", Ok(Some("k2"))),
-            ("Basic k1", Err(NotBearer)),
-            ("Bearer ", Err(NotBearer)),
-            ("Bearer", Err(NotBearer)),
+            ("Basic k1", Err(BadBearer::NotBearer)),
+            ("Bearer ", Err(BadBearer::NotBearer)),
+            ("Bearer", Err(BadBearer::NotBearer)),
         ] {
             h.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
             assert_eq!(bearer(&h), expected, "{value}");
         }
+        // A second header, even with the same credential, is refused, not ignored.
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
+        assert_eq!(bearer(&h), Err(BadBearer::Repeated));
     }
 }

@@ -8,7 +8,9 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use agentwire_server::{BrokerKind, DemoMode, PerUserPolicy, RunLifecycle, ServerConfig};
+use agentwire_server::{
+    BrokerKind, DemoMode, PerUserPolicy, RunLifecycle, ServerConfig, writable_by_others,
+};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -755,6 +757,18 @@ pub(crate) enum ConfigError {
     /// wrong kind.
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
+    /// Users other than its owner can write the `--config` file, or the directory it is
+    /// in: any of them could change the server's keys and limits.
+    #[error(
+        "config file {file}: {at} can be written by users other than its owner (mode \
+         {mode:03o}), so any of them could change the server's settings and keys; run \
+         `chmod go-w {at}`"
+    )]
+    WritableByOthers {
+        file: PathBuf,
+        at: PathBuf,
+        mode: u32,
+    },
 }
 
 impl Cli {
@@ -807,13 +821,32 @@ impl Cli {
     }
 }
 
+/// The text of the `--config` file, refused when users other than its owner can write it
+/// (or its directory): the file sets the server's keys and limits, and may hold secrets.
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |source: std::io::Error| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if let Some((at, mode)) = writable_by_others(path, &meta).map_err(read_error)? {
+        return Err(ConfigError::WritableByOthers {
+            file: path.to_owned(),
+            at,
+            mode,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
+    Ok(text)
+}
+
 /// The settings of a TOML file, as `--flag=value` arguments, for every flag that neither
 /// the command line nor the environment gave.
 fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read_config_file(path)?;
     let bad = |reason: String| ConfigError::File {
         path: path.to_owned(),
         reason,
