@@ -157,7 +157,14 @@ struct Stream {
     held: usize,
     ids: HashMap<EventId, Seq>,
     subscribers: Vec<(Arc<dyn Subscriber>, usize)>,
+    /// Where in the upper half of their capacity `ids` and `entries` grow, in 1/1024ths
+    /// down from full; drawn at random per stream ([`Stream::grow_ahead`]).
+    spread: u16,
 }
+
+/// Smallest capacity [`Stream::grow_ahead`] grows ahead of time; smaller buffers grow when
+/// full, which costs little.
+const GROW_AHEAD_MIN: usize = 64;
 
 impl Stream {
     fn new() -> Self {
@@ -168,6 +175,24 @@ impl Stream {
             held: 0,
             ids: HashMap::default(),
             subscribers: Vec::new(),
+            spread: (RandomState::default().hash_one(0u8) % 1024) as u16,
+        }
+    }
+
+    /// Grows the dedupe map and the entry ring, before one more event goes in, at a point
+    /// of their upper half that differs from stream to stream. Under a load that gives
+    /// every user the same rate, buffers that grow only when full would all grow (and the
+    /// maps rehash) at the same event, within milliseconds of each other: a stall of tens
+    /// of milliseconds with 1,000 users.
+    fn grow_ahead(&mut self) {
+        let early = |cap: usize| (cap / 2) * usize::from(self.spread) / 1024;
+        let cap = self.ids.capacity();
+        if cap >= GROW_AHEAD_MIN && self.ids.len() + early(cap) >= cap {
+            self.ids.reserve(cap - self.ids.len() + 1);
+        }
+        let cap = self.entries.capacity();
+        if cap >= GROW_AHEAD_MIN && self.entries.len() + early(cap) >= cap {
+            self.entries.reserve(cap - self.entries.len() + 1);
         }
     }
 
@@ -644,6 +669,7 @@ impl ShardGuard<'_> {
             cost += STREAM_OVERHEAD_BYTES;
         }
         stream.last_seq = seq;
+        stream.grow_ahead();
         stream.ids.insert(event_id.clone(), seq);
         stream.entries.push_back(entry);
         stream.held += 1;
@@ -851,6 +877,48 @@ mod tests {
     use super::*;
     use agentwire_protocol::EventType;
     use bytes::Bytes;
+
+    /// The length at which a stream's dedupe map grew past `from` entries of capacity.
+    fn growth_point(stream: &mut Stream, from: usize) -> usize {
+        let mut i = 0u64;
+        while stream.ids.capacity() < from {
+            i += 1;
+            stream
+                .ids
+                .insert(EventId::new(format!("e{i}")).expect("id"), Seq::ZERO);
+        }
+        let before = stream.ids.capacity();
+        loop {
+            stream.grow_ahead();
+            if stream.ids.capacity() > before {
+                return stream.ids.len();
+            }
+            i += 1;
+            stream
+                .ids
+                .insert(EventId::new(format!("e{i}")).expect("id"), Seq::ZERO);
+        }
+    }
+
+    #[test]
+    fn streams_grow_their_dedupe_maps_at_different_points() {
+        let spreads: std::collections::BTreeSet<u16> =
+            (0..64).map(|_| Stream::new().spread).collect();
+        assert!(spreads.len() > 32, "{spreads:?}");
+        let mut points = std::collections::BTreeSet::new();
+        for spread in [0, 300, 700, 1023] {
+            let mut stream = Stream::new();
+            stream.spread = spread;
+            let point = growth_point(&mut stream, 400);
+            // Within the upper half of the capacity it had: never past full.
+            assert!(
+                (224..=448).contains(&point),
+                "spread {spread}: grew at {point}"
+            );
+            points.insert(point);
+        }
+        assert_eq!(points.len(), 4, "{points:?}");
+    }
 
     fn event(id: &str, body: &str) -> NewEvent {
         NewEvent::new(

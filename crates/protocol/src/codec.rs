@@ -162,6 +162,11 @@ fn join_path(prefix: &str, field: &str) -> String {
 /// [`DecodeError::TooLarge`], [`DecodeError::NotUtf8`], [`DecodeError::TooDeep`],
 /// [`DecodeError::Malformed`], or [`DecodeError::Invalid`] naming a repeated key.
 pub fn parse_value(bytes: &[u8], limits: Limits) -> Result<Value, DecodeError> {
+    parse_checked(check_input(bytes, limits)?)
+}
+
+/// Checks size, UTF-8 and nesting depth of input about to be parsed.
+pub(crate) fn check_input(bytes: &[u8], limits: Limits) -> Result<&str, DecodeError> {
     if bytes.len() > limits.max_bytes {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
@@ -172,14 +177,16 @@ pub fn parse_value(bytes: &[u8], limits: Limits) -> Result<Value, DecodeError> {
         valid_up_to: e.valid_up_to(),
     })?;
     check_depth(text.as_bytes(), limits.max_depth)?;
+    Ok(text)
+}
+
+/// [`parse_value`] of a text that passed [`check_input`].
+pub(crate) fn parse_checked(text: &str) -> Result<Value, DecodeError> {
     let duplicate = std::cell::RefCell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = StrictValue {
-        at: None,
-        duplicate: &duplicate,
-    }
-    .deserialize(&mut de)
-    .and_then(|v| de.end().map(|()| v));
+    let parsed = StrictValue::root(&duplicate)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
     parsed.map_err(|e| match duplicate.into_inner() {
         Some(field) => DecodeError::Invalid {
             field,
@@ -222,9 +229,19 @@ fn path_of(step: Option<&Step<'_>>) -> String {
 /// (`serde_json` keeps the last one silently, so `{"user_id":"a","user_id":"b"}` would
 /// publish to `b` while a reader of the text sees `a`). The offending path is left in
 /// `duplicate`.
-struct StrictValue<'a, 'd> {
+pub(crate) struct StrictValue<'a, 'd> {
     at: Option<&'a Step<'a>>,
     duplicate: &'d std::cell::RefCell<Option<String>>,
+}
+
+impl<'d> StrictValue<'static, 'd> {
+    /// A document's top value; a repeated key's path is left in `duplicate`.
+    pub(crate) fn root(duplicate: &'d std::cell::RefCell<Option<String>>) -> Self {
+        StrictValue {
+            at: None,
+            duplicate,
+        }
+    }
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for StrictValue<'_, '_> {

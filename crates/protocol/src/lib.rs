@@ -24,6 +24,7 @@
 mod agui;
 mod close;
 mod codec;
+mod direct;
 mod event;
 mod frame;
 mod ids;

@@ -1,12 +1,17 @@
 //! Bodies of the publish API (`POST /v1/events`): what a publisher sends, what it gets back.
 
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::codec::{self, DecodeError, Limits, from_value_at, require};
-use crate::event::Event;
-use crate::ids::{EventId, Seq, Timestamp, UserId};
+use crate::direct::{DataSeed, Key, TypeName};
+use crate::event::{Event, EventData, EventType};
+use crate::ids::{EventId, RunId, Seq, ThreadId, Timestamp, UserId};
 
 /// One event to publish, for one user:
 /// `{"user_id","type","thread_id","run_id","event_id"?,"data"}`.
@@ -73,7 +78,28 @@ impl PublishBody {
     /// A [`DecodeError`] naming the field and the reason; [`DecodeError::TooLarge`] when the
     /// body or the batch is too large.
     pub fn decode(bytes: &[u8], limits: Limits, max_batch: usize) -> Result<Self, DecodeError> {
-        match codec::parse_value(bytes, limits)? {
+        let text = codec::check_input(bytes, limits)?;
+        // The one pass straight into typed events holds for every body it accepts; a body
+        // it refuses is decoded again through a `Value` tree, whose errors name the field.
+        match Self::decode_direct(text, max_batch) {
+            Some(body) => Ok(body),
+            None => Self::decode_via_value(text, max_batch),
+        }
+    }
+
+    /// The one-pass decoding: `None` for anything it does not accept, which is at least
+    /// every body [`PublishBody::decode_via_value`] refuses.
+    fn decode_direct(text: &str, max_batch: usize) -> Option<Self> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let body = de::Deserializer::deserialize_any(&mut de, BodyVisitor { max_batch }).ok()?;
+        de.end().ok()?;
+        Some(body)
+    }
+
+    /// The decoding through a [`Value`] tree, which names the field and the reason of
+    /// every error.
+    fn decode_via_value(text: &str, max_batch: usize) -> Result<Self, DecodeError> {
+        match codec::parse_checked(text)? {
             Value::Object(obj) => Ok(PublishBody::One(PublishRequest::from_object(obj)?)),
             Value::Array(items) => {
                 if items.is_empty() {
@@ -127,6 +153,117 @@ impl Serialize for PublishBody {
     }
 }
 
+/// A publish body in one pass: an object, or a non-empty array of at most `max_batch`.
+struct BodyVisitor {
+    max_batch: usize,
+}
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = PublishBody;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object or an array of objects")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PublishBody, A::Error> {
+        RequestVisitor.visit_map(map).map(PublishBody::One)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PublishBody, A::Error> {
+        let mut requests = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max_batch));
+        while let Some(request) = seq.next_element_seed(RequestSeed)? {
+            if requests.len() == self.max_batch {
+                return Err(de::Error::custom("too many events"));
+            }
+            requests.push(request);
+        }
+        if requests.is_empty() {
+            return Err(de::Error::custom("no event"));
+        }
+        Ok(PublishBody::Batch(requests))
+    }
+}
+
+struct RequestSeed;
+
+impl<'de> DeserializeSeed<'de> for RequestSeed {
+    type Value = PublishRequest;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<PublishRequest, D::Error> {
+        d.deserialize_map(RequestVisitor)
+    }
+}
+
+/// One publish request in one pass. `data` is decoded as it is read when `type` came
+/// before it (as every client here writes it), else kept as text until `type` is known.
+struct RequestVisitor;
+
+impl<'de> Visitor<'de> for RequestVisitor {
+    type Value = PublishRequest;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PublishRequest, A::Error> {
+        fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+            if slot.is_some() {
+                return Err(E::custom("duplicate key"));
+            }
+            *slot = Some(value);
+            Ok(())
+        }
+        let mut user_id: Option<UserId> = None;
+        let mut ty: Option<EventType> = None;
+        let mut event_id: Option<Option<EventId>> = None;
+        let mut thread_id: Option<Option<ThreadId>> = None;
+        let mut run_id: Option<Option<RunId>> = None;
+        let mut data: Option<EventData> = None;
+        let mut raw_data: Option<&'de RawValue> = None;
+        while let Some(Key(key)) = map.next_key()? {
+            match &*key {
+                "user_id" => once(&mut user_id, map.next_value()?)?,
+                "type" => once(&mut ty, map.next_value::<TypeName>()?.0)?,
+                "event_id" => once(&mut event_id, map.next_value()?)?,
+                "thread_id" => once(&mut thread_id, map.next_value()?)?,
+                "run_id" => once(&mut run_id, map.next_value()?)?,
+                "data" => {
+                    if data.is_some() || raw_data.is_some() {
+                        return Err(de::Error::custom("duplicate key"));
+                    }
+                    match ty {
+                        Some(ty) => data = Some(map.next_value_seed(DataSeed(ty))?),
+                        None => raw_data = Some(map.next_value()?),
+                    }
+                }
+                _ => return Err(de::Error::custom("unknown field")),
+            }
+        }
+        let ty = ty.ok_or_else(|| de::Error::custom("no type"))?;
+        let data = match (data, raw_data) {
+            (Some(data), _) => data,
+            (None, Some(raw)) => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                DataSeed(ty)
+                    .deserialize(&mut de)
+                    .map_err(de::Error::custom)?
+            }
+            (None, None) => DataSeed(ty).absent()?,
+        };
+        let event = Event {
+            thread_id: thread_id.flatten(),
+            run_id: run_id.flatten(),
+            data,
+        };
+        event.validate().map_err(de::Error::custom)?;
+        Ok(PublishRequest {
+            user_id: user_id.ok_or_else(|| de::Error::custom("no user_id"))?,
+            event_id: event_id.flatten(),
+            event,
+        })
+    }
+}
+
 /// Where the broker put one published event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishAccepted {
@@ -148,4 +285,233 @@ pub struct PublishAccepted {
 pub struct PublishResponse {
     /// One entry per published event.
     pub results: Vec<PublishAccepted>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A JSON value for a field: the right type, a wrong one, null, or an object that
+    /// repeats a key.
+    fn value() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            r#""a""#,
+            r#""tc1""#,
+            r#""x\u0001""#,
+            r#""agent_thinking""#,
+            r#""custom""#,
+            r#""u\u005fid""#,
+            "3",
+            "-1",
+            "1.5",
+            "0",
+            "null",
+            "true",
+            "false",
+            "[]",
+            r#"[1,{"k":[]}]"#,
+            r#"{"k":1}"#,
+            r#"{"k":1,"k":2}"#,
+            r#"{"a":{"k":1,"k":1}}"#,
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    const DATA_KEYS: [&str; 21] = [
+        "agent_name",
+        "stall_timeout_ms",
+        "thought",
+        "step",
+        "tool_call_id",
+        "tool_name",
+        "arguments",
+        "result",
+        "is_error",
+        "duration_ms",
+        "message",
+        "code",
+        "retryable",
+        "message_id",
+        "delta",
+        "text",
+        "name",
+        "value",
+        "extra",
+        "pad",
+        "th\\u006fught",
+    ];
+
+    const TOP_KEYS: [&str; 8] = [
+        "user_id",
+        "type",
+        "thread_id",
+        "run_id",
+        "event_id",
+        "data",
+        "other",
+        "typ\\u0065",
+    ];
+
+    /// A valid event of each type: `type` and the fields of `data`.
+    fn valid_event() -> impl Strategy<Value = (&'static str, Vec<(&'static str, &'static str)>)> {
+        prop::sample::select(vec![
+            (
+                "agent_started",
+                vec![
+                    ("agent_name", r#""a""#),
+                    ("stall_timeout_ms", "null"),
+                    ("k", "[1,2.5,-3]"),
+                ],
+            ),
+            (
+                "agent_thinking",
+                vec![("thought", r#""t\n\u00e9""#), ("step", "2")],
+            ),
+            (
+                "tool_executing",
+                vec![
+                    ("tool_call_id", r#""tc1""#),
+                    ("tool_name", r#""n""#),
+                    ("arguments", r#"{"q":{"r":[null]}}"#),
+                ],
+            ),
+            (
+                "tool_completed",
+                vec![
+                    ("tool_call_id", r#""tc1""#),
+                    ("tool_name", r#""n""#),
+                    ("result", r#""r""#),
+                    ("is_error", "true"),
+                    ("duration_ms", "3"),
+                ],
+            ),
+            (
+                "agent_completed",
+                vec![("result", r#"{"x":1}"#), ("pad", r#""p""#)],
+            ),
+            (
+                "agent_error",
+                vec![
+                    ("message", r#""m""#),
+                    ("code", r#""c""#),
+                    ("retryable", "false"),
+                ],
+            ),
+            (
+                "message_delta",
+                vec![("message_id", r#""m""#), ("delta", r#""d""#)],
+            ),
+            ("message_completed", vec![("message_id", r#""m""#)]),
+            ("custom", vec![("name", r#""n""#), ("value", "[{}]")]),
+        ])
+    }
+
+    /// One change to a valid request, which may make it invalid.
+    #[derive(Debug, Clone)]
+    enum Change {
+        /// Adds a top-level field (maybe one already there).
+        Top(&'static str, String),
+        /// Adds a field to `data` (maybe one already there).
+        Data(&'static str, String),
+        /// Removes the top-level field at this index.
+        DropTop(prop::sample::Index),
+        /// Removes the `data` field at this index.
+        DropData(prop::sample::Index),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (prop::sample::select(TOP_KEYS.to_vec()), value()).prop_map(|(k, v)| Change::Top(k, v)),
+            (prop::sample::select(DATA_KEYS.to_vec()), value())
+                .prop_map(|(k, v)| Change::Data(k, v)),
+            any::<prop::sample::Index>().prop_map(Change::DropTop),
+            any::<prop::sample::Index>().prop_map(Change::DropData),
+        ]
+    }
+
+    /// A publish request: a valid one with up to three changes, its fields in any order.
+    fn request() -> impl Strategy<Value = String> {
+        request_with(0..3)
+    }
+
+    /// A valid publish request, its fields in any order.
+    fn valid_request() -> impl Strategy<Value = String> {
+        request_with(0..1)
+    }
+
+    fn request_with(changes: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+        (
+            valid_event(),
+            prop::collection::vec(change(), changes),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|((ty, data), changes, rotate)| {
+                let mut top: Vec<(&str, String)> = vec![
+                    ("user_id", r#""u1""#.into()),
+                    ("type", format!(r#""{ty}""#)),
+                    ("thread_id", r#""t1""#.into()),
+                    ("run_id", r#""r1""#.into()),
+                    ("event_id", "null".into()),
+                ];
+                let mut data: Vec<(&str, String)> =
+                    data.into_iter().map(|(k, v)| (k, v.to_owned())).collect();
+                let mut data_as_value = None;
+                for c in changes {
+                    match c {
+                        Change::Top("data", v) => data_as_value = Some(v),
+                        Change::Top(k, v) => top.push((k, v)),
+                        Change::Data(k, v) => data.push((k, v)),
+                        Change::DropTop(i) => {
+                            top.remove(i.index(top.len()));
+                        }
+                        Change::DropData(i) if !data.is_empty() => {
+                            data.remove(i.index(data.len()));
+                        }
+                        Change::DropData(_) => {}
+                    }
+                }
+                let data = data
+                    .iter()
+                    .map(|(k, v)| format!(r#""{k}":{v}"#))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                top.push(("data", data_as_value.unwrap_or(format!("{{{data}}}"))));
+                let n = top.len();
+                top.rotate_left(rotate.index(n));
+                let fields: Vec<String> =
+                    top.iter().map(|(k, v)| format!(r#""{k}":{v}"#)).collect();
+                format!("{{{}}}", fields.join(","))
+            })
+    }
+
+    fn body() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => request(),
+            4 => prop::collection::vec(request(), 0..5).prop_map(|rs| format!("[{}]", rs.join(","))),
+            1 => value(),
+        ]
+    }
+
+    proptest! {
+        /// The one pass accepts exactly what the decoding through a `Value` tree accepts,
+        /// and decodes it to the same requests.
+        #[test]
+        fn the_one_pass_decodes_what_the_value_tree_decodes(text in body()) {
+            let direct = PublishBody::decode_direct(&text, 3);
+            let via_value = PublishBody::decode_via_value(&text, 3);
+            match (&direct, &via_value) {
+                (Some(d), Ok(v)) => prop_assert_eq!(d, v),
+                (None, Err(_)) => {}
+                _ => prop_assert!(false, "{text}: one pass {direct:?}, value tree {via_value:?}"),
+            }
+        }
+
+        #[test]
+        fn valid_requests_take_the_one_pass(text in valid_request()) {
+            let direct = PublishBody::decode_direct(&text, 3);
+            prop_assert!(direct.is_some(), "{}", text);
+            prop_assert_eq!(direct, PublishBody::decode_via_value(&text, 3).ok());
+        }
+    }
 }

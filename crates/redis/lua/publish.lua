@@ -197,10 +197,15 @@ local function grow_reply()
   return reply
 end
 
-local epoch, created = ensure_epoch(ARGV[1])
-local state = redis.call('HMGET', KEYS[1], 'seq', 'ts')
-local last = tonumber(state[1]) or 0
-local ts = math.max(now, tonumber(state[2]) or 0)
+-- The epoch and the newest seq and ts in one read; a stream that is new starts at 0.
+local state = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'ts')
+local epoch, created = state[1], 0
+if not epoch then
+  epoch, created = ensure_epoch(ARGV[1])
+  state = {epoch, 0, 0}
+end
+local last = tonumber(state[2]) or 0
+local ts = math.max(now, tonumber(state[3]) or 0)
 local id_cutoff = now - dedupe_ms
 
 -- Pass 1: duplicates, conflicts and runs, event by event in order; fresh events get their
@@ -279,7 +284,8 @@ local trimmed = 0
 local forgotten = 0
 if added > 0 then
   redis.call('HSET', KEYS[1], 'seq', int(next_seq), 'ts', ts_s)
-  trimmed = len_before + added - redis.call('XLEN', KEYS[2])
+  -- XADD trims to exactly MAXLEN, so the count trimmed follows without a second XLEN.
+  trimmed = math.max(0, len_before + added - tonumber(ARGV[2]))
   trimmed = trimmed + trim_age(now - max_age)
   forgotten = forget_ids(id_cutoff, tonumber(ARGV[5]), n + 64)
   redis.call('PEXPIRE', KEYS[2], ARGV[3])

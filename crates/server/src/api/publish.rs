@@ -378,24 +378,35 @@ pub(crate) fn publisher_of(app: &ApiState, key: ApiKey) -> Result<PublisherId, A
 
 /// Where a publisher asks whether an event reached its user (docs/protocol.md §8.5).
 pub(crate) fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
-    let user = path_segment(user.as_str());
+    // Runs for every published event: written into one string, without `format!`.
+    let run = run.map(RunId::as_str);
+    let mut out = String::with_capacity(
+        "/v1/users//receipts".len() + user.as_str().len() + run.map_or(0, str::len),
+    );
+    out.push_str("/v1/users/");
+    push_path_segment(&mut out, user.as_str());
     match run {
-        Some(run) => format!("/v1/users/{user}/runs/{}", path_segment(run.as_str())),
-        None => format!("/v1/users/{user}/receipts"),
+        Some(run) => {
+            out.push_str("/runs/");
+            push_path_segment(&mut out, run);
+        }
+        None => out.push_str("/receipts"),
     }
+    out
 }
 
-/// `s` percent-encoded as one path segment: every byte but the unreserved ones.
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Appends `s` percent-encoded as one path segment: every byte but the unreserved ones.
+fn push_path_segment(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
     }
-    out
 }
 
 /// `POST /v1/events`: publishes one event or a batch, all or nothing (docs/protocol.md

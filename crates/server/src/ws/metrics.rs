@@ -3,10 +3,12 @@
 //! bad client frames and frame floods (with the cool-downs they start), token refreshes and
 //! their refusals, and close codes. Registered in the server's registry by the application.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use agentwire_protocol::{CloseCode, Timestamp};
+use bytes::Bytes;
+use memchr::memmem;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -155,15 +157,19 @@ impl WsMetrics {
         self.agui_forgotten.inc_by(n);
     }
 
-    /// Records a frame about to be written; event frames feed the latency histogram.
-    pub(crate) fn frame_written(&self, frame: &[u8], now: Timestamp) {
-        self.frames_written.inc();
-        if let Some(ts) = event_ts(frame) {
-            let ms = now.as_millis().saturating_sub(ts);
-            #[allow(clippy::cast_precision_loss)] // milliseconds fit an f64 exactly
-            self.publish_to_write.observe(ms as f64 / 1_000.0);
-        } else if frame.starts_with(b"{\"type\":\"") && frame_has_seq(frame) {
-            self.unparsed_ts.fetch_add(1, Ordering::Relaxed);
+    /// Records a batch of frames about to be written: one count for the batch, and each
+    /// event frame's age into the latency histogram.
+    pub(crate) fn frames_written(&self, frames: &[Bytes], now: Timestamp) {
+        self.frames_written.inc_by(frames.len() as u64);
+        let now = now.as_millis();
+        for frame in frames {
+            if let Some(ts) = event_ts(frame) {
+                let ms = now.saturating_sub(ts);
+                #[allow(clippy::cast_precision_loss)] // milliseconds fit an f64 exactly
+                self.publish_to_write.observe(ms as f64 / 1_000.0);
+            } else if frame.starts_with(b"{\"type\":\"") && frame_has_seq(frame) {
+                self.unparsed_ts.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -250,10 +256,12 @@ fn frame_has_seq(frame: &[u8]) -> bool {
 pub(crate) fn event_ts(frame: &[u8]) -> Option<u64> {
     const SEQ: &[u8] = b"\",\"seq\":";
     const TS: &[u8] = b",\"ts\":";
+    // Built once: `memmem::find` would build its searcher again for every frame.
+    static TS_FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(TS));
     let rest = frame.strip_prefix(b"{\"type\":\"")?;
-    let name_end = rest.iter().take(64).position(|&b| b == b'"')?;
+    let name_end = memchr::memchr(b'"', &rest[..rest.len().min(64)])?;
     let rest = rest[name_end..].strip_prefix(SEQ)?;
-    let at = memchr::memmem::find(rest, TS)? + TS.len();
+    let at = TS_FINDER.find(rest)? + TS.len();
     let digits = &rest[at..];
     let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
     if n == 0 || n > 19 {

@@ -245,10 +245,7 @@ async fn write_batch(
     sink: &mut Sink,
     batch: &mut Vec<Bytes>,
 ) -> Result<bool, WriteFailed> {
-    let now = Timestamp::now();
-    for frame in batch.iter() {
-        app.metrics.frame_written(frame, now);
-    }
+    app.metrics.frames_written(batch, Timestamp::now());
     let mut sent = 0;
     let waited = {
         let work = sink.write_text(batch, &mut sent);
