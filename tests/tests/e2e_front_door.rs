@@ -295,3 +295,25 @@ async fn when_every_connection_is_busy_a_new_one_is_answered_503() {
     }
     server.stop().await;
 }
+
+/// `--socket-send-buffer` bounds the kernel send buffer of the connections the server
+/// accepts: the size the kernel reports for one (`agentwire_socket_send_buffer_bytes`)
+/// follows the flag — on Linux exactly twice it, capped at `net.core.wmem_max`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_connections_get_the_send_buffer_the_flag_names() {
+    let wmem_max: Option<usize> = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    for bytes in [64 * 1024, 160 * 1024] {
+        let server = TestServer::start_with(|c| c.socket_send_buffer = bytes).await;
+        let metrics = server.metrics().await;
+        let reported = metric(&metrics, "agentwire_socket_send_buffer_bytes").unwrap_or(0.0);
+        match wmem_max {
+            Some(max) if cfg!(target_os = "linux") => {
+                assert_eq!(reported, (2 * bytes.min(max)) as f64, "{bytes}: {metrics}");
+            }
+            _ => assert!(reported >= bytes as f64, "{bytes}: {metrics}"),
+        }
+        server.stop().await;
+    }
+}

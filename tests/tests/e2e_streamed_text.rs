@@ -2,7 +2,8 @@
 //! while it streams. Its connection's queue fills; from half its bound the deltas of the
 //! message merge into frames covering several seqs, so the client is not cut as a slow
 //! consumer, and once it reads again it gets the whole text, every seq once and in order,
-//! and the events after the message as they were.
+//! and the events after the message as they were. With the default `--socket-send-buffer`,
+//! a client with the usual buffers that stops reading gets the same merging.
 
 use std::time::Duration;
 
@@ -109,5 +110,43 @@ async fn a_reader_that_pauses_mid_stream_gets_merged_deltas_and_is_not_cut() {
     let stats = server.manager().get_stats();
     assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
     assert!(stats.deltas_merged > 0, "{stats:?}");
+    server.stop().await;
+}
+
+/// A client with the kernel's usual buffers stops reading while a long answer streams: with
+/// the default `--socket-send-buffer` the server's kernel holds only a bounded part of it,
+/// so the rest waits in the connection's queue, where the deltas of the message merge
+/// (`deltas_merged` rises). With the kernel's autotuning (`0`) the whole answer fits in
+/// kernel buffers on loopback and nothing merges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_default_send_buffer_a_reader_that_stops_makes_deltas_merge() {
+    const SEND_BUFFER: usize = 256 * 1024;
+    assert_eq!(
+        agentwire::server::ServerConfig::default().socket_send_buffer,
+        SEND_BUFFER,
+        "the default this test is about"
+    );
+    let server = TestServer::start_with(|c| {
+        c.write_timeout = Duration::from_secs(60);
+        c.socket_send_buffer = SEND_BUFFER;
+    })
+    .await;
+    let silent = server.connect("alice").await;
+    server.emit("alice", event(AgentStarted::default())).await;
+    for i in 0..DELTAS {
+        server
+            .emit(
+                "alice",
+                event(MessageDelta {
+                    message_id: "m1".into(),
+                    delta: format!("{i:>8}|{}", "x".repeat(DELTA_BYTES - 9)),
+                    extra: Default::default(),
+                }),
+            )
+            .await;
+    }
+    let stats = server.manager().get_stats();
+    assert!(stats.deltas_merged > 0, "{stats:?}");
+    drop(silent);
     server.stop().await;
 }

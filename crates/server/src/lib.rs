@@ -104,7 +104,8 @@ mod ws;
 pub use app::broker::redis_config;
 pub use app::broker::{BrokerSetupError, ServerBroker};
 pub use app::config::{
-    BrokerKind, DemoMode, PerUserPolicy, RunLifecycle, ServerConfig, ServerConfigBuilder,
+    BrokerKind, DemoMode, PerUserPolicy, RunLifecycle, SOCKET_SEND_BUFFER_RANGE, ServerConfig,
+    ServerConfigBuilder,
 };
 pub use app::server::{
     FD_RESERVE, Server, ServerError, build_manager, clamp_max_connections, clamp_tcp_connections,

@@ -215,3 +215,33 @@ fn config_files_others_can_write_are_refused() {
     assert!(err.contains("unknown setting `max_conections`"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A kernel send buffer outside 4096 to 64 MiB (other than 0, the kernel's autotuning) is
+/// refused at start, from the config file as from the flag, naming the setting and range.
+#[test]
+fn a_socket_send_buffer_out_of_range_is_refused_at_start() {
+    let dir = temp_dir("bad-sndbuf");
+    for bytes in ["1000", "100000000"] {
+        let path = dir.join("agentwire.toml");
+        std::fs::write(
+            &path,
+            format!("listen = \"127.0.0.1:0\"\nsocket-send-buffer = {bytes}\n"),
+        )
+        .expect("write");
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&path).args([
+            "--jwt-secret",
+            "a jwt secret of at least thirty-two bytes",
+            "--api-keys",
+            "an api key of thirty-two characters",
+        ]);
+        let (status, out, err) = run_to_exit(cmd, WITHIN);
+        let status = status.unwrap_or_else(|| panic!("{bytes}: the server started: {out}"));
+        assert!(!status.success(), "{bytes}: exited with success");
+        assert!(!out.contains("listening on"), "{bytes}: it served: {out}");
+        for needle in ["--socket-send-buffer", bytes, "4096", "67108864"] {
+            assert!(err.contains(needle), "{bytes}: {needle:?} not in: {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

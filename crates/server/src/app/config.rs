@@ -21,6 +21,11 @@ use crate::auth::{
 use crate::http::door::DoorLimits;
 use crate::webhook::{WebhookConfig, WebhookConfigError, WebhookSettings};
 
+/// The values `socket_send_buffer` (`--socket-send-buffer`) may take besides 0: below 4 KiB
+/// a connection could not hold one batch of frames; above 64 MiB it would pin more kernel
+/// memory per connection than any link needs.
+pub const SOCKET_SEND_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=64 * 1024 * 1024;
+
 /// Which broker owns the per-user streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -201,6 +206,13 @@ pub struct ServerConfig {
     /// none is idle the new connection is answered 503. Clamped to the open-file limit
     /// minus [`FD_RESERVE`](crate::FD_RESERVE).
     pub max_tcp_connections: usize,
+
+    /// The kernel send buffer (`SO_SNDBUF`) of each accepted connection, in bytes; 0 leaves
+    /// the kernel's autotuning on. Small enough that a slow reader's backpressure reaches
+    /// the connection's own queue (where streamed text merges and a slow consumer gets
+    /// 1013) instead of megabytes waiting in the kernel; within
+    /// [`SOCKET_SEND_BUFFER_RANGE`] unless 0 (default 256 KiB).
+    pub socket_send_buffer: usize,
 
     /// How long a new connection has to send its first request head whole, and any
     /// request head once its first bytes arrived; past it the connection is closed.
@@ -449,6 +461,7 @@ impl Default for ServerConfig {
             redis_control_wait: Duration::from_secs(1),
             max_connections: 10_000,
             max_tcp_connections: 12_000,
+            socket_send_buffer: 256 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             body_read_timeout: Duration::from_secs(30),
@@ -666,6 +679,12 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::max_connections`].
     pub fn max_connections(mut self, value: usize) -> Self {
         self.0.max_connections = value;
+        self
+    }
+
+    /// Sets [`ServerConfig::socket_send_buffer`].
+    pub fn socket_send_buffer(mut self, value: usize) -> Self {
+        self.0.socket_send_buffer = value;
         self
     }
 
@@ -1105,6 +1124,25 @@ impl ServerConfig {
             // hyper needs room for a request line and a few headers.
             max_header_bytes: self.max_header_bytes.max(1024),
             max_uri_bytes: self.max_uri_bytes.max(64),
+            socket_send_buffer: self.socket_send_buffer,
+        }
+    }
+
+    /// `socket_send_buffer` when it is 0 or within [`SOCKET_SEND_BUFFER_RANGE`].
+    ///
+    /// # Errors
+    /// A sentence naming the setting, its value and the range, for any other value.
+    pub fn checked_socket_send_buffer(&self) -> Result<usize, String> {
+        let bytes = self.socket_send_buffer;
+        if bytes == 0 || SOCKET_SEND_BUFFER_RANGE.contains(&bytes) {
+            Ok(bytes)
+        } else {
+            Err(format!(
+                "socket_send_buffer (--socket-send-buffer) is {bytes} bytes: it must be 0 \
+                 (the kernel's autotuning) or from {} to {} bytes",
+                SOCKET_SEND_BUFFER_RANGE.start(),
+                SOCKET_SEND_BUFFER_RANGE.end()
+            ))
         }
     }
 

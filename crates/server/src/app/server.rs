@@ -51,6 +51,9 @@ pub enum ServerError {
     /// The receipt webhook's settings were refused, or it could not start.
     #[error(transparent)]
     Webhook(#[from] WebhookConfigError),
+    /// A setting outside the values it may take.
+    #[error("{0}")]
+    Setting(String),
     /// The listener could not be bound, or serving failed.
     #[error("{what}: {source}")]
     Io {
@@ -278,6 +281,9 @@ impl Server {
                  UnifiedWebSocketManager::global() do not reach this server's connections"
             );
         }
+        config
+            .checked_socket_send_buffer()
+            .map_err(ServerError::Setting)?;
         let auth = config.auth()?;
         let webhook = receipt_webhook(&config)?;
         // One fetch of the JWKS key set, bounded by its timeout; when it fails the server
@@ -474,6 +480,7 @@ async fn accept_loop(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_header_size(door.limits.max_header_bytes);
     let lingering = Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING_REFUSALS));
+    let mut send_buffer_read = false;
     loop {
         let (tcp, peer) = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -495,6 +502,7 @@ async fn accept_loop(
         };
         // Batches are written explicitly; Nagle would only add latency.
         let _ = tcp.set_nodelay(true);
+        bound_send_buffer(&tcp, &door, &mut send_buffer_read);
         let service = front_service(routes.clone(), door.clone(), slot.clone(), peer);
         let io = TokioIo::new(TrackedTcp::new(tcp, slot.clone()));
         let conn = http.serve_connection(io, service).with_upgrades();
@@ -504,6 +512,25 @@ async fn accept_loop(
     drop(open_tx);
     let _ = open_rx.recv().await;
     Ok(())
+}
+
+/// Sets the kernel send buffer of an accepted socket to `--socket-send-buffer` (unless 0),
+/// so that a slow reader's backlog waits in the connection's queue, where streamed text
+/// merges and a slow consumer is closed with 1013, rather than in the kernel, whose full
+/// buffer would only end in the write timeout. The first time (`*read` false), the size the
+/// kernel reports is exported as `agentwire_socket_send_buffer_bytes`.
+fn bound_send_buffer(tcp: &TcpStream, door: &FrontDoor, read: &mut bool) {
+    let sock = socket2::SockRef::from(tcp);
+    let wanted = door.limits.socket_send_buffer;
+    if wanted > 0
+        && let Err(e) = sock.set_send_buffer_size(wanted)
+    {
+        tracing::debug!(error = %e, "cannot set SO_SNDBUF on an accepted socket");
+    }
+    if !*read && let Ok(bytes) = sock.send_buffer_size() {
+        door.metrics.send_buffer_is(bytes);
+        *read = true;
+    }
 }
 
 /// Refusals at `--max-tcp-connections` under way at once. Each holds its socket for at most

@@ -12,6 +12,9 @@
 //! - **An idle timeout** (`--idle-timeout`): a keep-alive connection with no request for
 //!   this long is closed.
 //! - **A body-read timeout** (`--body-read-timeout`, in [`super::body`]).
+//! - **A kernel send buffer per connection** (`--socket-send-buffer`, set where the server
+//!   accepts): what a slow reader leaves unread waits in the connection's own queue, not
+//!   in megabytes of kernel memory.
 //!
 //! Each connection has a [`Track`] (its slot), held by its socket: by hyper's connection
 //! while it speaks HTTP, then by the WebSocket session it was upgraded to, so the slot is
@@ -37,6 +40,8 @@ pub(crate) struct DoorLimits {
     pub(crate) body_read_timeout: Duration,
     pub(crate) max_header_bytes: usize,
     pub(crate) max_uri_bytes: usize,
+    /// `SO_SNDBUF` of each accepted socket; 0: the kernel's autotuning.
+    pub(crate) socket_send_buffer: usize,
 }
 
 /// Which timeout closed a connection or refused a body.
@@ -67,6 +72,7 @@ pub(crate) struct DoorMetrics {
     evicted: Counter,
     timeouts: Family<Labels, Counter>,
     malformed: Family<Labels, Counter>,
+    send_buffer: Gauge,
 }
 
 impl DoorMetrics {
@@ -102,7 +108,21 @@ impl DoorMetrics {
              --max-uri-bytes), 431 (head over --max-header-bytes)",
             m.malformed.clone(),
         );
+        registry.register(
+            "agentwire_socket_send_buffer_bytes",
+            "The kernel send buffer (SO_SNDBUF) of an accepted connection as the kernel reports \
+             it (Linux doubles --socket-send-buffer and caps it at net.core.wmem_max); with \
+             --socket-send-buffer 0, the autotuned buffer's starting size. Read on the first \
+             connection accepted; 0 until then",
+            m.send_buffer.clone(),
+        );
         m
+    }
+
+    /// Records the send buffer the kernel reports for an accepted socket.
+    pub(crate) fn send_buffer_is(&self, bytes: usize) {
+        self.send_buffer
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn timed_out(&self, why: Timeout) {
@@ -383,6 +403,7 @@ mod tests {
                 body_read_timeout: Duration::from_secs(30),
                 max_header_bytes: 16 * 1024,
                 max_uri_bytes: 8 * 1024,
+                socket_send_buffer: 0,
             },
             DoorMetrics::default(),
         )

@@ -193,6 +193,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_MAX_TCP_CONNECTIONS", default_value_t = d().max_tcp_connections)]
     pub(crate) max_tcp_connections: usize,
 
+    /// Kernel send buffer (SO_SNDBUF) of each accepted connection, in bytes, so that a slow
+    /// reader's backlog waits in agentwire's queue (merged, or closed with 1013) rather than
+    /// in the kernel; 0 keeps the kernel's autotuning. 0 or 4096 to 67108864.
+    #[arg(long, env = "AGENTWIRE_SOCKET_SEND_BUFFER", default_value_t = d().socket_send_buffer)]
+    pub(crate) socket_send_buffer: usize,
+
     /// How long a new connection has to send its first request head whole (and any head
     /// once its first bytes arrived); past it the connection is closed.
     #[arg(long, env = "AGENTWIRE_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value_t = d().header_read_timeout.into())]
@@ -487,6 +493,7 @@ impl ServeArgs {
         c.redis_control_wait = this.redis_control_wait.into();
         c.max_connections = this.max_connections;
         c.max_tcp_connections = this.max_tcp_connections;
+        c.socket_send_buffer = this.socket_send_buffer;
         c.header_read_timeout = this.header_read_timeout.into();
         c.idle_timeout = this.idle_timeout.into();
         c.body_read_timeout = this.body_read_timeout.into();
