@@ -20,7 +20,7 @@ use crate::broker::BrokerError;
 /// How often a node of a cluster writes its changed receipts to the [`ReceiptStore`]: the
 /// longest a delivery or an ack takes to be seen by the other nodes, beyond the store's
 /// own round trip.
-pub const RECEIPT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+pub const RECEIPT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One user's receipt as a [`ReceiptStore`] holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
