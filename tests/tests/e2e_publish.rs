@@ -113,6 +113,7 @@ async fn a_run_published_in_one_batch_reaches_its_user_in_order() {
     let run = full_run("alice", "r1");
     let r = server.publish(&Value::Array(run.clone())).await;
     assert_eq!(seqs(&r), [1, 2, 3, 4, 5]);
+    assert_eq!(r.header("content-type"), Some("application/json"));
     let results = r.json()["results"].clone();
     for (i, sent) in run.iter().enumerate() {
         let e = alice.event().await;

@@ -683,16 +683,19 @@ pub fn compose_frame(
     ts: Timestamp,
     body: &[u8],
 ) -> Bytes {
-    use std::io::Write as _;
+    use agentwire_protocol::json::{push_str, push_u64};
     let rest = body.strip_prefix(b"{").unwrap_or(body);
-    // Written straight into the frame (no intermediate strings): this runs once per
-    // accepted event. Writing into a `Vec` cannot fail.
+    // Written straight into the frame (no intermediate strings, no formatter): this runs
+    // once per accepted event.
     let mut out = Vec::with_capacity(96 + event_id.as_str().len() + rest.len());
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(event_type.as_str().as_bytes());
-    let _ = write!(out, "\",\"seq\":{},\"event_id\":", seq.get());
-    let _ = serde_json::to_writer(&mut out, event_id);
-    let _ = write!(out, ",\"ts\":{}", ts.as_millis());
+    out.extend_from_slice(b"\",\"seq\":");
+    push_u64(&mut out, seq.get());
+    out.extend_from_slice(b",\"event_id\":");
+    push_str(&mut out, event_id.as_str());
+    out.extend_from_slice(b",\"ts\":");
+    push_u64(&mut out, ts.as_millis());
     if rest.first().is_some_and(|&b| b != b'}') {
         out.push(b',');
     }
@@ -760,6 +763,33 @@ mod tests {
         assert!(conflict.to_string().contains("seq 4"), "{conflict}");
         let batch = BatchError::new(Vec::new(), e.clone());
         assert_eq!(batch.source().map(|s| s.to_string()), Some(e.to_string()));
+    }
+
+    proptest::proptest! {
+        /// A composed frame is byte for byte what serde_json writes for the envelope.
+        #[test]
+        fn composed_frames_are_what_serde_json_writes_for_the_envelope(
+            id in "[^\\p{Cc}]{1,40}",
+            seq: u64,
+            ts: u64,
+            thought: String,
+            thread in proptest::option::of("[a-z\"\\\\]{1,8}"),
+        ) {
+            use agentwire_protocol::{AgentThinking, EventEnvelope};
+            let event = Event::new(
+                thread.map(|t| t.parse().expect("id")),
+                Some("r1".parse().expect("id")),
+                AgentThinking { thought, step: Some(3), extra: Default::default() },
+            );
+            let id: EventId = id.parse().expect("id");
+            let body = crate::manager::serialize_body(&event);
+            let frame = compose_frame(event.event_type(), Seq(seq), &id, Timestamp(ts), &body);
+            let envelope = EventEnvelope::new(Seq(seq), id, Timestamp(ts), event);
+            proptest::prop_assert_eq!(
+                std::str::from_utf8(&frame).expect("UTF-8"),
+                ServerFrame::Event(envelope).to_json()
+            );
+        }
     }
 
     #[test]

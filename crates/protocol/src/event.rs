@@ -410,7 +410,98 @@ impl Event {
     /// The event's fields other than `type` — `thread_id`, `run_id`, `data` — as a JSON
     /// object. This is what a broker stores: it adds `type` and the stream fields in front
     /// when it builds the frame a client receives.
+    ///
+    /// Written straight into its buffer (it runs once per published event): the same
+    /// bytes as serializing the event's fields with serde_json (see
+    /// [`Event::body_json_serde`]).
     pub fn body_json(&self) -> Vec<u8> {
+        use crate::json::{Object, push_value};
+        let mut out = Vec::with_capacity(self.body_size_hint());
+        let mut obj = Object::open(&mut out);
+        if let Some(t) = &self.thread_id {
+            obj.str("thread_id", t.as_str());
+        }
+        if let Some(r) = &self.run_id {
+            obj.str("run_id", r.as_str());
+        }
+        let data = obj.key("data");
+        let mut d = Object::open(data);
+        let extra = match &self.data {
+            EventData::AgentStarted(p) => {
+                if let Some(name) = &p.agent_name {
+                    d.str("agent_name", name);
+                }
+                if let Some(ms) = p.stall_timeout_ms {
+                    d.u64("stall_timeout_ms", ms);
+                }
+                &p.extra
+            }
+            EventData::AgentThinking(p) => {
+                d.str("thought", &p.thought);
+                if let Some(step) = p.step {
+                    d.u64("step", step);
+                }
+                &p.extra
+            }
+            EventData::ToolExecuting(p) => {
+                d.str("tool_call_id", &p.tool_call_id);
+                d.str("tool_name", &p.tool_name);
+                d.value("arguments", &p.arguments);
+                &p.extra
+            }
+            EventData::ToolCompleted(p) => {
+                d.str("tool_call_id", &p.tool_call_id);
+                d.str("tool_name", &p.tool_name);
+                d.value("result", &p.result);
+                d.bool("is_error", p.is_error);
+                if let Some(ms) = p.duration_ms {
+                    d.u64("duration_ms", ms);
+                }
+                &p.extra
+            }
+            EventData::AgentCompleted(p) => {
+                d.value("result", &p.result);
+                if let Some(ms) = p.duration_ms {
+                    d.u64("duration_ms", ms);
+                }
+                &p.extra
+            }
+            EventData::AgentError(p) => {
+                d.str("message", &p.message);
+                if let Some(code) = &p.code {
+                    d.str("code", code);
+                }
+                d.bool("retryable", p.retryable);
+                &p.extra
+            }
+            EventData::MessageDelta(p) => {
+                d.str("message_id", &p.message_id);
+                d.str("delta", &p.delta);
+                &p.extra
+            }
+            EventData::MessageCompleted(p) => {
+                d.str("message_id", &p.message_id);
+                if let Some(text) = &p.text {
+                    d.str("text", text);
+                }
+                &p.extra
+            }
+            EventData::Custom(p) => {
+                d.str("name", &p.name);
+                push_value(d.key("value"), &p.value);
+                &p.extra
+            }
+        };
+        d.extend(extra);
+        d.close();
+        obj.close();
+        out
+    }
+
+    /// What [`Event::body_json`] writes, through serde_json: the reference it is tested
+    /// against.
+    #[doc(hidden)]
+    pub fn body_json_serde(&self) -> Vec<u8> {
         struct Body<'a>(&'a Event);
         impl Serialize for Body<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -420,6 +511,45 @@ impl Event {
             }
         }
         crate::to_json(&Body(self)).into_bytes()
+    }
+
+    /// About the length of [`Event::body_json`], so its buffer is allocated once: exact
+    /// for strings without escapes, a guess for other values.
+    fn body_size_hint(&self) -> usize {
+        use crate::json::size_hint;
+        let id = |i: Option<&str>| i.map_or(0, |s| s.len() + 16);
+        let strs = |ss: &[&str]| ss.iter().map(|s| s.len() + 20).sum::<usize>();
+        let (typed, extra) = match &self.data {
+            EventData::AgentStarted(p) => (
+                strs(&[p.agent_name.as_deref().unwrap_or("")]) + 48,
+                &p.extra,
+            ),
+            EventData::AgentThinking(p) => (strs(&[&p.thought]) + 32, &p.extra),
+            EventData::ToolExecuting(p) => (
+                strs(&[&p.tool_call_id, &p.tool_name]) + size_hint(&p.arguments) + 16,
+                &p.extra,
+            ),
+            EventData::ToolCompleted(p) => (
+                strs(&[&p.tool_call_id, &p.tool_name]) + size_hint(&p.result) + 64,
+                &p.extra,
+            ),
+            EventData::AgentCompleted(p) => (size_hint(&p.result) + 48, &p.extra),
+            EventData::AgentError(p) => (
+                strs(&[&p.message, p.code.as_deref().unwrap_or("")]) + 24,
+                &p.extra,
+            ),
+            EventData::MessageDelta(p) => (strs(&[&p.message_id, &p.delta]), &p.extra),
+            EventData::MessageCompleted(p) => (
+                strs(&[&p.message_id, p.text.as_deref().unwrap_or("")]),
+                &p.extra,
+            ),
+            EventData::Custom(p) => (strs(&[&p.name]) + size_hint(&p.value) + 8, &p.extra),
+        };
+        let extra: usize = extra.iter().map(|(k, v)| k.len() + 4 + size_hint(v)).sum();
+        16 + id(self.thread_id.as_ref().map(|t| t.as_str()))
+            + id(self.run_id.as_ref().map(|r| r.as_str()))
+            + typed
+            + extra
     }
 
     /// Writes `thread_id`, `run_id` and `data` into a map being serialized; the caller

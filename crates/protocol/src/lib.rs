@@ -28,6 +28,7 @@ mod direct;
 mod event;
 mod frame;
 mod ids;
+pub mod json;
 mod publish;
 mod run;
 

@@ -287,6 +287,43 @@ pub struct PublishResponse {
     pub results: Vec<PublishAccepted>,
 }
 
+impl PublishResponse {
+    /// The answer as JSON: the same bytes as serde_json writes for it, written straight
+    /// into one buffer sized up front (it runs for every publish, and holds a result per
+    /// event).
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        use crate::json::Object;
+        let size = 16
+            + self
+                .results
+                .iter()
+                .map(|r| {
+                    64 + r.event_id.as_str().len() + r.receipt.as_ref().map_or(0, |p| p.len() + 12)
+                })
+                .sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        let mut obj = Object::open(&mut out);
+        let list = obj.key("results");
+        list.push(b'[');
+        for (i, r) in self.results.iter().enumerate() {
+            if i > 0 {
+                list.push(b',');
+            }
+            let mut item = Object::open(list);
+            item.u64("seq", r.seq.get());
+            item.str("event_id", r.event_id.as_str());
+            item.u64("ts", r.ts.as_millis());
+            if let Some(receipt) = &r.receipt {
+                item.str("receipt", receipt);
+            }
+            item.close();
+        }
+        list.push(b']');
+        obj.close();
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,10 +24,9 @@ use agentwire_protocol::{
     DecodeError, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishResponse, RunId,
     RunViolation, UserId,
 };
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -453,7 +452,16 @@ pub(crate) async fn publish_events(
     body: Body,
 ) -> Response {
     let response = match publish(&app, &headers, body).await {
-        Ok(r) => Json(r).into_response(),
+        // The same bytes and headers as `Json(r)`, written without serde (one result per
+        // event).
+        Ok(r) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            r.to_json_bytes(),
+        )
+            .into_response(),
         Err(p) => p.into_response(),
     };
     app.publish
@@ -540,8 +548,6 @@ async fn publish(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
 
     #[test]

@@ -1,0 +1,300 @@
+//! Compact JSON written straight into a byte buffer, for what the server writes once per
+//! event: the same bytes `serde_json::to_vec` writes for the same values, without going
+//! through a `Serializer` and its per-byte string scan (strings are checked eight bytes at
+//! a time, and copied in runs).
+
+use serde_json::{Number, Value};
+
+/// Eight copies of a byte.
+const fn splat(b: u8) -> u64 {
+    0x0101_0101_0101_0101 * b as u64
+}
+
+const HIGH_BITS: u64 = splat(0x80);
+
+/// Whether any of the eight bytes in `x` is one that a JSON string must escape: below
+/// U+0020, `"` or `\`. (Each test is exact about whether some byte matches, which is all
+/// this answers; [`needs_escape`] then finds which.)
+fn chunk_needs_escape(x: u64) -> bool {
+    let control = x.wrapping_sub(splat(0x20)) & !x;
+    let quote = x ^ splat(b'"');
+    let quote = quote.wrapping_sub(splat(1)) & !quote;
+    let backslash = x ^ splat(b'\\');
+    let backslash = backslash.wrapping_sub(splat(1)) & !backslash;
+    (control | quote | backslash) & HIGH_BITS != 0
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// The index of the first byte at or after `from` that must be escaped.
+fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(chunk) = bytes.get(from..from + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if chunk_needs_escape(u64::from_le_bytes(word)) {
+            break;
+        }
+        from += 8;
+    }
+    bytes
+        .get(from..)?
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map(|at| from + at)
+}
+
+/// Appends `s` as a JSON string, escaped as serde_json escapes it: `\"`, `\\`, `\b`, `\f`,
+/// `\n`, `\r`, `\t`, any other byte below 0x20 as `\u00xx` (lowercase hex), and every other
+/// character as it is.
+pub fn push_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    while let Some(at) = next_escape(bytes, start) {
+        out.extend_from_slice(&bytes[start..at]);
+        let b = bytes[at];
+        let short = match b {
+            b'"' => Some(b'"'),
+            b'\\' => Some(b'\\'),
+            0x08 => Some(b'b'),
+            0x0c => Some(b'f'),
+            b'\n' => Some(b'n'),
+            b'\r' => Some(b'r'),
+            b'\t' => Some(b't'),
+            _ => None,
+        };
+        match short {
+            Some(c) => out.extend_from_slice(&[b'\\', c]),
+            None => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
+        start = at + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends an unsigned integer.
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends a number as serde_json writes it.
+fn push_number(out: &mut Vec<u8>, n: &Number) {
+    if let Some(u) = n.as_u64() {
+        push_u64(out, u);
+    } else if let Some(i) = n.as_i64() {
+        out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+    } else {
+        // A float: serde_json's own formatting, so the digits are the same. Writing into a
+        // `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, n);
+    }
+}
+
+/// Appends `v` as compact JSON, as `serde_json::to_writer` writes it.
+pub fn push_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => push_number(out, n),
+        Value::String(s) => push_str(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_value(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut obj = Object::open(out);
+            for (k, v) in map {
+                obj.key_escaped(k);
+                push_value(obj.out, v);
+            }
+            obj.close();
+        }
+    }
+}
+
+/// A rough size of `v` in JSON, to size a buffer before writing it: exact for strings
+/// without escapes, a guess for the rest.
+pub(crate) fn size_hint(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.len() * 16,
+        Value::Object(map) => 2 + map.len() * 24,
+        _ => 8,
+    }
+}
+
+/// An object being written: its members' separators, and the closing brace.
+pub(crate) struct Object<'a> {
+    pub(crate) out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Object<'a> {
+    /// Writes `{`.
+    pub(crate) fn open(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Object { out, first: true }
+    }
+
+    fn comma(&mut self) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+    }
+
+    /// Starts a member whose key is a plain name (nothing to escape): `"key":`.
+    pub(crate) fn key(&mut self, key: &'static str) -> &mut Vec<u8> {
+        self.comma();
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    /// Starts a member with any key, escaped.
+    pub(crate) fn key_escaped(&mut self, key: &str) -> &mut Vec<u8> {
+        self.comma();
+        push_str(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    /// A member whose value is a string.
+    pub(crate) fn str(&mut self, key: &'static str, value: &str) {
+        push_str(self.key(key), value);
+    }
+
+    /// A member whose value is an unsigned integer.
+    pub(crate) fn u64(&mut self, key: &'static str, value: u64) {
+        push_u64(self.key(key), value);
+    }
+
+    /// A member whose value is a boolean.
+    pub(crate) fn bool(&mut self, key: &'static str, value: bool) {
+        let text: &[u8] = if value { b"true" } else { b"false" };
+        self.key(key).extend_from_slice(text);
+    }
+
+    /// A member whose value is any JSON value.
+    pub(crate) fn value(&mut self, key: &'static str, value: &Value) {
+        push_value(self.key(key), value);
+    }
+
+    /// Every member of `map`, in its order.
+    pub(crate) fn extend(&mut self, map: &serde_json::Map<String, Value>) {
+        for (k, v) in map {
+            push_value(self.key_escaped(k), v);
+        }
+    }
+
+    /// Writes `}`.
+    pub(crate) fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn escaped(s: &str) -> String {
+        let mut out = Vec::new();
+        push_str(&mut out, s);
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    #[test]
+    fn strings_escape_as_serde_json_does() {
+        for s in [
+            "",
+            "plain",
+            "\"",
+            "\\",
+            "a\u{0}b\u{1f}c\u{7f}\u{80}",
+            "\u{8}\u{c}\n\r\t",
+            "exactly8",
+            "seven 7",
+            "0123456789abcdef\"0123456789abcdef\\",
+            "é用🦀\u{2028}\u{200b}",
+            "ends with a quote at byte sixteen\"",
+        ] {
+            assert_eq!(
+                escaped(s),
+                serde_json::to_string(s).expect("serializes"),
+                "{s:?}"
+            );
+        }
+    }
+
+    /// Strings where characters that need escaping land at every position of the
+    /// eight-byte chunks, among near misses (`!`, `#`, `[`, `]`, 0x20, 0x7f, non-ASCII).
+    fn tricky_string() -> impl Strategy<Value = String> {
+        let c = prop_oneof![
+            4 => prop::char::range('a', 'z'),
+            1 => prop::sample::select(vec![
+                '"', '\\', '\u{0}', '\u{8}', '\u{c}', '\n', '\r', '\t', '\u{1b}', '\u{1f}',
+                ' ', '!', '#', '[', ']', '\u{7f}', '\u{80}', 'é', '🦀', '\u{2028}',
+            ]),
+            1 => any::<char>(),
+        ];
+        prop::collection::vec(c, 0..80).prop_map(|cs| cs.into_iter().collect())
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            tricky_string().prop_map(Value::String),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(tricky_string(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_string_is_written_as_serde_json_writes_it(
+            s in prop_oneof![tricky_string(), any::<String>()]
+        ) {
+            prop_assert_eq!(escaped(&s), serde_json::to_string(&s).expect("serializes"));
+        }
+
+        #[test]
+        fn any_value_is_written_as_serde_json_writes_it(v in value()) {
+            let mut out = Vec::new();
+            push_value(&mut out, &v);
+            prop_assert_eq!(out, serde_json::to_vec(&v).expect("serializes"));
+        }
+    }
+}
