@@ -104,9 +104,11 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Directory names never walked: build output, JavaScript packages, and test fixtures,
-/// which may break rules on purpose. Hidden directories (`.git`, `.cargo`) are skipped too.
-const SKIPPED_DIRS: &[&str] = &["target", "node_modules", "fixtures"];
+/// Directory names never walked: build output (`target`, and `target-rel` for the release
+/// builds the benchmark scripts use, both in `.gitignore`), JavaScript packages, and test
+/// fixtures, which may break rules on purpose. Hidden directories (`.git`, `.cargo`) are
+/// skipped too.
+const SKIPPED_DIRS: &[&str] = &["target", "target-rel", "node_modules", "fixtures"];
 
 /// A Rust source file read by `rust_files`.
 #[derive(Debug)]
