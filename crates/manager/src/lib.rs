@@ -44,6 +44,7 @@
 //! ```
 
 mod broker;
+mod capacity;
 mod config;
 mod control;
 mod leases;

@@ -36,6 +36,7 @@ use crate::broker::{
     Accepted, BatchError, Broker, BrokerError, BrokerStats, EventDigest, History, NewEvent,
     StoredEvent, Subscriber, compose_frame, same_subscriber,
 };
+use crate::capacity::give_back_map_capacity;
 use crate::run_table::RunTable;
 use crate::runs::{RunGuard, RunLimits, RunPresence};
 
@@ -868,6 +869,7 @@ impl Broker for InMemoryBroker {
             let mut guard = self.lock(i);
             let freed = guard.shard.trim_age(&self.config, now);
             guard.freed(freed);
+            give_back_map_capacity(&mut guard.shard.streams);
         }
     }
 }
@@ -875,6 +877,7 @@ impl Broker for InMemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capacity::MAP_KEEP_CAPACITY;
     use agentwire_protocol::EventType;
     use bytes::Bytes;
 
@@ -966,5 +969,37 @@ mod tests {
             (0, 0, 0, 0)
         );
         assert_eq!(broker.total_bytes.load(Ordering::Acquire), 0);
+    }
+
+    /// Once a crowd of users has come and gone, a sweep gives back the stream maps' slots:
+    /// the shards hold no more capacity than a broker that never saw them.
+    #[tokio::test(start_paused = true)]
+    async fn shards_give_back_their_capacity_after_every_user_leaves() {
+        let broker = InMemoryBroker::new(HistoryConfig {
+            max_age: Duration::from_secs(10),
+            dedupe_window: Duration::from_secs(10),
+            ..HistoryConfig::default()
+        });
+        let capacity = |b: &InMemoryBroker| -> usize {
+            (0..SHARDS)
+                .map(|i| b.lock(i).shard.streams.capacity())
+                .sum()
+        };
+        for u in 0..20_000 {
+            let user: UserId = format!("u{u}").parse().expect("user");
+            broker
+                .publish(&user, event("e", r#"{"data":{}}"#))
+                .await
+                .expect("accepted");
+        }
+        assert!(capacity(&broker) >= 20_000);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        broker.sweep();
+        assert_eq!(broker.stats().users, 0);
+        assert!(
+            capacity(&broker) <= SHARDS * MAP_KEEP_CAPACITY,
+            "{} slots kept",
+            capacity(&broker)
+        );
     }
 }

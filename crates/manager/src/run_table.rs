@@ -18,6 +18,7 @@ use foldhash::HashMap;
 use tokio::time::Instant;
 
 use crate::broker::BrokerError;
+use crate::capacity::give_back_map_capacity;
 use crate::runs::{
     PublisherId, RunGuard, RunLimit, RunLimits, RunPresence, RunStats, run_base_bytes,
     tool_call_bytes,
@@ -328,7 +329,8 @@ impl RunTable {
         }
     }
 
-    /// Forgets every run whose last event is `ttl` old.
+    /// Forgets every run whose last event is `ttl` old, then shrinks the run maps when
+    /// they are a quarter full or less.
     pub(crate) fn expire(&mut self, now: Instant) {
         while let Some((_, key)) = self.by_touch.first_key_value() {
             let stale = self
@@ -359,6 +361,10 @@ impl RunTable {
                 }
             }
         }
+        // Forgotten runs leave their slots behind: give them back (at most once per map
+        // per sweep, and only a quarter full or less).
+        give_back_map_capacity(&mut self.runs);
+        give_back_map_capacity(&mut self.owners);
     }
 
     pub(crate) fn stats(&self) -> RunStats {

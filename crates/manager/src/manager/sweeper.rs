@@ -1,5 +1,6 @@
-//! The sweeper: closes connections silent past the heartbeat deadline and lets the broker
-//! trim history, every `sweep_interval`, from a task holding only a weak reference.
+//! The sweeper: closes connections silent past the heartbeat deadline, gives back the
+//! registry slots of users who left and lets the broker trim history, every
+//! `sweep_interval`, from a task holding only a weak reference.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,24 +10,28 @@ use tokio::time::Instant;
 
 use super::UnifiedWebSocketManager;
 use super::connection::ConnShared;
+use crate::capacity::give_back_map_capacity;
 
 impl UnifiedWebSocketManager {
     /// One pass of the sweeper: closes connections whose peer has been silent past the
-    /// heartbeat deadline, and lets the broker trim history. Returns how many connections
+    /// heartbeat deadline, shrinks registry shards that users left (a quarter full or
+    /// less), and lets the broker trim history. Returns how many connections
     /// it closed. The sweeper task calls it every `sweep_interval`.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let policy = self.inner.config.heartbeat;
         let mut closed = 0;
         for shard in self.inner.shards.iter() {
-            let silent: Vec<Arc<ConnShared>> = shard
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            let mut users = shard.lock().unwrap_or_else(|p| p.into_inner());
+            // Users who left took their entries, not the slots: give those back.
+            give_back_map_capacity(&mut users);
+            let silent: Vec<Arc<ConnShared>> = users
                 .values()
                 .flat_map(|e| e.conns.iter())
                 .filter(|c| policy.is_expired(c.silent_for(now)))
                 .cloned()
                 .collect();
+            drop(users);
             for conn in silent {
                 if conn.close(CloseCode::GoingAway) {
                     self.inner

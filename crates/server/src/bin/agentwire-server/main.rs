@@ -17,6 +17,15 @@
 //! time in its own bookkeeping and kept freed memory mapped after a burst
 //! (docs/performance.md). An application that embeds the library chooses its own
 //! allocator.
+//!
+//! mimalloc hands freed memory back to the system (`MADV_DONTNEED`) only `purge_delay`
+//! (1 s) after it was freed, and only from inside one of its own calls that frees a page —
+//! so a server that falls idle after a burst, making no such call, kept the pages the
+//! burst freed resident (its resident set stayed flat for the idle minute after a
+//! connection-churn soak). [`purge_freed_memory`] makes that call once a second: it allocates
+//! and frees one block above mimalloc's largest size class, whose page is freed at once,
+//! and that is where mimalloc purges what has waited out the delay. Safe code, one
+//! untouched allocation a second; docs/performance.md, "Memory after traffic".
 
 mod cli;
 mod client;
@@ -169,6 +178,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let (mut config, dev_credentials) = dev::serve_config(&cli.serve)?;
     config.open_file_limit = raise_nofile_limit();
     let server = Server::bind(config).await?;
+    tokio::spawn(purge_freed_memory());
     let addr = server.local_addr();
     say(&format!(
         "agentwire-server listening on {addr} (ws://{addr}/ws)"
@@ -184,6 +194,29 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     }
     server.serve(stop).await?;
     Ok(())
+}
+
+/// How often [`purge_freed_memory`] lets mimalloc purge: its own `purge_delay`.
+const PURGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Above mimalloc's largest size class (512 KiB): a block this big has a page of its own,
+/// which mimalloc frees — and purges what is due — as soon as the block is freed.
+const PURGE_NUDGE_BYTES: usize = 1 << 20;
+
+/// Every [`PURGE_INTERVAL`], allocates and frees one [`PURGE_NUDGE_BYTES`] block, never
+/// touched: freeing its page is where mimalloc returns to the system the memory freed
+/// at least `purge_delay` ago, which a server idle after a burst would otherwise keep
+/// resident (see the crate docs). Runs until the runtime stops.
+async fn purge_freed_memory() {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // black_box: an allocation that is freed unused may otherwise be optimised away.
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(
+            PURGE_NUDGE_BYTES,
+        )));
+    }
 }
 
 /// The lines that tell a developer how to reach this development server from another
