@@ -30,6 +30,7 @@ mod frame;
 mod ids;
 mod publish;
 mod run;
+pub mod sse;
 
 pub use agui::{
     AGUI_CUSTOM_PREFIX, AGUI_MAX_OPEN_MESSAGES, AGUI_SUBPROTOCOL, AgUiBody, AgUiEvent,
