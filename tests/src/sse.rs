@@ -1,10 +1,11 @@
 //! A raw Server-Sent Events client for `GET /v1/stream`: an HTTP/1.1 request on a TCP
 //! socket, the chunked answer decoded as it arrives, and SSE messages parsed from it, as a
-//! browser's `EventSource` would.
+//! browser's `EventSource` would ([`agentwire::protocol::sse::Parser`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use agentwire::protocol::sse::Parser;
 use agentwire::protocol::{EventEnvelope, ServerFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,16 +43,12 @@ pub struct SseClient {
     tcp: TcpStream,
     /// Received body bytes not yet de-chunked.
     raw: Vec<u8>,
-    /// De-chunked body bytes not yet parsed into messages.
-    text: Vec<u8>,
+    /// The SSE messages of the de-chunked body.
+    parser: Parser,
     /// The answer's last chunk was read.
     ended: bool,
     /// The headers of the answer.
     pub headers: Vec<(String, String)>,
-    /// Comment lines seen (heartbeats).
-    pub comments: usize,
-    /// The newest `retry:` value.
-    pub retry: Option<u64>,
 }
 
 /// Opens `GET {path}` (with its query) on `addr` with `headers`; the stream on a `200`,
@@ -114,11 +111,9 @@ pub async fn open(
         Ok(SseClient {
             tcp,
             raw: raw[split + 4..].to_vec(),
-            text: Vec::new(),
+            parser: Parser::new(),
             ended: false,
             headers,
-            comments: 0,
-            retry: None,
         })
     };
     timeout(WAIT, work)
@@ -127,7 +122,7 @@ pub async fn open(
 }
 
 impl SseClient {
-    /// Moves whole chunks from `raw` to `text`.
+    /// Moves whole chunks from `raw` to the parser.
     fn dechunk(&mut self) {
         loop {
             let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
@@ -146,49 +141,29 @@ impl SseClient {
                 self.raw.clear();
                 return;
             }
-            self.text.extend_from_slice(&self.raw[start..start + size]);
+            self.parser.feed(&self.raw[start..start + size]);
             self.raw.drain(..start + size + 2);
         }
     }
 
-    /// The next message parsed from `text`, if a whole one is there.
+    /// Comment lines seen (heartbeats).
+    pub fn comments(&self) -> u64 {
+        self.parser.comments()
+    }
+
+    /// The newest `retry:` value.
+    pub fn retry(&self) -> Option<u64> {
+        self.parser.retry()
+    }
+
+    /// The next message parsed so far, if a whole one is there.
     fn parse_one(&mut self) -> Option<SseMessage> {
-        loop {
-            let end = self.text.windows(2).position(|w| w == b"\n\n")?;
-            let block = String::from_utf8(self.text[..end].to_vec()).expect("UTF-8 stream");
-            self.text.drain(..end + 2);
-            let mut event = None;
-            let mut id = None;
-            let mut data: Option<String> = None;
-            for line in block.split('\n') {
-                if line.starts_with(':') {
-                    self.comments += 1;
-                    continue;
-                }
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "event" => event = Some(value.to_owned()),
-                    "id" => id = Some(value.to_owned()),
-                    "retry" => self.retry = value.parse().ok(),
-                    "data" => match &mut data {
-                        Some(d) => {
-                            d.push('\n');
-                            d.push_str(value);
-                        }
-                        None => data = Some(value.to_owned()),
-                    },
-                    _ => {}
-                }
-            }
-            if let Some(data) = data {
-                return Some(SseMessage {
-                    event: event.unwrap_or_else(|| "message".to_owned()),
-                    id,
-                    data,
-                });
-            }
-        }
+        let m = self.parser.next_message()?;
+        Some(SseMessage {
+            event: m.event.unwrap_or_else(|| "message".to_owned()),
+            id: m.id,
+            data: m.data,
+        })
     }
 
     /// The next message within `within`; `None` when the stream ended or nothing came.

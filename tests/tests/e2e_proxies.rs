@@ -87,11 +87,11 @@ async fn carries_websockets_and_event_streams(server: &TestServer, addr: SocketA
     }
     // Heartbeat comments come through while no event flows.
     let deadline = Instant::now() + WAIT;
-    while c.comments < 2 {
+    while c.comments() < 2 {
         assert!(
             Instant::now() < deadline,
             "{who}: {} heartbeat comments within the wait bound",
-            c.comments
+            c.comments()
         );
         if let Some(m) = c.next_within(HEARTBEAT).await {
             panic!("{who}: a message while no event was published: {m:?}");

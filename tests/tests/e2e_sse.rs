@@ -38,7 +38,7 @@ async fn events_arrive_as_messages_whose_id_is_epoch_and_seq() {
     assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
     assert_eq!(header("x-accel-buffering").as_deref(), Some("no"));
     let hello = established(&mut c).await;
-    assert_eq!(c.retry, Some(1000), "the reconnect hint comes first");
+    assert_eq!(c.retry(), Some(1000), "the reconnect hint comes first");
     assert_eq!(hello.user_id.as_str(), "alice");
     for n in 1..=3 {
         server.emit("alice", custom(n)).await;
@@ -289,7 +289,7 @@ async fn heartbeats_are_comments_and_an_expired_token_ends_the_stream_with_4002(
     };
     established(&mut c).await;
     assert_eq!(c.closed().await, Some(4002));
-    assert!(c.comments >= 2, "heartbeat comments: {}", c.comments);
+    assert!(c.comments() >= 2, "heartbeat comments: {}", c.comments());
     server.stop().await;
 }
 

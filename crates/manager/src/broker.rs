@@ -460,12 +460,16 @@ pub struct BrokerStats {
 ///    skip, see [`Subscriber::deliver`], but a conforming broker gives neither unless its
 ///    subscription broke, see rule 4).
 /// 2. **Subscribe is in effect when it returns.** Every event accepted after
-///    [`Broker::subscribe`] returns is delivered to that subscriber (the manager subscribes,
-///    then reads history: nothing falls between the two). Once [`Broker::unsubscribe`]
-///    has undone a subscriber's last subscription of a user, no event of the user
-///    accepted afterwards is delivered to it.
+///    [`Broker::subscribe`] returns (the manager subscribes, then reads history: nothing
+///    falls between the two), and before the [`Broker::unsubscribe`] call undoing that
+///    subscription is made, is delivered to that subscriber — whatever other
+///    subscriptions of the same (user, subscriber) are made or undone meanwhile, even by
+///    calls that end first. Once [`Broker::unsubscribe`] has undone a subscriber's last
+///    subscription of a user, no event of the user accepted afterwards is delivered to it;
+///    an event accepted while it held no subscription may be delivered or not.
 ///    Subscriptions are counted per (user, subscriber): a subscriber subscribed twice
-///    receives each event once and stays subscribed until unsubscribed twice.
+///    receives each event once and stays subscribed until unsubscribed twice. ("Accepted
+///    before" a call: its publish returned before the call was made.)
 /// 3. **History holds every event a subscriber was handed.** History is written before
 ///    or atomically with delivery, so a subscriber that reads history after a delivery
 ///    finds the delivered event there (until a bound trims it).
@@ -598,7 +602,8 @@ pub trait Broker: Send + Sync + 'static {
         subscriber: Arc<dyn Subscriber>,
     ) -> Result<(), BrokerError>;
 
-    /// Undoes one `subscribe`. Unsubscribing what is not subscribed is a no-op.
+    /// Undoes one `subscribe`, after every event accepted while it was held has been
+    /// delivered (rule 2). Unsubscribing what is not subscribed is a no-op.
     ///
     /// # Errors
     /// [`BrokerError`] when the broker could not be told.

@@ -31,6 +31,7 @@ mod ids;
 pub mod json;
 mod publish;
 mod run;
+pub mod sse;
 
 pub use agui::{
     AGUI_CUSTOM_PREFIX, AGUI_MAX_OPEN_MESSAGES, AGUI_SUBPROTOCOL, AgUiBody, AgUiEvent,

@@ -902,34 +902,35 @@ impl Broker for RedisBroker {
         }
     }
 
-    /// Delivery to `subscriber` stops once every event accepted before the call has
-    /// reached it: when this undoes its last subscription to the user, a barrier message
-    /// is published on the user's channel and awaited (at most the command timeout)
-    /// before the subscriber is removed. The channel is unsubscribed in Redis (batched)
-    /// when its last local subscriber left. Never fails: the subscription is undone
-    /// locally even when Redis cannot be reached.
+    /// The subscription is undone once every event accepted before the call has reached
+    /// `subscriber`: a barrier message is published on the user's channel and awaited (at
+    /// most the command timeout) first. Every call does so, not only one that undoes the
+    /// last subscription: another call of the same subscriber may be waiting for a
+    /// barrier published before this call's events, and end delivery once it passes. The
+    /// channel is unsubscribed in Redis (batched) when its last local subscriber left.
+    /// Never fails: the subscription is undone locally even when Redis cannot be reached.
     async fn unsubscribe(
         &self,
         user: &UserId,
         subscriber: &Arc<dyn Subscriber>,
     ) -> Result<(), BrokerError> {
-        let subs = &self.inner.subs;
         let channel = self.keys(user).channel;
-        if let Some(barrier) = subs.barrier(&channel, subscriber) {
+        let publish_barrier = |message: Vec<u8>| {
             let mut publish = redis::cmd(self.inner.publish_command);
-            publish.arg(&channel).arg(&barrier.message);
-            let sent = self
-                .round_trip(
+            publish.arg(&channel).arg(message);
+            async move {
+                self.round_trip(
                     "unsubscribe barrier",
                     self.inner.commands.query::<i64>(&publish),
                 )
-                .await;
-            if sent.is_ok() {
-                let _ = tokio::time::timeout(subs.timeout(), barrier.passed).await;
+                .await
+                .is_ok()
             }
-            subs.forget_barrier(barrier.token);
-        }
-        subs.remove(&channel, subscriber);
+        };
+        self.inner
+            .subs
+            .unsubscribe(&channel, subscriber, publish_barrier)
+            .await;
         Ok(())
     }
 

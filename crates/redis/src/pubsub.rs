@@ -8,6 +8,7 @@
 //! and no queue sits between Redis and the subscribers.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,10 +74,10 @@ const BARRIER: &[u8] = b"barrier\n";
 /// What an unsubscribe waits for before it stops delivery: its own message on the user's
 /// channel, published after every event accepted before the unsubscribe was called.
 #[derive(Debug)]
-pub(crate) struct Barrier {
-    pub(crate) token: u64,
-    pub(crate) message: Vec<u8>,
-    pub(crate) passed: oneshot::Receiver<()>,
+struct Barrier {
+    token: u64,
+    message: Vec<u8>,
+    passed: oneshot::Receiver<()>,
 }
 
 impl std::fmt::Debug for Subscriptions {
@@ -175,22 +176,20 @@ impl Subscriptions {
         Ok(SubscribeWait::Pending(rx))
     }
 
-    /// When undoing `subscriber`'s subscription would stop delivery to it on an active
-    /// channel, the barrier to wait for first. Messages reach this node in publish order,
-    /// so once the barrier (published after the caller's call began) arrives, every event
-    /// accepted while the subscription was held has been delivered to it.
-    pub(crate) fn barrier(
-        &self,
-        channel: &str,
-        subscriber: &Arc<dyn Subscriber>,
-    ) -> Option<Barrier> {
+    /// When `subscriber` holds a subscription of an active channel, the barrier to wait
+    /// for before undoing one. Messages reach this node in publish order, so once the
+    /// barrier (published after the caller's call began) arrives, every event accepted
+    /// while the subscription was held has been delivered to it.
+    ///
+    /// Asked for by every unsubscribe, not only one that finds the subscriber's last
+    /// subscription: two calls that each see the other's still held would both skip it,
+    /// and a call waiting for its barrier ends delivery when it passes, before the events
+    /// of a subscription made, used and undone meanwhile have arrived.
+    fn barrier(&self, channel: &str, subscriber: &Arc<dyn Subscriber>) -> Option<Barrier> {
         let mut registry = self.registry();
         let entry = registry.channels.get(channel)?;
-        let last = entry
-            .subscribers
-            .iter()
-            .any(|(s, count)| same(s, subscriber) && *count == 1);
-        if !last || !entry.active {
+        let held = entry.subscribers.iter().any(|(s, _)| same(s, subscriber));
+        if !held || !entry.active {
             return None;
         }
         registry.next_barrier += 1;
@@ -206,8 +205,29 @@ impl Subscriptions {
     }
 
     /// Forgets a barrier that passed or was given up on.
-    pub(crate) fn forget_barrier(&self, token: u64) {
+    fn forget_barrier(&self, token: u64) {
         self.registry().barriers.remove(&token);
+    }
+
+    /// Undoes one subscription of `subscriber` to `channel`, once every event accepted
+    /// before the call has reached it: when [`Subscriptions::barrier`] asks for one, the
+    /// barrier message is published with `publish` (which answers whether Redis took it)
+    /// and awaited, at most the command timeout. Undone locally whatever Redis does.
+    pub(crate) async fn unsubscribe<F>(
+        &self,
+        channel: &str,
+        subscriber: &Arc<dyn Subscriber>,
+        publish: impl FnOnce(Vec<u8>) -> F,
+    ) where
+        F: Future<Output = bool>,
+    {
+        if let Some(barrier) = self.barrier(channel, subscriber) {
+            if publish(barrier.message).await {
+                let _ = tokio::time::timeout(self.timeout, barrier.passed).await;
+            }
+            self.forget_barrier(barrier.token);
+        }
+        self.remove(channel, subscriber);
     }
 
     fn on_barrier(&self, payload: &[u8]) {
@@ -723,5 +743,121 @@ async fn restore(
         }
         bump(&subs.counters.reconnect_failures);
         backoff.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_util::task::noop_waker_ref;
+
+    use super::*;
+
+    /// Records the seqs it is handed.
+    #[derive(Default)]
+    struct Seqs(Mutex<Vec<u64>>);
+
+    impl Subscriber for Seqs {
+        fn deliver(&self, _user: &UserId, event: &StoredEvent) {
+            self.got().push(event.seq.get());
+        }
+    }
+
+    impl Seqs {
+        fn got(&self) -> MutexGuard<'_, Vec<u64>> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner())
+        }
+    }
+
+    const CHANNEL: &str = "events:u";
+
+    /// Subscriptions with `CHANNEL` active for `holder`, as if Redis had confirmed it.
+    fn active_channel(user: &UserId, holder: Arc<dyn Subscriber>) -> Arc<Subscriptions> {
+        let config = RedisConfig::builder(RedisTarget::Standalone("redis://127.0.0.1".into()))
+            .build()
+            .expect("valid config");
+        let subs = Subscriptions::new(&config, Arc::default());
+        assert!(matches!(
+            subs.add(CHANNEL, user, holder),
+            Ok(SubscribeWait::Pending(_))
+        ));
+        subs.activate(&[CHANNEL.to_owned()], Some(&HashSet::new()));
+        subs
+    }
+
+    fn subscribe_now(subs: &Subscriptions, user: &UserId, subscriber: &Arc<dyn Subscriber>) {
+        assert!(matches!(
+            subs.add(CHANNEL, user, subscriber.clone()),
+            Ok(SubscribeWait::Ready)
+        ));
+    }
+
+    fn event(seq: u64) -> Bytes {
+        Bytes::from(format!("{seq}\n1\ne_1\ncustom\nid-{seq}\n{{}}"))
+    }
+
+    fn poll_once<F: Future + ?Sized>(future: &mut Pin<Box<F>>) -> Poll<F::Output> {
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(noop_waker_ref()))
+    }
+
+    /// One task's unsubscribe waits for its barrier while another subscription of the same
+    /// subscriber is made, holds an event, and is undone; the first unsubscribe ends as
+    /// soon as its barrier arrives, before that event does. The event still reaches the
+    /// subscriber, because every unsubscribe — not only one that finds itself last —
+    /// waits for a barrier published after its call began.
+    #[tokio::test]
+    async fn an_event_held_by_one_subscription_arrives_whatever_another_unsubscribe_does() {
+        let user = UserId::new("u").expect("valid user");
+        let control = Arc::new(Seqs::default());
+        let subs = active_channel(&user, control.clone());
+        let seqs = Arc::new(Seqs::default());
+        let shared: Arc<dyn Subscriber> = seqs.clone();
+        // What Redis publishes on the channel, in its order.
+        let wire = Arc::new(Mutex::new(Vec::<Bytes>::new()));
+        let publisher = || {
+            let wire = wire.clone();
+            move |message: Vec<u8>| {
+                wire.lock().expect("wire").push(Bytes::from(message));
+                std::future::ready(true)
+            }
+        };
+        let arrive = |n: usize| {
+            let message = wire.lock().expect("wire")[n].clone();
+            subs.on_message(0, CHANNEL.as_bytes(), message);
+        };
+
+        subscribe_now(&subs, &user, &shared);
+        let mut first = Box::pin(subs.unsubscribe(CHANNEL, &shared, publisher()));
+        assert!(poll_once(&mut first).is_pending(), "waits for its barrier");
+
+        subscribe_now(&subs, &user, &shared);
+        wire.lock().expect("wire").push(event(1));
+        let mut second = Box::pin(subs.unsubscribe(CHANNEL, &shared, publisher()));
+        let _ = poll_once(&mut second);
+
+        arrive(0);
+        assert!(poll_once(&mut first).is_ready(), "its barrier passed");
+        arrive(1);
+        assert_eq!(*control.got(), [1]);
+        assert_eq!(
+            *seqs.got(),
+            [1],
+            "an event accepted while subscribed was not delivered"
+        );
+
+        let barriers = wire.lock().expect("wire").len();
+        assert_eq!(barriers, 3, "the second unsubscribe published a barrier");
+        assert!(poll_once(&mut second).is_pending());
+        arrive(2);
+        assert!(poll_once(&mut second).is_ready());
+        wire.lock().expect("wire").push(event(2));
+        arrive(3);
+        assert_eq!(*control.got(), [1, 2]);
+        assert_eq!(*seqs.got(), [1], "delivered after the last unsubscribe");
     }
 }

@@ -1,17 +1,9 @@
 //! The load generator's Server-Sent Events reader for `GET /v1/stream`: the answer's head,
-//! the chunked body decoded as it arrives, and SSE messages (`id:`, `event:`, `data:`)
-//! parsed from it. Each message's data is an agentwire frame, read as from a WebSocket.
+//! the chunked body decoded as it arrives, and SSE messages parsed from it
+//! ([`agentwire_protocol::sse::Parser`]). Each message's data is an agentwire frame, read
+//! as from a WebSocket.
 
-/// One SSE message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Message {
-    /// The `event:` field (`None`: the default, `message`).
-    pub(crate) event: Option<String>,
-    /// The `id:` field, if the message had one.
-    pub(crate) id: Option<String>,
-    /// The `data:` lines, joined with `\n`.
-    pub(crate) data: String,
-}
+use agentwire_protocol::sse::{Message, Parser, parse_event_id};
 
 /// The head of the answer: its status, whether the body is chunked, and how many bytes of
 /// the input it took; `None` until the whole head has arrived.
@@ -39,12 +31,11 @@ pub(crate) struct Reader {
     chunked: bool,
     /// Body bytes not yet de-chunked.
     raw: Vec<u8>,
-    /// De-chunked bytes not yet parsed into messages.
-    text: Vec<u8>,
+    /// The SSE messages of the de-chunked body (boxed: the reader sits in an enum
+    /// beside a boxed WebSocket).
+    parser: Box<Parser>,
     /// The last chunk (size 0) was read.
     pub(crate) ended: bool,
-    /// Comment lines seen (the server's heartbeats).
-    pub(crate) comments: u64,
 }
 
 impl Reader {
@@ -62,11 +53,11 @@ impl Reader {
             self.raw.extend_from_slice(bytes);
             self.dechunk();
         } else {
-            self.text.extend_from_slice(bytes);
+            self.parser.feed(bytes);
         }
     }
 
-    /// Moves whole chunks from `raw` to `text`.
+    /// Moves whole chunks from `raw` to the parser.
     fn dechunk(&mut self) {
         let mut at = 0;
         while !self.ended {
@@ -89,7 +80,7 @@ impl Reader {
             if size == 0 {
                 self.ended = true;
             } else {
-                self.text.extend_from_slice(&rest[start..start + size]);
+                self.parser.feed(&rest[start..start + size]);
             }
             at += start + size + 2;
         }
@@ -97,47 +88,21 @@ impl Reader {
     }
 
     /// The next whole message, if one has arrived. Blocks made of comments only (the
-    /// heartbeats) are counted and skipped, as are ones without data.
+    /// heartbeats) are skipped, as are ones without data.
     pub(crate) fn next_message(&mut self) -> Option<Message> {
-        loop {
-            let end = self.text.windows(2).position(|w| w == b"\n\n")?;
-            let mut m = Message {
-                event: None,
-                id: None,
-                data: String::new(),
-            };
-            let mut has_data = false;
-            for line in String::from_utf8_lossy(&self.text[..end]).split('\n') {
-                if line.starts_with(':') {
-                    self.comments += 1;
-                    continue;
-                }
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "event" => m.event = Some(value.to_owned()),
-                    "id" => m.id = Some(value.to_owned()),
-                    "data" => {
-                        if has_data {
-                            m.data.push('\n');
-                        }
-                        m.data.push_str(value);
-                        has_data = true;
-                    }
-                    _ => {}
-                }
-            }
-            self.text.drain(..end + 2);
-            if has_data {
-                return Some(m);
-            }
-        }
+        self.parser.next_message()
+    }
+
+    /// Comment lines seen (the server's heartbeats).
+    #[cfg(test)]
+    fn comments(&self) -> u64 {
+        self.parser.comments()
     }
 }
 
 /// The seq of an `id:` value (`<epoch>:<seq>`).
 pub(crate) fn id_seq(id: &str) -> Option<u64> {
-    id.rsplit_once(':').and_then(|(_, s)| s.parse().ok())
+    parse_event_id(id).map(|(_, seq)| seq)
 }
 
 #[cfg(test)]
@@ -181,7 +146,7 @@ mod tests {
             }
         }
         assert!(r.ended);
-        assert_eq!(r.comments, 1);
+        assert_eq!(r.comments(), 1);
         let want = vec![
             Message {
                 event: None,

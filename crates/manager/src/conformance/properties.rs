@@ -836,10 +836,13 @@ pub async fn age_trim<H: Harness>(harness: &H) -> Checked {
 /// Rule 2 under races: tasks subscribe and unsubscribe one subscriber at once (counted per
 /// user and subscriber) while events are published; every event a task published while it
 /// held a subscription reaches the subscriber, each event at most once, and once every
-/// subscription is undone nothing accepted afterwards does.
+/// subscription is undone nothing accepted afterwards does. Then, round after round, one
+/// unsubscribe is still under way while another subscription of the subscriber is made,
+/// holds an event and is undone: that event reaches it too, whichever call ends first.
 pub async fn subscribe_unsubscribe_races<H: Harness>(harness: &H) -> Checked {
     const TASKS: u64 = 6;
     const ROUNDS: u64 = 8;
+    const OVERLAPS: u64 = 16;
     let broker = Arc::new(harness.make().await);
     let user = fresh_user("sub-race");
     let shared = Recorder::new();
@@ -866,7 +869,18 @@ pub async fn subscribe_unsubscribe_races<H: Harness>(harness: &H) -> Checked {
     for t in tasks {
         expected.extend(t.await.expect("task panicked"));
     }
-    let total = TASKS * ROUNDS * 2;
+    for r in 0..OVERLAPS {
+        subscribe(&*broker, &user, &shared).await;
+        let other = async {
+            subscribe(&*broker, &user, &shared).await;
+            let a = publish(&*broker, &user, event(&user, 1_000 + r, None)).await;
+            unsubscribe(&*broker, &user, &shared).await;
+            a.seq.get()
+        };
+        let ((), held) = tokio::join!(unsubscribe(&*broker, &user, &shared), other);
+        expected.push(held);
+    }
+    let total = TASKS * ROUNDS * 2 + OVERLAPS;
     control.wait_for_seqs(&user, total).await;
     shared.quiet().await;
     let got = shared.seqs(&user);

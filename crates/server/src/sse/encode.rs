@@ -1,8 +1,9 @@
-//! The bytes of the stream: one SSE message per frame, with the `id` a reconnect resumes
-//! from, heartbeat comments, the `retry` hint and the final `close` event.
+//! The bytes of the stream: one SSE message per frame
+//! ([`agentwire_protocol::sse::write_message`]), with the `id` a reconnect resumes from,
+//! heartbeat comments, the `retry` hint and the final `close` event.
 
 use agentwire_protocol::{CloseCode, ServerFrame};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 /// The `retry:` hint sent first: how long a browser's `EventSource` waits before it
 /// reconnects on its own, in milliseconds.
@@ -47,48 +48,10 @@ fn event_seq(frame: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
 }
 
-/// Appends one SSE message: `event` (none: a `message`), `id` as `<epoch>:<seq>`, and
-/// `data`, one `data:` line per line of it (serialized JSON has none, but a line break
-/// must never end the message early).
-pub(crate) fn push_message(
-    out: &mut BytesMut,
-    event: Option<&str>,
-    id: Option<(&str, u64)>,
-    data: &[u8],
-) {
-    out.reserve(data.len() + 64);
-    if let Some(event) = event {
-        out.put_slice(b"event: ");
-        out.put_slice(event.as_bytes());
-        out.put_u8(b'\n');
-    }
-    if let Some((epoch, seq)) = id {
-        out.put_slice(b"id: ");
-        out.put_slice(epoch.as_bytes());
-        out.put_u8(b':');
-        out.put_slice(seq.to_string().as_bytes());
-        out.put_u8(b'\n');
-    }
-    for line in data.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        out.put_slice(b"data: ");
-        out.put_slice(line);
-        out.put_u8(b'\n');
-    }
-    out.put_u8(b'\n');
-}
-
 /// The data of the final `close` event: the close code a WebSocket would have been closed
 /// with, and its reason.
 pub(crate) fn close_data(code: CloseCode) -> String {
     format!(r#"{{"code":{},"reason":"{}"}}"#, code.code(), code.reason())
-}
-
-/// Parses a `Last-Event-ID` (`<epoch>:<seq>`, as this stream writes them).
-pub(crate) fn parse_event_id(id: &str) -> Option<(&str, u64)> {
-    let (epoch, seq) = id.rsplit_once(':')?;
-    let seq = seq.parse().ok()?;
-    (!epoch.is_empty()).then_some((epoch, seq))
 }
 
 #[cfg(test)]
@@ -110,26 +73,6 @@ mod tests {
             stream_position(br#"{"type":"connection_established","connection_id":"c","user_id":"u","epoch":"e","heartbeat_interval_ms":1,"last_seq":9,"resumed":false}"#),
             None
         );
-    }
-
-    #[test]
-    fn a_message_has_an_id_and_never_ends_early() {
-        let mut out = BytesMut::new();
-        push_message(&mut out, None, Some(("e_1", 7)), b"{\"a\":1}");
-        push_message(&mut out, Some("close"), None, b"x\ny\r\nz");
-        assert_eq!(
-            &out[..],
-            b"id: e_1:7\ndata: {\"a\":1}\n\nevent: close\ndata: x\ndata: y\ndata: z\n\n"
-        );
-    }
-
-    #[test]
-    fn event_ids_read_back() {
-        assert_eq!(parse_event_id("e_1:7"), Some(("e_1", 7)));
-        assert_eq!(parse_event_id("a:b:7"), Some(("a:b", 7)));
-        assert_eq!(parse_event_id(":7"), None);
-        assert_eq!(parse_event_id("e_1"), None);
-        assert_eq!(parse_event_id("e_1:-1"), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use agentwire_manager::{ConnectError, ConnectOptions, Resume};
+use agentwire_protocol::sse::parse_event_id;
 use agentwire_protocol::{Epoch, Seq};
 use axum::Extension;
 use axum::extract::{RawQuery, State};
@@ -12,7 +13,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::SseState;
-use super::encode::parse_event_id;
 use super::writer::stream_events;
 use crate::http::door::ConnSlot;
 use crate::http::{ApiError, ErrorBody, ErrorCode, resume_from_query};

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_manager::{Connection, Outbound};
+use agentwire_protocol::sse::write_message;
 use agentwire_protocol::{CloseCode, Timestamp};
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::SseState;
-use super::encode::{HEARTBEAT, close_data, push_message, retry_hint, stream_position};
+use super::encode::{HEARTBEAT, close_data, retry_hint, stream_position};
 use crate::http::door::ConnSlot;
 use crate::http::timer::{MAX_TIMER, after, first_ping, instant_at_unix};
 use crate::ws::{Format, Projector, close_event};
@@ -125,13 +126,13 @@ impl Writer<'_> {
                 }
                 out = self.conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
                     Outbound::Frames => {
-                        let mut chunk = BytesMut::new();
+                        let mut chunk = Vec::new();
                         let mut messages = 0;
                         for frame in &batch {
                             let id = stream_position(frame).map(|seq| (epoch.as_str(), seq));
                             match projector.as_mut() {
                                 None => {
-                                    push_message(&mut chunk, None, id, frame);
+                                    write_message(&mut chunk, None, id, frame);
                                     messages += 1;
                                 }
                                 Some(projector) => {
@@ -141,7 +142,7 @@ impl Writer<'_> {
                                     let last = events.len().saturating_sub(1);
                                     for (i, event) in events.iter().enumerate() {
                                         let id = if i == last { id } else { None };
-                                        push_message(&mut chunk, None, id, event);
+                                        write_message(&mut chunk, None, id, event);
                                     }
                                     messages += events.len();
                                 }
@@ -149,7 +150,7 @@ impl Writer<'_> {
                         }
                         batch.clear();
                         batch.shrink_to(1);
-                        match self.hand_over(chunk.freeze(), true).await {
+                        match self.hand_over(Bytes::from(chunk), true).await {
                             Ok(()) => {
                                 self.app.metrics.written(messages);
                                 // Handed to the HTTP connection whole: the user's delivery
@@ -163,18 +164,18 @@ impl Writer<'_> {
                     }
                     Outbound::Close(code) => {
                         self.app.metrics.closed(code);
-                        let mut chunk = BytesMut::new();
+                        let mut chunk = Vec::new();
                         match self.format {
-                            Format::Agentwire => push_message(
+                            Format::Agentwire => write_message(
                                 &mut chunk,
                                 Some("close"),
                                 None,
                                 close_data(code).as_bytes(),
                             ),
                             // AG-UI clients read every message's data as an event.
-                            Format::AgUi => push_message(&mut chunk, None, None, &close_event(code)),
+                            Format::AgUi => write_message(&mut chunk, None, None, &close_event(code)),
                         }
-                        let _ = self.hand_over(chunk.freeze(), false).await;
+                        let _ = self.hand_over(Bytes::from(chunk), false).await;
                         return;
                     }
                 },
