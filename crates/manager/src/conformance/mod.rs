@@ -66,6 +66,8 @@ use async_trait::async_trait;
 
 use crate::broker::Broker;
 use crate::runs::RunLimits;
+#[cfg(doc)]
+use crate::Subscriber;
 
 pub use brokers::{Fault, FaultyBroker, LatencyBroker, SeverableBroker};
 pub use cluster::*;

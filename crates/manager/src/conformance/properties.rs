@@ -6,6 +6,8 @@ use std::sync::Arc;
 use agentwire_protocol::Seq;
 
 use crate::broker::{Broker, StoredEvent};
+#[cfg(doc)]
+use crate::Subscriber;
 
 use super::support::*;
 use super::{Checked, Harness};
