@@ -7,6 +7,8 @@
 #   benches/scripts/callgrind.sh [OUT]          # default callgrind.out
 #   BIN=/path/to/other/build benches/scripts/callgrind.sh before.out
 #   callgrind_annotate callgrind.out | head -40
+#   KIND=refhub benches/scripts/callgrind.sh ref.out     # the reference hub instead
+#   SERVER_ARGS="--run-lifecycle off" benches/scripts/callgrind.sh   # extra server flags
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -17,16 +19,27 @@ bin=${BIN:-target/release}
 source benches/scripts/lib.sh
 build_unless_bin
 
-valgrind --tool=callgrind --callgrind-out-file="$out" "$bin/agentwire-server" \
-    --listen "127.0.0.1:$port" --jwt-secret callgrind-secret-of-at-least-32-bytes --api-keys callgrind-api-key-0001 --publish-rate 0 \
-    --demo off >/tmp/agentwire-callgrind-server.log 2>&1 &
+case ${KIND:-agentwire} in
+    agentwire) cmd=("$bin/agentwire-server" --publish-rate 0 --demo off) ;;
+    refhub) cmd=("$bin/refhub") ;;
+    *)
+        echo "callgrind.sh: unknown KIND ${KIND}" >&2
+        exit 2
+        ;;
+esac
+# shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
+valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
+    --listen "127.0.0.1:$port" --jwt-secret callgrind-secret-of-at-least-32-bytes \
+    --api-keys callgrind-api-key-0001 ${SERVER_ARGS:-} >/tmp/agentwire-callgrind-server.log 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 wait_for_port "$port" 100 0.2
 # Latency is meaningless under valgrind: the bound is lifted so the run always completes.
 "$bin/loadgen" steady --server "127.0.0.1:$port" --jwt-secret callgrind-secret-of-at-least-32-bytes --api-key callgrind-api-key-0001 \
     --users 100 --rate 4000 --duration 5s --drain 3s --p99-limit-ms 100000
-kill -INT "$server"
+# agentwire stops on SIGINT, the reference hub on SIGTERM; callgrind writes its counts as
+# the process ends either way.
+if [[ ${KIND:-agentwire} == refhub ]]; then kill -TERM "$server"; else kill -INT "$server"; fi
 wait "$server" || true
 trap - EXIT
 callgrind_annotate "$out" 2>/dev/null | grep -m1 "PROGRAM TOTALS"
