@@ -64,10 +64,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::broker::Broker;
-use crate::runs::RunLimits;
 #[cfg(doc)]
 use crate::Subscriber;
+use crate::broker::Broker;
+use crate::runs::RunLimits;
 
 pub use brokers::{Fault, FaultyBroker, LatencyBroker, SeverableBroker};
 pub use cluster::*;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use agentwire_protocol::Seq;
 
-use crate::broker::{Broker, StoredEvent};
 #[cfg(doc)]
 use crate::Subscriber;
+use crate::broker::{Broker, StoredEvent};
 
 use super::support::*;
 use super::{Checked, Harness};
