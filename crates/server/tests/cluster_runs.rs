@@ -76,6 +76,19 @@ fn assert_violation(node: usize, answer: &support::nodes::Answer) {
     assert_eq!(body["field"], "type", "node {node}: {}", answer.body);
 }
 
+/// Publishes step 1 of `run` (a step that needs the run started and not ended) on
+/// `nodes[node]`, and checks that it is refused as a run violation.
+async fn publish_violation(
+    nodes: &[SocketAddr],
+    node: usize,
+    user: &str,
+    run: &str,
+    event_id: &str,
+) {
+    let answer = publish(nodes[node], &run_event(user, run, 1, event_id)).await;
+    assert_violation(node, &answer);
+}
+
 /// The seq of the one event of a 200 answer.
 fn seq_of(node: usize, answer: &support::nodes::Answer) -> u64 {
     assert_eq!(answer.status, 200, "node {node}: {}", answer.body);
@@ -92,13 +105,8 @@ async fn publish_runs(nodes: &[SocketAddr], u: usize, user: &str) {
         let run = format!("run-{r}");
         // Spread over the nodes by user, run and step, so a run's events cross nodes.
         let node_of = |step: usize| (u * 7 + r * 3 + step) % nodes.len();
-        let early = node_of(7);
-        let before = publish(
-            nodes[early],
-            &run_event(user, &run, 1, &format!("{run}-early")),
-        )
-        .await;
-        assert_violation(early, &before);
+        let early = format!("{run}-early");
+        publish_violation(nodes, node_of(7), user, &run, &early).await;
         for step in 0..STEPS.len() {
             let body = run_event(user, &run, step, &format!("{run}-{step}"));
             let first = node_of(step);
@@ -112,13 +120,8 @@ async fn publish_runs(nodes: &[SocketAddr], u: usize, user: &str) {
                 "{user} {run} step {step}: the retry is the first acceptance"
             );
         }
-        let late = node_of(11);
-        let after = publish(
-            nodes[late],
-            &run_event(user, &run, 1, &format!("{run}-late")),
-        )
-        .await;
-        assert_violation(late, &after);
+        let late = format!("{run}-late");
+        publish_violation(nodes, node_of(11), user, &run, &late).await;
     }
 }
 
