@@ -643,7 +643,8 @@ async fn serve_ws(
 ) -> Option<String> {
     // Each frame's arrival time is the end of the read that completed it.
     let mut now = now_us();
-    // One wait for the stop, polled by every read (not one made per read).
+    // One wait for the stop for all reads, polled only when there is nothing to read (the
+    // stop comes after the publisher's, when the frames have stopped).
     let stop = stopped(stop);
     tokio::pin!(stop);
     loop {
@@ -673,10 +674,6 @@ async fn serve_ws(
         }
         tokio::select! {
             biased;
-            () = &mut stop => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), ws.send_close(None)).await;
-                return None;
-            }
             r = ws.fill() => match r {
                 Ok(0) => {
                     return Some("error: WebSocket protocol error: Connection reset without closing handshake".into());
@@ -684,6 +681,10 @@ async fn serve_ws(
                 Ok(_) => now = now_us(),
                 Err(e) => return Some(format!("error: {}", ws::WsError::Io(e))),
             },
+            () = &mut stop => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.send_close(None)).await;
+                return None;
+            }
         }
     }
 }
@@ -720,7 +721,6 @@ async fn serve_sse(
         }
         tokio::select! {
             biased;
-            () = &mut stop => break None,
             r = stream.read(&mut buf) => match r {
                 Ok(0) => break Some(close.unwrap_or_else(|| "eof".into())),
                 Ok(n) => {
@@ -729,6 +729,7 @@ async fn serve_sse(
                 }
                 Err(e) => break Some(format!("error: {e}")),
             },
+            () = &mut stop => break None,
         }
     }
 }

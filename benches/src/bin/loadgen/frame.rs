@@ -157,7 +157,12 @@ fn once<'a, T>(
     Ok(())
 }
 
+/// Bytes of a string looked at eight at a time before `memchr2` takes over: keys and ids
+/// are shorter, and `memchr2` costs more than that to start.
+const SHORT: usize = 32;
+
 /// The first `"` or `\\` in `b[from..to]` (`to` if none), eight bytes at a time.
+#[inline(always)]
 fn find_quote_or_backslash(b: &[u8], from: usize, to: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -307,16 +312,28 @@ impl<'a> Cursor<'a> {
     }
 
     /// Steps over the string at the cursor (on its opening quote); whether it had escapes.
+    /// Inlined for what most strings are, short and without escapes.
+    #[inline(always)]
     fn skip_string(&mut self) -> Result<bool, FrameError> {
-        /// Bytes looked at eight at a time before `memchr2` takes over: keys and ids are
-        /// shorter, and `memchr2` costs more than that to start.
-        const SHORT: usize = 32;
         let b = self.b;
-        let mut i = self.i + 1;
+        let from = self.i + 1;
+        let to = b.len().min(from + SHORT);
+        let i = find_quote_or_backslash(b, from, to);
+        if i < to && b[i] == b'"' {
+            self.i = i + 1;
+            return Ok(false);
+        }
+        self.skip_string_from(i)
+    }
+
+    /// The rest of [`Cursor::skip_string`] from `i`, where a long string goes on, or an
+    /// escape or the end of the input is.
+    #[inline(never)]
+    fn skip_string_from(&mut self, mut i: usize) -> Result<bool, FrameError> {
+        let b = self.b;
         let mut escaped = false;
+        let mut short_end = i;
         loop {
-            let short_end = b.len().min(i + SHORT);
-            i = find_quote_or_backslash(b, i, short_end);
             if i == short_end {
                 match memchr::memchr2(b'"', b'\\', &b[i..]) {
                     Some(off) => i += off,
@@ -346,6 +363,8 @@ impl<'a> Cursor<'a> {
                     return Err(self.err(ErrorKind::Syntax));
                 }
             }
+            short_end = b.len().min(i + SHORT);
+            i = find_quote_or_backslash(b, i, short_end);
         }
     }
 
