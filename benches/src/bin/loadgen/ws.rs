@@ -526,6 +526,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fill_grows_the_buffer_for_a_large_frame_and_keeps_what_follows() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let mut ws = WsStream {
+            io: client,
+            buf: Vec::new(),
+            pos: 0,
+            need: 0,
+            partial: None,
+            whole: Vec::new(),
+            pong: None,
+            mask: 1,
+        };
+        let big = "z".repeat(100_000);
+        let mut bytes = frame(0x81, b"first");
+        bytes.extend(frame(0x81, big.as_bytes()));
+        bytes.extend(frame(0x81, b"last"));
+        tokio::spawn(async move {
+            for piece in bytes.chunks(777) {
+                server.write_all(piece).await.expect("write");
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            while let Some(m) = ws.next_message().expect("valid") {
+                match m {
+                    Msg::Text(t) => seen.push(t.len()),
+                    other => panic!("{other:?}"),
+                }
+            }
+            if ws.fill().await.expect("read") == 0 {
+                break;
+            }
+        }
+        assert_eq!(seen, [5, 100_000, 4]);
+        assert_eq!(ws.pos, ws.buf.len());
+    }
+
+    #[tokio::test]
     async fn a_refused_handshake_names_the_status() {
         let (client, mut server) = tokio::io::duplex(4096);
         let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
