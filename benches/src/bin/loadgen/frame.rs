@@ -660,6 +660,22 @@ mod tests {
     }
 
     #[test]
+    fn reads_integers_at_the_edges_of_u64() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("9999999999999999999", Some(9_999_999_999_999_999_999)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("99999999999999999999", None),
+            ("100000000000000000000", None),
+        ] {
+            let frame = format!(r#"{{"type":"a","seq":{text}}}"#);
+            assert_eq!(parse(&frame).ok().and_then(|f| f.seq), want, "{text}");
+            agree(&frame);
+        }
+    }
+
+    #[test]
     fn rejects_what_serde_json_rejects() {
         for (text, kind) in [
             (r#"{"seq":1}"#, ErrorKind::MissingType),
