@@ -15,22 +15,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::events::user_id;
+use crate::frame;
 use crate::placement::Placement;
 use crate::sse;
 use crate::throttle::Throttled;
+use crate::ws::{self, Msg, WsStream};
 
 /// How the clients receive their events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -146,6 +143,8 @@ struct ConnState {
     misrouted: u64,
     /// Event stream messages whose `id:` is not the frame's `<epoch>:<seq>`.
     bad_ids: u64,
+    /// Text messages that are not a frame (see [`frame::parse`]).
+    unreadable: u64,
     received: u64,
 }
 
@@ -208,6 +207,10 @@ pub(crate) struct Snapshot {
     /// frame's position.
     #[serde(default)]
     pub(crate) bad_ids: u64,
+    /// Cumulative over healthy open connections: text messages that could not be read as a
+    /// frame (not JSON, no `type`, a checked field of the wrong type or twice).
+    #[serde(default)]
+    pub(crate) unreadable: u64,
     /// Event frames received since the last snapshot, by healthy / slow connections.
     pub(crate) received: u64,
     pub(crate) received_slow: u64,
@@ -239,6 +242,7 @@ impl Snapshot {
         self.healthy.add(o.healthy);
         self.slow_tally.add(o.slow_tally);
         self.bad_ids += o.bad_ids;
+        self.unreadable += o.unreadable;
         self.received += o.received;
         self.received_slow += o.received_slow;
         self.lost += o.lost;
@@ -277,30 +281,6 @@ pub(crate) struct LocalPool {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Event frames received so far (for progress lines).
     pub(crate) live_received: Arc<AtomicU64>,
-}
-
-/// A frame as the client reads it; everything else in it is skipped.
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    seq: Option<u64>,
-    /// On a merged `message_delta`: the frame covers `from_seq ..= seq`.
-    #[serde(default)]
-    from_seq: Option<u64>,
-    #[serde(default, borrow)]
-    user_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    data: Option<Marks>,
-}
-
-#[derive(Deserialize)]
-struct Marks {
-    #[serde(default)]
-    sent_at_us: Option<u64>,
-    #[serde(default)]
-    u: Option<u32>,
 }
 
 impl LocalPool {
@@ -447,6 +427,7 @@ impl LocalPool {
             s.reordered += c.reordered;
             s.misrouted += c.misrouted;
             s.bad_ids += c.bad_ids;
+            s.unreadable += c.unreadable;
             if let Some(expected) = expected {
                 let want = expected.get(c.user as usize).copied().unwrap_or(0);
                 s.lost +=
@@ -512,8 +493,8 @@ async fn tcp(t: &ConnTask, slow: bool) -> anyhow::Result<TcpStream> {
 type Socket = Throttled<TcpStream>;
 
 /// Checks the first frame: `connection_established` for this connection's user.
-fn check_established(t: &ConnTask, text: &[u8]) -> anyhow::Result<()> {
-    let f: Frame<'_> = serde_json::from_slice(text)?;
+fn check_established(t: &ConnTask, text: &str) -> anyhow::Result<()> {
+    let f = frame::parse(text)?;
     if f.ty != "connection_established" {
         bail!("first frame is {}", f.ty);
     }
@@ -523,31 +504,29 @@ fn check_established(t: &ConnTask, text: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_ws(
-    t: &ConnTask,
-    stream: Socket,
-) -> anyhow::Result<tokio_tungstenite::WebSocketStream<Socket>> {
-    let mut req = format!("ws://{}/ws", t.server).into_client_request()?;
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {}", t.token))?,
-    );
-    // Small buffers: thousands of mostly idle connections live in this process.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
-    let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
+/// The WebSocket handshake on `/ws`, up to and including `connection_established`.
+async fn open_ws(t: &ConnTask, stream: Socket) -> anyhow::Result<WsStream<Socket>> {
+    let work = async {
+        let mut ws = ws::connect(stream, t.server, "/ws", &t.token).await?;
+        loop {
+            match ws.next_message()? {
+                Some(Msg::Text(text)) => {
+                    check_established(t, text)?;
+                    return Ok(ws);
+                }
+                Some(Msg::Binary) => bail!("first message is not text"),
+                Some(Msg::Close(code)) => bail!("closed ({code:?}) before connection_established"),
+                None => {}
+            }
+            ws.answer_ping().await?;
+            if ws.fill().await? == 0 {
+                bail!("closed before connection_established");
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
         .await
-        .context("no connection_established within 30 s")?;
-    match first {
-        Some(Ok(Message::Text(text))) => check_established(t, text.as_bytes())?,
-        Some(Ok(other)) => bail!("first message is not text: {other:?}"),
-        Some(Err(e)) => return Err(e.into()),
-        None => bail!("closed before connection_established"),
-    }
-    Ok(ws)
+        .context("no connection_established within 30 s")?
 }
 
 /// `GET /v1/stream` on `stream`, up to and including `connection_established`.
@@ -581,7 +560,7 @@ async fn open_sse(t: &ConnTask, stream: &mut Socket) -> anyhow::Result<sse::Read
         reader.feed(&raw[len..]);
         loop {
             if let Some(m) = reader.next_message() {
-                check_established(t, m.data.as_bytes())?;
+                check_established(t, &m.data)?;
                 return Ok(reader);
             }
             if reader.ended {
@@ -601,7 +580,7 @@ async fn open_sse(t: &ConnTask, stream: &mut Socket) -> anyhow::Result<sse::Read
 
 /// An open connection of either transport.
 enum Conn {
-    Ws(Box<tokio_tungstenite::WebSocketStream<Socket>>),
+    Ws(Box<WsStream<Socket>>),
     Sse(Socket, sse::Reader),
 }
 
@@ -659,24 +638,52 @@ async fn run_conn(t: ConnTask) {
 /// (`None`).
 async fn serve_ws(
     t: &ConnTask,
-    ws: tokio_tungstenite::WebSocketStream<Socket>,
+    mut ws: WsStream<Socket>,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<String> {
-    let (mut sink, mut stream) = ws.split();
+    // Each frame's arrival time is the end of the read that completed it.
+    let mut now = now_us();
+    // One wait for the stop for all reads, polled only when there is nothing to read (the
+    // stop comes after the publisher's, when the frames have stopped).
+    let stop = stopped(stop);
+    tokio::pin!(stop);
     loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Text(text))) => on_text(t, text.as_bytes(), None),
-                Some(Ok(Message::Close(frame))) => {
-                    break Some(frame.map_or_else(|| "close".to_owned(), |f| u16::from(f.code).to_string()));
+        let end = {
+            let mut batch = Batch::new(t);
+            loop {
+                match ws.next_message() {
+                    Ok(Some(Msg::Text(text))) => batch.frame(text, None, now),
+                    Ok(Some(Msg::Binary)) => {}
+                    Ok(Some(Msg::Close(code))) => break Some(Ok(code)),
+                    Ok(None) => break None,
+                    Err(e) => break Some(Err(e)),
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break Some(format!("error: {e}")),
-                None => break Some("eof".into()),
+            }
+        };
+        match end {
+            Some(Ok(code)) => {
+                // Echoed, as the closing handshake asks.
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.send_close(code)).await;
+                return Some(code.map_or_else(|| "close".to_owned(), |c| c.to_string()));
+            }
+            Some(Err(e)) => return Some(format!("error: {e}")),
+            None => {}
+        }
+        if let Err(e) = ws.answer_ping().await {
+            return Some(format!("error: {}", ws::WsError::Io(e)));
+        }
+        tokio::select! {
+            biased;
+            r = ws.fill() => match r {
+                Ok(0) => {
+                    return Some("error: WebSocket protocol error: Connection reset without closing handshake".into());
+                }
+                Ok(_) => now = now_us(),
+                Err(e) => return Some(format!("error: {}", ws::WsError::Io(e))),
             },
-            () = stopped(stop) => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
-                break None;
+            () = &mut stop => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.send_close(None)).await;
+                return None;
             }
         }
     }
@@ -692,27 +699,37 @@ async fn serve_sse(
 ) -> Option<String> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut close = None;
+    let mut now = now_us();
+    let stop = stopped(stop);
+    tokio::pin!(stop);
     loop {
-        while let Some(m) = reader.next_message() {
-            if m.event.as_deref() == Some("close") {
-                let code = serde_json::from_str::<serde_json::Value>(&m.data)
-                    .ok()
-                    .and_then(|v| v["code"].as_u64());
-                close = Some(code.map_or_else(|| "close".to_owned(), |c| c.to_string()));
-            } else {
-                on_text(t, m.data.as_bytes(), Some(m.id.as_deref()));
+        {
+            let mut batch = Batch::new(t);
+            while let Some(m) = reader.next_message() {
+                if m.event.as_deref() == Some("close") {
+                    let code = serde_json::from_str::<serde_json::Value>(&m.data)
+                        .ok()
+                        .and_then(|v| v["code"].as_u64());
+                    close = Some(code.map_or_else(|| "close".to_owned(), |c| c.to_string()));
+                } else {
+                    batch.frame(&m.data, Some(m.id.as_deref()), now);
+                }
             }
         }
         if reader.ended {
             break Some(close.unwrap_or_else(|| "eof".into()));
         }
         tokio::select! {
+            biased;
             r = stream.read(&mut buf) => match r {
                 Ok(0) => break Some(close.unwrap_or_else(|| "eof".into())),
-                Ok(n) => reader.feed(&buf[..n]),
+                Ok(n) => {
+                    now = now_us();
+                    reader.feed(&buf[..n]);
+                }
                 Err(e) => break Some(format!("error: {e}")),
             },
-            () = stopped(stop) => break None,
+            () = &mut stop => break None,
         }
     }
 }
@@ -721,30 +738,44 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// One frame's text; `sse_id`: on an event stream, the message's `id:` (`Some(None)`:
-/// it had none).
-fn on_text(t: &ConnTask, bytes: &[u8], sse_id: Option<Option<&str>>) {
-    let now = now_us();
-    let Ok(f) = serde_json::from_slice::<Frame<'_>>(bytes) else {
-        return;
-    };
-    let Some(seq) = f.seq else {
-        return;
-    };
-    let marks = f.data.unwrap_or(Marks {
-        sent_at_us: None,
-        u: None,
-    });
-    let first = f.from_seq.filter(|&from| from <= seq).unwrap_or(seq);
-    let slow = {
-        let mut st = lock(&t.state);
+/// The frames of one read, checked under one lock of the connection's counters and one
+/// of the pool's.
+struct Batch<'a> {
+    t: &'a ConnTask,
+    st: MutexGuard<'a, ConnState>,
+    sh: MutexGuard<'a, Shared>,
+    frames: u64,
+}
+
+impl<'a> Batch<'a> {
+    fn new(t: &'a ConnTask) -> Self {
+        Batch {
+            t,
+            st: lock(&t.state),
+            sh: lock(&t.shared),
+            frames: 0,
+        }
+    }
+
+    /// One frame's text, arrived at `now` (µs since the epoch); `sse_id`: on an event
+    /// stream, the message's `id:` (`Some(None)`: it had none).
+    fn frame(&mut self, text: &str, sse_id: Option<Option<&str>>, now: u64) {
+        let st = &mut *self.st;
+        let Ok(f) = frame::parse(text) else {
+            st.unreadable += 1;
+            return;
+        };
+        let Some(seq) = f.seq else {
+            return;
+        };
+        let first = f.from_seq.filter(|&from| from <= seq).unwrap_or(seq);
         st.received += 1;
         if let Some(id) = sse_id
             && id.and_then(sse::id_seq) != Some(seq)
         {
             st.bad_ids += 1;
         }
-        if marks.u != Some(t.global_user) {
+        if f.u != Some(self.t.global_user) {
             st.misrouted += 1;
         }
         // A merged delta stands for every seq from its `from_seq` on.
@@ -763,28 +794,34 @@ fn on_text(t: &ConnTask, bytes: &[u8], sse_id: Option<Option<&str>>) {
         } else {
             st.duplicates += 1;
         }
-        st.slow
-    };
-    let frame = Tally {
-        frames: 1,
-        bytes: bytes.len() as u64,
-        merged_frames: u64::from(first < seq),
-        events_covered: seq - first + 1,
-    };
-    let mut sh = lock(&t.shared);
-    if slow {
-        // A slow reader's latency is its own doing: it stays out of the histogram.
-        sh.received_slow += 1;
-        sh.slow.add(frame);
-    } else {
-        sh.received += 1;
-        sh.healthy.add(frame);
-        if let Some(sent) = marks.sent_at_us {
-            sh.hist.saturating_record(now.saturating_sub(sent).max(1));
+        let frame = Tally {
+            frames: 1,
+            bytes: text.len() as u64,
+            merged_frames: u64::from(first < seq),
+            events_covered: seq - first + 1,
+        };
+        let sh = &mut *self.sh;
+        if st.slow {
+            // A slow reader's latency is its own doing: it stays out of the histogram.
+            sh.received_slow += 1;
+            sh.slow.add(frame);
+        } else {
+            sh.received += 1;
+            sh.healthy.add(frame);
+            if let Some(sent) = f.sent_at_us {
+                sh.hist.saturating_record(now.saturating_sub(sent).max(1));
+            }
+        }
+        self.frames += 1;
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.frames > 0 {
+            self.t.live.fetch_add(self.frames, Ordering::Relaxed);
         }
     }
-    drop(sh);
-    t.live.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A command to a worker process.
@@ -986,4 +1023,103 @@ pub(crate) async fn worker_main() -> anyhow::Result<()> {
     }
     pool.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(global_user: u32, slow: bool) -> (ConnTask, watch::Sender<bool>) {
+        let (stop_tx, stop) = watch::channel(false);
+        let (ready, _) = tokio::sync::mpsc::unbounded_channel();
+        let t = ConnTask {
+            server: "127.0.0.1:9".parse().expect("addr"),
+            source: Ipv4Addr::LOCALHOST,
+            uid: "p-u7".into(),
+            token: "tok".into(),
+            transport: Transport::Ws,
+            read_rate: 0,
+            global_user,
+            state: Arc::new(Mutex::new(ConnState {
+                slow,
+                ..ConnState::default()
+            })),
+            shared: Arc::new(Mutex::new(Shared {
+                hist: histogram(),
+                received: 0,
+                received_slow: 0,
+                healthy: Tally::default(),
+                slow: Tally::default(),
+            })),
+            live: Arc::new(AtomicU64::new(0)),
+            stop,
+            limit: Arc::new(Semaphore::new(1)),
+            ready,
+        };
+        (t, stop_tx)
+    }
+
+    fn event(seq: u64, u: u32, sent_at_us: u64) -> String {
+        format!(
+            r#"{{"type":"agent_thinking","seq":{seq},"event_id":"e","ts":1,"thread_id":"t","run_id":"r","data":{{"thought":"x","sent_at_us":{sent_at_us},"u":{u},"k":{seq}}}}}"#
+        )
+    }
+
+    #[test]
+    fn every_check_counts_what_it_should() {
+        let (t, _stop) = task(7, false);
+        let mut frames: Vec<String> = [1, 2, 2, 5, 3]
+            .into_iter()
+            .map(|seq| event(seq, 7, 1_000))
+            .collect();
+        // Misrouted: another user's marker.
+        frames.push(event(6, 8, 1_000));
+        // Not a frame; a frame without a seq (ignored, as before).
+        frames.push(r#"{"seq":7}"#.into());
+        frames.push(r#"{"type":"replay_gap","from_seq":1,"to_seq":2}"#.into());
+        // A merged delta for 7..=9, then 10 with its fields in another order.
+        frames.push(
+            r#"{"data":{"u":7,"sent_at_us":1000},"from_seq":7,"seq":9,"type":"message_delta"}"#
+                .into(),
+        );
+        frames.push(r#"{"data":{"u":7},"type":"x","seq":10}"#.into());
+        {
+            let mut b = Batch::new(&t);
+            for f in &frames {
+                b.frame(f, None, 1_500);
+            }
+        }
+        let st = lock(&t.state);
+        assert_eq!(st.received, 8);
+        assert_eq!(st.duplicates, 1);
+        assert_eq!(st.reordered, 1);
+        assert_eq!(st.missing.iter().copied().collect::<Vec<_>>(), [4]);
+        assert_eq!(st.misrouted, 1);
+        assert_eq!(st.unreadable, 1);
+        assert_eq!(st.last_seq, 10);
+        let sh = lock(&t.shared);
+        assert_eq!(sh.received, 8);
+        assert_eq!(sh.healthy.frames, 8);
+        assert_eq!(sh.healthy.merged_frames, 1);
+        assert_eq!(sh.healthy.events_covered, 10);
+        // Every frame with a `sent_at_us` was 500 µs late.
+        assert_eq!(sh.hist.len(), 7);
+        assert_eq!(sh.hist.max(), 500);
+        assert_eq!(t.live.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn event_stream_ids_are_checked_and_slow_readers_stay_out_of_the_histogram() {
+        let (t, _stop) = task(7, true);
+        {
+            let mut b = Batch::new(&t);
+            b.frame(&event(1, 7, 10), Some(Some("e_1:1")), 20);
+            b.frame(&event(2, 7, 10), Some(Some("e_1:3")), 20);
+            b.frame(&event(3, 7, 10), Some(None), 20);
+        }
+        assert_eq!(lock(&t.state).bad_ids, 2);
+        let sh = lock(&t.shared);
+        assert_eq!((sh.received, sh.received_slow), (0, 3));
+        assert_eq!(sh.hist.len(), 0);
+    }
 }

@@ -8,7 +8,6 @@ use agentwire_protocol::{
     MessageDelta, ToolCompleted, ToolExecuting,
 };
 use serde_json::{Value, json};
-use std::fmt::Write as _;
 
 /// One step of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,35 +113,61 @@ impl EventMaker {
         EventMaker { prefix, shape, pad }
     }
 
-    /// Appends the publish-API JSON of user `u`'s `k`-th event to `out`.
+    /// Appends the publish-API JSON of user `u`'s `k`-th event to `out`: byte for byte what
+    /// `write!` writes (the tests compare the two), without `format!`'s machinery, since
+    /// the publisher builds every event this way.
     pub(crate) fn write_json(&self, out: &mut Vec<u8>, u: u32, k: u64, sent_at_us: u64) {
         let (kind, run, step) = self.shape.at(k);
-        let mut s = String::with_capacity(self.pad.len() + 256);
-        let _ = write!(
-            s,
-            r#"{{"user_id":"{}u{u}","type":"{}","thread_id":"t{u}","run_id":"r{run}","data":{{"#,
-            self.prefix,
-            kind.type_name()
-        );
-        let pad = &self.pad;
-        let _ = match kind {
-            Kind::Started => write!(s, r#""agent_name":"loadgen","pad":"{pad}""#),
-            Kind::Thinking => write!(s, r#""thought":"{pad}","step":{step}"#),
-            Kind::ToolExecuting => write!(
-                s,
-                r#""tool_call_id":"tc{step}","tool_name":"search","arguments":{{"q":"{pad}"}}"#
-            ),
-            Kind::ToolCompleted => write!(
-                s,
-                r#""tool_call_id":"tc{}","tool_name":"search","result":"{pad}","is_error":false,"duration_ms":3"#,
-                step - 1
-            ),
-            Kind::Delta => write!(s, r#""message_id":"m","delta":"{pad}""#),
-            Kind::MessageCompleted => write!(s, r#""message_id":"m""#),
-            Kind::Completed => write!(s, r#""result":"{pad}","duration_ms":40"#),
+        let mut num = itoa::Buffer::new();
+        let pad = self.pad.as_bytes();
+        out.reserve(pad.len() + 256);
+        out.extend_from_slice(br#"{"user_id":""#);
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.push(b'u');
+        out.extend_from_slice(num.format(u).as_bytes());
+        out.extend_from_slice(br#"","type":""#);
+        out.extend_from_slice(kind.type_name().as_bytes());
+        out.extend_from_slice(br#"","thread_id":"t"#);
+        out.extend_from_slice(num.format(u).as_bytes());
+        out.extend_from_slice(br#"","run_id":"r"#);
+        out.extend_from_slice(num.format(run).as_bytes());
+        out.extend_from_slice(br#"","data":{"#);
+        let mut padded = |before: &[u8], after: &[u8]| {
+            out.extend_from_slice(before);
+            out.extend_from_slice(pad);
+            out.extend_from_slice(after);
         };
-        let _ = write!(s, r#","sent_at_us":{sent_at_us},"u":{u},"k":{k}}}}}"#);
-        out.extend_from_slice(s.as_bytes());
+        match kind {
+            Kind::Started => padded(br#""agent_name":"loadgen","pad":""#, b"\""),
+            Kind::Thinking => {
+                padded(br#""thought":""#, br#"","step":"#);
+                out.extend_from_slice(num.format(step).as_bytes());
+            }
+            Kind::ToolExecuting => {
+                out.extend_from_slice(br#""tool_call_id":"tc"#);
+                out.extend_from_slice(num.format(step).as_bytes());
+                out.extend_from_slice(br#"","tool_name":"search","arguments":{"q":""#);
+                out.extend_from_slice(pad);
+                out.extend_from_slice(br#""}"#);
+            }
+            Kind::ToolCompleted => {
+                out.extend_from_slice(br#""tool_call_id":"tc"#);
+                out.extend_from_slice(num.format(step - 1).as_bytes());
+                out.extend_from_slice(br#"","tool_name":"search","result":""#);
+                out.extend_from_slice(pad);
+                out.extend_from_slice(br#"","is_error":false,"duration_ms":3"#);
+            }
+            Kind::Delta => padded(br#""message_id":"m","delta":""#, b"\""),
+            Kind::MessageCompleted => out.extend_from_slice(br#""message_id":"m""#),
+            Kind::Completed => padded(br#""result":""#, br#"","duration_ms":40"#),
+        }
+        out.extend_from_slice(br#","sent_at_us":"#);
+        out.extend_from_slice(num.format(sent_at_us).as_bytes());
+        out.extend_from_slice(br#","u":"#);
+        out.extend_from_slice(num.format(u).as_bytes());
+        out.extend_from_slice(br#","k":"#);
+        out.extend_from_slice(num.format(k).as_bytes());
+        out.extend_from_slice(b"}}");
     }
 
     /// User `u`'s `k`-th event as the manager takes it (the in-process mode).
@@ -216,6 +241,73 @@ impl EventMaker {
 mod tests {
     use super::*;
     use agentwire_protocol::{Limits, PublishBody, RunState};
+    use std::fmt::Write as _;
+
+    /// The event's JSON written with `write!`: what [`EventMaker::write_json`] must match.
+    pub(super) fn write_json_fmt(
+        m: &EventMaker,
+        out: &mut Vec<u8>,
+        u: u32,
+        k: u64,
+        sent_at_us: u64,
+    ) {
+        let (kind, run, step) = m.shape.at(k);
+        let mut s = String::with_capacity(m.pad.len() + 256);
+        let _ = write!(
+            s,
+            r#"{{"user_id":"{}u{u}","type":"{}","thread_id":"t{u}","run_id":"r{run}","data":{{"#,
+            m.prefix,
+            kind.type_name()
+        );
+        let pad = &m.pad;
+        let _ = match kind {
+            Kind::Started => write!(s, r#""agent_name":"loadgen","pad":"{pad}""#),
+            Kind::Thinking => write!(s, r#""thought":"{pad}","step":{step}"#),
+            Kind::ToolExecuting => write!(
+                s,
+                r#""tool_call_id":"tc{step}","tool_name":"search","arguments":{{"q":"{pad}"}}"#
+            ),
+            Kind::ToolCompleted => write!(
+                s,
+                r#""tool_call_id":"tc{}","tool_name":"search","result":"{pad}","is_error":false,"duration_ms":3"#,
+                step - 1
+            ),
+            Kind::Delta => write!(s, r#""message_id":"m","delta":"{pad}""#),
+            Kind::MessageCompleted => write!(s, r#""message_id":"m""#),
+            Kind::Completed => write!(s, r#""result":"{pad}","duration_ms":40"#),
+        };
+        let _ = write!(s, r#","sent_at_us":{sent_at_us},"u":{u},"k":{k}}}}}"#);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    #[test]
+    fn write_json_writes_what_write_formats() {
+        for (shape, bytes) in [
+            (RunShape::with_tools(20), 200),
+            (RunShape::streamed(12), 1),
+            (RunShape::thinking(10), 5_000),
+        ] {
+            let maker = EventMaker::new("lg-7f-".into(), shape, bytes);
+            for (u, k, sent) in [
+                (0, 1, 0),
+                (7, 2, 1_700_000_000_123_456),
+                (u32::MAX, 3, u64::MAX),
+                (12_345, 40, 9),
+                (3, 1_000_001, 10),
+            ] {
+                for k in k..k + 22 {
+                    let (mut a, mut b) = (b"[".to_vec(), b"[".to_vec());
+                    maker.write_json(&mut a, u, k, sent);
+                    write_json_fmt(&maker, &mut b, u, k, sent);
+                    assert_eq!(
+                        String::from_utf8_lossy(&a),
+                        String::from_utf8_lossy(&b),
+                        "u {u} k {k}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn published_json_decodes_and_keeps_the_run_lifecycle() {

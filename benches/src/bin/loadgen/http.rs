@@ -118,14 +118,14 @@ impl HttpConn {
         }
     }
 
+    /// Reads what has arrived into `buf`'s spare room (at least 16 KiB of it).
     async fn fill(&mut self) -> anyhow::Result<()> {
-        let mut chunk = [0u8; 16 * 1024];
         let stream = self.stream.as_mut().context("not connected")?;
-        let n = stream.read(&mut chunk).await?;
+        self.buf.reserve(16 * 1024);
+        let n = stream.read_buf(&mut self.buf).await?;
         if n == 0 {
             bail!("connection closed by the server");
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 

@@ -21,6 +21,7 @@
 mod clients;
 mod events;
 mod flood;
+mod frame;
 mod http;
 mod placement;
 mod procstat;
@@ -29,6 +30,7 @@ mod redis_info;
 mod scenarios;
 mod sse;
 mod throttle;
+mod ws;
 
 use std::io::Write as _;
 use std::net::SocketAddr;

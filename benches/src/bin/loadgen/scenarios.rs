@@ -349,6 +349,7 @@ struct Totals {
     misrouted: u64,
     closed_unexpected: u64,
     bad_ids: u64,
+    unreadable: u64,
 }
 
 impl Totals {
@@ -360,6 +361,7 @@ impl Totals {
             misrouted: s.misrouted,
             closed_unexpected: s.closed_unexpected,
             bad_ids: s.bad_ids,
+            unreadable: s.unreadable,
         }
     }
 }
@@ -543,6 +545,7 @@ async fn period(
     let misrouted = now.misrouted - prev.misrouted.min(now.misrouted);
     let closed = now.closed_unexpected - prev.closed_unexpected.min(now.closed_unexpected);
     let bad_ids = now.bad_ids - prev.bad_ids.min(now.bad_ids);
+    let unreadable = now.unreadable - prev.unreadable.min(now.unreadable);
     let (slow_events, slow_deltas) = clients.published_to_slow(&expected);
     let hist = snap.histogram();
     let p99 = pct(&hist, 0.99);
@@ -571,6 +574,7 @@ async fn period(
         && misrouted == 0
         && closed == 0
         && bad_ids == 0
+        && unreadable == 0
         && outcome.request_errors == 0
         && unsent == 0
         && snap.drained;
@@ -606,6 +610,7 @@ async fn period(
         "misrouted": misrouted,
         "closed_unexpected": closed,
         "bad_sse_ids": bad_ids,
+        "unreadable_frames": unreadable,
         "closes": snap.closes,
         "received_healthy": snap.healthy,
         "slow_readers": {
@@ -666,7 +671,7 @@ async fn period(
     }
     eprintln!(
         "  [{name}] {:.0} deliveries/s offered → {:.0}/s received; p50 {:.2} ms p99 {:.2} ms max {:.1} ms; \
-         lost {lost} dup {duplicates} reord {reordered} misrouted {misrouted} closed {closed} errors {}; \
+         lost {lost} dup {duplicates} reord {reordered} misrouted {misrouted} unreadable {unreadable} closed {closed} errors {}; \
          server {:.1} CPU-s/M ({:.0}% busy){extra_note}, loadgen {:.0}% busy, others {:.0}% → {}",
         offered_deliveries_per_s,
         deliveries as f64 / publish_s,
