@@ -630,90 +630,50 @@ impl InMemoryBroker {
     fn accept(&self, user: &UserId, events: Vec<NewEvent>) -> Result<Vec<Accepted>, BatchError> {
         let now = Instant::now();
         let mut guard = self.shard(user);
-        let freed = guard.shard.trim_user(user, &self.config, now);
-        guard.freed(freed);
         let shard = &mut *guard.shard;
-        // Looked up once for the whole batch: checked, then appended to.
+        // Looked up once for the whole batch: trimmed, checked, appended to, trimmed. The
+        // shard's counts and age indexes are settled once, at the end (or on a refusal):
+        // only this lock reads them. The global byte count is settled at once.
         let mut stream = shard.streams.get_mut(user);
-        // Check the whole batch before storing anything: each event's id first (a
-        // duplicate is answered, not checked again), then the runs of the fresh ones.
-        // `repeats[i]`: event `i`'s id is in the stream or earlier in the batch, so it is
-        // looked up again when appending; the others are known to be fresh.
-        let mut repeats = vec![false; events.len()];
-        {
-            let stream = stream.as_deref();
-            let mut batch_ids: HashMap<&EventId, (usize, EventDigest)> = HashMap::default();
-            let mut guarded: Vec<(usize, &RunGuard)> = Vec::new();
-            let mut conflict = None;
-            for (i, e) in events.iter().enumerate() {
-                let fresh = match &e.event_id {
-                    None => true,
-                    Some(id) => {
-                        let seen = match stream.and_then(|s| s.entry_of(id)) {
-                            Some(entry) => {
-                                Some((entry.digest != e.digest).then_some(entry.event.seq))
-                            }
-                            // A second event under an id the batch already uses: the seq
-                            // the first would take.
-                            None => batch_ids.get(id).map(|&(first, digest)| {
-                                (digest != e.digest).then(|| {
-                                    let last = stream.map_or(0, |s| s.last_seq.get());
-                                    Seq(last + fresh_before(&events, first))
-                                })
-                            }),
-                        };
-                        match seen {
-                            Some(Some(seq)) => {
-                                conflict = Some((i, id.clone(), seq));
-                                break;
-                            }
-                            Some(None) => false,
-                            None => {
-                                // A single event cannot repeat an id of its batch.
-                                if events.len() > 1 {
-                                    batch_ids.insert(id, (i, e.digest));
-                                }
-                                true
-                            }
-                        }
-                    }
-                };
-                repeats[i] = !fresh;
-                if fresh && let Some(run) = &e.run {
-                    guarded.push((i, run));
-                }
-            }
-            if !guarded.is_empty() {
-                // Applied at once when nothing refuses the batch: accepting cannot fail
-                // after.
-                let checked = self.runs().check(user, &guarded, conflict.is_none());
-                if let Err((i, error)) = checked {
-                    return Err(BatchError::refused(i, error));
-                }
-            }
-            if let Some((i, event_id, seq)) = conflict {
-                self.conflicts.fetch_add(1, Ordering::Relaxed);
-                return Err(BatchError::refused(
-                    i,
-                    BrokerError::Conflict { event_id, seq },
-                ));
+        let mut before = (None, None);
+        let mut trimmed = Trimmed::default();
+        // The user's own bounds first, so an id past its dedupe window is fresh again.
+        if let Some(s) = stream.as_deref_mut() {
+            before = s.oldest();
+            trimmed = s.trim(&self.config, now);
+            self.settle(trimmed.freed);
+            if s.is_idle() {
+                // Nothing left to remember: its next event starts a new stream (and epoch).
+                stream = None;
+                shard.settle(trimmed);
+                shard.reindex(user, before, (None, None));
+                shard.streams.remove(user);
+                (before, trimmed) = ((None, None), Trimmed::default());
             }
         }
-        let stream = match stream.take() {
+        let repeats = match self.check_batch(user, stream.as_deref(), &events) {
+            Ok(repeats) => repeats,
+            Err(refused) => {
+                let after = stream.as_deref().map_or((None, None), Stream::oldest);
+                shard.settle(trimmed);
+                shard.reindex(user, before, after);
+                return Err(refused);
+            }
+        };
+        let stream = match stream {
             Some(stream) => stream,
             None => shard
                 .streams
                 .entry(user.clone())
                 .or_insert_with(Stream::new),
         };
-        let before = stream.oldest();
         let mut answers = Vec::with_capacity(events.len());
         let (mut added, mut appended) = (0, 0);
         // One accept time for the batch, read when its first fresh event is appended.
         let mut ts = None;
-        for (event, repeat) in events.into_iter().zip(repeats) {
+        for (i, event) in events.into_iter().enumerate() {
             // Deliveries happen before the lock is let go, so delivery order is seq order.
-            if repeat
+            if repeats.contains(i)
                 && let Some(id) = &event.event_id
                 && let Some(entry) = stream.entry_of(id)
             {
@@ -728,26 +688,177 @@ impl InMemoryBroker {
             added += cost;
             appended += 1;
         }
-        let trimmed = stream.trim(&self.config, now);
+        if added > 0 {
+            self.total_bytes.fetch_add(added, Ordering::AcqRel);
+        }
+        let after_trim = stream.trim(&self.config, now);
+        self.settle(after_trim.freed);
         let after = stream.oldest();
         let idle = stream.is_idle();
         shard.bytes += added;
         shard.events += appended;
         shard.entries += appended;
         shard.settle(trimmed);
+        shard.settle(after_trim);
         shard.reindex(user, before, after);
         if idle {
             shard.streams.remove(user);
         }
-        if added > 0 {
-            self.total_bytes.fetch_add(added, Ordering::AcqRel);
-        }
-        guard.freed(trimmed.freed);
         drop(guard);
         if self.total_bytes.load(Ordering::Acquire) > self.config.max_total_bytes {
             self.trim_to_budget();
         }
         Ok(answers)
+    }
+
+    /// Checks a batch for `user`'s `stream` before anything is stored: each event's id
+    /// first (a duplicate is answered, not checked again), then the runs of the fresh
+    /// ones, applied to the run table when nothing refuses the batch. Returns the events
+    /// whose id is in the stream or earlier in the batch (to look up again when
+    /// appending; the others are known to be fresh), or the refusal.
+    fn check_batch(
+        &self,
+        user: &UserId,
+        stream: Option<&Stream>,
+        events: &[NewEvent],
+    ) -> Result<Repeats, BatchError> {
+        let mut repeats = Repeats::new(events.len());
+        let mut batch_ids = BatchIds::new(events);
+        let mut guarded: Vec<(usize, &RunGuard)> = Vec::new();
+        let mut conflict = None;
+        for (i, e) in events.iter().enumerate() {
+            let fresh = match &e.event_id {
+                None => true,
+                Some(id) => {
+                    let seen = match stream.and_then(|s| s.entry_of(id)) {
+                        Some(entry) => Some((entry.digest != e.digest).then_some(entry.event.seq)),
+                        // A second event under an id the batch already uses: the seq the
+                        // first would take.
+                        None => batch_ids.first(id, i).map(|(first, digest)| {
+                            (digest != e.digest).then(|| {
+                                let last = stream.map_or(0, |s| s.last_seq.get());
+                                Seq(last + fresh_before(events, first))
+                            })
+                        }),
+                    };
+                    match seen {
+                        Some(Some(seq)) => {
+                            conflict = Some((i, id.clone(), seq));
+                            break;
+                        }
+                        Some(None) => false,
+                        None => {
+                            // A single event cannot repeat an id of its batch.
+                            if events.len() > 1 {
+                                batch_ids.insert(id, i, e.digest);
+                            }
+                            true
+                        }
+                    }
+                }
+            };
+            if !fresh {
+                repeats.insert(i);
+            }
+            if fresh && let Some(run) = &e.run {
+                guarded.push((i, run));
+            }
+        }
+        if !guarded.is_empty() {
+            // Applied at once when nothing refuses the batch: accepting cannot fail after.
+            let checked = self.runs().check(user, &guarded, conflict.is_none());
+            if let Err((i, error)) = checked {
+                return Err(BatchError::refused(i, error));
+            }
+        }
+        if let Some((i, event_id, seq)) = conflict {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+            return Err(BatchError::refused(
+                i,
+                BrokerError::Conflict { event_id, seq },
+            ));
+        }
+        Ok(repeats)
+    }
+
+    /// Settles what a trim freed with the global byte count, at once (so a trim loop
+    /// sees it), and counts the events it took out of history.
+    fn settle(&self, f: Freed) {
+        if f.bytes > 0 {
+            self.total_bytes.fetch_sub(f.bytes, Ordering::AcqRel);
+        }
+        if f.events > 0 {
+            self.trimmed.fetch_add(f.events, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The events of a batch whose id was seen before (in the stream or earlier in the
+/// batch), by index: bits of one word for batches of up to 64 events.
+enum Repeats {
+    Word(u64),
+    Many(Vec<bool>),
+}
+
+impl Repeats {
+    fn new(len: usize) -> Self {
+        if len <= 64 {
+            Repeats::Word(0)
+        } else {
+            Repeats::Many(vec![false; len])
+        }
+    }
+
+    fn insert(&mut self, i: usize) {
+        match self {
+            Repeats::Word(w) => *w |= 1 << i,
+            Repeats::Many(v) => v[i] = true,
+        }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self {
+            Repeats::Word(w) => i < 64 && *w & (1 << i) != 0,
+            Repeats::Many(v) => v.get(i).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// Where a batch used an id first, with that event's digest. A small batch is searched in
+/// order (hashing ids into a map, and allocating it, costs more there); a batch of more
+/// than [`BatchIds::SCAN_MAX`] events keeps a map of its fresh ids.
+struct BatchIds<'a> {
+    events: &'a [NewEvent],
+    map: Option<HashMap<&'a EventId, (usize, EventDigest)>>,
+}
+
+impl<'a> BatchIds<'a> {
+    const SCAN_MAX: usize = 16;
+
+    fn new(events: &'a [NewEvent]) -> Self {
+        BatchIds {
+            events,
+            map: (events.len() > Self::SCAN_MAX).then(HashMap::default),
+        }
+    }
+
+    /// The first of the batch's events before `i` under `id`, asked only for an id the
+    /// stream does not hold, whose first event was therefore fresh.
+    fn first(&self, id: &EventId, i: usize) -> Option<(usize, EventDigest)> {
+        match &self.map {
+            Some(map) => map.get(id).copied(),
+            None => self.events[..i]
+                .iter()
+                .position(|e| e.event_id.as_ref() == Some(id))
+                .map(|first| (first, self.events[first].digest)),
+        }
+    }
+
+    /// Records event `i` as the first under `id`.
+    fn insert(&mut self, id: &'a EventId, i: usize, digest: EventDigest) {
+        if let Some(map) = &mut self.map {
+            map.insert(id, (i, digest));
+        }
     }
 }
 
@@ -780,13 +891,7 @@ struct ShardGuard<'a> {
 impl ShardGuard<'_> {
     /// Settles what a trim under this lock freed: at once, so a trim loop sees it.
     fn freed(&mut self, f: Freed) {
-        let broker = self.broker;
-        if f.bytes > 0 {
-            broker.total_bytes.fetch_sub(f.bytes, Ordering::AcqRel);
-        }
-        if f.events > 0 {
-            broker.trimmed.fetch_add(f.events, Ordering::Relaxed);
-        }
+        self.broker.settle(f);
     }
 }
 
@@ -1082,11 +1187,12 @@ mod tests {
         #[test]
         fn batches_follow_the_model(
             batches in proptest::collection::vec(
+                // Past `BatchIds::SCAN_MAX` events too.
                 proptest::collection::vec(
-                    (proptest::option::of(0u8..6), 0u8..2),
-                    1..5,
+                    (proptest::option::of(0u8..24), 0u8..2),
+                    1..24,
                 ),
-                1..12,
+                1..10,
             ),
             max_events in 1usize..6,
         ) {
