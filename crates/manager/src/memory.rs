@@ -228,6 +228,132 @@ impl Stream {
         }
     }
 
+    /// The accept numbers of its oldest entry and of its oldest event in history: where
+    /// the shard's age indexes file it.
+    fn oldest(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.entries.front().map(|e| e.accept_no),
+            self.oldest_event().map(|e| e.accept_no),
+        )
+    }
+
+    /// Takes its oldest event out of history, keeping its entry; the frame's bytes, or
+    /// `None` when it has no event in history.
+    fn pop_event(&mut self) -> Option<usize> {
+        if self.held == 0 {
+            return None;
+        }
+        let i = self.first_held();
+        let frame = std::mem::take(&mut self.entries[i].event.frame);
+        self.held -= 1;
+        Some(frame.len())
+    }
+
+    /// Forgets its oldest entry when it is no longer in history; the bytes that frees
+    /// (with the stream's own when it was the last entry), or `None`.
+    fn forget_oldest(&mut self) -> Option<usize> {
+        if self.held == self.entries.len() {
+            return None;
+        }
+        let entry = self.entries.pop_front()?;
+        self.ids.remove(&entry.event.event_id);
+        let mut bytes = entry.cost();
+        if self.entries.is_empty() {
+            bytes += STREAM_OVERHEAD_BYTES;
+        }
+        self.give_back_capacity();
+        Some(bytes)
+    }
+
+    /// Applies its own bounds: events over the count or past the age leave history,
+    /// entries past the dedupe window (and out of history) are forgotten. Returns what
+    /// that freed, without settling it with the shard.
+    fn trim(&mut self, config: &HistoryConfig, now: Instant) -> Trimmed {
+        let mut t = Trimmed::default();
+        loop {
+            let too_many = self.held > config.max_events_per_user;
+            let too_old = self
+                .oldest_event()
+                .is_some_and(|e| now.saturating_duration_since(e.at) > config.max_age);
+            if too_many || too_old {
+                match self.pop_event() {
+                    Some(bytes) => {
+                        t.freed.bytes += bytes;
+                        t.freed.events += 1;
+                    }
+                    None => break,
+                }
+                continue;
+            }
+            let forgotten = self.held < self.entries.len()
+                && self
+                    .entries
+                    .front()
+                    .is_some_and(|e| now.saturating_duration_since(e.at) > config.dedupe_window);
+            if !forgotten {
+                break;
+            }
+            match self.forget_oldest() {
+                Some(bytes) => {
+                    t.freed.bytes += bytes;
+                    t.forgotten += 1;
+                }
+                None => break,
+            }
+        }
+        t
+    }
+
+    /// Appends `event`, fresh (its id, if any, is not in the stream), as `seq` next, and
+    /// delivers it to the stream's subscribers; returns its acceptance and the bytes it
+    /// costs.
+    fn append(
+        &mut self,
+        user: &UserId,
+        event: NewEvent,
+        accept_no: u64,
+        ts: Timestamp,
+        now: Instant,
+    ) -> (Accepted, usize) {
+        let was_empty = self.entries.is_empty();
+        let seq = self.last_seq.next();
+        let event_id = event.event_id.unwrap_or_else(EventId::generate);
+        let stored = StoredEvent {
+            seq,
+            frame: compose_frame(event.event_type, seq, &event_id, ts, &event.body),
+            event_id: event_id.clone(),
+            ts,
+            event_type: event.event_type,
+            epoch: self.epoch.clone(),
+        };
+        for (sub, _) in &self.subscribers {
+            sub.deliver(user, &stored);
+        }
+        let entry = Entry {
+            event: stored,
+            digest: event.digest,
+            accept_no,
+            at: now,
+        };
+        let mut cost = entry.cost();
+        if was_empty {
+            cost += STREAM_OVERHEAD_BYTES;
+        }
+        self.last_seq = seq;
+        self.grow_ahead();
+        self.ids.insert(event_id.clone(), seq);
+        self.entries.push_back(entry);
+        self.held += 1;
+        let answer = Accepted {
+            seq,
+            event_id,
+            ts,
+            epoch: self.epoch.clone(),
+            duplicate: false,
+        };
+        (answer, cost)
+    }
+
     /// After trimming: a stream whose entries shrank to a fraction of what its buffers
     /// hold gives the memory back, so a user who was busy once does not keep a burst's
     /// worth of capacity while connected and quiet.
@@ -257,6 +383,13 @@ impl std::ops::AddAssign for Freed {
     }
 }
 
+/// What a stream's own bounds freed: bytes and events out of history, entries forgotten.
+#[derive(Debug, Default, Clone, Copy)]
+struct Trimmed {
+    freed: Freed,
+    forgotten: usize,
+}
+
 impl Shard {
     /// Re-files `user`'s stream in the age indexes after its oldest entry or event changed
     /// from `before` (the accept numbers they had), and drops the stream when it is idle.
@@ -264,10 +397,22 @@ impl Shard {
         let Some(stream) = self.streams.get(user) else {
             return;
         };
-        let after = (
-            stream.entries.front().map(|e| e.accept_no),
-            stream.oldest_event().map(|e| e.accept_no),
-        );
+        let after = stream.oldest();
+        let idle = stream.is_idle();
+        self.reindex(user, before, after);
+        if idle {
+            self.streams.remove(user);
+        }
+    }
+
+    /// Moves `user`'s stream in the age indexes from `before` to `after` (the accept
+    /// numbers of its oldest entry and oldest event); nothing when they did not change.
+    fn reindex(
+        &mut self,
+        user: &UserId,
+        before: (Option<u64>, Option<u64>),
+        after: (Option<u64>, Option<u64>),
+    ) {
         if before.0 != after.0 {
             if let Some(n) = before.0 {
                 self.by_oldest_entry.remove(&(n, user.clone()));
@@ -284,18 +429,13 @@ impl Shard {
                 self.by_oldest_event.insert((n, user.clone()));
             }
         }
-        if stream.is_idle() {
-            self.streams.remove(user);
-        }
     }
 
-    fn oldest_of(&self, user: &UserId) -> (Option<u64>, Option<u64>) {
-        self.streams.get(user).map_or((None, None), |s| {
-            (
-                s.entries.front().map(|e| e.accept_no),
-                s.oldest_event().map(|e| e.accept_no),
-            )
-        })
+    /// Takes what a stream's trim freed off the shard's counts.
+    fn settle(&mut self, t: Trimmed) {
+        self.bytes -= t.freed.bytes;
+        self.events -= t.freed.events as usize;
+        self.entries -= t.forgotten;
     }
 
     /// Removes from `user`'s stream its oldest event from history (keeping its entry) when
@@ -303,73 +443,46 @@ impl Shard {
     /// what it freed, without re-filing the stream.
     fn pop(&mut self, user: &UserId, event: bool) -> Option<Freed> {
         let stream = self.streams.get_mut(user)?;
-        let mut freed = Freed::default();
-        if event {
-            if stream.held == 0 {
-                return None;
+        let t = if event {
+            let bytes = stream.pop_event()?;
+            Trimmed {
+                freed: Freed { bytes, events: 1 },
+                forgotten: 0,
             }
-            let i = stream.first_held();
-            let frame = std::mem::take(&mut stream.entries[i].event.frame);
-            stream.held -= 1;
-            self.events -= 1;
-            freed.bytes += frame.len();
-            freed.events += 1;
         } else {
-            if stream.held == stream.entries.len() {
-                return None;
+            let bytes = stream.forget_oldest()?;
+            Trimmed {
+                freed: Freed { bytes, events: 0 },
+                forgotten: 1,
             }
-            let entry = stream.entries.pop_front()?;
-            stream.ids.remove(&entry.event.event_id);
-            self.entries -= 1;
-            freed.bytes += entry.cost();
-            if stream.entries.is_empty() {
-                freed.bytes += STREAM_OVERHEAD_BYTES;
-            }
-            stream.give_back_capacity();
-        }
-        self.bytes -= freed.bytes;
-        Some(freed)
+        };
+        self.settle(t);
+        Some(t.freed)
     }
 
-    /// Applies `user`'s own bounds: events over the count or past the age leave history,
-    /// entries past the dedupe window (and out of history) are forgotten.
+    /// Applies `user`'s own bounds ([`Stream::trim`]), re-files the stream and drops it
+    /// when it is left idle.
     fn trim_user(&mut self, user: &UserId, config: &HistoryConfig, now: Instant) -> Freed {
-        let before = self.oldest_of(user);
-        let mut freed = Freed::default();
-        while let Some(stream) = self.streams.get(user) {
-            let too_many = stream.held > config.max_events_per_user;
-            let too_old = stream
-                .oldest_event()
-                .is_some_and(|e| now.saturating_duration_since(e.at) > config.max_age);
-            if too_many || too_old {
-                match self.pop(user, true) {
-                    Some(f) => freed += f,
-                    None => break,
-                }
-                continue;
-            }
-            let forgotten = stream.held < stream.entries.len()
-                && stream
-                    .entries
-                    .front()
-                    .is_some_and(|e| now.saturating_duration_since(e.at) > config.dedupe_window);
-            if !forgotten {
-                break;
-            }
-            match self.pop(user, false) {
-                Some(f) => freed += f,
-                None => break,
-            }
+        let Some(stream) = self.streams.get_mut(user) else {
+            return Freed::default();
+        };
+        let before = stream.oldest();
+        let t = stream.trim(config, now);
+        let after = stream.oldest();
+        let idle = stream.is_idle();
+        self.settle(t);
+        self.reindex(user, before, after);
+        if idle {
+            self.streams.remove(user);
         }
-        self.refile(user, before);
-        freed
+        t.freed
     }
 
     /// Pops the shard's oldest entry or event: an entry still in history first leaves
     /// history, then is forgotten. Returns `None` when the shard holds nothing.
     fn pop_oldest(&mut self) -> Option<Freed> {
         let (_, user) = self.by_oldest_entry.first()?.clone();
-        let before = self.oldest_of(&user);
+        let before = self.streams.get(&user).map_or((None, None), Stream::oldest);
         let in_history = self
             .streams
             .get(&user)
@@ -517,12 +630,100 @@ impl InMemoryBroker {
     fn accept(&self, user: &UserId, events: Vec<NewEvent>) -> Result<Vec<Accepted>, BatchError> {
         let now = Instant::now();
         let mut guard = self.shard(user);
-        let freed = guard.shard.trim_user(user, &self.config, now);
-        guard.freed(freed);
-        // Check the whole batch before storing anything: each event's id first (a
-        // duplicate is answered, not checked again), then the runs of the fresh ones.
-        let stream = guard.shard.streams.get(user);
-        let mut batch_ids: HashMap<&EventId, (usize, EventDigest)> = HashMap::default();
+        let shard = &mut *guard.shard;
+        // Looked up once for the whole batch: trimmed, checked, appended to, trimmed. The
+        // shard's counts and age indexes are settled once, at the end (or on a refusal):
+        // only this lock reads them. The global byte count is settled at once.
+        let mut stream = shard.streams.get_mut(user);
+        let mut before = (None, None);
+        let mut trimmed = Trimmed::default();
+        // The user's own bounds first, so an id past its dedupe window is fresh again.
+        if let Some(s) = stream.as_deref_mut() {
+            before = s.oldest();
+            trimmed = s.trim(&self.config, now);
+            self.settle(trimmed.freed);
+            if s.is_idle() {
+                // Nothing left to remember: its next event starts a new stream (and epoch).
+                stream = None;
+                shard.settle(trimmed);
+                shard.reindex(user, before, (None, None));
+                shard.streams.remove(user);
+                (before, trimmed) = ((None, None), Trimmed::default());
+            }
+        }
+        let repeats = match self.check_batch(user, stream.as_deref(), &events) {
+            Ok(repeats) => repeats,
+            Err(refused) => {
+                let after = stream.as_deref().map_or((None, None), Stream::oldest);
+                shard.settle(trimmed);
+                shard.reindex(user, before, after);
+                return Err(refused);
+            }
+        };
+        let stream = match stream {
+            Some(stream) => stream,
+            None => shard
+                .streams
+                .entry(user.clone())
+                .or_insert_with(Stream::new),
+        };
+        let mut answers = Vec::with_capacity(events.len());
+        let (mut added, mut appended) = (0, 0);
+        // One accept time for the batch, read when its first fresh event is appended.
+        let mut ts = None;
+        for (i, event) in events.into_iter().enumerate() {
+            // Deliveries happen before the lock is let go, so delivery order is seq order.
+            if repeats.contains(i)
+                && let Some(id) = &event.event_id
+                && let Some(entry) = stream.entry_of(id)
+            {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                answers.push(stream.accepted(entry));
+                continue;
+            }
+            let ts = *ts.get_or_insert_with(Timestamp::now);
+            let accept_no = self.accepts.fetch_add(1, Ordering::Relaxed);
+            let (answer, cost) = stream.append(user, event, accept_no, ts, now);
+            answers.push(answer);
+            added += cost;
+            appended += 1;
+        }
+        if added > 0 {
+            self.total_bytes.fetch_add(added, Ordering::AcqRel);
+        }
+        let after_trim = stream.trim(&self.config, now);
+        self.settle(after_trim.freed);
+        let after = stream.oldest();
+        let idle = stream.is_idle();
+        shard.bytes += added;
+        shard.events += appended;
+        shard.entries += appended;
+        shard.settle(trimmed);
+        shard.settle(after_trim);
+        shard.reindex(user, before, after);
+        if idle {
+            shard.streams.remove(user);
+        }
+        drop(guard);
+        if self.total_bytes.load(Ordering::Acquire) > self.config.max_total_bytes {
+            self.trim_to_budget();
+        }
+        Ok(answers)
+    }
+
+    /// Checks a batch for `user`'s `stream` before anything is stored: each event's id
+    /// first (a duplicate is answered, not checked again), then the runs of the fresh
+    /// ones, applied to the run table when nothing refuses the batch. Returns the events
+    /// whose id is in the stream or earlier in the batch (to look up again when
+    /// appending; the others are known to be fresh), or the refusal.
+    fn check_batch(
+        &self,
+        user: &UserId,
+        stream: Option<&Stream>,
+        events: &[NewEvent],
+    ) -> Result<Repeats, BatchError> {
+        let mut repeats = Repeats::new(events.len());
+        let mut batch_ids = BatchIds::new(events);
         let mut guarded: Vec<(usize, &RunGuard)> = Vec::new();
         let mut conflict = None;
         for (i, e) in events.iter().enumerate() {
@@ -533,10 +734,10 @@ impl InMemoryBroker {
                         Some(entry) => Some((entry.digest != e.digest).then_some(entry.event.seq)),
                         // A second event under an id the batch already uses: the seq the
                         // first would take.
-                        None => batch_ids.get(id).map(|&(first, digest)| {
+                        None => batch_ids.first(id, i).map(|(first, digest)| {
                             (digest != e.digest).then(|| {
                                 let last = stream.map_or(0, |s| s.last_seq.get());
-                                Seq(last + fresh_before(&events, first))
+                                Seq(last + fresh_before(events, first))
                             })
                         }),
                     };
@@ -549,13 +750,16 @@ impl InMemoryBroker {
                         None => {
                             // A single event cannot repeat an id of its batch.
                             if events.len() > 1 {
-                                batch_ids.insert(id, (i, e.digest));
+                                batch_ids.insert(id, i, e.digest);
                             }
                             true
                         }
                     }
                 }
             };
+            if !fresh {
+                repeats.insert(i);
+            }
             if fresh && let Some(run) = &e.run {
                 guarded.push((i, run));
             }
@@ -574,18 +778,87 @@ impl InMemoryBroker {
                 BrokerError::Conflict { event_id, seq },
             ));
         }
-        let mut answers = Vec::with_capacity(events.len());
-        for event in events {
-            let answer = guard.accept_one(user, event, now);
-            answers.push(answer);
+        Ok(repeats)
+    }
+
+    /// Settles what a trim freed with the global byte count, at once (so a trim loop
+    /// sees it), and counts the events it took out of history.
+    fn settle(&self, f: Freed) {
+        if f.bytes > 0 {
+            self.total_bytes.fetch_sub(f.bytes, Ordering::AcqRel);
         }
-        let freed = guard.shard.trim_user(user, &self.config, now);
-        guard.freed(freed);
-        drop(guard);
-        if self.total_bytes.load(Ordering::Acquire) > self.config.max_total_bytes {
-            self.trim_to_budget();
+        if f.events > 0 {
+            self.trimmed.fetch_add(f.events, Ordering::Relaxed);
         }
-        Ok(answers)
+    }
+}
+
+/// The events of a batch whose id was seen before (in the stream or earlier in the
+/// batch), by index: bits of one word for batches of up to 64 events.
+enum Repeats {
+    Word(u64),
+    Many(Vec<bool>),
+}
+
+impl Repeats {
+    fn new(len: usize) -> Self {
+        if len <= 64 {
+            Repeats::Word(0)
+        } else {
+            Repeats::Many(vec![false; len])
+        }
+    }
+
+    fn insert(&mut self, i: usize) {
+        match self {
+            Repeats::Word(w) => *w |= 1 << i,
+            Repeats::Many(v) => v[i] = true,
+        }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self {
+            Repeats::Word(w) => i < 64 && *w & (1 << i) != 0,
+            Repeats::Many(v) => v.get(i).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// Where a batch used an id first, with that event's digest. A small batch is searched in
+/// order (hashing ids into a map, and allocating it, costs more there); a batch of more
+/// than [`BatchIds::SCAN_MAX`] events keeps a map of its fresh ids.
+struct BatchIds<'a> {
+    events: &'a [NewEvent],
+    map: Option<HashMap<&'a EventId, (usize, EventDigest)>>,
+}
+
+impl<'a> BatchIds<'a> {
+    const SCAN_MAX: usize = 16;
+
+    fn new(events: &'a [NewEvent]) -> Self {
+        BatchIds {
+            events,
+            map: (events.len() > Self::SCAN_MAX).then(HashMap::default),
+        }
+    }
+
+    /// The first of the batch's events before `i` under `id`, asked only for an id the
+    /// stream does not hold, whose first event was therefore fresh.
+    fn first(&self, id: &EventId, i: usize) -> Option<(usize, EventDigest)> {
+        match &self.map {
+            Some(map) => map.get(id).copied(),
+            None => self.events[..i]
+                .iter()
+                .position(|e| e.event_id.as_ref() == Some(id))
+                .map(|first| (first, self.events[first].digest)),
+        }
+    }
+
+    /// Records event `i` as the first under `id`.
+    fn insert(&mut self, id: &'a EventId, i: usize, digest: EventDigest) {
+        if let Some(map) = &mut self.map {
+            map.insert(id, (i, digest));
+        }
     }
 }
 
@@ -618,80 +891,7 @@ struct ShardGuard<'a> {
 impl ShardGuard<'_> {
     /// Settles what a trim under this lock freed: at once, so a trim loop sees it.
     fn freed(&mut self, f: Freed) {
-        let broker = self.broker;
-        if f.bytes > 0 {
-            broker.total_bytes.fetch_sub(f.bytes, Ordering::AcqRel);
-        }
-        if f.events > 0 {
-            broker.trimmed.fetch_add(f.events, Ordering::Relaxed);
-        }
-    }
-
-    /// Accepts one event whose id is known not to conflict; delivers it to the user's
-    /// subscribers before the lock is let go, so delivery order is seq order.
-    fn accept_one(&mut self, user: &UserId, event: NewEvent, now: Instant) -> Accepted {
-        let broker = self.broker;
-        let shard = &mut *self.shard;
-        let stream = shard
-            .streams
-            .entry(user.clone())
-            .or_insert_with(Stream::new);
-        if let Some(id) = &event.event_id
-            && let Some(entry) = stream.entry_of(id)
-        {
-            broker.duplicates.fetch_add(1, Ordering::Relaxed);
-            return stream.accepted(entry);
-        }
-        let was_empty = stream.entries.is_empty();
-        let had_events = stream.held > 0;
-        let seq = stream.last_seq.next();
-        let ts = Timestamp::now();
-        let event_id = event.event_id.unwrap_or_else(EventId::generate);
-        let stored = StoredEvent {
-            seq,
-            frame: compose_frame(event.event_type, seq, &event_id, ts, &event.body),
-            event_id: event_id.clone(),
-            ts,
-            event_type: event.event_type,
-            epoch: stream.epoch.clone(),
-        };
-        for (sub, _) in &stream.subscribers {
-            sub.deliver(user, &stored);
-        }
-        let accept_no = broker.accepts.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry {
-            event: stored,
-            digest: event.digest,
-            accept_no,
-            at: now,
-        };
-        let mut cost = entry.cost();
-        if was_empty {
-            cost += STREAM_OVERHEAD_BYTES;
-        }
-        stream.last_seq = seq;
-        stream.grow_ahead();
-        stream.ids.insert(event_id.clone(), seq);
-        stream.entries.push_back(entry);
-        stream.held += 1;
-        let answer = Accepted {
-            seq,
-            event_id,
-            ts,
-            epoch: stream.epoch.clone(),
-            duplicate: false,
-        };
-        if was_empty {
-            shard.by_oldest_entry.insert((accept_no, user.clone()));
-        }
-        if !had_events {
-            shard.by_oldest_event.insert((accept_no, user.clone()));
-        }
-        shard.bytes += cost;
-        shard.events += 1;
-        shard.entries += 1;
-        broker.total_bytes.fetch_add(cost, Ordering::AcqRel);
-        answer
+        self.broker.settle(f);
     }
 }
 
@@ -929,6 +1129,148 @@ mod tests {
             Some(id.parse().expect("id")),
             Bytes::from(body.to_owned()),
         )
+    }
+
+    /// What a model of one stream expects of a batch: each event's (seq, duplicate), or
+    /// the refused event's index and the conflict.
+    #[allow(clippy::type_complexity)]
+    fn model_batch(
+        known: &mut std::collections::HashMap<String, (u64, u8)>,
+        last: &mut u64,
+        batch: &[(Option<u8>, u8)],
+    ) -> Result<Vec<(u64, bool)>, (usize, String, u64)> {
+        let mut ids = known.clone();
+        let mut next = *last;
+        let mut out = Vec::new();
+        for (i, (id, body)) in batch.iter().enumerate() {
+            let Some(id) = id else {
+                next += 1;
+                out.push((next, false));
+                continue;
+            };
+            let id = format!("e{id}");
+            match ids.get(&id) {
+                Some(&(seq, b)) if b == *body => out.push((seq, true)),
+                Some(&(seq, _)) if known.contains_key(&id) => return Err((i, id, seq)),
+                Some(_) => {
+                    // An id reused within the batch: the seq named is the last one plus
+                    // the distinct ids (and events without one) up to its first use,
+                    // stored duplicates among them included.
+                    let first = batch
+                        .iter()
+                        .position(|(b, _)| b.map(|b| format!("e{b}")) == Some(id.clone()));
+                    let mut seen = Vec::new();
+                    for (b, _) in &batch[..=first.unwrap_or(0)] {
+                        if b.is_none() || !seen.contains(b) {
+                            seen.push(*b);
+                        }
+                    }
+                    return Err((i, id, *last + seen.len() as u64));
+                }
+                None => {
+                    next += 1;
+                    ids.insert(id, (next, *body));
+                    out.push((next, false));
+                }
+            }
+        }
+        *known = ids;
+        *last = next;
+        Ok(out)
+    }
+
+    proptest::proptest! {
+        /// Batches of events with repeated ids, with and without reuse for another body,
+        /// are answered as the model of the contract says (seqs, duplicates, conflicts and
+        /// their seqs), history keeps the newest events, and the byte count is what the
+        /// remembered entries and held frames add up to.
+        #[test]
+        fn batches_follow_the_model(
+            batches in proptest::collection::vec(
+                // Past `BatchIds::SCAN_MAX` events too.
+                proptest::collection::vec(
+                    (proptest::option::of(0u8..24), 0u8..2),
+                    1..24,
+                ),
+                1..10,
+            ),
+            max_events in 1usize..6,
+        ) {
+            let broker = InMemoryBroker::new(HistoryConfig {
+                max_events_per_user: max_events,
+                ..HistoryConfig::default()
+            });
+            let user: UserId = "u".parse().expect("user");
+            let mut known = std::collections::HashMap::new();
+            let mut last = 0;
+            let mut frames: Vec<(Seq, usize, usize)> = Vec::new();
+            for batch in &batches {
+                let events = batch
+                    .iter()
+                    .map(|(id, body)| NewEvent::new(
+                        EventType::Custom,
+                        id.map(|id| format!("e{id}").parse().expect("id")),
+                        Bytes::from(format!(r#"{{"data":{{"b":{body}}}}}"#)),
+                    ))
+                    .collect::<Vec<_>>();
+                let bodies: Vec<Bytes> = events.iter().map(|e| e.body.clone()).collect();
+                let expected = model_batch(&mut known, &mut last, batch);
+                match (broker.accept(&user, events), expected) {
+                    (Ok(answers), Ok(expected)) => {
+                        let got: Vec<(u64, bool)> =
+                            answers.iter().map(|a| (a.seq.get(), a.duplicate)).collect();
+                        proptest::prop_assert_eq!(&got, &expected);
+                        for ((a, body), (id, _)) in answers.iter().zip(&bodies).zip(batch) {
+                            if let Some(id) = id {
+                                proptest::prop_assert_eq!(a.event_id.as_str(), format!("e{id}"));
+                            }
+                            if !a.duplicate {
+                                let frame = compose_frame(
+                                    EventType::Custom, a.seq, &a.event_id, a.ts, body,
+                                );
+                                frames.push((a.seq, a.event_id.as_str().len(), frame.len()));
+                            }
+                        }
+                    }
+                    (Err(e), Err((i, id, seq))) => {
+                        proptest::prop_assert_eq!(e.refused_at, Some(i));
+                        proptest::prop_assert_eq!(
+                            e.error,
+                            BrokerError::Conflict { event_id: id.parse().expect("id"), seq: Seq(seq) }
+                        );
+                    }
+                    (got, expected) => {
+                        proptest::prop_assert!(false, "got {got:?}, expected {expected:?}");
+                    }
+                }
+            }
+            let stats = broker.stats();
+            let held = frames.len().min(max_events);
+            proptest::prop_assert_eq!(stats.history_events, held as u64);
+            proptest::prop_assert_eq!(stats.dedupe_ids, frames.len() as u64);
+            let bytes = if frames.is_empty() {
+                0
+            } else {
+                STREAM_OVERHEAD_BYTES
+                    + frames.iter().map(|(_, id, _)| ENTRY_OVERHEAD_BYTES + id).sum::<usize>()
+                    + frames[frames.len() - held..].iter().map(|(_, _, f)| f).sum::<usize>()
+            };
+            proptest::prop_assert_eq!(stats.history_bytes, bytes as u64);
+            proptest::prop_assert_eq!(broker.total_bytes.load(Ordering::Acquire), bytes);
+            let guard = broker.shard(&user);
+            if let Some(stream) = guard.shard.streams.get(&user) {
+                let seqs: Vec<Seq> = stream.entries.iter().map(|e| e.event.seq).collect();
+                let expected: Vec<Seq> = frames.iter().map(|(s, _, _)| *s).collect();
+                proptest::prop_assert_eq!(seqs, expected);
+                proptest::prop_assert_eq!(
+                    guard.shard.by_oldest_event.first().map(|(n, _)| *n),
+                    stream.oldest_event().map(|e| e.accept_no)
+                );
+                proptest::prop_assert_eq!(guard.shard.by_oldest_entry.len(), 1);
+            } else {
+                proptest::prop_assert!(frames.is_empty());
+            }
+        }
     }
 
     /// The accounting stays exact through accepts, trims and forgetting: the global

@@ -8,9 +8,14 @@
 //! give each user 1/32 of them.
 //!
 //! Runs are ordered by their last event (`by_touch`, for the TTL); finished runs also in a
-//! second index of the same ticks (`finished`), the order in which they make room.
+//! second index of the same ticks (`finished`), the order in which they make room. A run's
+//! place in `by_touch` may be older than its last event: an event moves it only in `runs`,
+//! and the expiry moves it in `by_touch` when it gets to the front (so an event costs no
+//! move in the index, and the expiry still forgets runs exactly `ttl` after their last
+//! event).
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 use agentwire_protocol::{RunId, RunState, RunStep, RunViolation, UserId};
@@ -32,7 +37,10 @@ struct Run {
     owner: PublisherId,
     /// What the run is counted as: [`run_base_bytes`] plus its open tool calls.
     bytes: usize,
+    /// The tick of its last event.
     tick: u64,
+    /// Its key in `by_touch`: the tick of its last event, or of an earlier one.
+    filed: u64,
     /// When its last event came (for the TTL).
     touched: Instant,
     /// When its last event or heartbeat came (for a stall claim, rule 12).
@@ -64,8 +72,9 @@ struct Draft {
 pub(crate) struct RunTable {
     limits: RunLimits,
     runs: HashMap<RunKey, Run>,
-    /// Every run by the tick of its last event, oldest first.
-    by_touch: BTreeMap<u64, RunKey>,
+    /// Every run by the tick of its last event (or of an earlier one: see [`Run::filed`]),
+    /// oldest first, with the time of that event: when it is not `ttl` old, no run is.
+    by_touch: BTreeMap<u64, (RunKey, Instant)>,
     /// The finished runs among them.
     finished: BTreeMap<u64, RunKey>,
     owners: HashMap<PublisherId, OwnerUse>,
@@ -77,6 +86,9 @@ pub(crate) struct RunTable {
     expired: u64,
     violations: [u64; RunViolation::NAMES.len()],
     refused: [u64; 4],
+    /// Empty between checks: the buffers [`RunTable::check`] drafts a batch's runs in.
+    drafts: Vec<Draft>,
+    draft_owners: Vec<(PublisherId, OwnerUse)>,
 }
 
 impl RunTable {
@@ -95,6 +107,8 @@ impl RunTable {
             expired: 0,
             violations: [0; RunViolation::NAMES.len()],
             refused: [0; 4],
+            drafts: Vec::new(),
+            draft_owners: Vec::new(),
         }
     }
 
@@ -112,10 +126,29 @@ impl RunTable {
         guards: &[(usize, &RunGuard)],
         commit: bool,
     ) -> Result<(), (usize, BrokerError)> {
+        // The drafts' buffers are kept from one check to the next: most batches hold one
+        // guarded event, and would otherwise allocate two vectors for it.
+        let mut drafts = std::mem::take(&mut self.drafts);
+        let mut owners = std::mem::take(&mut self.draft_owners);
+        let checked = self.check_with(user, guards, commit, &mut drafts, &mut owners);
+        drafts.clear();
+        owners.clear();
+        self.drafts = drafts;
+        self.draft_owners = owners;
+        checked
+    }
+
+    /// [`RunTable::check`], with empty buffers for the drafts of runs and owners.
+    fn check_with(
+        &mut self,
+        user: &UserId,
+        guards: &[(usize, &RunGuard)],
+        commit: bool,
+        drafts: &mut Vec<Draft>,
+        owners: &mut Vec<(PublisherId, OwnerUse)>,
+    ) -> Result<(), (usize, BrokerError)> {
         let now = Instant::now();
         self.expire(now);
-        let mut drafts: Vec<Draft> = Vec::new();
-        let mut owners: Vec<(PublisherId, OwnerUse)> = Vec::new();
         let (mut live, mut live_bytes) = (self.live, self.live_bytes);
         for &(i, guard) in guards {
             let d = match drafts.iter().position(|d| d.run_id == guard.run_id) {
@@ -167,6 +200,12 @@ impl RunTable {
                 RunStep::End(_) => (-(draft.bytes as isize) + base as isize, false),
                 RunStep::Think => (0, false),
             };
+            let ends = matches!(guard.step, RunStep::End(_));
+            if grow == 0 && !starts && !ends {
+                // Counts nothing, for the run or its owner (a thought, a delta of an open
+                // message): the owner's use is not looked up.
+                continue;
+            }
             let o = match owners.iter().position(|(p, _)| *p == draft.owner) {
                 Some(o) => o,
                 None => {
@@ -264,19 +303,21 @@ impl RunTable {
     fn commit(
         &mut self,
         user: &UserId,
-        drafts: Vec<Draft>,
-        owners: Vec<(PublisherId, OwnerUse)>,
+        drafts: &mut Vec<Draft>,
+        owners: &mut Vec<(PublisherId, OwnerUse)>,
         now: Instant,
     ) {
-        for draft in drafts {
+        for draft in drafts.drain(..) {
             let tick = self.next_tick;
             self.next_tick += 1;
-            let key = (user.clone(), draft.run_id);
             let finished = draft.state.is_finished();
-            match self.runs.get_mut(&key) {
-                Some(run) => {
-                    self.by_touch.remove(&run.tick);
-                    self.finished.remove(&run.tick);
+            match self.runs.entry((user.clone(), draft.run_id)) {
+                Entry::Occupied(mut slot) => {
+                    // Stays where it is in `by_touch` (see `Run::filed`).
+                    let run = slot.get_mut();
+                    if run.state.is_finished() {
+                        self.finished.remove(&run.tick);
+                    }
                     self.bytes = self.bytes - run.bytes + draft.bytes;
                     run.state = draft.state;
                     run.bytes = draft.bytes;
@@ -284,29 +325,31 @@ impl RunTable {
                     run.touched = now;
                     run.active = draft.active;
                     run.stall_timeout = draft.stall_timeout;
+                    if finished {
+                        self.finished.insert(tick, slot.key().clone());
+                    }
                 }
-                None => {
+                Entry::Vacant(slot) => {
                     self.bytes += draft.bytes;
-                    self.runs.insert(
-                        key.clone(),
-                        Run {
-                            state: draft.state,
-                            owner: draft.owner,
-                            bytes: draft.bytes,
-                            tick,
-                            touched: now,
-                            active: draft.active,
-                            stall_timeout: draft.stall_timeout,
-                        },
-                    );
+                    let key = slot.key().clone();
+                    slot.insert(Run {
+                        state: draft.state,
+                        owner: draft.owner,
+                        bytes: draft.bytes,
+                        tick,
+                        filed: tick,
+                        touched: now,
+                        active: draft.active,
+                        stall_timeout: draft.stall_timeout,
+                    });
+                    if finished {
+                        self.finished.insert(tick, key.clone());
+                    }
+                    self.by_touch.insert(tick, (key, now));
                 }
             }
-            if finished {
-                self.finished.insert(tick, key.clone());
-            }
-            self.by_touch.insert(tick, key);
         }
-        for (owner, use_) in owners {
+        for (owner, use_) in owners.drain(..) {
             if use_.live == 0 && use_.live_bytes == 0 {
                 self.owners.remove(&owner);
             } else {
@@ -322,7 +365,7 @@ impl RunTable {
                 break;
             };
             if let Some(run) = self.runs.remove(&key) {
-                self.by_touch.remove(&run.tick);
+                self.by_touch.remove(&run.filed);
                 self.bytes -= run.bytes;
                 self.evicted += 1;
             }
@@ -332,21 +375,34 @@ impl RunTable {
     /// Forgets every run whose last event is `ttl` old, then shrinks the run maps when
     /// they are a quarter full or less.
     pub(crate) fn expire(&mut self, now: Instant) {
-        while let Some((_, key)) = self.by_touch.first_key_value() {
-            let stale = self
-                .runs
-                .get(key)
-                .is_none_or(|r| now.saturating_duration_since(r.touched) >= self.limits.ttl);
-            if !stale {
+        while let Some((&filed, (key, filed_at))) = self.by_touch.first_key_value() {
+            if now.saturating_duration_since(*filed_at) < self.limits.ttl {
+                // The oldest filing is not `ttl` old, and every run's last event came at
+                // its filing or later.
                 break;
             }
-            let Some((tick, key)) = self.by_touch.pop_first() else {
+            let refile = match self.runs.get_mut(key) {
+                Some(run) if now.saturating_duration_since(run.touched) < self.limits.ttl => {
+                    // Events came since it was filed: filed again at its last one.
+                    run.filed = run.tick;
+                    Some((run.tick, run.touched))
+                }
+                _ => None,
+            };
+            let Some((_, (key, _))) = self.by_touch.pop_first() else {
                 break;
             };
-            self.finished.remove(&tick);
+            debug_assert!(refile.is_none_or(|(tick, _)| tick != filed));
+            if let Some((tick, touched)) = refile {
+                self.by_touch.insert(tick, (key, touched));
+                continue;
+            }
             let Some(run) = self.runs.remove(&key) else {
                 continue;
             };
+            if run.state.is_finished() {
+                self.finished.remove(&run.tick);
+            }
             self.bytes -= run.bytes;
             self.expired += 1;
             if !run.state.is_finished() {
@@ -470,6 +526,45 @@ mod tests {
         t.expire(Instant::now());
         assert_consistent(&t);
         assert_eq!((t.runs.len(), t.bytes, t.expired), (0, 0, 1));
+    }
+
+    /// A run is forgotten `ttl` after its last event, whatever order the runs started in:
+    /// an early run kept busy outlives a later one gone quiet, to the millisecond.
+    #[tokio::test(start_paused = true)]
+    async fn runs_expire_ttl_after_their_last_event() {
+        let ttl = RunLimits::default().ttl;
+        let ms = Duration::from_millis(1);
+        let mut t = RunTable::new(RunLimits::default());
+        let u = user("alice");
+        let (r1, r2) = ("r1".parse().expect("run"), "r2".parse().expect("run"));
+        let at = |t0: Instant, d: Duration| async move {
+            tokio::time::advance((t0 + d).saturating_duration_since(Instant::now())).await;
+        };
+        let t0 = Instant::now();
+        one(&mut t, &u, &guard("r1", RunStep::Start, "k")).expect("start");
+        at(t0, Duration::from_secs(1)).await;
+        one(&mut t, &u, &guard("r2", RunStep::Start, "k")).expect("start");
+        for k in 1..=3 {
+            at(t0, Duration::from_secs(1) + ttl / 4 * k).await;
+            one(&mut t, &u, &guard("r1", RunStep::Think, "k")).expect("think");
+            assert_consistent(&t);
+        }
+        let (r1_last, r2_last) = (Duration::from_secs(1) + ttl / 4 * 3, Duration::from_secs(1));
+        at(t0, r2_last + ttl - ms).await;
+        t.expire(Instant::now());
+        assert!(t.state(&u, &r2).is_some(), "r2 is kept until ttl passes");
+        at(t0, r2_last + ttl).await;
+        t.expire(Instant::now());
+        assert_consistent(&t);
+        assert!(t.state(&u, &r2).is_none(), "r2 went quiet ttl ago");
+        assert!(t.state(&u, &r1).is_some(), "r1 had an event since");
+        at(t0, r1_last + ttl - ms).await;
+        t.expire(Instant::now());
+        assert!(t.state(&u, &r1).is_some());
+        at(t0, r1_last + ttl).await;
+        t.expire(Instant::now());
+        assert_consistent(&t);
+        assert_eq!((t.runs.len(), t.expired, t.live, t.bytes), (0, 2, 0, 0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -174,28 +174,38 @@ string_id!(
     "an epoch"
 );
 
-fn uuid_v7_simple() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
+/// `prefix` (two ASCII bytes) followed by a fresh UUIDv7 in simple form (32 lowercase hex
+/// digits), written into a buffer on the stack: no formatter, one allocation (the `Arc`).
+fn prefixed_uuid_v7_simple(prefix: [u8; 2]) -> Arc<str> {
+    let mut buf = [0u8; 2 + uuid::fmt::Simple::LENGTH];
+    buf[..2].copy_from_slice(&prefix);
+    uuid::Uuid::now_v7().simple().encode_lower(&mut buf[2..]);
+    Arc::from(std::str::from_utf8(&buf).expect("an ASCII prefix and hex digits"))
 }
 
 impl EventId {
     /// A fresh UUIDv7 event id (time-ordered, hyphenated).
     pub fn generate() -> Self {
-        Self(Arc::from(uuid::Uuid::now_v7().to_string()))
+        // Runs for every event published without an id: written into a buffer on the
+        // stack, not through the formatter.
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        Self(Arc::from(
+            &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf),
+        ))
     }
 }
 
 impl ConnectionId {
     /// A fresh connection id: `c_` and a UUIDv7 in simple form.
     pub fn generate() -> Self {
-        Self(Arc::from(format!("c_{}", uuid_v7_simple())))
+        Self(prefixed_uuid_v7_simple(*b"c_"))
     }
 }
 
 impl Epoch {
     /// A fresh epoch: `e_` and a UUIDv7 in simple form.
     pub fn generate() -> Self {
-        Self(Arc::from(format!("e_{}", uuid_v7_simple())))
+        Self(prefixed_uuid_v7_simple(*b"e_"))
     }
 }
 
@@ -302,5 +312,29 @@ mod tests {
         assert!(a.as_str().starts_with("c_"));
         assert!(Epoch::generate().as_str().starts_with("e_"));
         assert!(validate_id(EventId::generate().as_str()).is_ok());
+    }
+
+    /// Generated ids keep the shapes they always had: `c_`/`e_` and 32 lowercase hex
+    /// digits, and a hyphenated lowercase UUIDv7, each parsing back as a version 7 UUID.
+    #[test]
+    fn generated_ids_have_their_shapes() {
+        for (id, prefix) in [
+            (ConnectionId::generate().as_str().to_owned(), "c_"),
+            (Epoch::generate().as_str().to_owned(), "e_"),
+        ] {
+            let hex = id.strip_prefix(prefix).expect("prefix");
+            assert_eq!(hex.len(), 32, "{id}");
+            assert!(
+                hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+            let u = uuid::Uuid::parse_str(hex).expect("uuid");
+            assert_eq!(u.get_version_num(), 7);
+            assert_eq!(u.simple().to_string(), hex);
+        }
+        let id = EventId::generate();
+        let u = uuid::Uuid::parse_str(id.as_str()).expect("uuid");
+        assert_eq!(u.get_version_num(), 7);
+        assert_eq!(u.to_string(), id.as_str());
     }
 }

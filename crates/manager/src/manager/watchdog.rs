@@ -36,8 +36,20 @@ struct Watch {
     owner: PublisherId,
     /// The run's own stall timeout, when this manager saw its `agent_started` set one.
     own_timeout: Option<Duration>,
-    /// Its place in `due`.
+    /// When the run is to be claimed: its last event or heartbeat here plus its timeout,
+    /// or what the broker's answer to a claim set.
+    deadline: Instant,
+    /// Its place in `due` (tick `u64::MAX`: not filed, while its claim is out). Never
+    /// later than `deadline`: a later deadline — every event of a running run sets one —
+    /// leaves the entry where it is, and the run is re-filed at its deadline when the
+    /// entry comes due, so an event costs no move in `due`.
     due: (Instant, u64),
+}
+
+impl Watch {
+    fn is_filed(&self) -> bool {
+        self.due.1 != u64::MAX
+    }
 }
 
 #[derive(Debug, Default)]
@@ -48,14 +60,23 @@ struct Watched {
 }
 
 impl Watched {
-    fn schedule(&mut self, key: &RunKey, at: Instant) {
+    /// Sets `key`'s deadline to `at`, and files it there unless it is filed no later
+    /// already. Returns whether it went first in `due`.
+    fn schedule(&mut self, key: &RunKey, at: Instant) -> bool {
+        let Some(w) = self.runs.get_mut(key) else {
+            return false;
+        };
+        w.deadline = at;
+        if w.is_filed() && w.due.0 <= at {
+            return false;
+        }
+        let earliest = self.due.first_key_value().is_none_or(|(d, _)| at < d.0);
         let tick = self.next;
         self.next += 1;
-        if let Some(w) = self.runs.get_mut(key) {
-            self.due.remove(&w.due);
-            w.due = (at, tick);
-            self.due.insert((at, tick), key.clone());
-        }
+        self.due.remove(&w.due);
+        w.due = (at, tick);
+        self.due.insert((at, tick), key.clone());
+        earliest
     }
 
     fn remove(&mut self, key: &RunKey) {
@@ -110,43 +131,65 @@ impl UnifiedWebSocketManager {
         };
         let key = (event.user_id().clone(), run_id.clone());
         let dog = &self.inner.watchdog;
-        let mut w = dog.lock();
+        let mut guard = dog.lock();
+        let w = &mut *guard;
         if matches!(step, RunStep::End(_)) {
             w.remove(&key);
             return;
         }
-        let own_timeout = match step {
-            RunStep::Start => event.stall_timeout(),
-            _ => w.runs.get(&key).and_then(|r| r.own_timeout),
-        };
-        if own_timeout == Some(Duration::ZERO) {
-            w.remove(&key);
-            return;
-        }
-        if !w.runs.contains_key(&key) {
-            if w.runs.len() >= self.inner.config.max_watched_runs {
-                self.inner
-                    .counters
-                    .runs_unwatched
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
+        let at = match w.runs.get_mut(&key) {
+            Some(r) => {
+                let own_timeout = match step {
+                    RunStep::Start => event.stall_timeout(),
+                    _ => r.own_timeout,
+                };
+                if own_timeout == Some(Duration::ZERO) {
+                    w.remove(&key);
+                    return;
+                }
+                r.own_timeout = own_timeout;
+                let at = Instant::now() + own_timeout.unwrap_or(default);
+                if r.is_filed() && r.due.0 <= at {
+                    // The usual event of a running run: only its deadline moves.
+                    r.deadline = at;
+                    drop(guard);
+                    self.start_watchdog();
+                    return;
+                }
+                at
             }
-            w.runs.insert(
-                key.clone(),
-                Watch {
-                    thread_id: event.thread_id().cloned(),
-                    owner: owner.clone(),
-                    own_timeout,
-                    due: (Instant::now(), u64::MAX),
-                },
-            );
-        } else if let Some(r) = w.runs.get_mut(&key) {
-            r.own_timeout = own_timeout;
-        }
-        let at = Instant::now() + own_timeout.unwrap_or(default);
-        let earliest = w.due.first_key_value().is_none_or(|(d, _)| at < d.0);
-        w.schedule(&key, at);
-        drop(w);
+            None => {
+                let own_timeout = match step {
+                    RunStep::Start => event.stall_timeout(),
+                    _ => None,
+                };
+                if own_timeout == Some(Duration::ZERO) {
+                    return;
+                }
+                if w.runs.len() >= self.inner.config.max_watched_runs {
+                    self.inner
+                        .counters
+                        .runs_unwatched
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let now = Instant::now();
+                let at = now + own_timeout.unwrap_or(default);
+                w.runs.insert(
+                    key.clone(),
+                    Watch {
+                        thread_id: event.thread_id().cloned(),
+                        owner: owner.clone(),
+                        own_timeout,
+                        deadline: at,
+                        due: (now, u64::MAX),
+                    },
+                );
+                at
+            }
+        };
+        let earliest = w.schedule(&key, at);
+        drop(guard);
         if earliest {
             dog.wake.notify_one();
         }
@@ -194,7 +237,16 @@ impl UnifiedWebSocketManager {
                 let Some((_, key)) = w.due.pop_first() else {
                     break;
                 };
+                let w = &mut *w;
                 if let Some(r) = w.runs.get_mut(&key) {
+                    if r.deadline > now {
+                        // Events came since it was filed: filed again at its deadline.
+                        let tick = w.next;
+                        w.next += 1;
+                        r.due = (r.deadline, tick);
+                        w.due.insert(r.due, key);
+                        continue;
+                    }
                     // Not due again until the claim's answer reschedules it.
                     r.due = (now, u64::MAX);
                     claims.push(Claim {

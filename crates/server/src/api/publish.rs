@@ -397,16 +397,38 @@ pub(crate) fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
 /// Appends `s` percent-encoded as one path segment: every byte but the unreserved ones.
 fn push_path_segment(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+    let bytes = s.as_bytes();
+    // Runs of unreserved bytes are copied whole: they are ASCII, so a non-empty run starts
+    // and ends on char boundaries.
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if UNRESERVED[usize::from(b)] {
+            continue;
         }
+        if start < i {
+            out.push_str(&s[start..i]);
+        }
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+        start = i + 1;
+    }
+    if start < bytes.len() {
+        out.push_str(&s[start..]);
     }
 }
+
+/// The bytes a path segment keeps as they are (RFC 3986 unreserved), by value.
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    table
+};
 
 /// `POST /v1/events`: publishes one event or a batch, all or nothing (docs/protocol.md
 /// §8).
@@ -499,16 +521,22 @@ async fn publish(
                 .map_err(|e| prepare_problem(e, batch, i))
         })
         .collect::<Result<Vec<PreparedEvent>, ApiError>>()?;
-    let publisher = || publisher_of(app, key);
-    api.take_rate(&publisher()?, requests.len()).await?;
-    let prepared = if api.lifecycle {
-        let publisher = publisher()?;
-        prepared
+    // The key's fingerprint is a hash of the key: taken once per body, and only when the
+    // rate limiter or the run guards need it.
+    let publisher = if api.limiter.is_some() || api.lifecycle {
+        Some(publisher_of(app, key)?)
+    } else {
+        None
+    };
+    if let Some(publisher) = &publisher {
+        api.take_rate(publisher, requests.len()).await?;
+    }
+    let prepared = match publisher {
+        Some(publisher) if api.lifecycle => prepared
             .into_iter()
             .map(|p| p.guarded(publisher.clone()))
-            .collect()
-    } else {
-        prepared
+            .collect(),
+        _ => prepared,
     };
     // One broker call per user of the body, all at once.
     let answers = app.manager.emit_prepared_many(&prepared).await;
@@ -599,6 +627,38 @@ mod tests {
             receipt_path(&user, None),
             "/v1/users/auth0%7Ca%20b%2Fc/receipts"
         );
+    }
+
+    /// A segment is encoded byte by byte: unreserved bytes as they are, every other byte
+    /// as `%` and two uppercase hex digits — for every ASCII character and multi-byte ones,
+    /// at the start, the end and between runs.
+    #[test]
+    fn path_segments_encode_every_reserved_byte() {
+        let reference = |s: &str| {
+            let mut out = String::new();
+            for b in s.bytes() {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out
+        };
+        let ascii: String = (0u8..0x80).map(char::from).collect();
+        let cases = [
+            String::new(),
+            ascii.clone(),
+            format!("é{ascii}用"),
+            "user-0042".to_owned(),
+            "🙂a b🙂".to_owned(),
+            "%%".to_owned(),
+        ];
+        for s in cases {
+            let mut out = String::from("/x/");
+            push_path_segment(&mut out, &s);
+            assert_eq!(out, format!("/x/{}", reference(&s)), "{s:?}");
+        }
     }
 
     #[test]
