@@ -250,28 +250,58 @@ fn frame_has_seq(frame: &[u8]) -> bool {
 /// since that sequence cannot occur unescaped inside a JSON string and `data` comes after.
 /// Other frames (`connection_established`, `replay_gap`, `pong`, `error`) carry no `ts`.
 ///
-/// Called for every frame written, so it reads the frame once, left to right, and stops
-/// at the `ts` (a search with `windows` over the head of every frame cost more than the
-/// rest of the writer's own work per frame).
+/// Called for every frame written, so the frame is read once, left to right: past the
+/// `seq`'s digits and `,"event_id":"`, the first `"` after that ends the event id, and
+/// `","ts":` follows it. Up to there no quote pair of `,"ts":` fits anywhere else, so
+/// that `ts` is the first one, as a search would find it; a frame laid out otherwise is
+/// searched for its first `,"ts":` (`ts_searched`).
 pub(crate) fn event_ts(frame: &[u8]) -> Option<u64> {
+    const EVENT_ID: &[u8] = b",\"event_id\":\"";
+    const TS: &[u8] = b"\",\"ts\":";
+    let rest = after_seq(frame)?;
+    let seq_digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if let Some(id) = rest[seq_digits..].strip_prefix(EVENT_ID)
+        && let Some(end) = memchr::memchr(b'"', id)
+        && let Some(ts) = id[end..].strip_prefix(TS)
+    {
+        return leading_u64(ts);
+    }
+    ts_searched(rest)
+}
+
+/// What follows `{"type":"<name>","seq":` in an event frame.
+fn after_seq(frame: &[u8]) -> Option<&[u8]> {
     const SEQ: &[u8] = b"\",\"seq\":";
+    let rest = frame.strip_prefix(b"{\"type\":\"")?;
+    let name_end = memchr::memchr(b'"', &rest[..rest.len().min(64)])?;
+    rest[name_end..].strip_prefix(SEQ)
+}
+
+/// The number after the first `,"ts":` in `rest` (what follows the `seq` key).
+fn ts_searched(rest: &[u8]) -> Option<u64> {
     const TS: &[u8] = b",\"ts\":";
     // Built once: `memmem::find` would build its searcher again for every frame.
     static TS_FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(TS));
-    let rest = frame.strip_prefix(b"{\"type\":\"")?;
-    let name_end = memchr::memchr(b'"', &rest[..rest.len().min(64)])?;
-    let rest = rest[name_end..].strip_prefix(SEQ)?;
     let at = TS_FINDER.find(rest)? + TS.len();
-    let digits = &rest[at..];
-    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-    if n == 0 || n > 19 {
-        return None;
+    leading_u64(&rest[at..])
+}
+
+/// The run of ASCII digits `digits` starts with, as a number: `None` when there is none
+/// or when it is longer than 19 digits (so it always fits a `u64`).
+fn leading_u64(digits: &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    let mut n = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            break;
+        }
+        if n == 19 {
+            return None;
+        }
+        value = value * 10 + u64::from(d - b'0');
+        n += 1;
     }
-    Some(
-        digits[..n]
-            .iter()
-            .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
-    )
+    (n > 0).then_some(value)
 }
 
 #[cfg(test)]
@@ -289,5 +319,133 @@ mod tests {
             event_ts(br#"{"type":"replay_gap","from_seq":1,"to_seq":2}"#),
             None
         );
+    }
+
+    /// `event_ts` as it was before it read the event id's layout: the first `,"ts":` after
+    /// `","seq":`, found by a search.
+    fn event_ts_by_search(frame: &[u8]) -> Option<u64> {
+        const SEQ: &[u8] = b"\",\"seq\":";
+        const TS: &[u8] = b",\"ts\":";
+        let rest = frame.strip_prefix(b"{\"type\":\"")?;
+        let name_end = memchr::memchr(b'"', &rest[..rest.len().min(64)])?;
+        let rest = rest[name_end..].strip_prefix(SEQ)?;
+        let at = memmem::find(rest, TS)? + TS.len();
+        let digits = &rest[at..];
+        let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 || n > 19 {
+            return None;
+        }
+        Some(
+            digits[..n]
+                .iter()
+                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
+        )
+    }
+
+    /// A small deterministic generator (xorshift), so every run checks the same frames.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.below(from.len())]
+        }
+    }
+
+    /// Frames laid out as the manager writes them, and near misses of that layout (pieces
+    /// left out, quotes and `,"ts":` inside the event id, long or missing numbers, bytes
+    /// changed anywhere): reading the layout finds the same `ts` as the search does.
+    #[test]
+    fn reading_the_layout_finds_the_ts_a_search_finds() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let prefixes = [
+            "{\"type\":\"",
+            "{\"type\":\"",
+            "{\"type\": \"",
+            "{\"typ\":\"",
+            "",
+        ];
+        let names = ["custom", "message_delta", "", "a\\\"b", "x,\"ts\":1"];
+        let seqs = ["\",\"seq\":", "\",\"seq\":", "\",\"seq\" :", "\",\"sq\":"];
+        let seq_digits = ["3", "123456", "", "1a", "99999999999999999999999"];
+        let ids = [
+            ",\"event_id\":\"",
+            ",\"event_id\":\"",
+            ",\"event_id\": \"",
+            ",\"id\":\"",
+            "",
+        ];
+        let id_bodies = [
+            "018f2b9c-1d2e-7a3b-8c4d-5e6f7a8b9c0d",
+            "",
+            "x,\\\"ts\\\":1",
+            "x\\\",\\\"ts\\\":2",
+            "\\\\",
+            ",",
+            "ab",
+            "\",\"ts\":7,\"",
+        ];
+        let ts_keys = [
+            "\",\"ts\":",
+            "\",\"ts\":",
+            "\", \"ts\":",
+            "\",\"ts\" :",
+            "\",\"tz\":",
+            "\"",
+        ];
+        let ts_digits = [
+            "1700000000000",
+            "0",
+            "",
+            "-1",
+            "1234567890123456789",
+            "12345678901234567890",
+            "18446744073709551615",
+            "9999999999999999999",
+        ];
+        let tails = [",\"data\":{\"ts\":5}}", "}", "", ",\"ts\":42}", "x"];
+        let noise = [b'"', b',', b':', b't', b's', b'1', b'\\', b'x'];
+        for _ in 0..200_000 {
+            let mut frame = String::new();
+            frame.push_str(rng.pick(&prefixes));
+            frame.push_str(rng.pick(&names));
+            frame.push_str(rng.pick(&seqs));
+            frame.push_str(rng.pick(&seq_digits));
+            frame.push_str(rng.pick(&ids));
+            frame.push_str(rng.pick(&id_bodies));
+            frame.push_str(rng.pick(&ts_keys));
+            frame.push_str(rng.pick(&ts_digits));
+            frame.push_str(rng.pick(&tails));
+            let mut frame = frame.into_bytes();
+            for _ in 0..rng.below(3) {
+                if frame.is_empty() {
+                    break;
+                }
+                let at = rng.below(frame.len());
+                match rng.below(3) {
+                    0 => frame[at] = noise[rng.below(noise.len())],
+                    1 => {
+                        frame.remove(at);
+                    }
+                    _ => frame.insert(at, noise[rng.below(noise.len())]),
+                }
+            }
+            assert_eq!(
+                event_ts(&frame),
+                event_ts_by_search(&frame),
+                "{}",
+                String::from_utf8_lossy(&frame)
+            );
+        }
     }
 }
