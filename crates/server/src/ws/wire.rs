@@ -38,7 +38,6 @@ const MAX_IOV: usize = 512;
 /// `sendmsg`; a longer batch, or what is left of one the socket did not take whole, has
 /// them allocated while it waits for room.
 const STACK_FRAMES: usize = 32;
-const _: () = assert!(2 * STACK_FRAMES <= MAX_IOV);
 
 /// WebSocket opcodes the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,11 +398,21 @@ impl FrameWriter {
         sent: &mut usize,
     ) -> io::Result<()> {
         let start = *sent;
-        if let WriteHalf::Tcp(w) = &self.io
-            && frames.len() <= STACK_FRAMES
-            && send_text_now(w.as_ref(), frames, sent)?
-        {
-            return Ok(());
+        if let WriteHalf::Tcp(w) = &self.io {
+            // Arrays sized to the batch: filling slots a batch does not use would cost
+            // more than its headers.
+            let tcp = w.as_ref();
+            let done = match frames.len() {
+                0..=2 => send_text_now::<2, 4>(tcp, frames, sent)?,
+                3..=8 => send_text_now::<8, 16>(tcp, frames, sent)?,
+                9..=STACK_FRAMES => {
+                    send_text_now::<STACK_FRAMES, { 2 * STACK_FRAMES }>(tcp, frames, sent)?
+                }
+                _ => false,
+            };
+            if done {
+                return Ok(());
+            }
         }
         // The socket is full (or this is a long batch, or not a plain TCP socket): what
         // is left waits for room, its headers and slices on the heap meanwhile.
@@ -508,20 +517,28 @@ impl WriteHalf {
     }
 }
 
-/// Sends a batch of at most [`STACK_FRAMES`] text frames with `sendmsg` while the socket
-/// takes them, building headers and slices on the stack: `true` once all is sent, `false`
-/// when the socket's buffer filled first (`sent` grows by what it took).
-fn send_text_now(tcp: &TcpStream, frames: &[Bytes], sent: &mut usize) -> io::Result<bool> {
-    let mut headers = [Header::EMPTY; STACK_FRAMES];
+/// Sends a batch of at most `N` text frames with `sendmsg` while the socket takes them,
+/// building headers and slices (`S`, twice `N`) on the stack: `true` once all is sent,
+/// `false` when the socket's buffer filled first (`sent` grows by what it took).
+fn send_text_now<const N: usize, const S: usize>(
+    tcp: &TcpStream,
+    frames: &[Bytes],
+    sent: &mut usize,
+) -> io::Result<bool> {
+    const { assert!(S == 2 * N && S <= MAX_IOV) };
+    if frames.len() > N {
+        return Ok(false);
+    }
+    let mut headers = [Header::EMPTY; N];
     for (h, f) in headers.iter_mut().zip(frames) {
         *h = Header::new(OpCode::Text, f.len());
     }
-    let mut slices = [IoSlice::new(&[]); 2 * STACK_FRAMES];
+    let mut slices = [IoSlice::new(&[]); S];
     for (pair, (h, f)) in slices.chunks_exact_mut(2).zip(headers.iter().zip(frames)) {
         pair[0] = IoSlice::new(h.as_slice());
         pair[1] = IoSlice::new(f);
     }
-    let mut rest: &mut [IoSlice<'_>] = &mut slices[..2 * frames.len().min(STACK_FRAMES)];
+    let mut rest: &mut [IoSlice<'_>] = &mut slices[..2 * frames.len()];
     while !rest.is_empty() {
         let took = match socket2::SockRef::from(tcp).send_vectored(rest) {
             Ok(took) => took,
@@ -699,7 +716,7 @@ mod tests {
     #[tokio::test]
     async fn a_tcp_batch_the_socket_cannot_take_at_once_arrives_whole() {
         use tokio::io::AsyncReadExt;
-        for count in [1usize, 2, STACK_FRAMES, STACK_FRAMES + 1] {
+        for count in [1usize, 2, 3, 8, 9, STACK_FRAMES, STACK_FRAMES + 1] {
             let frames: Vec<Bytes> = (0..count)
                 .map(|i| {
                     let len = [5usize, 126, 70_000, 300][i % 4];
