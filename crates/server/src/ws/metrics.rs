@@ -287,11 +287,21 @@ fn ts_searched(rest: &[u8]) -> Option<u64> {
 }
 
 /// The run of ASCII digits `digits` starts with, as a number: `None` when there is none
-/// or when it is longer than 19 digits (so it always fits a `u64`).
+/// or when it is longer than 19 digits (so it always fits a `u64`). Eight digits at a time
+/// while they last (a `ts` in milliseconds has 13), then one at a time.
 fn leading_u64(digits: &[u8]) -> Option<u64> {
     let mut value = 0u64;
     let mut n = 0;
-    for &d in digits {
+    let mut rest = digits;
+    while n + 8 <= 19
+        && let Some(chunk) = rest.first_chunk::<8>()
+        && let Some(eight) = eight_digits(u64::from_le_bytes(*chunk))
+    {
+        value = value * 100_000_000 + eight;
+        n += 8;
+        rest = &rest[8..];
+    }
+    for &d in rest {
         if !d.is_ascii_digit() {
             break;
         }
@@ -302,6 +312,26 @@ fn leading_u64(digits: &[u8]) -> Option<u64> {
         n += 1;
     }
     (n > 0).then_some(value)
+}
+
+/// The number eight ASCII digits spell, read as one little-endian word (the first digit
+/// in the lowest byte); `None` unless all eight are digits.
+fn eight_digits(word: u64) -> Option<u64> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    // Every byte is 0x30..=0x39: its high nibble is 3, and adding 6 leaves it 3.
+    if word & HIGH != 0x30 * ONES || word.wrapping_add(6 * ONES) & HIGH != 0x30 * ONES {
+        return None;
+    }
+    let d = word - 0x30 * ONES;
+    // Pairs, then fours, then all eight.
+    let pairs = d.wrapping_mul(10).wrapping_add(d >> 8);
+    const LOW_OF_FOURS: u64 = 0x0000_00FF_0000_00FF;
+    let eight = (pairs & LOW_OF_FOURS)
+        .wrapping_mul(100 + (1_000_000 << 32))
+        .wrapping_add(((pairs >> 16) & LOW_OF_FOURS).wrapping_mul(1 + (10_000 << 32)))
+        >> 32;
+    Some(eight)
 }
 
 #[cfg(test)]
@@ -340,6 +370,55 @@ mod tests {
                 .iter()
                 .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
         )
+    }
+
+    /// The number at the start of `digits`, one digit at a time.
+    fn leading_u64_by_digit(digits: &[u8]) -> Option<u64> {
+        let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 || n > 19 {
+            return None;
+        }
+        Some(
+            digits[..n]
+                .iter()
+                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
+        )
+    }
+
+    /// Runs of every length up to 24, each byte a digit or one of the bytes next to the
+    /// digits in ASCII (`/` and `:`), or any byte at all.
+    #[test]
+    fn numbers_read_eight_digits_at_a_time_match_one_at_a_time() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..200_000 {
+            let len = rng.below(25);
+            let digits: Vec<u8> = (0..len)
+                .map(|_| match rng.below(20) {
+                    0 => b'/',
+                    1 => b':',
+                    2 => rng.next() as u8,
+                    _ => b'0' + rng.below(10) as u8,
+                })
+                .collect();
+            assert_eq!(
+                leading_u64(&digits),
+                leading_u64_by_digit(&digits),
+                "{}",
+                String::from_utf8_lossy(&digits)
+            );
+        }
+        for s in [
+            "18446744073709551615",
+            "9999999999999999999",
+            "00000000",
+            "12345678",
+        ] {
+            assert_eq!(
+                leading_u64(s.as_bytes()),
+                leading_u64_by_digit(s.as_bytes()),
+                "{s}"
+            );
+        }
     }
 
     /// A small deterministic generator (xorshift), so every run checks the same frames.
