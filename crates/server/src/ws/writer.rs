@@ -44,9 +44,6 @@ async fn send_close(sink: &mut Sink, code: CloseCode) -> std::io::Result<()> {
     sink.write_close(code.code(), code.reason()).await
 }
 
-/// Slots of the write batch a connection keeps between batches.
-const BATCH_KEEP_CAPACITY: usize = 1;
-
 /// Why a connection's writer ended, for the `disconnected` log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum WriterEnd {
@@ -179,8 +176,9 @@ pub(super) async fn write_loop(
                         // Cut at a frame boundary (the connection was abandoned).
                         Ok(false) => {}
                     }
-                    // A burst grew the batch; an idle connection keeps only a few slots.
-                    batch.shrink_to(BATCH_KEEP_CAPACITY);
+                    // The emptied batch goes back to `next_frames`, which hands its buffer
+                    // to the queue (or frees a large one), so a writer waiting for frames
+                    // keeps no buffer of its own.
                     // A queue that never empties must not keep this worker from its other
                     // tasks, nor the timer from being looked at: yield once the task's
                     // budget is spent.
