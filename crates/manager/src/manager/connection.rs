@@ -20,8 +20,11 @@ use super::{Counters, UnifiedWebSocketManager};
 use crate::broker::StoredEvent;
 use crate::config::QueueLimits;
 
-/// Slots a drained queue keeps; beyond it, the capacity a burst grew is given back.
-const QUEUE_KEEP_CAPACITY: usize = 1;
+/// Slots a drained queue keeps; beyond it, the capacity a burst grew is given back. Four
+/// is the least a queue grows to, so a connection that receives a few frames at a time
+/// never reallocates its queue; with the writer's batch handing its buffer back (see
+/// [`Connection::next_frames`]), this one buffer is all an idle connection keeps.
+const QUEUE_KEEP_CAPACITY: usize = 4;
 
 /// Largest frame that merging `message_delta`s in a busy queue may build (256 KiB, the
 /// default event size). A delta that would grow the frame past it is queued as it is
@@ -552,6 +555,12 @@ impl Connection {
     /// come out first (except for a slow consumer or an expired token, whose queue is
     /// dropped).
     ///
+    /// An empty `out` trades buffers with the queue rather than taking frames one by one:
+    /// it receives the queue's buffer when every queued frame fits `max_frames`, and its own
+    /// spare capacity goes to the queue (up to a few slots; more is freed). So a writer
+    /// that passes the same cleared `Vec` each time allocates nothing from batch to batch,
+    /// and keeps no buffer of its own while it waits.
+    ///
     /// One task drains a connection (its writer): a second task waiting at the same time
     /// may not be woken.
     ///
@@ -566,9 +575,19 @@ impl Connection {
             if !st.queue.is_empty() {
                 let n = st.queue.len().min(max_frames.max(1));
                 let mut bytes = 0;
-                for frame in st.queue.drain(..n) {
-                    bytes += frame.len();
-                    out.push(frame);
+                // Freed once the lock is let go.
+                let mut unkept = VecDeque::new();
+                if n == st.queue.len() && out.is_empty() {
+                    // The whole queue: its buffer becomes the batch, and the batch's empty
+                    // buffer the queue's.
+                    let spare = VecDeque::from(std::mem::take(out));
+                    *out = Vec::from(std::mem::replace(&mut st.queue, spare));
+                    bytes = out.iter().map(Bytes::len).sum();
+                } else {
+                    for frame in st.queue.drain(..n) {
+                        bytes += frame.len();
+                        out.push(frame);
+                    }
                 }
                 st.queued_bytes -= bytes;
                 if st.queue.is_empty() {
@@ -576,7 +595,7 @@ impl Connection {
                 }
                 if st.queue.is_empty() && st.queue.capacity() > QUEUE_KEEP_CAPACITY {
                     // A burst grew the queue; an idle connection should not keep that.
-                    st.queue.shrink_to(QUEUE_KEEP_CAPACITY);
+                    unkept = std::mem::take(&mut st.queue);
                 }
                 st.taken += n as u64;
                 while let Some(&(at, seq)) = st.marks.front() {
@@ -588,6 +607,7 @@ impl Connection {
                 }
                 let room_wanted = std::mem::take(&mut st.replay_waiting);
                 drop(st);
+                drop(unkept);
                 if room_wanted {
                     self.shared.writable.notify_waiters();
                 }
@@ -596,6 +616,18 @@ impl Connection {
             if let Some(code) = st.closing {
                 return Poll::Ready(Outbound::Close(code));
             }
+            // The batch written last hands its buffer to the queue that has none, for the
+            // next frames: then the connection holds one buffer while it waits.
+            let mut unkept = Vec::new();
+            if out.is_empty() && out.capacity() > 0 {
+                if st.queue.capacity() == 0 && out.capacity() <= QUEUE_KEEP_CAPACITY {
+                    st.queue = VecDeque::from(std::mem::take(out));
+                } else {
+                    unkept = std::mem::take(out);
+                }
+            }
+            drop(st);
+            drop(unkept);
             Poll::Pending
         })
         .await
@@ -707,5 +739,151 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.manager.remove(&self.shared);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use agentwire_protocol::{Custom, Event, ServerFrame, UserId};
+    use proptest::prelude::*;
+
+    use bytes::Bytes;
+
+    use super::{Outbound, QUEUE_KEEP_CAPACITY};
+    use crate::manager::{ConnectOptions, Resume, UnifiedWebSocketManager};
+    use crate::{InMemoryBroker, ManagerConfig};
+
+    /// What a connection's writer received, in order: an event's seq, or a pong.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Got {
+        Event(u64),
+        Pong,
+    }
+
+    fn decode(frame: &[u8]) -> Option<Got> {
+        match ServerFrame::decode(frame).expect("a frame the manager wrote") {
+            ServerFrame::Event(e) => Some(Got::Event(e.seq.get())),
+            ServerFrame::Pong => Some(Got::Pong),
+            _ => None,
+        }
+    }
+
+    /// One step: events and a pong queued, then one `next_frames` taking up to
+    /// `max_frames`, into a batch kept from before or emptied first.
+    type Step = (usize, bool, usize, bool);
+
+    async fn run(steps: Vec<Step>) {
+        let m = UnifiedWebSocketManager::new(
+            ManagerConfig::default(),
+            Arc::new(InMemoryBroker::default()),
+        );
+        let user: UserId = "u".parse().expect("user id");
+        let conn = m
+            .connect_user(
+                user.clone(),
+                ConnectOptions {
+                    resume: Resume::LiveOnly,
+                },
+            )
+            .await
+            .expect("connect");
+        // Live before the first event (until then events wait behind the catch-up).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let mut out = Vec::new();
+        let mut expected = Vec::new();
+        let mut got = Vec::new();
+        let mut newest_event = 0;
+        for (events, pong, max_frames, keep) in steps {
+            for n in 0..events {
+                let event = Event::new(
+                    None,
+                    None,
+                    Custom {
+                        name: "n".into(),
+                        value: serde_json::Value::from(n),
+                        extra: Default::default(),
+                    },
+                );
+                let seq = m
+                    .emit_critical_event(&user, event)
+                    .await
+                    .expect("emit")
+                    .seq
+                    .get();
+                expected.push(Got::Event(seq));
+            }
+            if pong {
+                assert!(conn.send_control(&ServerFrame::Pong));
+                expected.push(Got::Pong);
+            }
+            if !keep {
+                out.clear();
+            }
+            // Lets the tasks the connect and the emits started run first (the clock is
+            // paused: the sleep ends once they all wait).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let before = out.len();
+            let queued = conn.shared.queued().0;
+            match tokio::time::timeout(Duration::ZERO, conn.next_frames(&mut out, max_frames)).await
+            {
+                Ok(Outbound::Frames) => {
+                    let taken = out.len() - before;
+                    assert_eq!(taken, queued.min(max_frames));
+                    got.extend(out[before..].iter().filter_map(|f| decode(f)));
+                    let (left, left_bytes) = conn.shared.queued();
+                    assert_eq!(left, queued - taken);
+                    let st = conn.shared.state();
+                    assert_eq!(left_bytes, st.queue.iter().map(Bytes::len).sum::<usize>());
+                    drop(st);
+                    conn.written();
+                    newest_event = got.iter().fold(newest_event, |n, g| match g {
+                        Got::Event(s) => n.max(*s),
+                        Got::Pong => n,
+                    });
+                    assert_eq!(m.receipt(&user).delivered_seq.get(), newest_event);
+                }
+                Ok(Outbound::Close(code)) => panic!("closed with {code:?}"),
+                Err(_) => {
+                    assert_eq!(queued, 0);
+                    // Waiting, the connection holds at most the queue's few slots.
+                    if out.is_empty() {
+                        assert_eq!(out.capacity(), 0);
+                    }
+                    assert!(conn.shared.state().queue.capacity() <= QUEUE_KEEP_CAPACITY);
+                }
+            }
+        }
+        out.clear();
+        while let Ok(Outbound::Frames) =
+            tokio::time::timeout(Duration::ZERO, conn.next_frames(&mut out, 256)).await
+        {
+            got.extend(out.drain(..).filter_map(|f| decode(&f)));
+        }
+        assert_eq!(got, expected);
+        assert_eq!(conn.shared.queued(), (0, 0));
+        assert_eq!(out.capacity(), 0);
+        assert!(conn.shared.state().queue.capacity() <= QUEUE_KEEP_CAPACITY);
+    }
+
+    proptest! {
+        /// Whether `next_frames` trades its buffer with the queue (an empty batch taking
+        /// every queued frame) or moves frames one by one (a batch kept from before, or a
+        /// queue longer than `max_frames`), every frame comes out once, in order; the
+        /// queue's byte count, the delivery receipt and what an idle connection keeps
+        /// follow.
+        #[test]
+        fn frames_come_out_in_order_whichever_way_a_batch_is_taken(
+            steps in proptest::collection::vec((0usize..7, any::<bool>(), 1usize..6, any::<bool>()), 1..30)
+        ) {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime")
+                .block_on(run(steps));
+        }
     }
 }

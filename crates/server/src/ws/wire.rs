@@ -34,9 +34,10 @@ use crate::http::{ApiError, ErrorCode};
 /// Most slices one vectored write is given (Linux's `IOV_MAX` is 1024).
 const MAX_IOV: usize = 512;
 
-/// Headers of a batch are built here; past this many the buffer is given back after the
-/// batch, so a burst leaves no large allocation on an idle connection.
-const HEADER_KEEP_CAPACITY: usize = 1;
+/// Most frames of a batch whose headers and slices are built on the stack for its first
+/// `sendmsg`; a longer batch, or what is left of one the socket did not take whole, has
+/// them allocated while it waits for room.
+const STACK_FRAMES: usize = 32;
 
 /// WebSocket opcodes the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,12 @@ struct Header {
 }
 
 impl Header {
+    /// A placeholder, overwritten before it is used.
+    const EMPTY: Header = Header {
+        bytes: [0; 10],
+        len: 0,
+    };
+
     /// The header of a frame carrying `payload_len` bytes, in the shortest length form.
     fn new(opcode: OpCode, payload_len: usize) -> Header {
         let mut bytes = [0u8; 10];
@@ -366,7 +373,6 @@ pub(crate) type WsStream = WebSocketStream<ReadOnly<ReadHalf>>;
 /// Writes server frames to the socket (see the module docs).
 pub(crate) struct FrameWriter {
     io: WriteHalf,
-    headers: Vec<Header>,
     /// The connection's place at the front door, given back when the socket closes.
     _slot: Option<ConnSlot>,
 }
@@ -379,11 +385,7 @@ impl std::fmt::Debug for FrameWriter {
 
 impl FrameWriter {
     fn new(io: WriteHalf, slot: Option<ConnSlot>) -> Self {
-        FrameWriter {
-            io,
-            headers: Vec::new(),
-            _slot: slot,
-        }
+        FrameWriter { io, _slot: slot }
     }
 
     /// Writes each payload as a text frame, all in as few system calls as the socket
@@ -395,26 +397,37 @@ impl FrameWriter {
         frames: &[Bytes],
         sent: &mut usize,
     ) -> io::Result<()> {
-        if let [frame] = frames {
-            // The common batch: header and payload from the stack, no allocation.
-            let header = Header::new(OpCode::Text, frame.len());
-            let mut slices = [IoSlice::new(header.as_slice()), IoSlice::new(frame)];
-            return self.io.write_slices(&mut slices, sent).await;
+        let start = *sent;
+        if let WriteHalf::Tcp(w) = &self.io {
+            // Arrays sized to the batch: filling slots a batch does not use would cost
+            // more than its headers.
+            let tcp = w.as_ref();
+            let done = match frames.len() {
+                0..=2 => send_text_now::<2, 4>(tcp, frames, sent)?,
+                3..=8 => send_text_now::<8, 16>(tcp, frames, sent)?,
+                9..=STACK_FRAMES => {
+                    send_text_now::<STACK_FRAMES, { 2 * STACK_FRAMES }>(tcp, frames, sent)?
+                }
+                _ => false,
+            };
+            if done {
+                return Ok(());
+            }
         }
-        self.headers.clear();
-        self.headers
-            .extend(frames.iter().map(|f| Header::new(OpCode::Text, f.len())));
-        let mut slices: Vec<IoSlice<'_>> = self
-            .headers
+        // The socket is full (or this is a long batch, or not a plain TCP socket): what
+        // is left waits for room, its headers and slices on the heap meanwhile.
+        let headers: Vec<Header> = frames
+            .iter()
+            .map(|f| Header::new(OpCode::Text, f.len()))
+            .collect();
+        let mut slices: Vec<IoSlice<'_>> = headers
             .iter()
             .zip(frames)
             .flat_map(|(h, f)| [IoSlice::new(h.as_slice()), IoSlice::new(f)])
             .collect();
-        let result = self.io.write_slices(&mut slices, sent).await;
-        if self.headers.capacity() > HEADER_KEEP_CAPACITY {
-            self.headers = Vec::new();
-        }
-        result
+        let mut rest: &mut [IoSlice<'_>] = &mut slices;
+        IoSlice::advance_slices(&mut rest, *sent - start);
+        self.io.write_slices(rest, sent).await
     }
 
     /// Writes the rest of the frame that [`FrameWriter::write_text`] of `frames` was in
@@ -502,6 +515,43 @@ impl WriteHalf {
             }
         }
     }
+}
+
+/// Sends a batch of at most `N` text frames with `sendmsg` while the socket takes them,
+/// building headers and slices (`S`, twice `N`) on the stack: `true` once all is sent,
+/// `false` when the socket's buffer filled first (`sent` grows by what it took).
+fn send_text_now<const N: usize, const S: usize>(
+    tcp: &TcpStream,
+    frames: &[Bytes],
+    sent: &mut usize,
+) -> io::Result<bool> {
+    const { assert!(S == 2 * N && S <= MAX_IOV) };
+    if frames.len() > N {
+        return Ok(false);
+    }
+    let mut headers = [Header::EMPTY; N];
+    for (h, f) in headers.iter_mut().zip(frames) {
+        *h = Header::new(OpCode::Text, f.len());
+    }
+    let mut slices = [IoSlice::new(&[]); S];
+    for (pair, (h, f)) in slices.chunks_exact_mut(2).zip(headers.iter().zip(frames)) {
+        pair[0] = IoSlice::new(h.as_slice());
+        pair[1] = IoSlice::new(f);
+    }
+    let mut rest: &mut [IoSlice<'_>] = &mut slices[..2 * frames.len()];
+    while !rest.is_empty() {
+        let took = match socket2::SockRef::from(tcp).send_vectored(rest) {
+            Ok(took) => took,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if took == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        *sent += took;
+        IoSlice::advance_slices(&mut rest, took);
+    }
+    Ok(true)
 }
 
 /// Sends every slice with `sendmsg` (a socket's own call: no file-position lock, unlike
@@ -657,6 +707,53 @@ mod tests {
             w.finish_frame(&frames, sent).await.expect("written");
             let end = *boundaries.iter().find(|&&b| b >= sent).expect("a boundary");
             assert_eq!(*out.lock().expect("lock"), whole[..end], "cut at {sent}");
+        }
+    }
+
+    /// A batch on a plain TCP socket: sent from the stack while the socket takes it, the
+    /// rest (after the socket's buffer filled mid-frame) once the peer reads, every byte
+    /// in order; batches short and long, with frames of every header length.
+    #[tokio::test]
+    async fn a_tcp_batch_the_socket_cannot_take_at_once_arrives_whole() {
+        use tokio::io::AsyncReadExt;
+        for count in [1usize, 2, 3, 8, 9, STACK_FRAMES, STACK_FRAMES + 1] {
+            let frames: Vec<Bytes> = (0..count)
+                .map(|i| {
+                    let len = [5usize, 126, 70_000, 300][i % 4];
+                    Bytes::from(vec![b'a' + (i % 26) as u8; len])
+                })
+                .collect();
+            let mut expected = Vec::new();
+            for f in &frames {
+                expected.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
+                expected.extend_from_slice(f);
+            }
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(4096)
+                .expect("SO_SNDBUF");
+            let (_read, write) = server.into_split();
+            let mut writer = FrameWriter::new(WriteHalf::Tcp(write), None);
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.expect("read");
+                got
+            });
+            let mut sent = 0;
+            writer
+                .write_text(&frames, &mut sent)
+                .await
+                .expect("written");
+            assert_eq!(sent, expected.len(), "{count} frames");
+            drop(writer);
+            drop(_read);
+            assert!(reader.await.expect("reader") == expected, "{count} frames");
         }
     }
 

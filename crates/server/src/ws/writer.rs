@@ -44,9 +44,6 @@ async fn send_close(sink: &mut Sink, code: CloseCode) -> std::io::Result<()> {
     sink.write_close(code.code(), code.reason()).await
 }
 
-/// Slots of the write batch a connection keeps between batches.
-const BATCH_KEEP_CAPACITY: usize = 1;
-
 /// Why a connection's writer ended, for the `disconnected` log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum WriterEnd {
@@ -105,6 +102,8 @@ pub(super) async fn write_loop(
     let next_deadline = |ping: Instant, token: Option<Instant>| token.map_or(ping, |t| t.min(ping));
     let timer = tokio::time::sleep_until(next_deadline(next_ping, token_at));
     tokio::pin!(timer);
+    // Whether the timer holds this task's waker for its current deadline (see `due`).
+    let mut timer_armed = false;
     let mut seen = 0u64;
     let mut reader_end = None;
     let mut projector = Projector::for_format(format);
@@ -122,6 +121,7 @@ pub(super) async fn write_loop(
                 if token_at.is_some() {
                     token_at = Some(expires_at(current.expires_at));
                     timer.as_mut().reset(next_deadline(next_ping, token_at));
+                    timer_armed = false;
                 }
                 if let Some(payload) = current.ping
                     && !Box::pin(write_control(app, sink, OpCode::Pong, &payload)).await
@@ -138,7 +138,7 @@ pub(super) async fn write_loop(
                     Some(ReaderEnd::PeerGone) => return WriterEnd::PeerGone,
                 }
             }
-            () = &mut timer => {
+            () = due(timer.as_mut(), &mut timer_armed) => {
                 let now = Instant::now();
                 if now >= next_ping {
                     next_ping = after(interval);
@@ -160,6 +160,7 @@ pub(super) async fn write_loop(
                     }
                 }
                 timer.as_mut().reset(next_deadline(next_ping, token_at));
+                timer_armed = false;
             }
             out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
                 Outbound::Frames => {
@@ -179,8 +180,9 @@ pub(super) async fn write_loop(
                         // Cut at a frame boundary (the connection was abandoned).
                         Ok(false) => {}
                     }
-                    // A burst grew the batch; an idle connection keeps only a few slots.
-                    batch.shrink_to(BATCH_KEEP_CAPACITY);
+                    // The emptied batch goes back to `next_frames`, which hands its buffer
+                    // to the queue (or frees a large one), so a writer waiting for frames
+                    // keeps no buffer of its own.
                     // A queue that never empties must not keep this worker from its other
                     // tasks, nor the timer from being looked at: yield once the task's
                     // budget is spent.
@@ -211,6 +213,26 @@ pub(super) async fn write_loop(
             },
         }
     }
+}
+
+/// Resolves when `timer` fires, polling it only when it may have: once after each reset
+/// (which hands it this task's waker; `armed` records that), then only once it reports
+/// itself elapsed. The writer looks at its timer on every wake-up, and a poll that finds
+/// nothing costs more than that look. The poll is not charged to the task's budget, so a
+/// timer that was polled and is pending always holds the waker (`consume_budget` in the
+/// loop keeps a busy writer yielding).
+fn due<'a>(
+    mut timer: std::pin::Pin<&'a mut tokio::time::Sleep>,
+    armed: &'a mut bool,
+) -> impl Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| {
+        if *armed && !timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        let polled = std::pin::pin!(tokio::task::unconstrained(timer.as_mut())).poll(cx);
+        *armed = polled.is_pending();
+        polled
+    })
 }
 
 /// Writes a ping or pong under the write timeout; `false` when the connection is done.
