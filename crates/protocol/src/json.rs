@@ -28,8 +28,9 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-/// The index of the first byte at or after `from` that must be escaped.
-fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
+/// The index of the first byte at or after `from` that must be escaped (which is also
+/// where a JSON string being read ends, or needs a closer look).
+pub(crate) fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
     while let Some(chunk) = bytes.get(from..from + 8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
