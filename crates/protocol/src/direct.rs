@@ -18,6 +18,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::map::Entry;
 
 use crate::codec::StrictValue;
 use crate::event::{
@@ -222,12 +223,12 @@ impl<'de, P: Payload> Visitor<'de> for PayloadVisitor<P> {
                 seen |= bit;
                 continue;
             }
-            let key = key.into_owned();
-            if payload.extra().contains_key(&key) {
-                return Err(repeated());
+            match payload.extra().entry(key) {
+                Entry::Occupied(_) => return Err(repeated()),
+                Entry::Vacant(slot) => {
+                    slot.insert(map.next_value_seed(AnyValue)?);
+                }
             }
-            let value = map.next_value_seed(AnyValue)?;
-            payload.extra().insert(key, value);
         }
         finish(payload, seen)
     }
@@ -389,18 +390,23 @@ impl<'de> Quick<'de> {
     fn digits(&mut self) -> Result<u64, GaveUp> {
         let bytes = self.text.as_bytes();
         let start = self.pos;
-        let mut n = 0u64;
-        while let Some(&d) = bytes.get(self.pos) {
-            if !d.is_ascii_digit() {
-                break;
-            }
-            n = n
-                .checked_mul(10)
-                .and_then(|n| n.checked_add(u64::from(d - b'0')))
-                .ok_or(GaveUp)?;
-            self.pos += 1;
-        }
-        let len = self.pos - start;
+        let digits = bytes[start..]
+            .iter()
+            .position(|d| !d.is_ascii_digit())
+            .unwrap_or(bytes.len() - start);
+        self.pos += digits;
+        let run = &bytes[start..self.pos];
+        // Up to 19 digits cannot overflow; the 20th is checked.
+        let n = if digits <= 19 {
+            run.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
+        } else {
+            run.iter()
+                .try_fold(0u64, |n, &d| {
+                    n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                })
+                .ok_or(GaveUp)?
+        };
+        let len = digits;
         // No digits, a leading zero, or a fraction or exponent (read as a float by
         // serde_json).
         if len == 0
@@ -414,6 +420,7 @@ impl<'de> Quick<'de> {
 
     /// The string whose opening quote is at `pos`, to `visitor`: borrowed from the text
     /// when it has no escape.
+    #[inline]
     fn string<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, GaveUp> {
         let bytes = self.text.as_bytes();
         let start = self.pos + 1;
@@ -548,6 +555,18 @@ impl<'de> de::Deserializer<'de> for &mut Quick<'de> {
         }
     }
 
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GaveUp> {
+        // Anything but a string is refused by a visitor of strings.
+        match self.peek() {
+            Some(b'"') => self.string(visitor),
+            _ => Err(GaveUp),
+        }
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GaveUp> {
+        self.deserialize_str(visitor)
+    }
+
     /// Refused: a newtype here is serde_json's `RawValue`, which only serde_json reads.
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
@@ -558,7 +577,7 @@ impl<'de> de::Deserializer<'de> for &mut Quick<'de> {
     }
 
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes
         byte_buf unit unit_struct seq tuple tuple_struct struct enum identifier ignored_any
     }
 }

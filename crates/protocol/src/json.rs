@@ -12,30 +12,30 @@ const fn splat(b: u8) -> u64 {
 
 const HIGH_BITS: u64 = splat(0x80);
 
-/// Whether any of the eight bytes in `x` is one that a JSON string must escape: below
-/// U+0020, `"` or `\`. (Each test is exact about whether some byte matches, which is all
-/// this answers; [`needs_escape`] then finds which.)
-fn chunk_needs_escape(x: u64) -> bool {
+/// Bit 7 of each byte of `x` that a JSON string must escape (below U+0020, `"` or `\`),
+/// possibly with stray bits above the lowest one: each test is exact for the lowest byte
+/// that matches (a borrow only runs from a matching byte upward), which is all
+/// [`next_escape`] reads.
+fn escape_bits(x: u64) -> u64 {
     let control = x.wrapping_sub(splat(0x20)) & !x;
     let quote = x ^ splat(b'"');
     let quote = quote.wrapping_sub(splat(1)) & !quote;
     let backslash = x ^ splat(b'\\');
     let backslash = backslash.wrapping_sub(splat(1)) & !backslash;
-    (control | quote | backslash) & HIGH_BITS != 0
-}
-
-fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\'
+    (control | quote | backslash) & HIGH_BITS
 }
 
 /// The index of the first byte at or after `from` that must be escaped (which is also
-/// where a JSON string being read ends, or needs a closer look).
+/// where a JSON string being read ends, or needs a closer look): eight bytes at a time,
+/// then the last few one by one.
+#[inline]
 pub(crate) fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
-    while let Some(chunk) = bytes.get(from..from + 8) {
+    while let Some(chunk) = bytes.get(from..from.wrapping_add(8)) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        if chunk_needs_escape(u64::from_le_bytes(word)) {
-            break;
+        let bits = escape_bits(u64::from_le_bytes(word));
+        if bits != 0 {
+            return Some(from + (bits.trailing_zeros() / 8) as usize);
         }
         from += 8;
     }
@@ -44,6 +44,10 @@ pub(crate) fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
         .iter()
         .position(|&b| needs_escape(b))
         .map(|at| from + at)
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
 }
 
 /// Appends `s` as a JSON string, escaped as serde_json escapes it: `\"`, `\\`, `\b`, `\f`,
@@ -283,6 +287,28 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn next_escape_finds_the_first_byte_to_escape(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    4 => b'a'..=b'z',
+                    1 => prop::sample::select(vec![
+                        b'"', b'\\', 0, 0x1f, 0x20, b'!', b'#', b'[', b']', 0x7f, 0x80, 0x9f,
+                        0xa0, 0xdc, 0xff,
+                    ]),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            ),
+            from in 0usize..42,
+        ) {
+            let expected = bytes
+                .get(from..)
+                .and_then(|rest| rest.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\'))
+                .map(|at| from + at);
+            prop_assert_eq!(next_escape(&bytes, from), expected);
+        }
 
         #[test]
         fn any_string_is_written_as_serde_json_writes_it(
