@@ -8,6 +8,9 @@
 //! repeated anywhere) therefore fails here. Values whose shape is free (`arguments`,
 //! `result`, `value` and the extra fields) are still built as [`Value`]s, by the same
 //! parser that refuses repeated keys.
+//!
+//! The visitors here are driven first by [`Quick`], a reader of the common subset of JSON
+//! that counts nesting as it goes, and when it gives up, by `serde_json`.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -390,23 +393,31 @@ impl<'de> Quick<'de> {
     fn digits(&mut self) -> Result<u64, GaveUp> {
         let bytes = self.text.as_bytes();
         let start = self.pos;
-        let digits = bytes[start..]
-            .iter()
-            .position(|d| !d.is_ascii_digit())
-            .unwrap_or(bytes.len() - start);
-        self.pos += digits;
-        let run = &bytes[start..self.pos];
-        // Up to 19 digits cannot overflow; the 20th is checked.
-        let n = if digits <= 19 {
-            run.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
-        } else {
-            run.iter()
-                .try_fold(0u64, |n, &d| {
-                    n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-                })
-                .ok_or(GaveUp)?
-        };
-        let len = digits;
+        let mut n = 0u64;
+        let mut end = start;
+        // Up to 19 digits cannot overflow; from the 20th on, every step is checked.
+        let unchecked = bytes.len().min(start + 19);
+        while end < unchecked {
+            let d = bytes[end].wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            n = n * 10 + u64::from(d);
+            end += 1;
+        }
+        while let Some(&b) = bytes.get(end) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d)))
+                .ok_or(GaveUp)?;
+            end += 1;
+        }
+        self.pos = end;
+        let len = end - start;
         // No digits, a leading zero, or a fraction or exponent (read as a float by
         // serde_json).
         if len == 0

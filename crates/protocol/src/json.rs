@@ -29,21 +29,47 @@ fn escape_bits(x: u64) -> u64 {
 /// where a JSON string being read ends, or needs a closer look): eight bytes at a time,
 /// then the last few one by one.
 #[inline]
-pub(crate) fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
-    while let Some(chunk) = bytes.get(from..from.wrapping_add(8)) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let bits = escape_bits(u64::from_le_bytes(word));
+pub(crate) fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    // The first word on its own: most keys and ids, read or written, end in it.
+    if let Some(chunk) = bytes.get(from..from.wrapping_add(8)) {
+        let bits = escape_bits(word(chunk));
         if bits != 0 {
-            return Some(from + (bits.trailing_zeros() / 8) as usize);
+            return Some(from + first_flagged(bits));
         }
-        from += 8;
+        return next_escape_after(bytes, from + 8);
     }
-    bytes
-        .get(from..)?
+    next_escape_after(bytes, from)
+}
+
+/// [`next_escape`] past its first word.
+fn next_escape_after(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    let mut words = rest.chunks_exact(8);
+    let mut at = from;
+    for chunk in &mut words {
+        let bits = escape_bits(word(chunk));
+        if bits != 0 {
+            return Some(at + first_flagged(bits));
+        }
+        at += 8;
+    }
+    words
+        .remainder()
         .iter()
         .position(|&b| needs_escape(b))
-        .map(|at| from + at)
+        .map(|i| at + i)
+}
+
+/// Eight bytes as a little-endian word.
+fn word(chunk: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(chunk);
+    u64::from_le_bytes(word)
+}
+
+/// The index of the byte of the lowest bit set in `bits` (not zero).
+fn first_flagged(bits: u64) -> usize {
+    (bits.trailing_zeros() / 8) as usize
 }
 
 fn needs_escape(b: u8) -> bool {
@@ -168,6 +194,7 @@ impl<'a> Object<'a> {
     }
 
     /// Starts a member whose key is a plain name (nothing to escape): `"key":`.
+    #[inline]
     pub(crate) fn key(&mut self, key: &'static str) -> &mut Vec<u8> {
         self.comma();
         self.out.push(b'"');
@@ -185,22 +212,26 @@ impl<'a> Object<'a> {
     }
 
     /// A member whose value is a string.
+    #[inline]
     pub(crate) fn str(&mut self, key: &'static str, value: &str) {
         push_str(self.key(key), value);
     }
 
     /// A member whose value is an unsigned integer.
+    #[inline]
     pub(crate) fn u64(&mut self, key: &'static str, value: u64) {
         push_u64(self.key(key), value);
     }
 
     /// A member whose value is a boolean.
+    #[inline]
     pub(crate) fn bool(&mut self, key: &'static str, value: bool) {
         let text: &[u8] = if value { b"true" } else { b"false" };
         self.key(key).extend_from_slice(text);
     }
 
     /// A member whose value is any JSON value.
+    #[inline]
     pub(crate) fn value(&mut self, key: &'static str, value: &Value) {
         push_value(self.key(key), value);
     }
