@@ -578,18 +578,48 @@ impl<'de> de::Deserializer<'de> for &mut Quick<'de> {
         self.deserialize_str(visitor)
     }
 
-    /// Refused: a newtype here is serde_json's `RawValue`, which only serde_json reads.
+    /// A [`Span`]: the text of the next value, checked as it is read past. Any other
+    /// newtype is refused (serde_json's `RawValue`, which only serde_json reads).
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
-        _visitor: V,
+        name: &'static str,
+        visitor: V,
     ) -> Result<V::Value, GaveUp> {
-        Err(GaveUp)
+        if name != SPAN {
+            return Err(GaveUp);
+        }
+        self.peek().ok_or(GaveUp)?;
+        let start = self.pos;
+        de::IgnoredAny::deserialize(&mut *self)?;
+        visitor.visit_borrowed_str(self.text.get(start..self.pos).ok_or(GaveUp)?)
     }
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes
         byte_buf unit unit_struct seq tuple tuple_struct struct enum identifier ignored_any
+    }
+}
+
+/// The newtype name under which [`Quick`] hands out a value's text ([`Span`]).
+const SPAN: &str = "$agentwire::direct::Span";
+
+/// The text of one JSON value, which [`Quick`] read past (so it is JSON, within the
+/// nesting bound) without building anything. Only [`Quick`] produces one.
+pub(crate) struct Span<'de>(pub(crate) &'de str);
+
+impl<'de> Deserialize<'de> for Span<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Span<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the text of a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Span<'de>, E> {
+                Ok(Span(v))
+            }
+        }
+        d.deserialize_newtype_struct(SPAN, V)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Bodies of the publish API (`POST /v1/events`): what a publisher sends, what it gets back.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -9,7 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::codec::{self, DecodeError, Limits, from_value_at, require};
-use crate::direct::{DataSeed, Key, Quick, TypeName};
+use crate::direct::{DataSeed, Key, Quick, Span, TypeName};
 use crate::event::{Event, EventData, EventType};
 use crate::ids::{EventId, RunId, Seq, ThreadId, Timestamp, UserId};
 
@@ -93,12 +94,15 @@ impl PublishBody {
     }
 
     /// The one-pass decoding by the quick reader ([`Quick`]), which reads the common
-    /// case (no floats, no surrogate escapes, `type` before `data`, at most `max_depth`
-    /// levels deep): `None` for anything it does not accept, which is at least every body
-    /// [`PublishBody::decode_direct`] refuses.
+    /// case (no floats, no surrogate escapes, at most `max_depth` levels deep; `data`
+    /// before `type` is kept as text until the type is known): `None` for anything
+    /// it does not accept, which is at least every body [`PublishBody::decode_direct`]
+    /// refuses.
     fn decode_quick(text: &str, max_batch: usize, max_depth: usize) -> Option<Self> {
         let mut de = Quick::new(text, max_depth);
-        let body = de::Deserializer::deserialize_any(&mut de, BodyVisitor { max_batch }).ok()?;
+        let body =
+            de::Deserializer::deserialize_any(&mut de, BodyVisitor::<AsSpan>::new(max_batch))
+                .ok()?;
         de.end().ok()?;
         Some(body)
     }
@@ -107,7 +111,9 @@ impl PublishBody {
     /// every body [`PublishBody::decode_via_value`] refuses.
     fn decode_direct(text: &str, max_batch: usize) -> Option<Self> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let body = de::Deserializer::deserialize_any(&mut de, BodyVisitor { max_batch }).ok()?;
+        let body =
+            de::Deserializer::deserialize_any(&mut de, BodyVisitor::<AsText>::new(max_batch))
+                .ok()?;
         de.end().ok()?;
         Some(body)
     }
@@ -169,12 +175,71 @@ impl Serialize for PublishBody {
     }
 }
 
-/// A publish body in one pass: an object, or a non-empty array of at most `max_batch`.
-struct BodyVisitor {
-    max_batch: usize,
+/// How a request keeps its `data` when `data` comes before `type` (which says how to
+/// decode it).
+trait HoldData<'de> {
+    /// What is kept.
+    type Held;
+
+    /// Reads the value of `data`, to decode once the type is known.
+    fn hold<A: MapAccess<'de>>(map: &mut A) -> Result<Self::Held, A::Error>;
+
+    /// Decodes what was kept as the `data` of a `ty` event.
+    fn decode<E: de::Error>(held: Self::Held, ty: EventType) -> Result<EventData, E>;
 }
 
-impl<'de> Visitor<'de> for BodyVisitor {
+/// Keeps `data` as its text (serde_json's `RawValue`), read again once the type is known.
+struct AsText;
+
+impl<'de> HoldData<'de> for AsText {
+    type Held = &'de RawValue;
+
+    fn hold<A: MapAccess<'de>>(map: &mut A) -> Result<&'de RawValue, A::Error> {
+        map.next_value()
+    }
+
+    fn decode<E: de::Error>(raw: &'de RawValue, ty: EventType) -> Result<EventData, E> {
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        DataSeed(ty).deserialize(&mut de).map_err(E::custom)
+    }
+}
+
+/// Keeps `data` as the text [`Quick`] checked it to be, read again by [`Quick`] once the
+/// type is known.
+struct AsSpan;
+
+impl<'de> HoldData<'de> for AsSpan {
+    type Held = &'de str;
+
+    fn hold<A: MapAccess<'de>>(map: &mut A) -> Result<&'de str, A::Error> {
+        map.next_value::<Span<'de>>().map(|span| span.0)
+    }
+
+    fn decode<E: de::Error>(text: &'de str, ty: EventType) -> Result<EventData, E> {
+        // The span was read within the body's nesting bound, so it is within it alone.
+        let mut de = Quick::new(text, usize::MAX);
+        let data = DataSeed(ty).deserialize(&mut de).map_err(E::custom)?;
+        de.end().map_err(E::custom)?;
+        Ok(data)
+    }
+}
+
+/// A publish body in one pass: an object, or a non-empty array of at most `max_batch`.
+struct BodyVisitor<H> {
+    max_batch: usize,
+    hold: PhantomData<H>,
+}
+
+impl<H> BodyVisitor<H> {
+    fn new(max_batch: usize) -> Self {
+        BodyVisitor {
+            max_batch,
+            hold: PhantomData,
+        }
+    }
+}
+
+impl<'de, H: HoldData<'de>> Visitor<'de> for BodyVisitor<H> {
     type Value = PublishBody;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -182,12 +247,14 @@ impl<'de> Visitor<'de> for BodyVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PublishBody, A::Error> {
-        RequestVisitor.visit_map(map).map(PublishBody::One)
+        RequestVisitor::<H>(PhantomData)
+            .visit_map(map)
+            .map(PublishBody::One)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PublishBody, A::Error> {
         let mut requests = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max_batch));
-        while let Some(request) = seq.next_element_seed(RequestSeed)? {
+        while let Some(request) = seq.next_element_seed(RequestSeed::<H>(PhantomData))? {
             if requests.len() == self.max_batch {
                 return Err(de::Error::custom("too many events"));
             }
@@ -200,21 +267,21 @@ impl<'de> Visitor<'de> for BodyVisitor {
     }
 }
 
-struct RequestSeed;
+struct RequestSeed<H>(PhantomData<H>);
 
-impl<'de> DeserializeSeed<'de> for RequestSeed {
+impl<'de, H: HoldData<'de>> DeserializeSeed<'de> for RequestSeed<H> {
     type Value = PublishRequest;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<PublishRequest, D::Error> {
-        d.deserialize_map(RequestVisitor)
+        d.deserialize_map(RequestVisitor::<H>(PhantomData))
     }
 }
 
 /// One publish request in one pass. `data` is decoded as it is read when `type` came
-/// before it (as every client here writes it), else kept as text until `type` is known.
-struct RequestVisitor;
+/// before it (as every client here writes it), else kept (`H`) until `type` is known.
+struct RequestVisitor<H>(PhantomData<H>);
 
-impl<'de> Visitor<'de> for RequestVisitor {
+impl<'de, H: HoldData<'de>> Visitor<'de> for RequestVisitor<H> {
     type Value = PublishRequest;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -235,7 +302,7 @@ impl<'de> Visitor<'de> for RequestVisitor {
         let mut thread_id: Option<Option<ThreadId>> = None;
         let mut run_id: Option<Option<RunId>> = None;
         let mut data: Option<EventData> = None;
-        let mut raw_data: Option<&'de RawValue> = None;
+        let mut held: Option<H::Held> = None;
         while let Some(Key(key)) = map.next_key()? {
             match &*key {
                 "user_id" => once(&mut user_id, map.next_value()?)?,
@@ -244,26 +311,21 @@ impl<'de> Visitor<'de> for RequestVisitor {
                 "thread_id" => once(&mut thread_id, map.next_value()?)?,
                 "run_id" => once(&mut run_id, map.next_value()?)?,
                 "data" => {
-                    if data.is_some() || raw_data.is_some() {
+                    if data.is_some() || held.is_some() {
                         return Err(de::Error::custom("duplicate key"));
                     }
                     match ty {
                         Some(ty) => data = Some(map.next_value_seed(DataSeed(ty))?),
-                        None => raw_data = Some(map.next_value()?),
+                        None => held = Some(H::hold(&mut map)?),
                     }
                 }
                 _ => return Err(de::Error::custom("unknown field")),
             }
         }
         let ty = ty.ok_or_else(|| de::Error::custom("no type"))?;
-        let data = match (data, raw_data) {
+        let data = match (data, held) {
             (Some(data), _) => data,
-            (None, Some(raw)) => {
-                let mut de = serde_json::Deserializer::from_str(raw.get());
-                DataSeed(ty)
-                    .deserialize(&mut de)
-                    .map_err(de::Error::custom)?
-            }
+            (None, Some(held)) => H::decode(held, ty)?,
             (None, None) => DataSeed(ty).absent()?,
         };
         let event = Event {
@@ -722,13 +784,12 @@ mod tests {
             prop_assert!(PublishBody::decode_direct(&text, 3).is_some(), "{}", text);
         }
 
-        /// Valid requests without a float (or a surrogate escape, which none has) and with
-        /// `type` before `data` take the quick path.
+        /// Valid requests without a float (or a surrogate escape, which none has) take the
+        /// quick path, whether `type` comes before `data` or after it.
         #[test]
         fn valid_requests_take_the_quick_path(text in valid_request()) {
             let quick = PublishBody::decode_quick(&text, 3, 64);
-            let type_first = text.find(r#""type""#) < text.find(r#""data""#);
-            prop_assert_eq!(quick.is_some(), type_first && !text.contains('.'), "{}", text);
+            prop_assert_eq!(quick.is_some(), !text.contains('.'), "{}", text);
             quick_agrees(&text)?;
         }
 
