@@ -578,7 +578,7 @@ impl<'de> de::Deserializer<'de> for &mut Quick<'de> {
         self.deserialize_str(visitor)
     }
 
-    /// A [`Span`]: the text of the next value, checked as it is read past. Any other
+    /// A `Span`: the text of the next value, checked as it is read past. Any other
     /// newtype is refused (serde_json's `RawValue`, which only serde_json reads).
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
