@@ -62,6 +62,23 @@ fn protocol(c: &mut Criterion) {
     g.bench_function("decode_publish_batch_50_runs", |b| {
         b.iter(|| PublishBody::decode(black_box(&runs), Limits::EVENT, 100))
     });
+    // The same events with `type` before `data`, as the load generator (and most clients)
+    // write them: the order the decoder reads in one pass without keeping `data` aside.
+    let type_first: Vec<String> = (0..50)
+        .map(|i| {
+            format!(
+                r#"{{"user_id":"user-{i}","type":"agent_thinking","thread_id":"t1","run_id":"r1","data":{{"thought":"{}","step":{i},"sent_at_us":1796039396123456,"u":{i},"k":42}}}}"#,
+                "x".repeat(110)
+            )
+        })
+        .collect();
+    let type_first = format!("[{}]", type_first.join(",")).into_bytes();
+    let decoded = PublishBody::decode(&type_first, Limits::EVENT, 100).expect("sample decodes");
+    assert_eq!(decoded.into_requests().len(), 50);
+    g.throughput(Throughput::Elements(50));
+    g.bench_function("decode_publish_batch_50_type_first", |b| {
+        b.iter(|| PublishBody::decode(black_box(&type_first), Limits::EVENT, 100))
+    });
     let event = sample_event(200);
     g.throughput(Throughput::Elements(1));
     g.bench_function("serialize_event_body", |b| {

@@ -167,17 +167,23 @@ pub fn parse_value(bytes: &[u8], limits: Limits) -> Result<Value, DecodeError> {
 
 /// Checks size, UTF-8 and nesting depth of input about to be parsed.
 pub(crate) fn check_input(bytes: &[u8], limits: Limits) -> Result<&str, DecodeError> {
+    let text = check_text(bytes, limits)?;
+    check_depth(text.as_bytes(), limits.max_depth)?;
+    Ok(text)
+}
+
+/// The first two checks of [`check_input`]: size and UTF-8 (a reader that counts nesting
+/// itself leaves the depth check for when it gives up).
+pub(crate) fn check_text(bytes: &[u8], limits: Limits) -> Result<&str, DecodeError> {
     if bytes.len() > limits.max_bytes {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
             limit: limits.max_bytes,
         });
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8 {
+    std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8 {
         valid_up_to: e.valid_up_to(),
-    })?;
-    check_depth(text.as_bytes(), limits.max_depth)?;
-    Ok(text)
+    })
 }
 
 /// [`parse_value`] of a text that passed [`check_input`].
@@ -346,7 +352,7 @@ pub fn parse_object(bytes: &[u8], limits: Limits) -> Result<Map<String, Value>, 
 /// Rejects input whose arrays and objects nest deeper than `limit`, by one scan over the
 /// bytes that jumps over string contents (most of an event's bytes) with `memchr`.
 /// Brackets need not balance here, nor strings end: the parser reports that afterwards.
-fn check_depth(bytes: &[u8], limit: usize) -> Result<(), DecodeError> {
+pub(crate) fn check_depth(bytes: &[u8], limit: usize) -> Result<(), DecodeError> {
     let mut depth = 0usize;
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {

@@ -8,6 +8,9 @@
 //! repeated anywhere) therefore fails here. Values whose shape is free (`arguments`,
 //! `result`, `value` and the extra fields) are still built as [`Value`]s, by the same
 //! parser that refuses repeated keys.
+//!
+//! The visitors here are driven first by [`Quick`], a reader of the common subset of JSON
+//! that counts nesting as it goes, and when it gives up, by `serde_json`.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -18,6 +21,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::map::Entry;
 
 use crate::codec::StrictValue;
 use crate::event::{
@@ -222,12 +226,12 @@ impl<'de, P: Payload> Visitor<'de> for PayloadVisitor<P> {
                 seen |= bit;
                 continue;
             }
-            let key = key.into_owned();
-            if payload.extra().contains_key(&key) {
-                return Err(repeated());
+            match payload.extra().entry(key) {
+                Entry::Occupied(_) => return Err(repeated()),
+                Entry::Vacant(slot) => {
+                    slot.insert(map.next_value_seed(AnyValue)?);
+                }
             }
-            let value = map.next_value_seed(AnyValue)?;
-            payload.extra().insert(key, value);
         }
         finish(payload, seen)
     }
@@ -283,5 +287,393 @@ impl<'de> DeserializeSeed<'de> for DataSeed {
             EventType::MessageCompleted => one::<MessageCompleted, D>(d),
             EventType::Custom => one::<Custom, D>(d),
         }
+    }
+}
+
+/// A JSON reader for the common case, given to the same visitors as `serde_json`'s: it
+/// reads objects, arrays, strings (escapes included, but no `\u` surrogates), integers
+/// that fit in 64 bits, `true`, `false` and `null`, and counts nesting as it goes. For
+/// anything else — a fraction or an exponent, a surrogate escape, nesting deeper than
+/// its bound, a `&RawValue`, malformed text — it gives up, and the caller reads the text
+/// with `serde_json`. What it accepts it reads exactly as `serde_json` does: the same
+/// visitor calls with the same values.
+pub(crate) struct Quick<'de> {
+    text: &'de str,
+    pos: usize,
+    depth: usize,
+    max_depth: usize,
+}
+
+/// Deepest nesting [`Quick`] reads: within `serde_json`'s own recursion limit (128), so
+/// whatever it accepts, `serde_json` accepts too.
+const QUICK_MAX_DEPTH: usize = 100;
+
+/// The quick reader gave up; the text is read again by `serde_json`, whose errors are the
+/// ones reported.
+#[derive(Debug)]
+pub(crate) struct GaveUp;
+
+impl fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("outside what the quick reader reads")
+    }
+}
+
+impl std::error::Error for GaveUp {}
+
+impl de::Error for GaveUp {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        GaveUp
+    }
+}
+
+impl<'de> Quick<'de> {
+    /// A reader of `text` that gives up on arrays and objects nested deeper than
+    /// `max_depth` (so an accepted text passes the depth check of that limit).
+    pub(crate) fn new(text: &'de str, max_depth: usize) -> Self {
+        Quick {
+            text,
+            pos: 0,
+            depth: 0,
+            max_depth: max_depth.min(QUICK_MAX_DEPTH),
+        }
+    }
+
+    /// Checks that only whitespace follows the value read.
+    pub(crate) fn end(&mut self) -> Result<(), GaveUp> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(GaveUp),
+        }
+    }
+
+    /// The next byte that is not whitespace (as JSON defines it), not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        let bytes = self.text.as_bytes();
+        while let Some(&b) = bytes.get(self.pos) {
+            if !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
+                return Some(b);
+            }
+            self.pos += 1;
+        }
+        None
+    }
+
+    /// Consumes `b`, the next byte after whitespace.
+    fn eat(&mut self, b: u8) -> Result<(), GaveUp> {
+        if self.peek() == Some(b) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(GaveUp)
+        }
+    }
+
+    /// Consumes `word` (a literal's remaining letters).
+    fn literal(&mut self, word: &[u8]) -> Result<(), GaveUp> {
+        if self.text.as_bytes()[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(GaveUp)
+        }
+    }
+
+    /// Enters an array or an object (its opening bracket at `pos`).
+    fn enter(&mut self) -> Result<(), GaveUp> {
+        self.depth += 1;
+        if self.depth > self.max_depth {
+            return Err(GaveUp);
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// The digits at `pos`: a JSON integer without a sign that fits in a `u64`.
+    fn digits(&mut self) -> Result<u64, GaveUp> {
+        let bytes = self.text.as_bytes();
+        let start = self.pos;
+        let mut n = 0u64;
+        let mut end = start;
+        // Up to 19 digits cannot overflow; from the 20th on, every step is checked.
+        let unchecked = bytes.len().min(start + 19);
+        while end < unchecked {
+            let d = bytes[end].wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            n = n * 10 + u64::from(d);
+            end += 1;
+        }
+        while let Some(&b) = bytes.get(end) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d)))
+                .ok_or(GaveUp)?;
+            end += 1;
+        }
+        self.pos = end;
+        let len = end - start;
+        // No digits, a leading zero, or a fraction or exponent (read as a float by
+        // serde_json).
+        if len == 0
+            || (len > 1 && bytes[start] == b'0')
+            || matches!(bytes.get(self.pos), Some(b'.' | b'e' | b'E'))
+        {
+            return Err(GaveUp);
+        }
+        Ok(n)
+    }
+
+    /// The string whose opening quote is at `pos`, to `visitor`: borrowed from the text
+    /// when it has no escape.
+    #[inline]
+    fn string<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, GaveUp> {
+        let bytes = self.text.as_bytes();
+        let start = self.pos + 1;
+        let at = crate::json::next_escape(bytes, start).ok_or(GaveUp)?;
+        match bytes[at] {
+            b'"' => {
+                let s = self.text.get(start..at).ok_or(GaveUp)?;
+                self.pos = at + 1;
+                visitor.visit_borrowed_str(s)
+            }
+            b'\\' => {
+                let s = self.unescape(start, at)?;
+                visitor.visit_string(s)
+            }
+            // A control character, which JSON strings may not hold.
+            _ => Err(GaveUp),
+        }
+    }
+
+    /// A string from `start` with its first backslash at `at`, its escapes resolved.
+    fn unescape(&mut self, start: usize, mut at: usize) -> Result<String, GaveUp> {
+        let bytes = self.text.as_bytes();
+        let mut out = String::with_capacity(at - start + 16);
+        let mut from = start;
+        loop {
+            out.push_str(self.text.get(from..at).ok_or(GaveUp)?);
+            match bytes.get(at + 1) {
+                Some(b'"') => out.push('"'),
+                Some(b'\\') => out.push('\\'),
+                Some(b'/') => out.push('/'),
+                Some(b'b') => out.push('\u{8}'),
+                Some(b'f') => out.push('\u{c}'),
+                Some(b'n') => out.push('\n'),
+                Some(b'r') => out.push('\r'),
+                Some(b't') => out.push('\t'),
+                Some(b'u') => {
+                    let hex = bytes.get(at + 2..at + 6).ok_or(GaveUp)?;
+                    let mut n = 0u32;
+                    for &h in hex {
+                        let d = char::from(h).to_digit(16).ok_or(GaveUp)?;
+                        n = n * 16 + d;
+                    }
+                    // A surrogate (of a pair, or alone) is left to serde_json.
+                    out.push(char::from_u32(n).ok_or(GaveUp)?);
+                    at += 4;
+                }
+                _ => return Err(GaveUp),
+            }
+            from = at + 2;
+            at = crate::json::next_escape(bytes, from).ok_or(GaveUp)?;
+            match bytes[at] {
+                b'"' => {
+                    out.push_str(self.text.get(from..at).ok_or(GaveUp)?);
+                    self.pos = at + 1;
+                    return Ok(out);
+                }
+                b'\\' => {}
+                _ => return Err(GaveUp),
+            }
+        }
+    }
+
+    /// The closing bracket of the array or object being left.
+    fn leave(&mut self, close: u8) -> Result<(), GaveUp> {
+        self.eat(close)?;
+        self.depth -= 1;
+        Ok(())
+    }
+}
+
+impl<'de> de::Deserializer<'de> for &mut Quick<'de> {
+    type Error = GaveUp;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GaveUp> {
+        match self.peek().ok_or(GaveUp)? {
+            b'"' => self.string(visitor),
+            b'0'..=b'9' => visitor.visit_u64(self.digits()?),
+            b'-' => {
+                self.pos += 1;
+                // As serde_json: `-0` and anything below `i64::MIN` are floats.
+                let n = self.digits()?;
+                if n == 0 || n > 1 << 63 {
+                    return Err(GaveUp);
+                }
+                visitor.visit_i64(0i64.wrapping_sub_unsigned(n))
+            }
+            b't' => {
+                self.literal(b"true")?;
+                visitor.visit_bool(true)
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                visitor.visit_bool(false)
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                visitor.visit_unit()
+            }
+            b'[' => {
+                self.enter()?;
+                let value = visitor.visit_seq(QuickSeq {
+                    de: self,
+                    first: true,
+                })?;
+                self.leave(b']')?;
+                Ok(value)
+            }
+            b'{' => self.deserialize_map(visitor),
+            _ => Err(GaveUp),
+        }
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GaveUp> {
+        if self.peek() != Some(b'{') {
+            return Err(GaveUp);
+        }
+        self.enter()?;
+        let value = visitor.visit_map(QuickMap {
+            de: self,
+            first: true,
+        })?;
+        self.leave(b'}')?;
+        Ok(value)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GaveUp> {
+        if self.peek() == Some(b'n') {
+            self.literal(b"null")?;
+            visitor.visit_none()
+        } else {
+            visitor.visit_some(self)
+        }
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GaveUp> {
+        // Anything but a string is refused by a visitor of strings.
+        match self.peek() {
+            Some(b'"') => self.string(visitor),
+            _ => Err(GaveUp),
+        }
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GaveUp> {
+        self.deserialize_str(visitor)
+    }
+
+    /// A `Span`: the text of the next value, checked as it is read past. Any other
+    /// newtype is refused (serde_json's `RawValue`, which only serde_json reads).
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, GaveUp> {
+        if name != SPAN {
+            return Err(GaveUp);
+        }
+        self.peek().ok_or(GaveUp)?;
+        let start = self.pos;
+        de::IgnoredAny::deserialize(&mut *self)?;
+        visitor.visit_borrowed_str(self.text.get(start..self.pos).ok_or(GaveUp)?)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes
+        byte_buf unit unit_struct seq tuple tuple_struct struct enum identifier ignored_any
+    }
+}
+
+/// The newtype name under which [`Quick`] hands out a value's text ([`Span`]).
+const SPAN: &str = "$agentwire::direct::Span";
+
+/// The text of one JSON value, which [`Quick`] read past (so it is JSON, within the
+/// nesting bound) without building anything. Only [`Quick`] produces one.
+pub(crate) struct Span<'de>(pub(crate) &'de str);
+
+impl<'de> Deserialize<'de> for Span<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Span<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the text of a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Span<'de>, E> {
+                Ok(Span(v))
+            }
+        }
+        d.deserialize_newtype_struct(SPAN, V)
+    }
+}
+
+/// The elements of an array being read by [`Quick`].
+struct QuickSeq<'a, 'de> {
+    de: &'a mut Quick<'de>,
+    first: bool,
+}
+
+impl<'de> de::SeqAccess<'de> for QuickSeq<'_, 'de> {
+    type Error = GaveUp;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, GaveUp> {
+        if self.de.peek() == Some(b']') {
+            return Ok(None);
+        }
+        if !std::mem::replace(&mut self.first, false) {
+            self.de.eat(b',')?;
+        }
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+}
+
+/// The members of an object being read by [`Quick`].
+struct QuickMap<'a, 'de> {
+    de: &'a mut Quick<'de>,
+    first: bool,
+}
+
+impl<'de> MapAccess<'de> for QuickMap<'_, 'de> {
+    type Error = GaveUp;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, GaveUp> {
+        if self.de.peek() == Some(b'}') {
+            return Ok(None);
+        }
+        if !std::mem::replace(&mut self.first, false) {
+            self.de.eat(b',')?;
+        }
+        // A key is a string.
+        if self.de.peek() != Some(b'"') {
+            return Err(GaveUp);
+        }
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, GaveUp> {
+        self.de.eat(b':')?;
+        seed.deserialize(&mut *self.de)
     }
 }

@@ -47,6 +47,11 @@ pub fn validate_id(s: &str) -> Result<(), IdError> {
     if s.len() > MAX_ID_BYTES {
         return Err(IdError::TooLong { len: s.len() });
     }
+    // Printable ASCII, as most ids are, holds no control character; anything else is
+    // looked at character by character.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     if let Some((at, _)) = s.char_indices().find(|(_, c)| c.is_control()) {
         return Err(IdError::ControlCharacter { at });
     }
@@ -291,6 +296,23 @@ mod tests {
             ThreadId::new("\u{7f}"),
             Err(IdError::ControlCharacter { at: 0 })
         );
+    }
+
+    proptest::proptest! {
+        /// The printable-ASCII shortcut agrees with the rule as written (no `char` that
+        /// is a control character).
+        #[test]
+        fn validation_agrees_with_the_rule(s in "[ -~]{0,3}|\\PC{0,6}|[\\x00-\\x{a0}]{0,4}") {
+            let expected = if s.is_empty() {
+                Err(IdError::Empty)
+            } else {
+                match s.char_indices().find(|(_, c)| c.is_control()) {
+                    Some((at, _)) => Err(IdError::ControlCharacter { at }),
+                    None => Ok(()),
+                }
+            };
+            proptest::prop_assert_eq!(validate_id(&s), expected);
+        }
     }
 
     #[test]

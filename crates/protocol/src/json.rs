@@ -12,37 +12,68 @@ const fn splat(b: u8) -> u64 {
 
 const HIGH_BITS: u64 = splat(0x80);
 
-/// Whether any of the eight bytes in `x` is one that a JSON string must escape: below
-/// U+0020, `"` or `\`. (Each test is exact about whether some byte matches, which is all
-/// this answers; [`needs_escape`] then finds which.)
-fn chunk_needs_escape(x: u64) -> bool {
+/// Bit 7 of each byte of `x` that a JSON string must escape (below U+0020, `"` or `\`),
+/// possibly with stray bits above the lowest one: each test is exact for the lowest byte
+/// that matches (a borrow only runs from a matching byte upward), which is all
+/// [`next_escape`] reads.
+fn escape_bits(x: u64) -> u64 {
     let control = x.wrapping_sub(splat(0x20)) & !x;
     let quote = x ^ splat(b'"');
     let quote = quote.wrapping_sub(splat(1)) & !quote;
     let backslash = x ^ splat(b'\\');
     let backslash = backslash.wrapping_sub(splat(1)) & !backslash;
-    (control | quote | backslash) & HIGH_BITS != 0
+    (control | quote | backslash) & HIGH_BITS
+}
+
+/// The index of the first byte at or after `from` that must be escaped (which is also
+/// where a JSON string being read ends, or needs a closer look): eight bytes at a time,
+/// then the last few one by one.
+#[inline]
+pub(crate) fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    // The first word on its own: most keys and ids, read or written, end in it.
+    if let Some(chunk) = bytes.get(from..from.wrapping_add(8)) {
+        let bits = escape_bits(word(chunk));
+        if bits != 0 {
+            return Some(from + first_flagged(bits));
+        }
+        return next_escape_after(bytes, from + 8);
+    }
+    next_escape_after(bytes, from)
+}
+
+/// [`next_escape`] past its first word.
+fn next_escape_after(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    let mut words = rest.chunks_exact(8);
+    let mut at = from;
+    for chunk in &mut words {
+        let bits = escape_bits(word(chunk));
+        if bits != 0 {
+            return Some(at + first_flagged(bits));
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map(|i| at + i)
+}
+
+/// Eight bytes as a little-endian word.
+fn word(chunk: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(chunk);
+    u64::from_le_bytes(word)
+}
+
+/// The index of the byte of the lowest bit set in `bits` (not zero).
+fn first_flagged(bits: u64) -> usize {
+    (bits.trailing_zeros() / 8) as usize
 }
 
 fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
-}
-
-/// The index of the first byte at or after `from` that must be escaped.
-fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
-    while let Some(chunk) = bytes.get(from..from + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        if chunk_needs_escape(u64::from_le_bytes(word)) {
-            break;
-        }
-        from += 8;
-    }
-    bytes
-        .get(from..)?
-        .iter()
-        .position(|&b| needs_escape(b))
-        .map(|at| from + at)
 }
 
 /// Appends `s` as a JSON string, escaped as serde_json escapes it: `\"`, `\\`, `\b`, `\f`,
@@ -163,6 +194,7 @@ impl<'a> Object<'a> {
     }
 
     /// Starts a member whose key is a plain name (nothing to escape): `"key":`.
+    #[inline]
     pub(crate) fn key(&mut self, key: &'static str) -> &mut Vec<u8> {
         self.comma();
         self.out.push(b'"');
@@ -180,22 +212,26 @@ impl<'a> Object<'a> {
     }
 
     /// A member whose value is a string.
+    #[inline]
     pub(crate) fn str(&mut self, key: &'static str, value: &str) {
         push_str(self.key(key), value);
     }
 
     /// A member whose value is an unsigned integer.
+    #[inline]
     pub(crate) fn u64(&mut self, key: &'static str, value: u64) {
         push_u64(self.key(key), value);
     }
 
     /// A member whose value is a boolean.
+    #[inline]
     pub(crate) fn bool(&mut self, key: &'static str, value: bool) {
         let text: &[u8] = if value { b"true" } else { b"false" };
         self.key(key).extend_from_slice(text);
     }
 
     /// A member whose value is any JSON value.
+    #[inline]
     pub(crate) fn value(&mut self, key: &'static str, value: &Value) {
         push_value(self.key(key), value);
     }
@@ -282,6 +318,28 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn next_escape_finds_the_first_byte_to_escape(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    4 => b'a'..=b'z',
+                    1 => prop::sample::select(vec![
+                        b'"', b'\\', 0, 0x1f, 0x20, b'!', b'#', b'[', b']', 0x7f, 0x80, 0x9f,
+                        0xa0, 0xdc, 0xff,
+                    ]),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            ),
+            from in 0usize..42,
+        ) {
+            let expected = bytes
+                .get(from..)
+                .and_then(|rest| rest.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\'))
+                .map(|at| from + at);
+            prop_assert_eq!(next_escape(&bytes, from), expected);
+        }
 
         #[test]
         fn any_string_is_written_as_serde_json_writes_it(

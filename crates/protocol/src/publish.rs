@@ -1,6 +1,7 @@
 //! Bodies of the publish API (`POST /v1/events`): what a publisher sends, what it gets back.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -9,7 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::codec::{self, DecodeError, Limits, from_value_at, require};
-use crate::direct::{DataSeed, Key, TypeName};
+use crate::direct::{DataSeed, Key, Quick, Span, TypeName};
 use crate::event::{Event, EventData, EventType};
 use crate::ids::{EventId, RunId, Seq, ThreadId, Timestamp, UserId};
 
@@ -78,7 +79,12 @@ impl PublishBody {
     /// A [`DecodeError`] naming the field and the reason; [`DecodeError::TooLarge`] when the
     /// body or the batch is too large.
     pub fn decode(bytes: &[u8], limits: Limits, max_batch: usize) -> Result<Self, DecodeError> {
-        let text = codec::check_input(bytes, limits)?;
+        let text = codec::check_text(bytes, limits)?;
+        // The quick reader counts nesting itself: a body it reads passes the depth check.
+        if let Some(body) = Self::decode_quick(text, max_batch, limits.max_depth) {
+            return Ok(body);
+        }
+        codec::check_depth(text.as_bytes(), limits.max_depth)?;
         // The one pass straight into typed events holds for every body it accepts; a body
         // it refuses is decoded again through a `Value` tree, whose errors name the field.
         match Self::decode_direct(text, max_batch) {
@@ -87,11 +93,27 @@ impl PublishBody {
         }
     }
 
+    /// The one-pass decoding by the quick reader ([`Quick`]), which reads the common
+    /// case (no floats, no surrogate escapes, at most `max_depth` levels deep; `data`
+    /// before `type` is kept as text until the type is known): `None` for anything
+    /// it does not accept, which is at least every body [`PublishBody::decode_direct`]
+    /// refuses.
+    fn decode_quick(text: &str, max_batch: usize, max_depth: usize) -> Option<Self> {
+        let mut de = Quick::new(text, max_depth);
+        let body =
+            de::Deserializer::deserialize_any(&mut de, BodyVisitor::<AsSpan>::new(max_batch))
+                .ok()?;
+        de.end().ok()?;
+        Some(body)
+    }
+
     /// The one-pass decoding: `None` for anything it does not accept, which is at least
     /// every body [`PublishBody::decode_via_value`] refuses.
     fn decode_direct(text: &str, max_batch: usize) -> Option<Self> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let body = de::Deserializer::deserialize_any(&mut de, BodyVisitor { max_batch }).ok()?;
+        let body =
+            de::Deserializer::deserialize_any(&mut de, BodyVisitor::<AsText>::new(max_batch))
+                .ok()?;
         de.end().ok()?;
         Some(body)
     }
@@ -153,12 +175,71 @@ impl Serialize for PublishBody {
     }
 }
 
-/// A publish body in one pass: an object, or a non-empty array of at most `max_batch`.
-struct BodyVisitor {
-    max_batch: usize,
+/// How a request keeps its `data` when `data` comes before `type` (which says how to
+/// decode it).
+trait HoldData<'de> {
+    /// What is kept.
+    type Held;
+
+    /// Reads the value of `data`, to decode once the type is known.
+    fn hold<A: MapAccess<'de>>(map: &mut A) -> Result<Self::Held, A::Error>;
+
+    /// Decodes what was kept as the `data` of a `ty` event.
+    fn decode<E: de::Error>(held: Self::Held, ty: EventType) -> Result<EventData, E>;
 }
 
-impl<'de> Visitor<'de> for BodyVisitor {
+/// Keeps `data` as its text (serde_json's `RawValue`), read again once the type is known.
+struct AsText;
+
+impl<'de> HoldData<'de> for AsText {
+    type Held = &'de RawValue;
+
+    fn hold<A: MapAccess<'de>>(map: &mut A) -> Result<&'de RawValue, A::Error> {
+        map.next_value()
+    }
+
+    fn decode<E: de::Error>(raw: &'de RawValue, ty: EventType) -> Result<EventData, E> {
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        DataSeed(ty).deserialize(&mut de).map_err(E::custom)
+    }
+}
+
+/// Keeps `data` as the text [`Quick`] checked it to be, read again by [`Quick`] once the
+/// type is known.
+struct AsSpan;
+
+impl<'de> HoldData<'de> for AsSpan {
+    type Held = &'de str;
+
+    fn hold<A: MapAccess<'de>>(map: &mut A) -> Result<&'de str, A::Error> {
+        map.next_value::<Span<'de>>().map(|span| span.0)
+    }
+
+    fn decode<E: de::Error>(text: &'de str, ty: EventType) -> Result<EventData, E> {
+        // The span was read within the body's nesting bound, so it is within it alone.
+        let mut de = Quick::new(text, usize::MAX);
+        let data = DataSeed(ty).deserialize(&mut de).map_err(E::custom)?;
+        de.end().map_err(E::custom)?;
+        Ok(data)
+    }
+}
+
+/// A publish body in one pass: an object, or a non-empty array of at most `max_batch`.
+struct BodyVisitor<H> {
+    max_batch: usize,
+    hold: PhantomData<H>,
+}
+
+impl<H> BodyVisitor<H> {
+    fn new(max_batch: usize) -> Self {
+        BodyVisitor {
+            max_batch,
+            hold: PhantomData,
+        }
+    }
+}
+
+impl<'de, H: HoldData<'de>> Visitor<'de> for BodyVisitor<H> {
     type Value = PublishBody;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -166,12 +247,14 @@ impl<'de> Visitor<'de> for BodyVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PublishBody, A::Error> {
-        RequestVisitor.visit_map(map).map(PublishBody::One)
+        RequestVisitor::<H>(PhantomData)
+            .visit_map(map)
+            .map(PublishBody::One)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PublishBody, A::Error> {
         let mut requests = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max_batch));
-        while let Some(request) = seq.next_element_seed(RequestSeed)? {
+        while let Some(request) = seq.next_element_seed(RequestSeed::<H>(PhantomData))? {
             if requests.len() == self.max_batch {
                 return Err(de::Error::custom("too many events"));
             }
@@ -184,21 +267,21 @@ impl<'de> Visitor<'de> for BodyVisitor {
     }
 }
 
-struct RequestSeed;
+struct RequestSeed<H>(PhantomData<H>);
 
-impl<'de> DeserializeSeed<'de> for RequestSeed {
+impl<'de, H: HoldData<'de>> DeserializeSeed<'de> for RequestSeed<H> {
     type Value = PublishRequest;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<PublishRequest, D::Error> {
-        d.deserialize_map(RequestVisitor)
+        d.deserialize_map(RequestVisitor::<H>(PhantomData))
     }
 }
 
 /// One publish request in one pass. `data` is decoded as it is read when `type` came
-/// before it (as every client here writes it), else kept as text until `type` is known.
-struct RequestVisitor;
+/// before it (as every client here writes it), else kept (`H`) until `type` is known.
+struct RequestVisitor<H>(PhantomData<H>);
 
-impl<'de> Visitor<'de> for RequestVisitor {
+impl<'de, H: HoldData<'de>> Visitor<'de> for RequestVisitor<H> {
     type Value = PublishRequest;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -219,7 +302,7 @@ impl<'de> Visitor<'de> for RequestVisitor {
         let mut thread_id: Option<Option<ThreadId>> = None;
         let mut run_id: Option<Option<RunId>> = None;
         let mut data: Option<EventData> = None;
-        let mut raw_data: Option<&'de RawValue> = None;
+        let mut held: Option<H::Held> = None;
         while let Some(Key(key)) = map.next_key()? {
             match &*key {
                 "user_id" => once(&mut user_id, map.next_value()?)?,
@@ -228,26 +311,21 @@ impl<'de> Visitor<'de> for RequestVisitor {
                 "thread_id" => once(&mut thread_id, map.next_value()?)?,
                 "run_id" => once(&mut run_id, map.next_value()?)?,
                 "data" => {
-                    if data.is_some() || raw_data.is_some() {
+                    if data.is_some() || held.is_some() {
                         return Err(de::Error::custom("duplicate key"));
                     }
                     match ty {
                         Some(ty) => data = Some(map.next_value_seed(DataSeed(ty))?),
-                        None => raw_data = Some(map.next_value()?),
+                        None => held = Some(H::hold(&mut map)?),
                     }
                 }
                 _ => return Err(de::Error::custom("unknown field")),
             }
         }
         let ty = ty.ok_or_else(|| de::Error::custom("no type"))?;
-        let data = match (data, raw_data) {
+        let data = match (data, held) {
             (Some(data), _) => data,
-            (None, Some(raw)) => {
-                let mut de = serde_json::Deserializer::from_str(raw.get());
-                DataSeed(ty)
-                    .deserialize(&mut de)
-                    .map_err(de::Error::custom)?
-            }
+            (None, Some(held)) => H::decode(held, ty)?,
             (None, None) => DataSeed(ty).absent()?,
         };
         let event = Event {
@@ -351,8 +429,79 @@ mod tests {
             r#"{"k":1}"#,
             r#"{"k":1,"k":2}"#,
             r#"{"a":{"k":1,"k":1}}"#,
+            // Numbers at the edges of what is read as an integer, and what is not.
+            "18446744073709551615",
+            "18446744073709551616",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "-0",
+            "01",
+            "1e3",
+            "1E3",
+            "0.5",
+            "-",
+            "[1,]",
+            r#"{"k":1,}"#,
+            "nul",
+            "truex",
+            // Every escape, and escapes serde_json reads but the quick reader leaves to it.
+            r#""\"\\\/\b\f\n\r\t\u00e9\u00E9\u0000\u001f\u007f\u2028""#,
+            r#""\ud83e\udd80""#,
+            r#""\ud800""#,
+            r#""\udc00x""#,
+            r#""\x""#,
+            r#""\u12""#,
+            r#""\u+123""#,
+            "\"tab\\tinside\"",
+            "\"raw\ttab\"",
+            "\"é用🦀\"",
         ])
         .prop_map(str::to_owned)
+    }
+
+    /// A JSON string literal, each character written in one of the ways JSON allows: as
+    /// itself (where it may be), as a short escape, as `\u` with lower- or uppercase hex,
+    /// or as a surrogate pair.
+    fn any_string_value() -> impl Strategy<Value = String> {
+        let c = prop_oneof![
+            3 => prop::char::range('a', 'z'),
+            2 => prop::sample::select(vec![
+                '"', '\\', '/', '\u{0}', '\u{8}', '\u{c}', '\n', '\r', '\t', '\u{1f}', ' ',
+                '\u{7f}', '\u{80}', '\u{9f}', 'é', '用', '🦀', '\u{2028}', '\u{fffd}',
+            ]),
+            1 => any::<char>(),
+        ];
+        prop::collection::vec((c, 0u8..5), 0..24).prop_map(|cs| {
+            let mut out = String::from("\"");
+            for (c, how) in cs {
+                let mut units = [0u16; 2];
+                let units = c.encode_utf16(&mut units);
+                let short = match c {
+                    '"' => Some("\\\""),
+                    '\\' => Some("\\\\"),
+                    '/' => Some("\\/"),
+                    '\u{8}' => Some("\\b"),
+                    '\u{c}' => Some("\\f"),
+                    '\n' => Some("\\n"),
+                    '\r' => Some("\\r"),
+                    '\t' => Some("\\t"),
+                    _ => None,
+                };
+                match how {
+                    0 if !matches!(c, '"' | '\\' | '\u{0}'..='\u{1f}') => out.push(c),
+                    1 if short.is_some() => out.push_str(short.unwrap_or_default()),
+                    1 | 2 => units
+                        .iter()
+                        .for_each(|u| out.push_str(&format!("\\u{u:04x}"))),
+                    _ => units
+                        .iter()
+                        .for_each(|u| out.push_str(&format!("\\u{u:04X}"))),
+                }
+            }
+            out.push('"');
+            out
+        })
     }
 
     const DATA_KEYS: [&str; 21] = [
@@ -523,11 +672,84 @@ mod tests {
     }
 
     fn body() -> impl Strategy<Value = String> {
-        prop_oneof![
+        let body = prop_oneof![
             4 => request(),
             4 => prop::collection::vec(request(), 0..5).prop_map(|rs| format!("[{}]", rs.join(","))),
             1 => value(),
-        ]
+        ];
+        // Whitespace between the tokens (no string generated here holds `,` or `:`).
+        (body, any::<bool>()).prop_map(|(b, spaced)| {
+            if spaced {
+                format!(" {} \n", b.replace(',', " ,\t").replace(':', "\r: "))
+            } else {
+                b
+            }
+        })
+    }
+
+    /// A valid `agent_thinking` request whose thought and extra field are any strings.
+    fn request_with_strings() -> impl Strategy<Value = String> {
+        (any_string_value(), any_string_value(), any_string_value()).prop_map(|(t, k, v)| {
+            format!(
+                r#"{{"user_id":"u1","type":"agent_thinking","run_id":"r1","data":{{"thought":{t},{k}:{v},"step":1}}}}"#
+            )
+        })
+    }
+
+    /// `decode` as it was before the quick reader: every check of the input first, then
+    /// the one pass, then the `Value` tree.
+    fn decode_reference(
+        bytes: &[u8],
+        limits: Limits,
+        max_batch: usize,
+    ) -> Result<PublishBody, DecodeError> {
+        let text = codec::check_input(bytes, limits)?;
+        match PublishBody::decode_direct(text, max_batch) {
+            Some(body) => Ok(body),
+            None => PublishBody::decode_via_value(text, max_batch),
+        }
+    }
+
+    /// The quick reader accepts only what the one pass accepts, and decodes it to the
+    /// same requests.
+    fn quick_agrees(text: &str) -> Result<(), TestCaseError> {
+        let quick = PublishBody::decode_quick(text, 3, 64);
+        if quick.is_some() {
+            prop_assert_eq!(&quick, &PublishBody::decode_direct(text, 3), "{}", text);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_load_generators_events_take_the_quick_path() {
+        let text = r#"[{"user_id":"lgu7","type":"agent_thinking","thread_id":"t7","run_id":"r3","data":{"thought":"xxxx","step":4,"sent_at_us":1796039396123456,"u":7,"k":42}},{"user_id":"lgu8","type":"agent_completed","thread_id":"t8","run_id":"r3","data":{"result":"xx","duration_ms":40,"sent_at_us":1,"u":8,"k":10}}]"#;
+        let quick = PublishBody::decode_quick(text, 50, 64).expect("quick path");
+        assert_eq!(Ok(quick), PublishBody::decode_via_value(text, 50));
+    }
+
+    #[test]
+    fn nesting_is_bounded_as_before() {
+        let nested = |n: usize| {
+            format!(
+                r#"{{"user_id":"u","type":"custom","data":{{"name":"n","value":{}1{}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        for limit in [0, 1, 2, 3, 5, 8, 64, 200] {
+            for n in [0, 1, 2, 3, 4, 6, 7, 62, 63, 99, 100, 126, 127, 128, 199] {
+                let limits = Limits {
+                    max_bytes: 4096,
+                    max_depth: limit,
+                };
+                let text = nested(n);
+                assert_eq!(
+                    PublishBody::decode(text.as_bytes(), limits, 3),
+                    decode_reference(text.as_bytes(), limits, 3),
+                    "limit {limit}, nesting {n}"
+                );
+            }
+        }
     }
 
     proptest! {
@@ -549,6 +771,41 @@ mod tests {
             let direct = PublishBody::decode_direct(&text, 3);
             prop_assert!(direct.is_some(), "{}", text);
             prop_assert_eq!(direct, PublishBody::decode_via_value(&text, 3).ok());
+        }
+
+        #[test]
+        fn the_quick_reader_decodes_what_the_one_pass_decodes(text in body()) {
+            quick_agrees(&text)?;
+        }
+
+        #[test]
+        fn the_quick_reader_reads_strings_as_serde_json_does(text in request_with_strings()) {
+            quick_agrees(&text)?;
+            prop_assert!(PublishBody::decode_direct(&text, 3).is_some(), "{}", text);
+        }
+
+        /// Valid requests without a float (or a surrogate escape, which none has) take the
+        /// quick path, whether `type` comes before `data` or after it.
+        #[test]
+        fn valid_requests_take_the_quick_path(text in valid_request()) {
+            let quick = PublishBody::decode_quick(&text, 3, 64);
+            prop_assert_eq!(quick.is_some(), !text.contains('.'), "{}", text);
+            quick_agrees(&text)?;
+        }
+
+        /// `decode` answers as it did before the quick reader, errors included, under any
+        /// depth limit.
+        #[test]
+        fn decode_answers_as_before(
+            text in prop_oneof![body(), request_with_strings()],
+            max_depth in 0usize..6,
+            max_batch in 1usize..4,
+        ) {
+            let limits = Limits { max_bytes: 4096, max_depth };
+            prop_assert_eq!(
+                PublishBody::decode(text.as_bytes(), limits, max_batch),
+                decode_reference(text.as_bytes(), limits, max_batch)
+            );
         }
     }
 }
