@@ -840,7 +840,26 @@ mod tests {
     /// `max_frames`, into a batch kept from before or emptied first.
     type Step = (usize, bool, usize, bool);
 
-    async fn run(steps: Vec<Step>) {
+    async fn emit(m: &UnifiedWebSocketManager, user: &UserId, n: usize) -> u64 {
+        let event = Event::new(
+            None,
+            None,
+            Custom {
+                name: "n".into(),
+                value: serde_json::Value::from(n),
+                extra: Default::default(),
+            },
+        );
+        m.emit_critical_event(user, event)
+            .await
+            .expect("emit")
+            .seq
+            .get()
+    }
+
+    /// `early` events are emitted before the connection goes live: they reach it through
+    /// its catch-up.
+    async fn run(early: usize, steps: Vec<Step>) {
         let m = UnifiedWebSocketManager::new(
             ManagerConfig::default(),
             Arc::new(InMemoryBroker::default()),
@@ -855,30 +874,19 @@ mod tests {
             )
             .await
             .expect("connect");
-        // Live before the first event (until then events wait behind the catch-up).
+        let mut expected = Vec::new();
+        for n in 0..early {
+            expected.push(Got::Event(emit(&m, &user, n).await));
+        }
+        // Live before the next event (until then events wait behind the catch-up).
         tokio::time::sleep(Duration::from_millis(1)).await;
         let mut out = Vec::new();
         let mut stamps = Vec::new();
-        let mut expected = Vec::new();
         let mut got = Vec::new();
         let mut newest_event = 0;
         for (events, pong, max_frames, keep) in steps {
             for n in 0..events {
-                let event = Event::new(
-                    None,
-                    None,
-                    Custom {
-                        name: "n".into(),
-                        value: serde_json::Value::from(n),
-                        extra: Default::default(),
-                    },
-                );
-                let seq = m
-                    .emit_critical_event(&user, event)
-                    .await
-                    .expect("emit")
-                    .seq
-                    .get();
+                let seq = emit(&m, &user, n).await;
                 expected.push(Got::Event(seq));
             }
             if pong {
@@ -951,10 +959,11 @@ mod tests {
         /// Whether `next_frames` trades its buffer with the queue (an empty batch taking
         /// every queued frame) or moves frames one by one (a batch kept from before, or a
         /// queue longer than `max_frames`), every frame comes out once, in order; the
-        /// queue's byte count, the delivery receipt and what an idle connection keeps
-        /// follow.
+        /// queue's byte count, the delivery receipt, each frame's stamp and what an idle
+        /// connection keeps follow, for events queued live and by the catch-up alike.
         #[test]
         fn frames_come_out_in_order_whichever_way_a_batch_is_taken(
+            early in 0usize..4,
             steps in proptest::collection::vec((0usize..7, any::<bool>(), 1usize..6, any::<bool>()), 1..30)
         ) {
             tokio::runtime::Builder::new_current_thread()
@@ -962,7 +971,7 @@ mod tests {
                 .start_paused(true)
                 .build()
                 .expect("runtime")
-                .block_on(run(steps));
+                .block_on(run(early, steps));
         }
     }
 }
