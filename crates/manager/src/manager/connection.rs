@@ -63,8 +63,8 @@ struct State {
     /// Frames ever queued, and ever taken by the writer (or dropped with the queue).
     pushed: u64,
     taken: u64,
-    /// Each queued event's place (its `pushed` count) and `seq`, oldest first.
-    marks: VecDeque<(u64, Seq)>,
+    /// Each queued event frame, oldest first.
+    marks: VecDeque<Mark>,
     /// The newest `seq` the writer took: written once its batch is flushed.
     taken_seq: Seq,
     /// The newest queued frame, for merging deltas into it.
@@ -77,6 +77,16 @@ struct State {
     /// The broker may have missed deliveries: the running catch-up reads history once
     /// more before it goes live.
     read_again: bool,
+}
+
+/// A queued event frame: its place (the `pushed` count when it was queued), the newest
+/// `seq` it carries and its envelope's `ts` in milliseconds (for a merged delta, the
+/// newest delta's, as its envelope says).
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: u64,
+    seq: Seq,
+    ts_ms: u64,
 }
 
 /// Why a push did not queue a frame.
@@ -220,9 +230,13 @@ impl ConnShared {
         true
     }
 
-    /// Records the event frame of `seq` just queued (after `st.queue.push_back`).
-    fn pushed_event(st: &mut State, seq: Seq) {
-        st.marks.push_back((st.pushed, seq));
+    /// Records the frame of `event` queued with it.
+    fn pushed_event(st: &mut State, event: &StoredEvent) {
+        st.marks.push_back(Mark {
+            at: st.pushed,
+            seq: event.seq,
+            ts_ms: event.ts.as_millis(),
+        });
         st.pushed += 1;
     }
 
@@ -306,7 +320,7 @@ impl ConnShared {
                 st.last_sent = event.seq;
                 st.queued_bytes += event.frame.len();
                 st.queue.push_back(event.frame.clone());
-                Self::pushed_event(&mut st, event.seq);
+                Self::pushed_event(&mut st, event);
                 st.tail = if event.event_type == EventType::MessageDelta {
                     Tail::Delta
                 } else {
@@ -339,7 +353,7 @@ impl ConnShared {
                     st.last_sent = event.seq;
                     st.queued_bytes += event.frame.len();
                     st.queue.push_back(event.frame.clone());
-                    Self::pushed_event(&mut st, event.seq);
+                    Self::pushed_event(&mut st, event);
                     st.tail = Tail::Other;
                     drop(st);
                     counters.replayed.fetch_add(1, Ordering::Relaxed);
@@ -420,6 +434,7 @@ impl ConnShared {
             st.pending_bytes -= event.frame.len();
             st.last_sent = event.seq;
             st.queued_bytes += event.frame.len();
+            Self::pushed_event(&mut st, &event);
             st.queue.push_back(event.frame);
             st.tail = Tail::Other;
             queued += 1;
@@ -503,7 +518,8 @@ fn merge_into_tail(st: &mut State, event: &StoredEvent, max_bytes: usize) -> boo
     st.last_sent = event.seq;
     // The newest queued frame is the newest queued event: its mark moves with it.
     if let Some(mark) = st.marks.back_mut() {
-        mark.1 = event.seq;
+        mark.seq = event.seq;
+        mark.ts_ms = merged.ts.as_millis();
     }
     st.tail = Tail::Merged(merged);
     true
@@ -567,6 +583,35 @@ impl Connection {
     /// # Cancel safety
     /// Cancel safe: frames are moved into `out` only when the call returns.
     pub async fn next_frames(&self, out: &mut Vec<Bytes>, max_frames: usize) -> Outbound {
+        self.take_frames(out, None, max_frames).await
+    }
+
+    /// [`Connection::next_frames`], also telling each frame's `ts`: `stamps` follows `out`
+    /// slot for slot (it is cut or padded to `out`'s length first), an event frame's slot
+    /// holding its envelope's `ts` in milliseconds and any other frame's `None`. So a
+    /// writer that measures how old the frames it writes are does not read the `ts` back
+    /// out of each frame.
+    ///
+    /// While the connection waits, `stamps` keeps at most [`QUEUE_KEEP_CAPACITY`] slots
+    /// (a larger buffer, grown by a burst, is freed), as the queue does.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Connection::next_frames`].
+    pub async fn next_frames_stamped(
+        &self,
+        out: &mut Vec<Bytes>,
+        stamps: &mut Vec<Option<u64>>,
+        max_frames: usize,
+    ) -> Outbound {
+        self.take_frames(out, Some(stamps), max_frames).await
+    }
+
+    async fn take_frames(
+        &self,
+        out: &mut Vec<Bytes>,
+        mut stamps: Option<&mut Vec<Option<u64>>>,
+        max_frames: usize,
+    ) -> Outbound {
         std::future::poll_fn(|cx| {
             // Registered before the queue is looked at, so a frame pushed after the look
             // wakes this task.
@@ -574,6 +619,7 @@ impl Connection {
             let mut st = self.shared.state();
             if !st.queue.is_empty() {
                 let n = st.queue.len().min(max_frames.max(1));
+                let before = out.len();
                 let mut bytes = 0;
                 // Freed once the lock is let go.
                 let mut unkept = VecDeque::new();
@@ -597,13 +643,26 @@ impl Connection {
                     // A burst grew the queue; an idle connection should not keep that.
                     unkept = std::mem::take(&mut st.queue);
                 }
+                let taken_before = st.taken;
                 st.taken += n as u64;
-                while let Some(&(at, seq)) = st.marks.front() {
+                if let Some(stamps) = stamps.as_deref_mut() {
+                    stamps.truncate(before);
+                    stamps.resize(before + n, None);
+                }
+                while let Some(&Mark { at, seq, ts_ms }) = st.marks.front() {
                     if at >= st.taken {
                         break;
                     }
                     st.taken_seq = st.taken_seq.max(seq);
                     st.marks.pop_front();
+                    if let Some(stamps) = stamps.as_deref_mut()
+                        && let Some(slot) = at
+                            .checked_sub(taken_before)
+                            .and_then(|i| usize::try_from(i).ok())
+                            .and_then(|i| stamps.get_mut(before + i))
+                    {
+                        *slot = Some(ts_ms);
+                    }
                 }
                 let room_wanted = std::mem::take(&mut st.replay_waiting);
                 drop(st);
@@ -628,6 +687,12 @@ impl Connection {
             }
             drop(st);
             drop(unkept);
+            if let Some(stamps) = stamps.as_deref_mut()
+                && stamps.is_empty()
+                && stamps.capacity() > QUEUE_KEEP_CAPACITY
+            {
+                *stamps = Vec::new();
+            }
             Poll::Pending
         })
         .await
@@ -775,7 +840,26 @@ mod tests {
     /// `max_frames`, into a batch kept from before or emptied first.
     type Step = (usize, bool, usize, bool);
 
-    async fn run(steps: Vec<Step>) {
+    async fn emit(m: &UnifiedWebSocketManager, user: &UserId, n: usize) -> u64 {
+        let event = Event::new(
+            None,
+            None,
+            Custom {
+                name: "n".into(),
+                value: serde_json::Value::from(n),
+                extra: Default::default(),
+            },
+        );
+        m.emit_critical_event(user, event)
+            .await
+            .expect("emit")
+            .seq
+            .get()
+    }
+
+    /// `early` events are emitted before the connection goes live: they reach it through
+    /// its catch-up.
+    async fn run(early: usize, steps: Vec<Step>) {
         let m = UnifiedWebSocketManager::new(
             ManagerConfig::default(),
             Arc::new(InMemoryBroker::default()),
@@ -790,29 +874,19 @@ mod tests {
             )
             .await
             .expect("connect");
-        // Live before the first event (until then events wait behind the catch-up).
+        let mut expected = Vec::new();
+        for n in 0..early {
+            expected.push(Got::Event(emit(&m, &user, n).await));
+        }
+        // Live before the next event (until then events wait behind the catch-up).
         tokio::time::sleep(Duration::from_millis(1)).await;
         let mut out = Vec::new();
-        let mut expected = Vec::new();
+        let mut stamps = Vec::new();
         let mut got = Vec::new();
         let mut newest_event = 0;
         for (events, pong, max_frames, keep) in steps {
             for n in 0..events {
-                let event = Event::new(
-                    None,
-                    None,
-                    Custom {
-                        name: "n".into(),
-                        value: serde_json::Value::from(n),
-                        extra: Default::default(),
-                    },
-                );
-                let seq = m
-                    .emit_critical_event(&user, event)
-                    .await
-                    .expect("emit")
-                    .seq
-                    .get();
+                let seq = emit(&m, &user, n).await;
                 expected.push(Got::Event(seq));
             }
             if pong {
@@ -821,17 +895,27 @@ mod tests {
             }
             if !keep {
                 out.clear();
+                stamps.clear();
             }
             // Lets the tasks the connect and the emits started run first (the clock is
             // paused: the sleep ends once they all wait).
             tokio::time::sleep(Duration::from_millis(1)).await;
             let before = out.len();
             let queued = conn.shared.queued().0;
-            match tokio::time::timeout(Duration::ZERO, conn.next_frames(&mut out, max_frames)).await
-            {
+            let next = conn.next_frames_stamped(&mut out, &mut stamps, max_frames);
+            match tokio::time::timeout(Duration::ZERO, next).await {
                 Ok(Outbound::Frames) => {
                     let taken = out.len() - before;
                     assert_eq!(taken, queued.min(max_frames));
+                    // Each frame's stamp is its envelope's `ts`; a control frame has none.
+                    assert_eq!(stamps.len(), out.len());
+                    for (frame, stamp) in out[before..].iter().zip(&stamps[before..]) {
+                        let ts = match ServerFrame::decode(frame).expect("a frame") {
+                            ServerFrame::Event(e) => Some(e.ts.as_millis()),
+                            _ => None,
+                        };
+                        assert_eq!(*stamp, ts);
+                    }
                     got.extend(out[before..].iter().filter_map(|f| decode(f)));
                     let (left, left_bytes) = conn.shared.queued();
                     assert_eq!(left, queued - taken);
@@ -851,6 +935,9 @@ mod tests {
                     // Waiting, the connection holds at most the queue's few slots.
                     if out.is_empty() {
                         assert_eq!(out.capacity(), 0);
+                    }
+                    if stamps.is_empty() {
+                        assert!(stamps.capacity() <= QUEUE_KEEP_CAPACITY);
                     }
                     assert!(conn.shared.state().queue.capacity() <= QUEUE_KEEP_CAPACITY);
                 }
@@ -872,10 +959,11 @@ mod tests {
         /// Whether `next_frames` trades its buffer with the queue (an empty batch taking
         /// every queued frame) or moves frames one by one (a batch kept from before, or a
         /// queue longer than `max_frames`), every frame comes out once, in order; the
-        /// queue's byte count, the delivery receipt and what an idle connection keeps
-        /// follow.
+        /// queue's byte count, the delivery receipt, each frame's stamp and what an idle
+        /// connection keeps follow, for events queued live and by the catch-up alike.
         #[test]
         fn frames_come_out_in_order_whichever_way_a_batch_is_taken(
+            early in 0usize..4,
             steps in proptest::collection::vec((0usize..7, any::<bool>(), 1usize..6, any::<bool>()), 1..30)
         ) {
             tokio::runtime::Builder::new_current_thread()
@@ -883,7 +971,7 @@ mod tests {
                 .start_paused(true)
                 .build()
                 .expect("runtime")
-                .block_on(run(steps));
+                .block_on(run(early, steps));
         }
     }
 }

@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
 
 use agentwire_protocol::{Epoch, Seq, UserId};
-use foldhash::HashMap;
-use std::hash::BuildHasher;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -46,11 +46,48 @@ struct Receipt {
     changed: Arc<Notify>,
 }
 
+/// A user as a receipt shard's key: the user and its hash, computed once per look-up
+/// (it picks the shard, and the shard's map takes it as the key's hash, see [`Hashed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    hash: u64,
+    user: UserId,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hasher of a shard's map: a [`Key`] hands it the hash it carries, which it returns
+/// as it is (anything else is folded in, so it still hashes whatever it is given).
+#[derive(Debug, Default, Clone, Copy)]
+struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(32) ^ n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Shard = HashMap<Key, Receipt, BuildHasherDefault<Hashed>>;
+
 /// Every user's receipt on one node, and the users whose receipt changed since the last
 /// flush to the cluster's store.
 #[derive(Debug)]
 pub(crate) struct Receipts {
-    shards: Box<[Mutex<HashMap<UserId, Receipt>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
     /// Changed since the last flush (only with a store); at most `max_receipt_users`.
     dirty: Mutex<foldhash::HashSet<UserId>>,
@@ -71,9 +108,20 @@ impl Default for Receipts {
 }
 
 impl Receipts {
-    fn shard(&self, user: &UserId) -> MutexGuard<'_, HashMap<UserId, Receipt>> {
-        let i = (self.hasher.hash_one(user) as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    /// The user's key and shard. The shard is picked by bits of the hash that the map
+    /// does not use for the bucket (the low ones) nor for the tag (the top seven), so the
+    /// users of one shard still spread over all its buckets.
+    fn shard(&self, user: &UserId) -> (Key, MutexGuard<'_, Shard>) {
+        let hash = self.hasher.hash_one(user);
+        let i = ((hash >> 32) as usize) % SHARDS;
+        let key = Key {
+            hash,
+            user: user.clone(),
+        };
+        (
+            key,
+            self.shards[i].lock().unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Users with a receipt.
@@ -94,8 +142,8 @@ impl UnifiedWebSocketManager {
         f: impl FnOnce(&mut Receipt) -> T,
     ) -> Option<T> {
         let receipts = &self.inner.receipts;
-        let mut shard = receipts.shard(user);
-        if let Some(r) = shard.get_mut(user) {
+        let (key, mut shard) = receipts.shard(user);
+        if let Some(r) = shard.get_mut(&key) {
             return Some(f(r));
         }
         if !create {
@@ -106,7 +154,7 @@ impl UnifiedWebSocketManager {
             let oldest = shard
                 .iter()
                 .min_by_key(|(_, r)| r.touched)
-                .map(|(u, _)| u.clone());
+                .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
                 shard.remove(&oldest);
                 self.inner
@@ -115,7 +163,7 @@ impl UnifiedWebSocketManager {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        let r = shard.entry(user.clone()).or_insert_with(|| Receipt {
+        let r = shard.entry(key).or_insert_with(|| Receipt {
             epoch: None,
             delivered: Seq::ZERO,
             acked: Seq::ZERO,

@@ -149,7 +149,6 @@ impl Writer<'_> {
                             }
                         }
                         batch.clear();
-                        batch.shrink_to(1);
                         match self.hand_over(Bytes::from(chunk), true).await {
                             Ok(()) => {
                                 self.app.metrics.written(messages);

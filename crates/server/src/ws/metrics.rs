@@ -158,12 +158,15 @@ impl WsMetrics {
     }
 
     /// Records a batch of frames about to be written: one count for the batch, and each
-    /// event frame's age into the latency histogram.
-    pub(crate) fn frames_written(&self, frames: &[Bytes], now: Timestamp) {
+    /// event frame's age into the latency histogram. `stamps[i]`, when there is one, is
+    /// the `ts` of `frames[i]` as the manager queued it (`Connection::next_frames_stamped`);
+    /// a frame without is read for its `ts` (`event_ts`).
+    pub(crate) fn frames_written(&self, frames: &[Bytes], stamps: &[Option<u64>], now: Timestamp) {
         self.frames_written.inc_by(frames.len() as u64);
         let now = now.as_millis();
-        for frame in frames {
-            if let Some(ts) = event_ts(frame) {
+        for (i, frame) in frames.iter().enumerate() {
+            let known = stamps.get(i).copied().flatten();
+            if let Some(ts) = known.or_else(|| event_ts(frame)) {
                 let ms = now.saturating_sub(ts);
                 #[allow(clippy::cast_precision_loss)] // milliseconds fit an f64 exactly
                 self.publish_to_write.observe(ms as f64 / 1_000.0);

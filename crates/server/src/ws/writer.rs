@@ -92,6 +92,9 @@ pub(super) async fn write_loop(
     let heartbeat = app.manager.config().heartbeat;
     let leeway = app.auth.leeway().as_secs();
     let mut batch: Vec<Bytes> = Vec::new();
+    // Each frame's `ts` (for an event frame), as the manager knows it: the latency metric
+    // reads it from here rather than from the frame.
+    let mut stamps: Vec<Option<u64>> = Vec::new();
     let interval = heartbeat
         .interval
         .clamp(Duration::from_millis(10), MAX_TIMER);
@@ -162,12 +165,15 @@ pub(super) async fn write_loop(
                 timer.as_mut().reset(next_deadline(next_ping, token_at));
                 timer_armed = false;
             }
-            out = conn.next_frames(&mut batch, settings.write_batch_frames) => match out {
+            out = conn.next_frames_stamped(&mut batch, &mut stamps, settings.write_batch_frames) => match out {
                 Outbound::Frames => {
                     if let Some(projector) = projector.as_mut() {
                         projector.project_batch(&mut batch, &app.metrics);
+                        // Projected frames are other frames: the metric reads them as
+                        // they are.
+                        stamps.clear();
                     }
-                    match write_batch(app, conn, sink, &mut batch).await {
+                    match write_batch(app, conn, sink, &mut batch, &mut stamps).await {
                         Err(e) => {
                             if matches!(e, WriteFailed::TimedOut) {
                                 app.metrics.write_timeout();
@@ -266,8 +272,10 @@ async fn write_batch(
     conn: &Connection,
     sink: &mut Sink,
     batch: &mut Vec<Bytes>,
+    stamps: &mut Vec<Option<u64>>,
 ) -> Result<bool, WriteFailed> {
-    app.metrics.frames_written(batch, Timestamp::now());
+    app.metrics.frames_written(batch, stamps, Timestamp::now());
+    stamps.clear();
     let mut sent = 0;
     let waited = {
         let work = sink.write_text(batch, &mut sent);
