@@ -974,4 +974,65 @@ mod tests {
                 .block_on(run(early, steps));
         }
     }
+
+    /// Events that arrived while a catch-up ran wait in `pending` and are queued as it
+    /// goes live; each of them is marked for the delivery receipt like any queued event,
+    /// so a writer that has taken only those frames does not report a later event as
+    /// delivered.
+    #[tokio::test(start_paused = true)]
+    async fn events_queued_on_going_live_count_toward_the_receipt_in_their_place() {
+        let m = UnifiedWebSocketManager::new(
+            ManagerConfig::default(),
+            Arc::new(InMemoryBroker::default()),
+        );
+        let user: UserId = "u".parse().expect("user id");
+        let conn = m
+            .connect_user(
+                user.clone(),
+                ConnectOptions {
+                    resume: Resume::LiveOnly,
+                },
+            )
+            .await
+            .expect("connect");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // What the connect queued (its first frame) is written first.
+        let mut out = Vec::new();
+        while let Ok(Outbound::Frames) =
+            tokio::time::timeout(Duration::ZERO, conn.next_frames(&mut out, 256)).await
+        {
+            out.clear();
+        }
+        // As a resync does: the connection catches up, and live events wait meanwhile.
+        conn.shared.state().phase = super::Phase::CatchingUp;
+        let first = emit(&m, &user, 1).await;
+        let second = emit(&m, &user, 2).await;
+        assert_eq!(conn.shared.state().pending.len(), 2);
+        assert!(matches!(
+            conn.shared.try_go_live(&m.inner.counters),
+            super::GoLive::Done
+        ));
+        let third = emit(&m, &user, 3).await;
+        assert_eq!(conn.shared.queued().0, 3);
+
+        let next = conn.next_frames(&mut out, 2);
+        assert!(matches!(
+            tokio::time::timeout(Duration::ZERO, next).await,
+            Ok(Outbound::Frames)
+        ));
+        let got: Vec<Got> = out.drain(..).filter_map(|f| decode(&f)).collect();
+        assert_eq!(got, vec![Got::Event(first), Got::Event(second)]);
+        conn.written();
+        assert_eq!(m.receipt(&user).delivered_seq.get(), second);
+
+        let next = conn.next_frames(&mut out, 2);
+        assert!(matches!(
+            tokio::time::timeout(Duration::ZERO, next).await,
+            Ok(Outbound::Frames)
+        ));
+        let got: Vec<Got> = out.drain(..).filter_map(|f| decode(&f)).collect();
+        assert_eq!(got, vec![Got::Event(third)]);
+        conn.written();
+        assert_eq!(m.receipt(&user).delivered_seq.get(), third);
+    }
 }
