@@ -189,15 +189,119 @@ fn prefixed_uuid_v7_simple(prefix: [u8; 2]) -> Arc<str> {
 }
 
 impl EventId {
-    /// A fresh UUIDv7 event id (time-ordered, hyphenated).
+    /// A fresh UUIDv7 event id (time-ordered, hyphenated): [`EventIdBatch`] with one id.
     pub fn generate() -> Self {
-        // Runs for every event published without an id: written into a buffer on the
-        // stack, not through the formatter.
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        Self(Arc::from(
-            &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf),
-        ))
+        EventIdBatch::now().next_id()
     }
+}
+
+/// Fresh UUIDv7 event ids stamped with one clock read: the ids of a publish body are
+/// generated with one read of the clock instead of one per event.
+///
+/// Each id is a hyphenated lowercase UUIDv7: the Unix time in milliseconds (48 bits), a
+/// 42-bit counter split around the version and variant bits, and 32 random bits — the
+/// layout `uuid`'s own `ContextV7` gives. The counter is per thread: it starts at a
+/// random 41-bit value whenever the thread's millisecond advances and goes up by one for
+/// every other id, so the ids a thread generates are strictly increasing (as UUIDs and as
+/// strings) and never repeat; a clock that went back, or a counter that ran out, keeps
+/// the thread's last millisecond (moved on by one on overflow). Ids of different threads
+/// and nodes differ by their random bits, as UUIDv7s always do.
+#[derive(Debug, Clone, Copy)]
+pub struct EventIdBatch {
+    unix_ms: u64,
+}
+
+impl EventIdBatch {
+    /// Ids stamped with the current time.
+    pub fn now() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // 48 bits of milliseconds last until the year 10889.
+        let unix_ms = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+        EventIdBatch { unix_ms }
+    }
+
+    /// The next id.
+    pub fn next_id(&mut self) -> EventId {
+        let uuid = uuid::Uuid::from_u128(V7_STATE.with(|state| {
+            let mut s = state.get();
+            let v = s.next(self.unix_ms);
+            state.set(s);
+            v
+        }));
+        // Written into a buffer on the stack, not through the formatter.
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        EventId(Arc::from(&*uuid.hyphenated().encode_lower(&mut buf)))
+    }
+}
+
+/// Bits of a UUIDv7's counter, as `uuid`'s `ContextV7` uses them: 12 in `rand_a`, 30 at the
+/// top of `rand_b`.
+const V7_COUNTER_BITS: u32 = 42;
+/// A fresh counter leaves its top bit clear, so at least 2^41 ids fit in a millisecond.
+const V7_COUNTER_SEED_MASK: u64 = (1 << (V7_COUNTER_BITS - 1)) - 1;
+const V7_COUNTER_MAX: u64 = (1 << V7_COUNTER_BITS) - 1;
+const V7_MS_MASK: u64 = (1 << 48) - 1;
+
+/// One thread's UUIDv7 state: the millisecond and counter of its last id, and its random
+/// generator (wyrand, seeded from the operating system's randomness on first use).
+#[derive(Debug, Clone, Copy)]
+struct V7State {
+    unix_ms: u64,
+    counter: u64,
+    rng: u64,
+}
+
+thread_local! {
+    static V7_STATE: std::cell::Cell<V7State> = const {
+        std::cell::Cell::new(V7State { unix_ms: 0, counter: 0, rng: 0 })
+    };
+}
+
+impl V7State {
+    /// The next UUIDv7 (as a number) at `unix_ms`, after every one before it.
+    fn next(&mut self, unix_ms: u64) -> u128 {
+        if self.rng == 0 {
+            // Seeded once per thread from the operating system's randomness: the random
+            // low bits of `uuid`'s own UUIDv7 and std's randomly keyed hasher. Zero is the
+            // "not seeded" mark.
+            use std::hash::BuildHasher;
+            let hashed = std::hash::RandomState::new().hash_one(std::thread::current().id());
+            self.rng = (uuid::Uuid::now_v7().as_u64_pair().1 ^ hashed) | 1;
+        }
+        let unix_ms = unix_ms & V7_MS_MASK;
+        if unix_ms > self.unix_ms {
+            self.unix_ms = unix_ms;
+            self.counter = self.random() & V7_COUNTER_SEED_MASK;
+        } else if self.counter < V7_COUNTER_MAX {
+            self.counter += 1;
+        } else {
+            self.unix_ms = (self.unix_ms + 1) & V7_MS_MASK;
+            self.counter = self.random() & V7_COUNTER_SEED_MASK;
+        }
+        let tail = self.random() as u32;
+        v7_bits(self.unix_ms, self.counter, tail)
+    }
+
+    /// wyrand: 64 random bits.
+    fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = u128::from(self.rng) * u128::from(self.rng ^ 0xe703_7ed1_a0b4_28db);
+        (t as u64) ^ ((t >> 64) as u64)
+    }
+}
+
+/// A UUIDv7 from its fields: `unix_ms` (48 bits), the version (7), the counter's top 12
+/// bits, the variant (`10`), the counter's low 30 bits, and `tail`.
+fn v7_bits(unix_ms: u64, counter: u64, tail: u32) -> u128 {
+    let counter = u128::from(counter & V7_COUNTER_MAX);
+    (u128::from(unix_ms & V7_MS_MASK) << 80)
+        | (0x7 << 76)
+        | ((counter >> 30) << 64)
+        | (0b10 << 62)
+        | ((counter & ((1 << 30) - 1)) << 32)
+        | u128::from(tail)
 }
 
 impl ConnectionId {
@@ -334,6 +438,109 @@ mod tests {
         assert!(a.as_str().starts_with("c_"));
         assert!(Epoch::generate().as_str().starts_with("e_"));
         assert!(validate_id(EventId::generate().as_str()).is_ok());
+    }
+
+    /// The bits are where `uuid`'s own UUIDv7 puts the time and a 42-bit counter: the
+    /// top 96 bits agree with `Uuid::new_v7` given the same time and counter (its last 32
+    /// bits are random), and the version and variant are those of a UUIDv7.
+    #[test]
+    fn v7_bits_are_laid_out_as_uuid_lays_them_out() {
+        let mut state = V7State {
+            unix_ms: 0,
+            counter: 0,
+            rng: 0x1234_5678_9abc_def1,
+        };
+        let cases = [
+            (0, 0, 0),
+            (1_796_042_072_123, 1, u32::MAX),
+            (V7_MS_MASK, V7_COUNTER_MAX, 7),
+            (1_700_000_000_000, 1 << 29, 1),
+            (1_700_000_000_001, 1 << 30, 2),
+            (1_700_000_000_002, 1 << 41, 3),
+        ];
+        let random = (0..200).map(|_| {
+            (
+                state.random() & V7_MS_MASK,
+                state.random() & V7_COUNTER_MAX,
+                state.random() as u32,
+            )
+        });
+        for (ms, counter, tail) in cases.into_iter().chain(random.collect::<Vec<_>>()) {
+            let ours = uuid::Uuid::from_u128(v7_bits(ms, counter, tail));
+            let ts = uuid::Timestamp::from_unix_time(
+                ms / 1000,
+                (ms % 1000) as u32 * 1_000_000,
+                u128::from(counter),
+                42,
+            );
+            let theirs = uuid::Uuid::new_v7(ts);
+            assert_eq!(
+                ours.as_u128() >> 32,
+                theirs.as_u128() >> 32,
+                "{ms} {counter}"
+            );
+            assert_eq!(ours.as_u128() as u32, tail);
+            assert_eq!(ours.get_version_num(), 7);
+            assert_eq!(ours.get_variant(), uuid::Variant::RFC4122);
+        }
+    }
+
+    /// A thread's ids are strictly increasing — as UUIDs and as strings, within a
+    /// millisecond, across batches, when the clock goes back and when the counter runs out
+    /// — so they never repeat; ids of several threads do not repeat either.
+    #[test]
+    fn generated_event_ids_increase_and_never_repeat() {
+        let mut last = String::new();
+        let mut check = |id: EventId| {
+            let u = uuid::Uuid::parse_str(id.as_str()).expect("uuid");
+            assert_eq!(u.get_version_num(), 7);
+            assert_eq!(u.hyphenated().to_string(), id.as_str());
+            assert!(id.as_str() > last.as_str(), "{id} after {last}");
+            last = id.as_str().to_owned();
+        };
+        let mut batch = EventIdBatch::now();
+        for _ in 0..10_000 {
+            check(batch.next_id());
+        }
+        for _ in 0..1_000 {
+            check(EventId::generate());
+        }
+        // The clock going back a minute: the thread keeps its last millisecond.
+        let mut earlier = EventIdBatch {
+            unix_ms: batch.unix_ms - 60_000,
+        };
+        for _ in 0..1_000 {
+            check(earlier.next_id());
+        }
+        // A counter that ran out moves the millisecond on by one.
+        V7_STATE.with(|s| {
+            let mut state = s.get();
+            state.counter = V7_COUNTER_MAX - 2;
+            s.set(state);
+        });
+        let before = V7_STATE.with(|s| s.get().unix_ms);
+        for _ in 0..10 {
+            check(earlier.next_id());
+        }
+        assert_eq!(V7_STATE.with(|s| s.get().unix_ms), before + 1);
+        for _ in 0..1_000 {
+            check(EventId::generate());
+        }
+
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let mut batch = EventIdBatch::now();
+                    (0..5_000).map(|_| batch.next_id()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for t in threads {
+            for id in t.join().expect("thread") {
+                assert!(all.insert(id));
+            }
+        }
     }
 
     /// Generated ids keep the shapes they always had: `c_`/`e_` and 32 lowercase hex

@@ -51,8 +51,8 @@ pub use frame::{
     ClientFrame, ConnectionEstablished, ErrorCode, ErrorFrame, ReplayGap, ServerFrame,
 };
 pub use ids::{
-    ConnectionId, Epoch, EventId, IdError, MAX_ID_BYTES, RunId, Seq, ThreadId, Timestamp, UserId,
-    validate_id,
+    ConnectionId, Epoch, EventId, EventIdBatch, IdError, MAX_ID_BYTES, RunId, Seq, ThreadId,
+    Timestamp, UserId, validate_id,
 };
 pub use publish::{PublishAccepted, PublishBody, PublishRequest, PublishResponse};
 pub use run::{

@@ -21,8 +21,8 @@ use agentwire_manager::{
     RunLimit,
 };
 use agentwire_protocol::{
-    DecodeError, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody, PublishResponse, RunId,
-    RunViolation, UserId,
+    DecodeError, EventIdBatch, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody,
+    PublishResponse, RunId, RunViolation, UserId,
 };
 use axum::body::Body;
 use axum::extract::State;
@@ -511,13 +511,21 @@ async fn publish(
         .map_err(|e| decode_problem(&e, bytes.len(), api))?;
     drop(bytes);
     let batch = matches!(decoded, PublishBody::Batch(_));
-    let requests = decoded.into_requests();
+    let mut requests = decoded.into_requests();
+    // The events without a publisher's id get fresh ones from one clock read per body; the
+    // publisher's ids are moved into the prepared events (only the user and run of a
+    // request are read after this).
+    let mut fresh_ids: Option<EventIdBatch> = None;
     let prepared = requests
-        .iter()
+        .iter_mut()
         .enumerate()
         .map(|(i, r)| {
+            let event_id = r
+                .event_id
+                .take()
+                .unwrap_or_else(|| fresh_ids.get_or_insert_with(EventIdBatch::now).next_id());
             app.manager
-                .prepare_event(&r.user_id, &r.event, r.event_id.clone())
+                .prepare_event(&r.user_id, &r.event, Some(event_id))
                 .map_err(|e| prepare_problem(e, batch, i))
         })
         .collect::<Result<Vec<PreparedEvent>, ApiError>>()?;

@@ -97,6 +97,9 @@ pub struct Auth {
     pub(super) max_token_bytes: usize,
     pub(super) api_keys: Vec<Vec<u8>>,
     pub(super) publish_keys: Vec<Vec<u8>>,
+    /// Each API key's publisher fingerprint, in the order of `api_keys` then
+    /// `publish_keys`, computed once when the keys are set.
+    pub(super) publishers: Vec<Option<agentwire_manager::PublisherId>>,
 }
 
 impl fmt::Debug for Auth {
@@ -148,6 +151,7 @@ impl Auth {
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             api_keys: Vec::new(),
             publish_keys: Vec::new(),
+            publishers: Vec::new(),
         }
     }
 

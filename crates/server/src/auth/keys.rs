@@ -72,6 +72,13 @@ impl Auth {
         };
         self.api_keys = keep(full);
         self.publish_keys = keep(publish);
+        // Every publish request asks for its key's fingerprint: hashed here, once per key.
+        self.publishers = self
+            .api_keys
+            .iter()
+            .chain(&self.publish_keys)
+            .map(|raw| fingerprint(raw))
+            .collect();
         self
     }
 
@@ -115,14 +122,18 @@ impl Auth {
     /// node configured with the key, and no way back to the key, so brokers shared by
     /// many nodes (Redis) may store it; the key itself stays in this table.
     pub(crate) fn publisher(&self, key: ApiKey) -> Option<PublisherId> {
-        let raw = self.api_keys.iter().chain(&self.publish_keys).nth(key.id)?;
-        let digest = Sha256::new()
-            .chain_update(b"agentwire publisher\0")
-            .chain_update(raw)
-            .finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        PublisherId::new(format!("key:{hex}")).ok()
+        self.publishers.get(key.id).cloned().flatten()
     }
+}
+
+/// The publisher fingerprint of the API key `raw` (see [`Auth::publisher`]).
+fn fingerprint(raw: &[u8]) -> Option<PublisherId> {
+    let digest = Sha256::new()
+        .chain_update(b"agentwire publisher\0")
+        .chain_update(raw)
+        .finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    PublisherId::new(format!("key:{hex}")).ok()
 }
 
 /// Checks `Authorization: Bearer <api key>` against `auth`'s keys, and that the key's
@@ -174,9 +185,10 @@ mod tests {
 
     #[test]
     fn a_keys_publisher_is_a_stable_fingerprint_not_the_key() {
-        let mut auth = Auth::hs256_unchecked(b"s");
-        auth.api_keys = vec![b"full-key-0123456789".to_vec()];
-        auth.publish_keys = vec![b"publish-key-0123456789".to_vec()];
+        let auth = Auth::hs256_unchecked(b"s").with_api_keys_unchecked(
+            &["full-key-0123456789".into()],
+            &["publish-key-0123456789".into()],
+        );
         let full = auth.api_key("full-key-0123456789").expect("known");
         let publish = auth.api_key("publish-key-0123456789").expect("known");
         let a = auth.publisher(full).expect("fingerprint");
@@ -189,12 +201,22 @@ mod tests {
         assert!(!a.as_str().contains("full-key"));
         // Another node with the same key computes the same fingerprint: SHA-256 of the
         // label and the key, as every implementation computes it.
-        let mut other = Auth::hs256_unchecked(b"another secret");
-        other.api_keys = vec![b"full-key-0123456789".to_vec()];
+        let other = Auth::hs256_unchecked(b"another secret")
+            .with_api_keys_unchecked(&["full-key-0123456789".into()], &[]);
         let again = other.api_key("full-key-0123456789").expect("known");
         assert_eq!(other.publisher(again), Some(a.clone()));
         // `printf 'agentwire publisher\0full-key-0123456789' | sha256sum`, first 32 digits.
         assert_eq!(a.as_str(), "key:4eebc2c6889b59e7f029a1208353a0e5");
+        // Kept per key when the keys are set: the same as hashing the key again, for
+        // every key of both lists.
+        assert_eq!(Some(a), fingerprint(b"full-key-0123456789"));
+        assert_eq!(Some(b), fingerprint(b"publish-key-0123456789"));
+        let keys: Vec<String> = (0..5).map(|i| format!("key-number-{i}-of-five")).collect();
+        let many = Auth::hs256_unchecked(b"s").with_api_keys_unchecked(&keys[..2], &keys[2..]);
+        for k in &keys {
+            let key = many.api_key(k).expect("known");
+            assert_eq!(many.publisher(key), fingerprint(k.as_bytes()), "{k}");
+        }
     }
 
     #[test]
