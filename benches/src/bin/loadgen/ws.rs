@@ -361,8 +361,13 @@ mod tests {
     }
 
     fn stream(bytes: Vec<u8>) -> WsStream<()> {
+        stream_on((), bytes)
+    }
+
+    /// A reader over `io` that has `bytes` in its buffer already.
+    fn stream_on<T>(io: T, bytes: Vec<u8>) -> WsStream<T> {
         WsStream {
-            io: (),
+            io,
             buf: bytes,
             pos: 0,
             need: 0,
@@ -528,16 +533,7 @@ mod tests {
     #[tokio::test]
     async fn fill_grows_the_buffer_for_a_large_frame_and_keeps_what_follows() {
         let (client, mut server) = tokio::io::duplex(1024);
-        let mut ws = WsStream {
-            io: client,
-            buf: Vec::new(),
-            pos: 0,
-            need: 0,
-            partial: None,
-            whole: Vec::new(),
-            pong: None,
-            mask: 1,
-        };
+        let mut ws = stream_on(client, Vec::new());
         let big = "z".repeat(100_000);
         let mut bytes = frame(0x81, b"first");
         bytes.extend(frame(0x81, big.as_bytes()));

@@ -857,9 +857,8 @@ mod tests {
             .get()
     }
 
-    /// `early` events are emitted before the connection goes live: they reach it through
-    /// its catch-up.
-    async fn run(early: usize, steps: Vec<Step>) {
+    /// A manager on an in-memory broker, and user `u` connected to it, live only.
+    async fn connected() -> (UnifiedWebSocketManager, UserId, super::Connection) {
         let m = UnifiedWebSocketManager::new(
             ManagerConfig::default(),
             Arc::new(InMemoryBroker::default()),
@@ -874,6 +873,13 @@ mod tests {
             )
             .await
             .expect("connect");
+        (m, user, conn)
+    }
+
+    /// `early` events are emitted before the connection goes live: they reach it through
+    /// its catch-up.
+    async fn run(early: usize, steps: Vec<Step>) {
+        let (m, user, conn) = connected().await;
         let mut expected = Vec::new();
         for n in 0..early {
             expected.push(Got::Event(emit(&m, &user, n).await));
@@ -981,20 +987,7 @@ mod tests {
     /// delivered.
     #[tokio::test(start_paused = true)]
     async fn events_queued_on_going_live_count_toward_the_receipt_in_their_place() {
-        let m = UnifiedWebSocketManager::new(
-            ManagerConfig::default(),
-            Arc::new(InMemoryBroker::default()),
-        );
-        let user: UserId = "u".parse().expect("user id");
-        let conn = m
-            .connect_user(
-                user.clone(),
-                ConnectOptions {
-                    resume: Resume::LiveOnly,
-                },
-            )
-            .await
-            .expect("connect");
+        let (m, user, conn) = connected().await;
         tokio::time::sleep(Duration::from_millis(1)).await;
         // What the connect queued (its first frame) is written first.
         let mut out = Vec::new();

@@ -389,16 +389,7 @@ mod tests {
         let name_end = memchr::memchr(b'"', &rest[..rest.len().min(64)])?;
         let rest = rest[name_end..].strip_prefix(SEQ)?;
         let at = memmem::find(rest, TS)? + TS.len();
-        let digits = &rest[at..];
-        let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-        if n == 0 || n > 19 {
-            return None;
-        }
-        Some(
-            digits[..n]
-                .iter()
-                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
-        )
+        leading_u64_by_digit(&rest[at..])
     }
 
     /// The number at the start of `digits`, one digit at a time.
