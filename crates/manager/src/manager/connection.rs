@@ -592,7 +592,7 @@ impl Connection {
     /// writer that measures how old the frames it writes are does not read the `ts` back
     /// out of each frame.
     ///
-    /// While the connection waits, `stamps` keeps at most [`QUEUE_KEEP_CAPACITY`] slots
+    /// While the connection waits, `stamps` keeps at most `QUEUE_KEEP_CAPACITY` (4) slots
     /// (a larger buffer, grown by a burst, is freed), as the queue does.
     ///
     /// # Cancel safety
