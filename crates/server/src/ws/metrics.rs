@@ -247,120 +247,32 @@ fn frame_has_seq(frame: &[u8]) -> bool {
     frame.windows(7).take(64).any(|w| w == b",\"seq\":")
 }
 
-/// The `ts` of an event frame. The manager builds event frames as
-/// `{"type":"…","seq":N,"event_id":"…","ts":T,…`: the type name (no quotes, no escapes)
-/// is followed at once by `","seq":`, and the first `,"ts":` after it is the envelope's,
-/// since that sequence cannot occur unescaped inside a JSON string and `data` comes after.
-/// Other frames (`connection_established`, `replay_gap`, `pong`, `error`) carry no `ts`.
-///
-/// Called for every frame written, so the frame is read once, left to right: past the
-/// `seq`'s digits and `,"event_id":"`, the first `"` after that ends the event id, and
-/// `","ts":` follows it. Up to there no quote pair of `,"ts":` fits anywhere else, so
-/// that `ts` is the first one, as a search would find it; a frame laid out otherwise is
-/// searched for its first `,"ts":` (`ts_searched`).
+/// The `ts` of an event frame, for a frame that came without its stamp (the manager
+/// stamps every event frame it queues: see [`WsMetrics::frames_written`]). The manager
+/// builds event frames as `{"type":"…","seq":N,"event_id":"…","ts":T,…`: the type name (no
+/// quotes, no escapes) is followed at once by `","seq":`, and the first `,"ts":` after it
+/// is the envelope's, since that sequence cannot occur unescaped inside a JSON string and
+/// `data` comes after. Other frames (`connection_established`, `replay_gap`, `pong`,
+/// `error`) carry no `ts`.
 pub(crate) fn event_ts(frame: &[u8]) -> Option<u64> {
-    const EVENT_ID: &[u8] = b",\"event_id\":\"";
-    const TS: &[u8] = b"\",\"ts\":";
-    let rest = after_seq(frame)?;
-    let seq_digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if let Some(id) = rest[seq_digits..].strip_prefix(EVENT_ID)
-        && let Some(end) = find_quote(id)
-        && let Some(ts) = id[end..].strip_prefix(TS)
-    {
-        return leading_u64(ts);
-    }
-    ts_searched(rest)
-}
-
-/// What follows `{"type":"<name>","seq":` in an event frame.
-fn after_seq(frame: &[u8]) -> Option<&[u8]> {
     const SEQ: &[u8] = b"\",\"seq\":";
-    let rest = frame.strip_prefix(b"{\"type\":\"")?;
-    let name_end = find_quote(&rest[..rest.len().min(64)])?;
-    rest[name_end..].strip_prefix(SEQ)
-}
-
-/// Where the first `"` in `bytes` is. What it looks through is short (a type name, an
-/// event id), so it reads eight bytes at a time itself rather than calling `memchr`.
-fn find_quote(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut at = 0;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        // A quote becomes a zero byte; the lowest flagged byte is the first zero (bytes
-        // above it may be flagged too, by the borrow).
-        let x = u64::from_le_bytes(word) ^ (u64::from(b'"') * ONES);
-        let zeros = x.wrapping_sub(ONES) & !x & HIGHS;
-        if zeros != 0 {
-            return Some(at + zeros.trailing_zeros() as usize / 8);
-        }
-        at += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'"')
-        .map(|i| at + i)
-}
-
-/// The number after the first `,"ts":` in `rest` (what follows the `seq` key).
-fn ts_searched(rest: &[u8]) -> Option<u64> {
     const TS: &[u8] = b",\"ts\":";
     // Built once: `memmem::find` would build its searcher again for every frame.
     static TS_FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(TS));
+    let rest = frame.strip_prefix(b"{\"type\":\"")?;
+    let name_end = memchr::memchr(b'"', &rest[..rest.len().min(64)])?;
+    let rest = rest[name_end..].strip_prefix(SEQ)?;
     let at = TS_FINDER.find(rest)? + TS.len();
-    leading_u64(&rest[at..])
-}
-
-/// The run of ASCII digits `digits` starts with, as a number: `None` when there is none
-/// or when it is longer than 19 digits (so it always fits a `u64`). Eight digits at a time
-/// while they last (a `ts` in milliseconds has 13), then one at a time.
-fn leading_u64(digits: &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    let mut n = 0;
-    let mut rest = digits;
-    while n + 8 <= 19
-        && let Some(chunk) = rest.first_chunk::<8>()
-        && let Some(eight) = eight_digits(u64::from_le_bytes(*chunk))
-    {
-        value = value * 100_000_000 + eight;
-        n += 8;
-        rest = &rest[8..];
-    }
-    for &d in rest {
-        if !d.is_ascii_digit() {
-            break;
-        }
-        if n == 19 {
-            return None;
-        }
-        value = value * 10 + u64::from(d - b'0');
-        n += 1;
-    }
-    (n > 0).then_some(value)
-}
-
-/// The number eight ASCII digits spell, read as one little-endian word (the first digit
-/// in the lowest byte); `None` unless all eight are digits.
-fn eight_digits(word: u64) -> Option<u64> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
-    // Every byte is 0x30..=0x39: its high nibble is 3, and adding 6 leaves it 3.
-    if word & HIGH != 0x30 * ONES || word.wrapping_add(6 * ONES) & HIGH != 0x30 * ONES {
+    let digits = &rest[at..];
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 || n > 19 {
         return None;
     }
-    let d = word - 0x30 * ONES;
-    // Pairs, then fours, then all eight.
-    let pairs = d.wrapping_mul(10).wrapping_add(d >> 8);
-    const LOW_OF_FOURS: u64 = 0x0000_00FF_0000_00FF;
-    let eight = (pairs & LOW_OF_FOURS)
-        .wrapping_mul(100 + (1_000_000 << 32))
-        .wrapping_add(((pairs >> 16) & LOW_OF_FOURS).wrapping_mul(1 + (10_000 << 32)))
-        >> 32;
-    Some(eight)
+    Some(
+        digits[..n]
+            .iter()
+            .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
+    )
 }
 
 #[cfg(test)]
@@ -378,197 +290,5 @@ mod tests {
             event_ts(br#"{"type":"replay_gap","from_seq":1,"to_seq":2}"#),
             None
         );
-    }
-
-    /// `event_ts` as it was before it read the event id's layout: the first `,"ts":` after
-    /// `","seq":`, found by a search.
-    fn event_ts_by_search(frame: &[u8]) -> Option<u64> {
-        const SEQ: &[u8] = b"\",\"seq\":";
-        const TS: &[u8] = b",\"ts\":";
-        let rest = frame.strip_prefix(b"{\"type\":\"")?;
-        let name_end = memchr::memchr(b'"', &rest[..rest.len().min(64)])?;
-        let rest = rest[name_end..].strip_prefix(SEQ)?;
-        let at = memmem::find(rest, TS)? + TS.len();
-        leading_u64_by_digit(&rest[at..])
-    }
-
-    /// The number at the start of `digits`, one digit at a time.
-    fn leading_u64_by_digit(digits: &[u8]) -> Option<u64> {
-        let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-        if n == 0 || n > 19 {
-            return None;
-        }
-        Some(
-            digits[..n]
-                .iter()
-                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
-        )
-    }
-
-    /// Runs of every length up to 24, each byte a digit or one of the bytes next to the
-    /// digits in ASCII (`/` and `:`), or any byte at all.
-    #[test]
-    fn numbers_read_eight_digits_at_a_time_match_one_at_a_time() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        for _ in 0..200_000 {
-            let len = rng.below(25);
-            let digits: Vec<u8> = (0..len)
-                .map(|_| match rng.below(20) {
-                    0 => b'/',
-                    1 => b':',
-                    2 => rng.next() as u8,
-                    _ => b'0' + rng.below(10) as u8,
-                })
-                .collect();
-            assert_eq!(
-                leading_u64(&digits),
-                leading_u64_by_digit(&digits),
-                "{}",
-                String::from_utf8_lossy(&digits)
-            );
-        }
-        for s in [
-            "18446744073709551615",
-            "9999999999999999999",
-            "00000000",
-            "12345678",
-        ] {
-            assert_eq!(
-                leading_u64(s.as_bytes()),
-                leading_u64_by_digit(s.as_bytes()),
-                "{s}"
-            );
-        }
-    }
-
-    /// Every position of a quote, or none, in strings of every length up to 40, among
-    /// bytes that differ from a quote by one bit, other quotes after it included.
-    #[test]
-    fn the_first_quote_is_found_where_memchr_finds_it() {
-        let mut rng = Rng(0x1234_5678_9abc_def1);
-        for _ in 0..100_000 {
-            let len = rng.below(41);
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| match rng.below(8) {
-                    0 => b'"',
-                    1 => b'"' ^ (1 << rng.below(8)),
-                    2 => 0,
-                    3 => 0xff,
-                    _ => rng.next() as u8,
-                })
-                .collect();
-            assert_eq!(
-                find_quote(&bytes),
-                memchr::memchr(b'"', &bytes),
-                "{bytes:?}"
-            );
-        }
-    }
-
-    /// A small deterministic generator (xorshift), so every run checks the same frames.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-            from[self.below(from.len())]
-        }
-    }
-
-    /// Frames laid out as the manager writes them, and near misses of that layout (pieces
-    /// left out, quotes and `,"ts":` inside the event id, long or missing numbers, bytes
-    /// changed anywhere): reading the layout finds the same `ts` as the search does.
-    #[test]
-    fn reading_the_layout_finds_the_ts_a_search_finds() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let prefixes = [
-            "{\"type\":\"",
-            "{\"type\":\"",
-            "{\"type\": \"",
-            "{\"typ\":\"",
-            "",
-        ];
-        let names = ["custom", "message_delta", "", "a\\\"b", "x,\"ts\":1"];
-        let seqs = ["\",\"seq\":", "\",\"seq\":", "\",\"seq\" :", "\",\"sq\":"];
-        let seq_digits = ["3", "123456", "", "1a", "99999999999999999999999"];
-        let ids = [
-            ",\"event_id\":\"",
-            ",\"event_id\":\"",
-            ",\"event_id\": \"",
-            ",\"id\":\"",
-            "",
-        ];
-        let id_bodies = [
-            "018f2b9c-1d2e-7a3b-8c4d-5e6f7a8b9c0d",
-            "",
-            "x,\\\"ts\\\":1",
-            "x\\\",\\\"ts\\\":2",
-            "\\\\",
-            ",",
-            "ab",
-            "\",\"ts\":7,\"",
-        ];
-        let ts_keys = [
-            "\",\"ts\":",
-            "\",\"ts\":",
-            "\", \"ts\":",
-            "\",\"ts\" :",
-            "\",\"tz\":",
-            "\"",
-        ];
-        let ts_digits = [
-            "1700000000000",
-            "0",
-            "",
-            "-1",
-            "1234567890123456789",
-            "12345678901234567890",
-            "18446744073709551615",
-            "9999999999999999999",
-        ];
-        let tails = [",\"data\":{\"ts\":5}}", "}", "", ",\"ts\":42}", "x"];
-        let noise = [b'"', b',', b':', b't', b's', b'1', b'\\', b'x'];
-        for _ in 0..200_000 {
-            let mut frame = String::new();
-            frame.push_str(rng.pick(&prefixes));
-            frame.push_str(rng.pick(&names));
-            frame.push_str(rng.pick(&seqs));
-            frame.push_str(rng.pick(&seq_digits));
-            frame.push_str(rng.pick(&ids));
-            frame.push_str(rng.pick(&id_bodies));
-            frame.push_str(rng.pick(&ts_keys));
-            frame.push_str(rng.pick(&ts_digits));
-            frame.push_str(rng.pick(&tails));
-            let mut frame = frame.into_bytes();
-            for _ in 0..rng.below(3) {
-                if frame.is_empty() {
-                    break;
-                }
-                let at = rng.below(frame.len());
-                match rng.below(3) {
-                    0 => frame[at] = noise[rng.below(noise.len())],
-                    1 => {
-                        frame.remove(at);
-                    }
-                    _ => frame.insert(at, noise[rng.below(noise.len())]),
-                }
-            }
-            assert_eq!(
-                event_ts(&frame),
-                event_ts_by_search(&frame),
-                "{}",
-                String::from_utf8_lossy(&frame)
-            );
-        }
     }
 }
