@@ -529,22 +529,17 @@ async fn publish(
                 .map_err(|e| prepare_problem(e, batch, i))
         })
         .collect::<Result<Vec<PreparedEvent>, ApiError>>()?;
-    // The key's fingerprint is a hash of the key: taken once per body, and only when the
-    // rate limiter or the run guards need it.
-    let publisher = if api.limiter.is_some() || api.lifecycle {
-        Some(publisher_of(app, key)?)
-    } else {
-        None
-    };
-    if let Some(publisher) = &publisher {
-        api.take_rate(publisher, requests.len()).await?;
-    }
-    let prepared = match publisher {
-        Some(publisher) if api.lifecycle => prepared
+    // The key's fingerprint, computed when the keys were set: what the rate and the run
+    // guards count against.
+    let publisher = publisher_of(app, key)?;
+    api.take_rate(&publisher, requests.len()).await?;
+    let prepared = if api.lifecycle {
+        prepared
             .into_iter()
             .map(|p| p.guarded(publisher.clone()))
-            .collect(),
-        _ => prepared,
+            .collect()
+    } else {
+        prepared
     };
     // One broker call per user of the body, all at once.
     let answers = app.manager.emit_prepared_many(&prepared).await;
