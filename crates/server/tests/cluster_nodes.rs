@@ -129,6 +129,16 @@ async fn connect_and_watch(addr: SocketAddr, user: String, watch: Duration) -> O
     }
 }
 
+/// What each node logged so far, to read beside a failed assertion.
+fn logs(nodes: &[ServerProcess]) -> String {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("--- node {i} ({}):\n{}", n.addr, n.stderr.so_far()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// 30 concurrent connects of one user spread over `nodes`: (open connections, close codes
 /// of the others).
 async fn thirty_connects(nodes: &[ServerProcess], user: &str) -> (Vec<Ws>, Vec<Option<u16>>) {
@@ -440,35 +450,64 @@ async fn redis_paused_answers_503s_and_then_the_cluster_holds_again() {
     assert_eq!(open.len() + 1, 3, "held one before; closed: {closed:?}");
     assert!(closed.iter().all(|c| *c == Some(4004)), "{closed:?}");
 
-    // Redis restarted empty: the leases are gone. A new connection may take the room
-    // before the nodes renew; the renewals then take back only what fits, so the user
-    // holds exactly the limit again.
+    // Redis restarted empty: the leases are gone, and so is the user's stream, which
+    // starts a new epoch. Every connection opened before is closed: `1013` when its node
+    // resyncs it (resume, to learn the new epoch), or `4003` when a renewal found the
+    // user's room taken first. The connection opened after the restart stays.
     redis.kill();
     redis.restart_empty().expect("Redis starts again");
     for n in &nodes {
         support::nodes::wait_for_status(n.addr, "/readyz", 200, Duration::from_secs(20)).await;
     }
-    let late = connect_and_watch(nodes[1].addr, "pat".into(), Duration::ZERO).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = http(
-            nodes[2].addr,
-            "GET",
-            "/v1/users/pat/connections",
-            Some(API_KEY),
-            None,
-        )
-        .await;
-        let listed = r.json()["connections"].as_array().map(Vec::len);
-        if r.status == 200 && listed == Some(3) {
-            break;
+    let Outcome::Open(late) = connect_and_watch(nodes[1].addr, "pat".into(), Duration::ZERO).await
+    else {
+        panic!("no room after the restart\n{}", logs(&nodes));
+    };
+    for mut ws in std::iter::once(held).chain(open) {
+        let code = loop {
+            match ws.next(WAIT).await {
+                Read::Frame(_) => {}
+                Read::Closed(code) => break code,
+                Read::Nothing => panic!("still open after the restart\n{}", logs(&nodes)),
+            }
+        };
+        assert!(
+            matches!(code, Some(1013 | 4003)),
+            "{code:?}\n{}",
+            logs(&nodes)
+        );
+    }
+
+    // The closed connections' leases are given back: one connection at a time, the user
+    // takes exactly the limit again (a refusal before it is a release still on its way),
+    // and never more; then 30 concurrent connects are all refused.
+    let mut again = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for i in 0.. {
+        match connect_and_watch(nodes[i % 3].addr, "pat".into(), Duration::ZERO).await {
+            Outcome::Open(ws) => again.push(*ws),
+            Outcome::Closed(code) => {
+                assert_eq!(code, Some(4004), "{}", logs(&nodes));
+                if again.len() + 1 == 3 {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the closed connections' leases were not given back: {} open\n{}",
+                    again.len() + 1,
+                    logs(&nodes)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "the user does not hold exactly the limit after the restart: {}",
-            r.body
+            again.len() + 1 <= 3,
+            "more than the limit\n{}",
+            logs(&nodes)
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop((held, open, late));
+    let (open, closed) = thirty_connects(&nodes, "pat").await;
+    assert!(open.is_empty(), "{} more than the limit", open.len());
+    assert!(closed.iter().all(|c| *c == Some(4004)), "{closed:?}");
+    drop((late, again));
 }

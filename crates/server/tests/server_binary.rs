@@ -233,12 +233,7 @@ async fn sigterm_closes_every_client_with_1001_and_the_process_exits_in_time() {
 }
 
 fn stderr_of(server: &mut ServerProcess) -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    if let Some(mut stderr) = server.child.stderr.take() {
-        let _ = stderr.read_to_string(&mut text);
-    }
-    text
+    server.stderr.to_end()
 }
 
 /// Issue 14: without a secret or public key the binary starts only on a loopback address

@@ -10,7 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_agentwire-server");
@@ -45,10 +46,61 @@ pub(crate) fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<Stri
     lines
 }
 
+/// The most of a child's stderr kept (the latest bytes): enough for every warning of a
+/// test, bounded for one that logs in a loop.
+const STDERR_KEPT: usize = 1 << 20;
+
+/// What a child process writes to `stderr`, read on a thread of its own as it comes, so
+/// a server that logs a lot never blocks on a full pipe; the latest [`STDERR_KEPT`]
+/// bytes are kept.
+pub(crate) struct Stderr {
+    text: Arc<Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Stderr {
+    fn drain(stderr: std::process::ChildStderr) -> Stderr {
+        use std::io::Read;
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&text);
+        let reader = std::thread::spawn(move || {
+            let mut stderr = stderr;
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                let mut text = kept.lock().unwrap_or_else(|p| p.into_inner());
+                text.extend_from_slice(&buf[..n]);
+                if text.len() > STDERR_KEPT {
+                    let cut = text.len() - STDERR_KEPT;
+                    text.drain(..cut);
+                }
+            }
+        });
+        Stderr {
+            text,
+            reader: Some(reader),
+        }
+    }
+
+    /// What was written so far.
+    pub(crate) fn so_far(&self) -> String {
+        let text = self.text.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// Everything written, once the process has closed its stderr (it has exited).
+    pub(crate) fn to_end(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.so_far()
+    }
+}
+
 /// A running server process; killed on drop if still running.
 pub(crate) struct ServerProcess {
     pub(crate) child: Child,
     pub(crate) lines: mpsc::Receiver<String>,
+    pub(crate) stderr: Stderr,
     pub(crate) addr: SocketAddr,
 }
 
@@ -60,6 +112,7 @@ impl ServerProcess {
             .spawn()
             .expect("spawn the binary");
         let lines = lines_of(child.stdout.take().expect("stdout"));
+        let mut stderr = Stderr::drain(child.stderr.take().expect("stderr"));
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -71,13 +124,18 @@ impl ServerProcess {
                             .next()
                             .and_then(|a| a.parse().ok())
                             .expect("an address after `listening on`");
-                        return Ok(ServerProcess { child, lines, addr });
+                        return Ok(ServerProcess {
+                            child,
+                            lines,
+                            stderr,
+                            addr,
+                        });
                     }
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    let out = child.wait_with_output().expect("output");
-                    return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+                    let _ = child.wait();
+                    return Err(stderr.to_end());
                 }
             }
         }
