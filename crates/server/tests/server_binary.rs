@@ -233,7 +233,7 @@ async fn sigterm_closes_every_client_with_1001_and_the_process_exits_in_time() {
 }
 
 fn stderr_of(server: &mut ServerProcess) -> String {
-    server.stderr.to_end()
+    server.stderr.until_exit()
 }
 
 /// Issue 14: without a secret or public key the binary starts only on a loopback address

@@ -88,7 +88,7 @@ impl Stderr {
     }
 
     /// Everything written, once the process has closed its stderr (it has exited).
-    pub(crate) fn to_end(&mut self) -> String {
+    pub(crate) fn until_exit(&mut self) -> String {
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
@@ -135,7 +135,7 @@ impl ServerProcess {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(stderr.to_end());
+                    return Err(stderr.until_exit());
                 }
             }
         }
