@@ -231,6 +231,7 @@ impl ConnShared {
     }
 
     /// Records the frame of `event` queued with it.
+    #[inline]
     fn pushed_event(st: &mut State, event: &StoredEvent) {
         st.marks.push_back(Mark {
             at: st.pushed,
@@ -270,7 +271,11 @@ impl ConnShared {
         if st.closing.is_some() {
             return Pushed::Skipped;
         }
-        if st.epoch.as_ref().is_some_and(|e| *e != event.epoch) {
+        if st
+            .epoch
+            .as_ref()
+            .is_some_and(|e| !same_epoch(e, &event.epoch))
+        {
             // The stream restarted under a live connection: its seqs mean nothing now.
             // Closing makes the client resume, and the resume reports the gap.
             drop(st);
@@ -523,6 +528,15 @@ fn merge_into_tail(st: &mut State, event: &StoredEvent, max_bytes: usize) -> boo
     }
     st.tail = Tail::Merged(merged);
     true
+}
+
+/// Whether two epochs are one. The broker hands every event of a stream the epoch it
+/// gave the connection (one shared string), so the text is compared only when the two
+/// are not the same string in memory: a delivery usually skips reading it.
+#[inline]
+fn same_epoch(a: &Epoch, b: &Epoch) -> bool {
+    let (a, b) = (a.as_str(), b.as_str());
+    std::ptr::eq(a, b) || a == b
 }
 
 /// Whether a close with `code` drops what is queued rather than flushing it first: a slow
@@ -820,6 +834,16 @@ mod tests {
     use super::{Outbound, QUEUE_KEEP_CAPACITY};
     use crate::manager::{ConnectOptions, Resume, UnifiedWebSocketManager};
     use crate::{InMemoryBroker, ManagerConfig};
+
+    #[test]
+    fn same_epoch_compares_the_text_of_distinct_strings() {
+        use agentwire_protocol::Epoch;
+        let a = Epoch::new("e_one").unwrap();
+        assert!(super::same_epoch(&a, &a.clone()));
+        assert!(super::same_epoch(&a, &Epoch::new("e_one").unwrap()));
+        assert!(!super::same_epoch(&a, &Epoch::new("e_two").unwrap()));
+        assert!(!super::same_epoch(&a, &Epoch::new("e_on").unwrap()));
+    }
 
     /// What a connection's writer received, in order: an event's seq, or a pong.
     #[derive(Debug, Clone, PartialEq, Eq)]
