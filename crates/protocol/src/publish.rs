@@ -370,7 +370,7 @@ impl PublishResponse {
     /// into one buffer sized up front (it runs for every publish, and holds a result per
     /// event).
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        use crate::json::Object;
+        use crate::json::{push_str, push_u64};
         let size = 16
             + self
                 .results
@@ -380,24 +380,34 @@ impl PublishResponse {
                 })
                 .sum::<usize>();
         let mut out = Vec::with_capacity(size);
-        let mut obj = Object::open(&mut out);
-        let list = obj.key("results");
-        list.push(b'[');
+        out.extend_from_slice(b"{\"results\":[");
+        // The events of a body share a few accept times: the digits of the last one written
+        // (the time and where they are in `out`) are copied rather than written again.
+        let mut last_ts: Option<(u64, std::ops::Range<usize>)> = None;
         for (i, r) in self.results.iter().enumerate() {
-            if i > 0 {
-                list.push(b',');
+            // Each result's keys, with the separators around them, written as one literal.
+            let open: &[u8] = if i > 0 { b",{\"seq\":" } else { b"{\"seq\":" };
+            out.extend_from_slice(open);
+            push_u64(&mut out, r.seq.get());
+            out.extend_from_slice(b",\"event_id\":");
+            push_str(&mut out, r.event_id.as_str());
+            out.extend_from_slice(b",\"ts\":");
+            let ts = r.ts.as_millis();
+            match &last_ts {
+                Some((last, digits)) if *last == ts => out.extend_from_within(digits.clone()),
+                _ => {
+                    let start = out.len();
+                    push_u64(&mut out, ts);
+                    last_ts = Some((ts, start..out.len()));
+                }
             }
-            let mut item = Object::open(list);
-            item.u64("seq", r.seq.get());
-            item.str("event_id", r.event_id.as_str());
-            item.u64("ts", r.ts.as_millis());
             if let Some(receipt) = &r.receipt {
-                item.str("receipt", receipt);
+                out.extend_from_slice(b",\"receipt\":");
+                push_str(&mut out, receipt);
             }
-            item.close();
+            out.push(b'}');
         }
-        list.push(b']');
-        obj.close();
+        out.extend_from_slice(b"]}");
         out
     }
 }
@@ -718,6 +728,37 @@ mod tests {
             prop_assert_eq!(&quick, &PublishBody::decode_direct(text, 3), "{}", text);
         }
         Ok(())
+    }
+
+    proptest! {
+        /// Results that repeat an accept time, next to each other or not, with and without
+        /// receipts, are written as serde_json writes them.
+        #[test]
+        fn answers_with_repeated_times_are_what_serde_json_writes(
+            items in proptest::collection::vec(
+                (
+                    any::<u64>(),
+                    prop::sample::select(vec![0u64, 7, 1_700_000_000_000, u64::MAX]),
+                    any::<bool>(),
+                ),
+                0..12,
+            ),
+        ) {
+            let results = items
+                .into_iter()
+                .map(|(seq, ts, receipt)| PublishAccepted {
+                    seq: Seq(seq),
+                    event_id: EventId::generate(),
+                    ts: Timestamp(ts),
+                    receipt: receipt.then(|| "/v1/users/u%221/receipts".to_owned()),
+                })
+                .collect();
+            let response = PublishResponse { results };
+            prop_assert_eq!(
+                String::from_utf8(response.to_json_bytes()).expect("UTF-8"),
+                serde_json::to_string(&response).expect("serializes")
+            );
+        }
     }
 
     #[test]

@@ -398,6 +398,12 @@ pub(crate) fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
 fn push_path_segment(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = s.as_bytes();
+    // Most segments (user ids, run ids) are unreserved throughout: checked eight bytes at
+    // a time and copied whole.
+    if all_unreserved(bytes) {
+        out.push_str(s);
+        return;
+    }
     // Runs of unreserved bytes are copied whole: they are ASCII, so a non-empty run starts
     // and ends on char boundaries.
     let mut start = 0;
@@ -416,6 +422,27 @@ fn push_path_segment(out: &mut String, s: &str) {
     if start < bytes.len() {
         out.push_str(&s[start..]);
     }
+}
+
+/// Whether every byte of `bytes` is unreserved: eight table lookups at a time, joined
+/// without a branch per byte.
+fn all_unreserved(bytes: &[u8]) -> bool {
+    let kept = |b: u8| UNRESERVED[usize::from(b)];
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let all = kept(c[0])
+            & kept(c[1])
+            & kept(c[2])
+            & kept(c[3])
+            & kept(c[4])
+            & kept(c[5])
+            & kept(c[6])
+            & kept(c[7]);
+        if !all {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| kept(b))
 }
 
 /// The bytes a path segment keeps as they are (RFC 3986 unreserved), by value.
@@ -657,7 +684,15 @@ mod tests {
             "🙂a b🙂".to_owned(),
             "%%".to_owned(),
         ];
-        for s in cases {
+        // A reserved byte at each place of the eight-byte chunks and of the remainder.
+        let placed = (0..20).flat_map(|at| {
+            ["/", " ", "é", "\u{7f}"].map(|r| {
+                let mut s = "abcdefghij0123456789".to_owned();
+                s.replace_range(at..=at, r);
+                s
+            })
+        });
+        for s in cases.into_iter().chain(placed) {
             let mut out = String::from("/x/");
             push_path_segment(&mut out, &s);
             assert_eq!(out, format!("/x/{}", reference(&s)), "{s:?}");
