@@ -87,6 +87,13 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    // Shorter than a word (most keys and ids): one look at each byte, and when none needs
+    // escaping, the string as it is.
+    if bytes.len() < 8 && !bytes.iter().any(|&b| needs_escape(b)) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     while let Some(at) = next_escape(bytes, start) {
         out.extend_from_slice(&bytes[start..at]);
