@@ -351,7 +351,8 @@ impl<'de> Quick<'de> {
     fn peek(&mut self) -> Option<u8> {
         let bytes = self.text.as_bytes();
         while let Some(&b) = bytes.get(self.pos) {
-            if !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
+            // Every byte JSON counts as whitespace is at most a space.
+            if b > b' ' || !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
                 return Some(b);
             }
             self.pos += 1;
@@ -636,11 +637,11 @@ impl<'de> de::SeqAccess<'de> for QuickSeq<'_, 'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, GaveUp> {
-        if self.de.peek() == Some(b']') {
-            return Ok(None);
-        }
-        if !std::mem::replace(&mut self.first, false) {
-            self.de.eat(b',')?;
+        match self.de.peek() {
+            Some(b']') => return Ok(None),
+            Some(b',') if !self.first => self.de.pos += 1,
+            _ if !self.first => return Err(GaveUp),
+            _ => self.first = false,
         }
         seed.deserialize(&mut *self.de).map(Some)
     }
@@ -659,14 +660,19 @@ impl<'de> MapAccess<'de> for QuickMap<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, GaveUp> {
-        if self.de.peek() == Some(b'}') {
+        let mut next = self.de.peek();
+        if next == Some(b'}') {
             return Ok(None);
         }
         if !std::mem::replace(&mut self.first, false) {
-            self.de.eat(b',')?;
+            if next != Some(b',') {
+                return Err(GaveUp);
+            }
+            self.de.pos += 1;
+            next = self.de.peek();
         }
         // A key is a string.
-        if self.de.peek() != Some(b'"') {
+        if next != Some(b'"') {
             return Err(GaveUp);
         }
         seed.deserialize(&mut *self.de).map(Some)

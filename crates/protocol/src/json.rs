@@ -16,13 +16,16 @@ const HIGH_BITS: u64 = splat(0x80);
 /// possibly with stray bits above the lowest one: each test is exact for the lowest byte
 /// that matches (a borrow only runs from a matching byte upward), which is all
 /// [`next_escape`] reads.
+///
+/// Control characters and `"` are one test: flipping bit 1 maps `"` (0x22) to 0x20 and
+/// every byte below 0x20 to another byte below 0x20, while every other byte stays at 0x21
+/// or above, so the bytes to escape among them are those that end up below 0x21.
 fn escape_bits(x: u64) -> u64 {
-    let control = x.wrapping_sub(splat(0x20)) & !x;
-    let quote = x ^ splat(b'"');
-    let quote = quote.wrapping_sub(splat(1)) & !quote;
+    let flipped = x ^ splat(0x02);
+    let control_or_quote = flipped.wrapping_sub(splat(0x21)) & !flipped;
     let backslash = x ^ splat(b'\\');
     let backslash = backslash.wrapping_sub(splat(1)) & !backslash;
-    (control | quote | backslash) & HIGH_BITS
+    (control_or_quote | backslash) & HIGH_BITS
 }
 
 /// The index of the first byte at or after `from` that must be escaped (which is also
@@ -84,6 +87,13 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    // Shorter than a word (most keys and ids): one look at each byte, and when none needs
+    // escaping, the string as it is.
+    if bytes.len() < 8 && !bytes.iter().any(|&b| needs_escape(b)) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     while let Some(at) = next_escape(bytes, start) {
         out.extend_from_slice(&bytes[start..at]);
