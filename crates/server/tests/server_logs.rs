@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::Read;
-
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -64,14 +62,7 @@ async fn connects_disconnects_and_refusals_are_logged_at_info_without_the_token(
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     server.sigterm();
     assert!(server.wait_exit(WAIT).is_some_and(|s| s.success()));
-    let mut log = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut log)
-        .expect("read");
+    let log = server.stderr.until_exit();
 
     let line = |needle: &str| {
         log.lines()
