@@ -19,16 +19,37 @@ fn clk_tck() -> f64 {
     })
 }
 
-/// utime + stime, in seconds, of a `stat` file (a process's or a thread's).
-fn cpu_of_stat(path: &Path) -> Option<f64> {
+/// What a `stat` file (a process's or a thread's) says of its CPU time and page faults.
+#[derive(Debug, Clone, Copy, Default)]
+struct Times {
+    /// utime + stime, in seconds.
+    cpu_s: f64,
+    /// stime alone, in seconds.
+    sys_s: f64,
+    /// Minor page faults (pages the kernel mapped without reading a disk).
+    minflt: u64,
+}
+
+fn times_of_stat(path: &Path) -> Option<Times> {
     let text = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces; fields are counted after its ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    // After ')': state is field 3, so minflt (10), utime (14) and stime (15) are at 7, 11
+    // and 12.
+    let minflt: u64 = fields.get(7)?.parse().ok()?;
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clk_tck())
+    Some(Times {
+        cpu_s: (utime + stime) / clk_tck(),
+        sys_s: stime / clk_tck(),
+        minflt,
+    })
+}
+
+/// utime + stime, in seconds, of a `stat` file.
+fn cpu_of_stat(path: &Path) -> Option<f64> {
+    times_of_stat(path).map(|t| t.cpu_s)
 }
 
 /// Which process (or which threads of this one) a sample describes.
@@ -46,6 +67,11 @@ pub(crate) enum Probe {
 pub(crate) struct Sample {
     /// CPU seconds used so far (user + system).
     pub(crate) cpu_s: f64,
+    /// Of which in the kernel (system time: system calls, page faults).
+    pub(crate) sys_s: f64,
+    /// Minor page faults so far: pages first touched (or touched again after the
+    /// allocator gave them back).
+    pub(crate) minflt: u64,
     /// Resident set size, in KiB.
     pub(crate) rss_kib: u64,
     /// Peak resident set size, in KiB.
@@ -67,23 +93,31 @@ impl Probe {
         match self {
             Probe::Pid(pid) => {
                 let pid = pid.to_string();
+                let t = times_of_stat(Path::new(&format!("/proc/{pid}/stat")))?;
                 Some(Sample {
-                    cpu_s: cpu_of_stat(Path::new(&format!("/proc/{pid}/stat")))?,
+                    cpu_s: t.cpu_s,
+                    sys_s: t.sys_s,
+                    minflt: t.minflt,
                     rss_kib: status_kib(&pid, "VmRSS:")?,
                     hwm_kib: status_kib(&pid, "VmHWM:").unwrap_or(0),
                 })
             }
             Probe::OwnThreads(prefix) => {
-                let mut cpu = 0.0;
+                let mut sum = Times::default();
                 for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
                     let dir = entry.path();
                     let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
                     if name.trim_end().starts_with(prefix) {
-                        cpu += cpu_of_stat(&dir.join("stat")).unwrap_or(0.0);
+                        let t = times_of_stat(&dir.join("stat")).unwrap_or_default();
+                        sum.cpu_s += t.cpu_s;
+                        sum.sys_s += t.sys_s;
+                        sum.minflt += t.minflt;
                     }
                 }
                 Some(Sample {
-                    cpu_s: cpu,
+                    cpu_s: sum.cpu_s,
+                    sys_s: sum.sys_s,
+                    minflt: sum.minflt,
                     rss_kib: status_kib("self", "VmRSS:")?,
                     hwm_kib: status_kib("self", "VmHWM:").unwrap_or(0),
                 })
@@ -111,6 +145,8 @@ impl Probes {
             .into_iter()
             .fold(Sample::default(), |a, s| Sample {
                 cpu_s: a.cpu_s + s.cpu_s,
+                sys_s: a.sys_s + s.sys_s,
+                minflt: a.minflt + s.minflt,
                 rss_kib: a.rss_kib + s.rss_kib,
                 hwm_kib: a.hwm_kib + s.hwm_kib,
             })
@@ -135,15 +171,23 @@ pub(crate) fn own_cpu_s(exclude: Option<&'static str>) -> f64 {
     }
 }
 
-/// CPU seconds the whole machine has been busy (every core, every process: `/proc/stat`),
-/// so a period can tell how much of the machine went to processes other than the server
-/// and the generator.
-pub(crate) fn machine_busy_s() -> f64 {
+/// The whole machine's CPU time so far (every core, every process: `/proc/stat`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MachineTimes {
+    /// Seconds busy, so a period can tell how much of the machine went to processes other
+    /// than the server and the generator.
+    pub(crate) busy_s: f64,
+    /// Seconds stolen: a virtual machine's cores waiting for the host to run them.
+    pub(crate) steal_s: f64,
+}
+
+/// Reads [`MachineTimes`] now (zeros where `/proc/stat` cannot be read).
+pub(crate) fn machine_times() -> MachineTimes {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
+        return MachineTimes::default();
     };
     let Some(line) = text.lines().next() else {
-        return 0.0;
+        return MachineTimes::default();
     };
     let v: Vec<f64> = line
         .split_whitespace()
@@ -153,7 +197,10 @@ pub(crate) fn machine_busy_s() -> f64 {
     // user nice system idle iowait irq softirq steal ...
     let total: f64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
-    (total - idle) / clk_tck()
+    MachineTimes {
+        busy_s: (total - idle) / clk_tck(),
+        steal_s: v.get(7).copied().unwrap_or(0.0) / clk_tck(),
+    }
 }
 
 /// The 1-minute load average.
