@@ -110,17 +110,33 @@ struct ShardSlot {
     oldest: AtomicU64,
 }
 
-#[derive(Default)]
 struct Shard {
     streams: HashMap<UserId, Stream>,
     /// (accept number of a stream's oldest entry, its user): the shard's streams in the
     /// age order of what they remember, one element per stream with entries.
     by_oldest_entry: BTreeSet<(u64, UserId)>,
+    /// The accept number of `by_oldest_entry`'s first element (`u64::MAX` when empty),
+    /// kept so that letting go of the lock does not walk the tree.
+    oldest_entry_no: u64,
     /// (accept number of a stream's oldest event in history, its user).
     by_oldest_event: BTreeSet<(u64, UserId)>,
     bytes: usize,
     events: usize,
     entries: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard {
+            streams: HashMap::default(),
+            by_oldest_entry: BTreeSet::new(),
+            oldest_entry_no: u64::MAX,
+            by_oldest_event: BTreeSet::new(),
+            bytes: 0,
+            events: 0,
+            entries: 0,
+        }
+    }
 }
 
 impl std::fmt::Debug for Shard {
@@ -147,6 +163,21 @@ impl Entry {
     fn cost(&self) -> usize {
         ENTRY_OVERHEAD_BYTES + self.event.event_id.as_str().len() + self.event.frame.len()
     }
+
+    fn mark(&self) -> Mark {
+        Mark {
+            accept_no: self.accept_no,
+            at: self.at,
+        }
+    }
+}
+
+/// Where an entry stands in the age order: what the age bounds and indexes read of the
+/// oldest entries of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    accept_no: u64,
+    at: Instant,
 }
 
 struct Stream {
@@ -156,6 +187,11 @@ struct Stream {
     /// `held` of them are in history.
     entries: VecDeque<Entry>,
     held: usize,
+    /// The marks of the oldest entry and of the oldest event in history, kept beside the
+    /// ring: every publish checks them, and reading them from the ring's front would touch
+    /// memory written long before (a cache miss per publish under load).
+    first_entry: Option<Mark>,
+    first_event: Option<Mark>,
     ids: HashMap<EventId, Seq>,
     subscribers: Vec<(Arc<dyn Subscriber>, usize)>,
     /// Where in the upper half of their capacity `ids` and `entries` grow, in 1/1024ths
@@ -174,6 +210,8 @@ impl Stream {
             last_seq: Seq::ZERO,
             entries: VecDeque::new(),
             held: 0,
+            first_entry: None,
+            first_event: None,
             ids: HashMap::default(),
             subscribers: Vec::new(),
             spread: (RandomState::default().hash_one(0u8) % 1024) as u16,
@@ -232,9 +270,29 @@ impl Stream {
     /// the shard's age indexes file it.
     fn oldest(&self) -> (Option<u64>, Option<u64>) {
         (
-            self.entries.front().map(|e| e.accept_no),
-            self.oldest_event().map(|e| e.accept_no),
+            self.first_entry.map(|m| m.accept_no),
+            self.first_event.map(|m| m.accept_no),
         )
+    }
+
+    /// Whether the oldest event in history is older than `max_age`.
+    fn oldest_event_past(&self, now: Instant, max_age: Duration) -> bool {
+        self.first_event
+            .is_some_and(|m| now.saturating_duration_since(m.at) > max_age)
+    }
+
+    /// Whether the oldest entry is out of history and older than `window`.
+    fn oldest_entry_forgettable(&self, now: Instant, window: Duration) -> bool {
+        self.held < self.entries.len()
+            && self
+                .first_entry
+                .is_some_and(|m| now.saturating_duration_since(m.at) > window)
+    }
+
+    /// Checks, in debug builds, that the kept marks are those of the ring.
+    fn debug_check_marks(&self) {
+        debug_assert_eq!(self.first_entry, self.entries.front().map(Entry::mark));
+        debug_assert_eq!(self.first_event, self.oldest_event().map(Entry::mark));
     }
 
     /// Takes its oldest event out of history, keeping its entry; the frame's bytes, or
@@ -246,6 +304,8 @@ impl Stream {
         let i = self.first_held();
         let frame = std::mem::take(&mut self.entries[i].event.frame);
         self.held -= 1;
+        self.first_event = self.oldest_event().map(Entry::mark);
+        self.debug_check_marks();
         Some(frame.len())
     }
 
@@ -256,6 +316,8 @@ impl Stream {
             return None;
         }
         let entry = self.entries.pop_front()?;
+        self.first_entry = self.entries.front().map(Entry::mark);
+        self.debug_check_marks();
         self.ids.remove(&entry.event.event_id);
         let mut bytes = entry.cost();
         if self.entries.is_empty() {
@@ -272,10 +334,7 @@ impl Stream {
         let mut t = Trimmed::default();
         loop {
             let too_many = self.held > config.max_events_per_user;
-            let too_old = self
-                .oldest_event()
-                .is_some_and(|e| now.saturating_duration_since(e.at) > config.max_age);
-            if too_many || too_old {
+            if too_many || self.oldest_event_past(now, config.max_age) {
                 match self.pop_event() {
                     Some(bytes) => {
                         t.freed.bytes += bytes;
@@ -285,12 +344,7 @@ impl Stream {
                 }
                 continue;
             }
-            let forgotten = self.held < self.entries.len()
-                && self
-                    .entries
-                    .front()
-                    .is_some_and(|e| now.saturating_duration_since(e.at) > config.dedupe_window);
-            if !forgotten {
+            if !self.oldest_entry_forgettable(now, config.dedupe_window) {
                 break;
             }
             match self.forget_oldest() {
@@ -342,8 +396,16 @@ impl Stream {
         self.last_seq = seq;
         self.grow_ahead();
         self.ids.insert(event_id.clone(), seq);
+        let mark = entry.mark();
         self.entries.push_back(entry);
+        if was_empty {
+            self.first_entry = Some(mark);
+        }
+        if self.held == 0 {
+            self.first_event = Some(mark);
+        }
         self.held += 1;
+        self.debug_check_marks();
         let answer = Accepted {
             seq,
             event_id,
@@ -391,20 +453,6 @@ struct Trimmed {
 }
 
 impl Shard {
-    /// Re-files `user`'s stream in the age indexes after its oldest entry or event changed
-    /// from `before` (the accept numbers they had), and drops the stream when it is idle.
-    fn refile(&mut self, user: &UserId, before: (Option<u64>, Option<u64>)) {
-        let Some(stream) = self.streams.get(user) else {
-            return;
-        };
-        let after = stream.oldest();
-        let idle = stream.is_idle();
-        self.reindex(user, before, after);
-        if idle {
-            self.streams.remove(user);
-        }
-    }
-
     /// Moves `user`'s stream in the age indexes from `before` to `after` (the accept
     /// numbers of its oldest entry and oldest event); nothing when they did not change.
     fn reindex(
@@ -420,6 +468,7 @@ impl Shard {
             if let Some(n) = after.0 {
                 self.by_oldest_entry.insert((n, user.clone()));
             }
+            self.oldest_entry_no = self.by_oldest_entry.first().map_or(u64::MAX, |(n, _)| *n);
         }
         if before.1 != after.1 {
             if let Some(n) = before.1 {
@@ -436,28 +485,6 @@ impl Shard {
         self.bytes -= t.freed.bytes;
         self.events -= t.freed.events as usize;
         self.entries -= t.forgotten;
-    }
-
-    /// Removes from `user`'s stream its oldest event from history (keeping its entry) when
-    /// `event` says so, else its oldest entry when it is no longer in history. Returns
-    /// what it freed, without re-filing the stream.
-    fn pop(&mut self, user: &UserId, event: bool) -> Option<Freed> {
-        let stream = self.streams.get_mut(user)?;
-        let t = if event {
-            let bytes = stream.pop_event()?;
-            Trimmed {
-                freed: Freed { bytes, events: 1 },
-                forgotten: 0,
-            }
-        } else {
-            let bytes = stream.forget_oldest()?;
-            Trimmed {
-                freed: Freed { bytes, events: 0 },
-                forgotten: 1,
-            }
-        };
-        self.settle(t);
-        Some(t.freed)
     }
 
     /// Applies `user`'s own bounds ([`Stream::trim`]), re-files the stream and drops it
@@ -478,18 +505,39 @@ impl Shard {
         t.freed
     }
 
-    /// Pops the shard's oldest entry or event: an entry still in history first leaves
-    /// history, then is forgotten. Returns `None` when the shard holds nothing.
-    fn pop_oldest(&mut self) -> Option<Freed> {
+    /// Frees what it can, up to `need` bytes, from the shard's oldest entry: its event
+    /// leaves history first, and the entry itself is forgotten when that freed less than
+    /// `need` (or it was out of history already). Both under one lookup and one re-filing,
+    /// the same as two calls one after the other. Returns `None` when the shard holds
+    /// nothing.
+    fn pop_oldest(&mut self, need: usize) -> Option<Freed> {
         let (_, user) = self.by_oldest_entry.first()?.clone();
-        let before = self.streams.get(&user).map_or((None, None), Stream::oldest);
-        let in_history = self
-            .streams
-            .get(&user)
-            .is_some_and(|s| s.held == s.entries.len());
-        let freed = self.pop(&user, in_history);
-        self.refile(&user, before);
-        freed
+        let stream = self.streams.get_mut(&user)?;
+        let before = stream.oldest();
+        let mut t = Trimmed::default();
+        if stream.held == stream.entries.len()
+            && let Some(bytes) = stream.pop_event()
+        {
+            t.freed.bytes += bytes;
+            t.freed.events += 1;
+        }
+        if t.freed.bytes < need
+            && let Some(bytes) = stream.forget_oldest()
+        {
+            t.freed.bytes += bytes;
+            t.forgotten += 1;
+        }
+        if t.freed.events == 0 && t.forgotten == 0 {
+            return None;
+        }
+        let after = stream.oldest();
+        let idle = stream.is_idle();
+        self.settle(t);
+        self.reindex(&user, before, after);
+        if idle {
+            self.streams.remove(&user);
+        }
+        Some(t.freed)
     }
 
     /// The age bounds, for every stream of the shard.
@@ -499,8 +547,7 @@ impl Shard {
             let old = self
                 .streams
                 .get(&user)
-                .and_then(Stream::oldest_event)
-                .is_some_and(|e| now.saturating_duration_since(e.at) > config.max_age);
+                .is_some_and(|s| s.oldest_event_past(now, config.max_age));
             if !old {
                 break;
             }
@@ -510,12 +557,10 @@ impl Shard {
         // shorter than `max_age`): then a later stream's forgotten entries wait for a
         // later sweep, or a call that touches their user.
         while let Some((_, user)) = self.by_oldest_entry.first().cloned() {
-            let forgettable = self.streams.get(&user).is_some_and(|s| {
-                s.held < s.entries.len()
-                    && s.entries
-                        .front()
-                        .is_some_and(|e| now.saturating_duration_since(e.at) > config.dedupe_window)
-            });
+            let forgettable = self
+                .streams
+                .get(&user)
+                .is_some_and(|s| s.oldest_entry_forgettable(now, config.dedupe_window));
             if !forgettable {
                 break;
             }
@@ -617,7 +662,11 @@ impl InMemoryBroker {
                 if oldest.is_none_or(|n| n > second) {
                     break;
                 }
-                match guard.shard.pop_oldest() {
+                let need = self
+                    .total_bytes
+                    .load(Ordering::Acquire)
+                    .saturating_sub(budget);
+                match guard.shard.pop_oldest(need) {
                     Some(f) => guard.freed(f),
                     None => break,
                 }
@@ -897,11 +946,15 @@ impl ShardGuard<'_> {
 
 impl Drop for ShardGuard<'_> {
     fn drop(&mut self) {
-        let oldest = self
-            .shard
-            .by_oldest_entry
-            .first()
-            .map_or(u64::MAX, |(n, _)| *n);
+        let oldest = self.shard.oldest_entry_no;
+        debug_assert_eq!(
+            Some(oldest),
+            self.shard
+                .by_oldest_entry
+                .first()
+                .map(|(n, _)| *n)
+                .or(Some(u64::MAX))
+        );
         self.slot.oldest.store(oldest, Ordering::Release);
     }
 }
