@@ -61,8 +61,23 @@ pub fn validate_id(s: &str) -> Result<(), IdError> {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Eq, PartialOrd, Ord)]
         pub struct $name(Arc<str>);
+
+        impl PartialEq for $name {
+            /// Two clones of one id are equal without reading their text: the maps that
+            /// find an entry by an id they hold a clone of do not touch the string.
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+            }
+        }
+
+        impl std::hash::Hash for $name {
+            /// The text's hash, as a `str`'s: equal ids hash alike.
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                (*self.0).hash(state);
+            }
+        }
 
         impl $name {
             /// Validates `s` and wraps it.
@@ -428,6 +443,23 @@ mod tests {
         );
         let ok: UserId = serde_json::from_str("\"auth0|1\"").unwrap();
         assert_eq!(ok.as_str(), "auth0|1");
+    }
+
+    /// Equality is the text's, whether two ids share their allocation or not, and equal
+    /// ids hash alike (the maps keyed by ids rely on both).
+    #[test]
+    fn ids_compare_and_hash_by_their_text() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let a: EventId = "evt-1".parse().expect("valid");
+        let b: EventId = String::from("evt-1").try_into().expect("valid");
+        let c: EventId = "evt-2".parse().expect("valid");
+        assert!(!Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a, b);
+        assert_eq!(a, a.clone());
+        assert_ne!(a, c);
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one("evt-1"));
     }
 
     #[test]
