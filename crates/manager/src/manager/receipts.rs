@@ -43,7 +43,11 @@ struct Receipt {
     delivered: Seq,
     acked: Seq,
     touched: Instant,
-    changed: Arc<Notify>,
+    /// Fires when the receipt moves; made when a caller first waits on it
+    /// ([`UnifiedWebSocketManager::receipt_changes`]). Most users are never waited on: a
+    /// signal each would be an allocation per user, kept as long as the receipt — long
+    /// after the user's connections, among whatever else was allocated then.
+    changed: Option<Arc<Notify>>,
 }
 
 /// A user as a receipt shard's key: the user and its hash, computed once per look-up
@@ -168,7 +172,7 @@ impl UnifiedWebSocketManager {
             delivered: Seq::ZERO,
             acked: Seq::ZERO,
             touched: Instant::now(),
-            changed: Arc::new(Notify::new()),
+            changed: None,
         });
         Some(f(r))
     }
@@ -181,7 +185,7 @@ impl UnifiedWebSocketManager {
         delivered: Option<Seq>,
         acked: Option<Seq>,
     ) {
-        let changed = self.with_receipt(user, true, |r| {
+        let moved = self.with_receipt(user, true, |r| {
             if r.epoch.as_ref() != Some(epoch) {
                 r.epoch = Some(epoch.clone());
                 r.delivered = Seq::ZERO;
@@ -199,8 +203,10 @@ impl UnifiedWebSocketManager {
             r.touched = Instant::now();
             ((r.delivered, r.acked) != before).then(|| r.changed.clone())
         });
-        if let Some(Some(notify)) = changed {
-            notify.notify_waiters();
+        if let Some(Some(signal)) = moved {
+            if let Some(notify) = signal {
+                notify.notify_waiters();
+            }
             if self.inner.receipt_store.is_some() {
                 self.mark_for_flush(user);
             }
@@ -334,7 +340,11 @@ impl UnifiedWebSocketManager {
     /// A signal that fires (`notified`) whenever the user's receipt moves: for a caller
     /// that waits for an ack. Makes the user's receipt if it had none.
     pub fn receipt_changes(&self, user: &UserId) -> Arc<Notify> {
-        self.with_receipt(user, true, |r| r.changed.clone())
-            .unwrap_or_else(|| Arc::new(Notify::new()))
+        self.with_receipt(user, true, |r| {
+            r.changed
+                .get_or_insert_with(|| Arc::new(Notify::new()))
+                .clone()
+        })
+        .unwrap_or_else(|| Arc::new(Notify::new()))
     }
 }
