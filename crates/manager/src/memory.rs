@@ -181,6 +181,10 @@ struct Mark {
 }
 
 struct Stream {
+    /// Its user: the same allocation as its key in the shard's map, so the age indexes
+    /// file the stream under that one (finding the stream by it then compares no text,
+    /// and no other copy of the id is kept alive).
+    user: UserId,
     epoch: Epoch,
     last_seq: Seq,
     /// One per accepted event still remembered, oldest first, seqs consecutive; the newest
@@ -204,8 +208,9 @@ struct Stream {
 const GROW_AHEAD_MIN: usize = 64;
 
 impl Stream {
-    fn new() -> Self {
+    fn new(user: UserId) -> Self {
         Stream {
+            user,
             epoch: Epoch::generate(),
             last_seq: Seq::ZERO,
             entries: VecDeque::new(),
@@ -497,8 +502,9 @@ impl Shard {
         let t = stream.trim(config, now);
         let after = stream.oldest();
         let idle = stream.is_idle();
+        let key = stream.user.clone();
         self.settle(t);
-        self.reindex(user, before, after);
+        self.reindex(&key, before, after);
         if idle {
             self.streams.remove(user);
         }
@@ -703,9 +709,11 @@ impl InMemoryBroker {
         let repeats = match self.check_batch(user, stream.as_deref(), &events) {
             Ok(repeats) => repeats,
             Err(refused) => {
-                let after = stream.as_deref().map_or((None, None), Stream::oldest);
+                let (key, after) = stream.as_deref().map_or((user.clone(), (None, None)), |s| {
+                    (s.user.clone(), s.oldest())
+                });
                 shard.settle(trimmed);
-                shard.reindex(user, before, after);
+                shard.reindex(&key, before, after);
                 return Err(refused);
             }
         };
@@ -714,7 +722,7 @@ impl InMemoryBroker {
             None => shard
                 .streams
                 .entry(user.clone())
-                .or_insert_with(Stream::new),
+                .or_insert_with(|| Stream::new(user.clone())),
         };
         let mut answers = Vec::with_capacity(events.len());
         let (mut added, mut appended) = (0, 0);
@@ -744,12 +752,17 @@ impl InMemoryBroker {
         self.settle(after_trim.freed);
         let after = stream.oldest();
         let idle = stream.is_idle();
+        // Re-filed only when its oldest entry or event changed (most publishes change
+        // neither), under the stream's own copy of the user.
+        let key = (before != after).then(|| stream.user.clone());
         shard.bytes += added;
         shard.events += appended;
         shard.entries += appended;
         shard.settle(trimmed);
         shard.settle(after_trim);
-        shard.reindex(user, before, after);
+        if let Some(key) = key {
+            shard.reindex(&key, before, after);
+        }
         if idle {
             shard.streams.remove(user);
         }
@@ -991,7 +1004,7 @@ impl Broker for InMemoryBroker {
             .shard
             .streams
             .entry(user.clone())
-            .or_insert_with(Stream::new);
+            .or_insert_with(|| Stream::new(user.clone()));
         match stream
             .subscribers
             .iter_mut()
@@ -1156,14 +1169,18 @@ mod tests {
         }
     }
 
+    fn test_user() -> UserId {
+        "u".parse().expect("user")
+    }
+
     #[test]
     fn streams_grow_their_dedupe_maps_at_different_points() {
         let spreads: std::collections::BTreeSet<u16> =
-            (0..64).map(|_| Stream::new().spread).collect();
+            (0..64).map(|_| Stream::new(test_user()).spread).collect();
         assert!(spreads.len() > 32, "{spreads:?}");
         let mut points = std::collections::BTreeSet::new();
         for spread in [0, 300, 700, 1023] {
-            let mut stream = Stream::new();
+            let mut stream = Stream::new(test_user());
             stream.spread = spread;
             let point = growth_point(&mut stream, 400);
             // Within the upper half of the capacity it had: never past full.
