@@ -699,8 +699,15 @@ impl Connection {
                     unkept = std::mem::take(out);
                 }
             }
+            // The marks of queued events keep no buffer while none is queued.
+            let unkept_marks = if st.marks.is_empty() {
+                std::mem::take(&mut st.marks)
+            } else {
+                VecDeque::new()
+            };
             drop(st);
             drop(unkept);
+            drop(unkept_marks);
             if let Some(stamps) = stamps.as_deref_mut()
                 && stamps.is_empty()
                 && stamps.capacity() > QUEUE_KEEP_CAPACITY
@@ -970,6 +977,7 @@ mod tests {
                         assert!(stamps.capacity() <= QUEUE_KEEP_CAPACITY);
                     }
                     assert!(conn.shared.state().queue.capacity() <= QUEUE_KEEP_CAPACITY);
+                    assert_eq!(conn.shared.state().marks.capacity(), 0);
                 }
             }
         }
