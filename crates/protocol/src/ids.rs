@@ -67,6 +67,7 @@ macro_rules! string_id {
         impl PartialEq for $name {
             /// Two clones of one id are equal without reading their text: the maps that
             /// find an entry by an id they hold a clone of do not touch the string.
+            #[inline]
             fn eq(&self, other: &Self) -> bool {
                 Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
             }
@@ -74,6 +75,7 @@ macro_rules! string_id {
 
         impl std::hash::Hash for $name {
             /// The text's hash, as a `str`'s: equal ids hash alike.
+            #[inline]
             fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
                 (*self.0).hash(state);
             }

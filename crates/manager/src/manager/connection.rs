@@ -23,7 +23,8 @@ use crate::config::QueueLimits;
 /// Slots a drained queue keeps; beyond it, the capacity a burst grew is given back. Four
 /// is the least a queue grows to, so a connection that receives a few frames at a time
 /// never reallocates its queue; with the writer's batch handing its buffer back (see
-/// [`Connection::next_frames`]), this one buffer is all an idle connection keeps.
+/// [`Connection::next_frames`]), this one buffer, and as many slots of the queued events'
+/// marks, are all an idle connection keeps.
 const QUEUE_KEEP_CAPACITY: usize = 4;
 
 /// Largest frame that merging `message_delta`s in a busy queue may build (256 KiB, the
@@ -699,8 +700,8 @@ impl Connection {
                     unkept = std::mem::take(out);
                 }
             }
-            // The marks of queued events keep no buffer while none is queued.
-            let unkept_marks = if st.marks.is_empty() {
+            // The marks of queued events give back what a burst grew, as the queue does.
+            let unkept_marks = if st.marks.is_empty() && st.marks.capacity() > QUEUE_KEEP_CAPACITY {
                 std::mem::take(&mut st.marks)
             } else {
                 VecDeque::new()
@@ -977,7 +978,7 @@ mod tests {
                         assert!(stamps.capacity() <= QUEUE_KEEP_CAPACITY);
                     }
                     assert!(conn.shared.state().queue.capacity() <= QUEUE_KEEP_CAPACITY);
-                    assert_eq!(conn.shared.state().marks.capacity(), 0);
+                    assert!(conn.shared.state().marks.capacity() <= QUEUE_KEEP_CAPACITY);
                 }
             }
         }
