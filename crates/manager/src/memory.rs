@@ -332,6 +332,26 @@ impl Stream {
         Some(bytes)
     }
 
+    /// [`Stream::pop_event`], counted into `t`; whether an event left history.
+    fn pop_event_into(&mut self, t: &mut Trimmed) -> bool {
+        let Some(bytes) = self.pop_event() else {
+            return false;
+        };
+        t.freed.bytes += bytes;
+        t.freed.events += 1;
+        true
+    }
+
+    /// [`Stream::forget_oldest`], counted into `t`; whether an entry was forgotten.
+    fn forget_oldest_into(&mut self, t: &mut Trimmed) -> bool {
+        let Some(bytes) = self.forget_oldest() else {
+            return false;
+        };
+        t.freed.bytes += bytes;
+        t.forgotten += 1;
+        true
+    }
+
     /// Applies its own bounds: events over the count or past the age leave history,
     /// entries past the dedupe window (and out of history) are forgotten. Returns what
     /// that freed, without settling it with the shard.
@@ -339,25 +359,14 @@ impl Stream {
         let mut t = Trimmed::default();
         loop {
             let too_many = self.held > config.max_events_per_user;
-            if too_many || self.oldest_event_past(now, config.max_age) {
-                match self.pop_event() {
-                    Some(bytes) => {
-                        t.freed.bytes += bytes;
-                        t.freed.events += 1;
-                    }
-                    None => break,
-                }
-                continue;
-            }
-            if !self.oldest_entry_forgettable(now, config.dedupe_window) {
+            let popped = if too_many || self.oldest_event_past(now, config.max_age) {
+                self.pop_event_into(&mut t)
+            } else {
+                self.oldest_entry_forgettable(now, config.dedupe_window)
+                    && self.forget_oldest_into(&mut t)
+            };
+            if !popped {
                 break;
-            }
-            match self.forget_oldest() {
-                Some(bytes) => {
-                    t.freed.bytes += bytes;
-                    t.forgotten += 1;
-                }
-                None => break,
             }
         }
         t
@@ -521,19 +530,9 @@ impl Shard {
         let stream = self.streams.get_mut(&user)?;
         let before = stream.oldest();
         let mut t = Trimmed::default();
-        if stream.held == stream.entries.len()
-            && let Some(bytes) = stream.pop_event()
-        {
-            t.freed.bytes += bytes;
-            t.freed.events += 1;
-        }
-        if t.freed.bytes < need
-            && let Some(bytes) = stream.forget_oldest()
-        {
-            t.freed.bytes += bytes;
-            t.forgotten += 1;
-        }
-        if t.freed.events == 0 && t.forgotten == 0 {
+        let event = stream.held == stream.entries.len() && stream.pop_event_into(&mut t);
+        let entry = t.freed.bytes < need && stream.forget_oldest_into(&mut t);
+        if !event && !entry {
             return None;
         }
         let after = stream.oldest();
@@ -961,12 +960,11 @@ impl Drop for ShardGuard<'_> {
     fn drop(&mut self) {
         let oldest = self.shard.oldest_entry_no;
         debug_assert_eq!(
-            Some(oldest),
+            oldest,
             self.shard
                 .by_oldest_entry
                 .first()
-                .map(|(n, _)| *n)
-                .or(Some(u64::MAX))
+                .map_or(u64::MAX, |(n, _)| *n)
         );
         self.slot.oldest.store(oldest, Ordering::Release);
     }

@@ -203,13 +203,15 @@ impl UnifiedWebSocketManager {
             r.touched = Instant::now();
             ((r.delivered, r.acked) != before).then(|| r.changed.clone())
         });
-        if let Some(Some(signal)) = moved {
-            if let Some(notify) = signal {
-                notify.notify_waiters();
-            }
-            if self.inner.receipt_store.is_some() {
-                self.mark_for_flush(user);
-            }
+        // Outer `Some`: the receipt exists; inner: it moved, with its signal if any.
+        let Some(Some(signal)) = moved else {
+            return;
+        };
+        if let Some(notify) = signal {
+            notify.notify_waiters();
+        }
+        if self.inner.receipt_store.is_some() {
+            self.mark_for_flush(user);
         }
     }
 
