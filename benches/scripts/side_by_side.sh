@@ -22,8 +22,8 @@
 # generator runs on core 1 (LOADGEN_CORES), 1,000 users x 2 connections, 200-byte events
 # in batches of 50. agentwire runs with `--run-lifecycle off` (the reference checks no
 # runs) plus AW_ARGS; for idle and churn also with `--history-max-age 5s --run-ttl 5s
-# --sweep-interval 1s`, so its history and run states have expired when memory is read
-# (the reference keeps neither).
+# --receipt-ttl 5s --sweep-interval 1s`, so its history, run states and the receipts of
+# users who left have expired when memory is read (the reference keeps none of them).
 #
 # Each round appends its loadgen result line to RESULTS (benches/results/side_by_side.jsonl),
 # tagged `meta: {run, target, contender, baseline, round}`; the table of the run is printed
@@ -97,7 +97,7 @@ round() {
             ;;
     esac
     if [[ $kind == agentwire && ($target == idle || $target == churn) ]]; then
-        server_args+=" --history-max-age 5s --run-ttl 5s --sweep-interval 1s"
+        server_args+=" --history-max-age 5s --run-ttl 5s --receipt-ttl 5s --sweep-interval 1s"
     fi
     echo "== $run_id: $target, round $n, $who" >&2
     SERVER_ARGS=$server_args start_pinned_server "$port" "$secret" "$key" \

@@ -106,6 +106,12 @@ pub struct ManagerConfig {
     /// keeps (default 100,000); the least recently updated is forgotten first, counted in
     /// `ManagerStats::receipts_evicted`.
     pub max_receipt_users: usize,
+    /// How long a receipt that nothing moved is kept once its user has no connection on
+    /// this node (default 1 hour, as long as a finished run is remembered): the sweeper
+    /// forgets it then, counted in `ManagerStats::receipts_expired`. A receipt whose change
+    /// still waits to be written to the cluster's store, or that a caller waits on, is
+    /// kept. [`Duration::ZERO`] forgets receipts at the first sweep after their user left.
+    pub receipt_ttl: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -123,6 +129,7 @@ impl Default for ManagerConfig {
             run_stall_timeout: Duration::from_secs(120),
             max_watched_runs: 100_000,
             max_receipt_users: 100_000,
+            receipt_ttl: Duration::from_secs(3600),
         }
     }
 }

@@ -316,3 +316,52 @@ async fn an_ack_on_one_node_reaches_another_through_the_receipt_store_after_fail
         "node B's own sockets did nothing"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_receipt_past_its_ttl_is_kept_until_its_change_is_written_to_the_store() {
+    let store = InMemoryReceipts::new(Duration::from_secs(600), 100);
+    let flaky = Arc::new(FlakyReceipts {
+        store: store.clone(),
+        failures: std::sync::atomic::AtomicU32::new(u32::MAX),
+    });
+    let m = UnifiedWebSocketManager::clustered(
+        ManagerConfig {
+            receipt_ttl: Duration::ZERO,
+            ..ManagerConfig::default()
+        },
+        Arc::new(InMemoryBroker::default()),
+        Cluster {
+            leases: Arc::new(InMemoryLeases::new(
+                NodeId::random(),
+                Duration::from_secs(30),
+            )),
+            control: None,
+            receipts: Some(flaky.clone()),
+        },
+    );
+    let alice = user("alice");
+    let mut client = connect(&m, &alice, live_only()).await;
+    let seq = emit(&m, &alice, 1).await;
+    client.until_seq(seq).await;
+    client.conn.ack(Seq(seq));
+    drop(client);
+    settle().await;
+    tokio::time::advance(Duration::from_secs(3)).await;
+    m.sweep();
+    assert!(m.get_stats().receipt_flush_failures >= 1);
+    assert_eq!(
+        m.receipt(&alice).acked_seq,
+        Seq(seq),
+        "its change never reached the store"
+    );
+    assert_eq!(m.get_stats().receipts_expired, 0);
+
+    flaky.failures.store(0, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    let stored = store.read(&alice).await.expect("read").expect("written");
+    assert_eq!(stored.acked_seq, Seq(seq));
+    m.sweep();
+    assert_eq!(m.receipt(&alice).epoch, None, "written, then forgotten");
+    assert_eq!(m.get_stats().receipts_expired, 1);
+}

@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     pub(crate) runs_stalled: [AtomicU64; 2],
     pub(crate) runs_unwatched: AtomicU64,
     pub(crate) receipts_evicted: AtomicU64,
+    pub(crate) receipts_expired: AtomicU64,
     pub(crate) receipts_unflushed: AtomicU64,
     pub(crate) receipt_flush_failures: AtomicU64,
 }

@@ -3,7 +3,8 @@
 //! `seq` a client acknowledged (`acked_seq`, from `ack` frames, never past what that
 //! connection was sent), in the user's current epoch. They outlive connections (a
 //! reconnect keeps them) and are bounded: at most `ManagerConfig::max_receipt_users` users,
-//! the least recently updated forgotten first. A node knows what its own sockets did; a
+//! the least recently updated forgotten first, and each forgotten by the sweeper once it
+//! went `ManagerConfig::receipt_ttl` unchanged while its user had no connection here. A node knows what its own sockets did; a
 //! node of a cluster with a [`ReceiptStore`] also writes each changed receipt there, at
 //! most once per [`RECEIPT_FLUSH_INTERVAL`] per user, and reads merge the store's record
 //! with its own (`receipt_in`), so they see every node's deliveries and acks.
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 
 use super::UnifiedWebSocketManager;
 use crate::broker::BrokerError;
+use crate::capacity::give_back_map_capacity;
 use crate::receipt_store::{RECEIPT_FLUSH_INTERVAL, ReceiptStore, StoredReceipt};
 
 const SHARDS: usize = 16;
@@ -213,6 +215,50 @@ impl UnifiedWebSocketManager {
         if self.inner.receipt_store.is_some() {
             self.mark_for_flush(user);
         }
+    }
+
+    /// Forgets the receipts nothing moved for `ManagerConfig::receipt_ttl` whose user has
+    /// no connection on this node, and gives back the slots they held; the sweeper calls
+    /// it every `sweep_interval`. Kept however old: a receipt whose change waits for the
+    /// next flush to the cluster's store, and one a caller waits on
+    /// ([`receipt_changes`](Self::receipt_changes)). Returns how many it forgot.
+    pub(crate) fn expire_receipts(&self, now: Instant) -> usize {
+        let ttl = self.inner.config.receipt_ttl;
+        let receipts = &self.inner.receipts;
+        let stale = |r: &Receipt| {
+            now.saturating_duration_since(r.touched) >= ttl
+                && r.changed.as_ref().is_none_or(|n| Arc::strong_count(n) == 1)
+        };
+        let mut forgotten = 0;
+        for slot in receipts.shards.iter() {
+            let lock = || slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut old: Vec<Key> = lock()
+                .iter()
+                .filter(|(_, r)| stale(r))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !old.is_empty() {
+                // The registry's and the flush set's locks are never taken under a
+                // receipt shard's: look them up first, then remove what is still stale.
+                let dirty = receipts.dirty.lock().unwrap_or_else(|p| p.into_inner());
+                old.retain(|k| !dirty.contains(&k.user));
+                drop(dirty);
+                old.retain(|k| !self.shard(&k.user).contains_key(&k.user));
+            }
+            let mut shard = lock();
+            for key in old {
+                if shard.get(&key).is_some_and(stale) {
+                    shard.remove(&key);
+                    forgotten += 1;
+                }
+            }
+            give_back_map_capacity(&mut shard);
+        }
+        self.inner
+            .counters
+            .receipts_expired
+            .fetch_add(forgotten as u64, Ordering::Relaxed);
+        forgotten
     }
 
     /// Whether receipts are shared by the nodes of a cluster (a [`ReceiptStore`]): a

@@ -90,6 +90,9 @@ pub struct ManagerStats {
     pub receipt_users: u64,
     /// Receipts forgotten to make room at `ManagerConfig::max_receipt_users`.
     pub receipts_evicted: u64,
+    /// Receipts forgotten after `ManagerConfig::receipt_ttl` without a change while their
+    /// user had no connection on this node.
+    pub receipts_expired: u64,
     /// Receipt changes not written to the cluster's receipt store because
     /// `ManagerConfig::max_receipt_users` users were waiting for the next flush.
     pub receipts_unflushed: u64,
@@ -161,6 +164,7 @@ impl UnifiedWebSocketManager {
             runs_unwatched: load(&c.runs_unwatched),
             receipt_users: self.inner.receipts.len() as u64,
             receipts_evicted: load(&c.receipts_evicted),
+            receipts_expired: load(&c.receipts_expired),
             receipts_unflushed: load(&c.receipts_unflushed),
             receipt_flush_failures: load(&c.receipt_flush_failures),
         }

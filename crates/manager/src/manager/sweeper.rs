@@ -1,6 +1,6 @@
 //! The sweeper: closes connections silent past the heartbeat deadline, gives back the
-//! registry slots of users who left and lets the broker trim history, every
-//! `sweep_interval`, from a task holding only a weak reference.
+//! registry slots of users who left, forgets receipts past their time and lets the broker
+//! trim history, every `sweep_interval`, from a task holding only a weak reference.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,8 +15,9 @@ use crate::capacity::give_back_map_capacity;
 impl UnifiedWebSocketManager {
     /// One pass of the sweeper: closes connections whose peer has been silent past the
     /// heartbeat deadline, shrinks registry shards that users left (a quarter full or
-    /// less), and lets the broker trim history. Returns how many connections
-    /// it closed. The sweeper task calls it every `sweep_interval`.
+    /// less), forgets receipts past `receipt_ttl` and lets the broker trim history.
+    /// Returns how many connections it closed. The sweeper task calls it every
+    /// `sweep_interval`.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let policy = self.inner.config.heartbeat;
@@ -42,6 +43,7 @@ impl UnifiedWebSocketManager {
                 }
             }
         }
+        self.expire_receipts(now);
         self.inner.broker.sweep();
         closed
     }

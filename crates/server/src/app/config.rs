@@ -325,6 +325,10 @@ pub struct ServerConfig {
     /// forgotten first).
     pub max_receipt_users: usize,
 
+    /// How long a receipt nothing moved is kept once its user has no connection on this
+    /// node (`agentwire_receipts_expired_total` counts what it forgets).
+    pub receipt_ttl: Duration,
+
     /// Longest `wait_acked` a run receipt may ask for.
     pub receipt_max_wait: Duration,
 
@@ -494,6 +498,7 @@ impl Default for ServerConfig {
             run_stall_timeout: ManagerConfig::default().run_stall_timeout,
             max_watched_runs: ManagerConfig::default().max_watched_runs,
             max_receipt_users: ManagerConfig::default().max_receipt_users,
+            receipt_ttl: ManagerConfig::default().receipt_ttl,
             receipt_max_wait: Duration::from_secs(60),
             receipt_max_waiters: 1_000,
             receipt_webhook_url: None,
@@ -880,6 +885,12 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Sets [`ServerConfig::receipt_ttl`].
+    pub fn receipt_ttl(mut self, value: Duration) -> Self {
+        self.0.receipt_ttl = value;
+        self
+    }
+
     /// Sets [`ServerConfig::receipt_max_wait`].
     pub fn receipt_max_wait(mut self, value: Duration) -> Self {
         self.0.receipt_max_wait = value;
@@ -1168,6 +1179,7 @@ impl ServerConfig {
             run_stall_timeout: self.run_stall_timeout,
             max_watched_runs: self.max_watched_runs,
             max_receipt_users: self.max_receipt_users.max(1),
+            receipt_ttl: self.receipt_ttl,
             ..ManagerConfig::default()
         }
     }

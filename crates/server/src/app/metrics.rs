@@ -472,6 +472,13 @@ fn encode_watchdog(e: &mut DescriptorEncoder<'_>, s: &ManagerStats) -> fmt::Resu
     )?;
     counter(
         e,
+        "agentwire_receipts_expired",
+        "Delivery receipts forgotten after --receipt-ttl unchanged while their user had no \
+         connection on this node",
+        s.receipts_expired,
+    )?;
+    counter(
+        e,
         "agentwire_receipts_unflushed",
         "Receipt changes not written to Redis because --max-receipt-users users were \
          waiting for the next flush",

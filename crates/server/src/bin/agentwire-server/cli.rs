@@ -329,6 +329,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_MAX_RECEIPT_USERS", default_value_t = d().max_receipt_users)]
     pub(crate) max_receipt_users: usize,
 
+    /// How long a receipt nothing moved is kept once its user has no connection here.
+    #[arg(long, env = "AGENTWIRE_RECEIPT_TTL", value_parser = parse_duration, default_value_t = d().receipt_ttl.into())]
+    pub(crate) receipt_ttl: humantime::Duration,
+
     /// Longest wait_acked a run receipt may ask for.
     #[arg(long, env = "AGENTWIRE_RECEIPT_MAX_WAIT", value_parser = parse_duration, default_value_t = d().receipt_max_wait.into())]
     pub(crate) receipt_max_wait: humantime::Duration,
@@ -523,6 +527,7 @@ impl ServeArgs {
         c.run_stall_timeout = this.run_stall_timeout.into();
         c.max_watched_runs = this.max_watched_runs;
         c.max_receipt_users = this.max_receipt_users;
+        c.receipt_ttl = this.receipt_ttl.into();
         c.receipt_max_wait = this.receipt_max_wait.into();
         c.receipt_max_waiters = this.receipt_max_waiters;
         c.receipt_webhook_url = this.receipt_webhook_url;
