@@ -36,7 +36,7 @@ use crate::broker::{
     Accepted, BatchError, Broker, BrokerError, BrokerStats, EventDigest, History, NewEvent,
     StoredEvent, Subscriber, compose_frame, same_subscriber,
 };
-use crate::capacity::give_back_map_capacity;
+use crate::capacity::{give_back_empty_tree, give_back_map_capacity};
 use crate::run_table::RunTable;
 use crate::runs::{RunGuard, RunLimits, RunPresence};
 
@@ -1133,7 +1133,10 @@ impl Broker for InMemoryBroker {
             let mut guard = self.lock(i);
             let freed = guard.shard.trim_age(&self.config, now);
             guard.freed(freed);
-            give_back_map_capacity(&mut guard.shard.streams);
+            let shard = &mut guard.shard;
+            give_back_map_capacity(&mut shard.streams);
+            give_back_empty_tree(&mut shard.by_oldest_entry);
+            give_back_empty_tree(&mut shard.by_oldest_event);
         }
     }
 }

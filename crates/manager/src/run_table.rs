@@ -23,7 +23,7 @@ use foldhash::HashMap;
 use tokio::time::Instant;
 
 use crate::broker::BrokerError;
-use crate::capacity::give_back_map_capacity;
+use crate::capacity::{give_back_empty_tree, give_back_map_capacity};
 use crate::runs::{
     PublisherId, RunGuard, RunLimit, RunLimits, RunPresence, RunStats, run_base_bytes,
     tool_call_bytes,
@@ -421,6 +421,8 @@ impl RunTable {
         // per sweep, and only a quarter full or less).
         give_back_map_capacity(&mut self.runs);
         give_back_map_capacity(&mut self.owners);
+        give_back_empty_tree(&mut self.by_touch);
+        give_back_empty_tree(&mut self.finished);
     }
 
     pub(crate) fn stats(&self) -> RunStats {
