@@ -389,33 +389,54 @@ impl FrameWriter {
     }
 
     /// Writes each payload as a text frame, all in as few system calls as the socket
-    /// takes, then flushes. `sent` counts the bytes written so far, headers included, so
-    /// that a caller who stops waiting can end the frame in progress with
-    /// [`FrameWriter::finish_frame`].
+    /// takes, then flushes: [`FrameWriter::write_text_now`], then what is left with
+    /// [`FrameWriter::write_text_rest`].
+    #[cfg(test)]
     pub(crate) async fn write_text(
         &mut self,
         frames: &[Bytes],
         sent: &mut usize,
     ) -> io::Result<()> {
-        let start = *sent;
-        if let WriteHalf::Tcp(w) = &self.io {
-            // Arrays sized to the batch: filling slots a batch does not use would cost
-            // more than its headers.
-            let tcp = w.as_ref();
-            let done = match frames.len() {
-                0..=2 => send_text_now::<2, 4>(tcp, frames, sent)?,
-                3..=8 => send_text_now::<8, 16>(tcp, frames, sent)?,
-                9..=STACK_FRAMES => {
-                    send_text_now::<STACK_FRAMES, { 2 * STACK_FRAMES }>(tcp, frames, sent)?
-                }
-                _ => false,
-            };
-            if done {
-                return Ok(());
-            }
+        if self.write_text_now(frames, sent)? {
+            return Ok(());
         }
-        // The socket is full (or this is a long batch, or not a plain TCP socket): what
-        // is left waits for room, its headers and slices on the heap meanwhile.
+        self.write_text_rest(frames, sent).await
+    }
+
+    /// Writes each payload as a text frame with what a plain TCP socket takes now, without
+    /// waiting, for a batch of at most [`STACK_FRAMES`] frames (their headers and slices on
+    /// the stack): `true` once all is sent. `false` when the socket's buffer filled first
+    /// (`sent`, the bytes of the batch written so far, headers included, grows by what it
+    /// took), or when the batch is longer or the transport is not plain TCP (nothing is
+    /// sent): [`FrameWriter::write_text_rest`] then writes the rest. A plain socket needs
+    /// no flush.
+    pub(crate) fn write_text_now(&self, frames: &[Bytes], sent: &mut usize) -> io::Result<bool> {
+        let WriteHalf::Tcp(w) = &self.io else {
+            return Ok(false);
+        };
+        // Arrays sized to the batch: filling slots a batch does not use would cost more
+        // than its headers.
+        let tcp = w.as_ref();
+        match frames.len() {
+            0..=2 => send_text_now::<2, 4>(tcp, frames, sent),
+            3..=8 => send_text_now::<8, 16>(tcp, frames, sent),
+            9..=STACK_FRAMES => {
+                send_text_now::<STACK_FRAMES, { 2 * STACK_FRAMES }>(tcp, frames, sent)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Writes `frames` as text frames from byte `sent` of the batch on (what
+    /// [`FrameWriter::write_text_now`] did not), waiting for room, then flushes; `sent`
+    /// grows by what each write takes, so that a caller who stops waiting can end the frame
+    /// in progress with [`FrameWriter::finish_frame`]. The headers and slices are on the
+    /// heap while it waits.
+    pub(crate) async fn write_text_rest(
+        &mut self,
+        frames: &[Bytes],
+        sent: &mut usize,
+    ) -> io::Result<()> {
         let headers: Vec<Header> = frames
             .iter()
             .map(|f| Header::new(OpCode::Text, f.len()))
@@ -426,11 +447,11 @@ impl FrameWriter {
             .flat_map(|(h, f)| [IoSlice::new(h.as_slice()), IoSlice::new(f)])
             .collect();
         let mut rest: &mut [IoSlice<'_>] = &mut slices;
-        IoSlice::advance_slices(&mut rest, *sent - start);
+        IoSlice::advance_slices(&mut rest, *sent);
         self.io.write_slices(rest, sent).await
     }
 
-    /// Writes the rest of the frame that [`FrameWriter::write_text`] of `frames` was in
+    /// Writes the rest of the frame that [`FrameWriter::write_text_rest`] of `frames` was in
     /// when it had sent `sent` bytes, so the stream ends on a frame boundary (where a close
     /// frame may follow); the frames after it are not written.
     pub(crate) async fn finish_frame(&mut self, frames: &[Bytes], sent: usize) -> io::Result<()> {

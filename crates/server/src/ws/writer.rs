@@ -258,15 +258,16 @@ enum Waited {
     Done(std::io::Result<()>),
     TimedOut,
     /// The connection was abandoned (a slow consumer, an expired token) while the socket
-    /// took no more: the write stops at the next frame boundary, by this deadline.
-    Cut(Instant),
+    /// took no more: the write stops at the next frame boundary, by the same deadline.
+    Cut,
 }
 
 /// Writes a batch: every frame in one vectored write where the socket takes it all, all
-/// within the write timeout. While the socket takes no more, a connection the manager
-/// abandons (its queue dropped: a slow consumer, an expired token) stops the batch at the
-/// end of the frame in progress, so its close frame can follow as soon as the peer reads
-/// that far (instead of the write timeout cutting it with no close frame).
+/// within the write timeout. Almost every batch fits the socket's send buffer and is
+/// written at once, here; only a batch that must wait (or is longer than a stack batch, or
+/// goes to a transport other than plain TCP) has its waiting future allocated, so the
+/// writer's own future — which every idle connection holds, and which is as large as its
+/// largest state — has no room for it.
 async fn write_batch(
     app: &WsState,
     conn: &Connection,
@@ -277,44 +278,43 @@ async fn write_batch(
     app.metrics.frames_written(batch, stamps, Timestamp::now());
     stamps.clear();
     let mut sent = 0;
-    let waited = {
-        let work = sink.write_text(batch, &mut sent);
-        // Almost every batch fits the socket's send buffer and completes on its first
-        // poll: arm the write timeout's timer only when it does not, rather than
-        // inserting and cancelling a timer for every batch.
-        let mut work = std::pin::pin!(work);
-        match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-            Poll::Ready(r) => Waited::Done(r),
-            // Rare (the socket's buffer is full): the timer lives on the heap meanwhile.
-            Poll::Pending => {
-                let deadline = Instant::now() + app.ws.write_timeout;
-                Box::pin(async {
-                    tokio::select! {
-                        biased;
-                        r = &mut work => Waited::Done(r),
-                        _ = conn.abandoned() => Waited::Cut(deadline),
-                        () = tokio::time::sleep_until(deadline) => Waited::TimedOut,
-                    }
-                })
-                .await
-            }
-        }
+    let result = match sink.write_text_now(batch, &mut sent) {
+        Ok(true) => Ok(true),
+        Ok(false) => Box::pin(write_batch_waiting(app, conn, sink, batch, sent)).await,
+        Err(_) => Err(WriteFailed::Socket),
     };
-    let result = match waited {
+    batch.clear();
+    result
+}
+
+/// Writes what is left of a batch after its first `sent` bytes, within the write timeout.
+/// While the socket takes no more, a connection the manager abandons (its queue dropped: a
+/// slow consumer, an expired token) stops the batch at the end of the frame in progress,
+/// so its close frame can follow as soon as the peer reads that far (instead of the write
+/// timeout cutting it with no close frame). The timeout's timer is armed only if the
+/// write waits (a biased select polls it last).
+async fn write_batch_waiting(
+    app: &WsState,
+    conn: &Connection,
+    sink: &mut Sink,
+    batch: &[Bytes],
+    mut sent: usize,
+) -> Result<bool, WriteFailed> {
+    let deadline = Instant::now() + app.ws.write_timeout;
+    let waited = tokio::select! {
+        biased;
+        r = sink.write_text_rest(batch, &mut sent) => Waited::Done(r),
+        _ = conn.abandoned() => Waited::Cut,
+        () = tokio::time::sleep_until(deadline) => Waited::TimedOut,
+    };
+    match waited {
         Waited::Done(r) => r.map(|()| true).map_err(|_| WriteFailed::Socket),
         Waited::TimedOut => Err(WriteFailed::TimedOut),
-        Waited::Cut(deadline) => {
-            match Box::pin(tokio::time::timeout_at(
-                deadline,
-                sink.finish_frame(batch, sent),
-            ))
-            .await
-            {
+        Waited::Cut => {
+            match tokio::time::timeout_at(deadline, sink.finish_frame(batch, sent)).await {
                 Ok(r) => r.map(|()| false).map_err(|_| WriteFailed::Socket),
                 Err(_) => Err(WriteFailed::TimedOut),
             }
         }
-    };
-    batch.clear();
-    result
+    }
 }
