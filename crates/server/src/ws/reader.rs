@@ -107,7 +107,7 @@ pub(super) async fn read_loop(
     app: Arc<WsState>,
     conn: Arc<Connection>,
     stream: Stream,
-    first: Option<Message>,
+    first: Option<Box<Message>>,
     news: Arc<NewsCell>,
 ) {
     let rate = FrameRate::new(
@@ -159,14 +159,17 @@ impl Reader {
         ReaderEnd::Failed
     }
 
-    async fn read(&mut self, mut stream: Stream, first: Option<Message>) -> ReaderEnd {
+    /// `first`, a frame read before the reader started, is boxed, as what runs once is: the
+    /// reader's future is as large as its largest state, and every idle connection holds
+    /// it.
+    async fn read(&mut self, mut stream: Stream, first: Option<Box<Message>>) -> ReaderEnd {
         let reader = self;
         if let Some(msg) = first {
-            if let Some(end) = reader.on_message(msg) {
+            if let Some(end) = reader.on_message(*msg) {
                 return end;
             }
             if reader.flooded {
-                return reader.discard(stream).await;
+                return Box::pin(reader.discard(stream)).await;
             }
         }
         loop {
@@ -188,7 +191,7 @@ impl Reader {
                     }
                     if reader.flooded {
                         reader.record();
-                        return reader.discard(stream).await;
+                        return Box::pin(reader.discard(stream)).await;
                     }
                 }
                 Err(e) => {

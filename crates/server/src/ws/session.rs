@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentwire_manager::{ConnectOptions, Resume};
+use agentwire_manager::{ConnectOptions, Connection, Resume};
 use agentwire_protocol::{ClientFrame, CloseCode};
 use futures_util::StreamExt;
 use tokio::time::timeout;
@@ -18,70 +18,20 @@ use crate::auth::Verified;
 
 pub(super) async fn serve_socket(
     app: Arc<WsState>,
-    mut stream: Stream,
+    stream: Stream,
     mut sink: Sink,
     verified: Verified,
     query_resume: Option<Resume>,
     format: Format,
 ) {
-    let mut first = None;
-    let resume = match query_resume {
-        Some(r) => r,
-        None if !app.ws.resume_wait.is_zero() => {
-            match Box::pin(timeout(app.ws.resume_wait, stream.next())).await {
-                Err(_) => Resume::FromHistoryStart,
-                Ok(None) => return,
-                Ok(Some(Err(e))) => {
-                    if let Some(code) = read_error_code(&e) {
-                        Box::pin(close_unconnected(&app, &mut sink, stream, code)).await;
-                    }
-                    return;
-                }
-                Ok(Some(Ok(Message::Text(text)))) => match ClientFrame::decode(text.as_bytes()) {
-                    Ok(ClientFrame::Resume { last_seq, epoch }) => {
-                        Resume::After { last_seq, epoch }
-                    }
-                    _ => {
-                        first = Some(Message::Text(text));
-                        Resume::FromHistoryStart
-                    }
-                },
-                Ok(Some(Ok(other))) => {
-                    first = Some(other);
-                    Resume::FromHistoryStart
-                }
-            }
-        }
-        None => Resume::FromHistoryStart,
-    };
-    if app.is_shutting_down() {
-        Box::pin(close_unconnected(
-            &app,
-            &mut sink,
-            stream,
-            CloseCode::GoingAway,
-        ))
-        .await;
+    // What runs once before the writer's long life is boxed: a task's future is as large
+    // as its largest state, and every idle connection holds this one.
+    let Some((conn, expires_at, stream, first)) =
+        Box::pin(open(&app, &mut sink, stream, verified, query_resume)).await
+    else {
         return;
-    }
-    // The futures awaited once, before or after the writer's long life, are boxed: a
-    // task's future is as large as its largest state, and every idle connection holds
-    // this one.
-    let conn = match Box::pin(
-        app.manager
-            .connect_user(verified.user.clone(), ConnectOptions { resume }),
-    )
-    .await
-    {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            tracing::info!(user = %verified.user, reason = %e, "connection refused");
-            Box::pin(close_unconnected(&app, &mut sink, stream, e.close_code())).await;
-            return;
-        }
     };
-    tracing::info!(user = %verified.user, connection = %conn.id(), "connected");
-    let news = Arc::new(NewsCell::new(verified.expires_at));
+    let news = Arc::new(NewsCell::new(expires_at));
     let reader = tokio::spawn(read_loop(
         app.clone(),
         conn.clone(),
@@ -93,5 +43,67 @@ pub(super) async fn serve_socket(
     // However the writer ended, the reader must not keep the socket open.
     reader.abort();
     conn.disconnect();
-    tracing::info!(user = %verified.user, connection = %conn.id(), reason = %end, "disconnected");
+    tracing::info!(user = %conn.user_id(), connection = %conn.id(), reason = %end, "disconnected");
+}
+
+/// A connection's opening: the resume point (the query's, or the first frame's within
+/// `--resume-wait`), then the manager's registration. `None` when the connection ended
+/// first (its close frame, if any, sent); otherwise the connection, when its token
+/// expires, the stream, and a first frame that was not a resume, for the reader.
+async fn open(
+    app: &Arc<WsState>,
+    sink: &mut Sink,
+    mut stream: Stream,
+    verified: Verified,
+    query_resume: Option<Resume>,
+) -> Option<(Arc<Connection>, u64, Stream, Option<Box<Message>>)> {
+    let mut first = None;
+    let resume = match query_resume {
+        Some(r) => r,
+        None if !app.ws.resume_wait.is_zero() => {
+            match timeout(app.ws.resume_wait, stream.next()).await {
+                Err(_) => Resume::FromHistoryStart,
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => {
+                    if let Some(code) = read_error_code(&e) {
+                        close_unconnected(app, sink, stream, code).await;
+                    }
+                    return None;
+                }
+                Ok(Some(Ok(Message::Text(text)))) => match ClientFrame::decode(text.as_bytes()) {
+                    Ok(ClientFrame::Resume { last_seq, epoch }) => {
+                        Resume::After { last_seq, epoch }
+                    }
+                    _ => {
+                        first = Some(Box::new(Message::Text(text)));
+                        Resume::FromHistoryStart
+                    }
+                },
+                Ok(Some(Ok(other))) => {
+                    first = Some(Box::new(other));
+                    Resume::FromHistoryStart
+                }
+            }
+        }
+        None => Resume::FromHistoryStart,
+    };
+    if app.is_shutting_down() {
+        close_unconnected(app, sink, stream, CloseCode::GoingAway).await;
+        return None;
+    }
+    match app
+        .manager
+        .connect_user(verified.user.clone(), ConnectOptions { resume })
+        .await
+    {
+        Ok(c) => {
+            tracing::info!(user = %verified.user, connection = %c.id(), "connected");
+            Some((Arc::new(c), verified.expires_at, stream, first))
+        }
+        Err(e) => {
+            tracing::info!(user = %verified.user, reason = %e, "connection refused");
+            close_unconnected(app, sink, stream, e.close_code()).await;
+            None
+        }
+    }
 }
