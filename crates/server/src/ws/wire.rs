@@ -245,21 +245,28 @@ impl WsUpgrade {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let selected = self.offers(protocol);
-        let on_upgrade = self.on_upgrade;
+        // A task's future is as large as its largest state, and every idle connection
+        // holds this one: what it captures is one pointer, and the upgrade runs in a
+        // future of its own, so that nothing of the upgrade keeps room beside `serve`'s.
+        let setup = Box::new((self.on_upgrade, config, serve));
         tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
+            let (on_upgrade, config, serve) = *setup;
+            let upgrade = Box::pin(async move {
+                let upgraded = on_upgrade.await.ok()?;
+                let (read, write, pre_read, slot) = split(upgraded);
+                let stream = WebSocketStream::from_partially_read(
+                    ReadOnly(read),
+                    pre_read,
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                Some((stream, write, slot))
+            });
+            let Some((stream, write, slot)) = upgrade.await else {
                 return;
             };
-            let (read, write, pre_read, slot) = split(upgraded);
-            let stream = WebSocketStream::from_partially_read(
-                ReadOnly(read),
-                pre_read,
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            // Boxed: the stream moves from the connection's task to its reader's, and a
-            // moved-from slot in a future still takes its room.
+            // Boxed: the stream moves from the connection's task to its reader's.
             serve(Box::new(stream), FrameWriter::new(write, slot)).await;
         });
         let mut response = (
