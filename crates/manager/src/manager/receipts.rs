@@ -4,10 +4,11 @@
 //! connection was sent), in the user's current epoch. They outlive connections (a
 //! reconnect keeps them) and are bounded: at most `ManagerConfig::max_receipt_users` users,
 //! the least recently updated forgotten first, and each forgotten by the sweeper once it
-//! went `ManagerConfig::receipt_ttl` unchanged while its user had no connection here. A node knows what its own sockets did; a
-//! node of a cluster with a [`ReceiptStore`] also writes each changed receipt there, at
-//! most once per [`RECEIPT_FLUSH_INTERVAL`] per user, and reads merge the store's record
-//! with its own (`receipt_in`), so they see every node's deliveries and acks.
+//! went `ManagerConfig::receipt_ttl` unchanged while its user had no connection here. A
+//! node knows what its own sockets did; a node of a cluster with a [`ReceiptStore`] also
+//! writes each changed receipt there, at most once per [`RECEIPT_FLUSH_INTERVAL`] per
+//! user, and reads merge the store's record with its own (`receipt_in`), so they see
+//! every node's deliveries and acks.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
