@@ -26,12 +26,11 @@ pub(super) async fn serve_socket(
 ) {
     // What runs once before the writer's long life is boxed: a task's future is as large
     // as its largest state, and every idle connection holds this one.
-    let Some((conn, expires_at, stream, first)) =
+    let Some((conn, news, stream, first)) =
         Box::pin(open(&app, &mut sink, stream, verified, query_resume)).await
     else {
         return;
     };
-    let news = Arc::new(NewsCell::new(expires_at));
     let reader = tokio::spawn(read_loop(
         app.clone(),
         conn.clone(),
@@ -48,15 +47,16 @@ pub(super) async fn serve_socket(
 
 /// A connection's opening: the resume point (the query's, or the first frame's within
 /// `--resume-wait`), then the manager's registration. `None` when the connection ended
-/// first (its close frame, if any, sent); otherwise the connection, when its token
-/// expires, the stream, and a first frame that was not a resume, for the reader.
+/// first (its close frame, if any, sent); otherwise the connection, the news cell its
+/// reader and writer share (holding the token's expiry), the stream, and a first frame
+/// that was not a resume, for the reader.
 async fn open(
     app: &Arc<WsState>,
     sink: &mut Sink,
     mut stream: Stream,
     verified: Verified,
     query_resume: Option<Resume>,
-) -> Option<(Arc<Connection>, u64, Stream, Option<Box<Message>>)> {
+) -> Option<(Arc<Connection>, Arc<NewsCell>, Stream, Option<Box<Message>>)> {
     let mut first = None;
     let resume = match query_resume {
         Some(r) => r,
@@ -98,7 +98,8 @@ async fn open(
     {
         Ok(c) => {
             tracing::info!(user = %verified.user, connection = %c.id(), "connected");
-            Some((Arc::new(c), verified.expires_at, stream, first))
+            let news = Arc::new(NewsCell::new(verified.expires_at));
+            Some((Arc::new(c), news, stream, first))
         }
         Err(e) => {
             tracing::info!(user = %verified.user, reason = %e, "connection refused");
