@@ -187,9 +187,7 @@ impl UnifiedWebSocketManager {
         closed
     }
 
-    /// The live connections of `user`, oldest first: a connection whose close has begun
-    /// (its close frame queued, its handshake finishing) is no longer listed, though it
-    /// leaves the registry only once its writer is done.
+    /// The live connections of `user`, oldest first.
     pub fn connections_of(&self, user: &UserId) -> Vec<ConnectionInfo> {
         let conns = self
             .shard(user)
@@ -199,7 +197,6 @@ impl UnifiedWebSocketManager {
         let now = Instant::now();
         conns
             .iter()
-            .filter(|c| c.closing().is_none())
             .map(|c| {
                 let (queued_frames, queued_bytes) = c.queued();
                 ConnectionInfo {
