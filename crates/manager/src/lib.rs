@@ -15,7 +15,10 @@
 //!
 //! Dependencies beyond tokio and serde: `foldhash` hashes the user and event ids every
 //! event looks up (several times faster than SipHash on short strings, seeded per process);
-//! `futures-util` for the `AtomicWaker` that wakes a connection's writer; `xxhash-rust`
+//! `futures-util` for the `AtomicWaker` that wakes a connection's writer; `hashbrown`
+//! (its `HashTable` only, no default features) for a stream's dedupe index, which keeps
+//! each id's hash beside its `seq` and finds entries by hash with no key of its own (the
+//! id stays in the stream's entry, and growing the index reads no id); `xxhash-rust`
 //! (XXH3-64, its `xxh3` feature only) for the [`EventDigest`] of every event: a specified,
 //! seedless hash with the same value on every platform and build, so nodes sharing a
 //! broker agree on it, and fast enough to run once per published event.

@@ -23,6 +23,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use foldhash::HashMap;
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -196,11 +197,72 @@ struct Stream {
     /// memory written long before (a cache miss per publish under load).
     first_entry: Option<Mark>,
     first_event: Option<Mark>,
-    ids: HashMap<EventId, Seq>,
+    ids: IdIndex,
     subscribers: Vec<(Arc<dyn Subscriber>, usize)>,
     /// Where in the upper half of their capacity `ids` and `entries` grow, in 1/1024ths
     /// down from full; drawn at random per stream ([`Stream::grow_ahead`]).
     spread: u16,
+}
+
+/// A stream's dedupe index: for each remembered entry, the hash of its id and its `seq`.
+/// The id itself is kept once, in the entry. With the hash beside the `seq`, growing the
+/// index reads no id (a map keyed by the ids would hash each of them again, every one a
+/// read of memory written long before), and a probe compares ids only when the whole
+/// hashes agree.
+#[derive(Default)]
+struct IdIndex {
+    table: HashTable<IdSlot>,
+    hasher: RandomState,
+}
+
+#[derive(Clone, Copy)]
+struct IdSlot {
+    hash: u64,
+    seq: Seq,
+}
+
+impl IdIndex {
+    fn hash(&self, id: &EventId) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// The `seq` filed under `id`: of the slots whose hash is the id's, the first one
+    /// `is_id` says holds it.
+    fn find(&self, id: &EventId, is_id: impl Fn(Seq) -> bool) -> Option<Seq> {
+        let hash = self.hash(id);
+        let slot = self.table.find(hash, |s| s.hash == hash && is_id(s.seq))?;
+        Some(slot.seq)
+    }
+
+    /// Files a fresh id (not in the index) under `seq`.
+    fn insert(&mut self, id: &EventId, seq: Seq) {
+        let hash = self.hash(id);
+        self.table
+            .insert_unique(hash, IdSlot { hash, seq }, |s| s.hash);
+    }
+
+    /// Forgets the id filed under `seq`.
+    fn remove(&mut self, id: &EventId, seq: Seq) {
+        if let Ok(slot) = self.table.find_entry(self.hash(id), |s| s.seq == seq) {
+            slot.remove();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional, |s| s.hash);
+    }
+
+    fn shrink_to(&mut self, capacity: usize) {
+        self.table.shrink_to(capacity, |s| s.hash);
+    }
 }
 
 /// Smallest capacity [`Stream::grow_ahead`] grows ahead of time; smaller buffers grow when
@@ -217,7 +279,7 @@ impl Stream {
             held: 0,
             first_entry: None,
             first_event: None,
-            ids: HashMap::default(),
+            ids: IdIndex::default(),
             subscribers: Vec::new(),
             spread: (RandomState::default().hash_one(0u8) % 1024) as u16,
         }
@@ -253,12 +315,20 @@ impl Stream {
         self.entries.get(self.first_held())
     }
 
-    /// The entry of `event_id`, when remembered.
-    fn entry_of(&self, event_id: &EventId) -> Option<&Entry> {
-        let seq = self.ids.get(event_id)?;
+    /// The entry of `seq`, when remembered.
+    fn entry_at(&self, seq: Seq) -> Option<&Entry> {
         let first = self.entries.front()?.event.seq;
         let i = usize::try_from(seq.get().checked_sub(first.get())?).ok()?;
         self.entries.get(i)
+    }
+
+    /// The entry of `event_id`, when remembered.
+    fn entry_of(&self, event_id: &EventId) -> Option<&Entry> {
+        let seq = self.ids.find(event_id, |seq| {
+            self.entry_at(seq)
+                .is_some_and(|e| e.event.event_id == *event_id)
+        })?;
+        self.entry_at(seq)
     }
 
     fn accepted(&self, entry: &Entry) -> Accepted {
@@ -323,7 +393,7 @@ impl Stream {
         let entry = self.entries.pop_front()?;
         self.first_entry = self.entries.front().map(Entry::mark);
         self.debug_check_marks();
-        self.ids.remove(&entry.event.event_id);
+        self.ids.remove(&entry.event.event_id, entry.event.seq);
         let mut bytes = entry.cost();
         if self.entries.is_empty() {
             bytes += STREAM_OVERHEAD_BYTES;
@@ -409,7 +479,7 @@ impl Stream {
         }
         self.last_seq = seq;
         self.grow_ahead();
-        self.ids.insert(event_id.clone(), seq);
+        self.ids.insert(&event_id, seq);
         let mark = entry.mark();
         self.entries.push_back(entry);
         if was_empty {
@@ -437,7 +507,7 @@ impl Stream {
         let len = self.entries.len();
         if len == 0 {
             self.entries = VecDeque::new();
-            self.ids = HashMap::default();
+            self.ids.table = HashTable::new();
         } else if self.entries.capacity() > 64 && len * 4 < self.entries.capacity() {
             self.entries.shrink_to(len * 2);
             self.ids.shrink_to(len * 2);
@@ -1153,9 +1223,8 @@ mod tests {
         let mut i = 0u64;
         while stream.ids.capacity() < from {
             i += 1;
-            stream
-                .ids
-                .insert(EventId::new(format!("e{i}")).expect("id"), Seq::ZERO);
+            let id = EventId::new(format!("e{i}")).expect("id");
+            stream.ids.insert(&id, Seq(i));
         }
         let before = stream.ids.capacity();
         loop {
@@ -1164,10 +1233,38 @@ mod tests {
                 return stream.ids.len();
             }
             i += 1;
-            stream
-                .ids
-                .insert(EventId::new(format!("e{i}")).expect("id"), Seq::ZERO);
+            let id = EventId::new(format!("e{i}")).expect("id");
+            stream.ids.insert(&id, Seq(i));
         }
+    }
+
+    #[test]
+    fn the_dedupe_index_finds_ids_after_growing_and_forgets_one_only_under_its_seq() {
+        let ids: Vec<EventId> = (0..200)
+            .map(|i| EventId::new(format!("event-{i}")).expect("id"))
+            .collect();
+        let seq_of = |i: usize| Seq(i as u64 + 1);
+        let mut index = IdIndex::default();
+        for (i, id) in ids.iter().enumerate() {
+            index.insert(id, seq_of(i));
+        }
+        // Grown from the stored hashes alone, then shrunk back.
+        index.reserve(10_000);
+        index.shrink_to(0);
+        let found = |index: &IdIndex, i: usize| {
+            index.find(&ids[i], |seq| {
+                ids.get(seq.get() as usize - 1) == Some(&ids[i])
+            })
+        };
+        for i in 0..ids.len() {
+            assert_eq!(found(&index, i), Some(seq_of(i)), "{}", ids[i]);
+        }
+        index.remove(&ids[5], seq_of(6));
+        assert_eq!(index.len(), ids.len(), "another seq: nothing forgotten");
+        index.remove(&ids[5], seq_of(5));
+        assert_eq!(index.len(), ids.len() - 1);
+        assert_eq!(found(&index, 5), None);
+        assert_eq!(found(&index, 6), Some(seq_of(6)));
     }
 
     fn test_user() -> UserId {
