@@ -133,3 +133,36 @@ async fn receipts_of_users_who_left_are_forgotten_after_the_ttl() {
     assert_eq!(m.get_stats().receipts_expired, 3);
     drop(stays);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_after_the_connections_receipt_was_evicted_is_recorded_in_a_new_one() {
+    let m = manager(ManagerConfig {
+        max_receipt_users: 16,
+        ..ManagerConfig::default()
+    });
+    let u = user("alice");
+    let mut c = connect(&m, &u, ConnectOptions::default()).await;
+    emit(&m, &u, 1).await;
+    c.until_seq(1).await;
+    c.conn.written();
+    assert_eq!(m.receipt(&u).delivered_seq, Seq(1));
+    // Newer receipts of other users push alice's out (the least recently moved goes).
+    tokio::time::advance(std::time::Duration::from_millis(1)).await;
+    let mut others = 0;
+    while m.receipt(&u).epoch.is_some() {
+        drop(m.receipt_changes(&user(&format!("other-{others}"))));
+        others += 1;
+        assert!(others < 10_000, "alice's receipt was never evicted");
+    }
+    emit(&m, &u, 2).await;
+    c.until_seq(2).await;
+    c.conn.written();
+    let r = m.receipt(&u);
+    assert_eq!(
+        (r.delivered_seq, r.epoch),
+        (Seq(2), c.conn.epoch()),
+        "the connection kept the evicted receipt: its write must reach the user's new one"
+    );
+    c.conn.ack(Seq(2));
+    assert_eq!(m.receipt(&u).acked_seq, Seq(2));
+}

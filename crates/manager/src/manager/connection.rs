@@ -16,6 +16,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::receipts::ReceiptHandle;
 use super::{Counters, UnifiedWebSocketManager};
 use crate::broker::StoredEvent;
 use crate::config::QueueLimits;
@@ -78,6 +79,8 @@ struct State {
     /// The broker may have missed deliveries: the running catch-up reads history once
     /// more before it goes live.
     read_again: bool,
+    /// The user's receipt, kept from the first write or ack on.
+    receipt: ReceiptHandle,
 }
 
 /// A queued event frame: its place (the `pushed` count when it was queued), the newest
@@ -153,6 +156,7 @@ impl ConnShared {
                 closing: None,
                 replay_waiting: false,
                 read_again: false,
+                receipt: None,
             }),
             readable: AtomicWaker::new(),
             writable: Notify::new(),
@@ -762,31 +766,35 @@ impl Connection {
     /// move forward. The user's receipt (`UnifiedWebSocketManager::receipt`) takes it
     /// too, never past what the connection was sent.
     pub fn ack(&self, seq: Seq) {
-        let (sent, epoch) = {
-            let st = self.shared.state();
-            (st.last_sent, st.epoch.clone())
-        };
         self.shared.acked.fetch_max(seq.get(), Ordering::Relaxed);
-        if let Some(epoch) = epoch {
-            let seq = seq.min(sent);
-            self.manager
-                .record_receipt(&self.shared.user, &epoch, None, Some(seq));
-        }
+        self.record_receipt(|st| (None, Some(seq.min(st.last_sent))));
     }
 
     /// Records that the writer wrote and flushed every frame it has taken so far: the
     /// newest event among them is delivered (`delivered_seq` of the user's receipt).
     pub fn written(&self) {
-        let (seq, epoch) = {
-            let st = self.shared.state();
-            (st.taken_seq, st.epoch.clone())
+        self.record_receipt(|st| (Some(st.taken_seq).filter(|&seq| seq > Seq::ZERO), None));
+    }
+
+    /// Moves the user's receipt by what `what` reads of the connection's state (delivered,
+    /// acked), in the connection's epoch, through the receipt the connection keeps. The
+    /// receipt's lock is taken under the state's; nothing takes a connection's state
+    /// under a receipt's.
+    fn record_receipt(&self, what: impl FnOnce(&State) -> (Option<Seq>, Option<Seq>)) {
+        let moved = {
+            let mut st = self.shared.state();
+            let (delivered, acked) = what(&st);
+            let State { epoch, receipt, .. } = &mut *st;
+            match epoch {
+                Some(epoch) if delivered.is_some() || acked.is_some() => {
+                    let user = &self.shared.user;
+                    self.manager
+                        .record_receipt_in(receipt, user, epoch, delivered, acked)
+                }
+                _ => None,
+            }
         };
-        if let Some(epoch) = epoch
-            && seq > Seq::ZERO
-        {
-            self.manager
-                .record_receipt(&self.shared.user, &epoch, Some(seq), None);
-        }
+        self.manager.receipt_moved(&self.shared.user, moved);
     }
 
     /// The newest `seq` the client acknowledged.

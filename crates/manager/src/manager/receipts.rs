@@ -40,8 +40,16 @@ pub struct DeliveryReceipt {
     pub acked_seq: Seq,
 }
 
+/// A user's receipt, shared by the node's map and the user's connections: each keeps it
+/// once it first wrote (see [`ReceiptHandle`]), so a flushed batch records itself without
+/// looking the user up.
+pub(crate) type ReceiptCell = Arc<Mutex<Receipt>>;
+
 #[derive(Debug)]
-struct Receipt {
+pub(crate) struct Receipt {
+    /// Taken out of the map (expired or evicted): a connection that kept it looks its
+    /// user up again, so nothing it records is lost with it.
+    retired: bool,
     epoch: Option<Epoch>,
     delivered: Seq,
     acked: Seq,
@@ -51,6 +59,35 @@ struct Receipt {
     /// signal each would be an allocation per user, kept as long as the receipt — long
     /// after the user's connections, among whatever else was allocated then.
     changed: Option<Arc<Notify>>,
+}
+
+impl Receipt {
+    /// Moves it forward in `epoch` (a new epoch starts it over); `Some` when it moved.
+    fn record(
+        &mut self,
+        epoch: &Epoch,
+        delivered: Option<Seq>,
+        acked: Option<Seq>,
+    ) -> Option<Moved> {
+        if self.epoch.as_ref() != Some(epoch) {
+            self.epoch = Some(epoch.clone());
+            self.delivered = Seq::ZERO;
+            self.acked = Seq::ZERO;
+        }
+        let before = (self.delivered, self.acked);
+        if let Some(d) = delivered {
+            self.delivered = self.delivered.max(d);
+        }
+        if let Some(a) = acked {
+            self.acked = self.acked.max(a);
+            // What a client acknowledged reached it.
+            self.delivered = self.delivered.max(a);
+        }
+        self.touched = Instant::now();
+        ((self.delivered, self.acked) != before).then(|| Moved {
+            signal: self.changed.clone(),
+        })
+    }
 }
 
 /// A user as a receipt shard's key: the user and its hash, computed once per look-up
@@ -88,7 +125,21 @@ impl Hasher for Hashed {
     }
 }
 
-type Shard = HashMap<Key, Receipt, BuildHasherDefault<Hashed>>;
+type Shard = HashMap<Key, ReceiptCell, BuildHasherDefault<Hashed>>;
+
+fn lock_cell(cell: &ReceiptCell) -> MutexGuard<'_, Receipt> {
+    // Every change of a receipt completes before anything that can panic.
+    cell.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a connection keeps its user's receipt between writes.
+pub(crate) type ReceiptHandle = Option<ReceiptCell>;
+
+/// What a receipt's move asks of the caller once its locks are let go.
+#[must_use]
+pub(crate) struct Moved {
+    signal: Option<Arc<Notify>>,
+}
 
 /// Every user's receipt on one node, and the users whose receipt changed since the last
 /// flush to the cluster's store.
@@ -141,17 +192,12 @@ impl Receipts {
 }
 
 impl UnifiedWebSocketManager {
-    /// Runs `f` on the user's receipt, creating it first (and making room) when `create`.
-    fn with_receipt<T>(
-        &self,
-        user: &UserId,
-        create: bool,
-        f: impl FnOnce(&mut Receipt) -> T,
-    ) -> Option<T> {
+    /// The user's receipt, created first (and room made) when `create`.
+    fn receipt_cell(&self, user: &UserId, create: bool) -> Option<ReceiptCell> {
         let receipts = &self.inner.receipts;
         let (key, mut shard) = receipts.shard(user);
-        if let Some(r) = shard.get_mut(&key) {
-            return Some(f(r));
+        if let Some(cell) = shard.get(&key) {
+            return Some(cell.clone());
         }
         if !create {
             return None;
@@ -160,57 +206,80 @@ impl UnifiedWebSocketManager {
         if shard.len() >= room {
             let oldest = shard
                 .iter()
-                .min_by_key(|(_, r)| r.touched)
+                .min_by_key(|(_, cell)| lock_cell(cell).touched)
                 .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                shard.remove(&oldest);
+            if let Some(cell) = oldest.and_then(|oldest| shard.remove(&oldest)) {
+                lock_cell(&cell).retired = true;
                 self.inner
                     .counters
                     .receipts_evicted
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        let r = shard.entry(key).or_insert_with(|| Receipt {
-            epoch: None,
-            delivered: Seq::ZERO,
-            acked: Seq::ZERO,
-            touched: Instant::now(),
-            changed: None,
+        let cell = shard.entry(key).or_insert_with(|| {
+            Arc::new(Mutex::new(Receipt {
+                retired: false,
+                epoch: None,
+                delivered: Seq::ZERO,
+                acked: Seq::ZERO,
+                touched: Instant::now(),
+                changed: None,
+            }))
         });
-        Some(f(r))
+        Some(cell.clone())
     }
 
-    /// Moves the user's receipt forward in `epoch` (a new epoch starts it over).
-    pub(crate) fn record_receipt(
+    /// Runs `f` on the user's receipt, creating it first (and making room) when `create`.
+    fn with_receipt<T>(
         &self,
+        user: &UserId,
+        create: bool,
+        f: impl FnOnce(&mut Receipt) -> T,
+    ) -> Option<T> {
+        let mut f = Some(f);
+        loop {
+            let cell = self.receipt_cell(user, create)?;
+            let mut r = lock_cell(&cell);
+            // Retired between the look-up and the lock: the next look-up finds its
+            // successor, or makes one.
+            if !r.retired {
+                return f.take().map(|f| f(&mut r));
+            }
+        }
+    }
+
+    /// Moves the user's receipt forward in `epoch` (a new epoch starts it over), through
+    /// the receipt a connection keeps in `handle`: looked up (and kept) only when it has
+    /// none yet, or it was retired. The caller passes what it returns to
+    /// [`receipt_moved`](Self::receipt_moved) once its own locks are let go.
+    pub(crate) fn record_receipt_in(
+        &self,
+        handle: &mut ReceiptHandle,
         user: &UserId,
         epoch: &Epoch,
         delivered: Option<Seq>,
         acked: Option<Seq>,
-    ) {
-        let moved = self.with_receipt(user, true, |r| {
-            if r.epoch.as_ref() != Some(epoch) {
-                r.epoch = Some(epoch.clone());
-                r.delivered = Seq::ZERO;
-                r.acked = Seq::ZERO;
+    ) -> Option<Moved> {
+        loop {
+            let cell = match handle {
+                Some(cell) => cell,
+                None => handle.insert(self.receipt_cell(user, true)?),
+            };
+            let mut r = lock_cell(cell);
+            if !r.retired {
+                return r.record(epoch, delivered, acked);
             }
-            let before = (r.delivered, r.acked);
-            if let Some(d) = delivered {
-                r.delivered = r.delivered.max(d);
-            }
-            if let Some(a) = acked {
-                r.acked = r.acked.max(a);
-                // What a client acknowledged reached it.
-                r.delivered = r.delivered.max(a);
-            }
-            r.touched = Instant::now();
-            ((r.delivered, r.acked) != before).then(|| r.changed.clone())
-        });
-        // Outer `Some`: the receipt exists; inner: it moved, with its signal if any.
-        let Some(Some(signal)) = moved else {
+            drop(r);
+            *handle = None;
+        }
+    }
+
+    /// Signals a receipt's move, and marks it for the next flush to the cluster's store.
+    pub(crate) fn receipt_moved(&self, user: &UserId, moved: Option<Moved>) {
+        let Some(moved) = moved else {
             return;
         };
-        if let Some(notify) = signal {
+        if let Some(notify) = moved.signal {
             notify.notify_waiters();
         }
         if self.inner.receipt_store.is_some() {
@@ -226,7 +295,8 @@ impl UnifiedWebSocketManager {
     pub(crate) fn expire_receipts(&self, now: Instant) -> usize {
         let ttl = self.inner.config.receipt_ttl;
         let receipts = &self.inner.receipts;
-        let stale = |r: &Receipt| {
+        let stale = |cell: &ReceiptCell| {
+            let r = lock_cell(cell);
             now.saturating_duration_since(r.touched) >= ttl
                 && r.changed.as_ref().is_none_or(|n| Arc::strong_count(n) == 1)
         };
@@ -248,8 +318,10 @@ impl UnifiedWebSocketManager {
             }
             let mut shard = lock();
             for key in old {
-                if shard.get(&key).is_some_and(stale) {
-                    shard.remove(&key);
+                if shard.get(&key).is_some_and(stale)
+                    && let Some(cell) = shard.remove(&key)
+                {
+                    lock_cell(&cell).retired = true;
                     forgotten += 1;
                 }
             }
