@@ -1256,8 +1256,8 @@ mod tests {
                 ids.get(seq.get() as usize - 1) == Some(&ids[i])
             })
         };
-        for i in 0..ids.len() {
-            assert_eq!(found(&index, i), Some(seq_of(i)), "{}", ids[i]);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(found(&index, i), Some(seq_of(i)), "{id}");
         }
         index.remove(&ids[5], seq_of(6));
         assert_eq!(index.len(), ids.len(), "another seq: nothing forgotten");
