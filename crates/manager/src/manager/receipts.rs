@@ -236,22 +236,38 @@ impl UnifiedWebSocketManager {
         create: bool,
         f: impl FnOnce(&mut Receipt) -> T,
     ) -> Option<T> {
-        let mut f = Some(f);
+        self.with_kept_receipt(&mut None, user, create, f)
+    }
+
+    /// Runs `f` on the user's receipt kept in `handle`, looked up (and created first, room
+    /// made, when `create`) only when `handle` holds none, or a retired one.
+    fn with_kept_receipt<T>(
+        &self,
+        handle: &mut ReceiptHandle,
+        user: &UserId,
+        create: bool,
+        f: impl FnOnce(&mut Receipt) -> T,
+    ) -> Option<T> {
         loop {
-            let cell = self.receipt_cell(user, create)?;
-            let mut r = lock_cell(&cell);
-            // Retired between the look-up and the lock: the next look-up finds its
+            let cell = match handle {
+                Some(cell) => cell,
+                None => handle.insert(self.receipt_cell(user, create)?),
+            };
+            let mut r = lock_cell(cell);
+            // Retired since it was kept or looked up: the next look-up finds its
             // successor, or makes one.
             if !r.retired {
-                return f.take().map(|f| f(&mut r));
+                return Some(f(&mut r));
             }
+            drop(r);
+            *handle = None;
         }
     }
 
     /// Moves the user's receipt forward in `epoch` (a new epoch starts it over), through
-    /// the receipt a connection keeps in `handle`: looked up (and kept) only when it has
-    /// none yet, or it was retired. The caller passes what it returns to
-    /// [`receipt_moved`](Self::receipt_moved) once its own locks are let go.
+    /// the receipt a connection keeps in `handle` (see
+    /// [`with_kept_receipt`](Self::with_kept_receipt)). The caller passes what it returns
+    /// to [`receipt_moved`](Self::receipt_moved) once its own locks are let go.
     pub(crate) fn record_receipt_in(
         &self,
         handle: &mut ReceiptHandle,
@@ -260,18 +276,8 @@ impl UnifiedWebSocketManager {
         delivered: Option<Seq>,
         acked: Option<Seq>,
     ) -> Option<Moved> {
-        loop {
-            let cell = match handle {
-                Some(cell) => cell,
-                None => handle.insert(self.receipt_cell(user, true)?),
-            };
-            let mut r = lock_cell(cell);
-            if !r.retired {
-                return r.record(epoch, delivered, acked);
-            }
-            drop(r);
-            *handle = None;
-        }
+        self.with_kept_receipt(handle, user, true, |r| r.record(epoch, delivered, acked))
+            .flatten()
     }
 
     /// Signals a receipt's move, and marks it for the next flush to the cluster's store.
