@@ -2,7 +2,6 @@
 //! that keeps its stream gap-free and duplicate-free. The socket belongs to the server,
 //! which drains the queue with [`Connection::next_frames`].
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -82,61 +81,6 @@ struct State {
     read_again: bool,
     /// The user's receipt, kept from the first write or ack on.
     receipt: ReceiptHandle,
-    /// The writer's socket, while the writer waits for frames
-    /// ([`Connection::next_frames_lending`]).
-    lent: Option<Lent>,
-    /// Bytes of the queue's first frame already on the wire: a direct send that the
-    /// socket took in part. The writer continues the frame from there.
-    front_sent: usize,
-}
-
-/// A connection's socket, lent to the manager while the connection's writer waits for
-/// frames ([`Connection::next_frames_lending`]): a live event delivered meanwhile to a
-/// connection with nothing queued is written at once by the task that delivers it,
-/// instead of being queued for the writer to wake up and write. It is written to only
-/// while lent and only under the connection's lock, so its bytes never interleave with
-/// the writer's, and the stream keeps its order: nothing is queued when it is used.
-pub trait DirectSink: Any + Send {
-    /// Writes `frame`, an event frame whose envelope's `ts` is `ts_ms` (milliseconds), as
-    /// far as the socket takes it without waiting. Never waits. A socket that fails takes
-    /// none of it: the writer finds the failure when it writes the frame.
-    fn send_now(&mut self, frame: &Bytes, ts_ms: u64) -> SentNow;
-}
-
-/// How much of a frame [`DirectSink::send_now`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SentNow {
-    /// All of it.
-    All,
-    /// Its first bytes as they go on the wire (0: none). The frame is queued, and the
-    /// writer, woken, takes it with this count ([`Connection::next_frames_lending`]) and
-    /// writes the rest.
-    Part(usize),
-}
-
-/// A lent [`DirectSink`].
-struct Lent(Box<dyn DirectSink>);
-
-impl std::fmt::Debug for Lent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Lent")
-    }
-}
-
-/// Takes back what the writer lent, as the type it lent (`None` for another type, which
-/// no writer lends: one writer per connection).
-fn reclaim<S: DirectSink>(lent: Option<Lent>) -> Option<Box<S>> {
-    let any: Box<dyn Any + Send> = lent?.0;
-    any.downcast::<S>().ok()
-}
-
-/// The [`DirectSink`] of a writer that lends none.
-enum NoSink {}
-
-impl DirectSink for NoSink {
-    fn send_now(&mut self, _: &Bytes, _: u64) -> SentNow {
-        match *self {}
-    }
 }
 
 /// A queued event frame: its place (the `pushed` count when it was queued), the newest
@@ -213,8 +157,6 @@ impl ConnShared {
                 replay_waiting: false,
                 read_again: false,
                 receipt: None,
-                lent: None,
-                front_sent: 0,
             }),
             readable: AtomicWaker::new(),
             writable: Notify::new(),
@@ -256,13 +198,10 @@ impl ConnShared {
         st.pending.clear();
         st.pending_bytes = 0;
         if drops_queue(code) {
-            // A frame already partly on the wire is finished first, so the close frame
-            // starts on a frame boundary.
-            let keep = usize::from(st.front_sent > 0);
-            st.queue.truncate(keep);
-            st.queued_bytes = st.queue.iter().map(Bytes::len).sum();
+            st.queue.clear();
+            st.queued_bytes = 0;
             st.marks.clear();
-            st.taken = st.pushed - keep as u64;
+            st.taken = st.pushed;
             st.tail = Tail::Other;
         }
         drop(st);
@@ -331,14 +270,8 @@ impl ConnShared {
         self.state().epoch.clone()
     }
 
-    /// A live event from the broker subscription. Never waits. With nothing queued and
-    /// the writer's socket lent ([`DirectSink`]), the frame is written here and now.
-    pub(crate) fn deliver_live(
-        &self,
-        event: &StoredEvent,
-        manager: &UnifiedWebSocketManager,
-    ) -> Pushed {
-        let counters = &manager.inner.counters;
+    /// A live event from the broker subscription. Never waits.
+    pub(crate) fn deliver_live(&self, event: &StoredEvent, counters: &Counters) -> Pushed {
         let mut st = self.state();
         if st.closing.is_some() {
             return Pushed::Skipped;
@@ -393,33 +326,6 @@ impl ConnShared {
                     drop(st);
                     self.slow_consumer(counters);
                     return Pushed::Skipped;
-                }
-                if st.queue.is_empty()
-                    && let Some(Lent(sink)) = st.lent.as_mut()
-                {
-                    match sink.send_now(&event.frame, event.ts.as_millis()) {
-                        SentNow::All => {
-                            st.last_sent = event.seq;
-                            st.taken_seq = event.seq;
-                            let State { epoch, receipt, .. } = &mut *st;
-                            let moved = epoch.as_ref().and_then(|epoch| {
-                                let user = &self.user;
-                                manager.record_receipt_in(
-                                    receipt,
-                                    user,
-                                    epoch,
-                                    Some(event.seq),
-                                    None,
-                                )
-                            });
-                            drop(st);
-                            counters.delivered.fetch_add(1, Ordering::Relaxed);
-                            manager.receipt_moved(&self.user, moved);
-                            return Pushed::Queued;
-                        }
-                        // Queued below, the writer woken to write the rest.
-                        SentNow::Part(n) => st.front_sent = n,
-                    }
                 }
                 st.last_sent = event.seq;
                 st.queued_bytes += event.frame.len();
@@ -591,10 +497,6 @@ fn merge_into_tail(st: &mut State, event: &StoredEvent, max_bytes: usize) -> boo
     let Some(newest) = st.queue.back() else {
         return false;
     };
-    if st.front_sent > 0 && st.queue.len() == 1 {
-        // Partly on the wire already: it goes out as it is.
-        return false;
-    }
     let decode = |frame: &[u8]| match ServerFrame::decode(frame) {
         Ok(ServerFrame::Event(e)) => Some(Box::new(e)),
         _ => None,
@@ -700,8 +602,7 @@ impl Connection {
     /// # Cancel safety
     /// Cancel safe: frames are moved into `out` only when the call returns.
     pub async fn next_frames(&self, out: &mut Vec<Bytes>, max_frames: usize) -> Outbound {
-        self.take_frames::<NoSink>(out, None, max_frames, None)
-            .await
+        self.take_frames(out, None, max_frames).await
     }
 
     /// [`Connection::next_frames`], also telling each frame's `ts`: `stamps` follows `out`
@@ -721,69 +622,20 @@ impl Connection {
         stamps: &mut Vec<Option<u64>>,
         max_frames: usize,
     ) -> Outbound {
-        self.take_frames::<NoSink>(out, Some(stamps), max_frames, None)
-            .await
+        self.take_frames(out, Some(stamps), max_frames).await
     }
 
-    /// [`Connection::next_frames_stamped`] for a writer that lends its socket while it
-    /// waits: `sink` (when it holds one) is lent to the manager each time the call waits
-    /// ([`DirectSink`]), and is back in `sink` when it returns. A live event delivered
-    /// while the connection has nothing queued is then written by the task that delivers
-    /// it, which saves waking the writer for it.
-    ///
-    /// `out` must be empty. `sent` is set to the bytes of the first frame moved into
-    /// `out` that are already on the wire (a direct write the socket took in part): the
-    /// writer writes the rest of it first.
-    ///
-    /// If the call is dropped while it waits, the sink stays lent: take it back with
-    /// [`Connection::reclaim_sink`] before writing anything else, and before the
-    /// connection's socket is closed.
-    ///
-    /// # Cancel safety
-    /// Cancel safe, as [`Connection::next_frames`], with the sink as said above.
-    pub async fn next_frames_lending<S: DirectSink>(
-        &self,
-        out: &mut Vec<Bytes>,
-        stamps: &mut Vec<Option<u64>>,
-        max_frames: usize,
-        sink: &mut Option<Box<S>>,
-        sent: &mut usize,
-    ) -> Outbound {
-        debug_assert!(out.is_empty());
-        self.take_frames(out, Some(stamps), max_frames, Some((sink, sent)))
-            .await
-    }
-
-    /// Takes back the sink [`Connection::next_frames_lending`] lent, into `sink` (which
-    /// it leaves as it is when nothing is lent).
-    pub fn reclaim_sink<S: DirectSink>(&self, sink: &mut Option<Box<S>>) {
-        let lent = self.shared.state().lent.take();
-        if let Some(back) = reclaim(lent) {
-            *sink = Some(back);
-        }
-    }
-
-    async fn take_frames<S: DirectSink>(
+    async fn take_frames(
         &self,
         out: &mut Vec<Bytes>,
         mut stamps: Option<&mut Vec<Option<u64>>>,
         max_frames: usize,
-        mut lend: Option<(&mut Option<Box<S>>, &mut usize)>,
     ) -> Outbound {
         std::future::poll_fn(|cx| {
             // Registered before the queue is looked at, so a frame pushed after the look
             // wakes this task.
             self.shared.readable.register(cx.waker());
             let mut st = self.shared.state();
-            if let Some((sink, sent)) = lend.as_mut()
-                && (!st.queue.is_empty() || st.closing.is_some())
-            {
-                // Back with the writer, before it writes what it takes.
-                if let Some(back) = reclaim(st.lent.take()) {
-                    **sink = Some(back);
-                }
-                **sent = std::mem::take(&mut st.front_sent);
-            }
             if !st.queue.is_empty() {
                 let n = st.queue.len().min(max_frames.max(1));
                 let before = out.len();
@@ -851,11 +703,6 @@ impl Connection {
                 } else {
                     unkept = std::mem::take(out);
                 }
-            }
-            if let Some((sink, _)) = lend.as_mut()
-                && let Some(sink) = sink.take()
-            {
-                st.lent = Some(Lent(sink));
             }
             // The marks of queued events give back what a burst grew, as the queue does.
             let unkept_marks = if st.marks.is_empty() && st.marks.capacity() > QUEUE_KEEP_CAPACITY {
@@ -1052,13 +899,10 @@ mod tests {
 
     /// A manager on an in-memory broker, and user `u` connected to it, live only.
     async fn connected() -> (UnifiedWebSocketManager, UserId, super::Connection) {
-        connected_with(ManagerConfig::default()).await
-    }
-
-    async fn connected_with(
-        config: ManagerConfig,
-    ) -> (UnifiedWebSocketManager, UserId, super::Connection) {
-        let m = UnifiedWebSocketManager::new(config, Arc::new(InMemoryBroker::default()));
+        let m = UnifiedWebSocketManager::new(
+            ManagerConfig::default(),
+            Arc::new(InMemoryBroker::default()),
+        );
         let user: UserId = "u".parse().expect("user id");
         let conn = m
             .connect_user(
@@ -1224,205 +1068,5 @@ mod tests {
         assert_eq!(got, vec![Got::Event(third)]);
         conn.written();
         assert_eq!(m.receipt(&user).delivered_seq.get(), third);
-    }
-
-    /// A socket as a writer lends it: it takes `takes` bytes of a frame (`None`: all of
-    /// it), and keeps what it took whole.
-    struct TestSink {
-        wrote: Arc<std::sync::Mutex<Vec<Bytes>>>,
-        takes: Option<usize>,
-    }
-
-    impl super::DirectSink for TestSink {
-        fn send_now(&mut self, frame: &Bytes, _: u64) -> super::SentNow {
-            match self.takes {
-                None => {
-                    self.wrote.lock().expect("lock").push(frame.clone());
-                    super::SentNow::All
-                }
-                Some(n) => super::SentNow::Part(n),
-            }
-        }
-    }
-
-    type Wrote = Arc<std::sync::Mutex<Vec<Bytes>>>;
-
-    /// A live connection whose writer has written what the connect queued, and waits
-    /// with a [`TestSink`] lent.
-    async fn lending(
-        takes: Option<usize>,
-    ) -> (UnifiedWebSocketManager, UserId, super::Connection, Wrote) {
-        lending_with(ManagerConfig::default(), takes).await
-    }
-
-    async fn lending_with(
-        config: ManagerConfig,
-        takes: Option<usize>,
-    ) -> (UnifiedWebSocketManager, UserId, super::Connection, Wrote) {
-        let (m, user, conn) = connected_with(config).await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let wrote = Wrote::default();
-        let mut sink = Some(Box::new(TestSink {
-            wrote: wrote.clone(),
-            takes,
-        }));
-        let (mut out, mut stamps, mut sent) = (Vec::new(), Vec::new(), 0);
-        loop {
-            let next = conn.next_frames_lending(&mut out, &mut stamps, 256, &mut sink, &mut sent);
-            match tokio::time::timeout(Duration::ZERO, next).await {
-                Ok(Outbound::Frames) => out.clear(),
-                Ok(Outbound::Close(code)) => panic!("closed: {code:?}"),
-                Err(_) => break,
-            }
-        }
-        assert!(sink.is_none(), "lent while the writer waits");
-        (m, user, conn, wrote)
-    }
-
-    /// One call of `next_frames_lending` that must not wait: what it returned, the
-    /// frames it took and the bytes of the first one already sent.
-    async fn take_lending(
-        conn: &super::Connection,
-        sink: &mut Option<Box<TestSink>>,
-    ) -> (Outbound, Vec<Bytes>, usize) {
-        let (mut out, mut stamps, mut sent) = (Vec::new(), Vec::new(), 0);
-        let next = conn.next_frames_lending(&mut out, &mut stamps, 256, sink, &mut sent);
-        let got = tokio::time::timeout(Duration::ZERO, next)
-            .await
-            .expect("frames or a close, at once");
-        (got, out, sent)
-    }
-
-    fn seqs(frames: &[Bytes]) -> Vec<Got> {
-        frames.iter().filter_map(|f| decode(f)).collect()
-    }
-
-    /// With the writer waiting and nothing queued, the deliverer writes the event's frame
-    /// itself: nothing is queued, nothing wakes the writer, the receipt moves; and the
-    /// writer gets its socket back when it asks.
-    #[tokio::test(start_paused = true)]
-    async fn a_live_event_to_a_waiting_writer_is_written_by_the_deliverer() {
-        let (m, user, conn, wrote) = lending(None).await;
-        let first = emit(&m, &user, 1).await;
-        let second = emit(&m, &user, 2).await;
-        assert_eq!(
-            seqs(&wrote.lock().expect("lock")),
-            vec![Got::Event(first), Got::Event(second)]
-        );
-        assert_eq!(conn.shared.queued(), (0, 0));
-        assert_eq!(m.receipt(&user).delivered_seq.get(), second);
-        let mut back: Option<Box<TestSink>> = None;
-        conn.reclaim_sink(&mut back);
-        assert!(back.is_some());
-        // Not lent any more: the next event is queued for the writer.
-        let third = emit(&m, &user, 3).await;
-        assert_eq!(conn.shared.queued().0, 1);
-        let (got, out, sent) = take_lending(&conn, &mut back).await;
-        assert_eq!(got, Outbound::Frames);
-        assert_eq!(seqs(&out), vec![Got::Event(third)]);
-        assert_eq!(sent, 0);
-        assert_eq!(wrote.lock().expect("lock").len(), 2);
-    }
-
-    /// A frame queued first (a pong) keeps its place: while anything is queued, a live
-    /// event is queued behind it, not written past it.
-    #[tokio::test(start_paused = true)]
-    async fn nothing_is_written_past_a_queued_frame() {
-        let (m, user, conn, wrote) = lending(None).await;
-        assert!(conn.send_control(&ServerFrame::Pong));
-        let seq = emit(&m, &user, 1).await;
-        assert!(wrote.lock().expect("lock").is_empty());
-        let mut back: Option<Box<TestSink>> = None;
-        let (got, out, sent) = take_lending(&conn, &mut back).await;
-        assert_eq!(got, Outbound::Frames);
-        assert!(back.is_some(), "back with the writer before it writes");
-        assert_eq!((seqs(&out), sent), (vec![Got::Pong, Got::Event(seq)], 0));
-    }
-
-    /// A frame the socket took in part is queued, and the writer, woken, takes it with the
-    /// count of bytes already sent, so it writes only the rest.
-    #[tokio::test(start_paused = true)]
-    async fn a_frame_written_in_part_is_finished_by_the_writer() {
-        let (m, user, conn, _) = lending(Some(5)).await;
-        let seq = emit(&m, &user, 1).await;
-        assert_eq!(conn.shared.queued().0, 1);
-        // Not delivered yet: the rest is still to go.
-        assert!(m.receipt(&user).delivered_seq.get() < seq);
-        let mut back: Option<Box<TestSink>> = None;
-        let (got, out, sent) = take_lending(&conn, &mut back).await;
-        assert_eq!(got, Outbound::Frames);
-        assert!(back.is_some());
-        assert_eq!(seqs(&out), vec![Got::Event(seq)]);
-        assert_eq!(sent, 5);
-        conn.written();
-        assert_eq!(m.receipt(&user).delivered_seq.get(), seq);
-    }
-
-    /// A slow consumer's queue is dropped, but not a frame already partly on the wire:
-    /// the writer finishes it, then the close frame starts on a frame boundary.
-    #[tokio::test(start_paused = true)]
-    async fn a_close_that_drops_the_queue_keeps_a_frame_written_in_part() {
-        let (m, user, conn, _) = lending(Some(5)).await;
-        let seq = emit(&m, &user, 1).await;
-        let _ = emit(&m, &user, 2).await;
-        assert_eq!(conn.shared.queued().0, 2);
-        assert!(
-            conn.shared
-                .close(agentwire_protocol::CloseCode::TryAgainLater)
-        );
-        let mut back: Option<Box<TestSink>> = None;
-        let (got, out, sent) = take_lending(&conn, &mut back).await;
-        assert_eq!(got, Outbound::Frames);
-        assert_eq!((seqs(&out), sent), (vec![Got::Event(seq)], 5));
-        let (got, _, _) = take_lending(&conn, &mut back).await;
-        assert_eq!(
-            got,
-            Outbound::Close(agentwire_protocol::CloseCode::TryAgainLater)
-        );
-        assert_eq!(conn.shared.queued(), (0, 0));
-    }
-
-    /// Under pressure a `message_delta` merges into the delta queued before it, but not
-    /// into one already partly on the wire: that frame goes out as it was begun.
-    #[tokio::test(start_paused = true)]
-    async fn no_delta_merges_into_a_frame_written_in_part() {
-        let config = ManagerConfig {
-            queue: crate::QueueLimits {
-                max_frames: 2,
-                max_bytes: 64 * 1024,
-            },
-            ..ManagerConfig::default()
-        };
-        let (m, user, conn, _) = lending_with(config, Some(5)).await;
-        let run: agentwire_protocol::RunId = "r1".parse().expect("run id");
-        let delta = |text: &str| {
-            Event::new(
-                None,
-                Some(run.clone()),
-                agentwire_protocol::MessageDelta {
-                    message_id: "m1".into(),
-                    delta: text.into(),
-                    extra: Default::default(),
-                },
-            )
-        };
-        let first = m
-            .emit_critical_event(&user, delta("a"))
-            .await
-            .expect("emit")
-            .seq;
-        let second = m
-            .emit_critical_event(&user, delta("b"))
-            .await
-            .expect("emit")
-            .seq;
-        let mut back: Option<Box<TestSink>> = None;
-        let (got, out, sent) = take_lending(&conn, &mut back).await;
-        assert_eq!(got, Outbound::Frames);
-        assert_eq!(sent, 5);
-        assert_eq!(
-            seqs(&out),
-            vec![Got::Event(first.get()), Got::Event(second.get())]
-        );
     }
 }

@@ -13,7 +13,7 @@ use super::WsState;
 use super::format::Format;
 use super::news::{NewsCell, Sink, Stream};
 use super::reader::{read_error_code, read_loop};
-use super::writer::{LentSink, close_unconnected, write_loop};
+use super::writer::{close_unconnected, write_loop};
 use crate::auth::Verified;
 
 pub(super) async fn serve_socket(
@@ -38,10 +38,7 @@ pub(super) async fn serve_socket(
         first,
         news.clone(),
     ));
-    let mut slot = Some(LentSink::new(sink, app.clone()));
-    let end = write_loop(&app, &conn, &mut slot, &news, format).await;
-    // However the writer ended, the socket closes with this task, not lent on.
-    conn.reclaim_sink(&mut slot);
+    let end = write_loop(&app, &conn, &mut sink, &news, format).await;
     // However the writer ended, the reader must not keep the socket open.
     reader.abort();
     conn.disconnect();

@@ -410,20 +410,13 @@ impl FrameWriter {
         self.write_text_rest(frames, sent).await
     }
 
-    /// Whether this writes to a plain TCP socket ([`FrameWriter::write_text_now`] writes
-    /// nothing to any other transport).
-    pub(crate) fn is_tcp(&self) -> bool {
-        matches!(self.io, WriteHalf::Tcp(_))
-    }
-
     /// Writes each payload as a text frame with what a plain TCP socket takes now, without
     /// waiting, for a batch of at most [`STACK_FRAMES`] frames (their headers and slices on
     /// the stack): `true` once all is sent. `false` when the socket's buffer filled first
     /// (`sent`, the bytes of the batch written so far, headers included, grows by what it
     /// took), or when the batch is longer or the transport is not plain TCP (nothing is
     /// sent): [`FrameWriter::write_text_rest`] then writes the rest. A plain socket needs
-    /// no flush. Bytes already counted in `sent` when it is called (a frame written in
-    /// part before) are not written again.
+    /// no flush.
     pub(crate) fn write_text_now(&self, frames: &[Bytes], sent: &mut usize) -> io::Result<bool> {
         let WriteHalf::Tcp(w) = &self.io else {
             return Ok(false);
@@ -574,11 +567,6 @@ fn send_text_now<const N: usize, const S: usize>(
         pair[1] = IoSlice::new(f);
     }
     let mut rest: &mut [IoSlice<'_>] = &mut slices[..2 * frames.len()];
-    if *sent > 0 {
-        // What an earlier write took of the batch (a frame written in part).
-        let total: usize = rest.iter().map(|s| s.len()).sum();
-        IoSlice::advance_slices(&mut rest, (*sent).min(total));
-    }
     while !rest.is_empty() {
         let took = match socket2::SockRef::from(tcp).send_vectored(rest) {
             Ok(took) => took,
@@ -750,28 +738,6 @@ mod tests {
         }
     }
 
-    /// `frames` as text frames on the wire.
-    fn on_the_wire(frames: &[Bytes]) -> Vec<u8> {
-        let mut wire = Vec::new();
-        for f in frames {
-            wire.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
-            wire.extend_from_slice(f);
-        }
-        wire
-    }
-
-    /// A connected pair of loopback sockets: the client's end, and the server's.
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        (client, server)
-    }
-
     /// A batch on a plain TCP socket: sent from the stack while the socket takes it, the
     /// rest (after the socket's buffer filled mid-frame) once the peer reads, every byte
     /// in order; batches short and long, with frames of every header length.
@@ -785,8 +751,18 @@ mod tests {
                     Bytes::from(vec![b'a' + (i % 26) as u8; len])
                 })
                 .collect();
-            let expected = on_the_wire(&frames);
-            let (mut client, server) = tcp_pair().await;
+            let mut expected = Vec::new();
+            for f in &frames {
+                expected.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
+                expected.extend_from_slice(f);
+            }
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
             socket2::SockRef::from(&server)
                 .set_send_buffer_size(4096)
                 .expect("SO_SNDBUF");
@@ -809,34 +785,6 @@ mod tests {
         }
     }
 
-    /// A batch whose first frame a direct write began (`sent` > 0 on entry): on a plain
-    /// TCP socket, only what was not written goes out, from the very next byte.
-    #[tokio::test]
-    async fn a_tcp_batch_begun_elsewhere_is_written_from_where_it_stopped() {
-        use tokio::io::AsyncReadExt;
-        let frames: Vec<Bytes> = [5usize, 126, 300]
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| Bytes::from(vec![b'a' + i as u8; n]))
-            .collect();
-        let expected = on_the_wire(&frames);
-        for begun in [1usize, 2, 6, 7, 8, 140] {
-            let (mut client, server) = tcp_pair().await;
-            let (read, write) = server.into_split();
-            let mut writer = FrameWriter::new(WriteHalf::Tcp(write), None);
-            let mut sent = begun;
-            writer
-                .write_text(&frames, &mut sent)
-                .await
-                .expect("written");
-            assert_eq!(sent, expected.len(), "begun at {begun}");
-            drop((writer, read));
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.expect("read");
-            assert!(got == expected[begun..], "begun at {begun}");
-        }
-    }
-
     #[tokio::test]
     async fn partial_writes_still_produce_every_frame_in_order() {
         let frames: Vec<Bytes> = [1usize, 130, 0, 70_000, 7]
@@ -844,7 +792,11 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| Bytes::from(vec![b'a' + i as u8; n]))
             .collect();
-        let expected = on_the_wire(&frames);
+        let mut expected = Vec::new();
+        for f in &frames {
+            expected.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
+            expected.extend_from_slice(f);
+        }
         for vectored in [true, false] {
             for chunk in [1, 3, 64, 1 << 20] {
                 let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

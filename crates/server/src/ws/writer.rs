@@ -3,11 +3,10 @@
 //! write timeout, and closes with 4002 when the token expires.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use agentwire_manager::{Connection, DirectSink, Outbound, SentNow};
+use agentwire_manager::{Connection, Outbound};
 use agentwire_protocol::{CloseCode, Timestamp};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -76,58 +75,16 @@ impl std::fmt::Display for WriterEnd {
     }
 }
 
-/// The connection's socket as the writer holds it, and lends it to the manager while it
-/// waits for frames ([`DirectSink`]): an event delivered to the connection then has its
-/// frame written by the task that delivers it, without waking the writer.
-pub(super) struct LentSink {
-    sink: Sink,
-    app: Arc<WsState>,
-}
-
-impl LentSink {
-    pub(super) fn new(sink: Sink, app: Arc<WsState>) -> Box<Self> {
-        Box::new(LentSink { sink, app })
-    }
-}
-
-impl DirectSink for LentSink {
-    fn send_now(&mut self, frame: &Bytes, ts_ms: u64) -> SentNow {
-        let frames = std::slice::from_ref(frame);
-        let mut sent = 0;
-        match self.sink.write_text_now(frames, &mut sent) {
-            Ok(true) => {
-                self.app
-                    .metrics
-                    .frames_written(frames, &[Some(ts_ms)], Timestamp::now());
-                SentNow::All
-            }
-            // The writer writes the rest, or finds the socket's failure.
-            Ok(false) | Err(_) => SentNow::Part(sent),
-        }
-    }
-}
-
-/// The writer's socket, taken back first if it is lent; `None` only if it is lost, which
-/// ends the connection.
-fn held<'a>(conn: &Connection, slot: &'a mut Option<Box<LentSink>>) -> Option<&'a mut Sink> {
-    if slot.is_none() {
-        conn.reclaim_sink(slot);
-    }
-    slot.as_deref_mut().map(|lent| &mut lent.sink)
-}
-
 #[derive(Debug)]
 enum WriteFailed {
     TimedOut,
     Socket,
 }
 
-/// The connection's writer, until the connection ends. The socket is in `slot` when it
-/// returns (or lent, if the connection lost it: [`Connection::reclaim_sink`]).
 pub(super) async fn write_loop(
     app: &WsState,
     conn: &Connection,
-    slot: &mut Option<Box<LentSink>>,
+    sink: &mut Sink,
     news: &NewsCell,
     format: Format,
 ) -> WriterEnd {
@@ -153,13 +110,6 @@ pub(super) async fn write_loop(
     let mut seen = 0u64;
     let mut reader_end = None;
     let mut projector = Projector::for_format(format);
-    // Frames go out as the manager queued them, to a socket that takes them at once: the
-    // socket is lent while the writer waits. Not for projected frames, nor for a
-    // transport the writer must wait on.
-    let lend = projector.is_none() && slot.as_ref().is_some_and(|l| l.sink.is_tcp());
-    let mut not_lent: Option<Box<LentSink>> = None;
-    // Bytes of the first frame of a batch already on the wire (a direct write in part).
-    let mut front_sent = 0;
 
     // Biased, the queue last: what the peer said (its close, a ping to answer, a new
     // token) and the timer (heartbeat pings, the token's expiry) are served between any
@@ -176,9 +126,6 @@ pub(super) async fn write_loop(
                     timer.as_mut().reset(next_deadline(next_ping, token_at));
                     timer_armed = false;
                 }
-                let Some(sink) = held(conn, slot) else {
-                    return WriterEnd::WriteFailed;
-                };
                 if let Some(payload) = current.ping
                     && !Box::pin(write_control(app, sink, OpCode::Pong, &payload)).await
                 {
@@ -200,13 +147,8 @@ pub(super) async fn write_loop(
                     next_ping = after(interval);
                     if heartbeat.is_expired(conn.silent_for()) {
                         conn.heartbeat_timed_out();
-                    } else {
-                        let Some(sink) = held(conn, slot) else {
-                            return WriterEnd::WriteFailed;
-                        };
-                        if !Box::pin(write_control(app, sink, OpCode::Ping, &[])).await {
-                            return WriterEnd::WriteFailed;
-                        }
+                    } else if !Box::pin(write_control(app, sink, OpCode::Ping, &[])).await {
+                        return WriterEnd::WriteFailed;
                     }
                 }
                 if token_at.is_some_and(|t| now >= t) {
@@ -223,25 +165,15 @@ pub(super) async fn write_loop(
                 timer.as_mut().reset(next_deadline(next_ping, token_at));
                 timer_armed = false;
             }
-            out = conn.next_frames_lending(
-                &mut batch,
-                &mut stamps,
-                settings.write_batch_frames,
-                if lend { &mut *slot } else { &mut not_lent },
-                &mut front_sent,
-            ) => match out {
+            out = conn.next_frames_stamped(&mut batch, &mut stamps, settings.write_batch_frames) => match out {
                 Outbound::Frames => {
-                    let Some(sink) = held(conn, slot) else {
-                        return WriterEnd::WriteFailed;
-                    };
                     if let Some(projector) = projector.as_mut() {
                         projector.project_batch(&mut batch, &app.metrics);
                         // Projected frames are other frames: the metric reads them as
                         // they are.
                         stamps.clear();
                     }
-                    let sent = std::mem::take(&mut front_sent);
-                    match write_batch(app, conn, sink, &mut batch, &mut stamps, sent).await {
+                    match write_batch(app, conn, sink, &mut batch, &mut stamps).await {
                         Err(e) => {
                             if matches!(e, WriteFailed::TimedOut) {
                                 app.metrics.write_timeout();
@@ -264,9 +196,6 @@ pub(super) async fn write_loop(
                 }
                 Outbound::Close(code) => {
                     app.metrics.closed(code);
-                    let Some(sink) = held(conn, slot) else {
-                        return WriterEnd::Closed(code);
-                    };
                     match Box::pin(timeout(settings.write_timeout, send_close(sink, code))).await {
                         Err(_) => app.metrics.write_timeout(),
                         Ok(Err(_)) => {}
@@ -345,10 +274,10 @@ async fn write_batch(
     sink: &mut Sink,
     batch: &mut Vec<Bytes>,
     stamps: &mut Vec<Option<u64>>,
-    mut sent: usize,
 ) -> Result<bool, WriteFailed> {
     app.metrics.frames_written(batch, stamps, Timestamp::now());
     stamps.clear();
+    let mut sent = 0;
     let result = match sink.write_text_now(batch, &mut sent) {
         Ok(true) => Ok(true),
         Ok(false) => Box::pin(write_batch_waiting(app, conn, sink, batch, sent)).await,
