@@ -75,6 +75,19 @@ pub fn custom(n: u64) -> Event {
     )
 }
 
+/// A `custom` event named `pad` carrying `n` and `pad` bytes of padding: a large frame.
+pub fn padded(n: u64, pad: usize) -> Event {
+    Event::new(
+        None,
+        None,
+        Custom {
+            name: "pad".into(),
+            value: serde_json::json!({ "n": n, "pad": "x".repeat(pad) }),
+            extra: Default::default(),
+        },
+    )
+}
+
 /// An `agent_started` event of run `run`.
 pub fn agent_started(run: &str) -> Event {
     Event::new(

@@ -10,8 +10,7 @@
 
 use std::time::Duration;
 
-use agentwire::protocol::{Custom, Event};
-use agentwire_e2e::{TestServer, WAIT, connect_small_buffer};
+use agentwire_e2e::{TestServer, WAIT, connect_small_buffer, padded};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -24,18 +23,6 @@ const BACKLOG: u64 = 600;
 const PAD: usize = 16 * 1024;
 /// How long the client takes per message it reads: about 1 MB/s.
 const READ_PAUSE: Duration = Duration::from_millis(16);
-
-fn padded(n: u64) -> Event {
-    Event::new(
-        None,
-        None,
-        Custom {
-            name: "pad".into(),
-            value: serde_json::json!({ "n": n, "pad": "x".repeat(PAD) }),
-            extra: Default::default(),
-        },
-    )
-}
 
 /// What a slow reader saw before the connection ended.
 #[derive(Debug, Default)]
@@ -96,7 +83,7 @@ async fn server_with_backlog(
     })
     .await;
     for n in 1..=BACKLOG {
-        server.emit("alice", padded(n)).await;
+        server.emit("alice", padded(n, PAD)).await;
     }
     server
 }
@@ -170,7 +157,7 @@ async fn a_slow_consumer_that_keeps_reading_gets_a_1013_close_frame() {
         let alice = agentwire_e2e::user("alice");
         for n in 1..=400 {
             manager
-                .emit_critical_event(&alice, padded(BACKLOG + n))
+                .emit_critical_event(&alice, padded(BACKLOG + n, PAD))
                 .await
                 .expect("emit");
         }

@@ -74,8 +74,8 @@ pub use leases::{
     NodeIdError, Renewal,
 };
 pub use manager::{
-    ConnectError, ConnectOptions, Connection, DeliveryReceipt, EmitError, MAX_MERGED_DELTA_BYTES,
-    ManagerStats, ObserverTaken, Outbound, PreparedEvent, Resume, RunEnded,
+    ConnectError, ConnectOptions, Connection, DeliveryReceipt, DirectSink, EmitError,
+    MAX_MERGED_DELTA_BYTES, ManagerStats, ObserverTaken, Outbound, PreparedEvent, Resume, RunEnded,
     UnifiedWebSocketManager, WeakManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};

@@ -1,8 +1,10 @@
 //! One connection as the manager sees it: a bounded outbound queue and the bookkeeping
 //! that keeps its stream gap-free and duplicate-free. The socket belongs to the server,
-//! which drains the queue with [`Connection::next_frames`].
+//! which drains the queue with [`Connection::next_frames`], and may lend it
+//! ([`DirectSink`]) while it waits.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
@@ -81,6 +83,30 @@ struct State {
     read_again: bool,
     /// The user's receipt, kept from the first write or ack on.
     receipt: ReceiptHandle,
+    /// The writer's socket, while the writer waits for frames
+    /// ([`Connection::next_frames_lending`]).
+    lent: Option<Arc<dyn DirectSink>>,
+}
+
+/// A connection's socket, as its writer lends it while it waits for frames
+/// ([`Connection::next_frames_lending`]): a live event delivered meanwhile to a connection
+/// with nothing queued is written at once by the task that delivers it, instead of being
+/// queued for the writer to wake up and write.
+///
+/// The manager calls [`DirectSink::send_now`] only under the connection's lock, only for
+/// the next event of the connection's stream, and only while nothing is queued and the
+/// writer holds no frames it took: so the stream keeps its order, and a frame the sink
+/// takes is the one the client must see next. The writer takes the lend back (under the
+/// same lock) each time it takes frames or a close; whatever else it writes meanwhile (a
+/// ping, a pong), the sink must keep from interleaving with a frame it was given.
+pub trait DirectSink: Send + Sync + std::fmt::Debug {
+    /// Writes `frame`, an event frame whose envelope's `ts` is `ts_ms` (milliseconds),
+    /// without waiting. `true`: the sink took the whole frame, which then counts as
+    /// written (delivered); a socket that takes only part of it at once leaves the rest
+    /// to the sink, which writes it before anything else. `false`: the sink took none of
+    /// it (the socket is busy or full, or failed), and the frame is queued for the writer.
+    /// Never waits, and never takes the connection's lock.
+    fn send_now(&self, frame: &Bytes, ts_ms: u64) -> bool;
 }
 
 /// A queued event frame: its place (the `pushed` count when it was queued), the newest
@@ -157,6 +183,7 @@ impl ConnShared {
                 replay_waiting: false,
                 read_again: false,
                 receipt: None,
+                lent: None,
             }),
             readable: AtomicWaker::new(),
             writable: Notify::new(),
@@ -270,8 +297,14 @@ impl ConnShared {
         self.state().epoch.clone()
     }
 
-    /// A live event from the broker subscription. Never waits.
-    pub(crate) fn deliver_live(&self, event: &StoredEvent, counters: &Counters) -> Pushed {
+    /// A live event from the broker subscription. Never waits. With nothing queued and
+    /// the writer's socket lent ([`DirectSink`]), the frame is written here and now.
+    pub(crate) fn deliver_live(
+        &self,
+        event: &StoredEvent,
+        manager: &UnifiedWebSocketManager,
+    ) -> Pushed {
+        let counters = &manager.inner.counters;
         let mut st = self.state();
         if st.closing.is_some() {
             return Pushed::Skipped;
@@ -326,6 +359,23 @@ impl ConnShared {
                     drop(st);
                     self.slow_consumer(counters);
                     return Pushed::Skipped;
+                }
+                if st.queue.is_empty()
+                    && st
+                        .lent
+                        .as_ref()
+                        .is_some_and(|sink| sink.send_now(&event.frame, event.ts.as_millis()))
+                {
+                    st.last_sent = event.seq;
+                    st.taken_seq = event.seq;
+                    let State { epoch, receipt, .. } = &mut *st;
+                    let moved = epoch.as_ref().and_then(|epoch| {
+                        manager.record_receipt_in(receipt, &self.user, epoch, Some(event.seq), None)
+                    });
+                    drop(st);
+                    counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    manager.receipt_moved(&self.user, moved);
+                    return Pushed::Queued;
                 }
                 st.last_sent = event.seq;
                 st.queued_bytes += event.frame.len();
@@ -602,7 +652,7 @@ impl Connection {
     /// # Cancel safety
     /// Cancel safe: frames are moved into `out` only when the call returns.
     pub async fn next_frames(&self, out: &mut Vec<Bytes>, max_frames: usize) -> Outbound {
-        self.take_frames(out, None, max_frames).await
+        self.take_frames(out, None, max_frames, None).await
     }
 
     /// [`Connection::next_frames`], also telling each frame's `ts`: `stamps` follows `out`
@@ -622,20 +672,53 @@ impl Connection {
         stamps: &mut Vec<Option<u64>>,
         max_frames: usize,
     ) -> Outbound {
-        self.take_frames(out, Some(stamps), max_frames).await
+        self.take_frames(out, Some(stamps), max_frames, None).await
     }
 
-    async fn take_frames(
-        &self,
-        out: &mut Vec<Bytes>,
-        mut stamps: Option<&mut Vec<Option<u64>>>,
+    /// [`Connection::next_frames_stamped`] for a writer that lends its socket while it
+    /// waits: `sink` (if any) is lent to the connection each time the call finds nothing
+    /// to take ([`DirectSink`]), and a live event delivered while nothing is queued is
+    /// then written by the task that delivers it, which saves waking the writer for it.
+    /// The lend ends when the call returns frames or a close, and with
+    /// [`Connection::stop_lending`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Connection::next_frames`]. Dropped while it waits, it leaves the
+    /// sink lent.
+    pub fn next_frames_lending<'a>(
+        &'a self,
+        out: &'a mut Vec<Bytes>,
+        stamps: &'a mut Vec<Option<u64>>,
         max_frames: usize,
-    ) -> Outbound {
-        std::future::poll_fn(|cx| {
+        sink: Option<&'a Arc<dyn DirectSink>>,
+    ) -> impl Future<Output = Outbound> + 'a {
+        self.take_frames(out, Some(stamps), max_frames, sink)
+    }
+
+    /// Ends the lend of [`Connection::next_frames_lending`], if any: once this returns,
+    /// nothing more is written to the sink by the connection.
+    pub fn stop_lending(&self) {
+        let lent = self.shared.state().lent.take();
+        drop(lent);
+    }
+
+    fn take_frames<'a>(
+        &'a self,
+        out: &'a mut Vec<Bytes>,
+        mut stamps: Option<&'a mut Vec<Option<u64>>>,
+        max_frames: usize,
+        lend: Option<&'a Arc<dyn DirectSink>>,
+    ) -> impl Future<Output = Outbound> + 'a {
+        std::future::poll_fn(move |cx| {
             // Registered before the queue is looked at, so a frame pushed after the look
             // wakes this task.
             self.shared.readable.register(cx.waker());
             let mut st = self.shared.state();
+            if lend.is_some() && (!st.queue.is_empty() || st.closing.is_some()) {
+                // The writer writes what it takes: nothing is written past it. (Never the
+                // last reference: the writer holds one.)
+                st.lent = None;
+            }
             if !st.queue.is_empty() {
                 let n = st.queue.len().min(max_frames.max(1));
                 let before = out.len();
@@ -710,6 +793,11 @@ impl Connection {
             } else {
                 VecDeque::new()
             };
+            if let Some(sink) = lend
+                && st.lent.is_none()
+            {
+                st.lent = Some(sink.clone());
+            }
             drop(st);
             drop(unkept);
             drop(unkept_marks);
@@ -721,7 +809,6 @@ impl Connection {
             }
             Poll::Pending
         })
-        .await
     }
 
     /// Resolves once the connection is closing with a code whose queue is dropped (a slow
@@ -1068,5 +1155,151 @@ mod tests {
         assert_eq!(got, vec![Got::Event(third)]);
         conn.written();
         assert_eq!(m.receipt(&user).delivered_seq.get(), third);
+    }
+
+    /// A socket as a writer lends it: it takes every frame it is given (and records it),
+    /// or none.
+    #[derive(Debug)]
+    struct TestSink {
+        wrote: std::sync::Mutex<Vec<Bytes>>,
+        takes: bool,
+    }
+
+    impl super::DirectSink for TestSink {
+        fn send_now(&self, frame: &Bytes, _: u64) -> bool {
+            if self.takes {
+                self.wrote.lock().expect("lock").push(frame.clone());
+            }
+            self.takes
+        }
+    }
+
+    impl TestSink {
+        fn wrote(&self) -> Vec<Got> {
+            let wrote = self.wrote.lock().expect("lock");
+            wrote.iter().filter_map(|f| decode(f)).collect()
+        }
+    }
+
+    /// A live connection whose writer has taken what the connect queued, and waits with
+    /// a [`TestSink`] lent.
+    async fn lending(
+        takes: bool,
+    ) -> (
+        UnifiedWebSocketManager,
+        UserId,
+        super::Connection,
+        Arc<TestSink>,
+    ) {
+        let (m, user, conn) = connected().await;
+        // Live once the connect's catch-up task has run.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let sink = Arc::new(TestSink {
+            wrote: std::sync::Mutex::default(),
+            takes,
+        });
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        loop {
+            match take_lending(&conn, Some(&lent)).await {
+                Some((Outbound::Frames, _)) => {}
+                Some((Outbound::Close(code), _)) => panic!("closed: {code:?}"),
+                None => break,
+            }
+        }
+        (m, user, conn, sink)
+    }
+
+    /// One poll of `next_frames_lending`: what it returned and the frames it took, or
+    /// `None` if it waits (dropped then, which leaves `sink` lent).
+    async fn take_lending(
+        conn: &super::Connection,
+        sink: Option<&Arc<dyn super::DirectSink>>,
+    ) -> Option<(Outbound, Vec<Got>)> {
+        let (mut out, mut stamps) = (Vec::new(), Vec::new());
+        let next = conn.next_frames_lending(&mut out, &mut stamps, 256, sink);
+        let got = tokio::time::timeout(Duration::ZERO, next).await.ok()?;
+        Some((got, out.iter().filter_map(|f| decode(f)).collect()))
+    }
+
+    /// With the writer waiting and nothing queued, the deliverer writes each live event's
+    /// frame itself, in order: nothing is queued, the receipt moves; once the lend
+    /// ends, events are queued for the writer again.
+    #[tokio::test(start_paused = true)]
+    async fn a_live_event_to_a_waiting_writer_is_written_by_the_deliverer() {
+        let (m, user, conn, sink) = lending(true).await;
+        let first = emit(&m, &user, 1).await;
+        let second = emit(&m, &user, 2).await;
+        assert_eq!(sink.wrote(), vec![Got::Event(first), Got::Event(second)]);
+        assert_eq!(conn.shared.queued(), (0, 0));
+        assert_eq!(m.receipt(&user).delivered_seq.get(), second);
+        conn.stop_lending();
+        let third = emit(&m, &user, 3).await;
+        assert_eq!(conn.shared.queued().0, 1);
+        assert_eq!(
+            take_lending(&conn, None).await,
+            Some((Outbound::Frames, vec![Got::Event(third)]))
+        );
+        assert_eq!(sink.wrote().len(), 2);
+    }
+
+    /// A frame queued first (a pong) keeps its place: while anything is queued, a live
+    /// event is queued behind it, not written past it; and while the writer holds what it
+    /// took, the next event is queued too (the lend ended when it took them).
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_written_past_a_frame_queued_or_taken() {
+        let (m, user, conn, sink) = lending(true).await;
+        assert!(conn.send_control(&ServerFrame::Pong));
+        let first = emit(&m, &user, 1).await;
+        assert!(sink.wrote().is_empty());
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        assert_eq!(
+            take_lending(&conn, Some(&lent)).await,
+            Some((Outbound::Frames, vec![Got::Pong, Got::Event(first)]))
+        );
+        let second = emit(&m, &user, 2).await;
+        assert!(sink.wrote().is_empty());
+        assert_eq!(
+            take_lending(&conn, Some(&lent)).await,
+            Some((Outbound::Frames, vec![Got::Event(second)]))
+        );
+        // Waiting again: lent again.
+        assert_eq!(take_lending(&conn, Some(&lent)).await, None);
+        let third = emit(&m, &user, 3).await;
+        assert_eq!(sink.wrote(), vec![Got::Event(third)]);
+    }
+
+    /// A frame the sink does not take is queued for the writer, and the receipt moves
+    /// only once the writer has written it.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_the_sink_does_not_take_is_queued() {
+        let (m, user, conn, sink) = lending(false).await;
+        let seq = emit(&m, &user, 1).await;
+        assert_eq!(conn.shared.queued().0, 1);
+        assert!(m.receipt(&user).delivered_seq.get() < seq);
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        assert_eq!(
+            take_lending(&conn, Some(&lent)).await,
+            Some((Outbound::Frames, vec![Got::Event(seq)]))
+        );
+        conn.written();
+        assert_eq!(m.receipt(&user).delivered_seq.get(), seq);
+    }
+
+    /// A closing connection writes nothing more through the sink: its writer takes the
+    /// close.
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_connection_writes_nothing_directly() {
+        let (m, user, conn, sink) = lending(true).await;
+        conn.close(agentwire_protocol::CloseCode::GoingAway);
+        let _ = emit(&m, &user, 1).await;
+        assert!(sink.wrote().is_empty());
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        assert_eq!(
+            take_lending(&conn, Some(&lent)).await,
+            Some((
+                Outbound::Close(agentwire_protocol::CloseCode::GoingAway),
+                vec![]
+            ))
+        );
     }
 }

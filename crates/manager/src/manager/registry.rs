@@ -64,7 +64,7 @@ impl UnifiedWebSocketManager {
             return;
         };
         for conn in &entry.conns {
-            if conn.deliver_live(event, &self.inner.counters) == Pushed::NeedsCatchUp {
+            if conn.deliver_live(event, self) == Pushed::NeedsCatchUp {
                 self.spawn_catch_up(conn.clone(), None);
             }
         }

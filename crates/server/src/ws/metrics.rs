@@ -46,6 +46,8 @@ type Labels = [(&'static str, &'static str); 1];
 pub(crate) struct WsMetrics {
     publish_to_write: Histogram,
     frames_written: Counter,
+    direct_frames: Counter,
+    direct_frames_split: Counter,
     write_timeouts: Counter,
     bad_frames: Counter,
     rate_limited: Counter,
@@ -67,6 +69,8 @@ impl WsMetrics {
         let m = WsMetrics {
             publish_to_write: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             frames_written: Counter::default(),
+            direct_frames: Counter::default(),
+            direct_frames_split: Counter::default(),
             write_timeouts: Counter::default(),
             bad_frames: Counter::default(),
             rate_limited: Counter::default(),
@@ -89,6 +93,17 @@ impl WsMetrics {
             "agentwire_frames_written",
             "Frames written to WebSocket connections (events, replays and control frames)",
             m.frames_written.clone(),
+        );
+        registry.register(
+            "agentwire_direct_frames",
+            "Event frames written by the task that delivered them, the connection's writer \
+             waiting (counted in agentwire_frames_written too)",
+            m.direct_frames.clone(),
+        );
+        registry.register(
+            "agentwire_direct_frames_split",
+            "Direct frames the socket took only in part, whose rest the writer wrote",
+            m.direct_frames_split.clone(),
         );
         registry.register(
             "agentwire_write_timeouts",
@@ -173,6 +188,15 @@ impl WsMetrics {
             } else if frame.starts_with(b"{\"type\":\"") && frame_has_seq(frame) {
                 self.unparsed_ts.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// A frame written by the task that delivered it ([`Self::frames_written`] counts it
+    /// too); `split` when the socket took only part of it.
+    pub(crate) fn direct_frame(&self, split: bool) {
+        self.direct_frames.inc();
+        if split {
+            self.direct_frames_split.inc();
         }
     }
 

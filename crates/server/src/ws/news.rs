@@ -1,15 +1,20 @@
 //! What one connection's reader and writer share: the socket's two halves, and the cell
 //! through which the reader tells the writer what it saw (token refreshes, pings to
-//! answer, how reading ended).
+//! answer, how reading ended), which also holds the writer's socket while the writer
+//! lends it to the connection.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::task::Poll;
 
+use agentwire_manager::DirectSink;
+use agentwire_protocol::Timestamp;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
-use super::wire::{FrameWriter, WsStream};
+use super::WsState;
+use super::wire::{FrameWriter, WsStream, text_rest};
 
 pub(super) type Sink = FrameWriter;
 pub(super) type Stream = Box<WsStream>;
@@ -34,8 +39,9 @@ pub(super) enum ReaderEnd {
 #[derive(Debug)]
 pub(super) struct PeerNews {
     pub(super) expires_at: u64,
-    /// The payload of the newest ping not yet answered (the writer takes it).
-    pub(super) ping: Option<Bytes>,
+    /// The payload of the newest ping not yet answered (the writer takes it). Boxed
+    /// rather than shared bytes: rare, and every connection holds the room.
+    pub(super) ping: Option<Box<[u8]>>,
     /// Set once the reader is done.
     pub(super) end: Option<ReaderEnd>,
     /// The reader throws away what the peer sends (closed with 1008 for a flood), so the
@@ -43,50 +49,99 @@ pub(super) struct PeerNews {
     pub(super) discarding: bool,
 }
 
+/// What the cell's lock guards: the news, and the writer's socket while the writer waits
+/// for frames ([`NewsCell::park`]) with the rest of a frame a deliverer wrote to it in
+/// part. One lock for both: the cell is held by every connection, and what each takes is
+/// short.
+#[derive(Debug)]
+pub(super) struct Guarded {
+    pub(super) news: PeerNews,
+    sink: Option<Sink>,
+    /// The bytes still to write of a frame the socket took in part: the writer writes
+    /// them before anything else.
+    rest: Option<Bytes>,
+}
+
 /// The reader's [`PeerNews`], shared with the writer. The writer looks at it on every
 /// wake-up, so looking costs two atomic operations: a version number and a waker (a
 /// `watch` channel would build and drop a waiter each time).
+///
+/// It also holds the writer's socket while the writer waits for frames, lent to the
+/// connection as its [`DirectSink`]: it lives as long as the connection, so lending it
+/// allocates nothing.
 #[derive(Debug)]
 pub(super) struct NewsCell {
-    news: std::sync::Mutex<PeerNews>,
+    guarded: std::sync::Mutex<Guarded>,
     version: AtomicU64,
     waker: AtomicWaker,
+    /// For the metrics of the frames written while the socket is parked.
+    app: Arc<WsState>,
 }
 
 impl NewsCell {
-    pub(super) fn new(expires_at: u64) -> Self {
+    pub(super) fn new(app: Arc<WsState>, expires_at: u64) -> Self {
         NewsCell {
-            news: std::sync::Mutex::new(PeerNews {
-                expires_at,
-                ping: None,
-                end: None,
-                discarding: false,
+            guarded: std::sync::Mutex::new(Guarded {
+                news: PeerNews {
+                    expires_at,
+                    ping: None,
+                    end: None,
+                    discarding: false,
+                },
+                sink: None,
+                rest: None,
             }),
             version: AtomicU64::new(0),
             waker: AtomicWaker::new(),
+            app,
         }
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, PeerNews> {
-        // Every update is a plain field assignment: a poisoned lock holds whole data.
-        self.news
+    fn guarded(&self) -> std::sync::MutexGuard<'_, Guarded> {
+        // Every update is a plain field assignment or moves a whole value: a poisoned
+        // lock holds whole data.
+        self.guarded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(super) fn update(&self, change: impl FnOnce(&mut PeerNews)) {
-        change(&mut self.lock());
+    /// Leaves the writer's socket here while the writer waits for frames: a frame the
+    /// connection gives [`DirectSink::send_now`] meanwhile is written to it.
+    pub(super) fn park(&self, sink: Sink) {
+        self.guarded().sink = Some(sink);
+    }
+
+    /// Takes the socket back from [`NewsCell::park`] (`None` if it is not here), with the
+    /// bytes still to write of a frame written to it in part, which go before anything
+    /// else.
+    pub(super) fn unpark(&self) -> (Option<Sink>, Option<Bytes>) {
+        let mut guarded = self.guarded();
+        (guarded.sink.take(), guarded.rest.take())
+    }
+
+    /// Wakes the writer as news does, with no news: to write the rest of a frame.
+    fn nudge(&self) {
         self.version.fetch_add(1, AtomicOrdering::Release);
         self.waker.wake();
     }
 
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Guarded> {
+        self.guarded()
+    }
+
+    pub(super) fn update(&self, change: impl FnOnce(&mut PeerNews)) {
+        change(&mut self.lock().news);
+        self.nudge();
+    }
+
     pub(super) fn expires_at(&self) -> u64 {
-        self.lock().expires_at
+        self.lock().news.expires_at
     }
 
     /// The news, taking the ping to answer so that it is answered once.
     pub(super) fn take(&self) -> PeerNews {
-        let mut news = self.lock();
+        let mut guarded = self.lock();
+        let news = &mut guarded.news;
         PeerNews {
             expires_at: news.expires_at,
             ping: news.ping.take(),
@@ -114,7 +169,7 @@ impl NewsCell {
         let mut seen = u64::MAX;
         loop {
             {
-                let news = self.lock();
+                let news = &self.lock().news;
                 if news.end.is_some() {
                     return false;
                 }
@@ -129,8 +184,39 @@ impl NewsCell {
     /// Resolves once the reader is done.
     pub(super) async fn ended(&self) {
         let mut seen = u64::MAX;
-        while self.lock().end.is_none() {
+        while self.lock().news.end.is_none() {
             seen = self.changed(seen).await;
         }
+    }
+}
+
+impl DirectSink for NewsCell {
+    /// Writes the frame to the parked socket, as far as it takes it without waiting. A
+    /// socket that takes part of it keeps the rest here and wakes the writer, which
+    /// writes the rest before anything else; until then, the next frames are queued.
+    fn send_now(&self, frame: &Bytes, ts_ms: u64) -> bool {
+        let mut guarded = self.guarded();
+        let Guarded { sink, rest, .. } = &mut *guarded;
+        let Some(sink) = sink.as_ref().filter(|_| rest.is_none()) else {
+            return false;
+        };
+        let frames = std::slice::from_ref(frame);
+        let mut sent = 0;
+        // A failure is the writer's to find, when it writes next.
+        let all = sink.write_text_now(frames, &mut sent).unwrap_or(false);
+        if !all {
+            if sent == 0 {
+                return false;
+            }
+            *rest = Some(text_rest(frame, sent));
+        }
+        drop(guarded);
+        let metrics = &self.app.metrics;
+        metrics.frames_written(frames, &[Some(ts_ms)], Timestamp::now());
+        metrics.direct_frame(!all);
+        if !all {
+            self.nudge();
+        }
+        true
     }
 }

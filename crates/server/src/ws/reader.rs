@@ -132,7 +132,7 @@ pub(super) async fn read_loop(
 impl Drop for Reader {
     /// A reader stopped any other way (aborted with its task) still tells the writer.
     fn drop(&mut self) {
-        if self.news.lock().end.is_none() {
+        if self.news.lock().news.end.is_none() {
             self.news.update(|n| n.end = Some(ReaderEnd::PeerGone));
         }
     }
@@ -276,7 +276,8 @@ impl Reader {
         }
         if let Message::Ping(payload) = msg {
             if self.within_rate() {
-                self.news.update(|news| news.ping = Some(payload));
+                self.news
+                    .update(|news| news.ping = Some(payload[..].into()));
             }
             return None;
         }

@@ -38,7 +38,11 @@ pub(super) async fn serve_socket(
         first,
         news.clone(),
     ));
-    let end = write_loop(&app, &conn, &mut sink, &news, format).await;
+    let end = write_loop(&app, &conn, sink, &news, format).await;
+    // However the writer ended, nothing more is written by the connection, and the socket
+    // closes with this task (if it was parked).
+    conn.stop_lending();
+    drop(news.unpark());
     // However the writer ended, the reader must not keep the socket open.
     reader.abort();
     conn.disconnect();
@@ -98,7 +102,7 @@ async fn open(
     {
         Ok(c) => {
             tracing::info!(user = %verified.user, connection = %c.id(), "connected");
-            let news = Arc::new(NewsCell::new(verified.expires_at));
+            let news = Arc::new(NewsCell::new(app.clone(), verified.expires_at));
             Some((Arc::new(c), news, stream, first))
         }
         Err(e) => {

@@ -390,6 +390,18 @@ impl std::fmt::Debug for FrameWriter {
     }
 }
 
+/// What is left to write of `frame`'s text frame once its first `sent` bytes (header
+/// included) are on the wire: a slice of `frame`, or (the header itself cut, which a
+/// socket rarely does) a copy.
+pub(crate) fn text_rest(frame: &Bytes, sent: usize) -> Bytes {
+    let header = Header::new(OpCode::Text, frame.len());
+    let header = header.as_slice();
+    match sent.checked_sub(header.len()) {
+        Some(past) => frame.slice(past.min(frame.len())..),
+        None => [&header[sent..], &frame[..]].concat().into(),
+    }
+}
+
 impl FrameWriter {
     fn new(io: WriteHalf, slot: Option<ConnSlot>) -> Self {
         FrameWriter { io, _slot: slot }
@@ -408,6 +420,12 @@ impl FrameWriter {
             return Ok(());
         }
         self.write_text_rest(frames, sent).await
+    }
+
+    /// Whether this writes to a plain TCP socket ([`FrameWriter::write_text_now`] writes
+    /// nothing to any other transport).
+    pub(crate) fn is_tcp(&self) -> bool {
+        matches!(self.io, WriteHalf::Tcp(_))
     }
 
     /// Writes each payload as a text frame with what a plain TCP socket takes now, without
@@ -491,6 +509,13 @@ impl FrameWriter {
         let header = Header::new(opcode, payload.len());
         let mut slices = [IoSlice::new(header.as_slice()), IoSlice::new(payload)];
         self.io.write_slices(&mut slices, &mut 0).await
+    }
+
+    /// Writes `bytes` as they are: the rest of a frame begun elsewhere ([`text_rest`]).
+    pub(crate) async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.io
+            .write_slices(&mut [IoSlice::new(bytes)], &mut 0)
+            .await
     }
 
     /// Sends a close frame with `code` and `reason`.
@@ -738,6 +763,28 @@ mod tests {
         }
     }
 
+    /// `frames` as text frames on the wire.
+    fn on_the_wire(frames: &[Bytes]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for f in frames {
+            wire.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
+            wire.extend_from_slice(f);
+        }
+        wire
+    }
+
+    /// A connected pair of loopback sockets: the client's end, and the server's.
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
     /// A batch on a plain TCP socket: sent from the stack while the socket takes it, the
     /// rest (after the socket's buffer filled mid-frame) once the peer reads, every byte
     /// in order; batches short and long, with frames of every header length.
@@ -751,18 +798,8 @@ mod tests {
                     Bytes::from(vec![b'a' + (i % 26) as u8; len])
                 })
                 .collect();
-            let mut expected = Vec::new();
-            for f in &frames {
-                expected.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
-                expected.extend_from_slice(f);
-            }
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-                .await
-                .expect("connect");
-            let (server, _) = listener.accept().await.expect("accept");
+            let expected = on_the_wire(&frames);
+            let (mut client, server) = tcp_pair().await;
             socket2::SockRef::from(&server)
                 .set_send_buffer_size(4096)
                 .expect("SO_SNDBUF");
@@ -792,11 +829,7 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| Bytes::from(vec![b'a' + i as u8; n]))
             .collect();
-        let mut expected = Vec::new();
-        for f in &frames {
-            expected.extend_from_slice(Header::new(OpCode::Text, f.len()).as_slice());
-            expected.extend_from_slice(f);
-        }
+        let expected = on_the_wire(&frames);
         for vectored in [true, false] {
             for chunk in [1, 3, 64, 1 << 20] {
                 let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

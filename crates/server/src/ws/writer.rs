@@ -3,10 +3,11 @@
 //! write timeout, and closes with 4002 when the token expires.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use agentwire_manager::{Connection, Outbound};
+use agentwire_manager::{Connection, DirectSink, Outbound};
 use agentwire_protocol::{CloseCode, Timestamp};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -81,11 +82,46 @@ enum WriteFailed {
     Socket,
 }
 
+/// The socket in the writer's hands: taken back from the news cell if it was parked there
+/// (lent), the rest of a frame a deliverer wrote to it in part written first, within the
+/// write timeout. `None` when that write failed or timed out, which ends the connection.
+async fn hold<'a>(
+    app: &WsState,
+    news: &NewsCell,
+    held: &'a mut Option<Sink>,
+) -> Option<&'a mut Sink> {
+    if held.is_none() {
+        let (sink, rest) = news.unpark();
+        *held = sink;
+        if let (Some(sink), Some(rest)) = (held.as_mut(), rest)
+            && !Box::pin(write_rest(app, sink, rest)).await
+        {
+            return None;
+        }
+    }
+    held.as_mut()
+}
+
+/// Writes the rest of a frame begun elsewhere, within the write timeout.
+async fn write_rest(app: &WsState, sink: &mut Sink, rest: Bytes) -> bool {
+    match timeout(app.ws.write_timeout, sink.write_raw(&rest)).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            app.metrics.write_timeout();
+            false
+        }
+    }
+}
+
+/// The connection's writer, until the connection ends. While it waits for frames on a
+/// plain TCP socket whose frames it does not project, its socket is parked in `news` and
+/// lent to the connection ([`Connection::next_frames_lending`]); the caller ends the lend
+/// ([`Connection::stop_lending`]) once it returns.
 pub(super) async fn write_loop(
     app: &WsState,
     conn: &Connection,
-    sink: &mut Sink,
-    news: &NewsCell,
+    sink: Sink,
+    news: &Arc<NewsCell>,
     format: Format,
 ) -> WriterEnd {
     let settings = &app.ws;
@@ -110,16 +146,29 @@ pub(super) async fn write_loop(
     let mut seen = 0u64;
     let mut reader_end = None;
     let mut projector = Projector::for_format(format);
+    let lend: Option<Arc<dyn DirectSink>> =
+        (projector.is_none() && sink.is_tcp()).then(|| Arc::clone(news) as Arc<dyn DirectSink>);
+    let mut held = Some(sink);
+    let max_frames = settings.write_batch_frames;
 
     // Biased, the queue last: what the peer said (its close, a ping to answer, a new
     // token) and the timer (heartbeat pings, the token's expiry) are served between any
     // two batches, however long the queue stays full. Looking at both costs two polls per
     // batch.
     loop {
+        if lend.is_some()
+            && let Some(sink) = held.take()
+        {
+            news.park(sink);
+        }
         tokio::select! {
             biased;
             version = news.changed(seen), if reader_end.is_none() => {
                 seen = version;
+                // Woken to write the rest of a frame, or with news that may need the socket.
+                let Some(sink) = hold(app, news, &mut held).await else {
+                    return WriterEnd::WriteFailed;
+                };
                 let current = news.take();
                 if token_at.is_some() {
                     token_at = Some(expires_at(current.expires_at));
@@ -147,8 +196,13 @@ pub(super) async fn write_loop(
                     next_ping = after(interval);
                     if heartbeat.is_expired(conn.silent_for()) {
                         conn.heartbeat_timed_out();
-                    } else if !Box::pin(write_control(app, sink, OpCode::Ping, &[])).await {
-                        return WriterEnd::WriteFailed;
+                    } else {
+                        let Some(sink) = hold(app, news, &mut held).await else {
+                            return WriterEnd::WriteFailed;
+                        };
+                        if !Box::pin(write_control(app, sink, OpCode::Ping, &[])).await {
+                            return WriterEnd::WriteFailed;
+                        }
                     }
                 }
                 if token_at.is_some_and(|t| now >= t) {
@@ -165,8 +219,11 @@ pub(super) async fn write_loop(
                 timer.as_mut().reset(next_deadline(next_ping, token_at));
                 timer_armed = false;
             }
-            out = conn.next_frames_stamped(&mut batch, &mut stamps, settings.write_batch_frames) => match out {
+            out = conn.next_frames_lending(&mut batch, &mut stamps, max_frames, lend.as_ref()) => match out {
                 Outbound::Frames => {
+                    let Some(sink) = hold(app, news, &mut held).await else {
+                        return WriterEnd::WriteFailed;
+                    };
                     if let Some(projector) = projector.as_mut() {
                         projector.project_batch(&mut batch, &app.metrics);
                         // Projected frames are other frames: the metric reads them as
@@ -196,6 +253,9 @@ pub(super) async fn write_loop(
                 }
                 Outbound::Close(code) => {
                     app.metrics.closed(code);
+                    let Some(sink) = hold(app, news, &mut held).await else {
+                        return WriterEnd::Closed(code);
+                    };
                     match Box::pin(timeout(settings.write_timeout, send_close(sink, code))).await {
                         Err(_) => app.metrics.write_timeout(),
                         Ok(Err(_)) => {}
