@@ -74,7 +74,8 @@ pub use leases::{
     NodeIdError, Renewal,
 };
 pub use manager::{
-    ConnectError, ConnectOptions, Connection, DeliveryReceipt, DirectSink, EmitError,
+    ConnectError, ConnectOptions, Connection, DIRECT_WRITES_PAUSE_ABOVE,
+    DIRECT_WRITES_RESUME_BELOW, DeliveryReceipt, DirectSink, EmitError, LOAD_PROBE_INTERVAL,
     MAX_MERGED_DELTA_BYTES, ManagerStats, ObserverTaken, Outbound, PreparedEvent, Resume, RunEnded,
     UnifiedWebSocketManager, WeakManager,
 };

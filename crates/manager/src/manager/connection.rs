@@ -99,6 +99,10 @@ struct State {
 /// takes is the one the client must see next. The writer takes the lend back (under the
 /// same lock) each time it takes frames or a close; whatever else it writes meanwhile (a
 /// ping, a pong), the sink must keep from interleaving with a frame it was given.
+///
+/// It calls it not at all while direct writes are paused
+/// ([`UnifiedWebSocketManager::direct_writes_paused`]: a saturated runtime, where a woken
+/// writer sends what queued meanwhile in one write): the frame is queued, lent or not.
 pub trait DirectSink: Send + Sync + std::fmt::Debug {
     /// Writes `frame`, an event frame whose envelope's `ts` is `ts_ms` (milliseconds),
     /// without waiting. `true`: the sink took the whole frame, which then counts as
@@ -361,6 +365,7 @@ impl ConnShared {
                     return Pushed::Skipped;
                 }
                 if st.queue.is_empty()
+                    && !manager.inner.load.paused()
                     && st
                         .lent
                         .as_ref()
@@ -1283,6 +1288,27 @@ mod tests {
         );
         conn.written();
         assert_eq!(m.receipt(&user).delivered_seq.get(), seq);
+    }
+
+    /// While direct writes are paused (a saturated runtime), a live event is queued for
+    /// the writer although its socket is lent; once they resume, the deliverer writes again.
+    #[tokio::test(start_paused = true)]
+    async fn paused_direct_writes_queue_for_the_writer() {
+        let (m, user, conn, sink) = lending(true).await;
+        m.inner.load.measured(1_000);
+        assert!(m.direct_writes_paused());
+        let first = emit(&m, &user, 1).await;
+        assert!(sink.wrote().is_empty());
+        assert_eq!(conn.shared.queued().0, 1);
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        assert_eq!(
+            take_lending(&conn, Some(&lent)).await,
+            Some((Outbound::Frames, vec![Got::Event(first)]))
+        );
+        assert_eq!(take_lending(&conn, Some(&lent)).await, None);
+        m.inner.load.measured(0);
+        let second = emit(&m, &user, 2).await;
+        assert_eq!(sink.wrote(), vec![Got::Event(second)]);
     }
 
     /// A closing connection writes nothing more through the sink: its writer takes the

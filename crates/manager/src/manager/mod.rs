@@ -2,7 +2,7 @@
 //! event passes. One concept per file: `registry` (who is connected, limits, fan-out),
 //! `connect` (a new connection and where its stream starts), `catch_up` (replaying
 //! history, paced by the writer, and resyncs), `emit` (validate, serialize once, publish),
-//! `reads` (history, event lookup, broker health), `stats`, `counters`, `sweeper`
+//! `reads` (history, event lookup, broker health), `stats`, `counters`, `load` (how busy the runtime is, which pauses direct writes), `sweeper`
 //! (heartbeat deadlines, history trimming), `watchdog` (ending stalled runs), `receipts` (how far each user's clients got), `run_ends` (the observer of runs' terminal events), `singleton` (the process-wide manager) and
 //! `connection` (one connection's queue and handle).
 
@@ -27,6 +27,7 @@ mod connect;
 mod connection;
 mod counters;
 mod emit;
+mod load;
 mod reads;
 mod receipts;
 mod registry;
@@ -43,6 +44,7 @@ pub(crate) use counters::Counters;
 #[cfg(test)]
 pub(crate) use emit::serialize_body;
 pub use emit::{EmitError, PreparedEvent};
+pub use load::{DIRECT_WRITES_PAUSE_ABOVE, DIRECT_WRITES_RESUME_BELOW, LOAD_PROBE_INTERVAL};
 pub use receipts::DeliveryReceipt;
 use registry::Router;
 pub use run_ends::{ObserverTaken, RunEnded};
@@ -72,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     router: OnceLock<Arc<dyn Subscriber>>,
     sweeper_started: AtomicBool,
+    /// How busy the runtime is, which pauses direct writes while the node is saturated.
+    load: load::RuntimeLoad,
     watchdog: watchdog::Watchdog,
     receipts: receipts::Receipts,
     /// The users' receipts across the cluster; `None` for a node on its own.
@@ -151,6 +155,7 @@ impl UnifiedWebSocketManager {
             counters: Counters::default(),
             router: OnceLock::new(),
             sweeper_started: AtomicBool::new(false),
+            load: load::RuntimeLoad::default(),
             watchdog: watchdog::Watchdog::default(),
             receipts: receipts::Receipts::default(),
             receipt_store,

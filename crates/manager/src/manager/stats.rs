@@ -98,6 +98,12 @@ pub struct ManagerStats {
     pub receipts_unflushed: u64,
     /// Writes to the cluster's receipt store that failed (each retried at the next flush).
     pub receipt_flush_failures: u64,
+    /// The share of the last [`LOAD_PROBE_INTERVAL`](crate::LOAD_PROBE_INTERVAL) the
+    /// runtime's workers were busy, in thousandths (probed once a connection was made).
+    pub runtime_busy_permille: u64,
+    /// Times direct writes were paused because that share exceeded
+    /// [`DIRECT_WRITES_PAUSE_ABOVE`](crate::DIRECT_WRITES_PAUSE_ABOVE).
+    pub direct_write_pauses: u64,
 }
 
 impl UnifiedWebSocketManager {
@@ -167,6 +173,8 @@ impl UnifiedWebSocketManager {
             receipts_expired: load(&c.receipts_expired),
             receipts_unflushed: load(&c.receipts_unflushed),
             receipt_flush_failures: load(&c.receipt_flush_failures),
+            runtime_busy_permille: self.inner.load.busy(),
+            direct_write_pauses: self.inner.load.pauses(),
         }
     }
 }

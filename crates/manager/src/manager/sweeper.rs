@@ -61,6 +61,7 @@ impl UnifiedWebSocketManager {
             return;
         }
         self.start_renewal(&handle);
+        self.start_load_probe(&handle);
         self.every(&handle, self.inner.config.sweep_interval, |m| async move {
             m.sweep();
         });

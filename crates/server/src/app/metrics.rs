@@ -426,7 +426,8 @@ impl Collector for ManagerCollector {
             s.queued_bytes,
         )?;
         encode_runs(e, &s.runs)?;
-        encode_watchdog(e, &s)
+        encode_watchdog(e, &s)?;
+        encode_load(e, &s)
     }
 }
 
@@ -489,6 +490,28 @@ fn encode_watchdog(e: &mut DescriptorEncoder<'_>, s: &ManagerStats) -> fmt::Resu
         "agentwire_receipt_flush_failures",
         "Receipt writes to Redis that failed (each retried at the next flush)",
         s.receipt_flush_failures,
+    )
+}
+
+/// How busy the runtime is, and the direct writes it pauses (docs/architecture.md,
+/// *Direct writes*).
+fn encode_load(e: &mut DescriptorEncoder<'_>, s: &ManagerStats) -> fmt::Result {
+    #[allow(clippy::cast_precision_loss)] // at most 1,000
+    let busy = ConstGauge::new(s.runtime_busy_permille as f64 / 1e3);
+    let m = e.encode_descriptor(
+        "agentwire_runtime_busy_ratio",
+        "The share of the last 50 ms the runtime's workers were busy",
+        None,
+        busy.metric_type(),
+    )?;
+    busy.encode(m)?;
+    counter(
+        e,
+        "agentwire_direct_write_pauses",
+        "Times live events went to the connections' writers instead of being written \
+         directly, because the runtime's workers were busy more than 85 % of the time (a saturated \
+         node; they resume below 70 %)",
+        s.direct_write_pauses,
     )
 }
 

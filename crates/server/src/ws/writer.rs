@@ -156,7 +156,12 @@ pub(super) async fn write_loop(
     // two batches, however long the queue stays full. Looking at both costs two polls per
     // batch.
     loop {
-        if lend.is_some()
+        // Nothing is lent while direct writes are paused (a saturated node): frames queue,
+        // and each wake-up writes as many as have queued meanwhile.
+        let lending = lend
+            .as_ref()
+            .filter(|_| !app.manager.direct_writes_paused());
+        if lending.is_some()
             && let Some(sink) = held.take()
         {
             news.park(sink);
@@ -219,7 +224,7 @@ pub(super) async fn write_loop(
                 timer.as_mut().reset(next_deadline(next_ping, token_at));
                 timer_armed = false;
             }
-            out = conn.next_frames_lending(&mut batch, &mut stamps, max_frames, lend.as_ref()) => match out {
+            out = conn.next_frames_lending(&mut batch, &mut stamps, max_frames, lending) => match out {
                 Outbound::Frames => {
                     let Some(sink) = hold(app, news, &mut held).await else {
                         return WriterEnd::WriteFailed;
