@@ -1291,7 +1291,8 @@ mod tests {
     }
 
     /// While direct writes are paused (a saturated runtime), a live event is queued for
-    /// the writer although its socket is lent; once they resume, the deliverer writes again.
+    /// the writer although its socket is lent; once they resume, the deliverer writes
+    /// again.
     #[tokio::test(start_paused = true)]
     async fn paused_direct_writes_queue_for_the_writer() {
         let (m, user, conn, sink) = lending(true).await;

@@ -2,7 +2,8 @@
 //! event passes. One concept per file: `registry` (who is connected, limits, fan-out),
 //! `connect` (a new connection and where its stream starts), `catch_up` (replaying
 //! history, paced by the writer, and resyncs), `emit` (validate, serialize once, publish),
-//! `reads` (history, event lookup, broker health), `stats`, `counters`, `load` (how busy the runtime is, which pauses direct writes), `sweeper`
+//! `reads` (history, event lookup, broker health), `stats`, `counters`,
+//! `load` (how busy the runtime is, which pauses direct writes), `sweeper`
 //! (heartbeat deadlines, history trimming), `watchdog` (ending stalled runs), `receipts` (how far each user's clients got), `run_ends` (the observer of runs' terminal events), `singleton` (the process-wide manager) and
 //! `connection` (one connection's queue and handle).
 

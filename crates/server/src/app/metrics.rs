@@ -509,8 +509,8 @@ fn encode_load(e: &mut DescriptorEncoder<'_>, s: &ManagerStats) -> fmt::Result {
         e,
         "agentwire_direct_write_pauses",
         "Times live events went to the connections' writers instead of being written \
-         directly, because the runtime's workers were busy more than 85 % of the time (a saturated \
-         node; they resume below 70 %)",
+         directly, because the runtime's workers were busy more than 85 % of the time \
+         (a saturated node; they resume below 70 %)",
         s.direct_write_pauses,
     )
 }
