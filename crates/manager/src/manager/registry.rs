@@ -187,10 +187,7 @@ impl UnifiedWebSocketManager {
         closed
     }
 
-    /// The live connections of `user`, oldest first. A connection already closing (an
-    /// operator's disconnect, a slow consumer, a shutdown) is not listed, though it stays
-    /// registered — and counted in [`connection_count`](Self::connection_count) — until
-    /// its session ends.
+    /// The live connections of `user`, oldest first.
     pub fn connections_of(&self, user: &UserId) -> Vec<ConnectionInfo> {
         let conns = self
             .shard(user)
@@ -200,7 +197,6 @@ impl UnifiedWebSocketManager {
         let now = Instant::now();
         conns
             .iter()
-            .filter(|c| c.closing().is_none())
             .map(|c| {
                 let (queued_frames, queued_bytes) = c.queued();
                 ConnectionInfo {
