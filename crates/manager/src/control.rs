@@ -67,7 +67,9 @@ pub trait ControlHandler: Send + Sync + 'static {
     /// Closes this node's `connection` of `user` with 4003 (its lease was taken by a newer
     /// connection). Returns whether it was open here.
     fn evict(&self, user: &UserId, connection: &ConnectionId) -> bool;
-    /// The user's live connections on this node, oldest first.
+    /// The user's open connections on this node, oldest first: none already closing, so
+    /// an answer given after a [`disconnect_user`](Self::disconnect_user) here lists none
+    /// of the connections it closed.
     fn connections_of(&self, user: &UserId) -> Vec<ConnectionInfo>;
     /// Closes every connection of `user` on this node with `code`; how many.
     fn disconnect_user(&self, user: &UserId, code: CloseCode) -> usize;

@@ -270,3 +270,35 @@ async fn run_state_shows_in_the_stats() {
     let runs = m.get_stats().runs;
     assert_eq!((runs.runs, runs.live_runs), (1, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn closing_connections_stay_registered_but_are_not_listed_as_open() {
+    let m = manager(ManagerConfig::default());
+    let (alice, bob) = (user("alice"), user("bob"));
+    let a1 = connect(&m, &alice, ConnectOptions::default()).await;
+    let a2 = connect(&m, &alice, ConnectOptions::default()).await;
+    let b1 = connect(&m, &bob, ConnectOptions::default()).await;
+    assert_eq!(m.open_connections_of(&alice).len(), 2);
+
+    assert_eq!(m.disconnect_user(&alice, CloseCode::GoingAway), 2);
+    // Both are closing, still registered until their sessions let go of them.
+    assert_eq!(a1.conn.closing(), Some(CloseCode::GoingAway));
+    assert_eq!(m.connection_count(), 3);
+    let registered: Vec<_> = m
+        .connections_of(&alice)
+        .into_iter()
+        .map(|i| i.connection_id)
+        .collect();
+    assert_eq!(registered, vec![a1.conn.id().clone(), a2.conn.id().clone()]);
+    assert!(
+        m.open_connections_of(&alice).is_empty(),
+        "{:?}",
+        m.open_connections_of(&alice)
+    );
+    let open: Vec<_> = m
+        .open_connections_of(&bob)
+        .into_iter()
+        .map(|i| i.connection_id)
+        .collect();
+    assert_eq!(open, vec![b1.conn.id().clone()]);
+}

@@ -89,7 +89,7 @@ pub async fn closed_within(conn: &Connection, within: Duration) -> Option<CloseC
 /// An eviction on another node is carried by the control channel: with a lease far longer
 /// than the wait, the oldest connection still closes with 4003 at once; the admin's list
 /// on any node shows every node's connections, each node named; the admin's disconnect on
-/// any node closes them on every node.
+/// any node closes them on every node, and from its answer on no node lists them.
 pub async fn cluster_evictions_and_admin(h: &dyn ClusterHarness) {
     let config = ManagerConfig {
         limit_policy: LimitPolicy::EvictOldest,
@@ -139,6 +139,24 @@ pub async fn cluster_evictions_and_admin(h: &dyn ClusterHarness) {
     assert!(done.unanswered.is_empty(), "{done:?}");
     let total: usize = done.answers.iter().map(|(_, n)| n).sum();
     assert_eq!(total, 3, "{done:?}");
+    // The closed connections stay registered until their sessions let go of them (the
+    // handles are still held here), but no node lists them any more.
+    for node in &m {
+        let seen = node
+            .cluster_connections_of(&user)
+            .await
+            .unwrap_or_else(|e| panic!("list failed: {e}"));
+        assert!(seen.unanswered.is_empty(), "{seen:?}");
+        assert!(
+            seen.answers.iter().all(|(_, conns)| conns.is_empty()),
+            "closing connections are not listed: {seen:?}"
+        );
+    }
+    assert_eq!(
+        m[1].connections_of(&user).len(),
+        2,
+        "still registered on m[1]"
+    );
     for conn in [&b, &c, &d] {
         assert_eq!(
             closed_within(conn, Duration::from_secs(10)).await,

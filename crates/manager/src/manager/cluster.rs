@@ -121,7 +121,8 @@ impl UnifiedWebSocketManager {
         }
     }
 
-    /// The user's live connections on every node of the cluster, each node named; on a
+    /// The user's open connections on every node of the cluster (none already closing:
+    /// see [`open_connections_of`](Self::open_connections_of)), each node named; on a
     /// node without a control channel, this node's.
     ///
     /// # Errors
@@ -136,7 +137,7 @@ impl UnifiedWebSocketManager {
         };
         answers
             .answers
-            .insert(0, (self.inner.node.clone(), self.connections_of(user)));
+            .insert(0, (self.inner.node.clone(), self.open_connections_of(user)));
         Ok(answers)
     }
 
@@ -252,7 +253,7 @@ impl ControlHandler for Handler {
 
     fn connections_of(&self, user: &UserId) -> Vec<ConnectionInfo> {
         self.manager()
-            .map(|m| m.connections_of(user))
+            .map(|m| m.open_connections_of(user))
             .unwrap_or_default()
     }
 

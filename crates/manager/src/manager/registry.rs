@@ -187,8 +187,28 @@ impl UnifiedWebSocketManager {
         closed
     }
 
-    /// The live connections of `user`, oldest first.
+    /// The connections of `user` registered on this node, oldest first: every one whose
+    /// session has not ended, those already closing included (each stays registered, and
+    /// counted in [`connection_count`](Self::connection_count), until its session lets
+    /// go of it).
     pub fn connections_of(&self, user: &UserId) -> Vec<ConnectionInfo> {
+        self.list_connections(user, |_| true)
+    }
+
+    /// The open connections of `user` on this node, oldest first: those of
+    /// [`connections_of`](Self::connections_of) not already closing (an operator's
+    /// disconnect, a slow consumer, a shutdown). This is what the admin list and the
+    /// cluster's control answer show, so a list taken right after a disconnect shows none
+    /// of the connections it closed.
+    pub fn open_connections_of(&self, user: &UserId) -> Vec<ConnectionInfo> {
+        self.list_connections(user, |c| c.closing().is_none())
+    }
+
+    fn list_connections(
+        &self,
+        user: &UserId,
+        keep: impl Fn(&ConnShared) -> bool,
+    ) -> Vec<ConnectionInfo> {
         let conns = self
             .shard(user)
             .get(user)
@@ -197,6 +217,7 @@ impl UnifiedWebSocketManager {
         let now = Instant::now();
         conns
             .iter()
+            .filter(|c| keep(c))
             .map(|c| {
                 let (queued_frames, queued_bytes) = c.queued();
                 ConnectionInfo {
