@@ -45,10 +45,11 @@ async fn frames_written_in_part_by_their_deliverer_arrive_whole_and_in_order() {
         ),
         "{text}"
     );
-    // The writer has written that frame and waits, its socket lent.
+    // The writer has written that frame and waits, its socket lent. A machine busy enough
+    // to pause direct writes (the load probe) delays the test until they resume.
     server
-        .wait_until("the writer waits", WAIT, |s| {
-            s.manager().get_stats().connections == 1
+        .wait_until("the writer waits, direct writes on", WAIT, |s| {
+            s.manager().get_stats().connections == 1 && !s.manager().direct_writes_paused()
         })
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
