@@ -44,23 +44,57 @@ pub(crate) fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
     next_escape_after(bytes, from)
 }
 
-/// [`next_escape`] past its first word.
+/// [`next_escape`] past its first word: two words at a time (one test for both), then a
+/// last whole word, then the last few bytes of the text as one word.
 fn next_escape_after(bytes: &[u8], from: usize) -> Option<usize> {
     let rest = bytes.get(from..)?;
-    let mut words = rest.chunks_exact(8);
+    let mut pairs = rest.chunks_exact(16);
     let mut at = from;
-    for chunk in &mut words {
-        let bits = escape_bits(word(chunk));
+    for pair in &mut pairs {
+        let (a, b) = pair.split_at(8);
+        let (a, b) = (escape_bits(word(a)), escape_bits(word(b)));
+        // Each is zero unless its word holds a byte to escape (stray bits only come above
+        // a match), so one test covers both.
+        if a | b != 0 {
+            let i = if a != 0 {
+                first_flagged(a)
+            } else {
+                8 + first_flagged(b)
+            };
+            return Some(at + i);
+        }
+        at += 16;
+    }
+    let mut tail = pairs.remainder();
+    if let Some((head, last)) = tail.split_first_chunk::<8>() {
+        let bits = escape_bits(u64::from_le_bytes(*head));
         if bits != 0 {
             return Some(at + first_flagged(bits));
         }
-        at += 8;
+        tail = last;
     }
-    words
-        .remainder()
+    escape_in_tail(bytes, tail.len())
+}
+
+/// The index of the first byte to escape among the last `n` (fewer than 8) bytes of
+/// `bytes`. When the text has a word's worth of bytes, those `n` are read as one word:
+/// the bytes before them shifted out (they may hold bytes to escape, such as the quote
+/// that opened the string, and a match there would leave stray bits above it), and bytes
+/// that need no escape shifted in above them.
+fn escape_in_tail(bytes: &[u8], n: usize) -> Option<usize> {
+    let len = bytes.len();
+    if n == 0 {
+        return None;
+    }
+    if let Some(last) = bytes.last_chunk::<8>() {
+        let w = (u64::from_le_bytes(*last) >> (8 * (8 - n))) | (splat(b'a') << (8 * n));
+        let bits = escape_bits(w);
+        return (bits != 0).then(|| len - n + first_flagged(bits));
+    }
+    bytes[len - n..]
         .iter()
         .position(|&b| needs_escape(b))
-        .map(|i| at + i)
+        .map(|i| len - n + i)
 }
 
 /// Eight bytes as a little-endian word.
@@ -340,14 +374,40 @@ mod tests {
                     ]),
                     1 => any::<u8>(),
                 ],
-                0..40,
+                0..80,
             ),
-            from in 0usize..42,
+            from in 0usize..82,
         ) {
             let expected = bytes
                 .get(from..)
                 .and_then(|rest| rest.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\'))
                 .map(|at| from + at);
+            prop_assert_eq!(next_escape(&bytes, from), expected);
+        }
+
+        #[test]
+        fn next_escape_finds_a_lone_byte_to_escape_anywhere_in_a_long_run(
+            len in 0usize..100,
+            at in 0usize..100,
+            special in prop::sample::select(vec![
+                b'"', b'\\', 0, 0x1f, 0x20, b'!', b'#', b'a', 0x7f, 0x80, 0xff,
+            ]),
+            before in prop::sample::select(vec![b'"', b'\\', 0, b'x']),
+            from in 0usize..102,
+        ) {
+            // Clean text but for one byte at `at`, and whatever lies before `from` (the
+            // quote that opened a string, say) never counts.
+            let mut bytes = vec![b'x'; len];
+            if let Some(b) = bytes.get_mut(at) {
+                *b = special;
+            }
+            for b in bytes.iter_mut().take(from.min(at)) {
+                *b = before;
+            }
+            let expected = bytes
+                .get(from..)
+                .and_then(|rest| rest.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\'))
+                .map(|i| from + i);
             prop_assert_eq!(next_escape(&bytes, from), expected);
         }
 
