@@ -263,16 +263,7 @@ async fn the_admin_lists_and_disconnects_a_users_connections_on_every_node() {
         );
     }
     for n in &nodes {
-        let r = http(
-            n.addr,
-            "GET",
-            "/v1/users/ada/connections",
-            Some(API_KEY),
-            None,
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let body = r.json();
+        let body = ada_connections(n.addr).await;
         let listed = body["connections"].as_array().expect("connections");
         assert_eq!(listed.len(), 3, "{body}");
         let mut on: Vec<&str> = listed.iter().filter_map(|c| c["node"].as_str()).collect();
@@ -294,16 +285,8 @@ async fn the_admin_lists_and_disconnects_a_users_connections_on_every_node() {
     // From the disconnect's answer on, no node lists the connections it closed, though
     // they stay registered until their close handshakes end.
     for n in &nodes {
-        let r = http(
-            n.addr,
-            "GET",
-            "/v1/users/ada/connections",
-            Some(API_KEY),
-            None,
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.json()["connections"], json!([]), "{}", r.body);
+        let body = ada_connections(n.addr).await;
+        assert_eq!(body["connections"], json!([]), "{body}");
     }
     for mut ws in conns {
         loop {
@@ -317,6 +300,20 @@ async fn the_admin_lists_and_disconnects_a_users_connections_on_every_node() {
             }
         }
     }
+}
+
+/// The admin's list of ada's connections, asked of the node at `addr`.
+async fn ada_connections(addr: SocketAddr) -> Value {
+    let r = http(
+        addr,
+        "GET",
+        "/v1/users/ada/connections",
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
 }
 
 /// Publishes one event per request through `addr` until `until`; returns the `seq`s

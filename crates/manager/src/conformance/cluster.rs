@@ -8,7 +8,7 @@ use agentwire_protocol::{CloseCode, UserId};
 use async_trait::async_trait;
 
 use crate::config::{LimitPolicy, ManagerConfig};
-use crate::control::{Cluster, InMemoryControl};
+use crate::control::{Answers, Cluster, ConnectionInfo, InMemoryControl};
 use crate::leases::{InMemoryLeases, NodeId};
 use crate::manager::{ConnectOptions, Connection, Outbound, UnifiedWebSocketManager};
 
@@ -86,6 +86,16 @@ pub async fn closed_within(conn: &Connection, within: Duration) -> Option<CloseC
     }
 }
 
+/// The admin's list of `user`'s connections asked of `node`, every node having answered.
+async fn listed(node: &UnifiedWebSocketManager, user: &UserId) -> Answers<Vec<ConnectionInfo>> {
+    let seen = node
+        .cluster_connections_of(user)
+        .await
+        .unwrap_or_else(|e| panic!("list failed: {e}"));
+    assert!(seen.unanswered.is_empty(), "{seen:?}");
+    seen
+}
+
 /// An eviction on another node is carried by the control channel: with a lease far longer
 /// than the wait, the oldest connection still closes with 4003 at once; the admin's list
 /// on any node shows every node's connections, each node named; the admin's disconnect on
@@ -107,11 +117,7 @@ pub async fn cluster_evictions_and_admin(h: &dyn ClusterHarness) {
         "the eviction reached the oldest connection's node"
     );
     for node in &m {
-        let seen = node
-            .cluster_connections_of(&user)
-            .await
-            .unwrap_or_else(|e| panic!("list failed: {e}"));
-        assert!(seen.unanswered.is_empty(), "{seen:?}");
+        let seen = listed(node, &user).await;
         assert_eq!(seen.answers.len(), 3, "every node answers: {seen:?}");
         assert_eq!(&seen.answers[0].0, node.node_id(), "this node first");
         let mut ids: Vec<_> = seen
@@ -142,11 +148,7 @@ pub async fn cluster_evictions_and_admin(h: &dyn ClusterHarness) {
     // The closed connections stay registered until their sessions let go of them (the
     // handles are still held here), but no node lists them any more.
     for node in &m {
-        let seen = node
-            .cluster_connections_of(&user)
-            .await
-            .unwrap_or_else(|e| panic!("list failed: {e}"));
-        assert!(seen.unanswered.is_empty(), "{seen:?}");
+        let seen = listed(node, &user).await;
         assert!(
             seen.answers.iter().all(|(_, conns)| conns.is_empty()),
             "closing connections are not listed: {seen:?}"
