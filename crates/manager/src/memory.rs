@@ -445,9 +445,12 @@ impl Stream {
     /// Appends `event`, fresh (its id, if any, is not in the stream), as `seq` next, and
     /// delivers it to the stream's subscribers; returns its acceptance and the bytes it
     /// costs.
+    ///
+    /// The subscribers are given the stream's own copy of the user id: a stream created
+    /// by a subscription holds the subscriber's copy, so the subscriber finds its entry
+    /// for the user by address, without reading the id's text (cold by then) again.
     fn append(
         &mut self,
-        user: &UserId,
         event: NewEvent,
         accept_no: u64,
         ts: Timestamp,
@@ -465,7 +468,7 @@ impl Stream {
             epoch: self.epoch.clone(),
         };
         for (sub, _) in &self.subscribers {
-            sub.deliver(user, &stored);
+            sub.deliver(&self.user, &stored);
         }
         let entry = Entry {
             event: stored,
@@ -809,7 +812,7 @@ impl InMemoryBroker {
             }
             let ts = *ts.get_or_insert_with(Timestamp::now);
             let accept_no = self.accepts.fetch_add(1, Ordering::Relaxed);
-            let (answer, cost) = stream.append(user, event, accept_no, ts, now);
+            let (answer, cost) = stream.append(event, accept_no, ts, now);
             answers.push(answer);
             added += cost;
             appended += 1;
