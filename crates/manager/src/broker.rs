@@ -720,11 +720,34 @@ pub fn compose_frame(
     ts: Timestamp,
     body: &[u8],
 ) -> Bytes {
+    Bytes::from(frame_bytes(event_type, seq, event_id, ts, body))
+}
+
+/// The bytes of [`compose_frame`]'s frame, in a buffer of exactly their length unless the
+/// id needed escapes.
+fn frame_bytes(
+    event_type: EventType,
+    seq: Seq,
+    event_id: &EventId,
+    ts: Timestamp,
+    body: &[u8],
+) -> Vec<u8> {
     use agentwire_protocol::json::{push_str, push_u64};
     let rest = body.strip_prefix(b"{").unwrap_or(body);
+    let comma = rest.first().is_some_and(|&b| b != b'}');
     // Written straight into the frame (no intermediate strings, no formatter): this runs
-    // once per accepted event.
-    let mut out = Vec::with_capacity(96 + event_id.as_str().len() + rest.len());
+    // once per accepted event. Its buffer is allocated at the frame's exact length when
+    // the id needs no escape (as ids almost never do): `Bytes` then owns the buffer as it
+    // is, where a buffer with room to spare costs a second allocation for its reference
+    // count.
+    let len = br#"{"type":"","seq":,"event_id":"","ts":"#.len()
+        + event_type.as_str().len()
+        + decimal_digits(seq.get())
+        + event_id.as_str().len()
+        + decimal_digits(ts.as_millis())
+        + usize::from(comma)
+        + rest.len();
+    let mut out = Vec::with_capacity(len);
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(event_type.as_str().as_bytes());
     out.extend_from_slice(b"\",\"seq\":");
@@ -733,11 +756,16 @@ pub fn compose_frame(
     push_str(&mut out, event_id.as_str());
     out.extend_from_slice(b",\"ts\":");
     push_u64(&mut out, ts.as_millis());
-    if rest.first().is_some_and(|&b| b != b'}') {
+    if comma {
         out.push(b',');
     }
     out.extend_from_slice(rest);
-    Bytes::from(out)
+    out
+}
+
+/// How many decimal digits `n` is written with.
+fn decimal_digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 #[cfg(test)]
@@ -845,10 +873,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// A composed frame is byte for byte what serde_json writes for the envelope.
+        /// A composed frame is byte for byte what serde_json writes for the envelope, in a
+        /// buffer of exactly its length when the id needs no escape.
         #[test]
         fn composed_frames_are_what_serde_json_writes_for_the_envelope(
-            id in "[^\\p{Cc}]{1,40}",
+            id in "([a-z0-9\"\\\\-]|[^\\p{Cc}]){1,40}",
             seq: u64,
             ts: u64,
             thought: String,
@@ -862,7 +891,12 @@ mod tests {
             );
             let id: EventId = id.parse().expect("id");
             let body = crate::manager::serialize_body(&event);
+            let bytes = frame_bytes(event.event_type(), Seq(seq), &id, Timestamp(ts), &body);
+            // Allocated at its exact length, unless the id needed an escape.
+            let escapes = id.as_str().contains(['"', '\\']);
+            proptest::prop_assert_eq!(bytes.len() == bytes.capacity(), !escapes);
             let frame = compose_frame(event.event_type(), Seq(seq), &id, Timestamp(ts), &body);
+            proptest::prop_assert_eq!(&frame[..], &bytes[..]);
             let envelope = EventEnvelope::new(Seq(seq), id, Timestamp(ts), event);
             proptest::prop_assert_eq!(
                 std::str::from_utf8(&frame).expect("UTF-8"),
