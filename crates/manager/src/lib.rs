@@ -75,9 +75,9 @@ pub use leases::{
 };
 pub use manager::{
     ConnectError, ConnectOptions, Connection, DIRECT_WRITES_PAUSE_ABOVE,
-    DIRECT_WRITES_RESUME_BELOW, DeliveryReceipt, DirectSink, EmitError, LOAD_PROBE_INTERVAL,
-    MAX_MERGED_DELTA_BYTES, ManagerStats, ObserverTaken, Outbound, PreparedEvent, Resume, RunEnded,
-    UnifiedWebSocketManager, WeakManager,
+    DIRECT_WRITES_RESUME_BELOW, DeliveryReceipt, DirectSink, EmitError, FanOutTime,
+    LOAD_PROBE_INTERVAL, MAX_MERGED_DELTA_BYTES, ManagerStats, ObserverTaken, Outbound,
+    PreparedEvent, Resume, RunEnded, UnifiedWebSocketManager, WeakManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
 pub use rates::{InMemoryRates, PublishRate, PublishRates, RateDecision};

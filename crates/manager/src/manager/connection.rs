@@ -3,6 +3,7 @@
 //! which drains the queue with [`Connection::next_frames`], and may lend it
 //! ([`DirectSink`]) while it waits.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use agentwire_protocol::{
-    CloseCode, ConnectionId, Epoch, EventEnvelope, EventType, Seq, ServerFrame, UserId,
+    CloseCode, ConnectionId, Epoch, EventEnvelope, EventType, Seq, ServerFrame, Timestamp, UserId,
 };
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -109,8 +110,40 @@ pub trait DirectSink: Send + Sync + std::fmt::Debug {
     /// written (delivered); a socket that takes only part of it at once leaves the rest
     /// to the sink, which writes it before anything else. `false`: the sink took none of
     /// it (the socket is busy or full, or failed), and the frame is queued for the writer.
-    /// Never waits, and never takes the connection's lock.
-    fn send_now(&self, frame: &Bytes, ts_ms: u64) -> bool;
+    /// Never waits, and never takes the connection's lock. `now` is the time the frame
+    /// is written at, for the sink's own metrics.
+    fn send_now(&self, frame: &Bytes, ts_ms: u64, now: &FanOutTime) -> bool;
+}
+
+/// The time of one event's fan-out to a user's connections, each clock read at most once
+/// however many of them the event is written to: the connections are written to within
+/// microseconds of each other, and a clock read is not free at tens of thousands of
+/// writes a second.
+#[derive(Debug, Default)]
+pub struct FanOutTime {
+    wall: Cell<Option<Timestamp>>,
+    monotonic: Cell<Option<Instant>>,
+}
+
+impl FanOutTime {
+    /// The wall-clock time, read at the first call.
+    pub fn wall(&self) -> Timestamp {
+        read_once(&self.wall, Timestamp::now)
+    }
+
+    /// The monotonic time, read at the first call.
+    pub(crate) fn monotonic(&self) -> Instant {
+        read_once(&self.monotonic, Instant::now)
+    }
+}
+
+fn read_once<T: Copy>(cell: &Cell<Option<T>>, read: impl FnOnce() -> T) -> T {
+    if let Some(t) = cell.get() {
+        return t;
+    }
+    let t = read();
+    cell.set(Some(t));
+    t
 }
 
 /// A queued event frame: its place (the `pushed` count when it was queued), the newest
@@ -307,6 +340,7 @@ impl ConnShared {
         &self,
         event: &StoredEvent,
         manager: &UnifiedWebSocketManager,
+        now: &FanOutTime,
     ) -> Pushed {
         let counters = &manager.inner.counters;
         let mut st = self.state();
@@ -369,13 +403,15 @@ impl ConnShared {
                     && st
                         .lent
                         .as_ref()
-                        .is_some_and(|sink| sink.send_now(&event.frame, event.ts.as_millis()))
+                        .is_some_and(|sink| sink.send_now(&event.frame, event.ts.as_millis(), now))
                 {
                     st.last_sent = event.seq;
                     st.taken_seq = event.seq;
                     let State { epoch, receipt, .. } = &mut *st;
                     let moved = epoch.as_ref().and_then(|epoch| {
-                        manager.record_receipt_in(receipt, &self.user, epoch, Some(event.seq), None)
+                        let delivered = Some(event.seq);
+                        let at = now.monotonic();
+                        manager.record_receipt_in(receipt, &self.user, epoch, delivered, None, at)
                     });
                     drop(st);
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -880,8 +916,9 @@ impl Connection {
             match epoch {
                 Some(epoch) if delivered.is_some() || acked.is_some() => {
                     let user = &self.shared.user;
+                    let now = Instant::now();
                     self.manager
-                        .record_receipt_in(receipt, user, epoch, delivered, acked)
+                        .record_receipt_in(receipt, user, epoch, delivered, acked, now)
                 }
                 _ => None,
             }
@@ -951,6 +988,18 @@ mod tests {
         assert!(super::same_epoch(&a, &Epoch::new("e_one").unwrap()));
         assert!(!super::same_epoch(&a, &Epoch::new("e_two").unwrap()));
         assert!(!super::same_epoch(&a, &Epoch::new("e_on").unwrap()));
+    }
+
+    /// A fan-out reads each clock once: every connection it writes to gets the time of
+    /// the first read, however long after it is asked again.
+    #[test]
+    fn a_fan_out_reads_each_clock_once() {
+        let now = super::FanOutTime::default();
+        let (wall, monotonic) = (now.wall(), now.monotonic());
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(agentwire_protocol::Timestamp::now() > wall);
+        assert!(tokio::time::Instant::now() > monotonic);
+        assert_eq!((now.wall(), now.monotonic()), (wall, monotonic));
     }
 
     /// What a connection's writer received, in order: an event's seq, or a pong.
@@ -1171,7 +1220,7 @@ mod tests {
     }
 
     impl super::DirectSink for TestSink {
-        fn send_now(&self, frame: &Bytes, _: u64) -> bool {
+        fn send_now(&self, frame: &Bytes, _: u64, _: &super::FanOutTime) -> bool {
             if self.takes {
                 self.wrote.lock().expect("lock").push(frame.clone());
             }

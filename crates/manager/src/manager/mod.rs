@@ -40,7 +40,7 @@ mod watchdog;
 
 pub use connect::{ConnectError, ConnectOptions, Resume};
 pub(crate) use connection::ConnShared;
-pub use connection::{Connection, DirectSink, MAX_MERGED_DELTA_BYTES, Outbound};
+pub use connection::{Connection, DirectSink, FanOutTime, MAX_MERGED_DELTA_BYTES, Outbound};
 pub(crate) use counters::Counters;
 #[cfg(test)]
 pub(crate) use emit::serialize_body;

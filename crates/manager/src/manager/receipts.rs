@@ -68,6 +68,7 @@ impl Receipt {
         epoch: &Epoch,
         delivered: Option<Seq>,
         acked: Option<Seq>,
+        now: Instant,
     ) -> Option<Moved> {
         if self.epoch.as_ref() != Some(epoch) {
             self.epoch = Some(epoch.clone());
@@ -83,7 +84,7 @@ impl Receipt {
             // What a client acknowledged reached it.
             self.delivered = self.delivered.max(a);
         }
-        self.touched = Instant::now();
+        self.touched = now;
         ((self.delivered, self.acked) != before).then(|| Moved {
             signal: self.changed.clone(),
         })
@@ -275,9 +276,12 @@ impl UnifiedWebSocketManager {
         epoch: &Epoch,
         delivered: Option<Seq>,
         acked: Option<Seq>,
+        now: Instant,
     ) -> Option<Moved> {
-        self.with_kept_receipt(handle, user, true, |r| r.record(epoch, delivered, acked))
-            .flatten()
+        self.with_kept_receipt(handle, user, true, |r| {
+            r.record(epoch, delivered, acked, now)
+        })
+        .flatten()
     }
 
     /// Signals a receipt's move, and marks it for the next flush to the cluster's store.

@@ -11,7 +11,7 @@ use agentwire_protocol::{CloseCode, UserId};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::connection::{ConnShared, Pushed};
+use super::connection::{ConnShared, FanOutTime, Pushed};
 use super::{Inner, REGISTRY_SHARDS, UnifiedWebSocketManager, UserEntry};
 use crate::broker::{BrokerError, StoredEvent, Subscriber};
 use crate::control::ConnectionInfo;
@@ -63,8 +63,9 @@ impl UnifiedWebSocketManager {
         let Some(entry) = shard.get(user) else {
             return;
         };
+        let now = FanOutTime::default();
         for conn in &entry.conns {
-            if conn.deliver_live(event, self) == Pushed::NeedsCatchUp {
+            if conn.deliver_live(event, self, &now) == Pushed::NeedsCatchUp {
                 self.spawn_catch_up(conn.clone(), None);
             }
         }

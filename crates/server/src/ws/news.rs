@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::task::Poll;
 
-use agentwire_manager::DirectSink;
-use agentwire_protocol::Timestamp;
+use agentwire_manager::{DirectSink, FanOutTime};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
@@ -194,7 +193,7 @@ impl DirectSink for NewsCell {
     /// Writes the frame to the parked socket, as far as it takes it without waiting. A
     /// socket that takes part of it keeps the rest here and wakes the writer, which
     /// writes the rest before anything else; until then, the next frames are queued.
-    fn send_now(&self, frame: &Bytes, ts_ms: u64) -> bool {
+    fn send_now(&self, frame: &Bytes, ts_ms: u64, now: &FanOutTime) -> bool {
         let mut guarded = self.guarded();
         let Guarded { sink, rest, .. } = &mut *guarded;
         let Some(sink) = sink.as_ref().filter(|_| rest.is_none()) else {
@@ -212,7 +211,7 @@ impl DirectSink for NewsCell {
         }
         drop(guarded);
         let metrics = &self.app.metrics;
-        metrics.frames_written(frames, &[Some(ts_ms)], Timestamp::now());
+        metrics.frames_written(frames, &[Some(ts_ms)], now.wall());
         metrics.direct_frame(!all);
         if !all {
             self.nudge();
