@@ -54,7 +54,7 @@ pub use ids::{
     ConnectionId, Epoch, EventId, EventIdBatch, IdError, MAX_ID_BYTES, RunId, Seq, ThreadId,
     Timestamp, UserId, validate_id,
 };
-pub use publish::{PublishAccepted, PublishBody, PublishRequest, PublishResponse};
+pub use publish::{PublishAccepted, PublishBody, PublishRequest, PublishResponse, ResultsWriter};
 pub use run::{
     MAX_OPEN_MESSAGES, MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunStep, RunViolation,
 };

@@ -13,6 +13,7 @@ use crate::codec::{self, DecodeError, Limits, from_value_at, require};
 use crate::direct::{DataSeed, Key, Quick, Span, TypeName};
 use crate::event::{Event, EventData, EventType};
 use crate::ids::{EventId, RunId, Seq, ThreadId, Timestamp, UserId};
+use crate::json::{push_str, push_u64};
 
 /// One event to publish, for one user:
 /// `{"user_id","type","thread_id","run_id","event_id"?,"data"}`.
@@ -370,45 +371,100 @@ impl PublishResponse {
     /// into one buffer sized up front (it runs for every publish, and holds a result per
     /// event).
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        use crate::json::{push_str, push_u64};
-        let size = 16
-            + self
-                .results
-                .iter()
-                .map(|r| {
-                    64 + r.event_id.as_str().len() + r.receipt.as_ref().map_or(0, |p| p.len() + 12)
-                })
-                .sum::<usize>();
-        let mut out = Vec::with_capacity(size);
-        out.extend_from_slice(b"{\"results\":[");
-        // The events of a body share a few accept times: the digits of the last one written
-        // (the time and where they are in `out`) are copied rather than written again.
-        let mut last_ts: Option<(u64, std::ops::Range<usize>)> = None;
-        for (i, r) in self.results.iter().enumerate() {
-            // Each result's keys, with the separators around them, written as one literal.
-            let open: &[u8] = if i > 0 { b",{\"seq\":" } else { b"{\"seq\":" };
-            out.extend_from_slice(open);
-            push_u64(&mut out, r.seq.get());
-            out.extend_from_slice(b",\"event_id\":");
-            push_str(&mut out, r.event_id.as_str());
-            out.extend_from_slice(b",\"ts\":");
-            let ts = r.ts.as_millis();
-            match &last_ts {
-                Some((last, digits)) if *last == ts => out.extend_from_within(digits.clone()),
-                _ => {
-                    let start = out.len();
-                    push_u64(&mut out, ts);
-                    last_ts = Some((ts, start..out.len()));
+        let size = self
+            .results
+            .iter()
+            .map(|r| {
+                64 + r.event_id.as_str().len() + r.receipt.as_ref().map_or(0, |p| p.len() + 12)
+            })
+            .sum::<usize>();
+        let mut out = ResultsWriter::with_capacity(size);
+        for r in &self.results {
+            match &r.receipt {
+                Some(receipt) => {
+                    out.push_with_receipt(r.seq, &r.event_id, r.ts, |o| push_str(o, receipt));
                 }
+                None => out.push(r.seq, &r.event_id, r.ts),
             }
-            if let Some(receipt) = &r.receipt {
-                out.extend_from_slice(b",\"receipt\":");
-                push_str(&mut out, receipt);
-            }
-            out.push(b'}');
         }
-        out.extend_from_slice(b"]}");
-        out
+        out.finish()
+    }
+}
+
+/// Writes the JSON of a [`PublishResponse`] result by result, from the parts of each
+/// result, so that an answer can be written without building the response first: the same
+/// bytes as [`PublishResponse::to_json_bytes`] writes for the same results.
+#[derive(Debug)]
+pub struct ResultsWriter {
+    out: Vec<u8>,
+    results: usize,
+    /// The events of a body share a few accept times: the digits of the last one written
+    /// (the time and where they are in `out`) are copied rather than written again.
+    last_ts: Option<(u64, std::ops::Range<usize>)>,
+}
+
+impl ResultsWriter {
+    /// An answer with room for `bytes` bytes of results.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut out = Vec::with_capacity(16 + bytes);
+        out.extend_from_slice(b"{\"results\":[");
+        ResultsWriter {
+            out,
+            results: 0,
+            last_ts: None,
+        }
+    }
+
+    /// Appends a result without a receipt.
+    pub fn push(&mut self, seq: Seq, event_id: &EventId, ts: Timestamp) {
+        self.open(seq, event_id, ts);
+        self.out.push(b'}');
+    }
+
+    /// Appends a result whose receipt `receipt` writes, as a JSON string (quotes and
+    /// escapes included).
+    pub fn push_with_receipt(
+        &mut self,
+        seq: Seq,
+        event_id: &EventId,
+        ts: Timestamp,
+        receipt: impl FnOnce(&mut Vec<u8>),
+    ) {
+        self.open(seq, event_id, ts);
+        self.out.extend_from_slice(b",\"receipt\":");
+        receipt(&mut self.out);
+        self.out.push(b'}');
+    }
+
+    /// The answer's JSON.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.extend_from_slice(b"]}");
+        self.out
+    }
+
+    fn open(&mut self, seq: Seq, event_id: &EventId, ts: Timestamp) {
+        let out = &mut self.out;
+        // Each result's keys, with the separators around them, written as one literal.
+        let open: &[u8] = if self.results > 0 {
+            b",{\"seq\":"
+        } else {
+            b"{\"seq\":"
+        };
+        self.results += 1;
+        out.extend_from_slice(open);
+        push_u64(out, seq.get());
+        out.extend_from_slice(b",\"event_id\":");
+        push_str(out, event_id.as_str());
+        out.extend_from_slice(b",\"ts\":");
+        let ts = ts.as_millis();
+        match &self.last_ts {
+            Some((last, digits)) if *last == ts => out.extend_from_within(digits.clone()),
+            _ => {
+                let start = out.len();
+                push_u64(out, ts);
+                self.last_ts = Some((ts, start..out.len()));
+            }
+        }
     }
 }
 

@@ -21,8 +21,8 @@ use agentwire_manager::{
     RunLimit,
 };
 use agentwire_protocol::{
-    DecodeError, EventIdBatch, Limits, MAX_EVENT_DEPTH, PublishAccepted, PublishBody,
-    PublishResponse, RunId, RunViolation, UserId,
+    DecodeError, EventIdBatch, Limits, MAX_EVENT_DEPTH, PublishBody, ResultsWriter, RunId,
+    RunViolation, UserId,
 };
 use axum::body::Body;
 use axum::extract::State;
@@ -377,51 +377,50 @@ pub(crate) fn publisher_of(app: &ApiState, key: ApiKey) -> Result<PublisherId, A
 
 /// Where a publisher asks whether an event reached its user (docs/protocol.md §8.5).
 pub(crate) fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
-    // Runs for every published event: written into one string, without `format!`.
-    let run = run.map(RunId::as_str);
-    let mut out = String::with_capacity(
-        "/v1/users//receipts".len() + user.as_str().len() + run.map_or(0, str::len),
+    let mut out = Vec::with_capacity(
+        "/v1/users//receipts".len() + user.as_str().len() + run.map_or(0, |r| r.as_str().len()),
     );
-    out.push_str("/v1/users/");
-    push_path_segment(&mut out, user.as_str());
+    push_receipt_path(&mut out, user, run);
+    // Only ASCII is written: unreserved bytes as they are, every other byte as `%XX`.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Appends [`receipt_path`]'s path: it runs for every published event, so it is written
+/// into the answer itself, without a string of its own and without `format!`. What it
+/// writes needs no JSON escape.
+fn push_receipt_path(out: &mut Vec<u8>, user: &UserId, run: Option<&RunId>) {
+    out.extend_from_slice(b"/v1/users/");
+    push_path_segment(out, user.as_str());
     match run {
         Some(run) => {
-            out.push_str("/runs/");
-            push_path_segment(&mut out, run);
+            out.extend_from_slice(b"/runs/");
+            push_path_segment(out, run.as_str());
         }
-        None => out.push_str("/receipts"),
+        None => out.extend_from_slice(b"/receipts"),
     }
-    out
 }
 
 /// Appends `s` percent-encoded as one path segment: every byte but the unreserved ones.
-fn push_path_segment(out: &mut String, s: &str) {
+fn push_path_segment(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = s.as_bytes();
     // Most segments (user ids, run ids) are unreserved throughout: checked eight bytes at
     // a time and copied whole.
     if all_unreserved(bytes) {
-        out.push_str(s);
+        out.extend_from_slice(bytes);
         return;
     }
-    // Runs of unreserved bytes are copied whole: they are ASCII, so a non-empty run starts
-    // and ends on char boundaries.
+    // Runs of unreserved bytes are copied whole.
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if UNRESERVED[usize::from(b)] {
             continue;
         }
-        if start < i {
-            out.push_str(&s[start..i]);
-        }
-        out.push('%');
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
         start = i + 1;
     }
-    if start < bytes.len() {
-        out.push_str(&s[start..]);
-    }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 /// Whether every byte of `bytes` is unreserved: eight table lookups at a time, joined
@@ -501,14 +500,14 @@ pub(crate) async fn publish_events(
     body: Body,
 ) -> Response {
     let response = match publish(&app, &headers, body).await {
-        // The same bytes and headers as `Json(r)`, written without serde (one result per
-        // event).
-        Ok(r) => (
+        // The same bytes and headers as `Json` of a `PublishResponse`, written without
+        // serde (one result per event).
+        Ok(json) => (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
-            r.to_json_bytes(),
+            json,
         )
             .into_response(),
         Err(p) => p.into_response(),
@@ -521,11 +520,9 @@ pub(crate) async fn publish_events(
     response
 }
 
-async fn publish(
-    app: &ApiState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<PublishResponse, ApiError> {
+/// Publishes a body; the answer is the JSON of its
+/// [`PublishResponse`](agentwire_protocol::PublishResponse).
+async fn publish(app: &ApiState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
     let api = &app.publish;
     let key = authorize(&app.auth, headers, KeyScope::Publish)?;
     check_content_type(headers)?;
@@ -570,19 +567,19 @@ async fn publish(
     };
     // One broker call per user of the body, all at once.
     let answers = app.manager.emit_prepared_many(&prepared).await;
-    let mut results = Vec::with_capacity(prepared.len());
-    let mut accepted_at = Vec::new();
+    // About a result's length: its keys and numbers, a UUID and a receipt's path.
+    let mut results = ResultsWriter::with_capacity(prepared.len() * 160);
+    let mut accepted_at = Vec::with_capacity(prepared.len());
     let mut failure = None;
     for (i, answer) in answers.iter().enumerate() {
         match answer {
             Ok(a) => {
                 accepted_at.push(i);
                 let r = &requests[i];
-                results.push(PublishAccepted {
-                    seq: a.seq,
-                    event_id: a.event_id.clone(),
-                    ts: a.ts,
-                    receipt: Some(receipt_path(&r.user_id, r.event.run_id.as_ref())),
+                results.push_with_receipt(a.seq, &a.event_id, a.ts, |out| {
+                    out.push(b'"');
+                    push_receipt_path(out, &r.user_id, r.event.run_id.as_ref());
+                    out.push(b'"');
                 });
             }
             Err(e) => {
@@ -601,7 +598,7 @@ async fn publish(
         };
         return Err(broker_problem(e, batch, i, &accepted_at));
     }
-    Ok(PublishResponse { results })
+    Ok(results.finish())
 }
 
 #[cfg(test)]
@@ -693,9 +690,9 @@ mod tests {
             })
         });
         for s in cases.into_iter().chain(placed) {
-            let mut out = String::from("/x/");
+            let mut out = b"/x/".to_vec();
             push_path_segment(&mut out, &s);
-            assert_eq!(out, format!("/x/{}", reference(&s)), "{s:?}");
+            assert_eq!(out, format!("/x/{}", reference(&s)).into_bytes(), "{s:?}");
         }
     }
 
