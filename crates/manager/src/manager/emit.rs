@@ -313,16 +313,7 @@ impl UnifiedWebSocketManager {
         &self,
         events: &[PreparedEvent],
     ) -> Vec<Result<Accepted, EmitError>> {
-        // Group by user, keeping each user's events in their order.
-        let mut groups: Vec<(&UserId, Vec<usize>)> = Vec::new();
-        let mut group_of: HashMap<&UserId, usize> = HashMap::default();
-        for (i, e) in events.iter().enumerate() {
-            let g = *group_of.entry(&e.user).or_insert_with(|| {
-                groups.push((&e.user, Vec::new()));
-                groups.len() - 1
-            });
-            groups[g].1.push(i);
-        }
+        let groups = UserGroups::of(events, PreparedEvent::user_id);
         let broker = &self.inner.broker;
         let calls = groups.iter().map(|(user, idx)| {
             let batch = idx.iter().map(|&i| events[i].to_new_event()).collect();
@@ -364,5 +355,89 @@ impl UnifiedWebSocketManager {
                 })
             })
             .collect()
+    }
+}
+
+/// The events of a call grouped by user, each user's in their order, in the order of each
+/// user's first event: one array of the events' indexes, a user's group a run of it (a
+/// call holds many users' events, and this runs for every publish, so no array per user).
+struct UserGroups<'a> {
+    /// Each group's user and where its run starts in `order`.
+    groups: Vec<(&'a UserId, usize)>,
+    /// The indexes of the events, group after group.
+    order: Vec<usize>,
+}
+
+impl<'a> UserGroups<'a> {
+    /// Groups `events` by the user `user_of` reads of each.
+    fn of<T>(events: &'a [T], user_of: impl Fn(&'a T) -> &'a UserId) -> Self {
+        let mut group_of: HashMap<&UserId, usize> = HashMap::default();
+        group_of.reserve(events.len());
+        // Each event's group, and each group's user and size.
+        let mut groups: Vec<(&UserId, usize)> = Vec::new();
+        let in_group: Vec<usize> = events
+            .iter()
+            .map(|e| {
+                let user = user_of(e);
+                let g = *group_of.entry(user).or_insert_with(|| {
+                    groups.push((user, 0));
+                    groups.len() - 1
+                });
+                groups[g].1 += 1;
+                g
+            })
+            .collect();
+        // Sizes to where each run ends; then, last event first, each event into the last
+        // free place of its group's run, which leaves each group at where its run starts.
+        let mut end = 0;
+        for (_, size) in &mut groups {
+            end += *size;
+            *size = end;
+        }
+        let mut order = vec![0; events.len()];
+        for (i, &g) in in_group.iter().enumerate().rev() {
+            groups[g].1 -= 1;
+            order[groups[g].1] = i;
+        }
+        UserGroups { groups, order }
+    }
+
+    /// Each user with the indexes of its events, in order.
+    fn iter(&self) -> impl Iterator<Item = (&'a UserId, &[usize])> {
+        let ends = self.groups.iter().skip(1).map(|&(_, start)| start);
+        self.groups
+            .iter()
+            .zip(ends.chain([self.order.len()]))
+            .map(|(&(user, start), end)| (user, &self.order[start..end]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UserGroups;
+    use agentwire_protocol::UserId;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every event is in its user's group once, each group holds its user's events in
+        /// their order, and the groups come in the order of each user's first event.
+        #[test]
+        fn user_groups_keep_each_users_events_in_order(users in prop::collection::vec(0u8..6, 0..60)) {
+            let ids: Vec<UserId> = users.iter().map(|u| format!("u{u}").parse().expect("id")).collect();
+            let groups = UserGroups::of(&ids, |u| u);
+            let mut firsts: Vec<&UserId> = Vec::new();
+            for u in &ids {
+                if !firsts.contains(&u) {
+                    firsts.push(u);
+                }
+            }
+            let got: Vec<(&UserId, Vec<usize>)> =
+                groups.iter().map(|(u, run)| (u, run.to_vec())).collect();
+            let want: Vec<(&UserId, Vec<usize>)> = firsts
+                .into_iter()
+                .map(|u| (u, (0..ids.len()).filter(|&i| ids[i] == *u).collect()))
+                .collect();
+            prop_assert_eq!(got, want);
+        }
     }
 }
