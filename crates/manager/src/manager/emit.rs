@@ -374,7 +374,7 @@ impl<'a> UserGroups<'a> {
         let mut group_of: HashMap<&UserId, usize> = HashMap::default();
         group_of.reserve(events.len());
         // Each event's group, and each group's user and size.
-        let mut groups: Vec<(&UserId, usize)> = Vec::new();
+        let mut groups: Vec<(&UserId, usize)> = Vec::with_capacity(events.len());
         let in_group: Vec<usize> = events
             .iter()
             .map(|e| {
