@@ -108,9 +108,11 @@ pub struct ManagerConfig {
     pub max_receipt_users: usize,
     /// How long a receipt that nothing moved is kept once its user has no connection on
     /// this node (default 1 hour, as long as a finished run is remembered): the sweeper
-    /// forgets it then, counted in `ManagerStats::receipts_expired`. A receipt whose change
-    /// still waits to be written to the cluster's store, or that a caller waits on, is
-    /// kept. [`Duration::ZERO`] forgets receipts at the first sweep after their user left.
+    /// forgets it then, counted in `ManagerStats::receipts_expired`. A receipt whose last
+    /// change the cluster's store does not have yet (its write waits, is under way, or
+    /// failed; the sweeper marks it for the next flush again), or that a caller waits on,
+    /// is kept. [`Duration::ZERO`] forgets receipts at the first sweep after their user
+    /// left.
     pub receipt_ttl: Duration,
 }
 

@@ -324,28 +324,9 @@ async fn a_receipt_past_its_ttl_is_kept_until_its_change_is_written_to_the_store
         store: store.clone(),
         failures: std::sync::atomic::AtomicU32::new(u32::MAX),
     });
-    let m = UnifiedWebSocketManager::clustered(
-        ManagerConfig {
-            receipt_ttl: Duration::ZERO,
-            ..ManagerConfig::default()
-        },
-        Arc::new(InMemoryBroker::default()),
-        Cluster {
-            leases: Arc::new(InMemoryLeases::new(
-                NodeId::random(),
-                Duration::from_secs(30),
-            )),
-            control: None,
-            receipts: Some(flaky.clone()),
-        },
-    );
+    let m = node_with_receipts(flaky.clone());
     let alice = user("alice");
-    let mut client = connect(&m, &alice, live_only()).await;
-    let seq = emit(&m, &alice, 1).await;
-    client.until_seq(seq).await;
-    client.conn.ack(Seq(seq));
-    drop(client);
-    settle().await;
+    let seq = ack_one_and_leave(&m, &alice, 1).await;
     tokio::time::advance(Duration::from_secs(3)).await;
     m.sweep();
     assert!(m.get_stats().receipt_flush_failures >= 1);
@@ -364,4 +345,140 @@ async fn a_receipt_past_its_ttl_is_kept_until_its_change_is_written_to_the_store
     m.sweep();
     assert_eq!(m.receipt(&alice).epoch, None, "written, then forgotten");
     assert_eq!(m.get_stats().receipts_expired, 1);
+}
+
+/// A store whose writes wait at a gate, the first of them then failing when `fail_first`:
+/// a flush that is under way while the sweeper runs.
+#[derive(Debug)]
+struct GatedReceipts {
+    store: InMemoryReceipts,
+    calls: std::sync::atomic::AtomicU32,
+    gate: tokio::sync::Semaphore,
+    fail_first: bool,
+}
+
+impl GatedReceipts {
+    fn new(store: &InMemoryReceipts, fail_first: bool) -> Arc<Self> {
+        Arc::new(GatedReceipts {
+            store: store.clone(),
+            calls: std::sync::atomic::AtomicU32::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+            fail_first,
+        })
+    }
+}
+
+/// A node with `receipt_ttl` zero, writing its receipts to `store`.
+fn node_with_receipts(store: Arc<dyn ReceiptStore>) -> UnifiedWebSocketManager {
+    UnifiedWebSocketManager::clustered(
+        ManagerConfig {
+            receipt_ttl: Duration::ZERO,
+            ..ManagerConfig::default()
+        },
+        Arc::new(InMemoryBroker::default()),
+        Cluster {
+            leases: Arc::new(InMemoryLeases::new(
+                NodeId::random(),
+                Duration::from_secs(30),
+            )),
+            control: None,
+            receipts: Some(store),
+        },
+    )
+}
+
+/// Connects, takes event `n` and acks it, then leaves: the ack's seq.
+async fn ack_one_and_leave(m: &UnifiedWebSocketManager, u: &UserId, n: u64) -> u64 {
+    let mut client = connect(m, u, live_only()).await;
+    let seq = emit(m, u, n).await;
+    client.until_seq(seq).await;
+    client.conn.ack(Seq(seq));
+    drop(client);
+    settle().await;
+    seq
+}
+
+#[async_trait]
+impl ReceiptStore for GatedReceipts {
+    fn ttl(&self) -> Duration {
+        self.store.ttl()
+    }
+
+    async fn record(&self, user: &UserId, receipt: &StoredReceipt) -> Result<(), BrokerError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.gate.acquire().await.expect("open gate").forget();
+        if call == 0 && self.fail_first {
+            return Err(BrokerError::unavailable(
+                "the store is down",
+                std::io::Error::other("down"),
+            ));
+        }
+        self.store.record(user, receipt).await
+    }
+
+    async fn read(&self, user: &UserId) -> Result<Option<StoredReceipt>, BrokerError> {
+        self.store.read(user).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receipt_whose_flush_is_under_way_outlives_the_sweep_until_it_is_written() {
+    let store = InMemoryReceipts::new(Duration::from_secs(600), 100);
+    let gated = GatedReceipts::new(&store, true);
+    let m = node_with_receipts(gated.clone());
+    let alice = user("alice");
+    let seq = ack_one_and_leave(&m, &alice, 1).await;
+    // The flush takes alice's change and waits at the gate with it.
+    tokio::time::advance(agentwire_manager::RECEIPT_FLUSH_INTERVAL * 2).await;
+    settle().await;
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 1, "a write under way");
+    m.sweep();
+    assert_eq!(
+        m.get_stats().receipts_expired,
+        0,
+        "a receipt whose change is not yet in the store is kept"
+    );
+    // That write fails; the next flush writes the change.
+    gated.gate.add_permits(100);
+    settle().await;
+    tokio::time::advance(agentwire_manager::RECEIPT_FLUSH_INTERVAL * 2).await;
+    settle().await;
+    let stored = store.read(&alice).await.expect("read").expect("written");
+    assert_eq!(stored.acked_seq, Seq(seq));
+    m.sweep();
+    assert_eq!(m.receipt(&alice).epoch, None, "written, then forgotten");
+    assert_eq!(m.get_stats().receipts_expired, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receipt_that_moved_while_its_write_was_under_way_waits_for_the_next_write() {
+    let store = InMemoryReceipts::new(Duration::from_secs(600), 100);
+    let gated = GatedReceipts::new(&store, false);
+    let m = node_with_receipts(gated.clone());
+    let alice = user("alice");
+    let first = ack_one_and_leave(&m, &alice, 1).await;
+    tokio::time::advance(agentwire_manager::RECEIPT_FLUSH_INTERVAL * 2).await;
+    settle().await;
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 1, "a write under way");
+    // Alice comes back and acks another event while that write waits.
+    let second = ack_one_and_leave(&m, &alice, 2).await;
+    assert!(second > first);
+    // The write of the first ack succeeds; the second is not in the store yet.
+    gated.gate.add_permits(1);
+    settle().await;
+    let stored = store.read(&alice).await.expect("read").expect("written");
+    assert_eq!(stored.acked_seq, Seq(first));
+    m.sweep();
+    assert_eq!(
+        m.get_stats().receipts_expired,
+        0,
+        "the second ack waits for its write"
+    );
+    gated.gate.add_permits(100);
+    tokio::time::advance(agentwire_manager::RECEIPT_FLUSH_INTERVAL * 2).await;
+    settle().await;
+    let stored = store.read(&alice).await.expect("read").expect("written");
+    assert_eq!(stored.acked_seq, Seq(second));
+    m.sweep();
+    assert_eq!(m.get_stats().receipts_expired, 1, "written, then forgotten");
 }

@@ -59,6 +59,11 @@ pub(crate) struct Receipt {
     /// signal each would be an allocation per user, kept as long as the receipt — long
     /// after the user's connections, among whatever else was allocated then.
     changed: Option<Arc<Notify>>,
+    /// Moved since the cluster's store last took it (meaningful only with a store): set
+    /// by every move, cleared by a flush whose write succeeded with what the receipt
+    /// still says. The sweeper keeps a receipt while it is set, so a change is never
+    /// forgotten between the flush that took it and the write that failed.
+    unflushed: bool,
 }
 
 impl Receipt {
@@ -85,9 +90,17 @@ impl Receipt {
             self.delivered = self.delivered.max(a);
         }
         self.touched = now;
-        ((self.delivered, self.acked) != before).then(|| Moved {
+        let moved = (self.delivered, self.acked) != before;
+        self.unflushed |= moved;
+        moved.then(|| Moved {
             signal: self.changed.clone(),
         })
+    }
+
+    /// What the cluster's store is given for it; `None` before it has an epoch.
+    fn stored(&self) -> Option<StoredReceipt> {
+        let epoch = self.epoch.clone()?;
+        Some(StoredReceipt::new(epoch, self.delivered, self.acked))
     }
 }
 
@@ -225,6 +238,7 @@ impl UnifiedWebSocketManager {
                 acked: Seq::ZERO,
                 touched: Instant::now(),
                 changed: None,
+                unflushed: false,
             }))
         });
         Some(cell.clone())
@@ -299,31 +313,43 @@ impl UnifiedWebSocketManager {
 
     /// Forgets the receipts nothing moved for `ManagerConfig::receipt_ttl` whose user has
     /// no connection on this node, and gives back the slots they held; the sweeper calls
-    /// it every `sweep_interval`. Kept however old: a receipt whose change waits for the
-    /// next flush to the cluster's store, and one a caller waits on
+    /// it every `sweep_interval`. Kept however old: a receipt whose change the cluster's
+    /// store has not yet taken (its write waits for the next flush, is under way, or
+    /// failed and waits to be retried), and one a caller waits on
     /// ([`receipt_changes`](Self::receipt_changes)). Returns how many it forgot.
     pub(crate) fn expire_receipts(&self, now: Instant) -> usize {
         let ttl = self.inner.config.receipt_ttl;
         let receipts = &self.inner.receipts;
-        let stale = |cell: &ReceiptCell| {
-            let r = lock_cell(cell);
+        let shared = self.inner.receipt_store.is_some();
+        let expired = |r: &Receipt| {
             now.saturating_duration_since(r.touched) >= ttl
                 && r.changed.as_ref().is_none_or(|n| Arc::strong_count(n) == 1)
         };
+        let stale = |cell: &ReceiptCell| {
+            let r = lock_cell(cell);
+            expired(&r) && !(shared && r.unflushed)
+        };
         let mut forgotten = 0;
+        // Past their ttl but not yet in the store: marked for the next flush again, in
+        // case their mark was dropped (`receipts_unflushed`) or their write failed.
+        let mut unwritten = Vec::new();
         for slot in receipts.shards.iter() {
             let lock = || slot.lock().unwrap_or_else(|p| p.into_inner());
-            let mut old: Vec<Key> = lock()
-                .iter()
-                .filter(|(_, r)| stale(r))
-                .map(|(k, _)| k.clone())
-                .collect();
+            let mut old = Vec::new();
+            for (k, cell) in lock().iter() {
+                let r = lock_cell(cell);
+                if !expired(&r) {
+                    continue;
+                }
+                if shared && r.unflushed {
+                    unwritten.push(k.user.clone());
+                } else {
+                    old.push(k.clone());
+                }
+            }
             if !old.is_empty() {
-                // The registry's and the flush set's locks are never taken under a
-                // receipt shard's: look them up first, then remove what is still stale.
-                let dirty = receipts.dirty.lock().unwrap_or_else(|p| p.into_inner());
-                old.retain(|k| !dirty.contains(&k.user));
-                drop(dirty);
+                // The registry's locks are never taken under a receipt shard's: look the
+                // users up first, then remove what is still stale.
                 old.retain(|k| !self.shard(&k.user).contains_key(&k.user));
             }
             let mut shard = lock();
@@ -336,6 +362,9 @@ impl UnifiedWebSocketManager {
                 }
             }
             give_back_map_capacity(&mut shard);
+        }
+        for user in &unwritten {
+            self.mark_for_flush(user);
         }
         self.inner
             .counters
@@ -434,20 +463,33 @@ impl UnifiedWebSocketManager {
             dirty.drain().collect()
         };
         let writes = users.iter().filter_map(|user| {
-            let r = self.receipt(user);
-            let epoch = r.epoch?;
-            let record = StoredReceipt::new(epoch, r.delivered_seq, r.acked_seq);
+            // The cell, not a copy: what the write took is compared with it afterwards.
+            let cell = self.receipt_cell(user, false)?;
+            let record = lock_cell(&cell).stored()?;
             let store: &Arc<dyn ReceiptStore> = &store;
-            Some(async move { (user, store.record(user, &record).await) })
+            Some(async move {
+                let result = store.record(user, &record).await;
+                (user, cell, record, result)
+            })
         });
-        for (user, result) in futures_util::future::join_all(writes).await {
-            if let Err(e) = result {
-                self.inner
-                    .counters
-                    .receipt_flush_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%user, error = %e, "a receipt was not written to the store");
-                self.mark_for_flush(user);
+        for (user, cell, record, result) in futures_util::future::join_all(writes).await {
+            match result {
+                Ok(()) => {
+                    // Taken by the store, unless it moved while the write was under way
+                    // (that move marked it for the next flush).
+                    let mut r = lock_cell(&cell);
+                    if r.stored().as_ref() == Some(&record) {
+                        r.unflushed = false;
+                    }
+                }
+                Err(e) => {
+                    self.inner
+                        .counters
+                        .receipt_flush_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%user, error = %e, "a receipt was not written to the store");
+                    self.mark_for_flush(user);
+                }
             }
         }
     }
@@ -477,5 +519,62 @@ impl UnifiedWebSocketManager {
                 .clone()
         })
         .unwrap_or_else(|| Arc::new(Notify::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cluster, InMemoryBroker, InMemoryLeases, InMemoryReceipts, ManagerConfig, NodeId};
+    use std::time::Duration;
+
+    fn node(store: &InMemoryReceipts) -> UnifiedWebSocketManager {
+        UnifiedWebSocketManager::clustered(
+            ManagerConfig {
+                receipt_ttl: Duration::ZERO,
+                ..ManagerConfig::default()
+            },
+            Arc::new(InMemoryBroker::default()),
+            Cluster {
+                leases: Arc::new(InMemoryLeases::new(
+                    NodeId::random(),
+                    Duration::from_secs(30),
+                )),
+                control: None,
+                receipts: Some(Arc::new(store.clone())),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_change_whose_mark_was_dropped_is_marked_again_by_the_sweep_and_written() {
+        let store = InMemoryReceipts::new(Duration::from_secs(600), 100);
+        let m = node(&store);
+        let alice = UserId::new("alice").expect("id");
+        let epoch = Epoch::generate();
+        let moved = m.record_receipt_in(
+            &mut None,
+            &alice,
+            &epoch,
+            Some(Seq(3)),
+            None,
+            Instant::now(),
+        );
+        m.receipt_moved(&alice, moved);
+        // As when the flush set was full: the change is not marked.
+        m.inner.receipts.dirty.lock().expect("lock").clear();
+        assert_eq!(
+            m.expire_receipts(Instant::now()),
+            0,
+            "kept: not in the store"
+        );
+        m.flush_receipts().await;
+        let stored = store.read(&alice).await.expect("read").expect("written");
+        assert_eq!(stored.delivered_seq, Seq(3));
+        assert_eq!(
+            m.expire_receipts(Instant::now()),
+            1,
+            "written, then forgotten"
+        );
     }
 }
