@@ -228,11 +228,38 @@ async fn a_node_that_stops_renewing_stops_counting_within_the_lease() {
     assert!(doomed.get_stats().lease_failures > 0);
 }
 
-/// A receipt store whose first `failures` records fail as if the store were unreachable.
+/// A receipt store whose next `failures` records fail as if the store were unreachable,
+/// and whose records can be made to wait at a gate (a flush under way while the sweeper
+/// runs).
 #[derive(Debug)]
 struct FlakyReceipts {
     store: InMemoryReceipts,
+    /// How many writes fail from now on.
     failures: std::sync::atomic::AtomicU32,
+    /// Writes begun.
+    calls: std::sync::atomic::AtomicU32,
+    /// When set, each write waits there for a permit first: a flush under way.
+    gate: Option<tokio::sync::Semaphore>,
+}
+
+impl FlakyReceipts {
+    /// Over `store`, failing the next `failures` writes; with `gated`, each write first
+    /// waits for a permit of [`FlakyReceipts::gate`].
+    fn new(store: &InMemoryReceipts, failures: u32, gated: bool) -> Arc<Self> {
+        Arc::new(FlakyReceipts {
+            store: store.clone(),
+            failures: std::sync::atomic::AtomicU32::new(failures),
+            calls: std::sync::atomic::AtomicU32::new(0),
+            gate: gated.then(|| tokio::sync::Semaphore::new(0)),
+        })
+    }
+
+    fn open_gate(&self, permits: usize) {
+        self.gate
+            .as_ref()
+            .expect("a gated store")
+            .add_permits(permits);
+    }
 }
 
 #[async_trait]
@@ -242,6 +269,10 @@ impl ReceiptStore for FlakyReceipts {
     }
 
     async fn record(&self, user: &UserId, receipt: &StoredReceipt) -> Result<(), BrokerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.expect("open gate").forget();
+        }
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
             self.failures.store(left - 1, Ordering::SeqCst);
@@ -276,10 +307,7 @@ async fn an_ack_on_one_node_reaches_another_through_the_receipt_store_after_fail
     };
     let a = node(
         leases.for_node(NodeId::random()),
-        Arc::new(FlakyReceipts {
-            store: store.clone(),
-            failures: std::sync::atomic::AtomicU32::new(2),
-        }),
+        FlakyReceipts::new(&store, 2, false),
     );
     let b = node(leases, Arc::new(store.clone()));
     assert!(a.receipts_shared() && b.receipts_shared());
@@ -320,10 +348,7 @@ async fn an_ack_on_one_node_reaches_another_through_the_receipt_store_after_fail
 #[tokio::test(start_paused = true)]
 async fn a_receipt_past_its_ttl_is_kept_until_its_change_is_written_to_the_store() {
     let store = InMemoryReceipts::new(Duration::from_secs(600), 100);
-    let flaky = Arc::new(FlakyReceipts {
-        store: store.clone(),
-        failures: std::sync::atomic::AtomicU32::new(u32::MAX),
-    });
+    let flaky = FlakyReceipts::new(&store, u32::MAX, false);
     let m = node_with_receipts(flaky.clone());
     let alice = user("alice");
     let seq = ack_one_and_leave(&m, &alice, 1).await;
@@ -340,32 +365,21 @@ async fn a_receipt_past_its_ttl_is_kept_until_its_change_is_written_to_the_store
     flaky.failures.store(0, Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(2)).await;
     settle().await;
-    let stored = store.read(&alice).await.expect("read").expect("written");
+    written_then_forgotten(&store, &m, &alice, seq).await;
+}
+
+/// The store has `user`'s ack of `seq`, and the node, once it swept, forgets the receipt.
+async fn written_then_forgotten(
+    store: &InMemoryReceipts,
+    m: &UnifiedWebSocketManager,
+    user: &UserId,
+    seq: u64,
+) {
+    let stored = store.read(user).await.expect("read").expect("written");
     assert_eq!(stored.acked_seq, Seq(seq));
     m.sweep();
-    assert_eq!(m.receipt(&alice).epoch, None, "written, then forgotten");
+    assert_eq!(m.receipt(user).epoch, None, "written, then forgotten");
     assert_eq!(m.get_stats().receipts_expired, 1);
-}
-
-/// A store whose writes wait at a gate, the first of them then failing when `fail_first`:
-/// a flush that is under way while the sweeper runs.
-#[derive(Debug)]
-struct GatedReceipts {
-    store: InMemoryReceipts,
-    calls: std::sync::atomic::AtomicU32,
-    gate: tokio::sync::Semaphore,
-    fail_first: bool,
-}
-
-impl GatedReceipts {
-    fn new(store: &InMemoryReceipts, fail_first: bool) -> Arc<Self> {
-        Arc::new(GatedReceipts {
-            store: store.clone(),
-            calls: std::sync::atomic::AtomicU32::new(0),
-            gate: tokio::sync::Semaphore::new(0),
-            fail_first,
-        })
-    }
 }
 
 /// A node with `receipt_ttl` zero, writing its receipts to `store`.
@@ -398,40 +412,32 @@ async fn ack_one_and_leave(m: &UnifiedWebSocketManager, u: &UserId, n: u64) -> u
     seq
 }
 
-#[async_trait]
-impl ReceiptStore for GatedReceipts {
-    fn ttl(&self) -> Duration {
-        self.store.ttl()
-    }
-
-    async fn record(&self, user: &UserId, receipt: &StoredReceipt) -> Result<(), BrokerError> {
-        let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        self.gate.acquire().await.expect("open gate").forget();
-        if call == 0 && self.fail_first {
-            return Err(BrokerError::unavailable(
-                "the store is down",
-                std::io::Error::other("down"),
-            ));
-        }
-        self.store.record(user, receipt).await
-    }
-
-    async fn read(&self, user: &UserId) -> Result<Option<StoredReceipt>, BrokerError> {
-        self.store.read(user).await
-    }
+/// A node whose user `alice` acked event 1 and left, and whose flush has taken that ack
+/// and waits at the store's gate with it (the write failing once let through, when
+/// `fail_first`): the store, the gated store, the node, alice and the seq.
+async fn a_write_under_way(
+    fail_first: bool,
+) -> (
+    InMemoryReceipts,
+    Arc<FlakyReceipts>,
+    UnifiedWebSocketManager,
+    UserId,
+    u64,
+) {
+    let store = InMemoryReceipts::new(Duration::from_secs(600), 100);
+    let gated = FlakyReceipts::new(&store, u32::from(fail_first), true);
+    let m = node_with_receipts(gated.clone());
+    let alice = user("alice");
+    let seq = ack_one_and_leave(&m, &alice, 1).await;
+    tokio::time::advance(agentwire_manager::RECEIPT_FLUSH_INTERVAL * 2).await;
+    settle().await;
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 1, "a write under way");
+    (store, gated, m, alice, seq)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_receipt_whose_flush_is_under_way_outlives_the_sweep_until_it_is_written() {
-    let store = InMemoryReceipts::new(Duration::from_secs(600), 100);
-    let gated = GatedReceipts::new(&store, true);
-    let m = node_with_receipts(gated.clone());
-    let alice = user("alice");
-    let seq = ack_one_and_leave(&m, &alice, 1).await;
-    // The flush takes alice's change and waits at the gate with it.
-    tokio::time::advance(agentwire_manager::RECEIPT_FLUSH_INTERVAL * 2).await;
-    settle().await;
-    assert_eq!(gated.calls.load(Ordering::SeqCst), 1, "a write under way");
+    let (store, gated, m, alice, seq) = a_write_under_way(true).await;
     m.sweep();
     assert_eq!(
         m.get_stats().receipts_expired,
@@ -439,32 +445,21 @@ async fn a_receipt_whose_flush_is_under_way_outlives_the_sweep_until_it_is_writt
         "a receipt whose change is not yet in the store is kept"
     );
     // That write fails; the next flush writes the change.
-    gated.gate.add_permits(100);
+    gated.open_gate(100);
     settle().await;
     tokio::time::advance(agentwire_manager::RECEIPT_FLUSH_INTERVAL * 2).await;
     settle().await;
-    let stored = store.read(&alice).await.expect("read").expect("written");
-    assert_eq!(stored.acked_seq, Seq(seq));
-    m.sweep();
-    assert_eq!(m.receipt(&alice).epoch, None, "written, then forgotten");
-    assert_eq!(m.get_stats().receipts_expired, 1);
+    written_then_forgotten(&store, &m, &alice, seq).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_receipt_that_moved_while_its_write_was_under_way_waits_for_the_next_write() {
-    let store = InMemoryReceipts::new(Duration::from_secs(600), 100);
-    let gated = GatedReceipts::new(&store, false);
-    let m = node_with_receipts(gated.clone());
-    let alice = user("alice");
-    let first = ack_one_and_leave(&m, &alice, 1).await;
-    tokio::time::advance(agentwire_manager::RECEIPT_FLUSH_INTERVAL * 2).await;
-    settle().await;
-    assert_eq!(gated.calls.load(Ordering::SeqCst), 1, "a write under way");
+    let (store, gated, m, alice, first) = a_write_under_way(false).await;
     // Alice comes back and acks another event while that write waits.
     let second = ack_one_and_leave(&m, &alice, 2).await;
     assert!(second > first);
     // The write of the first ack succeeds; the second is not in the store yet.
-    gated.gate.add_permits(1);
+    gated.open_gate(1);
     settle().await;
     let stored = store.read(&alice).await.expect("read").expect("written");
     assert_eq!(stored.acked_seq, Seq(first));
@@ -474,7 +469,7 @@ async fn a_receipt_that_moved_while_its_write_was_under_way_waits_for_the_next_w
         0,
         "the second ack waits for its write"
     );
-    gated.gate.add_permits(100);
+    gated.open_gate(100);
     tokio::time::advance(agentwire_manager::RECEIPT_FLUSH_INTERVAL * 2).await;
     settle().await;
     let stored = store.read(&alice).await.expect("read").expect("written");
