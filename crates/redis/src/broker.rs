@@ -88,10 +88,13 @@ impl RedisBroker {
     /// reached within the command timeout.
     pub async fn connect(config: RedisConfig) -> Result<Self, BrokerError> {
         let timeout = config.command_timeout;
-        let commands = tokio::time::timeout(timeout, Commands::connect(&config.target, timeout))
-            .await
-            .map_err(|e| BrokerError::timeout("connecting to Redis timed out", e))?
-            .map_err(|e| BrokerError::unavailable("cannot connect to Redis", e))?;
+        let commands = tokio::time::timeout(
+            timeout,
+            Commands::connect(&config.target, timeout, &config.tls),
+        )
+        .await
+        .map_err(|e| BrokerError::timeout("connecting to Redis timed out", e))?
+        .map_err(|e| BrokerError::unavailable("cannot connect to Redis", e))?;
         let counters = Arc::new(Counters::default());
         let subs = Subscriptions::new(&config, counters.clone());
         let link = tokio::time::timeout(
@@ -99,6 +102,7 @@ impl RedisBroker {
             Link::connect(
                 &config.target,
                 timeout,
+                &config.tls,
                 subs.push_handler(0),
                 &config.key_prefix,
             ),

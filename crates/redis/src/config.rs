@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use agentwire_manager::RunLimits;
 
+use crate::error::ConfigError;
+use crate::tls::RedisTls;
+
 /// Which Redis to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -14,40 +17,6 @@ pub enum RedisTarget {
     /// A Redis Cluster, given by one or more of its nodes, e.g.
     /// `["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]`; the rest are discovered.
     Cluster(Vec<String>),
-}
-
-/// Why a [`RedisConfig`] cannot be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A cluster target with no node.
-    #[error("a Redis Cluster target needs at least one node address")]
-    NoClusterNodes,
-    /// The key prefix breaks a rule (see [`RedisConfigBuilder::key_prefix`]).
-    #[error("invalid key prefix {prefix:?}: {reason}")]
-    KeyPrefix {
-        /// The rejected prefix.
-        prefix: String,
-        /// The rule it breaks.
-        reason: &'static str,
-    },
-    /// A Redis address that does not parse (`redis://host:port[/db]`, or `unix://` for a
-    /// standalone Redis). The URL is shown with its password hidden.
-    #[error("invalid Redis URL {url:?}: {reason}")]
-    Url {
-        /// The rejected URL, its password replaced by `***`.
-        url: String,
-        /// Why it does not parse.
-        reason: String,
-    },
-    /// A bound is zero or out of its range.
-    #[error("invalid {name}: {reason}")]
-    Bound {
-        /// The setting's name.
-        name: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
 }
 
 /// Longest key prefix accepted, in bytes.
@@ -74,6 +43,7 @@ pub struct RedisConfig {
     pub(crate) run_limits: RunLimits,
     pub(crate) connection_lease: Duration,
     pub(crate) control_wait: Duration,
+    pub(crate) tls: RedisTls,
 }
 
 impl RedisConfig {
@@ -98,6 +68,7 @@ impl RedisConfig {
                 run_limits: RunLimits::default(),
                 connection_lease: Duration::from_secs(30),
                 control_wait: Duration::from_secs(1),
+                tls: RedisTls::new(),
             },
         }
     }
@@ -105,6 +76,11 @@ impl RedisConfig {
     /// The Redis in use.
     pub fn target(&self) -> &RedisTarget {
         &self.target
+    }
+
+    /// The TLS settings of `rediss://` addresses.
+    pub fn tls(&self) -> &RedisTls {
+        &self.tls
     }
 
     /// The prefix of every key and channel.
@@ -309,6 +285,15 @@ impl RedisConfigBuilder {
         self
     }
 
+    /// The CA to trust and the client certificate to present on `rediss://` addresses
+    /// (default: the system's CA certificates, no client certificate). Every address must
+    /// then be `rediss://`.
+    #[must_use]
+    pub fn tls(mut self, tls: RedisTls) -> Self {
+        self.config.tls = tls;
+        self
+    }
+
     /// Checks the settings together.
     ///
     /// # Errors
@@ -325,10 +310,17 @@ impl RedisConfigBuilder {
             RedisTarget::Cluster(nodes) => nodes,
         };
         for url in urls {
-            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
-                return Err(ConfigError::Url {
-                    url: redact_url(url),
-                    reason: e.to_string(),
+            let info =
+                redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|e| {
+                    ConfigError::Url {
+                        url: redact_url(url),
+                        reason: e.to_string(),
+                    }
+                })?;
+            if c.tls.is_set() && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                return Err(ConfigError::Tls {
+                    what: "the Redis TLS settings".to_owned(),
+                    reason: format!("need rediss:// addresses; {} is not one", redact_url(url)),
                 });
             }
         }

@@ -9,31 +9,58 @@ use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisResult, ScriptInvocation};
 
 use crate::config::RedisTarget;
+use crate::tls::{RedisTls, install_crypto_provider};
 
 /// The name the pub/sub connection gives itself on a standalone Redis (`CLIENT SETNAME`),
 /// followed by the key prefix, so operators can tell it in `CLIENT LIST`.
 pub const PUBSUB_CLIENT_NAME: &str = "agentwire-pubsub";
 
 /// A client for one server, speaking RESP3 (pushes on a connection that also answers
-/// commands).
-pub(crate) fn client(url: &str) -> RedisResult<redis::Client> {
-    let info = url.into_connection_info()?;
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
+/// commands), over TLS as `tls` says when the address is `rediss://`.
+pub(crate) fn client(url: &str, tls: &RedisTls) -> RedisResult<redis::Client> {
+    client_speaking(url, tls, ProtocolVersion::RESP3)
 }
 
-/// A cluster client builder with the broker's timeouts. Retries inside the client are
-/// few: the broker's own timeout bounds every call, and the pub/sub task has its own
-/// backoff.
-pub(crate) fn cluster_builder(nodes: &[String], timeout: Duration) -> ClusterClientBuilder {
-    ClusterClientBuilder::new(nodes.to_vec())
+/// A client for one server speaking `protocol`, over TLS as `tls` says when the address
+/// is `rediss://` (the system's CA certificates when `tls` sets none).
+pub(crate) fn client_speaking(
+    url: &str,
+    tls: &RedisTls,
+    protocol: ProtocolVersion,
+) -> RedisResult<redis::Client> {
+    let info = url.into_connection_info()?;
+    let settings = info.redis_settings().clone().set_protocol(protocol);
+    let info = info.set_redis_settings(settings);
+    if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        install_crypto_provider();
+        if tls.is_set() {
+            return redis::Client::build_with_tls(info, tls.certificates());
+        }
+    }
+    redis::Client::open(info)
+}
+
+/// A cluster client builder with the broker's timeouts and TLS settings. Retries inside
+/// the client are few: the broker's own timeout bounds every call, and the pub/sub task
+/// has its own backoff.
+pub(crate) fn cluster_builder(
+    nodes: &[String],
+    timeout: Duration,
+    tls: &RedisTls,
+) -> ClusterClientBuilder {
+    let builder = ClusterClientBuilder::new(nodes.to_vec())
         .use_protocol(ProtocolVersion::RESP3)
         .connection_timeout(timeout)
         .response_timeout(timeout)
-        .retries(2)
+        .retries(2);
+    if nodes.iter().any(|n| n.starts_with("rediss:")) {
+        install_crypto_provider();
+    }
+    if tls.is_set() {
+        builder.certs(tls.certificates())
+    } else {
+        builder
+    }
 }
 
 /// The connection every command and script call goes through: one multiplexed connection
@@ -56,17 +83,23 @@ impl std::fmt::Debug for Commands {
 }
 
 impl Commands {
-    pub(crate) async fn connect(target: &RedisTarget, timeout: Duration) -> RedisResult<Self> {
+    pub(crate) async fn connect(
+        target: &RedisTarget,
+        timeout: Duration,
+        tls: &RedisTls,
+    ) -> RedisResult<Self> {
         Ok(match target {
             RedisTarget::Standalone(url) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
                     .set_number_of_retries(1);
-                Commands::Single(ConnectionManager::new_with_config(client(url)?, config).await?)
+                Commands::Single(
+                    ConnectionManager::new_with_config(client(url, tls)?, config).await?,
+                )
             }
             RedisTarget::Cluster(nodes) => Commands::Cluster(
-                cluster_builder(nodes, timeout)
+                cluster_builder(nodes, timeout, tls)
                     .build()?
                     .get_async_connection()
                     .await?,

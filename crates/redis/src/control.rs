@@ -18,8 +18,9 @@ use redis::Script;
 use tokio::sync::mpsc;
 
 use crate::config::{RedisConfig, RedisTarget};
-use crate::connect::{Backoff, Commands};
+use crate::connect::{self, Backoff, Commands};
 use crate::metrics::{Counters, bump};
+use crate::tls::RedisTls;
 
 /// Requests of this node waiting for answers at once; more are refused as unavailable.
 pub const MAX_PENDING_CONTROL_REQUESTS: usize = 1_024;
@@ -340,14 +341,14 @@ fn decode_connections(text: &str) -> Option<Vec<ConnectionInfo>> {
 
 /// A dedicated (RESP2) pub/sub connection to a standalone Redis, or to the first cluster
 /// node that answers.
-async fn pubsub(target: &RedisTarget) -> redis::RedisResult<redis::aio::PubSub> {
+async fn pubsub(target: &RedisTarget, tls: &RedisTls) -> redis::RedisResult<redis::aio::PubSub> {
     let urls: Vec<&String> = match target {
         RedisTarget::Standalone(url) => vec![url],
         RedisTarget::Cluster(nodes) => nodes.iter().collect(),
     };
     let mut last = None;
     for url in urls {
-        match redis::Client::open(url.as_str()) {
+        match connect::client_speaking(url, tls, redis::ProtocolVersion::RESP2) {
             Ok(client) => match client.get_async_pubsub().await {
                 Ok(ps) => return Ok(ps),
                 Err(e) => last = Some(e),
@@ -367,6 +368,7 @@ async fn run(weak: Weak<ControlInner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let (target, timeout) = (inner.config.target.clone(), inner.config.command_timeout);
+        let tls = inner.config.tls.clone();
         let backoff = backoff.get_or_insert_with(|| {
             Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max)
         });
@@ -374,7 +376,7 @@ async fn run(weak: Weak<ControlInner>) {
         let period = (inner.config.connection_lease / 3).max(Duration::from_millis(10));
         drop(inner);
         let connected = tokio::time::timeout(timeout, async {
-            let mut ps = pubsub(&target).await?;
+            let mut ps = pubsub(&target, &tls).await?;
             ps.subscribe(&channels).await?;
             Ok::<_, redis::RedisError>(ps)
         })

@@ -165,6 +165,14 @@
 //! published message come from the same values in the same atomic step. A test compares
 //! stored and delivered frames with `compose_frame` for awkward event ids.
 //!
+//! # TLS
+//! `rediss://` addresses connect over TLS (rustls on ring) and always verify the server's
+//! certificate and name: against the system's CA certificates, or only against a CA of
+//! the operator's ([`RedisTls`], given with [`RedisConfigBuilder::tls`]), which also
+//! carries a client certificate for a Redis that asks for one. TLS settings with a
+//! `redis://` address are refused, so a configuration that meant TLS cannot run without
+//! it.
+//!
 //! # Subscriptions
 //! One dedicated pub/sub connection per broker (named `agentwire-pubsub:<prefix>` on a
 //! standalone Redis). Subscriptions are counted per (user, subscriber) in this process;
@@ -201,6 +209,7 @@ mod broker;
 mod config;
 mod connect;
 mod control;
+mod error;
 mod keys;
 mod leases;
 mod metrics;
@@ -209,17 +218,18 @@ mod rates;
 mod receipts;
 mod runs;
 mod script;
+mod tls;
 
 pub use broker::RedisBroker;
-pub use config::{
-    ConfigError, MAX_KEY_PREFIX_BYTES, RedisConfig, RedisConfigBuilder, RedisTarget, redact_url,
-};
+pub use config::{MAX_KEY_PREFIX_BYTES, RedisConfig, RedisConfigBuilder, RedisTarget, redact_url};
 pub use connect::PUBSUB_CLIENT_NAME;
 pub use control::{MAX_PENDING_CONTROL_REQUESTS, RedisControl};
+pub use error::ConfigError;
 pub use leases::RedisLeases;
 pub use metrics::{LatencyHistogram, ROUND_TRIP_BUCKETS_MICROS, RedisMetrics};
 pub use rates::RedisRates;
 pub use receipts::RedisReceipts;
+pub use tls::RedisTls;
 
 #[cfg(feature = "testing")]
 pub mod testing;

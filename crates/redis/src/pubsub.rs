@@ -25,6 +25,7 @@ use crate::config::{RedisConfig, RedisTarget};
 use crate::connect::{self, Backoff, PUBSUB_CLIENT_NAME};
 use crate::metrics::{Counters, bump};
 use crate::script::Message;
+use crate::tls::RedisTls;
 
 /// The local subscribers of one user's channel.
 struct Channel {
@@ -544,12 +545,13 @@ impl Link {
     pub(crate) async fn connect(
         target: &RedisTarget,
         timeout: Duration,
+        tls: &RedisTls,
         push: impl redis::aio::AsyncPushSender,
         key_prefix: &str,
     ) -> RedisResult<Link> {
         Ok(match target {
             RedisTarget::Standalone(url) => {
-                let client = connect::client(url)?;
+                let client = connect::client(url, tls)?;
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
@@ -565,7 +567,7 @@ impl Link {
                 Link::Single(conn)
             }
             RedisTarget::Cluster(nodes) => {
-                let client = connect::cluster_builder(nodes, timeout)
+                let client = connect::cluster_builder(nodes, timeout, tls)
                     .push_sender(push)
                     .build()?;
                 Link::Cluster(client.get_async_connection().await?)
@@ -720,6 +722,7 @@ async fn restore(
             let link = Link::connect(
                 &config.target,
                 config.command_timeout,
+                &config.tls,
                 subs.push_handler(generation),
                 &config.key_prefix,
             )

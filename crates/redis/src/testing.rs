@@ -127,6 +127,20 @@ pub struct RedisServer {
     dir: PathBuf,
     cluster: bool,
     persistent: bool,
+    tls: Option<(u16, TlsFiles)>,
+}
+
+/// The files of a TLS listener ([`RedisServer::start_tls`]), all PEM.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA that signs the client certificates it accepts.
+    pub ca: PathBuf,
+    /// Whether a client must present a certificate signed by `ca` (`tls-auth-clients`).
+    pub require_client_certificate: bool,
 }
 
 impl RedisServer {
@@ -136,7 +150,17 @@ impl RedisServer {
     /// Why it could not be started (no binary, no port, no answer within
     /// [`START_WAIT`]).
     pub fn start() -> Result<Self, String> {
-        Self::spawn(false, false)
+        Self::spawn(false, false, None)
+    }
+
+    /// Starts a standalone server that also listens for TLS on a second free port
+    /// ([`tls_url`](Self::tls_url)), with the certificate, key and client CA of `files`,
+    /// and waits until it answers (on its plain port).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_tls(files: TlsFiles) -> Result<Self, String> {
+        Self::spawn(false, false, Some(files))
     }
 
     /// Starts a standalone server that keeps its data across [`restart`](Self::restart)
@@ -145,17 +169,21 @@ impl RedisServer {
     /// # Errors
     /// As [`start`](Self::start).
     pub fn start_persistent() -> Result<Self, String> {
-        Self::spawn(false, true)
+        Self::spawn(false, true, None)
     }
 
     /// Starts a server in cluster mode (not yet part of a cluster).
     fn start_cluster_node() -> Result<Self, String> {
-        Self::spawn(true, false)
+        Self::spawn(true, false, None)
     }
 
-    fn spawn(cluster: bool, persistent: bool) -> Result<Self, String> {
+    fn spawn(cluster: bool, persistent: bool, tls: Option<TlsFiles>) -> Result<Self, String> {
         redis_binaries()?;
         let port = free_port()?;
+        let tls = match tls {
+            Some(files) => Some((free_port()?, files)),
+            None => None,
+        };
         let dir = std::env::temp_dir().join(format!(
             "agentwire-redis-{}-{port}-{:08x}",
             std::process::id(),
@@ -168,6 +196,7 @@ impl RedisServer {
             dir,
             cluster,
             persistent,
+            tls,
         };
         server.launch()?;
         Ok(server)
@@ -185,6 +214,23 @@ impl RedisServer {
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some((port, files)) = &self.tls {
+            cmd.args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&files.cert)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca)
+                .args([
+                    "--tls-auth-clients",
+                    if files.require_client_certificate {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                ]);
+        }
         if self.cluster {
             cmd.args(["--cluster-enabled", "yes"])
                 .arg("--cluster-config-file")
@@ -216,6 +262,14 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://{}", self.addr())
+    }
+
+    /// `rediss://127.0.0.1:<TLS port>`, for a server started with
+    /// [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(port, _)| format!("rediss://127.0.0.1:{port}"))
     }
 
     /// The port it listens on (the same after [`restart_empty`](Self::restart_empty)).
@@ -377,5 +431,119 @@ impl RedisCluster {
     /// Mutable access to the nodes (to kill one).
     pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
         &mut self.nodes
+    }
+}
+
+/// A private `redis-server` listening for TLS beside its plain port, with a certificate
+/// (for `localhost` and `127.0.0.1`) from a CA made for it, and a client certificate from
+/// the same CA, all written as PEM files in a directory removed on drop. The plain port is
+/// for setting up and cleaning up; clients under test use [`url`](Self::url).
+#[derive(Debug)]
+pub struct TlsRedis {
+    /// The server (its plain port: [`RedisServer::addr`]).
+    pub server: RedisServer,
+    /// The CA's certificate.
+    pub ca_pem: String,
+    /// The same, as a file.
+    pub ca_file: PathBuf,
+    /// A client certificate from the CA, and its key.
+    pub client_cert_pem: String,
+    /// The client certificate's private key.
+    pub client_key_pem: String,
+    /// The client certificate, as a file.
+    pub client_cert_file: PathBuf,
+    /// Its key, as a file.
+    pub client_key_file: PathBuf,
+    dir: PathBuf,
+}
+
+impl TlsRedis {
+    /// Starts it; with `require_client_certificate`, Redis refuses a client without a
+    /// certificate from the CA.
+    ///
+    /// # Errors
+    /// Why it could not be started (as [`RedisServer::start`]), or a certificate not made.
+    pub fn start(require_client_certificate: bool) -> Result<Self, String> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            SanType,
+        };
+        let e = |e: rcgen::Error| e.to_string();
+        let ca_key = KeyPair::generate().map_err(e)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "agentwire test CA");
+        let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+        let leaf = |purpose: ExtendedKeyUsagePurpose| -> Result<(String, String), String> {
+            let key = KeyPair::generate().map_err(e)?;
+            let mut params = CertificateParams::new(vec!["localhost".to_owned()]).map_err(e)?;
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+            params.extended_key_usages = vec![purpose];
+            let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(e)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = leaf(ExtendedKeyUsagePurpose::ServerAuth)?;
+        let (client_cert_pem, client_key_pem) = leaf(ExtendedKeyUsagePurpose::ClientAuth)?;
+        let dir = std::env::temp_dir().join(format!(
+            "agentwire-redis-tls-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let write = |name: &str, pem: &str| -> Result<PathBuf, String> {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(path)
+        };
+        let ca_pem = ca_cert.pem();
+        let files = TlsFiles {
+            cert: write("server.pem", &server_cert)?,
+            key: write("server.key", &server_key)?,
+            ca: write("ca.pem", &ca_pem)?,
+            require_client_certificate,
+        };
+        let ca_file = files.ca.clone();
+        let client_cert_file = write("client.pem", &client_cert_pem)?;
+        let client_key_file = write("client.key", &client_key_pem)?;
+        let server = RedisServer::start_tls(files)?;
+        Ok(TlsRedis {
+            server,
+            ca_pem,
+            ca_file,
+            client_cert_pem,
+            client_key_pem,
+            client_cert_file,
+            client_key_file,
+            dir,
+        })
+    }
+
+    /// `rediss://127.0.0.1:<TLS port>`.
+    pub fn url(&self) -> String {
+        self.server.tls_url().expect("started with TLS")
+    }
+
+    /// Trusts the CA and presents the client certificate.
+    pub fn client_tls(&self) -> crate::RedisTls {
+        crate::RedisTls::new()
+            .with_root_ca_pem(self.ca_pem.clone())
+            .and_then(|t| {
+                t.with_client_identity_pem(
+                    self.client_cert_pem.clone(),
+                    self.client_key_pem.clone(),
+                )
+            })
+            .expect("the certificates made here are valid")
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        // The server first: it reads the files.
+        self.server.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

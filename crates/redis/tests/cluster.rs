@@ -44,6 +44,7 @@ impl Leases {
                 rand::random::<u32>() & 0xff_ffff
             ),
             nodes: self.base.nodes.clone(),
+            tls: self.base.tls.clone(),
         }
     }
 
@@ -264,6 +265,22 @@ async fn redis_nodes_evict_list_and_disconnect_across_the_cluster() {
         return;
     };
     let h = Nodes(Leases::new(RedisHarness::standalone(&url, "control")));
+    conformance::cluster_evictions_and_admin(&h).await;
+    h.0.clean().await;
+}
+
+/// The same over mutual TLS: leases, the control channel's own pub/sub connection and
+/// its requests, all on `rediss://`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_nodes_over_tls_evict_list_and_disconnect_across_the_cluster() {
+    let Some(redis) = testing::require("control over TLS", testing::TlsRedis::start(true)) else {
+        return;
+    };
+    let h = Nodes(Leases::new(support::tls_harness(
+        &redis,
+        "control-tls",
+        redis.client_tls(),
+    )));
     conformance::cluster_evictions_and_admin(&h).await;
     h.0.clean().await;
 }

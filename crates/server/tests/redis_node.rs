@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use agentwire_redis::testing::{self, RedisServer};
+use agentwire_redis::testing::{self, RedisServer, TlsRedis};
 use serde_json::json;
 
 use support::nodes::{
@@ -150,6 +150,21 @@ async fn a_node_on_redis_serves_and_answers_503_while_redis_is_away() {
     alice.close().await;
 }
 
+/// Runs `cmd`, which must exit unsuccessfully within [`WITHIN`] with every one of `says`
+/// on its stderr; returns the stderr.
+fn refuses_to_start(case: &str, cmd: std::process::Command, says: &[&str]) -> String {
+    let (status, _, stderr) = run_to_exit(cmd, WITHIN);
+    let status = status.unwrap_or_else(|| panic!("{case}: still running"));
+    assert!(!status.success(), "{case}: started");
+    for needle in says {
+        assert!(
+            stderr.contains(needle),
+            "{case}: {needle} missing: {stderr}"
+        );
+    }
+    stderr
+}
+
 #[test]
 fn a_node_refuses_to_start_on_a_bad_or_unreachable_redis() {
     let free_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -193,15 +208,7 @@ fn a_node_refuses_to_start_on_a_bad_or_unreachable_redis() {
         let mut cmd = secured();
         cmd.args(["--broker", "redis", "--redis-command-timeout", "500ms"])
             .args(&args);
-        let (status, _, stderr) = run_to_exit(cmd, WITHIN);
-        let status = status.unwrap_or_else(|| panic!("{case}: still running"));
-        assert!(!status.success(), "{case}: started");
-        for needle in says {
-            assert!(
-                stderr.contains(needle),
-                "{case}: {needle} missing: {stderr}"
-            );
-        }
+        let stderr = refuses_to_start(case, cmd, says);
         assert!(
             !stderr.contains("hunter2"),
             "{case} shows the password: {stderr}"
@@ -210,6 +217,106 @@ fn a_node_refuses_to_start_on_a_bad_or_unreachable_redis() {
     // A Redis address without --broker redis is a mistake, not a silent single node.
     let mut cmd = secured();
     cmd.args(["--redis-url", "redis://127.0.0.1:6379"]);
+    let (status, _, stderr) = run_to_exit(cmd, WITHIN);
+    assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+    assert!(stderr.contains("add --broker redis"), "{stderr}");
+}
+
+/// `rediss://` to a Redis that requires a client certificate, with a CA of the test's own:
+/// the node connects with `--redis-tls-*`, serves, and delivers.
+#[tokio::test]
+async fn a_node_on_redis_over_mutual_tls_serves() {
+    let Some(redis) = testing::require("a node on Redis over TLS", TlsRedis::start(true)) else {
+        return;
+    };
+    let prefix = testing::unique_prefix("tls");
+    let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 path").to_owned();
+    let (ca, cert, key) = (
+        path(&redis.ca_file),
+        path(&redis.client_cert_file),
+        path(&redis.client_key_file),
+    );
+    let node = start(node_command(
+        &Target::Standalone(redis.url()),
+        &prefix,
+        &[
+            "--redis-tls-ca-file",
+            &ca,
+            "--redis-tls-cert-file",
+            &cert,
+            "--redis-tls-key-file",
+            &key,
+        ],
+    ))
+    .await;
+    let addr = node.addr;
+    wait_for_status(addr, "/readyz", 200, WAIT).await;
+    let (mut alice, _) = Ws::connect(addr, "alice", "")
+        .await
+        .expect("alice connects");
+    let r = publish(addr, &custom("alice", 1, "a-1")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    match alice.next(WAIT).await {
+        Read::Frame(f) => assert_eq!(f["seq"], 1, "{f}"),
+        other => panic!("no event: {other:?}"),
+    }
+    alice.close().await;
+}
+
+/// TLS that cannot be trusted or used stops the start, saying why: a server certificate
+/// no trusted CA signed, TLS files with a `redis://` address, a file that is not there, a
+/// client certificate without its key, and TLS files without `--broker redis`.
+#[test]
+fn a_node_refuses_to_start_on_redis_tls_it_cannot_use() {
+    let Some(redis) = testing::require("a node on Redis over TLS", TlsRedis::start(false)) else {
+        return;
+    };
+    let url = redis.url();
+    let ca = redis.ca_file.to_str().expect("a UTF-8 path").to_owned();
+    let cert = redis
+        .client_cert_file
+        .to_str()
+        .expect("a UTF-8 path")
+        .to_owned();
+    let missing = format!("{ca}.missing");
+    // Each after `--broker redis --redis-url`.
+    let cases: [(&str, Vec<&str>, &[&str]); 4] = [
+        (
+            "the system's CAs do not know the server's",
+            vec![&url],
+            &["cannot reach Redis", "certificate"],
+        ),
+        (
+            "TLS files with a plain address",
+            vec!["redis://127.0.0.1:6379", "--redis-tls-ca-file", &ca],
+            &["rediss://"],
+        ),
+        (
+            "a CA file that is not there",
+            vec![&url, "--redis-tls-ca-file", &missing],
+            &["CA certificate", ".missing"],
+        ),
+        (
+            "a client certificate without its key",
+            vec![
+                &url,
+                "--redis-tls-ca-file",
+                &ca,
+                "--redis-tls-cert-file",
+                &cert,
+            ],
+            &["without its key"],
+        ),
+    ];
+    for (case, args, says) in cases {
+        let mut cmd = secured();
+        cmd.args(["--redis-command-timeout", "1s", "--broker", "redis"])
+            .arg("--redis-url")
+            .args(&args);
+        refuses_to_start(case, cmd, says);
+    }
+    let mut cmd = secured();
+    cmd.args(["--redis-tls-ca-file", &ca]);
     let (status, _, stderr) = run_to_exit(cmd, WITHIN);
     assert!(status.is_some_and(|s| !s.success()), "{stderr}");
     assert!(stderr.contains("add --broker redis"), "{stderr}");

@@ -10,7 +10,7 @@ use agentwire_manager::RunLimits;
 use agentwire_manager::conformance::{Harness, Unsupported};
 use agentwire_manager::{StoredEvent, Subscriber};
 use agentwire_protocol::UserId;
-use agentwire_redis::{RedisBroker, RedisConfig, RedisConfigBuilder, RedisTarget};
+use agentwire_redis::{RedisBroker, RedisConfig, RedisConfigBuilder, RedisTarget, RedisTls};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
@@ -20,6 +20,8 @@ pub struct RedisHarness {
     pub prefix: String,
     /// `host:port` of every node, to kill pub/sub connections and delete keys on.
     pub nodes: Vec<String>,
+    /// What the brokers' `rediss://` connections trust and present.
+    pub tls: RedisTls,
 }
 
 impl RedisHarness {
@@ -32,6 +34,7 @@ impl RedisHarness {
                     .trim_end_matches('/')
                     .to_owned(),
             ],
+            tls: RedisTls::new(),
         }
     }
 
@@ -43,6 +46,7 @@ impl RedisHarness {
                 .collect(),
             target: RedisTarget::Cluster(urls),
             prefix: agentwire_redis::testing::unique_prefix(label),
+            tls: RedisTls::new(),
         }
     }
 
@@ -51,6 +55,7 @@ impl RedisHarness {
             .key_prefix(self.prefix.clone())
             .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(500))
             .ping_interval(Duration::from_secs(1))
+            .tls(self.tls.clone())
     }
 
     pub async fn connect(&self, config: RedisConfigBuilder) -> RedisBroker {
@@ -169,6 +174,7 @@ impl Harness for RedisHarness {
             target: self.target.clone(),
             prefix: format!("{}r{:06x}:", self.prefix, rand::random::<u32>() & 0xff_ffff),
             nodes: self.nodes.clone(),
+            tls: self.tls.clone(),
         };
         Ok(own.connect(own.config().run_limits(limits)).await)
     }
@@ -344,4 +350,19 @@ fn rand_tag() -> u32 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0)
+}
+
+/// A harness whose brokers connect to `redis` over TLS with `tls`, cleaned up on its
+/// plain port.
+pub fn tls_harness(
+    redis: &agentwire_redis::testing::TlsRedis,
+    label: &str,
+    tls: RedisTls,
+) -> RedisHarness {
+    RedisHarness {
+        target: RedisTarget::Standalone(redis.url()),
+        prefix: agentwire_redis::testing::unique_prefix(label),
+        nodes: vec![redis.server.addr()],
+        tls,
+    }
 }

@@ -101,6 +101,18 @@ impl ServerBroker {
                         flag: "--redis-cluster-nodes",
                     });
                 }
+                for (set, flag) in [
+                    (config.redis_tls_ca_file.is_some(), "--redis-tls-ca-file"),
+                    (
+                        config.redis_tls_cert_file.is_some(),
+                        "--redis-tls-cert-file",
+                    ),
+                    (config.redis_tls_key_file.is_some(), "--redis-tls-key-file"),
+                ] {
+                    if set {
+                        return Err(BrokerSetupError::RedisWithoutBroker { flag });
+                    }
+                }
                 Ok(ServerBroker::Memory(Arc::new(
                     InMemoryBroker::new(config.history_config())
                         .with_run_limits(config.run_limits()),
@@ -172,7 +184,7 @@ impl ServerBroker {
 pub fn redis_config(
     config: &ServerConfig,
 ) -> Result<agentwire_redis::RedisConfig, BrokerSetupError> {
-    use agentwire_redis::{RedisConfig, RedisTarget};
+    use agentwire_redis::{RedisConfig, RedisTarget, RedisTls};
     let target = match (&config.redis_url, config.redis_cluster_nodes.as_slice()) {
         (Some(url), []) => RedisTarget::Standalone(url.clone()),
         (None, []) => return Err(BrokerSetupError::NoRedisTarget),
@@ -197,6 +209,11 @@ pub fn redis_config(
         .control_wait(config.redis_control_wait)
         .max_batch_events(defaults.max_batch_events().max(config.max_batch))
         .run_limits(config.run_limits())
+        .tls(RedisTls::from_files(
+            config.redis_tls_ca_file.as_deref(),
+            config.redis_tls_cert_file.as_deref(),
+            config.redis_tls_key_file.as_deref(),
+        )?)
         .build()?)
 }
 

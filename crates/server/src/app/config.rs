@@ -183,6 +183,18 @@ pub struct ServerConfig {
     /// (at most 64 bytes, no `{`, `}` or whitespace).
     pub redis_key_prefix: String,
 
+    /// With `rediss://` addresses, the CA certificates (PEM) to trust instead of the
+    /// system's; every Redis address must then be `rediss://`. The server's certificate
+    /// and name are always verified.
+    pub redis_tls_ca_file: Option<PathBuf>,
+
+    /// With `rediss://` addresses, the client certificate chain (PEM) to present to a
+    /// Redis that requires one (`tls-auth-clients yes`); needs `redis_tls_key_file`.
+    pub redis_tls_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `redis_tls_cert_file`.
+    pub redis_tls_key_file: Option<PathBuf>,
+
     /// Longest wait for one Redis command (and for the connection at start); past it a
     /// publish answers 503, `/readyz` 503.
     pub redis_command_timeout: Duration,
@@ -460,6 +472,9 @@ impl Default for ServerConfig {
             redis_url: None,
             redis_cluster_nodes: Vec::new(),
             redis_key_prefix: "agentwire:".to_owned(),
+            redis_tls_ca_file: None,
+            redis_tls_cert_file: None,
+            redis_tls_key_file: None,
             redis_command_timeout: Duration::from_secs(2),
             connection_lease: Duration::from_secs(30),
             redis_control_wait: Duration::from_secs(1),
@@ -660,6 +675,23 @@ impl ServerConfigBuilder {
     /// Sets [`ServerConfig::redis_key_prefix`].
     pub fn redis_key_prefix(mut self, value: impl Into<String>) -> Self {
         self.0.redis_key_prefix = value.into();
+        self
+    }
+
+    /// Sets [`ServerConfig::redis_tls_ca_file`].
+    pub fn redis_tls_ca_file(mut self, value: impl Into<PathBuf>) -> Self {
+        self.0.redis_tls_ca_file = Some(value.into());
+        self
+    }
+
+    /// Sets [`ServerConfig::redis_tls_cert_file`] and [`ServerConfig::redis_tls_key_file`].
+    pub fn redis_tls_client_identity(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.0.redis_tls_cert_file = Some(cert_file.into());
+        self.0.redis_tls_key_file = Some(key_file.into());
         self
     }
 

@@ -166,6 +166,21 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AGENTWIRE_REDIS_KEY_PREFIX", default_value_t = d().redis_key_prefix)]
     pub(crate) redis_key_prefix: String,
 
+    /// With rediss:// addresses (TLS), the CA certificates (PEM) to trust instead of the
+    /// system's, e.g. a private CA's; every Redis address must then be rediss://. The
+    /// server's certificate and name are always verified.
+    #[arg(long, env = "AGENTWIRE_REDIS_TLS_CA_FILE", value_name = "FILE")]
+    pub(crate) redis_tls_ca_file: Option<PathBuf>,
+
+    /// With rediss:// addresses, the client certificate chain (PEM) for a Redis that
+    /// requires one (tls-auth-clients yes); needs --redis-tls-key-file.
+    #[arg(long, env = "AGENTWIRE_REDIS_TLS_CERT_FILE", value_name = "FILE")]
+    pub(crate) redis_tls_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --redis-tls-cert-file.
+    #[arg(long, env = "AGENTWIRE_REDIS_TLS_KEY_FILE", value_name = "FILE")]
+    pub(crate) redis_tls_key_file: Option<PathBuf>,
+
     /// Longest wait for one Redis command (and for the connection at start); past it a
     /// publish is answered 503 and /readyz 503.
     #[arg(long, env = "AGENTWIRE_REDIS_COMMAND_TIMEOUT", value_parser = parse_duration, default_value_t = d().redis_command_timeout.into())]
@@ -492,6 +507,9 @@ impl ServeArgs {
         c.redis_url = this.redis_url;
         c.redis_cluster_nodes = this.redis_cluster_nodes;
         c.redis_key_prefix = this.redis_key_prefix;
+        c.redis_tls_ca_file = this.redis_tls_ca_file;
+        c.redis_tls_cert_file = this.redis_tls_cert_file;
+        c.redis_tls_key_file = this.redis_tls_key_file;
         c.redis_command_timeout = this.redis_command_timeout.into();
         c.connection_lease = this.connection_lease.into();
         c.redis_control_wait = this.redis_control_wait.into();
