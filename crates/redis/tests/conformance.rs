@@ -4,20 +4,9 @@
 
 mod support;
 
-use agentwire_manager::conformance::{self, Harness, PROPERTIES};
+use agentwire_manager::conformance::Harness;
 use agentwire_redis::testing::{self, RedisCluster};
-use support::RedisHarness;
-
-async fn run(harness: &RedisHarness) {
-    let report = conformance::run_all(harness).await;
-    assert!(
-        report.unsupported.is_empty(),
-        "properties that did not run: {:?}",
-        report.unsupported
-    );
-    assert_eq!(report.held, PROPERTIES, "every property held");
-    harness.delete_keys().await;
-}
+use support::{RedisHarness, run_conformance as run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_standalone_redis() {

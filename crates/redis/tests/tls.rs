@@ -5,7 +5,6 @@
 
 mod support;
 
-use agentwire_manager::conformance::{self, PROPERTIES};
 use agentwire_manager::{Broker, BrokerError};
 use agentwire_redis::testing::{self, TlsRedis};
 use agentwire_redis::{ConfigError, RedisBroker, RedisConfig, RedisTarget, RedisTls};
@@ -16,14 +15,7 @@ async fn conformance_over_mutual_tls_with_a_private_ca() {
         return;
     };
     let harness = support::tls_harness(&redis, "tls-conformance", redis.client_tls());
-    let report = conformance::run_all(&harness).await;
-    assert!(
-        report.unsupported.is_empty(),
-        "properties that did not run: {:?}",
-        report.unsupported
-    );
-    assert_eq!(report.held, PROPERTIES, "every property held over TLS");
-    harness.delete_keys().await;
+    support::run_conformance(&harness).await;
 }
 
 async fn connect(url: String, tls: RedisTls) -> Result<RedisBroker, BrokerError> {

@@ -199,6 +199,23 @@ impl Harness for RedisHarness {
     }
 }
 
+/// Runs the whole broker conformance suite on `harness`: every property runs and holds;
+/// then deletes the keys it made.
+pub async fn run_conformance(harness: &RedisHarness) {
+    let report = agentwire_manager::conformance::run_all(harness).await;
+    assert!(
+        report.unsupported.is_empty(),
+        "properties that did not run: {:?}",
+        report.unsupported
+    );
+    assert_eq!(
+        report.held,
+        agentwire_manager::conformance::PROPERTIES,
+        "every property held"
+    );
+    harness.delete_keys().await;
+}
+
 /// A user id from a name known valid.
 pub fn user(name: &str) -> UserId {
     UserId::new(name).expect("valid user id")
