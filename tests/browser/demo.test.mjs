@@ -254,8 +254,16 @@ async function resumeCase(browser, suffix) {
   check((await bobTab.getByTestId("state-pill").getAttribute("data-state")) === "open", "bob's tab stayed connected");
   await shot(bobTab, "04-other-user-sees-nothing.png");
 
-  // 6. A run stopped from the page ends with agent_error (the bridge's drop guard).
+  // 6. A run stopped from the page ends with agent_error (the bridge's drop guard). This
+  //    run is paced slowly (about 16 s), so it is still in progress when the stop button
+  //    is clicked however late the page shows its start on a busy machine.
+  await tab1.route("**/demo/runs", (route) =>
+    route.request().method() === "POST"
+      ? route.continue({ postData: JSON.stringify({ pace_ms: 2000 }) })
+      : route.continue(),
+  );
   const run3 = await startRun(tab1);
+  await tab1.unroute("**/demo/runs");
   await waitForEvent(tab1, run3, "agent_started");
   await tab1.getByTestId("stop-run").click();
   await waitForEvent(tab1, run3, "agent_error");
