@@ -48,6 +48,17 @@ enum Tail {
     Merged(Box<EventEnvelope>),
 }
 
+impl Tail {
+    /// The tail a live event's own frame makes.
+    fn for_event(event: &StoredEvent) -> Tail {
+        if event.event_type == EventType::MessageDelta {
+            Tail::Delta
+        } else {
+            Tail::Other
+        }
+    }
+}
+
 /// What the connection's stream is doing.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Phase {
@@ -87,6 +98,10 @@ struct State {
     /// The writer's socket, while the writer waits for frames
     /// ([`Connection::next_frames_lending`]).
     lent: Option<Arc<dyn DirectSink>>,
+    /// The frames at the front of the queue were held back from the lent socket by
+    /// deliveries inside a [`HeldWrites`](super::held::HeldWrites) scope, which writes
+    /// them when it ends: the writer was not woken for them.
+    held: bool,
 }
 
 /// A connection's socket, as its writer lends it while it waits for frames
@@ -95,9 +110,11 @@ struct State {
 /// queued for the writer to wake up and write.
 ///
 /// The manager calls [`DirectSink::send_now`] only under the connection's lock, only for
-/// the next event of the connection's stream, and only while nothing is queued and the
-/// writer holds no frames it took: so the stream keeps its order, and a frame the sink
-/// takes is the one the client must see next. The writer takes the lend back (under the
+/// the next event of the connection's stream, and only while nothing is queued ahead of
+/// it and the writer holds no frames it took: so the stream keeps its order, and a frame
+/// the sink takes is the one the client must see next. Inside one poll of a publish, the
+/// frames of its deliveries are held in the queue (the writer not woken) and given to the
+/// sink one after the other when the poll ends, so they leave in one burst. The writer takes the lend back (under the
 /// same lock) each time it takes frames or a close; whatever else it writes meanwhile (a
 /// ping, a pong), the sink must keep from interleaving with a frame it was given.
 ///
@@ -164,6 +181,10 @@ pub(crate) enum Pushed {
     Skipped,
     /// A live event arrived with a gap before it; a catch-up must run.
     NeedsCatchUp,
+    /// Queued for the lent socket without waking the writer, inside a
+    /// [`HeldWrites`](super::held::HeldWrites) scope: the scope must be told
+    /// ([`super::held::hold`]), and writes it when it ends.
+    Held,
 }
 
 /// How a catch-up's attempt to go live ended.
@@ -221,6 +242,7 @@ impl ConnShared {
                 read_again: false,
                 receipt: None,
                 lent: None,
+                held: false,
             }),
             readable: AtomicWaker::new(),
             writable: Notify::new(),
@@ -341,6 +363,7 @@ impl ConnShared {
         event: &StoredEvent,
         manager: &UnifiedWebSocketManager,
         now: &FanOutTime,
+        hold: bool,
     ) -> Pushed {
         let counters = &manager.inner.counters;
         let mut st = self.state();
@@ -398,8 +421,25 @@ impl ConnShared {
                     self.slow_consumer(counters);
                     return Pushed::Skipped;
                 }
-                if st.queue.is_empty()
-                    && !manager.inner.load.paused()
+                // A socket lent with nothing queued (or only frames held back in this
+                // scope) takes the frame from the deliverer: at once, or when the scope
+                // of `hold` ends.
+                let direct = st.lent.is_some()
+                    && (st.queue.is_empty() || st.held)
+                    && !manager.inner.load.paused();
+                if direct && hold {
+                    st.held = true;
+                    st.last_sent = event.seq;
+                    st.queued_bytes += event.frame.len();
+                    st.queue.push_back(event.frame.clone());
+                    Self::pushed_event(&mut st, event);
+                    st.tail = Tail::for_event(event);
+                    drop(st);
+                    counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    return Pushed::Held;
+                }
+                if direct
+                    && st.queue.is_empty()
                     && st
                         .lent
                         .as_ref()
@@ -422,16 +462,70 @@ impl ConnShared {
                 st.queued_bytes += event.frame.len();
                 st.queue.push_back(event.frame.clone());
                 Self::pushed_event(&mut st, event);
-                st.tail = if event.event_type == EventType::MessageDelta {
-                    Tail::Delta
-                } else {
-                    Tail::Other
-                };
+                st.tail = Tail::for_event(event);
                 drop(st);
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
                 self.readable.wake();
                 Pushed::Queued
             }
+        }
+    }
+
+    /// Writes the frames held back for the lent socket ([`Pushed::Held`]), front to back,
+    /// as a direct write would have: each one the socket takes counts as written and moves
+    /// the receipt. What it does not take, and anything queued behind them that is not an
+    /// event frame, is left to the writer, which is woken for it; so is everything when the
+    /// writer took its socket back meanwhile, the connection is closing or direct writes
+    /// paused. A connection with nothing held is left alone.
+    pub(crate) fn write_held(&self, manager: &UnifiedWebSocketManager) {
+        let mut st = self.state();
+        if !std::mem::take(&mut st.held) {
+            return;
+        }
+        let now = FanOutTime::default();
+        let mut written = false;
+        if st.closing.is_none() && !manager.inner.load.paused() {
+            while let (Some(frame), Some(sink), Some(&Mark { at, seq, ts_ms })) =
+                (st.queue.front(), st.lent.as_ref(), st.marks.front())
+            {
+                // The front frame is an event's only when its mark is the next taken.
+                if at != st.taken || !sink.send_now(frame, ts_ms, &now) {
+                    break;
+                }
+                let len = frame.len();
+                st.queue.pop_front();
+                st.marks.pop_front();
+                st.queued_bytes -= len;
+                st.taken += 1;
+                st.taken_seq = st.taken_seq.max(seq);
+                written = true;
+            }
+        }
+        let left = !st.queue.is_empty();
+        if !left {
+            st.tail = Tail::Other;
+        }
+        let moved = if written {
+            let State {
+                epoch,
+                receipt,
+                taken_seq,
+                ..
+            } = &mut *st;
+            let delivered = Some(*taken_seq);
+            epoch.as_ref().and_then(|epoch| {
+                let at = now.monotonic();
+                manager.record_receipt_in(receipt, &self.user, epoch, delivered, None, at)
+            })
+        } else {
+            None
+        };
+        drop(st);
+        if written {
+            manager.receipt_moved(&self.user, moved);
+        }
+        if left {
+            self.readable.wake();
         }
     }
 
@@ -761,6 +855,8 @@ impl Connection {
                 st.lent = None;
             }
             if !st.queue.is_empty() {
+                // Whatever was held back for the socket, the writer writes now.
+                st.held = false;
                 let n = st.queue.len().min(max_frames.max(1));
                 let before = out.len();
                 let mut bytes = 0;
@@ -969,6 +1065,7 @@ impl Drop for Connection {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use agentwire_protocol::{Custom, Event, ServerFrame, UserId};
@@ -1213,16 +1310,26 @@ mod tests {
 
     /// A socket as a writer lends it: it takes every frame it is given (and records it),
     /// or none.
-    #[derive(Debug)]
+    #[derive(Debug, Default)]
     struct TestSink {
         wrote: std::sync::Mutex<Vec<Bytes>>,
         takes: bool,
+        /// Deliveries the manager had counted at each write, when set to its manager.
+        delivered_at_writes: std::sync::Mutex<Vec<u64>>,
+        manager: std::sync::OnceLock<UnifiedWebSocketManager>,
     }
 
     impl super::DirectSink for TestSink {
         fn send_now(&self, frame: &Bytes, _: u64, _: &super::FanOutTime) -> bool {
             if self.takes {
                 self.wrote.lock().expect("lock").push(frame.clone());
+                if let Some(m) = self.manager.get() {
+                    let delivered = m.inner.counters.delivered.load(Ordering::Relaxed);
+                    self.delivered_at_writes
+                        .lock()
+                        .expect("lock")
+                        .push(delivered);
+                }
             }
             self.takes
         }
@@ -1246,21 +1353,28 @@ mod tests {
         Arc<TestSink>,
     ) {
         let (m, user, conn) = connected().await;
+        let sink = lend(&conn, takes).await;
+        (m, user, conn, sink)
+    }
+
+    /// Lends a new [`TestSink`] to `conn` once the connect's catch-up has run and the
+    /// writer has taken what it queued.
+    async fn lend(conn: &super::Connection, takes: bool) -> Arc<TestSink> {
         // Live once the connect's catch-up task has run.
         tokio::time::sleep(Duration::from_millis(1)).await;
         let sink = Arc::new(TestSink {
-            wrote: std::sync::Mutex::default(),
             takes,
+            ..TestSink::default()
         });
         let lent: Arc<dyn super::DirectSink> = sink.clone();
         loop {
-            match take_lending(&conn, Some(&lent)).await {
+            match take_lending(conn, Some(&lent)).await {
                 Some((Outbound::Frames, _)) => {}
                 Some((Outbound::Close(code), _)) => panic!("closed: {code:?}"),
                 None => break,
             }
         }
-        (m, user, conn, sink)
+        sink
     }
 
     /// One poll of `next_frames_lending`: what it returned and the frames it took, or
@@ -1377,5 +1491,177 @@ mod tests {
                 vec![]
             ))
         );
+    }
+
+    /// Inside a held-writes scope a live event for a lent socket is queued, the writer
+    /// not woken and the receipt not moved; the scope's end writes the frames in order,
+    /// as direct writes, and moves the receipt.
+    #[tokio::test(start_paused = true)]
+    async fn held_writes_go_out_in_order_when_the_scope_ends() {
+        let (m, user, conn, sink) = lending(true).await;
+        let woken = Arc::new(Woken::default());
+        register(&conn, &woken);
+        let scope = super::super::held::HeldWrites::enter();
+        let first = emit(&m, &user, 1).await;
+        let second = emit(&m, &user, 2).await;
+        assert!(sink.wrote().is_empty());
+        assert_eq!(conn.shared.queued().0, 2);
+        assert!(m.receipt(&user).delivered_seq.get() < first);
+        drop(scope);
+        assert_eq!(sink.wrote(), vec![Got::Event(first), Got::Event(second)]);
+        assert_eq!(conn.shared.queued(), (0, 0));
+        assert_eq!(m.receipt(&user).delivered_seq.get(), second);
+        assert!(
+            !woken.get(),
+            "the writer was woken for frames written for it"
+        );
+        // The writer, still lending, finds nothing to take.
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        assert_eq!(take_lending(&conn, Some(&lent)).await, None);
+    }
+
+    /// A writer that takes the held frames itself (woken for something else) writes
+    /// them; the scope's end then writes nothing twice.
+    #[tokio::test(start_paused = true)]
+    async fn held_frames_the_writer_took_are_not_written_again() {
+        let (m, user, conn, sink) = lending(true).await;
+        let scope = super::super::held::HeldWrites::enter();
+        let first = emit(&m, &user, 1).await;
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        assert_eq!(
+            take_lending(&conn, Some(&lent)).await,
+            Some((Outbound::Frames, vec![Got::Event(first)]))
+        );
+        drop(scope);
+        assert!(sink.wrote().is_empty());
+        conn.written();
+        assert_eq!(m.receipt(&user).delivered_seq.get(), first);
+    }
+
+    /// What the scope's end cannot write — frames the socket refuses, a control frame
+    /// queued behind the held ones and what follows it, everything while direct writes
+    /// are paused — stays queued in order, and the writer is woken for it.
+    #[tokio::test(start_paused = true)]
+    async fn held_frames_left_unwritten_wake_the_writer() {
+        // Refused by the socket.
+        let (m, user, conn, sink) = lending(false).await;
+        let woken = Arc::new(Woken::default());
+        register(&conn, &woken);
+        let scope = super::super::held::HeldWrites::enter();
+        let first = emit(&m, &user, 1).await;
+        drop(scope);
+        assert!(woken.get());
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        assert_eq!(
+            take_lending(&conn, Some(&lent)).await,
+            Some((Outbound::Frames, vec![Got::Event(first)]))
+        );
+
+        // A pong queued between two held events: the first is written, the rest is the
+        // writer's, in order.
+        let (m, user, conn, sink) = lending(true).await;
+        let woken = Arc::new(Woken::default());
+        let scope = super::super::held::HeldWrites::enter();
+        let first = emit(&m, &user, 1).await;
+        assert!(conn.send_control(&ServerFrame::Pong));
+        let second = emit(&m, &user, 2).await;
+        register(&conn, &woken);
+        drop(scope);
+        assert!(woken.get());
+        assert_eq!(sink.wrote(), vec![Got::Event(first)]);
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        assert_eq!(
+            take_lending(&conn, Some(&lent)).await,
+            Some((Outbound::Frames, vec![Got::Pong, Got::Event(second)]))
+        );
+
+        // Direct writes paused before the scope ends.
+        let (m, user, conn, sink) = lending(true).await;
+        let woken = Arc::new(Woken::default());
+        register(&conn, &woken);
+        let scope = super::super::held::HeldWrites::enter();
+        let first = emit(&m, &user, 1).await;
+        m.inner.load.measured(1_000);
+        drop(scope);
+        assert!(woken.get());
+        assert!(sink.wrote().is_empty());
+        let lent: Arc<dyn super::DirectSink> = sink.clone();
+        assert_eq!(
+            take_lending(&conn, Some(&lent)).await,
+            Some((Outbound::Frames, vec![Got::Event(first)]))
+        );
+    }
+
+    /// A publish of several users' events writes to their lent sockets only once every
+    /// event of it is delivered: each write sees all of the publish's deliveries counted.
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_of_several_users_writes_once_all_are_delivered() {
+        let (m, u, conn_u) = connected().await;
+        let v: UserId = "v".parse().expect("user id");
+        let conn_v = m
+            .connect_user(
+                v.clone(),
+                ConnectOptions {
+                    resume: Resume::LiveOnly,
+                },
+            )
+            .await
+            .expect("connect");
+        let (sink_u, sink_v) = (lend(&conn_u, true).await, lend(&conn_v, true).await);
+        for sink in [&sink_u, &sink_v] {
+            sink.manager.set(m.clone()).expect("set once");
+        }
+        let before = m.inner.counters.delivered.load(Ordering::Relaxed);
+        let event = |user: &UserId| {
+            let e = Event::new(
+                None,
+                None,
+                Custom {
+                    name: "n".into(),
+                    value: serde_json::Value::from(1),
+                    extra: Default::default(),
+                },
+            );
+            m.prepare_event(user, &e, None).expect("prepare")
+        };
+        let answers = m
+            .emit_prepared_many(&[event(&u), event(&v), event(&u)])
+            .await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(sink_u.wrote(), vec![Got::Event(1), Got::Event(2)]);
+        assert_eq!(sink_v.wrote(), vec![Got::Event(1)]);
+        for sink in [&sink_u, &sink_v] {
+            let seen = sink.delivered_at_writes.lock().expect("lock").clone();
+            assert!(
+                seen.iter().all(|&d| d == before + 3),
+                "a write saw {seen:?} deliveries, not all {}",
+                before + 3
+            );
+        }
+        assert_eq!(m.receipt(&u).delivered_seq.get(), 2);
+        assert_eq!(m.receipt(&v).delivered_seq.get(), 1);
+    }
+
+    /// A waker that remembers being woken.
+    #[derive(Debug, Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl Woken {
+        fn get(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    impl futures_util::task::ArcWake for Woken {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes `woken` the connection's writer's waker, as a writer waiting for frames.
+    fn register(conn: &super::Connection, woken: &Arc<Woken>) {
+        conn.shared
+            .readable
+            .register(&futures_util::task::waker(woken.clone()));
     }
 }

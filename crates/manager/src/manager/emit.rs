@@ -319,7 +319,9 @@ impl UnifiedWebSocketManager {
             let batch = idx.iter().map(|&i| events[i].to_new_event()).collect();
             broker.publish_many(user, batch)
         });
-        let answers = futures_util::future::join_all(calls).await;
+        // The in-memory broker delivers every user's events while the calls are polled:
+        // their direct writes go out together when each poll ends.
+        let answers = super::held::poll_holding(futures_util::future::join_all(calls)).await;
         let mut out: Vec<Option<Result<Accepted, EmitError>>> = vec![None; events.len()];
         for ((_, idx), answer) in groups.iter().zip(answers) {
             let (accepted, error, refused) = match answer {

@@ -28,6 +28,7 @@ mod connect;
 mod connection;
 mod counters;
 mod emit;
+mod held;
 mod load;
 mod reads;
 mod receipts;

@@ -12,7 +12,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::connection::{ConnShared, FanOutTime, Pushed};
-use super::{Inner, REGISTRY_SHARDS, UnifiedWebSocketManager, UserEntry};
+use super::{Inner, REGISTRY_SHARDS, UnifiedWebSocketManager, UserEntry, held};
 use crate::broker::{BrokerError, StoredEvent, Subscriber};
 use crate::control::ConnectionInfo;
 
@@ -64,9 +64,12 @@ impl UnifiedWebSocketManager {
             return;
         };
         let now = FanOutTime::default();
+        let hold = held::holding();
         for conn in &entry.conns {
-            if conn.deliver_live(event, self, &now) == Pushed::NeedsCatchUp {
-                self.spawn_catch_up(conn.clone(), None);
+            match conn.deliver_live(event, self, &now, hold) {
+                Pushed::NeedsCatchUp => self.spawn_catch_up(conn.clone(), None),
+                Pushed::Held => held::hold(self, conn),
+                Pushed::Queued | Pushed::Skipped => {}
             }
         }
     }
