@@ -104,6 +104,26 @@ struct State {
     held: bool,
 }
 
+impl State {
+    /// The buffers of the queue and of its marks when a burst grew them past
+    /// `QUEUE_KEEP_CAPACITY` and they are empty again, taken out to be freed once the lock
+    /// is let go: an idle connection does not keep a burst's worth of room.
+    fn take_grown_queue(&mut self) -> (VecDeque<Bytes>, VecDeque<Mark>) {
+        let grown = |cap: usize, empty: bool| empty && cap > QUEUE_KEEP_CAPACITY;
+        let queue = if grown(self.queue.capacity(), self.queue.is_empty()) {
+            std::mem::take(&mut self.queue)
+        } else {
+            VecDeque::new()
+        };
+        let marks = if grown(self.marks.capacity(), self.marks.is_empty()) {
+            std::mem::take(&mut self.marks)
+        } else {
+            VecDeque::new()
+        };
+        (queue, marks)
+    }
+}
+
 /// A connection's socket, as its writer lends it while it waits for frames
 /// ([`Connection::next_frames_lending`]): a live event delivered meanwhile to a connection
 /// with nothing queued is written at once by the task that delivers it, instead of being
@@ -505,6 +525,8 @@ impl ConnShared {
         if !left {
             st.tail = Tail::Other;
         }
+        // What a burst of held frames grew is given back, as the writer gives it back.
+        let unkept = st.take_grown_queue();
         let moved = if written {
             let State {
                 epoch,
@@ -521,6 +543,7 @@ impl ConnShared {
             None
         };
         drop(st);
+        drop(unkept);
         if written {
             manager.receipt_moved(&self.user, moved);
         }
@@ -860,8 +883,6 @@ impl Connection {
                 let n = st.queue.len().min(max_frames.max(1));
                 let before = out.len();
                 let mut bytes = 0;
-                // Freed once the lock is let go.
-                let mut unkept = VecDeque::new();
                 if n == st.queue.len() && out.is_empty() {
                     // The whole queue: its buffer becomes the batch, and the batch's empty
                     // buffer the queue's.
@@ -878,10 +899,8 @@ impl Connection {
                 if st.queue.is_empty() {
                     st.tail = Tail::Other;
                 }
-                if st.queue.is_empty() && st.queue.capacity() > QUEUE_KEEP_CAPACITY {
-                    // A burst grew the queue; an idle connection should not keep that.
-                    unkept = std::mem::take(&mut st.queue);
-                }
+                // Freed once the lock is let go.
+                let unkept = st.take_grown_queue();
                 let taken_before = st.taken;
                 st.taken += n as u64;
                 if let Some(stamps) = stamps.as_deref_mut() {
@@ -925,11 +944,7 @@ impl Connection {
                 }
             }
             // The marks of queued events give back what a burst grew, as the queue does.
-            let unkept_marks = if st.marks.is_empty() && st.marks.capacity() > QUEUE_KEEP_CAPACITY {
-                std::mem::take(&mut st.marks)
-            } else {
-                VecDeque::new()
-            };
+            let unkept_marks = st.take_grown_queue();
             if let Some(sink) = lend
                 && st.lent.is_none()
             {
@@ -1518,6 +1533,19 @@ mod tests {
         // The writer, still lending, finds nothing to take.
         let lent: Arc<dyn super::DirectSink> = sink.clone();
         assert_eq!(take_lending(&conn, Some(&lent)).await, None);
+
+        // A burst held in one scope grows the queue; its end gives the room back, as the
+        // writer does, with nobody taking frames.
+        let scope = super::super::held::HeldWrites::enter();
+        for n in 0..64 {
+            emit(&m, &user, n).await;
+        }
+        assert!(conn.shared.state().queue.capacity() > QUEUE_KEEP_CAPACITY);
+        drop(scope);
+        assert_eq!(sink.wrote().len(), 66);
+        let st = conn.shared.state();
+        assert!(st.queue.capacity() <= QUEUE_KEEP_CAPACITY);
+        assert!(st.marks.capacity() <= QUEUE_KEEP_CAPACITY);
     }
 
     /// A writer that takes the held frames itself (woken for something else) writes
