@@ -447,18 +447,9 @@ impl ConnShared {
                 let direct = st.lent.is_some()
                     && (st.queue.is_empty() || st.held)
                     && !manager.inner.load.paused();
-                if direct && hold {
-                    st.held = true;
-                    st.last_sent = event.seq;
-                    st.queued_bytes += event.frame.len();
-                    st.queue.push_back(event.frame.clone());
-                    Self::pushed_event(&mut st, event);
-                    st.tail = Tail::for_event(event);
-                    drop(st);
-                    counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    return Pushed::Held;
-                }
+                let held = direct && hold;
                 if direct
+                    && !held
                     && st.queue.is_empty()
                     && st
                         .lent
@@ -478,6 +469,7 @@ impl ConnShared {
                     manager.receipt_moved(&self.user, moved);
                     return Pushed::Queued;
                 }
+                st.held |= held;
                 st.last_sent = event.seq;
                 st.queued_bytes += event.frame.len();
                 st.queue.push_back(event.frame.clone());
@@ -485,6 +477,10 @@ impl ConnShared {
                 st.tail = Tail::for_event(event);
                 drop(st);
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
+                if held {
+                    // The scope writes it; the writer sleeps on.
+                    return Pushed::Held;
+                }
                 self.readable.wake();
                 Pushed::Queued
             }
@@ -1133,8 +1129,9 @@ mod tests {
     /// `max_frames`, into a batch kept from before or emptied first.
     type Step = (usize, bool, usize, bool);
 
-    async fn emit(m: &UnifiedWebSocketManager, user: &UserId, n: usize) -> u64 {
-        let event = Event::new(
+    /// A custom event `n` carrying the number `n`.
+    fn numbered(n: usize) -> Event {
+        Event::new(
             None,
             None,
             Custom {
@@ -1142,8 +1139,11 @@ mod tests {
                 value: serde_json::Value::from(n),
                 extra: Default::default(),
             },
-        );
-        m.emit_critical_event(user, event)
+        )
+    }
+
+    async fn emit(m: &UnifiedWebSocketManager, user: &UserId, n: usize) -> u64 {
+        m.emit_critical_event(user, numbered(n))
             .await
             .expect("emit")
             .seq
@@ -1157,16 +1157,20 @@ mod tests {
             Arc::new(InMemoryBroker::default()),
         );
         let user: UserId = "u".parse().expect("user id");
-        let conn = m
-            .connect_user(
-                user.clone(),
-                ConnectOptions {
-                    resume: Resume::LiveOnly,
-                },
-            )
-            .await
-            .expect("connect");
+        let conn = connect_live(&m, &user).await;
         (m, user, conn)
+    }
+
+    /// A connection of `user` to `m`, live only.
+    async fn connect_live(m: &UnifiedWebSocketManager, user: &UserId) -> super::Connection {
+        m.connect_user(
+            user.clone(),
+            ConnectOptions {
+                resume: Resume::LiveOnly,
+            },
+        )
+        .await
+        .expect("connect")
     }
 
     /// `early` events are emitted before the connection goes live: they reach it through
@@ -1626,32 +1630,13 @@ mod tests {
     async fn a_publish_of_several_users_writes_once_all_are_delivered() {
         let (m, u, conn_u) = connected().await;
         let v: UserId = "v".parse().expect("user id");
-        let conn_v = m
-            .connect_user(
-                v.clone(),
-                ConnectOptions {
-                    resume: Resume::LiveOnly,
-                },
-            )
-            .await
-            .expect("connect");
+        let conn_v = connect_live(&m, &v).await;
         let (sink_u, sink_v) = (lend(&conn_u, true).await, lend(&conn_v, true).await);
         for sink in [&sink_u, &sink_v] {
             sink.manager.set(m.clone()).expect("set once");
         }
         let before = m.inner.counters.delivered.load(Ordering::Relaxed);
-        let event = |user: &UserId| {
-            let e = Event::new(
-                None,
-                None,
-                Custom {
-                    name: "n".into(),
-                    value: serde_json::Value::from(1),
-                    extra: Default::default(),
-                },
-            );
-            m.prepare_event(user, &e, None).expect("prepare")
-        };
+        let event = |user: &UserId| m.prepare_event(user, &numbered(1), None).expect("prepare");
         let answers = m
             .emit_prepared_many(&[event(&u), event(&v), event(&u)])
             .await;
