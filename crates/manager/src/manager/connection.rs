@@ -19,7 +19,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::receipts::ReceiptHandle;
+use super::receipts::{Moved, ReceiptHandle};
 use super::{Counters, UnifiedWebSocketManager};
 use crate::broker::StoredEvent;
 use crate::config::QueueLimits;
@@ -122,6 +122,27 @@ impl State {
         };
         (queue, marks)
     }
+
+    /// Moves the user's receipt by `delivered` and `acked`, in the connection's epoch,
+    /// through the receipt the connection keeps: nothing before the stream began, or
+    /// when neither is given. The caller passes what it returns to
+    /// `receipt_moved` once the lock is let go.
+    fn move_receipt(
+        &mut self,
+        manager: &UnifiedWebSocketManager,
+        user: &UserId,
+        delivered: Option<Seq>,
+        acked: Option<Seq>,
+        at: Instant,
+    ) -> Option<Moved> {
+        let State { epoch, receipt, .. } = self;
+        match epoch {
+            Some(epoch) if delivered.is_some() || acked.is_some() => {
+                manager.record_receipt_in(receipt, user, epoch, delivered, acked, at)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A connection's socket, as its writer lends it while it waits for frames
@@ -134,9 +155,10 @@ impl State {
 /// it and the writer holds no frames it took: so the stream keeps its order, and a frame
 /// the sink takes is the one the client must see next. Inside one poll of a publish, the
 /// frames of its deliveries are held in the queue (the writer not woken) and given to the
-/// sink one after the other when the poll ends, so they leave in one burst. The writer takes the lend back (under the
-/// same lock) each time it takes frames or a close; whatever else it writes meanwhile (a
-/// ping, a pong), the sink must keep from interleaving with a frame it was given.
+/// sink one after the other when the poll ends, so they leave in one burst. The writer
+/// takes the lend back (under the same lock) each time it takes frames or a close;
+/// whatever else it writes meanwhile (a ping, a pong), the sink must keep from
+/// interleaving with a frame it was given.
 ///
 /// It calls it not at all while direct writes are paused
 /// ([`UnifiedWebSocketManager::direct_writes_paused`]: a saturated runtime, where a woken
@@ -458,12 +480,8 @@ impl ConnShared {
                 {
                     st.last_sent = event.seq;
                     st.taken_seq = event.seq;
-                    let State { epoch, receipt, .. } = &mut *st;
-                    let moved = epoch.as_ref().and_then(|epoch| {
-                        let delivered = Some(event.seq);
-                        let at = now.monotonic();
-                        manager.record_receipt_in(receipt, &self.user, epoch, delivered, None, at)
-                    });
+                    let at = now.monotonic();
+                    let moved = st.move_receipt(manager, &self.user, Some(event.seq), None, at);
                     drop(st);
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
                     manager.receipt_moved(&self.user, moved);
@@ -524,17 +542,8 @@ impl ConnShared {
         // What a burst of held frames grew is given back, as the writer gives it back.
         let unkept = st.take_grown_queue();
         let moved = if written {
-            let State {
-                epoch,
-                receipt,
-                taken_seq,
-                ..
-            } = &mut *st;
-            let delivered = Some(*taken_seq);
-            epoch.as_ref().and_then(|epoch| {
-                let at = now.monotonic();
-                manager.record_receipt_in(receipt, &self.user, epoch, delivered, None, at)
-            })
+            let delivered = Some(st.taken_seq);
+            st.move_receipt(manager, &self.user, delivered, None, now.monotonic())
         } else {
             None
         };
@@ -940,7 +949,7 @@ impl Connection {
                 }
             }
             // The marks of queued events give back what a burst grew, as the queue does.
-            let unkept_marks = st.take_grown_queue();
+            let grown = st.take_grown_queue();
             if let Some(sink) = lend
                 && st.lent.is_none()
             {
@@ -948,7 +957,7 @@ impl Connection {
             }
             drop(st);
             drop(unkept);
-            drop(unkept_marks);
+            drop(grown);
             if let Some(stamps) = stamps.as_deref_mut()
                 && stamps.is_empty()
                 && stamps.capacity() > QUEUE_KEEP_CAPACITY
@@ -1019,16 +1028,8 @@ impl Connection {
         let moved = {
             let mut st = self.shared.state();
             let (delivered, acked) = what(&st);
-            let State { epoch, receipt, .. } = &mut *st;
-            match epoch {
-                Some(epoch) if delivered.is_some() || acked.is_some() => {
-                    let user = &self.shared.user;
-                    let now = Instant::now();
-                    self.manager
-                        .record_receipt_in(receipt, user, epoch, delivered, acked, now)
-                }
-                _ => None,
-            }
+            let user = &self.shared.user;
+            st.move_receipt(&self.manager, user, delivered, acked, Instant::now())
         };
         self.manager.receipt_moved(&self.shared.user, moved);
     }
@@ -1518,8 +1519,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn held_writes_go_out_in_order_when_the_scope_ends() {
         let (m, user, conn, sink) = lending(true).await;
-        let woken = Arc::new(Woken::default());
-        register(&conn, &woken);
+        let woken = woken_writer(&conn);
         let scope = super::super::held::HeldWrites::enter();
         let first = emit(&m, &user, 1).await;
         let second = emit(&m, &user, 2).await;
@@ -1577,8 +1577,7 @@ mod tests {
     async fn held_frames_left_unwritten_wake_the_writer() {
         // Refused by the socket.
         let (m, user, conn, sink) = lending(false).await;
-        let woken = Arc::new(Woken::default());
-        register(&conn, &woken);
+        let woken = woken_writer(&conn);
         let scope = super::super::held::HeldWrites::enter();
         let first = emit(&m, &user, 1).await;
         drop(scope);
@@ -1592,12 +1591,11 @@ mod tests {
         // A pong queued between two held events: the first is written, the rest is the
         // writer's, in order.
         let (m, user, conn, sink) = lending(true).await;
-        let woken = Arc::new(Woken::default());
         let scope = super::super::held::HeldWrites::enter();
         let first = emit(&m, &user, 1).await;
         assert!(conn.send_control(&ServerFrame::Pong));
         let second = emit(&m, &user, 2).await;
-        register(&conn, &woken);
+        let woken = woken_writer(&conn);
         drop(scope);
         assert!(woken.get());
         assert_eq!(sink.wrote(), vec![Got::Event(first)]);
@@ -1609,8 +1607,7 @@ mod tests {
 
         // Direct writes paused before the scope ends.
         let (m, user, conn, sink) = lending(true).await;
-        let woken = Arc::new(Woken::default());
-        register(&conn, &woken);
+        let woken = woken_writer(&conn);
         let scope = super::super::held::HeldWrites::enter();
         let first = emit(&m, &user, 1).await;
         m.inner.load.measured(1_000);
@@ -1671,10 +1668,13 @@ mod tests {
         }
     }
 
-    /// Makes `woken` the connection's writer's waker, as a writer waiting for frames.
-    fn register(conn: &super::Connection, woken: &Arc<Woken>) {
+    /// A waker registered as the connection's writer's, as a writer waiting for frames
+    /// registers its own.
+    fn woken_writer(conn: &super::Connection) -> Arc<Woken> {
+        let woken = Arc::new(Woken::default());
         conn.shared
             .readable
             .register(&futures_util::task::waker(woken.clone()));
+        woken
     }
 }

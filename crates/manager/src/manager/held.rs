@@ -92,13 +92,12 @@ impl Drop for HeldWrites {
         // Taken out first: writing takes no scope, but the list must not be borrowed
         // while anything else runs.
         let Held {
-            managers,
+            mut managers,
             mut conns,
         } = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
         for (index, conn) in conns.drain(..) {
             conn.write_held(&managers[index]);
         }
-        let mut managers = managers;
         managers.clear();
         if conns.capacity() <= HELD_KEEP_CAPACITY && managers.capacity() <= HELD_KEEP_CAPACITY {
             HELD.with(|h| {
