@@ -402,6 +402,53 @@ fn history(c: &mut Criterion) {
         })
     });
     g.finish();
+    history_at_budget(c, &rt);
+}
+
+/// The node's history at its byte budget, 1,000 users publishing in turn, each event with
+/// its own id, as a server that has run for a while holds it: an append checks the id
+/// against the user's dedupe index, and trims the node's oldest entry, another user's,
+/// written long before (its frame, its entry and its slot in that user's index, all out
+/// of the caches by then). The per-user history above stays in the caches; this one,
+/// 256 MiB of it, does not.
+fn history_at_budget(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    const USERS: usize = 1_000;
+    let mut g = c.benchmark_group("history");
+    let broker = InMemoryBroker::new(HistoryConfig::default());
+    let users: Vec<UserId> = (0..USERS).map(user).collect();
+    let body = bytes::Bytes::from(sample_event(200).body_json());
+    let event = || {
+        NewEvent::new(
+            agentwire_protocol::EventType::AgentThinking,
+            Some(agentwire_protocol::EventId::generate()),
+            body.clone(),
+        )
+    };
+    let mut next = 0;
+    rt.block_on(async {
+        while broker.stats().history_trimmed == 0 {
+            broker
+                .publish(&users[next % USERS], event())
+                .await
+                .expect("accepted");
+            next += 1;
+        }
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("append_at_byte_budget_1000_users", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let u = &users[next % USERS];
+                    next += 1;
+                    black_box(broker.publish(u, event()).await.expect("accepted"));
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(

@@ -209,6 +209,14 @@ struct Stream {
 /// index reads no id (a map keyed by the ids would hash each of them again, every one a
 /// read of memory written long before), and a probe compares ids only when the whole
 /// hashes agree.
+///
+/// A forgotten entry's slot is not taken out when the entry goes: it turns *stale*, its
+/// `seq` below the stream's oldest remembered one, so [`Stream::entry_of`]'s check passes
+/// over it, and [`IdIndex::keep_from`] drops every stale slot in one pass over the table
+/// once they fill a sixteenth of it ([`Stream::grow_ahead`]). Taking each slot out as
+/// its entry was forgotten cost a probe of the table and a hash of the id, both cold by
+/// then: with history full, where every publish forgets as many entries as it adds, that
+/// was two cache misses per event.
 #[derive(Default)]
 struct IdIndex {
     table: HashTable<IdSlot>,
@@ -241,11 +249,15 @@ impl IdIndex {
             .insert_unique(hash, IdSlot { hash, seq }, |s| s.hash);
     }
 
-    /// Forgets the id filed under `seq`.
-    fn remove(&mut self, id: &EventId, seq: Seq) {
-        if let Ok(slot) = self.table.find_entry(self.hash(id), |s| s.seq == seq) {
-            slot.remove();
+    /// Keeps only the slots of `seq`s from `first` on, in a new table with room for
+    /// `capacity` of them (it grows if more are kept): one pass over the old table,
+    /// reading no id, and no deleted-slot markers left behind.
+    fn keep_from(&mut self, first: Seq, capacity: usize) {
+        let mut table = HashTable::with_capacity(capacity);
+        for slot in self.table.iter().filter(|s| s.seq >= first) {
+            table.insert_unique(slot.hash, *slot, |s| s.hash);
         }
+        self.table = table;
     }
 
     fn len(&self) -> usize {
@@ -259,15 +271,14 @@ impl IdIndex {
     fn reserve(&mut self, additional: usize) {
         self.table.reserve(additional, |s| s.hash);
     }
-
-    fn shrink_to(&mut self, capacity: usize) {
-        self.table.shrink_to(capacity, |s| s.hash);
-    }
 }
 
 /// Smallest capacity [`Stream::grow_ahead`] grows ahead of time; smaller buffers grow when
 /// full, which costs little.
 const GROW_AHEAD_MIN: usize = 64;
+
+/// Fewest stale slots a dedupe map is rebuilt without ([`Stream::grow_ahead`]).
+const REBUILD_STALE_MIN: usize = 8;
 
 impl Stream {
     fn new(user: UserId) -> Self {
@@ -290,8 +301,18 @@ impl Stream {
     /// every user the same rate, buffers that grow only when full would all grow (and the
     /// maps rehash) at the same event, within milliseconds of each other: a stall of tens
     /// of milliseconds with 1,000 users.
+    ///
+    /// Before that, a map whose stale slots (their entries forgotten) reach a sixteenth
+    /// of its capacity (and at least [`REBUILD_STALE_MIN`]) is rebuilt at the same
+    /// capacity without them: a pass over the map, read in order, every sixteenth of its
+    /// capacity of entries forgotten, where taking each slot out as its entry was
+    /// forgotten cost two cache misses. The map grows as it would without stale slots.
     fn grow_ahead(&mut self) {
         let early = |cap: usize| (cap / 2) * usize::from(self.spread) / 1024;
+        let cap = self.ids.capacity();
+        if self.stale_ids() >= (cap / 16).max(REBUILD_STALE_MIN) {
+            self.ids.keep_from(self.first_seq(), cap);
+        }
         let cap = self.ids.capacity();
         if cap >= GROW_AHEAD_MIN && self.ids.len() + early(cap) >= cap {
             self.ids.reserve(cap - self.ids.len() + 1);
@@ -300,6 +321,18 @@ impl Stream {
         if cap >= GROW_AHEAD_MIN && self.entries.len() + early(cap) >= cap {
             self.entries.reserve(cap - self.entries.len() + 1);
         }
+    }
+
+    /// Slots of the dedupe map whose entries are forgotten.
+    fn stale_ids(&self) -> usize {
+        self.ids.len().saturating_sub(self.entries.len())
+    }
+
+    /// The `seq` of the oldest remembered entry; of the next one when none is.
+    fn first_seq(&self) -> Seq {
+        self.entries
+            .front()
+            .map_or_else(|| self.last_seq.next(), |e| e.event.seq)
     }
 
     fn is_idle(&self) -> bool {
@@ -393,7 +426,7 @@ impl Stream {
         let entry = self.entries.pop_front()?;
         self.first_entry = self.entries.front().map(Entry::mark);
         self.debug_check_marks();
-        self.ids.remove(&entry.event.event_id, entry.event.seq);
+        // Its slot in `ids` turns stale: dropped by the next rebuild (`grow_ahead`).
         let mut bytes = entry.cost();
         if self.entries.is_empty() {
             bytes += STREAM_OVERHEAD_BYTES;
@@ -513,7 +546,9 @@ impl Stream {
             self.ids.table = HashTable::new();
         } else if self.entries.capacity() > 64 && len * 4 < self.entries.capacity() {
             self.entries.shrink_to(len * 2);
-            self.ids.shrink_to(len * 2);
+            if self.ids.capacity() > len * 2 {
+                self.ids.keep_from(self.first_seq(), len * 2);
+            }
         }
     }
 }
@@ -1221,28 +1256,38 @@ mod tests {
     use agentwire_protocol::EventType;
     use bytes::Bytes;
 
+    /// Appends a fresh event with id `e{n}` to `stream`.
+    fn append_nth(stream: &mut Stream, n: u64) {
+        let now = Instant::now();
+        stream.append(event(&format!("e{n}"), "{}"), n, Timestamp::now(), now);
+    }
+
+    /// Takes `stream`'s oldest event out of history and forgets its entry.
+    fn forget_first(stream: &mut Stream) {
+        stream.pop_event().expect("an event in history");
+        stream.forget_oldest().expect("an entry out of history");
+    }
+
     /// The length at which a stream's dedupe map grew past `from` entries of capacity.
     fn growth_point(stream: &mut Stream, from: usize) -> usize {
-        let mut i = 0u64;
+        let mut n = 0u64;
         while stream.ids.capacity() < from {
-            i += 1;
-            let id = EventId::new(format!("e{i}")).expect("id");
-            stream.ids.insert(&id, Seq(i));
+            n += 1;
+            append_nth(stream, n);
         }
         let before = stream.ids.capacity();
         loop {
-            stream.grow_ahead();
+            let len = stream.ids.len();
+            n += 1;
+            append_nth(stream, n);
             if stream.ids.capacity() > before {
-                return stream.ids.len();
+                return len;
             }
-            i += 1;
-            let id = EventId::new(format!("e{i}")).expect("id");
-            stream.ids.insert(&id, Seq(i));
         }
     }
 
     #[test]
-    fn the_dedupe_index_finds_ids_after_growing_and_forgets_one_only_under_its_seq() {
+    fn the_dedupe_index_finds_ids_after_growing_and_keeps_only_the_seqs_asked_for() {
         let ids: Vec<EventId> = (0..200)
             .map(|i| EventId::new(format!("event-{i}")).expect("id"))
             .collect();
@@ -1251,9 +1296,8 @@ mod tests {
         for (i, id) in ids.iter().enumerate() {
             index.insert(id, seq_of(i));
         }
-        // Grown from the stored hashes alone, then shrunk back.
+        // Grown from the stored hashes alone.
         index.reserve(10_000);
-        index.shrink_to(0);
         let found = |index: &IdIndex, i: usize| {
             index.find(&ids[i], |seq| {
                 ids.get(seq.get() as usize - 1) == Some(&ids[i])
@@ -1262,12 +1306,72 @@ mod tests {
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(found(&index, i), Some(seq_of(i)), "{id}");
         }
-        index.remove(&ids[5], seq_of(6));
-        assert_eq!(index.len(), ids.len(), "another seq: nothing forgotten");
-        index.remove(&ids[5], seq_of(5));
-        assert_eq!(index.len(), ids.len() - 1);
-        assert_eq!(found(&index, 5), None);
-        assert_eq!(found(&index, 6), Some(seq_of(6)));
+        // Rebuilt from seq 6 on, small again.
+        index.keep_from(seq_of(5), 0);
+        assert_eq!(index.len(), ids.len() - 5);
+        assert!(index.capacity() < 400, "capacity {}", index.capacity());
+        assert_eq!(found(&index, 4), None);
+        for (i, id) in ids.iter().enumerate().skip(5) {
+            assert_eq!(found(&index, i), Some(seq_of(i)), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_forgotten_id_used_again_is_fresh_and_found_under_its_new_seq() {
+        let mut stream = Stream::new(test_user());
+        for n in 1..=3 {
+            append_nth(&mut stream, n);
+        }
+        forget_first(&mut stream);
+        let e1: EventId = "e1".parse().expect("id");
+        assert!(
+            stream.entry_of(&e1).is_none(),
+            "forgotten: no longer a duplicate"
+        );
+        assert_eq!(stream.stale_ids(), 1, "its slot is left, stale");
+        append_nth(&mut stream, 1);
+        let entry = stream.entry_of(&e1).expect("remembered again");
+        assert_eq!(entry.event.seq, Seq(4));
+        let e2: EventId = "e2".parse().expect("id");
+        assert_eq!(stream.entry_of(&e2).map(|e| e.event.seq), Some(Seq(2)));
+    }
+
+    #[test]
+    fn a_stream_forgetting_as_fast_as_it_remembers_keeps_its_dedupe_map_bounded() {
+        for live in [40u64, 300] {
+            for spread in [0, 512, 1023] {
+                let mut stream = Stream::new(test_user());
+                stream.spread = spread;
+                let mut most = 0;
+                for n in 1..=20 * live {
+                    append_nth(&mut stream, n);
+                    if n > live {
+                        forget_first(&mut stream);
+                    }
+                    most = most.max(stream.ids.capacity());
+                    // Every remembered id is still found, under its own seq.
+                    if n % 37 == 0 {
+                        let first = n.saturating_sub(live) + 1;
+                        for m in [first, (first + n) / 2, n] {
+                            let id: EventId = format!("e{m}").parse().expect("id");
+                            let seq = stream.entry_of(&id).map(|e| e.event.seq);
+                            assert_eq!(seq, Some(Seq(m)), "e{m} after {n}");
+                        }
+                    }
+                }
+                // Rebuilt, not grown: as much room as a map that never held a stale slot.
+                let mut fresh = Stream::new(test_user());
+                fresh.spread = spread;
+                for n in 1..=live {
+                    append_nth(&mut fresh, n);
+                }
+                assert!(
+                    most <= 2 * fresh.ids.capacity(),
+                    "{live} live, spread {spread}: capacity reached {most}, {} without stale slots",
+                    fresh.ids.capacity()
+                );
+            }
+        }
     }
 
     fn test_user() -> UserId {
