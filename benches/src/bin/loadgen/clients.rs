@@ -279,8 +279,23 @@ pub(crate) struct LocalPool {
     shared: Arc<Mutex<Shared>>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Event frames received so far (for progress lines).
-    pub(crate) live_received: Arc<AtomicU64>,
+    /// Event frames received so far, and how many of them late (for progress lines).
+    pub(crate) live: Arc<Live>,
+}
+
+/// Running counts for the progress lines, read while the run goes on.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    /// Event frames received by healthy and slow connections.
+    pub(crate) received: AtomicU64,
+    /// Healthy connections' event frames that arrived more than [`Live::LATE_US`] after
+    /// their scheduled send: where in a run the tail of the latency forms.
+    pub(crate) late: AtomicU64,
+}
+
+impl Live {
+    /// 10 ms, the default p99 limit of a step.
+    pub(crate) const LATE_US: u64 = 10_000;
 }
 
 impl LocalPool {
@@ -295,7 +310,7 @@ impl LocalPool {
             healthy: Tally::default(),
             slow: Tally::default(),
         }));
-        let live = Arc::new(AtomicU64::new(0));
+        let live = Arc::new(Live::default());
         let limit = Arc::new(Semaphore::new(spec.connect_concurrency.max(1)));
         let n = u32::try_from(spec.connections()).context("too many connections")?;
         let mut conns = Vec::with_capacity(n as usize);
@@ -372,7 +387,7 @@ impl LocalPool {
                 shared,
                 stop,
                 tasks,
-                live_received: live,
+                live,
             },
             ready,
         ))
@@ -469,7 +484,7 @@ struct ConnTask {
     global_user: u32,
     state: Arc<Mutex<ConnState>>,
     shared: Arc<Mutex<Shared>>,
-    live: Arc<AtomicU64>,
+    live: Arc<Live>,
     stop: watch::Receiver<bool>,
     limit: Arc<Semaphore>,
     ready: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
@@ -745,6 +760,7 @@ struct Batch<'a> {
     st: MutexGuard<'a, ConnState>,
     sh: MutexGuard<'a, Shared>,
     frames: u64,
+    late: u64,
 }
 
 impl<'a> Batch<'a> {
@@ -754,6 +770,7 @@ impl<'a> Batch<'a> {
             st: lock(&t.state),
             sh: lock(&t.shared),
             frames: 0,
+            late: 0,
         }
     }
 
@@ -809,7 +826,9 @@ impl<'a> Batch<'a> {
             sh.received += 1;
             sh.healthy.add(frame);
             if let Some(sent) = f.sent_at_us {
-                sh.hist.saturating_record(now.saturating_sub(sent).max(1));
+                let latency = now.saturating_sub(sent).max(1);
+                sh.hist.saturating_record(latency);
+                self.late += u64::from(latency > Live::LATE_US);
             }
         }
         self.frames += 1;
@@ -819,7 +838,13 @@ impl<'a> Batch<'a> {
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
         if self.frames > 0 {
-            self.t.live.fetch_add(self.frames, Ordering::Relaxed);
+            self.t
+                .live
+                .received
+                .fetch_add(self.frames, Ordering::Relaxed);
+        }
+        if self.late > 0 {
+            self.t.live.late.fetch_add(self.late, Ordering::Relaxed);
         }
     }
 }
@@ -942,13 +967,6 @@ impl Pool {
         }
     }
 
-    pub(crate) fn live_received(&self) -> Option<u64> {
-        match self {
-            Pool::Local(p) => Some(p.live_received.load(Ordering::Relaxed)),
-            Pool::Workers(_) => None,
-        }
-    }
-
     /// See [`LocalPool::snapshot`]; `expected` is indexed by the spec's user index.
     pub(crate) async fn snapshot(
         &mut self,
@@ -1051,7 +1069,7 @@ mod tests {
                 healthy: Tally::default(),
                 slow: Tally::default(),
             })),
-            live: Arc::new(AtomicU64::new(0)),
+            live: Arc::new(Live::default()),
             stop,
             limit: Arc::new(Semaphore::new(1)),
             ready,
@@ -1105,7 +1123,22 @@ mod tests {
         // Every frame with a `sent_at_us` was 500 µs late.
         assert_eq!(sh.hist.len(), 7);
         assert_eq!(sh.hist.max(), 500);
-        assert_eq!(t.live.load(Ordering::Relaxed), 8);
+        assert_eq!(t.live.received.load(Ordering::Relaxed), 8);
+        assert_eq!(t.live.late.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn frames_later_than_ten_ms_are_counted_live_as_they_arrive() {
+        let (t, _stop) = task(7, false);
+        {
+            let mut b = Batch::new(&t);
+            // Sent at 1 ms: arriving at 11 ms is on the limit, at 11.001 ms past it.
+            b.frame(&event(1, 7, 1_000), None, 11_000);
+            b.frame(&event(2, 7, 1_000), None, 11_001);
+            b.frame(&event(3, 7, 1_000), None, 50_000);
+        }
+        assert_eq!(t.live.received.load(Ordering::Relaxed), 3);
+        assert_eq!(t.live.late.load(Ordering::Relaxed), 2);
     }
 
     #[test]

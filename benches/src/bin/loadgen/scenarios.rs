@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::Common;
-use crate::clients::{ClientSpec, Pool, Ready, Snapshot};
+use crate::clients::{ClientSpec, Live, Pool, Ready, Snapshot};
 use crate::events::{EventMaker, RunShape};
 use crate::http::{HttpConn, metric};
 use crate::procstat::{Probe, Probes, Sample, loadavg, machine_times, own_cpu_s};
@@ -469,11 +469,17 @@ async fn period(
     let sampler = {
         let probes = env.probes.clone();
         let progress = progress.clone();
-        let live0 = clients.pool.live_received().unwrap_or(0);
         let live = match &clients.pool {
-            Pool::Local(p) => Some(p.live_received.clone()),
+            Pool::Local(p) => Some(p.live.clone()),
             Pool::Workers(_) => None,
         };
+        let count = |l: &Live| {
+            (
+                l.received.load(Ordering::Relaxed),
+                l.late.load(Ordering::Relaxed),
+            )
+        };
+        let live0 = live.as_deref().map_or((0, 0), count);
         let name = name.to_owned();
         let mut stop_rx = stop_rx;
         tokio::spawn(async move {
@@ -482,6 +488,7 @@ async fn period(
             let mut last_t = Instant::now();
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut n = 0u64;
+            let mut late_before = live0.1;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -492,15 +499,21 @@ async fn period(
                 n += 1;
                 if n.is_multiple_of(4) {
                     let dt = last_t.elapsed().as_secs_f64();
-                    let recv = live
-                        .as_ref()
-                        .map(|l| (l.load(Ordering::Relaxed) - live0).to_string())
-                        .unwrap_or_else(|| "-".into());
+                    // Received so far, and late (over 10 ms) in the last second.
+                    let (recv, late) = match live.as_deref().map(count) {
+                        Some((r, l)) => {
+                            let late = l - late_before;
+                            late_before = l;
+                            ((r - live0.0).to_string(), late.to_string())
+                        }
+                        None => ("-".to_owned(), "-".to_owned()),
+                    };
                     eprintln!(
-                        "  [{name}] t={:>5.1}s sent={} recv={} server cpu={:>3.0}% rss={} MiB",
+                        "  [{name}] t={:>5.1}s sent={} recv={} late={} server cpu={:>3.0}% rss={} MiB",
                         t0.elapsed().as_secs_f64(),
                         progress.load(Ordering::Relaxed),
                         recv,
+                        late,
                         (s.cpu_s - last.cpu_s) / dt * 100.0,
                         s.rss_kib / 1024,
                     );

@@ -375,7 +375,9 @@ pub(crate) fn publisher_of(app: &ApiState, key: ApiKey) -> Result<PublisherId, A
     })
 }
 
-/// Where a publisher asks whether an event reached its user (docs/protocol.md §8.5).
+/// Where a publisher asks whether an event reached its user (docs/protocol.md §8.5); the
+/// receipt webhook's notices carry it.
+#[cfg(any(feature = "webhook", test))]
 pub(crate) fn receipt_path(user: &UserId, run: Option<&RunId>) -> String {
     let mut out = Vec::with_capacity(
         "/v1/users//receipts".len() + user.as_str().len() + run.map_or(0, |r| r.as_str().len()),
