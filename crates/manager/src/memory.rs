@@ -19,7 +19,7 @@
 //! batch is appended: dedupe and digest conflicts first, then each guarded fresh event in
 //! batch order; the first refusal refuses the batch with nothing stored or applied.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use foldhash::HashMap;
 use foldhash::fast::RandomState;
@@ -113,14 +113,18 @@ struct ShardSlot {
 
 struct Shard {
     streams: HashMap<UserId, Stream>,
-    /// (accept number of a stream's oldest entry, its user): the shard's streams in the
-    /// age order of what they remember, one element per stream with entries.
-    by_oldest_entry: BTreeSet<(u64, UserId)>,
+    /// Accept number of a stream's oldest entry → its user: the shard's streams in the
+    /// age order of what they remember, one element per stream with entries. An accept
+    /// number is one entry's, so no two streams share a key, and re-filing a stream moves
+    /// its user from the old key to the new one ([`refile`]) without copying the id: a
+    /// copy writes the id's reference count, which the budget's trim, re-filing some other
+    /// user's stream for every event it takes, finds cold.
+    by_oldest_entry: BTreeMap<u64, UserId>,
     /// The accept number of `by_oldest_entry`'s first element (`u64::MAX` when empty),
     /// kept so that letting go of the lock does not walk the tree.
     oldest_entry_no: u64,
-    /// (accept number of a stream's oldest event in history, its user).
-    by_oldest_event: BTreeSet<(u64, UserId)>,
+    /// Accept number of a stream's oldest event in history → its user.
+    by_oldest_event: BTreeMap<u64, UserId>,
     bytes: usize,
     events: usize,
     entries: usize,
@@ -130,9 +134,9 @@ impl Default for Shard {
     fn default() -> Self {
         Shard {
             streams: HashMap::default(),
-            by_oldest_entry: BTreeSet::new(),
+            by_oldest_entry: BTreeMap::new(),
             oldest_entry_no: u64::MAX,
-            by_oldest_event: BTreeSet::new(),
+            by_oldest_event: BTreeMap::new(),
             bytes: 0,
             events: 0,
             entries: 0,
@@ -583,23 +587,15 @@ impl Shard {
         before: (Option<u64>, Option<u64>),
         after: (Option<u64>, Option<u64>),
     ) {
-        if before.0 != after.0 {
-            if let Some(n) = before.0 {
-                self.by_oldest_entry.remove(&(n, user.clone()));
-            }
-            if let Some(n) = after.0 {
-                self.by_oldest_entry.insert((n, user.clone()));
-            }
-            self.oldest_entry_no = self.by_oldest_entry.first().map_or(u64::MAX, |(n, _)| *n);
+        if refile(&mut self.by_oldest_entry, user, before.0, after.0) {
+            self.note_oldest_entry();
         }
-        if before.1 != after.1 {
-            if let Some(n) = before.1 {
-                self.by_oldest_event.remove(&(n, user.clone()));
-            }
-            if let Some(n) = after.1 {
-                self.by_oldest_event.insert((n, user.clone()));
-            }
-        }
+        refile(&mut self.by_oldest_event, user, before.1, after.1);
+    }
+
+    /// Keeps [`Shard::oldest_entry_no`] in step with `by_oldest_entry`.
+    fn note_oldest_entry(&mut self) {
+        self.oldest_entry_no = first_key(&self.by_oldest_entry).unwrap_or(u64::MAX);
     }
 
     /// Takes what a stream's trim freed off the shard's counts.
@@ -634,29 +630,40 @@ impl Shard {
     /// the same as two calls one after the other. Returns `None` when the shard holds
     /// nothing.
     fn pop_oldest(&mut self, need: usize) -> Option<Freed> {
-        let (_, user) = self.by_oldest_entry.first()?.clone();
-        let stream = self.streams.get_mut(&user)?;
+        // Taken out of the index, and filed again under its new oldest entry at the end:
+        // the user moves, uncopied.
+        let (n, user) = self.by_oldest_entry.pop_first()?;
+        let Some(stream) = self.streams.get_mut(&user) else {
+            self.by_oldest_entry.insert(n, user);
+            return None;
+        };
         let before = stream.oldest();
+        debug_assert_eq!(before.0, Some(n));
         let mut t = Trimmed::default();
         let event = stream.held == stream.entries.len() && stream.pop_event_into(&mut t);
         let entry = t.freed.bytes < need && stream.forget_oldest_into(&mut t);
         if !event && !entry {
+            self.by_oldest_entry.insert(n, user);
             return None;
         }
         let after = stream.oldest();
         let idle = stream.is_idle();
         self.settle(t);
-        self.reindex(&user, before, after);
+        refile(&mut self.by_oldest_event, &user, before.1, after.1);
         if idle {
             self.streams.remove(&user);
         }
+        if let Some(n) = after.0 {
+            self.by_oldest_entry.insert(n, user);
+        }
+        self.note_oldest_entry();
         Some(t.freed)
     }
 
     /// The age bounds, for every stream of the shard.
     fn trim_age(&mut self, config: &HistoryConfig, now: Instant) -> Freed {
         let mut freed = Freed::default();
-        while let Some((_, user)) = self.by_oldest_event.first().cloned() {
+        while let Some(user) = self.by_oldest_event.values().next().cloned() {
             let old = self
                 .streams
                 .get(&user)
@@ -669,7 +676,7 @@ impl Shard {
         // Entries are filed by their oldest entry, which may still be in history (a window
         // shorter than `max_age`): then a later stream's forgotten entries wait for a
         // later sweep, or a call that touches their user.
-        while let Some((_, user)) = self.by_oldest_entry.first().cloned() {
+        while let Some(user) = self.by_oldest_entry.values().next().cloned() {
             let forgettable = self
                 .streams
                 .get(&user)
@@ -681,6 +688,30 @@ impl Shard {
         }
         freed
     }
+}
+
+/// Moves `user`'s stream in an age index from key `before` to key `after`, the user taken
+/// from under the old key (copied only when it had none); whether anything changed.
+fn refile(
+    index: &mut BTreeMap<u64, UserId>,
+    user: &UserId,
+    before: Option<u64>,
+    after: Option<u64>,
+) -> bool {
+    if before == after {
+        return false;
+    }
+    let filed = before.and_then(|n| index.remove(&n));
+    debug_assert!(filed.as_ref().is_none_or(|u| u == user));
+    if let Some(n) = after {
+        index.insert(n, filed.unwrap_or_else(|| user.clone()));
+    }
+    true
+}
+
+/// The smallest key of an age index.
+fn first_key(index: &BTreeMap<u64, UserId>) -> Option<u64> {
+    index.keys().next().copied()
 }
 
 impl InMemoryBroker {
@@ -771,7 +802,7 @@ impl InMemoryBroker {
             }
             let mut guard = self.lock(best.1);
             while self.total_bytes.load(Ordering::Acquire) > budget {
-                let oldest = guard.shard.by_oldest_entry.first().map(|(n, _)| *n);
+                let oldest = first_key(&guard.shard.by_oldest_entry);
                 if oldest.is_none_or(|n| n > second) {
                     break;
                 }
@@ -1069,10 +1100,7 @@ impl Drop for ShardGuard<'_> {
         let oldest = self.shard.oldest_entry_no;
         debug_assert_eq!(
             oldest,
-            self.shard
-                .by_oldest_entry
-                .first()
-                .map_or(u64::MAX, |(n, _)| *n)
+            first_key(&self.shard.by_oldest_entry).unwrap_or(u64::MAX)
         );
         self.slot.oldest.store(oldest, Ordering::Release);
     }
@@ -1538,7 +1566,7 @@ mod tests {
                 let expected: Vec<Seq> = frames.iter().map(|(s, _, _)| *s).collect();
                 proptest::prop_assert_eq!(seqs, expected);
                 proptest::prop_assert_eq!(
-                    guard.shard.by_oldest_event.first().map(|(n, _)| *n),
+                    first_key(&guard.shard.by_oldest_event),
                     stream.oldest_event().map(|e| e.accept_no)
                 );
                 proptest::prop_assert_eq!(guard.shard.by_oldest_entry.len(), 1);
