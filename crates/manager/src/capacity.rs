@@ -1,7 +1,7 @@
 //! Giving back the capacity of maps whose entries left: hash maps never shrink on removal,
 //! so a map that once held a crowd keeps its slots after the crowd has gone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash};
 
 /// Smallest capacity [`give_back_map_capacity`] shrinks a map from: below it a map keeps
@@ -38,26 +38,9 @@ where
 /// Frees the root node an emptied B-tree still holds (removing a tree's last element
 /// leaves its root allocated), for the reason an empty map keeps no table
 /// ([`give_back_map_capacity`]). Called once per tree per sweep.
-pub(crate) fn give_back_empty_tree<T: Tree>(tree: &mut T) {
+pub(crate) fn give_back_empty_tree<K, V>(tree: &mut BTreeMap<K, V>) {
     if tree.is_empty() {
-        *tree = T::default();
-    }
-}
-
-/// The B-trees [`give_back_empty_tree`] takes.
-pub(crate) trait Tree: Default {
-    fn is_empty(&self) -> bool;
-}
-
-impl<K, V> Tree for BTreeMap<K, V> {
-    fn is_empty(&self) -> bool {
-        BTreeMap::is_empty(self)
-    }
-}
-
-impl<T> Tree for BTreeSet<T> {
-    fn is_empty(&self) -> bool {
-        BTreeSet::is_empty(self)
+        *tree = BTreeMap::new();
     }
 }
 
