@@ -77,7 +77,8 @@ pub use manager::{
     ConnectError, ConnectOptions, Connection, DIRECT_WRITES_PAUSE_ABOVE,
     DIRECT_WRITES_RESUME_BELOW, DeliveryReceipt, DirectSink, EmitError, FanOutTime,
     LOAD_PROBE_INTERVAL, MAX_MERGED_DELTA_BYTES, ManagerStats, ObserverTaken, Outbound,
-    PreparedEvent, Resume, RunEnded, UnifiedWebSocketManager, WeakManager,
+    PreparedEvent, Resume, RunEnded, UnifiedWebSocketManager, WRITE_MODE_DWELL,
+    WRITE_MODE_MAX_DWELL, WRITE_MODE_TRIAL, WeakManager,
 };
 pub use memory::{ENTRY_OVERHEAD_BYTES, HistoryConfig, InMemoryBroker, STREAM_OVERHEAD_BYTES};
 pub use rates::{InMemoryRates, PublishRate, PublishRates, RateDecision};

@@ -161,8 +161,8 @@ impl State {
 /// interleaving with a frame it was given.
 ///
 /// It calls it not at all while direct writes are paused
-/// ([`UnifiedWebSocketManager::direct_writes_paused`]: a saturated runtime, where a woken
-/// writer sends what queued meanwhile in one write): the frame is queued, lent or not.
+/// ([`UnifiedWebSocketManager::direct_writes_paused`]: a saturated runtime, where queuing
+/// for the writers was found to cost less): the frame is queued, lent or not.
 pub trait DirectSink: Send + Sync + std::fmt::Debug {
     /// Writes `frame`, an event frame whose envelope's `ts` is `ts_ms` (milliseconds),
     /// without waiting. `true`: the sink took the whole frame, which then counts as
@@ -1479,7 +1479,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn paused_direct_writes_queue_for_the_writer() {
         let (m, user, conn, sink) = lending(true).await;
-        m.inner.load.measured(1_000);
+        m.inner.load.set_paused(true);
         assert!(m.direct_writes_paused());
         let first = emit(&m, &user, 1).await;
         assert!(sink.wrote().is_empty());
@@ -1490,7 +1490,7 @@ mod tests {
             Some((Outbound::Frames, vec![Got::Event(first)]))
         );
         assert_eq!(take_lending(&conn, Some(&lent)).await, None);
-        m.inner.load.measured(0);
+        m.inner.load.set_paused(false);
         let second = emit(&m, &user, 2).await;
         assert_eq!(sink.wrote(), vec![Got::Event(second)]);
     }
@@ -1610,7 +1610,7 @@ mod tests {
         let woken = woken_writer(&conn);
         let scope = super::super::held::HeldWrites::enter();
         let first = emit(&m, &user, 1).await;
-        m.inner.load.measured(1_000);
+        m.inner.load.set_paused(true);
         drop(scope);
         assert!(woken.get());
         assert!(sink.wrote().is_empty());

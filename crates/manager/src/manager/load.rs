@@ -1,20 +1,31 @@
 //! How busy the runtime is, and what it decides: while the node is saturated, live events
-//! are queued for the connections' writers rather than written directly
+//! may be queued for the connections' writers rather than written directly
 //! ([`DirectSink`](super::DirectSink)).
 //!
 //! A direct write saves a writer's wake-up, which is most of what a delivery costs in user
-//! space while the node has time to spare. A saturated node is the other case: a woken
-//! writer runs only after the tasks ahead of it, by when several frames have queued for its
-//! connection, and it sends them in one write; written directly, each frame would take a
-//! system call of its own, and the node would serve fewer deliveries at more CPU each. A
-//! probe reads the runtime's busy time (tokio's `worker_total_busy_duration`, over every
-//! worker) each [`LOAD_PROBE_INTERVAL`]: direct writes pause once the workers were busy
-//! more than [`DIRECT_WRITES_PAUSE_ABOVE`] of the interval, and resume once they were busy
-//! less than [`DIRECT_WRITES_RESUME_BELOW`] of it (the gap keeps a node near the bound from
-//! switching at every probe).
+//! space while the node has time to spare. A saturated node can be the other case: a woken
+//! writer runs only after the tasks ahead of it, by when frames may have queued for its
+//! connection, and it sends them in one write; and the deliverer, freed of the system
+//! calls, gets through the publishes queued behind it sooner. Which of the two costs less
+//! near saturation depends on the host and the load (docs/performance.md, *Paused while
+//! the node is saturated*: on one host, pausing cost 1–11 % more per delivery at a load
+//! that kept the node 85–95 % busy, and saved 0–13 % at one it could not keep up with),
+//! so the probe measures it rather than assume it.
+//!
+//! A probe reads the runtime's busy time (tokio's `worker_total_busy_duration`, over every
+//! worker) and the deliveries made each [`LOAD_PROBE_INTERVAL`]; an interval's *cost* is
+//! its busy time per delivery. While the workers were busy less than
+//! [`DIRECT_WRITES_RESUME_BELOW`] of an interval, writes are direct. Once they were busy
+//! more than [`DIRECT_WRITES_PAUSE_ABOVE`] of one, the probe tries the other way (pausing
+//! direct writes, or resuming them) for [`WRITE_MODE_TRIAL`] intervals, and keeps it if
+//! the trial's intervals cost less per delivery than the ones before it (the trial's first
+//! interval, a transition, is not judged). The next trial comes after
+//! [`WRITE_MODE_DWELL`]; each trial that loses doubles that wait, up to
+//! [`WRITE_MODE_MAX_DWELL`], so a node whose choice is settled spends little time trying
+//! the worse way.
 
-use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,12 +36,30 @@ use super::{Inner, UnifiedWebSocketManager};
 pub const LOAD_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The share of an interval, in thousandths, the runtime's workers were busy above which
-/// direct writes pause.
+/// the probe tries the other way of writing live events (pausing direct writes, or
+/// resuming them) and keeps the one that costs less per delivery.
 pub const DIRECT_WRITES_PAUSE_ABOVE: u64 = 850;
 
 /// The share of an interval, in thousandths, the runtime's workers were busy below which
-/// paused direct writes resume.
+/// live events are written directly, paused or not, and no trial is made.
 pub const DIRECT_WRITES_RESUME_BELOW: u64 = 700;
+
+/// How many probe intervals a trial of the other way of writing lasts (its first, a
+/// transition, not judged).
+pub const WRITE_MODE_TRIAL: u32 = 4;
+
+/// How many probe intervals pass, at least, between two trials.
+pub const WRITE_MODE_DWELL: u32 = 20;
+
+/// The most probe intervals between two trials (the wait doubles from
+/// [`WRITE_MODE_DWELL`] with each trial lost).
+pub const WRITE_MODE_MAX_DWELL: u32 = 160;
+
+/// The intervals of the way in force, before a trial, the trial is judged against.
+const KEPT_COSTS: usize = WRITE_MODE_TRIAL as usize - 1;
+
+// A trial judges at least one interval after its transition.
+const _: () = assert!(WRITE_MODE_TRIAL >= 2);
 
 /// The probe's findings; [`RuntimeLoad::paused`] is read on every live delivery.
 #[derive(Debug, Default)]
@@ -38,8 +67,150 @@ pub(crate) struct RuntimeLoad {
     paused: AtomicBool,
     /// The share of the last interval the workers were busy, in thousandths.
     busy: AtomicU64,
-    /// How many times direct writes were paused.
+    /// How many times direct writes were paused (a trial, or a pause kept).
     pauses: AtomicU64,
+    /// How many trials of the other way were made.
+    trials: AtomicU64,
+    /// How many trials won, and their way was kept.
+    switches: AtomicU64,
+    /// Read and written by the probe alone.
+    chooser: Mutex<Chooser>,
+}
+
+/// The probe's state: the way in force, a trial under way, and the costs it is judged by.
+#[derive(Debug)]
+struct Chooser {
+    /// The way kept (outside a trial, the way in force).
+    kept_paused: bool,
+    trial: Option<Trial>,
+    /// The last intervals' costs under the kept way, newest last.
+    kept: Vec<u64>,
+    /// Whether the next interval follows a change of way (not judged).
+    switched: bool,
+    /// Intervals since the last trial ended.
+    since_trial: u32,
+    /// Intervals to wait between trials, doubled by each trial lost.
+    dwell: u32,
+    /// The delivery count at the last probe (none before the first).
+    delivered: Option<u64>,
+}
+
+impl Default for Chooser {
+    fn default() -> Self {
+        Chooser {
+            kept_paused: false,
+            trial: None,
+            kept: Vec::with_capacity(KEPT_COSTS),
+            switched: false,
+            since_trial: WRITE_MODE_DWELL,
+            dwell: WRITE_MODE_DWELL,
+            delivered: None,
+        }
+    }
+}
+
+/// A trial of the way that is not kept.
+#[derive(Debug, Default)]
+struct Trial {
+    intervals: u32,
+    cost_sum: u64,
+    costs: u64,
+}
+
+/// What one probe decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Nothing changed.
+    Stay,
+    /// A trial of the other way began.
+    TrialBegan,
+    /// The trial's way was kept.
+    TrialWon,
+    /// The trial lost: back to the kept way.
+    TrialLost,
+    /// The runtime has time to spare: writes are direct again.
+    Relaxed,
+}
+
+impl Chooser {
+    /// Whether direct writes are paused now.
+    fn paused(&self) -> bool {
+        self.kept_paused ^ self.trial.is_some()
+    }
+
+    /// Takes one interval's findings: the share of it the workers were busy, in
+    /// thousandths, and the deliveries counted so far.
+    fn next(&mut self, busy: u64, delivered_total: u64) -> Step {
+        let delivered = self
+            .delivered
+            .replace(delivered_total)
+            .map_or(0, |before| delivered_total.wrapping_sub(before));
+        // Busy time per delivery, in millionths of a thousandth of the interval.
+        let cost = (delivered > 0).then(|| busy.saturating_mul(1_000_000) / delivered);
+        let judged = !std::mem::take(&mut self.switched);
+        if busy < DIRECT_WRITES_RESUME_BELOW {
+            let was_paused = self.paused();
+            if self.kept_paused || self.trial.is_some() {
+                // The costs were another way's.
+                self.kept.clear();
+            }
+            self.trial = None;
+            self.kept_paused = false;
+            self.since_trial = self.dwell;
+            if was_paused {
+                self.switched = true;
+                return Step::Relaxed;
+            }
+            self.note_kept(cost.filter(|_| judged));
+            return Step::Stay;
+        }
+        if let Some(trial) = self.trial.as_mut() {
+            trial.intervals += 1;
+            if let Some(cost) = cost.filter(|_| judged) {
+                trial.cost_sum += cost;
+                trial.costs += 1;
+            }
+            if trial.intervals < WRITE_MODE_TRIAL {
+                return Step::Stay;
+            }
+            let tried = (trial.costs > 0).then(|| trial.cost_sum / trial.costs);
+            let kept = (!self.kept.is_empty())
+                .then(|| self.kept.iter().sum::<u64>() / self.kept.len() as u64);
+            self.trial = None;
+            self.since_trial = 0;
+            self.kept.clear();
+            return match (tried, kept) {
+                (Some(tried), Some(kept)) if tried < kept => {
+                    self.kept_paused = !self.kept_paused;
+                    self.dwell = WRITE_MODE_DWELL;
+                    Step::TrialWon
+                }
+                _ => {
+                    self.switched = true;
+                    self.dwell = (self.dwell * 2).min(WRITE_MODE_MAX_DWELL);
+                    Step::TrialLost
+                }
+            };
+        }
+        self.note_kept(cost.filter(|_| judged));
+        self.since_trial = self.since_trial.saturating_add(1);
+        if busy > DIRECT_WRITES_PAUSE_ABOVE && self.since_trial >= self.dwell {
+            self.trial = Some(Trial::default());
+            self.switched = true;
+            return Step::TrialBegan;
+        }
+        Step::Stay
+    }
+
+    /// Keeps the last [`KEPT_COSTS`] costs of the kept way.
+    fn note_kept(&mut self, cost: Option<u64>) {
+        if let Some(cost) = cost {
+            if self.kept.len() == KEPT_COSTS {
+                self.kept.remove(0);
+            }
+            self.kept.push(cost);
+        }
+    }
 }
 
 impl RuntimeLoad {
@@ -48,16 +219,37 @@ impl RuntimeLoad {
         self.paused.load(Ordering::Relaxed)
     }
 
-    /// Records the share of one interval (in thousandths) the workers were busy.
-    pub(crate) fn measured(&self, busy: u64) {
+    /// Records the share of one interval (in thousandths) the workers were busy, and the
+    /// deliveries counted so far, and decides the way of writing for the next.
+    pub(crate) fn measured(&self, busy: u64, delivered_total: u64) {
         self.busy.store(busy, Ordering::Relaxed);
-        let paused = self.paused();
-        if !paused && busy > DIRECT_WRITES_PAUSE_ABOVE {
-            self.paused.store(true, Ordering::Relaxed);
-            self.pauses.fetch_add(1, Ordering::Relaxed);
-        } else if paused && busy < DIRECT_WRITES_RESUME_BELOW {
-            self.paused.store(false, Ordering::Relaxed);
+        let mut chooser = self
+            .chooser
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let was_paused = chooser.paused();
+        match chooser.next(busy, delivered_total) {
+            Step::TrialBegan => {
+                self.trials.fetch_add(1, Ordering::Relaxed);
+            }
+            Step::TrialWon => {
+                self.switches.fetch_add(1, Ordering::Relaxed);
+            }
+            Step::Stay | Step::TrialLost | Step::Relaxed => {}
         }
+        let paused = chooser.paused();
+        drop(chooser);
+        if paused && !was_paused {
+            self.pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Pauses or resumes direct writes at once, as a trial would (for tests of what a
+    /// pause does).
+    #[cfg(test)]
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
     }
 
     /// The share of the last interval the workers were busy, in thousandths.
@@ -69,12 +261,21 @@ impl RuntimeLoad {
     pub(crate) fn pauses(&self) -> u64 {
         self.pauses.load(Ordering::Relaxed)
     }
+
+    /// How many trials of the other way of writing were made, and how many were kept.
+    pub(crate) fn trials(&self) -> (u64, u64) {
+        (
+            self.trials.load(Ordering::Relaxed),
+            self.switches.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl UnifiedWebSocketManager {
     /// Whether live events are queued for the writers rather than written directly,
-    /// because the runtime's workers are busy (see [`DIRECT_WRITES_PAUSE_ABOVE`]). A
-    /// writer that sees it lends nothing while it waits.
+    /// because the runtime's workers are busy and the probe found (or is trying whether)
+    /// deliveries cost less that way (see the module docs and
+    /// [`DIRECT_WRITES_PAUSE_ABOVE`]). A writer that sees it lends nothing while it waits.
     pub fn direct_writes_paused(&self) -> bool {
         self.inner.load.paused()
     }
@@ -103,10 +304,10 @@ async fn probe(metrics: tokio::runtime::RuntimeMetrics, inner: Weak<Inner>) {
         tick.tick().await;
         let now = (Instant::now(), busy_time());
         let Some(inner) = inner.upgrade() else { break };
-        inner.load.measured(busy_share(
-            now.1 - last.1,
-            (now.0 - last.0) * workers as u32,
-        ));
+        inner.load.measured(
+            busy_share(now.1 - last.1, (now.0 - last.0) * workers as u32),
+            inner.counters.delivered.load(Ordering::Relaxed),
+        );
         last = now;
     }
 }
@@ -124,24 +325,197 @@ fn busy_share(busy: Duration, of: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    /// Feeds a `RuntimeLoad` one probe interval at a time.
+    struct Feed {
+        load: RuntimeLoad,
+        delivered: u64,
+    }
+
+    impl Feed {
+        fn new() -> Feed {
+            Feed {
+                load: RuntimeLoad::default(),
+                delivered: 0,
+            }
+        }
+
+        /// One interval: busy `busy` thousandths of it, with `deliveries` made. Returns
+        /// whether direct writes are paused for the next.
+        fn interval(&mut self, busy: u64, deliveries: u64) -> bool {
+            self.delivered += deliveries;
+            self.load.measured(busy, self.delivered);
+            self.load.paused()
+        }
+
+        /// `n` intervals alike; whether direct writes were paused after each.
+        fn intervals(&mut self, n: u32, busy: u64, deliveries: u64) -> Vec<bool> {
+            (0..n).map(|_| self.interval(busy, deliveries)).collect()
+        }
+    }
+
     #[test]
-    fn direct_writes_pause_above_the_upper_share_and_resume_below_the_lower() {
-        let load = RuntimeLoad::default();
-        load.measured(DIRECT_WRITES_PAUSE_ABOVE);
-        assert!(!load.paused(), "at the bound, not above it");
-        load.measured(DIRECT_WRITES_PAUSE_ABOVE + 1);
-        assert!(load.paused());
-        assert_eq!(load.busy(), DIRECT_WRITES_PAUSE_ABOVE + 1);
-        load.measured(DIRECT_WRITES_RESUME_BELOW);
-        assert!(load.paused(), "between the bounds it stays as it was");
-        load.measured(990);
-        assert_eq!(load.pauses(), 1, "a pause is counted when it starts");
-        load.measured(DIRECT_WRITES_RESUME_BELOW - 1);
-        assert!(!load.paused());
-        load.measured(DIRECT_WRITES_PAUSE_ABOVE);
-        assert!(!load.paused(), "between the bounds it stays as it was");
-        load.measured(1_000);
-        assert_eq!(load.pauses(), 2);
+    fn writes_stay_direct_while_the_runtime_is_not_busier_than_the_upper_share() {
+        let mut feed = Feed::new();
+        assert!(!feed.intervals(100, 500, 1_000).contains(&true));
+        assert!(
+            !feed
+                .intervals(100, DIRECT_WRITES_PAUSE_ABOVE, 1_000)
+                .contains(&true),
+            "at the bound, not above it"
+        );
+        assert_eq!(feed.load.trials(), (0, 0));
+        assert_eq!(feed.load.pauses(), 0);
+        assert_eq!(feed.load.busy(), DIRECT_WRITES_PAUSE_ABOVE);
+    }
+
+    #[test]
+    fn a_busy_runtime_tries_a_pause_and_keeps_it_when_deliveries_cost_less() {
+        let mut feed = Feed::new();
+        // Direct: 900 thousandths for 1,000 deliveries.
+        feed.intervals(3, 800, 1_000);
+        assert!(
+            feed.interval(900, 1_000),
+            "the first busy interval begins a trial"
+        );
+        assert_eq!(feed.load.trials(), (1, 0));
+        // Paused: the same busy share buys 1,200 deliveries.
+        let trial = feed.intervals(WRITE_MODE_TRIAL, 900, 1_200);
+        assert!(trial.iter().all(|&paused| paused), "{trial:?}");
+        assert_eq!(feed.load.trials(), (1, 1), "the pause was kept");
+        assert!(!feed.intervals(10, 900, 1_200).contains(&false));
+        assert_eq!(feed.load.pauses(), 1, "a pause is counted when it starts");
+    }
+
+    #[test]
+    fn a_trial_that_costs_more_is_given_up_and_the_next_waits_twice_as_long() {
+        let mut feed = Feed::new();
+        feed.intervals(3, 800, 1_000);
+        assert!(feed.interval(900, 1_000));
+        // Paused: 800 deliveries for the same busy share.
+        let trial = feed.intervals(WRITE_MODE_TRIAL - 1, 900, 800);
+        assert!(trial.iter().all(|&paused| paused), "{trial:?}");
+        assert!(!feed.interval(900, 800), "lost: direct writes again");
+        assert_eq!(feed.load.trials(), (1, 0));
+        let waiting = feed.intervals(2 * WRITE_MODE_DWELL - 1, 900, 1_000);
+        assert!(!waiting.contains(&true), "{waiting:?}");
+        assert!(feed.interval(900, 1_000), "the next trial");
+        feed.intervals(WRITE_MODE_TRIAL, 900, 800);
+        assert_eq!(feed.load.trials(), (2, 0));
+        assert_eq!(feed.load.pauses(), 2);
+        let waiting = feed.intervals(4 * WRITE_MODE_DWELL - 1, 900, 1_000);
+        assert!(!waiting.contains(&true));
+        assert!(feed.interval(900, 1_000));
+    }
+
+    #[test]
+    fn the_wait_between_trials_is_bounded() {
+        let mut feed = Feed::new();
+        feed.intervals(3, 800, 1_000);
+        assert!(feed.interval(900, 1_000));
+        // Every trial loses; the waits double up to the most.
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            feed.intervals(WRITE_MODE_TRIAL, 900, 500);
+            let mut wait = 0;
+            while !feed.interval(900, 1_000) {
+                wait += 1;
+                assert!(wait < 10 * WRITE_MODE_MAX_DWELL as usize);
+            }
+            waits.push(wait);
+        }
+        let dwell = |n: u32| (WRITE_MODE_DWELL << n).min(WRITE_MODE_MAX_DWELL) as usize - 1;
+        assert_eq!(waits, (1..7).map(dwell).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_trial_that_wins_is_kept_and_may_itself_be_given_up_later() {
+        let mut feed = Feed::new();
+        feed.intervals(3, 800, 1_000);
+        feed.interval(900, 1_000);
+        feed.intervals(WRITE_MODE_TRIAL, 900, 1_200);
+        assert!(feed.load.paused());
+        // Paused now; the next trial (of direct writes) comes after the shortest wait,
+        // and wins if direct writes cost less by then.
+        let waiting = feed.intervals(WRITE_MODE_DWELL - 1, 900, 1_000);
+        assert!(waiting.iter().all(|&paused| paused), "{waiting:?}");
+        assert!(!feed.interval(900, 1_000), "a trial of direct writes");
+        feed.intervals(WRITE_MODE_TRIAL, 900, 1_300);
+        assert!(!feed.load.paused());
+        assert_eq!(feed.load.trials(), (2, 2));
+    }
+
+    #[test]
+    fn deliveries_counted_before_the_first_probe_are_not_judged() {
+        let mut feed = Feed::new();
+        // A manager that delivered a million events before its first connection.
+        feed.delivered = 1_000_000;
+        feed.intervals(2, 800, 1_000);
+        assert!(feed.interval(900, 1_000));
+        // The pause costs less than the intervals measured, though not less than the
+        // first probe's count would have made it seem.
+        feed.intervals(WRITE_MODE_TRIAL, 900, 1_200);
+        assert!(feed.load.paused());
+        assert_eq!(feed.load.trials(), (1, 1));
+    }
+
+    #[test]
+    fn the_costs_of_a_way_no_longer_kept_are_not_judged_against() {
+        let mut feed = Feed::new();
+        feed.intervals(3, 800, 1_000);
+        feed.interval(900, 1_000);
+        // Pausing kept, at 500,000 a delivery.
+        feed.intervals(WRITE_MODE_TRIAL, 900, 1_800);
+        feed.intervals(WRITE_MODE_DWELL - 1, 900, 1_800);
+        assert!(!feed.interval(900, 1_800), "a trial of direct writes");
+        // Time to spare, during the trial: direct writes are kept.
+        assert!(!feed.interval(600, 1_000));
+        assert!(feed.interval(900, 1_000), "busy again: a trial of pausing");
+        // Judged against the direct interval (900,000), not the pause's old costs.
+        feed.intervals(WRITE_MODE_TRIAL, 900, 1_300);
+        assert!(feed.load.paused());
+        assert_eq!(feed.load.trials(), (3, 2));
+    }
+
+    #[test]
+    fn the_first_interval_of_a_trial_is_not_judged() {
+        let mut feed = Feed::new();
+        feed.intervals(3, 800, 1_000);
+        feed.interval(900, 1_000);
+        // The transition: hardly any deliveries while the writers catch up.
+        feed.interval(900, 10);
+        feed.intervals(WRITE_MODE_TRIAL - 1, 900, 1_200);
+        assert!(feed.load.paused());
+        assert_eq!(feed.load.trials(), (1, 1));
+    }
+
+    #[test]
+    fn a_trial_without_deliveries_to_judge_is_given_up() {
+        let mut feed = Feed::new();
+        let paused = feed.intervals(WRITE_MODE_TRIAL, 1_000, 0);
+        assert_eq!(paused, [true; WRITE_MODE_TRIAL as usize]);
+        assert!(!feed.interval(1_000, 0));
+        assert_eq!(feed.load.trials(), (1, 0));
+    }
+
+    #[test]
+    fn a_runtime_with_time_to_spare_writes_directly_at_once() {
+        let mut feed = Feed::new();
+        feed.intervals(3, 800, 1_000);
+        feed.interval(900, 1_000);
+        feed.intervals(WRITE_MODE_TRIAL, 900, 1_200);
+        assert!(feed.load.paused());
+        assert!(
+            feed.interval(DIRECT_WRITES_RESUME_BELOW, 1_000),
+            "at the bound"
+        );
+        assert!(!feed.interval(DIRECT_WRITES_RESUME_BELOW - 1, 1_000));
+        // Busy again: a trial of pausing begins with the first busy interval.
+        assert!(!feed.interval(800, 1_000));
+        assert!(feed.interval(900, 1_000));
+        assert_eq!(feed.load.trials(), (2, 1));
+        // A trial under way ends too.
+        assert!(!feed.interval(0, 0));
+        assert_eq!(feed.load.pauses(), 2);
     }
 
     #[test]
@@ -169,7 +543,9 @@ mod tests {
             "busy {}",
             manager.inner.load.busy()
         );
-        assert!(manager.direct_writes_paused());
+        // A trial of pausing began (without deliveries to judge, it is given up).
+        assert!(manager.inner.load.trials().0 >= 1);
+        assert!(manager.inner.load.pauses() >= 1);
         // Idle for four intervals: the workers park.
         tokio::time::sleep(LOAD_PROBE_INTERVAL * 4).await;
         assert!(

@@ -46,7 +46,10 @@ pub(crate) use counters::Counters;
 #[cfg(test)]
 pub(crate) use emit::serialize_body;
 pub use emit::{EmitError, PreparedEvent};
-pub use load::{DIRECT_WRITES_PAUSE_ABOVE, DIRECT_WRITES_RESUME_BELOW, LOAD_PROBE_INTERVAL};
+pub use load::{
+    DIRECT_WRITES_PAUSE_ABOVE, DIRECT_WRITES_RESUME_BELOW, LOAD_PROBE_INTERVAL, WRITE_MODE_DWELL,
+    WRITE_MODE_MAX_DWELL, WRITE_MODE_TRIAL,
+};
 pub use receipts::DeliveryReceipt;
 use registry::Router;
 pub use run_ends::{ObserverTaken, RunEnded};

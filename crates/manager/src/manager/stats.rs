@@ -101,9 +101,14 @@ pub struct ManagerStats {
     /// The share of the last [`LOAD_PROBE_INTERVAL`](crate::LOAD_PROBE_INTERVAL) the
     /// runtime's workers were busy, in thousandths (probed once a connection was made).
     pub runtime_busy_permille: u64,
-    /// Times direct writes were paused because that share exceeded
-    /// [`DIRECT_WRITES_PAUSE_ABOVE`](crate::DIRECT_WRITES_PAUSE_ABOVE).
+    /// Times direct writes were paused (a trial, or a pause kept) because that share
+    /// exceeded [`DIRECT_WRITES_PAUSE_ABOVE`](crate::DIRECT_WRITES_PAUSE_ABOVE).
     pub direct_write_pauses: u64,
+    /// Trials of the other way of writing live events (pausing direct writes, or resuming
+    /// them) made while the runtime was that busy.
+    pub write_mode_trials: u64,
+    /// The trials whose way was kept, because deliveries cost less busy time under it.
+    pub write_mode_switches: u64,
 }
 
 impl UnifiedWebSocketManager {
@@ -175,6 +180,8 @@ impl UnifiedWebSocketManager {
             receipt_flush_failures: load(&c.receipt_flush_failures),
             runtime_busy_permille: self.inner.load.busy(),
             direct_write_pauses: self.inner.load.pauses(),
+            write_mode_trials: self.inner.load.trials().0,
+            write_mode_switches: self.inner.load.trials().1,
         }
     }
 }

@@ -509,9 +509,22 @@ fn encode_load(e: &mut DescriptorEncoder<'_>, s: &ManagerStats) -> fmt::Result {
         e,
         "agentwire_direct_write_pauses",
         "Times live events went to the connections' writers instead of being written \
-         directly, because the runtime's workers were busy more than 85 % of the time \
-         (a saturated node; they resume below 70 %)",
+         directly (a trial, or a pause kept), the runtime's workers busy more than 85 % \
+         of the time; direct writes resume below 70 %",
         s.direct_write_pauses,
+    )?;
+    counter(
+        e,
+        "agentwire_write_mode_trials",
+        "Trials of the other way of writing live events (pausing direct writes, or \
+         resuming them) while the runtime's workers were busy more than 85 % of the time",
+        s.write_mode_trials,
+    )?;
+    counter(
+        e,
+        "agentwire_write_mode_switches",
+        "Trials kept because deliveries cost less of the workers' busy time under them",
+        s.write_mode_switches,
     )
 }
 
