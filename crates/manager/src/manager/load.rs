@@ -9,8 +9,8 @@
 //! calls, gets through the publishes queued behind it sooner. Which of the two costs less
 //! near saturation depends on the host and the load (docs/performance.md, *Paused while
 //! the node is saturated*: on one host, pausing cost 1–11 % more per delivery at a load
-//! that kept the node 85–95 % busy, and saved 0–13 % at one it could not keep up with),
-//! so the probe measures it rather than assume it.
+//! that kept the node 85–95 % busy, and at one it could not keep up with, from 2 % more
+//! to 12 % less), so the probe measures it rather than assume it.
 //!
 //! A probe reads the runtime's busy time (tokio's `worker_total_busy_duration`, over every
 //! worker) and the deliveries made each [`LOAD_PROBE_INTERVAL`]; an interval's *cost* is
