@@ -67,13 +67,7 @@ pub(crate) struct RuntimeLoad {
     paused: AtomicBool,
     /// The share of the last interval the workers were busy, in thousandths.
     busy: AtomicU64,
-    /// How many times direct writes were paused (a trial, or a pause kept).
-    pauses: AtomicU64,
-    /// How many trials of the other way were made.
-    trials: AtomicU64,
-    /// How many trials won, and their way was kept.
-    switches: AtomicU64,
-    /// Read and written by the probe alone.
+    /// Written by the probe; read by it and by the stats.
     chooser: Mutex<Chooser>,
 }
 
@@ -93,6 +87,12 @@ struct Chooser {
     dwell: u32,
     /// The delivery count at the last probe (none before the first).
     delivered: Option<u64>,
+    /// How many times direct writes were paused (a trial, or a pause kept).
+    pauses: u64,
+    /// How many trials of the other way were made.
+    trials: u64,
+    /// How many trials won, and their way was kept.
+    switches: u64,
 }
 
 impl Default for Chooser {
@@ -105,6 +105,9 @@ impl Default for Chooser {
             since_trial: WRITE_MODE_DWELL,
             dwell: WRITE_MODE_DWELL,
             delivered: None,
+            pauses: 0,
+            trials: 0,
+            switches: 0,
         }
     }
 }
@@ -117,30 +120,24 @@ struct Trial {
     costs: u64,
 }
 
-/// What one probe decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// Nothing changed.
-    Stay,
-    /// A trial of the other way began.
-    TrialBegan,
-    /// The trial's way was kept.
-    TrialWon,
-    /// The trial lost: back to the kept way.
-    TrialLost,
-    /// The runtime has time to spare: writes are direct again.
-    Relaxed,
-}
-
 impl Chooser {
     /// Whether direct writes are paused now.
     fn paused(&self) -> bool {
         self.kept_paused ^ self.trial.is_some()
     }
 
-    /// Takes one interval's findings: the share of it the workers were busy, in
-    /// thousandths, and the deliveries counted so far.
-    fn next(&mut self, busy: u64, delivered_total: u64) -> Step {
+    /// Takes one interval's findings (the share of it the workers were busy, in
+    /// thousandths, and the deliveries counted so far) and decides the way of writing for
+    /// the next, counting a pause when one begins.
+    fn measured(&mut self, busy: u64, delivered_total: u64) {
+        let was_paused = self.paused();
+        self.next(busy, delivered_total);
+        if self.paused() && !was_paused {
+            self.pauses += 1;
+        }
+    }
+
+    fn next(&mut self, busy: u64, delivered_total: u64) {
         let delivered = self
             .delivered
             .replace(delivered_total)
@@ -159,10 +156,10 @@ impl Chooser {
             self.since_trial = self.dwell;
             if was_paused {
                 self.switched = true;
-                return Step::Relaxed;
+            } else {
+                self.note_kept(cost.filter(|_| judged));
             }
-            self.note_kept(cost.filter(|_| judged));
-            return Step::Stay;
+            return;
         }
         if let Some(trial) = self.trial.as_mut() {
             trial.intervals += 1;
@@ -171,7 +168,7 @@ impl Chooser {
                 trial.costs += 1;
             }
             if trial.intervals < WRITE_MODE_TRIAL {
-                return Step::Stay;
+                return;
             }
             let tried = (trial.costs > 0).then(|| trial.cost_sum / trial.costs);
             let kept = (!self.kept.is_empty())
@@ -179,27 +176,26 @@ impl Chooser {
             self.trial = None;
             self.since_trial = 0;
             self.kept.clear();
-            return match (tried, kept) {
+            match (tried, kept) {
                 (Some(tried), Some(kept)) if tried < kept => {
                     self.kept_paused = !self.kept_paused;
                     self.dwell = WRITE_MODE_DWELL;
-                    Step::TrialWon
+                    self.switches += 1;
                 }
                 _ => {
                     self.switched = true;
                     self.dwell = (self.dwell * 2).min(WRITE_MODE_MAX_DWELL);
-                    Step::TrialLost
                 }
-            };
+            }
+            return;
         }
         self.note_kept(cost.filter(|_| judged));
         self.since_trial = self.since_trial.saturating_add(1);
         if busy > DIRECT_WRITES_PAUSE_ABOVE && self.since_trial >= self.dwell {
             self.trial = Some(Trial::default());
             self.switched = true;
-            return Step::TrialBegan;
+            self.trials += 1;
         }
-        Step::Stay
     }
 
     /// Keeps the last [`KEPT_COSTS`] costs of the kept way.
@@ -223,26 +219,15 @@ impl RuntimeLoad {
     /// deliveries counted so far, and decides the way of writing for the next.
     pub(crate) fn measured(&self, busy: u64, delivered_total: u64) {
         self.busy.store(busy, Ordering::Relaxed);
-        let mut chooser = self
-            .chooser
+        let mut chooser = self.chooser();
+        chooser.measured(busy, delivered_total);
+        self.paused.store(chooser.paused(), Ordering::Relaxed);
+    }
+
+    fn chooser(&self) -> std::sync::MutexGuard<'_, Chooser> {
+        self.chooser
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let was_paused = chooser.paused();
-        match chooser.next(busy, delivered_total) {
-            Step::TrialBegan => {
-                self.trials.fetch_add(1, Ordering::Relaxed);
-            }
-            Step::TrialWon => {
-                self.switches.fetch_add(1, Ordering::Relaxed);
-            }
-            Step::Stay | Step::TrialLost | Step::Relaxed => {}
-        }
-        let paused = chooser.paused();
-        drop(chooser);
-        if paused && !was_paused {
-            self.pauses.fetch_add(1, Ordering::Relaxed);
-        }
-        self.paused.store(paused, Ordering::Relaxed);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Pauses or resumes direct writes at once, as a trial would (for tests of what a
@@ -259,15 +244,13 @@ impl RuntimeLoad {
 
     /// How many times direct writes were paused.
     pub(crate) fn pauses(&self) -> u64 {
-        self.pauses.load(Ordering::Relaxed)
+        self.chooser().pauses
     }
 
     /// How many trials of the other way of writing were made, and how many were kept.
     pub(crate) fn trials(&self) -> (u64, u64) {
-        (
-            self.trials.load(Ordering::Relaxed),
-            self.switches.load(Ordering::Relaxed),
-        )
+        let chooser = self.chooser();
+        (chooser.trials, chooser.switches)
     }
 }
 
@@ -351,6 +334,27 @@ mod tests {
         fn intervals(&mut self, n: u32, busy: u64, deliveries: u64) -> Vec<bool> {
             (0..n).map(|_| self.interval(busy, deliveries)).collect()
         }
+
+        /// A fresh feed whose first busy interval has just begun a trial of pausing,
+        /// judged against direct writes costing 800,000, 800,000 and 900,000 (a mean of
+        /// about 833,333 a delivery).
+        fn trial_of_pausing() -> Feed {
+            let mut feed = Feed::new();
+            feed.intervals(3, 800, 1_000);
+            assert!(
+                feed.interval(900, 1_000),
+                "the first busy interval begins a trial"
+            );
+            feed
+        }
+
+        /// [`Feed::trial_of_pausing`], the trial won at 750,000 a delivery: paused.
+        fn pause_kept() -> Feed {
+            let mut feed = Feed::trial_of_pausing();
+            feed.intervals(WRITE_MODE_TRIAL, 900, 1_200);
+            assert!(feed.load.paused());
+            feed
+        }
     }
 
     #[test]
@@ -370,13 +374,8 @@ mod tests {
 
     #[test]
     fn a_busy_runtime_tries_a_pause_and_keeps_it_when_deliveries_cost_less() {
-        let mut feed = Feed::new();
         // Direct: 900 thousandths for 1,000 deliveries.
-        feed.intervals(3, 800, 1_000);
-        assert!(
-            feed.interval(900, 1_000),
-            "the first busy interval begins a trial"
-        );
+        let mut feed = Feed::trial_of_pausing();
         assert_eq!(feed.load.trials(), (1, 0));
         // Paused: the same busy share buys 1,200 deliveries.
         let trial = feed.intervals(WRITE_MODE_TRIAL, 900, 1_200);
@@ -388,9 +387,7 @@ mod tests {
 
     #[test]
     fn a_trial_that_costs_more_is_given_up_and_the_next_waits_twice_as_long() {
-        let mut feed = Feed::new();
-        feed.intervals(3, 800, 1_000);
-        assert!(feed.interval(900, 1_000));
+        let mut feed = Feed::trial_of_pausing();
         // Paused: 800 deliveries for the same busy share.
         let trial = feed.intervals(WRITE_MODE_TRIAL - 1, 900, 800);
         assert!(trial.iter().all(|&paused| paused), "{trial:?}");
@@ -409,9 +406,7 @@ mod tests {
 
     #[test]
     fn the_wait_between_trials_is_bounded() {
-        let mut feed = Feed::new();
-        feed.intervals(3, 800, 1_000);
-        assert!(feed.interval(900, 1_000));
+        let mut feed = Feed::trial_of_pausing();
         // Every trial loses; the waits double up to the most.
         let mut waits = Vec::new();
         for _ in 0..6 {
@@ -429,11 +424,7 @@ mod tests {
 
     #[test]
     fn a_trial_that_wins_is_kept_and_may_itself_be_given_up_later() {
-        let mut feed = Feed::new();
-        feed.intervals(3, 800, 1_000);
-        feed.interval(900, 1_000);
-        feed.intervals(WRITE_MODE_TRIAL, 900, 1_200);
-        assert!(feed.load.paused());
+        let mut feed = Feed::pause_kept();
         // Paused now; the next trial (of direct writes) comes after the shortest wait,
         // and wins if direct writes cost less by then.
         let waiting = feed.intervals(WRITE_MODE_DWELL - 1, 900, 1_000);
@@ -460,9 +451,7 @@ mod tests {
 
     #[test]
     fn the_costs_of_a_way_no_longer_kept_are_not_judged_against() {
-        let mut feed = Feed::new();
-        feed.intervals(3, 800, 1_000);
-        feed.interval(900, 1_000);
+        let mut feed = Feed::trial_of_pausing();
         // Pausing kept, at 500,000 a delivery.
         feed.intervals(WRITE_MODE_TRIAL, 900, 1_800);
         feed.intervals(WRITE_MODE_DWELL - 1, 900, 1_800);
@@ -478,9 +467,7 @@ mod tests {
 
     #[test]
     fn the_first_interval_of_a_trial_is_not_judged() {
-        let mut feed = Feed::new();
-        feed.intervals(3, 800, 1_000);
-        feed.interval(900, 1_000);
+        let mut feed = Feed::trial_of_pausing();
         // The transition: hardly any deliveries while the writers catch up.
         feed.interval(900, 10);
         feed.intervals(WRITE_MODE_TRIAL - 1, 900, 1_200);
@@ -499,11 +486,7 @@ mod tests {
 
     #[test]
     fn a_runtime_with_time_to_spare_writes_directly_at_once() {
-        let mut feed = Feed::new();
-        feed.intervals(3, 800, 1_000);
-        feed.interval(900, 1_000);
-        feed.intervals(WRITE_MODE_TRIAL, 900, 1_200);
-        assert!(feed.load.paused());
+        let mut feed = Feed::pause_kept();
         assert!(
             feed.interval(DIRECT_WRITES_RESUME_BELOW, 1_000),
             "at the bound"

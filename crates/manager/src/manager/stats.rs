@@ -138,6 +138,7 @@ impl UnifiedWebSocketManager {
             }
         }
         let b = self.inner.broker.stats();
+        let (write_mode_trials, write_mode_switches) = self.inner.load.trials();
         ManagerStats {
             connections: self.connection_count(),
             users,
@@ -180,8 +181,8 @@ impl UnifiedWebSocketManager {
             receipt_flush_failures: load(&c.receipt_flush_failures),
             runtime_busy_permille: self.inner.load.busy(),
             direct_write_pauses: self.inner.load.pauses(),
-            write_mode_trials: self.inner.load.trials().0,
-            write_mode_switches: self.inner.load.trials().1,
+            write_mode_trials,
+            write_mode_switches,
         }
     }
 }
