@@ -30,7 +30,9 @@ async fn a_reader_that_pauses_mid_stream_gets_merged_deltas_and_is_not_cut() {
     let server = TestServer::start_with(|c| {
         c.queue_max_frames = 64;
         c.write_batch_frames = 16;
-        c.write_timeout = Duration::from_secs(20);
+        // The reader's pause lasts as long as publishing the whole answer takes, which an
+        // unoptimized build on a slow host stretches past 20 s (0.3 s optimized).
+        c.write_timeout = Duration::from_secs(120);
     })
     .await;
     // A small receive buffer: the kernels hold little, the connection's queue the rest.
