@@ -674,6 +674,16 @@ impl TestServer {
 
     /// `POST /v1/events` with `body` as JSON, sent with the API key `key`.
     pub async fn publish_as(&self, key: &str, body: &serde_json::Value) -> HttpResponse {
+        self.publish_text_as(key, &body.to_string()).await
+    }
+
+    /// `POST /v1/events` with `body`, byte for byte, and [`API_KEY`].
+    pub async fn publish_text(&self, body: &str) -> HttpResponse {
+        self.publish_text_as(API_KEY, body).await
+    }
+
+    /// `POST /v1/events` with `body`, byte for byte, sent with the API key `key`.
+    pub async fn publish_text_as(&self, key: &str, body: &str) -> HttpResponse {
         let auth = format!("Bearer {key}");
         http_send(
             self.addr,
@@ -683,7 +693,7 @@ impl TestServer {
                 ("Authorization", auth.as_str()),
                 ("Content-Type", "application/json"),
             ],
-            body.to_string().as_bytes(),
+            body.as_bytes(),
         )
         .await
     }

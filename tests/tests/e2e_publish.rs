@@ -173,6 +173,49 @@ async fn a_publisher_event_id_makes_every_retry_idempotent() {
     server.stop().await;
 }
 
+/// `data` reaches its user as the publisher wrote it — its fields in their order, its
+/// numbers and escapes as written, the whitespace between tokens removed, a field with a
+/// default added when left out — whether the body takes the one pass or (with a fraction)
+/// the typed decoding; and an `event_id` sent again with the same fields in another order
+/// names another event (409), while the same text is a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_reaches_its_user_as_written() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("alice").await;
+    let quick = r#"{"user_id":"alice","type":"custom","event_id":"as-written","data": { "z" : [1, {"b":"x y"}], "name":"n\u00e9" , "a":18446744073709551615 }}"#;
+    // Numbers beyond 64 bits and fractions keep their digits (read as a float and written
+    // back, they would not).
+    let slow = r#"[{"user_id":"alice","type":"custom","data":{"z":2.50,"name":"m","value":1E2,"big":123456789012345678901234567890}}]"#;
+    assert_eq!(seqs(&server.publish_text(quick).await), [1]);
+    assert_eq!(seqs(&server.publish_text(slow).await), [2]);
+    let stored = history(&server, "alice", "", API_KEY).await;
+    for data in [
+        r#""data":{"z":[1,{"b":"x y"}],"name":"n\u00e9","a":18446744073709551615,"value":null}"#,
+        r#""data":{"z":2.50,"name":"m","value":1E2,"big":123456789012345678901234567890}"#,
+    ] {
+        assert!(stored.body.contains(data), "{data} in {}", stored.body);
+    }
+    // The client reads them as the typed events they are.
+    for name in ["né", "m"] {
+        let e = alice.event().await;
+        match &e.event.data {
+            agentwire::protocol::EventData::Custom(c) => assert_eq!(c.name, name),
+            other => panic!("not a custom event: {other:?}"),
+        }
+    }
+
+    let reordered = r#"{"user_id":"alice","type":"custom","event_id":"as-written","data":{"name":"n\u00e9","z":[1,{"b":"x y"}],"a":18446744073709551615}}"#;
+    assert_refused_as(
+        &server.publish_text(reordered).await,
+        409,
+        "event_id_conflict",
+        Some("event_id"),
+        "",
+    );
+    assert_eq!(seqs(&server.publish_text(quick).await), [1]);
+    server.stop().await;
+}
+
 /// An `event_id` names one event: reused for a different event it is refused with 409
 /// `event_id_conflict` and nothing is published or applied; sent again with the same event
 /// it is a retry, answered with the first acceptance (issue 14).

@@ -890,7 +890,7 @@ mod tests {
                 AgentThinking { thought, step: Some(3), extra: Default::default() },
             );
             let id: EventId = id.parse().expect("id");
-            let body = crate::manager::serialize_body(&event);
+            let body = Bytes::from(event.body_json());
             let bytes = frame_bytes(event.event_type(), Seq(seq), &id, Timestamp(ts), &body);
             // Allocated at its exact length, unless the id needed an escape.
             let escapes = id.as_str().contains(['"', '\\']);
@@ -916,7 +916,7 @@ mod tests {
                 extra: Default::default(),
             },
         );
-        let body = crate::manager::serialize_body(&event);
+        let body = Bytes::from(event.body_json());
         let id: EventId = "e-1".parse().expect("id");
         let frame = compose_frame(event.event_type(), Seq(7), &id, Timestamp(99), &body);
         match ServerFrame::decode(&frame).expect("decodes") {

@@ -28,6 +28,7 @@ use crate::event::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, Custom, EventData, EventType, Extra,
     MessageCompleted, MessageDelta, ToolCompleted, ToolExecuting,
 };
+use crate::ids::{EventId, RunId, ThreadId, UserId};
 
 /// A key of a JSON object, borrowed from the text unless it held an escape.
 pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
@@ -95,6 +96,9 @@ fn repeated<E: de::Error>() -> E {
 /// A payload decoded field by field: typed fields by their own `Deserialize`, any other key
 /// into `extra`, as serde's `flatten` does on the slow path.
 trait Payload: Default + Into<EventData> {
+    /// The typed fields, in order.
+    const FIELDS: &'static [Field];
+
     /// Bit `i` set: the `i`-th typed field has no default and must be present.
     const REQUIRED: u32;
 
@@ -110,6 +114,134 @@ trait Payload: Default + Into<EventData> {
     fn extra(&mut self) -> &mut Extra;
 }
 
+/// How [`Quick::data_facts`] checks the value of a typed field of `data` without decoding
+/// it: what the field's type accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// A string (`String`).
+    Str,
+    /// A string, read as the id the event's run step names (`tool_call_id`, `message_id`).
+    Named,
+    /// A string or `null` (`Option<String>`).
+    OptStr,
+    /// An integer from 0 to `u64::MAX`, or `null` (`Option<u64>`).
+    OptU64,
+    /// `true` or `false` (`bool`).
+    Bool,
+    /// Any JSON value (`Value`).
+    Any,
+}
+
+/// A typed field of a payload: its wire name, how its value is checked, and whether it
+/// must be present.
+type Field = (&'static str, Check, bool);
+
+/// The typed fields of a `ty` event's `data`, and the mask of those that must be present.
+fn fields_of(ty: EventType) -> (&'static [Field], u32) {
+    fn of<P: Payload>() -> (&'static [Field], u32) {
+        (P::FIELDS, P::REQUIRED)
+    }
+    match ty {
+        EventType::AgentStarted => of::<AgentStarted>(),
+        EventType::AgentThinking => of::<AgentThinking>(),
+        EventType::ToolExecuting => of::<ToolExecuting>(),
+        EventType::ToolCompleted => of::<ToolCompleted>(),
+        EventType::AgentCompleted => of::<AgentCompleted>(),
+        EventType::AgentError => of::<AgentError>(),
+        EventType::MessageDelta => of::<MessageDelta>(),
+        EventType::MessageCompleted => of::<MessageCompleted>(),
+        EventType::Custom => of::<Custom>(),
+    }
+}
+
+/// The typed fields a `ty` event's `data` is always delivered with (those with a default
+/// that [`crate::Event::body_json`] writes even when it is the default), which `seen` (bit
+/// `i`: the `i`-th typed field is there) lacks: their wire names and their defaults' JSON.
+pub(crate) fn missing_defaults(
+    ty: EventType,
+    seen: u32,
+) -> impl Iterator<Item = (&'static str, &'static str)> {
+    fields_of(ty)
+        .0
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| seen & (1 << i) == 0)
+        .filter_map(|(_, (name, check, _))| match check {
+            Check::Bool => Some((*name, "false")),
+            Check::Any => Some((*name, "null")),
+            _ => None,
+        })
+}
+
+/// Which typed fields of a `ty` event's `data` are among `keys` (bit `i`: the `i`-th).
+pub(crate) fn seen_fields<'k>(ty: EventType, keys: impl Iterator<Item = &'k str>) -> u32 {
+    let fields = fields_of(ty).0;
+    keys.filter_map(|key| fields.iter().position(|(name, ..)| *name == key))
+        .fold(0, |seen, i| seen | 1 << i)
+}
+
+/// What [`Quick::data_facts`] reads of an event's `data`: what a broker needs of it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct DataFacts {
+    /// The tool call id or message id, for the types that name one.
+    pub(crate) named: Option<String>,
+    /// `stall_timeout_ms` (of `agent_started`).
+    pub(crate) stall_timeout_ms: Option<u64>,
+    /// Bit `i` set: the `i`-th typed field of the type was present.
+    pub(crate) seen: u32,
+}
+
+impl DataFacts {
+    /// The facts of an event sent without `data`, which [`DataSeed::absent`] accepts for
+    /// the types without a required field.
+    pub(crate) fn absent(ty: EventType) -> Result<Self, GaveUp> {
+        match fields_of(ty) {
+            (_, 0) => Ok(DataFacts::default()),
+            _ => Err(GaveUp),
+        }
+    }
+}
+
+/// Fails when two of `keys` are the same: pair by pair for a few, sorted for more.
+fn distinct(keys: &mut [Cow<'_, str>]) -> Result<(), GaveUp> {
+    if keys.len() <= 8 {
+        for (i, key) in keys.iter().enumerate() {
+            if keys[..i].contains(key) {
+                return Err(GaveUp);
+            }
+        }
+        return Ok(());
+    }
+    keys.sort_unstable();
+    match keys.windows(2).any(|pair| pair[0] == pair[1]) {
+        true => Err(GaveUp),
+        false => Ok(()),
+    }
+}
+
+/// Sets `slot` once: a key repeated in an object fails.
+pub(crate) fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(repeated());
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// One publish request read by [`Quick::raw_request`]: checked as the typed decoding
+/// checks it, its `data` kept as the text it was written as.
+#[derive(Debug)]
+pub(crate) struct RawRequest<'de> {
+    pub(crate) user_id: UserId,
+    pub(crate) event_id: Option<EventId>,
+    pub(crate) event_type: EventType,
+    pub(crate) thread_id: Option<ThreadId>,
+    pub(crate) run_id: Option<RunId>,
+    /// The text of `data`, `None` when the request has none.
+    pub(crate) data: Option<&'de str>,
+    pub(crate) facts: DataFacts,
+}
+
 /// A field whose type decodes itself.
 fn typed<'de, T: Deserialize<'de>, A: MapAccess<'de>>(map: &mut A) -> Result<T, A::Error> {
     map.next_value()
@@ -120,11 +252,14 @@ fn any<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Value, A::Error> {
     map.next_value_seed(AnyValue)
 }
 
-/// Implements [`Payload`]: `"wire name" => field: how, required`, where `how` is `typed` or
-/// `any`, in the order of the struct's fields.
+/// Implements [`Payload`]: `"wire name" => field: how check, required`, where `how` is
+/// `typed` or `any` and `check` how [`Quick::data_facts`] checks the field's value without
+/// decoding it (a [`Check`]), in the order of the struct's fields.
 macro_rules! payload {
-    ($ty:ident { $($name:literal => $field:ident: $how:ident, $required:literal;)* }) => {
+    ($ty:ident { $($name:literal => $field:ident: $how:ident $check:ident, $required:literal;)* }) => {
         impl Payload for $ty {
+            const FIELDS: &'static [Field] = &[$(($name, Check::$check, $required)),*];
+
             const REQUIRED: u32 = {
                 let mut mask = 0u32;
                 let mut bit = 1u32;
@@ -163,45 +298,45 @@ macro_rules! payload {
 }
 
 payload!(AgentStarted {
-    "agent_name" => agent_name: typed, false;
-    "stall_timeout_ms" => stall_timeout_ms: typed, false;
+    "agent_name" => agent_name: typed OptStr, false;
+    "stall_timeout_ms" => stall_timeout_ms: typed OptU64, false;
 });
 payload!(AgentThinking {
-    "thought" => thought: typed, true;
-    "step" => step: typed, false;
+    "thought" => thought: typed Str, true;
+    "step" => step: typed OptU64, false;
 });
 payload!(ToolExecuting {
-    "tool_call_id" => tool_call_id: typed, true;
-    "tool_name" => tool_name: typed, true;
-    "arguments" => arguments: any, false;
+    "tool_call_id" => tool_call_id: typed Named, true;
+    "tool_name" => tool_name: typed Str, true;
+    "arguments" => arguments: any Any, false;
 });
 payload!(ToolCompleted {
-    "tool_call_id" => tool_call_id: typed, true;
-    "tool_name" => tool_name: typed, true;
-    "result" => result: any, false;
-    "is_error" => is_error: typed, false;
-    "duration_ms" => duration_ms: typed, false;
+    "tool_call_id" => tool_call_id: typed Named, true;
+    "tool_name" => tool_name: typed Str, true;
+    "result" => result: any Any, false;
+    "is_error" => is_error: typed Bool, false;
+    "duration_ms" => duration_ms: typed OptU64, false;
 });
 payload!(AgentCompleted {
-    "result" => result: any, false;
-    "duration_ms" => duration_ms: typed, false;
+    "result" => result: any Any, false;
+    "duration_ms" => duration_ms: typed OptU64, false;
 });
 payload!(AgentError {
-    "message" => message: typed, true;
-    "code" => code: typed, false;
-    "retryable" => retryable: typed, false;
+    "message" => message: typed Str, true;
+    "code" => code: typed OptStr, false;
+    "retryable" => retryable: typed Bool, false;
 });
 payload!(MessageDelta {
-    "message_id" => message_id: typed, true;
-    "delta" => delta: typed, true;
+    "message_id" => message_id: typed Named, true;
+    "delta" => delta: typed Str, true;
 });
 payload!(MessageCompleted {
-    "message_id" => message_id: typed, true;
-    "text" => text: typed, false;
+    "message_id" => message_id: typed Named, true;
+    "text" => text: typed OptStr, false;
 });
 payload!(Custom {
-    "name" => name: typed, true;
-    "value" => value: any, false;
+    "name" => name: typed Str, true;
+    "value" => value: any Any, false;
 });
 
 /// Decodes one payload type from a JSON object.
@@ -503,6 +638,241 @@ impl<'de> Quick<'de> {
     }
 }
 
+/// Reading without building: what the typed decoding accepts, checked in one pass, with
+/// the text of `data` kept as it was written.
+impl<'de> Quick<'de> {
+    /// A publish body: one request, or a non-empty array of at most `max_batch` (and
+    /// whether it was an array). Accepts only bodies the typed decoding accepts.
+    pub(crate) fn raw_body(
+        &mut self,
+        max_batch: usize,
+    ) -> Result<(Vec<RawRequest<'de>>, bool), GaveUp> {
+        let body = match self.peek() {
+            Some(b'{') => (vec![self.raw_request()?], false),
+            Some(b'[') => {
+                self.enter()?;
+                let mut requests = Vec::new();
+                let mut first = true;
+                while self.next_element(&mut first)? {
+                    if requests.len() == max_batch {
+                        return Err(GaveUp);
+                    }
+                    requests.push(self.raw_request()?);
+                }
+                self.leave(b']')?;
+                if requests.is_empty() {
+                    return Err(GaveUp);
+                }
+                (requests, true)
+            }
+            _ => return Err(GaveUp),
+        };
+        self.end()?;
+        Ok(body)
+    }
+
+    /// One publish request, checked field by field as the typed decoding checks it
+    /// (`RequestVisitor` and [`DataSeed`], then `Event::validate`), building nothing of
+    /// its `data`.
+    fn raw_request(&mut self) -> Result<RawRequest<'de>, GaveUp> {
+        if self.peek() != Some(b'{') {
+            return Err(GaveUp);
+        }
+        self.enter()?;
+        let mut user_id: Option<UserId> = None;
+        let mut ty: Option<EventType> = None;
+        let mut event_id: Option<Option<EventId>> = None;
+        let mut thread_id: Option<Option<ThreadId>> = None;
+        let mut run_id: Option<Option<RunId>> = None;
+        let mut data: Option<(&'de str, Option<DataFacts>)> = None;
+        let mut first = true;
+        while let Some(key) = self.next_key(&mut first)? {
+            match &*key {
+                "user_id" => once(&mut user_id, Deserialize::deserialize(&mut *self)?)?,
+                "type" => once(&mut ty, TypeName::deserialize(&mut *self)?.0)?,
+                "event_id" => once(&mut event_id, Deserialize::deserialize(&mut *self)?)?,
+                "thread_id" => once(&mut thread_id, Deserialize::deserialize(&mut *self)?)?,
+                "run_id" => once(&mut run_id, Deserialize::deserialize(&mut *self)?)?,
+                "data" => {
+                    self.peek().ok_or(GaveUp)?;
+                    let start = self.pos;
+                    // Before `type`, `data` is only checked to be JSON; it is read again
+                    // once the type is known.
+                    let facts = match ty {
+                        Some(ty) => Some(self.data_facts(ty)?),
+                        None => {
+                            self.skip_checked()?;
+                            None
+                        }
+                    };
+                    let text = self.text.get(start..self.pos).ok_or(GaveUp)?;
+                    once(&mut data, (text, facts))?;
+                }
+                _ => return Err(GaveUp),
+            }
+        }
+        self.leave(b'}')?;
+        let event_type = ty.ok_or(GaveUp)?;
+        let (data, facts) = match data {
+            Some((text, Some(facts))) => (Some(text), facts),
+            Some((text, None)) => {
+                // The text was read within the body's nesting bound, so it is within it
+                // alone.
+                let mut again = Quick::new(text, usize::MAX);
+                let facts = again.data_facts(event_type)?;
+                again.end()?;
+                (Some(text), facts)
+            }
+            None => (None, DataFacts::absent(event_type)?),
+        };
+        Ok(RawRequest {
+            user_id: user_id.ok_or(GaveUp)?,
+            event_id: event_id.flatten(),
+            event_type,
+            thread_id: thread_id.flatten(),
+            run_id: run_id.flatten(),
+            data,
+            facts,
+        })
+    }
+
+    /// Checks the `data` object of a `ty` event as [`DataSeed`] decodes it — every typed
+    /// field of the type its field accepts, the required ones present, no key repeated at
+    /// any depth — and reads what a broker needs of it.
+    pub(crate) fn data_facts(&mut self, ty: EventType) -> Result<DataFacts, GaveUp> {
+        let (fields, required) = fields_of(ty);
+        if self.peek() != Some(b'{') {
+            return Err(GaveUp);
+        }
+        self.enter()?;
+        let mut facts = DataFacts::default();
+        let mut seen = 0u32;
+        let mut extra: Vec<Cow<'de, str>> = Vec::new();
+        let mut first = true;
+        while let Some(key) = self.next_key(&mut first)? {
+            let Some(i) = fields.iter().position(|(name, ..)| *name == key) else {
+                self.skip_checked()?;
+                extra.push(key);
+                continue;
+            };
+            let bit = 1 << i;
+            if seen & bit != 0 {
+                return Err(GaveUp);
+            }
+            seen |= bit;
+            match fields[i].1 {
+                Check::Str => {
+                    Key::deserialize(&mut *self)?;
+                }
+                Check::Named => facts.named = Some(Key::deserialize(&mut *self)?.0.into_owned()),
+                Check::OptStr => {
+                    Option::<Key<'de>>::deserialize(&mut *self)?;
+                }
+                Check::OptU64 => {
+                    let n = match self.peek() {
+                        Some(b'0'..=b'9') => Some(self.digits()?),
+                        Some(b'n') => {
+                            self.literal(b"null")?;
+                            None
+                        }
+                        _ => return Err(GaveUp),
+                    };
+                    if fields[i].0 == "stall_timeout_ms" {
+                        facts.stall_timeout_ms = n;
+                    }
+                }
+                Check::Bool => {
+                    bool::deserialize(&mut *self)?;
+                }
+                Check::Any => self.skip_checked()?,
+            }
+        }
+        self.leave(b'}')?;
+        distinct(&mut extra)?;
+        facts.seen = seen;
+        match seen & required == required {
+            true => Ok(facts),
+            false => Err(GaveUp),
+        }
+    }
+
+    /// Reads past any value, checking it as [`AnyValue`] decodes it (no key repeated in
+    /// any of its objects) without building it.
+    fn skip_checked(&mut self) -> Result<(), GaveUp> {
+        match self.peek().ok_or(GaveUp)? {
+            b'{' => {
+                self.enter()?;
+                let mut keys: Vec<Cow<'de, str>> = Vec::new();
+                let mut first = true;
+                while let Some(key) = self.next_key(&mut first)? {
+                    self.skip_checked()?;
+                    keys.push(key);
+                }
+                self.leave(b'}')?;
+                distinct(&mut keys)
+            }
+            b'[' => {
+                self.enter()?;
+                let mut first = true;
+                while self.next_element(&mut first)? {
+                    self.skip_checked()?;
+                }
+                self.leave(b']')
+            }
+            _ => de::IgnoredAny::deserialize(&mut *self).map(|_| ()),
+        }
+    }
+
+    /// The next key of the object being read, and its colon (`first`: no member read
+    /// yet); `None` at its closing brace, which is left unread.
+    fn next_key(&mut self, first: &mut bool) -> Result<Option<Cow<'de, str>>, GaveUp> {
+        if !self.next_member(first)? {
+            return Ok(None);
+        }
+        let Key(key) = Key::deserialize(&mut *self)?;
+        self.eat(b':')?;
+        Ok(Some(key))
+    }
+
+    /// Whether another member of the object being read follows (its separator read, its
+    /// key next; `first`: no member read yet); `false` at its closing brace, left unread.
+    fn next_member(&mut self, first: &mut bool) -> Result<bool, GaveUp> {
+        let mut next = self.peek();
+        if next == Some(b'}') {
+            return Ok(false);
+        }
+        if !std::mem::replace(first, false) {
+            if next != Some(b',') {
+                return Err(GaveUp);
+            }
+            self.pos += 1;
+            next = self.peek();
+        }
+        // A key is a string.
+        match next {
+            Some(b'"') => Ok(true),
+            _ => Err(GaveUp),
+        }
+    }
+
+    /// Whether another element of the array being read follows (its separator read;
+    /// `first`: no element read yet); `false` at its closing bracket, left unread.
+    fn next_element(&mut self, first: &mut bool) -> Result<bool, GaveUp> {
+        match self.peek() {
+            Some(b']') => Ok(false),
+            Some(b',') if !*first => {
+                self.pos += 1;
+                Ok(true)
+            }
+            _ if !*first => Err(GaveUp),
+            _ => {
+                *first = false;
+                Ok(true)
+            }
+        }
+    }
+}
+
 impl<'de> de::Deserializer<'de> for &mut Quick<'de> {
     type Error = GaveUp;
 
@@ -637,11 +1007,8 @@ impl<'de> de::SeqAccess<'de> for QuickSeq<'_, 'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, GaveUp> {
-        match self.de.peek() {
-            Some(b']') => return Ok(None),
-            Some(b',') if !self.first => self.de.pos += 1,
-            _ if !self.first => return Err(GaveUp),
-            _ => self.first = false,
+        if !self.de.next_element(&mut self.first)? {
+            return Ok(None);
         }
         seed.deserialize(&mut *self.de).map(Some)
     }
@@ -660,20 +1027,8 @@ impl<'de> MapAccess<'de> for QuickMap<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, GaveUp> {
-        let mut next = self.de.peek();
-        if next == Some(b'}') {
+        if !self.de.next_member(&mut self.first)? {
             return Ok(None);
-        }
-        if !std::mem::replace(&mut self.first, false) {
-            if next != Some(b',') {
-                return Err(GaveUp);
-            }
-            self.de.pos += 1;
-            next = self.de.peek();
-        }
-        // A key is a string.
-        if next != Some(b'"') {
-            return Err(GaveUp);
         }
         seed.deserialize(&mut *self.de).map(Some)
     }

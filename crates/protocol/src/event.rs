@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::ids::{EventId, RunId, Seq, ThreadId, Timestamp};
+use crate::run::RunStep;
 
 /// The five events a user must see for every agent run, by their exact wire names, in the
 /// order a run produces them.
@@ -383,28 +384,28 @@ impl Event {
     /// [`crate::DecodeError::Invalid`] naming `run_id`, `data.tool_call_id` or
     /// `data.message_id`.
     pub fn validate(&self) -> Result<(), crate::DecodeError> {
-        if self.event_type().is_run_event() && self.run_id.is_none() {
-            return Err(crate::DecodeError::Invalid {
-                field: "run_id".into(),
-                reason: format!("is required for `{}` events", self.event_type()),
-            });
-        }
-        // A run remembers its open tool calls and messages, so their ids are bounded like
-        // every id.
         let named = match &self.data {
-            EventData::ToolExecuting(t) => Some(("data.tool_call_id", &t.tool_call_id)),
-            EventData::ToolCompleted(t) => Some(("data.tool_call_id", &t.tool_call_id)),
-            EventData::MessageDelta(m) => Some(("data.message_id", &m.message_id)),
-            EventData::MessageCompleted(m) => Some(("data.message_id", &m.message_id)),
+            EventData::ToolExecuting(t) => Some(t.tool_call_id.as_str()),
+            EventData::ToolCompleted(t) => Some(t.tool_call_id.as_str()),
+            EventData::MessageDelta(m) => Some(m.message_id.as_str()),
+            EventData::MessageCompleted(m) => Some(m.message_id.as_str()),
             _ => None,
         };
-        if let Some((field, id)) = named {
-            crate::ids::validate_id(id).map_err(|e| crate::DecodeError::Invalid {
-                field: field.into(),
-                reason: e.to_string(),
-            })?;
+        check_event(self.event_type(), self.run_id.is_some(), named)
+    }
+
+    /// What a broker reads of the event besides its body.
+    pub fn facts(&self) -> EventFacts {
+        EventFacts {
+            event_type: self.event_type(),
+            thread_id: self.thread_id.clone(),
+            run_id: self.run_id.clone(),
+            step: RunStep::of(&self.data),
+            stall_timeout_ms: match &self.data {
+                EventData::AgentStarted(s) => s.stall_timeout_ms,
+                _ => None,
+            },
         }
-        Ok(())
     }
 
     /// The event's fields other than `type` — `thread_id`, `run_id`, `data` — as a JSON
@@ -589,6 +590,68 @@ impl Event {
         };
         event.validate()?;
         Ok(event)
+    }
+}
+
+/// The rules of [`Event::validate`], from the parts they read: the event's type, whether it
+/// names its run, and the tool call id or message id its `data` names (for the types that
+/// have one).
+fn check_event(
+    event_type: EventType,
+    has_run: bool,
+    named: Option<&str>,
+) -> Result<(), crate::DecodeError> {
+    if event_type.is_run_event() && !has_run {
+        return Err(crate::DecodeError::Invalid {
+            field: "run_id".into(),
+            reason: format!("is required for `{event_type}` events"),
+        });
+    }
+    // A run remembers its open tool calls and messages, so their ids are bounded like
+    // every id.
+    let field = match event_type {
+        EventType::ToolExecuting | EventType::ToolCompleted => "data.tool_call_id",
+        EventType::MessageDelta | EventType::MessageCompleted => "data.message_id",
+        _ => return Ok(()),
+    };
+    if let Some(id) = named {
+        crate::ids::validate_id(id).map_err(|e| crate::DecodeError::Invalid {
+            field: field.into(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// What a broker reads of an event besides its body (see [`Event::body_json`]): its type,
+/// thread and run, the step it takes in its run, and the run's own stall timeout. Built
+/// from a typed event ([`Event::facts`]), or read from a publish body on the way, without
+/// decoding `data` ([`PublishBody::decode_events`](crate::PublishBody::decode_events)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFacts {
+    /// The event's type.
+    pub event_type: EventType,
+    /// Its thread, when it belongs to one.
+    pub thread_id: Option<ThreadId>,
+    /// The run it names (every event type but `custom` must name one).
+    pub run_id: Option<RunId>,
+    /// The step it takes in its run; `None` for a `custom` event.
+    pub step: Option<RunStep>,
+    /// `data.stall_timeout_ms` of an `agent_started` event.
+    pub stall_timeout_ms: Option<u64>,
+}
+
+impl EventFacts {
+    /// [`Event::validate`]'s rules, checked on the facts.
+    ///
+    /// # Errors
+    /// As [`Event::validate`].
+    pub fn validate(&self) -> Result<(), crate::DecodeError> {
+        let named = self
+            .step
+            .as_ref()
+            .and_then(|s| s.tool_call_id().or(s.message_id()));
+        check_event(self.event_type, self.run_id.is_some(), named)
     }
 }
 

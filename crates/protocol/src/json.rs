@@ -217,6 +217,48 @@ pub(crate) fn size_hint(v: &Value) -> usize {
     }
 }
 
+/// Appends `json`, the text of one valid JSON value, without the whitespace between its
+/// tokens: the same value, written as compactly as it was written otherwise (its keys'
+/// order, its numbers and its strings' escapes stay as they are). Strings are passed over
+/// eight bytes at a time.
+pub(crate) fn push_compact(out: &mut Vec<u8>, json: &str) {
+    let bytes = json.as_bytes();
+    out.reserve(bytes.len());
+    // `bytes[from..i]` is copied at the next whitespace, or at the end.
+    let mut from = 0;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => i = string_end(bytes, i + 1),
+            b' ' | b'\n' | b'\t' | b'\r' => {
+                out.extend_from_slice(&bytes[from..i]);
+                i += 1;
+                while matches!(bytes.get(i), Some(b' ' | b'\n' | b'\t' | b'\r')) {
+                    i += 1;
+                }
+                from = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.extend_from_slice(&bytes[from..]);
+}
+
+/// Where the string whose contents start at `from` ends: just past its closing quote (the
+/// end of `bytes` if it has none).
+fn string_end(bytes: &[u8], mut from: usize) -> usize {
+    while let Some(at) = next_escape(bytes, from) {
+        match bytes[at] {
+            b'"' => return at + 1,
+            // The escaped byte is never the closing quote.
+            b'\\' => from = at + 2,
+            // A control character, which valid JSON holds in no string.
+            _ => from = at + 1,
+        }
+    }
+    bytes.len()
+}
+
 /// An object being written: its members' separators, and the closing brace.
 pub(crate) struct Object<'a> {
     pub(crate) out: &'a mut Vec<u8>,
@@ -362,6 +404,36 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The whitespace between tokens goes, and nothing else: a value written with
+        /// whitespace (serde_json's pretty form, or with spaces around every separator of
+        /// its compact form outside strings) comes out as its compact form.
+        #[test]
+        fn compacting_removes_the_whitespace_between_tokens(v in value(), pretty in any::<bool>()) {
+            let compact = serde_json::to_string(&v).expect("serializes");
+            let spaced = if pretty {
+                serde_json::to_string_pretty(&v).expect("serializes")
+            } else {
+                let mut spaced = String::from(" \t");
+                let mut in_string = false;
+                let mut escaped = false;
+                for c in compact.chars() {
+                    spaced.push(c);
+                    match c {
+                        _ if escaped => escaped = false,
+                        '\\' if in_string => escaped = true,
+                        '"' => in_string = !in_string,
+                        ',' | ':' | '[' | '{' if !in_string => spaced.push_str(" \r\n "),
+                        _ => {}
+                    }
+                }
+                spaced.push('\n');
+                spaced
+            };
+            let mut out = b"x".to_vec();
+            push_compact(&mut out, &spaced);
+            prop_assert_eq!(String::from_utf8(out).expect("UTF-8"), format!("x{compact}"));
+        }
 
         #[test]
         fn next_escape_finds_the_first_byte_to_escape(

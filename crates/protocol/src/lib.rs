@@ -44,8 +44,8 @@ pub use codec::{
 };
 pub use event::{
     AgentCompleted, AgentError, AgentStarted, AgentThinking, CRITICAL_EVENTS, Custom, Event,
-    EventData, EventEnvelope, EventType, Extra, MessageCompleted, MessageDelta, STALLED_CODE,
-    ToolCompleted, ToolExecuting, UnknownEventType,
+    EventData, EventEnvelope, EventFacts, EventType, Extra, MessageCompleted, MessageDelta,
+    STALLED_CODE, ToolCompleted, ToolExecuting, UnknownEventType,
 };
 pub use frame::{
     ClientFrame, ConnectionEstablished, ErrorCode, ErrorFrame, ReplayGap, ServerFrame,
@@ -54,7 +54,10 @@ pub use ids::{
     ConnectionId, Epoch, EventId, EventIdBatch, IdError, MAX_ID_BYTES, RunId, Seq, ThreadId,
     Timestamp, UserId, validate_id,
 };
-pub use publish::{PublishAccepted, PublishBody, PublishRequest, PublishResponse, ResultsWriter};
+pub use publish::{
+    PublishAccepted, PublishBody, PublishRequest, PublishResponse, PublishedEvent, PublishedEvents,
+    ResultsWriter,
+};
 pub use run::{
     MAX_OPEN_MESSAGES, MAX_OPEN_TOOL_CALLS, RunOutcome, RunState, RunStep, RunViolation,
 };

@@ -10,10 +10,13 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::codec::{self, DecodeError, Limits, from_value_at, require};
-use crate::direct::{DataSeed, Key, Quick, Span, TypeName};
-use crate::event::{Event, EventData, EventType};
+use crate::direct::{
+    DataSeed, Key, Quick, RawRequest, Span, TypeName, missing_defaults, once, seen_fields,
+};
+use crate::event::{Event, EventData, EventFacts, EventType};
 use crate::ids::{EventId, RunId, Seq, ThreadId, Timestamp, UserId};
-use crate::json::{push_str, push_u64};
+use crate::json::{Object, push_compact, push_str, push_u64};
+use crate::run::RunStep;
 
 /// One event to publish, for one user:
 /// `{"user_id","type","thread_id","run_id","event_id"?,"data"}`.
@@ -81,6 +84,11 @@ impl PublishBody {
     /// body or the batch is too large.
     pub fn decode(bytes: &[u8], limits: Limits, max_batch: usize) -> Result<Self, DecodeError> {
         let text = codec::check_text(bytes, limits)?;
+        Self::decode_text(text, limits, max_batch)
+    }
+
+    /// [`PublishBody::decode`] of a text that passed [`codec::check_text`].
+    fn decode_text(text: &str, limits: Limits, max_batch: usize) -> Result<Self, DecodeError> {
         // The quick reader counts nesting itself: a body it reads passes the depth check.
         if let Some(body) = Self::decode_quick(text, max_batch, limits.max_depth) {
             return Ok(body);
@@ -174,6 +182,251 @@ impl Serialize for PublishBody {
             PublishBody::Batch(rs) => rs.serialize(s),
         }
     }
+}
+
+/// One published event, checked, with its `data` kept as the publisher wrote it: what the
+/// publish API hands its broker. Built by [`PublishBody::decode_events`], or from a typed
+/// event ([`PublishedEvent::new`]); its body is always valid JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedEvent {
+    user_id: UserId,
+    event_id: Option<EventId>,
+    facts: EventFacts,
+    body: Vec<u8>,
+}
+
+impl PublishedEvent {
+    /// `event` for `user_id`, checked ([`Event::validate`]) and serialized
+    /// ([`Event::body_json`]).
+    ///
+    /// # Errors
+    /// As [`Event::validate`].
+    pub fn new(
+        user_id: UserId,
+        event_id: Option<EventId>,
+        event: &Event,
+    ) -> Result<Self, DecodeError> {
+        event.validate()?;
+        Ok(PublishedEvent {
+            user_id,
+            event_id,
+            facts: event.facts(),
+            body: event.body_json(),
+        })
+    }
+
+    /// Whose stream it goes to.
+    pub fn user_id(&self) -> &UserId {
+        &self.user_id
+    }
+
+    /// The publisher's id for it, if it gave one.
+    pub fn event_id(&self) -> Option<&EventId> {
+        self.event_id.as_ref()
+    }
+
+    /// Its id, to set one where the publisher gave none.
+    pub fn event_id_mut(&mut self) -> &mut Option<EventId> {
+        &mut self.event_id
+    }
+
+    /// What a broker reads of it besides its body.
+    pub fn facts(&self) -> &EventFacts {
+        &self.facts
+    }
+
+    /// The body a broker stores, `{"thread_id"?,"run_id"?,"data"}` (see
+    /// [`Event::body_json`]): `data` as the publisher wrote it, without the whitespace
+    /// between its tokens, or `{}` when the publisher sent none. A typed event's `data`
+    /// is written by [`Event::body_json`].
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Its parts: user, id, facts and body.
+    pub fn into_parts(self) -> (UserId, Option<EventId>, EventFacts, Vec<u8>) {
+        (self.user_id, self.event_id, self.facts, self.body)
+    }
+
+    /// An event whose `data` is the text `data` (a valid JSON object; `None`: sent
+    /// without one) holding the typed fields `seen` (bit `i`: the `i`-th typed field of its
+    /// type): the fields delivered with their default when absent are added after the
+    /// others.
+    fn with_data_text(
+        user_id: UserId,
+        event_id: Option<EventId>,
+        facts: EventFacts,
+        data: Option<&str>,
+        seen: u32,
+    ) -> Self {
+        let ids = facts.thread_id.as_ref().map_or(0, |t| t.as_str().len())
+            + facts.run_id.as_ref().map_or(0, |r| r.as_str().len());
+        let mut body = Vec::with_capacity(64 + ids + data.map_or(2, str::len));
+        let mut obj = Object::open(&mut body);
+        if let Some(t) = &facts.thread_id {
+            obj.str("thread_id", t.as_str());
+        }
+        if let Some(r) = &facts.run_id {
+            obj.str("run_id", r.as_str());
+        }
+        let out = obj.key("data");
+        let start = out.len();
+        match data {
+            Some(text) => push_compact(out, text),
+            None => out.extend_from_slice(b"{}"),
+        }
+        let mut defaults = missing_defaults(facts.event_type, seen).peekable();
+        if defaults.peek().is_some() {
+            // Reopens the object: its closing brace goes after the added fields.
+            out.pop();
+            let mut empty = out.len() == start + 1;
+            for (name, value) in defaults {
+                if !std::mem::replace(&mut empty, false) {
+                    out.push(b',');
+                }
+                push_str(out, name);
+                out.push(b':');
+                out.extend_from_slice(value.as_bytes());
+            }
+            out.push(b'}');
+        }
+        obj.close();
+        PublishedEvent {
+            user_id,
+            event_id,
+            facts,
+            body,
+        }
+    }
+
+    fn from_raw(raw: RawRequest<'_>) -> Self {
+        let facts = EventFacts {
+            event_type: raw.event_type,
+            thread_id: raw.thread_id,
+            run_id: raw.run_id,
+            step: RunStep::for_type(raw.event_type, raw.facts.named),
+            stall_timeout_ms: raw.facts.stall_timeout_ms,
+        };
+        Self::with_data_text(raw.user_id, raw.event_id, facts, raw.data, raw.facts.seen)
+    }
+}
+
+/// The events of a publish body ([`PublishBody::decode_events`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedEvents {
+    /// The events, in order.
+    pub events: Vec<PublishedEvent>,
+    /// Whether the body was an array (whose errors name the item).
+    pub batch: bool,
+}
+
+impl PublishBody {
+    /// Decodes a publish body as [`PublishBody::decode`] does — it accepts the same
+    /// bodies, refuses the others with the same errors, and reads the same facts — but
+    /// keeps each event's `data` as the publisher wrote it rather than building it: the
+    /// common case is read in one pass that builds nothing of `data`; anything else is
+    /// decoded into typed events, then its `data` taken from the text.
+    ///
+    /// # Errors
+    /// As [`PublishBody::decode`].
+    pub fn decode_events(
+        bytes: &[u8],
+        limits: Limits,
+        max_batch: usize,
+    ) -> Result<PublishedEvents, DecodeError> {
+        let text = codec::check_text(bytes, limits)?;
+        // The quick reader counts nesting itself: a body it reads passes the depth check.
+        if let Some(events) = Self::events_quick(text, max_batch, limits.max_depth) {
+            return Ok(events);
+        }
+        Self::events_slow(text, limits, max_batch)
+    }
+
+    /// The other way of [`PublishBody::decode_events`]: the typed decoding, then each
+    /// event's `data` taken from the text.
+    fn events_slow(
+        text: &str,
+        limits: Limits,
+        max_batch: usize,
+    ) -> Result<PublishedEvents, DecodeError> {
+        let typed = Self::decode_text(text, limits, max_batch)?;
+        let batch = matches!(typed, PublishBody::Batch(_));
+        let requests = typed.into_requests();
+        let data = data_texts(text, batch)
+            .ok()
+            .filter(|data| data.len() == requests.len());
+        let events = match data {
+            Some(data) => requests
+                .into_iter()
+                .zip(data)
+                .map(|(r, (data, keys))| {
+                    let facts = r.event.facts();
+                    let seen = seen_fields(facts.event_type, keys.iter().map(String::as_str));
+                    PublishedEvent::with_data_text(r.user_id, r.event_id, facts, data, seen)
+                })
+                .collect(),
+            // Not met by a body the typed decoding accepts; were it met, its events would
+            // be written from their typed values rather than lost.
+            None => requests
+                .into_iter()
+                .map(|r| PublishedEvent {
+                    facts: r.event.facts(),
+                    body: r.event.body_json(),
+                    user_id: r.user_id,
+                    event_id: r.event_id,
+                })
+                .collect(),
+        };
+        Ok(PublishedEvents { events, batch })
+    }
+
+    /// The one pass of [`PublishBody::decode_events`] ([`Quick::raw_body`]): `None` for
+    /// anything it does not accept, which is at least every body
+    /// [`PublishBody::decode`] refuses.
+    fn events_quick(text: &str, max_batch: usize, max_depth: usize) -> Option<PublishedEvents> {
+        let (raws, batch) = Quick::new(text, max_depth).raw_body(max_batch).ok()?;
+        // Facts checked as `Event::validate` checks them; the slow path names the field.
+        let events = raws
+            .into_iter()
+            .map(|raw| {
+                let event = PublishedEvent::from_raw(raw);
+                event.facts.validate().ok().map(|()| event)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(PublishedEvents { events, batch })
+    }
+}
+
+/// The text of a request's `data` (`None`: it has none), and its keys.
+type DataText<'a> = (Option<&'a str>, Vec<String>);
+
+/// The text of each request's `data` in a publish body the typed decoding accepted (so
+/// each request is an object with at most one `data`, itself an object), and its keys, in
+/// order.
+fn data_texts(text: &str, batch: bool) -> Result<Vec<DataText<'_>>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+    }
+    let items = match batch {
+        true => serde_json::from_str::<Vec<Data<'_>>>(text)?,
+        false => vec![serde_json::from_str::<Data<'_>>(text)?],
+    };
+    items
+        .into_iter()
+        .map(|d| {
+            let keys = match d.data {
+                Some(raw) => serde_json::from_str::<
+                    std::collections::BTreeMap<String, de::IgnoredAny>,
+                >(raw.get())?
+                .into_keys()
+                .collect(),
+                None => Vec::new(),
+            };
+            Ok((d.data.map(RawValue::get), keys))
+        })
+        .collect()
 }
 
 /// How a request keeps its `data` when `data` comes before `type` (which says how to
@@ -290,13 +543,6 @@ impl<'de, H: HoldData<'de>> Visitor<'de> for RequestVisitor<H> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PublishRequest, A::Error> {
-        fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
-            if slot.is_some() {
-                return Err(E::custom("duplicate key"));
-            }
-            *slot = Some(value);
-            Ok(())
-        }
         let mut user_id: Option<UserId> = None;
         let mut ty: Option<EventType> = None;
         let mut event_id: Option<Option<EventId>> = None;
@@ -817,6 +1063,156 @@ mod tests {
         }
     }
 
+    /// The value of `data` in a stored body.
+    fn stored_data(body: &[u8]) -> Value {
+        let mut obj: Map<String, Value> = serde_json::from_slice(body).expect("a JSON object");
+        obj.remove("data").expect("data")
+    }
+
+    /// `decode_events` accepts what `decode` accepts, refuses the rest with the same
+    /// error, and reads the same events: the same facts, and `data` the same value as the
+    /// publisher wrote (which decodes to the same typed payload).
+    fn events_agree(text: &str, limits: Limits, max_batch: usize) -> Result<(), TestCaseError> {
+        let typed = PublishBody::decode(text.as_bytes(), limits, max_batch);
+        let events = PublishBody::decode_events(text.as_bytes(), limits, max_batch);
+        let (typed, events) = match (typed, events) {
+            (Ok(t), Ok(e)) => (t, e),
+            (Err(t), Err(e)) => {
+                prop_assert_eq!(t, e, "{}", text);
+                return Ok(());
+            }
+            (t, e) => {
+                prop_assert!(false, "{text}: typed {t:?}, events {e:?}");
+                unreachable!()
+            }
+        };
+        prop_assert_eq!(events.batch, matches!(typed, PublishBody::Batch(_)));
+        // What the publisher wrote as each request's `data`.
+        let written: Vec<Value> = match serde_json::from_str::<Value>(text).expect("JSON") {
+            Value::Array(items) => items,
+            one => vec![one],
+        }
+        .into_iter()
+        .map(|mut r| r.as_object_mut().and_then(|o| o.remove("data")))
+        .map(|d| d.unwrap_or_else(|| Value::Object(Map::new())))
+        .collect();
+        let typed = typed.into_requests();
+        prop_assert_eq!(typed.len(), events.events.len());
+        for ((t, e), written) in typed.iter().zip(&events.events).zip(written) {
+            prop_assert_eq!(&t.user_id, e.user_id());
+            prop_assert_eq!(t.event_id.as_ref(), e.event_id());
+            prop_assert_eq!(&t.event.facts(), e.facts());
+            let data = stored_data(e.body());
+            // As written, with the fields always delivered added at their defaults.
+            let mut expected = written;
+            if let (Some(expected), Value::Object(typed)) =
+                (expected.as_object_mut(), stored_data(&t.event.body_json()))
+            {
+                for (k, v) in typed {
+                    expected.entry(k).or_insert(v);
+                }
+            }
+            prop_assert_eq!(&data, &expected, "{}", text);
+            let decoded = EventData::from_value(t.event.event_type(), data);
+            prop_assert_eq!(decoded.as_ref(), Ok(&t.event.data));
+            let mut body: Map<String, Value> = serde_json::from_slice(e.body()).expect("JSON");
+            body.insert("data".into(), Value::Object(Map::new()));
+            let mut canonical: Map<String, Value> =
+                serde_json::from_slice(&t.event.body_json()).expect("JSON");
+            canonical.insert("data".into(), Value::Object(Map::new()));
+            prop_assert_eq!(body, canonical);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_body_keeps_data_as_written_without_its_whitespace() {
+        let text = r#"{"user_id":"u","run_id":"r","type":"tool_completed","data": { "z" : [1, {"b":"x y"}], "tool_call_id":"t\u0031", "tool_name":"n" , "a":null}}"#;
+        let events = PublishBody::decode_events(text.as_bytes(), Limits::EVENT, 1).expect("ok");
+        assert!(!events.batch);
+        let [event] = &events.events[..] else {
+            panic!("one event");
+        };
+        assert_eq!(
+            std::str::from_utf8(event.body()),
+            Ok(
+                r#"{"run_id":"r","data":{"z":[1,{"b":"x y"}],"tool_call_id":"t\u0031","tool_name":"n","a":null,"result":null,"is_error":false}}"#
+            )
+        );
+        assert_eq!(
+            event.facts().step,
+            Some(RunStep::CloseToolCall("t1".into()))
+        );
+        // Through the typed decoding (a fraction is not read by the quick reader), the
+        // same text.
+        let slow = text.replace("[1,", "[1.5,");
+        let events = PublishBody::decode_events(slow.as_bytes(), Limits::EVENT, 1).expect("ok");
+        assert_eq!(
+            std::str::from_utf8(events.events[0].body()),
+            Ok(
+                r#"{"run_id":"r","data":{"z":[1.5,{"b":"x y"}],"tool_call_id":"t\u0031","tool_name":"n","a":null,"result":null,"is_error":false}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn fields_with_a_default_are_delivered_when_left_out() {
+        for (data, stored) in [
+            ("", r#"{"result":null}"#),
+            (r#","data":{}"#, r#"{"result":null}"#),
+            (r#","data":{ }"#, r#"{"result":null}"#),
+            (r#","data":{"k":1}"#, r#"{"k":1,"result":null}"#),
+            (r#","data":{"result":2}"#, r#"{"result":2}"#),
+            (r#","data":{"result":2.5}"#, r#"{"result":2.5}"#),
+            (r#","data":{"k":0.5}"#, r#"{"k":0.5,"result":null}"#),
+            (r#","data":{}}"#, ""),
+        ] {
+            let text = format!(r#"{{"user_id":"u","type":"agent_completed","run_id":"r"{data}}}"#);
+            let events = PublishBody::decode_events(text.as_bytes(), Limits::EVENT, 1);
+            if stored.is_empty() {
+                assert!(events.is_err(), "{text}");
+                continue;
+            }
+            let events = events.expect("accepted");
+            assert_eq!(
+                std::str::from_utf8(events.events[0].body()),
+                Ok(format!(r#"{{"run_id":"r","data":{stored}}}"#).as_str()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_repeated_anywhere_in_data_is_refused_by_the_one_pass() {
+        let data = [
+            r#"{"thought":"a","k":1,"k":2}"#,
+            r#"{"thought":"a","k":1,"\u006b":2}"#,
+            r#"{"thought":"a","th\u006fught":"b"}"#,
+            r#"{"thought":"a","k":{"x":1,"y":{"z":[{"q":1,"q":1}]}}}"#,
+            r#"{"k":[{"a":1,"a":2}],"thought":"a"}"#,
+            r#"{"thought":"a","k1":1,"k2":1,"k3":1,"k4":1,"k5":1,"k6":1,"k7":1,"k8":1,"k9":1,"k1":1}"#,
+        ];
+        for data in data {
+            for text in [
+                format!(r#"{{"user_id":"u","type":"agent_thinking","run_id":"r","data":{data}}}"#),
+                format!(r#"{{"user_id":"u","data":{data},"run_id":"r","type":"agent_thinking"}}"#),
+            ] {
+                assert_eq!(PublishBody::events_quick(&text, 3, 64), None, "{text}");
+                let events = PublishBody::decode_events(text.as_bytes(), Limits::EVENT, 3);
+                let typed = PublishBody::decode(text.as_bytes(), Limits::EVENT, 3);
+                assert!(typed.is_err(), "{text}");
+                assert_eq!(events.err(), typed.err(), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_load_generators_events_take_the_quick_events_path() {
+        let text = r#"[{"user_id":"lgu7","type":"agent_thinking","thread_id":"t7","run_id":"r3","data":{"thought":"xxxx","step":4,"sent_at_us":1796039396123456,"u":7,"k":42}},{"user_id":"lgu8","type":"agent_completed","thread_id":"t8","run_id":"r3","data":{"result":"xx","duration_ms":40,"sent_at_us":1,"u":8,"k":10}}]"#;
+        let quick = PublishBody::events_quick(text, 50, 64).expect("quick path");
+        assert_eq!(Ok(quick), PublishBody::events_slow(text, Limits::EVENT, 50));
+    }
+
     #[test]
     fn the_load_generators_events_take_the_quick_path() {
         let text = r#"[{"user_id":"lgu7","type":"agent_thinking","thread_id":"t7","run_id":"r3","data":{"thought":"xxxx","step":4,"sent_at_us":1796039396123456,"u":7,"k":42}},{"user_id":"lgu8","type":"agent_completed","thread_id":"t8","run_id":"r3","data":{"result":"xx","duration_ms":40,"sent_at_us":1,"u":8,"k":10}}]"#;
@@ -903,6 +1299,36 @@ mod tests {
                 PublishBody::decode(text.as_bytes(), limits, max_batch),
                 decode_reference(text.as_bytes(), limits, max_batch)
             );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// `decode_events` answers as `decode` does, under any depth limit and batch size.
+        #[test]
+        fn events_are_decoded_as_typed_events_are(
+            text in prop_oneof![body(), request_with_strings()],
+            max_depth in 0usize..6,
+            max_batch in 1usize..4,
+        ) {
+            events_agree(&text, Limits { max_bytes: 4096, max_depth }, max_batch)?;
+        }
+
+        /// The one pass of `decode_events` accepts only what its other way accepts, and
+        /// writes the same bodies; valid requests without a fraction take it.
+        #[test]
+        fn the_events_pass_writes_what_the_other_way_writes(
+            text in prop_oneof![body(), valid_request(), request_with_strings()],
+        ) {
+            let quick = PublishBody::events_quick(&text, 3, 64);
+            let limits = Limits { max_bytes: 4096, max_depth: 64 };
+            if quick.is_some() {
+                prop_assert_eq!(&quick, &PublishBody::events_slow(&text, limits, 3).ok(), "{}", text);
+            }
+            if PublishBody::decode_quick(&text, 3, 64).is_some() {
+                prop_assert!(quick.is_some(), "{}", text);
+            }
         }
     }
 }

@@ -57,16 +57,30 @@ pub enum RunStep {
 impl RunStep {
     /// The step `event` takes, or `None` for a `custom` event.
     pub fn of(event: &EventData) -> Option<RunStep> {
-        Some(match event {
-            EventData::AgentStarted(_) => RunStep::Start,
-            EventData::AgentThinking(_) => RunStep::Think,
-            EventData::ToolExecuting(t) => RunStep::OpenToolCall(t.tool_call_id.clone()),
-            EventData::ToolCompleted(t) => RunStep::CloseToolCall(t.tool_call_id.clone()),
-            EventData::AgentCompleted(_) => RunStep::End(RunOutcome::Completed),
-            EventData::AgentError(_) => RunStep::End(RunOutcome::Failed),
-            EventData::MessageDelta(m) => RunStep::StreamMessage(m.message_id.clone()),
-            EventData::MessageCompleted(m) => RunStep::CloseMessage(m.message_id.clone()),
-            EventData::Custom(_) => return None,
+        let named = match event {
+            EventData::ToolExecuting(t) => Some(&t.tool_call_id),
+            EventData::ToolCompleted(t) => Some(&t.tool_call_id),
+            EventData::MessageDelta(m) => Some(&m.message_id),
+            EventData::MessageCompleted(m) => Some(&m.message_id),
+            _ => None,
+        };
+        Self::for_type(event.event_type(), named.cloned())
+    }
+
+    /// The step a `ty` event takes, given the tool call id or message id it names (for
+    /// the types that name one): `None` for a `custom` event, or for a type that names an
+    /// id given none.
+    pub(crate) fn for_type(ty: EventType, named: Option<String>) -> Option<RunStep> {
+        Some(match ty {
+            EventType::AgentStarted => RunStep::Start,
+            EventType::AgentThinking => RunStep::Think,
+            EventType::ToolExecuting => RunStep::OpenToolCall(named?),
+            EventType::ToolCompleted => RunStep::CloseToolCall(named?),
+            EventType::AgentCompleted => RunStep::End(RunOutcome::Completed),
+            EventType::AgentError => RunStep::End(RunOutcome::Failed),
+            EventType::MessageDelta => RunStep::StreamMessage(named?),
+            EventType::MessageCompleted => RunStep::CloseMessage(named?),
+            EventType::Custom => return None,
         })
     }
 

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agentwire_protocol::{
-    DecodeError, Event, EventData, EventId, EventType, RunId, RunStep, RunViolation, Seq, ThreadId,
-    UserId,
+    DecodeError, Event, EventId, EventType, PublishedEvent, RunId, RunStep, RunViolation, Seq,
+    ThreadId, UserId,
 };
 use bytes::Bytes;
 
@@ -88,8 +88,10 @@ pub struct PreparedEvent {
     event_id: EventId,
     body: Bytes,
     digest: EventDigest,
-    /// The event's run and the step it takes, for a run event.
-    run: Option<(RunId, RunStep)>,
+    /// The run it names (a `custom` event may name one too).
+    run_id: Option<RunId>,
+    /// The step it takes in its run, for a run event.
+    step: Option<RunStep>,
     /// Its thread, for the watchdog's `agent_error` in the same thread.
     thread_id: Option<ThreadId>,
     /// The run's own stall timeout, on `agent_started`.
@@ -123,7 +125,12 @@ impl PreparedEvent {
 
     /// The step the event takes in its run (`None` for a `custom` event).
     pub fn run_step(&self) -> Option<&RunStep> {
-        self.run.as_ref().map(|(_, step)| step)
+        self.step.as_ref()
+    }
+
+    /// The run it names, if any (a `custom` event may name one too).
+    pub fn run_id(&self) -> Option<&RunId> {
+        self.run_id.as_ref()
     }
 
     /// The same event, checked by the broker against its run's lifecycle atomically with
@@ -137,7 +144,7 @@ impl PreparedEvent {
 
     /// The guard the broker checks the event with, if it is guarded.
     pub fn run_guard(&self) -> Option<RunGuard> {
-        let (run_id, step) = self.run.as_ref()?;
+        let (run_id, step) = self.run_id.as_ref().zip(self.step.as_ref())?;
         let owner = self.owner.as_ref()?;
         let guard = RunGuard::new(run_id.clone(), step.clone(), owner.clone())
             .with_stall_timeout(self.stall_timeout);
@@ -163,11 +170,6 @@ impl PreparedEvent {
         self.thread_id.as_ref()
     }
 
-    /// Its run's id, for a run event.
-    pub(super) fn run_id(&self) -> Option<&RunId> {
-        self.run.as_ref().map(|(id, _)| id)
-    }
-
     /// The run's own stall timeout, on `agent_started`.
     pub(super) fn stall_timeout(&self) -> Option<Duration> {
         self.stall_timeout
@@ -189,11 +191,6 @@ impl PreparedEvent {
     }
 }
 
-/// The event body a broker stores: the event's JSON without `type` and stream fields.
-pub(crate) fn serialize_body(event: &Event) -> Bytes {
-    Bytes::from(event.body_json())
-}
-
 impl UnifiedWebSocketManager {
     /// Validates `event` and serializes it once, fixing its `event_id` (a fresh UUIDv7
     /// when `event_id` is `None`).
@@ -206,8 +203,17 @@ impl UnifiedWebSocketManager {
         event: &Event,
         event_id: Option<EventId>,
     ) -> Result<PreparedEvent, EmitError> {
-        event.validate()?;
-        let body = serialize_body(event);
+        self.prepare_published(PublishedEvent::new(user.clone(), event_id, event)?)
+    }
+
+    /// Prepares an event already checked and serialized (by the publish API's decoding,
+    /// [`agentwire_protocol::PublishBody::decode_events`]), fixing its `event_id` (a fresh
+    /// UUIDv7 when it has none).
+    ///
+    /// # Errors
+    /// [`EmitError::TooLarge`].
+    pub fn prepare_published(&self, event: PublishedEvent) -> Result<PreparedEvent, EmitError> {
+        let (user, event_id, facts, body) = event.into_parts();
         let limit = self.inner.config.max_event_bytes;
         if body.len() > limit {
             return Err(EmitError::TooLarge {
@@ -215,22 +221,17 @@ impl UnifiedWebSocketManager {
                 limit,
             });
         }
-        let event_type = event.event_type();
-        // `validate` made sure every run event names its run.
-        let run = RunStep::of(&event.data).zip(event.run_id.clone());
-        let stall_timeout = match &event.data {
-            EventData::AgentStarted(s) => s.stall_timeout_ms.map(Duration::from_millis),
-            _ => None,
-        };
+        let body = Bytes::from(body);
         Ok(PreparedEvent {
-            user: user.clone(),
-            event_type,
+            user,
+            event_type: facts.event_type,
             event_id: event_id.unwrap_or_else(EventId::generate),
-            digest: EventDigest::of(event_type, &body),
+            digest: EventDigest::of(facts.event_type, &body),
             body,
-            run: run.map(|(step, run)| (run, step)),
-            thread_id: event.thread_id.clone(),
-            stall_timeout,
+            run_id: facts.run_id,
+            step: facts.step,
+            thread_id: facts.thread_id,
+            stall_timeout: facts.stall_timeout_ms.map(Duration::from_millis),
             if_stalled: None,
             owner: None,
         })

@@ -43,8 +43,6 @@ pub use connect::{ConnectError, ConnectOptions, Resume};
 pub(crate) use connection::ConnShared;
 pub use connection::{Connection, DirectSink, FanOutTime, MAX_MERGED_DELTA_BYTES, Outbound};
 pub(crate) use counters::Counters;
-#[cfg(test)]
-pub(crate) use emit::serialize_body;
 pub use emit::{EmitError, PreparedEvent};
 pub use load::{
     DIRECT_WRITES_PAUSE_ABOVE, DIRECT_WRITES_RESUME_BELOW, LOAD_PROBE_INTERVAL, WRITE_MODE_DWELL,

@@ -533,32 +533,29 @@ async fn publish(app: &ApiState, headers: &HeaderMap, body: Body) -> Result<Vec<
         max_bytes: api.max_request_bytes,
         max_depth: MAX_EVENT_DEPTH,
     };
-    let decoded = PublishBody::decode(&bytes, limits, api.max_batch)
+    let decoded = PublishBody::decode_events(&bytes, limits, api.max_batch)
         .map_err(|e| decode_problem(&e, bytes.len(), api))?;
     drop(bytes);
-    let batch = matches!(decoded, PublishBody::Batch(_));
-    let mut requests = decoded.into_requests();
-    // The events without a publisher's id get fresh ones from one clock read per body; the
-    // publisher's ids are moved into the prepared events (only the user and run of a
-    // request are read after this).
+    let batch = decoded.batch;
+    // The events without a publisher's id get fresh ones from one clock read per body.
     let mut fresh_ids: Option<EventIdBatch> = None;
-    let prepared = requests
-        .iter_mut()
+    let prepared = decoded
+        .events
+        .into_iter()
         .enumerate()
-        .map(|(i, r)| {
-            let event_id = r
-                .event_id
-                .take()
-                .unwrap_or_else(|| fresh_ids.get_or_insert_with(EventIdBatch::now).next_id());
+        .map(|(i, mut event)| {
+            event
+                .event_id_mut()
+                .get_or_insert_with(|| fresh_ids.get_or_insert_with(EventIdBatch::now).next_id());
             app.manager
-                .prepare_event(&r.user_id, &r.event, Some(event_id))
+                .prepare_published(event)
                 .map_err(|e| prepare_problem(e, batch, i))
         })
         .collect::<Result<Vec<PreparedEvent>, ApiError>>()?;
     // The key's fingerprint, computed when the keys were set: what the rate and the run
     // guards count against.
     let publisher = publisher_of(app, key)?;
-    api.take_rate(&publisher, requests.len()).await?;
+    api.take_rate(&publisher, prepared.len()).await?;
     let prepared = if api.lifecycle {
         prepared
             .into_iter()
@@ -577,10 +574,10 @@ async fn publish(app: &ApiState, headers: &HeaderMap, body: Body) -> Result<Vec<
         match answer {
             Ok(a) => {
                 accepted_at.push(i);
-                let r = &requests[i];
+                let p = &prepared[i];
                 results.push_with_receipt(a.seq, &a.event_id, a.ts, |out| {
                     out.push(b'"');
-                    push_receipt_path(out, &r.user_id, r.event.run_id.as_ref());
+                    push_receipt_path(out, p.user_id(), p.run_id());
                     out.push(b'"');
                 });
             }
