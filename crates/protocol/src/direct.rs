@@ -202,20 +202,57 @@ impl DataFacts {
     }
 }
 
-/// Fails when two of `keys` are the same: pair by pair for a few, sorted for more.
-fn distinct(keys: &mut [Cow<'_, str>]) -> Result<(), GaveUp> {
-    if keys.len() <= 8 {
-        for (i, key) in keys.iter().enumerate() {
-            if keys[..i].contains(key) {
-                return Err(GaveUp);
-            }
+/// How many keys of an object [`Keys`] holds inline.
+const FEW_KEYS: usize = 8;
+
+/// The keys of one object read by [`Quick`], to find a repeated one: the first
+/// [`FEW_KEYS`] held inline and compared pair by pair as they come, so the objects of
+/// agent events allocate nothing; the keys of a larger object sorted once at its end.
+struct Keys<'de> {
+    few: [Option<Cow<'de, str>>; FEW_KEYS],
+    len: usize,
+    more: Vec<Cow<'de, str>>,
+}
+
+impl<'de> Keys<'de> {
+    fn new() -> Self {
+        Keys {
+            few: Default::default(),
+            len: 0,
+            more: Vec::new(),
         }
-        return Ok(());
     }
-    keys.sort_unstable();
-    match keys.windows(2).any(|pair| pair[0] == pair[1]) {
-        true => Err(GaveUp),
-        false => Ok(()),
+
+    /// Adds `key`; fails when it is among the first few and came before.
+    fn insert(&mut self, key: Cow<'de, str>) -> Result<(), GaveUp> {
+        if self.len == FEW_KEYS {
+            self.more.push(key);
+            return Ok(());
+        }
+        if self.few[..self.len]
+            .iter()
+            .flatten()
+            .any(|seen| *seen == key)
+        {
+            return Err(GaveUp);
+        }
+        self.few[self.len] = Some(key);
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Fails when two of the keys are the same.
+    fn distinct(self) -> Result<(), GaveUp> {
+        if self.more.is_empty() {
+            return Ok(());
+        }
+        let mut keys = self.more;
+        keys.extend(self.few.into_iter().flatten());
+        keys.sort_unstable();
+        match keys.windows(2).any(|pair| pair[0] == pair[1]) {
+            true => Err(GaveUp),
+            false => Ok(()),
+        }
     }
 }
 
@@ -239,6 +276,8 @@ pub(crate) struct RawRequest<'de> {
     pub(crate) run_id: Option<RunId>,
     /// The text of `data`, `None` when the request has none.
     pub(crate) data: Option<&'de str>,
+    /// Whether the text of `data` holds whitespace between its tokens.
+    pub(crate) spaced: bool,
     pub(crate) facts: DataFacts,
 }
 
@@ -437,6 +476,8 @@ pub(crate) struct Quick<'de> {
     pos: usize,
     depth: usize,
     max_depth: usize,
+    /// Whether whitespace between tokens was passed since this was last cleared.
+    spaced: bool,
 }
 
 /// Deepest nesting [`Quick`] reads: within `serde_json`'s own recursion limit (128), so
@@ -471,6 +512,7 @@ impl<'de> Quick<'de> {
             pos: 0,
             depth: 0,
             max_depth: max_depth.min(QUICK_MAX_DEPTH),
+            spaced: false,
         }
     }
 
@@ -490,6 +532,7 @@ impl<'de> Quick<'de> {
             if b > b' ' || !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
                 return Some(b);
             }
+            self.spaced = true;
             self.pos += 1;
         }
         None
@@ -684,7 +727,7 @@ impl<'de> Quick<'de> {
         let mut event_id: Option<Option<EventId>> = None;
         let mut thread_id: Option<Option<ThreadId>> = None;
         let mut run_id: Option<Option<RunId>> = None;
-        let mut data: Option<(&'de str, Option<DataFacts>)> = None;
+        let mut data: Option<(&'de str, bool, Option<DataFacts>)> = None;
         let mut first = true;
         while let Some(key) = self.next_key(&mut first)? {
             match &*key {
@@ -696,6 +739,7 @@ impl<'de> Quick<'de> {
                 "data" => {
                     self.peek().ok_or(GaveUp)?;
                     let start = self.pos;
+                    self.spaced = false;
                     // Before `type`, `data` is only checked to be JSON; it is read again
                     // once the type is known.
                     let facts = match ty {
@@ -706,24 +750,24 @@ impl<'de> Quick<'de> {
                         }
                     };
                     let text = self.text.get(start..self.pos).ok_or(GaveUp)?;
-                    once(&mut data, (text, facts))?;
+                    once(&mut data, (text, self.spaced, facts))?;
                 }
                 _ => return Err(GaveUp),
             }
         }
         self.leave(b'}')?;
         let event_type = ty.ok_or(GaveUp)?;
-        let (data, facts) = match data {
-            Some((text, Some(facts))) => (Some(text), facts),
-            Some((text, None)) => {
+        let (data, spaced, facts) = match data {
+            Some((text, spaced, Some(facts))) => (Some(text), spaced, facts),
+            Some((text, spaced, None)) => {
                 // The text was read within the body's nesting bound, so it is within it
                 // alone.
                 let mut again = Quick::new(text, usize::MAX);
                 let facts = again.data_facts(event_type)?;
                 again.end()?;
-                (Some(text), facts)
+                (Some(text), spaced, facts)
             }
-            None => (None, DataFacts::absent(event_type)?),
+            None => (None, false, DataFacts::absent(event_type)?),
         };
         Ok(RawRequest {
             user_id: user_id.ok_or(GaveUp)?,
@@ -732,6 +776,7 @@ impl<'de> Quick<'de> {
             thread_id: thread_id.flatten(),
             run_id: run_id.flatten(),
             data,
+            spaced,
             facts,
         })
     }
@@ -747,12 +792,12 @@ impl<'de> Quick<'de> {
         self.enter()?;
         let mut facts = DataFacts::default();
         let mut seen = 0u32;
-        let mut extra: Vec<Cow<'de, str>> = Vec::new();
+        let mut extra = Keys::new();
         let mut first = true;
         while let Some(key) = self.next_key(&mut first)? {
             let Some(i) = fields.iter().position(|(name, ..)| *name == key) else {
                 self.skip_checked()?;
-                extra.push(key);
+                extra.insert(key)?;
                 continue;
             };
             let bit = 1 << i;
@@ -788,7 +833,7 @@ impl<'de> Quick<'de> {
             }
         }
         self.leave(b'}')?;
-        distinct(&mut extra)?;
+        extra.distinct()?;
         facts.seen = seen;
         match seen & required == required {
             true => Ok(facts),
@@ -802,14 +847,14 @@ impl<'de> Quick<'de> {
         match self.peek().ok_or(GaveUp)? {
             b'{' => {
                 self.enter()?;
-                let mut keys: Vec<Cow<'de, str>> = Vec::new();
+                let mut keys = Keys::new();
                 let mut first = true;
                 while let Some(key) = self.next_key(&mut first)? {
                     self.skip_checked()?;
-                    keys.push(key);
+                    keys.insert(key)?;
                 }
                 self.leave(b'}')?;
-                distinct(&mut keys)
+                keys.distinct()
             }
             b'[' => {
                 self.enter()?;

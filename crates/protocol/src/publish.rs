@@ -251,12 +251,14 @@ impl PublishedEvent {
     /// An event whose `data` is the text `data` (a valid JSON object; `None`: sent
     /// without one) holding the typed fields `seen` (bit `i`: the `i`-th typed field of its
     /// type): the fields delivered with their default when absent are added after the
-    /// others.
+    /// others. `spaced`: whether the text may hold whitespace between its tokens, which
+    /// is then removed; text known to hold none is copied as it is.
     fn with_data_text(
         user_id: UserId,
         event_id: Option<EventId>,
         facts: EventFacts,
         data: Option<&str>,
+        spaced: bool,
         seen: u32,
     ) -> Self {
         let ids = facts.thread_id.as_ref().map_or(0, |t| t.as_str().len())
@@ -272,7 +274,8 @@ impl PublishedEvent {
         let out = obj.key("data");
         let start = out.len();
         match data {
-            Some(text) => push_compact(out, text),
+            Some(text) if spaced => push_compact(out, text),
+            Some(text) => out.extend_from_slice(text.as_bytes()),
             None => out.extend_from_slice(b"{}"),
         }
         let mut defaults = missing_defaults(facts.event_type, seen).peekable();
@@ -307,7 +310,14 @@ impl PublishedEvent {
             step: RunStep::for_type(raw.event_type, raw.facts.named),
             stall_timeout_ms: raw.facts.stall_timeout_ms,
         };
-        Self::with_data_text(raw.user_id, raw.event_id, facts, raw.data, raw.facts.seen)
+        Self::with_data_text(
+            raw.user_id,
+            raw.event_id,
+            facts,
+            raw.data,
+            raw.spaced,
+            raw.facts.seen,
+        )
     }
 }
 
@@ -362,7 +372,7 @@ impl PublishBody {
                 .map(|(r, (data, keys))| {
                     let facts = r.event.facts();
                     let seen = seen_fields(facts.event_type, keys.iter().map(String::as_str));
-                    PublishedEvent::with_data_text(r.user_id, r.event_id, facts, data, seen)
+                    PublishedEvent::with_data_text(r.user_id, r.event_id, facts, data, true, seen)
                 })
                 .collect(),
             // Not met by a body the typed decoding accepts; were it met, its events would
@@ -1153,6 +1163,40 @@ mod tests {
                 r#"{"run_id":"r","data":{"z":[1.5,{"b":"x y"}],"tool_call_id":"t\u0031","tool_name":"n","a":null,"result":null,"is_error":false}}"#
             )
         );
+    }
+
+    #[test]
+    fn whitespace_is_removed_only_where_data_holds_it() {
+        // Whitespace around `data` but none within it; whitespace inside its strings;
+        // whitespace only before its closing brace; and an object of more keys than are
+        // compared pair by pair, all distinct.
+        let keys: String = (0..12).map(|i| format!(r#","k{i}":{i}"#)).collect();
+        for (data, stored) in [
+            (
+                r#"{"thought":"a b","k":[1,2]}"#,
+                r#"{"thought":"a b","k":[1,2]}"#,
+            ),
+            (
+                r#"{"thought":"a","k":{"x":[1,2] }}"#,
+                r#"{"thought":"a","k":{"x":[1,2]}}"#,
+            ),
+            (r#"{"thought":"a"	}"#, r#"{"thought":"a"}"#),
+            (
+                &format!(r#"{{"thought":"a"{keys}}}"#),
+                &format!(r#"{{"thought":"a"{keys}}}"#),
+            ),
+        ] {
+            let text = format!(
+                "{{ \"user_id\" : \"u\", \"type\":\"agent_thinking\", \"data\" :\n{data} , \"run_id\":\"r\" }}"
+            );
+            let quick = PublishBody::events_quick(&text, 1, 64).expect("quick path");
+            assert_eq!(
+                std::str::from_utf8(quick.events[0].body()),
+                Ok(format!(r#"{{"run_id":"r","data":{stored}}}"#).as_str()),
+                "{text}"
+            );
+            assert_eq!(Ok(quick), PublishBody::events_slow(&text, Limits::EVENT, 1));
+        }
     }
 
     #[test]
