@@ -11,9 +11,9 @@ use agentwire::protocol::{
     AgentCompleted, AgentStarted, Event, EventData, MessageCompleted, MessageDelta, ServerFrame,
 };
 use agentwire_e2e::{TestServer, WAIT, connect_small_buffer};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, timeout};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Deltas of the streamed message.
 const DELTAS: u64 = 3_000;
@@ -23,6 +23,22 @@ const DELTA_BYTES: usize = 1_000;
 
 fn event(data: impl Into<EventData>) -> Event {
     Event::new(None, Some("r1".parse().expect("run")), data)
+}
+
+/// Reads up to the run's `agent_started` (seq 1), which the connection delivers once it is
+/// live.
+async fn read_agent_started<S>(ws: &mut S)
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    loop {
+        match timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("agent_started") => return,
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("connection_established") => {}
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("no agent_started: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,9 +58,14 @@ async fn a_reader_that_pauses_mid_stream_gets_merged_deltas_and_is_not_cut() {
         other => panic!("no connection_established: {other:?}"),
     }
 
+    // The run's first event is read before the pause: the connection is live by then. Until
+    // its start from history is done, a connection holds live events aside unmerged, under
+    // the queue's frame bound.
+    server.emit("alice", event(AgentStarted::default())).await;
+    read_agent_started(&mut ws).await;
+
     // The client reads nothing while the whole answer is published.
     let mut want = String::with_capacity(DELTAS as usize * DELTA_BYTES);
-    server.emit("alice", event(AgentStarted::default())).await;
     for i in 0..DELTAS {
         let piece = format!("{i:>8}|{}", "x".repeat(DELTA_BYTES - 9));
         want.push_str(&piece);
@@ -76,7 +97,7 @@ async fn a_reader_that_pauses_mid_stream_gets_merged_deltas_and_is_not_cut() {
 
     // Now it reads everything.
     let mut text = String::new();
-    let mut next_seq = 1;
+    let mut next_seq = 2;
     let mut merged_frames = 0;
     let mut types = Vec::new();
     let deadline = Instant::now() + WAIT;
@@ -133,8 +154,13 @@ async fn with_the_default_send_buffer_a_reader_that_stops_makes_deltas_merge() {
         c.socket_send_buffer = SEND_BUFFER;
     })
     .await;
-    let silent = server.connect("alice").await;
+    let mut silent = server.connect("alice").await;
     server.emit("alice", event(AgentStarted::default())).await;
+    // Live once it has read the run's first event; then it stops reading.
+    assert_eq!(
+        silent.event().await.event.event_type().as_str(),
+        "agent_started"
+    );
     for i in 0..DELTAS {
         server
             .emit(
