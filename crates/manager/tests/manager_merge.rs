@@ -4,25 +4,15 @@
 
 mod support;
 
-use agentwire_manager::{ConnectOptions, ManagerConfig, QueueLimits, UnifiedWebSocketManager};
+use agentwire_manager::{ConnectOptions, UnifiedWebSocketManager};
 use agentwire_protocol::{
     AgentCompleted, AgentStarted, CloseCode, Event, EventData, MessageCompleted, MessageDelta,
     RunId, UserId,
 };
-use support::{Client, connect, manager, settle, user};
+use support::{Client, connect, settle, small_queue, user};
 
 fn run() -> RunId {
     "r1".parse().expect("run id")
-}
-
-fn small_queue() -> UnifiedWebSocketManager {
-    manager(ManagerConfig {
-        queue: QueueLimits {
-            max_frames: 8,
-            max_bytes: 64 * 1024,
-        },
-        ..ManagerConfig::default()
-    })
 }
 
 async fn emit(m: &UnifiedWebSocketManager, u: &UserId, data: impl Into<EventData>) -> u64 {

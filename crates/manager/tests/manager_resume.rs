@@ -293,3 +293,61 @@ async fn a_long_replay_is_paced_by_the_writer_not_cut() {
         (100, 0)
     );
 }
+
+/// Live events that come before a connection's catch-up has run are held aside under the
+/// queue's bound; past it they are let go and read from history instead, and the reader —
+/// not slow, only early — is not cut: it gets every seq once, in order.
+#[tokio::test(start_paused = true)]
+async fn live_events_past_the_bound_before_the_catch_up_runs_are_read_from_history() {
+    let m = small_queue();
+    let u = user("early");
+    // Nothing yields between the connect and the emits: the catch-up it spawned has not
+    // run when the 30 events arrive.
+    let mut c = connect(&m, &u, ConnectOptions::default()).await;
+    for n in 1..=30 {
+        emit(&m, &u, n).await;
+    }
+    c.until_seq(30).await;
+    assert_eq!(c.seqs(), range(1, 30));
+    assert_eq!(c.closed, None);
+    let stats = m.get_stats();
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
+    assert!(stats.catch_up_rereads > 0, "{stats:?}");
+    // Live again: the next event is delivered as it comes.
+    emit(&m, &u, 31).await;
+    c.until_seq(31).await;
+    assert_eq!(c.seqs(), range(1, 31));
+}
+
+/// A catch-up whose replay leaves the queue full when it would go live does not cut the
+/// reader for the live events it held aside meanwhile: it reads them from history, paced
+/// by the writer like the replay.
+#[tokio::test(start_paused = true)]
+async fn live_events_with_no_room_when_the_catch_up_ends_are_read_from_history() {
+    let m = small_queue();
+    let u = user("full");
+    for n in 1..=7 {
+        emit(&m, &u, n).await;
+    }
+    // `connection_established` and the 7 replayed events fill the queue of 8; 3 live events
+    // come while the catch-up has not run.
+    let mut c = connect(&m, &u, ConnectOptions::default()).await;
+    for n in 8..=10 {
+        emit(&m, &u, n).await;
+    }
+    settle().await;
+    assert_eq!(
+        m.get_stats().queued_frames,
+        8,
+        "the replay filled the queue"
+    );
+    c.until_seq(10).await;
+    assert_eq!(c.seqs(), range(1, 10));
+    assert_eq!(c.closed, None);
+    let stats = m.get_stats();
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
+    assert!(stats.catch_up_rereads > 0, "{stats:?}");
+    emit(&m, &u, 11).await;
+    c.until_seq(11).await;
+    assert_eq!(c.seqs(), range(1, 11));
+}

@@ -234,7 +234,8 @@ pub(crate) enum Pushed {
 pub(crate) enum GoLive {
     /// Live (or closing): the catch-up is done.
     Done,
-    /// A resync asked for history to be read again.
+    /// History is to be read again: a resync asked for it, or the live events held aside
+    /// were let go ([`ConnShared::read_pending_again`]).
     ReadAgain,
     /// Pending live events start past what was replayed: history is behind them.
     Behind,
@@ -431,8 +432,10 @@ impl ConnShared {
                 if st.pending.len() >= self.limits.max_frames
                     || st.pending_bytes + event.frame.len() > self.limits.max_bytes
                 {
-                    drop(st);
-                    self.slow_consumer(counters);
+                    // Not a slow reader: its catch-up has not caught up yet (or not even
+                    // started). History holds these events too, so the catch-up reads them
+                    // from there, paced by the writer.
+                    Self::read_pending_again(&mut st, counters);
                     return Pushed::Skipped;
                 }
                 st.pending_bytes += event.frame.len();
@@ -627,7 +630,8 @@ impl ConnShared {
     }
 
     /// Ends a catch-up: queues the pending live events that continue the stream and goes
-    /// live, unless a resync asked for another read or pending events start past a gap.
+    /// live, unless a resync asked for another read, the queue has no room for them (they
+    /// are then read from history again), or pending events start past a gap.
     pub(crate) fn try_go_live(&self, counters: &Counters) -> GoLive {
         let mut st = self.state();
         if st.closing.is_some() {
@@ -647,9 +651,10 @@ impl ConnShared {
                 break;
             }
             if !self.fits(&st, next.frame.len()) {
-                drop(st);
-                self.slow_consumer(counters);
-                return GoLive::Done;
+                // The queue has no room for them yet: they are read from history again,
+                // paced by the writer, before the connection goes live.
+                Self::read_pending_again(&mut st, counters);
+                break;
             }
             let Some(event) = st.pending.pop_front() else {
                 break;
@@ -662,7 +667,8 @@ impl ConnShared {
             st.tail = Tail::Other;
             queued += 1;
         }
-        let live = st.pending.is_empty();
+        let again = std::mem::take(&mut st.read_again);
+        let live = !again && st.pending.is_empty();
         if live {
             st.phase = Phase::Live;
         }
@@ -671,7 +677,23 @@ impl ConnShared {
             counters.delivered.fetch_add(queued, Ordering::Relaxed);
             self.readable.wake();
         }
-        if live { GoLive::Done } else { GoLive::Behind }
+        match (again, live) {
+            (true, _) => GoLive::ReadAgain,
+            (false, true) => GoLive::Done,
+            (false, false) => GoLive::Behind,
+        }
+    }
+
+    /// Lets go of the live events held aside while catching up — more than the queue's
+    /// bound, or more than it has room for when the catch-up would go live — and has the
+    /// catch-up read them from history instead, which holds every delivered event (rule 3
+    /// of [`crate::Broker`]). The connection is not cut: a catch-up is paced by the writer,
+    /// and a reader too slow for it meets the write timeout.
+    fn read_pending_again(st: &mut State, counters: &Counters) {
+        st.pending.clear();
+        st.pending_bytes = 0;
+        st.read_again = true;
+        counters.catch_up_rereads.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn touch(&self) {

@@ -20,6 +20,7 @@ pub(crate) struct Counters {
     pub(crate) deltas_merged: AtomicU64,
     pub(crate) heartbeat_timeouts: AtomicU64,
     pub(crate) catch_up_failures: AtomicU64,
+    pub(crate) catch_up_rereads: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) conflicts: AtomicU64,
     pub(crate) lease_failures: AtomicU64,

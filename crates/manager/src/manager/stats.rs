@@ -57,6 +57,10 @@ pub struct ManagerStats {
     /// history did not reach events the broker had delivered, within
     /// `ManagerConfig::catch_up_wait`.
     pub catch_up_failures: u64,
+    /// Times a connection catching up let go of the live events it held aside (more than
+    /// its queue's bound, or more than its queue had room for when it would go live) and
+    /// read them from history instead.
+    pub catch_up_rereads: u64,
     /// Resync signals from the broker (each catches a user's connections up from history).
     pub resyncs: u64,
     /// Emits refused because their `event_id` was already accepted for another event.
@@ -163,6 +167,7 @@ impl UnifiedWebSocketManager {
             history_users: b.users,
             history_trimmed: b.history_trimmed,
             catch_up_failures: load(&c.catch_up_failures),
+            catch_up_rereads: load(&c.catch_up_rereads),
             resyncs: load(&c.resyncs),
             event_id_conflicts: load(&c.conflicts),
             lease_failures: load(&c.lease_failures),

@@ -75,6 +75,17 @@ pub async fn connect(m: &UnifiedWebSocketManager, u: &UserId, options: ConnectOp
     Client::new(conn)
 }
 
+/// A manager over the memory broker whose connections queue at most 8 frames (64 KiB).
+pub fn small_queue() -> UnifiedWebSocketManager {
+    manager(ManagerConfig {
+        queue: agentwire_manager::QueueLimits {
+            max_frames: 8,
+            max_bytes: 64 * 1024,
+        },
+        ..ManagerConfig::default()
+    })
+}
+
 /// Emits `custom(user, n)` and returns its seq.
 pub async fn emit(m: &UnifiedWebSocketManager, u: &UserId, n: u64) -> u64 {
     m.emit_critical_event(u, custom(u, n))

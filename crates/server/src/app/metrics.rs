@@ -413,6 +413,12 @@ impl Collector for ManagerCollector {
             "Connections closed with 1011 because history could not be read, or did not reach delivered events, within the catch-up wait",
             s.catch_up_failures,
         )?;
+        counter(
+            e,
+            "agentwire_catch_up_rereads",
+            "Times a connection catching up let go of the live events held aside past its queue's bound and read them from history instead",
+            s.catch_up_rereads,
+        )?;
         gauge(
             e,
             "agentwire_queued_frames",
