@@ -432,10 +432,15 @@ impl ConnShared {
                 if st.pending.len() >= self.limits.max_frames
                     || st.pending_bytes + event.frame.len() > self.limits.max_bytes
                 {
-                    // Not a slow reader: its catch-up has not caught up yet (or not even
-                    // started). History holds these events too, so the catch-up reads them
-                    // from there, paced by the writer.
-                    Self::read_pending_again(&mut st, counters);
+                    // A reader whose queue is backed up is slow, as it would be live. One
+                    // that keeps up is only early: its catch-up has not caught up yet (or not
+                    // even started), and reads these events from history instead.
+                    if self.under_pressure(&st) {
+                        drop(st);
+                        self.slow_consumer(counters);
+                    } else {
+                        Self::read_pending_again(&mut st, counters);
+                    }
                     return Pushed::Skipped;
                 }
                 st.pending_bytes += event.frame.len();
@@ -630,8 +635,7 @@ impl ConnShared {
     }
 
     /// Ends a catch-up: queues the pending live events that continue the stream and goes
-    /// live, unless a resync asked for another read, the queue has no room for them (they
-    /// are then read from history again), or pending events start past a gap.
+    /// live, unless a resync asked for another read or pending events start past a gap.
     pub(crate) fn try_go_live(&self, counters: &Counters) -> GoLive {
         let mut st = self.state();
         if st.closing.is_some() {
@@ -651,10 +655,9 @@ impl ConnShared {
                 break;
             }
             if !self.fits(&st, next.frame.len()) {
-                // The queue has no room for them yet: they are read from history again,
-                // paced by the writer, before the connection goes live.
-                Self::read_pending_again(&mut st, counters);
-                break;
+                drop(st);
+                self.slow_consumer(counters);
+                return GoLive::Done;
             }
             let Some(event) = st.pending.pop_front() else {
                 break;
@@ -667,8 +670,7 @@ impl ConnShared {
             st.tail = Tail::Other;
             queued += 1;
         }
-        let again = std::mem::take(&mut st.read_again);
-        let live = !again && st.pending.is_empty();
+        let live = st.pending.is_empty();
         if live {
             st.phase = Phase::Live;
         }
@@ -677,18 +679,13 @@ impl ConnShared {
             counters.delivered.fetch_add(queued, Ordering::Relaxed);
             self.readable.wake();
         }
-        match (again, live) {
-            (true, _) => GoLive::ReadAgain,
-            (false, true) => GoLive::Done,
-            (false, false) => GoLive::Behind,
-        }
+        if live { GoLive::Done } else { GoLive::Behind }
     }
 
-    /// Lets go of the live events held aside while catching up — more than the queue's
-    /// bound, or more than it has room for when the catch-up would go live — and has the
+    /// Lets go of the live events held aside while catching up, more than the queue's
+    /// bounds, of a reader that keeps up (its queue less than half full), and has the
     /// catch-up read them from history instead, which holds every delivered event (rule 3
-    /// of [`crate::Broker`]). The connection is not cut: a catch-up is paced by the writer,
-    /// and a reader too slow for it meets the write timeout.
+    /// of [`crate::Broker`]), paced by the writer like the rest of the replay.
     fn read_pending_again(st: &mut State, counters: &Counters) {
         st.pending.clear();
         st.pending_bytes = 0;

@@ -57,9 +57,8 @@ pub struct ManagerStats {
     /// history did not reach events the broker had delivered, within
     /// `ManagerConfig::catch_up_wait`.
     pub catch_up_failures: u64,
-    /// Times a connection catching up let go of the live events it held aside (more than
-    /// its queue's bound, or more than its queue had room for when it would go live) and
-    /// read them from history instead.
+    /// Times a connection catching up, its queue less than half full, let go of the live
+    /// events it held aside past its queue's bounds and read them from history instead.
     pub catch_up_rereads: u64,
     /// Resync signals from the broker (each catches a user's connections up from history).
     pub resyncs: u64,

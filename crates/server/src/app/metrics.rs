@@ -416,7 +416,7 @@ impl Collector for ManagerCollector {
         counter(
             e,
             "agentwire_catch_up_rereads",
-            "Times a connection catching up let go of the live events held aside past its queue's bound and read them from history instead",
+            "Times a connection catching up, its queue less than half full, let go of the live events held aside past its queue's bounds and read them from history instead",
             s.catch_up_rereads,
         )?;
         gauge(
