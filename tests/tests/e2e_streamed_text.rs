@@ -34,7 +34,6 @@ where
     loop {
         match timeout(WAIT, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) if t.contains("agent_started") => return,
-            Ok(Some(Ok(Message::Text(t)))) if t.contains("connection_established") => {}
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
             other => panic!("no agent_started: {other:?}"),
         }

@@ -209,7 +209,8 @@ const FEW_KEYS: usize = 8;
 /// [`FEW_KEYS`] held inline and compared pair by pair as they come, so the objects of
 /// agent events allocate nothing; the keys of a larger object sorted once at its end.
 struct Keys<'de> {
-    few: [Option<Cow<'de, str>>; FEW_KEYS],
+    /// The first keys, `few[..len]`; the slots past `len` hold nothing read.
+    few: [Cow<'de, str>; FEW_KEYS],
     len: usize,
     more: Vec<Cow<'de, str>>,
 }
@@ -229,14 +230,10 @@ impl<'de> Keys<'de> {
             self.more.push(key);
             return Ok(());
         }
-        if self.few[..self.len]
-            .iter()
-            .flatten()
-            .any(|seen| *seen == key)
-        {
+        if self.few[..self.len].contains(&key) {
             return Err(GaveUp);
         }
-        self.few[self.len] = Some(key);
+        self.few[self.len] = key;
         self.len += 1;
         Ok(())
     }
@@ -247,7 +244,7 @@ impl<'de> Keys<'de> {
             return Ok(());
         }
         let mut keys = self.more;
-        keys.extend(self.few.into_iter().flatten());
+        keys.extend(self.few.into_iter().take(self.len));
         keys.sort_unstable();
         match keys.windows(2).any(|pair| pair[0] == pair[1]) {
             true => Err(GaveUp),
