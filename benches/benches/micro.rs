@@ -3,7 +3,8 @@
 //! contention (connect/disconnect, and lookups while other tasks churn), fan-out of one
 //! event to N local queues, history append at the per-user bound (each append trims the
 //! oldest event) and a page read, and the server's work for one publish request short of
-//! HTTP (decode a batch of 50, prepare, emit, fan out). Run with
+//! HTTP (decode a batch of 50, prepare, emit, fan out), and streamed text merging in the
+//! queue of a reader that stopped. Run with
 //! `cargo bench -p agentwire-bench --bench micro`.
 
 use std::hint::black_box;
@@ -15,7 +16,9 @@ use agentwire_manager::{
     Broker, ConnectOptions, HistoryConfig, InMemoryBroker, ManagerConfig, NewEvent, QueueLimits,
     Resume, UnifiedWebSocketManager,
 };
-use agentwire_protocol::{ClientFrame, Limits, PublishBody, Seq, ServerFrame, UserId};
+use agentwire_protocol::{
+    AgentStarted, ClientFrame, Event, Limits, MessageDelta, PublishBody, Seq, ServerFrame, UserId,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn user(i: usize) -> UserId {
@@ -278,6 +281,79 @@ fn publish_path(c: &mut Criterion) {
     g.finish();
 }
 
+/// Streamed text into a connection whose reader has stopped: `n` `message_delta`s of one
+/// message (24 bytes of text each) emitted while nothing is taken from the queue, so from
+/// the queue's half-way mark on each one merges into the newest frame (up to
+/// `MAX_MERGED_DELTA_BYTES`). The time per delta is what a merge costs at that frame size:
+/// flat in `n` when a merge costs what the newcomer holds, growing with `n` when it costs
+/// what the merged frame holds.
+fn merge_deltas(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("merge_deltas");
+    for n in [1_000usize, 8_000] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        let manager = UnifiedWebSocketManager::new(
+                            ManagerConfig {
+                                queue: QueueLimits {
+                                    max_frames: 8,
+                                    max_bytes: 1 << 20,
+                                },
+                                ..ManagerConfig::default()
+                            },
+                            Arc::new(InMemoryBroker::default()),
+                        );
+                        let u = user(0);
+                        let opts = ConnectOptions {
+                            resume: Resume::LiveOnly,
+                        };
+                        let conn = manager
+                            .connect_user(u.clone(), opts)
+                            .await
+                            .expect("connects");
+                        let run = Some("r1".parse().expect("run id"));
+                        let deltas: Vec<_> = (0..n)
+                            .map(|i| {
+                                let data = MessageDelta {
+                                    message_id: "m1".into(),
+                                    delta: format!("piece {i:>8} of text. "),
+                                    extra: Default::default(),
+                                };
+                                manager
+                                    .prepare_event(&u, &Event::new(None, run.clone(), data), None)
+                                    .expect("valid")
+                            })
+                            .collect();
+                        // One event read first, and a moment for the catch-up to end:
+                        // the deltas reach a live connection.
+                        let first = Event::new(None, run.clone(), AgentStarted::default());
+                        manager
+                            .emit_critical_event(&u, first)
+                            .await
+                            .expect("accepted");
+                        let mut sink = Vec::new();
+                        conn.next_frames(&mut sink, 16).await;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        let start = Instant::now();
+                        for d in &deltas {
+                            manager.emit_prepared(d).await.expect("accepted");
+                        }
+                        spent += start.elapsed();
+                        assert!(manager.get_stats().deltas_merged > 0, "nothing merged");
+                        drop(conn);
+                    }
+                    spent
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 fn fan_out(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("fan_out");
@@ -473,6 +549,7 @@ criterion_group!(
     registry_lookup,
     fan_out,
     history,
-    publish_path
+    publish_path,
+    merge_deltas
 );
 criterion_main!(benches);

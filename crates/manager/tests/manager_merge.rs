@@ -130,3 +130,54 @@ async fn deltas_of_two_messages_in_turn_do_not_merge_and_the_slow_reader_is_cut(
     let stats = m.get_stats();
     assert_eq!((stats.slow_consumer_closes, stats.deltas_merged), (1, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn merged_frames_count_as_they_encode_and_carry_the_newest_deltas_fields() {
+    // Texts that need escapes, and fields beyond the typed ones that change from one
+    // delta to the next (a float among them, which encodes otherwise than it was sent):
+    // the merged frame, encoded only when it is taken, is what the queue counted for it
+    // all along.
+    let m = small_queue();
+    let u = user("cy");
+    let mut slow = connect(&m, &u, ConnectOptions::default()).await;
+    settle().await;
+    slow.drain_ready().await;
+    let first = emit(&m, &u, AgentStarted::default()).await;
+    let pieces = [
+        "plain ",
+        "a \"quote\" ",
+        "back\\slash ",
+        "line\nbreak\ttab ",
+        "\u{1}ctl\u{1f} ",
+        "é ü 日本 🎉 ",
+        "</script> ",
+        "\u{7f}\u{2028} ",
+    ];
+    let mut want = String::new();
+    let mut last = first;
+    for round in 0..4 {
+        for (i, piece) in pieces.iter().enumerate() {
+            let mut d = delta("m1", format!("{round}:{piece}"));
+            d.extra.insert("n".into(), i.into());
+            d.extra.insert("tag".into(), (*piece).into());
+            d.extra.insert("w".into(), serde_json::json!(1.5e2));
+            want.push_str(&d.delta);
+            last = emit(&m, &u, d).await;
+        }
+        let queued = m.connections_of(&u)[0].queued_bytes;
+        let before = (slow.bytes, slow.events().count());
+        slow.until_seq(last).await;
+        assert_eq!(slow.bytes - before.0, queued, "round {round}");
+        let newest = slow.events().last().expect("a frame");
+        assert!(newest.from_seq.is_some(), "round {round} merged nothing");
+        let EventData::MessageDelta(d) = &newest.event.data else {
+            panic!("not a delta: {newest:?}");
+        };
+        assert_eq!(d.extra["n"], pieces.len() - 1);
+        assert_eq!(d.extra["tag"], pieces[pieces.len() - 1]);
+        assert!(slow.events().count() - before.1 < pieces.len());
+    }
+    assert_eq!(slow.closed, None);
+    assert_eq!(assembled(&slow, "m1").0, want);
+    assert_covered_once(&slow, last);
+}

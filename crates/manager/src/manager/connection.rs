@@ -12,7 +12,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use agentwire_protocol::{
-    CloseCode, ConnectionId, Epoch, EventEnvelope, EventType, Seq, ServerFrame, Timestamp, UserId,
+    CloseCode, ConnectionId, Epoch, EventData, EventEnvelope, EventType, Seq, ServerFrame,
+    Timestamp, UserId,
 };
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -33,7 +34,7 @@ const QUEUE_KEEP_CAPACITY: usize = 4;
 
 /// Largest frame that merging `message_delta`s in a busy queue may build (256 KiB, the
 /// default event size). A delta that would grow the frame past it is queued as it is
-/// instead, so one merge never costs more than re-encoding this much.
+/// instead, so the frame the writer takes, and encodes then, never holds more than this.
 pub const MAX_MERGED_DELTA_BYTES: usize = 256 * 1024;
 
 /// What the newest frame in the queue is, as far as merging goes.
@@ -45,7 +46,84 @@ enum Tail {
     Delta,
     /// A `message_delta` that merged others: its decoded form, so the next merge decodes
     /// only the newcomer.
-    Merged(Box<EventEnvelope>),
+    Merged(Box<Merged>),
+}
+
+/// A merged `message_delta` at the queue's tail. A merge changes only this decoded form
+/// and works out the encoded frame's length from the newcomer alone; the frame itself is
+/// encoded when it is needed ([`State::settle_tail`]): when the writer takes it, or a
+/// frame is queued behind it. So a merge costs what the newcomer holds, not what the
+/// merged frame has grown to, and a reader that stopped reading while an answer streams
+/// does not cost a re-encoding of the whole frame for every delta.
+#[derive(Debug)]
+struct Merged {
+    event: EventEnvelope,
+    /// The length of `event` encoded: what `queued_bytes` counts for the tail.
+    frame_len: usize,
+    /// How many bytes the text of the delta takes encoded (inside its quotes).
+    text_len: usize,
+    /// The queue's newest slot still holds the frame as it was before the latest merges.
+    stale: bool,
+}
+
+impl Merged {
+    /// The tail a queued delta's frame `frame` becomes once something merges into it.
+    fn decode(frame: &[u8]) -> Option<Box<Merged>> {
+        let Ok(ServerFrame::Event(event)) = ServerFrame::decode(frame) else {
+            return None;
+        };
+        let EventData::MessageDelta(d) = &event.event.data else {
+            return None;
+        };
+        let text_len = encoded_len(d.delta.as_str()) - 2;
+        Some(Box::new(Merged {
+            event,
+            frame_len: frame.len(),
+            text_len,
+            stale: false,
+        }))
+    }
+
+    /// The encoded lengths of the frame and of its text once `next` (a delta of the same
+    /// message, right after it) has merged. Every field of a merged delta but its text and
+    /// `from_seq` is the newest delta's (`EventEnvelope::merge_delta`), so the frame is
+    /// `next` with `from_seq` set and the two texts joined, and JSON escapes the joined
+    /// text as it escapes each part. Reads `next` and nothing of the merged text.
+    fn lengths_with(&self, next: &mut EventEnvelope) -> Option<(usize, usize)> {
+        let EventData::MessageDelta(d) = &mut next.event.data else {
+            return None;
+        };
+        let text = std::mem::take(&mut d.delta);
+        let their_text = encoded_len(text.as_str()) - 2;
+        let from_seq = next
+            .from_seq
+            .replace(self.event.from_seq.unwrap_or(self.event.seq));
+        let rest = encoded_len(&*next);
+        next.from_seq = from_seq;
+        if let EventData::MessageDelta(d) = &mut next.event.data {
+            d.delta = text;
+        }
+        let text_len = self.text_len + their_text;
+        Some((rest + text_len, text_len))
+    }
+}
+
+/// How many bytes `value` takes as JSON, counted as the encoder writes it.
+fn encoded_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and these values always encode.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 impl Tail {
@@ -105,6 +183,32 @@ struct State {
 }
 
 impl State {
+    /// Writes a merged tail's frame into the queue's newest slot when merges since it was
+    /// last written changed it ([`Merged`]). Before anything reads the queue's frames or
+    /// queues one behind it.
+    fn settle_tail(&mut self) {
+        if let Tail::Merged(merged) = &mut self.tail
+            && merged.stale
+        {
+            let frame = Bytes::from(agentwire_protocol::to_json(&merged.event));
+            debug_assert_eq!(frame.len(), merged.frame_len, "a merged frame's length");
+            self.queued_bytes = self.queued_bytes - merged.frame_len + frame.len();
+            merged.frame_len = frame.len();
+            merged.stale = false;
+            if let Some(slot) = self.queue.back_mut() {
+                *slot = frame;
+            }
+        }
+    }
+
+    /// Queues `frame` behind the newest one; `tail` says what it is for merging.
+    fn queue_frame(&mut self, frame: Bytes, tail: Tail) {
+        self.settle_tail();
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+        self.tail = tail;
+    }
+
     /// The buffers of the queue and of its marks when a burst grew them past
     /// `QUEUE_KEEP_CAPACITY` and they are empty again, taken out to be freed once the lock
     /// is let go: an idle connection does not keep a burst's worth of room.
@@ -355,10 +459,8 @@ impl ConnShared {
             self.slow_consumer(counters);
             return false;
         }
-        st.queued_bytes += frame.len();
-        st.queue.push_back(frame);
+        st.queue_frame(frame, Tail::Other);
         st.pushed += 1;
-        st.tail = Tail::Other;
         drop(st);
         self.readable.wake();
         true
@@ -497,10 +599,8 @@ impl ConnShared {
                 }
                 st.held |= held;
                 st.last_sent = event.seq;
-                st.queued_bytes += event.frame.len();
-                st.queue.push_back(event.frame.clone());
+                st.queue_frame(event.frame.clone(), Tail::for_event(event));
                 Self::pushed_event(&mut st, event);
-                st.tail = Tail::for_event(event);
                 drop(st);
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
                 if held {
@@ -526,6 +626,7 @@ impl ConnShared {
         }
         let now = FanOutTime::default();
         let mut written = false;
+        st.settle_tail();
         if st.closing.is_none() && !manager.inner.load.paused() {
             while let (Some(frame), Some(sink), Some(&Mark { at, seq, ts_ms })) =
                 (st.queue.front(), st.lent.as_ref(), st.marks.front())
@@ -582,10 +683,8 @@ impl ConnShared {
                 }
                 if self.fits(&st, event.frame.len()) {
                     st.last_sent = event.seq;
-                    st.queued_bytes += event.frame.len();
-                    st.queue.push_back(event.frame.clone());
+                    st.queue_frame(event.frame.clone(), Tail::Other);
                     Self::pushed_event(&mut st, event);
-                    st.tail = Tail::Other;
                     drop(st);
                     counters.replayed.fetch_add(1, Ordering::Relaxed);
                     self.readable.wake();
@@ -664,10 +763,8 @@ impl ConnShared {
             };
             st.pending_bytes -= event.frame.len();
             st.last_sent = event.seq;
-            st.queued_bytes += event.frame.len();
             Self::pushed_event(&mut st, &event);
-            st.queue.push_back(event.frame);
-            st.tail = Tail::Other;
+            st.queue_frame(event.frame, Tail::Other);
             queued += 1;
         }
         let live = st.pending.is_empty();
@@ -719,49 +816,51 @@ impl ConnShared {
 /// one (same place, one frame), carrying both texts, `event`'s seq and `from_seq`
 /// (docs/protocol.md §6.5). Returns whether it merged; a merge that would take the queue
 /// past `max_bytes` or build a frame larger than [`MAX_MERGED_DELTA_BYTES`] does not
-/// happen. When it returns `false` the caller queues `event` as it is, which becomes the
-/// tail, so the tail's state is not kept.
+/// happen. When it returns `false` nothing changed: the caller queues `event` as it is
+/// (writing out a merged tail first) or closes the connection.
 fn merge_into_tail(st: &mut State, event: &StoredEvent, max_bytes: usize) -> bool {
-    let tail = std::mem::replace(&mut st.tail, Tail::Other);
     if event.event_type != EventType::MessageDelta || event.seq != st.last_sent.next() {
         return false;
     }
     let Some(newest) = st.queue.back() else {
         return false;
     };
-    let decode = |frame: &[u8]| match ServerFrame::decode(frame) {
-        Ok(ServerFrame::Event(e)) => Some(Box::new(e)),
-        _ => None,
-    };
-    let mut merged = match tail {
+    let mut merged = match std::mem::replace(&mut st.tail, Tail::Other) {
         Tail::Other => return false,
-        Tail::Merged(e) => e,
-        Tail::Delta => match decode(newest) {
-            Some(e) => e,
+        Tail::Merged(m) => m,
+        Tail::Delta => match Merged::decode(newest) {
+            Some(m) => m,
             None => return false,
         },
     };
-    let Some(next) = decode(&event.frame) else {
+    let next = match ServerFrame::decode(&event.frame) {
+        Ok(ServerFrame::Event(e)) => Some(e),
+        _ => None,
+    };
+    // Measured before the merge changes anything: a merge that does not happen leaves
+    // the tail as it was (its frame possibly still to be written).
+    let lengths = next.and_then(|mut next| merged.lengths_with(&mut next).map(|l| (next, l)));
+    let Some((next, (frame_len, text_len))) = lengths else {
+        st.tail = Tail::Merged(merged);
         return false;
     };
-    if !merged.merge_delta(&next) {
-        return false;
-    }
-    // The envelope encodes exactly as `ServerFrame::Event` does.
-    let frame = Bytes::from(agentwire_protocol::to_json(&*merged));
-    let queued_bytes = st.queued_bytes - newest.len() + frame.len();
-    if frame.len() > MAX_MERGED_DELTA_BYTES || queued_bytes > max_bytes {
+    let queued_bytes = st.queued_bytes - merged.frame_len + frame_len;
+    if frame_len > MAX_MERGED_DELTA_BYTES
+        || queued_bytes > max_bytes
+        || !merged.event.merge_delta(&next)
+    {
+        st.tail = Tail::Merged(merged);
         return false;
     }
     st.queued_bytes = queued_bytes;
-    if let Some(slot) = st.queue.back_mut() {
-        *slot = frame;
-    }
+    merged.frame_len = frame_len;
+    merged.text_len = text_len;
+    merged.stale = true;
     st.last_sent = event.seq;
     // The newest queued frame is the newest queued event: its mark moves with it.
     if let Some(mark) = st.marks.back_mut() {
         mark.seq = event.seq;
-        mark.ts_ms = merged.ts.as_millis();
+        mark.ts_ms = merged.event.ts.as_millis();
     }
     st.tail = Tail::Merged(merged);
     true
@@ -904,6 +1003,7 @@ impl Connection {
             if !st.queue.is_empty() {
                 // Whatever was held back for the socket, the writer writes now.
                 st.held = false;
+                st.settle_tail();
                 let n = st.queue.len().min(max_frames.max(1));
                 let before = out.len();
                 let mut bytes = 0;

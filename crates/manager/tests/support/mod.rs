@@ -107,6 +107,8 @@ pub struct Client {
     pub conn: Connection,
     pub frames: Vec<ServerFrame>,
     pub closed: Option<CloseCode>,
+    /// Bytes of every frame drained, as they were queued.
+    pub bytes: usize,
     buf: Vec<Bytes>,
 }
 
@@ -116,6 +118,7 @@ impl Client {
             conn,
             frames: Vec::new(),
             closed: None,
+            bytes: 0,
             buf: Vec::new(),
         }
     }
@@ -124,6 +127,7 @@ impl Client {
         match out {
             Outbound::Frames => {
                 for raw in self.buf.drain(..) {
+                    self.bytes += raw.len();
                     let frame = ServerFrame::decode(&raw)
                         .unwrap_or_else(|e| panic!("undecodable frame {raw:?}: {e}"));
                     self.frames.push(frame);
