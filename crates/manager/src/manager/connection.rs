@@ -186,10 +186,17 @@ impl State {
     /// Writes a merged tail's frame into the queue's newest slot when merges since it was
     /// last written changed it ([`Merged`]). Before anything reads the queue's frames or
     /// queues one behind it.
+    #[inline]
     fn settle_tail(&mut self) {
-        if let Tail::Merged(merged) = &mut self.tail
-            && merged.stale
-        {
+        if matches!(&self.tail, Tail::Merged(merged) if merged.stale) {
+            self.write_merged_tail();
+        }
+    }
+
+    /// [`settle_tail`](Self::settle_tail)'s encoding, off the path of every other frame.
+    #[cold]
+    fn write_merged_tail(&mut self) {
+        if let Tail::Merged(merged) = &mut self.tail {
             let frame = Bytes::from(agentwire_protocol::to_json(&merged.event));
             debug_assert_eq!(frame.len(), merged.frame_len, "a merged frame's length");
             self.queued_bytes = self.queued_bytes - merged.frame_len + frame.len();
@@ -202,6 +209,7 @@ impl State {
     }
 
     /// Queues `frame` behind the newest one; `tail` says what it is for merging.
+    #[inline]
     fn queue_frame(&mut self, frame: Bytes, tail: Tail) {
         self.settle_tail();
         self.queued_bytes += frame.len();
@@ -618,13 +626,13 @@ impl ConnShared {
     /// the receipt. What it does not take, and anything queued behind them that is not an
     /// event frame, is left to the writer, which is woken for it; so is everything when the
     /// writer took its socket back meanwhile, the connection is closing or direct writes
-    /// paused. A connection with nothing held is left alone.
-    pub(crate) fn write_held(&self, manager: &UnifiedWebSocketManager) {
+    /// paused. A connection with nothing held is left alone. `now` is the time the writes
+    /// are stamped with.
+    pub(crate) fn write_held(&self, manager: &UnifiedWebSocketManager, now: &FanOutTime) {
         let mut st = self.state();
         if !std::mem::take(&mut st.held) {
             return;
         }
-        let now = FanOutTime::default();
         let mut written = false;
         st.settle_tail();
         if st.closing.is_none() && !manager.inner.load.paused() {
@@ -632,7 +640,7 @@ impl ConnShared {
                 (st.queue.front(), st.lent.as_ref(), st.marks.front())
             {
                 // The front frame is an event's only when its mark is the next taken.
-                if at != st.taken || !sink.send_now(frame, ts_ms, &now) {
+                if at != st.taken || !sink.send_now(frame, ts_ms, now) {
                     break;
                 }
                 let len = frame.len();
@@ -1456,11 +1464,17 @@ mod tests {
         /// Deliveries the manager had counted at each write, when set to its manager.
         delivered_at_writes: std::sync::Mutex<Vec<u64>>,
         manager: std::sync::OnceLock<UnifiedWebSocketManager>,
+        /// The wall-clock time each write was stamped with.
+        stamps: std::sync::Mutex<Vec<agentwire_protocol::Timestamp>>,
+        /// How long each write takes.
+        pause: Duration,
     }
 
     impl super::DirectSink for TestSink {
-        fn send_now(&self, frame: &Bytes, _: u64, _: &super::FanOutTime) -> bool {
+        fn send_now(&self, frame: &Bytes, _: u64, now: &super::FanOutTime) -> bool {
             if self.takes {
+                std::thread::sleep(self.pause);
+                self.stamps.lock().expect("lock").push(now.wall());
                 self.wrote.lock().expect("lock").push(frame.clone());
                 if let Some(m) = self.manager.get() {
                     let delivered = m.inner.counters.delivered.load(Ordering::Relaxed);
@@ -1499,12 +1513,18 @@ mod tests {
     /// Lends a new [`TestSink`] to `conn` once the connect's catch-up has run and the
     /// writer has taken what it queued.
     async fn lend(conn: &super::Connection, takes: bool) -> Arc<TestSink> {
-        // Live once the connect's catch-up task has run.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let sink = Arc::new(TestSink {
+        let sink = TestSink {
             takes,
             ..TestSink::default()
-        });
+        };
+        lend_sink(conn, sink).await
+    }
+
+    /// Lends `sink` to `conn` as [`lend`] does.
+    async fn lend_sink(conn: &super::Connection, sink: TestSink) -> Arc<TestSink> {
+        // Live once the connect's catch-up task has run.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let sink = Arc::new(sink);
         let lent: Arc<dyn super::DirectSink> = sink.clone();
         loop {
             match take_lending(conn, Some(&lent)).await {
@@ -1669,6 +1689,51 @@ mod tests {
         let st = conn.shared.state();
         assert!(st.queue.capacity() <= QUEUE_KEEP_CAPACITY);
         assert!(st.marks.capacity() <= QUEUE_KEEP_CAPACITY);
+    }
+
+    /// A scope's end writes its connections under one reading of the clocks for each
+    /// `WRITES_PER_CLOCK_READ` of them in a row: the stamp a write gets changes with each
+    /// such group, and only then.
+    #[tokio::test(start_paused = true)]
+    async fn held_writes_read_the_clocks_once_for_each_group_of_connections() {
+        use super::super::held::{HeldWrites, WRITES_PER_CLOCK_READ};
+        let m = UnifiedWebSocketManager::new(
+            ManagerConfig::default(),
+            Arc::new(InMemoryBroker::default()),
+        );
+        let mut lent = Vec::new();
+        for i in 0..2 * WRITES_PER_CLOCK_READ + 3 {
+            let user: UserId = format!("u{i}").parse().expect("user id");
+            let conn = connect_live(&m, &user).await;
+            let sink = TestSink {
+                takes: true,
+                pause: Duration::from_millis(2),
+                ..TestSink::default()
+            };
+            let sink = lend_sink(&conn, sink).await;
+            lent.push((user, conn, sink));
+        }
+        let scope = HeldWrites::enter();
+        for (user, _, _) in &lent {
+            emit(&m, user, 1).await;
+        }
+        drop(scope);
+        let stamps: Vec<_> = lent
+            .iter()
+            .map(|(_, _, sink)| {
+                let stamps = sink.stamps.lock().expect("lock");
+                assert_eq!(stamps.len(), 1, "one write each");
+                stamps[0]
+            })
+            .collect();
+        for (i, pair) in stamps.windows(2).enumerate() {
+            let write = i + 1;
+            if write % WRITES_PER_CLOCK_READ == 0 {
+                assert!(pair[1] > pair[0], "write {write} did not read the clock");
+            } else {
+                assert_eq!(pair[1], pair[0], "write {write} read the clock");
+            }
+        }
     }
 
     /// A writer that takes the held frames itself (woken for something else) writes
