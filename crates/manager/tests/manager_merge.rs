@@ -114,14 +114,21 @@ async fn a_slow_reader_gets_merged_deltas_and_every_event_after_them() {
     assert_eq!(fast.seqs(), (1..=last).collect::<Vec<_>>());
 }
 
-#[tokio::test(start_paused = true)]
-async fn deltas_of_two_messages_in_turn_do_not_merge_and_the_slow_reader_is_cut() {
+/// A small-queue manager, `name` connected to it and live, and the run started: the
+/// reader reads nothing more until the test says so. Returns `agent_started`'s seq too.
+async fn started_reader(name: &str) -> (UnifiedWebSocketManager, UserId, Client, u64) {
     let m = small_queue();
-    let u = user("bo");
+    let u = user(name);
     let mut slow = connect(&m, &u, ConnectOptions::default()).await;
     settle().await;
     slow.drain_ready().await;
-    emit(&m, &u, AgentStarted::default()).await;
+    let started = emit(&m, &u, AgentStarted::default()).await;
+    (m, u, slow, started)
+}
+
+#[tokio::test(start_paused = true)]
+async fn deltas_of_two_messages_in_turn_do_not_merge_and_the_slow_reader_is_cut() {
+    let (m, u, mut slow, _) = started_reader("bo").await;
     for i in 0..20 {
         let message = if i % 2 == 0 { "a" } else { "b" };
         emit(&m, &u, delta(message, format!("{i} "))).await;
@@ -137,12 +144,7 @@ async fn merged_frames_count_as_they_encode_and_carry_the_newest_deltas_fields()
     // delta to the next (a float among them, which encodes otherwise than it was sent):
     // the merged frame, encoded only when it is taken, is what the queue counted for it
     // all along.
-    let m = small_queue();
-    let u = user("cy");
-    let mut slow = connect(&m, &u, ConnectOptions::default()).await;
-    settle().await;
-    slow.drain_ready().await;
-    let first = emit(&m, &u, AgentStarted::default()).await;
+    let (m, u, mut slow, first) = started_reader("cy").await;
     let pieces = [
         "plain ",
         "a \"quote\" ",

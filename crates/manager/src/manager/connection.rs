@@ -69,9 +69,7 @@ struct Merged {
 impl Merged {
     /// The tail a queued delta's frame `frame` becomes once something merges into it.
     fn decode(frame: &[u8]) -> Option<Box<Merged>> {
-        let Ok(ServerFrame::Event(event)) = ServerFrame::decode(frame) else {
-            return None;
-        };
+        let event = event_in(frame)?;
         let EventData::MessageDelta(d) = &event.event.data else {
             return None;
         };
@@ -105,6 +103,14 @@ impl Merged {
         }
         let text_len = self.text_len + their_text;
         Some((rest + text_len, text_len))
+    }
+}
+
+/// The event a queued frame carries, if it is an event's.
+fn event_in(frame: &[u8]) -> Option<EventEnvelope> {
+    match ServerFrame::decode(frame) {
+        Ok(ServerFrame::Event(event)) => Some(event),
+        _ => None,
     }
 }
 
@@ -841,13 +847,10 @@ fn merge_into_tail(st: &mut State, event: &StoredEvent, max_bytes: usize) -> boo
             None => return false,
         },
     };
-    let next = match ServerFrame::decode(&event.frame) {
-        Ok(ServerFrame::Event(e)) => Some(e),
-        _ => None,
-    };
     // Measured before the merge changes anything: a merge that does not happen leaves
-    // the tail as it was (its frame possibly still to be written).
-    let lengths = next.and_then(|mut next| merged.lengths_with(&mut next).map(|l| (next, l)));
+    // the tail's text and frame as they were (the frame possibly still to be written).
+    let lengths = event_in(&event.frame)
+        .and_then(|mut next| merged.lengths_with(&mut next).map(|l| (next, l)));
     let Some((next, (frame_len, text_len))) = lengths else {
         st.tail = Tail::Merged(merged);
         return false;
